@@ -1,0 +1,186 @@
+//===- DiffAttnOps.td - diffattn operations ----------------*- tablegen -*-===//
+//
+// The diffattn.v2 and diffattn.v1 operations. Operand constraints are
+// ranked tensors here; the shape, element type and head-count rules relate
+// several operands to each other and live in the shared C++ verifier
+// (DiffAttnOps.cpp), which names the operand at fault in every diagnostic.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_DIALECT_DIFFATTN_IR_DIFFATTNOPS_TD
+#define DIFFATTN_DIALECT_DIFFATTN_IR_DIFFATTNOPS_TD
+
+include "diffattn/Dialect/DiffAttn/IR/DiffAttnDialect.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/IR/CommonAttrConstraints.td"
+
+//===----------------------------------------------------------------------===//
+// V2
+//===----------------------------------------------------------------------===//
+
+def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
+  let summary = "Differential attention V2 (paired query heads sharing KV)";
+  let description = [{
+    Differential Transformer V2 attention in the BSHD layout.
+
+    | operand  | shape           | element type |
+    | -------- | --------------- | ------------ |
+    | `q`      | [B, Sq, 2H, D]  | T            |
+    | `k`      | [B, Sk, Hkv, D] | T            |
+    | `v`      | [B, Sk, Hkv, Dv]| T            |
+    | `lam`    | [B, Sq, H]      | T or f32     |
+    | `kv_len` | [B] (optional)  | i32          |
+    | result   | [B, Sq, H, Dv]  | T            |
+
+    T is one of f32, f16, bf16. Query head `j` reads KV head
+    `g(j) = j / G` with `G = 2H / Hkv`; the op requires `2H % Hkv == 0` and
+    `G` even, so that query heads `2h` and `2h + 1` (pair `h`) read the same
+    K and V:
+
+    ```
+    A_j[i, :] = sum_t softmax_t(scale * q[b,i,j,:] . k[b,t,g(j),:] + mask(i,t))
+                      * v[b,t,g(j),:]
+    out[b,i,h,:] = A_{2h}[i,:] - sigmoid(lam[b,i,h]) * A_{2h+1}[i,:]
+    ```
+
+    `scale` defaults to `1/sqrt(D)`. With `causal`, query `i` sees key `t`
+    only when `t <= i + (L - Sq)` (bottom-right alignment, L = Sk).
+    `window_left` / `window_right` (-1 = unlimited) restrict it further to
+    `i + (L - Sq) - left <= t <= i + (L - Sq) + right`; `causal` is the same
+    as `window_right = 0`. A row that sees no key yields 0.
+
+    With the optional `kv_len` operand (decode against a KV cache),
+    `kv_len[b]` counts the valid keys of sequence `b` (the `Sq` new ones
+    included): keys `t >= kv_len[b]` are ignored and `L = kv_len[b]` in the
+    mask above. `0 <= kv_len[b] <= Sk` is checked at run time.
+
+    Tiling preserves the op: the B, Sq and pair dimensions are parallel and
+    can be split freely; the key dimension is a reduction carried by an
+    online softmax (running max and sum per head of the pair) whose
+    differential epilogue runs once, after the last key block.
+
+    Example:
+
+    ```mlir
+    %o = diffattn.v2 %q, %k, %v, %lam {causal}
+        : (tensor<2x128x8x64xf32>, tensor<2x128x2x64xf32>,
+           tensor<2x128x2x64xf32>, tensor<2x128x4xf32>)
+        -> tensor<2x128x4x64xf32>
+    ```
+  }];
+
+  let arguments = (ins
+    AnyRankedTensor:$q,
+    AnyRankedTensor:$k,
+    AnyRankedTensor:$v,
+    AnyRankedTensor:$lam,
+    Optional<AnyRankedTensor>:$kv_len,
+    UnitAttr:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    DefaultValuedAttr<I64Attr, "-1">:$window_left,
+    DefaultValuedAttr<I64Attr, "-1">:$window_right
+  );
+  let results = (outs AnyRankedTensor:$out);
+
+  let assemblyFormat = [{
+    $q `,` $k `,` $v `,` $lam (`kv_len` `(` $kv_len^ `)`)? attr-dict `:`
+    functional-type(operands, results)
+  }];
+
+  let extraClassDeclaration = [{
+    /// The softmax scale: the `scale` attribute, or 1/sqrt(D) when absent.
+    float getScaleOrDefault();
+    /// Number of output heads H (half the query heads).
+    int64_t getNumPairs();
+    /// Number of KV heads.
+    int64_t getNumKvHeads();
+    /// Query heads per KV head, G = 2H / Hkv.
+    int64_t getGroupSize();
+    /// Query/key head dimension D and value head dimension Dv.
+    int64_t getHeadDim();
+    int64_t getValueDim();
+    /// The window bounds as signed values (-1 = unlimited).
+    int64_t getWindowLeftBound() { return getWindowLeftAttr().getInt(); }
+    int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }
+    /// True when the op reads a KV cache with per-sequence lengths.
+    bool isDecode() { return static_cast<bool>(getKvLen()); }
+  }];
+
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// V1
+//===----------------------------------------------------------------------===//
+
+def DiffAttn_V1Op : DiffAttn_Op<"v1", [Pure]> {
+  let summary = "Differential attention V1 (double-width values, RMSNorm)";
+  let description = [{
+    Differential Transformer V1 attention in the BSHD layout.
+
+    | operand       | shape            | element type |
+    | ------------- | ---------------- | ------------ |
+    | `q`           | [B, Sq, 2H, D]   | T            |
+    | `k`           | [B, Sk, 2Hkv, D] | T            |
+    | `v`           | [B, Sk, Hkv, 2D] | T            |
+    | `lam`         | [] (scalar)      | f32          |
+    | `norm_weight` | [2D]             | T or f32     |
+    | result        | [B, Sq, H, 2D]   | T            |
+
+    Query heads `2h`, `2h + 1` are (q1, q2) of head `h`; key heads likewise
+    (k1, k2). Pair `h` reads KV head `h / (H / Hkv)`, so `H % Hkv == 0`.
+
+    ```
+    A1 = attention(q1, k1, v), A2 = attention(q2, k2, v)     // [B,Sq,H,2D]
+    out = (1 - lambda_init) * RMSNorm(A1 - lam * A2) * norm_weight
+    RMSNorm(x) = x / sqrt(mean(x^2 over the last dim) + eps)
+    ```
+
+    `lam` is the layer's scalar lambda, computed upstream as
+    `exp(sum(lq1*lk1)) - exp(sum(lq2*lk2)) + lambda_init`. `scale` defaults
+    to `1/sqrt(D)`; `causal` uses the bottom-right alignment of `diffattn.v2`.
+    Rows that see no key yield 0.
+
+    Example:
+
+    ```mlir
+    %o = diffattn.v1 %q, %k, %v, %lam, %w {causal, lambda_init = 0.2 : f32}
+        : (tensor<1x64x8x32xf16>, tensor<1x64x4x32xf16>,
+           tensor<1x64x2x64xf16>, tensor<f32>, tensor<64xf16>)
+        -> tensor<1x64x4x64xf16>
+    ```
+  }];
+
+  let arguments = (ins
+    AnyRankedTensor:$q,
+    AnyRankedTensor:$k,
+    AnyRankedTensor:$v,
+    AnyRankedTensor:$lam,
+    AnyRankedTensor:$norm_weight,
+    UnitAttr:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    F32Attr:$lambda_init,
+    DefaultValuedAttr<F32Attr, "1.0e-5f">:$eps
+  );
+  let results = (outs AnyRankedTensor:$out);
+
+  let assemblyFormat = [{
+    $q `,` $k `,` $v `,` $lam `,` $norm_weight attr-dict `:`
+    functional-type(operands, results)
+  }];
+
+  let extraClassDeclaration = [{
+    /// The softmax scale: the `scale` attribute, or 1/sqrt(D) when absent.
+    float getScaleOrDefault();
+    /// Number of output heads H.
+    int64_t getNumPairs();
+    /// Number of KV heads (v's head count).
+    int64_t getNumKvHeads();
+    /// Query/key head dimension D (values are 2D wide).
+    int64_t getHeadDim();
+  }];
+
+  let hasVerifier = 1;
+}
+
+#endif // DIFFATTN_DIALECT_DIFFATTN_IR_DIFFATTNOPS_TD

@@ -1,0 +1,319 @@
+//===- DiffAttnOps.cpp - diffattn operations ------------------------------===//
+//
+// Verifiers and accessors of diffattn.v2 and diffattn.v1. Both ops describe
+// their operands as BSHD layouts over named dimensions (B, Sq, Sk, H, Hkv, D,
+// Dv); one shared checker binds every named dimension across operands and
+// reports the first disagreement, naming the operand, the dimension and
+// what was expected. Checks run structure first (ranks, element types), then
+// shapes, then head-count rules, then attributes.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+namespace {
+
+/// One dimension of an operand layout: `multiplier * symbol`, e.g. {"H", 2}
+/// for the 2H query heads.
+struct LayoutDim {
+  StringRef symbol;
+  int64_t multiplier = 1;
+};
+
+/// Names of the dimensions that may be dynamic: batch and sequence lengths.
+/// Every other dimension (heads, head dims) is a kernel specialisation and
+/// must be static.
+bool mayBeDynamic(StringRef symbol) {
+  return symbol == "B" || symbol == "Sq" || symbol == "Sk";
+}
+
+std::string formatDim(const LayoutDim &dim) {
+  if (dim.multiplier == 1)
+    return dim.symbol.str();
+  return std::to_string(dim.multiplier) + dim.symbol.str();
+}
+
+std::string formatLayout(ArrayRef<LayoutDim> layout) {
+  std::string text = "[";
+  for (auto [i, dim] : llvm::enumerate(layout)) {
+    if (i)
+      text += ", ";
+    text += formatDim(dim);
+  }
+  return text + "]";
+}
+
+/// Binds the named dimensions of a differential-attention op across its
+/// operands and diagnoses every disagreement.
+class LayoutChecker {
+public:
+  explicit LayoutChecker(Operation *op) : op(op) {}
+
+  /// Checks the rank of `type` against `layout` and binds each dimension.
+  LogicalResult check(StringRef name, RankedTensorType type,
+                      ArrayRef<LayoutDim> layout) {
+    if (type.getRank() != static_cast<int64_t>(layout.size()))
+      return op->emitOpError()
+             << "'" << name << "' must have rank " << layout.size() << " "
+             << formatLayout(layout) << ", got " << type;
+    for (auto [i, dim] : llvm::enumerate(layout))
+      if (failed(bind(name, i, dim, type.getDimSize(i))))
+        return failure();
+    return success();
+  }
+
+  /// The bound static size of `symbol`, or ShapedType::kDynamic.
+  int64_t get(StringRef symbol) const {
+    auto it = bound.find(symbol);
+    return it == bound.end() ? ShapedType::kDynamic : it->second.size;
+  }
+
+private:
+  struct Binding {
+    int64_t size;
+    std::string source;
+  };
+
+  LogicalResult bind(StringRef name, unsigned index, const LayoutDim &dim,
+                     int64_t size) {
+    if (ShapedType::isDynamic(size)) {
+      if (mayBeDynamic(dim.symbol))
+        return success();
+      return op->emitOpError()
+             << "'" << name << "' dimension " << index << " ("
+             << formatDim(dim)
+             << ") must be static: head counts and head dimensions "
+                "specialise the kernel";
+    }
+    if (!mayBeDynamic(dim.symbol) && size <= 0)
+      return op->emitOpError()
+             << "'" << name << "' dimension " << index << " ("
+             << formatDim(dim) << ") must be positive, got " << size;
+    if (size % dim.multiplier != 0)
+      return op->emitOpError()
+             << "'" << name << "' dimension " << index << " ("
+             << formatDim(dim) << ") must be a multiple of " << dim.multiplier
+             << ", got " << size;
+    int64_t value = size / dim.multiplier;
+    auto [it, inserted] = bound.try_emplace(
+        dim.symbol, Binding{value, "'" + name.str() + "' dimension " +
+                                       std::to_string(index)});
+    if (inserted || it->second.size == value)
+      return success();
+    return op->emitOpError()
+           << "'" << name << "' dimension " << index << " (" << formatDim(dim)
+           << ") is " << size << ", expected " << dim.multiplier * it->second.size
+           << " to agree with " << it->second.source << " (" << dim.symbol
+           << " = " << it->second.size << ")";
+  }
+
+  Operation *op;
+  llvm::StringMap<Binding> bound;
+};
+
+bool isAttentionElementType(Type type) {
+  return type.isF32() || type.isF16() || type.isBF16();
+}
+
+/// Checks that q, k, v and the result share one element type T in
+/// {f32, f16, bf16}.
+LogicalResult verifyAttentionElementTypes(Operation *op, RankedTensorType q,
+                                          RankedTensorType k,
+                                          RankedTensorType v,
+                                          RankedTensorType out) {
+  Type elem = q.getElementType();
+  if (!isAttentionElementType(elem))
+    return op->emitOpError()
+           << "'q' must have element type f32, f16 or bf16, got " << elem;
+  auto expectSame = [&](StringRef name, RankedTensorType type) -> LogicalResult {
+    if (type.getElementType() == elem)
+      return success();
+    return op->emitOpError()
+           << "'" << name << "' must have the element type of 'q' (" << elem
+           << "), got " << type.getElementType();
+  };
+  if (failed(expectSame("k", k)) || failed(expectSame("v", v)) ||
+      failed(expectSame("out", out)))
+    return failure();
+  return success();
+}
+
+/// Checks an element type that may be T (q's) or f32.
+LogicalResult verifyTOrF32(Operation *op, StringRef name,
+                           RankedTensorType type, Type elem) {
+  Type got = type.getElementType();
+  if (got == elem || got.isF32())
+    return success();
+  return op->emitOpError() << "'" << name << "' must have element type " << elem
+                           << " (as 'q') or f32, got " << got;
+}
+
+/// Checks the optional `scale` attribute: finite and > 0.
+LogicalResult verifyScale(Operation *op, FloatAttr scale) {
+  if (!scale)
+    return success();
+  double value = scale.getValueAsDouble();
+  if (std::isfinite(value) && value > 0.0)
+    return success();
+  return op->emitOpError() << "attribute 'scale' must be finite and > 0, got "
+                           << scale.getValueAsDouble();
+}
+
+float defaultScale(int64_t headDim) {
+  return 1.0f / std::sqrt(static_cast<float>(headDim));
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// V2Op
+//===----------------------------------------------------------------------===//
+
+LogicalResult V2Op::verify() {
+  Operation *op = getOperation();
+  auto q = getQ().getType();
+  auto k = getK().getType();
+  auto v = getV().getType();
+  auto lam = getLam().getType();
+  auto out = getOut().getType();
+
+  // Structure: element types.
+  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
+      failed(verifyTOrF32(op, "lam", lam, q.getElementType())))
+    return failure();
+  if (Value kvLen = getKvLen()) {
+    auto kvLenType = cast<RankedTensorType>(kvLen.getType());
+    if (!kvLenType.getElementType().isSignlessInteger(32))
+      return emitOpError() << "'kv_len' must have element type i32, got "
+                           << kvLenType.getElementType();
+  }
+
+  // Shapes: every named dimension agrees across operands.
+  LayoutChecker layout(op);
+  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
+      failed(layout.check("k", k, {{"B"}, {"Sk"}, {"Hkv"}, {"D"}})) ||
+      failed(layout.check("v", v, {{"B"}, {"Sk"}, {"Hkv"}, {"Dv"}})) ||
+      failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})))
+    return failure();
+  if (Value kvLen = getKvLen())
+    if (failed(layout.check(
+            "kv_len", cast<RankedTensorType>(kvLen.getType()), {{"B"}})))
+      return failure();
+  if (failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})))
+    return failure();
+
+  // Head counts: both heads of every pair must read the same KV head.
+  int64_t queryHeads = 2 * layout.get("H");
+  int64_t kvHeads = layout.get("Hkv");
+  if (queryHeads % kvHeads != 0)
+    return emitOpError() << "'q' heads (2H = " << queryHeads
+                         << ") must be a multiple of 'k' heads (Hkv = "
+                         << kvHeads << ")";
+  if ((queryHeads / kvHeads) % 2 != 0)
+    return emitOpError() << "group size G = 2H / Hkv = " << queryHeads << " / "
+                         << kvHeads << " = " << queryHeads / kvHeads
+                         << " must be even, so that both heads of a pair read "
+                            "the same KV head";
+
+  // Attributes.
+  if (failed(verifyScale(op, getScaleAttr())))
+    return failure();
+  for (auto [name, value] :
+       {std::pair<StringRef, int64_t>{"window_left", getWindowLeftBound()},
+        {"window_right", getWindowRightBound()}})
+    if (value < -1)
+      return emitOpError() << "attribute '" << name
+                           << "' must be -1 (unlimited) or >= 0, got " << value;
+  if (getCausal() && getWindowRightBound() > 0)
+    return emitOpError() << "attribute 'window_right' must be -1 or 0 with "
+                            "'causal', got "
+                         << getWindowRightBound();
+  return success();
+}
+
+float V2Op::getScaleOrDefault() {
+  if (FloatAttr scale = getScaleAttr())
+    return static_cast<float>(scale.getValueAsDouble());
+  return defaultScale(getHeadDim());
+}
+
+int64_t V2Op::getNumPairs() { return getQ().getType().getDimSize(2) / 2; }
+int64_t V2Op::getNumKvHeads() { return getK().getType().getDimSize(2); }
+int64_t V2Op::getGroupSize() { return 2 * getNumPairs() / getNumKvHeads(); }
+int64_t V2Op::getHeadDim() { return getQ().getType().getDimSize(3); }
+int64_t V2Op::getValueDim() { return getV().getType().getDimSize(3); }
+
+//===----------------------------------------------------------------------===//
+// V1Op
+//===----------------------------------------------------------------------===//
+
+LogicalResult V1Op::verify() {
+  Operation *op = getOperation();
+  auto q = getQ().getType();
+  auto k = getK().getType();
+  auto v = getV().getType();
+  auto lam = getLam().getType();
+  auto weight = getNormWeight().getType();
+  auto out = getOut().getType();
+
+  // Structure: element types and the scalar lambda.
+  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
+      failed(verifyTOrF32(op, "norm_weight", weight, q.getElementType())))
+    return failure();
+  if (lam.getRank() != 0 || !lam.getElementType().isF32())
+    return emitOpError() << "'lam' must be a scalar tensor<f32> (the layer's "
+                            "lambda), got "
+                         << lam;
+
+  // Shapes.
+  LayoutChecker layout(op);
+  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
+      failed(layout.check("k", k, {{"B"}, {"Sk"}, {"Hkv", 2}, {"D"}})) ||
+      failed(layout.check("v", v, {{"B"}, {"Sk"}, {"Hkv"}, {"D", 2}})) ||
+      failed(layout.check("norm_weight", weight, {{"D", 2}})) ||
+      failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"D", 2}})))
+    return failure();
+
+  // Head counts: pair h reads KV head h / (H / Hkv).
+  int64_t pairs = layout.get("H");
+  int64_t kvHeads = layout.get("Hkv");
+  if (pairs % kvHeads != 0)
+    return emitOpError() << "head pairs (H = " << pairs
+                         << ") must be a multiple of KV heads (Hkv = "
+                         << kvHeads << ")";
+
+  // Attributes.
+  if (failed(verifyScale(op, getScaleAttr())))
+    return failure();
+  if (!std::isfinite(getLambdaInitAttr().getValueAsDouble()))
+    return emitOpError() << "attribute 'lambda_init' must be finite, got "
+                         << getLambdaInitAttr().getValueAsDouble();
+  double eps = getEpsAttr().getValueAsDouble();
+  if (!std::isfinite(eps) || eps <= 0.0)
+    return emitOpError() << "attribute 'eps' must be finite and > 0, got "
+                         << getEpsAttr().getValueAsDouble();
+  return success();
+}
+
+float V1Op::getScaleOrDefault() {
+  if (FloatAttr scale = getScaleAttr())
+    return static_cast<float>(scale.getValueAsDouble());
+  return defaultScale(getHeadDim());
+}
+
+int64_t V1Op::getNumPairs() { return getQ().getType().getDimSize(2) / 2; }
+int64_t V1Op::getNumKvHeads() { return getV().getType().getDimSize(2); }
+int64_t V1Op::getHeadDim() { return getQ().getType().getDimSize(3); }
+
+#define GET_OP_CLASSES
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.cpp.inc"

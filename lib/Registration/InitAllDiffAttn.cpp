@@ -1,0 +1,15 @@
+//===- InitAllDiffAttn.cpp - register the project's dialects, passes -----===//
+//
+// Implements the registration entry points shared by every tool.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/InitAllDiffAttn.h"
+
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnDialect.h"
+
+void mlir::diffattn::registerAllDiffAttnDialects(DialectRegistry &registry) {
+  registry.insert<DiffAttnDialect>();
+}
+
+void mlir::diffattn::registerAllDiffAttnPasses() {}

@@ -1,0 +1,254 @@
+"""Float64 numpy reference implementations of differential attention.
+
+Two variants are provided, both in BSHD layout ([batch, seq, heads, dim]) and
+both computed entirely in float64 (inputs of any float dtype are converted
+first; bf16 callers must convert to a numpy float type themselves):
+
+* :func:`v2` -- "differential attention V2": 2H query heads grouped over Hkv
+  KV heads (GQA); output head h is ``A_{2h} - sigmoid(lam) * A_{2h+1}`` with a
+  per-token, per-head lambda logit.  Supports causal masking, sliding windows
+  and ragged KV lengths (decode).
+* :func:`v1` -- the original DIFF Transformer formulation: paired q/k heads,
+  shared double-width V, scalar lambda, per-head RMSNorm and a
+  ``(1 - lambda_init)`` output scale.
+
+Masking convention (shared by both): with ``L`` visible keys and ``Sq``
+queries, query ``i`` sits at key position ``i + (L - Sq)`` (bottom-right
+alignment).  A query row that sees no key produces exactly 0 (never NaN).
+
+Only numpy and the standard library are used.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["v2", "v1"]
+
+
+# --------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------
+
+def _as_f64(name, x, rank, layout):
+    """Convert ``x`` to a float64 array and check its rank."""
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.floating)
+            or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected a real numeric array, "
+                         f"got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if arr.ndim != rank:
+        raise ValueError(f"{name}: expected rank {rank} {layout}, "
+                         f"got shape {arr.shape}")
+    return arr
+
+
+def _check_dim(name, layout, shape, axis, expected, what):
+    if shape[axis] != expected:
+        raise ValueError(f"{name}: expected shape {layout} with {what}, "
+                         f"got shape {shape}")
+
+
+def _resolve_scale(scale, d):
+    if scale is None:
+        if d <= 0:
+            raise ValueError(f"q: head dim D must be positive, got {d}")
+        return 1.0 / math.sqrt(d)
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale: must be finite, got {scale}")
+    return scale
+
+
+def _check_window(window):
+    try:
+        left, right = window
+    except (TypeError, ValueError):
+        raise ValueError(f"window: expected a pair (left, right), "
+                         f"got {window!r}") from None
+    out = []
+    for side, w in (("left", left), ("right", right)):
+        if isinstance(w, (bool, np.bool_)) or not isinstance(
+                w, (int, np.integer)):
+            raise ValueError(f"window: {side} must be an int, got {w!r}")
+        if w < -1:
+            raise ValueError(f"window: {side} must be -1 (unlimited) or "
+                             f">= 0, got {w}")
+        out.append(int(w))
+    return tuple(out)
+
+
+def _check_kv_len(kv_len, b, sk):
+    if kv_len is None:
+        return None
+    arr = np.asarray(kv_len)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"kv_len: expected an integer array, "
+                         f"got dtype {arr.dtype}")
+    if arr.shape != (b,):
+        raise ValueError(f"kv_len: expected shape ({b},) [B], "
+                         f"got shape {arr.shape}")
+    if np.any(arr < 0) or np.any(arr > sk):
+        raise ValueError(f"kv_len: values must lie in [0, Sk={sk}], "
+                         f"got {arr.tolist()}")
+    return arr.astype(np.int64)
+
+
+# --------------------------------------------------------------------------
+# shared attention core
+# --------------------------------------------------------------------------
+
+def _visible_mask(b, sq, sk, causal, window, kv_len):
+    """Boolean [B, Sq, Sk]: True where key t is visible to query i."""
+    left, right = window
+    lens = (np.full(b, sk, dtype=np.int64) if kv_len is None else kv_len)
+    i = np.arange(sq)[None, :, None]                      # [1, Sq, 1]
+    t = np.arange(sk)[None, None, :]                      # [1, 1, Sk]
+    L = lens[:, None, None]                               # [B, 1, 1]
+    pos = i + (L - sq)                                    # query position
+    mask = t < L
+    if causal:
+        mask = mask & (t <= pos)
+    if left >= 0:
+        mask = mask & (t >= pos - left)
+    if right >= 0:
+        mask = mask & (t <= pos + right)
+    return np.broadcast_to(mask, (b, sq, sk))
+
+
+def _attention(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
+    """Masked softmax attention with grouped KV heads.
+
+    q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], Hq = G * Hkv;
+    query head j reads KV head j // G.  Returns [B, Sq, Hq, Dv] float64.
+    The softmax max is taken over visible keys only; rows with no visible
+    key are exactly 0.
+    """
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    g = hq // hkv
+    mask = _visible_mask(b, sq, sk, causal, window, kv_len)
+    mask = mask[:, None, None, :, :]                      # [B, 1, 1, Sq, Sk]
+
+    qg = q.reshape(b, sq, hkv, g, d)
+    s = scale * np.einsum("bikgd,btkd->bkgit", qg, k)     # [B, Hkv, G, Sq, Sk]
+    s = np.where(mask, s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0.0)                  # empty rows
+    p = np.exp(s - m)                                     # masked -> exactly 0
+    denom = p.sum(axis=-1, keepdims=True)
+    p = p / np.where(denom > 0.0, denom, 1.0)             # empty rows stay 0
+    out = np.einsum("bkgit,btkv->bikgv", p, v)            # [B, Sq, Hkv, G, Dv]
+    return out.reshape(b, sq, hq, v.shape[-1])
+
+
+def _sigmoid(x):
+    # Overflow-free logistic function.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+
+def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
+       kv_len=None):
+    """Differential attention V2 (float64 reference).
+
+    q [B, Sq, 2H, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], lam [B, Sq, H]
+    (raw logits).  Query head j reads KV head j // G with G = 2H / Hkv, which
+    must be an even integer.  Returns [B, Sq, H, Dv] float64 with
+    ``out[:, :, h] = A_{2h} - sigmoid(lam[:, :, h]) * A_{2h+1}``.
+
+    ``window = (left, right)`` (-1 = unlimited) and ``causal`` (same as
+    right = 0) are applied bottom-right aligned against the per-batch key
+    length L (``kv_len[b]`` if given, else Sk).
+    """
+    q = _as_f64("q", q, 4, "[B, Sq, 2H, D]")
+    k = _as_f64("k", k, 4, "[B, Sk, Hkv, D]")
+    v = _as_f64("v", v, 4, "[B, Sk, Hkv, Dv]")
+    lam = _as_f64("lam", lam, 3, "[B, Sq, H]")
+
+    b, sq, h2, d = q.shape
+    if h2 == 0 or h2 % 2 != 0:
+        raise ValueError(f"q: expected [B, Sq, 2H, D] with an even, positive "
+                         f"number of heads, got shape {q.shape}")
+    h = h2 // 2
+    _check_dim("k", "[B, Sk, Hkv, D]", k.shape, 0, b, f"B={b} (from q)")
+    _check_dim("k", "[B, Sk, Hkv, D]", k.shape, 3, d, f"D={d} (from q)")
+    sk, hkv = k.shape[1], k.shape[2]
+    if hkv == 0 or h2 % hkv != 0 or (h2 // hkv) % 2 != 0:
+        raise ValueError(f"k: Hkv={hkv} must divide 2H={h2} with an even "
+                         f"quotient G = 2H / Hkv, got shape {k.shape}")
+    layout = "[B, Sk, Hkv, Dv]"
+    _check_dim("v", layout, v.shape, 0, b, f"B={b} (from q)")
+    _check_dim("v", layout, v.shape, 1, sk, f"Sk={sk} (from k)")
+    _check_dim("v", layout, v.shape, 2, hkv, f"Hkv={hkv} (from k)")
+    if lam.shape != (b, sq, h):
+        raise ValueError(f"lam: expected shape ({b}, {sq}, {h}) [B, Sq, H], "
+                         f"got shape {lam.shape}")
+    scale = _resolve_scale(scale, d)
+    window = _check_window(window)
+    kv_len = _check_kv_len(kv_len, b, sk)
+
+    a = _attention(q, k, v, scale=scale, causal=bool(causal), window=window,
+                   kv_len=kv_len)                         # [B, Sq, 2H, Dv]
+    a = a.reshape(b, sq, h, 2, v.shape[-1])
+    return a[:, :, :, 0, :] - _sigmoid(lam)[..., None] * a[:, :, :, 1, :]
+
+
+def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None,
+       eps=1e-5):
+    """Differential attention V1 (DIFF Transformer, float64 reference).
+
+    q [B, Sq, 2H, D] (heads 2h, 2h+1 are q1, q2 of head h),
+    k [B, Sk, 2Hkv, D] (k1 = k[:, :, 0::2], k2 = k[:, :, 1::2]),
+    v [B, Sk, Hkv, 2D], lam a scalar, norm_weight [2D].  Pair h uses KV head
+    h // (H / Hkv).  Returns [B, Sq, H, 2D] float64::
+
+        (1 - lambda_init) * RMSNorm(A1 - lam * A2) * norm_weight
+    """
+    q = _as_f64("q", q, 4, "[B, Sq, 2H, D]")
+    k = _as_f64("k", k, 4, "[B, Sk, 2Hkv, D]")
+    v = _as_f64("v", v, 4, "[B, Sk, Hkv, 2D]")
+    lam = np.asarray(lam)
+    if lam.ndim != 0:
+        raise ValueError(f"lam: expected a scalar, got shape {lam.shape}")
+    lam = float(lam)
+    norm_weight = _as_f64("norm_weight", norm_weight, 1, "[2D]")
+
+    b, sq, h2, d = q.shape
+    if h2 == 0 or h2 % 2 != 0:
+        raise ValueError(f"q: expected [B, Sq, 2H, D] with an even, positive "
+                         f"number of heads, got shape {q.shape}")
+    h = h2 // 2
+    layout = "[B, Sk, 2Hkv, D]"
+    _check_dim("k", layout, k.shape, 0, b, f"B={b} (from q)")
+    _check_dim("k", layout, k.shape, 3, d, f"D={d} (from q)")
+    sk, hk2 = k.shape[1], k.shape[2]
+    if hk2 == 0 or hk2 % 2 != 0:
+        raise ValueError(f"k: expected {layout} with an even, positive number "
+                         f"of heads, got shape {k.shape}")
+    hkv = hk2 // 2
+    if h % hkv != 0:
+        raise ValueError(f"k: Hkv={hkv} must divide H={h}, "
+                         f"got shape {k.shape}")
+    layout = "[B, Sk, Hkv, 2D]"
+    _check_dim("v", layout, v.shape, 0, b, f"B={b} (from q)")
+    _check_dim("v", layout, v.shape, 1, sk, f"Sk={sk} (from k)")
+    _check_dim("v", layout, v.shape, 2, hkv, f"Hkv={hkv} (from k)")
+    _check_dim("v", layout, v.shape, 3, 2 * d, f"2D={2 * d} (from q)")
+    if norm_weight.shape != (2 * d,):
+        raise ValueError(f"norm_weight: expected shape ({2 * d},) [2D], "
+                         f"got shape {norm_weight.shape}")
+    scale = _resolve_scale(scale, d)
+
+    q1, q2 = q[:, :, 0::2], q[:, :, 1::2]
+    k1, k2 = k[:, :, 0::2], k[:, :, 1::2]
+    a1 = _attention(q1, k1, v, scale=scale, causal=bool(causal))
+    a2 = _attention(q2, k2, v, scale=scale, causal=bool(causal))
+    x = a1 - lam * a2                                     # [B, Sq, H, 2D]
+    rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + float(eps))
+    rms = np.where(rms > 0.0, rms, 1.0)                   # eps=0, empty rows
+    return (1.0 - float(lambda_init)) * (x / rms) * norm_weight

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+#===- scripts/run.sh - set up, build, and run the main job or the tests ---===#
+#
+# The one script behind README's two commands:
+#   bash scripts/run.sh example   set everything up, run the main job
+#   bash scripts/run.sh test      set everything up, run every test (lit +
+#                                 pytest) and print one summary line
+#   bash scripts/run.sh setup     only install and build
+# Safe to run any number of times: installs are skipped when present and the
+# build directory (BUILD_DIR, default ./build) is reused.
+#
+#===----------------------------------------------------------------------===#
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+LLVM_PREFIX=/usr/lib/llvm-22
+APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools llvm-22-tools cmake ninja-build g++)
+PIP_PACKAGES=(numpy pytest)
+
+log() { printf '[diffattn] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_apt_packages() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    log "apt packages present"
+    return
+  fi
+  log "installing apt packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+}
+
+install_python_packages() {
+  if python3 -c 'import numpy, pytest' 2>/dev/null; then
+    log "python packages present"
+    return
+  fi
+  log "installing python packages: ${PIP_PACKAGES[*]}"
+  python3 -m pip install -q "${PIP_PACKAGES[@]}"
+}
+
+build() {
+  log "configuring and building in $BUILD_DIR"
+  cmake -G Ninja -S "$ROOT" -B "$BUILD_DIR" \
+    -DMLIR_DIR="$LLVM_PREFIX/lib/cmake/mlir" \
+    -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$BUILD_DIR"
+}
+
+# Makes the laid-out package importable by the python3 on PATH.
+install_python_path() {
+  local site
+  site="$(python3 -c 'import site; print(site.getsitepackages()[0])')"
+  echo "$BUILD_DIR/python_packages" > "$site/diffattn-build.pth"
+  python3 -c 'import diffattn; print("[diffattn] python package", diffattn.__version__, "importable")' >&2
+}
+
+setup() {
+  install_apt_packages
+  install_python_packages
+  build
+  install_python_path
+}
+
+# The main job on the bundled example.
+run_example() {
+  local model="$ROOT/examples/v2_model.mlir"
+  log "parsing, verifying and printing $model"
+  "$BUILD_DIR/bin/diffattn-opt" "$model"
+}
+
+# Runs lit and pytest, then prints one summary line; exits non-zero when any
+# test failed or none ran.
+run_tests() {
+  local logdir="$BUILD_DIR/test-logs"
+  mkdir -p "$logdir"
+  local lit_rc=0 py_rc=0
+  log "lit suite (check-diffattn)"
+  cmake --build "$BUILD_DIR" --target check-diffattn 2>&1 | tee "$logdir/lit.log" || lit_rc=$?
+  log "pytest"
+  python3 -m pytest -q -rs "$ROOT/python/tests" 2>&1 | tee "$logdir/pytest.log" || py_rc=$?
+  python3 "$ROOT/scripts/summarize_tests.py" "$logdir/lit.log" "$logdir/pytest.log" \
+    --lit-rc "$lit_rc" --pytest-rc "$py_rc"
+}
+
+main() {
+  local cmd="${1:-}"
+  case "$cmd" in
+    setup) setup ;;
+    example) setup; run_example ;;
+    test) setup; run_tests ;;
+    *) echo "usage: $0 setup|example|test" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
