@@ -7,9 +7,14 @@
 #include "diffattn/InitAllDiffAttn.h"
 
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnDialect.h"
+#include "diffattn/Dialect/DiffAttn/Transforms/Passes.h"
+#include "diffattn/Target/CPU/CPUTarget.h"
 
 void mlir::diffattn::registerAllDiffAttnDialects(DialectRegistry &registry) {
   registry.insert<DiffAttnDialect>();
 }
 
-void mlir::diffattn::registerAllDiffAttnPasses() {}
+void mlir::diffattn::registerAllDiffAttnPasses() {
+  registerDiffAttnPasses();
+  registerCPUTarget();
+}

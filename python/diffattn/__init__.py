@@ -1,18 +1,53 @@
 """diffattn: differential attention (Differential Transformer V1 and V2).
 
-The package is laid out by the CMake build under build/python_packages. It
-provides:
+The package is laid out by the CMake build under build/python_packages.
 
+- ``diffattn.v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
+  kv_len=None, out=None)`` and ``diffattn.v1(q, k, v, lam, norm_weight, *,
+  lambda_init, causal=False, scale=None, eps=1e-5, out=None)``: numpy arrays
+  (float32, float16, C-contiguous BSHD) run on the CPU through a kernel that
+  diffattn-compile builds for the call's static signature and caches (see
+  ``diffattn._compiler``). ``out``, when given, is written in place.
 - ``diffattn.reference.v2`` / ``diffattn.reference.v1``: float64 numpy
   reference implementations of the ops' semantics, for tests.
 - ``diffattn.__version__``: the project version the build recorded.
 """
 
 from . import reference
+from ._compiler import CompileError
 
 try:
     from ._build_config import VERSION as __version__
 except ImportError:  # running from the source tree, not a laid-out package
     __version__ = "0.0.0+source"
 
-__all__ = ["reference", "__version__"]
+
+def _is_numpy(x):
+    import numpy as np
+
+    return isinstance(x, np.ndarray)
+
+
+def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None):
+    """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU."""
+    if not _is_numpy(q):
+        raise TypeError(f"q: expected a numpy.ndarray (the CPU path); got {type(q).__name__} "
+                        f"(CUDA tensors need the GPU runtime, not in this version)")
+    from . import _cpu
+
+    return _cpu.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
+                   kv_len=kv_len, out=out)
+
+
+def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None):
+    """Differential attention V1 (see SPEC.md): numpy arrays run on the CPU."""
+    if not _is_numpy(q):
+        raise TypeError(f"q: expected a numpy.ndarray (the CPU path); got {type(q).__name__} "
+                        f"(CUDA tensors need the GPU runtime, not in this version)")
+    from . import _cpu
+
+    return _cpu.v1(q, k, v, lam, norm_weight, lambda_init=lambda_init, causal=causal,
+                   scale=scale, eps=eps, out=out)
+
+
+__all__ = ["v1", "v2", "reference", "CompileError", "__version__"]

@@ -1,0 +1,118 @@
+//===- Passes.td - diffattn transformation passes ----------*- tablegen -*-===//
+//
+// Passes over the diffattn dialect: decomposition into upstream linalg (the
+// oracle), FlashAttention tiling, and kernel outlining.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_DIALECT_DIFFATTN_TRANSFORMS_PASSES_TD
+#define DIFFATTN_DIALECT_DIFFATTN_TRANSFORMS_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def DiffAttnDecompose : Pass<"diffattn-decompose"> {
+  let summary = "Rewrite diffattn ops into upstream linalg/tensor/arith/math";
+  let description = [{
+    Replaces every `diffattn.v2` and `diffattn.v1` with untiled
+    linalg-on-tensors that computes SPEC.md's semantics directly: the full
+    score tensor `[B, 2H, Sq, Sk]` (f32), the mask, a max/exp/sum softmax,
+    the P·V product and the differential epilogue. This is the oracle every
+    other lowering is checked against, and a fallback for any target. Its
+    memory is quadratic in the sequence length.
+
+    Before:
+    ```mlir
+    %o = diffattn.v2 %q, %k, %v, %lam {causal} : (...) -> tensor<2x128x4x64xf32>
+    ```
+    After (sketch):
+    ```mlir
+    %s = linalg.generic {...} ins(%q, %k) outs(%zero)      // q·kᵀ, f32
+    %m = linalg.generic {...} ins(%s) outs(%ninf)         // scale, mask, row max
+    %p = linalg.generic {...} ins(%s, %m) ...              // exp, row sum
+    %a = linalg.generic {...} ins(%p, %v) ...              // P·V
+    %o = linalg.generic {...} ins(%a, %l, %lam) ...        // A0/l0 - σ(λ)·A1/l1
+    ```
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::linalg::LinalgDialect",
+    "::mlir::math::MathDialect", "::mlir::tensor::TensorDialect"
+  ];
+}
+
+def DiffAttnTileFlash : Pass<"diffattn-tile-flash"> {
+  let summary = "FlashAttention tiling of diffattn ops";
+  let description = [{
+    Rewrites every `diffattn.v2` / `diffattn.v1` into the tiled form that
+    every target strategy starts from: loops over batch, head pairs and
+    query blocks; inside, a loop over key/value blocks in which both heads of
+    the pair share the one K/V tile extracted per iteration, each with its
+    own online softmax (running max and sum in f32, rescaled accumulator),
+    and after the loop the fused differential epilogue (sigmoid(lam) and
+    subtraction for V2; subtraction, RMSNorm, weight and (1 - lambda_init)
+    for V1) that writes the pair's single output head once.
+
+    Causal and window masks bound the key loop so that fully masked blocks
+    are never visited; only blocks that straddle the mask boundary are
+    masked element-wise (an `scf.if` per block). With `kv_len`, the key loop
+    of sequence `b` stops at `kv_len[b]`. Rows that see no key produce 0.
+
+    Block sizes are options; 0 selects the default of `target`.
+
+    Sketch:
+    ```mlir
+    scf.for %b ... scf.for %h ... scf.for %i0 = 0 to %Sq step BQ {
+      %q0 = tensor.extract_slice %q[%b, %i0, 2h, 0] ...
+      %q1 = tensor.extract_slice %q[%b, %i0, 2h+1, 0] ...
+      %r:6 = scf.for %t0 = %lo to %hi step BK iter_args(m0, l0, acc0, m1, l1, acc1) {
+        %kt = tensor.extract_slice %k[...]   // one K tile, both heads
+        %vt = tensor.extract_slice %v[...]   // one V tile, both heads
+        ... online softmax of head 0 and head 1 ...
+      }
+      ... epilogue, tensor.insert_slice into out[%b, %i0, %h, 0]
+    }
+    ```
+  }];
+  let options = [
+    Option<"target", "target", "std::string", /*default=*/"\"cpu\"",
+           "Target whose default block sizes apply (cpu, sm_80, sm_90, "
+           "sm_90a, sm_100a)">,
+    Option<"blockQ", "block-q", "int64_t", /*default=*/"0",
+           "Query rows per block (0: the target's default)">,
+    Option<"blockK", "block-k", "int64_t", /*default=*/"0",
+           "Keys per block (0: the target's default)">,
+  ];
+  let dependentDialects = [
+    "::mlir::affine::AffineDialect", "::mlir::arith::ArithDialect",
+    "::mlir::linalg::LinalgDialect", "::mlir::math::MathDialect",
+    "::mlir::scf::SCFDialect", "::mlir::tensor::TensorDialect"
+  ];
+}
+
+def DiffAttnOutlineKernels : Pass<"diffattn-outline-kernels", "ModuleOp"> {
+  let summary = "Move each distinct diffattn op into its own kernel function";
+  let description = [{
+    Builds, for every distinct configuration of `diffattn.v2` /
+    `diffattn.v1` in the module (op kind, head counts, head dimensions,
+    element types, attributes), one private kernel function in
+    destination-passing style (the target pipelines add the public entry
+    points):
+
+    ```mlir
+    func.func private @diffattn_v2_<config>(%q: tensor<?x?x8x64xf16>, ...,
+        %out: tensor<?x?x4x64xf16> {bufferization.writable = true})
+        -> tensor<?x?x4x64xf16>
+    ```
+
+    Batch and sequence lengths become dynamic (run-time arguments of the
+    kernel); everything the kernel is specialised on stays static. The
+    kernel carries `diffattn.kernel` (its manifest entry as a dictionary).
+    Every other function of the module is erased: the result is the module
+    of kernels that the target pipelines compile.
+  }];
+  let dependentDialects = [
+    "::mlir::bufferization::BufferizationDialect",
+    "::mlir::func::FuncDialect", "::mlir::tensor::TensorDialect"
+  ];
+}
+
+#endif // DIFFATTN_DIALECT_DIFFATTN_TRANSFORMS_PASSES_TD

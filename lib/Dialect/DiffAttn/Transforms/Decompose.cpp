@@ -1,0 +1,239 @@
+//===- Decompose.cpp - diffattn ops to untiled linalg ---------------------===//
+//
+// The DiffAttnDecompose pass and its core, decomposeDiffAttnOp: SPEC.md's
+// formulas written as linalg.generic ops over whole tensors. Scores, softmax
+// statistics and accumulation are f32; the result has q's element type.
+//
+//===----------------------------------------------------------------------===//
+
+#include "LinalgBuilders.h"
+
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
+#include "diffattn/Dialect/DiffAttn/Transforms/Passes.h"
+#include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
+
+#include "mlir/Dialect/Arith/Utils/Utils.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+
+#include <limits>
+
+namespace mlir::diffattn {
+#define GEN_PASS_DEF_DIFFATTNDECOMPOSE
+#include "diffattn/Dialect/DiffAttn/Transforms/Passes.h.inc"
+} // namespace mlir::diffattn
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::lowering;
+
+using utils::IteratorType;
+static constexpr IteratorType kPar = IteratorType::parallel;
+static constexpr IteratorType kRed = IteratorType::reduction;
+
+LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
+                                                  Operation *op) {
+  AttentionConfig config = AttentionConfig::get(op);
+  Location loc = op->getLoc();
+  MLIRContext *ctx = op->getContext();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(op);
+
+  Value q = op->getOperand(0), k = op->getOperand(1), v = op->getOperand(2);
+  Value lam = op->getOperand(3);
+  Value kvLen = config.hasKvLen ? op->getOperand(4) : Value();
+  Type f32 = rewriter.getF32Type();
+  float ninf = -std::numeric_limits<float>::infinity();
+
+  OpFoldResult batch = tensor::getMixedSize(rewriter, loc, q, 0);
+  OpFoldResult seqQ = tensor::getMixedSize(rewriter, loc, q, 1);
+  OpFoldResult seqK = tensor::getMixedSize(rewriter, loc, k, 1);
+  Value seqQValue = getValueOrCreateConstantIndexOp(rewriter, loc, seqQ);
+  Value seqKValue = getValueOrCreateConstantIndexOp(rewriter, loc, seqK);
+  OpFoldResult queryHeads = rewriter.getIndexAttr(2 * config.numPairs);
+  OpFoldResult pairs = rewriter.getIndexAttr(config.numPairs);
+  OpFoldResult valueDim = rewriter.getIndexAttr(config.valueDim);
+
+  auto map = [&](unsigned numDims, ArrayRef<AffineExpr> results) {
+    return AffineMap::get(numDims, 0, results, ctx);
+  };
+  AffineExpr d0, d1, d2, d3, d4;
+  bindDims(ctx, d0, d1, d2, d3, d4);
+
+  // S[b, j, i, t] = sum_d q[b, i, j, d] * k[b, t, kh(j), d]   (loops b j i t d)
+  Value zeroScores =
+      buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ, seqK}, f32, 0);
+  Value scores = buildGeneric(
+      rewriter, loc, {q, k}, {zeroScores},
+      {map(5, {d0, d2, d1, d4}), map(5, {d0, d3, config.keyHead(d1), d4}),
+       map(5, {d0, d1, d2, d3})},
+      {kPar, kPar, kPar, kPar, kRed},
+      [&](OpBuilder &b, Location l, ValueRange args) {
+        linalg::YieldOp::create(b, l,
+                                buildMulAcc(b, l, args[0], args[1], args[2]));
+      })[0];
+
+  // Scale and mask: masked scores are -inf.                (loops b j i t)
+  AffineMap id4 = map(4, {d0, d1, d2, d3});
+  SmallVector<Value> maskInputs = {scores};
+  SmallVector<AffineMap> maskMaps = {id4};
+  if (kvLen) {
+    maskInputs.push_back(kvLen);
+    maskMaps.push_back(map(4, {d0}));
+  }
+  maskMaps.push_back(id4);
+  Value emptyScores = tensor::EmptyOp::create(
+      rewriter, loc, ArrayRef<OpFoldResult>{batch, queryHeads, seqQ, seqK}, f32);
+  Value masked = buildGeneric(
+      rewriter, loc, maskInputs, {emptyScores}, maskMaps,
+      {kPar, kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
+        Value row = linalg::IndexOp::create(b, l, 2);
+        Value key = linalg::IndexOp::create(b, l, 3);
+        Value keyLen =
+            buildKeyLength(b, l, kvLen ? args[1] : Value(), seqKValue);
+        Value offset = arith::SubIOp::create(b, l, keyLen, seqQValue);
+        Value visible =
+            buildIsVisible(b, l, config, row, key, offset, keyLen);
+        Value scaled = arith::MulFOp::create(
+            b, l, args[0],
+            arith::ConstantOp::create(b, l, b.getF32FloatAttr(config.scale)));
+        Value minusInf =
+            arith::ConstantOp::create(b, l, b.getF32FloatAttr(ninf));
+        linalg::YieldOp::create(
+            b, l, arith::SelectOp::create(b, l, visible, scaled, minusInf)
+                      .getResult());
+      })[0];
+
+  // Row max M[b, j, i] and probabilities P = exp(S - M).
+  AffineMap rowMap = map(4, {d0, d1, d2});
+  Value rowInit =
+      buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ}, f32, ninf);
+  Value rowMax = buildGeneric(
+      rewriter, loc, {masked}, {rowInit}, {id4, rowMap},
+      {kPar, kPar, kPar, kRed}, [&](OpBuilder &b, Location l, ValueRange args) {
+        linalg::YieldOp::create(
+            b, l, arith::MaxNumFOp::create(b, l, args[0], args[1]).getResult());
+      })[0];
+  Value probs = buildGeneric(
+      rewriter, loc, {masked, rowMax}, {emptyScores}, {id4, rowMap, id4},
+      {kPar, kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
+        Value shifted =
+            arith::SubFOp::create(b, l, args[0], buildSafeMax(b, l, args[1]));
+        linalg::YieldOp::create(b, l,
+                                math::ExpOp::create(b, l, shifted).getResult());
+      })[0];
+  Value zeroRows =
+      buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ}, f32, 0);
+  Value rowSum = buildGeneric(
+      rewriter, loc, {probs}, {zeroRows}, {id4, rowMap},
+      {kPar, kPar, kPar, kRed}, [&](OpBuilder &b, Location l, ValueRange args) {
+        linalg::YieldOp::create(
+            b, l, arith::AddFOp::create(b, l, args[0], args[1]).getResult());
+      })[0];
+
+  // A[b, i, j, e] = sum_t P[b, j, i, t] * v[b, t, vh(j), e]  (loops b i j e t)
+  Value zeroAcc = buildFilledTensor(
+      rewriter, loc, {batch, seqQ, queryHeads, valueDim}, f32, 0);
+  Value acc = buildGeneric(
+      rewriter, loc, {probs, v}, {zeroAcc},
+      {map(5, {d0, d2, d1, d4}), map(5, {d0, d4, config.valueHead(d2), d3}),
+       map(5, {d0, d1, d2, d3})},
+      {kPar, kPar, kPar, kPar, kRed},
+      [&](OpBuilder &b, Location l, ValueRange args) {
+        linalg::YieldOp::create(b, l,
+                                buildMulAcc(b, l, args[0], args[1], args[2]));
+      })[0];
+
+  // Epilogue over (b, i, h, e): the two heads of pair h, normalised.
+  SmallVector<Value> pairInputs = {acc, acc, rowSum, rowSum};
+  SmallVector<AffineMap> pairMaps = {
+      map(4, {d0, d1, d2 * 2, d3}), map(4, {d0, d1, d2 * 2 + 1, d3}),
+      map(4, {d0, d2 * 2, d1}), map(4, {d0, d2 * 2 + 1, d1})};
+  auto difference = [&](OpBuilder &b, Location l, ValueRange args,
+                        Value weight) {
+    return buildPairDifference(b, l, args[0], args[1], args[2], args[3],
+                               weight);
+  };
+  AffineMap outMap = map(4, {d0, d1, d2, d3});
+  // The result is written into the op's destination when it has one.
+  auto resultInit = [&]() -> Value {
+    if (Value dest = getResultDestination(op))
+      return dest;
+    return tensor::EmptyOp::create(
+        rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
+        config.elementType);
+  };
+  Value result;
+  if (config.kind == AttentionConfig::Kind::V2) {
+    pairInputs.push_back(lam);
+    pairMaps.push_back(map(4, {d0, d1, d2}));
+    pairMaps.push_back(outMap);
+    result = buildGeneric(
+        rewriter, loc, pairInputs, {resultInit()}, pairMaps,
+        {kPar, kPar, kPar, kPar},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          Value sig = buildSigmoid(b, l, buildExtToF32(b, l, args[4]));
+          Value diff = difference(b, l, args, sig);
+          linalg::YieldOp::create(
+              b, l, buildTruncFromF32(b, l, diff, config.elementType));
+        })[0];
+  } else {
+    // V1: x = A1 - lam * A2, then RMSNorm over the 2D values of each head.
+    pairInputs.push_back(lam);
+    pairMaps.push_back(map(4, {}));
+    pairMaps.push_back(outMap);
+    Value emptyF32 = tensor::EmptyOp::create(
+        rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
+        f32);
+    Value diff = buildGeneric(
+        rewriter, loc, pairInputs, {emptyF32}, pairMaps,
+        {kPar, kPar, kPar, kPar},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          linalg::YieldOp::create(b, l, difference(b, l, args, args[4]));
+        })[0];
+    Value zeroSq =
+        buildFilledTensor(rewriter, loc, {batch, seqQ, pairs}, f32, 0);
+    Value sumSquares = buildGeneric(
+        rewriter, loc, {diff}, {zeroSq}, {outMap, map(4, {d0, d1, d2})},
+        {kPar, kPar, kPar, kRed},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          linalg::YieldOp::create(b, l,
+                                  buildMulAcc(b, l, args[0], args[0], args[1]));
+        })[0];
+    result = buildGeneric(
+        rewriter, loc, {diff, sumSquares, op->getOperand(4)}, {resultInit()},
+        {outMap, map(4, {d0, d1, d2}), map(4, {d3}), outMap},
+        {kPar, kPar, kPar, kPar},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          Value y = buildRMSNormScale(b, l, args[0], args[1], args[2],
+                                      config.valueDim, config.eps,
+                                      config.lambdaInit);
+          linalg::YieldOp::create(
+              b, l, buildTruncFromF32(b, l, y, config.elementType));
+        })[0];
+  }
+
+  // The op's result type may be more static than the computed one.
+  if (result.getType() != op->getResult(0).getType())
+    result = tensor::CastOp::create(rewriter, loc, op->getResult(0).getType(),
+                                    result);
+  replaceWithResult(rewriter, op, result);
+  return success();
+}
+
+namespace {
+struct DiffAttnDecomposePass
+    : public diffattn::impl::DiffAttnDecomposeBase<DiffAttnDecomposePass> {
+  void runOnOperation() override {
+    IRRewriter rewriter(&getContext());
+    SmallVector<Operation *> ops;
+    getOperation()->walk([&](Operation *op) {
+      if (isa<V2Op, V1Op>(op))
+        ops.push_back(op);
+    });
+    for (Operation *op : ops)
+      if (failed(decomposeDiffAttnOp(rewriter, op)))
+        return signalPassFailure();
+  }
+};
+} // namespace

@@ -1,0 +1,71 @@
+//===- LinalgBuilders.h - small builders shared by the lowerings -*- C++ -*-===//
+//
+// Internal helpers of the decomposition and the tiling: linalg.generic on
+// tensors, filled tensors and the scalar math of attention (f32 extension,
+// sigmoid, the guards that make empty rows 0 instead of NaN).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_LIB_DIALECT_DIFFATTN_TRANSFORMS_LINALGBUILDERS_H
+#define DIFFATTN_LIB_DIALECT_DIFFATTN_TRANSFORMS_LINALGBUILDERS_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Utils/StructuredOpsUtils.h"
+#include "mlir/IR/Builders.h"
+
+namespace mlir::diffattn::lowering {
+
+using BodyBuilder = function_ref<void(OpBuilder &, Location, ValueRange)>;
+
+/// Fast-math flags of the dot-product and softmax arithmetic: reassociation
+/// lets the backends vectorise reductions; the reference tolerance of
+/// SPEC.md covers the reordering.
+inline arith::FastMathFlags attentionFastMath() {
+  return arith::FastMathFlags::reassoc | arith::FastMathFlags::contract;
+}
+
+/// A linalg.generic on tensors whose results have the types of `outputs`.
+SmallVector<Value> buildGeneric(OpBuilder &b, Location loc, ValueRange inputs,
+                                ValueRange outputs, ArrayRef<AffineMap> maps,
+                                ArrayRef<utils::IteratorType> iterators,
+                                BodyBuilder body);
+
+/// A tensor of `sizes` x `elementType` filled with `value`.
+Value buildFilledTensor(OpBuilder &b, Location loc,
+                        ArrayRef<OpFoldResult> sizes, Type elementType,
+                        double value);
+
+/// `value` extended to f32 (unchanged when already f32).
+Value buildExtToF32(OpBuilder &b, Location loc, Value value);
+
+/// `value` (f32) converted to `type` (unchanged when already f32).
+Value buildTruncFromF32(OpBuilder &b, Location loc, Value value, Type type);
+
+/// 1 / (1 + exp(-x)) in f32.
+Value buildSigmoid(OpBuilder &b, Location loc, Value x);
+
+/// A running max usable as an exp() offset: 0 when the max is -inf (no
+/// visible key yet), so exp(s - m) is 0, never NaN.
+Value buildSafeMax(OpBuilder &b, Location loc, Value max);
+
+/// `acc / sum`, or 0 when the row saw no key (sum == 0).
+Value buildNormalize(OpBuilder &b, Location loc, Value acc, Value sum);
+
+/// The differential combination of one pair: acc0/sum0 - weight * acc1/sum1
+/// (each normalisation 0 for an empty row).
+Value buildPairDifference(OpBuilder &b, Location loc, Value acc0, Value acc1,
+                          Value sum0, Value sum1, Value weight);
+
+/// acc + ext(lhs) * ext(rhs) in f32 with attentionFastMath().
+Value buildMulAcc(OpBuilder &b, Location loc, Value lhs, Value rhs, Value acc);
+
+/// The V1 epilogue scale of one element: (1 - lambdaInit) * x *
+/// rsqrt(sumSquares / width + eps) * weight.
+Value buildRMSNormScale(OpBuilder &b, Location loc, Value x, Value sumSquares,
+                        Value weight, int64_t width, float eps,
+                        float lambdaInit);
+
+} // namespace mlir::diffattn::lowering
+
+#endif // DIFFATTN_LIB_DIALECT_DIFFATTN_TRANSFORMS_LINALGBUILDERS_H

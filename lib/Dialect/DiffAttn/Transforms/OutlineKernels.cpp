@@ -1,0 +1,254 @@
+//===- OutlineKernels.cpp - one kernel function per diffattn config -------===//
+//
+// The DiffAttnOutlineKernels pass and its core, outlineDiffAttnKernels. A
+// kernel is named after everything it is specialised on, so that equal ops
+// share one kernel and a name identifies a configuration; its manifest entry
+// (parameters and argument order) travels with it as `diffattn.kernel`.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
+#include "diffattn/Dialect/DiffAttn/Transforms/Passes.h"
+#include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
+
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/IR/Verifier.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/Support/Format.h"
+
+namespace mlir::diffattn {
+#define GEN_PASS_DEF_DIFFATTNOUTLINEKERNELS
+#include "diffattn/Dialect/DiffAttn/Transforms/Passes.h.inc"
+} // namespace mlir::diffattn
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+namespace {
+
+std::string typeName(Type type) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  type.print(os);
+  return text;
+}
+
+std::string floatBits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  std::string text;
+  llvm::raw_string_ostream(text) << llvm::format_hex_no_prefix(bits, 8);
+  return text;
+}
+
+/// The kernel name: the op kind and every specialisation parameter.
+std::string kernelName(Operation *op, const AttentionConfig &c) {
+  std::string name;
+  llvm::raw_string_ostream os(name);
+  bool isV2 = c.kind == AttentionConfig::Kind::V2;
+  os << "diffattn_" << (isV2 ? "v2" : "v1") << "_" << typeName(c.elementType)
+     << "_h" << 2 * c.numPairs << "_kv" << c.numValueHeads << "_d"
+     << c.headDim << "_dv" << c.valueDim;
+  if (c.causal)
+    os << "_causal";
+  if (isV2) {
+    auto v2 = cast<V2Op>(op);
+    if (v2.getWindowLeftBound() >= 0)
+      os << "_wl" << v2.getWindowLeftBound();
+    if (v2.getWindowRightBound() >= 0)
+      os << "_wr" << v2.getWindowRightBound();
+    Type lamType = v2.getLam().getType().getElementType();
+    if (lamType != c.elementType)
+      os << "_lam" << typeName(lamType);
+    if (c.hasKvLen)
+      os << "_kvlen";
+    if (v2.getScaleAttr())
+      os << "_s" << floatBits(c.scale);
+  } else {
+    auto v1 = cast<V1Op>(op);
+    os << "_li" << floatBits(c.lambdaInit) << "_eps" << floatBits(c.eps);
+    Type weightType = v1.getNormWeight().getType().getElementType();
+    if (weightType != c.elementType)
+      os << "_w" << typeName(weightType);
+    if (v1.getScaleAttr())
+      os << "_s" << floatBits(c.scale);
+  }
+  return name;
+}
+
+/// Symbolic dimensions of each operand: the names of the dynamic ones, the
+/// sizes of the static ones.
+SmallVector<SmallVector<Attribute>> argumentShapes(Operation *op,
+                                                   const AttentionConfig &c,
+                                                   Builder &b) {
+  auto sym = [&](StringRef s) -> Attribute { return b.getStringAttr(s); };
+  auto num = [&](int64_t n) -> Attribute { return b.getI64IntegerAttr(n); };
+  int64_t queryHeads = 2 * c.numPairs;
+  SmallVector<SmallVector<Attribute>> shapes = {
+      {sym("B"), sym("Sq"), num(queryHeads), num(c.headDim)},
+      {sym("B"), sym("Sk"), num(c.numKeyHeads), num(c.headDim)},
+      {sym("B"), sym("Sk"), num(c.numValueHeads), num(c.valueDim)}};
+  if (c.kind == AttentionConfig::Kind::V2) {
+    shapes.push_back({sym("B"), sym("Sq"), num(c.numPairs)});
+    if (c.hasKvLen)
+      shapes.push_back({sym("B")});
+  } else {
+    shapes.push_back({});
+    shapes.push_back({num(c.valueDim)});
+  }
+  shapes.push_back({sym("B"), sym("Sq"), num(c.numPairs), num(c.valueDim)});
+  return shapes;
+}
+
+RankedTensorType kernelType(RankedTensorType type,
+                            ArrayRef<Attribute> shape) {
+  SmallVector<int64_t> dims;
+  for (Attribute dim : shape)
+    dims.push_back(isa<StringAttr>(dim)
+                       ? ShapedType::kDynamic
+                       : cast<IntegerAttr>(dim).getInt());
+  return RankedTensorType::get(dims, type.getElementType());
+}
+
+/// The manifest entry of a kernel.
+DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
+                                 StringRef name,
+                                 ArrayRef<SmallVector<Attribute>> shapes,
+                                 Builder &b) {
+  bool isV2 = c.kind == AttentionConfig::Kind::V2;
+  SmallVector<NamedAttribute> params = {
+      b.getNamedAttr("element_type", b.getStringAttr(typeName(c.elementType))),
+      b.getNamedAttr("query_heads", b.getI64IntegerAttr(2 * c.numPairs)),
+      b.getNamedAttr("pairs", b.getI64IntegerAttr(c.numPairs)),
+      b.getNamedAttr("kv_heads", b.getI64IntegerAttr(c.numValueHeads)),
+      b.getNamedAttr("head_dim", b.getI64IntegerAttr(c.headDim)),
+      b.getNamedAttr("value_dim", b.getI64IntegerAttr(c.valueDim)),
+      b.getNamedAttr("causal", b.getBoolAttr(c.causal)),
+      b.getNamedAttr("scale", b.getF32FloatAttr(c.scale))};
+  if (isV2) {
+    auto v2 = cast<V2Op>(op);
+    params.push_back(b.getNamedAttr(
+        "window_left", b.getI64IntegerAttr(v2.getWindowLeftBound())));
+    params.push_back(b.getNamedAttr(
+        "window_right", b.getI64IntegerAttr(v2.getWindowRightBound())));
+    params.push_back(b.getNamedAttr(
+        "group_size", b.getI64IntegerAttr(v2.getGroupSize())));
+    params.push_back(
+        b.getNamedAttr("kv_len", b.getBoolAttr(c.hasKvLen)));
+  } else {
+    params.push_back(
+        b.getNamedAttr("lambda_init", b.getF32FloatAttr(c.lambdaInit)));
+    params.push_back(b.getNamedAttr("eps", b.getF32FloatAttr(c.eps)));
+  }
+
+  SmallVector<StringRef> names = {"q", "k", "v", "lam"};
+  if (isV2 && c.hasKvLen)
+    names.push_back("kv_len");
+  if (!isV2)
+    names.push_back("norm_weight");
+  names.push_back("out");
+  SmallVector<Attribute> args;
+  for (auto [index, argName] : llvm::enumerate(names)) {
+    Type elem = index + 1 == names.size()
+                    ? c.elementType
+                    : cast<ShapedType>(op->getOperand(index).getType())
+                          .getElementType();
+    args.push_back(b.getDictionaryAttr(
+        {b.getNamedAttr("name", b.getStringAttr(argName)),
+         b.getNamedAttr("role", b.getStringAttr(index + 1 == names.size()
+                                                    ? "output"
+                                                    : "input")),
+         b.getNamedAttr("dtype", b.getStringAttr(typeName(elem))),
+         b.getNamedAttr("shape", b.getArrayAttr(shapes[index]))}));
+  }
+  for (StringRef dim : {"B", "Sq", "Sk"})
+    args.push_back(b.getDictionaryAttr(
+        {b.getNamedAttr("name", b.getStringAttr(dim)),
+         b.getNamedAttr("role", b.getStringAttr("size")),
+         b.getNamedAttr("dtype", b.getStringAttr("i64"))}));
+
+  return b.getDictionaryAttr(
+      {b.getNamedAttr("name", b.getStringAttr(name)),
+       b.getNamedAttr("kind", b.getStringAttr(isV2 ? "v2" : "v1")),
+       b.getNamedAttr("params", b.getDictionaryAttr(params)),
+       b.getNamedAttr("args", b.getArrayAttr(args))});
+}
+
+} // namespace
+
+LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
+  SmallVector<Operation *> ops;
+  module.walk([&](Operation *op) {
+    if (isa<V2Op, V1Op>(op))
+      ops.push_back(op);
+  });
+  if (ops.empty())
+    return module.emitError()
+           << "no diffattn.v2 or diffattn.v1 op to compile (run "
+              "--diffattn-fuse on a model graph first)";
+
+  OpBuilder b(module.getContext());
+  SmallVector<func::FuncOp> kernels;
+  llvm::StringSet<> seen;
+  for (Operation *op : ops) {
+    AttentionConfig config = AttentionConfig::get(op);
+    std::string name = kernelName(op, config);
+    if (!seen.insert(name).second)
+      continue;
+    SmallVector<SmallVector<Attribute>> shapes =
+        argumentShapes(op, config, b);
+
+    SmallVector<Type> argTypes;
+    for (auto [index, operand] : llvm::enumerate(op->getOperands()))
+      argTypes.push_back(kernelType(
+          cast<RankedTensorType>(operand.getType()), shapes[index]));
+    auto outType = kernelType(
+        cast<RankedTensorType>(op->getResult(0).getType()), shapes.back());
+    argTypes.push_back(outType);
+
+    b.setInsertionPointToEnd(module.getBody());
+    auto func = func::FuncOp::create(b, op->getLoc(), name,
+                                     b.getFunctionType(argTypes, {outType}));
+    // Private: the target adds the public entry point (a C function, or a
+    // GPU kernel), which also lets the output be dropped from the results
+    // once bufferization writes it in place.
+    func.setPrivate();
+    func->setAttr(kKernelAttrName,
+                  kernelDescription(op, config, name, shapes, b));
+    func.setArgAttr(argTypes.size() - 1, "bufferization.writable",
+                    b.getBoolAttr(true));
+    Block *entry = func.addEntryBlock();
+    b.setInsertionPointToStart(entry);
+    IRMapping mapping;
+    mapping.map(op->getOperands(), entry->getArguments().drop_back());
+    Operation *clone = b.clone(*op, mapping);
+    clone->getResult(0).setType(outType);
+    Value result = bufferization::MaterializeInDestinationOp::create(
+        b, op->getLoc(), clone->getResult(0), entry->getArguments().back())
+                       .getResult();
+    func::ReturnOp::create(b, op->getLoc(), result);
+    kernels.push_back(func);
+  }
+
+  // Keep only the kernels.
+  for (Operation &op :
+       llvm::make_early_inc_range(module.getBody()->getOperations()))
+    if (!llvm::is_contained(kernels, dyn_cast<func::FuncOp>(&op)))
+      op.erase();
+  for (func::FuncOp kernel : kernels)
+    if (failed(kernel.verify()) || failed(mlir::verify(kernel)))
+      return failure();
+  return success();
+}
+
+namespace {
+struct DiffAttnOutlineKernelsPass
+    : public diffattn::impl::DiffAttnOutlineKernelsBase<DiffAttnOutlineKernelsPass> {
+  void runOnOperation() override {
+    if (failed(outlineDiffAttnKernels(getOperation())))
+      signalPassFailure();
+  }
+};
+} // namespace

@@ -1,0 +1,107 @@
+"""Finding and running diffattn-compile, and the kernel cache.
+
+The compiler is ``diffattn-compile`` from the build tree that laid this
+package out, unless ``DIFFATTN_COMPILE`` names another. Compiled kernels are
+cached under ``DIFFATTN_CACHE_DIR`` (default: ``$XDG_CACHE_HOME/diffattn`` or
+``~/.cache/diffattn``): ``<cache>/<key>/`` is one ``diffattn-compile -o``
+directory (``manifest.json`` plus the kernels), where ``<key>`` hashes the op
+kind, its static parameters, the target and the compiler version. A machine
+without the compiler can use kernels copied into its cache.
+"""
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+from . import _build_config
+
+
+class CompileError(RuntimeError):
+    """diffattn-compile failed; the message carries its diagnostics."""
+
+
+def compiler_path():
+    """The diffattn-compile this package runs."""
+    return os.environ.get("DIFFATTN_COMPILE") or _build_config.DIFFATTN_COMPILE
+
+
+def cache_dir():
+    """The root of the kernel cache."""
+    root = os.environ.get("DIFFATTN_CACHE_DIR")
+    if root:
+        return root
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "diffattn")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_version(path):
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip()
+
+
+def compiler_version():
+    """The version line of the compiler, or None when it cannot run here."""
+    return _compiler_version(compiler_path())
+
+
+def cache_key(kind, params, target):
+    """The cache directory name of one kernel configuration."""
+    version = compiler_version() or _build_config.VERSION
+    text = json.dumps({"kind": kind, "params": params, "target": target,
+                       "compiler": version}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def ensure_compiled(kind, params, target, mlir_text):
+    """Returns the artifact directory of the kernel, compiling it if needed.
+
+    ``mlir_text`` is a module holding one op with these parameters; it is
+    compiled only when the cache has no entry for the key.
+    """
+    root = cache_dir()
+    key = cache_key(kind, params, target)
+    final = os.path.join(root, key)
+    if os.path.isfile(os.path.join(final, "manifest.json")):
+        return final
+    compiler = compiler_path()
+    if not os.path.isfile(compiler) and shutil.which(compiler) is None:
+        raise CompileError(
+            f"no kernel for this configuration in {root} and no compiler at "
+            f"{compiler} (set DIFFATTN_COMPILE, or copy a diffattn-compile "
+            f"output directory to {final})")
+    os.makedirs(root, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".build-", dir=root)
+    try:
+        source = os.path.join(work, "kernel.mlir")
+        with open(source, "w") as f:
+            f.write(mlir_text)
+        out_dir = os.path.join(work, "out")
+        proc = subprocess.run([compiler, source, f"--target={target}", "-o", out_dir],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CompileError(f"diffattn-compile failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr.strip()}\n--- input ---\n{mlir_text}")
+        try:
+            os.rename(out_dir, final)
+        except OSError:
+            # Another process installed the same key first: use theirs.
+            if not os.path.isfile(os.path.join(final, "manifest.json")):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def load_manifest(directory):
+    with open(os.path.join(directory, "manifest.json")) as f:
+        return json.load(f)

@@ -1,0 +1,270 @@
+//===- diffattn-compile.cpp - the compile driver --------------------------===//
+//
+// diffattn-compile IN.mlir --target=cpu|sm_80|sm_90|sm_90a|sm_100a -o DIR
+//
+// Compiles every differential-attention op of IN into kernels and writes
+// DIR/manifest.json plus one artifact per kernel. The stages, each an
+// ordinary pass runnable alone in diffattn-opt:
+//
+//   parse + verify
+//   diffattn-outline-kernels              one kernel per op configuration
+//   per kernel, the target pipeline:
+//     cpu: diffattn-cpu-pipeline{outline=0}  -> LLVM dialect + C entry point
+//          LLVM -O3 for the host, object file, `cc -shared`  -> <kernel>.so
+//
+// Exit status 0 only when every kernel and the manifest were written.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
+#include "diffattn/InitAllDiffAttn.h"
+#include "diffattn/Target/CPU/CPUTarget.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/IR/AsmState.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "mlir/InitAllDialects.h"
+#include "mlir/InitAllExtensions.h"
+#include "mlir/InitAllPasses.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Support/FileUtilities.h"
+#include "mlir/Support/Timing.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+#ifndef DIFFATTN_VERSION
+#define DIFFATTN_VERSION "unknown"
+#endif
+
+namespace cl = llvm::cl;
+
+static cl::OptionCategory category("diffattn-compile options");
+
+static cl::opt<std::string> inputFilename(cl::Positional,
+                                          cl::desc("<input .mlir>"),
+                                          cl::Required, cl::cat(category));
+static cl::opt<std::string>
+    outputDir("o", cl::desc("Output directory (created if absent)"),
+              cl::value_desc("dir"), cl::Required, cl::cat(category));
+static cl::opt<std::string>
+    target("target",
+           cl::desc("Target: cpu, sm_80, sm_90 (portable tensor-core "
+                    "strategy), sm_90a (Hopper), sm_100a (Blackwell)"),
+           cl::init("cpu"), cl::cat(category));
+static cl::opt<std::string>
+    lowering("lowering",
+             cl::desc("CPU lowering: 'flash' (tiled, default) or "
+                      "'decompose' (untiled oracle)"),
+             cl::init("flash"), cl::cat(category));
+static cl::opt<int64_t> blockQ("block-q",
+                               cl::desc("Query rows per block (0: the "
+                                        "target's default)"),
+                               cl::init(0), cl::cat(category));
+static cl::opt<int64_t> blockK("block-k",
+                               cl::desc("Keys per block (0: the target's "
+                                        "default)"),
+                               cl::init(0), cl::cat(category));
+
+namespace {
+
+llvm::json::Value toJSON(Attribute attr) {
+  if (auto b = dyn_cast<BoolAttr>(attr))
+    return b.getValue();
+  if (auto i = dyn_cast<IntegerAttr>(attr))
+    return i.getInt();
+  if (auto f = dyn_cast<FloatAttr>(attr))
+    return f.getValueAsDouble();
+  if (auto s = dyn_cast<StringAttr>(attr))
+    return s.getValue().str();
+  if (auto a = dyn_cast<ArrayAttr>(attr)) {
+    llvm::json::Array array;
+    for (Attribute element : a)
+      array.push_back(toJSON(element));
+    return array;
+  }
+  if (auto d = dyn_cast<DictionaryAttr>(attr)) {
+    llvm::json::Object object;
+    for (NamedAttribute named : d)
+      object[named.getName().getValue()] = toJSON(named.getValue());
+    return object;
+  }
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  attr.print(os);
+  return text;
+}
+
+/// Runs `pm` on `module` with the command line's pass-manager options
+/// (--mlir-timing, --mlir-print-ir-after-all, ...).
+LogicalResult runPipeline(PassManager &pm, ModuleOp module,
+                          TimingScope &timing) {
+  if (failed(applyPassManagerCLOptions(pm)))
+    return failure();
+  pm.enableTiming(timing);
+  return pm.run(module);
+}
+
+/// Compiles one outlined kernel for the CPU: DIR/<kernel>.so.
+FailureOr<llvm::json::Object> compileCPUKernel(ModuleOp kernelModule,
+                                               StringRef name,
+                                               TimingScope &timing) {
+  PassManager pm(kernelModule.getContext());
+  CPUPipelineOptions options;
+  options.outline = false;
+  options.lowering = lowering;
+  options.blockQ = blockQ;
+  options.blockK = blockK;
+  auto reportError = [&](const Twine &message) {
+    return kernelModule.emitError(message);
+  };
+  if (failed(buildCPUPipeline(pm, options, reportError)))
+    return failure();
+  {
+    TimingScope lowerTiming = timing.nest("lower " + name.str());
+    if (failed(runPipeline(pm, kernelModule, lowerTiming)))
+      return failure();
+  }
+
+  llvm::SmallString<256> libraryPath(outputDir);
+  std::string library = name.str() + ".so";
+  llvm::sys::path::append(libraryPath, library);
+  {
+    TimingScope emitTiming = timing.nest("emit " + library);
+    if (failed(emitSharedObject(kernelModule, libraryPath)))
+      return failure();
+  }
+
+  auto entry = kernelModule.lookupSymbol<LLVM::LLVMFuncOp>(name);
+  auto desc = entry ? entry->getAttrOfType<DictionaryAttr>(kKernelAttrName)
+                    : DictionaryAttr();
+  if (!desc)
+    return kernelModule.emitError() << "no entry point for kernel " << name;
+  llvm::json::Object object = *toJSON(desc).getAsObject();
+  object["library"] = library;
+  object["entry"] = name.str();
+  object["launch"] = llvm::json::Object{
+      {"kind", "c_call"},
+      {"returns", "void"},
+      {"rule", "one call computes the whole op; pointers are contiguous "
+               "row-major (BSHD) buffers in 'args' order, then B, Sq, Sk"}};
+  return object;
+}
+
+LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
+                      TimingScope &timing) {
+  OwningOpRef<ModuleOp> module;
+  {
+    TimingScope parseTiming = timing.nest("parse + verify");
+    module = parseSourceFile<ModuleOp>(sourceMgr, &context);
+  }
+  if (!module)
+    return failure();
+
+  if (target != "cpu") {
+    if (target == "sm_80" || target == "sm_90" || target == "sm_90a" ||
+        target == "sm_100a")
+      return module->emitError()
+             << "target '" << target
+             << "' is not implemented yet: only --target=cpu compiles "
+                "kernels in this version";
+    return module->emitError() << "unknown target '" << target
+                               << "' (expected cpu, sm_80, sm_90, sm_90a or "
+                                  "sm_100a)";
+  }
+
+  {
+    TimingScope outlineTiming = timing.nest("outline kernels");
+    if (failed(outlineDiffAttnKernels(*module)))
+      return failure();
+  }
+
+  if (std::error_code ec = llvm::sys::fs::create_directories(outputDir))
+    return module->emitError() << "cannot create " << outputDir << ": "
+                               << ec.message();
+
+  llvm::json::Array kernels;
+  for (auto kernel : module->getOps<func::FuncOp>()) {
+    // Each kernel is lowered in a module of its own.
+    OwningOpRef<ModuleOp> kernelModule = ModuleOp::create(kernel.getLoc());
+    kernelModule->getBody()->push_back(kernel.clone());
+    FailureOr<llvm::json::Object> entry =
+        compileCPUKernel(*kernelModule, kernel.getSymName(), timing);
+    if (failed(entry))
+      return failure();
+    kernels.push_back(std::move(*entry));
+  }
+
+  llvm::json::Object manifest{
+      {"format_version", 1},
+      {"compiler", "diffattn-compile " DIFFATTN_VERSION},
+      {"target", target.getValue()},
+      {"host", getHostCPUDescription()},
+      {"source", llvm::sys::path::filename(inputFilename).str()},
+      {"kernels", std::move(kernels)}};
+  llvm::SmallString<256> manifestPath(outputDir);
+  llvm::sys::path::append(manifestPath, "manifest.json");
+  std::string errorMessage;
+  auto output = openOutputFile(manifestPath, &errorMessage);
+  if (!output)
+    return module->emitError() << errorMessage;
+  output->os() << llvm::formatv("{0:2}", llvm::json::Value(std::move(manifest)))
+               << "\n";
+  output->keep();
+  return success();
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  registerAllPasses();
+  registerAllDiffAttnPasses();
+  registerAsmPrinterCLOptions();
+  registerMLIRContextCLOptions();
+  registerPassManagerCLOptions();
+  registerDefaultTimingManagerCLOptions();
+  cl::SetVersionPrinter([](llvm::raw_ostream &os) {
+    os << "diffattn-compile " << DIFFATTN_VERSION << "\n";
+  });
+  cl::HideUnrelatedOptions({&category, &cl::getGeneralCategory()});
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "diffattn-compile: differential-attention ops to kernels + manifest\n");
+
+  DialectRegistry registry;
+  registerAllDialects(registry);
+  registerAllExtensions(registry);
+  registerAllDiffAttnDialects(registry);
+  MLIRContext context(registry);
+  context.loadAllAvailableDialects();
+
+  std::string errorMessage;
+  auto file = openInputFile(inputFilename, &errorMessage);
+  if (!file) {
+    llvm::errs() << "diffattn-compile: " << errorMessage << "\n";
+    return 1;
+  }
+  llvm::SourceMgr sourceMgr;
+  sourceMgr.AddNewSourceBuffer(std::move(file), llvm::SMLoc());
+  SourceMgrDiagnosticHandler diagnostics(sourceMgr, &context);
+
+  DefaultTimingManager timingManager;
+  applyDefaultTimingManagerCLOptions(timingManager);
+  TimingScope timing = timingManager.getRootScope();
+  if (failed(compile(context, sourceMgr, timing)))
+    return 1;
+  return 0;
+}
