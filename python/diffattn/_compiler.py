@@ -54,22 +54,28 @@ def compiler_version():
     return _compiler_version(compiler_path())
 
 
-def cache_key(kind, params, target):
-    """The cache directory name of one kernel configuration."""
-    version = compiler_version() or _build_config.VERSION
+def cache_key(kind, params, target, options=()):
+    """The cache directory name of one kernel configuration.
+
+    The compiler's identity is its ``--version`` line, or, where no compiler
+    runs (a machine that only loads kernels), the line the compiler of this
+    package's release prints: both name the same release.
+    """
+    version = compiler_version() or f"diffattn-compile {_build_config.VERSION}"
     text = json.dumps({"kind": kind, "params": params, "target": target,
-                       "compiler": version}, sort_keys=True)
+                       "options": list(options), "compiler": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def ensure_compiled(kind, params, target, mlir_text):
+def ensure_compiled(kind, params, target, mlir_text, options=()):
     """Returns the artifact directory of the kernel, compiling it if needed.
 
     ``mlir_text`` is a module holding one op with these parameters; it is
-    compiled only when the cache has no entry for the key.
+    compiled only when the cache has no entry for the key. ``options`` are
+    extra diffattn-compile flags (part of the key).
     """
     root = cache_dir()
-    key = cache_key(kind, params, target)
+    key = cache_key(kind, params, target, options)
     final = os.path.join(root, key)
     if os.path.isfile(os.path.join(final, "manifest.json")):
         return final
@@ -86,7 +92,8 @@ def ensure_compiled(kind, params, target, mlir_text):
         with open(source, "w") as f:
             f.write(mlir_text)
         out_dir = os.path.join(work, "out")
-        proc = subprocess.run([compiler, source, f"--target={target}", "-o", out_dir],
+        proc = subprocess.run([compiler, source, f"--target={target}", "-o", out_dir,
+                               *options],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise CompileError(f"diffattn-compile failed (exit {proc.returncode}):\n"

@@ -86,8 +86,14 @@ def _module(op, operands, attrs, result_shape, elem):
             f"  return %r : {result}\n}}\n")
 
 
-def _run(kind, params, mlir_text, buffers, sizes):
-    directory = _compiler.ensure_compiled(kind, params, "cpu", mlir_text)
+_LOWERINGS = ("flash", "decompose")
+
+
+def _run(kind, params, mlir_text, buffers, sizes, lowering):
+    if lowering not in _LOWERINGS:
+        raise ValueError(f"lowering: expected one of {_LOWERINGS}, got {lowering!r}")
+    options = () if lowering == "flash" else (f"--lowering={lowering}",)
+    directory = _compiler.ensure_compiled(kind, params, "cpu", mlir_text, options)
     manifest = _compiler.load_manifest(directory)
     if len(manifest["kernels"]) != 1:
         raise RuntimeError(f"{directory}: expected one kernel, found {len(manifest['kernels'])}")
@@ -106,7 +112,11 @@ def _run(kind, params, mlir_text, buffers, sizes):
     fn(*[b.ctypes.data for _, b in buffers], *[int(s) for s in sizes])
 
 
-def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None):
+def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
+       lowering="flash"):
+    """diffattn.v2 on numpy arrays. ``lowering`` picks the kernel the
+    compiler builds: "flash" (tiled, the default) or "decompose" (untiled
+    oracle, quadratic memory; for tests and benchmarks)."""
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[B, Sk, Hkv, D]")
     v = _check_array("v", v, 4, "[B, Sk, Hkv, Dv]")
@@ -174,11 +184,13 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         buffers.append(("kv_len", kv_len))
     buffers.append(("out", out))
     text = _module("diffattn.v2", operands, attrs, out.shape, elem)
-    _run("v2", params, text, buffers, (b, sq, sk))
+    _run("v2", params, text, buffers, (b, sq, sk), lowering)
     return out
 
 
-def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None):
+def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None,
+       lowering="flash"):
+    """diffattn.v1 on numpy arrays; ``lowering`` as for v2."""
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[B, Sk, 2Hkv, D]")
     v = _check_array("v", v, 4, "[B, Sk, Hkv, 2D]")
@@ -237,5 +249,5 @@ def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=
     buffers = [("q", q), ("k", k), ("v", v), ("lam", lam_buf), ("norm_weight", norm_weight),
                ("out", out)]
     text = _module("diffattn.v1", operands, attrs, out.shape, elem)
-    _run("v1", params, text, buffers, (b, sq, sk))
+    _run("v1", params, text, buffers, (b, sq, sk), lowering)
     return out

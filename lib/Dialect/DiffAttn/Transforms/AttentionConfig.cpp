@@ -56,9 +56,9 @@ AffineExpr AttentionConfig::keyHead(AffineExpr j) const {
   if (kind == Kind::V2) // G = 2H / Hkv query heads per KV head.
     return j.floorDiv(2 * numPairs / numKeyHeads);
   // V1: pair h = j / 2 reads KV group h / R (R = H / Hkv); query head 2h+s
-  // reads key head 2 * group + s.
+  // reads key head 2 * group + s; (j / 2) / R == j / (2R).
   int64_t pairsPerGroup = numPairs / numValueHeads;
-  return j.floorDiv(2).floorDiv(pairsPerGroup) * 2 + j % 2;
+  return j.floorDiv(2 * pairsPerGroup) * 2 + j % 2;
 }
 
 AffineExpr AttentionConfig::valueHead(AffineExpr j) const {

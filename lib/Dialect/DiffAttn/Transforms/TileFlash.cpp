@@ -377,7 +377,10 @@ Value FlashTiler::build() {
               Value keyHead1 =
                   sharedKeys ? keyHead0
                              : applyHead(&AttentionConfig::keyHead, head1);
-              Value valueHead = applyHead(&AttentionConfig::valueHead, head0);
+              // V2 reads K and V of one head; V1 one V head per pair.
+              Value valueHead =
+                  sharedKeys ? keyHead0
+                             : applyHead(&AttentionConfig::valueHead, head0);
               auto rowLoop = scf::ForOp::create(
                   b, loc, c0, seqQ, blockQ, pairArgs,
                   [&](OpBuilder &, Location, Value row0, ValueRange rowArgs) {
