@@ -71,11 +71,14 @@ setup() {
   install_python_path
 }
 
-# The main job on the bundled example.
+# The main job on the bundled example: compile its differential attention
+# for the CPU and run the kernels against the float64 reference.
 run_example() {
   local model="$ROOT/examples/v2_model.mlir"
-  log "parsing, verifying and printing $model"
+  log "the model: $model"
   "$BUILD_DIR/bin/diffattn-opt" "$model"
+  log "compiling it for the CPU and running it against the reference"
+  python3 "$ROOT/examples/run_cpu_example.py" "$model" "$BUILD_DIR/example-cpu"
 }
 
 # Runs lit and pytest, then prints one summary line; exits non-zero when any

@@ -33,7 +33,10 @@ llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.diffattn_tools_dir, config.llvm_tools_dir]
-tools = [ToolSubst("diffattn-opt", unresolved="fatal")]
+tools = [
+    ToolSubst("diffattn-opt", unresolved="fatal"),
+    ToolSubst("diffattn-compile", unresolved="fatal"),
+]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.diffattn_tools_dir, append_path=True)

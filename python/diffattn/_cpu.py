@@ -86,6 +86,43 @@ def _module(op, operands, attrs, result_shape, elem):
             f"  return %r : {result}\n}}\n")
 
 
+def load_kernels(directory):
+    """Loads every kernel of a diffattn-compile --target=cpu directory:
+    {kernel name: (C function, manifest entry)}."""
+    manifest = _compiler.load_manifest(directory)
+    if manifest.get("target") != "cpu":
+        raise ValueError(f"{directory}: not a CPU artifact (target {manifest.get('target')!r})")
+    kernels = {}
+    for kernel in manifest["kernels"]:
+        path = f"{directory}/{kernel['library']}"
+        lib = _LIBRARIES.get(path)
+        if lib is None:
+            lib = _LIBRARIES[path] = ctypes.CDLL(path)
+        fn = getattr(lib, kernel["entry"])
+        n_buffers = sum(1 for a in kernel["args"] if a["role"] != "size")
+        n_sizes = len(kernel["args"]) - n_buffers
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * n_buffers + [ctypes.c_int64] * n_sizes
+        kernels[kernel["name"]] = (fn, kernel)
+    return kernels
+
+
+def call_kernel(fn, kernel, buffers, sizes):
+    """Calls a loaded kernel with named contiguous arrays and B, Sq, Sk,
+    after checking them against the kernel's manifest entry."""
+    names = [a["name"] for a in kernel["args"] if a["role"] != "size"]
+    if names != [n for n, _ in buffers]:
+        raise RuntimeError(f"kernel {kernel['name']} takes {names}, got {[n for n, _ in buffers]}")
+    dims = dict(zip(("B", "Sq", "Sk"), (int(s) for s in sizes)))
+    for spec, (name, array) in zip((a for a in kernel["args"] if a["role"] != "size"), buffers):
+        shape = tuple(dims[d] if isinstance(d, str) else d for d in spec["shape"])
+        if array.shape != shape or _DTYPES.get(array.dtype, "i32" if array.dtype == np.int32 else None) \
+                != spec["dtype"] or not array.flags.c_contiguous:
+            raise ValueError(f"{name}: kernel {kernel['name']} expects a contiguous {spec['dtype']} "
+                             f"array of shape {shape}, got {array.dtype} {array.shape}")
+    fn(*[b.ctypes.data for _, b in buffers], *dims.values())
+
+
 _LOWERINGS = ("flash", "decompose")
 
 
@@ -94,22 +131,11 @@ def _run(kind, params, mlir_text, buffers, sizes, lowering):
         raise ValueError(f"lowering: expected one of {_LOWERINGS}, got {lowering!r}")
     options = () if lowering == "flash" else (f"--lowering={lowering}",)
     directory = _compiler.ensure_compiled(kind, params, "cpu", mlir_text, options)
-    manifest = _compiler.load_manifest(directory)
-    if len(manifest["kernels"]) != 1:
-        raise RuntimeError(f"{directory}: expected one kernel, found {len(manifest['kernels'])}")
-    kernel = manifest["kernels"][0]
-    path = f"{directory}/{kernel['library']}"
-    lib = _LIBRARIES.get(path)
-    if lib is None:
-        lib = _LIBRARIES[path] = ctypes.CDLL(path)
-    fn = getattr(lib, kernel["entry"])
-    names = [a["name"] for a in kernel["args"] if a["role"] != "size"]
-    if names != [n for n, _ in buffers]:
-        raise RuntimeError(f"{directory}: kernel arguments {names} do not match "
-                           f"the call's {[n for n, _ in buffers]}")
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * len(buffers) + [ctypes.c_int64] * len(sizes)
-    fn(*[b.ctypes.data for _, b in buffers], *[int(s) for s in sizes])
+    kernels = load_kernels(directory)
+    if len(kernels) != 1:
+        raise RuntimeError(f"{directory}: expected one kernel, found {len(kernels)}")
+    (fn, kernel), = kernels.values()
+    call_kernel(fn, kernel, buffers, sizes)
 
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
