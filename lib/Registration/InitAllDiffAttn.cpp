@@ -6,6 +6,7 @@
 
 #include "diffattn/InitAllDiffAttn.h"
 
+#include "diffattn/Conversion/Passes.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnDialect.h"
 #include "diffattn/Dialect/DiffAttn/Transforms/Passes.h"
 #include "diffattn/Target/CPU/CPUTarget.h"
@@ -16,5 +17,6 @@ void mlir::diffattn::registerAllDiffAttnDialects(DialectRegistry &registry) {
 
 void mlir::diffattn::registerAllDiffAttnPasses() {
   registerDiffAttnPasses();
+  registerDiffAttnConversionPasses();
   registerCPUTarget();
 }

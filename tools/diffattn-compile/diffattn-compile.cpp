@@ -11,6 +11,10 @@
 //   per kernel, the target pipeline:
 //     cpu: diffattn-cpu-pipeline{outline=0}  -> LLVM dialect + C entry point
 //          LLVM -O3 for the host, object file, `cc -shared`  -> <kernel>.so
+//     sm_80, sm_90: diffattn-to-mma-sync-kernels  -> gpu.module kernel
+//          lower-affine, gpu-lower-to-nvvm-pipeline{cubin-format=isa}
+//          (NVVM, LLVM NVPTX)                     -> <kernel>.ptx
+//          ptxas -O3                              -> <kernel>.cubin
 //
 // Exit status 0 only when every kernel and the manifest were written.
 //
@@ -18,9 +22,12 @@
 
 #include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
 #include "diffattn/InitAllDiffAttn.h"
+#include "diffattn/Conversion/Passes.h"
 #include "diffattn/Target/CPU/CPUTarget.h"
+#include "diffattn/Target/GPU/GPUTarget.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinOps.h"
@@ -29,6 +36,7 @@
 #include "mlir/InitAllDialects.h"
 #include "mlir/InitAllExtensions.h"
 #include "mlir/InitAllPasses.h"
+#include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
@@ -70,13 +78,17 @@ static cl::opt<std::string>
                       "'decompose' (untiled oracle)"),
              cl::init("flash"), cl::cat(category));
 static cl::opt<int64_t> blockQ("block-q",
-                               cl::desc("Query rows per block (0: the "
+                               cl::desc("Query rows per block, CPU (0: the "
                                         "target's default)"),
                                cl::init(0), cl::cat(category));
 static cl::opt<int64_t> blockK("block-k",
                                cl::desc("Keys per block (0: the target's "
                                         "default)"),
                                cl::init(0), cl::cat(category));
+static cl::opt<bool> timing("timing",
+                            cl::desc("Print where compile time goes (the same "
+                                     "report as --mlir-timing)"),
+                            cl::init(false), cl::cat(category));
 
 namespace {
 
@@ -163,6 +175,72 @@ FailureOr<llvm::json::Object> compileCPUKernel(ModuleOp kernelModule,
   return object;
 }
 
+/// Compiles one outlined kernel for a GPU: DIR/<kernel>.ptx and .cubin.
+FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
+                                               StringRef name,
+                                               const GPUTargetInfo &gpu,
+                                               TimingScope &timing) {
+  MLIRContext *context = kernelModule.getContext();
+  {
+    PassManager pm(context);
+    DiffAttnToMmaSyncKernelsOptions options;
+    options.blockK = blockK;
+    pm.addPass(createDiffAttnToMmaSyncKernels(options));
+    TimingScope strategyTiming = timing.nest("strategy " + name.str());
+    if (failed(runPipeline(pm, kernelModule, strategyTiming)))
+      return failure();
+  }
+  DictionaryAttr desc;
+  kernelModule.walk([&](gpu::GPUFuncOp func) {
+    if (auto attr = func->getAttrOfType<DictionaryAttr>(kKernelAttrName))
+      desc = attr;
+  });
+  if (!desc)
+    return kernelModule.emitError() << "no GPU kernel made for " << name;
+  llvm::json::Object object = *toJSON(desc).getAsObject();
+
+  {
+    PassManager pm(context);
+    if (failed(buildPTXPipeline(pm, gpu)))
+      return failure();
+    TimingScope lowerTiming = timing.nest("lower to PTX " + name.str());
+    if (failed(runPipeline(pm, kernelModule, lowerTiming)))
+      return failure();
+  }
+  FailureOr<std::string> ptx = extractPTX(kernelModule);
+  if (failed(ptx))
+    return failure();
+
+  std::string ptxFile = name.str() + ".ptx", cubinFile = name.str() + ".cubin";
+  llvm::SmallString<256> ptxPath(outputDir), cubinPath(outputDir);
+  llvm::sys::path::append(ptxPath, ptxFile);
+  llvm::sys::path::append(cubinPath, cubinFile);
+  {
+    std::string errorMessage;
+    auto output = openOutputFile(ptxPath, &errorMessage);
+    if (!output)
+      return kernelModule.emitError() << errorMessage;
+    output->os() << *ptx;
+    output->keep();
+  }
+  FailureOr<PtxasReport> report;
+  {
+    TimingScope ptxasTiming = timing.nest("ptxas " + cubinFile);
+    report = assemblePTX(kernelModule.getLoc(), ptxPath, cubinPath, gpu);
+  }
+  if (failed(report))
+    return failure();
+  object["entry"] = name.str();
+  object["ptx"] = ptxFile;
+  object["cubin"] = cubinFile;
+  object["chip"] = gpu.chip;
+  object["ptxas"] = llvm::json::Object{{"registers", report->registers},
+                                       {"spill_stores", report->spillStores},
+                                       {"spill_loads", report->spillLoads},
+                                       {"stack_frame", report->stackFrame}};
+  return object;
+}
+
 LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
                       TimingScope &timing) {
   OwningOpRef<ModuleOp> module;
@@ -173,16 +251,23 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
   if (!module)
     return failure();
 
+  std::optional<GPUTargetInfo> gpuTarget;
   if (target != "cpu") {
-    if (target == "sm_80" || target == "sm_90" || target == "sm_90a" ||
-        target == "sm_100a")
+    gpuTarget = lookupGPUTarget(target);
+    if (!gpuTarget)
       return module->emitError()
-             << "target '" << target
-             << "' is not implemented yet: only --target=cpu compiles "
-                "kernels in this version";
-    return module->emitError() << "unknown target '" << target
-                               << "' (expected cpu, sm_80, sm_90, sm_90a or "
-                                  "sm_100a)";
+             << "unknown target '" << target
+             << "' (expected cpu, sm_80, sm_90, sm_90a or sm_100a)";
+    if (gpuTarget->strategy != "mma_sync")
+      return module->emitError()
+             << "the " << gpuTarget->strategy << " strategy of --target="
+             << target
+             << " is not implemented yet; --target=sm_90 compiles the "
+                "portable mma.sync strategy, whose cubin runs on Hopper";
+    if (blockQ != 0)
+      return module->emitError(
+          "--block-q applies to --target=cpu only (the mma.sync strategy "
+          "uses 64-row query blocks: 4 warps of 16 rows)");
   }
 
   {
@@ -201,7 +286,10 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
     OwningOpRef<ModuleOp> kernelModule = ModuleOp::create(kernel.getLoc());
     kernelModule->getBody()->push_back(kernel.clone());
     FailureOr<llvm::json::Object> entry =
-        compileCPUKernel(*kernelModule, kernel.getSymName(), timing);
+        gpuTarget ? compileGPUKernel(*kernelModule, kernel.getSymName(),
+                                     *gpuTarget, timing)
+                  : compileCPUKernel(*kernelModule, kernel.getSymName(),
+                                     timing);
     if (failed(entry))
       return failure();
     kernels.push_back(std::move(*entry));
@@ -247,6 +335,7 @@ int main(int argc, char **argv) {
   DialectRegistry registry;
   registerAllDialects(registry);
   registerAllExtensions(registry);
+  registerAllToLLVMIRTranslations(registry);
   registerAllDiffAttnDialects(registry);
   MLIRContext context(registry);
   context.loadAllAvailableDialects();
@@ -263,8 +352,10 @@ int main(int argc, char **argv) {
 
   DefaultTimingManager timingManager;
   applyDefaultTimingManagerCLOptions(timingManager);
-  TimingScope timing = timingManager.getRootScope();
-  if (failed(compile(context, sourceMgr, timing)))
+  if (timing)
+    timingManager.setEnabled(true);
+  TimingScope rootTiming = timingManager.getRootScope();
+  if (failed(compile(context, sourceMgr, rootTiming)))
     return 1;
   return 0;
 }

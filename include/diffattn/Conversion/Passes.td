@@ -1,0 +1,58 @@
+//===- Passes.td - diffattn conversion passes --------------*- tablegen -*-===//
+//
+// Conversions from the diffattn dialect to GPU kernels, one pass per
+// strategy.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_CONVERSION_PASSES_TD
+#define DIFFATTN_CONVERSION_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def DiffAttnToMmaSyncKernels
+    : Pass<"diffattn-to-mma-sync-kernels", "ModuleOp"> {
+  let summary = "Emit portable tensor-core (mma.sync) GPU kernels for "
+                "outlined diffattn kernels";
+  let description = [{
+    The portable GPU strategy (sm_80 and later). Replaces every kernel
+    function made by `diffattn-outline-kernels` with a `gpu.module` holding
+    one `gpu.func` kernel that maps the FlashAttention tiled form onto the
+    GPU:
+
+    - the query-block loop becomes the grid (x: query blocks of `block-q`
+      rows, y: head pairs, z: batch); one CTA of 4 warps handles one block of
+      rows of both heads of a pair, each warp 16 rows of both heads, so the
+      differential epilogue needs no data from another thread's registers;
+    - the key-block loop stays a loop (`scf.for`) whose bounds skip fully
+      masked blocks; K and V tiles go global -> shared through `cp.async`
+      (`nvgpu.device_async_copy`, zero-filling keys past the sequence) in a
+      two-stage pipeline, one tile of each shared by both heads;
+    - Q·Kᵀ and P·V are `nvvm.mma.sync` m16n8k16 with f32 accumulation,
+      fed by `nvgpu.ldmatrix` (V transposed); P stays in registers, converted
+      from the accumulator layout of Q·Kᵀ to the operand layout of P·V;
+    - the online softmax runs in registers (row max and sum reduced across
+      the four lanes of a row with `gpu.shuffle`, `exp2` with the scale
+      folded in); only blocks that straddle the mask are masked;
+    - the epilogue divides by the row sums, applies sigmoid(lam) and writes
+      the pair's single output head.
+
+    The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
+    grid, block size, dynamic shared memory and the kernel parameter list.
+    Configurations the strategy does not support (V1, f32, head dimensions
+    other than 64 and 128, Dv != D) are diagnosed.
+  }];
+  let options = [
+    Option<"blockK", "block-k", "int64_t", /*default=*/"0",
+           "Keys per block (0: 64 for D = 64, 32 for D = 128)">,
+  ];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::gpu::GPUDialect",
+    "::mlir::LLVM::LLVMDialect", "::mlir::math::MathDialect",
+    "::mlir::memref::MemRefDialect", "::mlir::NVVM::NVVMDialect",
+    "::mlir::nvgpu::NVGPUDialect", "::mlir::scf::SCFDialect",
+    "::mlir::vector::VectorDialect"
+  ];
+}
+
+#endif // DIFFATTN_CONVERSION_PASSES_TD

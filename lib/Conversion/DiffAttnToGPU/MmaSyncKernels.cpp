@@ -1,0 +1,702 @@
+//===- MmaSyncKernels.cpp - portable tensor-core kernels ------------------===//
+//
+// The DiffAttnToMmaSyncKernels pass and its core, emitMmaSyncKernel: the
+// FlashAttention tiled form of a diffattn.v2 op mapped onto sm_80+ tensor
+// cores. See the pass description in include/diffattn/Conversion/Passes.td
+// for the mapping; the fragment layouts below follow the PTX ISA sections
+// "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
+//
+// Per CTA: 4 warps, 64 query rows of both heads of one pair. Per warp: 16
+// rows of both heads. A thread of lane l holds, of each 16x8 accumulator
+// tile, the rows g = l / 4 and g + 8 at the columns 2 (l % 4) + {0, 1}.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/Conversion/DiffAttnToGPU.h"
+#include "diffattn/Conversion/Passes.h"
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
+#include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
+
+#include "mlir/Dialect/Affine/IR/AffineOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+#include <cmath>
+#include <limits>
+
+namespace mlir::diffattn {
+#define GEN_PASS_DEF_DIFFATTNTOMMASYNCKERNELS
+#include "diffattn/Conversion/Passes.h.inc"
+} // namespace mlir::diffattn
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+namespace {
+
+constexpr int64_t kWarps = 4;
+constexpr int64_t kThreads = 32 * kWarps;
+constexpr int64_t kBlockQ = 16 * kWarps;
+constexpr int64_t kStages = 2;
+/// Row padding of shared-memory tiles (16 bytes): rows of 8 consecutive
+/// ldmatrix addresses then fall in distinct banks.
+constexpr int64_t kPad = 8;
+
+/// A 16x8 f32 accumulator tile: c0, c1 (row g), c2, c3 (row g + 8).
+using Acc = std::array<Value, 4>;
+
+/// Everything the kernel is specialised on.
+struct Plan {
+  AttentionConfig attn;
+  int64_t blockK;
+  int64_t queryHeads, pairs, kvHeads, headDim, valueDim;
+  int64_t sharedBytes;
+  int64_t qTileBytes, kTileBytes;
+  Type elementType, lamType;
+};
+
+class MmaSyncKernelBuilder {
+public:
+  MmaSyncKernelBuilder(OpBuilder &b, Location loc, const Plan &plan)
+      : b(b), loc(loc), plan(plan), ctx(b.getContext()) {}
+
+  /// Fills the body of `func` (arguments: q, k, v, lam, [kv_len], out, B,
+  /// Sq, Sk).
+  void build(gpu::GPUFuncOp func);
+
+private:
+  // Scalar helpers.
+  Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
+  Value f32(float v) {
+    return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+  }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
+  Value mul(Value x, int64_t y) { return mul(x, idx(y)); }
+  Value add(Value x, int64_t y) { return add(x, idx(y)); }
+  Value div(Value x, int64_t y) {
+    return arith::DivUIOp::create(b, loc, x, idx(y));
+  }
+  Value rem(Value x, int64_t y) {
+    return arith::RemUIOp::create(b, loc, x, idx(y));
+  }
+  Value minI(Value x, Value y) { return arith::MinSIOp::create(b, loc, x, y); }
+  Value maxI(Value x, Value y) { return arith::MaxSIOp::create(b, loc, x, y); }
+  Value cmp(arith::CmpIPredicate p, Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, p, x, y);
+  }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  Value fmax(Value x, Value y) {
+    return arith::MaxNumFOp::create(b, loc, x, y);
+  }
+  Value fmul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value fadd(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value fsub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  Value exp2(Value x) {
+    return math::Exp2Op::create(
+        b, loc, x,
+        arith::FastMathFlagsAttr::get(ctx, arith::FastMathFlags::afn));
+  }
+  Value shuffleXor(Value x, int32_t offset) {
+    return gpu::ShuffleOp::create(b, loc, x, offset, 32,
+                                  gpu::ShuffleMode::XOR)
+        .getShuffleResult();
+  }
+  /// max / sum over the four lanes that hold one accumulator row.
+  Value quadMax(Value x) {
+    x = fmax(x, shuffleXor(x, 1));
+    return fmax(x, shuffleXor(x, 2));
+  }
+  Value quadSum(Value x) {
+    x = fadd(x, shuffleXor(x, 1));
+    return fadd(x, shuffleXor(x, 2));
+  }
+
+  // Fragments.
+  /// One 32-bit mma operand register from two 16-bit values.
+  Value packOperand(Value pair);
+  SmallVector<Value> ldmatrix(Value smem, ValueRange indices, bool transpose);
+  Acc mma(ArrayRef<Value> a, ArrayRef<Value> bReg, const Acc &c);
+  Acc zeroAcc() {
+    Value z = f32(0.0f);
+    return {z, z, z, z};
+  }
+
+  /// Issues cp.async copies of `rows` x `cols` elements: row r of the tile
+  /// is `src[base + r * stride ...]`, rows >= `validRows` are zero-filled.
+  void copyTileAsync(Value src, Value base, int64_t stride, Value validRows,
+                     Value dst, ValueRange dstLead, int64_t rows, int64_t cols);
+
+  /// Attention of one head of the pair over one key block: updates the
+  /// running max/sum of its two rows and its accumulators.
+  void attendBlock(int64_t head, Value stage, Value key0, Value needsMask,
+                   SmallVectorImpl<Acc> &acc, std::array<Value, 2> &rowMax,
+                   std::array<Value, 2> &rowSum);
+
+  OpBuilder &b;
+  Location loc;
+  const Plan &plan;
+  MLIRContext *ctx;
+
+  // Values of the kernel, set by build().
+  Value lane, warp, qRow0, rowsValid, keyLen, offset;
+  Value sQ, sK, sV;
+};
+
+Value MmaSyncKernelBuilder::packOperand(Value pair) {
+  // nvvm.mma.sync takes bf16 operands as i32 registers, f16 ones as
+  // vector<2xf16>.
+  if (plan.elementType.isF16())
+    return pair;
+  return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
+}
+
+SmallVector<Value> MmaSyncKernelBuilder::ldmatrix(Value smem,
+                                                  ValueRange indices,
+                                                  bool transpose) {
+  auto type = VectorType::get({4, 2}, plan.elementType);
+  Value frag = nvgpu::LdMatrixOp::create(b, loc, type, smem, indices,
+                                         b.getBoolAttr(transpose),
+                                         b.getI32IntegerAttr(4));
+  SmallVector<Value> regs;
+  for (int64_t i = 0; i < 4; ++i)
+    regs.push_back(
+        packOperand(vector::ExtractOp::create(b, loc, frag, i).getResult()));
+  return regs;
+}
+
+Acc MmaSyncKernelBuilder::mma(ArrayRef<Value> a, ArrayRef<Value> bReg,
+                              const Acc &c) {
+  Type f32 = b.getF32Type();
+  auto resultType = LLVM::LLVMStructType::getLiteral(ctx, {f32, f32, f32, f32});
+  NVVM::MMATypes ptxType = plan.elementType.isF16() ? NVVM::MMATypes::f16
+                                                    : NVVM::MMATypes::bf16;
+  Value d = NVVM::MmaOp::create(
+      b, loc, resultType, a, bReg, ValueRange(c), {16, 8, 16},
+      /*b1Op=*/std::nullopt, /*intOverflow=*/std::nullopt,
+      std::array<NVVM::MMATypes, 2>{ptxType, ptxType},
+      std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                     NVVM::MMALayout::col});
+  Acc r;
+  for (int64_t i = 0; i < 4; ++i)
+    r[i] = LLVM::ExtractValueOp::create(b, loc, d, i);
+  return r;
+}
+
+void MmaSyncKernelBuilder::copyTileAsync(Value src, Value base,
+                                         int64_t stride, Value validRows,
+                                         Value dst, ValueRange dstLead,
+                                         int64_t rows, int64_t cols) {
+  // 16-byte chunks, spread over the CTA's threads.
+  int64_t chunksPerRow = cols / 8;
+  int64_t chunks = rows * chunksPerRow;
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  for (int64_t first = 0; first < chunks; first += kThreads) {
+    Value chunk = add(tid, first);
+    auto emitCopy = [&]() {
+      Value row = div(chunk, chunksPerRow);
+      Value col = mul(rem(chunk, chunksPerRow), 8);
+      Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
+      // Rows past the valid ones read nothing (zero-fill) from a valid
+      // address.
+      Value srcIndex =
+          select(valid, add(add(base, mul(row, stride)), col), idx(0));
+      Value srcElements = select(valid, idx(8), idx(0));
+      SmallVector<Value> dstIndices(dstLead);
+      dstIndices.append({row, col});
+      nvgpu::DeviceAsyncCopyOp::create(
+          b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst, dstIndices, src,
+          ValueRange{srcIndex}, b.getIndexAttr(8), srcElements,
+          b.getUnitAttr());
+    };
+    if (first + kThreads <= chunks) {
+      emitCopy();
+    } else {
+      auto inRange = cmp(arith::CmpIPredicate::ult, chunk, idx(chunks));
+      scf::IfOp::create(b, loc, inRange, [&](OpBuilder &, Location) {
+        emitCopy();
+        scf::YieldOp::create(b, loc);
+      });
+    }
+  }
+}
+
+void MmaSyncKernelBuilder::attendBlock(int64_t head, Value stage, Value key0,
+                                       Value needsMask,
+                                       SmallVectorImpl<Acc> &acc,
+                                       std::array<Value, 2> &rowMax,
+                                       std::array<Value, 2> &rowSum) {
+  int64_t keyTiles = plan.blockK / 8;
+  int64_t d = plan.headDim;
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+
+  // S = Q Kᵀ: 16 x blockK per warp.
+  SmallVector<Acc> s(keyTiles, zeroAcc());
+  Value qRow = add(add(mul(warp, 16), l8), mul(rem(g8, 2), 8));
+  Value qColLane = mul(div(lane, 16), 8);
+  Value kRowLane = add(l8, mul(div(lane, 16), 8));
+  Value kColLane = mul(rem(g8, 2), 8);
+  for (int64_t kk = 0; kk < d / 16; ++kk) {
+    SmallVector<Value> a =
+        ldmatrix(sQ, {idx(head), qRow, add(qColLane, kk * 16)}, false);
+    for (int64_t np = 0; np < keyTiles / 2; ++np) {
+      SmallVector<Value> kr = ldmatrix(
+          sK, {stage, add(kRowLane, np * 16), add(kColLane, kk * 16)}, false);
+      s[2 * np] = mma(a, {kr[0], kr[1]}, s[2 * np]);
+      s[2 * np + 1] = mma(a, {kr[2], kr[3]}, s[2 * np + 1]);
+    }
+  }
+
+  // Mask the blocks that straddle the mask boundary (or the key length).
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  SmallVector<Value> flat;
+  for (const Acc &t : s)
+    flat.append(t.begin(), t.end());
+  SmallVector<Type> types(flat.size(), b.getF32Type());
+  auto ifOp = scf::IfOp::create(
+      b, loc, needsMask,
+      [&](OpBuilder &, Location) {
+        SmallVector<Value> masked;
+        Value rowLane = add(add(qRow0, mul(warp, 16)), div(lane, 4));
+        Value colLane = add(key0, mul(rem(lane, 4), 2));
+        for (int64_t nt = 0; nt < keyTiles; ++nt)
+          for (int64_t e = 0; e < 4; ++e) {
+            Value row = add(rowLane, (e / 2) * 8);
+            Value key = add(colLane, nt * 8 + e % 2);
+            Value visible = buildIsVisible(b, loc, plan.attn, row, key,
+                                           offset, keyLen);
+            masked.push_back(select(visible, flat[nt * 4 + e], ninf));
+          }
+        scf::YieldOp::create(b, loc, masked);
+      },
+      [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
+  for (int64_t nt = 0; nt < keyTiles; ++nt)
+    for (int64_t e = 0; e < 4; ++e)
+      s[nt][e] = ifOp.getResult(nt * 4 + e);
+
+  // Online softmax of the thread's two rows; exp2 with the scale folded in.
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  std::array<Value, 2> alpha;
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    Value m = s[0][2 * rr];
+    for (int64_t nt = 0; nt < keyTiles; ++nt)
+      m = fmax(m, fmax(s[nt][2 * rr], s[nt][2 * rr + 1]));
+    Value newMax = fmax(rowMax[rr], quadMax(m));
+    // A row that has seen no key yet keeps max -inf: use 0 as the offset
+    // so that exp2(-inf - 0) = 0, never NaN.
+    Value safeMax = select(
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, newMax, ninf),
+        f32(0.0f), newMax);
+    Value shift = fmul(safeMax, scaleLog2);
+    alpha[rr] = exp2(fsub(fmul(rowMax[rr], scaleLog2), shift));
+    Value sum = f32(0.0f);
+    for (int64_t nt = 0; nt < keyTiles; ++nt)
+      for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+        s[nt][e] = exp2(fsub(fmul(s[nt][e], scaleLog2), shift));
+        sum = fadd(sum, s[nt][e]);
+      }
+    rowMax[rr] = newMax;
+    rowSum[rr] = fadd(fmul(rowSum[rr], alpha[rr]), sum);
+  }
+  for (Acc &t : acc)
+    for (int64_t e = 0; e < 4; ++e)
+      t[e] = fmul(t[e], alpha[e / 2]);
+
+  // O += P V with P from registers: two accumulator tiles (16 keys) make
+  // one A operand.
+  auto pairType = VectorType::get({2}, plan.elementType);
+  auto packP = [&](Value x, Value y) {
+    Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
+    Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
+    return packOperand(
+        vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
+  };
+  Value vRowLane = add(l8, mul(rem(g8, 2), 8));
+  Value vColLane = mul(div(lane, 16), 8);
+  for (int64_t kt = 0; kt < keyTiles / 2; ++kt) {
+    SmallVector<Value> a = {packP(s[2 * kt][0], s[2 * kt][1]),
+                            packP(s[2 * kt][2], s[2 * kt][3]),
+                            packP(s[2 * kt + 1][0], s[2 * kt + 1][1]),
+                            packP(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+    for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp) {
+      SmallVector<Value> vr = ldmatrix(
+          sV, {stage, add(vRowLane, kt * 16), add(vColLane, dp * 16)}, true);
+      acc[2 * dp] = mma(a, {vr[0], vr[1]}, acc[2 * dp]);
+      acc[2 * dp + 1] = mma(a, {vr[2], vr[3]}, acc[2 * dp + 1]);
+    }
+  }
+}
+
+void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  const AttentionConfig &attn = plan.attn;
+  bool decode = attn.hasKvLen;
+  unsigned a = 0;
+  Value q = entry.getArgument(a++), k = entry.getArgument(a++),
+        v = entry.getArgument(a++), lam = entry.getArgument(a++);
+  Value kvLen = decode ? entry.getArgument(a++) : Value();
+  Value out = entry.getArgument(a++);
+  a++; // B: the grid's z extent.
+  Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
+
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warp = div(tid, 32);
+  Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value pair = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  qRow0 = mul(qBlock, kBlockQ);
+  rowsValid = minI(idx(kBlockQ), sub(seqQ, qRow0));
+
+  Value kvLenElem =
+      decode ? memref::LoadOp::create(b, loc, kvLen, ValueRange{batch})
+                   .getResult()
+             : Value();
+  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
+  offset = sub(keyLen, seqQ);
+
+  // Shared memory: Q of both heads, then the K and V stages.
+  auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
+  Value smem = gpu::DynamicSharedMemoryOp::create(
+      b, loc, MemRefType::get({ShapedType::kDynamic}, b.getI8Type(), MemRefLayoutAttrInterface(), wg));
+  auto view = [&](int64_t byteOffset, ArrayRef<int64_t> shape) -> Value {
+    return memref::ViewOp::create(
+        b, loc, MemRefType::get(shape, plan.elementType, MemRefLayoutAttrInterface(), wg), smem,
+        idx(byteOffset), ValueRange{});
+  };
+  int64_t dPad = plan.headDim + kPad, dvPad = plan.valueDim + kPad;
+  sQ = view(0, {2, kBlockQ, dPad});
+  sK = view(plan.qTileBytes, {kStages, plan.blockK, dPad});
+  sV = view(plan.qTileBytes + plan.kTileBytes,
+            {kStages, plan.blockK, dvPad});
+
+  // Heads of the pair and their KV head.
+  Value head0 = mul(pair, 2);
+  Value kvHead = affine::AffineApplyOp::create(
+      b, loc, AffineMap::get(1, 0, attn.keyHead(getAffineDimExpr(0, ctx))),
+      head0);
+
+  // Q of both heads: one cp.async group together with the first K/V block.
+  int64_t qStride = plan.queryHeads * plan.headDim;
+  for (int64_t s = 0; s < 2; ++s) {
+    Value base = mul(add(mul(add(mul(batch, seqQ), qRow0),
+                             plan.queryHeads),
+                         add(head0, s)),
+                     plan.headDim);
+    copyTileAsync(q, base, qStride, rowsValid, sQ, {idx(s)}, kBlockQ,
+                  plan.headDim);
+  }
+
+  // Keys any row of the block may see: [lo, hi), lo on a block boundary.
+  Value lastRow = sub(add(qRow0, rowsValid), idx(1));
+  Value lo = idx(0), hi = keyLen;
+  if (attn.windowLeft >= 0)
+    lo = maxI(idx(0), sub(add(qRow0, offset), idx(attn.windowLeft)));
+  if (attn.windowRight >= 0)
+    hi = minI(keyLen, add(add(lastRow, offset), idx(attn.windowRight + 1)));
+  lo = sub(lo, rem(lo, plan.blockK));
+
+  int64_t kStride = plan.kvHeads * plan.headDim;
+  int64_t vStride = plan.kvHeads * plan.valueDim;
+  auto loadKeyBlock = [&](Value key0, Value stage) {
+    Value validKeys = minI(idx(plan.blockK), sub(keyLen, key0));
+    Value rowBase = add(mul(batch, seqK), key0);
+    copyTileAsync(k, mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim),
+                  kStride, validKeys, sK, {stage}, plan.blockK, plan.headDim);
+    copyTileAsync(v,
+                  mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim),
+                  vStride, validKeys, sV, {stage}, plan.blockK, plan.valueDim);
+  };
+  scf::IfOp::create(b, loc, cmp(arith::CmpIPredicate::slt, lo, hi),
+                    [&](OpBuilder &, Location) {
+                      loadKeyBlock(lo, idx(0));
+                      scf::YieldOp::create(b, loc);
+                    });
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+
+  // Loop-carried state: per head, Dv/8 accumulator tiles, then max and sum
+  // of the thread's two rows.
+  int64_t valueTiles = plan.valueDim / 8;
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  SmallVector<Value> init;
+  for (int64_t s = 0; s < 2; ++s) {
+    for (int64_t t = 0; t < valueTiles * 4; ++t)
+      init.push_back(f32(0.0f));
+    init.append({ninf, ninf, f32(0.0f), f32(0.0f)});
+  }
+  int64_t perHead = valueTiles * 4 + 4;
+
+  auto loop = scf::ForOp::create(
+      b, loc, lo, hi, idx(plan.blockK), init,
+      [&](OpBuilder &, Location, Value key0, ValueRange carried) {
+        Value stage = rem(div(sub(key0, lo), plan.blockK), kStages);
+        // Prefetch the next block into the other stage.
+        Value next = add(key0, plan.blockK);
+        scf::IfOp::create(b, loc, cmp(arith::CmpIPredicate::slt, next, hi),
+                          [&](OpBuilder &, Location) {
+                            loadKeyBlock(next, sub(idx(1), stage));
+                            scf::YieldOp::create(b, loc);
+                          });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
+        gpu::BarrierOp::create(b, loc);
+
+        // Is any key of the block hidden from any row of the block?
+        Value needsMask =
+            cmp(arith::CmpIPredicate::sgt, add(key0, plan.blockK), keyLen);
+        if (attn.windowRight >= 0)
+          needsMask = arith::OrIOp::create(
+              b, loc, needsMask,
+              cmp(arith::CmpIPredicate::sgt, add(key0, plan.blockK - 1),
+                  add(add(qRow0, offset), idx(attn.windowRight))));
+        if (attn.windowLeft >= 0)
+          needsMask = arith::OrIOp::create(
+              b, loc, needsMask,
+              cmp(arith::CmpIPredicate::slt, key0,
+                  sub(add(lastRow, offset), idx(attn.windowLeft))));
+
+        SmallVector<Value> results;
+        for (int64_t s = 0; s < 2; ++s) {
+          ValueRange st = carried.slice(s * perHead, perHead);
+          SmallVector<Acc> acc(valueTiles);
+          for (int64_t t = 0; t < valueTiles; ++t)
+            for (int64_t e = 0; e < 4; ++e)
+              acc[t][e] = st[t * 4 + e];
+          std::array<Value, 2> rowMax = {st[valueTiles * 4],
+                                         st[valueTiles * 4 + 1]};
+          std::array<Value, 2> rowSum = {st[valueTiles * 4 + 2],
+                                         st[valueTiles * 4 + 3]};
+          attendBlock(s, stage, key0, needsMask, acc, rowMax, rowSum);
+          for (const Acc &t : acc)
+            results.append(t.begin(), t.end());
+          results.append({rowMax[0], rowMax[1], rowSum[0], rowSum[1]});
+        }
+        // The stage read here is refilled by the next iteration.
+        gpu::BarrierOp::create(b, loc);
+        scf::YieldOp::create(b, loc, results);
+      });
+  ValueRange final = loop.getResults();
+
+  // Epilogue: normalise, combine the pair, write the single output head.
+  int64_t lamStride = plan.pairs;
+  auto outPairType = VectorType::get({2}, plan.elementType);
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    Value row = add(add(add(qRow0, mul(warp, 16)), div(lane, 4)), rr * 8);
+    Value valid = cmp(arith::CmpIPredicate::slt, row, seqQ);
+    std::array<Value, 2> sum;
+    for (int64_t s = 0; s < 2; ++s)
+      sum[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
+    Value rowIndex = add(mul(batch, seqQ), row);
+    Value lamIndex = select(valid, add(mul(rowIndex, lamStride), pair), idx(0));
+    Value lamValue = memref::LoadOp::create(b, loc, lam, ValueRange{lamIndex});
+    if (!lamValue.getType().isF32())
+      lamValue = arith::ExtFOp::create(b, loc, b.getF32Type(), lamValue);
+    Value one = f32(1.0f);
+    // sigmoid(x) = 1 / (1 + 2^(-x log2 e)).
+    Value sig = arith::DivFOp::create(
+        b, loc, one,
+        fadd(one, exp2(fmul(lamValue, f32(-static_cast<float>(M_LOG2E))))));
+    auto normalize = [&](Value x, Value l) {
+      Value seen =
+          arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, l, f32(0));
+      return select(seen,
+                    arith::DivFOp::create(b, loc, x, select(seen, l, one)),
+                    f32(0.0f));
+    };
+    scf::IfOp::create(b, loc, valid, [&](OpBuilder &, Location) {
+      Value outBase = mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim);
+      Value colLane = mul(rem(lane, 4), 2);
+      for (int64_t t = 0; t < valueTiles; ++t) {
+        SmallVector<Value> vals;
+        for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+          Value o0 = normalize(final[t * 4 + e], sum[0]);
+          Value o1 = normalize(final[perHead + t * 4 + e], sum[1]);
+          vals.push_back(arith::TruncFOp::create(b, loc, plan.elementType,
+                                                 fsub(o0, fmul(sig, o1))));
+        }
+        Value pairValue =
+            vector::FromElementsOp::create(b, loc, outPairType, vals);
+        vector::StoreOp::create(b, loc, pairValue, out,
+                                ValueRange{add(add(outBase, colLane), t * 8)});
+      }
+      scf::YieldOp::create(b, loc);
+    });
+  }
+  gpu::ReturnOp::create(b, loc);
+}
+
+/// Checks that the strategy supports `op` and fills the plan.
+FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
+  auto v2 = dyn_cast<V2Op>(op);
+  if (!v2)
+    return op->emitOpError(
+        "is not supported by the portable GPU strategy yet (only "
+        "diffattn.v2 has GPU kernels)");
+  Plan plan;
+  plan.attn = AttentionConfig::get(op);
+  plan.elementType = plan.attn.elementType;
+  if (!plan.elementType.isF16() && !plan.elementType.isBF16())
+    return op->emitOpError()
+           << "element type " << plan.elementType
+           << " is not supported by the portable GPU strategy (expected "
+              "f16 or bf16)";
+  plan.headDim = plan.attn.headDim;
+  plan.valueDim = plan.attn.valueDim;
+  if (plan.headDim != 64 && plan.headDim != 128)
+    return op->emitOpError() << "head dimension D = " << plan.headDim
+                             << " is not supported by the portable GPU "
+                                "strategy (expected 64 or 128)";
+  if (plan.valueDim != plan.headDim)
+    return op->emitOpError() << "value dimension Dv = " << plan.valueDim
+                             << " != D = " << plan.headDim
+                             << " is not supported by the portable GPU "
+                                "strategy";
+  plan.blockK = options.blockK ? options.blockK
+                               : (plan.headDim == 128 ? 32 : 64);
+  if (plan.blockK <= 0 || plan.blockK % 16 != 0 || plan.blockK > 128)
+    return op->emitOpError() << "block-k = " << plan.blockK
+                             << " is not supported (expected a multiple of "
+                                "16 up to 128)";
+  plan.pairs = plan.attn.numPairs;
+  plan.queryHeads = 2 * plan.pairs;
+  plan.kvHeads = plan.attn.numKeyHeads;
+  plan.lamType = v2.getLam().getType().getElementType();
+  int64_t elementBytes = 2;
+  plan.qTileBytes = 2 * kBlockQ * (plan.headDim + kPad) * elementBytes;
+  plan.kTileBytes = kStages * plan.blockK * (plan.headDim + kPad) * elementBytes;
+  int64_t vTileBytes =
+      kStages * plan.blockK * (plan.valueDim + kPad) * elementBytes;
+  plan.sharedBytes = plan.qTileBytes + plan.kTileBytes + vTileBytes;
+  return plan;
+}
+
+/// The launch rule and parameter list of the kernel, for the manifest.
+DictionaryAttr launchDescription(Builder &b, const Plan &plan,
+                                 ArrayRef<StringRef> buffers) {
+  SmallVector<Attribute> params;
+  for (StringRef name : buffers)
+    for (StringRef field : {"allocated", "aligned", "offset", "size", "stride"})
+      params.push_back(b.getDictionaryAttr(
+          {b.getNamedAttr("arg", b.getStringAttr(name)),
+           b.getNamedAttr("field", b.getStringAttr(field))}));
+  for (StringRef size : {"B", "Sq", "Sk"})
+    params.push_back(b.getDictionaryAttr(
+        {b.getNamedAttr("arg", b.getStringAttr(size)),
+         b.getNamedAttr("field", b.getStringAttr("value"))}));
+  auto ceilDiv = [&](StringRef sym, int64_t by) {
+    return b.getDictionaryAttr(
+        {b.getNamedAttr("ceil_div", b.getStringAttr(sym)),
+         b.getNamedAttr("by", b.getI64IntegerAttr(by))});
+  };
+  return b.getDictionaryAttr(
+      {b.getNamedAttr("kind", b.getStringAttr("cuda")),
+       b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
+       b.getNamedAttr("grid", b.getArrayAttr({ceilDiv("Sq", kBlockQ),
+                                              b.getI64IntegerAttr(plan.pairs),
+                                              ceilDiv("B", 1)})),
+       b.getNamedAttr("block", b.getI64ArrayAttr({kThreads, 1, 1})),
+       b.getNamedAttr("dynamic_shared_memory",
+                      b.getI64IntegerAttr(plan.sharedBytes)),
+       b.getNamedAttr("block_q", b.getI64IntegerAttr(kBlockQ)),
+       b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
+       b.getNamedAttr("params", b.getArrayAttr(params))});
+}
+
+} // namespace
+
+LogicalResult
+mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
+                                  const MmaSyncStrategyOptions &options) {
+  auto desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);
+  Operation *op = nullptr;
+  kernel.walk([&](Operation *inner) {
+    if (isa<V2Op, V1Op>(inner))
+      op = inner;
+  });
+  if (!desc || !op)
+    return kernel.emitError("not a diffattn kernel: run "
+                            "diffattn-outline-kernels first");
+  FailureOr<Plan> plan = makePlan(op, options);
+  if (failed(plan))
+    return failure();
+
+  Location loc = kernel.getLoc();
+  MLIRContext *ctx = kernel.getContext();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(kernel);
+  auto gpuModule = gpu::GPUModuleOp::create(rewriter, loc,
+                                            (kernel.getName() + "_module").str());
+  rewriter.setInsertionPointToStart(gpuModule.getBody());
+
+  // Kernel arguments: one 1-D buffer per tensor operand (contiguous BSHD),
+  // then B, Sq, Sk.
+  SmallVector<Type> argTypes;
+  SmallVector<StringRef> buffers;
+  for (Attribute arg : desc.getAs<ArrayAttr>("args")) {
+    auto dict = cast<DictionaryAttr>(arg);
+    StringRef name = dict.getAs<StringAttr>("name").getValue();
+    if (dict.get("shape")) {
+      buffers.push_back(name);
+      StringRef dtype = dict.getAs<StringAttr>("dtype").getValue();
+      Type elem = dtype == "i32"    ? Type(rewriter.getI32Type())
+                  : dtype == "f32"  ? Type(rewriter.getF32Type())
+                  : dtype == "bf16" ? Type(rewriter.getBF16Type())
+                                    : Type(rewriter.getF16Type());
+      argTypes.push_back(MemRefType::get({ShapedType::kDynamic}, elem));
+    } else {
+      argTypes.push_back(rewriter.getIndexType());
+    }
+  }
+  auto func = gpu::GPUFuncOp::create(rewriter, loc, kernel.getName(),
+                                     rewriter.getFunctionType(argTypes, {}));
+  func->setAttr(gpu::GPUDialect::getKernelFuncAttrName(),
+                rewriter.getUnitAttr());
+  func.setKnownBlockSizeAttr(
+      rewriter.getDenseI32ArrayAttr({static_cast<int32_t>(kThreads), 1, 1}));
+  MmaSyncKernelBuilder(rewriter, loc, *plan).build(func);
+
+  NamedAttrList entry(desc);
+  entry.set("launch", launchDescription(rewriter, *plan, buffers));
+  func->setAttr(kKernelAttrName, DictionaryAttr::get(ctx, entry));
+  rewriter.eraseOp(kernel);
+  return success();
+}
+
+namespace {
+struct DiffAttnToMmaSyncKernelsPass
+    : public diffattn::impl::DiffAttnToMmaSyncKernelsBase<
+          DiffAttnToMmaSyncKernelsPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                    UnitAttr::get(&getContext()));
+    IRRewriter rewriter(&getContext());
+    MmaSyncStrategyOptions options;
+    options.blockK = blockK;
+    SmallVector<func::FuncOp> kernels;
+    for (auto func : module.getOps<func::FuncOp>())
+      if (func->hasAttr(kKernelAttrName))
+        kernels.push_back(func);
+    if (kernels.empty()) {
+      module.emitError("no diffattn kernel to convert: run "
+                       "diffattn-outline-kernels first");
+      return signalPassFailure();
+    }
+    for (func::FuncOp kernel : kernels)
+      if (failed(emitMmaSyncKernel(rewriter, kernel, options)))
+        return signalPassFailure();
+  }
+};
+} // namespace

@@ -1,0 +1,101 @@
+//===- GPUTarget.cpp - PTX through NVPTX, cubin through ptxas -------------===//
+
+#include "diffattn/Target/GPU/GPUTarget.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "llvm/ADT/ScopeExit.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Program.h"
+#include "llvm/Support/Regex.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+std::optional<GPUTargetInfo> mlir::diffattn::lookupGPUTarget(StringRef name) {
+  // sm_80 / sm_90: the portable tensor-core strategy (an sm_90 cubin of it
+  // runs on Hopper). sm_90a / sm_100a name their own strategies.
+  if (name == "sm_80")
+    return GPUTargetInfo{"sm_80", "sm_80", "+ptx80", "mma_sync"};
+  if (name == "sm_90")
+    return GPUTargetInfo{"sm_90", "sm_90", "+ptx80", "mma_sync"};
+  if (name == "sm_90a")
+    return GPUTargetInfo{"sm_90a", "sm_90a", "+ptx80", "wgmma"};
+  if (name == "sm_100a")
+    return GPUTargetInfo{"sm_100a", "sm_100a", "+ptx86", "tcgen05"};
+  return std::nullopt;
+}
+
+LogicalResult mlir::diffattn::buildPTXPipeline(OpPassManager &pm,
+                                               const GPUTargetInfo &target) {
+  std::string pipeline =
+      "lower-affine,gpu-lower-to-nvvm-pipeline{cubin-chip=" + target.chip +
+      " cubin-features=" + target.features +
+      " cubin-format=isa opt-level=3}";
+  return parsePassPipeline(pipeline, pm);
+}
+
+FailureOr<std::string> mlir::diffattn::extractPTX(ModuleOp module) {
+  SmallVector<gpu::BinaryOp> binaries =
+      llvm::to_vector(module.getOps<gpu::BinaryOp>());
+  if (binaries.size() != 1)
+    return module.emitError() << "expected one gpu.binary after lowering, found "
+                              << binaries.size();
+  auto objects = binaries.front().getObjects();
+  if (objects.size() != 1)
+    return binaries.front().emitError("expected one object in gpu.binary");
+  auto object = cast<gpu::ObjectAttr>(objects[0]);
+  if (object.getFormat() != gpu::CompilationTarget::Assembly)
+    return binaries.front().emitError("expected PTX assembly in gpu.binary");
+  return object.getObject().getValue().str();
+}
+
+static FailureOr<std::string> findPtxas(Location loc) {
+  if (const char *env = std::getenv("DIFFATTN_PTXAS"))
+    return std::string(env);
+  if (auto onPath = llvm::sys::findProgramByName("ptxas"))
+    return *onPath;
+  if (llvm::sys::fs::can_execute("/usr/local/cuda/bin/ptxas"))
+    return std::string("/usr/local/cuda/bin/ptxas");
+  return emitError(loc, "ptxas not found (set DIFFATTN_PTXAS, put it on PATH, "
+                        "or install the CUDA toolkit in /usr/local/cuda)");
+}
+
+FailureOr<PtxasReport>
+mlir::diffattn::assemblePTX(Location loc, StringRef ptxPath,
+                            StringRef cubinPath, const GPUTargetInfo &target) {
+  FailureOr<std::string> ptxas = findPtxas(loc);
+  if (failed(ptxas))
+    return failure();
+  llvm::SmallString<128> logPath;
+  if (llvm::sys::fs::createTemporaryFile("diffattn-ptxas", "log", logPath))
+    return emitError(loc, "cannot create a temporary file for ptxas output");
+  auto removeLog = llvm::make_scope_exit([&] { llvm::sys::fs::remove(logPath); });
+  std::string arch = "-arch=" + target.chip;
+  SmallVector<StringRef> args = {*ptxas, arch, "-O3", "-v", ptxPath,
+                                 "-o", cubinPath};
+  std::optional<StringRef> redirects[] = {std::nullopt, StringRef(logPath),
+                                          StringRef(logPath)};
+  std::string message;
+  int rc = llvm::sys::ExecuteAndWait(*ptxas, args, std::nullopt, redirects, 0,
+                                     0, &message);
+  auto log = llvm::MemoryBuffer::getFile(logPath);
+  StringRef text = log ? (*log)->getBuffer() : StringRef();
+  if (rc != 0)
+    return emitError(loc) << "ptxas failed (exit " << rc << ") on " << ptxPath
+                          << ": " << message << "\n"
+                          << text;
+  PtxasReport report;
+  SmallVector<StringRef> m;
+  if (llvm::Regex("Used ([0-9]+) registers").match(text, &m))
+    m[1].getAsInteger(10, report.registers);
+  if (llvm::Regex("([0-9]+) bytes stack frame, ([0-9]+) bytes spill stores, "
+                  "([0-9]+) bytes spill loads")
+          .match(text, &m)) {
+    m[1].getAsInteger(10, report.stackFrame);
+    m[2].getAsInteger(10, report.spillStores);
+    m[3].getAsInteger(10, report.spillLoads);
+  }
+  return report;
+}
