@@ -8,10 +8,16 @@ The package is laid out by the CMake build under build/python_packages.
   (float32, float16, C-contiguous BSHD) run on the CPU through a kernel that
   diffattn-compile builds for the call's static signature and caches (see
   ``diffattn._compiler``). ``out``, when given, is written in place.
+- CUDA torch tensors (bf16/f16, contiguous BSHD) run the GPU kernel through
+  ``torch.ops.diffattn.v2`` (a torch.library custom op with a fake
+  implementation, so torch.compile keeps it in its graph), launched by the
+  runtime library on torch's current stream.
 - ``diffattn.reference.v2`` / ``diffattn.reference.v1``: float64 numpy
   reference implementations of the ops' semantics, for tests.
 - ``diffattn.__version__``: the project version the build recorded.
 """
+
+import sys
 
 from . import reference
 from ._compiler import CompileError
@@ -28,11 +34,22 @@ def _is_numpy(x):
     return isinstance(x, np.ndarray)
 
 
+def _is_torch(x):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None):
-    """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU."""
+    """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU,
+    CUDA torch tensors (bf16/f16) on the GPU through ``torch.ops.diffattn.v2``."""
+    if _is_torch(q):
+        from . import _torch
+
+        return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
+                         kv_len=kv_len, out=out)
     if not _is_numpy(q):
-        raise TypeError(f"q: expected a numpy.ndarray (the CPU path); got {type(q).__name__} "
-                        f"(CUDA tensors need the GPU runtime, not in this version)")
+        raise TypeError(f"q: expected a numpy.ndarray (CPU) or a CUDA torch.Tensor (GPU), "
+                        f"got {type(q).__name__}")
     from . import _cpu
 
     return _cpu.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
@@ -42,12 +59,18 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
 def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None):
     """Differential attention V1 (see SPEC.md): numpy arrays run on the CPU."""
     if not _is_numpy(q):
-        raise TypeError(f"q: expected a numpy.ndarray (the CPU path); got {type(q).__name__} "
-                        f"(CUDA tensors need the GPU runtime, not in this version)")
+        raise TypeError(f"q: expected a numpy.ndarray (V1 runs on the CPU; its GPU kernels "
+                        f"are not implemented), got {type(q).__name__}")
     from . import _cpu
 
     return _cpu.v1(q, k, v, lam, norm_weight, lambda_init=lambda_init, causal=causal,
                    scale=scale, eps=eps, out=out)
 
+
+if "torch" in sys.modules:  # make torch.ops.diffattn.v2 available right away
+    try:
+        from . import _torch  # noqa: F401
+    except Exception:  # torch without torch.library custom ops: registered on first use
+        pass
 
 __all__ = ["v1", "v2", "reference", "CompileError", "__version__"]

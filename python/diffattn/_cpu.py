@@ -7,19 +7,13 @@ diffattn-compile generated.
 
 import ctypes
 import math
-import struct
 
 import numpy as np
 
-from . import _compiler
+from . import _compiler, _ops
 
 _DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _LIBRARIES = {}
-
-
-def _hex_f32(value):
-    """An exact MLIR f32 literal."""
-    return "0x%08X" % struct.unpack("<I", struct.pack("<f", value))[0]
 
 
 def _check_array(name, x, rank, layout):
@@ -49,15 +43,6 @@ def _check_dim(name, x, axis, expected, what):
                          f"expected {expected}; got shape {x.shape}")
 
 
-def _resolve_scale(scale, d):
-    if scale is None:
-        return None
-    value = float(scale)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"scale: must be finite and > 0, got {scale!r}")
-    return float(np.float32(value))
-
-
 def _check_out(out, shape, dtype):
     if out is None:
         return np.empty(shape, dtype=dtype)
@@ -69,21 +54,6 @@ def _check_out(out, shape, dtype):
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out: must be a writeable C-contiguous array")
     return out
-
-
-def _tensor(shape, elem):
-    return "tensor<" + "".join(f"{d}x" for d in shape) + elem + ">"
-
-
-def _module(op, operands, attrs, result_shape, elem):
-    args = ", ".join(f"%a{i}: {t}" for i, (_, t) in enumerate(operands))
-    names = ", ".join(f"%a{i}" for i in range(len(operands)))
-    types = ", ".join(t for _, t in operands)
-    result = _tensor(result_shape, elem)
-    attr_text = "{" + ", ".join(attrs) + "}" if attrs else ""
-    return (f"func.func @call({args}) -> {result} {{\n"
-            f"  %r = \"{op}\"({names}) {attr_text} : ({types}) -> {result}\n"
-            f"  return %r : {result}\n}}\n")
 
 
 def load_kernels(directory):
@@ -151,66 +121,26 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     _check_same_dtype("k", k, dtype)
     _check_same_dtype("v", v, dtype)
     _check_same_dtype("lam", lam, dtype, allow_f32=True)
-    b, sq, h2, d = q.shape
-    sk, hkv, dv = k.shape[1], k.shape[2], v.shape[3]
-    if h2 == 0 or h2 % 2:
-        raise ValueError(f"q: the number of query heads (2H = {h2}) must be even and positive")
-    h = h2 // 2
-    if d == 0 or dv == 0:
-        raise ValueError(f"q/v: head dimensions must be positive, got D = {d}, Dv = {dv}")
-    _check_dim("k", k, 0, b, "B")
-    _check_dim("k", k, 3, d, "D")
-    _check_dim("v", v, 0, b, "B")
-    _check_dim("v", v, 1, sk, "Sk")
-    _check_dim("v", v, 2, hkv, "Hkv")
-    if hkv == 0 or h2 % hkv or (h2 // hkv) % 2:
-        raise ValueError(f"k: Hkv = {hkv} KV heads must divide 2H = {h2} query heads with an "
-                         f"even group size G = 2H / Hkv")
-    if lam.shape != (b, sq, h):
-        raise ValueError(f"lam: expected shape {(b, sq, h)} [B, Sq, H], got {lam.shape}")
-    scale = _resolve_scale(scale, d)
-    try:
-        left, right = (int(w) for w in window)
-    except (TypeError, ValueError):
-        raise ValueError(f"window: expected a pair (left, right) of ints, got {window!r}") from None
-    for side, w in (("left", left), ("right", right)):
-        if w < -1:
-            raise ValueError(f"window: {side} must be -1 (unlimited) or >= 0, got {w}")
-    if causal and right > 0:
-        raise ValueError(f"window: right must be -1 or 0 with causal=True, got {right}")
     if kv_len is not None:
-        if not isinstance(kv_len, np.ndarray) or kv_len.dtype != np.int32 or kv_len.shape != (b,):
-            raise TypeError(f"kv_len: expected an int32 numpy array of shape ({b},), got "
+        if not isinstance(kv_len, np.ndarray) or kv_len.dtype != np.int32 or kv_len.ndim != 1:
+            raise TypeError(f"kv_len: expected a 1-D int32 numpy array, got "
                             f"{getattr(kv_len, 'dtype', type(kv_len).__name__)} "
                             f"{getattr(kv_len, 'shape', '')}")
+    params, text, out_shape, sizes = _ops.v2_request(
+        q.shape, k.shape, v.shape, lam.shape, _DTYPES[dtype], _DTYPES[lam.dtype],
+        causal=causal, scale=scale, window=window,
+        kv_len_shape=None if kv_len is None else kv_len.shape)
+    if kv_len is not None:
+        sk = k.shape[1]
         if np.any(kv_len < 0) or np.any(kv_len > sk):
             raise ValueError(f"kv_len: every value must lie in [0, Sk = {sk}], got {kv_len.tolist()}")
         kv_len = np.ascontiguousarray(kv_len)
-    out = _check_out(out, (b, sq, h, dv), dtype)
-
-    elem, lam_elem = _DTYPES[dtype], _DTYPES[lam.dtype]
-    params = {"element_type": elem, "lam_type": lam_elem, "query_heads": h2, "kv_heads": hkv,
-              "head_dim": d, "value_dim": dv, "causal": bool(causal),
-              "scale": None if scale is None else _hex_f32(scale),
-              "window": [left, right], "kv_len": kv_len is not None}
-    attrs = []
-    if causal:
-        attrs.append("causal")
-    if scale is not None:
-        attrs.append(f"scale = {_hex_f32(scale)} : f32")
-    if left != -1:
-        attrs.append(f"window_left = {left} : i64")
-    if right != -1:
-        attrs.append(f"window_right = {right} : i64")
-    operands = [("q", _tensor(q.shape, elem)), ("k", _tensor(k.shape, elem)),
-                ("v", _tensor(v.shape, elem)), ("lam", _tensor(lam.shape, lam_elem))]
+    out = _check_out(out, out_shape, dtype)
     buffers = [("q", q), ("k", k), ("v", v), ("lam", lam)]
     if kv_len is not None:
-        operands.append(("kv_len", _tensor(kv_len.shape, "i32")))
         buffers.append(("kv_len", kv_len))
     buffers.append(("out", out))
-    text = _module("diffattn.v2", operands, attrs, out.shape, elem)
-    _run("v2", params, text, buffers, (b, sq, sk), lowering)
+    _run("v2", params, text, buffers, sizes, lowering)
     return out
 
 
@@ -249,7 +179,7 @@ def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=
     _check_dim("norm_weight", norm_weight, 0, 2 * d, "2D")
     if h % hkv:
         raise ValueError(f"k: head pairs H = {h} must be a multiple of KV heads Hkv = {hkv}")
-    scale = _resolve_scale(scale, d)
+    scale = _ops.check_scale(scale)
     lambda_init = float(lambda_init)
     if not math.isfinite(lambda_init):
         raise ValueError(f"lambda_init: must be finite, got {lambda_init}")
@@ -261,19 +191,19 @@ def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=
     elem, w_elem = _DTYPES[dtype], _DTYPES[norm_weight.dtype]
     params = {"element_type": elem, "weight_type": w_elem, "query_heads": h2, "kv_heads": hkv,
               "head_dim": d, "causal": bool(causal),
-              "scale": None if scale is None else _hex_f32(scale),
-              "lambda_init": _hex_f32(lambda_init), "eps": _hex_f32(eps)}
-    attrs = [f"lambda_init = {_hex_f32(lambda_init)} : f32", f"eps = {_hex_f32(eps)} : f32"]
+              "scale": None if scale is None else _ops.hex_f32(scale),
+              "lambda_init": _ops.hex_f32(lambda_init), "eps": _ops.hex_f32(eps)}
+    attrs = [f"lambda_init = {_ops.hex_f32(lambda_init)} : f32", f"eps = {_ops.hex_f32(eps)} : f32"]
     if causal:
         attrs.append("causal")
     if scale is not None:
-        attrs.append(f"scale = {_hex_f32(scale)} : f32")
+        attrs.append(f"scale = {_ops.hex_f32(scale)} : f32")
     lam_buf = np.array(lam_value, dtype=np.float32)
-    operands = [("q", _tensor(q.shape, elem)), ("k", _tensor(k.shape, elem)),
-                ("v", _tensor(v.shape, elem)), ("lam", "tensor<f32>"),
-                ("norm_weight", _tensor(norm_weight.shape, w_elem))]
+    operands = [("q", _ops.tensor_type(q.shape, elem)), ("k", _ops.tensor_type(k.shape, elem)),
+                ("v", _ops.tensor_type(v.shape, elem)), ("lam", "tensor<f32>"),
+                ("norm_weight", _ops.tensor_type(norm_weight.shape, w_elem))]
     buffers = [("q", q), ("k", k), ("v", v), ("lam", lam_buf), ("norm_weight", norm_weight),
                ("out", out)]
-    text = _module("diffattn.v1", operands, attrs, out.shape, elem)
+    text = _ops.one_op_module("diffattn.v1", operands, attrs, out.shape, elem)
     _run("v1", params, text, buffers, (b, sq, sk), lowering)
     return out

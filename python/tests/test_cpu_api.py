@@ -66,7 +66,7 @@ def test_v2_rejects_non_contiguous(no_compiler):
     (dict(window=(-2, 0)), ValueError, "window: left must be -1"),
     (dict(window=3), ValueError, "window: expected a pair"),
     (dict(causal=True, window=(-1, 2)), ValueError, "window: right must be -1 or 0 with causal"),
-    (dict(kv_len=np.array([3], np.int64)), TypeError, "kv_len: expected an int32"),
+    (dict(kv_len=np.array([3], np.int64)), TypeError, "kv_len: expected a 1-D int32"),
     (dict(kv_len=np.array([9], np.int32)), ValueError, r"kv_len: every value must lie in \[0, Sk = 8\]"),
     (dict(kv_len=np.array([-1], np.int32)), ValueError, "kv_len: every value"),
     (dict(out=np.zeros((1, 8, 2, 8), np.float32)), ValueError, "out: expected shape"),

@@ -487,6 +487,9 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         scf::YieldOp::create(b, loc, results);
       });
   ValueRange final = loop.getResults();
+  // No copy may be in flight when the CTA exits (blocks whose rows see no
+  // key skip the loop, and with it the wait for Q).
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
 
   // Epilogue: normalise, combine the pair, write the single output head.
   int64_t lamStride = plan.pairs;

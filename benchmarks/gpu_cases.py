@@ -1,0 +1,63 @@
+"""The shapes the GPU check and benchmark run (shared by gpu_prepare.py,
+which compiles their kernels on a machine with the compiler, and
+gpu_check.py, which runs them on the GPU)."""
+
+# Correctness: (B, Sq, Sk, 2H, Hkv, D, dtype, causal, window, kv_len or None)
+CHECK_CASES = [
+    (2, 128, 128, 8, 2, 64, "bf16", True, (-1, -1), None),
+    (2, 128, 128, 8, 2, 64, "bf16", False, (-1, -1), None),
+    (1, 77, 77, 8, 2, 64, "bf16", True, (-1, -1), None),        # odd length
+    (1, 77, 201, 8, 2, 64, "bf16", True, (-1, -1), None),       # Sq < Sk causal
+    (1, 201, 77, 8, 2, 64, "bf16", True, (-1, -1), None),       # Sq > Sk causal: empty rows
+    (3, 65, 129, 8, 2, 64, "bf16", False, (-1, -1), None),
+    (2, 130, 130, 8, 2, 128, "bf16", True, (-1, -1), None),
+    (1, 333, 333, 8, 2, 128, "bf16", False, (-1, -1), None),
+    (1, 64, 1000, 8, 2, 128, "bf16", True, (-1, -1), None),
+    (2, 128, 128, 16, 2, 64, "bf16", True, (-1, -1), None),     # G = 8
+    (2, 128, 128, 4, 2, 128, "bf16", True, (-1, -1), None),     # G = 2
+    (1, 256, 256, 8, 2, 64, "bf16", True, (63, 0), None),       # sliding window
+    (1, 256, 256, 8, 2, 64, "bf16", False, (40, 40), None),
+    (2, 128, 128, 8, 2, 64, "f16", True, (-1, -1), None),
+    (1, 99, 150, 8, 2, 128, "f16", False, (-1, -1), None),
+    (1, 300, 300, 32, 8, 128, "f16", True, (-1, -1), None),
+    (4, 1, 500, 32, 8, 128, "bf16", True, (-1, -1), [0, 1, 257, 500]),   # ragged decode
+    (3, 4, 300, 32, 8, 128, "bf16", True, (-1, -1), [4, 150, 300]),
+    (2, 16, 777, 32, 8, 64, "bf16", True, (-1, -1), [16, 700]),
+    (5, 2, 129, 8, 2, 128, "f16", True, (-1, -1), [2, 64, 65, 128, 129]),
+    (1, 1024, 1024, 32, 8, 128, "bf16", True, (-1, -1), None),
+    (2, 512, 512, 32, 16, 128, "bf16", True, (-1, -1), None),
+]
+
+# Prefill timing (SPEC.md's anchor table): (B, S, 2H, Hkv, D, causal)
+BENCH_PREFILL = [
+    (4, 4096, 32, 8, 128, True),
+    (4, 4096, 32, 8, 128, False),
+    (1, 16384, 32, 8, 128, True),
+    (4, 4096, 32, 8, 64, True),
+    (8, 2048, 32, 16, 128, True),
+]
+
+# Decode timing: (B, kv_len, 2H, Hkv, D), one new token
+BENCH_DECODE = [
+    (32, 8192, 32, 8, 128),
+    (8, 32768, 32, 8, 128),
+]
+
+
+def all_kernel_requests():
+    """Every distinct kernel request of the cases above, as keyword
+    arguments of diffattn._gpu.prepare_v2 (without the target)."""
+    reqs = []
+    for b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len in CHECK_CASES:
+        reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
+                         lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
+                         window=window, kv_len_shape=None if kv_len is None else (b,)))
+    for b, s, h2, hkv, d, causal in BENCH_PREFILL:
+        reqs.append(dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
+                         lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
+                         window=(-1, -1), kv_len_shape=None))
+    for b, kvl, h2, hkv, d in BENCH_DECODE:
+        reqs.append(dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),
+                         lam_shape=(b, 1, h2 // 2), elem="bf16", lam_elem="bf16", causal=True,
+                         window=(-1, -1), kv_len_shape=(b,)))
+    return reqs

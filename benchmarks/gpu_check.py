@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""GPU correctness and timing, in one run (see docs/performance.md).
+
+On a GPU machine, with the package laid out by a build (the runtime needs
+no MLIR: cmake -DDIFFATTN_ENABLE_COMPILER=OFF) and the kernels in
+DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py builds them elsewhere):
+
+    python3 benchmarks/gpu_check.py [--out DIR] [--skip-bench] [--sanitize-case]
+
+1. correctness of every case in gpu_cases.CHECK_CASES: fresh random normal
+   inputs, the output poisoned with NaN first, relative L2 error against the
+   float64 reference (diffattn.reference.v2) for small cases and against an
+   fp32 SDPA reference with the differential epilogue otherwise; NaN/Inf
+   never pass; also through torch.compile (the custom op's fake kernel);
+2. prefill timing of SPEC.md's shapes beside SDPA (cuDNN backend) + a
+   torch.compile'd epilogue and SDPA (FlashAttention backend) + epilogue, on
+   the same inputs, medians of triton.testing.do_bench; TFLOP/s and ratios;
+3. decode timing (one token, ragged-free kv_len) beside the same anchors, as
+   K/V bytes read per second;
+4. the ceilings of this card: a bf16 matmul and a device copy.
+
+Prints a table and writes it (and a JSON of every number) under --out.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_cases  # noqa: E402
+
+import diffattn  # noqa: E402
+from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2)
+
+TORCH_DTYPE = {"bf16": torch.bfloat16, "f16": torch.float16}
+TOLERANCE = {"bf16": 1e-2, "f16": 3e-3}
+
+
+def visible_mask(sq, sk, causal, window, kv_len, device):
+    """[B or 1, Sq, Sk] boolean mask of SPEC.md (bottom-right aligned)."""
+    lens = torch.tensor([sk] if kv_len is None else kv_len, device=device)
+    i = torch.arange(sq, device=device)[None, :, None]
+    t = torch.arange(sk, device=device)[None, None, :]
+    L = lens[:, None, None]
+    pos = i + (L - sq)
+    m = t < L
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if right >= 0:
+        m = m & (t <= pos + right)
+    if left >= 0:
+        m = m & (t >= pos - left)
+    return m
+
+
+def sdpa_reference(q, k, v, lam, causal, window, kv_len):
+    """fp32 differential attention on the GPU (SDPA math on upcast inputs)."""
+    b, sq, h2, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    g = h2 // hkv
+    qf = q.float().transpose(1, 2)
+    kf = k.float().transpose(1, 2).repeat_interleave(g, dim=1)
+    vf = v.float().transpose(1, 2).repeat_interleave(g, dim=1)
+    mask = visible_mask(sq, sk, causal, window, kv_len, q.device)[:, None]  # [B,1,Sq,Sk]
+    s = (qf @ kf.transpose(-1, -2)) / math.sqrt(d)
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no key -> 0
+    a = (p @ vf).transpose(1, 2)  # [B, Sq, 2H, D]
+    return a[:, :, 0::2] - torch.sigmoid(lam.float())[..., None] * a[:, :, 1::2]
+
+
+def rel_l2(out, ref):
+    out, ref = out.double(), ref.double()
+    return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
+
+
+def check(results):
+    print("== correctness", flush=True)
+    g = torch.Generator(device="cuda").manual_seed(int(time.time()))
+    rows = []
+    for case in gpu_cases.CHECK_CASES:
+        b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len = case
+        dt = TORCH_DTYPE[dtype]
+        q = torch.randn(b, sq, h2, d, device="cuda", generator=g).to(dt)
+        k = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
+        v = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
+        lam = torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(dt)
+        kl = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32, device="cuda")
+        out = torch.full((b, sq, h2 // 2, d), float("nan"), dtype=dt, device="cuda")
+        diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl, out=out)
+        torch.cuda.synchronize()
+        small = b * sq * sk * h2 <= 2_000_000
+        if small:
+            ref = diffattn.reference.v2(q.float().cpu().numpy(), k.float().cpu().numpy(),
+                                        v.float().cpu().numpy(), lam.float().cpu().numpy(),
+                                        causal=causal, window=window,
+                                        kv_len=None if kv_len is None else np.array(kv_len, np.int32))
+            ref_t = torch.from_numpy(ref).cuda()
+            against = "reference"
+        else:
+            ref_t = sdpa_reference(q, k, v, lam, causal, window, kv_len)
+            against = "sdpa-fp32"
+        finite = bool(torch.isfinite(out).all())
+        err = rel_l2(out, ref_t) if finite else float("nan")
+        # Through the custom op (no out=): the same result.
+        via_op = torch.ops.diffattn.v2(q, k, v, lam, kl, causal, None, window[0], window[1])
+        same = bool(torch.equal(via_op, out))
+        ok = finite and err <= TOLERANCE[dtype] and same
+        rows.append(dict(case=list(case), error=err, finite=finite, against=against,
+                         custom_op_equal=same, ok=ok))
+        print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
+              f"causal={causal} window={window} kv_len={kv_len}: rel L2 {err:.2e} vs {against}"
+              f"{'' if same else ' (custom op differs!)'}", flush=True)
+
+    # torch.compile keeps the op in its graph (the fake kernel gives shapes).
+    q = torch.randn(2, 128, 8, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 128, 2, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(2, 128, 2, 64, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(2, 128, 4, device="cuda", dtype=torch.bfloat16)
+
+    def block(q, k, v, lam):
+        return diffattn.v2(q * 1.0, k, v, lam, causal=True) * 2.0
+
+    compiled = torch.compile(block, fullgraph=True)
+    err = rel_l2(compiled(q, k, v, lam), block(q, k, v, lam))
+    rows.append(dict(case="torch.compile(fullgraph=True)", error=err, ok=err < 1e-6))
+    print(f"  {'ok  ' if err < 1e-6 else 'FAIL'} torch.compile(fullgraph=True) of a block "
+          f"calling the op: rel L2 {err:.2e} vs eager", flush=True)
+    results["correctness"] = rows
+    return all(r["ok"] for r in rows)
+
+
+def bench_fn(fn):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # ms
+
+
+def make_epilogue():
+    @torch.compile
+    def epilogue(a, lam):  # a: [B, 2H, S, D] (SDPA layout), lam: [B, S, H]
+        a = a.transpose(1, 2)
+        return a[:, :, 0::2] - torch.sigmoid(lam.float()).to(a.dtype)[..., None] * a[:, :, 1::2]
+
+    return epilogue
+
+
+def sdpa_anchor(backend, q, k, v, lam, causal, epilogue):
+    from torch.nn.attention import sdpa_kernel
+
+    def run():
+        with sdpa_kernel(backend):
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        return epilogue(a, lam)
+
+    return run
+
+
+def bench(results):
+    from torch.nn.attention import SDPBackend
+
+    print("== ceilings", flush=True)
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm = 2 * 8192 ** 3 / bench_fn(lambda: x @ y) / 1e9
+    src = torch.randn(2 ** 30 // 2, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy = 2 * src.numel() * 2 / bench_fn(lambda: dst.copy_(src)) / 1e9
+    results["ceilings"] = dict(bf16_matmul_tflops=mm, copy_tbps=copy / 1e3)
+    print(f"  bf16 matmul {mm:.0f} TFLOP/s, device copy {copy / 1e3:.2f} TB/s", flush=True)
+    del x, y, src, dst
+
+    epilogue = make_epilogue()
+    print("== prefill (bf16)", flush=True)
+    rows = []
+    for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL:
+        q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(b, s, h2 // 2, device="cuda", dtype=torch.bfloat16)
+        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        pairs = s * (s + 1) // 2 if causal else s * s
+        flops = 4 * b * h2 * d * pairs
+        ours = bench_fn(lambda: torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1))
+        row = dict(shape=[b, s, h2, hkv, d, causal], ours_ms=ours, ours_tflops=flops / ours / 1e9)
+        # Same inputs through the anchors; check they agree with ours.
+        mine = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            try:
+                run = sdpa_anchor(backend, qh, kh, vh, lam, causal, epilogue)
+                theirs = run()
+                row[f"{name}_vs_ours_rel_l2"] = rel_l2(mine, theirs)
+                ms = bench_fn(run)
+                row[f"{name}_ms"] = ms
+                row[f"{name}_tflops"] = flops / ms / 1e9
+                row[f"ratio_vs_{name}"] = ms / ours
+            except Exception as e:  # a backend missing on this build
+                row[f"{name}_error"] = str(e).splitlines()[0][:200]
+        rows.append(row)
+        print(f"  B={b} S={s} 2H={h2} Hkv={hkv} D={d} {'causal' if causal else 'full'}: ours "
+              f"{row['ours_tflops']:.0f} TFLOP/s ({ours:.3f} ms); cuDNN+epi "
+              f"{row.get('cudnn_tflops', float('nan')):.0f} ({row.get('ratio_vs_cudnn', float('nan')):.2f}x); "
+              f"FA2+epi {row.get('fa2_tflops', float('nan')):.0f} ({row.get('ratio_vs_fa2', float('nan')):.2f}x)",
+              flush=True)
+        del q, k, v, lam, qh, kh, vh
+    results["prefill"] = rows
+
+    print("== decode (bf16, one token)", flush=True)
+    rows = []
+    for b, kvl, h2, hkv, d in gpu_cases.BENCH_DECODE:
+        q = torch.randn(b, 1, h2, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(b, 1, h2 // 2, device="cuda", dtype=torch.bfloat16)
+        kl = torch.full((b,), kvl, dtype=torch.int32, device="cuda")
+        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        nbytes = 2 * b * hkv * kvl * d * 2
+        ours = bench_fn(lambda: torch.ops.diffattn.v2(q, k, v, lam, kl, True, None, -1, -1))
+        row = dict(shape=[b, kvl, h2, hkv, d], ours_ms=ours, ours_tbps=nbytes / ours / 1e9)
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            try:
+                run = sdpa_anchor(backend, qh, kh, vh, lam, False, epilogue)
+                ms = bench_fn(run)
+                row[f"{name}_ms"] = ms
+                row[f"{name}_tbps"] = nbytes / ms / 1e9
+                row[f"ratio_vs_{name}"] = ms / ours
+            except Exception as e:
+                row[f"{name}_error"] = str(e).splitlines()[0][:200]
+        rows.append(row)
+        print(f"  B={b} kv_len={kvl}: ours {row['ours_tbps']:.2f} TB/s ({ours:.3f} ms); cuDNN+epi "
+              f"{row.get('cudnn_tbps', float('nan')):.2f} ({row.get('ratio_vs_cudnn', float('nan')):.2f}x); "
+              f"FA2+epi {row.get('fa2_tbps', float('nan')):.2f} ({row.get('ratio_vs_fa2', float('nan')):.2f}x)",
+              flush=True)
+        del q, k, v, qh, kh, vh
+    results["decode"] = rows
+
+
+def sanitize_case():
+    """A small launch for compute-sanitizer (memcheck / racecheck)."""
+    torch.manual_seed(0)
+    for causal, d, kv in ((True, 64, None), (False, 128, None), (True, 128, [3, 90])):
+        b = 2
+        q = torch.randn(b, 70, 8, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, 90, 2, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, 90, 2, d, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(b, 70, 4, device="cuda", dtype=torch.bfloat16)
+        kl = None if kv is None else torch.tensor(kv, dtype=torch.int32, device="cuda")
+        out = diffattn.v2(q, k, v, lam, causal=causal, kv_len=kl)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all()
+    print("sanitize case done")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--sanitize-case", action="store_true")
+    args = ap.parse_args()
+    if args.sanitize_case:
+        sanitize_case()
+        return
+    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                   date=time.strftime("%Y-%m-%d"))
+    ok = check(results)
+    if not args.skip_bench:
+        bench(results)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("correctness:", "all passed" if ok else "FAILURES")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

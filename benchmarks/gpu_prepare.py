@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Compiles, on this machine (no GPU needed), every kernel that
+benchmarks/gpu_check.py runs, into a kernel cache directory to carry to the
+GPU machine:
+
+    python3 benchmarks/gpu_prepare.py .device/cache [--target sm_90]
+
+The cache keys are the ones the torch path computes there (same op
+parameters, target and compiler version), so the GPU machine only loads.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gpu_cases  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cache")
+    ap.add_argument("--target", default="sm_90")
+    args = ap.parse_args()
+    os.environ["DIFFATTN_CACHE_DIR"] = os.path.abspath(args.cache)
+    from diffattn import _gpu
+
+    seen = set()
+    t0 = time.time()
+    for req in gpu_cases.all_kernel_requests():
+        directory, _, _ = _gpu.prepare_v2(**req, target=args.target)
+        seen.add(directory)
+    print(f"{len(seen)} kernel directories in {args.cache} ({time.time() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

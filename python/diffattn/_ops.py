@@ -1,0 +1,117 @@
+"""What the CPU (numpy) and GPU (torch) front ends share: the shape and
+option checks of diffattn.v2 (every error names its argument) and the
+one-op module plus cache parameters of a call's kernel configuration."""
+
+import math
+import struct
+
+
+def hex_f32(value):
+    """An exact MLIR f32 literal."""
+    return "0x%08X" % struct.unpack("<I", struct.pack("<f", value))[0]
+
+
+def _f32(value):
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def tensor_type(shape, elem):
+    return "tensor<" + "".join(f"{d}x" for d in shape) + elem + ">"
+
+
+def one_op_module(op, operands, attrs, result_shape, elem):
+    """A function holding one diffattn op with the call's static shapes."""
+    args = ", ".join(f"%a{i}: {t}" for i, (_, t) in enumerate(operands))
+    names = ", ".join(f"%a{i}" for i in range(len(operands)))
+    types = ", ".join(t for _, t in operands)
+    result = tensor_type(result_shape, elem)
+    attr_text = "{" + ", ".join(attrs) + "}" if attrs else ""
+    return (f"func.func @call({args}) -> {result} {{\n"
+            f"  %r = \"{op}\"({names}) {attr_text} : ({types}) -> {result}\n"
+            f"  return %r : {result}\n}}\n")
+
+
+def _check_rank(name, shape, rank, layout):
+    if len(shape) != rank:
+        raise ValueError(f"{name}: expected rank {rank} {layout}, got shape {tuple(shape)}")
+
+
+def _check_dim(name, shape, axis, expected, what):
+    if shape[axis] != expected:
+        raise ValueError(f"{name}: dimension {axis} ({what}) is {shape[axis]}, "
+                         f"expected {expected}; got shape {tuple(shape)}")
+
+
+def check_scale(scale):
+    if scale is None:
+        return None
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"scale: must be finite and > 0, got {scale!r}")
+    return _f32(value)
+
+
+def check_window(window, causal):
+    try:
+        left, right = (int(w) for w in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window: expected a pair (left, right) of ints, got {window!r}") from None
+    for side, w in (("left", left), ("right", right)):
+        if w < -1:
+            raise ValueError(f"window: {side} must be -1 (unlimited) or >= 0, got {w}")
+    if causal and right > 0:
+        raise ValueError(f"window: right must be -1 or 0 with causal=True, got {right}")
+    return left, right
+
+
+def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, scale,
+               window, kv_len_shape=None):
+    """Checks a diffattn.v2 call's shapes and options; returns
+    (params, mlir_text, out_shape, (B, Sq, Sk)). `params` identifies the
+    kernel configuration in the cache."""
+    _check_rank("q", q_shape, 4, "[B, Sq, 2H, D]")
+    _check_rank("k", k_shape, 4, "[B, Sk, Hkv, D]")
+    _check_rank("v", v_shape, 4, "[B, Sk, Hkv, Dv]")
+    _check_rank("lam", lam_shape, 3, "[B, Sq, H]")
+    b, sq, h2, d = q_shape
+    sk, hkv, dv = k_shape[1], k_shape[2], v_shape[3]
+    if h2 == 0 or h2 % 2:
+        raise ValueError(f"q: the number of query heads (2H = {h2}) must be even and positive")
+    h = h2 // 2
+    if d == 0 or dv == 0:
+        raise ValueError(f"q/v: head dimensions must be positive, got D = {d}, Dv = {dv}")
+    _check_dim("k", k_shape, 0, b, "B")
+    _check_dim("k", k_shape, 3, d, "D")
+    _check_dim("v", v_shape, 0, b, "B")
+    _check_dim("v", v_shape, 1, sk, "Sk")
+    _check_dim("v", v_shape, 2, hkv, "Hkv")
+    if hkv == 0 or h2 % hkv or (h2 // hkv) % 2:
+        raise ValueError(f"k: Hkv = {hkv} KV heads must divide 2H = {h2} query heads with an "
+                         f"even group size G = 2H / Hkv")
+    if tuple(lam_shape) != (b, sq, h):
+        raise ValueError(f"lam: expected shape {(b, sq, h)} [B, Sq, H], got {tuple(lam_shape)}")
+    if kv_len_shape is not None and tuple(kv_len_shape) != (b,):
+        raise ValueError(f"kv_len: expected shape ({b},) [B], got {tuple(kv_len_shape)}")
+    scale = check_scale(scale)
+    left, right = check_window(window, causal)
+
+    params = {"element_type": elem, "lam_type": lam_elem, "query_heads": h2, "kv_heads": hkv,
+              "head_dim": d, "value_dim": dv, "causal": bool(causal),
+              "scale": None if scale is None else hex_f32(scale),
+              "window": [left, right], "kv_len": kv_len_shape is not None}
+    attrs = []
+    if causal:
+        attrs.append("causal")
+    if scale is not None:
+        attrs.append(f"scale = {hex_f32(scale)} : f32")
+    if left != -1:
+        attrs.append(f"window_left = {left} : i64")
+    if right != -1:
+        attrs.append(f"window_right = {right} : i64")
+    operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
+                ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem))]
+    if kv_len_shape is not None:
+        operands.append(("kv_len", tensor_type(kv_len_shape, "i32")))
+    out_shape = (b, sq, h, dv)
+    text = one_op_module("diffattn.v2", operands, attrs, out_shape, elem)
+    return params, text, out_shape, (b, sq, sk)

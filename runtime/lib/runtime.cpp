@@ -1,0 +1,670 @@
+//===- runtime.cpp - diffattn runtime: load artifacts, launch kernels -----===//
+//
+// Implements include/diffattn/runtime.h: a minimal JSON reader for the
+// manifest, argument checks against it, and kernel launches through the
+// CUDA driver API opened with dlopen. Self-contained C++17; no MLIR, no
+// CUDA headers.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/runtime.h"
+
+#include <dlfcn.h>
+
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace {
+
+thread_local std::string lastError;
+
+int fail(int code, const std::string &message) {
+  lastError = message;
+  return code;
+}
+
+//===----------------------------------------------------------------------===//
+// JSON
+//===----------------------------------------------------------------------===//
+
+struct Json;
+using JsonArray = std::vector<Json>;
+using JsonObject = std::map<std::string, Json>;
+
+struct Json {
+  std::variant<std::nullptr_t, bool, double, std::string, JsonArray,
+               JsonObject>
+      value;
+  const Json *get(const std::string &key) const {
+    auto *obj = std::get_if<JsonObject>(&value);
+    if (!obj)
+      return nullptr;
+    auto it = obj->find(key);
+    return it == obj->end() ? nullptr : &it->second;
+  }
+  const std::string *str() const { return std::get_if<std::string>(&value); }
+  const double *num() const { return std::get_if<double>(&value); }
+  const JsonArray *arr() const { return std::get_if<JsonArray>(&value); }
+};
+
+class JsonParser {
+public:
+  explicit JsonParser(const std::string &text) : s(text) {}
+
+  bool parse(Json &out, std::string &error) {
+    bool ok = value(out) && (skip(), pos == s.size());
+    if (!ok)
+      error = "malformed JSON near offset " + std::to_string(pos);
+    return ok;
+  }
+
+private:
+  void skip() {
+    while (pos < s.size() && std::isspace(static_cast<unsigned char>(s[pos])))
+      ++pos;
+  }
+  bool literal(const char *word) {
+    size_t n = std::strlen(word);
+    if (s.compare(pos, n, word) != 0)
+      return false;
+    pos += n;
+    return true;
+  }
+  bool string(std::string &out) {
+    if (pos >= s.size() || s[pos] != '"')
+      return false;
+    ++pos;
+    while (pos < s.size() && s[pos] != '"') {
+      char c = s[pos++];
+      if (c == '\\') {
+        if (pos >= s.size())
+          return false;
+        char e = s[pos++];
+        switch (e) {
+        case 'n': out += '\n'; break;
+        case 't': out += '\t'; break;
+        case 'r': out += '\r'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'u':
+          if (pos + 4 > s.size())
+            return false;
+          out += '?'; // manifests are ASCII; keep the parser total
+          pos += 4;
+          break;
+        default: out += e; break;
+        }
+      } else {
+        out += c;
+      }
+    }
+    if (pos >= s.size())
+      return false;
+    ++pos;
+    return true;
+  }
+  bool value(Json &out) {
+    if (++depth > 64)
+      return false;
+    skip();
+    bool ok = false;
+    if (pos >= s.size()) {
+      ok = false;
+    } else if (s[pos] == '{') {
+      ++pos;
+      JsonObject obj;
+      skip();
+      if (pos < s.size() && s[pos] == '}') {
+        ++pos;
+        ok = true;
+      } else {
+        while (true) {
+          skip();
+          std::string key;
+          Json item;
+          if (!string(key))
+            break;
+          skip();
+          if (pos >= s.size() || s[pos++] != ':')
+            break;
+          if (!value(item))
+            break;
+          obj[key] = std::move(item);
+          skip();
+          if (pos < s.size() && s[pos] == ',') {
+            ++pos;
+            continue;
+          }
+          ok = pos < s.size() && s[pos++] == '}';
+          break;
+        }
+      }
+      out.value = std::move(obj);
+    } else if (s[pos] == '[') {
+      ++pos;
+      JsonArray arr;
+      skip();
+      if (pos < s.size() && s[pos] == ']') {
+        ++pos;
+        ok = true;
+      } else {
+        while (true) {
+          Json item;
+          if (!value(item))
+            break;
+          arr.push_back(std::move(item));
+          skip();
+          if (pos < s.size() && s[pos] == ',') {
+            ++pos;
+            continue;
+          }
+          ok = pos < s.size() && s[pos++] == ']';
+          break;
+        }
+      }
+      out.value = std::move(arr);
+    } else if (s[pos] == '"') {
+      std::string str;
+      ok = string(str);
+      out.value = std::move(str);
+    } else if (literal("true")) {
+      out.value = true;
+      ok = true;
+    } else if (literal("false")) {
+      out.value = false;
+      ok = true;
+    } else if (literal("null")) {
+      out.value = nullptr;
+      ok = true;
+    } else {
+      char *end = nullptr;
+      double d = std::strtod(s.c_str() + pos, &end);
+      if (end != s.c_str() + pos) {
+        pos = end - s.c_str();
+        out.value = d;
+        ok = true;
+      }
+    }
+    --depth;
+    return ok;
+  }
+
+  const std::string &s;
+  size_t pos = 0;
+  int depth = 0;
+};
+
+//===----------------------------------------------------------------------===//
+// CUDA driver, opened at run time
+//===----------------------------------------------------------------------===//
+
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = void *;
+using CUmodule = void *;
+using CUfunction = void *;
+using CUstream = void *;
+constexpr int kMaxDynamicSharedAttr = 8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+struct Driver {
+  CUresult (*cuInit)(unsigned);
+  CUresult (*cuCtxGetCurrent)(CUcontext *);
+  CUresult (*cuCtxSetCurrent)(CUcontext);
+  CUresult (*cuDeviceGet)(CUdevice *, int);
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
+  CUresult (*cuModuleLoadData)(CUmodule *, const void *);
+  CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
+  CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned,
+                             unsigned, unsigned, unsigned, unsigned, CUstream,
+                             void **, void **);
+  CUresult (*cuGetErrorString)(CUresult, const char **);
+};
+
+const Driver *loadDriver() {
+  static Driver driver;
+  static bool loaded = false, tried = false;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (tried)
+    return loaded ? &driver : nullptr;
+  tried = true;
+  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib)
+    return nullptr;
+#define DIFFATTN_SYM(name, symbol)                                             \
+  driver.name = reinterpret_cast<decltype(driver.name)>(dlsym(lib, symbol));   \
+  if (!driver.name)                                                            \
+    return nullptr;
+  DIFFATTN_SYM(cuInit, "cuInit")
+  DIFFATTN_SYM(cuCtxGetCurrent, "cuCtxGetCurrent")
+  DIFFATTN_SYM(cuCtxSetCurrent, "cuCtxSetCurrent")
+  DIFFATTN_SYM(cuDeviceGet, "cuDeviceGet")
+  DIFFATTN_SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain_v2")
+  DIFFATTN_SYM(cuModuleLoadData, "cuModuleLoadData")
+  DIFFATTN_SYM(cuModuleGetFunction, "cuModuleGetFunction")
+  DIFFATTN_SYM(cuFuncSetAttribute, "cuFuncSetAttribute")
+  DIFFATTN_SYM(cuLaunchKernel, "cuLaunchKernel")
+  DIFFATTN_SYM(cuGetErrorString, "cuGetErrorString")
+#undef DIFFATTN_SYM
+  if (driver.cuInit(0) != 0)
+    return nullptr;
+  loaded = true;
+  return &driver;
+}
+
+int cudaFail(const Driver *d, CUresult rc, const std::string &what) {
+  const char *text = nullptr;
+  d->cuGetErrorString(rc, &text);
+  return fail(DIFFATTN_ERROR_CUDA, what + " failed: CUDA error " +
+                                       std::to_string(rc) + " (" +
+                                       (text ? text : "unknown") + ")");
+}
+
+//===----------------------------------------------------------------------===//
+// The model of a manifest
+//===----------------------------------------------------------------------===//
+
+/// A dimension: a symbol (B, Sq, Sk) or a fixed size.
+struct Dim {
+  std::string symbol;
+  int64_t size = 0;
+};
+
+struct ArgSpec {
+  std::string name;
+  int32_t dtype = -1;
+  std::vector<Dim> shape;
+};
+
+struct ParamSpec {
+  std::string arg;
+  std::string field; // allocated, aligned, offset, size, stride, value
+};
+
+struct KernelSpec {
+  std::string name, entry;
+  std::vector<char> cubin;
+  std::vector<ArgSpec> args; // tensor arguments in order
+  std::vector<ParamSpec> params;
+  std::vector<Dim> grid; // a ceil_div dim is {symbol, by}
+  unsigned block[3] = {1, 1, 1};
+  int64_t sharedBytes = 0;
+  // Loaded state.
+  CUcontext context = nullptr;
+  CUfunction function = nullptr;
+};
+
+int dtypeFromName(const std::string &name) {
+  if (name == "f32") return DIFFATTN_F32;
+  if (name == "f16") return DIFFATTN_F16;
+  if (name == "bf16") return DIFFATTN_BF16;
+  if (name == "i32") return DIFFATTN_I32;
+  return -1;
+}
+
+const char *dtypeName(int32_t dtype) {
+  switch (dtype) {
+  case DIFFATTN_F32: return "f32";
+  case DIFFATTN_F16: return "f16";
+  case DIFFATTN_BF16: return "bf16";
+  case DIFFATTN_I32: return "i32";
+  default: return "unknown";
+  }
+}
+
+bool readFile(const std::string &path, std::string &out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  return true;
+}
+
+int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
+  auto bad = [&](const std::string &what) {
+    return fail(DIFFATTN_ERROR_ARTIFACT, dir + "/manifest.json: kernel '" +
+                                             spec.name + "': " + what);
+  };
+  const Json *name = k.get("name"), *entry = k.get("entry"),
+             *cubin = k.get("cubin"), *args = k.get("args"),
+             *launch = k.get("launch");
+  if (!name || !name->str())
+    return bad("no name");
+  spec.name = *name->str();
+  if (!entry || !entry->str() || !cubin || !cubin->str())
+    return bad("no entry or cubin (not a GPU artifact?)");
+  spec.entry = *entry->str();
+  std::string bytes;
+  if (!readFile(dir + "/" + *cubin->str(), bytes))
+    return bad("cannot read " + *cubin->str());
+  spec.cubin.assign(bytes.begin(), bytes.end());
+  if (!args || !args->arr())
+    return bad("no args");
+  for (const Json &a : *args->arr()) {
+    const Json *shape = a.get("shape");
+    if (!shape)
+      continue; // B, Sq, Sk
+    ArgSpec arg;
+    const Json *argName = a.get("name"), *dtype = a.get("dtype");
+    if (!argName || !argName->str() || !dtype || !dtype->str() ||
+        !shape->arr())
+      return bad("malformed argument");
+    arg.name = *argName->str();
+    arg.dtype = dtypeFromName(*dtype->str());
+    for (const Json &d : *shape->arr()) {
+      if (d.str())
+        arg.shape.push_back({*d.str(), 0});
+      else if (d.num())
+        arg.shape.push_back({"", static_cast<int64_t>(*d.num())});
+      else
+        return bad("malformed shape of " + arg.name);
+    }
+    if (arg.dtype < 0 || arg.shape.size() > 4)
+      return bad("unsupported argument " + arg.name);
+    spec.args.push_back(std::move(arg));
+  }
+  if (!launch || !launch->get("params") || !launch->get("params")->arr() ||
+      !launch->get("grid") || !launch->get("grid")->arr() ||
+      !launch->get("block") || !launch->get("block")->arr())
+    return bad("no CUDA launch rule");
+  for (const Json &p : *launch->get("params")->arr()) {
+    const Json *arg = p.get("arg"), *field = p.get("field");
+    if (!arg || !arg->str() || !field || !field->str())
+      return bad("malformed launch parameter");
+    spec.params.push_back({*arg->str(), *field->str()});
+  }
+  for (const Json &g : *launch->get("grid")->arr()) {
+    if (g.num()) {
+      spec.grid.push_back({"", static_cast<int64_t>(*g.num())});
+    } else if (g.get("ceil_div") && g.get("ceil_div")->str() && g.get("by") &&
+               g.get("by")->num()) {
+      spec.grid.push_back({*g.get("ceil_div")->str(),
+                           static_cast<int64_t>(*g.get("by")->num())});
+    } else {
+      return bad("malformed grid");
+    }
+  }
+  const JsonArray &block = *launch->get("block")->arr();
+  if (spec.grid.size() != 3 || block.size() != 3)
+    return bad("grid and block must have three dimensions");
+  for (int i = 0; i < 3; ++i) {
+    if (!block[i].num())
+      return bad("malformed block");
+    spec.block[i] = static_cast<unsigned>(*block[i].num());
+  }
+  if (const Json *smem = launch->get("dynamic_shared_memory"))
+    if (smem->num())
+      spec.sharedBytes = static_cast<int64_t>(*smem->num());
+  return DIFFATTN_OK;
+}
+
+} // namespace
+
+struct diffattn_module {
+  std::string dir;
+  std::vector<std::unique_ptr<KernelSpec>> kernels;
+  std::mutex mutex;
+
+  KernelSpec *find(const char *name) const {
+    for (const auto &k : kernels)
+      if (name && k->name == name)
+        return k.get();
+    return nullptr;
+  }
+};
+
+namespace {
+
+/// Resolves `dim` for the sizes of one launch.
+int64_t resolve(const Dim &dim, int64_t B, int64_t Sq, int64_t Sk) {
+  if (dim.symbol.empty())
+    return dim.size;
+  if (dim.symbol == "B") return B;
+  if (dim.symbol == "Sq") return Sq;
+  if (dim.symbol == "Sk") return Sk;
+  return -1;
+}
+
+std::string shapeText(const int64_t *shape, int rank) {
+  std::string text = "[";
+  for (int i = 0; i < rank; ++i)
+    text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+int check(const KernelSpec &spec, const diffattn_buffer *buffers,
+          int numBuffers, int64_t B, int64_t Sq, int64_t Sk,
+          std::vector<const diffattn_buffer *> &ordered) {
+  const std::string where = "kernel '" + spec.name + "': ";
+  if (B < 0 || Sq < 0 || Sk < 0)
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                where + "sizes must be >= 0, got B = " + std::to_string(B) +
+                    ", Sq = " + std::to_string(Sq) + ", Sk = " +
+                    std::to_string(Sk));
+  // 32-bit grid and index headroom: ceil(Sq / 64) blocks in x, B in z.
+  if (B > 65535 || Sq > (int64_t(1) << 31) || Sk > (int64_t(1) << 31))
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                where + "sizes out of the supported range (B <= 65535, "
+                        "Sq, Sk <= 2^31)");
+  if (numBuffers != static_cast<int>(spec.args.size()))
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                where + "expected " + std::to_string(spec.args.size()) +
+                    " buffers, got " + std::to_string(numBuffers));
+  ordered.assign(spec.args.size(), nullptr);
+  for (size_t i = 0; i < spec.args.size(); ++i) {
+    const ArgSpec &arg = spec.args[i];
+    const diffattn_buffer *buf = nullptr;
+    for (int j = 0; j < numBuffers; ++j)
+      if (buffers[j].name && arg.name == buffers[j].name)
+        buf = &buffers[j];
+    if (!buf)
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  where + "missing buffer '" + arg.name + "'");
+    if (buf->dtype != arg.dtype)
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  where + "'" + arg.name + "' must be " +
+                      dtypeName(arg.dtype) + ", got " +
+                      dtypeName(buf->dtype));
+    bool ok = buf->rank == static_cast<int>(arg.shape.size());
+    std::string expected = "[";
+    for (size_t d = 0; d < arg.shape.size(); ++d) {
+      int64_t size = resolve(arg.shape[d], B, Sq, Sk);
+      expected += (d ? ", " : "") + std::to_string(size);
+      if (ok && buf->shape[d] != size)
+        ok = false;
+    }
+    expected += "]";
+    if (!ok)
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  where + "'" + arg.name + "' must have shape " + expected +
+                      " for B = " + std::to_string(B) + ", Sq = " +
+                      std::to_string(Sq) + ", Sk = " + std::to_string(Sk) +
+                      ", got " + shapeText(buf->shape, buf->rank));
+    bool empty = false;
+    for (int d = 0; d < buf->rank; ++d)
+      empty |= buf->shape[d] == 0;
+    if (!buf->data && !empty)
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  where + "'" + arg.name + "' has a null data pointer");
+    ordered[i] = buf;
+  }
+  return DIFFATTN_OK;
+}
+
+} // namespace
+
+extern "C" {
+
+const char *diffattn_last_error(void) { return lastError.c_str(); }
+
+int diffattn_module_load(const char *dir, diffattn_module **module) {
+  if (!dir || !module)
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT, "null argument");
+  *module = nullptr;
+  std::string text;
+  std::string path = std::string(dir) + "/manifest.json";
+  if (!readFile(path, text))
+    return fail(DIFFATTN_ERROR_ARTIFACT, "cannot read " + path);
+  Json root;
+  std::string error;
+  if (!JsonParser(text).parse(root, error))
+    return fail(DIFFATTN_ERROR_ARTIFACT, path + ": " + error);
+  const Json *kernels = root.get("kernels");
+  if (!kernels || !kernels->arr())
+    return fail(DIFFATTN_ERROR_ARTIFACT, path + ": no kernels");
+  auto result = std::make_unique<diffattn_module>();
+  result->dir = dir;
+  for (const Json &k : *kernels->arr()) {
+    auto spec = std::make_unique<KernelSpec>();
+    if (int rc = parseKernel(k, dir, *spec))
+      return rc;
+    result->kernels.push_back(std::move(spec));
+  }
+  *module = result.release();
+  return DIFFATTN_OK;
+}
+
+void diffattn_module_free(diffattn_module *module) { delete module; }
+
+int diffattn_module_num_kernels(const diffattn_module *module) {
+  return module ? static_cast<int>(module->kernels.size()) : 0;
+}
+
+const char *diffattn_module_kernel_name(const diffattn_module *module,
+                                        int i) {
+  if (!module || i < 0 || i >= static_cast<int>(module->kernels.size()))
+    return nullptr;
+  return module->kernels[i]->name.c_str();
+}
+
+int diffattn_check(const diffattn_module *module, const char *kernel,
+                   const diffattn_buffer *buffers, int num_buffers, int64_t B,
+                   int64_t Sq, int64_t Sk) {
+  if (!module)
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT, "null module");
+  const KernelSpec *spec = module->find(kernel);
+  if (!spec)
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                std::string("no kernel '") + (kernel ? kernel : "(null)") +
+                    "' in " + module->dir);
+  std::vector<const diffattn_buffer *> ordered;
+  return check(*spec, buffers, num_buffers, B, Sq, Sk, ordered);
+}
+
+int diffattn_launch(diffattn_module *module, const char *kernel,
+                    const diffattn_buffer *buffers, int num_buffers, int64_t B,
+                    int64_t Sq, int64_t Sk, void *stream) {
+  if (int rc = diffattn_check(module, kernel, buffers, num_buffers, B, Sq, Sk))
+    return rc;
+  KernelSpec &spec = *module->find(kernel);
+  std::vector<const diffattn_buffer *> ordered;
+  check(spec, buffers, num_buffers, B, Sq, Sk, ordered);
+
+  // Nothing to compute: no launch (a zero grid dimension is an error).
+  unsigned grid[3];
+  for (int i = 0; i < 3; ++i) {
+    const Dim &g = spec.grid[i];
+    int64_t n = g.symbol.empty() ? g.size
+                                 : (resolve({g.symbol, 0}, B, Sq, Sk) +
+                                    g.size - 1) /
+                                       g.size;
+    if (n <= 0)
+      return DIFFATTN_OK;
+    grid[i] = static_cast<unsigned>(n);
+  }
+
+  const Driver *d = loadDriver();
+  if (!d)
+    return fail(DIFFATTN_ERROR_NO_DRIVER,
+                "the CUDA driver (libcuda.so.1) is not available");
+  std::lock_guard<std::mutex> lock(module->mutex);
+  CUcontext ctx = nullptr;
+  if (CUresult rc = d->cuCtxGetCurrent(&ctx))
+    return cudaFail(d, rc, "cuCtxGetCurrent");
+  if (!ctx) {
+    CUdevice dev;
+    if (CUresult rc = d->cuDeviceGet(&dev, 0))
+      return cudaFail(d, rc, "cuDeviceGet");
+    if (CUresult rc = d->cuDevicePrimaryCtxRetain(&ctx, dev))
+      return cudaFail(d, rc, "cuDevicePrimaryCtxRetain");
+    if (CUresult rc = d->cuCtxSetCurrent(ctx))
+      return cudaFail(d, rc, "cuCtxSetCurrent");
+  }
+  if (spec.context != ctx || !spec.function) {
+    CUmodule mod;
+    if (CUresult rc = d->cuModuleLoadData(&mod, spec.cubin.data()))
+      return cudaFail(d, rc, "cuModuleLoadData(" + spec.name + ")");
+    CUfunction fn;
+    if (CUresult rc = d->cuModuleGetFunction(&fn, mod, spec.entry.c_str()))
+      return cudaFail(d, rc, "cuModuleGetFunction(" + spec.entry + ")");
+    if (spec.sharedBytes > 48 * 1024)
+      if (CUresult rc = d->cuFuncSetAttribute(
+              fn, kMaxDynamicSharedAttr, static_cast<int>(spec.sharedBytes)))
+        return cudaFail(d, rc, "cuFuncSetAttribute(shared memory)");
+    spec.context = ctx;
+    spec.function = fn;
+  }
+
+  // Kernel parameters: memref descriptor fields of each buffer, then sizes.
+  std::vector<int64_t> values(spec.params.size());
+  std::vector<void *> pointers(spec.params.size());
+  std::vector<void *> args(spec.params.size());
+  for (size_t i = 0; i < spec.params.size(); ++i) {
+    const ParamSpec &p = spec.params[i];
+    if (p.field == "value") {
+      values[i] = resolve({p.arg, 0}, B, Sq, Sk);
+      args[i] = &values[i];
+      continue;
+    }
+    const diffattn_buffer *buf = nullptr;
+    for (size_t j = 0; j < spec.args.size(); ++j)
+      if (spec.args[j].name == p.arg)
+        buf = ordered[j];
+    if (!buf)
+      return fail(DIFFATTN_ERROR_ARTIFACT, "kernel '" + spec.name +
+                                               "': launch parameter of "
+                                               "unknown argument '" +
+                                               p.arg + "'");
+    if (p.field == "allocated" || p.field == "aligned") {
+      pointers[i] = buf->data;
+      args[i] = &pointers[i];
+    } else if (p.field == "offset") {
+      values[i] = 0;
+      args[i] = &values[i];
+    } else if (p.field == "size") {
+      int64_t n = 1;
+      for (int dd = 0; dd < buf->rank; ++dd)
+        n *= buf->shape[dd];
+      values[i] = n;
+      args[i] = &values[i];
+    } else if (p.field == "stride") {
+      values[i] = 1;
+      args[i] = &values[i];
+    } else {
+      return fail(DIFFATTN_ERROR_ARTIFACT,
+                  "kernel '" + spec.name + "': unknown parameter field '" +
+                      p.field + "'");
+    }
+  }
+  if (CUresult rc = d->cuLaunchKernel(
+          spec.function, grid[0], grid[1], grid[2], spec.block[0],
+          spec.block[1], spec.block[2],
+          static_cast<unsigned>(spec.sharedBytes),
+          static_cast<CUstream>(stream), args.data(), nullptr))
+    return cudaFail(d, rc, "cuLaunchKernel(" + spec.name + ")");
+  return DIFFATTN_OK;
+}
+
+} // extern "C"
