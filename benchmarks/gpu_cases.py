@@ -44,6 +44,22 @@ BENCH_DECODE = [
 ]
 
 
+# Strategy variants timed beside the default kernel on the prefill shapes
+# with this head dimension: (D, diffattn-compile options).
+BENCH_VARIANTS = [
+    (128, ("--block-k=64",)),
+    (128, ("--block-k=16",)),
+    (64, ("--block-k=32",)),
+]
+
+# Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).
+SANITIZE_CASES = [
+    (8, 2, 64, True, None),
+    (8, 2, 128, False, None),
+    (8, 2, 128, True, [3, 90]),
+]
+
+
 def all_kernel_requests():
     """Every distinct kernel request of the cases above, as keyword
     arguments of diffattn._gpu.prepare_v2 (without the target)."""
@@ -56,6 +72,17 @@ def all_kernel_requests():
         reqs.append(dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
                          lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
                          window=(-1, -1), kv_len_shape=None))
+    for b, s, h2, hkv, d, causal in BENCH_PREFILL:
+        for vd, options in BENCH_VARIANTS:
+            if vd == d:
+                reqs.append(dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
+                                 lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16",
+                                 causal=causal, window=(-1, -1), kv_len_shape=None,
+                                 options=options))
+    for h2, hkv, d, causal, kv_len in SANITIZE_CASES:
+        reqs.append(dict(q_shape=(2, 70, h2, d), k_shape=(2, 90, hkv, d), v_shape=(2, 90, hkv, d),
+                         lam_shape=(2, 70, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
+                         window=(-1, -1), kv_len_shape=None if kv_len is None else (2,)))
     for b, kvl, h2, hkv, d in BENCH_DECODE:
         reqs.append(dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),
                          lam_shape=(b, 1, h2 // 2), elem="bf16", lam_elem="bf16", causal=True,

@@ -118,18 +118,20 @@ def check_gpu_config(q_shape, v_shape):
 
 @functools.lru_cache(maxsize=1024)
 def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=False, scale=None,
-               window=(-1, -1), kv_len_shape=None, target="sm_90"):
+               window=(-1, -1), kv_len_shape=None, target="sm_90", options=()):
     """Builds (or finds in the cache) the kernel of a v2 call; returns
     (artifact directory, out shape, (B, Sq, Sk)). Needs no GPU: this is also
     how kernels are prepared for another machine. Memoised per process, so
-    repeated calls of one shape cost no file-system look-up."""
+    repeated calls of one shape cost no file-system look-up. ``options``
+    are extra diffattn-compile flags (e.g. ``("--block-k=64",)``, for
+    benchmarks of strategy variants); they are part of the cache key."""
     if elem not in ("bf16", "f16"):
         raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
     check_gpu_config(q_shape, v_shape)
     params, text, out_shape, sizes = _ops.v2_request(
         q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, causal=causal, scale=scale,
         window=window, kv_len_shape=kv_len_shape)
-    directory = _compiler.ensure_compiled("v2", params, target, text)
+    directory = _compiler.ensure_compiled("v2", params, target, text, tuple(options))
     return directory, out_shape, sizes
 
 

@@ -230,34 +230,44 @@ struct Driver {
   CUresult (*cuGetErrorString)(CUresult, const char **);
 };
 
-const Driver *loadDriver() {
+/// The driver, or null with `why` saying what is missing.
+const Driver *loadDriver(std::string &why) {
   static Driver driver;
   static bool loaded = false, tried = false;
+  static std::string failure;
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
+  why = failure;
   if (tried)
     return loaded ? &driver : nullptr;
   tried = true;
   void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!lib)
+  if (!lib) {
+    const char *err = dlerror();
+    why = failure = err ? err : "dlopen(libcuda.so.1) failed";
     return nullptr;
+  }
 #define DIFFATTN_SYM(name, symbol)                                             \
   driver.name = reinterpret_cast<decltype(driver.name)>(dlsym(lib, symbol));   \
-  if (!driver.name)                                                            \
-    return nullptr;
+  if (!driver.name) {                                                          \
+    why = failure = "libcuda.so.1 has no " symbol;                             \
+    return nullptr;                                                            \
+  }
   DIFFATTN_SYM(cuInit, "cuInit")
   DIFFATTN_SYM(cuCtxGetCurrent, "cuCtxGetCurrent")
   DIFFATTN_SYM(cuCtxSetCurrent, "cuCtxSetCurrent")
   DIFFATTN_SYM(cuDeviceGet, "cuDeviceGet")
-  DIFFATTN_SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain_v2")
+  DIFFATTN_SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")
   DIFFATTN_SYM(cuModuleLoadData, "cuModuleLoadData")
   DIFFATTN_SYM(cuModuleGetFunction, "cuModuleGetFunction")
   DIFFATTN_SYM(cuFuncSetAttribute, "cuFuncSetAttribute")
   DIFFATTN_SYM(cuLaunchKernel, "cuLaunchKernel")
   DIFFATTN_SYM(cuGetErrorString, "cuGetErrorString")
 #undef DIFFATTN_SYM
-  if (driver.cuInit(0) != 0)
+  if (CUresult rc = driver.cuInit(0)) {
+    why = failure = "cuInit failed with CUDA error " + std::to_string(rc);
     return nullptr;
+  }
   loaded = true;
   return &driver;
 }
@@ -585,10 +595,11 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
     grid[i] = static_cast<unsigned>(n);
   }
 
-  const Driver *d = loadDriver();
+  std::string why;
+  const Driver *d = loadDriver(why);
   if (!d)
     return fail(DIFFATTN_ERROR_NO_DRIVER,
-                "the CUDA driver (libcuda.so.1) is not available");
+                "the CUDA driver is not available: " + why);
   std::lock_guard<std::mutex> lock(module->mutex);
   CUcontext ctx = nullptr;
   if (CUresult rc = d->cuCtxGetCurrent(&ctx))
