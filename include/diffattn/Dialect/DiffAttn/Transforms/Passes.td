@@ -1,7 +1,8 @@
 //===- Passes.td - diffattn transformation passes ----------*- tablegen -*-===//
 //
-// Passes over the diffattn dialect: decomposition into upstream linalg (the
-// oracle), FlashAttention tiling, and kernel outlining.
+// Passes over the diffattn dialect: fusion of model graphs into it,
+// decomposition into upstream linalg (the oracle), FlashAttention tiling,
+// and kernel outlining.
 //
 //===----------------------------------------------------------------------===//
 
@@ -9,6 +10,60 @@
 #define DIFFATTN_DIALECT_DIFFATTN_TRANSFORMS_PASSES_TD
 
 include "mlir/Pass/PassBase.td"
+
+def DiffAttnFuse : Pass<"diffattn-fuse"> {
+  let summary = "Replace differential attention written out in linalg with "
+                "diffattn.v2 / diffattn.v1";
+  let description = [{
+    Finds, in linalg-on-tensors graphs (TOSA graphs after
+    `--tosa-to-linalg-pipeline`), the attention core of Differential
+    Transformer V2 and V1 and replaces it with one `diffattn.v2` /
+    `diffattn.v1` that reads the graph's own q, k, v and lambda tensors. The
+    projections, RoPE and everything else stay as they are.
+
+    Recognised: softmax written as max/sub/exp/sum/div, with a reciprocal,
+    or as `linalg.softmax`; matmuls as named ops or generics, with any
+    transposes and head reshapes; the two attentions as strided slices of a
+    2H-head attention or as separate attentions; GQA written as
+    broadcast/expand/repeat of K and V (the fused op reads the Hkv-head
+    tensors); causal and sliding-window masks as an additive -inf/large
+    negative tensor, a select on an iota comparison or a constant mask
+    tensor (each is evaluated on every query/key position and must be a
+    band); the scale on the scores or folded into q or k.
+
+    V2: `A_{2h} - sigmoid(lam) * A_{2h+1}`. V1: `c * RMSNorm(A1 - lam * A2)
+    * w` with `lambda_init = 1 - c`.
+
+    Anything that would change the computation is refused and, with
+    `remarks`, explained: pairs of query heads that do not share a KV head,
+    a lambda without its sigmoid, a mask that is not causal or windowed, the
+    difference in the other order, a softmax over another axis, dynamic
+    shapes, unsupported element types.
+
+    Before (sketch):
+    ```mlir
+    %s = linalg.batch_matmul ins(%q, %kT ...)      // scores, then scale, mask
+    %m = linalg.generic {reduction} ...            // row max
+    %e = linalg.generic {exp(s - m)} ...
+    %p = linalg.generic {e / sum(e)} ...
+    %a = linalg.batch_matmul ins(%p, %v ...)
+    %d = linalg.generic {a[2h] - sigmoid(lam) * a[2h+1]} ...
+    ```
+    After:
+    ```mlir
+    %d = diffattn.v2 %q, %k, %v, %lam {causal, scale = 0.125 : f32} : ...
+    ```
+  }];
+  let options = [
+    Option<"remarks", "remarks", "bool", /*default=*/"false",
+           "Emit a remark for every fusion and for every attention-like "
+           "subgraph left unfused, saying why">,
+  ];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::linalg::LinalgDialect",
+    "::mlir::tensor::TensorDialect"
+  ];
+}
 
 def DiffAttnDecompose : Pass<"diffattn-decompose"> {
   let summary = "Rewrite diffattn ops into upstream linalg/tensor/arith/math";

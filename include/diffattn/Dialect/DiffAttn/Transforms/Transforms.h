@@ -97,6 +97,20 @@ LogicalResult tileDiffAttnOp(RewriterBase &rewriter, Operation *op,
 /// diagnostic when the module holds no diffattn op.
 LogicalResult outlineDiffAttnKernels(ModuleOp module);
 
+/// Options of fuseDiffAttn.
+struct FuseOptions {
+  /// Emit a remark on every fused op (what was fused) and on every
+  /// attention-like subgraph left alone (why).
+  bool emitRemarks = false;
+};
+
+/// Replaces every differential attention (V1 or V2) written out in linalg on
+/// tensors under `root` with diffattn.v1 / diffattn.v2, leaving the
+/// projections around it in place (see DiffAttnFuse). Graphs that do not
+/// match exactly are left unchanged. Returns the number of ops created.
+FailureOr<unsigned> fuseDiffAttn(Operation *root,
+                                 const FuseOptions &options = {});
+
 /// The name of the attribute that marks an outlined kernel function and
 /// holds its manifest entry.
 constexpr StringLiteral kKernelAttrName = "diffattn.kernel";
