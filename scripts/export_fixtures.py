@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Exports the Differential Transformer attention blocks to MLIR fixtures.
+
+Builds, in plain PyTorch, the attention blocks of the public reference modules
+(microsoft/unilm, Diff-Transformer/): the V2 block of
+Diff-Transformer-V2/multihead_flashdiffv2.py (also in its baseline mode,
+use_diff_v2=False: standard attention, which must stay unfused) and the V1
+block of multihead_flashdiff_1.py. The attention cores are our own
+re-implementation with torch.matmul/softmax (as the references' non-flash
+paths compute them), not the flash_attn kernels: causal masking by an additive
+triu(-inf) mask, GQA by expanding K/V (repeat_kv), RoPE interleaved.
+
+Each block is exported through torch-mlir (PyPI `torch-mlir`, FX importer) to
+linalg-on-tensors and to TOSA and written to test/Fusion/Inputs/. Post-
+processing, so that MLIR 22's diffattn-opt parses the files:
+  * `dense_resource<...>` weights are rewritten as inline `dense<"0x...">`
+    constants and the `dialect_resources` section is dropped (the e2e tests
+    lower the graphs to LLVM, which needs plain dense constants);
+  * the module is printed in generic form only if the pretty form fails to
+    parse (not needed with torch-mlir 20261001 / torch 2.15.0).
+
+Not run by CI; the fixtures it writes are committed. Usage:
+    python3 -m venv /tmp/tm && /tmp/tm/bin/pip install torch torch-mlir
+    /tmp/tm/bin/python scripts/export_fixtures.py [OUT_DIR]
+"""
+import math
+import os
+import re
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_mlir import fx
+
+BSZ, SEQ = 1, 16
+
+
+def rope_interleaved(x, cos, sin):
+    """Rotary embedding on adjacent pairs (x0, x1) of the last dim."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    r0 = x0 * c - x1 * s
+    r1 = x0 * s + x1 * c
+    return torch.stack((r0, r1), dim=-1).flatten(-2)
+
+
+def expand_heads(x, n_rep):
+    """[B, Hkv, S, D] -> [B, Hkv * n_rep, S, D], each KV head repeated n_rep
+    times in a row (what flash_attn's GQA reads)."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def causal_softmax_attention(q, k, v, scale):
+    """q [B, Hq, S, D], k/v [B, Hq, S, *]; causal, bottom-right aligned."""
+    tgt, src = q.shape[2], k.shape[2]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    mask = torch.triu(torch.full((tgt, src), float("-inf")), 1 + src - tgt)
+    probs = F.softmax(scores + mask, dim=-1)
+    return torch.matmul(probs, v)
+
+
+class DiffAttnV2Block(nn.Module):
+    """multihead_flashdiffv2.MultiheadFlashDiffV2 with a plain attention core."""
+
+    def __init__(self, use_diff_v2, d_model, num_heads, num_kv_heads, head_dim):
+        super().__init__()
+        self.use_diff_v2 = use_diff_v2
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.num_q_heads = 2 * num_heads if use_diff_v2 else num_heads
+        self.q_proj = nn.Linear(d_model, self.num_q_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.lambda_proj = nn.Linear(d_model, num_heads, bias=False) if use_diff_v2 else None
+
+    def forward(self, x, cos, sin):
+        bsz, n, _ = x.shape
+        q = self.q_proj(x).view(bsz, n, self.num_q_heads, self.head_dim)
+        k = self.k_proj(x).view(bsz, n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(bsz, n, self.num_kv_heads, self.head_dim)
+        q, k = rope_interleaved(q, cos, sin), rope_interleaved(k, cos, sin)
+        rep = self.num_q_heads // self.num_kv_heads
+        attn = causal_softmax_attention(
+            q.transpose(1, 2), expand_heads(k.transpose(1, 2), rep),
+            expand_heads(v.transpose(1, 2), rep), self.head_dim ** -0.5).transpose(1, 2)
+        if self.use_diff_v2:
+            lam = self.lambda_proj(x)
+            attn = attn[:, :, 0::2] - torch.sigmoid(lam).unsqueeze(-1) * attn[:, :, 1::2]
+        return self.o_proj(attn.reshape(bsz, n, self.num_heads * self.head_dim))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class DiffAttnV1Block(nn.Module):
+    """multihead_flashdiff_1.MultiheadFlashDiff1 with a plain attention core."""
+
+    def __init__(self, embed_dim, depth, num_heads, num_kv_heads):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.n_rep = num_heads // num_kv_heads
+        self.head_dim = embed_dim // num_heads // 2
+        self.scaling = self.head_dim ** -0.5
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.k_proj = nn.Linear(embed_dim, embed_dim // self.n_rep, bias=False)
+        self.v_proj = nn.Linear(embed_dim, embed_dim // self.n_rep, bias=False)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * depth)
+        self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
+            nn.Parameter(torch.randn(self.head_dim) * 0.1) for _ in range(4))
+        self.subln = RMSNorm(2 * self.head_dim, eps=1e-5)
+
+    def forward(self, x, cos, sin):
+        bsz, n, embed_dim = x.shape
+        h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(bsz, n, 2 * h, d)
+        k = self.k_proj(x).view(bsz, n, 2 * hkv, d)
+        v = self.v_proj(x).view(bsz, n, hkv, 2 * d)
+        q, k = rope_interleaved(q, cos, sin), rope_interleaved(k, cos, sin)
+        q = q.reshape(bsz, n, h, 2, d)
+        k = k.reshape(bsz, n, hkv, 2, d)
+        q1, q2 = q[:, :, :, 0], q[:, :, :, 1]
+        k1, k2 = k[:, :, :, 0], k[:, :, :, 1]
+        vt = expand_heads(v.transpose(1, 2), self.n_rep)
+        attn1 = causal_softmax_attention(
+            q1.transpose(1, 2), expand_heads(k1.transpose(1, 2), self.n_rep), vt,
+            self.scaling).transpose(1, 2)
+        attn2 = causal_softmax_attention(
+            q2.transpose(1, 2), expand_heads(k2.transpose(1, 2), self.n_rep), vt,
+            self.scaling).transpose(1, 2)
+        lambda_1 = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dim=-1))
+        lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dim=-1))
+        lambda_full = lambda_1 - lambda_2 + self.lambda_init
+        attn = attn1 - lambda_full * attn2
+        attn = self.subln(attn) * (1 - self.lambda_init)
+        return self.out_proj(attn.reshape(bsz, n, h * 2 * d))
+
+
+def rope_tables(seq, dim):
+    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    ang = torch.arange(seq).float()[:, None] * inv[None, :]
+    return torch.cos(ang), torch.sin(ang)
+
+
+def inline_resources(text):
+    """dense_resource<name> -> dense<"0x..."> and drop the resource section."""
+    blobs = dict(re.findall(r'^\s*([\w.]+): "0x([0-9A-Fa-f]+)"', text, re.M))
+    def repl(m):
+        hexdata = blobs[m.group(1)][8:]  # the first 4 bytes are the alignment
+        return f'dense<"0x{hexdata}">'
+    text = re.sub(r"dense_resource<([\w.]+)>", repl, text)
+    return re.sub(r"\n\{-#\s*dialect_resources:.*?#-\}\n?", "\n", text, flags=re.S)
+
+
+def export(module, name, out_dir, head_dim):
+    cos, sin = rope_tables(SEQ, head_dim)
+    x = torch.randn(BSZ, SEQ, module.q_proj.in_features)
+    with torch.no_grad():
+        for kind, suffix in (("linalg-on-tensors", "linalg"), ("tosa", "tosa")):
+            m = fx.export_and_import(module, x, cos, sin, output_type=kind, func_name=name)
+            text = inline_resources(str(m))
+            header = (f"// Generated by scripts/export_fixtures.py (torch {torch.__version__}, "
+                      f"torch-mlir FX importer, output_type={kind}); do not edit.\n")
+            path = os.path.join(out_dir, f"{name}.{suffix}.mlir")
+            with open(path, "w") as f:
+                f.write(header + text)
+            print(path, len(text), "bytes")
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        os.path.dirname(__file__), "..", "test", "Fusion", "Inputs")
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(0)
+    v2 = DiffAttnV2Block(True, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8).eval()
+    export(v2, "v2_block", out_dir, 8)
+    base = DiffAttnV2Block(False, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8).eval()
+    export(base, "baseline_attention", out_dir, 8)
+    v1 = DiffAttnV1Block(embed_dim=64, depth=3, num_heads=4, num_kv_heads=2).eval()
+    with torch.no_grad():
+        v1.subln.weight.copy_(1.0 + 0.1 * torch.randn(v1.subln.weight.shape))
+    export(v1, "v1_block", out_dir, 8)
+
+
+if __name__ == "__main__":
+    main()

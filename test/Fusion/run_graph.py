@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Runs a model graph on the CPU before and after diffattn-fuse and compares.
+
+    run_graph.py --opt diffattn-opt --runner mlir-runner --lib-dir DIR \
+        [--tosa] [--lowering=decompose|tile-flash] GRAPH.mlir
+
+GRAPH.mlir holds one public function (the model graph, tensors in and one
+tensor out). The script adds a `@main` that fills every argument with a fixed
+pseudo-random pattern (sin of the element index), calls the graph and prints
+the result, then runs it twice through mlir-runner: as written, and after
+`--diffattn-fuse` plus the diffattn lowering (`--diffattn-decompose`, the
+untiled oracle, or `--diffattn-tile-flash`, the kernel's algorithm). It prints
+what was fused, both checksums and the largest difference, and exits non-zero
+when nothing was fused (unless --expect-unfused) or the outputs differ by more
+than the f32 tolerance. Used by the lit end-to-end tests and by README's main
+job (scripts/run.sh example).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+LOWER = [
+    "--one-shot-bufferize=bufferize-function-boundaries "
+    "function-boundary-type-conversion=identity-layout-map",
+    "--convert-linalg-to-loops", "--math-expand-ops", "--lower-affine",
+    "--convert-scf-to-cf", "--expand-strided-metadata", "--lower-affine",
+    "--finalize-memref-to-llvm", "--convert-math-to-llvm",
+    "--convert-math-to-libm", "--convert-arith-to-llvm",
+    "--convert-index-to-llvm", "--convert-cf-to-llvm",
+    "--convert-func-to-llvm", "--reconcile-unrealized-casts",
+]
+TOSA = ["--tosa-to-linalg-pipeline", "--tosa-to-tensor", "--tosa-to-arith"]
+
+
+def add_driver(text):
+    """Appends @main (inputs, call, print) inside the graph's module."""
+    sig = re.search(r"func\.func @(\w+)\((.*?)\)\s*->\s*(tensor<[^>]*>)", text, re.S)
+    if not sig:
+        sys.exit("run_graph.py: no public function returning a tensor")
+    name, args, result = sig.group(1), sig.group(2), sig.group(3)
+    arg_types = re.findall(r"%\w+: (tensor<[^>]*>)", args)
+    lines = ["  func.func @main() {"]
+    values = []
+    for n, t in enumerate(arg_types):
+        dims = [int(x) for x in re.findall(r"(\d+)x", t)]
+        rank = len(dims)
+        idx = ", ".join(f"d{i}" for i in range(rank))
+        lines.append(f"    %e{n} = tensor.empty() : {t}")
+        iters = ", ".join(['"parallel"'] * rank)
+        lines.append(f"    %a{n} = linalg.generic {{indexing_maps = [affine_map<({idx}) -> ({idx})>], "
+                     f"iterator_types = [{iters}]}} outs(%e{n} : {t}) {{")
+        lines.append("    ^bb0(%out: f32):")
+        lin = None
+        for i, size in enumerate(dims):
+            lines.append(f"      %i{i} = linalg.index {i} : index")
+            if lin is None:
+                lin = f"%i{i}"
+            else:
+                lines.append(f"      %c{i} = arith.constant {size} : index")
+                lines.append(f"      %m{i} = arith.muli {lin}, %c{i} : index")
+                lines.append(f"      %l{i} = arith.addi %m{i}, %i{i} : index")
+                lin = f"%l{i}"
+        lines.append(f"      %int = arith.index_cast {lin} : index to i64")
+        lines.append("      %fp = arith.sitofp %int : i64 to f32")
+        lines.append(f"      %k = arith.constant {0.731 + 0.113 * n} : f32")
+        lines.append("      %x = arith.mulf %fp, %k : f32")
+        lines.append("      %s = math.sin %x : f32")
+        lines.append("      linalg.yield %s : f32")
+        lines.append(f"    }} -> {t}")
+        values.append(f"%a{n}")
+    mem = result.replace("tensor<", "memref<")
+    lines.append(f"    %r = func.call @{name}({', '.join(values)}) : "
+                 f"({', '.join(arg_types)}) -> {result}")
+    lines.append(f"    %b = bufferization.to_buffer %r : {result} to {mem}")
+    lines.append(f"    %u = memref.cast %b : {mem} to memref<*xf32>")
+    lines.append("    func.call @printMemrefF32(%u) : (memref<*xf32>) -> ()")
+    lines.append("    return")
+    lines.append("  }")
+    lines.append("  func.func private @printMemrefF32(memref<*xf32>)")
+    end = text.rstrip().rfind("}")
+    return text[:end] + "\n".join(lines) + "\n}\n"
+
+
+def run(cmd, **kw):
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr)
+        sys.exit(f"run_graph.py: failed: {' '.join(cmd[:3])} ...")
+    return p
+
+
+def execute(args, source, passes, tmp, tag):
+    src = os.path.join(tmp, f"{tag}.mlir")
+    with open(src, "w") as f:
+        f.write(source)
+    low = run([args.opt, src] + passes + LOWER).stdout
+    ll = os.path.join(tmp, f"{tag}.llvm.mlir")
+    with open(ll, "w") as f:
+        f.write(low)
+    libs = ",".join(os.path.join(args.lib_dir, l) for l in
+                    ("libmlir_runner_utils.so", "libmlir_c_runner_utils.so"))
+    out = run([args.runner, ll, "-e", "main", "-entry-point-result=void",
+               f"-shared-libs={libs}"]).stdout
+    body = out[out.find("data =") + 6:] if "data =" in out else out
+    return [float(x) for x in re.findall(r"-?(?:\d+\.\d*|\d+)(?:e[-+]?\d+)?|-?nan|-?inf", body)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--opt", required=True)
+    ap.add_argument("--runner", required=True)
+    ap.add_argument("--lib-dir", required=True)
+    ap.add_argument("--tosa", action="store_true")
+    ap.add_argument("--lowering", default="decompose", choices=["decompose", "tile-flash"])
+    ap.add_argument("--expect-unfused", action="store_true")
+    ap.add_argument("graph")
+    args = ap.parse_args()
+    text = add_driver(open(args.graph).read())
+    pre = TOSA if args.tosa else []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "graph.mlir")
+        with open(src, "w") as f:
+            f.write(text)
+        fused = run([args.opt, src] + pre + ["--diffattn-fuse=remarks=true"])
+        remarks = [l.split("remark: ", 1)[1] for l in fused.stderr.splitlines() if "remark: " in l]
+        for r in remarks:
+            print(r)
+        nfused = sum(r.startswith("fused") for r in remarks)
+        print(f"fused ops: {nfused}")
+        ref = execute(args, text, pre, tmp, "unfused")
+        got = execute(args, fused.stdout, [f"--diffattn-{args.lowering}"], tmp, "fused")
+    if len(ref) != len(got) or not ref:
+        sys.exit(f"output sizes differ: {len(ref)} vs {len(got)}")
+    diff = max(abs(a - b) for a, b in zip(ref, got))
+    scale = max(1.0, max(abs(a) for a in ref))
+    finite = all(x == x and abs(x) != float("inf") for x in got)
+    print(f"elements: {len(ref)}; unfused sum {sum(ref):.6f}; fused sum {sum(got):.6f}; "
+          f"max abs difference {diff:.3e}")
+    ok = finite and diff <= 1e-4 * scale
+    if nfused == 0 and not args.expect_unfused:
+        ok = False
+        print("nothing was fused")
+    print("OK: fused and unfused outputs agree" if ok else "MISMATCH")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
