@@ -44,7 +44,7 @@ def DiffAttnToMmaSyncKernels
   }];
   let options = [
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
-           "Keys per block (0: 64 for D = 64, 32 for D = 128)">,
+           "Keys per block (0: the default, 64)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::gpu::GPUDialect",

@@ -1,0 +1,108 @@
+"""The runtime library without a GPU: loading GPU artifacts, checking
+launches against the manifest (errors name the buffer and the expected
+shape), refusing malformed artifacts, and failing cleanly without a
+driver. Needs ptxas (the CUDA toolkit) to build the artifact."""
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from diffattn import _compiler, _gpu
+
+PTXAS = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas"
+                                  if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
+pytestmark = pytest.mark.skipif(PTXAS is None, reason="needs ptxas to build a GPU artifact")
+
+KERNEL = "diffattn_v2_bf16_h8_kv2_d64_dv64_causal_kvlen"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpu-artifact")
+    src = d / "k.mlir"
+    src.write_text("""
+func.func @f(%q: tensor<2x16x8x64xbf16>, %k: tensor<2x32x2x64xbf16>, %v: tensor<2x32x2x64xbf16>,
+             %lam: tensor<2x16x4xbf16>, %len: tensor<2xi32>) -> tensor<2x16x4x64xbf16> {
+  %o = diffattn.v2 %q, %k, %v, %lam kv_len(%len) {causal}
+      : (tensor<2x16x8x64xbf16>, tensor<2x32x2x64xbf16>, tensor<2x32x2x64xbf16>, tensor<2x16x4xbf16>, tensor<2xi32>)
+      -> tensor<2x16x4x64xbf16>
+  return %o : tensor<2x16x4x64xbf16>
+}
+""")
+    out = d / "out"
+    subprocess.run([_compiler.compiler_path(), str(src), "--target=sm_90", "-o", str(out)], check=True)
+    return str(out)
+
+
+def _buffers(b=2, sq=16, sk=32, override=None):
+    shapes = {"q": ("bf16", (b, sq, 8, 64)), "k": ("bf16", (b, sk, 2, 64)),
+              "v": ("bf16", (b, sk, 2, 64)), "lam": ("bf16", (b, sq, 4)),
+              "kv_len": ("i32", (b,)), "out": ("bf16", (b, sq, 4, 64))}
+    shapes.update(override or {})
+    # Fake device pointers: checks never dereference them.
+    return [(name, elem, shape, 0x1000 * (i + 1)) for i, (name, (elem, shape)) in enumerate(shapes.items())]
+
+
+def _check(artifact, named, sizes):
+    handle, names = _gpu.load_module(artifact)
+    lib = _gpu.runtime()
+    bufs = _gpu.make_buffers(named)
+    rc = lib.diffattn_check(handle, names[0].encode(), bufs, len(named), *sizes)
+    return rc, lib.diffattn_last_error().decode()
+
+
+def test_module_lists_its_kernel(artifact):
+    _, names = _gpu.load_module(artifact)
+    assert names == [KERNEL]
+
+
+def test_valid_launch_passes_the_checks(artifact):
+    assert _check(artifact, _buffers(), (2, 16, 32)) == (0, "")
+    # Other run-time sizes of the same kernel are fine too.
+    assert _check(artifact, _buffers(b=5, sq=3, sk=1000), (5, 3, 1000))[0] == 0
+
+
+@pytest.mark.parametrize("override,sizes,message", [
+    ({"k": ("bf16", (2, 31, 2, 64))}, (2, 16, 32), "'k' must have shape [2, 32, 2, 64] for B = 2, Sq = 16, Sk = 32, got [2, 31, 2, 64]"),
+    ({"q": ("f16", (2, 16, 8, 64))}, (2, 16, 32), "'q' must be bf16, got f16"),
+    ({"lam": ("bf16", (2, 16, 4, 1))}, (2, 16, 32), "'lam' must have shape [2, 16, 4]"),
+    ({"kv_len": ("i32", (3,))}, (2, 16, 32), "'kv_len' must have shape [2]"),
+    ({}, (2, 16, -1), "sizes must be >= 0"),
+    ({}, (70000, 16, 32), "sizes out of the supported range"),
+], ids=["k-shape", "q-dtype", "lam-rank", "kvlen-shape", "negative", "huge-batch"])
+def test_bad_launches_are_refused(artifact, override, sizes, message):
+    rc, err = _check(artifact, _buffers(override=override), sizes)
+    assert rc == 1
+    assert message in err
+
+
+def test_missing_buffer_is_named(artifact):
+    named = [b for b in _buffers() if b[0] != "v"]
+    rc, err = _check(artifact, named, (2, 16, 32))
+    assert rc == 1 and "expected 6 buffers, got 5" in err
+
+
+def test_launch_without_a_driver_fails_cleanly(artifact):
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("a GPU driver is present")
+    with pytest.raises(_gpu.RuntimeFailure, match="the CUDA driver is not available"):
+        _gpu.launch_v2(artifact, _buffers(), (2, 16, 32), 0)
+
+
+def test_malformed_artifacts_are_refused(tmp_path, artifact):
+    lib = _gpu.runtime()
+    handle = ctypes.c_void_p()
+    assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
+    assert b"cannot read" in lib.diffattn_last_error()
+    (tmp_path / "manifest.json").write_text('{"kernels": [ {"name": ')
+    assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
+    assert b"malformed JSON" in lib.diffattn_last_error()
+    manifest = json.load(open(os.path.join(artifact, "manifest.json")))
+    del manifest["kernels"][0]["launch"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(os.path.join(artifact, KERNEL + ".cubin"), tmp_path)
+    assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
+    assert b"no CUDA launch rule" in lib.diffattn_last_error()

@@ -1,0 +1,59 @@
+// RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels | FileCheck %s
+
+// The portable strategy: one gpu.func per kernel, 128 threads, dynamic
+// shared memory for Q (both heads), two K stages and two V stages; cp.async
+// copies (zero-filling past the key length) in two commit groups; ldmatrix
+// (transposed for V) feeding bf16 mma.sync m16n8k16 with f32 accumulation;
+// quad shuffles for row max/sum; exp2 on the SFU; the launch rule on the
+// kernel's manifest entry.
+
+// CHECK-LABEL: gpu.module @diffattn_v2_bf16_h8_kv2_d64_dv64_causal_module
+// CHECK:       gpu.func @diffattn_v2_bf16_h8_kv2_d64_dv64_causal(
+// CHECK-SAME:    %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
+// CHECK-SAME:    diffattn.kernel = {{{.*}}launch = {block = [128, 1, 1], block_k = 64 : i64, block_q = 64 : i64, dynamic_shared_memory = 55296 : i64, grid = [{by = 64 : i64, ceil_div = "Sq"}, 4, {by = 1 : i64, ceil_div = "B"}], kind = "cuda"
+// CHECK-SAME:    known_block_size = array<i32: 128, 1, 1>
+// CHECK:         gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
+// CHECK:         memref.view {{.*}} to memref<2x64x72xbf16, #gpu.address_space<workgroup>>
+// CHECK:         nvgpu.device_async_copy {{.*}}, 8, %{{.*}} {bypassL1} : memref<?xbf16> to memref<2x64x72xbf16, #gpu.address_space<workgroup>>
+// CHECK:         nvvm.cp.async.commit.group
+// CHECK:         scf.for
+// CHECK:           nvvm.cp.async.commit.group
+// CHECK:           nvvm.cp.async.wait.group 1
+// CHECK:           gpu.barrier
+// CHECK:           nvgpu.ldmatrix {{.*}} {numTiles = 4 : i32, transpose = false}
+// CHECK:           nvvm.mma.sync {{.*}} {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK:           scf.if
+// CHECK:             arith.cmpi sle
+// CHECK:           gpu.shuffle  xor
+// CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
+// CHECK:           nvgpu.ldmatrix {{.*}} {numTiles = 4 : i32, transpose = true}
+// CHECK:           gpu.barrier
+// CHECK:         nvvm.cp.async.wait.group 0
+// CHECK:         vector.store
+// CHECK-NOT:   func.func
+func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
+              %v: tensor<2x100x2x64xbf16>, %lam: tensor<2x100x4xbf16>) -> tensor<2x100x4x64xbf16> {
+  %o = diffattn.v2 %q, %k, %v, %lam {causal}
+      : (tensor<2x100x8x64xbf16>, tensor<2x100x2x64xbf16>, tensor<2x100x2x64xbf16>, tensor<2x100x4xbf16>)
+      -> tensor<2x100x4x64xbf16>
+  return %o : tensor<2x100x4x64xbf16>
+}
+
+// -----
+
+// f16 operands are vector<2xf16> registers of mma.sync; the decode form
+// loads kv_len[b]; an unmasked op still masks the last block past kv_len.
+// CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
+// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>
+// CHECK-SAME:    dynamic_shared_memory = 104448 : i64
+// CHECK:         %[[B:.*]] = gpu.block_id  z
+// CHECK:         memref.load %{{.*}}[%[[B]]] : memref<?xi32>
+// CHECK:         nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+func.func @decode(%q: tensor<4x1x8x128xf16>, %k: tensor<4x512x2x128xf16>,
+                  %v: tensor<4x512x2x128xf16>, %lam: tensor<4x1x4xf32>,
+                  %len: tensor<4xi32>) -> tensor<4x1x4x128xf16> {
+  %o = diffattn.v2 %q, %k, %v, %lam kv_len(%len)
+      : (tensor<4x1x8x128xf16>, tensor<4x512x2x128xf16>, tensor<4x512x2x128xf16>, tensor<4x1x4xf32>, tensor<4xi32>)
+      -> tensor<4x1x4x128xf16>
+  return %o : tensor<4x1x4x128xf16>
+}
