@@ -178,6 +178,16 @@ static std::optional<double> applyArith(ArithKind op, int64_t pred,
   case ArithKind::Xor:
     return static_cast<double>(static_cast<int64_t>(v[0]) ^
                                static_cast<int64_t>(v[1]));
+  case ArithKind::IDiv:
+    if (static_cast<int64_t>(v[1]) == 0)
+      return std::nullopt;
+    return static_cast<double>(static_cast<int64_t>(v[0]) /
+                               static_cast<int64_t>(v[1]));
+  case ArithKind::Rem:
+    if (static_cast<int64_t>(v[1]) == 0)
+      return std::nullopt;
+    return static_cast<double>(static_cast<int64_t>(v[0]) %
+                               static_cast<int64_t>(v[1]));
   case ArithKind::Other:
     return std::nullopt;
   }
@@ -575,6 +585,10 @@ Expr *ExprBuilder::buildPayload(Operation *op, Value v,
       result = bin(ArithKind::Mul);
     } else if (isa<arith::DivFOp>(def)) {
       result = bin(ArithKind::Div);
+    } else if (isa<arith::DivSIOp, arith::DivUIOp>(def)) {
+      result = bin(ArithKind::IDiv);
+    } else if (isa<arith::RemSIOp, arith::RemUIOp>(def)) {
+      result = bin(ArithKind::Rem);
     } else if (isa<arith::MaximumFOp, arith::MaxNumFOp, arith::MaxSIOp>(def)) {
       result = bin(ArithKind::Max);
     } else if (isa<arith::MinimumFOp, arith::MinNumFOp, arith::MinSIOp>(def)) {
@@ -587,7 +601,7 @@ Expr *ExprBuilder::buildPayload(Operation *op, Value v,
       result = un(ArithKind::Rsqrt);
     } else if (isa<math::SqrtOp>(def)) {
       result = un(ArithKind::Sqrt);
-    } else if (isa<math::PowFOp>(def)) {
+    } else if (isa<math::PowFOp, math::FPowIOp>(def)) {
       result = bin(ArithKind::Pow);
     } else if (isa<arith::AndIOp>(def)) {
       result = bin(ArithKind::And);

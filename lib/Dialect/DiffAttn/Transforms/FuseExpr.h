@@ -50,6 +50,8 @@ enum class ArithKind {
   And,
   Or,
   Xor,
+  IDiv,
+  Rem,
   Other
 };
 

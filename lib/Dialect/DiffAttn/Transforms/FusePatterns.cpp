@@ -452,8 +452,8 @@ std::optional<MaskInfo> Matcher::classifyMask(Term &t, unsigned qDim) {
     b.collectDims(full, dims);
     for (unsigned d : dims) {
       if (d != qDim && d != tDim) {
-        fail(kOperands, "the mask depends on more than the query and key "
-                        "positions");
+        fail(kRoles, "the mask depends on more than the query and key "
+                     "positions");
         return std::nullopt;
       }
     }
@@ -804,6 +804,10 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
          "the subtrahend is not sigmoid(lambda) times an attention");
     return failure();
   }
+  // A difference gated by a sigmoid on a tensor of unknown shape: report
+  // it rather than look further (views of dynamic tensors do not fold).
+  if (!checkStatic({root}))
+    return failure();
   if (!matchTerm(top->args[0], t0) || !matchTerm(originals[termIdx], t1))
     return failure();
   if (!sameTerms(t0, t1, true))
@@ -1001,6 +1005,8 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
     fail(kRootShape, "the result is not a scaled RMSNorm of a difference");
     return failure();
   }
+  if (!checkStatic({root}))
+    return failure();
   // rms = mean(diff^2 over the value channel) + eps.
   if (!isArith(rms, ArithKind::Add)) {
     fail(kEpilogue, "the RMSNorm denominator is not mean + eps");
