@@ -71,14 +71,24 @@ setup() {
   install_python_path
 }
 
-# The main job on the bundled example: compile its differential attention
-# for the CPU and run the kernels against the float64 reference.
+# The main job on the bundled decoder layer: fuse its differential attention
+# (printing what was fused), compile the fused op for the CPU, and run the
+# whole layer on the CPU fused and unfused, comparing the outputs.
 run_example() {
-  local model="$ROOT/examples/v2_model.mlir"
-  log "the model: $model"
-  "$BUILD_DIR/bin/diffattn-opt" "$model"
-  log "compiling it for the CPU and running it against the reference"
-  python3 "$ROOT/examples/run_cpu_example.py" "$model" "$BUILD_DIR/example-cpu"
+  local model="$ROOT/examples/decoder_layer.mlir"
+  local out="$BUILD_DIR/example-cpu"
+  mkdir -p "$out"
+  log "the model: $model (a V2 decoder layer in linalg on tensors)"
+  log "fusing: diffattn-opt --diffattn-fuse=remarks=true"
+  "$BUILD_DIR/bin/diffattn-opt" "$model" --diffattn-fuse=remarks=true \
+    -o "$out/decoder_layer.fused.mlir" 2>&1 | grep -E "remark" || true
+  grep -E "diffattn\.v[12] " "$out/decoder_layer.fused.mlir"
+  log "compiling the fused op for the CPU: diffattn-compile --target=cpu"
+  "$BUILD_DIR/bin/diffattn-compile" "$out/decoder_layer.fused.mlir" --target=cpu -o "$out"
+  ls "$out"
+  log "running the layer on the CPU, unfused and fused, and comparing"
+  python3 "$ROOT/test/Fusion/run_graph.py" --opt "$BUILD_DIR/bin/diffattn-opt" \
+    --runner "$LLVM_PREFIX/bin/mlir-runner" --lib-dir "$LLVM_PREFIX/lib" "$model"
 }
 
 # Runs lit and pytest, then prints one summary line; exits non-zero when any
