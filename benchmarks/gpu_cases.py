@@ -60,6 +60,11 @@ SANITIZE_CASES = [
 ]
 
 
+# python/tests/test_gpu.py (the short GPU test of the pytest suite):
+# (B, Sq, Sk, 2H, Hkv, D) in bf16 and f16, causal and not.
+PYTEST_GPU_SHAPE = (2, 77, 90, 8, 2, 64)
+
+
 def all_kernel_requests():
     """Every distinct kernel request of the cases above, as keyword
     arguments of diffattn._gpu.prepare_v2 (without the target)."""
@@ -83,6 +88,12 @@ def all_kernel_requests():
         reqs.append(dict(q_shape=(2, 70, h2, d), k_shape=(2, 90, hkv, d), v_shape=(2, 90, hkv, d),
                          lam_shape=(2, 70, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
                          window=(-1, -1), kv_len_shape=None if kv_len is None else (2,)))
+    b, sq, sk, h2, hkv, d = PYTEST_GPU_SHAPE
+    for dtype in ("bf16", "f16"):
+        for causal in (True, False):
+            reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
+                             lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
+                             window=(-1, -1), kv_len_shape=None))
     for b, kvl, h2, hkv, d in BENCH_DECODE:
         reqs.append(dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),
                          lam_shape=(b, 1, h2 // 2), elem="bf16", lam_elem="bf16", causal=True,

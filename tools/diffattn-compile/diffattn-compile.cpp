@@ -7,6 +7,8 @@
 // ordinary pass runnable alone in diffattn-opt:
 //
 //   parse + verify
+//   diffattn-fuse                         recognise V1/V2 in a model graph
+//                                         (--no-fuse skips it)
 //   diffattn-outline-kernels              one kernel per op configuration
 //   per kernel, the target pipeline:
 //     cpu: diffattn-cpu-pipeline{outline=0}  -> LLVM dialect + C entry point
@@ -85,6 +87,15 @@ static cl::opt<int64_t> blockK("block-k",
                                cl::desc("Keys per block (0: the target's "
                                         "default)"),
                                cl::init(0), cl::cat(category));
+static cl::opt<bool> noFuse("no-fuse",
+                            cl::desc("Compile only the diffattn ops already in "
+                                     "the input (skip diffattn-fuse)"),
+                            cl::init(false), cl::cat(category));
+static cl::opt<bool> fuseRemarks(
+    "fuse-remarks",
+    cl::desc("Report what diffattn-fuse fused, and why it left "
+             "attention-like subgraphs alone"),
+    cl::init(false), cl::cat(category));
 static cl::opt<bool> timing("timing",
                             cl::desc("Print where compile time goes (the same "
                                      "report as --mlir-timing)"),
@@ -268,6 +279,14 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
       return module->emitError(
           "--block-q applies to --target=cpu only (the mma.sync strategy "
           "uses 64-row query blocks: 4 warps of 16 rows)");
+  }
+
+  if (!noFuse) {
+    TimingScope fuseTiming = timing.nest("fuse");
+    FuseOptions fuseOptions;
+    fuseOptions.emitRemarks = fuseRemarks;
+    if (failed(fuseDiffAttn(*module, fuseOptions)))
+      return failure();
   }
 
   {
