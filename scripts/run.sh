@@ -89,6 +89,15 @@ run_example() {
   log "running the layer on the CPU, unfused and fused, and comparing"
   python3 "$ROOT/test/Fusion/run_graph.py" --opt "$BUILD_DIR/bin/diffattn-opt" \
     --runner "$LLVM_PREFIX/bin/mlir-runner" --lib-dir "$LLVM_PREFIX/lib" "$model"
+
+  local attn="$ROOT/examples/v2_model.mlir"
+  local gpu_out="$BUILD_DIR/example-sm90"
+  log "compiling a bf16 V2 attention layer ($attn) to PTX and a cubin for sm_90"
+  "$BUILD_DIR/bin/diffattn-compile" "$attn" --target=sm_90 -o "$gpu_out"
+  ls "$gpu_out"
+  grep -m1 -E "mma.sync.aligned.m16n8k16" "$gpu_out"/*.ptx
+  log "running it on the GPU (if this machine has one)"
+  python3 "$ROOT/examples/run_gpu_example.py" "$attn" "$gpu_out"
 }
 
 # Runs lit and pytest, then prints one summary line; exits non-zero when any

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""The README's main job on a GPU: run the kernels that
+`diffattn-compile --target=sm_90 -o DIR` wrote for examples/v2_model.mlir,
+through the runtime library, on fresh random inputs, against the float64
+reference.
+
+    python3 examples/run_gpu_example.py examples/v2_model.mlir DIR
+
+Exits 0 without running anything where no CUDA GPU (or no torch) is present.
+"""
+import re
+import sys
+
+import numpy as np
+
+import diffattn
+from diffattn import _compiler, _gpu
+
+
+def main():
+    model, directory = sys.argv[1], sys.argv[2]
+    try:
+        import torch
+    except ImportError:
+        print("no torch here: the GPU run is skipped")
+        return 0
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: the GPU run is skipped")
+        return 0
+    text = open(model).read()
+    b, sq = (int(x) for x in re.search(r"%q: tensor<(\d+)x(\d+)x", text).groups())
+    sk = int(re.search(r"%k: tensor<\d+x(\d+)x", text).group(1))
+    failures = 0
+    for kernel in _compiler.load_manifest(directory)["kernels"]:
+        p = kernel["params"]
+        dt = {"bf16": torch.bfloat16, "f16": torch.float16}[p["element_type"]]
+        h2, hkv, d = p["query_heads"], p["kv_heads"], p["head_dim"]
+        q = torch.randn(b, sq, h2, d, device="cuda").to(dt)
+        k = torch.randn(b, sk, hkv, d, device="cuda").to(dt)
+        v = torch.randn(b, sk, hkv, d, device="cuda").to(dt)
+        lam = torch.randn(b, sq, h2 // 2, device="cuda").to(dt)
+        out = torch.full((b, sq, h2 // 2, d), float("nan"), device="cuda", dtype=dt)
+        bufs = [(n, p["element_type"], tuple(t.shape), t.data_ptr())
+                for n, t in (("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out))]
+        _gpu.launch_v2(directory, bufs, (b, sq, sk), torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        ref = diffattn.reference.v2(*(t.float().cpu().numpy() for t in (q, k, v, lam)),
+                                    causal=p["causal"])
+        got = out.double().cpu().numpy()
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        ok = bool(np.all(np.isfinite(got))) and err <= 1e-2
+        failures += not ok
+        print(f"{kernel['name']} on {torch.cuda.get_device_name()}: relative L2 error vs float64 "
+              f"reference {err:.2e} ({'ok' if ok else 'FAILED'})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
