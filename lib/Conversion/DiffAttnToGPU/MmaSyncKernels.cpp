@@ -140,11 +140,21 @@ private:
   void copyTileAsync(Value src, Value base, int64_t stride, Value validRows,
                      Value dst, ValueRange dstLead, int64_t rows, int64_t cols);
 
-  /// Attention of one head of the pair over one key block: updates the
-  /// running max/sum of its two rows and its accumulators.
-  void attendBlock(int64_t head, Value stage, Value key0, Value needsMask,
-                   SmallVectorImpl<Acc> &acc, std::array<Value, 2> &rowMax,
-                   std::array<Value, 2> &rowSum);
+  /// The online-softmax state of one head of the pair: its accumulator
+  /// tiles and the running max and sum of the thread's two rows.
+  struct HeadState {
+    SmallVector<Acc> acc;
+    std::array<Value, 2> rowMax, rowSum;
+  };
+
+  /// Attention of both heads of the pair over one key block. Every K and V
+  /// fragment loaded from shared memory feeds the products of both heads.
+  void attendBlock(Value stage, Value key0, Value needsMask,
+                   std::array<HeadState, 2> &heads);
+
+  /// The online softmax of one head over the block's scores `s` (replaced
+  /// by the probabilities); rescales the head's state.
+  void softmaxBlock(SmallVectorImpl<Acc> &s, HeadState &head);
 
   OpBuilder &b;
   Location loc;
@@ -234,89 +244,69 @@ void MmaSyncKernelBuilder::copyTileAsync(Value src, Value base,
   }
 }
 
-void MmaSyncKernelBuilder::attendBlock(int64_t head, Value stage, Value key0,
+void MmaSyncKernelBuilder::attendBlock(Value stage, Value key0,
                                        Value needsMask,
-                                       SmallVectorImpl<Acc> &acc,
-                                       std::array<Value, 2> &rowMax,
-                                       std::array<Value, 2> &rowSum) {
+                                       std::array<HeadState, 2> &heads) {
   int64_t keyTiles = plan.blockK / 8;
   int64_t d = plan.headDim;
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
 
-  // S = Q Kᵀ: 16 x blockK per warp.
-  SmallVector<Acc> s(keyTiles, zeroAcc());
+  // S = Q Kᵀ for both heads: 16 x blockK per warp and head.
+  std::array<SmallVector<Acc>, 2> s = {SmallVector<Acc>(keyTiles, zeroAcc()),
+                                       SmallVector<Acc>(keyTiles, zeroAcc())};
   Value qRow = add(add(mul(warp, 16), l8), mul(rem(g8, 2), 8));
   Value qColLane = mul(div(lane, 16), 8);
   Value kRowLane = add(l8, mul(div(lane, 16), 8));
   Value kColLane = mul(rem(g8, 2), 8);
   for (int64_t kk = 0; kk < d / 16; ++kk) {
-    SmallVector<Value> a =
-        ldmatrix(sQ, {idx(head), qRow, add(qColLane, kk * 16)}, false);
+    std::array<SmallVector<Value>, 2> a;
+    for (int64_t h = 0; h < 2; ++h)
+      a[h] = ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false);
     for (int64_t np = 0; np < keyTiles / 2; ++np) {
       SmallVector<Value> kr = ldmatrix(
           sK, {stage, add(kRowLane, np * 16), add(kColLane, kk * 16)}, false);
-      s[2 * np] = mma(a, {kr[0], kr[1]}, s[2 * np]);
-      s[2 * np + 1] = mma(a, {kr[2], kr[3]}, s[2 * np + 1]);
+      for (int64_t h = 0; h < 2; ++h) {
+        s[h][2 * np] = mma(a[h], {kr[0], kr[1]}, s[h][2 * np]);
+        s[h][2 * np + 1] = mma(a[h], {kr[2], kr[3]}, s[h][2 * np + 1]);
+      }
     }
   }
 
   // Mask the blocks that straddle the mask boundary (or the key length).
   Value ninf = f32(-std::numeric_limits<float>::infinity());
   SmallVector<Value> flat;
-  for (const Acc &t : s)
-    flat.append(t.begin(), t.end());
-  SmallVector<Type> types(flat.size(), b.getF32Type());
+  for (int64_t h = 0; h < 2; ++h)
+    for (const Acc &t : s[h])
+      flat.append(t.begin(), t.end());
   auto ifOp = scf::IfOp::create(
       b, loc, needsMask,
       [&](OpBuilder &, Location) {
         SmallVector<Value> masked;
         Value rowLane = add(add(qRow0, mul(warp, 16)), div(lane, 4));
         Value colLane = add(key0, mul(rem(lane, 4), 2));
+        SmallVector<Value> visible;
         for (int64_t nt = 0; nt < keyTiles; ++nt)
-          for (int64_t e = 0; e < 4; ++e) {
-            Value row = add(rowLane, (e / 2) * 8);
-            Value key = add(colLane, nt * 8 + e % 2);
-            Value visible = buildIsVisible(b, loc, plan.attn, row, key,
-                                           offset, keyLen);
-            masked.push_back(select(visible, flat[nt * 4 + e], ninf));
-          }
+          for (int64_t e = 0; e < 4; ++e)
+            visible.push_back(buildIsVisible(
+                b, loc, plan.attn, add(rowLane, (e / 2) * 8),
+                add(colLane, nt * 8 + e % 2), offset, keyLen));
+        for (int64_t h = 0; h < 2; ++h)
+          for (int64_t i = 0; i < keyTiles * 4; ++i)
+            masked.push_back(
+                select(visible[i], flat[h * keyTiles * 4 + i], ninf));
         scf::YieldOp::create(b, loc, masked);
       },
       [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
-  for (int64_t nt = 0; nt < keyTiles; ++nt)
-    for (int64_t e = 0; e < 4; ++e)
-      s[nt][e] = ifOp.getResult(nt * 4 + e);
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t nt = 0; nt < keyTiles; ++nt)
+      for (int64_t e = 0; e < 4; ++e)
+        s[h][nt][e] = ifOp.getResult((h * keyTiles + nt) * 4 + e);
 
-  // Online softmax of the thread's two rows; exp2 with the scale folded in.
-  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
-  std::array<Value, 2> alpha;
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    Value m = s[0][2 * rr];
-    for (int64_t nt = 0; nt < keyTiles; ++nt)
-      m = fmax(m, fmax(s[nt][2 * rr], s[nt][2 * rr + 1]));
-    Value newMax = fmax(rowMax[rr], quadMax(m));
-    // A row that has seen no key yet keeps max -inf: use 0 as the offset
-    // so that exp2(-inf - 0) = 0, never NaN.
-    Value safeMax = select(
-        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, newMax, ninf),
-        f32(0.0f), newMax);
-    Value shift = fmul(safeMax, scaleLog2);
-    alpha[rr] = exp2(fsub(fmul(rowMax[rr], scaleLog2), shift));
-    Value sum = f32(0.0f);
-    for (int64_t nt = 0; nt < keyTiles; ++nt)
-      for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-        s[nt][e] = exp2(fsub(fmul(s[nt][e], scaleLog2), shift));
-        sum = fadd(sum, s[nt][e]);
-      }
-    rowMax[rr] = newMax;
-    rowSum[rr] = fadd(fmul(rowSum[rr], alpha[rr]), sum);
-  }
-  for (Acc &t : acc)
-    for (int64_t e = 0; e < 4; ++e)
-      t[e] = fmul(t[e], alpha[e / 2]);
+  for (int64_t h = 0; h < 2; ++h)
+    softmaxBlock(s[h], heads[h]);
 
   // O += P V with P from registers: two accumulator tiles (16 keys) make
-  // one A operand.
+  // one A operand; each V fragment serves both heads.
   auto pairType = VectorType::get({2}, plan.elementType);
   auto packP = [&](Value x, Value y) {
     Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
@@ -327,17 +317,54 @@ void MmaSyncKernelBuilder::attendBlock(int64_t head, Value stage, Value key0,
   Value vRowLane = add(l8, mul(rem(g8, 2), 8));
   Value vColLane = mul(div(lane, 16), 8);
   for (int64_t kt = 0; kt < keyTiles / 2; ++kt) {
-    SmallVector<Value> a = {packP(s[2 * kt][0], s[2 * kt][1]),
-                            packP(s[2 * kt][2], s[2 * kt][3]),
-                            packP(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                            packP(s[2 * kt + 1][2], s[2 * kt + 1][3])};
+    std::array<SmallVector<Value>, 2> a;
+    for (int64_t h = 0; h < 2; ++h)
+      a[h] = {packP(s[h][2 * kt][0], s[h][2 * kt][1]),
+              packP(s[h][2 * kt][2], s[h][2 * kt][3]),
+              packP(s[h][2 * kt + 1][0], s[h][2 * kt + 1][1]),
+              packP(s[h][2 * kt + 1][2], s[h][2 * kt + 1][3])};
     for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp) {
       SmallVector<Value> vr = ldmatrix(
           sV, {stage, add(vRowLane, kt * 16), add(vColLane, dp * 16)}, true);
-      acc[2 * dp] = mma(a, {vr[0], vr[1]}, acc[2 * dp]);
-      acc[2 * dp + 1] = mma(a, {vr[2], vr[3]}, acc[2 * dp + 1]);
+      for (int64_t h = 0; h < 2; ++h) {
+        SmallVector<Acc> &acc = heads[h].acc;
+        acc[2 * dp] = mma(a[h], {vr[0], vr[1]}, acc[2 * dp]);
+        acc[2 * dp + 1] = mma(a[h], {vr[2], vr[3]}, acc[2 * dp + 1]);
+      }
     }
   }
+}
+
+void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
+                                        HeadState &head) {
+  // Online softmax of the thread's two rows; exp2 with the scale folded in.
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  std::array<Value, 2> alpha;
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    Value m = s[0][2 * rr];
+    for (const Acc &t : s)
+      m = fmax(m, fmax(t[2 * rr], t[2 * rr + 1]));
+    Value newMax = fmax(head.rowMax[rr], quadMax(m));
+    // A row that has seen no key yet keeps max -inf: use 0 as the offset
+    // so that exp2(-inf - 0) = 0, never NaN.
+    Value safeMax = select(
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, newMax, ninf),
+        f32(0.0f), newMax);
+    Value shift = fmul(safeMax, scaleLog2);
+    alpha[rr] = exp2(fsub(fmul(head.rowMax[rr], scaleLog2), shift));
+    Value sum = f32(0.0f);
+    for (Acc &t : s)
+      for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+        t[e] = exp2(fsub(fmul(t[e], scaleLog2), shift));
+        sum = fadd(sum, t[e]);
+      }
+    head.rowMax[rr] = newMax;
+    head.rowSum[rr] = fadd(fmul(head.rowSum[rr], alpha[rr]), sum);
+  }
+  for (Acc &t : head.acc)
+    for (int64_t e = 0; e < 4; ++e)
+      t[e] = fmul(t[e], alpha[e / 2]);
 }
 
 void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
@@ -469,21 +496,23 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
               cmp(arith::CmpIPredicate::slt, key0,
                   sub(add(lastRow, offset), idx(attn.windowLeft))));
 
-        SmallVector<Value> results;
-        for (int64_t s = 0; s < 2; ++s) {
-          ValueRange st = carried.slice(s * perHead, perHead);
-          SmallVector<Acc> acc(valueTiles);
+        std::array<HeadState, 2> heads;
+        for (int64_t h = 0; h < 2; ++h) {
+          ValueRange st = carried.slice(h * perHead, perHead);
+          heads[h].acc.resize(valueTiles);
           for (int64_t t = 0; t < valueTiles; ++t)
             for (int64_t e = 0; e < 4; ++e)
-              acc[t][e] = st[t * 4 + e];
-          std::array<Value, 2> rowMax = {st[valueTiles * 4],
-                                         st[valueTiles * 4 + 1]};
-          std::array<Value, 2> rowSum = {st[valueTiles * 4 + 2],
-                                         st[valueTiles * 4 + 3]};
-          attendBlock(s, stage, key0, needsMask, acc, rowMax, rowSum);
-          for (const Acc &t : acc)
+              heads[h].acc[t][e] = st[t * 4 + e];
+          heads[h].rowMax = {st[valueTiles * 4], st[valueTiles * 4 + 1]};
+          heads[h].rowSum = {st[valueTiles * 4 + 2], st[valueTiles * 4 + 3]};
+        }
+        attendBlock(stage, key0, needsMask, heads);
+        SmallVector<Value> results;
+        for (const HeadState &head : heads) {
+          for (const Acc &t : head.acc)
             results.append(t.begin(), t.end());
-          results.append({rowMax[0], rowMax[1], rowSum[0], rowSum[1]});
+          results.append({head.rowMax[0], head.rowMax[1], head.rowSum[0],
+                           head.rowSum[1]});
         }
         // The stage read here is refilled by the next iteration.
         gpu::BarrierOp::create(b, loc);
