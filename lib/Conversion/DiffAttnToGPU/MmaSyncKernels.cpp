@@ -656,14 +656,11 @@ LogicalResult
 mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
                                   const MmaSyncStrategyOptions &options) {
   auto desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);
-  Operation *op = nullptr;
-  kernel.walk([&](Operation *inner) {
-    if (isa<V2Op, V1Op>(inner))
-      op = inner;
-  });
-  if (!desc || !op)
+  SmallVector<Operation *> ops = collectDiffAttnOps(kernel);
+  if (!desc || ops.size() != 1)
     return kernel.emitError("not a diffattn kernel: run "
                             "diffattn-outline-kernels first");
+  Operation *op = ops.front();
   FailureOr<Plan> plan = makePlan(op, options);
   if (failed(plan))
     return failure();

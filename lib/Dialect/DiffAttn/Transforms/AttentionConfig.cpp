@@ -68,6 +68,15 @@ AffineExpr AttentionConfig::valueHead(AffineExpr j) const {
   return j.floorDiv(2 * pairsPerGroup);
 }
 
+SmallVector<Operation *> mlir::diffattn::collectDiffAttnOps(Operation *root) {
+  SmallVector<Operation *> ops;
+  root->walk([&](Operation *op) {
+    if (isa<V2Op, V1Op>(op))
+      ops.push_back(op);
+  });
+  return ops;
+}
+
 Value mlir::diffattn::buildIsVisible(OpBuilder &b, Location loc,
                                      const AttentionConfig &config, Value row,
                                      Value key, Value offset, Value keyLen) {

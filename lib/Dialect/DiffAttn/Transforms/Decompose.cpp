@@ -63,15 +63,22 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   // S[b, j, i, t] = sum_d q[b, i, j, d] * k[b, t, kh(j), d]   (loops b j i t d)
   Value zeroScores =
       buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ, seqK}, f32, 0);
-  Value scores = buildGeneric(
-      rewriter, loc, {q, k}, {zeroScores},
-      {map(5, {d0, d2, d1, d4}), map(5, {d0, d3, config.keyHead(d1), d4}),
-       map(5, {d0, d1, d2, d3})},
-      {kPar, kPar, kPar, kPar, kRed},
-      [&](OpBuilder &b, Location l, ValueRange args) {
-        linalg::YieldOp::create(b, l,
-                                buildMulAcc(b, l, args[0], args[1], args[2]));
-      })[0];
+  // A contraction over the last of five loops, accumulated in f32.
+  auto contract = [&](Value lhs, Value rhs, Value init,
+                      ArrayRef<AffineMap> maps) {
+    return buildGeneric(
+        rewriter, loc, {lhs, rhs}, {init}, maps,
+        {kPar, kPar, kPar, kPar, kRed},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          linalg::YieldOp::create(
+              b, l, buildMulAcc(b, l, args[0], args[1], args[2]));
+        })[0];
+  };
+  Value scores =
+      contract(q, k, zeroScores,
+               {map(5, {d0, d2, d1, d4}),
+                map(5, {d0, d3, config.keyHead(d1), d4}),
+                map(5, {d0, d1, d2, d3})});
 
   // Scale and mask: masked scores are -inf.                (loops b j i t)
   AffineMap id4 = map(4, {d0, d1, d2, d3});
@@ -134,15 +141,10 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   // A[b, i, j, e] = sum_t P[b, j, i, t] * v[b, t, vh(j), e]  (loops b i j e t)
   Value zeroAcc = buildFilledTensor(
       rewriter, loc, {batch, seqQ, queryHeads, valueDim}, f32, 0);
-  Value acc = buildGeneric(
-      rewriter, loc, {probs, v}, {zeroAcc},
-      {map(5, {d0, d2, d1, d4}), map(5, {d0, d4, config.valueHead(d2), d3}),
-       map(5, {d0, d1, d2, d3})},
-      {kPar, kPar, kPar, kPar, kRed},
-      [&](OpBuilder &b, Location l, ValueRange args) {
-        linalg::YieldOp::create(b, l,
-                                buildMulAcc(b, l, args[0], args[1], args[2]));
-      })[0];
+  Value acc = contract(probs, v, zeroAcc,
+                       {map(5, {d0, d2, d1, d4}),
+                        map(5, {d0, d4, config.valueHead(d2), d3}),
+                        map(5, {d0, d1, d2, d3})});
 
   // Epilogue over (b, i, h, e): the two heads of pair h, normalised.
   SmallVector<Value> pairInputs = {acc, acc, rowSum, rowSum};
@@ -226,12 +228,7 @@ struct DiffAttnDecomposePass
     : public diffattn::impl::DiffAttnDecomposeBase<DiffAttnDecomposePass> {
   void runOnOperation() override {
     IRRewriter rewriter(&getContext());
-    SmallVector<Operation *> ops;
-    getOperation()->walk([&](Operation *op) {
-      if (isa<V2Op, V1Op>(op))
-        ops.push_back(op);
-    });
-    for (Operation *op : ops)
+    for (Operation *op : collectDiffAttnOps(getOperation()))
       if (failed(decomposeDiffAttnOp(rewriter, op)))
         return signalPassFailure();
   }

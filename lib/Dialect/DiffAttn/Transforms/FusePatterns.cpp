@@ -124,6 +124,10 @@ private:
   /// replaced by h and the other dims renamed.
   SmallVector<AffineExpr> headIndex(Expr *leaf, unsigned headDim, AffineExpr h,
                                     const DenseMap<unsigned, AffineExpr> &ren);
+  /// R pairs per KV head: the largest R under which every pair reads the
+  /// key and value heads of the first pair of its group (1 if none larger).
+  int64_t pairsPerKvHead(const Term &t, unsigned headDim, int64_t numPairs,
+                         const DenseMap<unsigned, AffineExpr> &ren);
   bool usesOnly(Expr *leaf, ArrayRef<unsigned> allowed, StringRef what);
   bool planQuery(const Term &t0, const Term &t1, unsigned rb, unsigned ri,
                  unsigned rh, int64_t numPairs, OperandPlan &plan);
@@ -542,6 +546,29 @@ Matcher::headIndex(Expr *leaf, unsigned headDim, AffineExpr h,
   return out;
 }
 
+static AffineExpr cst(MLIRContext *ctx, int64_t v);
+
+int64_t Matcher::pairsPerKvHead(const Term &t, unsigned headDim,
+                                int64_t numPairs,
+                                const DenseMap<unsigned, AffineExpr> &ren) {
+  MLIRContext *ctx = b.dim(headDim).getContext();
+  for (int64_t r = numPairs; r > 1; --r) {
+    if (numPairs % r)
+      continue;
+    bool ok = true;
+    for (int64_t h = 0; h < numPairs && ok; ++h) {
+      AffineExpr first = cst(ctx, (h / r) * r), self = cst(ctx, h);
+      ok = headIndex(t.k, headDim, self, ren) ==
+               headIndex(t.k, headDim, first, ren) &&
+           headIndex(t.v, headDim, self, ren) ==
+               headIndex(t.v, headDim, first, ren);
+    }
+    if (ok)
+      return r;
+  }
+  return 1;
+}
+
 static AffineExpr cst(MLIRContext *ctx, int64_t v) {
   return getAffineConstantExpr(v, ctx);
 }
@@ -881,25 +908,7 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
     }
     if (!shared)
       continue;
-    // R pairs per KV head: the largest R under which every pair reads the
-    // KV head of the first pair of its group.
-    int64_t pairsPerKv = 1;
-    for (int64_t r = numPairs; r >= 1; --r) {
-      if (numPairs % r)
-        continue;
-      bool ok = true;
-      for (int64_t h = 0; h < numPairs && ok; ++h) {
-        AffineExpr first = cst(ctx, (h / r) * r), self = cst(ctx, h);
-        ok =
-            headIndex(t0.k, rh, self, same) ==
-                headIndex(t0.k, rh, first, same) &&
-            headIndex(t0.v, rh, self, same) == headIndex(t0.v, rh, first, same);
-      }
-      if (ok) {
-        pairsPerKv = r;
-        break;
-      }
-    }
+    int64_t pairsPerKv = pairsPerKvHead(t0, rh, numPairs, same);
     int64_t numKv = numPairs / pairsPerKv;
     auto kvPlan = [&](Expr *leaf, unsigned channel, int64_t width) {
       OperandPlan p;
@@ -1201,23 +1210,7 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
     }
     if (!shared)
       continue;
-    int64_t pairsPerKv = 1;
-    for (int64_t rr = numPairs; rr >= 1; --rr) {
-      if (numPairs % rr)
-        continue;
-      bool good = true;
-      for (int64_t h = 0; h < numPairs && good; ++h) {
-        AffineExpr first = cst(ctx, (h / rr) * rr), self = cst(ctx, h);
-        good =
-            headIndex(t0.k, rh, self, same) ==
-                headIndex(t0.k, rh, first, same) &&
-            headIndex(t0.v, rh, self, same) == headIndex(t0.v, rh, first, same);
-      }
-      if (good) {
-        pairsPerKv = rr;
-        break;
-      }
-    }
+    int64_t pairsPerKv = pairsPerKvHead(t0, rh, numPairs, same);
     int64_t numKv = numPairs / pairsPerKv;
     OperandPlan k;
     {

@@ -179,11 +179,7 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
 } // namespace
 
 LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
-  SmallVector<Operation *> ops;
-  module.walk([&](Operation *op) {
-    if (isa<V2Op, V1Op>(op))
-      ops.push_back(op);
-  });
+  SmallVector<Operation *> ops = collectDiffAttnOps(module);
   if (ops.empty())
     return module.emitError()
            << "no diffattn.v2 or diffattn.v1 op to compile (run "

@@ -512,12 +512,7 @@ struct DiffAttnTileFlashPass
       sizes.blockK = blockK;
 
     IRRewriter rewriter(&getContext());
-    SmallVector<Operation *> ops;
-    getOperation()->walk([&](Operation *op) {
-      if (isa<V2Op, V1Op>(op))
-        ops.push_back(op);
-    });
-    for (Operation *op : ops)
+    for (Operation *op : collectDiffAttnOps(getOperation()))
       if (failed(tileDiffAttnOp(rewriter, op, sizes)))
         return signalPassFailure();
   }

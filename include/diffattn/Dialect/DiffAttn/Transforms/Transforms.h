@@ -52,6 +52,9 @@ struct AttentionConfig {
   bool isUnmasked() const { return windowLeft < 0 && windowRight < 0; }
 };
 
+/// Every diffattn.v2 / diffattn.v1 nested in `root`, in walk order.
+SmallVector<Operation *> collectDiffAttnOps(Operation *root);
+
 /// Builds `key` visibility for query row `row` (all index values):
 /// `key < keyLen` and the causal/window bounds around `row + offset`, where
 /// `offset = keyLen - Sq` (bottom-right alignment).
