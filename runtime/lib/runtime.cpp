@@ -592,6 +592,12 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
                                        g.size;
     if (n <= 0)
       return DIFFATTN_OK;
+    // CUDA's grid limits: x < 2^31, y and z <= 65535.
+    if (n > (i == 0 ? int64_t(0x7fffffff) : int64_t(65535)))
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  "kernel '" + spec.name + "': grid dimension " +
+                      std::to_string(i) + " would be " + std::to_string(n) +
+                      ", over CUDA's limit");
     grid[i] = static_cast<unsigned>(n);
   }
 
