@@ -284,10 +284,12 @@ int cudaFail(const Driver *d, CUresult rc, const std::string &what) {
 // The model of a manifest
 //===----------------------------------------------------------------------===//
 
-/// A dimension: a symbol (B, Sq, Sk) or a fixed size.
+/// A dimension: a symbol (B, Sq, Sk) or a fixed size. As a grid rule,
+/// ceil(mul * symbol / size).
 struct Dim {
   std::string symbol;
   int64_t size = 0;
+  int64_t mul = 1;
 };
 
 struct ArgSpec {
@@ -400,8 +402,13 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
       spec.grid.push_back({"", static_cast<int64_t>(*g.num())});
     } else if (g.get("ceil_div") && g.get("ceil_div")->str() && g.get("by") &&
                g.get("by")->num()) {
+      const Json *mul = g.get("mul");
       spec.grid.push_back({*g.get("ceil_div")->str(),
-                           static_cast<int64_t>(*g.get("by")->num())});
+                           static_cast<int64_t>(*g.get("by")->num()),
+                           mul && mul->num() ? static_cast<int64_t>(*mul->num())
+                                             : 1});
+      if (spec.grid.back().size <= 0 || spec.grid.back().mul <= 0)
+        return bad("malformed grid");
     } else {
       return bad("malformed grid");
     }
@@ -586,10 +593,10 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
   unsigned grid[3];
   for (int i = 0; i < 3; ++i) {
     const Dim &g = spec.grid[i];
-    int64_t n = g.symbol.empty() ? g.size
-                                 : (resolve({g.symbol, 0}, B, Sq, Sk) +
-                                    g.size - 1) /
-                                       g.size;
+    int64_t n = g.symbol.empty()
+                    ? g.size
+                    : (g.mul * resolve({g.symbol, 0}, B, Sq, Sk) + g.size - 1) /
+                          g.size;
     if (n <= 0)
       return DIFFATTN_OK;
     // CUDA's grid limits: x < 2^31, y and z <= 65535.

@@ -6,9 +6,13 @@
 // for the mapping; the fragment layouts below follow the PTX ISA sections
 // "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
 //
-// Per CTA: 4 warps, 64 query rows of both heads of one pair. Per warp: 16
-// rows of both heads. A thread of lane l holds, of each 16x8 accumulator
-// tile, the rows g = l / 4 and g + 8 at the columns 2 (l % 4) + {0, 1}.
+// Per CTA: 4 warps, 64 rows of one KV group, both heads of each row's pair.
+// The rows of a group are (pair p of the group, query row i) pairs, numbered
+// R = p * Sq + i: with many query rows a CTA holds 64 rows of one pair
+// (prefill); with few (decode) it holds the rows of every pair of the group,
+// so each K/V byte is read once for all query heads of its group. Per warp:
+// 16 rows. A thread of lane l holds, of each 16x8 accumulator tile, the rows
+// g = l / 4 and g + 8 at the columns 2 (l % 4) + {0, 1}.
 //
 //===----------------------------------------------------------------------===//
 
@@ -136,9 +140,10 @@ private:
   }
 
   /// Issues cp.async copies of `rows` x `cols` elements: row r of the tile
-  /// is `src[base + r * stride ...]`, rows >= `validRows` are zero-filled.
-  void copyTileAsync(Value src, Value base, int64_t stride, Value validRows,
-                     Value dst, ValueRange dstLead, int64_t rows, int64_t cols);
+  /// is `src[rowStart(r) ...]`, rows >= `validRows` are zero-filled.
+  void copyTileAsync(Value src, function_ref<Value(Value)> rowStart,
+                     Value validRows, Value dst, ValueRange dstLead,
+                     int64_t rows, int64_t cols);
 
   /// The online-softmax state of one head of the pair: its accumulator
   /// tiles and the running max and sum of the thread's two rows.
@@ -162,7 +167,11 @@ private:
   MLIRContext *ctx;
 
   // Values of the kernel, set by build().
-  Value lane, warp, qRow0, rowsValid, keyLen, offset;
+  Value lane, warp, keyLen, offset;
+  /// Query rows (of the sequence) of the thread's two accumulator rows, and
+  /// the smallest and largest query row of the CTA.
+  std::array<Value, 2> threadRow;
+  Value minRow, maxRow;
   Value sQ, sK, sV;
 };
 
@@ -206,10 +215,11 @@ Acc MmaSyncKernelBuilder::mma(ArrayRef<Value> a, ArrayRef<Value> bReg,
   return r;
 }
 
-void MmaSyncKernelBuilder::copyTileAsync(Value src, Value base,
-                                         int64_t stride, Value validRows,
-                                         Value dst, ValueRange dstLead,
-                                         int64_t rows, int64_t cols) {
+void MmaSyncKernelBuilder::copyTileAsync(Value src,
+                                         function_ref<Value(Value)> rowStart,
+                                         Value validRows, Value dst,
+                                         ValueRange dstLead, int64_t rows,
+                                         int64_t cols) {
   // 16-byte chunks, spread over the CTA's threads.
   int64_t chunksPerRow = cols / 8;
   int64_t chunks = rows * chunksPerRow;
@@ -222,8 +232,7 @@ void MmaSyncKernelBuilder::copyTileAsync(Value src, Value base,
       Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
       // Rows past the valid ones read nothing (zero-fill) from a valid
       // address.
-      Value srcIndex =
-          select(valid, add(add(base, mul(row, stride)), col), idx(0));
+      Value srcIndex = select(valid, add(rowStart(row), col), idx(0));
       Value srcElements = select(valid, idx(8), idx(0));
       SmallVector<Value> dstIndices(dstLead);
       dstIndices.append({row, col});
@@ -282,13 +291,12 @@ void MmaSyncKernelBuilder::attendBlock(Value stage, Value key0,
       b, loc, needsMask,
       [&](OpBuilder &, Location) {
         SmallVector<Value> masked;
-        Value rowLane = add(add(qRow0, mul(warp, 16)), div(lane, 4));
         Value colLane = add(key0, mul(rem(lane, 4), 2));
         SmallVector<Value> visible;
         for (int64_t nt = 0; nt < keyTiles; ++nt)
           for (int64_t e = 0; e < 4; ++e)
             visible.push_back(buildIsVisible(
-                b, loc, plan.attn, add(rowLane, (e / 2) * 8),
+                b, loc, plan.attn, threadRow[e / 2],
                 add(colLane, nt * 8 + e % 2), offset, keyLen));
         for (int64_t h = 0; h < 2; ++h)
           for (int64_t i = 0; i < keyTiles * 4; ++i)
@@ -384,10 +392,16 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   lane = rem(tid, 32);
   warp = div(tid, 32);
   Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-  Value pair = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
-  qRow0 = mul(qBlock, kBlockQ);
-  rowsValid = minI(idx(kBlockQ), sub(seqQ, qRow0));
+  // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's pairsPerGroup * Sq.
+  int64_t pairsPerGroup = plan.pairs / plan.kvHeads;
+  Value groupRows = mul(seqQ, pairsPerGroup);
+  Value row0 = mul(qBlock, kBlockQ);
+  Value rowsValid = minI(idx(kBlockQ), sub(groupRows, row0));
+  Value firstPair = mul(kvHead, pairsPerGroup);
+  auto pairOf = [&](Value r) { return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ)); };
+  auto queryRowOf = [&](Value r) { return arith::RemUIOp::create(b, loc, r, seqQ).getResult(); };
 
   Value kvLenElem =
       decode ? memref::LoadOp::create(b, loc, kvLen, ValueRange{batch})
@@ -411,30 +425,39 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   sV = view(plan.qTileBytes + plan.kTileBytes,
             {kStages, plan.blockK, dvPad});
 
-  // Heads of the pair and their KV head.
-  Value head0 = mul(pair, 2);
-  Value kvHead = affine::AffineApplyOp::create(
-      b, loc, AffineMap::get(1, 0, attn.keyHead(getAffineDimExpr(0, ctx))),
-      head0);
-
-  // Q of both heads: one cp.async group together with the first K/V block.
-  int64_t qStride = plan.queryHeads * plan.headDim;
-  for (int64_t s = 0; s < 2; ++s) {
-    Value base = mul(add(mul(add(mul(batch, seqQ), qRow0),
+  // Q of both heads of each row's pair: one cp.async group together with
+  // the first K/V block.
+  for (int64_t s = 0; s < 2; ++s)
+    copyTileAsync(
+        q,
+        [&](Value r) {
+          Value global = add(row0, r);
+          Value head = add(mul(pairOf(global), 2), s);
+          return mul(add(mul(add(mul(batch, seqQ), queryRowOf(global)),
                              plan.queryHeads),
-                         add(head0, s)),
+                         head),
                      plan.headDim);
-    copyTileAsync(q, base, qStride, rowsValid, sQ, {idx(s)}, kBlockQ,
-                  plan.headDim);
-  }
+        },
+        rowsValid, sQ, {idx(s)}, kBlockQ, plan.headDim);
+
+  // The query rows of the thread's two accumulator rows, and the range the
+  // CTA covers (all of 0 .. Sq - 1 when its rows span two pairs).
+  for (int64_t rr = 0; rr < 2; ++rr)
+    threadRow[rr] =
+        queryRowOf(add(add(row0, mul(warp, 16)), add(div(lane, 4), rr * 8)));
+  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
+  Value onePair =
+      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
+          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
+  minRow = select(onePair, queryRowOf(row0), idx(0));
+  maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
 
   // Keys any row of the block may see: [lo, hi), lo on a block boundary.
-  Value lastRow = sub(add(qRow0, rowsValid), idx(1));
   Value lo = idx(0), hi = keyLen;
   if (attn.windowLeft >= 0)
-    lo = maxI(idx(0), sub(add(qRow0, offset), idx(attn.windowLeft)));
+    lo = maxI(idx(0), sub(add(minRow, offset), idx(attn.windowLeft)));
   if (attn.windowRight >= 0)
-    hi = minI(keyLen, add(add(lastRow, offset), idx(attn.windowRight + 1)));
+    hi = minI(keyLen, add(add(maxRow, offset), idx(attn.windowRight + 1)));
   lo = sub(lo, rem(lo, plan.blockK));
 
   int64_t kStride = plan.kvHeads * plan.headDim;
@@ -442,11 +465,14 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   auto loadKeyBlock = [&](Value key0, Value stage) {
     Value validKeys = minI(idx(plan.blockK), sub(keyLen, key0));
     Value rowBase = add(mul(batch, seqK), key0);
-    copyTileAsync(k, mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim),
-                  kStride, validKeys, sK, {stage}, plan.blockK, plan.headDim);
-    copyTileAsync(v,
-                  mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim),
-                  vStride, validKeys, sV, {stage}, plan.blockK, plan.valueDim);
+    Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
+    Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
+    copyTileAsync(
+        k, [&](Value r) { return add(kBase, mul(r, kStride)); }, validKeys, sK,
+        {stage}, plan.blockK, plan.headDim);
+    copyTileAsync(
+        v, [&](Value r) { return add(vBase, mul(r, vStride)); }, validKeys, sV,
+        {stage}, plan.blockK, plan.valueDim);
   };
   scf::IfOp::create(b, loc, cmp(arith::CmpIPredicate::slt, lo, hi),
                     [&](OpBuilder &, Location) {
@@ -489,12 +515,12 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
           needsMask = arith::OrIOp::create(
               b, loc, needsMask,
               cmp(arith::CmpIPredicate::sgt, add(key0, plan.blockK - 1),
-                  add(add(qRow0, offset), idx(attn.windowRight))));
+                  add(add(minRow, offset), idx(attn.windowRight))));
         if (attn.windowLeft >= 0)
           needsMask = arith::OrIOp::create(
               b, loc, needsMask,
               cmp(arith::CmpIPredicate::slt, key0,
-                  sub(add(lastRow, offset), idx(attn.windowLeft))));
+                  sub(add(maxRow, offset), idx(attn.windowLeft))));
 
         std::array<HeadState, 2> heads;
         for (int64_t h = 0; h < 2; ++h) {
@@ -527,8 +553,10 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   int64_t lamStride = plan.pairs;
   auto outPairType = VectorType::get({2}, plan.elementType);
   for (int64_t rr = 0; rr < 2; ++rr) {
-    Value row = add(add(add(qRow0, mul(warp, 16)), div(lane, 4)), rr * 8);
-    Value valid = cmp(arith::CmpIPredicate::slt, row, seqQ);
+    Value global = add(add(row0, mul(warp, 16)), add(div(lane, 4), rr * 8));
+    Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+    Value row = threadRow[rr];
+    Value pair = pairOf(global);
     std::array<Value, 2> sum;
     for (int64_t s = 0; s < 2; ++s)
       sum[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
@@ -631,17 +659,22 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan,
     params.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("arg", b.getStringAttr(size)),
          b.getNamedAttr("field", b.getStringAttr("value"))}));
-  auto ceilDiv = [&](StringRef sym, int64_t by) {
+  // ceil(mul * sym / by).
+  auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) {
     return b.getDictionaryAttr(
         {b.getNamedAttr("ceil_div", b.getStringAttr(sym)),
+         b.getNamedAttr("mul", b.getI64IntegerAttr(mulBy)),
          b.getNamedAttr("by", b.getI64IntegerAttr(by))});
   };
   return b.getDictionaryAttr(
       {b.getNamedAttr("kind", b.getStringAttr("cuda")),
        b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
-       b.getNamedAttr("grid", b.getArrayAttr({ceilDiv("Sq", kBlockQ),
-                                              b.getI64IntegerAttr(plan.pairs),
-                                              ceilDiv("B", 1)})),
+       // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
+       b.getNamedAttr("grid",
+                      b.getArrayAttr({ceilDiv("Sq", kBlockQ,
+                                              plan.pairs / plan.kvHeads),
+                                      b.getI64IntegerAttr(plan.kvHeads),
+                                      ceilDiv("B", 1, 1)})),
        b.getNamedAttr("block", b.getI64ArrayAttr({kThreads, 1, 1})),
        b.getNamedAttr("dynamic_shared_memory",
                       b.getI64IntegerAttr(plan.sharedBytes)),

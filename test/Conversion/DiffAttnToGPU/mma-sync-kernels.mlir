@@ -10,7 +10,7 @@
 // CHECK-LABEL: gpu.module @diffattn_v2_bf16_h8_kv2_d64_dv64_causal_module
 // CHECK:       gpu.func @diffattn_v2_bf16_h8_kv2_d64_dv64_causal(
 // CHECK-SAME:    %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
-// CHECK-SAME:    diffattn.kernel = {{{.*}}launch = {block = [128, 1, 1], block_k = 64 : i64, block_q = 64 : i64, dynamic_shared_memory = 55296 : i64, grid = [{by = 64 : i64, ceil_div = "Sq"}, 4, {by = 1 : i64, ceil_div = "B"}], kind = "cuda"
+// CHECK-SAME:    diffattn.kernel = {{{.*}}launch = {block = [128, 1, 1], block_k = 64 : i64, block_q = 64 : i64, dynamic_shared_memory = 55296 : i64, grid = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, 2, {by = 1 : i64, ceil_div = "B", mul = 1 : i64}], kind = "cuda"
 // CHECK-SAME:    known_block_size = array<i32: 128, 1, 1>
 // CHECK:         gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
 // CHECK:         memref.view {{.*}} to memref<2x64x72xbf16, #gpu.address_space<workgroup>>
