@@ -20,14 +20,17 @@ def DiffAttnToMmaSyncKernels
     one `gpu.func` kernel that maps the FlashAttention tiled form onto the
     GPU:
 
-    - the query-block loop becomes the grid (x: query blocks of `block-q`
-      rows, y: head pairs, z: batch); one CTA of 4 warps handles one block of
-      rows of both heads of a pair, each warp 16 rows of both heads, so the
-      differential epilogue needs no data from another thread's registers;
+    - the query-block and pair loops become the grid (x: blocks of 64 rows
+      of a KV group, a row being a (pair of the group, query row) couple;
+      y: KV heads; z: batch); one CTA of 4 warps handles 64 rows with both
+      heads of each row's pair, each warp 16 rows, so the differential
+      epilogue needs no data from another thread's registers, and in decode
+      (few query rows) one CTA holds every pair of the group, reading each
+      K/V byte once for all its query heads;
     - the key-block loop stays a loop (`scf.for`) whose bounds skip fully
       masked blocks; K and V tiles go global -> shared through `cp.async`
       (`nvgpu.device_async_copy`, zero-filling keys past the sequence) in a
-      two-stage pipeline, one tile of each shared by both heads;
+      two-stage pipeline; every K and V fragment feeds both heads;
     - Q·Kᵀ and P·V are `nvvm.mma.sync` m16n8k16 with f32 accumulation,
       fed by `nvgpu.ldmatrix` (V transposed); P stays in registers, converted
       from the accumulator layout of Q·Kᵀ to the operand layout of P·V;
