@@ -42,7 +42,9 @@ def main():
         out = torch.full((b, sq, h2 // 2, d), float("nan"), device="cuda", dtype=dt)
         bufs = [(n, p["element_type"], tuple(t.shape), t.data_ptr())
                 for n, t in (("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out))]
-        _gpu.launch_v2(directory, bufs, (b, sq, sk), torch.cuda.current_stream().cuda_stream)
+        scratch = []
+        alloc = lambda n: scratch.append(torch.empty(n, device="cuda")) or scratch[-1].data_ptr()
+        _gpu.launch_v2(directory, bufs, (b, sq, sk), torch.cuda.current_stream().cuda_stream, alloc)
         torch.cuda.synchronize()
         ref = diffattn.reference.v2(*(t.float().cpu().numpy() for t in (q, k, v, lam)),
                                     causal=p["causal"])

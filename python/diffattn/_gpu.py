@@ -60,6 +60,10 @@ def runtime():
                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int64] + \
                               ([ctypes.c_void_p] if name == "diffattn_launch" else [])
                 fn.restype = ctypes.c_int
+            lib.diffattn_workspace_elements.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                                        ctypes.c_int64, ctypes.c_int64,
+                                                        ctypes.c_int64]
+            lib.diffattn_workspace_elements.restype = ctypes.c_int64
             lib.diffattn_last_error.restype = ctypes.c_char_p
             _runtime = lib
         return _runtime
@@ -135,11 +139,30 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     return directory, out_shape, sizes
 
 
-def launch_v2(directory, named_buffers, sizes, stream):
+def workspace_elements(directory, sizes):
+    """f32 elements of the scratch buffer the kernel needs (0: none)."""
+    handle, names = load_module(directory)
+    n = runtime().diffattn_workspace_elements(handle, names[0].encode(), *sizes)
+    if n < 0:
+        raise RuntimeFailure(_error(runtime()))
+    return n
+
+
+def launch_v2(directory, named_buffers, sizes, stream, alloc_workspace=None):
+    """Launches the kernel of `directory` on `stream`. Where it needs a
+    workspace, `alloc_workspace(n)` returns the device pointer of n f32
+    elements that stay alive until the work is done (the caller's
+    stream-ordered allocator)."""
     handle, names = load_module(directory)
     if len(names) != 1:
         raise RuntimeFailure(f"{directory}: expected one kernel, found {names}")
     lib = runtime()
+    n = workspace_elements(directory, sizes)
+    named_buffers = list(named_buffers)
+    if n > 0:
+        if alloc_workspace is None:
+            raise RuntimeFailure(f"kernel {names[0]} needs a workspace of {n} f32 elements")
+        named_buffers.append(("workspace", "f32", (n,), alloc_workspace(n)))
     buffers = make_buffers(named_buffers)
     rc = lib.diffattn_launch(handle, names[0].encode(), buffers, len(named_buffers), *sizes,
                              ctypes.c_void_p(stream))

@@ -55,9 +55,17 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
     named.append(("out", "x", out))
     buffers = [(n, _ELEM.get(t.dtype, "i32") if e == "x" else e, tuple(t.shape), t.data_ptr())
                for n, e, t in named]
+    scratch = []
+
+    def alloc_workspace(n):
+        # From torch's stream-ordered caching allocator: freed after use on
+        # this stream, never while the kernels still run.
+        scratch.append(torch.empty(n, dtype=torch.float32, device=q.device))
+        return scratch[-1].data_ptr()
+
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        _gpu.launch_v2(directory, buffers, sizes, stream)
+        _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
     return out
 
 

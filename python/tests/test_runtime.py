@@ -46,6 +46,11 @@ def _buffers(b=2, sq=16, sk=32, override=None):
     return [(name, elem, shape, 0x1000 * (i + 1)) for i, (name, (elem, shape)) in enumerate(shapes.items())]
 
 
+def _with_workspace(artifact, named, sizes):
+    n = _gpu.workspace_elements(artifact, sizes)
+    return list(named) + ([("workspace", "f32", (n,), 0x9000)] if n > 0 else [])
+
+
 def _check(artifact, named, sizes):
     handle, names = _gpu.load_module(artifact)
     lib = _gpu.runtime()
@@ -60,9 +65,20 @@ def test_module_lists_its_kernel(artifact):
 
 
 def test_valid_launch_passes_the_checks(artifact):
-    assert _check(artifact, _buffers(), (2, 16, 32)) == (0, "")
+    assert _check(artifact, _with_workspace(artifact, _buffers(), (2, 16, 32)), (2, 16, 32)) == (0, "")
     # Other run-time sizes of the same kernel are fine too.
-    assert _check(artifact, _buffers(b=5, sq=3, sk=1000), (5, 3, 1000))[0] == 0
+    sizes = (5, 3, 1000)
+    assert _check(artifact, _with_workspace(artifact, _buffers(b=5, sq=3, sk=1000), sizes), sizes)[0] == 0
+
+
+def test_decode_form_needs_a_workspace(artifact):
+    # Split-KV: B x Hkv x ceil(Sk / 512) x (pairs per group x Sq) x 2 x (Dv + 2).
+    assert _gpu.workspace_elements(artifact, (2, 16, 32)) == 2 * 2 * 1 * (2 * 16) * 2 * 66
+    rc, err = _check(artifact, _buffers(), (2, 16, 32))
+    assert rc == 1 and "with a 'workspace' of 16896 f32" in err
+    small = _buffers() + [("workspace", "f32", (100,), 0x9000)]
+    rc, err = _check(artifact, small, (2, 16, 32))
+    assert rc == 1 and "needs a 'workspace' buffer of at least 16896 f32 elements" in err
 
 
 @pytest.mark.parametrize("override,sizes,message", [
@@ -74,22 +90,22 @@ def test_valid_launch_passes_the_checks(artifact):
     ({}, (70000, 16, 32), "sizes out of the supported range"),
 ], ids=["k-shape", "q-dtype", "lam-rank", "kvlen-shape", "negative", "huge-batch"])
 def test_bad_launches_are_refused(artifact, override, sizes, message):
-    rc, err = _check(artifact, _buffers(override=override), sizes)
+    rc, err = _check(artifact, _with_workspace(artifact, _buffers(override=override), sizes), sizes)
     assert rc == 1
     assert message in err
 
 
 def test_missing_buffer_is_named(artifact):
-    named = [b for b in _buffers() if b[0] != "v"]
+    named = [b for b in _with_workspace(artifact, _buffers(), (2, 16, 32)) if b[0] != "v"]
     rc, err = _check(artifact, named, (2, 16, 32))
-    assert rc == 1 and "expected 6 buffers, got 5" in err
+    assert rc == 1 and "expected 7 buffers (with a 'workspace' of 16896 f32), got 6" in err
 
 
 def test_launch_without_a_driver_fails_cleanly(artifact):
     if os.path.exists("/dev/nvidia0"):
         pytest.skip("a GPU driver is present")
     with pytest.raises(_gpu.RuntimeFailure, match="the CUDA driver is not available"):
-        _gpu.launch_v2(artifact, _buffers(), (2, 16, 32), 0)
+        _gpu.launch_v2(artifact, _buffers(), (2, 16, 32), 0, lambda n: 0x9000)
 
 
 def test_malformed_artifacts_are_refused(tmp_path, artifact):
@@ -101,8 +117,13 @@ def test_malformed_artifacts_are_refused(tmp_path, artifact):
     assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
     assert b"malformed JSON" in lib.diffattn_last_error()
     manifest = json.load(open(os.path.join(artifact, "manifest.json")))
-    del manifest["kernels"][0]["launch"]
+    del manifest["kernels"][0]["launch"]["stages"]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     shutil.copy(os.path.join(artifact, KERNEL + ".cubin"), tmp_path)
     assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
     assert b"no CUDA launch rule" in lib.diffattn_last_error()
+    manifest["kernels"][0]["launch"] = {"stages": [{"function": "f", "grid": [1, 1], "block": [1, 1, 1],
+                                                    "params": []}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
+    assert b"malformed launch stage f" in lib.diffattn_last_error()

@@ -303,17 +303,28 @@ struct ParamSpec {
   std::string field; // allocated, aligned, offset, size, stride, value
 };
 
-struct KernelSpec {
-  std::string name, entry;
-  std::vector<char> cubin;
-  std::vector<ArgSpec> args; // tensor arguments in order
+/// A grid extent or size: the product of its factors.
+using Rule = std::vector<Dim>;
+
+/// One kernel launch of a kernel's launch sequence.
+struct StageSpec {
+  std::string function;
   std::vector<ParamSpec> params;
-  std::vector<Dim> grid; // a ceil_div dim is {symbol, by}
+  Rule grid[3];
   unsigned block[3] = {1, 1, 1};
   int64_t sharedBytes = 0;
+  CUfunction handle = nullptr; // loaded state
+};
+
+struct KernelSpec {
+  std::string name;
+  std::vector<char> cubin;
+  std::vector<ArgSpec> args; // tensor arguments in order
+  std::vector<StageSpec> stages;
+  /// f32 elements of the scratch buffer the stages share (empty: none).
+  Rule workspace;
   // Loaded state.
   CUcontext context = nullptr;
-  CUfunction function = nullptr;
 };
 
 int dtypeFromName(const std::string &name) {
@@ -357,7 +368,6 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
   spec.name = *name->str();
   if (!entry || !entry->str() || !cubin || !cubin->str())
     return bad("no entry or cubin (not a GPU artifact?)");
-  spec.entry = *entry->str();
   std::string bytes;
   if (!readFile(dir + "/" + *cubin->str(), bytes))
     return bad("cannot read " + *cubin->str());
@@ -387,43 +397,90 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
       return bad("unsupported argument " + arg.name);
     spec.args.push_back(std::move(arg));
   }
-  if (!launch || !launch->get("params") || !launch->get("params")->arr() ||
-      !launch->get("grid") || !launch->get("grid")->arr() ||
-      !launch->get("block") || !launch->get("block")->arr())
+  if (!launch)
     return bad("no CUDA launch rule");
-  for (const Json &p : *launch->get("params")->arr()) {
-    const Json *arg = p.get("arg"), *field = p.get("field");
-    if (!arg || !arg->str() || !field || !field->str())
-      return bad("malformed launch parameter");
-    spec.params.push_back({*arg->str(), *field->str()});
-  }
-  for (const Json &g : *launch->get("grid")->arr()) {
+  // One factor of a rule: a number, or {ceil_div: sym, by, mul}.
+  auto parseDim = [&](const Json &g, Dim &out) {
     if (g.num()) {
-      spec.grid.push_back({"", static_cast<int64_t>(*g.num())});
-    } else if (g.get("ceil_div") && g.get("ceil_div")->str() && g.get("by") &&
-               g.get("by")->num()) {
-      const Json *mul = g.get("mul");
-      spec.grid.push_back({*g.get("ceil_div")->str(),
-                           static_cast<int64_t>(*g.get("by")->num()),
-                           mul && mul->num() ? static_cast<int64_t>(*mul->num())
-                                             : 1});
-      if (spec.grid.back().size <= 0 || spec.grid.back().mul <= 0)
-        return bad("malformed grid");
-    } else {
-      return bad("malformed grid");
+      out = {"", static_cast<int64_t>(*g.num()), 1};
+      return true;
     }
+    const Json *sym = g.get("ceil_div"), *by = g.get("by"), *mul = g.get("mul");
+    if (!sym || !sym->str() || !by || !by->num())
+      return false;
+    out = {*sym->str(), static_cast<int64_t>(*by->num()),
+           mul && mul->num() ? static_cast<int64_t>(*mul->num()) : 1};
+    return out.size > 0 && out.mul > 0;
+  };
+  auto parseRule = [&](const Json &g, Rule &out) {
+    out.clear();
+    if (const Json *product = g.get("product")) {
+      if (!product->arr())
+        return false;
+      for (const Json &factor : *product->arr()) {
+        Dim d;
+        if (!parseDim(factor, d))
+          return false;
+        out.push_back(d);
+      }
+      return !out.empty();
+    }
+    Dim d;
+    if (!parseDim(g, d))
+      return false;
+    out.push_back(d);
+    return true;
+  };
+  auto parseStage = [&](const Json &st, const std::string &function,
+                        StageSpec &stage) -> int {
+    stage.function = function;
+    const Json *params = st.get("params"), *grid = st.get("grid"),
+               *block = st.get("block");
+    if (!params || !params->arr() || !grid || !grid->arr() || !block ||
+        !block->arr() || grid->arr()->size() != 3 || block->arr()->size() != 3)
+      return bad("malformed launch stage " + function);
+    for (const Json &p : *params->arr()) {
+      const Json *arg = p.get("arg"), *field = p.get("field");
+      if (!arg || !arg->str() || !field || !field->str())
+        return bad("malformed launch parameter");
+      stage.params.push_back({*arg->str(), *field->str()});
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (!parseRule((*grid->arr())[i], stage.grid[i]))
+        return bad("malformed grid");
+      if (!(*block->arr())[i].num())
+        return bad("malformed block");
+      stage.block[i] = static_cast<unsigned>(*(*block->arr())[i].num());
+    }
+    if (const Json *smem = st.get("dynamic_shared_memory"))
+      if (smem->num())
+        stage.sharedBytes = static_cast<int64_t>(*smem->num());
+    return DIFFATTN_OK;
+  };
+  if (const Json *stages = launch->get("stages")) {
+    if (!stages->arr() || stages->arr()->empty())
+      return bad("malformed stages");
+    for (const Json &st : *stages->arr()) {
+      const Json *function = st.get("function");
+      if (!function || !function->str())
+        return bad("a stage has no function");
+      spec.stages.emplace_back();
+      if (int rc = parseStage(st, *function->str(), spec.stages.back()))
+        return rc;
+    }
+  } else {
+    if (!launch->get("params") || !launch->get("grid"))
+      return bad("no CUDA launch rule");
+    spec.stages.emplace_back();
+    if (int rc = parseStage(*launch, *entry->str(), spec.stages.back()))
+      return rc;
   }
-  const JsonArray &block = *launch->get("block")->arr();
-  if (spec.grid.size() != 3 || block.size() != 3)
-    return bad("grid and block must have three dimensions");
-  for (int i = 0; i < 3; ++i) {
-    if (!block[i].num())
-      return bad("malformed block");
-    spec.block[i] = static_cast<unsigned>(*block[i].num());
+  if (const Json *ws = launch->get("workspace")) {
+    const Json *times = ws->get("times");
+    if (!parseRule(*ws, spec.workspace) || !times || !times->num())
+      return bad("malformed workspace");
+    spec.workspace.push_back({"", static_cast<int64_t>(*times->num()), 1});
   }
-  if (const Json *smem = launch->get("dynamic_shared_memory"))
-    if (smem->num())
-      spec.sharedBytes = static_cast<int64_t>(*smem->num());
   return DIFFATTN_OK;
 }
 
@@ -454,6 +511,18 @@ int64_t resolve(const Dim &dim, int64_t B, int64_t Sq, int64_t Sk) {
   return -1;
 }
 
+/// The value of a rule: the product of its factors, each a constant or
+/// ceil(mul * symbol / by).
+int64_t evaluate(const Rule &rule, int64_t B, int64_t Sq, int64_t Sk) {
+  int64_t n = 1;
+  for (const Dim &d : rule)
+    n *= d.symbol.empty()
+             ? d.size
+             : (d.mul * resolve({d.symbol, 0, 1}, B, Sq, Sk) + d.size - 1) /
+                   d.size;
+  return n;
+}
+
 std::string shapeText(const int64_t *shape, int rank) {
   std::string text = "[";
   for (int i = 0; i < rank; ++i)
@@ -475,10 +544,17 @@ int check(const KernelSpec &spec, const diffattn_buffer *buffers,
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
                 where + "sizes out of the supported range (B <= 65535, "
                         "Sq, Sk <= 2^31)");
-  if (numBuffers != static_cast<int>(spec.args.size()))
+  int64_t workspace =
+      spec.workspace.empty() ? 0 : evaluate(spec.workspace, B, Sq, Sk);
+  size_t expectedBuffers = spec.args.size() + (workspace > 0 ? 1 : 0);
+  if (numBuffers != static_cast<int>(expectedBuffers))
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
-                where + "expected " + std::to_string(spec.args.size()) +
-                    " buffers, got " + std::to_string(numBuffers));
+                where + "expected " + std::to_string(expectedBuffers) +
+                    " buffers" +
+                    (workspace > 0 ? " (with a 'workspace' of " +
+                                         std::to_string(workspace) + " f32)"
+                                   : "") +
+                    ", got " + std::to_string(numBuffers));
   ordered.assign(spec.args.size(), nullptr);
   for (size_t i = 0; i < spec.args.size(); ++i) {
     const ArgSpec &arg = spec.args[i];
@@ -516,6 +592,18 @@ int check(const KernelSpec &spec, const diffattn_buffer *buffers,
       return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
                   where + "'" + arg.name + "' has a null data pointer");
     ordered[i] = buf;
+  }
+  if (workspace > 0) {
+    const diffattn_buffer *buf = nullptr;
+    for (int j = 0; j < numBuffers; ++j)
+      if (buffers[j].name && std::string("workspace") == buffers[j].name)
+        buf = &buffers[j];
+    if (!buf || buf->dtype != DIFFATTN_F32 || buf->rank != 1 ||
+        buf->shape[0] < workspace || !buf->data)
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  where + "needs a 'workspace' buffer of at least " +
+                      std::to_string(workspace) + " f32 elements");
+    ordered.push_back(buf);
   }
   return DIFFATTN_OK;
 }
@@ -589,106 +677,128 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
   std::vector<const diffattn_buffer *> ordered;
   check(spec, buffers, num_buffers, B, Sq, Sk, ordered);
 
-  // Nothing to compute: no launch (a zero grid dimension is an error).
-  unsigned grid[3];
-  for (int i = 0; i < 3; ++i) {
-    const Dim &g = spec.grid[i];
-    int64_t n = g.symbol.empty()
-                    ? g.size
-                    : (g.mul * resolve({g.symbol, 0}, B, Sq, Sk) + g.size - 1) /
-                          g.size;
-    if (n <= 0)
-      return DIFFATTN_OK;
-    // CUDA's grid limits: x < 2^31, y and z <= 65535.
-    if (n > (i == 0 ? int64_t(0x7fffffff) : int64_t(65535)))
-      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
-                  "kernel '" + spec.name + "': grid dimension " +
-                      std::to_string(i) + " would be " + std::to_string(n) +
-                      ", over CUDA's limit");
-    grid[i] = static_cast<unsigned>(n);
-  }
-
-  std::string why;
-  const Driver *d = loadDriver(why);
-  if (!d)
-    return fail(DIFFATTN_ERROR_NO_DRIVER,
-                "the CUDA driver is not available: " + why);
+  const Driver *d = nullptr;
   std::lock_guard<std::mutex> lock(module->mutex);
-  CUcontext ctx = nullptr;
-  if (CUresult rc = d->cuCtxGetCurrent(&ctx))
-    return cudaFail(d, rc, "cuCtxGetCurrent");
-  if (!ctx) {
-    CUdevice dev;
-    if (CUresult rc = d->cuDeviceGet(&dev, 0))
-      return cudaFail(d, rc, "cuDeviceGet");
-    if (CUresult rc = d->cuDevicePrimaryCtxRetain(&ctx, dev))
-      return cudaFail(d, rc, "cuDevicePrimaryCtxRetain");
-    if (CUresult rc = d->cuCtxSetCurrent(ctx))
-      return cudaFail(d, rc, "cuCtxSetCurrent");
-  }
-  if (spec.context != ctx || !spec.function) {
-    CUmodule mod;
-    if (CUresult rc = d->cuModuleLoadData(&mod, spec.cubin.data()))
-      return cudaFail(d, rc, "cuModuleLoadData(" + spec.name + ")");
-    CUfunction fn;
-    if (CUresult rc = d->cuModuleGetFunction(&fn, mod, spec.entry.c_str()))
-      return cudaFail(d, rc, "cuModuleGetFunction(" + spec.entry + ")");
-    if (spec.sharedBytes > 48 * 1024)
-      if (CUresult rc = d->cuFuncSetAttribute(
-              fn, kMaxDynamicSharedAttr, static_cast<int>(spec.sharedBytes)))
-        return cudaFail(d, rc, "cuFuncSetAttribute(shared memory)");
-    spec.context = ctx;
-    spec.function = fn;
-  }
-
-  // Kernel parameters: memref descriptor fields of each buffer, then sizes.
-  std::vector<int64_t> values(spec.params.size());
-  std::vector<void *> pointers(spec.params.size());
-  std::vector<void *> args(spec.params.size());
-  for (size_t i = 0; i < spec.params.size(); ++i) {
-    const ParamSpec &p = spec.params[i];
-    if (p.field == "value") {
-      values[i] = resolve({p.arg, 0}, B, Sq, Sk);
-      args[i] = &values[i];
+  for (StageSpec &stage : spec.stages) {
+    // Nothing to compute: no launch (a zero grid dimension is an error).
+    unsigned grid[3];
+    bool empty = false;
+    for (int i = 0; i < 3; ++i) {
+      int64_t n = evaluate(stage.grid[i], B, Sq, Sk);
+      if (n <= 0) {
+        empty = true;
+        break;
+      }
+      // CUDA's grid limits: x < 2^31, y and z <= 65535.
+      if (n > (i == 0 ? int64_t(0x7fffffff) : int64_t(65535)))
+        return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                    "kernel '" + spec.name + "': grid dimension " +
+                        std::to_string(i) + " would be " + std::to_string(n) +
+                        ", over CUDA's limit");
+      grid[i] = static_cast<unsigned>(n);
+    }
+    if (empty)
       continue;
+
+    if (!d) {
+      std::string why;
+      d = loadDriver(why);
+      if (!d)
+        return fail(DIFFATTN_ERROR_NO_DRIVER,
+                    "the CUDA driver is not available: " + why);
+      CUcontext ctx = nullptr;
+      if (CUresult rc = d->cuCtxGetCurrent(&ctx))
+        return cudaFail(d, rc, "cuCtxGetCurrent");
+      if (!ctx) {
+        CUdevice dev;
+        if (CUresult rc = d->cuDeviceGet(&dev, 0))
+          return cudaFail(d, rc, "cuDeviceGet");
+        if (CUresult rc = d->cuDevicePrimaryCtxRetain(&ctx, dev))
+          return cudaFail(d, rc, "cuDevicePrimaryCtxRetain");
+        if (CUresult rc = d->cuCtxSetCurrent(ctx))
+          return cudaFail(d, rc, "cuCtxSetCurrent");
+      }
+      if (spec.context != ctx) {
+        CUmodule mod;
+        if (CUresult rc = d->cuModuleLoadData(&mod, spec.cubin.data()))
+          return cudaFail(d, rc, "cuModuleLoadData(" + spec.name + ")");
+        for (StageSpec &st : spec.stages) {
+          if (CUresult rc =
+                  d->cuModuleGetFunction(&st.handle, mod, st.function.c_str()))
+            return cudaFail(d, rc, "cuModuleGetFunction(" + st.function + ")");
+          if (st.sharedBytes > 48 * 1024)
+            if (CUresult rc = d->cuFuncSetAttribute(
+                    st.handle, kMaxDynamicSharedAttr,
+                    static_cast<int>(st.sharedBytes)))
+              return cudaFail(d, rc, "cuFuncSetAttribute(shared memory)");
+        }
+        spec.context = ctx;
+      }
     }
-    const diffattn_buffer *buf = nullptr;
-    for (size_t j = 0; j < spec.args.size(); ++j)
-      if (spec.args[j].name == p.arg)
-        buf = ordered[j];
-    if (!buf)
-      return fail(DIFFATTN_ERROR_ARTIFACT, "kernel '" + spec.name +
-                                               "': launch parameter of "
-                                               "unknown argument '" +
-                                               p.arg + "'");
-    if (p.field == "allocated" || p.field == "aligned") {
-      pointers[i] = buf->data;
-      args[i] = &pointers[i];
-    } else if (p.field == "offset") {
-      values[i] = 0;
-      args[i] = &values[i];
-    } else if (p.field == "size") {
-      int64_t n = 1;
-      for (int dd = 0; dd < buf->rank; ++dd)
-        n *= buf->shape[dd];
-      values[i] = n;
-      args[i] = &values[i];
-    } else if (p.field == "stride") {
-      values[i] = 1;
-      args[i] = &values[i];
-    } else {
-      return fail(DIFFATTN_ERROR_ARTIFACT,
-                  "kernel '" + spec.name + "': unknown parameter field '" +
-                      p.field + "'");
+
+    // Kernel parameters: memref descriptor fields of each buffer, then sizes.
+    std::vector<int64_t> values(stage.params.size());
+    std::vector<void *> pointers(stage.params.size());
+    std::vector<void *> args(stage.params.size());
+    for (size_t i = 0; i < stage.params.size(); ++i) {
+      const ParamSpec &p = stage.params[i];
+      if (p.field == "value") {
+        values[i] = resolve({p.arg, 0, 1}, B, Sq, Sk);
+        args[i] = &values[i];
+        continue;
+      }
+      const diffattn_buffer *buf = nullptr;
+      for (const diffattn_buffer *candidate : ordered)
+        if (p.arg == candidate->name)
+          buf = candidate;
+      if (!buf)
+        return fail(DIFFATTN_ERROR_ARTIFACT, "kernel '" + spec.name +
+                                                 "': launch parameter of "
+                                                 "unknown argument '" +
+                                                 p.arg + "'");
+      if (p.field == "allocated" || p.field == "aligned") {
+        pointers[i] = buf->data;
+        args[i] = &pointers[i];
+      } else if (p.field == "offset") {
+        values[i] = 0;
+        args[i] = &values[i];
+      } else if (p.field == "size") {
+        int64_t n = 1;
+        for (int dd = 0; dd < buf->rank; ++dd)
+          n *= buf->shape[dd];
+        values[i] = n;
+        args[i] = &values[i];
+      } else if (p.field == "stride") {
+        values[i] = 1;
+        args[i] = &values[i];
+      } else {
+        return fail(DIFFATTN_ERROR_ARTIFACT,
+                    "kernel '" + spec.name + "': unknown parameter field '" +
+                        p.field + "'");
+      }
     }
+    if (CUresult rc = d->cuLaunchKernel(
+            stage.handle, grid[0], grid[1], grid[2], stage.block[0],
+            stage.block[1], stage.block[2],
+            static_cast<unsigned>(stage.sharedBytes),
+            static_cast<CUstream>(stream), args.data(), nullptr))
+      return cudaFail(d, rc, "cuLaunchKernel(" + stage.function + ")");
   }
-  if (CUresult rc = d->cuLaunchKernel(
-          spec.function, grid[0], grid[1], grid[2], spec.block[0],
-          spec.block[1], spec.block[2],
-          static_cast<unsigned>(spec.sharedBytes),
-          static_cast<CUstream>(stream), args.data(), nullptr))
-    return cudaFail(d, rc, "cuLaunchKernel(" + spec.name + ")");
   return DIFFATTN_OK;
+}
+
+int64_t diffattn_workspace_elements(const diffattn_module *module,
+                                    const char *kernel, int64_t B, int64_t Sq,
+                                    int64_t Sk) {
+  const KernelSpec *spec = module ? module->find(kernel) : nullptr;
+  if (!spec) {
+    fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+         std::string("no kernel '") + (kernel ? kernel : "(null)") + "'");
+    return -1;
+  }
+  if (B < 0 || Sq < 0 || Sk < 0)
+    return 0;
+  return spec->workspace.empty() ? 0 : evaluate(spec->workspace, B, Sq, Sk);
 }
 
 } // extern "C"

@@ -18,6 +18,8 @@ namespace mlir::diffattn {
 struct MmaSyncStrategyOptions {
   /// Keys per block; 0 picks the default for the head dimension.
   int64_t blockK = 0;
+  /// Keys per split of the split-KV kernels of the decode form (kv_len).
+  int64_t splitKeys = 512;
 };
 
 /// Replaces `kernel` (made by diffattn-outline-kernels, holding one

@@ -40,6 +40,12 @@ def DiffAttnToMmaSyncKernels
     - the epilogue divides by the row sums, applies sigmoid(lam) and writes
       the pair's single output head.
 
+    Ops in the decode form (with `kv_len`) get split-KV kernels: each CTA
+    covers one split of `split-keys` keys and writes the partial softmax
+    state of its rows (accumulators, max, sum) to a workspace; a second
+    kernel (`<name>_combine`, one CTA of Dv threads per row) merges the
+    splits and applies the epilogue.
+
     The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
     grid, block size, dynamic shared memory and the kernel parameter list.
     Configurations the strategy does not support (V1, f32, head dimensions
@@ -48,6 +54,9 @@ def DiffAttnToMmaSyncKernels
   let options = [
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
            "Keys per block (0: the default, 64)">,
+    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"512",
+           "Keys per split of the decode form's split-KV kernels (a "
+           "multiple of block-k)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::gpu::GPUDialect",

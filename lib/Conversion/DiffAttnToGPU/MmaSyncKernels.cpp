@@ -64,6 +64,14 @@ struct Plan {
   int64_t sharedBytes;
   int64_t qTileBytes, kTileBytes;
   Type elementType, lamType;
+  /// Split-KV (decode form): keys per split, 0 for none. Each CTA then
+  /// covers one split of the keys and writes its partial softmax state to a
+  /// workspace; a second kernel combines the splits and applies the
+  /// epilogue.
+  int64_t splitKeys = 0;
+  int64_t pairsPerGroup() const { return pairs / kvHeads; }
+  /// f32 elements of one partial row state: Dv accumulators, max, sum.
+  int64_t partialWidth() const { return valueDim + 2; }
 };
 
 class MmaSyncKernelBuilder {
@@ -71,9 +79,13 @@ public:
   MmaSyncKernelBuilder(OpBuilder &b, Location loc, const Plan &plan)
       : b(b), loc(loc), plan(plan), ctx(b.getContext()) {}
 
-  /// Fills the body of `func` (arguments: q, k, v, lam, [kv_len], out, B,
-  /// Sq, Sk).
+  /// Fills the body of `func` (arguments: q, k, v, lam, [kv_len], out,
+  /// [workspace], B, Sq, Sk).
   void build(gpu::GPUFuncOp func);
+
+  /// Fills the body of the split-KV combine kernel (arguments: workspace,
+  /// lam, out, B, Sq, Sk; one CTA of Dv threads per row of a KV group).
+  void buildCombine(gpu::GPUFuncOp func);
 
 private:
   // Scalar helpers.
@@ -385,6 +397,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         v = entry.getArgument(a++), lam = entry.getArgument(a++);
   Value kvLen = decode ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
+  Value workspace = plan.splitKeys ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
 
@@ -395,8 +408,16 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
   // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's pairsPerGroup * Sq.
-  int64_t pairsPerGroup = plan.pairs / plan.kvHeads;
+  int64_t pairsPerGroup = plan.pairsPerGroup();
   Value groupRows = mul(seqQ, pairsPerGroup);
+  // Split-KV: grid x enumerates (split, row block).
+  Value split, numSplits;
+  if (plan.splitKeys) {
+    Value rowBlocks = div(add(groupRows, kBlockQ - 1), kBlockQ);
+    split = arith::DivUIOp::create(b, loc, qBlock, rowBlocks);
+    qBlock = arith::RemUIOp::create(b, loc, qBlock, rowBlocks);
+    numSplits = div(add(seqK, plan.splitKeys - 1), plan.splitKeys);
+  }
   Value row0 = mul(qBlock, kBlockQ);
   Value rowsValid = minI(idx(kBlockQ), sub(groupRows, row0));
   Value firstPair = mul(kvHead, pairsPerGroup);
@@ -458,6 +479,11 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     lo = maxI(idx(0), sub(add(minRow, offset), idx(attn.windowLeft)));
   if (attn.windowRight >= 0)
     hi = minI(keyLen, add(add(maxRow, offset), idx(attn.windowRight + 1)));
+  if (plan.splitKeys) {
+    Value splitStart = mul(split, plan.splitKeys);
+    lo = maxI(lo, splitStart);
+    hi = minI(hi, add(splitStart, plan.splitKeys));
+  }
   lo = sub(lo, rem(lo, plan.blockK));
 
   int64_t kStride = plan.kvHeads * plan.headDim;
@@ -549,6 +575,50 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // key skip the loop, and with it the wait for Q).
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
 
+  if (plan.splitKeys) {
+    // Partial state of each row and head of this split: the accumulators,
+    // the running max and the (quad-reduced) running sum.
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value global = add(add(row0, mul(warp, 16)), add(div(lane, 4), rr * 8));
+      Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+      std::array<Value, 2> sum;
+      for (int64_t s = 0; s < 2; ++s)
+        sum[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
+      scf::IfOp::create(b, loc, valid, [&](OpBuilder &, Location) {
+        Value rowState =
+            add(mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits),
+                        split),
+                    groupRows),
+                global);
+        auto f32Pair = VectorType::get({2}, b.getF32Type());
+        for (int64_t s = 0; s < 2; ++s) {
+          Value base = mul(add(mul(rowState, 2), s), plan.partialWidth());
+          for (int64_t t = 0; t < valueTiles; ++t) {
+            Value pairValue = vector::FromElementsOp::create(
+                b, loc, f32Pair,
+                ValueRange{final[s * perHead + t * 4 + 2 * rr],
+                           final[s * perHead + t * 4 + 2 * rr + 1]});
+            vector::StoreOp::create(
+                b, loc, pairValue, workspace,
+                ValueRange{add(add(base, mul(rem(lane, 4), 2)), t * 8)});
+          }
+          Value first = cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0));
+          scf::IfOp::create(b, loc, first, [&](OpBuilder &, Location) {
+            memref::StoreOp::create(
+                b, loc, final[s * perHead + valueTiles * 4 + rr], workspace,
+                ValueRange{add(base, plan.valueDim)});
+            memref::StoreOp::create(b, loc, sum[s], workspace,
+                                    ValueRange{add(base, plan.valueDim + 1)});
+            scf::YieldOp::create(b, loc);
+          });
+        }
+        scf::YieldOp::create(b, loc);
+      });
+    }
+    gpu::ReturnOp::create(b, loc);
+    return;
+  }
+
   // Epilogue: normalise, combine the pair, write the single output head.
   int64_t lamStride = plan.pairs;
   auto outPairType = VectorType::get({2}, plan.elementType);
@@ -599,6 +669,88 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   gpu::ReturnOp::create(b, loc);
 }
 
+void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  Value workspace = entry.getArgument(0), lam = entry.getArgument(1),
+        out = entry.getArgument(2);
+  Value seqQ = entry.getArgument(4), seqK = entry.getArgument(5);
+  Value col = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  Value groupRow = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  int64_t pairsPerGroup = plan.pairsPerGroup();
+  Value groupRows = mul(seqQ, pairsPerGroup);
+  Value numSplits = div(add(seqK, plan.splitKeys - 1), plan.splitKeys);
+  Value pair = add(mul(kvHead, pairsPerGroup),
+                   arith::DivUIOp::create(b, loc, groupRow, seqQ));
+  Value row = arith::RemUIOp::create(b, loc, groupRow, seqQ);
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  Value width = idx(plan.partialWidth());
+  // Element `field` of the state of head `s` in split `sp`.
+  auto stateIndex = [&](Value sp, int64_t s, Value field) {
+    Value rowState = add(
+        mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits), sp),
+            groupRows),
+        groupRow);
+    return add(mul(add(mul(rowState, 2), s), width), field);
+  };
+  auto load = [&](Value index) {
+    return memref::LoadOp::create(b, loc, workspace, ValueRange{index})
+        .getResult();
+  };
+  std::array<Value, 2> value;
+  for (int64_t s = 0; s < 2; ++s) {
+    // The largest max over the splits, then the rescaled sums.
+    Value maxAll =
+        scf::ForOp::create(
+            b, loc, idx(0), numSplits, idx(1), ValueRange{ninf},
+            [&](OpBuilder &, Location, Value sp, ValueRange it) {
+              scf::YieldOp::create(
+                  b, loc,
+                  fmax(it[0], load(stateIndex(sp, s, idx(plan.valueDim)))));
+            })
+            .getResult(0);
+    Value safeMax = select(
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, maxAll, ninf),
+        f32(0.0f), maxAll);
+    auto sums = scf::ForOp::create(
+        b, loc, idx(0), numSplits, idx(1), ValueRange{f32(0.0f), f32(0.0f)},
+        [&](OpBuilder &, Location, Value sp, ValueRange it) {
+          Value m = load(stateIndex(sp, s, idx(plan.valueDim)));
+          Value w = exp2(fmul(fsub(m, safeMax), scaleLog2));
+          Value l = load(stateIndex(sp, s, idx(plan.valueDim + 1)));
+          Value o = load(stateIndex(sp, s, col));
+          scf::YieldOp::create(
+              b, loc, ValueRange{fadd(it[0], fmul(w, o)), fadd(it[1], fmul(w, l))});
+        });
+    Value acc = sums.getResult(0), total = sums.getResult(1);
+    Value seen =
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, total, f32(0));
+    value[s] = select(seen,
+                      arith::DivFOp::create(b, loc, acc,
+                                            select(seen, total, f32(1.0f))),
+                      f32(0.0f));
+  }
+  Value rowIndex = add(mul(batch, seqQ), row);
+  Value lamValue = memref::LoadOp::create(
+      b, loc, lam, ValueRange{add(mul(rowIndex, plan.pairs), pair)});
+  if (!lamValue.getType().isF32())
+    lamValue = arith::ExtFOp::create(b, loc, b.getF32Type(), lamValue);
+  Value one = f32(1.0f);
+  Value sig = arith::DivFOp::create(
+      b, loc, one,
+      fadd(one, exp2(fmul(lamValue, f32(-static_cast<float>(M_LOG2E))))));
+  Value result = arith::TruncFOp::create(b, loc, plan.elementType,
+                                         fsub(value[0], fmul(sig, value[1])));
+  memref::StoreOp::create(
+      b, loc, result, out,
+      ValueRange{add(mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim),
+                     col)});
+  gpu::ReturnOp::create(b, loc);
+}
+
 /// Checks that the strategy supports `op` and fills the plan.
 FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   auto v2 = dyn_cast<V2Op>(op);
@@ -637,6 +789,13 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   plan.queryHeads = 2 * plan.pairs;
   plan.kvHeads = plan.attn.numKeyHeads;
   plan.lamType = v2.getLam().getType().getElementType();
+  // The decode form reads a KV cache with few query rows: split the keys so
+  // that enough CTAs stream the cache (512 keys = 8 blocks per split).
+  plan.splitKeys = plan.attn.hasKvLen ? options.splitKeys : 0;
+  if (plan.splitKeys % plan.blockK != 0)
+    return op->emitOpError() << "split-keys = " << plan.splitKeys
+                             << " must be a multiple of block-k = "
+                             << plan.blockK;
   int64_t elementBytes = 2;
   plan.qTileBytes = 2 * kBlockQ * (plan.headDim + kPad) * elementBytes;
   plan.kTileBytes = kStages * plan.blockK * (plan.headDim + kPad) * elementBytes;
@@ -646,41 +805,96 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   return plan;
 }
 
-/// The launch rule and parameter list of the kernel, for the manifest.
-DictionaryAttr launchDescription(Builder &b, const Plan &plan,
+/// The launch rule of the kernel(s), for the manifest: grids as rules over
+/// B, Sq, Sk (`ceil(mul * sym / by)`), block, dynamic shared memory and the
+/// parameter list (memref descriptor fields of each buffer, then sizes).
+/// Split-KV kernels have two stages and a workspace.
+DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
                                  ArrayRef<StringRef> buffers) {
-  SmallVector<Attribute> params;
-  for (StringRef name : buffers)
-    for (StringRef field : {"allocated", "aligned", "offset", "size", "stride"})
+  auto paramsOf = [&](ArrayRef<StringRef> bufs) {
+    SmallVector<Attribute> params;
+    for (StringRef buf : bufs)
+      for (StringRef field :
+           {"allocated", "aligned", "offset", "size", "stride"})
+        params.push_back(b.getDictionaryAttr(
+            {b.getNamedAttr("arg", b.getStringAttr(buf)),
+             b.getNamedAttr("field", b.getStringAttr(field))}));
+    for (StringRef size : {"B", "Sq", "Sk"})
       params.push_back(b.getDictionaryAttr(
-          {b.getNamedAttr("arg", b.getStringAttr(name)),
-           b.getNamedAttr("field", b.getStringAttr(field))}));
-  for (StringRef size : {"B", "Sq", "Sk"})
-    params.push_back(b.getDictionaryAttr(
-        {b.getNamedAttr("arg", b.getStringAttr(size)),
-         b.getNamedAttr("field", b.getStringAttr("value"))}));
-  // ceil(mul * sym / by).
-  auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) {
+          {b.getNamedAttr("arg", b.getStringAttr(size)),
+           b.getNamedAttr("field", b.getStringAttr("value"))}));
+    return b.getArrayAttr(params);
+  };
+  auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) -> Attribute {
     return b.getDictionaryAttr(
         {b.getNamedAttr("ceil_div", b.getStringAttr(sym)),
          b.getNamedAttr("mul", b.getI64IntegerAttr(mulBy)),
          b.getNamedAttr("by", b.getI64IntegerAttr(by))});
   };
-  return b.getDictionaryAttr(
-      {b.getNamedAttr("kind", b.getStringAttr("cuda")),
-       b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
-       // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
-       b.getNamedAttr("grid",
-                      b.getArrayAttr({ceilDiv("Sq", kBlockQ,
-                                              plan.pairs / plan.kvHeads),
-                                      b.getI64IntegerAttr(plan.kvHeads),
-                                      ceilDiv("B", 1, 1)})),
-       b.getNamedAttr("block", b.getI64ArrayAttr({kThreads, 1, 1})),
-       b.getNamedAttr("dynamic_shared_memory",
-                      b.getI64IntegerAttr(plan.sharedBytes)),
-       b.getNamedAttr("block_q", b.getI64IntegerAttr(kBlockQ)),
-       b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
-       b.getNamedAttr("params", b.getArrayAttr(params))});
+  int64_t ppg = plan.pairsPerGroup();
+  Attribute rowBlocks = ceilDiv("Sq", kBlockQ, ppg);
+  SmallVector<NamedAttribute> common = {
+      b.getNamedAttr("kind", b.getStringAttr("cuda")),
+      b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
+      b.getNamedAttr("block_q", b.getI64IntegerAttr(kBlockQ)),
+      b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK))};
+  auto stage = [&](StringRef function, ArrayRef<Attribute> grid,
+                   int64_t threads, int64_t shared, ArrayAttr params) {
+    return b.getDictionaryAttr(
+        {b.getNamedAttr("function", b.getStringAttr(function)),
+         b.getNamedAttr("grid", b.getArrayAttr(grid)),
+         b.getNamedAttr("block", b.getI64ArrayAttr({threads, 1, 1})),
+         b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
+         b.getNamedAttr("params", params)});
+  };
+  if (!plan.splitKeys) {
+    // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
+    DictionaryAttr only =
+        stage(name, {rowBlocks, b.getI64IntegerAttr(plan.kvHeads),
+                     ceilDiv("B", 1, 1)},
+              kThreads, plan.sharedBytes, paramsOf(buffers));
+    SmallVector<NamedAttribute> attrs(common);
+    attrs.append(only.getValue().begin(), only.getValue().end());
+    return b.getDictionaryAttr(attrs);
+  }
+  // Stage 1, x: (split, row block) couples; stage 2, x: the group's rows.
+  // The number of splits is ceil(Sk / splitKeys), but the grid rule is a
+  // product of one ceil_div, so stage 1's x is rounded up per factor:
+  // the kernel decodes x with the same two factors.
+  SmallVector<StringRef> mainBuffers(buffers);
+  mainBuffers.push_back("workspace");
+  SmallVector<StringRef> combineBuffers = {"workspace", "lam", "out"};
+  Attribute splitGrid = b.getDictionaryAttr(
+      {b.getNamedAttr("product",
+                      b.getArrayAttr({rowBlocks, ceilDiv("Sk", plan.splitKeys,
+                                                         1)}))});
+  SmallVector<NamedAttribute> attrs(common);
+  attrs.push_back(b.getNamedAttr("split_keys",
+                                 b.getI64IntegerAttr(plan.splitKeys)));
+  attrs.push_back(b.getNamedAttr(
+      "stages",
+      b.getArrayAttr(
+          {stage(name, {splitGrid, b.getI64IntegerAttr(plan.kvHeads),
+                        ceilDiv("B", 1, 1)},
+                 kThreads, plan.sharedBytes, paramsOf(mainBuffers)),
+           stage((name + "_combine").str(),
+                 {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(plan.kvHeads),
+                  ceilDiv("B", 1, 1)},
+                 plan.valueDim, 0, paramsOf(combineBuffers))})));
+  // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
+  // (Dv + 2).
+  attrs.push_back(b.getNamedAttr(
+      "workspace",
+      b.getDictionaryAttr(
+          {b.getNamedAttr("dtype", b.getStringAttr("f32")),
+           b.getNamedAttr("product",
+                          b.getArrayAttr({ceilDiv("B", 1, 1),
+                                          ceilDiv("Sk", plan.splitKeys, 1),
+                                          ceilDiv("Sq", 1, 1)})),
+           b.getNamedAttr("times",
+                          b.getI64IntegerAttr(plan.kvHeads * ppg * 2 *
+                                              plan.partialWidth()))})));
+  return b.getDictionaryAttr(attrs);
 }
 
 } // namespace
@@ -725,16 +939,35 @@ mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
       argTypes.push_back(rewriter.getIndexType());
     }
   }
-  auto func = gpu::GPUFuncOp::create(rewriter, loc, kernel.getName(),
-                                     rewriter.getFunctionType(argTypes, {}));
-  func->setAttr(gpu::GPUDialect::getKernelFuncAttrName(),
-                rewriter.getUnitAttr());
-  func.setKnownBlockSizeAttr(
-      rewriter.getDenseI32ArrayAttr({static_cast<int32_t>(kThreads), 1, 1}));
+  Type workspaceType =
+      MemRefType::get({ShapedType::kDynamic}, rewriter.getF32Type());
+  if (plan->splitKeys)
+    argTypes.insert(argTypes.begin() + buffers.size(), workspaceType);
+  auto makeFunc = [&](StringRef name, ArrayRef<Type> types, int32_t threads) {
+    auto func = gpu::GPUFuncOp::create(rewriter, loc, name,
+                                       rewriter.getFunctionType(types, {}));
+    func->setAttr(gpu::GPUDialect::getKernelFuncAttrName(),
+                  rewriter.getUnitAttr());
+    func.setKnownBlockSizeAttr(rewriter.getDenseI32ArrayAttr({threads, 1, 1}));
+    return func;
+  };
+  auto func = makeFunc(kernel.getName(), argTypes, kThreads);
   MmaSyncKernelBuilder(rewriter, loc, *plan).build(func);
+  if (plan->splitKeys) {
+    // The combine stage: workspace, lam, out, B, Sq, Sk.
+    Type index = rewriter.getIndexType();
+    Type lamType = argTypes[3], outType = argTypes[buffers.size() - 1];
+    rewriter.setInsertionPointAfter(func);
+    auto combine =
+        makeFunc((kernel.getName() + "_combine").str(),
+                 {workspaceType, lamType, outType, index, index, index},
+                 static_cast<int32_t>(plan->valueDim));
+    MmaSyncKernelBuilder(rewriter, loc, *plan).buildCombine(combine);
+  }
 
   NamedAttrList entry(desc);
-  entry.set("launch", launchDescription(rewriter, *plan, buffers));
+  entry.set("launch",
+            launchDescription(rewriter, *plan, kernel.getName(), buffers));
   func->setAttr(kKernelAttrName, DictionaryAttr::get(ctx, entry));
   rewriter.eraseOp(kernel);
   return success();
@@ -752,6 +985,7 @@ struct DiffAttnToMmaSyncKernelsPass
     IRRewriter rewriter(&getContext());
     MmaSyncStrategyOptions options;
     options.blockK = blockK;
+    options.splitKeys = splitKeys;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())
       if (func->hasAttr(kKernelAttrName))

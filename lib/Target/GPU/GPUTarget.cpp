@@ -86,16 +86,28 @@ mlir::diffattn::assemblePTX(Location loc, StringRef ptxPath,
     return emitError(loc) << "ptxas failed (exit " << rc << ") on " << ptxPath
                           << ": " << message << "\n"
                           << text;
+  // The largest figures over the entry functions (a strategy may emit
+  // several kernels into one cubin).
   PtxasReport report;
-  SmallVector<StringRef> m;
-  if (llvm::Regex("Used ([0-9]+) registers").match(text, &m))
-    m[1].getAsInteger(10, report.registers);
-  if (llvm::Regex("([0-9]+) bytes stack frame, ([0-9]+) bytes spill stores, "
-                  "([0-9]+) bytes spill loads")
-          .match(text, &m)) {
-    m[1].getAsInteger(10, report.stackFrame);
-    m[2].getAsInteger(10, report.spillStores);
-    m[3].getAsInteger(10, report.spillLoads);
+  llvm::Regex registers("Used ([0-9]+) registers");
+  llvm::Regex frame("([0-9]+) bytes stack frame, ([0-9]+) bytes spill stores, "
+                    "([0-9]+) bytes spill loads");
+  auto raise = [](int64_t &into, StringRef digits) {
+    int64_t value;
+    if (!digits.getAsInteger(10, value))
+      into = std::max(into, value);
+  };
+  SmallVector<StringRef> lines;
+  text.split(lines, '\n');
+  for (StringRef line : lines) {
+    SmallVector<StringRef> m;
+    if (registers.match(line, &m))
+      raise(report.registers, m[1]);
+    if (frame.match(line, &m)) {
+      raise(report.stackFrame, m[1]);
+      raise(report.spillStores, m[2]);
+      raise(report.spillLoads, m[3]);
+    }
   }
   return report;
 }

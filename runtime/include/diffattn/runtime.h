@@ -65,9 +65,19 @@ DIFFATTN_RUNTIME_EXPORT int diffattn_check(const diffattn_module *module, const 
                    const diffattn_buffer *buffers, int num_buffers, int64_t B,
                    int64_t Sq, int64_t Sk);
 
-/* Checks as diffattn_check, then launches kernel `kernel` on `stream` (a
-   CUstream; 0 is the legacy default stream) in the calling thread's current
-   CUDA context (the device's primary context if none is current). */
+/* f32 elements of the scratch buffer kernel `kernel` needs for these sizes
+   (0: none; -1: no such kernel). When it is > 0, the launch takes one more
+   buffer named "workspace" (f32, rank 1, at least that many elements),
+   which the caller allocates (e.g. from its framework's stream-ordered
+   allocator) and keeps alive until the launch's work is done. */
+DIFFATTN_RUNTIME_EXPORT int64_t
+diffattn_workspace_elements(const diffattn_module *module, const char *kernel,
+                            int64_t B, int64_t Sq, int64_t Sk);
+
+/* Checks as diffattn_check, then launches kernel `kernel` (all its stages,
+   in order) on `stream` (a CUstream; 0 is the legacy default stream) in the
+   calling thread's current CUDA context (the device's primary context if
+   none is current). */
 DIFFATTN_RUNTIME_EXPORT int diffattn_launch(diffattn_module *module, const char *kernel,
                     const diffattn_buffer *buffers, int num_buffers, int64_t B,
                     int64_t Sq, int64_t Sk, void *stream);

@@ -10,7 +10,7 @@
 // CHECK-LABEL: gpu.module @diffattn_v2_bf16_h8_kv2_d64_dv64_causal_module
 // CHECK:       gpu.func @diffattn_v2_bf16_h8_kv2_d64_dv64_causal(
 // CHECK-SAME:    %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: memref<?xbf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
-// CHECK-SAME:    diffattn.kernel = {{{.*}}launch = {block = [128, 1, 1], block_k = 64 : i64, block_q = 64 : i64, dynamic_shared_memory = 55296 : i64, grid = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, 2, {by = 1 : i64, ceil_div = "B", mul = 1 : i64}], kind = "cuda"
+// CHECK-SAME:    diffattn.kernel = {{{.*}}launch = {block = [128, 1, 1], block_k = 64 : i64, block_q = 64 : i64, dynamic_shared_memory = 55296 : i64, function = "diffattn_v2_bf16_h8_kv2_d64_dv64_causal", grid = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, 2, {by = 1 : i64, ceil_div = "B", mul = 1 : i64}], kind = "cuda"
 // CHECK-SAME:    known_block_size = array<i32: 128, 1, 1>
 // CHECK:         gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
 // CHECK:         memref.view {{.*}} to memref<2x64x72xbf16, #gpu.address_space<workgroup>>
@@ -41,14 +41,31 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 
 // -----
 
-// f16 operands are vector<2xf16> registers of mma.sync; the decode form
-// loads kv_len[b]; an unmasked op still masks the last block past kv_len.
+// f16 operands are vector<2xf16> registers of mma.sync. The decode form
+// (kv_len) gets split-KV kernels: the main kernel takes a workspace, decodes
+// (split, row block) from block x, clamps the key range to its split and
+// writes partial states; the combine kernel (Dv threads per row) merges the
+// splits and applies the epilogue. The launch has two stages and a
+// workspace rule.
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
-// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>
-// CHECK-SAME:    dynamic_shared_memory = 104448 : i64
+// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
+// CHECK-SAME:    launch = {block_k = 64 : i64, block_q = 64 : i64, kind = "cuda", split_keys = 512 : i64, stages = [{block = [128, 1, 1], dynamic_shared_memory = 104448 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
+// CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
+// CHECK:         %[[BX:.*]] = gpu.block_id  x
 // CHECK:         %[[B:.*]] = gpu.block_id  z
+// CHECK:         arith.divui %[[BX]]
 // CHECK:         memref.load %{{.*}}[%[[B]]] : memref<?xi32>
 // CHECK:         nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK:         vector.store %{{.*}}, %[[WS]]
+// CHECK-NOT:     vector.store {{.*}} : memref<?xf16>
+// CHECK:         gpu.return
+// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
+// CHECK:         scf.for
+// CHECK:           arith.maxnumf
+// CHECK:         scf.for
+// CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
+// CHECK:         memref.store {{.*}} : memref<?xf16>
 func.func @decode(%q: tensor<4x1x8x128xf16>, %k: tensor<4x512x2x128xf16>,
                   %v: tensor<4x512x2x128xf16>, %lam: tensor<4x1x4xf32>,
                   %len: tensor<4xi32>) -> tensor<4x1x4x128xf16> {

@@ -39,7 +39,8 @@ LogicalResult buildPTXPipeline(OpPassManager &pm, const GPUTargetInfo &target);
 /// The PTX text of the single gpu.binary in `module`.
 FailureOr<std::string> extractPTX(ModuleOp module);
 
-/// Resource usage reported by ptxas -v.
+/// Resource usage reported by ptxas -v (the largest over the cubin's
+/// kernels).
 struct PtxasReport {
   int64_t registers = -1;
   int64_t spillStores = -1;
