@@ -47,7 +47,7 @@ BENCH_DECODE = [
 # Strategy variants timed beside the default kernel on the prefill shapes
 # with this head dimension: (D, diffattn-compile options).
 BENCH_VARIANTS = [
-    (128, ("--block-k=32",)),
+    (128, ("--block-k=64",)),
     (64, ("--block-k=32",)),
 ]
 

@@ -53,7 +53,7 @@ def DiffAttnToMmaSyncKernels
   }];
   let options = [
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
-           "Keys per block (0: the default, 64)">,
+           "Keys per block (0: the default: 64 for D = 64, 32 for D = 128)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"512",
            "Keys per split of the decode form's split-KV kernels (a "
            "multiple of block-k)">,

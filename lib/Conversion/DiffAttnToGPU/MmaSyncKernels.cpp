@@ -777,10 +777,11 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
                              << " != D = " << plan.headDim
                              << " is not supported by the portable GPU "
                                 "strategy";
-  // 64 keys per block for both head dimensions: measured on an H200
-  // (docs/performance.md), D = 128 gains 3-7% over 32 keys although ptxas
-  // spills a few bytes at 255 registers.
-  plan.blockK = options.blockK ? options.blockK : 64;
+  // Keys per block, measured on the H200 (docs/performance.md): D = 64
+  // wants 64; D = 128 wants 32 now that both heads share every fragment
+  // (64 spills ~90 bytes at 255 registers and was slower in two of three
+  // runs).
+  plan.blockK = options.blockK ? options.blockK : (plan.headDim == 128 ? 32 : 64);
   if (plan.blockK <= 0 || plan.blockK % 16 != 0 || plan.blockK > 128)
     return op->emitOpError() << "block-k = " << plan.blockK
                              << " is not supported (expected a multiple of "

@@ -49,7 +49,7 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // workspace rule.
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
-// CHECK-SAME:    launch = {block_k = 64 : i64, block_q = 64 : i64, kind = "cuda", split_keys = 512 : i64, stages = [{block = [128, 1, 1], dynamic_shared_memory = 104448 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    launch = {block_k = 32 : i64, block_q = 64 : i64, kind = "cuda", split_keys = 512 : i64, stages = [{block = [128, 1, 1], dynamic_shared_memory = 69632 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}]}, 2,
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
 // CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
 // CHECK:         %[[BX:.*]] = gpu.block_id  x
