@@ -131,6 +131,25 @@ private:
                                   gpu::ShuffleMode::XOR)
         .getShuffleResult();
   }
+  /// sigmoid(lam[index]) in f32: 1 / (1 + 2^(-x log2 e)).
+  Value sigmoidOfLam(Value lam, Value index) {
+    Value x = memref::LoadOp::create(b, loc, lam, ValueRange{index});
+    if (!x.getType().isF32())
+      x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
+    Value one = f32(1.0f);
+    return arith::DivFOp::create(
+        b, loc, one,
+        fadd(one, exp2(fmul(x, f32(-static_cast<float>(M_LOG2E))))));
+  }
+  /// acc / sum, or 0 for a row that saw no key.
+  Value normalize(Value acc, Value sum) {
+    Value seen =
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, f32(0));
+    return select(seen,
+                  arith::DivFOp::create(b, loc, acc,
+                                        select(seen, sum, f32(1.0f))),
+                  f32(0.0f));
+  }
   /// max / sum over the four lanes that hold one accumulator row.
   Value quadMax(Value x) {
     x = fmax(x, shuffleXor(x, 1));
@@ -632,21 +651,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
       sum[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
     Value rowIndex = add(mul(batch, seqQ), row);
     Value lamIndex = select(valid, add(mul(rowIndex, lamStride), pair), idx(0));
-    Value lamValue = memref::LoadOp::create(b, loc, lam, ValueRange{lamIndex});
-    if (!lamValue.getType().isF32())
-      lamValue = arith::ExtFOp::create(b, loc, b.getF32Type(), lamValue);
-    Value one = f32(1.0f);
-    // sigmoid(x) = 1 / (1 + 2^(-x log2 e)).
-    Value sig = arith::DivFOp::create(
-        b, loc, one,
-        fadd(one, exp2(fmul(lamValue, f32(-static_cast<float>(M_LOG2E))))));
-    auto normalize = [&](Value x, Value l) {
-      Value seen =
-          arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, l, f32(0));
-      return select(seen,
-                    arith::DivFOp::create(b, loc, x, select(seen, l, one)),
-                    f32(0.0f));
-    };
+    Value sig = sigmoidOfLam(lam, lamIndex);
     scf::IfOp::create(b, loc, valid, [&](OpBuilder &, Location) {
       Value outBase = mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim);
       Value colLane = mul(rem(lane, 4), 2);
@@ -725,23 +730,10 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
           scf::YieldOp::create(
               b, loc, ValueRange{fadd(it[0], fmul(w, o)), fadd(it[1], fmul(w, l))});
         });
-    Value acc = sums.getResult(0), total = sums.getResult(1);
-    Value seen =
-        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, total, f32(0));
-    value[s] = select(seen,
-                      arith::DivFOp::create(b, loc, acc,
-                                            select(seen, total, f32(1.0f))),
-                      f32(0.0f));
+    value[s] = normalize(sums.getResult(0), sums.getResult(1));
   }
   Value rowIndex = add(mul(batch, seqQ), row);
-  Value lamValue = memref::LoadOp::create(
-      b, loc, lam, ValueRange{add(mul(rowIndex, plan.pairs), pair)});
-  if (!lamValue.getType().isF32())
-    lamValue = arith::ExtFOp::create(b, loc, b.getF32Type(), lamValue);
-  Value one = f32(1.0f);
-  Value sig = arith::DivFOp::create(
-      b, loc, one,
-      fadd(one, exp2(fmul(lamValue, f32(-static_cast<float>(M_LOG2E))))));
+  Value sig = sigmoidOfLam(lam, add(mul(rowIndex, plan.pairs), pair));
   Value result = arith::TruncFOp::create(b, loc, plan.elementType,
                                          fsub(value[0], fmul(sig, value[1])));
   memref::StoreOp::create(

@@ -133,6 +133,11 @@ private:
                  unsigned rh, int64_t numPairs, OperandPlan &plan);
   bool checkStatic(ArrayRef<Value> values);
   Value materialize(OpBuilder &builder, Location loc, const OperandPlan &p);
+  /// Replaces the root with the fused op (its dims in `order`'s roles) and
+  /// erases the producers nothing else uses.
+  FuseAttempt commitFusion(RewriterBase &rewriter, Operation *fused,
+                           const std::array<unsigned, 4> &order,
+                           SetVector<Operation *> &slice);
   Value replaceRoot(RewriterBase &rewriter, Value fused,
                     ArrayRef<unsigned> roles);
 
@@ -761,6 +766,21 @@ static void setMaskAttrs(Operation *op, const MaskInfo &m) {
 /// The 24 orders in which the root's four dims can play batch, query
 /// position, head and value channel; the identity (BSHD) first, then the
 /// head-major layout (BHSD).
+FuseAttempt Matcher::commitFusion(RewriterBase &rewriter, Operation *fused,
+                                  const std::array<unsigned, 4> &order,
+                                  SetVector<Operation *> &slice) {
+  SmallVector<unsigned> roles(4);
+  for (unsigned role = 0; role < 4; ++role)
+    roles[order[role]] = role;
+  Value replacement = replaceRoot(rewriter, fused->getResult(0), roles);
+  rewriter.replaceAllUsesWith(root, replacement);
+  eraseDeadProducers(rewriter, slice);
+  FuseAttempt a;
+  a.fused = true;
+  a.fusedOp = fused;
+  return a;
+}
+
 static SmallVector<std::array<unsigned, 4>> roleOrders() {
   SmallVector<std::array<unsigned, 4>> orders = {{0, 1, 2, 3}, {0, 2, 1, 3}};
   std::array<unsigned, 4> p = {0, 1, 2, 3};
@@ -952,15 +972,7 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
                            /*kv_len=*/Value(), /*causal=*/false,
                            rewriter.getF32FloatAttr(t0.scale));
     setMaskAttrs(op, *m0);
-    SmallVector<unsigned> roles(4);
-    for (unsigned role = 0; role < 4; ++role)
-      roles[order[role]] = role;
-    Value replacement = replaceRoot(rewriter, op.getResult(), roles);
-    rewriter.replaceAllUsesWith(root, replacement);
-    eraseDeadProducers(rewriter, slice);
-    FuseAttempt a;
-    a.fused = true;
-    a.fusedOp = op;
+    FuseAttempt a = commitFusion(rewriter, op, order, slice);
     a.description =
         llvm::formatv("fused differential attention V2: {0} query heads in "
                       "{1} pairs, {2} KV heads, head dim {3}, value dim {4}, "
@@ -1285,15 +1297,7 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
                            rewriter.getF32FloatAttr(t0.scale),
                            APFloat(static_cast<float>(lambdaInit)),
                            APFloat(static_cast<float>(eps)));
-    SmallVector<unsigned> roles(4);
-    for (unsigned role = 0; role < 4; ++role)
-      roles[order[role]] = role;
-    Value replacement = replaceRoot(rewriter, op.getResult(), roles);
-    rewriter.replaceAllUsesWith(root, replacement);
-    eraseDeadProducers(rewriter, slice);
-    FuseAttempt a;
-    a.fused = true;
-    a.fusedOp = op;
+    FuseAttempt a = commitFusion(rewriter, op, order, slice);
     a.description =
         llvm::formatv("fused differential attention V1: {0} query heads in "
                       "{1} pairs, {2} KV heads, head dim {3}, {4}, scale {5}, "
