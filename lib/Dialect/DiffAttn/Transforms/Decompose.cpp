@@ -27,9 +27,6 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::lowering;
 
-using utils::IteratorType;
-static constexpr IteratorType kPar = IteratorType::parallel;
-static constexpr IteratorType kRed = IteratorType::reduction;
 
 LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                   Operation *op) {

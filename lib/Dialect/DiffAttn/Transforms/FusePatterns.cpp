@@ -110,6 +110,19 @@ private:
   }
 
   bool setupRoot();
+  /// A failure to report: the matcher stage and why.
+  struct Refusal {
+    int stage;
+    const char *message;
+  };
+  /// Matches `e` as a sum over one dimension of a product: binds that
+  /// dimension to `dim` (a new global dim the first time, else one of the
+  /// same extent) and splits the product. Refuses with `notSum`,
+  /// `extentMismatch` or `notProduct`.
+  bool matchSumOfProducts(Expr *e, unsigned &dim,
+                          SmallVectorImpl<Expr *> &factors,
+                          SmallVectorImpl<Expr *> &originals, Refusal notSum,
+                          Refusal extentMismatch, Refusal notProduct);
   bool splitProduct(Expr *body, SmallVectorImpl<Expr *> &factors,
                     SmallVectorImpl<Expr *> &originals);
   bool matchTerm(Expr *e, Term &t);
@@ -204,6 +217,25 @@ Expr *Matcher::baseLeaf(Expr *e, double *scale) {
 
 /// The two operands of a contraction body `a * b` (casts stripped): opened
 /// and as read (normalized leaves).
+bool Matcher::matchSumOfProducts(Expr *e, unsigned &dim,
+                                 SmallVectorImpl<Expr *> &factors,
+                                 SmallVectorImpl<Expr *> &originals,
+                                 Refusal notSum, Refusal extentMismatch,
+                                 Refusal notProduct) {
+  if (e->kind != ExprKind::Reduce || e->isMax || e->bound.size() != 1 ||
+      !isConstExpr(b.open(e->args[0]), 0.0))
+    return fail(notSum.stage, notSum.message);
+  unsigned bound = e->bound[0];
+  if (dim == ~0u)
+    dim = b.newDim(b.extent(bound));
+  else if (b.extent(dim) != b.extent(bound))
+    return fail(extentMismatch.stage, extentMismatch.message);
+  Expr *body = b.substitute(e->args[1], {{bound, b.dim(dim)}});
+  if (!splitProduct(body, factors, originals))
+    return fail(notProduct.stage, notProduct.message);
+  return true;
+}
+
 bool Matcher::splitProduct(Expr *body, SmallVectorImpl<Expr *> &factors,
                            SmallVectorImpl<Expr *> &originals) {
   Expr *m = b.open(body);
@@ -224,20 +256,13 @@ bool Matcher::splitProduct(Expr *body, SmallVectorImpl<Expr *> &factors,
 }
 
 bool Matcher::matchTerm(Expr *e, Term &t) {
-  Expr *pv = b.open(e);
-  if (pv->kind != ExprKind::Reduce || pv->isMax || pv->bound.size() != 1 ||
-      !isConstExpr(b.open(pv->args[0]), 0.0))
-    return fail(kEpilogue, "an operand of the difference is not a P*V product");
-  unsigned bound = pv->bound[0];
-  if (tDim == ~0u)
-    tDim = b.newDim(b.extent(bound));
-  else if (b.extent(tDim) != b.extent(bound))
-    return fail(kPairing, "the two attentions have different key lengths");
-  Expr *body = b.substitute(pv->args[1], {{bound, b.dim(tDim)}});
   SmallVector<Expr *> factors, originals;
-  if (!splitProduct(body, factors, originals))
-    return fail(kContraction,
-                "the contraction is not probabilities times values");
+  if (!matchSumOfProducts(
+          b.open(e), tDim, factors, originals,
+          {kEpilogue, "an operand of the difference is not a P*V product"},
+          {kPairing, "the two attentions have different key lengths"},
+          {kContraction, "the contraction is not probabilities times values"}))
+    return false;
   for (int order = 0; order < 2; ++order) {
     Term candidate;
     int savedStage = bestStage;
@@ -355,18 +380,13 @@ bool Matcher::matchScores(Expr *x, Term &t) {
     }
     break;
   }
-  if (x->kind != ExprKind::Reduce || x->isMax || x->bound.size() != 1 ||
-      !isConstExpr(b.open(x->args[0]), 0.0))
-    return fail(kScores, "the scores are not a q*k contraction");
-  unsigned bound = x->bound[0];
-  if (dDim == ~0u)
-    dDim = b.newDim(b.extent(bound));
-  else if (b.extent(dDim) != b.extent(bound))
-    return fail(kPairing, "the two attentions have different head dims");
-  Expr *body = b.substitute(x->args[1], {{bound, b.dim(dDim)}});
   SmallVector<Expr *> factors, originals;
-  if (!splitProduct(body, factors, originals))
-    return fail(kScores, "the scores are not a q*k contraction");
+  if (!matchSumOfProducts(
+          x, dDim, factors, originals,
+          {kScores, "the scores are not a q*k contraction"},
+          {kPairing, "the two attentions have different head dims"},
+          {kScores, "the scores are not a q*k contraction"}))
+    return false;
   Expr *l0 = baseLeaf(originals[0], &t.scale);
   Expr *l1 = baseLeaf(originals[1], &t.scale);
   if (!l0 || !l1)

@@ -18,6 +18,9 @@ namespace mlir::diffattn::lowering {
 
 using BodyBuilder = function_ref<void(OpBuilder &, Location, ValueRange)>;
 
+constexpr utils::IteratorType kPar = utils::IteratorType::parallel;
+constexpr utils::IteratorType kRed = utils::IteratorType::reduction;
+
 /// Fast-math flags of the dot-product and softmax arithmetic: reassociation
 /// lets the backends vectorise reductions; the reference tolerance of
 /// SPEC.md covers the reordering.

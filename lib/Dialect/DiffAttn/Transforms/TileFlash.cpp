@@ -32,9 +32,6 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::lowering;
 
-using utils::IteratorType;
-static constexpr IteratorType kPar = IteratorType::parallel;
-static constexpr IteratorType kRed = IteratorType::reduction;
 
 FailureOr<FlashTileSizes>
 mlir::diffattn::getDefaultFlashTileSizes(StringRef target) {
