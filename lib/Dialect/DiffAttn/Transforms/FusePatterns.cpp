@@ -147,10 +147,9 @@ private:
   bool checkStatic(ArrayRef<Value> values);
   Value materialize(OpBuilder &builder, Location loc, const OperandPlan &p);
   /// Replaces the root with the fused op (its dims in `order`'s roles) and
-  /// erases the producers nothing else uses.
+  /// erases the root's producers nothing else uses.
   FuseAttempt commitFusion(RewriterBase &rewriter, Operation *fused,
-                           const std::array<unsigned, 4> &order,
-                           SetVector<Operation *> &slice);
+                           const std::array<unsigned, 4> &order);
   Value replaceRoot(RewriterBase &rewriter, Value fused,
                     ArrayRef<unsigned> roles);
 
@@ -787,8 +786,11 @@ static void setMaskAttrs(Operation *op, const MaskInfo &m) {
 /// position, head and value channel; the identity (BSHD) first, then the
 /// head-major layout (BHSD).
 FuseAttempt Matcher::commitFusion(RewriterBase &rewriter, Operation *fused,
-                                  const std::array<unsigned, 4> &order,
-                                  SetVector<Operation *> &slice) {
+                                  const std::array<unsigned, 4> &order) {
+  // The root's producers, before the root is replaced (the fused op and its
+  // operands are not among them).
+  SetVector<Operation *> slice;
+  collectProducers(root, slice);
   SmallVector<unsigned> roles(4);
   for (unsigned role = 0; role < 4; ++role)
     roles[order[role]] = role;
@@ -980,8 +982,6 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
     OpBuilder::InsertionGuard guard(rewriter);
     rewriter.setInsertionPointAfterValue(root);
     Location loc = root.getLoc();
-    SetVector<Operation *> slice;
-    collectProducers(root, slice);
     Value qv = materialize(rewriter, loc, q);
     Value kv = materialize(rewriter, loc, k);
     Value vv = materialize(rewriter, loc, v);
@@ -992,7 +992,7 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
                            /*kv_len=*/Value(), /*causal=*/false,
                            rewriter.getF32FloatAttr(t0.scale));
     setMaskAttrs(op, *m0);
-    FuseAttempt a = commitFusion(rewriter, op, order, slice);
+    FuseAttempt a = commitFusion(rewriter, op, order);
     a.description =
         llvm::formatv("fused differential attention V2: {0} query heads in "
                       "{1} pairs, {2} KV heads, head dim {3}, value dim {4}, "
@@ -1274,8 +1274,6 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
     OpBuilder::InsertionGuard guard(rewriter);
     rewriter.setInsertionPointAfterValue(root);
     Location loc = root.getLoc();
-    SetVector<Operation *> slice;
-    collectProducers(root, slice);
     Value qv = materialize(rewriter, loc, q);
     Value kv = materialize(rewriter, loc, k);
     Value vv = materialize(rewriter, loc, v);
@@ -1317,7 +1315,7 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
                            rewriter.getF32FloatAttr(t0.scale),
                            APFloat(static_cast<float>(lambdaInit)),
                            APFloat(static_cast<float>(eps)));
-    FuseAttempt a = commitFusion(rewriter, op, order, slice);
+    FuseAttempt a = commitFusion(rewriter, op, order);
     a.description =
         llvm::formatv("fused differential attention V1: {0} query heads in "
                       "{1} pairs, {2} KV heads, head dim {3}, {4}, scale {5}, "
