@@ -47,8 +47,19 @@ BENCH_DECODE = [
 # Strategy variants timed beside the default kernel on the prefill shapes
 # with this head dimension: (D, diffattn-compile options).
 BENCH_VARIANTS = [
-    (128, ("--block-k=64",)),
-    (64, ("--block-k=32",)),
+    (128, ("--rescale-threshold=0",)),
+    (128, ("--warps=8", "--block-k=64")),
+    (128, ("--warps=4", "--block-k=32")),
+    (64, ("--rescale-threshold=0",)),
+    (64, ("--stages=3",)),
+]
+
+# Strategy variants timed beside the default split-KV kernel on the decode
+# shapes: diffattn-compile options.
+BENCH_DECODE_VARIANTS = [
+    ("--split-keys=1024",),
+    ("--split-keys=4096",),
+    ("--rescale-threshold=0",),
 ]
 
 # Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).
@@ -94,7 +105,11 @@ def all_kernel_requests():
                              lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
                              window=(-1, -1), kv_len_shape=None))
     for b, kvl, h2, hkv, d in BENCH_DECODE:
-        reqs.append(dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),
-                         lam_shape=(b, 1, h2 // 2), elem="bf16", lam_elem="bf16", causal=True,
-                         window=(-1, -1), kv_len_shape=(b,)))
+        for options in [None] + BENCH_DECODE_VARIANTS:
+            req = dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),
+                       lam_shape=(b, 1, h2 // 2), elem="bf16", lam_elem="bf16", causal=True,
+                       window=(-1, -1), kv_len_shape=(b,))
+            if options:
+                req["options"] = options
+            reqs.append(req)
     return reqs

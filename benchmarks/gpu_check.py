@@ -249,6 +249,25 @@ def bench(results):
                 row[f"ratio_vs_{name}"] = ms / ours
             except Exception as e:
                 row[f"{name}_error"] = str(e).splitlines()[0][:200]
+        mine = torch.ops.diffattn.v2(q, k, v, lam, kl, True, None, -1, -1)
+        for options in gpu_cases.BENCH_DECODE_VARIANTS:
+            directory, out_shape, sizes = _gpu.prepare_v2(
+                (b, 1, h2, d), (b, kvl, hkv, d), (b, kvl, hkv, d), (b, 1, h2 // 2), "bf16", "bf16",
+                causal=True, window=(-1, -1), kv_len_shape=(b,), target="sm_90", options=options)
+            out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
+            n = _gpu.workspace_elements(directory, sizes)
+            workspace = torch.empty(n, dtype=torch.float32, device="cuda")
+            bufs = [(n_, dt, tuple(t.shape), t.data_ptr())
+                    for n_, dt, t in (("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v),
+                                      ("lam", "bf16", lam), ("kv_len", "i32", kl), ("out", "bf16", out))]
+            stream = torch.cuda.current_stream().cuda_stream
+            alloc = lambda n_: workspace.data_ptr()  # noqa: E731
+            _gpu.launch_v2(directory, bufs, sizes, stream, alloc)
+            err = rel_l2(out, mine)
+            ms = bench_fn(lambda: _gpu.launch_v2(directory, bufs, sizes, stream, alloc))
+            row[" ".join(options)] = dict(ms=ms, tbps=nbytes / ms / 1e9, rel_l2_vs_default=err)
+            print(f"    variant {' '.join(options)}: {nbytes / ms / 1e9:.2f} TB/s ({ms:.3f} ms), "
+                  f"rel L2 vs default {err:.1e}", flush=True)
         rows.append(row)
         print(f"  B={b} kv_len={kvl}: ours {row['ours_tbps']:.2f} TB/s ({ours:.3f} ms); cuDNN+epi "
               f"{row.get('cudnn_tbps', float('nan')):.2f} ({row.get('ratio_vs_cudnn', float('nan')):.2f}x); "

@@ -22,9 +22,9 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "diffattn/Conversion/Passes.h"
 #include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
 #include "diffattn/InitAllDiffAttn.h"
-#include "diffattn/Conversion/Passes.h"
 #include "diffattn/Target/CPU/CPUTarget.h"
 #include "diffattn/Target/GPU/GPUTarget.h"
 
@@ -38,11 +38,11 @@
 #include "mlir/InitAllDialects.h"
 #include "mlir/InitAllExtensions.h"
 #include "mlir/InitAllPasses.h"
-#include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 #include "mlir/Support/Timing.h"
+#include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
@@ -87,15 +87,34 @@ static cl::opt<int64_t> blockK("block-k",
                                cl::desc("Keys per block (0: the target's "
                                         "default)"),
                                cl::init(0), cl::cat(category));
+static cl::opt<int64_t>
+    stages("stages",
+           cl::desc("GPU: K/V blocks per cp.async pipeline (0: the "
+                    "strategy's default)"),
+           cl::init(0), cl::cat(category));
+static cl::opt<int64_t> warps("warps",
+                              cl::desc("GPU: warps per CTA, 4 or 8 (0: the "
+                                       "strategy's default)"),
+                              cl::init(0), cl::cat(category));
+static cl::opt<int64_t>
+    splitKeys("split-keys",
+              cl::desc("GPU: keys per split of the decode form's split-KV "
+                       "kernels"),
+              cl::init(2048), cl::cat(category));
+static cl::opt<double> rescaleThreshold(
+    "rescale-threshold",
+    cl::desc("GPU: lazy softmax rescaling threshold in log2 units, 0 to 16 "
+             "(0: rescale with every key block; default 8)"),
+    cl::init(8), cl::cat(category));
 static cl::opt<bool> noFuse("no-fuse",
                             cl::desc("Compile only the diffattn ops already in "
                                      "the input (skip diffattn-fuse)"),
                             cl::init(false), cl::cat(category));
-static cl::opt<bool> fuseRemarks(
-    "fuse-remarks",
-    cl::desc("Report what diffattn-fuse fused, and why it left "
-             "attention-like subgraphs alone"),
-    cl::init(false), cl::cat(category));
+static cl::opt<bool>
+    fuseRemarks("fuse-remarks",
+                cl::desc("Report what diffattn-fuse fused, and why it left "
+                         "attention-like subgraphs alone"),
+                cl::init(false), cl::cat(category));
 static cl::opt<bool> timing("timing",
                             cl::desc("Print where compile time goes (the same "
                                      "report as --mlir-timing)"),
@@ -141,9 +160,8 @@ LogicalResult runPipeline(PassManager &pm, ModuleOp module,
 }
 
 /// Compiles one outlined kernel for the CPU: DIR/<kernel>.so.
-FailureOr<llvm::json::Object> compileCPUKernel(ModuleOp kernelModule,
-                                               StringRef name,
-                                               TimingScope &timing) {
+FailureOr<llvm::json::Object>
+compileCPUKernel(ModuleOp kernelModule, StringRef name, TimingScope &timing) {
   PassManager pm(kernelModule.getContext());
   CPUPipelineOptions options;
   options.outline = false;
@@ -196,6 +214,10 @@ FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
     PassManager pm(context);
     DiffAttnToMmaSyncKernelsOptions options;
     options.blockK = blockK;
+    options.stages = stages;
+    options.warps = warps;
+    options.splitKeys = splitKeys;
+    options.rescaleThreshold = rescaleThreshold;
     pm.addPass(createDiffAttnToMmaSyncKernels(options));
     TimingScope strategyTiming = timing.nest("strategy " + name.str());
     if (failed(runPipeline(pm, kernelModule, strategyTiming)))
@@ -271,8 +293,8 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
              << "' (expected cpu, sm_80, sm_90, sm_90a or sm_100a)";
     if (gpuTarget->strategy != "mma_sync")
       return module->emitError()
-             << "the " << gpuTarget->strategy << " strategy of --target="
-             << target
+             << "the " << gpuTarget->strategy
+             << " strategy of --target=" << target
              << " is not implemented yet; --target=sm_90 compiles the "
                 "portable mma.sync strategy, whose cubin runs on Hopper";
     if (blockQ != 0)
@@ -296,8 +318,8 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
   }
 
   if (std::error_code ec = llvm::sys::fs::create_directories(outputDir))
-    return module->emitError() << "cannot create " << outputDir << ": "
-                               << ec.message();
+    return module->emitError()
+           << "cannot create " << outputDir << ": " << ec.message();
 
   llvm::json::Array kernels;
   for (auto kernel : module->getOps<func::FuncOp>()) {
@@ -305,10 +327,10 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
     OwningOpRef<ModuleOp> kernelModule = ModuleOp::create(kernel.getLoc());
     kernelModule->getBody()->push_back(kernel.clone());
     FailureOr<llvm::json::Object> entry =
-        gpuTarget ? compileGPUKernel(*kernelModule, kernel.getSymName(),
-                                     *gpuTarget, timing)
-                  : compileCPUKernel(*kernelModule, kernel.getSymName(),
-                                     timing);
+        gpuTarget
+            ? compileGPUKernel(*kernelModule, kernel.getSymName(), *gpuTarget,
+                               timing)
+            : compileCPUKernel(*kernelModule, kernel.getSymName(), timing);
     if (failed(entry))
       return failure();
     kernels.push_back(std::move(*entry));

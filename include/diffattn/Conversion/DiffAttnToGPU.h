@@ -19,7 +19,15 @@ struct MmaSyncStrategyOptions {
   /// Keys per block; 0 picks the default for the head dimension.
   int64_t blockK = 0;
   /// Keys per split of the split-KV kernels of the decode form (kv_len).
-  int64_t splitKeys = 512;
+  int64_t splitKeys = 2048;
+  /// K/V blocks per pipeline (in flight: stages - 1); 0 picks the default.
+  int64_t stages = 0;
+  /// Warps per CTA (4 or 8); 0 picks the default (4).
+  int64_t warps = 0;
+  /// Lazy softmax rescaling: keep the running max (and skip rescaling the
+  /// accumulators) until a probability would exceed 2^threshold; 0 rescales
+  /// with every block.
+  double rescaleThreshold = 8;
 };
 
 /// Replaces `kernel` (made by diffattn-outline-kernels, holding one

@@ -20,41 +20,61 @@ def DiffAttnToMmaSyncKernels
     one `gpu.func` kernel that maps the FlashAttention tiled form onto the
     GPU:
 
-    - the query-block and pair loops become the grid (x: blocks of 64 rows
-      of a KV group, a row being a (pair of the group, query row) couple;
-      y: KV heads; z: batch); one CTA of 4 warps handles 64 rows with both
-      heads of each row's pair, each warp 16 rows, so the differential
-      epilogue needs no data from another thread's registers, and in decode
-      (few query rows) one CTA holds every pair of the group, reading each
-      K/V byte once for all its query heads;
+    - the query-block and pair loops become the grid (x: blocks of 16 x
+      `warps` rows of a KV group, a row being a (pair of the group, query
+      row) couple; y: KV heads; z: batch); each warp handles 16 rows with
+      both heads of each row's pair, so the differential epilogue needs no
+      data from another thread's registers; with a causal-like mask the
+      blocks run from the last rows to the first (longest CTAs first);
     - the key-block loop stays a loop (`scf.for`) whose bounds skip fully
       masked blocks; K and V tiles go global -> shared through `cp.async`
-      (`nvgpu.device_async_copy`, zero-filling keys past the sequence) in a
-      two-stage pipeline; every K and V fragment feeds both heads;
+      (`nvgpu.device_async_copy`, zero-filling keys past the sequence only
+      in the last tile) in a `stages`-deep pipeline; every K and V fragment
+      feeds both heads;
     - Q·Kᵀ and P·V are `nvvm.mma.sync` m16n8k16 with f32 accumulation,
       fed by `nvgpu.ldmatrix` (V transposed); P stays in registers, converted
       from the accumulator layout of Q·Kᵀ to the operand layout of P·V;
     - the online softmax runs in registers (row max and sum reduced across
       the four lanes of a row with `gpu.shuffle`, `exp2` with the scale
-      folded in); only blocks that straddle the mask are masked;
-    - the epilogue divides by the row sums, applies sigmoid(lam) and writes
-      the pair's single output head.
+      folded in); only blocks that straddle the mask are masked; with a
+      `rescale-threshold`, a row's offset (and its accumulators) moves
+      only when a warp vote finds a max that grew past it;
+    - the epilogue multiplies by the inverse row sums, applies sigmoid(lam)
+      and writes the pair's single output head.
 
     Ops in the decode form (with `kv_len`) get split-KV kernels: each CTA
-    covers one split of `split-keys` keys and writes the partial softmax
-    state of its rows (accumulators, max, sum) to a workspace; a second
-    kernel (`<name>_combine`, one CTA of Dv threads per row) merges the
-    splits and applies the epilogue.
+    covers one split of `split-keys` keys for 16 rows of a KV group (every
+    pair of the group when few query rows: each K/V byte is read once for
+    all its query heads). Its warps share the rows and take the split's key
+    blocks in turn, each with a pipeline of its own, then merge their
+    states through shared memory and write the partial softmax state of
+    the rows (accumulators, max, sum) to a workspace; a second kernel
+    (`<name>_combine`, one CTA of Dv threads per row) merges the splits and
+    applies the epilogue.
 
     The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
     grid, block size, dynamic shared memory and the kernel parameter list.
     Configurations the strategy does not support (V1, f32, head dimensions
-    other than 64 and 128, Dv != D) are diagnosed.
+    other than 64 and 128, Dv != D) and options out of range (tiles that
+    need more shared memory than a CTA has on sm_80) are diagnosed.
   }];
   let options = [
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
-           "Keys per block (0: the default: 64 for D = 64, 32 for D = 128)">,
-    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"512",
+           "Keys per block (0: the default: 64 for D = 64; for D = 128, 32 "
+           "with a causal-like mask, else 64; 16 per warp for split-KV)">,
+    Option<"stages", "stages", "int64_t", /*default=*/"0",
+           "K/V blocks per cp.async pipeline, stages - 1 of them in flight "
+           "(0: the default: 2 for row blocks, 3 per warp for split-KV)">,
+    Option<"warps", "warps", "int64_t", /*default=*/"0",
+           "Warps per CTA, 4 or 8 (0: the default: 8 for D = 128 without a "
+           "causal-like mask, else 4); a row-block CTA holds 16 rows per "
+           "warp">,
+    Option<"rescaleThreshold", "rescale-threshold", "double",
+           /*default=*/"8",
+           "Lazy softmax rescaling: move a row's offset (and rescale its "
+           "accumulators) only when a probability would exceed "
+           "2^threshold, 0 to 16 (0: with every block)">,
+    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"2048",
            "Keys per split of the decode form's split-KV kernels (a "
            "multiple of block-k)">,
   ];

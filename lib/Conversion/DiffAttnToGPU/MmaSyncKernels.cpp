@@ -45,10 +45,6 @@ using namespace mlir::diffattn;
 
 namespace {
 
-constexpr int64_t kWarps = 4;
-constexpr int64_t kThreads = 32 * kWarps;
-constexpr int64_t kBlockQ = 16 * kWarps;
-constexpr int64_t kStages = 2;
 /// Row padding of shared-memory tiles (16 bytes): rows of 8 consecutive
 /// ldmatrix addresses then fall in distinct banks.
 constexpr int64_t kPad = 8;
@@ -59,19 +55,37 @@ using Acc = std::array<Value, 4>;
 /// Everything the kernel is specialised on.
 struct Plan {
   AttentionConfig attn;
-  int64_t blockK;
+  /// Warps per CTA.
+  int64_t warps;
+  int64_t threads() const { return 32 * warps; }
+  /// Rows of a KV group per CTA: 16 per warp (row blocks), or 16 shared by
+  /// all warps (split-KV).
+  int64_t blockQ;
+  /// Keys per block, and K/V blocks in flight per pipeline (the CTA's, or
+  /// each warp's with split-KV).
+  int64_t blockK, stages;
   int64_t queryHeads, pairs, kvHeads, headDim, valueDim;
   int64_t sharedBytes;
-  int64_t qTileBytes, kTileBytes;
+  int64_t qTileBytes, kTileBytes, vTileBytes;
   Type elementType, lamType;
   /// Split-KV (decode form): keys per split, 0 for none. Each CTA then
-  /// covers one split of the keys and writes its partial softmax state to a
-  /// workspace; a second kernel combines the splits and applies the
-  /// epilogue.
+  /// covers one split of the keys with 16 rows; its warps take the split's
+  /// key blocks in turn, each with its own pipeline, and merge their states
+  /// through shared memory at the end. The CTA writes the partial softmax
+  /// state of its rows to a workspace; a second kernel combines the splits
+  /// and applies the epilogue.
   int64_t splitKeys = 0;
+  bool warpSplit() const { return splitKeys != 0; }
+  /// Lazy rescaling: the softmax offsets move only when a probability would
+  /// exceed 2^rescaleThreshold (0: they move with every block).
+  float rescaleThreshold = 0;
   int64_t pairsPerGroup() const { return pairs / kvHeads; }
   /// f32 elements of one partial row state: Dv accumulators, max, sum.
   int64_t partialWidth() const { return valueDim + 2; }
+  /// Split-KV: bytes of the warps' accumulators and (max, sum) pairs
+  /// exchanged by the merge (over the K/V stages).
+  int64_t mergeAccBytes() const { return warps * 2 * 16 * valueDim * 4; }
+  int64_t mergeStatBytes() const { return warps * 2 * 16 * 2 * 4; }
 };
 
 class MmaSyncKernelBuilder {
@@ -92,6 +106,9 @@ private:
   Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
   Value f32(float v) {
     return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+  }
+  Value i32(int32_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
   }
   Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
   Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
@@ -118,6 +135,11 @@ private:
   Value fmul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
   Value fadd(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
   Value fsub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  /// x * y + z in one rounding (FFMA); `math.fma` would lower to a
+  /// libdevice call.
+  Value fma(Value x, Value y, Value z) {
+    return LLVM::FMAOp::create(b, loc, x, y, z);
+  }
   /// 2^x with the SFU's ex2.approx.ftz: `math.exp2` would lower to a
   /// libdevice call, which makes the PTX depend on finding libdevice.
   Value exp2(Value x) {
@@ -127,8 +149,7 @@ private:
         .getResult(0);
   }
   Value shuffleXor(Value x, int32_t offset) {
-    return gpu::ShuffleOp::create(b, loc, x, offset, 32,
-                                  gpu::ShuffleMode::XOR)
+    return gpu::ShuffleOp::create(b, loc, x, offset, 32, gpu::ShuffleMode::XOR)
         .getShuffleResult();
   }
   /// sigmoid(lam[index]) in f32: 1 / (1 + 2^(-x log2 e)).
@@ -145,10 +166,18 @@ private:
   Value normalize(Value acc, Value sum) {
     Value seen =
         arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, f32(0));
-    return select(seen,
-                  arith::DivFOp::create(b, loc, acc,
-                                        select(seen, sum, f32(1.0f))),
-                  f32(0.0f));
+    return select(
+        seen, arith::DivFOp::create(b, loc, acc, select(seen, sum, f32(1.0f))),
+        f32(0.0f));
+  }
+  /// 1 / sum, or 0 for a row that saw no key (sum 0).
+  Value inverseSum(Value sum) {
+    Value seen =
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, f32(0));
+    return select(
+        seen,
+        arith::DivFOp::create(b, loc, f32(1.0f), select(seen, sum, f32(1.0f))),
+        f32(0.0f));
   }
   /// max / sum over the four lanes that hold one accumulator row.
   Value quadMax(Value x) {
@@ -171,10 +200,17 @@ private:
   }
 
   /// Issues cp.async copies of `rows` x `cols` elements: row r of the tile
-  /// is `src[rowStart(r) ...]`, rows >= `validRows` are zero-filled.
+  /// is `src[rowStart(r) ...]`, rows >= `validRows` are zero-filled. The
+  /// copies are spread over `threads` threads; this one is `thread`.
   void copyTileAsync(Value src, function_ref<Value(Value)> rowStart,
                      Value validRows, Value dst, ValueRange dstLead,
-                     int64_t rows, int64_t cols);
+                     int64_t rows, int64_t cols, Value thread, int64_t threads);
+  /// The same for rows at a constant distance: row r of the tile is
+  /// `src[base + r * rowStride ...]`. Each thread computes one address;
+  /// whole tiles skip the zero-fill checks.
+  void copyRowsAsync(Value src, Value base, int64_t rowStride, Value validRows,
+                     Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
+                     Value thread, int64_t threads);
 
   /// The online-softmax state of one head of the pair: its accumulator
   /// tiles and the running max and sum of the thread's two rows.
@@ -183,10 +219,47 @@ private:
     std::array<Value, 2> rowMax, rowSum;
   };
 
-  /// Attention of both heads of the pair over one key block. Every K and V
-  /// fragment loaded from shared memory feeds the products of both heads.
-  void attendBlock(Value stage, Value key0, Value needsMask,
+  /// Scores of both heads of the pair over one key block: S = Q Kᵀ, 16 x
+  /// blockK per warp and head, K from sK[kLead..., :, :]. Every K fragment
+  /// loaded from shared memory feeds the products of both heads.
+  using Scores = std::array<SmallVector<Acc>, 2>;
+  Scores scoreBlock(ValueRange kLead);
+  /// The rest of a block's attention: masks the scores `s` where the block
+  /// needs it, runs the online softmax and accumulates P V into `heads`,
+  /// V from sV[vLead..., :, :] (each V fragment feeds both heads).
+  void finishBlock(Scores &s, ValueRange vLead, Value key0, Value needsMask,
                    std::array<HeadState, 2> &heads);
+  /// Both parts on the same block (K and V tiles at the same lead indices).
+  void attendBlock(ValueRange kvLead, Value key0, Value needsMask,
+                   std::array<HeadState, 2> &heads) {
+    Scores s = scoreBlock(kvLead);
+    finishBlock(s, kvLead, key0, needsMask, heads);
+  }
+  /// Flattens scores to / rebuilds them from loop-carried values.
+  SmallVector<Value> flatten(const Scores &s) {
+    SmallVector<Value> flat;
+    for (int64_t h = 0; h < 2; ++h)
+      for (const Acc &t : s[h])
+        flat.append(t.begin(), t.end());
+    return flat;
+  }
+  Scores unflatten(ValueRange flat) {
+    int64_t keyTiles = plan.blockK / 8;
+    Scores s = {SmallVector<Acc>(keyTiles), SmallVector<Acc>(keyTiles)};
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t nt = 0; nt < keyTiles; ++nt)
+        for (int64_t e = 0; e < 4; ++e)
+          s[h][nt][e] = flat[(h * keyTiles + nt) * 4 + e];
+    return s;
+  }
+
+  /// Split-KV: merges the loop states `final` of the CTA's warps (which
+  /// covered different key blocks of the same 16 rows) through shared
+  /// memory and writes the CTA's partial state of its valid rows to the
+  /// workspace. All warps must be past their loops.
+  void emitWarpMerge(ValueRange final, Value workspace, Value batch,
+                     Value kvHead, Value split, Value numSplits,
+                     Value groupRows, Value row0, Value rowsValid);
 
   /// The online softmax of one head over the block's scores `s` (replaced
   /// by the probabilities); rescales the head's state.
@@ -199,6 +272,8 @@ private:
 
   // Values of the kernel, set by build().
   Value lane, warp, keyLen, offset;
+  /// The first row of the warp's 16 in the Q tile.
+  Value qRow0;
   /// Query rows (of the sequence) of the thread's two accumulator rows, and
   /// the smallest and largest query row of the CTA.
   std::array<Value, 2> threadRow;
@@ -214,9 +289,8 @@ Value MmaSyncKernelBuilder::packOperand(Value pair) {
   return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
 }
 
-SmallVector<Value> MmaSyncKernelBuilder::ldmatrix(Value smem,
-                                                  ValueRange indices,
-                                                  bool transpose) {
+SmallVector<Value>
+MmaSyncKernelBuilder::ldmatrix(Value smem, ValueRange indices, bool transpose) {
   auto type = VectorType::get({4, 2}, plan.elementType);
   Value frag = nvgpu::LdMatrixOp::create(b, loc, type, smem, indices,
                                          b.getBoolAttr(transpose),
@@ -232,8 +306,8 @@ Acc MmaSyncKernelBuilder::mma(ArrayRef<Value> a, ArrayRef<Value> bReg,
                               const Acc &c) {
   Type f32 = b.getF32Type();
   auto resultType = LLVM::LLVMStructType::getLiteral(ctx, {f32, f32, f32, f32});
-  NVVM::MMATypes ptxType = plan.elementType.isF16() ? NVVM::MMATypes::f16
-                                                    : NVVM::MMATypes::bf16;
+  NVVM::MMATypes ptxType =
+      plan.elementType.isF16() ? NVVM::MMATypes::f16 : NVVM::MMATypes::bf16;
   Value d = NVVM::MmaOp::create(
       b, loc, resultType, a, bReg, ValueRange(c), {16, 8, 16},
       /*b1Op=*/std::nullopt, /*intOverflow=*/std::nullopt,
@@ -250,13 +324,13 @@ void MmaSyncKernelBuilder::copyTileAsync(Value src,
                                          function_ref<Value(Value)> rowStart,
                                          Value validRows, Value dst,
                                          ValueRange dstLead, int64_t rows,
-                                         int64_t cols) {
-  // 16-byte chunks, spread over the CTA's threads.
+                                         int64_t cols, Value thread,
+                                         int64_t threads) {
+  // 16-byte chunks, spread over the threads.
   int64_t chunksPerRow = cols / 8;
   int64_t chunks = rows * chunksPerRow;
-  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-  for (int64_t first = 0; first < chunks; first += kThreads) {
-    Value chunk = add(tid, first);
+  for (int64_t first = 0; first < chunks; first += threads) {
+    Value chunk = add(thread, first);
     auto emitCopy = [&]() {
       Value row = div(chunk, chunksPerRow);
       Value col = mul(rem(chunk, chunksPerRow), 8);
@@ -272,7 +346,7 @@ void MmaSyncKernelBuilder::copyTileAsync(Value src,
           ValueRange{srcIndex}, b.getIndexAttr(8), srcElements,
           b.getUnitAttr());
     };
-    if (first + kThreads <= chunks) {
+    if (first + threads <= chunks) {
       emitCopy();
     } else {
       auto inRange = cmp(arith::CmpIPredicate::ult, chunk, idx(chunks));
@@ -284,17 +358,80 @@ void MmaSyncKernelBuilder::copyTileAsync(Value src,
   }
 }
 
-void MmaSyncKernelBuilder::attendBlock(Value stage, Value key0,
-                                       Value needsMask,
-                                       std::array<HeadState, 2> &heads) {
+void MmaSyncKernelBuilder::copyRowsAsync(Value src, Value base,
+                                         int64_t rowStride, Value validRows,
+                                         Value dst, ValueRange dstLead,
+                                         int64_t rows, int64_t cols,
+                                         Value thread, int64_t threads) {
+  // Thread t copies the 16-byte chunk (t % chunksPerRow) of the rows
+  // t / chunksPerRow + i * rowsPerStep: one address per thread, then
+  // constant offsets.
+  int64_t chunksPerRow = cols / 8;
+  int64_t chunks = rows * chunksPerRow;
+  assert(threads % chunksPerRow == 0 && "threads must cover whole rows");
+  int64_t rowsPerStep = threads / chunksPerRow;
+  Value laneRow = div(thread, chunksPerRow);
+  Value laneCol = mul(rem(thread, chunksPerRow), 8);
+  Value laneSrc = add(add(base, mul(laneRow, rowStride)), laneCol);
+  auto emitCopies = [&](bool zeroFill) {
+    for (int64_t first = 0, step = 0; first < chunks;
+         first += threads, ++step) {
+      auto emitCopy = [&] {
+        Value row = add(laneRow, step * rowsPerStep);
+        Value srcIndex = add(laneSrc, step * rowsPerStep * rowStride);
+        Value srcElements = idx(8);
+        if (zeroFill) {
+          // Rows past the valid ones read nothing from a valid address.
+          Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
+          srcIndex = select(valid, srcIndex, idx(0));
+          srcElements = select(valid, srcElements, idx(0));
+        }
+        SmallVector<Value> dstIndices(dstLead);
+        dstIndices.append({row, laneCol});
+        nvgpu::DeviceAsyncCopyOp::create(
+            b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst, dstIndices, src,
+            ValueRange{srcIndex}, b.getIndexAttr(8),
+            zeroFill ? srcElements : Value(), b.getUnitAttr());
+      };
+      if (first + threads <= chunks) {
+        emitCopy();
+        continue;
+      }
+      Value inRange =
+          cmp(arith::CmpIPredicate::ult, add(thread, first), idx(chunks));
+      scf::IfOp::create(b, loc, inRange, [&](OpBuilder &, Location) {
+        emitCopy();
+        scf::YieldOp::create(b, loc);
+      });
+    }
+  };
+  // Whole tiles (all but the last of a sequence) need no zero-fill.
+  scf::IfOp::create(
+      b, loc, cmp(arith::CmpIPredicate::sge, validRows, idx(rows)),
+      [&](OpBuilder &, Location) {
+        emitCopies(false);
+        scf::YieldOp::create(b, loc);
+      },
+      [&](OpBuilder &, Location) {
+        emitCopies(true);
+        scf::YieldOp::create(b, loc);
+      });
+}
+
+static SmallVector<Value> tileIndex(ValueRange lead, Value row, Value col) {
+  SmallVector<Value> indices(lead);
+  indices.append({row, col});
+  return indices;
+}
+
+MmaSyncKernelBuilder::Scores
+MmaSyncKernelBuilder::scoreBlock(ValueRange kvLead) {
   int64_t keyTiles = plan.blockK / 8;
   int64_t d = plan.headDim;
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
-
-  // S = Q Kᵀ for both heads: 16 x blockK per warp and head.
-  std::array<SmallVector<Acc>, 2> s = {SmallVector<Acc>(keyTiles, zeroAcc()),
-                                       SmallVector<Acc>(keyTiles, zeroAcc())};
-  Value qRow = add(add(mul(warp, 16), l8), mul(rem(g8, 2), 8));
+  Scores s = {SmallVector<Acc>(keyTiles, zeroAcc()),
+              SmallVector<Acc>(keyTiles, zeroAcc())};
+  Value qRow = add(add(qRow0, l8), mul(rem(g8, 2), 8));
   Value qColLane = mul(div(lane, 16), 8);
   Value kRowLane = add(l8, mul(div(lane, 16), 8));
   Value kColLane = mul(rem(g8, 2), 8);
@@ -304,20 +441,25 @@ void MmaSyncKernelBuilder::attendBlock(Value stage, Value key0,
       a[h] = ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false);
     for (int64_t np = 0; np < keyTiles / 2; ++np) {
       SmallVector<Value> kr = ldmatrix(
-          sK, {stage, add(kRowLane, np * 16), add(kColLane, kk * 16)}, false);
+          sK, tileIndex(kvLead, add(kRowLane, np * 16), add(kColLane, kk * 16)),
+          false);
       for (int64_t h = 0; h < 2; ++h) {
         s[h][2 * np] = mma(a[h], {kr[0], kr[1]}, s[h][2 * np]);
         s[h][2 * np + 1] = mma(a[h], {kr[2], kr[3]}, s[h][2 * np + 1]);
       }
     }
   }
+  return s;
+}
 
+void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
+                                       Value needsMask,
+                                       std::array<HeadState, 2> &heads) {
+  int64_t keyTiles = plan.blockK / 8;
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
   // Mask the blocks that straddle the mask boundary (or the key length).
   Value ninf = f32(-std::numeric_limits<float>::infinity());
-  SmallVector<Value> flat;
-  for (int64_t h = 0; h < 2; ++h)
-    for (const Acc &t : s[h])
-      flat.append(t.begin(), t.end());
+  SmallVector<Value> flat = flatten(s);
   auto ifOp = scf::IfOp::create(
       b, loc, needsMask,
       [&](OpBuilder &, Location) {
@@ -326,9 +468,9 @@ void MmaSyncKernelBuilder::attendBlock(Value stage, Value key0,
         SmallVector<Value> visible;
         for (int64_t nt = 0; nt < keyTiles; ++nt)
           for (int64_t e = 0; e < 4; ++e)
-            visible.push_back(buildIsVisible(
-                b, loc, plan.attn, threadRow[e / 2],
-                add(colLane, nt * 8 + e % 2), offset, keyLen));
+            visible.push_back(
+                buildIsVisible(b, loc, plan.attn, threadRow[e / 2],
+                               add(colLane, nt * 8 + e % 2), offset, keyLen));
         for (int64_t h = 0; h < 2; ++h)
           for (int64_t i = 0; i < keyTiles * 4; ++i)
             masked.push_back(
@@ -364,7 +506,8 @@ void MmaSyncKernelBuilder::attendBlock(Value stage, Value key0,
               packP(s[h][2 * kt + 1][2], s[h][2 * kt + 1][3])};
     for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp) {
       SmallVector<Value> vr = ldmatrix(
-          sV, {stage, add(vRowLane, kt * 16), add(vColLane, dp * 16)}, true);
+          sV, tileIndex(vLead, add(vRowLane, kt * 16), add(vColLane, dp * 16)),
+          true);
       for (int64_t h = 0; h < 2; ++h) {
         SmallVector<Acc> &acc = heads[h].acc;
         acc[2 * dp] = mma(a[h], {vr[0], vr[1]}, acc[2 * dp]);
@@ -378,32 +521,87 @@ void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
                                         HeadState &head) {
   // Online softmax of the thread's two rows; exp2 with the scale folded in.
   Value ninf = f32(-std::numeric_limits<float>::infinity());
-  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
-  std::array<Value, 2> alpha;
+  float scaleLog2Value = plan.attn.scale * static_cast<float>(M_LOG2E);
+  Value scaleLog2 = f32(scaleLog2Value);
+  // A row that has seen no key yet keeps max -inf: 0 serves as its offset,
+  // so that exp2(-inf - 0) = 0, never NaN.
+  auto negShiftOf = [&](Value max) {
+    Value safeMax = select(
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, max, ninf),
+        f32(0.0f), max);
+    return fmul(safeMax, f32(-scaleLog2Value));
+  };
+  std::array<Value, 2> newMax;
   for (int64_t rr = 0; rr < 2; ++rr) {
     Value m = s[0][2 * rr];
     for (const Acc &t : s)
       m = fmax(m, fmax(t[2 * rr], t[2 * rr + 1]));
-    Value newMax = fmax(head.rowMax[rr], quadMax(m));
-    // A row that has seen no key yet keeps max -inf: use 0 as the offset
-    // so that exp2(-inf - 0) = 0, never NaN.
-    Value safeMax = select(
-        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, newMax, ninf),
-        f32(0.0f), newMax);
-    Value shift = fmul(safeMax, scaleLog2);
-    alpha[rr] = exp2(fsub(fmul(head.rowMax[rr], scaleLog2), shift));
+    newMax[rr] = fmax(head.rowMax[rr], quadMax(m));
+  }
+  // Moves the state to the offsets `newMax`: sums and accumulators scale
+  // by 2^((old - new) scale log2 e).
+  auto rescale = [&](HeadState &state) {
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value alpha =
+          exp2(fma(state.rowMax[rr], scaleLog2, negShiftOf(newMax[rr])));
+      state.rowMax[rr] = newMax[rr];
+      state.rowSum[rr] = fmul(state.rowSum[rr], alpha);
+      for (Acc &t : state.acc)
+        for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e)
+          t[e] = fmul(t[e], alpha);
+    }
+  };
+  if (plan.rescaleThreshold <= 0) {
+    rescale(head);
+  } else {
+    // Lazy rescaling: the offsets only move when some row of the warp would
+    // see a probability above 2^threshold; otherwise the old offsets stay
+    // (exact: the sums use the same offsets) and the Dv/2 multiplications
+    // of the accumulators are skipped.
+    Value grow = arith::ConstantOp::create(b, loc, b.getBoolAttr(false));
+    for (int64_t rr = 0; rr < 2; ++rr)
+      grow = arith::OrIOp::create(
+          b, loc, grow,
+          arith::CmpFOp::create(
+              b, loc, arith::CmpFPredicate::OGT,
+              fmul(fsub(newMax[rr], head.rowMax[rr]), scaleLog2),
+              f32(plan.rescaleThreshold)));
+    Value anyGrow = NVVM::VoteSyncOp::create(b, loc, b.getI1Type(), i32(-1),
+                                             grow, NVVM::VoteSyncKind::any);
+    auto pack = [](const HeadState &state) {
+      SmallVector<Value> values(state.rowMax.begin(), state.rowMax.end());
+      values.append(state.rowSum.begin(), state.rowSum.end());
+      for (const Acc &t : state.acc)
+        values.append(t.begin(), t.end());
+      return values;
+    };
+    auto ifOp = scf::IfOp::create(
+        b, loc, anyGrow,
+        [&](OpBuilder &, Location) {
+          HeadState moved = head;
+          rescale(moved);
+          scf::YieldOp::create(b, loc, pack(moved));
+        },
+        [&](OpBuilder &, Location) {
+          scf::YieldOp::create(b, loc, pack(head));
+        });
+    ValueRange r = ifOp.getResults();
+    head.rowMax = {r[0], r[1]};
+    head.rowSum = {r[2], r[3]};
+    for (size_t t = 0; t < head.acc.size(); ++t)
+      for (int64_t e = 0; e < 4; ++e)
+        head.acc[t][e] = r[4 + t * 4 + e];
+  }
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    Value negShift = negShiftOf(head.rowMax[rr]);
     Value sum = f32(0.0f);
     for (Acc &t : s)
       for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-        t[e] = exp2(fsub(fmul(t[e], scaleLog2), shift));
+        t[e] = exp2(fma(t[e], scaleLog2, negShift));
         sum = fadd(sum, t[e]);
       }
-    head.rowMax[rr] = newMax;
-    head.rowSum[rr] = fadd(fmul(head.rowSum[rr], alpha[rr]), sum);
+    head.rowSum[rr] = fadd(head.rowSum[rr], sum);
   }
-  for (Acc &t : head.acc)
-    for (int64_t e = 0; e < 4; ++e)
-      t[e] = fmul(t[e], alpha[e / 2]);
 }
 
 void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
@@ -411,12 +609,14 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   b.setInsertionPointToStart(&entry);
   const AttentionConfig &attn = plan.attn;
   bool decode = attn.hasKvLen;
+  bool warpSplit = plan.warpSplit();
+  int64_t blockQ = plan.blockQ, blockK = plan.blockK, stages = plan.stages;
   unsigned a = 0;
   Value q = entry.getArgument(a++), k = entry.getArgument(a++),
         v = entry.getArgument(a++), lam = entry.getArgument(a++);
   Value kvLen = decode ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
-  Value workspace = plan.splitKeys ? entry.getArgument(a++) : Value();
+  Value workspace = warpSplit ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
 
@@ -431,42 +631,70 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value groupRows = mul(seqQ, pairsPerGroup);
   // Split-KV: grid x enumerates (split, row block).
   Value split, numSplits;
-  if (plan.splitKeys) {
-    Value rowBlocks = div(add(groupRows, kBlockQ - 1), kBlockQ);
+  if (warpSplit) {
+    Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
     split = arith::DivUIOp::create(b, loc, qBlock, rowBlocks);
     qBlock = arith::RemUIOp::create(b, loc, qBlock, rowBlocks);
     numSplits = div(add(seqK, plan.splitKeys - 1), plan.splitKeys);
   }
-  Value row0 = mul(qBlock, kBlockQ);
-  Value rowsValid = minI(idx(kBlockQ), sub(groupRows, row0));
+  // With a causal-like mask (later rows see more keys), row blocks go from
+  // the last rows to the first: the longest CTAs start first and the
+  // shortest fill the last wave.
+  if (!warpSplit && attn.windowRight >= 0 && attn.windowLeft < 0) {
+    Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
+    qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
+  }
+  Value row0 = mul(qBlock, blockQ);
+  Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
+  // The warp's 16 rows: its own with row blocks, the CTA's with split-KV.
+  qRow0 = warpSplit ? idx(0) : mul(warp, 16);
   Value firstPair = mul(kvHead, pairsPerGroup);
-  auto pairOf = [&](Value r) { return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ)); };
-  auto queryRowOf = [&](Value r) { return arith::RemUIOp::create(b, loc, r, seqQ).getResult(); };
+  auto pairOf = [&](Value r) {
+    return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
+  };
+  auto queryRowOf = [&](Value r) {
+    return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
+  };
+  // Group row of the thread's accumulator row rr.
+  auto threadGroupRow = [&](int64_t rr) {
+    return add(add(row0, qRow0), add(div(lane, 4), rr * 8));
+  };
 
   Value kvLenElem =
-      decode ? memref::LoadOp::create(b, loc, kvLen, ValueRange{batch})
-                   .getResult()
-             : Value();
+      decode
+          ? memref::LoadOp::create(b, loc, kvLen, ValueRange{batch}).getResult()
+          : Value();
   keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
   offset = sub(keyLen, seqQ);
 
-  // Shared memory: Q of both heads, then the K and V stages.
+  // Shared memory: Q of both heads, then the K and V stages (per warp with
+  // split-KV).
   auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
   Value smem = gpu::DynamicSharedMemoryOp::create(
-      b, loc, MemRefType::get({ShapedType::kDynamic}, b.getI8Type(), MemRefLayoutAttrInterface(), wg));
-  auto view = [&](int64_t byteOffset, ArrayRef<int64_t> shape) -> Value {
+      b, loc,
+      MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
+                      MemRefLayoutAttrInterface(), wg));
+  auto view = [&](int64_t byteOffset, ArrayRef<int64_t> shape,
+                  Type elementType) -> Value {
     return memref::ViewOp::create(
-        b, loc, MemRefType::get(shape, plan.elementType, MemRefLayoutAttrInterface(), wg), smem,
-        idx(byteOffset), ValueRange{});
+        b, loc,
+        MemRefType::get(shape, elementType, MemRefLayoutAttrInterface(), wg),
+        smem, idx(byteOffset), ValueRange{});
   };
   int64_t dPad = plan.headDim + kPad, dvPad = plan.valueDim + kPad;
-  sQ = view(0, {2, kBlockQ, dPad});
-  sK = view(plan.qTileBytes, {kStages, plan.blockK, dPad});
-  sV = view(plan.qTileBytes + plan.kTileBytes,
-            {kStages, plan.blockK, dvPad});
+  SmallVector<int64_t> stageShape;
+  if (warpSplit)
+    stageShape.push_back(plan.warps);
+  stageShape.push_back(stages);
+  Type elem = plan.elementType;
+  sQ = view(0, {2, blockQ, dPad}, elem);
+  SmallVector<int64_t> kShape(stageShape), vShape(stageShape);
+  kShape.append({blockK, dPad});
+  vShape.append({blockK, dvPad});
+  sK = view(plan.qTileBytes, kShape, elem);
+  sV = view(plan.qTileBytes + plan.kTileBytes, vShape, elem);
 
-  // Q of both heads of each row's pair: one cp.async group together with
-  // the first K/V block.
+  // Q of both heads of each row's pair (cp.async, all threads).
   for (int64_t s = 0; s < 2; ++s)
     copyTileAsync(
         q,
@@ -478,13 +706,12 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
                          head),
                      plan.headDim);
         },
-        rowsValid, sQ, {idx(s)}, kBlockQ, plan.headDim);
+        rowsValid, sQ, {idx(s)}, blockQ, plan.headDim, tid, plan.threads());
 
   // The query rows of the thread's two accumulator rows, and the range the
   // CTA covers (all of 0 .. Sq - 1 when its rows span two pairs).
   for (int64_t rr = 0; rr < 2; ++rr)
-    threadRow[rr] =
-        queryRowOf(add(add(row0, mul(warp, 16)), add(div(lane, 4), rr * 8)));
+    threadRow[rr] = queryRowOf(threadGroupRow(rr));
   Value lastGlobal = sub(add(row0, rowsValid), idx(1));
   Value onePair =
       cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
@@ -498,33 +725,49 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     lo = maxI(idx(0), sub(add(minRow, offset), idx(attn.windowLeft)));
   if (attn.windowRight >= 0)
     hi = minI(keyLen, add(add(maxRow, offset), idx(attn.windowRight + 1)));
-  if (plan.splitKeys) {
+  if (warpSplit) {
     Value splitStart = mul(split, plan.splitKeys);
     lo = maxI(lo, splitStart);
     hi = minI(hi, add(splitStart, plan.splitKeys));
   }
-  lo = sub(lo, rem(lo, plan.blockK));
+  lo = sub(lo, rem(lo, blockK));
 
+  // Copies the K and V rows key0 .. key0 + blockK - 1 into the tiles
+  // sK[lead..., :, :] and sV[lead..., :, :].
   int64_t kStride = plan.kvHeads * plan.headDim;
   int64_t vStride = plan.kvHeads * plan.valueDim;
-  auto loadKeyBlock = [&](Value key0, Value stage) {
-    Value validKeys = minI(idx(plan.blockK), sub(keyLen, key0));
+  auto loadKeyBlock = [&](Value key0, ValueRange lead, Value thread,
+                          int64_t threads) {
+    Value validKeys = minI(idx(blockK), sub(keyLen, key0));
     Value rowBase = add(mul(batch, seqK), key0);
     Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
     Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
-    copyTileAsync(
-        k, [&](Value r) { return add(kBase, mul(r, kStride)); }, validKeys, sK,
-        {stage}, plan.blockK, plan.headDim);
-    copyTileAsync(
-        v, [&](Value r) { return add(vBase, mul(r, vStride)); }, validKeys, sV,
-        {stage}, plan.blockK, plan.valueDim);
+    copyRowsAsync(k, kBase, kStride, validKeys, sK, lead, blockK, plan.headDim,
+                  thread, threads);
+    copyRowsAsync(v, vBase, vStride, validKeys, sV, lead, blockK, plan.valueDim,
+                  thread, threads);
   };
-  scf::IfOp::create(b, loc, cmp(arith::CmpIPredicate::slt, lo, hi),
-                    [&](OpBuilder &, Location) {
-                      loadKeyBlock(lo, idx(0));
-                      scf::YieldOp::create(b, loc);
-                    });
-  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  auto ifThen = [&](Value condition, function_ref<void()> body) {
+    scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
+      body();
+      scf::YieldOp::create(b, loc);
+    });
+  };
+  // Is any key of the block hidden from any row of the CTA?
+  auto blockNeedsMask = [&](Value key0) {
+    Value needsMask = cmp(arith::CmpIPredicate::sgt, add(key0, blockK), keyLen);
+    if (attn.windowRight >= 0)
+      needsMask = arith::OrIOp::create(
+          b, loc, needsMask,
+          cmp(arith::CmpIPredicate::sgt, add(key0, blockK - 1),
+              add(add(minRow, offset), idx(attn.windowRight))));
+    if (attn.windowLeft >= 0)
+      needsMask = arith::OrIOp::create(
+          b, loc, needsMask,
+          cmp(arith::CmpIPredicate::slt, key0,
+              sub(add(maxRow, offset), idx(attn.windowLeft))));
+    return needsMask;
+  };
 
   // Loop-carried state: per head, Dv/8 accumulator tiles, then max and sum
   // of the thread's two rows.
@@ -537,141 +780,271 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     init.append({ninf, ninf, f32(0.0f), f32(0.0f)});
   }
   int64_t perHead = valueTiles * 4 + 4;
-
-  auto loop = scf::ForOp::create(
-      b, loc, lo, hi, idx(plan.blockK), init,
-      [&](OpBuilder &, Location, Value key0, ValueRange carried) {
-        Value stage = rem(div(sub(key0, lo), plan.blockK), kStages);
-        // Prefetch the next block into the other stage.
-        Value next = add(key0, plan.blockK);
-        scf::IfOp::create(b, loc, cmp(arith::CmpIPredicate::slt, next, hi),
-                          [&](OpBuilder &, Location) {
-                            loadKeyBlock(next, sub(idx(1), stage));
-                            scf::YieldOp::create(b, loc);
-                          });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
-        gpu::BarrierOp::create(b, loc);
-
-        // Is any key of the block hidden from any row of the block?
-        Value needsMask =
-            cmp(arith::CmpIPredicate::sgt, add(key0, plan.blockK), keyLen);
-        if (attn.windowRight >= 0)
-          needsMask = arith::OrIOp::create(
-              b, loc, needsMask,
-              cmp(arith::CmpIPredicate::sgt, add(key0, plan.blockK - 1),
-                  add(add(minRow, offset), idx(attn.windowRight))));
-        if (attn.windowLeft >= 0)
-          needsMask = arith::OrIOp::create(
-              b, loc, needsMask,
-              cmp(arith::CmpIPredicate::slt, key0,
-                  sub(add(maxRow, offset), idx(attn.windowLeft))));
-
-        std::array<HeadState, 2> heads;
-        for (int64_t h = 0; h < 2; ++h) {
-          ValueRange st = carried.slice(h * perHead, perHead);
-          heads[h].acc.resize(valueTiles);
-          for (int64_t t = 0; t < valueTiles; ++t)
-            for (int64_t e = 0; e < 4; ++e)
-              heads[h].acc[t][e] = st[t * 4 + e];
-          heads[h].rowMax = {st[valueTiles * 4], st[valueTiles * 4 + 1]};
-          heads[h].rowSum = {st[valueTiles * 4 + 2], st[valueTiles * 4 + 3]};
-        }
-        attendBlock(stage, key0, needsMask, heads);
-        SmallVector<Value> results;
-        for (const HeadState &head : heads) {
-          for (const Acc &t : head.acc)
-            results.append(t.begin(), t.end());
-          results.append({head.rowMax[0], head.rowMax[1], head.rowSum[0],
-                           head.rowSum[1]});
-        }
-        // The stage read here is refilled by the next iteration.
-        gpu::BarrierOp::create(b, loc);
-        scf::YieldOp::create(b, loc, results);
-      });
-  ValueRange final = loop.getResults();
-  // No copy may be in flight when the CTA exits (blocks whose rows see no
-  // key skip the loop, and with it the wait for Q).
-  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-
-  if (plan.splitKeys) {
-    // Partial state of each row and head of this split: the accumulators,
-    // the running max and the (quad-reduced) running sum.
-    for (int64_t rr = 0; rr < 2; ++rr) {
-      Value global = add(add(row0, mul(warp, 16)), add(div(lane, 4), rr * 8));
-      Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
-      std::array<Value, 2> sum;
-      for (int64_t s = 0; s < 2; ++s)
-        sum[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
-      scf::IfOp::create(b, loc, valid, [&](OpBuilder &, Location) {
-        Value rowState =
-            add(mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits),
-                        split),
-                    groupRows),
-                global);
-        auto f32Pair = VectorType::get({2}, b.getF32Type());
-        for (int64_t s = 0; s < 2; ++s) {
-          Value base = mul(add(mul(rowState, 2), s), plan.partialWidth());
-          for (int64_t t = 0; t < valueTiles; ++t) {
-            Value pairValue = vector::FromElementsOp::create(
-                b, loc, f32Pair,
-                ValueRange{final[s * perHead + t * 4 + 2 * rr],
-                           final[s * perHead + t * 4 + 2 * rr + 1]});
-            vector::StoreOp::create(
-                b, loc, pairValue, workspace,
-                ValueRange{add(add(base, mul(rem(lane, 4), 2)), t * 8)});
-          }
-          Value first = cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0));
-          scf::IfOp::create(b, loc, first, [&](OpBuilder &, Location) {
-            memref::StoreOp::create(
-                b, loc, final[s * perHead + valueTiles * 4 + rr], workspace,
-                ValueRange{add(base, plan.valueDim)});
-            memref::StoreOp::create(b, loc, sum[s], workspace,
-                                    ValueRange{add(base, plan.valueDim + 1)});
-            scf::YieldOp::create(b, loc);
-          });
-        }
-        scf::YieldOp::create(b, loc);
-      });
+  auto unpackState = [&](ValueRange carried) {
+    std::array<HeadState, 2> heads;
+    for (int64_t h = 0; h < 2; ++h) {
+      ValueRange st = carried.slice(h * perHead, perHead);
+      heads[h].acc.resize(valueTiles);
+      for (int64_t t = 0; t < valueTiles; ++t)
+        for (int64_t e = 0; e < 4; ++e)
+          heads[h].acc[t][e] = st[t * 4 + e];
+      heads[h].rowMax = {st[valueTiles * 4], st[valueTiles * 4 + 1]};
+      heads[h].rowSum = {st[valueTiles * 4 + 2], st[valueTiles * 4 + 3]};
     }
+    return heads;
+  };
+  auto packState = [&](const std::array<HeadState, 2> &heads) {
+    SmallVector<Value> results;
+    for (const HeadState &head : heads) {
+      for (const Acc &t : head.acc)
+        results.append(t.begin(), t.end());
+      results.append(
+          {head.rowMax[0], head.rowMax[1], head.rowSum[0], head.rowSum[1]});
+    }
+    return results;
+  };
+
+  if (warpSplit) {
+    // The Q copies form their own group, then each warp runs a pipeline of
+    // its own over the blocks w, w + 4, w + 8, ... of the split.
+    NVVM::CpAsyncCommitGroupOp::create(b, loc);
+    Value numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
+                             div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
+    Value warpBlocks =
+        div(sub(add(numBlocks, plan.warps - 1), warp), plan.warps);
+    auto keyOf = [&](Value j) {
+      return add(lo, mul(add(warp, mul(j, plan.warps)), blockK));
+    };
+    for (int64_t p = 0; p + 1 < stages; ++p) {
+      ifThen(cmp(arith::CmpIPredicate::slt, idx(p), warpBlocks), [&] {
+        loadKeyBlock(keyOf(idx(p)), {warp, idx(p)}, lane, 32);
+      });
+      NVVM::CpAsyncCommitGroupOp::create(b, loc);
+    }
+    // Q has landed (only the warp's own stages may be in flight); make it
+    // visible to every warp.
+    NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
+    gpu::BarrierOp::create(b, loc);
+    // The stage of block j (j mod stages) is carried, not divided for.
+    SmallVector<Value> loopInit(init);
+    loopInit.push_back(idx(0));
+    auto loop = scf::ForOp::create(
+        b, loc, idx(0), warpBlocks, idx(1), loopInit,
+        [&](OpBuilder &, Location, Value j, ValueRange carried) {
+          Value stage = carried.back();
+          Value isFirst = cmp(arith::CmpIPredicate::eq, stage, idx(0));
+          Value isLast = cmp(arith::CmpIPredicate::eq, stage, idx(stages - 1));
+          // Block j + stages - 1 goes where block j - 1 was.
+          Value nextStage =
+              select(isFirst, idx(stages - 1), sub(stage, idx(1)));
+          Value next = add(j, stages - 1);
+          ifThen(cmp(arith::CmpIPredicate::slt, next, warpBlocks), [&] {
+            loadKeyBlock(keyOf(next), {warp, nextStage}, lane, 32);
+          });
+          NVVM::CpAsyncCommitGroupOp::create(b, loc);
+          NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
+          NVVM::SyncWarpOp::create(b, loc, i32(-1));
+          Value key0 = keyOf(j);
+          std::array<HeadState, 2> heads = unpackState(carried.drop_back());
+          attendBlock({warp, stage}, key0, blockNeedsMask(key0), heads);
+          // The stage read here is refilled by a later iteration.
+          NVVM::SyncWarpOp::create(b, loc, i32(-1));
+          SmallVector<Value> results = packState(heads);
+          results.push_back(select(isLast, idx(0), add(stage, idx(1))));
+          scf::YieldOp::create(b, loc, results);
+        });
+    NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+    // Every warp is done with its stages: merge the warps' states through
+    // shared memory (over the stages), then write the CTA's partial state
+    // to the workspace.
+    gpu::BarrierOp::create(b, loc);
+    emitWarpMerge(loop.getResults().drop_back(), workspace, batch, kvHead,
+                  split, numSplits, groupRows, row0, rowsValid);
     gpu::ReturnOp::create(b, loc);
     return;
   }
 
   // Epilogue: normalise, combine the pair, write the single output head.
-  int64_t lamStride = plan.pairs;
-  auto outPairType = VectorType::get({2}, plan.elementType);
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    Value global = add(add(row0, mul(warp, 16)), add(div(lane, 4), rr * 8));
-    Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
-    Value row = threadRow[rr];
-    Value pair = pairOf(global);
-    std::array<Value, 2> sum;
-    for (int64_t s = 0; s < 2; ++s)
-      sum[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
-    Value rowIndex = add(mul(batch, seqQ), row);
-    Value lamIndex = select(valid, add(mul(rowIndex, lamStride), pair), idx(0));
-    Value sig = sigmoidOfLam(lam, lamIndex);
-    scf::IfOp::create(b, loc, valid, [&](OpBuilder &, Location) {
-      Value outBase = mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim);
-      Value colLane = mul(rem(lane, 4), 2);
-      for (int64_t t = 0; t < valueTiles; ++t) {
-        SmallVector<Value> vals;
-        for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-          Value o0 = normalize(final[t * 4 + e], sum[0]);
-          Value o1 = normalize(final[perHead + t * 4 + e], sum[1]);
-          vals.push_back(arith::TruncFOp::create(b, loc, plan.elementType,
-                                                 fsub(o0, fmul(sig, o1))));
+  auto emitEpilogue = [&](ValueRange final) {
+    int64_t lamStride = plan.pairs;
+    auto outPairType = VectorType::get({2}, plan.elementType);
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value global = threadGroupRow(rr);
+      Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+      Value row = threadRow[rr];
+      Value pair = pairOf(global);
+      std::array<Value, 2> inverse;
+      for (int64_t s = 0; s < 2; ++s)
+        inverse[s] =
+            inverseSum(quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]));
+      Value rowIndex = add(mul(batch, seqQ), row);
+      Value lamIndex =
+          select(valid, add(mul(rowIndex, lamStride), pair), idx(0));
+      Value sig = sigmoidOfLam(lam, lamIndex);
+      // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.
+      Value scale1 = fmul(sig, inverse[1]);
+      ifThen(valid, [&] {
+        Value outBase =
+            mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim);
+        Value colLane = mul(rem(lane, 4), 2);
+        for (int64_t t = 0; t < valueTiles; ++t) {
+          SmallVector<Value> vals;
+          for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e)
+            vals.push_back(arith::TruncFOp::create(
+                b, loc, plan.elementType,
+                fsub(fmul(final[t * 4 + e], inverse[0]),
+                     fmul(final[perHead + t * 4 + e], scale1))));
+          Value pairValue =
+              vector::FromElementsOp::create(b, loc, outPairType, vals);
+          vector::StoreOp::create(
+              b, loc, pairValue, out,
+              ValueRange{add(add(outBase, colLane), t * 8)});
         }
-        Value pairValue =
-            vector::FromElementsOp::create(b, loc, outPairType, vals);
-        vector::StoreOp::create(b, loc, pairValue, out,
-                                ValueRange{add(add(outBase, colLane), t * 8)});
-      }
-      scf::YieldOp::create(b, loc);
-    });
+      });
+    }
+    gpu::ReturnOp::create(b, loc);
+  };
+
+  // Row blocks: the CTA's pipeline keeps stages - 1 blocks in flight; Q
+  // joins the first block's group.
+  for (int64_t p = 0; p + 1 < stages; ++p) {
+    Value key0 = add(lo, p * blockK);
+    ifThen(cmp(arith::CmpIPredicate::slt, key0, hi),
+           [&] { loadKeyBlock(key0, {idx(p)}, tid, plan.threads()); });
+    NVVM::CpAsyncCommitGroupOp::create(b, loc);
   }
-  gpu::ReturnOp::create(b, loc);
+  auto loop = scf::ForOp::create(
+      b, loc, lo, hi, idx(blockK), init,
+      [&](OpBuilder &, Location, Value key0, ValueRange carried) {
+        Value j = div(sub(key0, lo), blockK);
+        Value next = add(key0, (stages - 1) * blockK);
+        ifThen(cmp(arith::CmpIPredicate::slt, next, hi), [&] {
+          loadKeyBlock(next, {rem(add(j, stages - 1), stages)}, tid,
+                       plan.threads());
+        });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
+        gpu::BarrierOp::create(b, loc);
+        std::array<HeadState, 2> heads = unpackState(carried);
+        attendBlock({rem(j, stages)}, key0, blockNeedsMask(key0), heads);
+        // The stage read here is refilled by a later iteration.
+        gpu::BarrierOp::create(b, loc);
+        scf::YieldOp::create(b, loc, packState(heads));
+      });
+  // No copy may be in flight when the CTA exits (blocks whose rows see no
+  // key skip the loop, and with it the wait for Q).
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+  emitEpilogue(loop.getResults());
+}
+
+void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
+                                         Value batch, Value kvHead, Value split,
+                                         Value numSplits, Value groupRows,
+                                         Value row0, Value rowsValid) {
+  // Every warp's state of the 16 rows: sAcc[warp][head][row][col] and
+  // sStat[warp][head][row][max, sum], in the K/V stages' bytes.
+  int64_t dv = plan.valueDim, valueTiles = dv / 8, perHead = valueTiles * 4 + 4;
+  auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
+  Value smem = gpu::DynamicSharedMemoryOp::create(
+      b, loc,
+      MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
+                      MemRefLayoutAttrInterface(), wg));
+  auto view = [&](int64_t byteOffset, ArrayRef<int64_t> shape) -> Value {
+    return memref::ViewOp::create(
+        b, loc,
+        MemRefType::get(shape, b.getF32Type(), MemRefLayoutAttrInterface(), wg),
+        smem, idx(byteOffset), ValueRange{});
+  };
+  Value sAcc = view(plan.qTileBytes, {plan.warps, 2, 16, dv});
+  Value sStat =
+      view(plan.qTileBytes + plan.mergeAccBytes(), {plan.warps, 2, 16, 2});
+  auto f32Pair = VectorType::get({2}, b.getF32Type());
+  Value colLane = mul(rem(lane, 4), 2);
+  Value firstOfQuad = cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0));
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value row = add(div(lane, 4), rr * 8);
+      for (int64_t t = 0; t < valueTiles; ++t) {
+        Value pairValue = vector::FromElementsOp::create(
+            b, loc, f32Pair,
+            ValueRange{final[h * perHead + t * 4 + 2 * rr],
+                       final[h * perHead + t * 4 + 2 * rr + 1]});
+        vector::StoreOp::create(
+            b, loc, pairValue, sAcc,
+            ValueRange{warp, idx(h), row, add(colLane, t * 8)});
+      }
+      Value sum = quadSum(final[h * perHead + valueTiles * 4 + 2 + rr]);
+      Value stat = vector::FromElementsOp::create(
+          b, loc, f32Pair,
+          ValueRange{final[h * perHead + valueTiles * 4 + rr], sum});
+      scf::IfOp::create(b, loc, firstOfQuad, [&](OpBuilder &, Location) {
+        vector::StoreOp::create(b, loc, stat, sStat,
+                                ValueRange{warp, idx(h), row, idx(0)});
+        scf::YieldOp::create(b, loc);
+      });
+    }
+  }
+  gpu::BarrierOp::create(b, loc);
+
+  // Thread tid merges the elements tid, tid + 128, ... of the CTA's
+  // 2 x 16 x Dv (head, row, column) and writes them, with each valid row's
+  // max and sum, to the workspace.
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  int64_t elements = 2 * 16 * dv;
+  scf::ForOp::create(
+      b, loc, tid, idx(elements), idx(plan.threads()), ValueRange{},
+      [&](OpBuilder &, Location, Value e, ValueRange) {
+        Value h = div(e, 16 * dv), row = rem(div(e, dv), 16), col = rem(e, dv);
+        scf::IfOp::create(
+            b, loc, cmp(arith::CmpIPredicate::slt, row, rowsValid),
+            [&](OpBuilder &, Location) {
+              SmallVector<Value> maxes, sums;
+              Value maxAll = ninf;
+              for (int64_t w = 0; w < plan.warps; ++w) {
+                Value stat = vector::LoadOp::create(
+                    b, loc, f32Pair, sStat, ValueRange{idx(w), h, row, idx(0)});
+                maxes.push_back(vector::ExtractOp::create(b, loc, stat, 0));
+                sums.push_back(vector::ExtractOp::create(b, loc, stat, 1));
+                maxAll = fmax(maxAll, maxes.back());
+              }
+              // Rows no warp saw a key for keep max -inf: weights of 0.
+              Value negShift = fmul(
+                  select(arith::CmpFOp::create(
+                             b, loc, arith::CmpFPredicate::OEQ, maxAll, ninf),
+                         f32(0.0f), maxAll),
+                  f32(-plan.attn.scale * static_cast<float>(M_LOG2E)));
+              Value acc = f32(0.0f), sum = f32(0.0f);
+              for (int64_t w = 0; w < plan.warps; ++w) {
+                Value weight = exp2(fma(maxes[w], scaleLog2, negShift));
+                Value x = memref::LoadOp::create(
+                    b, loc, sAcc, ValueRange{idx(w), h, row, col});
+                acc = fma(weight, x, acc);
+                sum = fma(weight, sums[w], sum);
+              }
+              Value global = add(row0, row);
+              Value rowState = add(
+                  mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits),
+                          split),
+                      groupRows),
+                  global);
+              Value base = mul(add(mul(rowState, 2), h), plan.partialWidth());
+              memref::StoreOp::create(b, loc, acc, workspace,
+                                      ValueRange{add(base, col)});
+              scf::IfOp::create(
+                  b, loc, cmp(arith::CmpIPredicate::eq, col, idx(0)),
+                  [&](OpBuilder &, Location) {
+                    memref::StoreOp::create(b, loc, maxAll, workspace,
+                                            ValueRange{add(base, dv)});
+                    memref::StoreOp::create(b, loc, sum, workspace,
+                                            ValueRange{add(base, dv + 1)});
+                    scf::YieldOp::create(b, loc);
+                  });
+              scf::YieldOp::create(b, loc);
+            });
+        scf::YieldOp::create(b, loc);
+      });
 }
 
 void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
@@ -695,10 +1068,10 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
   Value width = idx(plan.partialWidth());
   // Element `field` of the state of head `s` in split `sp`.
   auto stateIndex = [&](Value sp, int64_t s, Value field) {
-    Value rowState = add(
-        mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits), sp),
-            groupRows),
-        groupRow);
+    Value rowState =
+        add(mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits), sp),
+                groupRows),
+            groupRow);
     return add(mul(add(mul(rowState, 2), s), width), field);
   };
   auto load = [&](Value index) {
@@ -728,7 +1101,8 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
           Value l = load(stateIndex(sp, s, idx(plan.valueDim + 1)));
           Value o = load(stateIndex(sp, s, col));
           scf::YieldOp::create(
-              b, loc, ValueRange{fadd(it[0], fmul(w, o)), fadd(it[1], fmul(w, l))});
+              b, loc,
+              ValueRange{fadd(it[0], fmul(w, o)), fadd(it[1], fmul(w, l))});
         });
     value[s] = normalize(sums.getResult(0), sums.getResult(1));
   }
@@ -738,8 +1112,8 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
                                          fsub(value[0], fmul(sig, value[1])));
   memref::StoreOp::create(
       b, loc, result, out,
-      ValueRange{add(mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim),
-                     col)});
+      ValueRange{
+          add(mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim), col)});
   gpu::ReturnOp::create(b, loc);
 }
 
@@ -769,32 +1143,66 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
                              << " != D = " << plan.headDim
                              << " is not supported by the portable GPU "
                                 "strategy";
-  // Keys per block, measured on the H200 (docs/performance.md): D = 64
-  // wants 64; D = 128 wants 32 now that both heads share every fragment
-  // (64 spills ~90 bytes at 255 registers and was slower in two of three
-  // runs).
-  plan.blockK = options.blockK ? options.blockK : (plan.headDim == 128 ? 32 : 64);
+  plan.splitKeys = plan.attn.hasKvLen ? options.splitKeys : 0;
+  // Tile defaults, measured on the H200 (docs/performance.md). Row
+  // blocks: D = 64 wants 4 warps x 64 keys. D = 128 with a causal-like
+  // mask wants 4 warps x 32 keys (both heads share every fragment, and the
+  // small tiles waste less on the diagonal); without one, 8 warps x 64
+  // keys (each K/V tile in shared memory feeds 128 rows). Split-KV: 16 keys
+  // per warp, so that three stages of four warps leave room for two CTAs
+  // per SM.
+  bool causalLike = plan.attn.windowRight >= 0 && plan.attn.windowLeft < 0;
+  bool wideTiles = !plan.warpSplit() && plan.headDim == 128 && !causalLike;
+  int64_t defaultBlockK =
+      plan.warpSplit() ? 16 : (plan.headDim == 128 && !wideTiles ? 32 : 64);
+  plan.blockK = options.blockK ? options.blockK : defaultBlockK;
   if (plan.blockK <= 0 || plan.blockK % 16 != 0 || plan.blockK > 128)
     return op->emitOpError() << "block-k = " << plan.blockK
                              << " is not supported (expected a multiple of "
                                 "16 up to 128)";
+  plan.stages = options.stages ? options.stages : (plan.warpSplit() ? 3 : 2);
+  if (plan.stages < 2 || plan.stages > 8)
+    return op->emitOpError() << "stages = " << plan.stages
+                             << " is not supported (expected 2 to 8)";
+  plan.rescaleThreshold = static_cast<float>(options.rescaleThreshold);
+  if (!(plan.rescaleThreshold >= 0 && plan.rescaleThreshold <= 16))
+    return op->emitOpError()
+           << "rescale-threshold = " << options.rescaleThreshold
+           << " is not supported (expected 0 to 16)";
+  plan.warps = options.warps ? options.warps : (wideTiles ? 8 : 4);
+  if (plan.warps != 4 && plan.warps != 8)
+    return op->emitOpError()
+           << "warps = " << plan.warps << " is not supported (expected 4 or 8)";
+  plan.blockQ = plan.warpSplit() ? 16 : 16 * plan.warps;
   plan.pairs = plan.attn.numPairs;
   plan.queryHeads = 2 * plan.pairs;
   plan.kvHeads = plan.attn.numKeyHeads;
   plan.lamType = v2.getLam().getType().getElementType();
   // The decode form reads a KV cache with few query rows: split the keys so
-  // that enough CTAs stream the cache (512 keys = 8 blocks per split).
-  plan.splitKeys = plan.attn.hasKvLen ? options.splitKeys : 0;
-  if (plan.splitKeys % plan.blockK != 0)
-    return op->emitOpError() << "split-keys = " << plan.splitKeys
-                             << " must be a multiple of block-k = "
-                             << plan.blockK;
+  // that enough CTAs stream the cache.
+  if (plan.splitKeys < 0 || plan.splitKeys % plan.blockK != 0)
+    return op->emitOpError()
+           << "split-keys = " << plan.splitKeys
+           << " must be a multiple of block-k = " << plan.blockK;
   int64_t elementBytes = 2;
-  plan.qTileBytes = 2 * kBlockQ * (plan.headDim + kPad) * elementBytes;
-  plan.kTileBytes = kStages * plan.blockK * (plan.headDim + kPad) * elementBytes;
-  int64_t vTileBytes =
-      kStages * plan.blockK * (plan.valueDim + kPad) * elementBytes;
-  plan.sharedBytes = plan.qTileBytes + plan.kTileBytes + vTileBytes;
+  int64_t pipelines = plan.warpSplit() ? plan.warps : 1;
+  plan.qTileBytes = 2 * plan.blockQ * (plan.headDim + kPad) * elementBytes;
+  plan.kTileBytes = pipelines * plan.stages * plan.blockK *
+                    (plan.headDim + kPad) * elementBytes;
+  plan.vTileBytes = pipelines * plan.stages * plan.blockK *
+                    (plan.valueDim + kPad) * elementBytes;
+  int64_t afterQ = plan.kTileBytes + plan.vTileBytes;
+  if (plan.warpSplit())
+    afterQ = std::max(afterQ, plan.mergeAccBytes() + plan.mergeStatBytes());
+  plan.sharedBytes = plan.qTileBytes + afterQ;
+  // The limit of one CTA on sm_80 and later (227 KiB on sm_90).
+  constexpr int64_t kMaxSharedBytes = 163 * 1024;
+  if (plan.sharedBytes > kMaxSharedBytes)
+    return op->emitOpError()
+           << "needs " << plan.sharedBytes
+           << " bytes of shared memory per CTA with block-k = " << plan.blockK
+           << " and stages = " << plan.stages << " (at most " << kMaxSharedBytes
+           << " on sm_80)";
   return plan;
 }
 
@@ -825,12 +1233,13 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
          b.getNamedAttr("by", b.getI64IntegerAttr(by))});
   };
   int64_t ppg = plan.pairsPerGroup();
-  Attribute rowBlocks = ceilDiv("Sq", kBlockQ, ppg);
+  Attribute rowBlocks = ceilDiv("Sq", plan.blockQ, ppg);
   SmallVector<NamedAttribute> common = {
       b.getNamedAttr("kind", b.getStringAttr("cuda")),
       b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
-      b.getNamedAttr("block_q", b.getI64IntegerAttr(kBlockQ)),
-      b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK))};
+      b.getNamedAttr("block_q", b.getI64IntegerAttr(plan.blockQ)),
+      b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
+      b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages))};
   auto stage = [&](StringRef function, ArrayRef<Attribute> grid,
                    int64_t threads, int64_t shared, ArrayAttr params) {
     return b.getDictionaryAttr(
@@ -842,10 +1251,10 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
   };
   if (!plan.splitKeys) {
     // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
-    DictionaryAttr only =
-        stage(name, {rowBlocks, b.getI64IntegerAttr(plan.kvHeads),
-                     ceilDiv("B", 1, 1)},
-              kThreads, plan.sharedBytes, paramsOf(buffers));
+    DictionaryAttr only = stage(
+        name,
+        {rowBlocks, b.getI64IntegerAttr(plan.kvHeads), ceilDiv("B", 1, 1)},
+        plan.threads(), plan.sharedBytes, paramsOf(buffers));
     SmallVector<NamedAttribute> attrs(common);
     attrs.append(only.getValue().begin(), only.getValue().end());
     return b.getDictionaryAttr(attrs);
@@ -857,19 +1266,19 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
   SmallVector<StringRef> mainBuffers(buffers);
   mainBuffers.push_back("workspace");
   SmallVector<StringRef> combineBuffers = {"workspace", "lam", "out"};
-  Attribute splitGrid = b.getDictionaryAttr(
-      {b.getNamedAttr("product",
-                      b.getArrayAttr({rowBlocks, ceilDiv("Sk", plan.splitKeys,
-                                                         1)}))});
+  Attribute splitGrid = b.getDictionaryAttr({b.getNamedAttr(
+      "product",
+      b.getArrayAttr({rowBlocks, ceilDiv("Sk", plan.splitKeys, 1)}))});
   SmallVector<NamedAttribute> attrs(common);
-  attrs.push_back(b.getNamedAttr("split_keys",
-                                 b.getI64IntegerAttr(plan.splitKeys)));
+  attrs.push_back(
+      b.getNamedAttr("split_keys", b.getI64IntegerAttr(plan.splitKeys)));
   attrs.push_back(b.getNamedAttr(
       "stages",
       b.getArrayAttr(
-          {stage(name, {splitGrid, b.getI64IntegerAttr(plan.kvHeads),
-                        ceilDiv("B", 1, 1)},
-                 kThreads, plan.sharedBytes, paramsOf(mainBuffers)),
+          {stage(name,
+                 {splitGrid, b.getI64IntegerAttr(plan.kvHeads),
+                  ceilDiv("B", 1, 1)},
+                 plan.threads(), plan.sharedBytes, paramsOf(mainBuffers)),
            stage((name + "_combine").str(),
                  {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(plan.kvHeads),
                   ceilDiv("B", 1, 1)},
@@ -909,8 +1318,8 @@ mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
   MLIRContext *ctx = kernel.getContext();
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(kernel);
-  auto gpuModule = gpu::GPUModuleOp::create(rewriter, loc,
-                                            (kernel.getName() + "_module").str());
+  auto gpuModule = gpu::GPUModuleOp::create(
+      rewriter, loc, (kernel.getName() + "_module").str());
   rewriter.setInsertionPointToStart(gpuModule.getBody());
 
   // Kernel arguments: one 1-D buffer per tensor operand (contiguous BSHD),
@@ -944,7 +1353,7 @@ mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
     func.setKnownBlockSizeAttr(rewriter.getDenseI32ArrayAttr({threads, 1, 1}));
     return func;
   };
-  auto func = makeFunc(kernel.getName(), argTypes, kThreads);
+  auto func = makeFunc(kernel.getName(), argTypes, plan->threads());
   MmaSyncKernelBuilder(rewriter, loc, *plan).build(func);
   if (plan->splitKeys) {
     // The combine stage: workspace, lam, out, B, Sq, Sk.
@@ -979,6 +1388,9 @@ struct DiffAttnToMmaSyncKernelsPass
     MmaSyncStrategyOptions options;
     options.blockK = blockK;
     options.splitKeys = splitKeys;
+    options.stages = stages;
+    options.warps = warps;
+    options.rescaleThreshold = rescaleThreshold;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())
       if (func->hasAttr(kKernelAttrName))

@@ -4,8 +4,9 @@
 // shared memory for Q (both heads), two K stages and two V stages; cp.async
 // copies (zero-filling past the key length) in two commit groups; ldmatrix
 // (transposed for V) feeding bf16 mma.sync m16n8k16 with f32 accumulation;
-// quad shuffles for row max/sum; exp2 on the SFU; the launch rule on the
-// kernel's manifest entry.
+// quad shuffles for row max/sum; exp2 on the SFU; lazy rescaling (a warp
+// vote on whether any row's max grew past the threshold); the launch rule
+// on the kernel's manifest entry.
 
 // CHECK-LABEL: gpu.module @diffattn_v2_bf16_h8_kv2_d64_dv64_causal_module
 // CHECK:       gpu.func @diffattn_v2_bf16_h8_kv2_d64_dv64_causal(
@@ -25,6 +26,8 @@
 // CHECK:           scf.if
 // CHECK:             arith.cmpi sle
 // CHECK:           gpu.shuffle  xor
+// CHECK:           nvvm.vote.sync  any
+// CHECK:           scf.if
 // CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // CHECK:           nvgpu.ldmatrix {{.*}} {numTiles = 4 : i32, transpose = true}
 // CHECK:           gpu.barrier
@@ -43,22 +46,38 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 
 // f16 operands are vector<2xf16> registers of mma.sync. The decode form
 // (kv_len) gets split-KV kernels: the main kernel takes a workspace, decodes
-// (split, row block) from block x, clamps the key range to its split and
-// writes partial states; the combine kernel (Dv threads per row) merges the
-// splits and applies the epilogue. The launch has two stages and a
-// workspace rule.
+// (split, row block) from block x and clamps the key range to its split.
+// Its 4 warps share 16 rows and take the split's key blocks in turn, each
+// with a 3-stage pipeline of its own (per-warp K/V tiles, warp barriers);
+// after the loop they merge their states through shared memory (over the
+// stages) and write the CTA's partial states; the combine kernel (Dv
+// threads per row) merges the splits and applies the epilogue. The launch
+// has two stages and a workspace rule.
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
-// CHECK-SAME:    launch = {block_k = 32 : i64, block_q = 64 : i64, kind = "cuda", split_keys = 512 : i64, stages = [{block = [128, 1, 1], dynamic_shared_memory = 69632 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 64 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split_keys = 2048 : i64, stages = [{block = [128, 1, 1], dynamic_shared_memory = 113152 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 2048 : i64, ceil_div = "Sk", mul = 1 : i64}]}, 2,
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
-// CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 512 : i64, ceil_div = "Sk", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
+// CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 2048 : i64, ceil_div = "Sk", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
 // CHECK:         %[[BX:.*]] = gpu.block_id  x
 // CHECK:         %[[B:.*]] = gpu.block_id  z
 // CHECK:         arith.divui %[[BX]]
 // CHECK:         memref.load %{{.*}}[%[[B]]] : memref<?xi32>
-// CHECK:         nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
-// CHECK:         vector.store %{{.*}}, %[[WS]]
-// CHECK-NOT:     vector.store {{.*}} : memref<?xf16>
+// CHECK:         memref.view {{.*}} to memref<2x16x136xf16, #gpu.address_space<workgroup>>
+// CHECK:         memref.view {{.*}} to memref<4x3x16x136xf16, #gpu.address_space<workgroup>>
+// CHECK:         nvvm.cp.async.wait.group 2
+// CHECK:         gpu.barrier
+// CHECK:         scf.for
+// CHECK:           nvvm.cp.async.wait.group 2
+// CHECK:           nvvm.bar.warp.sync
+// CHECK:           nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK:           nvvm.bar.warp.sync
+// CHECK:         nvvm.cp.async.wait.group 0
+// CHECK:         gpu.barrier
+// CHECK:         memref.view {{.*}} to memref<4x2x16x128xf32, #gpu.address_space<workgroup>>
+// CHECK:         gpu.barrier
+// CHECK:         scf.for
+// CHECK:           memref.store %{{.*}}, %[[WS]]
+// CHECK-NOT:     memref<?xf16>
 // CHECK:         gpu.return
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
 // CHECK:         scf.for
@@ -73,4 +92,19 @@ func.func @decode(%q: tensor<4x1x8x128xf16>, %k: tensor<4x512x2x128xf16>,
       : (tensor<4x1x8x128xf16>, tensor<4x512x2x128xf16>, tensor<4x512x2x128xf16>, tensor<4x1x4xf32>, tensor<4xi32>)
       -> tensor<4x1x4x128xf16>
   return %o : tensor<4x1x4x128xf16>
+}
+
+// -----
+
+// D = 128 without a causal-like mask: 8 warps (128 rows) and 64 keys per
+// block by default.
+// CHECK-LABEL: gpu.module @diffattn_v2_bf16_h8_kv2_d128_dv128_module
+// CHECK:       launch = {block = [256, 1, 1], block_k = 64 : i64, block_q = 128 : i64
+// CHECK-SAME:    grid = [{by = 128 : i64, ceil_div = "Sq", mul = 2 : i64}
+func.func @wide(%q: tensor<1x300x8x128xbf16>, %k: tensor<1x300x2x128xbf16>,
+                %v: tensor<1x300x2x128xbf16>, %lam: tensor<1x300x4xbf16>) -> tensor<1x300x4x128xbf16> {
+  %o = diffattn.v2 %q, %k, %v, %lam
+      : (tensor<1x300x8x128xbf16>, tensor<1x300x2x128xbf16>, tensor<1x300x2x128xbf16>, tensor<1x300x4xbf16>)
+      -> tensor<1x300x4x128xbf16>
+  return %o : tensor<1x300x4x128xbf16>
 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""One launch of a prefill and a decode kernel of gpu_cases' benchmark shapes,
+for a profiler (Nsight Compute) to look at:
+
+    ncu -k regex:diffattn --launch-skip 1 --launch-count 2 \\
+        python3 benchmarks/gpu_profile_case.py [--prefill N] [--decode N]
+
+Each kernel is launched twice (a warm-up, then the profiled launch).
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_cases  # noqa: E402
+
+from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prefill", type=int, default=0, help="index into BENCH_PREFILL (-1: none)")
+    ap.add_argument("--decode", type=int, default=0, help="index into BENCH_DECODE (-1: none)")
+    args = ap.parse_args()
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    if args.prefill >= 0:
+        b, s, h2, hkv, d, causal = gpu_cases.BENCH_PREFILL[args.prefill]
+        q, k, v = (torch.randn(b, s, h, d, **bf16) for h in (h2, hkv, hkv))
+        lam = torch.randn(b, s, h2 // 2, **bf16)
+        for _ in range(2):
+            torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+    if args.decode >= 0:
+        b, kvl, h2, hkv, d = gpu_cases.BENCH_DECODE[args.decode]
+        q = torch.randn(b, 1, h2, d, **bf16)
+        k, v = (torch.randn(b, kvl, hkv, d, **bf16) for _ in range(2))
+        lam = torch.randn(b, 1, h2 // 2, **bf16)
+        kl = torch.full((b,), kvl, dtype=torch.int32, device="cuda")
+        for _ in range(2):
+            torch.ops.diffattn.v2(q, k, v, lam, kl, True, None, -1, -1)
+    torch.cuda.synchronize()
+    print("profile case done")
+
+
+if __name__ == "__main__":
+    main()
