@@ -71,8 +71,31 @@ def test_valid_launch_passes_the_checks(artifact):
     assert _check(artifact, _with_workspace(artifact, _buffers(b=5, sq=3, sk=1000), sizes), sizes)[0] == 0
 
 
+def _splits(artifact, sizes):
+    # Workspace: B x Hkv x splits x (pairs per group x Sq) x 2 x (Dv + 2).
+    b, sq, _ = sizes
+    n = _gpu.workspace_elements(artifact, sizes)
+    per_split = b * 2 * (2 * sq) * 2 * 66
+    assert n % per_split == 0
+    return n // per_split
+
+
+def test_runtime_picks_the_split(artifact):
+    # The manifest leaves the split size to the launch: multiples of
+    # 16 keys x 4 warps, aiming at one wave of 264 CTAs (sm_90).
+    manifest = json.load(open(os.path.join(artifact, "manifest.json")))
+    assert manifest["kernels"][0]["launch"]["split"] == {"multiple_of": 64, "target_ctas": 264}
+    # CTAs per split: ceil(2 pairs x Sq / 16) row blocks x Hkv 2 x B.
+    assert _splits(artifact, (2, 16, 32)) == 1          # one block of keys
+    assert _splits(artifact, (1, 1, 8192)) == 128       # 264 / 2 CTAs, at most Sk / 64
+    # 264 / 2 = 132 splits of ceil(100000 / 132) keys, rounded up to 768:
+    assert _splits(artifact, (1, 1, 100000)) == 131     # ceil(100000 / 768)
+    assert _splits(artifact, (64, 1, 8192)) == 2        # 264 / 128
+    assert _splits(artifact, (200, 1, 8192)) == 1       # a wave without splitting
+    assert _splits(artifact, (2, 16, 0)) == 0           # no keys: nothing to split
+
+
 def test_decode_form_needs_a_workspace(artifact):
-    # Split-KV: B x Hkv x ceil(Sk / 512) x (pairs per group x Sq) x 2 x (Dv + 2).
     assert _gpu.workspace_elements(artifact, (2, 16, 32)) == 2 * 2 * 1 * (2 * 16) * 2 * 66
     rc, err = _check(artifact, _buffers(), (2, 16, 32))
     assert rc == 1 and "with a 'workspace' of 16896 f32" in err

@@ -41,8 +41,7 @@ using JsonArray = std::vector<Json>;
 using JsonObject = std::map<std::string, Json>;
 
 struct Json {
-  std::variant<std::nullptr_t, bool, double, std::string, JsonArray,
-               JsonObject>
+  std::variant<std::nullptr_t, bool, double, std::string, JsonArray, JsonObject>
       value;
   const Json *get(const std::string &key) const {
     auto *obj = std::get_if<JsonObject>(&value);
@@ -90,18 +89,30 @@ private:
           return false;
         char e = s[pos++];
         switch (e) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
         case 'u':
           if (pos + 4 > s.size())
             return false;
           out += '?'; // manifests are ASCII; keep the parser total
           pos += 4;
           break;
-        default: out += e; break;
+        default:
+          out += e;
+          break;
         }
       } else {
         out += c;
@@ -213,7 +224,8 @@ using CUcontext = void *;
 using CUmodule = void *;
 using CUfunction = void *;
 using CUstream = void *;
-constexpr int kMaxDynamicSharedAttr = 8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+constexpr int kMaxDynamicSharedAttr =
+    8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
 struct Driver {
   CUresult (*cuInit)(unsigned);
@@ -224,9 +236,9 @@ struct Driver {
   CUresult (*cuModuleLoadData)(CUmodule *, const void *);
   CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
   CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
-  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned,
-                             unsigned, unsigned, unsigned, unsigned, CUstream,
-                             void **, void **);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned,
+                             unsigned, unsigned, unsigned, CUstream, void **,
+                             void **);
   CUresult (*cuGetErrorString)(CUresult, const char **);
 };
 
@@ -323,25 +335,38 @@ struct KernelSpec {
   std::vector<StageSpec> stages;
   /// f32 elements of the scratch buffer the stages share (empty: none).
   Rule workspace;
+  /// Split-KV kernels: keys per split, fixed (splitFixed > 0) or picked per
+  /// launch as a multiple of splitMultiple making about splitTarget CTAs.
+  bool hasSplit = false;
+  int64_t splitFixed = 0, splitMultiple = 0, splitTarget = 0;
   // Loaded state.
   CUcontext context = nullptr;
 };
 
 int dtypeFromName(const std::string &name) {
-  if (name == "f32") return DIFFATTN_F32;
-  if (name == "f16") return DIFFATTN_F16;
-  if (name == "bf16") return DIFFATTN_BF16;
-  if (name == "i32") return DIFFATTN_I32;
+  if (name == "f32")
+    return DIFFATTN_F32;
+  if (name == "f16")
+    return DIFFATTN_F16;
+  if (name == "bf16")
+    return DIFFATTN_BF16;
+  if (name == "i32")
+    return DIFFATTN_I32;
   return -1;
 }
 
 const char *dtypeName(int32_t dtype) {
   switch (dtype) {
-  case DIFFATTN_F32: return "f32";
-  case DIFFATTN_F16: return "f16";
-  case DIFFATTN_BF16: return "bf16";
-  case DIFFATTN_I32: return "i32";
-  default: return "unknown";
+  case DIFFATTN_F32:
+    return "f32";
+  case DIFFATTN_F16:
+    return "f16";
+  case DIFFATTN_BF16:
+    return "bf16";
+  case DIFFATTN_I32:
+    return "i32";
+  default:
+    return "unknown";
   }
 }
 
@@ -357,8 +382,8 @@ bool readFile(const std::string &path, std::string &out) {
 
 int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
   auto bad = [&](const std::string &what) {
-    return fail(DIFFATTN_ERROR_ARTIFACT, dir + "/manifest.json: kernel '" +
-                                             spec.name + "': " + what);
+    return fail(DIFFATTN_ERROR_ARTIFACT,
+                dir + "/manifest.json: kernel '" + spec.name + "': " + what);
   };
   const Json *name = k.get("name"), *entry = k.get("entry"),
              *cubin = k.get("cubin"), *args = k.get("args"),
@@ -380,8 +405,7 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
       continue; // B, Sq, Sk
     ArgSpec arg;
     const Json *argName = a.get("name"), *dtype = a.get("dtype");
-    if (!argName || !argName->str() || !dtype || !dtype->str() ||
-        !shape->arr())
+    if (!argName || !argName->str() || !dtype || !dtype->str() || !shape->arr())
       return bad("malformed argument");
     arg.name = *argName->str();
     arg.dtype = dtypeFromName(*dtype->str());
@@ -475,6 +499,21 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
     if (int rc = parseStage(*launch, *entry->str(), spec.stages.back()))
       return rc;
   }
+  if (const Json *split = launch->get("split")) {
+    const Json *fixed = split->get("fixed"),
+               *multiple = split->get("multiple_of"),
+               *target = split->get("target_ctas");
+    spec.hasSplit = true;
+    if (fixed && fixed->num() && *fixed->num() >= 1) {
+      spec.splitFixed = static_cast<int64_t>(*fixed->num());
+    } else if (multiple && multiple->num() && *multiple->num() >= 1 && target &&
+               target->num() && *target->num() >= 1) {
+      spec.splitMultiple = static_cast<int64_t>(*multiple->num());
+      spec.splitTarget = static_cast<int64_t>(*target->num());
+    } else {
+      return bad("malformed split rule");
+    }
+  }
   if (const Json *ws = launch->get("workspace")) {
     const Json *times = ws->get("times");
     if (!parseRule(*ws, spec.workspace) || !times || !times->num())
@@ -502,25 +541,66 @@ struct diffattn_module {
 namespace {
 
 /// Resolves `dim` for the sizes of one launch.
-int64_t resolve(const Dim &dim, int64_t B, int64_t Sq, int64_t Sk) {
+/// The sizes of one launch: the caller's B, Sq, Sk and, for split-KV
+/// kernels, the keys per split and the number of splits.
+struct Sizes {
+  int64_t B = 0, Sq = 0, Sk = 0, splitKeys = 0, splits = 0;
+};
+
+int64_t resolve(const Dim &dim, const Sizes &sizes) {
   if (dim.symbol.empty())
     return dim.size;
-  if (dim.symbol == "B") return B;
-  if (dim.symbol == "Sq") return Sq;
-  if (dim.symbol == "Sk") return Sk;
+  if (dim.symbol == "B")
+    return sizes.B;
+  if (dim.symbol == "Sq")
+    return sizes.Sq;
+  if (dim.symbol == "Sk")
+    return sizes.Sk;
+  if (dim.symbol == "splits")
+    return sizes.splits;
+  if (dim.symbol == "split_keys")
+    return sizes.splitKeys;
   return -1;
 }
 
 /// The value of a rule: the product of its factors, each a constant or
 /// ceil(mul * symbol / by).
-int64_t evaluate(const Rule &rule, int64_t B, int64_t Sq, int64_t Sk) {
+int64_t evaluate(const Rule &rule, const Sizes &sizes) {
   int64_t n = 1;
   for (const Dim &d : rule)
     n *= d.symbol.empty()
              ? d.size
-             : (d.mul * resolve({d.symbol, 0, 1}, B, Sq, Sk) + d.size - 1) /
-                   d.size;
+             : (d.mul * resolve({d.symbol, 0, 1}, sizes) + d.size - 1) / d.size;
   return n;
+}
+
+/// The launch sizes of `spec` for B, Sq, Sk (>= 0). A split-KV kernel
+/// without a fixed split gets the fewest splits that give its first stage
+/// about splitTarget CTAs (one wave), each a multiple of splitMultiple keys.
+Sizes sizesFor(const KernelSpec &spec, int64_t B, int64_t Sq, int64_t Sk) {
+  Sizes sizes{B, Sq, Sk, 0, 0};
+  if (!spec.hasSplit)
+    return sizes;
+  int64_t splitKeys = spec.splitFixed;
+  if (!splitKeys) {
+    Sizes one = sizes;
+    one.splits = 1;
+    one.splitKeys = std::max<int64_t>(Sk, 1);
+    int64_t perSplit = 1;
+    for (const Rule &rule : spec.stages.front().grid)
+      perSplit *= std::max<int64_t>(evaluate(rule, one), 1);
+    int64_t want = std::max<int64_t>(spec.splitTarget / perSplit, 1);
+    int64_t most = std::max<int64_t>(
+        (Sk + spec.splitMultiple - 1) / spec.splitMultiple, 1);
+    int64_t splits = std::min(want, most);
+    int64_t keys = (Sk + splits - 1) / splits;
+    splitKeys = std::max<int64_t>((keys + spec.splitMultiple - 1) /
+                                      spec.splitMultiple * spec.splitMultiple,
+                                  spec.splitMultiple);
+  }
+  sizes.splitKeys = splitKeys;
+  sizes.splits = (Sk + splitKeys - 1) / splitKeys;
+  return sizes;
 }
 
 std::string shapeText(const int64_t *shape, int rank) {
@@ -537,15 +617,16 @@ int check(const KernelSpec &spec, const diffattn_buffer *buffers,
   if (B < 0 || Sq < 0 || Sk < 0)
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
                 where + "sizes must be >= 0, got B = " + std::to_string(B) +
-                    ", Sq = " + std::to_string(Sq) + ", Sk = " +
-                    std::to_string(Sk));
+                    ", Sq = " + std::to_string(Sq) +
+                    ", Sk = " + std::to_string(Sk));
   // 32-bit grid and index headroom: ceil(Sq / 64) blocks in x, B in z.
   if (B > 65535 || Sq > (int64_t(1) << 31) || Sk > (int64_t(1) << 31))
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
                 where + "sizes out of the supported range (B <= 65535, "
                         "Sq, Sk <= 2^31)");
+  const Sizes sizes = sizesFor(spec, B, Sq, Sk);
   int64_t workspace =
-      spec.workspace.empty() ? 0 : evaluate(spec.workspace, B, Sq, Sk);
+      spec.workspace.empty() ? 0 : evaluate(spec.workspace, sizes);
   size_t expectedBuffers = spec.args.size() + (workspace > 0 ? 1 : 0);
   if (numBuffers != static_cast<int>(expectedBuffers))
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
@@ -567,13 +648,12 @@ int check(const KernelSpec &spec, const diffattn_buffer *buffers,
                   where + "missing buffer '" + arg.name + "'");
     if (buf->dtype != arg.dtype)
       return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
-                  where + "'" + arg.name + "' must be " +
-                      dtypeName(arg.dtype) + ", got " +
-                      dtypeName(buf->dtype));
+                  where + "'" + arg.name + "' must be " + dtypeName(arg.dtype) +
+                      ", got " + dtypeName(buf->dtype));
     bool ok = buf->rank == static_cast<int>(arg.shape.size());
     std::string expected = "[";
     for (size_t d = 0; d < arg.shape.size(); ++d) {
-      int64_t size = resolve(arg.shape[d], B, Sq, Sk);
+      int64_t size = resolve(arg.shape[d], sizes);
       expected += (d ? ", " : "") + std::to_string(size);
       if (ok && buf->shape[d] != size)
         ok = false;
@@ -647,8 +727,7 @@ int diffattn_module_num_kernels(const diffattn_module *module) {
   return module ? static_cast<int>(module->kernels.size()) : 0;
 }
 
-const char *diffattn_module_kernel_name(const diffattn_module *module,
-                                        int i) {
+const char *diffattn_module_kernel_name(const diffattn_module *module, int i) {
   if (!module || i < 0 || i >= static_cast<int>(module->kernels.size()))
     return nullptr;
   return module->kernels[i]->name.c_str();
@@ -677,6 +756,7 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
   std::vector<const diffattn_buffer *> ordered;
   check(spec, buffers, num_buffers, B, Sq, Sk, ordered);
 
+  const Sizes sizes = sizesFor(spec, B, Sq, Sk);
   const Driver *d = nullptr;
   std::lock_guard<std::mutex> lock(module->mutex);
   for (StageSpec &stage : spec.stages) {
@@ -684,7 +764,7 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
     unsigned grid[3];
     bool empty = false;
     for (int i = 0; i < 3; ++i) {
-      int64_t n = evaluate(stage.grid[i], B, Sq, Sk);
+      int64_t n = evaluate(stage.grid[i], sizes);
       if (n <= 0) {
         empty = true;
         break;
@@ -727,9 +807,9 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
                   d->cuModuleGetFunction(&st.handle, mod, st.function.c_str()))
             return cudaFail(d, rc, "cuModuleGetFunction(" + st.function + ")");
           if (st.sharedBytes > 48 * 1024)
-            if (CUresult rc = d->cuFuncSetAttribute(
-                    st.handle, kMaxDynamicSharedAttr,
-                    static_cast<int>(st.sharedBytes)))
+            if (CUresult rc =
+                    d->cuFuncSetAttribute(st.handle, kMaxDynamicSharedAttr,
+                                          static_cast<int>(st.sharedBytes)))
               return cudaFail(d, rc, "cuFuncSetAttribute(shared memory)");
         }
         spec.context = ctx;
@@ -743,7 +823,7 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
     for (size_t i = 0; i < stage.params.size(); ++i) {
       const ParamSpec &p = stage.params[i];
       if (p.field == "value") {
-        values[i] = resolve({p.arg, 0, 1}, B, Sq, Sk);
+        values[i] = resolve({p.arg, 0, 1}, sizes);
         args[i] = &values[i];
         continue;
       }
@@ -798,7 +878,9 @@ int64_t diffattn_workspace_elements(const diffattn_module *module,
   }
   if (B < 0 || Sq < 0 || Sk < 0)
     return 0;
-  return spec->workspace.empty() ? 0 : evaluate(spec->workspace, B, Sq, Sk);
+  return spec->workspace.empty()
+             ? 0
+             : evaluate(spec->workspace, sizesFor(*spec, B, Sq, Sk));
 }
 
 } // extern "C"

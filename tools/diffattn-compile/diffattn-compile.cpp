@@ -99,8 +99,8 @@ static cl::opt<int64_t> warps("warps",
 static cl::opt<int64_t>
     splitKeys("split-keys",
               cl::desc("GPU: keys per split of the decode form's split-KV "
-                       "kernels"),
-              cl::init(2048), cl::cat(category));
+                       "kernels (0: the runtime picks it per launch)"),
+              cl::init(0), cl::cat(category));
 static cl::opt<double> rescaleThreshold(
     "rescale-threshold",
     cl::desc("GPU: lazy softmax rescaling threshold in log2 units, 0 to 16 "
@@ -217,6 +217,7 @@ FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
     options.stages = stages;
     options.warps = warps;
     options.splitKeys = splitKeys;
+    options.splitTargetCtas = gpu.splitTargetCtas;
     options.rescaleThreshold = rescaleThreshold;
     pm.addPass(createDiffAttnToMmaSyncKernels(options));
     TimingScope strategyTiming = timing.nest("strategy " + name.str());

@@ -18,8 +18,13 @@ namespace mlir::diffattn {
 struct MmaSyncStrategyOptions {
   /// Keys per block; 0 picks the default for the head dimension.
   int64_t blockK = 0;
-  /// Keys per split of the split-KV kernels of the decode form (kv_len).
-  int64_t splitKeys = 2048;
+  /// Keys per split of the split-KV kernels of the decode form (kv_len);
+  /// 0: chosen at each launch by the runtime, aiming at splitTargetCtas
+  /// CTAs.
+  int64_t splitKeys = 0;
+  /// CTAs a split-KV launch aims for when the runtime picks the split:
+  /// about one wave (2 per SM of a 132-SM H100/H200).
+  int64_t splitTargetCtas = 264;
   /// K/V blocks per pipeline (in flight: stages - 1); 0 picks the default.
   int64_t stages = 0;
   /// Warps per CTA (4 or 8); 0 picks the default (4).

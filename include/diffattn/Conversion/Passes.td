@@ -74,9 +74,13 @@ def DiffAttnToMmaSyncKernels
            "Lazy softmax rescaling: move a row's offset (and rescale its "
            "accumulators) only when a probability would exceed "
            "2^threshold, 0 to 16 (0: with every block)">,
-    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"2048",
-           "Keys per split of the decode form's split-KV kernels (a "
-           "multiple of block-k)">,
+    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
+           "Keys per split of the decode form's split-KV kernels, a "
+           "multiple of block-k (0: the runtime picks it per launch)">,
+    Option<"splitTargetCtas", "split-target-ctas", "int64_t",
+           /*default=*/"264",
+           "CTAs a split-KV launch aims for when the runtime picks the "
+           "split (about one wave: 2 per SM of a 132-SM H100/H200)">,
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::gpu::GPUDialect",

@@ -74,8 +74,12 @@ struct Plan {
   /// through shared memory at the end. The CTA writes the partial softmax
   /// state of its rows to a workspace; a second kernel combines the splits
   /// and applies the epilogue.
-  int64_t splitKeys = 0;
-  bool warpSplit() const { return splitKeys != 0; }
+  bool splitKV = false;
+  bool warpSplit() const { return splitKV; }
+  /// Keys per split: fixed at compile time, or 0 for the runtime's choice
+  /// (a multiple of blockK * warps aiming at splitTargetCtas CTAs).
+  int64_t fixedSplitKeys = 0;
+  int64_t splitTargetCtas = 0;
   /// Lazy rescaling: the softmax offsets move only when a probability would
   /// exceed 2^rescaleThreshold (0: they move with every block).
   float rescaleThreshold = 0;
@@ -619,6 +623,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value workspace = warpSplit ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
+  // Split-KV: keys per split, a multiple of blockK (the launch's choice).
+  Value splitKeys = warpSplit ? entry.getArgument(a++) : Value();
 
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
@@ -635,7 +641,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
     split = arith::DivUIOp::create(b, loc, qBlock, rowBlocks);
     qBlock = arith::RemUIOp::create(b, loc, qBlock, rowBlocks);
-    numSplits = div(add(seqK, plan.splitKeys - 1), plan.splitKeys);
+    numSplits = arith::DivUIOp::create(
+        b, loc, sub(add(seqK, splitKeys), idx(1)), splitKeys);
   }
   // With a causal-like mask (later rows see more keys), row blocks go from
   // the last rows to the first: the longest CTAs start first and the
@@ -726,9 +733,9 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   if (attn.windowRight >= 0)
     hi = minI(keyLen, add(add(maxRow, offset), idx(attn.windowRight + 1)));
   if (warpSplit) {
-    Value splitStart = mul(split, plan.splitKeys);
+    Value splitStart = mul(split, splitKeys);
     lo = maxI(lo, splitStart);
-    hi = minI(hi, add(splitStart, plan.splitKeys));
+    hi = minI(hi, add(splitStart, splitKeys));
   }
   lo = sub(lo, rem(lo, blockK));
 
@@ -1059,7 +1066,9 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
   int64_t pairsPerGroup = plan.pairsPerGroup();
   Value groupRows = mul(seqQ, pairsPerGroup);
-  Value numSplits = div(add(seqK, plan.splitKeys - 1), plan.splitKeys);
+  Value splitKeys = entry.getArgument(6);
+  Value numSplits = arith::DivUIOp::create(
+      b, loc, sub(add(seqK, splitKeys), idx(1)), splitKeys);
   Value pair = add(mul(kvHead, pairsPerGroup),
                    arith::DivUIOp::create(b, loc, groupRow, seqQ));
   Value row = arith::RemUIOp::create(b, loc, groupRow, seqQ);
@@ -1143,7 +1152,7 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
                              << " != D = " << plan.headDim
                              << " is not supported by the portable GPU "
                                 "strategy";
-  plan.splitKeys = plan.attn.hasKvLen ? options.splitKeys : 0;
+  plan.splitKV = plan.attn.hasKvLen;
   // Tile defaults, measured on the H200 (docs/performance.md). Row
   // blocks: D = 64 wants 4 warps x 64 keys. D = 128 with a causal-like
   // mask wants 4 warps x 32 keys (both heads share every fragment, and the
@@ -1179,11 +1188,19 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   plan.kvHeads = plan.attn.numKeyHeads;
   plan.lamType = v2.getLam().getType().getElementType();
   // The decode form reads a KV cache with few query rows: split the keys so
-  // that enough CTAs stream the cache.
-  if (plan.splitKeys < 0 || plan.splitKeys % plan.blockK != 0)
+  // that enough CTAs stream the cache. By default the runtime picks the
+  // split size per launch (about splitTargetCtas CTAs in all).
+  plan.fixedSplitKeys = plan.splitKV ? options.splitKeys : 0;
+  if (plan.fixedSplitKeys < 0 || plan.fixedSplitKeys % plan.blockK != 0)
     return op->emitOpError()
-           << "split-keys = " << plan.splitKeys
-           << " must be a multiple of block-k = " << plan.blockK;
+           << "split-keys = " << plan.fixedSplitKeys
+           << " must be a multiple of block-k = " << plan.blockK
+           << " (or 0: chosen at launch)";
+  plan.splitTargetCtas = options.splitTargetCtas;
+  if (plan.splitTargetCtas <= 0)
+    return op->emitOpError()
+           << "split-target-ctas = " << options.splitTargetCtas
+           << " must be positive";
   int64_t elementBytes = 2;
   int64_t pipelines = plan.warpSplit() ? plan.warps : 1;
   plan.qTileBytes = 2 * plan.blockQ * (plan.headDim + kPad) * elementBytes;
@@ -1220,7 +1237,10 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
         params.push_back(b.getDictionaryAttr(
             {b.getNamedAttr("arg", b.getStringAttr(buf)),
              b.getNamedAttr("field", b.getStringAttr(field))}));
-    for (StringRef size : {"B", "Sq", "Sk"})
+    SmallVector<StringRef> sizes = {"B", "Sq", "Sk"};
+    if (plan.splitKV)
+      sizes.push_back("split_keys");
+    for (StringRef size : sizes)
       params.push_back(b.getDictionaryAttr(
           {b.getNamedAttr("arg", b.getStringAttr(size)),
            b.getNamedAttr("field", b.getStringAttr("value"))}));
@@ -1249,7 +1269,7 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
          b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
          b.getNamedAttr("params", params)});
   };
-  if (!plan.splitKeys) {
+  if (!plan.splitKV) {
     // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
     DictionaryAttr only = stage(
         name,
@@ -1260,18 +1280,27 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
     return b.getDictionaryAttr(attrs);
   }
   // Stage 1, x: (split, row block) couples; stage 2, x: the group's rows.
-  // The number of splits is ceil(Sk / splitKeys), but the grid rule is a
-  // product of one ceil_div, so stage 1's x is rounded up per factor:
-  // the kernel decodes x with the same two factors.
+  // `splits` = ceil(Sk / split_keys), split_keys being the launch's
+  // choice (`split`); the kernel decodes x with the same two factors.
   SmallVector<StringRef> mainBuffers(buffers);
   mainBuffers.push_back("workspace");
   SmallVector<StringRef> combineBuffers = {"workspace", "lam", "out"};
-  Attribute splitGrid = b.getDictionaryAttr({b.getNamedAttr(
-      "product",
-      b.getArrayAttr({rowBlocks, ceilDiv("Sk", plan.splitKeys, 1)}))});
+  SmallVector<Attribute> splitFactors = {rowBlocks, ceilDiv("splits", 1, 1)};
+  Attribute splitGrid = b.getDictionaryAttr(
+      {b.getNamedAttr("product", b.getArrayAttr(splitFactors))});
   SmallVector<NamedAttribute> attrs(common);
-  attrs.push_back(
-      b.getNamedAttr("split_keys", b.getI64IntegerAttr(plan.splitKeys)));
+  // How the runtime picks split_keys: fixed, or the smallest multiple of
+  // `multiple_of` keys that makes about `target_ctas` CTAs in all.
+  SmallVector<NamedAttribute> split;
+  if (plan.fixedSplitKeys)
+    split.push_back(
+        b.getNamedAttr("fixed", b.getI64IntegerAttr(plan.fixedSplitKeys)));
+  else
+    split.append({b.getNamedAttr("multiple_of",
+                                 b.getI64IntegerAttr(plan.blockK * plan.warps)),
+                  b.getNamedAttr("target_ctas",
+                                 b.getI64IntegerAttr(plan.splitTargetCtas))});
+  attrs.push_back(b.getNamedAttr("split", b.getDictionaryAttr(split)));
   attrs.push_back(b.getNamedAttr(
       "stages",
       b.getArrayAttr(
@@ -1289,10 +1318,9 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
       "workspace",
       b.getDictionaryAttr(
           {b.getNamedAttr("dtype", b.getStringAttr("f32")),
-           b.getNamedAttr("product",
-                          b.getArrayAttr({ceilDiv("B", 1, 1),
-                                          ceilDiv("Sk", plan.splitKeys, 1),
-                                          ceilDiv("Sq", 1, 1)})),
+           b.getNamedAttr("product", b.getArrayAttr({ceilDiv("B", 1, 1),
+                                                     ceilDiv("splits", 1, 1),
+                                                     ceilDiv("Sq", 1, 1)})),
            b.getNamedAttr("times",
                           b.getI64IntegerAttr(plan.kvHeads * ppg * 2 *
                                               plan.partialWidth()))})));
@@ -1343,8 +1371,10 @@ mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
   }
   Type workspaceType =
       MemRefType::get({ShapedType::kDynamic}, rewriter.getF32Type());
-  if (plan->splitKeys)
+  if (plan->splitKV) {
     argTypes.insert(argTypes.begin() + buffers.size(), workspaceType);
+    argTypes.push_back(rewriter.getIndexType()); // split_keys
+  }
   auto makeFunc = [&](StringRef name, ArrayRef<Type> types, int32_t threads) {
     auto func = gpu::GPUFuncOp::create(rewriter, loc, name,
                                        rewriter.getFunctionType(types, {}));
@@ -1355,14 +1385,14 @@ mlir::diffattn::emitMmaSyncKernel(RewriterBase &rewriter, func::FuncOp kernel,
   };
   auto func = makeFunc(kernel.getName(), argTypes, plan->threads());
   MmaSyncKernelBuilder(rewriter, loc, *plan).build(func);
-  if (plan->splitKeys) {
-    // The combine stage: workspace, lam, out, B, Sq, Sk.
+  if (plan->splitKV) {
+    // The combine stage: workspace, lam, out, B, Sq, Sk, split_keys.
     Type index = rewriter.getIndexType();
     Type lamType = argTypes[3], outType = argTypes[buffers.size() - 1];
     rewriter.setInsertionPointAfter(func);
     auto combine =
         makeFunc((kernel.getName() + "_combine").str(),
-                 {workspaceType, lamType, outType, index, index, index},
+                 {workspaceType, lamType, outType, index, index, index, index},
                  static_cast<int32_t>(plan->valueDim));
     MmaSyncKernelBuilder(rewriter, loc, *plan).buildCombine(combine);
   }
@@ -1388,6 +1418,7 @@ struct DiffAttnToMmaSyncKernelsPass
     MmaSyncStrategyOptions options;
     options.blockK = blockK;
     options.splitKeys = splitKeys;
+    options.splitTargetCtas = splitTargetCtas;
     options.stages = stages;
     options.warps = warps;
     options.rescaleThreshold = rescaleThreshold;

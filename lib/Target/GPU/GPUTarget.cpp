@@ -17,13 +17,13 @@ std::optional<GPUTargetInfo> mlir::diffattn::lookupGPUTarget(StringRef name) {
   // sm_80 / sm_90: the portable tensor-core strategy (an sm_90 cubin of it
   // runs on Hopper). sm_90a / sm_100a name their own strategies.
   if (name == "sm_80")
-    return GPUTargetInfo{"sm_80", "sm_80", "+ptx80", "mma_sync"};
+    return GPUTargetInfo{"sm_80", "sm_80", "+ptx80", "mma_sync", 108};
   if (name == "sm_90")
-    return GPUTargetInfo{"sm_90", "sm_90", "+ptx80", "mma_sync"};
+    return GPUTargetInfo{"sm_90", "sm_90", "+ptx80", "mma_sync", 264};
   if (name == "sm_90a")
-    return GPUTargetInfo{"sm_90a", "sm_90a", "+ptx80", "wgmma"};
+    return GPUTargetInfo{"sm_90a", "sm_90a", "+ptx80", "wgmma", 264};
   if (name == "sm_100a")
-    return GPUTargetInfo{"sm_100a", "sm_100a", "+ptx86", "tcgen05"};
+    return GPUTargetInfo{"sm_100a", "sm_100a", "+ptx86", "tcgen05", 296};
   return std::nullopt;
 }
 
@@ -31,8 +31,7 @@ LogicalResult mlir::diffattn::buildPTXPipeline(OpPassManager &pm,
                                                const GPUTargetInfo &target) {
   std::string pipeline =
       "lower-affine,gpu-lower-to-nvvm-pipeline{cubin-chip=" + target.chip +
-      " cubin-features=" + target.features +
-      " cubin-format=isa opt-level=3}";
+      " cubin-features=" + target.features + " cubin-format=isa opt-level=3}";
   return parsePassPipeline(pipeline, pm);
 }
 
@@ -40,8 +39,9 @@ FailureOr<std::string> mlir::diffattn::extractPTX(ModuleOp module) {
   SmallVector<gpu::BinaryOp> binaries =
       llvm::to_vector(module.getOps<gpu::BinaryOp>());
   if (binaries.size() != 1)
-    return module.emitError() << "expected one gpu.binary after lowering, found "
-                              << binaries.size();
+    return module.emitError()
+           << "expected one gpu.binary after lowering, found "
+           << binaries.size();
   auto objects = binaries.front().getObjects();
   if (objects.size() != 1)
     return binaries.front().emitError("expected one object in gpu.binary");
@@ -71,10 +71,11 @@ mlir::diffattn::assemblePTX(Location loc, StringRef ptxPath,
   llvm::SmallString<128> logPath;
   if (llvm::sys::fs::createTemporaryFile("diffattn-ptxas", "log", logPath))
     return emitError(loc, "cannot create a temporary file for ptxas output");
-  auto removeLog = llvm::make_scope_exit([&] { llvm::sys::fs::remove(logPath); });
+  auto removeLog =
+      llvm::make_scope_exit([&] { llvm::sys::fs::remove(logPath); });
   std::string arch = "-arch=" + target.chip;
-  SmallVector<StringRef> args = {*ptxas, arch, "-O3", "-v", ptxPath,
-                                 "-o", cubinPath};
+  SmallVector<StringRef> args = {*ptxas,  arch, "-O3",    "-v",
+                                 ptxPath, "-o", cubinPath};
   std::optional<StringRef> redirects[] = {std::nullopt, StringRef(logPath),
                                           StringRef(logPath)};
   std::string message;

@@ -52,15 +52,18 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // after the loop they merge their states through shared memory (over the
 // stages) and write the CTA's partial states; the combine kernel (Dv
 // threads per row) merges the splits and applies the epilogue. The launch
-// has two stages and a workspace rule.
+// has two stages and a workspace rule; the keys per split are a kernel
+// argument the runtime picks (a multiple of 64 keys, aiming at 264 CTAs).
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
-// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel
-// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split_keys = 2048 : i64, stages = [{block = [128, 1, 1], dynamic_shared_memory = 113152 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 2048 : i64, ceil_div = "Sk", mul = 1 : i64}]}, 2,
+// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %[[SPLIT:.*]]: index) kernel
+// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 113152 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    {arg = "Sk", field = "value"}, {arg = "split_keys", field = "value"}]
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
-// CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 2048 : i64, ceil_div = "Sk", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
+// CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
 // CHECK:         %[[BX:.*]] = gpu.block_id  x
 // CHECK:         %[[B:.*]] = gpu.block_id  z
 // CHECK:         arith.divui %[[BX]]
+// CHECK:         arith.divui %{{.*}}, %[[SPLIT]]
 // CHECK:         memref.load %{{.*}}[%[[B]]] : memref<?xi32>
 // CHECK:         memref.view {{.*}} to memref<2x16x136xf16, #gpu.address_space<workgroup>>
 // CHECK:         memref.view {{.*}} to memref<4x3x16x136xf16, #gpu.address_space<workgroup>>
@@ -79,7 +82,7 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:           memref.store %{{.*}}, %[[WS]]
 // CHECK-NOT:     memref<?xf16>
 // CHECK:         gpu.return
-// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
+// CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
 // CHECK:         scf.for
 // CHECK:           arith.maxnumf
 // CHECK:         scf.for
@@ -107,4 +110,18 @@ func.func @wide(%q: tensor<1x300x8x128xbf16>, %k: tensor<1x300x2x128xbf16>,
       : (tensor<1x300x8x128xbf16>, tensor<1x300x2x128xbf16>, tensor<1x300x2x128xbf16>, tensor<1x300x4xbf16>)
       -> tensor<1x300x4x128xbf16>
   return %o : tensor<1x300x4x128xbf16>
+}
+
+// -----
+
+// A fixed split (split-keys) is recorded for the runtime instead.
+// RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=split-keys=512 | FileCheck %s --check-prefix=FIXED
+// FIXED: split = {fixed = 512 : i64}
+func.func @fixed_split(%q: tensor<4x1x8x64xbf16>, %k: tensor<4x512x2x64xbf16>,
+                       %v: tensor<4x512x2x64xbf16>, %lam: tensor<4x1x4xbf16>,
+                       %len: tensor<4xi32>) -> tensor<4x1x4x64xbf16> {
+  %o = diffattn.v2 %q, %k, %v, %lam kv_len(%len)
+      : (tensor<4x1x8x64xbf16>, tensor<4x512x2x64xbf16>, tensor<4x512x2x64xbf16>, tensor<4x1x4xbf16>, tensor<4xi32>)
+      -> tensor<4x1x4x64xbf16>
+  return %o : tensor<4x1x4x64xbf16>
 }

@@ -1,4 +1,5 @@
-//===- GPUTarget.h - the GPU targets: PTX and cubin --------------*- C++ -*-===//
+//===- GPUTarget.h - the GPU targets: PTX and cubin --------------*- C++
+//-*-===//
 //
 // From a module of kernels made by a GPU strategy (gpu.module + gpu.func)
 // to PTX through LLVM's NVPTX backend, and from PTX to a cubin through
@@ -27,6 +28,11 @@ struct GPUTargetInfo {
   std::string features;
   /// The strategy that makes kernels for it (mma_sync, wgmma, tcgen05).
   std::string strategy;
+  /// CTAs a split-KV (decode) launch aims for when the runtime picks the
+  /// split size: about one wave of the decode kernel on the target's
+  /// reference GPU (A100: 108 SMs, 1 CTA each; H100/H200: 132 SMs, 2 each;
+  /// B200: 148 SMs, 2 each).
+  int64_t splitTargetCtas;
 };
 
 /// The GPU target called `name`, or nullopt.
