@@ -57,7 +57,8 @@ BENCH_VARIANTS = [
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--split-keys=512",),
+    ("--stages=2",),
+    ("--stages=4",),
     ("--split-keys=2048",),
 ]
 

@@ -43,14 +43,16 @@ def DiffAttnToMmaSyncKernels
       and writes the pair's single output head.
 
     Ops in the decode form (with `kv_len`) get split-KV kernels: each CTA
-    covers one split of `split-keys` keys for 16 rows of a KV group (every
-    pair of the group when few query rows: each K/V byte is read once for
-    all its query heads). Its warps share the rows and take the split's key
-    blocks in turn, each with a pipeline of its own, then merge their
-    states through shared memory and write the partial softmax state of
-    the rows (accumulators, max, sum) to a workspace; a second kernel
-    (`<name>_combine`, one CTA of Dv threads per row) merges the splits and
-    applies the epilogue.
+    covers one split of the keys for 16 rows of a KV group, a row being a
+    (query head, query row) couple (with few query rows, every query head
+    of the group: each K/V byte is read once for all of them). Its warps
+    share the rows and take the split's key blocks in turn, each with a
+    pipeline of its own, then merge their states through shared memory and
+    write the partial softmax state of the rows (accumulators, max, sum) to
+    a workspace; a second kernel (`<name>_combine`, one CTA of Dv threads
+    per row) merges the splits and applies the epilogue. The keys per
+    split are a kernel argument: fixed by `split-keys`, or picked by the
+    runtime per launch so that about `split-target-ctas` CTAs run.
 
     The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
     grid, block size, dynamic shared memory and the kernel parameter list.

@@ -57,6 +57,15 @@ struct Plan {
   AttentionConfig attn;
   /// Warps per CTA.
   int64_t warps;
+  /// Heads per tile row: 2 (a row is a (pair, query row) couple holding
+  /// both heads of the pair, so the epilogue is local), or 1 (a row is a
+  /// (query head, query row) couple: split-KV, whose epilogue runs in the
+  /// combine kernel; half the accumulators and products per key).
+  int64_t headsPerRow = 2;
+  /// Tile rows of a KV group per query row.
+  int64_t rowsPerQuery() const {
+    return pairsPerGroup() * (headsPerRow == 2 ? 1 : 2);
+  }
   int64_t threads() const { return 32 * warps; }
   /// Rows of a KV group per CTA: 16 per warp (row blocks), or 16 shared by
   /// all warps (split-KV).
@@ -88,8 +97,10 @@ struct Plan {
   int64_t partialWidth() const { return valueDim + 2; }
   /// Split-KV: bytes of the warps' accumulators and (max, sum) pairs
   /// exchanged by the merge (over the K/V stages).
-  int64_t mergeAccBytes() const { return warps * 2 * 16 * valueDim * 4; }
-  int64_t mergeStatBytes() const { return warps * 2 * 16 * 2 * 4; }
+  int64_t mergeAccBytes() const {
+    return warps * headsPerRow * 16 * valueDim * 4;
+  }
+  int64_t mergeStatBytes() const { return warps * headsPerRow * 16 * 2 * 4; }
 };
 
 class MmaSyncKernelBuilder {
@@ -239,22 +250,13 @@ private:
     Scores s = scoreBlock(kvLead);
     finishBlock(s, kvLead, key0, needsMask, heads);
   }
-  /// Flattens scores to / rebuilds them from loop-carried values.
+  /// The scores of the row's heads, flattened.
   SmallVector<Value> flatten(const Scores &s) {
     SmallVector<Value> flat;
-    for (int64_t h = 0; h < 2; ++h)
+    for (int64_t h = 0; h < plan.headsPerRow; ++h)
       for (const Acc &t : s[h])
         flat.append(t.begin(), t.end());
     return flat;
-  }
-  Scores unflatten(ValueRange flat) {
-    int64_t keyTiles = plan.blockK / 8;
-    Scores s = {SmallVector<Acc>(keyTiles), SmallVector<Acc>(keyTiles)};
-    for (int64_t h = 0; h < 2; ++h)
-      for (int64_t nt = 0; nt < keyTiles; ++nt)
-        for (int64_t e = 0; e < 4; ++e)
-          s[h][nt][e] = flat[(h * keyTiles + nt) * 4 + e];
-    return s;
   }
 
   /// Split-KV: merges the loop states `final` of the CTA's warps (which
@@ -262,8 +264,8 @@ private:
   /// memory and writes the CTA's partial state of its valid rows to the
   /// workspace. All warps must be past their loops.
   void emitWarpMerge(ValueRange final, Value workspace, Value batch,
-                     Value kvHead, Value split, Value numSplits,
-                     Value groupRows, Value row0, Value rowsValid);
+                     Value kvHead, Value split, Value numSplits, Value seqQ,
+                     Value row0, Value rowsValid);
 
   /// The online softmax of one head over the block's scores `s` (replaced
   /// by the probabilities); rescales the head's state.
@@ -441,13 +443,13 @@ MmaSyncKernelBuilder::scoreBlock(ValueRange kvLead) {
   Value kColLane = mul(rem(g8, 2), 8);
   for (int64_t kk = 0; kk < d / 16; ++kk) {
     std::array<SmallVector<Value>, 2> a;
-    for (int64_t h = 0; h < 2; ++h)
+    for (int64_t h = 0; h < plan.headsPerRow; ++h)
       a[h] = ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false);
     for (int64_t np = 0; np < keyTiles / 2; ++np) {
       SmallVector<Value> kr = ldmatrix(
           sK, tileIndex(kvLead, add(kRowLane, np * 16), add(kColLane, kk * 16)),
           false);
-      for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t h = 0; h < plan.headsPerRow; ++h) {
         s[h][2 * np] = mma(a[h], {kr[0], kr[1]}, s[h][2 * np]);
         s[h][2 * np + 1] = mma(a[h], {kr[2], kr[3]}, s[h][2 * np + 1]);
       }
@@ -475,19 +477,19 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
             visible.push_back(
                 buildIsVisible(b, loc, plan.attn, threadRow[e / 2],
                                add(colLane, nt * 8 + e % 2), offset, keyLen));
-        for (int64_t h = 0; h < 2; ++h)
+        for (int64_t h = 0; h < plan.headsPerRow; ++h)
           for (int64_t i = 0; i < keyTiles * 4; ++i)
             masked.push_back(
                 select(visible[i], flat[h * keyTiles * 4 + i], ninf));
         scf::YieldOp::create(b, loc, masked);
       },
       [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
-  for (int64_t h = 0; h < 2; ++h)
+  for (int64_t h = 0; h < plan.headsPerRow; ++h)
     for (int64_t nt = 0; nt < keyTiles; ++nt)
       for (int64_t e = 0; e < 4; ++e)
         s[h][nt][e] = ifOp.getResult((h * keyTiles + nt) * 4 + e);
 
-  for (int64_t h = 0; h < 2; ++h)
+  for (int64_t h = 0; h < plan.headsPerRow; ++h)
     softmaxBlock(s[h], heads[h]);
 
   // O += P V with P from registers: two accumulator tiles (16 keys) make
@@ -503,7 +505,7 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
   Value vColLane = mul(div(lane, 16), 8);
   for (int64_t kt = 0; kt < keyTiles / 2; ++kt) {
     std::array<SmallVector<Value>, 2> a;
-    for (int64_t h = 0; h < 2; ++h)
+    for (int64_t h = 0; h < plan.headsPerRow; ++h)
       a[h] = {packP(s[h][2 * kt][0], s[h][2 * kt][1]),
               packP(s[h][2 * kt][2], s[h][2 * kt][3]),
               packP(s[h][2 * kt + 1][0], s[h][2 * kt + 1][1]),
@@ -512,7 +514,7 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
       SmallVector<Value> vr = ldmatrix(
           sV, tileIndex(vLead, add(vRowLane, kt * 16), add(vColLane, dp * 16)),
           true);
-      for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t h = 0; h < plan.headsPerRow; ++h) {
         SmallVector<Acc> &acc = heads[h].acc;
         acc[2 * dp] = mma(a[h], {vr[0], vr[1]}, acc[2 * dp]);
         acc[2 * dp + 1] = mma(a[h], {vr[2], vr[3]}, acc[2 * dp + 1]);
@@ -632,9 +634,12 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
-  // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's pairsPerGroup * Sq.
+  // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's rows: R = p *
+  // Sq + i for pair p of the group (both heads per row), or R = h * Sq + i
+  // for query head h of the group (one head per row).
   int64_t pairsPerGroup = plan.pairsPerGroup();
-  Value groupRows = mul(seqQ, pairsPerGroup);
+  int64_t rowHeads = plan.headsPerRow;
+  Value groupRows = mul(seqQ, plan.rowsPerQuery());
   // Split-KV: grid x enumerates (split, row block).
   Value split, numSplits;
   if (warpSplit) {
@@ -656,8 +661,12 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // The warp's 16 rows: its own with row blocks, the CTA's with split-KV.
   qRow0 = warpSplit ? idx(0) : mul(warp, 16);
   Value firstPair = mul(kvHead, pairsPerGroup);
+  // The pair of a group row (with both heads per row), or its query head.
   auto pairOf = [&](Value r) {
     return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
+  };
+  auto headOf = [&](Value r) {
+    return add(mul(firstPair, 2), arith::DivUIOp::create(b, loc, r, seqQ));
   };
   auto queryRowOf = [&](Value r) {
     return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
@@ -674,8 +683,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
   offset = sub(keyLen, seqQ);
 
-  // Shared memory: Q of both heads, then the K and V stages (per warp with
-  // split-KV).
+  // Shared memory: Q (of both heads with pair rows), then the K and V
+  // stages (per warp with split-KV).
   auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
   Value smem = gpu::DynamicSharedMemoryOp::create(
       b, loc,
@@ -694,20 +703,21 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     stageShape.push_back(plan.warps);
   stageShape.push_back(stages);
   Type elem = plan.elementType;
-  sQ = view(0, {2, blockQ, dPad}, elem);
+  sQ = view(0, {rowHeads, blockQ, dPad}, elem);
   SmallVector<int64_t> kShape(stageShape), vShape(stageShape);
   kShape.append({blockK, dPad});
   vShape.append({blockK, dvPad});
   sK = view(plan.qTileBytes, kShape, elem);
   sV = view(plan.qTileBytes + plan.kTileBytes, vShape, elem);
 
-  // Q of both heads of each row's pair (cp.async, all threads).
-  for (int64_t s = 0; s < 2; ++s)
+  // Q of each row's heads (cp.async, all threads).
+  for (int64_t s = 0; s < rowHeads; ++s)
     copyTileAsync(
         q,
         [&](Value r) {
           Value global = add(row0, r);
-          Value head = add(mul(pairOf(global), 2), s);
+          Value head = rowHeads == 2 ? add(mul(pairOf(global), 2), s)
+                                     : headOf(global);
           return mul(add(mul(add(mul(batch, seqQ), queryRowOf(global)),
                              plan.queryHeads),
                          head),
@@ -781,28 +791,29 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   int64_t valueTiles = plan.valueDim / 8;
   Value ninf = f32(-std::numeric_limits<float>::infinity());
   SmallVector<Value> init;
-  for (int64_t s = 0; s < 2; ++s) {
+  for (int64_t s = 0; s < rowHeads; ++s) {
     for (int64_t t = 0; t < valueTiles * 4; ++t)
       init.push_back(f32(0.0f));
     init.append({ninf, ninf, f32(0.0f), f32(0.0f)});
   }
   int64_t perHead = valueTiles * 4 + 4;
   auto unpackState = [&](ValueRange carried) {
-    std::array<HeadState, 2> heads;
-    for (int64_t h = 0; h < 2; ++h) {
+    std::array<HeadState, 2> state;
+    for (int64_t h = 0; h < rowHeads; ++h) {
       ValueRange st = carried.slice(h * perHead, perHead);
-      heads[h].acc.resize(valueTiles);
+      state[h].acc.resize(valueTiles);
       for (int64_t t = 0; t < valueTiles; ++t)
         for (int64_t e = 0; e < 4; ++e)
-          heads[h].acc[t][e] = st[t * 4 + e];
-      heads[h].rowMax = {st[valueTiles * 4], st[valueTiles * 4 + 1]};
-      heads[h].rowSum = {st[valueTiles * 4 + 2], st[valueTiles * 4 + 3]};
+          state[h].acc[t][e] = st[t * 4 + e];
+      state[h].rowMax = {st[valueTiles * 4], st[valueTiles * 4 + 1]};
+      state[h].rowSum = {st[valueTiles * 4 + 2], st[valueTiles * 4 + 3]};
     }
-    return heads;
+    return state;
   };
-  auto packState = [&](const std::array<HeadState, 2> &heads) {
+  auto packState = [&](const std::array<HeadState, 2> &state) {
     SmallVector<Value> results;
-    for (const HeadState &head : heads) {
+    for (int64_t h = 0; h < rowHeads; ++h) {
+      const HeadState &head = state[h];
       for (const Acc &t : head.acc)
         results.append(t.begin(), t.end());
       results.append(
@@ -866,7 +877,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     // to the workspace.
     gpu::BarrierOp::create(b, loc);
     emitWarpMerge(loop.getResults().drop_back(), workspace, batch, kvHead,
-                  split, numSplits, groupRows, row0, rowsValid);
+                  split, numSplits, seqQ, row0, rowsValid);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -946,7 +957,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
 
 void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
                                          Value batch, Value kvHead, Value split,
-                                         Value numSplits, Value groupRows,
+                                         Value numSplits, Value seqQ,
                                          Value row0, Value rowsValid) {
   // Every warp's state of the 16 rows: sAcc[warp][head][row][col] and
   // sStat[warp][head][row][max, sum], in the K/V stages' bytes.
@@ -962,13 +973,14 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
         MemRefType::get(shape, b.getF32Type(), MemRefLayoutAttrInterface(), wg),
         smem, idx(byteOffset), ValueRange{});
   };
-  Value sAcc = view(plan.qTileBytes, {plan.warps, 2, 16, dv});
-  Value sStat =
-      view(plan.qTileBytes + plan.mergeAccBytes(), {plan.warps, 2, 16, 2});
+  int64_t rowHeads = plan.headsPerRow;
+  Value sAcc = view(plan.qTileBytes, {plan.warps, rowHeads, 16, dv});
+  Value sStat = view(plan.qTileBytes + plan.mergeAccBytes(),
+                     {plan.warps, rowHeads, 16, 2});
   auto f32Pair = VectorType::get({2}, b.getF32Type());
   Value colLane = mul(rem(lane, 4), 2);
   Value firstOfQuad = cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0));
-  for (int64_t h = 0; h < 2; ++h) {
+  for (int64_t h = 0; h < rowHeads; ++h) {
     for (int64_t rr = 0; rr < 2; ++rr) {
       Value row = add(div(lane, 4), rr * 8);
       for (int64_t t = 0; t < valueTiles; ++t) {
@@ -993,13 +1005,15 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
   }
   gpu::BarrierOp::create(b, loc);
 
-  // Thread tid merges the elements tid, tid + 128, ... of the CTA's
-  // 2 x 16 x Dv (head, row, column) and writes them, with each valid row's
-  // max and sum, to the workspace.
+  // Thread tid merges the elements tid, tid + threads, ... of the CTA's
+  // heads x 16 x Dv (head, row, column) and writes them, with each valid
+  // row's max and sum, to the workspace (whose rows are the group's pairs
+  // x Sq, both heads each).
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   Value ninf = f32(-std::numeric_limits<float>::infinity());
   Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
-  int64_t elements = 2 * 16 * dv;
+  int64_t elements = rowHeads * 16 * dv;
+  Value pairRows = mul(seqQ, plan.pairsPerGroup());
   scf::ForOp::create(
       b, loc, tid, idx(elements), idx(plan.threads()), ValueRange{},
       [&](OpBuilder &, Location, Value e, ValueRange) {
@@ -1031,12 +1045,21 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
                 sum = fma(weight, sums[w], sum);
               }
               Value global = add(row0, row);
+              // The row's pair row of the workspace and head in the pair.
+              Value pairRow = global, headInPair = h;
+              if (rowHeads == 1) {
+                Value groupHead = arith::DivUIOp::create(b, loc, global, seqQ);
+                pairRow = add(mul(div(groupHead, 2), seqQ),
+                              arith::RemUIOp::create(b, loc, global, seqQ));
+                headInPair = rem(groupHead, 2);
+              }
               Value rowState = add(
                   mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits),
                           split),
-                      groupRows),
-                  global);
-              Value base = mul(add(mul(rowState, 2), h), plan.partialWidth());
+                      pairRows),
+                  pairRow);
+              Value base =
+                  mul(add(mul(rowState, 2), headInPair), plan.partialWidth());
               memref::StoreOp::create(b, loc, acc, workspace,
                                       ValueRange{add(base, col)});
               scf::IfOp::create(
@@ -1183,6 +1206,9 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
     return op->emitOpError()
            << "warps = " << plan.warps << " is not supported (expected 4 or 8)";
   plan.blockQ = plan.warpSplit() ? 16 : 16 * plan.warps;
+  // Split-KV rows hold one query head each: every query head of the group
+  // shares the CTA's K/V tiles, with half the accumulators per row.
+  plan.headsPerRow = plan.warpSplit() ? 1 : 2;
   plan.pairs = plan.attn.numPairs;
   plan.queryHeads = 2 * plan.pairs;
   plan.kvHeads = plan.attn.numKeyHeads;
@@ -1203,7 +1229,8 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
            << " must be positive";
   int64_t elementBytes = 2;
   int64_t pipelines = plan.warpSplit() ? plan.warps : 1;
-  plan.qTileBytes = 2 * plan.blockQ * (plan.headDim + kPad) * elementBytes;
+  plan.qTileBytes =
+      plan.headsPerRow * plan.blockQ * (plan.headDim + kPad) * elementBytes;
   plan.kTileBytes = pipelines * plan.stages * plan.blockK *
                     (plan.headDim + kPad) * elementBytes;
   plan.vTileBytes = pipelines * plan.stages * plan.blockK *
@@ -1253,7 +1280,7 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
          b.getNamedAttr("by", b.getI64IntegerAttr(by))});
   };
   int64_t ppg = plan.pairsPerGroup();
-  Attribute rowBlocks = ceilDiv("Sq", plan.blockQ, ppg);
+  Attribute rowBlocks = ceilDiv("Sq", plan.blockQ, plan.rowsPerQuery());
   SmallVector<NamedAttribute> common = {
       b.getNamedAttr("kind", b.getStringAttr("cuda")),
       b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),

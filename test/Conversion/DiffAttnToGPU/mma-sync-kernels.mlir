@@ -47,7 +47,8 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // f16 operands are vector<2xf16> registers of mma.sync. The decode form
 // (kv_len) gets split-KV kernels: the main kernel takes a workspace, decodes
 // (split, row block) from block x and clamps the key range to its split.
-// Its 4 warps share 16 rows and take the split's key blocks in turn, each
+// Its rows are (query head, query row) couples: 16 of the group's 4 query
+// heads x Sq. Its 4 warps share the rows and take the key blocks in turn, each
 // with a 3-stage pipeline of its own (per-warp K/V tiles, warp barriers);
 // after the loop they merge their states through shared memory (over the
 // stages) and write the CTA's partial states; the combine kernel (Dv
@@ -56,7 +57,7 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // argument the runtime picks (a multiple of 64 keys, aiming at 264 CTAs).
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %[[SPLIT:.*]]: index) kernel
-// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 113152 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 2 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 108800 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 4 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
 // CHECK-SAME:    {arg = "Sk", field = "value"}, {arg = "split_keys", field = "value"}]
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
 // CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
@@ -65,7 +66,7 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:         arith.divui %[[BX]]
 // CHECK:         arith.divui %{{.*}}, %[[SPLIT]]
 // CHECK:         memref.load %{{.*}}[%[[B]]] : memref<?xi32>
-// CHECK:         memref.view {{.*}} to memref<2x16x136xf16, #gpu.address_space<workgroup>>
+// CHECK:         memref.view {{.*}} to memref<1x16x136xf16, #gpu.address_space<workgroup>>
 // CHECK:         memref.view {{.*}} to memref<4x3x16x136xf16, #gpu.address_space<workgroup>>
 // CHECK:         nvvm.cp.async.wait.group 2
 // CHECK:         gpu.barrier
@@ -76,7 +77,7 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:           nvvm.bar.warp.sync
 // CHECK:         nvvm.cp.async.wait.group 0
 // CHECK:         gpu.barrier
-// CHECK:         memref.view {{.*}} to memref<4x2x16x128xf32, #gpu.address_space<workgroup>>
+// CHECK:         memref.view {{.*}} to memref<4x1x16x128xf32, #gpu.address_space<workgroup>>
 // CHECK:         gpu.barrier
 // CHECK:         scf.for
 // CHECK:           memref.store %{{.*}}, %[[WS]]
