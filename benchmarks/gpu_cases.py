@@ -57,9 +57,10 @@ BENCH_VARIANTS = [
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--stages=2",),
-    ("--stages=4",),
-    ("--split-keys=2048",),
+    ("--stages=2", "--split-target-ctas=396"),
+    ("--split-target-ctas=528",),
+    ("--stages=2", "--split-target-ctas=792"),
+    ("--split-target-ctas=132",),
 ]
 
 # Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).

@@ -101,6 +101,11 @@ static cl::opt<int64_t>
               cl::desc("GPU: keys per split of the decode form's split-KV "
                        "kernels (0: the runtime picks it per launch)"),
               cl::init(0), cl::cat(category));
+static cl::opt<int64_t> splitTargetCtas(
+    "split-target-ctas",
+    cl::desc("GPU: CTAs a split-KV launch aims for when the runtime picks "
+             "the split (0: the target's default, about one wave)"),
+    cl::init(0), cl::cat(category));
 static cl::opt<double> rescaleThreshold(
     "rescale-threshold",
     cl::desc("GPU: lazy softmax rescaling threshold in log2 units, 0 to 16 "
@@ -217,7 +222,8 @@ FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
     options.stages = stages;
     options.warps = warps;
     options.splitKeys = splitKeys;
-    options.splitTargetCtas = gpu.splitTargetCtas;
+    options.splitTargetCtas =
+        splitTargetCtas ? int64_t(splitTargetCtas) : gpu.splitTargetCtas;
     options.rescaleThreshold = rescaleThreshold;
     pm.addPass(createDiffAttnToMmaSyncKernels(options));
     TimingScope strategyTiming = timing.nest("strategy " + name.str());
