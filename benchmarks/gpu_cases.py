@@ -42,6 +42,10 @@ BENCH_DECODE = [
     (32, 8192, 32, 8, 128),
     (8, 32768, 32, 8, 128),
     (1, 16384, 32, 8, 128),   # small batch: the split size matters most
+    # The first shape's bytes with one KV head per batch row: each head's
+    # K/V contiguous (as in the anchors' BHSD copies) instead of 256-byte
+    # rows 2 KiB apart (BSHD with 8 KV heads).
+    (256, 8192, 4, 1, 128),
 ]
 
 
@@ -57,10 +61,8 @@ BENCH_VARIANTS = [
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--stages=2", "--split-target-ctas=396"),
-    ("--split-target-ctas=528",),
-    ("--stages=2", "--split-target-ctas=792"),
-    ("--split-target-ctas=132",),
+    ("--rescale-threshold=0",),
+    ("--split-keys=2048",),
 ]
 
 # Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).

@@ -148,23 +148,38 @@ def workspace_elements(directory, sizes):
     return n
 
 
+# Per thread: launch plans (the runtime's buffer array, the workspace size)
+# by artifact, sizes and buffer shapes; a launch only fills in pointers.
+_plans = threading.local()
+
+
 def launch_v2(directory, named_buffers, sizes, stream, alloc_workspace=None):
     """Launches the kernel of `directory` on `stream`. Where it needs a
     workspace, `alloc_workspace(n)` returns the device pointer of n f32
     elements that stay alive until the work is done (the caller's
     stream-ordered allocator)."""
-    handle, names = load_module(directory)
-    if len(names) != 1:
-        raise RuntimeFailure(f"{directory}: expected one kernel, found {names}")
-    lib = runtime()
-    n = workspace_elements(directory, sizes)
     named_buffers = list(named_buffers)
+    plans = getattr(_plans, "plans", None)
+    if plans is None:
+        plans = _plans.plans = {}
+    key = (directory, tuple(sizes), tuple((n, e, tuple(s)) for n, e, s, _ in named_buffers))
+    plan = plans.get(key)
+    if plan is None:
+        handle, names = load_module(directory)
+        if len(names) != 1:
+            raise RuntimeFailure(f"{directory}: expected one kernel, found {names}")
+        n = workspace_elements(directory, sizes)
+        spec = named_buffers + ([("workspace", "f32", (n,), 0)] if n > 0 else [])
+        plan = (handle, names[0].encode(), n, make_buffers(spec), len(spec))
+        plans[key] = plan
+    handle, kernel, n, buffers, count = plan
+    for buf, named in zip(buffers, named_buffers):
+        buf.data = named[3]
     if n > 0:
         if alloc_workspace is None:
-            raise RuntimeFailure(f"kernel {names[0]} needs a workspace of {n} f32 elements")
-        named_buffers.append(("workspace", "f32", (n,), alloc_workspace(n)))
-    buffers = make_buffers(named_buffers)
-    rc = lib.diffattn_launch(handle, names[0].encode(), buffers, len(named_buffers), *sizes,
-                             ctypes.c_void_p(stream))
+            raise RuntimeFailure(f"kernel {kernel.decode()} needs a workspace of {n} f32 elements")
+        buffers[count - 1].data = alloc_workspace(n)
+    lib = runtime()
+    rc = lib.diffattn_launch(handle, kernel, buffers, count, *sizes, ctypes.c_void_p(stream))
     if rc != 0:
         raise RuntimeFailure(_error(lib))

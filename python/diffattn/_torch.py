@@ -4,6 +4,7 @@ graph. Importing this module registers the op; ``diffattn.v2`` does so on
 its first torch call.
 """
 
+import functools
 from typing import Optional
 
 import torch
@@ -36,9 +37,14 @@ def _validate(q, k, v, lam, kv_len):
             raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
 
 
+@functools.lru_cache(maxsize=None)
+def _target_of(device_index):
+    return _gpu.target_for_capability(torch.cuda.get_device_capability(device_index))
+
+
 def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=None):
     _validate(q, k, v, lam, kv_len)
-    target = _gpu.target_for_capability(torch.cuda.get_device_capability(q.device))
+    target = _target_of(q.device.index)
     directory, out_shape, sizes = _gpu.prepare_v2(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
         _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
@@ -63,9 +69,12 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
         scratch.append(torch.empty(n, dtype=torch.float32, device=q.device))
         return scratch[-1].data_ptr()
 
-    with torch.cuda.device(q.device):
-        stream = torch.cuda.current_stream(q.device).cuda_stream
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    if q.device.index == torch.cuda.current_device():
         _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
+    else:  # the runtime launches in the current context
+        with torch.cuda.device(q.device):
+            _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
     return out
 
 

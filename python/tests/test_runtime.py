@@ -131,6 +131,18 @@ def test_launch_without_a_driver_fails_cleanly(artifact):
         _gpu.launch_v2(artifact, _buffers(), (2, 16, 32), 0, lambda n: 0x9000)
 
 
+def test_cached_launch_plans_still_check_every_launch(artifact):
+    # launch_v2 keeps a per-thread plan per (artifact, sizes, shapes): a
+    # repeated launch only refills pointers, other shapes get their own
+    # plan and their own checks, before any driver is needed.
+    with pytest.raises(_gpu.RuntimeFailure, match="needs a workspace"):
+        _gpu.launch_v2(artifact, _buffers(), (2, 16, 32), 0)
+    bad = _buffers(override={"k": ("bf16", (2, 31, 2, 64))})
+    for _ in range(2):
+        with pytest.raises(_gpu.RuntimeFailure, match="'k'"):
+            _gpu.launch_v2(artifact, bad, (2, 16, 32), 0, lambda n: 0x9000)
+
+
 def test_malformed_artifacts_are_refused(tmp_path, artifact):
     lib = _gpu.runtime()
     handle = ctypes.c_void_p()

@@ -750,11 +750,17 @@ int diffattn_check(const diffattn_module *module, const char *kernel,
 int diffattn_launch(diffattn_module *module, const char *kernel,
                     const diffattn_buffer *buffers, int num_buffers, int64_t B,
                     int64_t Sq, int64_t Sk, void *stream) {
-  if (int rc = diffattn_check(module, kernel, buffers, num_buffers, B, Sq, Sk))
-    return rc;
-  KernelSpec &spec = *module->find(kernel);
+  if (!module)
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT, "null module");
+  KernelSpec *found = module->find(kernel);
+  if (!found)
+    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                std::string("no kernel '") + (kernel ? kernel : "(null)") +
+                    "' in " + module->dir);
+  KernelSpec &spec = *found;
   std::vector<const diffattn_buffer *> ordered;
-  check(spec, buffers, num_buffers, B, Sq, Sk, ordered);
+  if (int rc = check(spec, buffers, num_buffers, B, Sq, Sk, ordered))
+    return rc;
 
   const Sizes sizes = sizesFor(spec, B, Sq, Sk);
   const Driver *d = nullptr;
