@@ -239,6 +239,12 @@ private:
   /// loaded from shared memory feeds the products of both heads.
   using Scores = std::array<SmallVector<Acc>, 2>;
   Scores scoreBlock(ValueRange kLead);
+  /// The warp's Q operand fragments of head h, k-step kk: qFrags[h][kk].
+  /// Empty: scoreBlock loads them from shared memory itself.
+  SmallVector<SmallVector<SmallVector<Value>>> qFrags;
+  /// Loads every Q fragment of the warp's rows into qFrags (once, before
+  /// the key loop: they then stay in registers).
+  void loadQFragments();
   /// The rest of a block's attention: masks the scores `s` where the block
   /// needs it, runs the online softmax and accumulates P V into `heads`,
   /// V from sV[vLead..., :, :] (each V fragment feeds both heads).
@@ -430,6 +436,17 @@ static SmallVector<Value> tileIndex(ValueRange lead, Value row, Value col) {
   return indices;
 }
 
+void MmaSyncKernelBuilder::loadQFragments() {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value qRow = add(add(qRow0, l8), mul(rem(g8, 2), 8));
+  Value qColLane = mul(div(lane, 16), 8);
+  qFrags.assign(plan.headsPerRow, {});
+  for (int64_t h = 0; h < plan.headsPerRow; ++h)
+    for (int64_t kk = 0; kk < plan.headDim / 16; ++kk)
+      qFrags[h].push_back(
+          ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false));
+}
+
 MmaSyncKernelBuilder::Scores
 MmaSyncKernelBuilder::scoreBlock(ValueRange kvLead) {
   int64_t keyTiles = plan.blockK / 8;
@@ -444,7 +461,9 @@ MmaSyncKernelBuilder::scoreBlock(ValueRange kvLead) {
   for (int64_t kk = 0; kk < d / 16; ++kk) {
     std::array<SmallVector<Value>, 2> a;
     for (int64_t h = 0; h < plan.headsPerRow; ++h)
-      a[h] = ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false);
+      a[h] = qFrags.empty()
+                 ? ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false)
+                 : qFrags[h][kk];
     for (int64_t np = 0; np < keyTiles / 2; ++np) {
       SmallVector<Value> kr = ldmatrix(
           sK, tileIndex(kvLead, add(kRowLane, np * 16), add(kColLane, kk * 16)),
@@ -716,8 +735,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         q,
         [&](Value r) {
           Value global = add(row0, r);
-          Value head = rowHeads == 2 ? add(mul(pairOf(global), 2), s)
-                                     : headOf(global);
+          Value head =
+              rowHeads == 2 ? add(mul(pairOf(global), 2), s) : headOf(global);
           return mul(add(mul(add(mul(batch, seqQ), queryRowOf(global)),
                              plan.queryHeads),
                          head),
@@ -843,6 +862,10 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     // visible to every warp.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
     gpu::BarrierOp::create(b, loc);
+    // One head per row: its Q fragments (D / 4 registers) stay in registers
+    // for the whole loop instead of being reloaded for every block.
+    if (plan.headsPerRow == 1)
+      loadQFragments();
     // The stage of block j (j mod stages) is carried, not divided for.
     SmallVector<Value> loopInit(init);
     loopInit.push_back(idx(0));

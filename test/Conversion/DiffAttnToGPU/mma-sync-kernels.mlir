@@ -70,6 +70,9 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:         memref.view {{.*}} to memref<4x3x16x136xf16, #gpu.address_space<workgroup>>
 // CHECK:         nvvm.cp.async.wait.group 2
 // CHECK:         gpu.barrier
+// The rows' Q fragments are loaded once and stay in registers (D / 16 = 8).
+// CHECK-COUNT-8: nvgpu.ldmatrix {{.*}} transpose = false
+// CHECK-NOT:     nvgpu.ldmatrix
 // CHECK:         scf.for
 // CHECK:           nvvm.cp.async.wait.group 2
 // CHECK:           nvvm.bar.warp.sync
