@@ -5,7 +5,7 @@ On a GPU machine, with the package laid out by a build (the runtime needs
 no MLIR: cmake -DDIFFATTN_ENABLE_COMPILER=OFF) and the kernels in
 DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py builds them elsewhere):
 
-    python3 benchmarks/gpu_check.py [--out DIR] [--skip-bench] [--sanitize-case]
+    python3 benchmarks/gpu_check.py [--out DIR] [--skip-bench] [--decode-only] [--sanitize-case]
 
 1. correctness of every case in gpu_cases.CHECK_CASES: fresh random normal
    inputs, the output poisoned with NaN first, relative L2 error against the
@@ -163,7 +163,7 @@ def sdpa_anchor(backend, q, k, v, lam, causal, epilogue):
     return run
 
 
-def bench(results):
+def bench(results, prefill=True):
     from torch.nn.attention import SDPBackend
 
     print("== ceilings", flush=True)
@@ -180,7 +180,7 @@ def bench(results):
     epilogue = make_epilogue()
     print("== prefill (bf16)", flush=True)
     rows = []
-    for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL:
+    for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL if prefill else []:
         q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
@@ -297,6 +297,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="time only the decode shapes")
     ap.add_argument("--sanitize-case", action="store_true")
     args = ap.parse_args()
     if args.sanitize_case:
@@ -306,7 +307,7 @@ def main():
                    date=time.strftime("%Y-%m-%d"))
     ok = check(results)
     if not args.skip_bench:
-        bench(results)
+        bench(results, prefill=not args.decode_only)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
         json.dump(results, f, indent=1)
