@@ -6,13 +6,15 @@
 // for the mapping; the fragment layouts below follow the PTX ISA sections
 // "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
 //
-// Per CTA: 4 warps, 64 rows of one KV group, both heads of each row's pair.
-// The rows of a group are (pair p of the group, query row i) pairs, numbered
-// R = p * Sq + i: with many query rows a CTA holds 64 rows of one pair
-// (prefill); with few (decode) it holds the rows of every pair of the group,
-// so each K/V byte is read once for all query heads of its group. Per warp:
-// 16 rows. A thread of lane l holds, of each 16x8 accumulator tile, the rows
-// g = l / 4 and g + 8 at the columns 2 (l % 4) + {0, 1}.
+// Row-block (prefill) kernels: per CTA, 4 or 8 warps of 16 rows of one KV
+// group, a row being a (pair p of the group, query row i) couple numbered
+// R = p * Sq + i with both heads of the pair, so the differential epilogue
+// is local to the thread. Split-KV (decode form) kernels: per CTA, 16 rows
+// that are (query head h of the group, query row i) couples, R = h * Sq + i,
+// shared by all warps, which take the split's key blocks in turn and merge
+// their states at the end. Either way each K/V byte a CTA loads serves all
+// its rows. A thread of lane l holds, of each 16x8 accumulator tile, the
+// rows g = l / 4 and g + 8 at the columns 2 (l % 4) + {0, 1}.
 //
 //===----------------------------------------------------------------------===//
 
@@ -234,9 +236,9 @@ private:
     std::array<Value, 2> rowMax, rowSum;
   };
 
-  /// Scores of both heads of the pair over one key block: S = Q Kᵀ, 16 x
-  /// blockK per warp and head, K from sK[kLead..., :, :]. Every K fragment
-  /// loaded from shared memory feeds the products of both heads.
+  /// Scores of the rows' heads (both of a pair, or one) over one key block:
+  /// S = Q Kᵀ, 16 x blockK per warp and head, K from sK[kLead..., :, :].
+  /// Every K fragment loaded from shared memory feeds every head's product.
   using Scores = std::array<SmallVector<Acc>, 2>;
   Scores scoreBlock(ValueRange kLead);
   /// The warp's Q operand fragments of head h, k-step kk: qFrags[h][kk].
@@ -247,7 +249,7 @@ private:
   void loadQFragments();
   /// The rest of a block's attention: masks the scores `s` where the block
   /// needs it, runs the online softmax and accumulates P V into `heads`,
-  /// V from sV[vLead..., :, :] (each V fragment feeds both heads).
+  /// V from sV[vLead..., :, :] (each V fragment feeds every head).
   void finishBlock(Scores &s, ValueRange vLead, Value key0, Value needsMask,
                    std::array<HeadState, 2> &heads);
   /// Both parts on the same block (K and V tiles at the same lead indices).
