@@ -53,16 +53,13 @@ BENCH_DECODE = [
 # with this head dimension: (D, diffattn-compile options).
 BENCH_VARIANTS = [
     (128, ("--rescale-threshold=0",)),
-    (128, ("--warps=8", "--block-k=64")),
-    (128, ("--warps=4", "--block-k=32")),
     (64, ("--rescale-threshold=0",)),
 ]
 
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--rescale-threshold=0",),
-    ("--split-keys=2048",),
+    ("--l2-prefetch=false",),
 ]
 
 # Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).

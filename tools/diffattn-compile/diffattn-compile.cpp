@@ -106,6 +106,12 @@ static cl::opt<int64_t> splitTargetCtas(
     cl::desc("GPU: CTAs a split-KV launch aims for when the runtime picks "
              "the split (0: the target's default, about one wave)"),
     cl::init(0), cl::cat(category));
+static cl::opt<bool> l2Prefetch(
+    "l2-prefetch",
+    cl::desc("GPU: split-KV kernels copy whole K/V tiles with cp.async's "
+             "L2::128B qualifier (default on; --l2-prefetch=false for plain "
+             "cp.async)"),
+    cl::init(true), cl::cat(category));
 static cl::opt<double> rescaleThreshold(
     "rescale-threshold",
     cl::desc("GPU: lazy softmax rescaling threshold in log2 units, 0 to 16 "
@@ -225,6 +231,7 @@ FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
     options.splitTargetCtas =
         splitTargetCtas ? int64_t(splitTargetCtas) : gpu.splitTargetCtas;
     options.rescaleThreshold = rescaleThreshold;
+    options.l2Prefetch = l2Prefetch;
     pm.addPass(createDiffAttnToMmaSyncKernels(options));
     TimingScope strategyTiming = timing.nest("strategy " + name.str());
     if (failed(runPipeline(pm, kernelModule, strategyTiming)))

@@ -33,6 +33,9 @@ struct MmaSyncStrategyOptions {
   /// accumulators) until a probability would exceed 2^threshold; 0 rescales
   /// with every block.
   double rescaleThreshold = 8;
+  /// Split-KV kernels: copy whole K/V tiles with cp.async's L2::128B
+  /// prefetch qualifier.
+  bool l2Prefetch = true;
 };
 
 /// Replaces `kernel` (made by diffattn-outline-kernels, holding one

@@ -76,6 +76,11 @@ def DiffAttnToMmaSyncKernels
            "Lazy softmax rescaling: move a row's offset (and rescale its "
            "accumulators) only when a probability would exceed "
            "2^threshold, 0 to 16 (0: with every block)">,
+    Option<"l2Prefetch", "l2-prefetch", "bool", /*default=*/"true",
+           "Split-KV kernels: copy whole K/V tiles with cp.async's "
+           "L2::128B qualifier (the 128-byte line around each 16-byte chunk "
+           "may be fetched into L2 at once; inline PTX, as no NVVM op "
+           "carries it)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

@@ -74,6 +74,8 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK-COUNT-8: nvgpu.ldmatrix {{.*}} transpose = false
 // CHECK-NOT:     nvgpu.ldmatrix
 // CHECK:         scf.for
+// Whole K/V tiles: cp.async with the L2::128B qualifier (inline PTX).
+// CHECK:           nvvm.inline_ptx "cp.async.cg.shared.global.L2::128B [$0], [$1], 16;" ro(%{{.*}}, %{{.*}} : !llvm.ptr<3>, !llvm.ptr<1>)
 // CHECK:           nvvm.cp.async.wait.group 2
 // CHECK:           nvvm.bar.warp.sync
 // CHECK:           nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
