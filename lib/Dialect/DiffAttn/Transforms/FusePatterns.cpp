@@ -142,6 +142,16 @@ private:
   int64_t pairsPerKvHead(const Term &t, unsigned headDim, int64_t numPairs,
                          const DenseMap<unsigned, AffineExpr> &ren);
   bool usesOnly(Expr *leaf, ArrayRef<unsigned> allowed, StringRef what);
+  /// Whether both attentions' q, k and v read only the dims of their roles
+  /// (batch rb, query row ri, pair rh, value channel re; keys, head dim).
+  bool termsUseOnly(const Term &t0, const Term &t1, unsigned rb, unsigned ri,
+                    unsigned rh, unsigned re);
+  /// The mask both attentions use, or nullopt (after a refusal where they
+  /// differ or one is not a supported mask).
+  std::optional<MaskInfo> commonMask(Term &t0, Term &t1, unsigned qDim);
+  /// q's element type when q, k, v and the root share one supported
+  /// element type; else a refusal and a null type.
+  Type commonElementType(const Term &t);
   bool planQuery(const Term &t0, const Term &t1, unsigned rb, unsigned ri,
                  unsigned rh, int64_t numPairs, OperandPlan &plan);
   bool checkStatic(ArrayRef<Value> values);
@@ -665,6 +675,43 @@ static Type elementTypeOf(Value v) {
   return cast<RankedTensorType>(v.getType()).getElementType();
 }
 
+Type Matcher::commonElementType(const Term &t) {
+  Type elemType = elementTypeOf(t.q->value);
+  if (!isSupportedElementType(elemType) ||
+      elementTypeOf(t.k->value) != elemType ||
+      elementTypeOf(t.v->value) != elemType ||
+      elementTypeOf(root) != elemType) {
+    fail(kOperands, "q, k, v and the result must share one element type "
+                    "among f32, f16 and bf16");
+    return Type();
+  }
+  return elemType;
+}
+
+bool Matcher::termsUseOnly(const Term &t0, const Term &t1, unsigned rb,
+                           unsigned ri, unsigned rh, unsigned re) {
+  return usesOnly(t0.q, {rb, ri, rh, dDim}, "q") &&
+         usesOnly(t1.q, {rb, ri, rh, dDim}, "q") &&
+         usesOnly(t0.k, {rb, tDim, rh, dDim}, "k") &&
+         usesOnly(t1.k, {rb, tDim, rh, dDim}, "k") &&
+         usesOnly(t0.v, {rb, tDim, rh, re}, "v") &&
+         usesOnly(t1.v, {rb, tDim, rh, re}, "v");
+}
+
+std::optional<MaskInfo> Matcher::commonMask(Term &t0, Term &t1, unsigned qDim) {
+  std::optional<MaskInfo> m0 = classifyMask(t0, qDim);
+  if (!m0)
+    return std::nullopt;
+  std::optional<MaskInfo> m1 = classifyMask(t1, qDim);
+  if (!m1)
+    return std::nullopt;
+  if (!(*m0 == *m1)) {
+    fail(kOperands, "the two attentions use different masks");
+    return std::nullopt;
+  }
+  return m0;
+}
+
 Value Matcher::materialize(OpBuilder &builder, Location loc,
                            const OperandPlan &p) {
   MLIRContext *ctx = builder.getContext();
@@ -883,15 +930,9 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
     return failure();
   if (!checkStatic({root, t0.q->value, t0.k->value, t0.v->value, lam->value}))
     return failure();
-  Type elemType = elementTypeOf(t0.q->value);
-  if (!isSupportedElementType(elemType) ||
-      elementTypeOf(t0.k->value) != elemType ||
-      elementTypeOf(t0.v->value) != elemType ||
-      elementTypeOf(root) != elemType) {
-    fail(kOperands, "q, k, v and the result must share one element type "
-                    "among f32, f16 and bf16");
+  Type elemType = commonElementType(t0);
+  if (!elemType)
     return failure();
-  }
   Type lamType = elementTypeOf(lam->value);
   if (lamType != elemType && !lamType.isF32()) {
     fail(kOperands, "lambda's element type is neither q's nor f32");
@@ -902,26 +943,14 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
     unsigned rb = rootDims[order[0]], ri = rootDims[order[1]],
              rh = rootDims[order[2]], re = rootDims[order[3]];
     int64_t numPairs = b.extent(rh);
-    if (!usesOnly(t0.q, {rb, ri, rh, dDim}, "q") ||
-        !usesOnly(t1.q, {rb, ri, rh, dDim}, "q") ||
-        !usesOnly(t0.k, {rb, tDim, rh, dDim}, "k") ||
-        !usesOnly(t1.k, {rb, tDim, rh, dDim}, "k") ||
-        !usesOnly(t0.v, {rb, tDim, rh, re}, "v") ||
-        !usesOnly(t1.v, {rb, tDim, rh, re}, "v") ||
+    if (!termsUseOnly(t0, t1, rb, ri, rh, re) ||
         !usesOnly(lam, {rb, ri, rh}, "lambda"))
       continue;
     if (!b.usesDim(t0.q, ri) && b.extent(ri) > 1)
       continue;
-    std::optional<MaskInfo> m0 = classifyMask(t0, ri);
+    std::optional<MaskInfo> m0 = commonMask(t0, t1, ri);
     if (!m0)
       continue;
-    std::optional<MaskInfo> m1 = classifyMask(t1, ri);
-    if (!m1)
-      continue;
-    if (!(*m0 == *m1)) {
-      fail(kOperands, "the two attentions use different masks");
-      continue;
-    }
     OperandPlan q;
     if (!planQuery(t0, t1, rb, ri, rh, numPairs, q))
       continue;
@@ -1143,15 +1172,9 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
     values.push_back(weight->value);
   if (!checkStatic(values))
     return failure();
-  Type elemType = elementTypeOf(t0.q->value);
-  if (!isSupportedElementType(elemType) ||
-      elementTypeOf(t0.k->value) != elemType ||
-      elementTypeOf(t0.v->value) != elemType ||
-      elementTypeOf(root) != elemType) {
-    fail(kOperands, "q, k, v and the result must share one element type "
-                    "among f32, f16 and bf16");
+  Type elemType = commonElementType(t0);
+  if (!elemType)
     return failure();
-  }
   if (weight && !isa<FloatType>(elementTypeOf(weight->value))) {
     fail(kOperands, "the RMSNorm weight is not a float tensor");
     return failure();
@@ -1163,12 +1186,7 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
     if (re != static_cast<unsigned>(normDim))
       continue;
     int64_t numPairs = b.extent(rh);
-    if (!usesOnly(t0.q, {rb, ri, rh, dDim}, "q") ||
-        !usesOnly(t1.q, {rb, ri, rh, dDim}, "q") ||
-        !usesOnly(t0.k, {rb, tDim, rh, dDim}, "k") ||
-        !usesOnly(t1.k, {rb, tDim, rh, dDim}, "k") ||
-        !usesOnly(t0.v, {rb, tDim, rh, re}, "v") ||
-        !usesOnly(t1.v, {rb, tDim, rh, re}, "v") ||
+    if (!termsUseOnly(t0, t1, rb, ri, rh, re) ||
         (lam && !usesOnly(lam, {}, "lambda")) ||
         (weight && !usesOnly(weight, {re}, "the RMSNorm weight")))
       continue;
@@ -1178,16 +1196,9 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
       fail(kOperands, "the value width is not twice the head dim (V1)");
       continue;
     }
-    std::optional<MaskInfo> m0 = classifyMask(t0, ri);
+    std::optional<MaskInfo> m0 = commonMask(t0, t1, ri);
     if (!m0)
       continue;
-    std::optional<MaskInfo> m1 = classifyMask(t1, ri);
-    if (!m1)
-      continue;
-    if (!(*m0 == *m1)) {
-      fail(kOperands, "the two attentions use different masks");
-      continue;
-    }
     if (m0->right != 0 && !(m0->left < 0 && m0->right < 0)) {
       fail(kOperands, "diffattn.v1 supports causal or unmasked attention "
                       "only");
