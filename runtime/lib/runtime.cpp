@@ -610,9 +610,11 @@ std::string shapeText(const int64_t *shape, int rank) {
   return text + "]";
 }
 
+/// Checks a launch of `spec` against its manifest entry; on success fills
+/// `ordered` (the buffers in argument order) and the launch's `sizes`.
 int check(const KernelSpec &spec, const diffattn_buffer *buffers,
           int numBuffers, int64_t B, int64_t Sq, int64_t Sk,
-          std::vector<const diffattn_buffer *> &ordered) {
+          std::vector<const diffattn_buffer *> &ordered, Sizes &sizes) {
   const std::string where = "kernel '" + spec.name + "': ";
   if (B < 0 || Sq < 0 || Sk < 0)
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
@@ -624,7 +626,7 @@ int check(const KernelSpec &spec, const diffattn_buffer *buffers,
     return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
                 where + "sizes out of the supported range (B <= 65535, "
                         "Sq, Sk <= 2^31)");
-  const Sizes sizes = sizesFor(spec, B, Sq, Sk);
+  sizes = sizesFor(spec, B, Sq, Sk);
   int64_t workspace =
       spec.workspace.empty() ? 0 : evaluate(spec.workspace, sizes);
   size_t expectedBuffers = spec.args.size() + (workspace > 0 ? 1 : 0);
@@ -688,6 +690,20 @@ int check(const KernelSpec &spec, const diffattn_buffer *buffers,
   return DIFFATTN_OK;
 }
 
+/// The kernel `name` of `module`, or null after recording why not.
+KernelSpec *findKernel(const diffattn_module *module, const char *name) {
+  if (!module) {
+    fail(DIFFATTN_ERROR_INVALID_ARGUMENT, "null module");
+    return nullptr;
+  }
+  KernelSpec *spec = module->find(name);
+  if (!spec)
+    fail(DIFFATTN_ERROR_INVALID_ARGUMENT, std::string("no kernel '") +
+                                              (name ? name : "(null)") +
+                                              "' in " + module->dir);
+  return spec;
+}
+
 } // namespace
 
 extern "C" {
@@ -736,33 +752,26 @@ const char *diffattn_module_kernel_name(const diffattn_module *module, int i) {
 int diffattn_check(const diffattn_module *module, const char *kernel,
                    const diffattn_buffer *buffers, int num_buffers, int64_t B,
                    int64_t Sq, int64_t Sk) {
-  if (!module)
-    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT, "null module");
-  const KernelSpec *spec = module->find(kernel);
+  const KernelSpec *spec = findKernel(module, kernel);
   if (!spec)
-    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
-                std::string("no kernel '") + (kernel ? kernel : "(null)") +
-                    "' in " + module->dir);
+    return DIFFATTN_ERROR_INVALID_ARGUMENT;
   std::vector<const diffattn_buffer *> ordered;
-  return check(*spec, buffers, num_buffers, B, Sq, Sk, ordered);
+  Sizes sizes;
+  return check(*spec, buffers, num_buffers, B, Sq, Sk, ordered, sizes);
 }
 
 int diffattn_launch(diffattn_module *module, const char *kernel,
                     const diffattn_buffer *buffers, int num_buffers, int64_t B,
                     int64_t Sq, int64_t Sk, void *stream) {
-  if (!module)
-    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT, "null module");
-  KernelSpec *found = module->find(kernel);
+  KernelSpec *found = findKernel(module, kernel);
   if (!found)
-    return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
-                std::string("no kernel '") + (kernel ? kernel : "(null)") +
-                    "' in " + module->dir);
+    return DIFFATTN_ERROR_INVALID_ARGUMENT;
   KernelSpec &spec = *found;
   std::vector<const diffattn_buffer *> ordered;
-  if (int rc = check(spec, buffers, num_buffers, B, Sq, Sk, ordered))
+  Sizes sizes;
+  if (int rc = check(spec, buffers, num_buffers, B, Sq, Sk, ordered, sizes))
     return rc;
 
-  const Sizes sizes = sizesFor(spec, B, Sq, Sk);
   const Driver *d = nullptr;
   std::lock_guard<std::mutex> lock(module->mutex);
   for (StageSpec &stage : spec.stages) {
@@ -876,12 +885,9 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
 int64_t diffattn_workspace_elements(const diffattn_module *module,
                                     const char *kernel, int64_t B, int64_t Sq,
                                     int64_t Sk) {
-  const KernelSpec *spec = module ? module->find(kernel) : nullptr;
-  if (!spec) {
-    fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
-         std::string("no kernel '") + (kernel ? kernel : "(null)") + "'");
+  const KernelSpec *spec = findKernel(module, kernel);
+  if (!spec)
     return -1;
-  }
   if (B < 0 || Sq < 0 || Sk < 0)
     return 0;
   return spec->workspace.empty()
