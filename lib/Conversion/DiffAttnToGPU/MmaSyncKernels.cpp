@@ -131,6 +131,21 @@ private:
   Value i32(int32_t v) {
     return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
   }
+  /// A `shape` view of `elementType` at `byteOffset` of the dynamic shared
+  /// memory (created once per kernel, at the first view).
+  Value sharedView(int64_t byteOffset, ArrayRef<int64_t> shape,
+                   Type elementType) {
+    auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
+    if (!smem)
+      smem = gpu::DynamicSharedMemoryOp::create(
+          b, loc,
+          MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
+                          MemRefLayoutAttrInterface(), wg));
+    return memref::ViewOp::create(
+        b, loc,
+        MemRefType::get(shape, elementType, MemRefLayoutAttrInterface(), wg),
+        smem, idx(byteOffset), ValueRange{});
+  }
   Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
   Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
   Value mul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
@@ -301,6 +316,8 @@ private:
   std::array<Value, 2> threadRow;
   Value minRow, maxRow;
   Value sQ, sK, sV;
+  /// The kernel's dynamic shared memory (bytes), made by sharedView.
+  Value smem;
 };
 
 Value MmaSyncKernelBuilder::packOperand(Value pair) {
@@ -743,30 +760,18 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
 
   // Shared memory: Q (of both heads with pair rows), then the K and V
   // stages (per warp with split-KV).
-  auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
-  Value smem = gpu::DynamicSharedMemoryOp::create(
-      b, loc,
-      MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
-                      MemRefLayoutAttrInterface(), wg));
-  auto view = [&](int64_t byteOffset, ArrayRef<int64_t> shape,
-                  Type elementType) -> Value {
-    return memref::ViewOp::create(
-        b, loc,
-        MemRefType::get(shape, elementType, MemRefLayoutAttrInterface(), wg),
-        smem, idx(byteOffset), ValueRange{});
-  };
   int64_t dPad = plan.headDim + kPad, dvPad = plan.valueDim + kPad;
   SmallVector<int64_t> stageShape;
   if (warpSplit)
     stageShape.push_back(plan.warps);
   stageShape.push_back(stages);
   Type elem = plan.elementType;
-  sQ = view(0, {rowHeads, blockQ, dPad}, elem);
+  sQ = sharedView(0, {rowHeads, blockQ, dPad}, elem);
   SmallVector<int64_t> kShape(stageShape), vShape(stageShape);
   kShape.append({blockK, dPad});
   vShape.append({blockK, dvPad});
-  sK = view(plan.qTileBytes, kShape, elem);
-  sV = view(plan.qTileBytes + plan.kTileBytes, vShape, elem);
+  sK = sharedView(plan.qTileBytes, kShape, elem);
+  sV = sharedView(plan.qTileBytes + plan.kTileBytes, vShape, elem);
 
   // Q of each row's heads (cp.async, all threads).
   for (int64_t s = 0; s < rowHeads; ++s)
@@ -1024,21 +1029,11 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
   // Every warp's state of the 16 rows: sAcc[warp][head][row][col] and
   // sStat[warp][head][row][max, sum], in the K/V stages' bytes.
   int64_t dv = plan.valueDim, valueTiles = dv / 8, perHead = valueTiles * 4 + 4;
-  auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
-  Value smem = gpu::DynamicSharedMemoryOp::create(
-      b, loc,
-      MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
-                      MemRefLayoutAttrInterface(), wg));
-  auto view = [&](int64_t byteOffset, ArrayRef<int64_t> shape) -> Value {
-    return memref::ViewOp::create(
-        b, loc,
-        MemRefType::get(shape, b.getF32Type(), MemRefLayoutAttrInterface(), wg),
-        smem, idx(byteOffset), ValueRange{});
-  };
   int64_t rowHeads = plan.headsPerRow;
-  Value sAcc = view(plan.qTileBytes, {plan.warps, rowHeads, 16, dv});
-  Value sStat = view(plan.qTileBytes + plan.mergeAccBytes(),
-                     {plan.warps, rowHeads, 16, 2});
+  Value sAcc = sharedView(plan.qTileBytes, {plan.warps, rowHeads, 16, dv},
+                          b.getF32Type());
+  Value sStat = sharedView(plan.qTileBytes + plan.mergeAccBytes(),
+                           {plan.warps, rowHeads, 16, 2}, b.getF32Type());
   auto f32Pair = VectorType::get({2}, b.getF32Type());
   Value colLane = mul(rem(lane, 4), 2);
   Value firstOfQuad = cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0));
