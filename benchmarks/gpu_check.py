@@ -163,6 +163,29 @@ def sdpa_anchor(backend, q, k, v, lam, causal, epilogue):
     return run
 
 
+def time_variant(shapes, named, mine, options, **call):
+    """Median time (ms) of the kernel that diffattn-compile `options` make
+    for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
+    of _gpu.prepare_v2, launched directly on the tensors `named` ((name,
+    dtype, tensor) in argument order), and its relative L2 error against
+    the default kernel's output `mine`."""
+    directory, out_shape, sizes = _gpu.prepare_v2(
+        *shapes, "bf16", "bf16", window=(-1, -1), target="sm_90", options=options, **call)
+    out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
+    workspace = torch.empty(_gpu.workspace_elements(directory, sizes), dtype=torch.float32,
+                            device="cuda")
+    bufs = [(name, dtype, tuple(t.shape), t.data_ptr())
+            for name, dtype, t in list(named) + [("out", "bf16", out)]]
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def launch():
+        _gpu.launch_v2(directory, bufs, sizes, stream, lambda n: workspace.data_ptr())
+
+    launch()
+    err = rel_l2(out, mine)
+    return bench_fn(launch), err
+
+
 def bench(results, prefill=True):
     from torch.nn.attention import SDPBackend
 
@@ -206,16 +229,10 @@ def bench(results, prefill=True):
         for vd, options in gpu_cases.BENCH_VARIANTS:
             if vd != d:
                 continue
-            directory, out_shape, sizes = _gpu.prepare_v2(
-                (b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2), "bf16", "bf16",
-                causal=causal, window=(-1, -1), target="sm_90", options=options)
-            out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
-            bufs = [(n, "bf16", tuple(t.shape), t.data_ptr())
-                    for n, t in (("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out))]
-            stream = torch.cuda.current_stream().cuda_stream
-            _gpu.launch_v2(directory, bufs, sizes, stream)
-            err = rel_l2(out, mine)
-            ms = bench_fn(lambda: _gpu.launch_v2(directory, bufs, sizes, stream))
+            ms, err = time_variant(
+                ((b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2)),
+                [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
+                mine, options, causal=causal)
             row[" ".join(options)] = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err)
             print(f"    variant {' '.join(options)}: {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), "
                   f"rel L2 vs default {err:.1e}", flush=True)
@@ -251,20 +268,11 @@ def bench(results, prefill=True):
                 row[f"{name}_error"] = str(e).splitlines()[0][:200]
         mine = torch.ops.diffattn.v2(q, k, v, lam, kl, True, None, -1, -1)
         for options in gpu_cases.BENCH_DECODE_VARIANTS:
-            directory, out_shape, sizes = _gpu.prepare_v2(
-                (b, 1, h2, d), (b, kvl, hkv, d), (b, kvl, hkv, d), (b, 1, h2 // 2), "bf16", "bf16",
-                causal=True, window=(-1, -1), kv_len_shape=(b,), target="sm_90", options=options)
-            out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
-            n = _gpu.workspace_elements(directory, sizes)
-            workspace = torch.empty(n, dtype=torch.float32, device="cuda")
-            bufs = [(n_, dt, tuple(t.shape), t.data_ptr())
-                    for n_, dt, t in (("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v),
-                                      ("lam", "bf16", lam), ("kv_len", "i32", kl), ("out", "bf16", out))]
-            stream = torch.cuda.current_stream().cuda_stream
-            alloc = lambda n_: workspace.data_ptr()  # noqa: E731
-            _gpu.launch_v2(directory, bufs, sizes, stream, alloc)
-            err = rel_l2(out, mine)
-            ms = bench_fn(lambda: _gpu.launch_v2(directory, bufs, sizes, stream, alloc))
+            ms, err = time_variant(
+                ((b, 1, h2, d), (b, kvl, hkv, d), (b, kvl, hkv, d), (b, 1, h2 // 2)),
+                [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam),
+                 ("kv_len", "i32", kl)],
+                mine, options, causal=True, kv_len_shape=(b,))
             row[" ".join(options)] = dict(ms=ms, tbps=nbytes / ms / 1e9, rel_l2_vs_default=err)
             print(f"    variant {' '.join(options)}: {nbytes / ms / 1e9:.2f} TB/s ({ms:.3f} ms), "
                   f"rel L2 vs default {err:.1e}", flush=True)
