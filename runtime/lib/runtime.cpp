@@ -821,7 +821,10 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
           if (CUresult rc =
                   d->cuModuleGetFunction(&st.handle, mod, st.function.c_str()))
             return cudaFail(d, rc, "cuModuleGetFunction(" + st.function + ")");
-          if (st.sharedBytes > 48 * 1024)
+          // Without the opt-in a CTA gets 48 KiB of shared memory in all,
+          // static (a byte or so of the module's) included: opt in for
+          // any dynamic shared memory.
+          if (st.sharedBytes > 0)
             if (CUresult rc =
                     d->cuFuncSetAttribute(st.handle, kMaxDynamicSharedAttr,
                                           static_cast<int>(st.sharedBytes)))

@@ -112,6 +112,11 @@ static cl::opt<bool> l2Prefetch(
              "L2::128B qualifier (default on; --l2-prefetch=false for plain "
              "cp.async)"),
     cl::init(true), cl::cat(category));
+static cl::opt<std::string> smemLayout(
+    "smem-layout",
+    cl::desc("GPU: Q/K/V tiles in shared memory: padded, swizzled or auto "
+             "(default: swizzled for split-KV, padded for row blocks)"),
+    cl::init("auto"), cl::cat(category));
 static cl::opt<double> rescaleThreshold(
     "rescale-threshold",
     cl::desc("GPU: lazy softmax rescaling threshold in log2 units, 0 to 16 "
@@ -232,6 +237,7 @@ FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
         splitTargetCtas ? int64_t(splitTargetCtas) : gpu.splitTargetCtas;
     options.rescaleThreshold = rescaleThreshold;
     options.l2Prefetch = l2Prefetch;
+    options.smemLayout = smemLayout;
     pm.addPass(createDiffAttnToMmaSyncKernels(options));
     TimingScope strategyTiming = timing.nest("strategy " + name.str());
     if (failed(runPipeline(pm, kernelModule, strategyTiming)))

@@ -12,6 +12,8 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/PatternMatch.h"
 
+#include <string>
+
 namespace mlir::diffattn {
 
 /// Options of the portable mma.sync strategy.
@@ -36,6 +38,10 @@ struct MmaSyncStrategyOptions {
   /// Split-KV kernels: copy whole K/V tiles with cp.async's L2::128B
   /// prefetch qualifier.
   bool l2Prefetch = true;
+  /// Layout of the Q/K/V tiles in shared memory: "padded" (each row padded
+  /// by 16 bytes), "swizzled" (unpadded, 16-byte chunks XOR-swizzled by the
+  /// row) or "auto" (swizzled for split-KV, padded for row blocks).
+  std::string smemLayout = "auto";
 };
 
 /// Replaces `kernel` (made by diffattn-outline-kernels, holding one

@@ -81,6 +81,12 @@ def DiffAttnToMmaSyncKernels
            "L2::128B qualifier (the 128-byte line around each 16-byte chunk "
            "may be fetched into L2 at once; inline PTX, as no NVVM op "
            "carries it)">,
+    Option<"smemLayout", "smem-layout", "std::string", /*default=*/"\"auto\"",
+           "Q/K/V tiles in shared memory: padded (rows padded by 16 bytes), "
+           "swizzled (unpadded, 16-byte chunks XOR-swizzled by the row) or "
+           "auto (swizzled for split-KV, whose cp.async stream a padded "
+           "destination slows; padded for row blocks, whose ldmatrix "
+           "addresses then fold into immediates)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

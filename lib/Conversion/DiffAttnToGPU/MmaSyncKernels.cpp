@@ -47,9 +47,22 @@ using namespace mlir::diffattn;
 
 namespace {
 
-/// Row padding of shared-memory tiles (16 bytes): rows of 8 consecutive
-/// ldmatrix addresses then fall in distinct banks.
+/// Two layouts of the shared-memory tiles keep the 8 row addresses of an
+/// ldmatrix in distinct banks:
+/// - padded: each row padded by 16 bytes (kPad elements). Addresses of a
+///   lane's fragments differ by constants, which fold into the load's
+///   immediate offset. But a cp.async whose 128 destination bytes straddle
+///   two 128-byte lines is split, and asks L2 for 1.5x the sectors of the
+///   K/V stream (4-5% of decode bandwidth on an H200).
+/// - swizzled: unpadded rows, chunk c (16 bytes) of row r stored at chunk
+///   c ^ (r % kSwizzleRows); 8 consecutive threads copying one row write
+///   one 128-byte line. Addresses need an XOR, and registers, per 16-byte
+///   column offset within a kSwizzleSpan-element span.
 constexpr int64_t kPad = 8;
+constexpr int64_t kSwizzleRows = 8;
+/// Elements of a 16-byte chunk (2-byte elements).
+constexpr int64_t kChunkElements = 8;
+constexpr int64_t kSwizzleSpan = kSwizzleRows * kChunkElements;
 
 /// A 16x8 f32 accumulator tile: c0, c1 (row g), c2, c3 (row g + 8).
 using Acc = std::array<Value, 4>;
@@ -98,6 +111,10 @@ struct Plan {
   /// qualifier (measured: +2% decode bandwidth, but 2-7% slower prefill,
   /// whose K/V mostly hit in L2 already).
   bool l2Prefetch = false;
+  /// Tiles in the swizzled layout (else padded).
+  bool swizzle = false;
+  /// Row padding of the tiles (elements).
+  int64_t rowPad() const { return swizzle ? 0 : kPad; }
   int64_t pairsPerGroup() const { return pairs / kvHeads; }
   /// f32 elements of one partial row state: Dv accumulators, max, sum.
   int64_t partialWidth() const { return valueDim + 2; }
@@ -229,6 +246,10 @@ private:
   /// One 32-bit mma operand register from two 16-bit values.
   Value packOperand(Value pair);
   SmallVector<Value> ldmatrix(Value smem, ValueRange indices, bool transpose);
+  /// Indices of tile element (row, col + constCol) after `lead`, in the
+  /// tiles' layout; col + constCol starts a 16-byte chunk.
+  SmallVector<Value> tileIndex(ValueRange lead, Value row, Value col,
+                               int64_t constCol = 0);
   Acc mma(ArrayRef<Value> a, ArrayRef<Value> bReg, const Acc &c);
   Acc zeroAcc() {
     Value z = f32(0.0f);
@@ -378,8 +399,7 @@ void MmaSyncKernelBuilder::copyTileAsync(Value src,
       // address.
       Value srcIndex = select(valid, add(rowStart(row), col), idx(0));
       Value srcElements = select(valid, idx(8), idx(0));
-      SmallVector<Value> dstIndices(dstLead);
-      dstIndices.append({row, col});
+      SmallVector<Value> dstIndices = tileIndex(dstLead, row, col);
       nvgpu::DeviceAsyncCopyOp::create(
           b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst, dstIndices, src,
           ValueRange{srcIndex}, b.getIndexAttr(8), srcElements,
@@ -450,8 +470,7 @@ void MmaSyncKernelBuilder::copyRowsAsync(Value src, Value base,
           srcIndex = select(valid, srcIndex, idx(0));
           srcElements = select(valid, srcElements, idx(0));
         }
-        SmallVector<Value> dstIndices(dstLead);
-        dstIndices.append({row, laneCol});
+        SmallVector<Value> dstIndices = tileIndex(dstLead, row, laneCol);
         if (!zeroFill && plan.l2Prefetch) {
           copyChunkWithL2Prefetch(src, srcIndex, dst, dstIndices);
           return;
@@ -486,9 +505,22 @@ void MmaSyncKernelBuilder::copyRowsAsync(Value src, Value base,
       });
 }
 
-static SmallVector<Value> tileIndex(ValueRange lead, Value row, Value col) {
+SmallVector<Value> MmaSyncKernelBuilder::tileIndex(ValueRange lead, Value row,
+                                                   Value col,
+                                                   int64_t constCol) {
+  auto plus = [&](Value v, int64_t c) { return c ? add(v, c) : v; };
   SmallVector<Value> indices(lead);
-  indices.append({row, col});
+  if (!plan.swizzle) {
+    indices.append({row, plus(col, constCol)});
+    return indices;
+  }
+  // The XOR touches the column bits below kSwizzleSpan only; the part of
+  // constCol above them stays a constant offset.
+  int64_t inSpan = constCol % kSwizzleSpan;
+  Value rowMod = arith::AndIOp::create(b, loc, row, idx(kSwizzleRows - 1));
+  Value swizzled = arith::XOrIOp::create(b, loc, plus(col, inSpan),
+                                         mul(rowMod, kChunkElements));
+  indices.append({row, plus(swizzled, constCol - inSpan)});
   return indices;
 }
 
@@ -500,7 +532,7 @@ void MmaSyncKernelBuilder::loadQFragments() {
   for (int64_t h = 0; h < plan.headsPerRow; ++h)
     for (int64_t kk = 0; kk < plan.headDim / 16; ++kk)
       qFrags[h].push_back(
-          ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false));
+          ldmatrix(sQ, tileIndex(idx(h), qRow, qColLane, kk * 16), false));
 }
 
 MmaSyncKernelBuilder::Scores
@@ -517,12 +549,13 @@ MmaSyncKernelBuilder::scoreBlock(ValueRange kvLead) {
   for (int64_t kk = 0; kk < d / 16; ++kk) {
     std::array<SmallVector<Value>, 2> a;
     for (int64_t h = 0; h < plan.headsPerRow; ++h)
-      a[h] = qFrags.empty()
-                 ? ldmatrix(sQ, {idx(h), qRow, add(qColLane, kk * 16)}, false)
-                 : qFrags[h][kk];
+      a[h] =
+          qFrags.empty()
+              ? ldmatrix(sQ, tileIndex(idx(h), qRow, qColLane, kk * 16), false)
+              : qFrags[h][kk];
     for (int64_t np = 0; np < keyTiles / 2; ++np) {
       SmallVector<Value> kr = ldmatrix(
-          sK, tileIndex(kvLead, add(kRowLane, np * 16), add(kColLane, kk * 16)),
+          sK, tileIndex(kvLead, add(kRowLane, np * 16), kColLane, kk * 16),
           false);
       for (int64_t h = 0; h < plan.headsPerRow; ++h) {
         s[h][2 * np] = mma(a[h], {kr[0], kr[1]}, s[h][2 * np]);
@@ -587,7 +620,7 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
               packP(s[h][2 * kt + 1][2], s[h][2 * kt + 1][3])};
     for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp) {
       SmallVector<Value> vr = ldmatrix(
-          sV, tileIndex(vLead, add(vRowLane, kt * 16), add(vColLane, dp * 16)),
+          sV, tileIndex(vLead, add(vRowLane, kt * 16), vColLane, dp * 16),
           true);
       for (int64_t h = 0; h < plan.headsPerRow; ++h) {
         SmallVector<Acc> &acc = heads[h].acc;
@@ -760,16 +793,15 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
 
   // Shared memory: Q (of both heads with pair rows), then the K and V
   // stages (per warp with split-KV).
-  int64_t dPad = plan.headDim + kPad, dvPad = plan.valueDim + kPad;
   SmallVector<int64_t> stageShape;
   if (warpSplit)
     stageShape.push_back(plan.warps);
   stageShape.push_back(stages);
   Type elem = plan.elementType;
-  sQ = sharedView(0, {rowHeads, blockQ, dPad}, elem);
+  sQ = sharedView(0, {rowHeads, blockQ, plan.headDim + plan.rowPad()}, elem);
   SmallVector<int64_t> kShape(stageShape), vShape(stageShape);
-  kShape.append({blockK, dPad});
-  vShape.append({blockK, dvPad});
+  kShape.append({blockK, plan.headDim + plan.rowPad()});
+  vShape.append({blockK, plan.valueDim + plan.rowPad()});
   sK = sharedView(plan.qTileBytes, kShape, elem);
   sV = sharedView(plan.qTileBytes + plan.kTileBytes, vShape, elem);
 
@@ -1260,6 +1292,14 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
            << " is not supported (expected 0 to 16)";
   plan.warps = options.warps ? options.warps : (wideTiles ? 8 : 4);
   plan.l2Prefetch = options.l2Prefetch && plan.warpSplit();
+  if (options.smemLayout == "auto")
+    plan.swizzle = plan.warpSplit();
+  else if (options.smemLayout == "swizzled" || options.smemLayout == "padded")
+    plan.swizzle = options.smemLayout == "swizzled";
+  else
+    return op->emitOpError()
+           << "smem-layout = '" << options.smemLayout
+           << "' is not supported (expected auto, padded or swizzled)";
   if (plan.warps != 4 && plan.warps != 8)
     return op->emitOpError()
            << "warps = " << plan.warps << " is not supported (expected 4 or 8)";
@@ -1287,12 +1327,12 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
            << " must be positive";
   int64_t elementBytes = 2;
   int64_t pipelines = plan.warpSplit() ? plan.warps : 1;
-  plan.qTileBytes =
-      plan.headsPerRow * plan.blockQ * (plan.headDim + kPad) * elementBytes;
+  plan.qTileBytes = plan.headsPerRow * plan.blockQ *
+                    (plan.headDim + plan.rowPad()) * elementBytes;
   plan.kTileBytes = pipelines * plan.stages * plan.blockK *
-                    (plan.headDim + kPad) * elementBytes;
+                    (plan.headDim + plan.rowPad()) * elementBytes;
   plan.vTileBytes = pipelines * plan.stages * plan.blockK *
-                    (plan.valueDim + kPad) * elementBytes;
+                    (plan.valueDim + plan.rowPad()) * elementBytes;
   int64_t afterQ = plan.kTileBytes + plan.vTileBytes;
   if (plan.warpSplit())
     afterQ = std::max(afterQ, plan.mergeAccBytes() + plan.mergeStatBytes());
@@ -1508,6 +1548,7 @@ struct DiffAttnToMmaSyncKernelsPass
     options.warps = warps;
     options.rescaleThreshold = rescaleThreshold;
     options.l2Prefetch = l2Prefetch;
+    options.smemLayout = smemLayout;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())
       if (func->hasAttr(kKernelAttrName))

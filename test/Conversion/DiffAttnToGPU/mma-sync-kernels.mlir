@@ -1,8 +1,11 @@
 // RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels | FileCheck %s
+// RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=smem-layout=swizzled | FileCheck %s --check-prefix=SWIZZLED
+// RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=smem-layout=padded | FileCheck %s --check-prefix=PADDED
 
 // The portable strategy: one gpu.func per kernel, 128 threads, dynamic
-// shared memory for Q (both heads), two K stages and two V stages; cp.async
-// copies (zero-filling past the key length) in two commit groups; ldmatrix
+// shared memory for Q (both heads), two K stages and two V stages, each row
+// padded by 16 bytes; cp.async copies (zero-filling past the key length) in
+// two commit groups; ldmatrix
 // (transposed for V) feeding bf16 mma.sync m16n8k16 with f32 accumulation;
 // quad shuffles for row max/sum; exp2 on the SFU; lazy rescaling (a warp
 // vote on whether any row's max grew past the threshold); the launch rule
@@ -15,6 +18,7 @@
 // CHECK-SAME:    known_block_size = array<i32: 128, 1, 1>
 // CHECK:         gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
 // CHECK:         memref.view {{.*}} to memref<2x64x72xbf16, #gpu.address_space<workgroup>>
+// CHECK-NOT:     arith.xori
 // CHECK:         nvgpu.device_async_copy {{.*}}, 8, %{{.*}} {bypassL1} : memref<?xbf16> to memref<2x64x72xbf16, #gpu.address_space<workgroup>>
 // CHECK:         nvvm.cp.async.commit.group
 // CHECK:         scf.for
@@ -34,6 +38,17 @@
 // CHECK:         nvvm.cp.async.wait.group 0
 // CHECK:         vector.store
 // CHECK-NOT:   func.func
+// smem-layout overrides the default layout of either kind of kernel.
+// SWIZZLED-LABEL: gpu.func @diffattn_v2_bf16_h8_kv2_d64_dv64_causal(
+// SWIZZLED-SAME:    dynamic_shared_memory = 49152 : i64
+// SWIZZLED:         memref.view {{.*}} to memref<2x64x64xbf16, #gpu.address_space<workgroup>>
+// SWIZZLED:         arith.xori
+// SWIZZLED:         nvgpu.device_async_copy
+// PADDED-LABEL:   gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen(
+// PADDED-SAME:      dynamic_shared_memory = 108800 : i64
+// PADDED:           memref.view {{.*}} to memref<1x16x136xf16, #gpu.address_space<workgroup>>
+// PADDED-NOT:       arith.xori
+// PADDED:           nvgpu.device_async_copy
 func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
               %v: tensor<2x100x2x64xbf16>, %lam: tensor<2x100x4xbf16>) -> tensor<2x100x4x64xbf16> {
   %o = diffattn.v2 %q, %k, %v, %lam {causal}
@@ -57,7 +72,7 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // argument the runtime picks (a multiple of 64 keys, aiming at 264 CTAs).
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %[[SPLIT:.*]]: index) kernel
-// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 108800 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 4 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 102400 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 4 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
 // CHECK-SAME:    {arg = "Sk", field = "value"}, {arg = "split_keys", field = "value"}]
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
 // CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
@@ -66,8 +81,17 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:         arith.divui %[[BX]]
 // CHECK:         arith.divui %{{.*}}, %[[SPLIT]]
 // CHECK:         memref.load %{{.*}}[%[[B]]] : memref<?xi32>
-// CHECK:         memref.view {{.*}} to memref<1x16x136xf16, #gpu.address_space<workgroup>>
-// CHECK:         memref.view {{.*}} to memref<4x3x16x136xf16, #gpu.address_space<workgroup>>
+// Its tiles are unpadded, their 16-byte chunks XOR-swizzled by the row
+// (chunk c of row r at c ^ (r % 8)), so that each 8 threads' cp.async
+// destinations are one 128-byte line.
+// CHECK:         %[[SQ:.*]] = memref.view {{.*}} to memref<1x16x128xf16, #gpu.address_space<workgroup>>
+// CHECK:         memref.view {{.*}} to memref<4x3x16x128xf16, #gpu.address_space<workgroup>>
+// CHECK:         %[[ROW:.*]] = arith.divui %{{.*}}, %c16
+// CHECK:         %[[COL:.*]] = arith.muli %{{.*}}, %c8
+// CHECK:         %[[ROWMOD:.*]] = arith.andi %[[ROW]], %c7
+// CHECK:         %[[SWZ:.*]] = arith.muli %[[ROWMOD]], %c8
+// CHECK:         %[[SCOL:.*]] = arith.xori %[[COL]], %[[SWZ]]
+// CHECK:         nvgpu.device_async_copy %{{.*}}[%{{.*}}], %[[SQ]][%c0{{.*}}, %[[ROW]], %[[SCOL]]], 8
 // CHECK:         nvvm.cp.async.wait.group 2
 // CHECK:         gpu.barrier
 // The rows' Q fragments are loaded once and stay in registers (D / 16 = 8).
