@@ -52,14 +52,12 @@ BENCH_DECODE = [
 # Strategy variants timed beside the default kernel on the prefill shapes
 # with this head dimension: (D, diffattn-compile options).
 BENCH_VARIANTS = [
-    (128, ("--smem-layout=swizzled",)),
-    (64, ("--smem-layout=swizzled",)),
 ]
 
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--smem-layout=padded",),
+    ("--programmatic-launch=false",),
 ]
 
 # Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).

@@ -162,3 +162,12 @@ def test_malformed_artifacts_are_refused(tmp_path, artifact):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
     assert b"malformed launch stage f" in lib.diffattn_last_error()
+    # The combine stage of an sm_90 artifact is a programmatic dependent
+    # launch; the flag must be a boolean.
+    manifest = json.load(open(os.path.join(artifact, "manifest.json")))
+    stages = manifest["kernels"][0]["launch"]["stages"]
+    assert [st.get("programmatic_launch", False) for st in stages] == [False, True]
+    stages[1]["programmatic_launch"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
+    assert b"malformed programmatic_launch of " + KERNEL.encode() + b"_combine" in lib.diffattn_last_error()

@@ -52,6 +52,7 @@ struct Json {
   }
   const std::string *str() const { return std::get_if<std::string>(&value); }
   const double *num() const { return std::get_if<double>(&value); }
+  const bool *boolean() const { return std::get_if<bool>(&value); }
   const JsonArray *arr() const { return std::get_if<JsonArray>(&value); }
 };
 
@@ -227,6 +228,27 @@ using CUstream = void *;
 constexpr int kMaxDynamicSharedAttr =
     8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
+// cuLaunchKernelEx's configuration (cuda.h, CUDA 12), for programmatic
+// dependent launches.
+constexpr int kLaunchAttrProgrammaticStreamSerialization = 6;
+struct CUlaunchAttribute {
+  int id;
+  char pad[8 - sizeof(int)];
+  union {
+    char bytes[64];
+    int programmaticStreamSerializationAllowed;
+  } value;
+};
+struct CUlaunchConfig {
+  unsigned gridDimX, gridDimY, gridDimZ;
+  unsigned blockDimX, blockDimY, blockDimZ;
+  unsigned sharedMemBytes;
+  CUstream hStream;
+  CUlaunchAttribute *attrs;
+  unsigned numAttrs;
+};
+static_assert(sizeof(CUlaunchAttribute) == 72, "cuda.h's CUlaunchAttribute");
+
 struct Driver {
   CUresult (*cuInit)(unsigned);
   CUresult (*cuCtxGetCurrent)(CUcontext *);
@@ -240,6 +262,10 @@ struct Driver {
                              unsigned, unsigned, unsigned, CUstream, void **,
                              void **);
   CUresult (*cuGetErrorString)(CUresult, const char **);
+  /// Optional (CUDA 12 drivers): null where the driver lacks it, and then
+  /// programmatic launches are plain ones.
+  CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **,
+                               void **);
 };
 
 /// The driver, or null with `why` saying what is missing.
@@ -276,6 +302,8 @@ const Driver *loadDriver(std::string &why) {
   DIFFATTN_SYM(cuLaunchKernel, "cuLaunchKernel")
   DIFFATTN_SYM(cuGetErrorString, "cuGetErrorString")
 #undef DIFFATTN_SYM
+  driver.cuLaunchKernelEx = reinterpret_cast<decltype(driver.cuLaunchKernelEx)>(
+      dlsym(lib, "cuLaunchKernelEx"));
   if (CUresult rc = driver.cuInit(0)) {
     why = failure = "cuInit failed with CUDA error " + std::to_string(rc);
     return nullptr;
@@ -325,6 +353,9 @@ struct StageSpec {
   Rule grid[3];
   unsigned block[3] = {1, 1, 1};
   int64_t sharedBytes = 0;
+  /// May start before the previous stage on the stream ends (the kernel
+  /// waits for it itself): a programmatic dependent launch.
+  bool programmatic = false;
   CUfunction handle = nullptr; // loaded state
 };
 
@@ -479,6 +510,11 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
     if (const Json *smem = st.get("dynamic_shared_memory"))
       if (smem->num())
         stage.sharedBytes = static_cast<int64_t>(*smem->num());
+    if (const Json *programmatic = st.get("programmatic_launch")) {
+      if (!programmatic->boolean())
+        return bad("malformed programmatic_launch of " + function);
+      stage.programmatic = *programmatic->boolean();
+    }
     return DIFFATTN_OK;
   };
   if (const Json *stages = launch->get("stages")) {
@@ -874,6 +910,26 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
                     "kernel '" + spec.name + "': unknown parameter field '" +
                         p.field + "'");
       }
+    }
+    if (stage.programmatic && d->cuLaunchKernelEx) {
+      CUlaunchAttribute attr = {};
+      attr.id = kLaunchAttrProgrammaticStreamSerialization;
+      attr.value.programmaticStreamSerializationAllowed = 1;
+      CUlaunchConfig config = {};
+      config.gridDimX = grid[0];
+      config.gridDimY = grid[1];
+      config.gridDimZ = grid[2];
+      config.blockDimX = stage.block[0];
+      config.blockDimY = stage.block[1];
+      config.blockDimZ = stage.block[2];
+      config.sharedMemBytes = static_cast<unsigned>(stage.sharedBytes);
+      config.hStream = static_cast<CUstream>(stream);
+      config.attrs = &attr;
+      config.numAttrs = 1;
+      if (CUresult rc =
+              d->cuLaunchKernelEx(&config, stage.handle, args.data(), nullptr))
+        return cudaFail(d, rc, "cuLaunchKernelEx(" + stage.function + ")");
+      continue;
     }
     if (CUresult rc = d->cuLaunchKernel(
             stage.handle, grid[0], grid[1], grid[2], stage.block[0],

@@ -117,6 +117,12 @@ static cl::opt<std::string> smemLayout(
     cl::desc("GPU: Q/K/V tiles in shared memory: padded, swizzled or auto "
              "(default: swizzled for split-KV, padded for row blocks)"),
     cl::init("auto"), cl::cat(category));
+static cl::opt<bool> programmaticLaunch(
+    "programmatic-launch",
+    cl::desc("GPU: launch the decode form's combine kernel as a "
+             "programmatic dependent of the split kernel (default on where "
+             "the target has it: sm_90 and later)"),
+    cl::init(true), cl::cat(category));
 static cl::opt<double> rescaleThreshold(
     "rescale-threshold",
     cl::desc("GPU: lazy softmax rescaling threshold in log2 units, 0 to 16 "
@@ -238,6 +244,7 @@ FailureOr<llvm::json::Object> compileGPUKernel(ModuleOp kernelModule,
     options.rescaleThreshold = rescaleThreshold;
     options.l2Prefetch = l2Prefetch;
     options.smemLayout = smemLayout;
+    options.programmaticLaunch = programmaticLaunch && gpu.programmaticLaunch;
     pm.addPass(createDiffAttnToMmaSyncKernels(options));
     TimingScope strategyTiming = timing.nest("strategy " + name.str());
     if (failed(runPipeline(pm, kernelModule, strategyTiming)))

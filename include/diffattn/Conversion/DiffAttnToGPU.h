@@ -42,6 +42,11 @@ struct MmaSyncStrategyOptions {
   /// by 16 bytes), "swizzled" (unpadded, 16-byte chunks XOR-swizzled by the
   /// row) or "auto" (swizzled for split-KV, padded for row blocks).
   std::string smemLayout = "auto";
+  /// Split-KV: the combine kernel may be launched while the split kernel
+  /// still runs (programmatic dependent launch, sm_90 and later): the split
+  /// kernel lets it start once every CTA has left its key loop, and the
+  /// combine kernel waits for the split kernel's results itself.
+  bool programmaticLaunch = false;
 };
 
 /// Replaces `kernel` (made by diffattn-outline-kernels, holding one

@@ -87,6 +87,12 @@ def DiffAttnToMmaSyncKernels
            "auto (swizzled for split-KV, whose cp.async stream a padded "
            "destination slows; padded for row blocks, whose ldmatrix "
            "addresses then fold into immediates)">,
+    Option<"programmaticLaunch", "programmatic-launch", "bool",
+           /*default=*/"false",
+           "Split-KV: launch the combine kernel as a programmatic dependent "
+           "of the split kernel (sm_90 and later; griddepcontrol): it may "
+           "start while the split kernel's CTAs finish and waits for their "
+           "results itself">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

@@ -113,6 +113,8 @@ struct Plan {
   bool l2Prefetch = false;
   /// Tiles in the swizzled layout (else padded).
   bool swizzle = false;
+  /// Split-KV: the combine kernel is a programmatic dependent launch.
+  bool programmaticLaunch = false;
   /// Row padding of the tiles (elements).
   int64_t rowPad() const { return swizzle ? 0 : kPad; }
   int64_t pairsPerGroup() const { return pairs / kvHeads; }
@@ -971,6 +973,11 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
           scf::YieldOp::create(b, loc, results);
         });
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+    // The combine kernel may start once every CTA got here (it waits for
+    // this grid's results before reading them).
+    if (plan.programmaticLaunch)
+      NVVM::GriddepcontrolOp::create(
+          b, loc, NVVM::GridDepActionKind::launch_dependents);
     // Every warp is done with its stages: merge the warps' states through
     // shared memory (over the stages), then write the CTA's partial state
     // to the workspace.
@@ -1199,36 +1206,51 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
     return memref::LoadOp::create(b, loc, workspace, ValueRange{index})
         .getResult();
   };
-  std::array<Value, 2> value;
-  for (int64_t s = 0; s < 2; ++s) {
-    // The largest max over the splits, then the rescaled sums.
-    Value maxAll =
-        scf::ForOp::create(
-            b, loc, idx(0), numSplits, idx(1), ValueRange{ninf},
-            [&](OpBuilder &, Location, Value sp, ValueRange it) {
-              scf::YieldOp::create(
-                  b, loc,
-                  fmax(it[0], load(stateIndex(sp, s, idx(plan.valueDim)))));
-            })
-            .getResult(0);
-    Value safeMax = select(
-        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, maxAll, ninf),
-        f32(0.0f), maxAll);
-    auto sums = scf::ForOp::create(
-        b, loc, idx(0), numSplits, idx(1), ValueRange{f32(0.0f), f32(0.0f)},
-        [&](OpBuilder &, Location, Value sp, ValueRange it) {
-          Value m = load(stateIndex(sp, s, idx(plan.valueDim)));
-          Value w = exp2(fmul(fsub(m, safeMax), scaleLog2));
-          Value l = load(stateIndex(sp, s, idx(plan.valueDim + 1)));
-          Value o = load(stateIndex(sp, s, col));
-          scf::YieldOp::create(
-              b, loc,
-              ValueRange{fadd(it[0], fmul(w, o)), fadd(it[1], fmul(w, l))});
-        });
-    value[s] = normalize(sums.getResult(0), sums.getResult(1));
-  }
+  // lam first: its load does not wait for anything.
   Value rowIndex = add(mul(batch, seqQ), row);
   Value sig = sigmoidOfLam(lam, add(mul(rowIndex, plan.pairs), pair));
+  // Launched as a programmatic dependent, this kernel may run before the
+  // split kernel ends: wait for its results (a no-op after a plain launch).
+  if (plan.programmaticLaunch)
+    NVVM::GriddepcontrolOp::create(b, loc, NVVM::GridDepActionKind::wait);
+  // One pass over the splits for both heads, an online merge of (max, sum,
+  // accumulator): each split's loads are independent of each other and of
+  // the running state, so one trip to memory serves all of them (with one
+  // split, the common case, the whole kernel waits on memory once).
+  SmallVector<Value> init;
+  for (int64_t s = 0; s < 2; ++s)
+    init.append({ninf, f32(0.0f), f32(0.0f)});
+  auto merged = scf::ForOp::create(
+      b, loc, idx(0), numSplits, idx(1), init,
+      [&](OpBuilder &, Location, Value sp, ValueRange it) {
+        SmallVector<Value> loaded;
+        for (int64_t s = 0; s < 2; ++s)
+          loaded.append({load(stateIndex(sp, s, idx(plan.valueDim))),
+                         load(stateIndex(sp, s, idx(plan.valueDim + 1))),
+                         load(stateIndex(sp, s, col))});
+        SmallVector<Value> next;
+        for (int64_t s = 0; s < 2; ++s) {
+          Value runMax = it[3 * s], runSum = it[3 * s + 1],
+                runAcc = it[3 * s + 2];
+          Value m = loaded[3 * s], l = loaded[3 * s + 1], o = loaded[3 * s + 2];
+          // Empty states (max -inf) weigh 0; so does everything while the
+          // new max is still -inf.
+          Value newMax = fmax(runMax, m);
+          Value safeMax =
+              select(arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ,
+                                           newMax, ninf),
+                     f32(0.0f), newMax);
+          Value wRun = exp2(fmul(fsub(runMax, safeMax), scaleLog2));
+          Value wNew = exp2(fmul(fsub(m, safeMax), scaleLog2));
+          next.append({newMax, fadd(fmul(runSum, wRun), fmul(l, wNew)),
+                       fadd(fmul(runAcc, wRun), fmul(o, wNew))});
+        }
+        scf::YieldOp::create(b, loc, next);
+      });
+  std::array<Value, 2> value;
+  for (int64_t s = 0; s < 2; ++s)
+    value[s] =
+        normalize(merged.getResult(3 * s + 2), merged.getResult(3 * s + 1));
   Value result = arith::TruncFOp::create(b, loc, plan.elementType,
                                          fsub(value[0], fmul(sig, value[1])));
   memref::StoreOp::create(
@@ -1292,14 +1314,14 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
            << " is not supported (expected 0 to 16)";
   plan.warps = options.warps ? options.warps : (wideTiles ? 8 : 4);
   plan.l2Prefetch = options.l2Prefetch && plan.warpSplit();
+  plan.programmaticLaunch = options.programmaticLaunch && plan.warpSplit();
   if (options.smemLayout == "auto")
     plan.swizzle = plan.warpSplit();
   else if (options.smemLayout == "swizzled" || options.smemLayout == "padded")
-    plan.swizzle = options.smemLayout == "swizzled";
-  else
-    return op->emitOpError()
-           << "smem-layout = '" << options.smemLayout
-           << "' is not supported (expected auto, padded or swizzled)";
+      plan.swizzle = options.smemLayout == "swizzled";
+  else return op->emitOpError()
+      << "smem-layout = '" << options.smemLayout
+      << "' is not supported (expected auto, padded or swizzled)";
   if (plan.warps != 4 && plan.warps != 8)
     return op->emitOpError()
            << "warps = " << plan.warps << " is not supported (expected 4 or 8)";
@@ -1386,13 +1408,20 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
       b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
       b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages))};
   auto stage = [&](StringRef function, ArrayRef<Attribute> grid,
-                   int64_t threads, int64_t shared, ArrayAttr params) {
-    return b.getDictionaryAttr(
-        {b.getNamedAttr("function", b.getStringAttr(function)),
-         b.getNamedAttr("grid", b.getArrayAttr(grid)),
-         b.getNamedAttr("block", b.getI64ArrayAttr({threads, 1, 1})),
-         b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
-         b.getNamedAttr("params", params)});
+                   int64_t threads, int64_t shared, ArrayAttr params,
+                   bool programmatic = false) {
+    SmallVector<NamedAttribute> entries = {
+        b.getNamedAttr("function", b.getStringAttr(function)),
+        b.getNamedAttr("grid", b.getArrayAttr(grid)),
+        b.getNamedAttr("block", b.getI64ArrayAttr({threads, 1, 1})),
+        b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
+        b.getNamedAttr("params", params)};
+    // The stage may be launched before the previous one ends (it waits
+    // for it itself).
+    if (programmatic)
+      entries.push_back(
+          b.getNamedAttr("programmatic_launch", b.getBoolAttr(true)));
+    return b.getDictionaryAttr(entries);
   };
   if (!plan.splitKV) {
     // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
@@ -1436,7 +1465,8 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
            stage((name + "_combine").str(),
                  {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(plan.kvHeads),
                   ceilDiv("B", 1, 1)},
-                 plan.valueDim, 0, paramsOf(combineBuffers))})));
+                 plan.valueDim, 0, paramsOf(combineBuffers),
+                 plan.programmaticLaunch)})));
   // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
   // (Dv + 2).
   attrs.push_back(b.getNamedAttr(
@@ -1549,6 +1579,7 @@ struct DiffAttnToMmaSyncKernelsPass
     options.rescaleThreshold = rescaleThreshold;
     options.l2Prefetch = l2Prefetch;
     options.smemLayout = smemLayout;
+    options.programmaticLaunch = programmaticLaunch;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())
       if (func->hasAttr(kKernelAttrName))

@@ -17,13 +17,13 @@ std::optional<GPUTargetInfo> mlir::diffattn::lookupGPUTarget(StringRef name) {
   // sm_80 / sm_90: the portable tensor-core strategy (an sm_90 cubin of it
   // runs on Hopper). sm_90a / sm_100a name their own strategies.
   if (name == "sm_80")
-    return GPUTargetInfo{"sm_80", "sm_80", "+ptx80", "mma_sync", 108};
+    return GPUTargetInfo{"sm_80", "sm_80", "+ptx80", "mma_sync", 108, false};
   if (name == "sm_90")
-    return GPUTargetInfo{"sm_90", "sm_90", "+ptx80", "mma_sync", 264};
+    return GPUTargetInfo{"sm_90", "sm_90", "+ptx80", "mma_sync", 264, true};
   if (name == "sm_90a")
-    return GPUTargetInfo{"sm_90a", "sm_90a", "+ptx80", "wgmma", 264};
+    return GPUTargetInfo{"sm_90a", "sm_90a", "+ptx80", "wgmma", 264, true};
   if (name == "sm_100a")
-    return GPUTargetInfo{"sm_100a", "sm_100a", "+ptx86", "tcgen05", 296};
+    return GPUTargetInfo{"sm_100a", "sm_100a", "+ptx86", "tcgen05", 296, true};
   return std::nullopt;
 }
 

@@ -113,10 +113,16 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK-NOT:     memref<?xf16>
 // CHECK:         gpu.return
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
+// The combine loads lam first, then merges the splits' states of both heads
+// in one pass (online: running max, rescaled sums), 6 loads per split.
+// CHECK:         memref.load {{.*}} : memref<?xf32>
 // CHECK:         scf.for
+// CHECK-COUNT-6:   memref.load %{{.*}} : memref<?xf32>
 // CHECK:           arith.maxnumf
-// CHECK:         scf.for
 // CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
+// CHECK:           arith.maxnumf
+// CHECK:           scf.yield
+// CHECK-NOT:     scf.for
 // CHECK:         memref.store {{.*}} : memref<?xf16>
 func.func @decode(%q: tensor<4x1x8x128xf16>, %k: tensor<4x512x2x128xf16>,
                   %v: tensor<4x512x2x128xf16>, %lam: tensor<4x1x4xf32>,

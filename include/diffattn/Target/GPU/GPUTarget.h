@@ -33,6 +33,10 @@ struct GPUTargetInfo {
   /// reference GPU (A100: 108 SMs, 1 CTA each; H100/H200: 132 SMs, 2 each;
   /// B200: 148 SMs, 2 each).
   int64_t splitTargetCtas;
+  /// The chip has programmatic dependent launch (sm_90 and later): a
+  /// kernel may start before the previous one on its stream ends and wait
+  /// for it itself (griddepcontrol).
+  bool programmaticLaunch;
 };
 
 /// The GPU target called `name`, or nullopt.
