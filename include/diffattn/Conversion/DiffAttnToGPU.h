@@ -36,8 +36,8 @@ struct MmaSyncStrategyOptions {
   /// with every block.
   double rescaleThreshold = 8;
   /// Split-KV kernels: copy whole K/V tiles with cp.async's L2::128B
-  /// prefetch qualifier.
-  bool l2Prefetch = true;
+  /// prefetch qualifier (inline PTX).
+  bool l2Prefetch = false;
   /// Layout of the Q/K/V tiles in shared memory: "padded" (each row padded
   /// by 16 bytes), "swizzled" (unpadded, 16-byte chunks XOR-swizzled by the
   /// row) or "auto" (swizzled for split-KV, padded for row blocks).

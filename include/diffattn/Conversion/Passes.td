@@ -76,11 +76,12 @@ def DiffAttnToMmaSyncKernels
            "Lazy softmax rescaling: move a row's offset (and rescale its "
            "accumulators) only when a probability would exceed "
            "2^threshold, 0 to 16 (0: with every block)">,
-    Option<"l2Prefetch", "l2-prefetch", "bool", /*default=*/"true",
+    Option<"l2Prefetch", "l2-prefetch", "bool", /*default=*/"false",
            "Split-KV kernels: copy whole K/V tiles with cp.async's "
            "L2::128B qualifier (the 128-byte line around each 16-byte chunk "
            "may be fetched into L2 at once; inline PTX, as no NVVM op "
-           "carries it)">,
+           "carries it). Off by default: with swizzled tiles it measured "
+           "no faster than plain cp.async">,
     Option<"smemLayout", "smem-layout", "std::string", /*default=*/"\"auto\"",
            "Q/K/V tiles in shared memory: padded (rows padded by 16 bytes), "
            "swizzled (unpadded, 16-byte chunks XOR-swizzled by the row) or "

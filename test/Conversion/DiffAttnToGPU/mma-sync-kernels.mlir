@@ -1,6 +1,7 @@
 // RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels | FileCheck %s
 // RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=smem-layout=swizzled | FileCheck %s --check-prefix=SWIZZLED
 // RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=smem-layout=padded | FileCheck %s --check-prefix=PADDED
+// RUN: diffattn-opt %s --split-input-file --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=l2-prefetch=true | FileCheck %s --check-prefix=L2
 
 // The portable strategy: one gpu.func per kernel, 128 threads, dynamic
 // shared memory for Q (both heads), two K stages and two V stages, each row
@@ -44,6 +45,11 @@
 // SWIZZLED:         memref.view {{.*}} to memref<2x64x64xbf16, #gpu.address_space<workgroup>>
 // SWIZZLED:         arith.xori
 // SWIZZLED:         nvgpu.device_async_copy
+// L2-LABEL:       gpu.func @diffattn_v2_bf16_h8_kv2_d64_dv64_causal(
+// L2-NOT:           nvvm.inline_ptx
+// L2-LABEL:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen(
+// L2:               scf.for
+// L2:                 nvvm.inline_ptx "cp.async.cg.shared.global.L2::128B [$0], [$1], 16;" ro(%{{.*}}, %{{.*}} : !llvm.ptr<3>, !llvm.ptr<1>)
 // PADDED-LABEL:   gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen(
 // PADDED-SAME:      dynamic_shared_memory = 108800 : i64
 // PADDED:           memref.view {{.*}} to memref<1x16x136xf16, #gpu.address_space<workgroup>>
@@ -98,8 +104,10 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK-COUNT-8: nvgpu.ldmatrix {{.*}} transpose = false
 // CHECK-NOT:     nvgpu.ldmatrix
 // CHECK:         scf.for
-// Whole K/V tiles: cp.async with the L2::128B qualifier (inline PTX).
-// CHECK:           nvvm.inline_ptx "cp.async.cg.shared.global.L2::128B [$0], [$1], 16;" ro(%{{.*}}, %{{.*}} : !llvm.ptr<3>, !llvm.ptr<1>)
+// Whole K/V tiles: plain cp.async (l2-prefetch=true: with the L2::128B
+// qualifier, the strategy's only inline PTX).
+// CHECK:           nvgpu.device_async_copy {{.*}} to memref<4x3x16x128xf16, #gpu.address_space<workgroup>>
+// CHECK-NOT:       nvvm.inline_ptx
 // CHECK:           nvvm.cp.async.wait.group 2
 // CHECK:           nvvm.bar.warp.sync
 // CHECK:           nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
