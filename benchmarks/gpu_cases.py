@@ -57,7 +57,7 @@ BENCH_VARIANTS = [
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--l2-prefetch=false",),
+    ("--l2-prefetch",),
 ]
 
 # Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).
