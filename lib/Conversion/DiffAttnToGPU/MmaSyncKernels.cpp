@@ -586,6 +586,20 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
                                        std::array<HeadState, 2> &heads) {
   int64_t keyTiles = plan.blockK / 8;
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value vRowLane = add(l8, mul(rem(g8, 2), 8));
+  Value vColLane = mul(div(lane, 16), 8);
+  auto loadV = [&](int64_t kt, int64_t dp) {
+    return ldmatrix(
+        sV, tileIndex(vLead, add(vRowLane, kt * 16), vColLane, dp * 16), true);
+  };
+  // Split-KV warps (registers to spare, memory latency to hide) load the
+  // block's V fragments before the softmax, so that their latency overlaps
+  // it; row blocks load each just before its products.
+  SmallVector<SmallVector<Value>> early;
+  if (plan.warpSplit())
+    for (int64_t kt = 0; kt < keyTiles / 2; ++kt)
+      for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp)
+        early.push_back(loadV(kt, dp));
   // Mask the blocks that straddle the mask boundary (or the key length).
   Value ninf = f32(-std::numeric_limits<float>::infinity());
   SmallVector<Value> flat = flatten(s);
@@ -624,8 +638,6 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
     return packOperand(
         vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
   };
-  Value vRowLane = add(l8, mul(rem(g8, 2), 8));
-  Value vColLane = mul(div(lane, 16), 8);
   for (int64_t kt = 0; kt < keyTiles / 2; ++kt) {
     std::array<SmallVector<Value>, 2> a;
     for (int64_t h = 0; h < plan.headsPerRow; ++h)
@@ -634,9 +646,8 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
               packP(s[h][2 * kt + 1][0], s[h][2 * kt + 1][1]),
               packP(s[h][2 * kt + 1][2], s[h][2 * kt + 1][3])};
     for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp) {
-      SmallVector<Value> vr = ldmatrix(
-          sV, tileIndex(vLead, add(vRowLane, kt * 16), vColLane, dp * 16),
-          true);
+      SmallVector<Value> vr =
+          early.empty() ? loadV(kt, dp) : early[kt * (plan.valueDim / 16) + dp];
       for (int64_t h = 0; h < plan.headsPerRow; ++h) {
         SmallVector<Acc> &acc = heads[h].acc;
         acc[2 * dp] = mma(a[h], {vr[0], vr[1]}, acc[2 * dp]);
@@ -660,13 +671,19 @@ void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
         f32(0.0f), max);
     return fmul(safeMax, f32(-scaleLog2Value));
   };
-  std::array<Value, 2> newMax;
+  // The largest score of each of the thread's rows among its own columns;
+  // the row's max over the block is the largest of its quad's.
+  std::array<Value, 2> threadMax, newMax;
   for (int64_t rr = 0; rr < 2; ++rr) {
     Value m = s[0][2 * rr];
     for (const Acc &t : s)
       m = fmax(m, fmax(t[2 * rr], t[2 * rr + 1]));
-    newMax[rr] = fmax(head.rowMax[rr], quadMax(m));
+    threadMax[rr] = m;
   }
+  auto reduceNewMax = [&] {
+    for (int64_t rr = 0; rr < 2; ++rr)
+      newMax[rr] = fmax(head.rowMax[rr], quadMax(threadMax[rr]));
+  };
   // Moves the state to the offsets `newMax`: sums and accumulators scale
   // by 2^((old - new) scale log2 e).
   auto rescale = [&](HeadState &state) {
@@ -681,19 +698,21 @@ void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
     }
   };
   if (plan.rescaleThreshold <= 0) {
+    reduceNewMax();
     rescale(head);
   } else {
-    // Lazy rescaling: the offsets only move when some row of the warp would
-    // see a probability above 2^threshold; otherwise the old offsets stay
-    // (exact: the sums use the same offsets) and the Dv/2 multiplications
-    // of the accumulators are skipped.
+    // Lazy rescaling: the offsets only move when some score of the warp
+    // would give a probability above 2^threshold; otherwise the old offsets
+    // stay (exact: the sums use the same offsets), and neither the row max
+    // (quad shuffles) nor the Dv/2 multiplications of the accumulators are
+    // needed. Each thread tests its own scores: no shuffle on this path.
     Value grow = arith::ConstantOp::create(b, loc, b.getBoolAttr(false));
     for (int64_t rr = 0; rr < 2; ++rr)
       grow = arith::OrIOp::create(
           b, loc, grow,
           arith::CmpFOp::create(
               b, loc, arith::CmpFPredicate::OGT,
-              fmul(fsub(newMax[rr], head.rowMax[rr]), scaleLog2),
+              fmul(fsub(threadMax[rr], head.rowMax[rr]), scaleLog2),
               f32(plan.rescaleThreshold)));
     Value anyGrow = NVVM::VoteSyncOp::create(b, loc, b.getI1Type(), i32(-1),
                                              grow, NVVM::VoteSyncKind::any);
@@ -708,6 +727,7 @@ void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
         b, loc, anyGrow,
         [&](OpBuilder &, Location) {
           HeadState moved = head;
+          reduceNewMax();
           rescale(moved);
           scf::YieldOp::create(b, loc, pack(moved));
         },

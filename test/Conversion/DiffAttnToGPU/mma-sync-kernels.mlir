@@ -8,8 +8,9 @@
 // padded by 16 bytes; cp.async copies (zero-filling past the key length) in
 // two commit groups; ldmatrix
 // (transposed for V) feeding bf16 mma.sync m16n8k16 with f32 accumulation;
-// quad shuffles for row max/sum; exp2 on the SFU; lazy rescaling (a warp
-// vote on whether any row's max grew past the threshold); the launch rule
+// exp2 on the SFU; lazy rescaling (a warp vote on whether any score grew
+// past the row offsets by the threshold; quad shuffles for the row max only
+// then); the launch rule
 // on the kernel's manifest entry.
 
 // CHECK-LABEL: gpu.module @diffattn_v2_bf16_h8_kv2_d64_dv64_causal_module
@@ -30,9 +31,13 @@
 // CHECK:           nvvm.mma.sync {{.*}} {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
 // CHECK:           scf.if
 // CHECK:             arith.cmpi sle
-// CHECK:           gpu.shuffle  xor
+// Lazy rescaling: each thread compares its own scores with the row offsets
+// (no shuffle); only when the warp's vote says some grew past the threshold
+// does the quad reduce the row max and rescale.
+// CHECK-NOT:       gpu.shuffle
 // CHECK:           nvvm.vote.sync  any
-// CHECK:           scf.if
+// CHECK-NEXT:      scf.if
+// CHECK:             gpu.shuffle  xor
 // CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // CHECK:           nvgpu.ldmatrix {{.*}} {numTiles = 4 : i32, transpose = true}
 // CHECK:           gpu.barrier
@@ -111,6 +116,11 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:           nvvm.cp.async.wait.group 2
 // CHECK:           nvvm.bar.warp.sync
 // CHECK:           nvvm.mma.sync {{.*}} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// The block's V fragments (Dv / 16 = 8) are loaded before the softmax.
+// CHECK-COUNT-8:   nvgpu.ldmatrix {{.*}} transpose = true
+// CHECK-NOT:       nvgpu.ldmatrix
+// CHECK:           nvvm.vote.sync  any
+// CHECK:           nvvm.mma.sync
 // CHECK:           nvvm.bar.warp.sync
 // CHECK:         nvvm.cp.async.wait.group 0
 // CHECK:         gpu.barrier
