@@ -26,6 +26,12 @@ CHECK_CASES = [
     (5, 2, 129, 8, 2, 128, "f16", True, (-1, -1), [2, 64, 65, 128, 129]),
     (1, 1024, 1024, 32, 8, 128, "bf16", True, (-1, -1), None),
     (2, 512, 512, 32, 16, 128, "bf16", True, (-1, -1), None),
+    # Decode launches with one split (B x Hkv CTAs fill a wave): with
+    # G x Sq <= 16 the split kernel writes the output itself (no combine),
+    # else the combine merges one split.
+    (32, 1, 300, 32, 8, 128, "bf16", True, (-1, -1), [(37 * i) % 301 for i in range(32)]),
+    (32, 4, 300, 32, 8, 128, "bf16", True, (-1, -1), [4 + (29 * i) % 297 for i in range(32)]),
+    (32, 8, 200, 32, 8, 64, "f16", True, (-1, -1), [8 + (13 * i) % 193 for i in range(32)]),
 ]
 
 # Prefill timing (SPEC.md's anchor table): (B, S, 2H, Hkv, D, causal)
@@ -60,11 +66,13 @@ BENCH_DECODE_VARIANTS = [
     ("--l2-prefetch",),
 ]
 
-# Small launches run under compute-sanitizer: (2H, Hkv, D, causal, kv_len).
+# Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,
+# kv_len).
 SANITIZE_CASES = [
-    (8, 2, 64, True, None),
-    (8, 2, 128, False, None),
-    (8, 2, 128, True, [3, 90]),
+    (2, 70, 90, 8, 2, 64, True, None),
+    (2, 70, 90, 8, 2, 128, False, None),
+    (2, 70, 90, 8, 2, 128, True, [3, 90]),       # split-KV, two splits
+    (2, 1, 60, 8, 2, 128, True, [3, 60]),        # one split: no combine
 ]
 
 
@@ -92,10 +100,10 @@ def all_kernel_requests():
                                  lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16",
                                  causal=causal, window=(-1, -1), kv_len_shape=None,
                                  options=options))
-    for h2, hkv, d, causal, kv_len in SANITIZE_CASES:
-        reqs.append(dict(q_shape=(2, 70, h2, d), k_shape=(2, 90, hkv, d), v_shape=(2, 90, hkv, d),
-                         lam_shape=(2, 70, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
-                         window=(-1, -1), kv_len_shape=None if kv_len is None else (2,)))
+    for b, sq, sk, h2, hkv, d, causal, kv_len in SANITIZE_CASES:
+        reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
+                         lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
+                         window=(-1, -1), kv_len_shape=None if kv_len is None else (b,)))
     b, sq, sk, h2, hkv, d = PYTEST_GPU_SHAPE
     for dtype in ("bf16", "f16"):
         for causal in (True, False):

@@ -288,12 +288,11 @@ def bench(results, prefill=True):
 def sanitize_case():
     """A small launch for compute-sanitizer (memcheck / racecheck)."""
     torch.manual_seed(0)
-    for h2, hkv, d, causal, kv in gpu_cases.SANITIZE_CASES:
-        b = 2
-        q = torch.randn(b, 70, h2, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, 90, hkv, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, 90, hkv, d, device="cuda", dtype=torch.bfloat16)
-        lam = torch.randn(b, 70, h2 // 2, device="cuda", dtype=torch.bfloat16)
+    for b, sq, sk, h2, hkv, d, causal, kv in gpu_cases.SANITIZE_CASES:
+        q = torch.randn(b, sq, h2, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16)
         kl = None if kv is None else torch.tensor(kv, dtype=torch.int32, device="cuda")
         out = diffattn.v2(q, k, v, lam, causal=causal, kv_len=kl)
         torch.cuda.synchronize()

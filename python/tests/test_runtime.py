@@ -171,3 +171,12 @@ def test_malformed_artifacts_are_refused(tmp_path, artifact):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
     assert b"malformed programmatic_launch of " + KERNEL.encode() + b"_combine" in lib.diffattn_last_error()
+    # The combine stage is skipped for one split when one CTA holds a KV
+    # group's G x Sq rows (G = 4 here: Sq <= 4); the bounds must name sizes.
+    stages[1]["programmatic_launch"] = True
+    assert stages[1]["skip_when"] == {"Sq": 4, "splits": 1}
+    for bad in ({"Sq": "4"}, {"heads": 1}, {}):
+        stages[1]["skip_when"] = bad
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
+        assert b"malformed skip_when of " + KERNEL.encode() + b"_combine" in lib.diffattn_last_error()

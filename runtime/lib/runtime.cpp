@@ -11,6 +11,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
@@ -54,6 +55,7 @@ struct Json {
   const double *num() const { return std::get_if<double>(&value); }
   const bool *boolean() const { return std::get_if<bool>(&value); }
   const JsonArray *arr() const { return std::get_if<JsonArray>(&value); }
+  const JsonObject *obj() const { return std::get_if<JsonObject>(&value); }
 };
 
 class JsonParser {
@@ -332,6 +334,12 @@ struct Dim {
   int64_t mul = 1;
 };
 
+/// The sizes a launch knows: the caller's and the split's.
+bool isSizeSymbol(const std::string &symbol) {
+  return symbol == "B" || symbol == "Sq" || symbol == "Sk" ||
+         symbol == "splits" || symbol == "split_keys";
+}
+
 struct ArgSpec {
   std::string name;
   int32_t dtype = -1;
@@ -356,6 +364,9 @@ struct StageSpec {
   /// May start before the previous stage on the stream ends (the kernel
   /// waits for it itself): a programmatic dependent launch.
   bool programmatic = false;
+  /// Not launched when every listed size is at most its bound (symbol,
+  /// bound): the previous stage then did this one's work.
+  std::vector<std::pair<std::string, int64_t>> skipWhen;
   CUfunction handle = nullptr; // loaded state
 };
 
@@ -514,6 +525,15 @@ int parseKernel(const Json &k, const std::string &dir, KernelSpec &spec) {
       if (!programmatic->boolean())
         return bad("malformed programmatic_launch of " + function);
       stage.programmatic = *programmatic->boolean();
+    }
+    if (const Json *skip = st.get("skip_when")) {
+      if (!skip->obj() || skip->obj()->empty())
+        return bad("malformed skip_when of " + function);
+      for (const auto &[symbol, bound] : *skip->obj()) {
+        if (!bound.num() || !isSizeSymbol(symbol))
+          return bad("malformed skip_when of " + function);
+        stage.skipWhen.emplace_back(symbol, static_cast<int64_t>(*bound.num()));
+      }
     }
     return DIFFATTN_OK;
   };
@@ -811,6 +831,13 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
   const Driver *d = nullptr;
   std::lock_guard<std::mutex> lock(module->mutex);
   for (StageSpec &stage : spec.stages) {
+    if (!stage.skipWhen.empty() &&
+        std::all_of(
+            stage.skipWhen.begin(), stage.skipWhen.end(),
+            [&](const auto &bound) {
+              return resolve({bound.first, 0, 1}, sizes) <= bound.second;
+            }))
+      continue;
     // Nothing to compute: no launch (a zero grid dimension is an error).
     unsigned grid[3];
     bool empty = false;

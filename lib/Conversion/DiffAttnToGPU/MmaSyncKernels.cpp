@@ -81,6 +81,10 @@ struct Plan {
   int64_t rowsPerQuery() const {
     return pairsPerGroup() * (headsPerRow == 2 ? 1 : 2);
   }
+  /// Split-KV: the largest Sq for which one CTA holds every row of its KV
+  /// group (a launch with one split then writes the output directly), or
+  /// 0.
+  int64_t directSqMax() const { return 16 / rowsPerQuery(); }
   int64_t threads() const { return 32 * warps; }
   /// Rows of a KV group per CTA: 16 per warp (row blocks), or 16 shared by
   /// all warps (split-KV).
@@ -316,10 +320,13 @@ private:
   /// Split-KV: merges the loop states `final` of the CTA's warps (which
   /// covered different key blocks of the same 16 rows) through shared
   /// memory and writes the CTA's partial state of its valid rows to the
-  /// workspace. All warps must be past their loops.
-  void emitWarpMerge(ValueRange final, Value workspace, Value batch,
-                     Value kvHead, Value split, Value numSplits, Value seqQ,
-                     Value row0, Value rowsValid);
+  /// workspace, or, when the launch has one split and the CTA holds every
+  /// row of its KV group (directSqMax(), 0 if never), the output itself
+  /// (the combine stage is then skipped). All warps must be past their
+  /// loops.
+  void emitWarpMerge(ValueRange final, Value workspace, Value lam, Value out,
+                     Value batch, Value kvHead, Value split, Value numSplits,
+                     Value seqQ, Value row0, Value rowsValid);
 
   /// The online softmax of one head over the block's scores `s` (replaced
   /// by the probabilities); rescales the head's state.
@@ -1015,8 +1022,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     // shared memory (over the stages), then write the CTA's partial state
     // to the workspace.
     gpu::BarrierOp::create(b, loc);
-    emitWarpMerge(loop.getResults().drop_back(), workspace, batch, kvHead,
-                  split, numSplits, seqQ, row0, rowsValid);
+    emitWarpMerge(loop.getResults().drop_back(), workspace, lam, out, batch,
+                  kvHead, split, numSplits, seqQ, row0, rowsValid);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -1095,7 +1102,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
 }
 
 void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
-                                         Value batch, Value kvHead, Value split,
+                                         Value lam, Value out, Value batch,
+                                         Value kvHead, Value split,
                                          Value numSplits, Value seqQ,
                                          Value row0, Value rowsValid) {
   // Every warp's state of the 16 rows: sAcc[warp][head][row][col] and
@@ -1134,74 +1142,133 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
   }
   gpu::BarrierOp::create(b, loc);
 
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  // Element (h, row, col) of the CTA's state merged over its warps:
+  // (unnormalised accumulator, sum, max).
+  auto merged = [&](Value h, Value row, Value col) {
+    SmallVector<Value> maxes, sums;
+    Value maxAll = ninf;
+    for (int64_t w = 0; w < plan.warps; ++w) {
+      Value stat = vector::LoadOp::create(b, loc, f32Pair, sStat,
+                                          ValueRange{idx(w), h, row, idx(0)});
+      maxes.push_back(vector::ExtractOp::create(b, loc, stat, 0));
+      sums.push_back(vector::ExtractOp::create(b, loc, stat, 1));
+      maxAll = fmax(maxAll, maxes.back());
+    }
+    // Rows no warp saw a key for keep max -inf: weights of 0.
+    Value negShift =
+        fmul(select(arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ,
+                                          maxAll, ninf),
+                    f32(0.0f), maxAll),
+             f32(-plan.attn.scale * static_cast<float>(M_LOG2E)));
+    Value acc = f32(0.0f), sum = f32(0.0f);
+    for (int64_t w = 0; w < plan.warps; ++w) {
+      Value weight = exp2(fma(maxes[w], scaleLog2, negShift));
+      Value x =
+          memref::LoadOp::create(b, loc, sAcc, ValueRange{idx(w), h, row, col});
+      acc = fma(weight, x, acc);
+      sum = fma(weight, sums[w], sum);
+    }
+    return std::array<Value, 3>{acc, sum, maxAll};
+  };
+  Value pairRows = mul(seqQ, plan.pairsPerGroup());
+
   // Thread tid merges the elements tid, tid + threads, ... of the CTA's
   // heads x 16 x Dv (head, row, column) and writes them, with each valid
   // row's max and sum, to the workspace (whose rows are the group's pairs
   // x Sq, both heads each).
-  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-  Value ninf = f32(-std::numeric_limits<float>::infinity());
-  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
-  int64_t elements = rowHeads * 16 * dv;
-  Value pairRows = mul(seqQ, plan.pairsPerGroup());
-  scf::ForOp::create(
-      b, loc, tid, idx(elements), idx(plan.threads()), ValueRange{},
-      [&](OpBuilder &, Location, Value e, ValueRange) {
-        Value h = div(e, 16 * dv), row = rem(div(e, dv), 16), col = rem(e, dv);
-        scf::IfOp::create(
-            b, loc, cmp(arith::CmpIPredicate::slt, row, rowsValid),
-            [&](OpBuilder &, Location) {
-              SmallVector<Value> maxes, sums;
-              Value maxAll = ninf;
-              for (int64_t w = 0; w < plan.warps; ++w) {
-                Value stat = vector::LoadOp::create(
-                    b, loc, f32Pair, sStat, ValueRange{idx(w), h, row, idx(0)});
-                maxes.push_back(vector::ExtractOp::create(b, loc, stat, 0));
-                sums.push_back(vector::ExtractOp::create(b, loc, stat, 1));
-                maxAll = fmax(maxAll, maxes.back());
+  auto toWorkspace = [&] {
+    int64_t elements = rowHeads * 16 * dv;
+    scf::ForOp::create(
+        b, loc, tid, idx(elements), idx(plan.threads()), ValueRange{},
+        [&](OpBuilder &, Location, Value e, ValueRange) {
+          Value h = div(e, 16 * dv), row = rem(div(e, dv), 16),
+                col = rem(e, dv);
+          scf::IfOp::create(
+              b, loc, cmp(arith::CmpIPredicate::slt, row, rowsValid),
+              [&](OpBuilder &, Location) {
+                auto [acc, sum, maxAll] = merged(h, row, col);
+                Value global = add(row0, row);
+                // The row's pair row of the workspace and head in the pair.
+                Value pairRow = global, headInPair = h;
+                if (rowHeads == 1) {
+                  Value groupHead =
+                      arith::DivUIOp::create(b, loc, global, seqQ);
+                  pairRow = add(mul(div(groupHead, 2), seqQ),
+                                arith::RemUIOp::create(b, loc, global, seqQ));
+                  headInPair = rem(groupHead, 2);
+                }
+                Value rowState =
+                    add(mul(add(mul(add(mul(batch, plan.kvHeads), kvHead),
+                                    numSplits),
+                                split),
+                            pairRows),
+                        pairRow);
+                Value base =
+                    mul(add(mul(rowState, 2), headInPair), plan.partialWidth());
+                memref::StoreOp::create(b, loc, acc, workspace,
+                                        ValueRange{add(base, col)});
+                scf::IfOp::create(
+                    b, loc, cmp(arith::CmpIPredicate::eq, col, idx(0)),
+                    [&](OpBuilder &, Location) {
+                      memref::StoreOp::create(b, loc, maxAll, workspace,
+                                              ValueRange{add(base, dv)});
+                      memref::StoreOp::create(b, loc, sum, workspace,
+                                              ValueRange{add(base, dv + 1)});
+                      scf::YieldOp::create(b, loc);
+                    });
+                scf::YieldOp::create(b, loc);
+              });
+          scf::YieldOp::create(b, loc);
+        });
+  };
+  if (rowHeads != 1 || plan.directSqMax() == 0) {
+    toWorkspace();
+    return;
+  }
+  // One split and every row of the group here (row0 = 0): normalise,
+  // apply the epilogue and write the output, element (pair row, column)
+  // per thread; the launch skips the combine stage (its manifest entry's
+  // skip_when says so with the same condition).
+  Value direct = arith::AndIOp::create(
+      b, loc, cmp(arith::CmpIPredicate::eq, numSplits, idx(1)),
+      cmp(arith::CmpIPredicate::ule, seqQ, idx(plan.directSqMax())));
+  scf::IfOp::create(
+      b, loc, direct,
+      [&](OpBuilder &, Location) {
+        scf::ForOp::create(
+            b, loc, tid, mul(pairRows, dv), idx(plan.threads()), ValueRange{},
+            [&](OpBuilder &, Location, Value e, ValueRange) {
+              Value pairRow = div(e, dv), col = rem(e, dv);
+              Value pairInGroup = arith::DivUIOp::create(b, loc, pairRow, seqQ);
+              Value queryRow = arith::RemUIOp::create(b, loc, pairRow, seqQ);
+              std::array<Value, 2> value;
+              for (int64_t s = 0; s < 2; ++s) {
+                // Row (query head 2p + s of the group, query row i).
+                Value row =
+                    add(mul(add(mul(pairInGroup, 2), idx(s)), seqQ), queryRow);
+                auto [acc, sum, maxAll] = merged(idx(0), row, col);
+                value[s] = normalize(acc, sum);
               }
-              // Rows no warp saw a key for keep max -inf: weights of 0.
-              Value negShift = fmul(
-                  select(arith::CmpFOp::create(
-                             b, loc, arith::CmpFPredicate::OEQ, maxAll, ninf),
-                         f32(0.0f), maxAll),
-                  f32(-plan.attn.scale * static_cast<float>(M_LOG2E)));
-              Value acc = f32(0.0f), sum = f32(0.0f);
-              for (int64_t w = 0; w < plan.warps; ++w) {
-                Value weight = exp2(fma(maxes[w], scaleLog2, negShift));
-                Value x = memref::LoadOp::create(
-                    b, loc, sAcc, ValueRange{idx(w), h, row, col});
-                acc = fma(weight, x, acc);
-                sum = fma(weight, sums[w], sum);
-              }
-              Value global = add(row0, row);
-              // The row's pair row of the workspace and head in the pair.
-              Value pairRow = global, headInPair = h;
-              if (rowHeads == 1) {
-                Value groupHead = arith::DivUIOp::create(b, loc, global, seqQ);
-                pairRow = add(mul(div(groupHead, 2), seqQ),
-                              arith::RemUIOp::create(b, loc, global, seqQ));
-                headInPair = rem(groupHead, 2);
-              }
-              Value rowState = add(
-                  mul(add(mul(add(mul(batch, plan.kvHeads), kvHead), numSplits),
-                          split),
-                      pairRows),
-                  pairRow);
-              Value base =
-                  mul(add(mul(rowState, 2), headInPair), plan.partialWidth());
-              memref::StoreOp::create(b, loc, acc, workspace,
-                                      ValueRange{add(base, col)});
-              scf::IfOp::create(
-                  b, loc, cmp(arith::CmpIPredicate::eq, col, idx(0)),
-                  [&](OpBuilder &, Location) {
-                    memref::StoreOp::create(b, loc, maxAll, workspace,
-                                            ValueRange{add(base, dv)});
-                    memref::StoreOp::create(b, loc, sum, workspace,
-                                            ValueRange{add(base, dv + 1)});
-                    scf::YieldOp::create(b, loc);
-                  });
+              Value pair = add(mul(kvHead, plan.pairsPerGroup()), pairInGroup);
+              Value rowIndex = add(mul(batch, seqQ), queryRow);
+              Value sig =
+                  sigmoidOfLam(lam, add(mul(rowIndex, plan.pairs), pair));
+              Value result =
+                  arith::TruncFOp::create(b, loc, plan.elementType,
+                                          fsub(value[0], fmul(sig, value[1])));
+              memref::StoreOp::create(
+                  b, loc, result, out,
+                  ValueRange{
+                      add(mul(add(mul(rowIndex, plan.pairs), pair), dv), col)});
               scf::YieldOp::create(b, loc);
             });
+        scf::YieldOp::create(b, loc);
+      },
+      [&](OpBuilder &, Location) {
+        toWorkspace();
         scf::YieldOp::create(b, loc);
       });
 }
@@ -1443,7 +1510,8 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
       b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages))};
   auto stage = [&](StringRef function, ArrayRef<Attribute> grid,
                    int64_t threads, int64_t shared, ArrayAttr params,
-                   bool programmatic = false) {
+                   bool programmatic = false,
+                   ArrayRef<NamedAttribute> skipWhen = {}) {
     SmallVector<NamedAttribute> entries = {
         b.getNamedAttr("function", b.getStringAttr(function)),
         b.getNamedAttr("grid", b.getArrayAttr(grid)),
@@ -1455,6 +1523,10 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
     if (programmatic)
       entries.push_back(
           b.getNamedAttr("programmatic_launch", b.getBoolAttr(true)));
+    // Not launched when each of these sizes is at most its bound.
+    if (!skipWhen.empty())
+      entries.push_back(
+          b.getNamedAttr("skip_when", b.getDictionaryAttr(skipWhen)));
     return b.getDictionaryAttr(entries);
   };
   if (!plan.splitKV) {
@@ -1489,6 +1561,13 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
                   b.getNamedAttr("target_ctas",
                                  b.getI64IntegerAttr(plan.splitTargetCtas))});
   attrs.push_back(b.getNamedAttr("split", b.getDictionaryAttr(split)));
+  // With one split and Sq <= directSqMax() the split kernel writes the
+  // output itself.
+  SmallVector<NamedAttribute> combineSkip;
+  if (plan.directSqMax() > 0)
+    combineSkip = {
+        b.getNamedAttr("Sq", b.getI64IntegerAttr(plan.directSqMax())),
+        b.getNamedAttr("splits", b.getI64IntegerAttr(1))};
   attrs.push_back(b.getNamedAttr(
       "stages",
       b.getArrayAttr(
@@ -1500,7 +1579,7 @@ DictionaryAttr launchDescription(Builder &b, const Plan &plan, StringRef name,
                  {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(plan.kvHeads),
                   ceilDiv("B", 1, 1)},
                  plan.valueDim, 0, paramsOf(combineBuffers),
-                 plan.programmaticLaunch)})));
+                 plan.programmaticLaunch, combineSkip)})));
   // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
   // (Dv + 2).
   attrs.push_back(b.getNamedAttr(

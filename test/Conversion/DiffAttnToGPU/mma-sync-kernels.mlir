@@ -86,6 +86,9 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 102400 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 4 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
 // CHECK-SAME:    {arg = "Sk", field = "value"}, {arg = "split_keys", field = "value"}]
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
+// The combine stage is skipped for one split when a CTA holds the group's
+// G x Sq rows (G = 4: Sq <= 4).
+// CHECK-SAME:    skip_when = {Sq = 4 : i64, splits = 1 : i64}
 // CHECK-SAME:    workspace = {dtype = "f32", product = [{by = 1 : i64, ceil_div = "B", mul = 1 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}, {by = 1 : i64, ceil_div = "Sq", mul = 1 : i64}], times = 1040 : i64}
 // CHECK:         %[[BX:.*]] = gpu.block_id  x
 // CHECK:         %[[B:.*]] = gpu.block_id  z
@@ -126,8 +129,19 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:         gpu.barrier
 // CHECK:         memref.view {{.*}} to memref<4x1x16x128xf32, #gpu.address_space<workgroup>>
 // CHECK:         gpu.barrier
-// CHECK:         scf.for
-// CHECK:           memref.store %{{.*}}, %[[WS]]
+// Same condition in the kernel: one split and Sq <= 4 write the output
+// (normalised, epilogue applied); otherwise the partial state goes to the
+// workspace.
+// CHECK:         %[[SQOK:.*]] = arith.cmpi ule, %{{.*}}, %c4
+// CHECK:         %[[ONE:.*]] = arith.cmpi eq, %{{.*}}, %c1
+// CHECK:         %[[DIRECT:.*]] = arith.andi %[[ONE]], %[[SQOK]] : i1
+// CHECK:         scf.if %[[DIRECT]] {
+// CHECK:           scf.for
+// CHECK-NOT:         %[[WS]]
+// CHECK:             memref.store {{.*}} : memref<?xf16>
+// CHECK:         } else {
+// CHECK:           scf.for
+// CHECK:             memref.store %{{.*}}, %[[WS]]
 // CHECK-NOT:     memref<?xf16>
 // CHECK:         gpu.return
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
