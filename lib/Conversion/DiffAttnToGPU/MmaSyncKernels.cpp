@@ -103,7 +103,6 @@ struct Plan {
   /// state of its rows to a workspace; a second kernel combines the splits
   /// and applies the epilogue.
   bool splitKV = false;
-  bool warpSplit() const { return splitKV; }
   /// Keys per split: fixed at compile time, or 0 for the runtime's choice
   /// (a multiple of blockK * warps aiming at splitTargetCtas CTAs).
   int64_t fixedSplitKeys = 0;
@@ -112,8 +111,7 @@ struct Plan {
   /// exceed 2^rescaleThreshold (0: they move with every block).
   float rescaleThreshold = 0;
   /// Split-KV: whole K/V tiles are copied with cp.async's L2::128B prefetch
-  /// qualifier (measured: +2% decode bandwidth, but 2-7% slower prefill,
-  /// whose K/V mostly hit in L2 already).
+  /// qualifier (inline PTX; an opt-in, see --l2-prefetch).
   bool l2Prefetch = false;
   /// Tiles in the swizzled layout (else padded).
   bool swizzle = false;
@@ -210,6 +208,34 @@ private:
   Value shuffleXor(Value x, int32_t offset) {
     return gpu::ShuffleOp::create(b, loc, x, offset, 32, gpu::ShuffleMode::XOR)
         .getShuffleResult();
+  }
+  /// The softmax offset of a running max: the max, or 0 for a row that has
+  /// seen no key (max -inf), so that exp2(-inf - 0) = 0, never NaN.
+  Value safeOffset(Value max) {
+    Value ninf = f32(-std::numeric_limits<float>::infinity());
+    return select(
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, max, ninf),
+        f32(0.0f), max);
+  }
+  /// -safeOffset(max) * scale * log2 e: a score x then weighs
+  /// exp2(x * scale * log2 e + negShift(max)).
+  Value negShift(Value max) {
+    return fmul(safeOffset(max),
+                f32(-plan.attn.scale * static_cast<float>(M_LOG2E)));
+  }
+  /// The row of (pair, query row) in lam and in the output, for rowIndex =
+  /// b * Sq + i.
+  Value pairRowIndex(Value rowIndex, Value pair) {
+    return add(mul(rowIndex, plan.pairs), pair);
+  }
+  /// out[pairRow, col] = o0 - sig * o1, the differential epilogue of one
+  /// element.
+  void storeDifference(Value out, Value pairRow, Value col, Value o0, Value o1,
+                       Value sig) {
+    Value result = arith::TruncFOp::create(b, loc, plan.elementType,
+                                           fsub(o0, fmul(sig, o1)));
+    memref::StoreOp::create(b, loc, result, out,
+                            ValueRange{add(mul(pairRow, plan.valueDim), col)});
   }
   /// sigmoid(lam[index]) in f32: 1 / (1 + 2^(-x log2 e)).
   Value sigmoidOfLam(Value lam, Value index) {
@@ -559,7 +585,7 @@ MmaSyncKernelBuilder::scoreBlock(ValueRange kvLead) {
   // dependent products of a score tile go to two accumulator chains (even
   // and odd kk), which halves the latency from the block's data to its
   // scores. Row blocks (at 255 registers) keep one chain.
-  int64_t chains = plan.warpSplit() ? 2 : 1;
+  int64_t chains = plan.splitKV ? 2 : 1;
   SmallVector<Scores> parts(chains, s);
   for (int64_t kk = 0; kk < d / 16; ++kk) {
     Scores &acc = parts[kk % chains];
@@ -603,7 +629,7 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
   // block's V fragments before the softmax, so that their latency overlaps
   // it; row blocks load each just before its products.
   SmallVector<SmallVector<Value>> early;
-  if (plan.warpSplit())
+  if (plan.splitKV)
     for (int64_t kt = 0; kt < keyTiles / 2; ++kt)
       for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp)
         early.push_back(loadV(kt, dp));
@@ -667,17 +693,7 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
 void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
                                         HeadState &head) {
   // Online softmax of the thread's two rows; exp2 with the scale folded in.
-  Value ninf = f32(-std::numeric_limits<float>::infinity());
-  float scaleLog2Value = plan.attn.scale * static_cast<float>(M_LOG2E);
-  Value scaleLog2 = f32(scaleLog2Value);
-  // A row that has seen no key yet keeps max -inf: 0 serves as its offset,
-  // so that exp2(-inf - 0) = 0, never NaN.
-  auto negShiftOf = [&](Value max) {
-    Value safeMax = select(
-        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, max, ninf),
-        f32(0.0f), max);
-    return fmul(safeMax, f32(-scaleLog2Value));
-  };
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
   // The largest score of each of the thread's rows among its own columns;
   // the row's max over the block is the largest of its quad's.
   std::array<Value, 2> threadMax, newMax;
@@ -696,7 +712,7 @@ void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
   auto rescale = [&](HeadState &state) {
     for (int64_t rr = 0; rr < 2; ++rr) {
       Value alpha =
-          exp2(fma(state.rowMax[rr], scaleLog2, negShiftOf(newMax[rr])));
+          exp2(fma(state.rowMax[rr], scaleLog2, negShift(newMax[rr])));
       state.rowMax[rr] = newMax[rr];
       state.rowSum[rr] = fmul(state.rowSum[rr], alpha);
       for (Acc &t : state.acc)
@@ -749,11 +765,11 @@ void MmaSyncKernelBuilder::softmaxBlock(SmallVectorImpl<Acc> &s,
         head.acc[t][e] = r[4 + t * 4 + e];
   }
   for (int64_t rr = 0; rr < 2; ++rr) {
-    Value negShift = negShiftOf(head.rowMax[rr]);
+    Value shift = negShift(head.rowMax[rr]);
     Value sum = f32(0.0f);
     for (Acc &t : s)
       for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-        t[e] = exp2(fma(t[e], scaleLog2, negShift));
+        t[e] = exp2(fma(t[e], scaleLog2, shift));
         sum = fadd(sum, t[e]);
       }
     head.rowSum[rr] = fadd(head.rowSum[rr], sum);
@@ -765,18 +781,18 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   b.setInsertionPointToStart(&entry);
   const AttentionConfig &attn = plan.attn;
   bool decode = attn.hasKvLen;
-  bool warpSplit = plan.warpSplit();
+  bool splitKV = plan.splitKV;
   int64_t blockQ = plan.blockQ, blockK = plan.blockK, stages = plan.stages;
   unsigned a = 0;
   Value q = entry.getArgument(a++), k = entry.getArgument(a++),
         v = entry.getArgument(a++), lam = entry.getArgument(a++);
   Value kvLen = decode ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
-  Value workspace = warpSplit ? entry.getArgument(a++) : Value();
+  Value workspace = splitKV ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
   // Split-KV: keys per split, a multiple of blockK (the launch's choice).
-  Value splitKeys = warpSplit ? entry.getArgument(a++) : Value();
+  Value splitKeys = splitKV ? entry.getArgument(a++) : Value();
 
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
@@ -792,7 +808,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value groupRows = mul(seqQ, plan.rowsPerQuery());
   // Split-KV: grid x enumerates (split, row block).
   Value split, numSplits;
-  if (warpSplit) {
+  if (splitKV) {
     Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
     split = arith::DivUIOp::create(b, loc, qBlock, rowBlocks);
     qBlock = arith::RemUIOp::create(b, loc, qBlock, rowBlocks);
@@ -802,14 +818,14 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // With a causal-like mask (later rows see more keys), row blocks go from
   // the last rows to the first: the longest CTAs start first and the
   // shortest fill the last wave.
-  if (!warpSplit && attn.windowRight >= 0 && attn.windowLeft < 0) {
+  if (!splitKV && attn.windowRight >= 0 && attn.windowLeft < 0) {
     Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
     qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
   }
   Value row0 = mul(qBlock, blockQ);
   Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
   // The warp's 16 rows: its own with row blocks, the CTA's with split-KV.
-  qRow0 = warpSplit ? idx(0) : mul(warp, 16);
+  qRow0 = splitKV ? idx(0) : mul(warp, 16);
   Value firstPair = mul(kvHead, pairsPerGroup);
   // The pair of a group row (with both heads per row), or its query head.
   auto pairOf = [&](Value r) {
@@ -836,7 +852,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // Shared memory: Q (of both heads with pair rows), then the K and V
   // stages (per warp with split-KV).
   SmallVector<int64_t> stageShape;
-  if (warpSplit)
+  if (splitKV)
     stageShape.push_back(plan.warps);
   stageShape.push_back(stages);
   Type elem = plan.elementType;
@@ -879,7 +895,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     lo = maxI(idx(0), sub(add(minRow, offset), idx(attn.windowLeft)));
   if (attn.windowRight >= 0)
     hi = minI(keyLen, add(add(maxRow, offset), idx(attn.windowRight + 1)));
-  if (warpSplit) {
+  if (splitKV) {
     Value splitStart = mul(split, splitKeys);
     lo = maxI(lo, splitStart);
     hi = minI(hi, add(splitStart, splitKeys));
@@ -959,7 +975,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     return results;
   };
 
-  if (warpSplit) {
+  if (splitKV) {
     // The Q copies form their own group, then each warp runs a pipeline of
     // its own over the blocks w, w + 4, w + 8, ... of the split.
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
@@ -1030,7 +1046,6 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
 
   // Epilogue: normalise, combine the pair, write the single output head.
   auto emitEpilogue = [&](ValueRange final) {
-    int64_t lamStride = plan.pairs;
     auto outPairType = VectorType::get({2}, plan.elementType);
     for (int64_t rr = 0; rr < 2; ++rr) {
       Value global = threadGroupRow(rr);
@@ -1042,14 +1057,12 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         inverse[s] =
             inverseSum(quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]));
       Value rowIndex = add(mul(batch, seqQ), row);
-      Value lamIndex =
-          select(valid, add(mul(rowIndex, lamStride), pair), idx(0));
+      Value lamIndex = select(valid, pairRowIndex(rowIndex, pair), idx(0));
       Value sig = sigmoidOfLam(lam, lamIndex);
       // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.
       Value scale1 = fmul(sig, inverse[1]);
       ifThen(valid, [&] {
-        Value outBase =
-            mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim);
+        Value outBase = mul(pairRowIndex(rowIndex, pair), plan.valueDim);
         Value colLane = mul(rem(lane, 4), 2);
         for (int64_t t = 0; t < valueTiles; ++t) {
           SmallVector<Value> vals;
@@ -1158,14 +1171,10 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
       maxAll = fmax(maxAll, maxes.back());
     }
     // Rows no warp saw a key for keep max -inf: weights of 0.
-    Value negShift =
-        fmul(select(arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ,
-                                          maxAll, ninf),
-                    f32(0.0f), maxAll),
-             f32(-plan.attn.scale * static_cast<float>(M_LOG2E)));
+    Value shift = negShift(maxAll);
     Value acc = f32(0.0f), sum = f32(0.0f);
     for (int64_t w = 0; w < plan.warps; ++w) {
-      Value weight = exp2(fma(maxes[w], scaleLog2, negShift));
+      Value weight = exp2(fma(maxes[w], scaleLog2, shift));
       Value x =
           memref::LoadOp::create(b, loc, sAcc, ValueRange{idx(w), h, row, col});
       acc = fma(weight, x, acc);
@@ -1253,16 +1262,10 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
                 value[s] = normalize(acc, sum);
               }
               Value pair = add(mul(kvHead, plan.pairsPerGroup()), pairInGroup);
-              Value rowIndex = add(mul(batch, seqQ), queryRow);
-              Value sig =
-                  sigmoidOfLam(lam, add(mul(rowIndex, plan.pairs), pair));
-              Value result =
-                  arith::TruncFOp::create(b, loc, plan.elementType,
-                                          fsub(value[0], fmul(sig, value[1])));
-              memref::StoreOp::create(
-                  b, loc, result, out,
-                  ValueRange{
-                      add(mul(add(mul(rowIndex, plan.pairs), pair), dv), col)});
+              Value outRow =
+                  pairRowIndex(add(mul(batch, seqQ), queryRow), pair);
+              storeDifference(out, outRow, col, value[0], value[1],
+                              sigmoidOfLam(lam, outRow));
               scf::YieldOp::create(b, loc);
             });
         scf::YieldOp::create(b, loc);
@@ -1307,8 +1310,8 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
         .getResult();
   };
   // lam first: its load does not wait for anything.
-  Value rowIndex = add(mul(batch, seqQ), row);
-  Value sig = sigmoidOfLam(lam, add(mul(rowIndex, plan.pairs), pair));
+  Value outRow = pairRowIndex(add(mul(batch, seqQ), row), pair);
+  Value sig = sigmoidOfLam(lam, outRow);
   // Launched as a programmatic dependent, this kernel may run before the
   // split kernel ends: wait for its results (a no-op after a plain launch).
   if (plan.programmaticLaunch)
@@ -1336,10 +1339,7 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
           // Empty states (max -inf) weigh 0; so does everything while the
           // new max is still -inf.
           Value newMax = fmax(runMax, m);
-          Value safeMax =
-              select(arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ,
-                                           newMax, ninf),
-                     f32(0.0f), newMax);
+          Value safeMax = safeOffset(newMax);
           Value wRun = exp2(fmul(fsub(runMax, safeMax), scaleLog2));
           Value wNew = exp2(fmul(fsub(m, safeMax), scaleLog2));
           next.append({newMax, fadd(fmul(runSum, wRun), fmul(l, wNew)),
@@ -1351,12 +1351,7 @@ void MmaSyncKernelBuilder::buildCombine(gpu::GPUFuncOp func) {
   for (int64_t s = 0; s < 2; ++s)
     value[s] =
         normalize(merged.getResult(3 * s + 2), merged.getResult(3 * s + 1));
-  Value result = arith::TruncFOp::create(b, loc, plan.elementType,
-                                         fsub(value[0], fmul(sig, value[1])));
-  memref::StoreOp::create(
-      b, loc, result, out,
-      ValueRange{
-          add(mul(add(mul(rowIndex, plan.pairs), pair), plan.valueDim), col)});
+  storeDifference(out, outRow, col, value[0], value[1], sig);
   gpu::ReturnOp::create(b, loc);
 }
 
@@ -1395,15 +1390,15 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   // per warp, so that three stages of four warps leave room for two CTAs
   // per SM.
   bool causalLike = plan.attn.windowRight >= 0 && plan.attn.windowLeft < 0;
-  bool wideTiles = !plan.warpSplit() && plan.headDim == 128 && !causalLike;
+  bool wideTiles = !plan.splitKV && plan.headDim == 128 && !causalLike;
   int64_t defaultBlockK =
-      plan.warpSplit() ? 16 : (plan.headDim == 128 && !wideTiles ? 32 : 64);
+      plan.splitKV ? 16 : (plan.headDim == 128 && !wideTiles ? 32 : 64);
   plan.blockK = options.blockK ? options.blockK : defaultBlockK;
   if (plan.blockK <= 0 || plan.blockK % 16 != 0 || plan.blockK > 128)
     return op->emitOpError() << "block-k = " << plan.blockK
                              << " is not supported (expected a multiple of "
                                 "16 up to 128)";
-  plan.stages = options.stages ? options.stages : (plan.warpSplit() ? 3 : 2);
+  plan.stages = options.stages ? options.stages : (plan.splitKV ? 3 : 2);
   if (plan.stages < 2 || plan.stages > 8)
     return op->emitOpError() << "stages = " << plan.stages
                              << " is not supported (expected 2 to 8)";
@@ -1413,10 +1408,10 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
            << "rescale-threshold = " << options.rescaleThreshold
            << " is not supported (expected 0 to 16)";
   plan.warps = options.warps ? options.warps : (wideTiles ? 8 : 4);
-  plan.l2Prefetch = options.l2Prefetch && plan.warpSplit();
-  plan.programmaticLaunch = options.programmaticLaunch && plan.warpSplit();
+  plan.l2Prefetch = options.l2Prefetch && plan.splitKV;
+  plan.programmaticLaunch = options.programmaticLaunch && plan.splitKV;
   if (options.smemLayout == "auto")
-    plan.swizzle = plan.warpSplit();
+    plan.swizzle = plan.splitKV;
   else if (options.smemLayout == "swizzled" || options.smemLayout == "padded")
     plan.swizzle = options.smemLayout == "swizzled";
   else
@@ -1426,10 +1421,10 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   if (plan.warps != 4 && plan.warps != 8)
     return op->emitOpError()
            << "warps = " << plan.warps << " is not supported (expected 4 or 8)";
-  plan.blockQ = plan.warpSplit() ? 16 : 16 * plan.warps;
+  plan.blockQ = plan.splitKV ? 16 : 16 * plan.warps;
   // Split-KV rows hold one query head each: every query head of the group
   // shares the CTA's K/V tiles, with half the accumulators per row.
-  plan.headsPerRow = plan.warpSplit() ? 1 : 2;
+  plan.headsPerRow = plan.splitKV ? 1 : 2;
   plan.pairs = plan.attn.numPairs;
   plan.queryHeads = 2 * plan.pairs;
   plan.kvHeads = plan.attn.numKeyHeads;
@@ -1449,7 +1444,7 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
            << "split-target-ctas = " << options.splitTargetCtas
            << " must be positive";
   int64_t elementBytes = 2;
-  int64_t pipelines = plan.warpSplit() ? plan.warps : 1;
+  int64_t pipelines = plan.splitKV ? plan.warps : 1;
   plan.qTileBytes = plan.headsPerRow * plan.blockQ *
                     (plan.headDim + plan.rowPad()) * elementBytes;
   plan.kTileBytes = pipelines * plan.stages * plan.blockK *
@@ -1457,7 +1452,7 @@ FailureOr<Plan> makePlan(Operation *op, const MmaSyncStrategyOptions &options) {
   plan.vTileBytes = pipelines * plan.stages * plan.blockK *
                     (plan.valueDim + plan.rowPad()) * elementBytes;
   int64_t afterQ = plan.kTileBytes + plan.vTileBytes;
-  if (plan.warpSplit())
+  if (plan.splitKV)
     afterQ = std::max(afterQ, plan.mergeAccBytes() + plan.mergeStatBytes());
   plan.sharedBytes = plan.qTileBytes + afterQ;
   // The limit of one CTA on sm_80 and later (227 KiB on sm_90).
