@@ -334,10 +334,32 @@ struct Dim {
   int64_t mul = 1;
 };
 
-/// The sizes a launch knows: the caller's and the split's.
+/// The sizes of one launch: the caller's B, Sq, Sk and, for split-KV
+/// kernels, the keys per split and the number of splits.
+struct Sizes {
+  int64_t B = 0, Sq = 0, Sk = 0, splitKeys = 0, splits = 0;
+};
+
+/// Resolves `dim` for the sizes of one launch (-1: an unknown symbol).
+int64_t resolve(const Dim &dim, const Sizes &sizes) {
+  if (dim.symbol.empty())
+    return dim.size;
+  if (dim.symbol == "B")
+    return sizes.B;
+  if (dim.symbol == "Sq")
+    return sizes.Sq;
+  if (dim.symbol == "Sk")
+    return sizes.Sk;
+  if (dim.symbol == "splits")
+    return sizes.splits;
+  if (dim.symbol == "split_keys")
+    return sizes.splitKeys;
+  return -1;
+}
+
+/// A symbol a launch knows a size for: the caller's or the split's.
 bool isSizeSymbol(const std::string &symbol) {
-  return symbol == "B" || symbol == "Sq" || symbol == "Sk" ||
-         symbol == "splits" || symbol == "split_keys";
+  return !symbol.empty() && resolve({symbol, 0, 1}, Sizes{}) >= 0;
 }
 
 struct ArgSpec {
@@ -595,29 +617,6 @@ struct diffattn_module {
 };
 
 namespace {
-
-/// Resolves `dim` for the sizes of one launch.
-/// The sizes of one launch: the caller's B, Sq, Sk and, for split-KV
-/// kernels, the keys per split and the number of splits.
-struct Sizes {
-  int64_t B = 0, Sq = 0, Sk = 0, splitKeys = 0, splits = 0;
-};
-
-int64_t resolve(const Dim &dim, const Sizes &sizes) {
-  if (dim.symbol.empty())
-    return dim.size;
-  if (dim.symbol == "B")
-    return sizes.B;
-  if (dim.symbol == "Sq")
-    return sizes.Sq;
-  if (dim.symbol == "Sk")
-    return sizes.Sk;
-  if (dim.symbol == "splits")
-    return sizes.splits;
-  if (dim.symbol == "split_keys")
-    return sizes.splitKeys;
-  return -1;
-}
 
 /// The value of a rule: the product of its factors, each a constant or
 /// ceil(mul * symbol / by).
