@@ -29,7 +29,8 @@ struct MmaSyncStrategyOptions {
   int64_t splitTargetCtas = 264;
   /// K/V blocks per pipeline (in flight: stages - 1); 0 picks the default.
   int64_t stages = 0;
-  /// Warps per CTA (4 or 8); 0 picks the default (4).
+  /// Warps per CTA (4 or 8); 0 picks the default (8 for D = 128 without a
+  /// causal-like mask, else 4).
   int64_t warps = 0;
   /// Lazy softmax rescaling: keep the running max (and skip rescaling the
   /// accumulators) until a probability would exceed 2^threshold; 0 rescales

@@ -1,5 +1,4 @@
-//===- GPUTarget.h - the GPU targets: PTX and cubin --------------*- C++
-//-*-===//
+//===- GPUTarget.h - the GPU targets: PTX and cubin ------------*- C++ -*-===//
 //
 // From a module of kernels made by a GPU strategy (gpu.module + gpu.func)
 // to PTX through LLVM's NVPTX backend, and from PTX to a cubin through
