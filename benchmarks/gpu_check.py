@@ -163,6 +163,19 @@ def sdpa_anchor(backend, q, k, v, lam, causal, epilogue):
     return run
 
 
+def decode_inputs(b, kvl, h2, hkv, d):
+    """Fresh bf16 inputs of a one-token decode step over a full cache of kvl
+    keys: q, k, v, lam and kv_len as the op takes them (BSHD), and q, k, v
+    transposed to BHSD as the SDPA anchors take them."""
+    q = torch.randn(b, 1, h2, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(b, 1, h2 // 2, device="cuda", dtype=torch.bfloat16)
+    kl = torch.full((b,), kvl, dtype=torch.int32, device="cuda")
+    bhsd = tuple(t.transpose(1, 2).contiguous() for t in (q, k, v))
+    return q, k, v, lam, kl, bhsd
+
+
 def time_variant(shapes, named, mine, options, **call):
     """Median time (ms) of the kernel that diffattn-compile `options` make
     for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
@@ -248,12 +261,7 @@ def bench(results, prefill=True):
     print("== decode (bf16, one token)", flush=True)
     rows = []
     for b, kvl, h2, hkv, d in gpu_cases.BENCH_DECODE:
-        q = torch.randn(b, 1, h2, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
-        lam = torch.randn(b, 1, h2 // 2, device="cuda", dtype=torch.bfloat16)
-        kl = torch.full((b,), kvl, dtype=torch.int32, device="cuda")
-        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        q, k, v, lam, kl, (qh, kh, vh) = decode_inputs(b, kvl, h2, hkv, d)
         nbytes = 2 * b * hkv * kvl * d * 2
         ours = bench_fn(lambda: torch.ops.diffattn.v2(q, k, v, lam, kl, True, None, -1, -1))
         row = dict(shape=[b, kvl, h2, hkv, d], ours_ms=ours, ours_tbps=nbytes / ours / 1e9)

@@ -54,12 +54,7 @@ def main():
     epilogue = gpu_check.make_epilogue()
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     for b, kvl, h2, hkv, d in gpu_cases.BENCH_DECODE[:2]:
-        q = torch.randn(b, 1, h2, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, kvl, hkv, d, device="cuda", dtype=torch.bfloat16)
-        lam = torch.randn(b, 1, h2 // 2, device="cuda", dtype=torch.bfloat16)
-        kl = torch.full((b,), kvl, dtype=torch.int32, device="cuda")
-        qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        q, k, v, lam, kl, (qh, kh, vh) = gpu_check.decode_inputs(b, kvl, h2, hkv, d)
         runs = (("ours", lambda: torch.ops.diffattn.v2(q, k, v, lam, kl, True, None, -1, -1)),
                 ("cuDNN + epilogue", gpu_check.sdpa_anchor(SDPBackend.CUDNN_ATTENTION, qh, kh, vh,
                                                            lam, False, epilogue)))
