@@ -25,6 +25,7 @@
 
 #include "mlir/Dialect/Affine/IR/AffineOps.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlowOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
@@ -144,6 +145,34 @@ public:
   void buildCombine(gpu::GPUFuncOp func);
 
 private:
+  /// SPEC.md: 0 <= kv_len[b] <= Sk is checked at run time, with no host
+  /// synchronisation and no extra launch. Thread 0 of CTA (0, 0, b) raises a
+  /// device-side assertion (cf.assert, lowered to the PTX system call
+  /// `__assertfail`) when `kvLen` (kv_len[b], i32) is out of range: PyTorch's
+  /// convention for device-side index errors. The launch's stream then
+  /// reports CUDA_ERROR_ASSERT ("device-side assert triggered") at the
+  /// caller's next synchronisation, and the device prints the message below,
+  /// which names kv_len. Every other thread goes on with kv_len clamped to
+  /// [0, Sk] (buildKeyLength), so nothing out of bounds is read.
+  void assertKeyLengthInRange(Value kvLen, Value seqK, Value tid) {
+    Value len = arith::IndexCastOp::create(b, loc, b.getIndexType(), kvLen);
+    Value inRange = arith::AndIOp::create(
+        b, loc, cmp(arith::CmpIPredicate::sge, len, idx(0)),
+        cmp(arith::CmpIPredicate::sle, len, seqK));
+    Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
+    for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
+      reporter = arith::AndIOp::create(
+          b, loc, reporter,
+          cmp(arith::CmpIPredicate::eq, gpu::BlockIdOp::create(b, loc, dim),
+              idx(0)));
+    Value silent = arith::XOrIOp::create(
+        b, loc, reporter,
+        arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
+    cf::AssertOp::create(
+        b, loc, arith::OrIOp::create(b, loc, inRange, silent),
+        "diffattn: kv_len[b] out of range [0, Sk] (b = blockIdx.z)");
+  }
+
   // Scalar helpers.
   Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
   Value f32(float v) {
@@ -846,6 +875,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
       decode
           ? memref::LoadOp::create(b, loc, kvLen, ValueRange{batch}).getResult()
           : Value();
+  if (decode)
+    assertKeyLengthInRange(kvLenElem, seqK, tid);
   keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
   offset = sub(keyLen, seqQ);
 
