@@ -130,6 +130,12 @@ def _attention(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
     g = hq // hkv
     mask = _visible_mask(b, sq, sk, causal, window, kv_len)
     mask = mask[:, None, None, :, :]                      # [B, 1, 1, Sq, Sk]
+    if kv_len is not None:
+        # Keys at t >= kv_len[b] are never read into a product: a cache may
+        # hold NaN or Inf there (uninitialised memory), and 0 * NaN is NaN.
+        stored = (np.arange(sk)[None, :] < kv_len[:, None])[:, :, None, None]
+        k = np.where(stored, k, 0.0)
+        v = np.where(stored, v, 0.0)
 
     qg = q.reshape(b, sq, hkv, g, d)
     s = scale * np.einsum("bikgd,btkd->bkgit", qg, k)     # [B, Hkv, G, Sq, Sk]

@@ -138,10 +138,31 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   // A[b, i, j, e] = sum_t P[b, j, i, t] * v[b, t, vh(j), e]  (loops b i j e t)
   Value zeroAcc = buildFilledTensor(
       rewriter, loc, {batch, seqQ, queryHeads, valueDim}, f32, 0);
-  Value acc = contract(probs, v, zeroAcc,
-                       {map(5, {d0, d2, d1, d4}),
-                        map(5, {d0, d4, config.valueHead(d2), d3}),
-                        map(5, {d0, d1, d2, d3})});
+  // Keys at t >= kv_len[b] are never read into a product: a cache may hold
+  // NaN or Inf there, and P = 0 times NaN is NaN (SPEC.md: such keys are
+  // ignored). The scores need no such guard: the mask selects -inf there.
+  SmallVector<Value> pvInputs = {probs, v};
+  SmallVector<AffineMap> pvMaps = {map(5, {d0, d2, d1, d4}),
+                                   map(5, {d0, d4, config.valueHead(d2), d3})};
+  if (kvLen) {
+    pvInputs.push_back(kvLen);
+    pvMaps.push_back(map(5, {d0}));
+  }
+  pvMaps.push_back(map(5, {d0, d1, d2, d3}));
+  Value acc = buildGeneric(
+      rewriter, loc, pvInputs, {zeroAcc}, pvMaps,
+      {kPar, kPar, kPar, kPar, kRed},
+      [&](OpBuilder &b, Location l, ValueRange args) {
+        Value sum = buildMulAcc(b, l, args[0], args[1], args.back());
+        if (kvLen) {
+          Value key = linalg::IndexOp::create(b, l, 4);
+          Value stored = arith::CmpIOp::create(
+              b, l, arith::CmpIPredicate::ult, key,
+              buildKeyLength(b, l, args[2], seqKValue));
+          sum = arith::SelectOp::create(b, l, stored, sum, args.back());
+        }
+        linalg::YieldOp::create(b, l, sum);
+      })[0];
 
   // Epilogue over (b, i, h, e): the two heads of pair h, normalised.
   SmallVector<Value> pairInputs = {acc, acc, rowSum, rowSum};
