@@ -6,7 +6,6 @@ diffattn-compile generated.
 """
 
 import ctypes
-import math
 
 import numpy as np
 
@@ -158,9 +157,7 @@ def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=
     lam_arr = np.asarray(lam)
     if lam_arr.ndim != 0 or not np.issubdtype(lam_arr.dtype, np.floating) and not np.issubdtype(lam_arr.dtype, np.integer):
         raise TypeError(f"lam: expected a float or a 0-d array (the layer's lambda), got {lam!r}")
-    lam_value = float(lam_arr)
-    if not math.isfinite(lam_value):
-        raise ValueError(f"lam: must be finite, got {lam_value}")
+    lam_value = _ops.check_f32("lam", lam_arr)
     b, sq, h2, d = q.shape
     sk, hk2 = k.shape[1], k.shape[2]
     if h2 == 0 or h2 % 2:
@@ -180,12 +177,8 @@ def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=
     if h % hkv:
         raise ValueError(f"k: head pairs H = {h} must be a multiple of KV heads Hkv = {hkv}")
     scale = _ops.check_scale(scale)
-    lambda_init = float(lambda_init)
-    if not math.isfinite(lambda_init):
-        raise ValueError(f"lambda_init: must be finite, got {lambda_init}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps <= 0.0:
-        raise ValueError(f"eps: must be finite and > 0, got {eps}")
+    lambda_init = _ops.check_f32("lambda_init", lambda_init)
+    eps = _ops.check_f32("eps", eps, positive=True)
     out = _check_out(out, (b, sq, h, 2 * d), dtype)
 
     elem, w_elem = _DTYPES[dtype], _DTYPES[norm_weight.dtype]

@@ -42,13 +42,38 @@ def _check_dim(name, shape, axis, expected, what):
                          f"expected {expected}; got shape {tuple(shape)}")
 
 
+def check_f32(name, value, *, positive=False):
+    """`value` as the f32 the kernel receives (an MLIR f32 attribute or an f32
+    buffer). Raises TypeError when it is not a real number, ValueError naming
+    `name` when it is not finite, does not fit f32 (|x| > 3.4028235e38, which
+    would round to Inf), or, with `positive`, is not > 0 in f32 (a tiny
+    positive float such as 1e-46 rounds to 0)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    rule = "finite and > 0" if positive else "finite"
+    if not math.isfinite(x):
+        raise ValueError(f"{name}: must be {rule}, got {value!r}")
+    try:
+        f = _f32(x)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: {x!r} does not fit in f32 (largest finite f32 "
+                         f"magnitude is 3.4028235e+38)")
+    if positive and f <= 0.0:
+        if x > 0.0:
+            raise ValueError(f"{name}: {x!r} rounds to 0 in f32; must be > 0 "
+                             f"(smallest positive f32 is about 1.4e-45)")
+        raise ValueError(f"{name}: must be {rule}, got {value!r}")
+    return f
+
+
 def check_scale(scale):
     if scale is None:
         return None
-    value = float(scale)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"scale: must be finite and > 0, got {scale!r}")
-    return _f32(value)
+    return check_f32("scale", scale, positive=True)
 
 
 def check_window(window, causal):

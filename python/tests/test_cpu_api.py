@@ -71,8 +71,12 @@ def test_v2_rejects_non_contiguous(no_compiler):
     (dict(kv_len=np.array([-1], np.int32)), ValueError, "kv_len: every value"),
     (dict(out=np.zeros((1, 8, 2, 8), np.float32)), ValueError, "out: expected shape"),
     (dict(out=np.zeros((1, 8, 2, 16), np.float16)), ValueError, "out: expected shape"),
+    (dict(scale=1e39), ValueError, "scale: 1e[+]?39 does not fit in f32"),
+    (dict(scale=1e-46), ValueError, "scale: 1e-46 rounds to 0 in f32"),
+    (dict(scale="x"), TypeError, "scale: expected a real number"),
 ], ids=["scale0", "scalenan", "window-left", "window-type", "causal-right", "kvlen-dtype",
-        "kvlen-range", "kvlen-negative", "out-shape", "out-dtype"])
+        "kvlen-range", "kvlen-negative", "out-shape", "out-dtype", "scale-f32-overflow",
+        "scale-f32-underflow", "scale-type"])
 def test_v2_rejects_bad_options(no_compiler, kwargs, exc, match):
     a = _v2_args()
     with pytest.raises(exc, match=match):
@@ -86,7 +90,13 @@ def test_v2_rejects_bad_options(no_compiler, kwargs, exc, match):
     (dict(lam=np.zeros((2,), np.float32)), {}, TypeError, "lam: expected a float or a 0-d array"),
     ({}, dict(eps=0.0), ValueError, "eps: must be finite and > 0"),
     ({}, dict(lambda_init=float("inf")), ValueError, "lambda_init: must be finite"),
-], ids=["v-width", "weight-length", "odd-key-heads", "lam-vector", "eps", "lambda-init"])
+    ({}, dict(lambda_init=1e39), ValueError, "lambda_init: 1e[+]?39 does not fit in f32"),
+    ({}, dict(eps=1e-46), ValueError, "eps: 1e-46 rounds to 0 in f32"),
+    ({}, dict(scale=1e39), ValueError, "scale: 1e[+]?39 does not fit in f32"),
+    (dict(lam=1e39), {}, ValueError, "lam: 1e[+]?39 does not fit in f32"),
+], ids=["v-width", "weight-length", "odd-key-heads", "lam-vector", "eps", "lambda-init",
+        "lambda-init-f32-overflow", "eps-f32-underflow", "scale-f32-overflow",
+        "lam-f32-overflow"])
 def test_v1_rejects_bad_arguments(no_compiler, override, kwargs, exc, match):
     a = dict(q=np.zeros((1, 8, 4, 16), np.float32), k=np.zeros((1, 8, 2, 16), np.float32),
              v=np.zeros((1, 8, 1, 32), np.float32), lam=0.5, w=np.ones((32,), np.float32))
