@@ -407,6 +407,9 @@ int main(int argc, char **argv) {
   registerAllDiffAttnDialects(registry);
   MLIRContext context(registry);
   context.loadAllAvailableDialects();
+  // Every driver error is one located line (plus notes that help), never a
+  // dump of the module under "see current operation".
+  context.printOpOnDiagnostic(false);
 
   std::string errorMessage;
   auto file = openInputFile(inputFilename, &errorMessage);
