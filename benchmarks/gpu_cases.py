@@ -79,6 +79,10 @@ SANITIZE_CASES = [
 # python/tests/test_gpu.py (the short GPU test of the pytest suite):
 # (B, Sq, Sk, 2H, Hkv, D) in bf16 and f16, causal and not.
 PYTEST_GPU_SHAPE = (2, 77, 90, 8, 2, 64)
+# ... and its decode-form kernels (kv_len given; test_gpu.py's kv_len range
+# checks and test_ignored_keys.py's NaN/Inf cache tails): 2H = 8, Hkv = 2,
+# D = 64, bf16, causal and not.
+PYTEST_GPU_KV_LEN_CAUSAL = (True, False)
 
 
 def all_kernel_requests():
@@ -110,6 +114,10 @@ def all_kernel_requests():
             reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                              lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
                              window=(-1, -1), kv_len_shape=None))
+    for causal in PYTEST_GPU_KV_LEN_CAUSAL:
+        reqs.append(dict(q_shape=(1, 1, 8, 64), k_shape=(1, 64, 2, 64), v_shape=(1, 64, 2, 64),
+                         lam_shape=(1, 1, 4), elem="bf16", lam_elem="bf16", causal=causal,
+                         window=(-1, -1), kv_len_shape=(1,)))
     for b, kvl, h2, hkv, d in BENCH_DECODE:
         for options in [None] + BENCH_DECODE_VARIANTS:
             req = dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),

@@ -7,7 +7,10 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py builds them elsewhere):
 
     python3 benchmarks/gpu_check.py [--out DIR] [--skip-bench] [--decode-only] [--sanitize-case]
 
-1. correctness of every case in gpu_cases.CHECK_CASES: fresh random normal
+1. correctness of every case in gpu_cases.CHECK_CASES, then of a seeded
+   random sweep of fresh shapes (B, Sq, Sk, kv_len drawn per run for each
+   static configuration those cases prepare; the seed is printed and
+   --seed replays it): fresh random normal
    inputs, the output poisoned with NaN first, relative L2 error against the
    float64 reference (diffattn.reference.v2) for small cases and against an
    fp32 SDPA reference with the differential epilogue otherwise; NaN/Inf
@@ -81,43 +84,83 @@ def rel_l2(out, ref):
     return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
 
 
-def check(results):
+def check_case(case, g):
+    """Runs one correctness case (gpu_cases.CHECK_CASES' tuple layout) on
+    fresh random inputs from generator `g`, the output poisoned with NaN;
+    returns its result row and prints one line."""
+    b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len = case
+    dt = TORCH_DTYPE[dtype]
+    q = torch.randn(b, sq, h2, d, device="cuda", generator=g).to(dt)
+    k = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
+    v = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
+    lam = torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(dt)
+    kl = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32, device="cuda")
+    out = torch.full((b, sq, h2 // 2, d), float("nan"), dtype=dt, device="cuda")
+    diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl, out=out)
+    torch.cuda.synchronize()
+    small = b * sq * sk * h2 <= 2_000_000
+    if small:
+        ref = diffattn.reference.v2(q.float().cpu().numpy(), k.float().cpu().numpy(),
+                                    v.float().cpu().numpy(), lam.float().cpu().numpy(),
+                                    causal=causal, window=window,
+                                    kv_len=None if kv_len is None else np.array(kv_len, np.int32))
+        ref_t = torch.from_numpy(ref).cuda()
+        against = "reference"
+    else:
+        ref_t = sdpa_reference(q, k, v, lam, causal, window, kv_len)
+        against = "sdpa-fp32"
+    finite = bool(torch.isfinite(out).all())
+    # A reference of all zeros (every row sees no key) has no relative error.
+    zero_ref = float(torch.linalg.vector_norm(ref_t.double())) == 0.0
+    if not finite:
+        err = float("nan")
+    elif zero_ref:
+        err = float(torch.linalg.vector_norm(out.double()))
+    else:
+        err = rel_l2(out, ref_t)
+    # Through the custom op (no out=): the same result.
+    via_op = torch.ops.diffattn.v2(q, k, v, lam, kl, causal, None, window[0], window[1])
+    same = bool(torch.equal(via_op, out))
+    ok = finite and err <= TOLERANCE[dtype] and same
+    print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
+          f"causal={causal} window={window} kv_len={kv_len}: rel L2 {err:.2e} vs {against}"
+          f"{'' if same else ' (custom op differs!)'}", flush=True)
+    return dict(case=list(case), error=err, finite=finite, against=against,
+                custom_op_equal=same, ok=ok)
+
+
+def sweep_cases(seed, per_config=2):
+    """Fresh shapes for every static configuration the GPU check prepares
+    (heads, D, dtype, mask, window, kv_len or not: what a kernel is
+    specialised on): B, Sq, Sk and kv_len drawn from a generator seeded with
+    `seed`, `per_config` draws each. Decode-form configurations (kv_len) draw
+    Sq in 1..16 and kv_len in 0..Sk."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    for b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len in gpu_cases.CHECK_CASES:
+        config = (h2, hkv, d, dtype, causal, window, kv_len is not None)
+        if config not in configs:
+            configs.append(config)
+    cases = []
+    for h2, hkv, d, dtype, causal, window, decode in configs:
+        for _ in range(per_config):
+            b = int(rng.integers(1, 5))
+            sq = int(rng.integers(1, 17)) if decode else int(rng.integers(1, 300))
+            sk = int(rng.integers(1, 700))
+            lens = [int(x) for x in rng.integers(0, sk + 1, size=b)] if decode else None
+            cases.append((b, sq, sk, h2, hkv, d, dtype, causal, window, lens))
+    return cases
+
+
+def check(results, seed):
     print("== correctness", flush=True)
-    g = torch.Generator(device="cuda").manual_seed(int(time.time()))
-    rows = []
-    for case in gpu_cases.CHECK_CASES:
-        b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len = case
-        dt = TORCH_DTYPE[dtype]
-        q = torch.randn(b, sq, h2, d, device="cuda", generator=g).to(dt)
-        k = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
-        v = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
-        lam = torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(dt)
-        kl = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32, device="cuda")
-        out = torch.full((b, sq, h2 // 2, d), float("nan"), dtype=dt, device="cuda")
-        diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl, out=out)
-        torch.cuda.synchronize()
-        small = b * sq * sk * h2 <= 2_000_000
-        if small:
-            ref = diffattn.reference.v2(q.float().cpu().numpy(), k.float().cpu().numpy(),
-                                        v.float().cpu().numpy(), lam.float().cpu().numpy(),
-                                        causal=causal, window=window,
-                                        kv_len=None if kv_len is None else np.array(kv_len, np.int32))
-            ref_t = torch.from_numpy(ref).cuda()
-            against = "reference"
-        else:
-            ref_t = sdpa_reference(q, k, v, lam, causal, window, kv_len)
-            against = "sdpa-fp32"
-        finite = bool(torch.isfinite(out).all())
-        err = rel_l2(out, ref_t) if finite else float("nan")
-        # Through the custom op (no out=): the same result.
-        via_op = torch.ops.diffattn.v2(q, k, v, lam, kl, causal, None, window[0], window[1])
-        same = bool(torch.equal(via_op, out))
-        ok = finite and err <= TOLERANCE[dtype] and same
-        rows.append(dict(case=list(case), error=err, finite=finite, against=against,
-                         custom_op_equal=same, ok=ok))
-        print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
-              f"causal={causal} window={window} kv_len={kv_len}: rel L2 {err:.2e} vs {against}"
-              f"{'' if same else ' (custom op differs!)'}", flush=True)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rows = [check_case(case, g) for case in gpu_cases.CHECK_CASES]
+    print(f"== correctness on fresh shapes (seed {seed}; rerun with --seed {seed})", flush=True)
+    sweep = [check_case(case, g) for case in sweep_cases(seed)]
+    results["sweep_seed"] = seed
+    results["sweep"] = sweep
+    rows += sweep
 
     # torch.compile keeps the op in its graph (the fake kernel gives shapes).
     q = torch.randn(2, 128, 8, 64, device="cuda", dtype=torch.bfloat16)
@@ -314,13 +357,16 @@ def main():
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--decode-only", action="store_true", help="time only the decode shapes")
     ap.add_argument("--sanitize-case", action="store_true")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the inputs and of the fresh-shape sweep (default: the time)")
     args = ap.parse_args()
     if args.sanitize_case:
         sanitize_case()
         return
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                    date=time.strftime("%Y-%m-%d"))
-    ok = check(results)
+    seed = args.seed if args.seed is not None else int(time.time()) % (2 ** 31)
+    ok = check(results, seed)
     if not args.skip_bench:
         bench(results, prefill=not args.decode_only)
     os.makedirs(args.out, exist_ok=True)

@@ -32,3 +32,49 @@ def test_custom_op_is_registered_with_a_fake_kernel():
     out = torch.ops.diffattn.v2(q, k, k, torch.empty(1, 5, 2, device="meta", dtype=torch.bfloat16),
                                 None, True, None, -1, -1)
     assert out.shape == (1, 5, 2, 64)
+
+
+_KV_LEN_CHILD = r"""
+import sys, torch, diffattn
+sq = int(sys.argv[2])
+q = torch.randn(2, sq, 8, 64, device="cuda", dtype=torch.bfloat16)
+k = torch.randn(2, 64, 2, 64, device="cuda", dtype=torch.bfloat16)
+lam = torch.randn(2, sq, 4, device="cuda", dtype=torch.bfloat16)
+kv_len = torch.tensor([int(x) for x in sys.argv[1].split(",")], device="cuda", dtype=torch.int32)
+out = diffattn.v2(q, k, k, lam, causal=True, kv_len=kv_len)
+try:
+    torch.cuda.synchronize()
+except Exception as e:  # the device-side assertion surfaces here
+    print("ERROR:", e)
+    sys.exit(3)
+print("FINITE:", bool(torch.isfinite(out).all()))
+"""
+
+
+def _kv_len_call(kv_len, sq):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _KV_LEN_CHILD, kv_len, str(sq)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("sq", [1, 16], ids=["decode", "chunk"])
+@pytest.mark.parametrize("kv_len", ["4000,3", "-50,3", "3,65"])
+def test_out_of_range_kv_len_is_a_device_side_error(kv_len, sq):
+    """SPEC.md: 0 <= kv_len[b] <= Sk, checked at run time without a host
+    synchronisation: the kernel raises a device-side assertion that names
+    kv_len, and the error surfaces at the next synchronisation (PyTorch's
+    convention for device-side index errors). The child process's CUDA
+    context is lost after it, as with any device-side assertion."""
+    r = _kv_len_call(kv_len, sq)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "device-side assert" in r.stdout
+    assert "kv_len[b] out of range [0, Sk]" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("sq", [1, 16], ids=["decode", "chunk"])
+def test_valid_kv_len_in_a_fresh_process_is_unaffected(sq):
+    r = _kv_len_call("64,0", sq)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FINITE: True" in r.stdout
