@@ -2,102 +2,25 @@
 (for sm_80 / sm_90) launched through the runtime library (libdiffattn_runtime,
 the CUDA driver API underneath) on torch's current stream.
 
+This module is the policy: which kernel a call needs, the target of a
+device, validation, the kernel cache and launch plans. The ctypes binding of
+the runtime's C API is ``diffattn._runtime``.
+
 Validation happens before anything is compiled or launched; every error
 names its argument. Kernels come from the cache (``diffattn._compiler``): a
 machine without the compiler loads directories built elsewhere.
 """
 
-import ctypes
 import functools
-import os
 import threading
 
-from . import _build_config, _compiler, _ops
+from . import _compiler, _ops, _runtime
+# RuntimeFailure is what this module's launches raise; callers catch it as
+# _gpu.RuntimeFailure.
+from ._runtime import RuntimeFailure, load_module
 
-# Element type codes of runtime.h.
-_CODES = {"f32": 0, "f16": 1, "bf16": 2, "i32": 3}
 # Head dimensions the portable strategy has kernels for (D == Dv).
 SUPPORTED_HEAD_DIMS = (64, 128)
-
-
-class _Buffer(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p), ("dtype", ctypes.c_int32),
-                ("rank", ctypes.c_int32), ("shape", ctypes.c_int64 * 4)]
-
-
-class RuntimeFailure(RuntimeError):
-    """The runtime refused or failed a launch; the message is its own."""
-
-
-_lock = threading.Lock()
-_runtime = None
-_modules = {}
-
-
-def runtime_path():
-    return os.environ.get("DIFFATTN_RUNTIME") or getattr(_build_config, "DIFFATTN_RUNTIME", "")
-
-
-def runtime():
-    """The loaded runtime library."""
-    global _runtime
-    with _lock:
-        if _runtime is None:
-            path = runtime_path()
-            if not path or not os.path.isfile(path):
-                raise RuntimeFailure(f"the diffattn runtime library is not at {path!r} "
-                                     f"(build the project or set DIFFATTN_RUNTIME)")
-            lib = ctypes.CDLL(path)
-            lib.diffattn_module_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
-            lib.diffattn_module_load.restype = ctypes.c_int
-            lib.diffattn_module_num_kernels.argtypes = [ctypes.c_void_p]
-            lib.diffattn_module_num_kernels.restype = ctypes.c_int
-            lib.diffattn_module_kernel_name.argtypes = [ctypes.c_void_p, ctypes.c_int]
-            lib.diffattn_module_kernel_name.restype = ctypes.c_char_p
-            for name in ("diffattn_check", "diffattn_launch"):
-                fn = getattr(lib, name)
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(_Buffer), ctypes.c_int,
-                               ctypes.c_int64, ctypes.c_int64, ctypes.c_int64] + \
-                              ([ctypes.c_void_p] if name == "diffattn_launch" else [])
-                fn.restype = ctypes.c_int
-            lib.diffattn_workspace_elements.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
-                                                        ctypes.c_int64, ctypes.c_int64,
-                                                        ctypes.c_int64]
-            lib.diffattn_workspace_elements.restype = ctypes.c_int64
-            lib.diffattn_last_error.restype = ctypes.c_char_p
-            _runtime = lib
-        return _runtime
-
-
-def _error(lib):
-    return lib.diffattn_last_error().decode(errors="replace")
-
-
-def load_module(directory):
-    """(module handle, [kernel names]) of a GPU artifact directory."""
-    lib = runtime()
-    with _lock:
-        if directory not in _modules:
-            handle = ctypes.c_void_p()
-            if lib.diffattn_module_load(directory.encode(), ctypes.byref(handle)) != 0:
-                raise RuntimeFailure(_error(lib))
-            names = [lib.diffattn_module_kernel_name(handle, i).decode()
-                     for i in range(lib.diffattn_module_num_kernels(handle))]
-            _modules[directory] = (handle, names)
-        return _modules[directory]
-
-
-def make_buffers(named):
-    """runtime.h buffers from (name, dtype code name, shape, device pointer)."""
-    buffers = (_Buffer * len(named))()
-    for buf, (name, elem, shape, ptr) in zip(buffers, named):
-        buf.name = name.encode()
-        buf.data = ptr
-        buf.dtype = _CODES[elem]
-        buf.rank = len(shape)
-        for i, s in enumerate(shape):
-            buf.shape[i] = s
-    return buffers
 
 
 def target_for_capability(capability):
@@ -142,10 +65,7 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
 def workspace_elements(directory, sizes):
     """f32 elements of the scratch buffer the kernel needs (0: none)."""
     handle, names = load_module(directory)
-    n = runtime().diffattn_workspace_elements(handle, names[0].encode(), *sizes)
-    if n < 0:
-        raise RuntimeFailure(_error(runtime()))
-    return n
+    return _runtime.workspace_elements(handle, names[0].encode(), sizes)
 
 
 # Per thread: launch plans (the runtime's buffer array, the workspace size)
@@ -170,7 +90,7 @@ def launch_v2(directory, named_buffers, sizes, stream, alloc_workspace=None):
             raise RuntimeFailure(f"{directory}: expected one kernel, found {names}")
         n = workspace_elements(directory, sizes)
         spec = named_buffers + ([("workspace", "f32", (n,), 0)] if n > 0 else [])
-        plan = (handle, names[0].encode(), n, make_buffers(spec), len(spec))
+        plan = (handle, names[0].encode(), n, _runtime.make_buffers(spec), len(spec))
         plans[key] = plan
     handle, kernel, n, buffers, count = plan
     for buf, named in zip(buffers, named_buffers):
@@ -179,7 +99,4 @@ def launch_v2(directory, named_buffers, sizes, stream, alloc_workspace=None):
         if alloc_workspace is None:
             raise RuntimeFailure(f"kernel {kernel.decode()} needs a workspace of {n} f32 elements")
         buffers[count - 1].data = alloc_workspace(n)
-    lib = runtime()
-    rc = lib.diffattn_launch(handle, kernel, buffers, count, *sizes, ctypes.c_void_p(stream))
-    if rc != 0:
-        raise RuntimeFailure(_error(lib))
+    _runtime.launch(handle, kernel, buffers, count, sizes, stream)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from diffattn import _compiler, _gpu
+from diffattn import _compiler, _gpu, _runtime
 
 PTXAS = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas"
                                   if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
@@ -52,15 +52,15 @@ def _with_workspace(artifact, named, sizes):
 
 
 def _check(artifact, named, sizes):
-    handle, names = _gpu.load_module(artifact)
-    lib = _gpu.runtime()
-    bufs = _gpu.make_buffers(named)
+    handle, names = _runtime.load_module(artifact)
+    lib = _runtime.runtime()
+    bufs = _runtime.make_buffers(named)
     rc = lib.diffattn_check(handle, names[0].encode(), bufs, len(named), *sizes)
     return rc, lib.diffattn_last_error().decode()
 
 
 def test_module_lists_its_kernel(artifact):
-    _, names = _gpu.load_module(artifact)
+    _, names = _runtime.load_module(artifact)
     assert names == [KERNEL]
 
 
@@ -144,7 +144,7 @@ def test_cached_launch_plans_still_check_every_launch(artifact):
 
 
 def test_malformed_artifacts_are_refused(tmp_path, artifact):
-    lib = _gpu.runtime()
+    lib = _runtime.runtime()
     handle = ctypes.c_void_p()
     assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
     assert b"cannot read" in lib.diffattn_last_error()
