@@ -1,0 +1,127 @@
+//===- manifest.h - the runtime's model of manifest.json --------*- C++ -*-===//
+//
+// The runtime's reader of the contract between diffattn-compile and the
+// runtime: manifest.json. A kernel's entry becomes a KernelSpec: its tensor
+// arguments with symbolic shapes, its launch stages (grid rules, block,
+// shared memory, parameter list), its split-KV rule and its workspace rule.
+// Rules are evaluated here for the sizes of one launch, so the argument
+// checks, the workspace query and the launch all agree on them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_RUNTIME_LIB_MANIFEST_H
+#define DIFFATTN_RUNTIME_LIB_MANIFEST_H
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace diffattn::runtime {
+
+struct Json;
+
+/// A dimension: a symbol (B, Sq, Sk, splits, split_keys) or a fixed size.
+/// As a factor of a rule, ceil(mul * symbol / size).
+struct Dim {
+  std::string symbol;
+  int64_t size = 0;
+  int64_t mul = 1;
+};
+
+/// The sizes of one launch: the caller's B, Sq, Sk and, for split-KV
+/// kernels, the keys per split and the number of splits.
+struct Sizes {
+  int64_t B = 0, Sq = 0, Sk = 0, splitKeys = 0, splits = 0;
+};
+
+/// Resolves `dim` for the sizes of one launch (-1: an unknown symbol).
+int64_t resolve(const Dim &dim, const Sizes &sizes);
+
+/// Whether `symbol` names a size a launch knows: the caller's or the
+/// split's.
+bool isSizeSymbol(const std::string &symbol);
+
+/// A tensor argument: its name, element type (a runtime.h DIFFATTN_* code)
+/// and symbolic row-major shape.
+struct ArgSpec {
+  std::string name;
+  int32_t dtype = -1;
+  std::vector<Dim> shape;
+};
+
+/// One kernel parameter: a memref-descriptor field of a tensor argument
+/// (allocated, aligned, offset, size, stride) or the value of a size
+/// (field "value", arg naming the size symbol).
+struct ParamSpec {
+  std::string arg;
+  std::string field;
+};
+
+/// A grid extent or a size: the product of its factors.
+using Rule = std::vector<Dim>;
+
+/// One kernel launch of a kernel's launch sequence.
+struct StageSpec {
+  std::string function;
+  std::vector<ParamSpec> params;
+  Rule grid[3];
+  unsigned block[3] = {1, 1, 1};
+  int64_t sharedBytes = 0;
+  /// May start before the previous stage on the stream ends (the kernel
+  /// waits for it itself): a programmatic dependent launch.
+  bool programmatic = false;
+  /// Not launched when every listed size is at most its bound (symbol,
+  /// bound): the previous stage then did this one's work.
+  std::vector<std::pair<std::string, int64_t>> skipWhen;
+  /// Loaded state: the stage's CUfunction in KernelSpec::context, set at
+  /// the first launch in that context.
+  void *handle = nullptr;
+};
+
+/// One kernel of a module: a manifest entry and its cubin.
+struct KernelSpec {
+  std::string name;
+  std::vector<char> cubin;
+  /// Tensor arguments in order (the size arguments B, Sq, Sk are implied).
+  std::vector<ArgSpec> args;
+  /// The launches of one call, in order.
+  std::vector<StageSpec> stages;
+  /// f32 elements of the scratch buffer the stages share (empty: none).
+  Rule workspace;
+  /// Split-KV kernels: keys per split, fixed (splitFixed > 0) or picked per
+  /// launch as a multiple of splitMultiple making about splitTarget CTAs.
+  bool hasSplit = false;
+  int64_t splitFixed = 0, splitMultiple = 0, splitTarget = 0;
+  /// Loaded state: the CUcontext the stages' handles belong to (null:
+  /// not loaded yet).
+  void *context = nullptr;
+};
+
+/// The manifest's name of a runtime.h element type ("unknown" for none).
+const char *dtypeName(int32_t dtype);
+
+/// The value of a rule: the product of its factors, each a constant or
+/// ceil(mul * symbol / by).
+int64_t evaluate(const Rule &rule, const Sizes &sizes);
+
+/// The launch sizes of `spec` for B, Sq, Sk (>= 0). A split-KV kernel
+/// without a fixed split gets the fewest splits that give its first stage
+/// about splitTarget CTAs (one wave), each a multiple of splitMultiple keys.
+Sizes sizesFor(const KernelSpec &spec, int64_t B, int64_t Sq, int64_t Sk);
+
+/// Fills `spec` from the manifest entry `kernel` of the artifact directory
+/// `dir`, reading its cubin. Returns DIFFATTN_OK or records why the entry is
+/// malformed and returns DIFFATTN_ERROR_ARTIFACT.
+int parseKernel(const Json &kernel, const std::string &dir, KernelSpec &spec);
+
+/// Reads `dir`/manifest.json and parses every kernel entry into `kernels`.
+/// Members the runtime does not read are ignored. Returns DIFFATTN_OK or
+/// records why the artifact is refused and returns DIFFATTN_ERROR_ARTIFACT.
+int loadManifest(const std::string &dir,
+                 std::vector<std::unique_ptr<KernelSpec>> &kernels);
+
+} // namespace diffattn::runtime
+
+#endif // DIFFATTN_RUNTIME_LIB_MANIFEST_H
