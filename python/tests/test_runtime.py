@@ -180,3 +180,66 @@ def test_malformed_artifacts_are_refused(tmp_path, artifact):
         (tmp_path / "manifest.json").write_text(json.dumps(manifest))
         assert lib.diffattn_module_load(str(tmp_path).encode(), ctypes.byref(handle)) == 2
         assert b"malformed skip_when of " + KERNEL.encode() + b"_combine" in lib.diffattn_last_error()
+
+
+# The manifest format_version the runtime reads (kManifestFormatVersion in
+# runtime/lib/manifest.h).
+FORMAT_VERSION = 1
+
+
+def _edited_artifact(artifact, tmp_path, edit):
+    """A copy of the fixture's artifact directory with its manifest edited."""
+    directory = tmp_path / "artifact"
+    shutil.copytree(artifact, directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def _load(directory):
+    """(status, error message) of diffattn_module_load on `directory`."""
+    lib = _runtime.runtime()
+    handle = ctypes.c_void_p()
+    rc = lib.diffattn_module_load(str(directory).encode(), ctypes.byref(handle))
+    error = lib.diffattn_last_error().decode()
+    if rc == 0:
+        lib.diffattn_module_free(handle)
+    return rc, error
+
+
+def test_manifest_of_another_format_version_is_refused(tmp_path, artifact):
+    manifest = json.load(open(os.path.join(artifact, "manifest.json")))
+    assert manifest["format_version"] == FORMAT_VERSION
+    directory = _edited_artifact(artifact, tmp_path,
+                                 lambda m: m.update(format_version=7))
+    rc, err = _load(directory)
+    assert rc == 2
+    assert err == (f"{directory}/manifest.json: format_version 7 is not supported by this "
+                   f"runtime (it reads format_version {FORMAT_VERSION}); rebuild the kernels "
+                   f"with a matching diffattn-compile")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("format_version"), "no format_version (this runtime reads format_version 1)"),
+    (lambda m: m.update(format_version="1"), "format_version is not a number"),
+    (lambda m: m.update(format_version=1.5), "format_version 1.5 is not supported"),
+], ids=["missing", "string", "fraction"])
+def test_manifest_without_a_known_format_version_is_refused(tmp_path, artifact, edit, message):
+    rc, err = _load(_edited_artifact(artifact, tmp_path, edit))
+    assert rc == 2 and message in err and "matching diffattn-compile" in err
+
+
+def test_unknown_manifest_fields_are_ignored(tmp_path, artifact):
+    # Compatible additions keep the format_version (docs/manifest.md): the
+    # compiler will add a kernel's `strategy`, for one.
+    def edit(manifest):
+        manifest["produced_by"] = {"note": "a field of a later compiler"}
+        kernel = manifest["kernels"][0]
+        kernel["strategy"] = "mma-sync"
+        kernel["launch"]["future"] = [1, 2, 3]
+        kernel["launch"]["stages"][0]["hint"] = None
+        kernel["args"][0]["layout"] = "bshd"
+
+    rc, err = _load(_edited_artifact(artifact, tmp_path, edit))
+    assert rc == 0, err

@@ -207,6 +207,13 @@ std::string parseStage(const Json &st, const std::string &function,
   return "";
 }
 
+/// A manifest number as it was written: 7, 1.5.
+std::string numberText(double value) {
+  std::ostringstream os;
+  os << value;
+  return os.str();
+}
+
 } // namespace
 
 int diffattn::runtime::parseKernel(const Json &k, const std::string &dir,
@@ -307,6 +314,23 @@ int diffattn::runtime::loadManifest(
   std::string error;
   if (!parseJson(text, root, error))
     return fail(DIFFATTN_ERROR_ARTIFACT, path + ": " + error);
+  // The version first: the rest of an unknown version means nothing here.
+  const std::string reads =
+      "format_version " + std::to_string(kManifestFormatVersion);
+  const std::string rebuild =
+      "; rebuild the kernels with a matching diffattn-compile";
+  const Json *version = root.get("format_version");
+  std::string refused;
+  if (!version)
+    refused = "no format_version (this runtime reads " + reads + ")";
+  else if (!version->num())
+    refused =
+        "format_version is not a number (this runtime reads " + reads + ")";
+  else if (*version->num() != kManifestFormatVersion)
+    refused = "format_version " + numberText(*version->num()) +
+              " is not supported by this runtime (it reads " + reads + ")";
+  if (!refused.empty())
+    return fail(DIFFATTN_ERROR_ARTIFACT, path + ": " + refused + rebuild);
   const Json *list = root.get("kernels");
   if (!list || !list->arr())
     return fail(DIFFATTN_ERROR_ARTIFACT, path + ": no kernels");

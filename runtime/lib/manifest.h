@@ -1,11 +1,12 @@
 //===- manifest.h - the runtime's model of manifest.json --------*- C++ -*-===//
 //
 // The runtime's reader of the contract between diffattn-compile and the
-// runtime: manifest.json. A kernel's entry becomes a KernelSpec: its tensor
-// arguments with symbolic shapes, its launch stages (grid rules, block,
-// shared memory, parameter list), its split-KV rule and its workspace rule.
-// Rules are evaluated here for the sizes of one launch, so the argument
-// checks, the workspace query and the launch all agree on them.
+// runtime: manifest.json (docs/manifest.md describes its schema). A kernel's
+// entry becomes a KernelSpec: its tensor arguments with symbolic shapes,
+// its launch stages (grid rules, block, shared memory, parameter list), its
+// split-KV rule and its workspace rule. Rules are evaluated here for the
+// sizes of one launch, so the argument checks, the workspace query and the
+// launch all agree on them.
 //
 //===----------------------------------------------------------------------===//
 
@@ -21,6 +22,11 @@
 namespace diffattn::runtime {
 
 struct Json;
+
+/// The manifest format_version this runtime reads. diffattn-compile writes
+/// it; a manifest with any other version (or none) is refused at load.
+/// Bump it on both sides with any incompatible change of the schema.
+constexpr int kManifestFormatVersion = 1;
 
 /// A dimension: a symbol (B, Sq, Sk, splits, split_keys) or a fixed size.
 /// As a factor of a rule, ceil(mul * symbol / size).
@@ -116,7 +122,8 @@ Sizes sizesFor(const KernelSpec &spec, int64_t B, int64_t Sq, int64_t Sk);
 /// malformed and returns DIFFATTN_ERROR_ARTIFACT.
 int parseKernel(const Json &kernel, const std::string &dir, KernelSpec &spec);
 
-/// Reads `dir`/manifest.json and parses every kernel entry into `kernels`.
+/// Reads `dir`/manifest.json: checks its format_version against
+/// kManifestFormatVersion, then parses every kernel entry into `kernels`.
 /// Members the runtime does not read are ignored. Returns DIFFATTN_OK or
 /// records why the artifact is refused and returns DIFFATTN_ERROR_ARTIFACT.
 int loadManifest(const std::string &dir,
