@@ -17,15 +17,27 @@ The package is laid out by the CMake build under build/python_packages.
 - ``diffattn.__version__``: the project version the build recorded.
 """
 
+import os
 import sys
+
+# The build generates _build_config.py when it lays the package out; the
+# source tree's python/diffattn has none and cannot run (it does not know
+# where the compiler and the runtime library are).
+try:
+    from ._build_config import VERSION as __version__
+except ModuleNotFoundError as e:
+    if e.name != f"{__name__}._build_config":
+        raise
+    raise ImportError(
+        f"diffattn: {os.path.dirname(os.path.abspath(__file__))} is the source tree's "
+        f"package, which cannot run before the build lays it out (it has no "
+        f"_build_config.py). Build the project with `bash scripts/run.sh setup` (which "
+        f"also makes the built package importable), or by hand as README says "
+        f"(`cmake -G Ninja -S . -B build -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir && "
+        f"cmake --build build`) and put build/python_packages on PYTHONPATH") from None
 
 from . import reference
 from ._compiler import CompileError
-
-try:
-    from ._build_config import VERSION as __version__
-except ImportError:  # running from the source tree, not a laid-out package
-    __version__ = "0.0.0+source"
 
 
 def _is_numpy(x):

@@ -1,6 +1,10 @@
 """The laid-out package: importable, versioned, pointing at its build tree."""
 import os
 import re
+import subprocess
+import sys
+
+import pytest
 
 import diffattn
 
@@ -23,3 +27,20 @@ def test_laid_out_by_the_build():
 def test_reference_exported():
     assert callable(diffattn.reference.v2)
     assert callable(diffattn.reference.v1)
+
+
+def test_source_tree_import_says_to_build(tmp_path):
+    # python/diffattn in the source tree has no _build_config.py: importing
+    # it must fail with one ImportError that says how to build, not with a
+    # traceback from deep inside the package.
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(source, "diffattn", "_build_config.py")):
+        pytest.skip("the source tree has a _build_config.py")
+    env = dict(os.environ, PYTHONPATH=source)
+    proc = subprocess.run([sys.executable, "-c", "import diffattn"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: diffattn: "), proc.stderr
+    assert "bash scripts/run.sh setup" in last and "cmake --build build" in last
+    assert "During handling" not in proc.stderr
