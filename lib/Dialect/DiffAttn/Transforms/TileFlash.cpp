@@ -388,16 +388,12 @@ Value FlashTiler::build() {
                     Value q1 = extractRows(q, batch, row0, head1, rows,
                                            config.headDim);
 
-                    // Keys any row of the block may see: [lo, hi).
-                    Value lo = c0, hi = keyLen;
-                    if (config.windowLeft >= 0)
-                      lo = max(c0, sub(add(row0, offset),
-                                       cst(config.windowLeft)));
-                    if (config.windowRight >= 0)
-                      hi = min(keyLen, add(add(lastRow, offset),
-                                           cst(config.windowRight + 1)));
-                    // Start on a block boundary.
-                    lo = sub(lo, arith::RemSIOp::create(b, loc, lo, blockK));
+                    // Keys any row of the block may see: [lo, hi), lo on
+                    // a block boundary (shared with the GPU strategies).
+                    Value lo, hi;
+                    std::tie(lo, hi) = buildVisibleKeyBounds(
+                        b, loc, config, row0, lastRow, offset, keyLen);
+                    lo = alignDownToBlock(b, loc, lo, sizes.blockK);
 
                     HeadState s0 = initialState(rows), s1 = initialState(rows);
                     auto keyLoop = scf::ForOp::create(
@@ -416,32 +412,13 @@ Value FlashTiler::build() {
                                                 config.headDim);
                           Value vTile = extractRows(v, batch, key0, valueHead,
                                                     keys, config.valueDim);
-                          // Mask only blocks not fully inside the window
-                          // of every row of the block.
+                          // Mask only blocks that straddle the mask of
+                          // some row of the block (or the key length).
                           Value needsMask;
-                          if (!config.isUnmasked()) {
-                            Value inside = arith::ConstantIntOp::create(
-                                b, loc, 1, 1);
-                            using arith::CmpIPredicate;
-                            if (config.windowRight >= 0)
-                              inside = arith::AndIOp::create(
-                                  b, loc, inside,
-                                  arith::CmpIOp::create(
-                                      b, loc, CmpIPredicate::sle,
-                                      sub(add(key0, keys), c1),
-                                      add(add(row0, offset),
-                                          cst(config.windowRight))));
-                            if (config.windowLeft >= 0)
-                              inside = arith::AndIOp::create(
-                                  b, loc, inside,
-                                  arith::CmpIOp::create(
-                                      b, loc, CmpIPredicate::sge, key0,
-                                      sub(add(lastRow, offset),
-                                          cst(config.windowLeft))));
-                            needsMask = arith::XOrIOp::create(
-                                b, loc, inside,
-                                arith::ConstantIntOp::create(b, loc, 1, 1));
-                          }
+                          if (!config.isUnmasked())
+                            needsMask = buildBlockNeedsMask(
+                                b, loc, config, key0, sizes.blockK, row0,
+                                lastRow, offset, keyLen);
                           HeadState n0 =
                               step(q0, kTile0, vTile, {st[0], st[1], st[2]},
                                    needsMask, row0, key0, offset, keyLen, rows,

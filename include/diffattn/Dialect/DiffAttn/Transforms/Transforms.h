@@ -8,63 +8,14 @@
 #ifndef DIFFATTN_DIALECT_DIFFATTN_TRANSFORMS_TRANSFORMS_H
 #define DIFFATTN_DIALECT_DIFFATTN_TRANSFORMS_TRANSFORMS_H
 
-#include "mlir/IR/AffineExpr.h"
+#include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
+#include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Support/LLVM.h"
 
 namespace mlir::diffattn {
-
-/// The static description of one diffattn.v2 / diffattn.v1 op that every
-/// lowering needs: which heads read which K/V heads, the mask, the epilogue.
-struct AttentionConfig {
-  enum class Kind { V2, V1 };
-  Kind kind;
-  /// H: output heads; the op has 2H query heads.
-  int64_t numPairs;
-  /// Heads of `k` and of `v` (V2: both Hkv; V1: k has 2Hkv, v has Hkv).
-  int64_t numKeyHeads;
-  int64_t numValueHeads;
-  /// D (query/key) and the value width (V2: Dv; V1: 2D).
-  int64_t headDim;
-  int64_t valueDim;
-  /// Element type T of q, k, v and the result.
-  Type elementType;
-  float scale;
-  bool causal;
-  /// Effective window bounds, -1 = unlimited; `causal` is folded in as
-  /// right = 0.
-  int64_t windowLeft;
-  int64_t windowRight;
-  bool hasKvLen;
-  /// V1 only.
-  float lambdaInit = 0.0f;
-  float eps = 0.0f;
-
-  /// Reads the configuration of a verified diffattn.v2 / diffattn.v1.
-  static AttentionConfig get(Operation *op);
-
-  /// The key head read by query head `j` (an affine function of `j`).
-  AffineExpr keyHead(AffineExpr j) const;
-  /// The value head read by query head `j`.
-  AffineExpr valueHead(AffineExpr j) const;
-  /// True when every key is visible to every query before `kv_len`.
-  bool isUnmasked() const { return windowLeft < 0 && windowRight < 0; }
-};
-
-/// Every diffattn.v2 / diffattn.v1 nested in `root`, in walk order.
-SmallVector<Operation *> collectDiffAttnOps(Operation *root);
-
-/// Builds `key` visibility for query row `row` (all index values):
-/// `key < keyLen` and the causal/window bounds around `row + offset`, where
-/// `offset = keyLen - Sq` (bottom-right alignment).
-Value buildIsVisible(OpBuilder &b, Location loc, const AttentionConfig &config,
-                     Value row, Value key, Value offset, Value keyLen);
-
-/// The number of valid keys of one sequence (index typed): `kvLen` (an i32
-/// element of the op's `kv_len`) clamped to [0, seqLen], or `seqLen` when
-/// `kvLen` is null.
-Value buildKeyLength(OpBuilder &b, Location loc, Value kvLen, Value seqLen);
 
 /// The destination the result of `op` is materialized into, when its only
 /// use is a `bufferization.materialize_in_destination` into a block
@@ -113,10 +64,6 @@ struct FuseOptions {
 /// match exactly are left unchanged. Returns the number of ops created.
 FailureOr<unsigned> fuseDiffAttn(Operation *root,
                                  const FuseOptions &options = {});
-
-/// The name of the attribute that marks an outlined kernel function and
-/// holds its manifest entry.
-constexpr StringLiteral kKernelAttrName = "diffattn.kernel";
 
 } // namespace mlir::diffattn
 
