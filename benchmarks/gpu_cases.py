@@ -63,7 +63,7 @@ BENCH_VARIANTS = [
 # Strategy variants timed beside the default split-KV kernel on the decode
 # shapes: diffattn-compile options.
 BENCH_DECODE_VARIANTS = [
-    ("--l2-prefetch",),
+    ("--gpu-options=l2-prefetch=true",),
 ]
 
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,

@@ -50,7 +50,7 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     (artifact directory, out shape, (B, Sq, Sk)). Needs no GPU: this is also
     how kernels are prepared for another machine. Memoised per process, so
     repeated calls of one shape cost no file-system look-up. ``options``
-    are extra diffattn-compile flags (e.g. ``("--block-k=64",)``, for
+    are extra diffattn-compile flags (e.g. ``("--gpu-options=block-k=64",)``, for
     benchmarks of strategy variants); they are part of the cache key."""
     if elem not in ("bf16", "f16"):
         raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")

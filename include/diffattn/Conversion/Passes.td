@@ -10,6 +10,73 @@
 
 include "mlir/Pass/PassBase.td"
 
+// The options of every GPU strategy, declared once: each strategy pass and
+// diffattn-gpu-pipeline take this list (the pipeline forwards its options
+// to the strategy it picks), and diffattn-compile passes its
+// --gpu-options string through it.
+// The dialects GPU strategies emit.
+defvar DiffAttnGPUKernelDialects = [
+  "::mlir::arith::ArithDialect", "::mlir::cf::ControlFlowDialect",
+  "::mlir::gpu::GPUDialect", "::mlir::LLVM::LLVMDialect",
+  "::mlir::math::MathDialect", "::mlir::memref::MemRefDialect",
+  "::mlir::NVVM::NVVMDialect", "::mlir::nvgpu::NVGPUDialect",
+  "::mlir::scf::SCFDialect", "::mlir::vector::VectorDialect"
+];
+
+defvar DiffAttnGPUStrategyOptions = [
+    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90\"",
+           "GPU target whose limits and defaults apply (the chip table, "
+           "include/diffattn/Conversion/DiffAttnToGPU/Chips.h): sm_80, "
+           "sm_90, sm_90a or sm_100a">,
+    Option<"strategy", "strategy", "std::string", /*default=*/"\"auto\"",
+           "GPU strategy: auto (the chip's: mma_sync on sm_80, sm_90 and, "
+           "until the tcgen05 strategy exists, sm_100a; wgmma, not "
+           "implemented yet, on sm_90a) or mma_sync (the portable "
+           "tensor-core strategy, any chip)">,
+    Option<"blockK", "block-k", "int64_t", /*default=*/"0",
+           "Keys per block (0: the default: 64 for D = 64; for D = 128, 32 "
+           "with a causal-like mask, else 64; 16 per warp for split-KV)">,
+    Option<"stages", "stages", "int64_t", /*default=*/"0",
+           "K/V blocks per cp.async pipeline, stages - 1 of them in flight "
+           "(0: the default: 2 for row blocks, 3 per warp for split-KV)">,
+    Option<"warps", "warps", "int64_t", /*default=*/"0",
+           "Warps per CTA, 4 or 8 (0: the default: 8 for D = 128 without a "
+           "causal-like mask, else 4); a row-block CTA holds 16 rows per "
+           "warp">,
+    Option<"rescaleThreshold", "rescale-threshold", "double",
+           /*default=*/"8",
+           "Lazy softmax rescaling: move a row's offset (and rescale its "
+           "accumulators) only when a probability would exceed "
+           "2^threshold, 0 to 16 (0: with every block)">,
+    Option<"l2Prefetch", "l2-prefetch", "bool", /*default=*/"false",
+           "Split-KV kernels: copy whole K/V tiles with cp.async's "
+           "L2::128B qualifier (the 128-byte line around each 16-byte chunk "
+           "may be fetched into L2 at once; inline PTX, as no NVVM op "
+           "carries it). Off by default: with swizzled tiles it measured "
+           "no faster than plain cp.async">,
+    Option<"smemLayout", "smem-layout", "std::string", /*default=*/"\"auto\"",
+           "Q/K/V tiles in shared memory: padded (rows padded by 16 bytes), "
+           "swizzled (unpadded, 16-byte chunks XOR-swizzled by the row) or "
+           "auto (swizzled for split-KV, whose cp.async stream a padded "
+           "destination slows; padded for row blocks, whose ldmatrix "
+           "addresses then fold into immediates)">,
+    Option<"programmaticLaunch", "programmatic-launch", "bool",
+           /*default=*/"true",
+           "Split-KV: launch the combine kernel as a programmatic dependent "
+           "of the split kernel (griddepcontrol), where the chip has it "
+           "(sm_90 and later; ignored on sm_80): it may start while the "
+           "split kernel's CTAs finish and waits for their results itself. "
+           "+0.7% decode bandwidth on an H200">,
+    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
+           "Keys per split of the decode form's split-KV kernels, a "
+           "multiple of block-k (0: the runtime picks it per launch)">,
+    Option<"splitTargetCtas", "split-target-ctas", "int64_t",
+           /*default=*/"0",
+           "CTAs a split-KV launch aims for when the runtime picks the "
+           "split (0: the chip's, about one wave: 108 on sm_80, 264 (2 per "
+           "SM of a 132-SM H100/H200) on sm_90, 296 on sm_100a)">,
+];
+
 def DiffAttnToMmaSyncKernels
     : Pass<"diffattn-to-mma-sync-kernels", "ModuleOp"> {
   let summary = "Emit portable tensor-core (mma.sync) GPU kernels for "
@@ -58,58 +125,34 @@ def DiffAttnToMmaSyncKernels
     grid, block size, dynamic shared memory and the kernel parameter list.
     Configurations the strategy does not support (V1, f32, head dimensions
     other than 64 and 128, Dv != D) and options out of range (tiles that
-    need more shared memory than a CTA has on sm_80) are diagnosed.
+    need more shared memory than a CTA of `chip` has) are diagnosed.
   }];
-  let options = [
-    Option<"blockK", "block-k", "int64_t", /*default=*/"0",
-           "Keys per block (0: the default: 64 for D = 64; for D = 128, 32 "
-           "with a causal-like mask, else 64; 16 per warp for split-KV)">,
-    Option<"stages", "stages", "int64_t", /*default=*/"0",
-           "K/V blocks per cp.async pipeline, stages - 1 of them in flight "
-           "(0: the default: 2 for row blocks, 3 per warp for split-KV)">,
-    Option<"warps", "warps", "int64_t", /*default=*/"0",
-           "Warps per CTA, 4 or 8 (0: the default: 8 for D = 128 without a "
-           "causal-like mask, else 4); a row-block CTA holds 16 rows per "
-           "warp">,
-    Option<"rescaleThreshold", "rescale-threshold", "double",
-           /*default=*/"8",
-           "Lazy softmax rescaling: move a row's offset (and rescale its "
-           "accumulators) only when a probability would exceed "
-           "2^threshold, 0 to 16 (0: with every block)">,
-    Option<"l2Prefetch", "l2-prefetch", "bool", /*default=*/"false",
-           "Split-KV kernels: copy whole K/V tiles with cp.async's "
-           "L2::128B qualifier (the 128-byte line around each 16-byte chunk "
-           "may be fetched into L2 at once; inline PTX, as no NVVM op "
-           "carries it). Off by default: with swizzled tiles it measured "
-           "no faster than plain cp.async">,
-    Option<"smemLayout", "smem-layout", "std::string", /*default=*/"\"auto\"",
-           "Q/K/V tiles in shared memory: padded (rows padded by 16 bytes), "
-           "swizzled (unpadded, 16-byte chunks XOR-swizzled by the row) or "
-           "auto (swizzled for split-KV, whose cp.async stream a padded "
-           "destination slows; padded for row blocks, whose ldmatrix "
-           "addresses then fold into immediates)">,
-    Option<"programmaticLaunch", "programmatic-launch", "bool",
-           /*default=*/"false",
-           "Split-KV: launch the combine kernel as a programmatic dependent "
-           "of the split kernel (sm_90 and later; griddepcontrol): it may "
-           "start while the split kernel's CTAs finish and waits for their "
-           "results itself">,
-    Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
-           "Keys per split of the decode form's split-KV kernels, a "
-           "multiple of block-k (0: the runtime picks it per launch)">,
-    Option<"splitTargetCtas", "split-target-ctas", "int64_t",
-           /*default=*/"264",
-           "CTAs a split-KV launch aims for when the runtime picks the "
-           "split (about one wave: 2 per SM of a 132-SM H100/H200)">,
-  ];
-  let dependentDialects = [
-    "::mlir::arith::ArithDialect", "::mlir::cf::ControlFlowDialect",
-    "::mlir::gpu::GPUDialect", "::mlir::LLVM::LLVMDialect",
-    "::mlir::math::MathDialect",
-    "::mlir::memref::MemRefDialect", "::mlir::NVVM::NVVMDialect",
-    "::mlir::nvgpu::NVGPUDialect", "::mlir::scf::SCFDialect",
-    "::mlir::vector::VectorDialect"
-  ];
+  let options = DiffAttnGPUStrategyOptions;
+  let dependentDialects = DiffAttnGPUKernelDialects;
+}
+
+def DiffAttnGPUPipeline : Pass<"diffattn-gpu-pipeline", "ModuleOp"> {
+  let summary = "Outlined diffattn kernels to gpu.module kernels ready for "
+                "NVVM, with the chip's GPU strategy";
+  let description = [{
+    The GPU stage of `diffattn-compile`, replayable alone: from a module of
+    kernel functions made by `diffattn-outline-kernels` to one
+    `gpu.module` per kernel (with the launch rule in its manifest entry),
+    ready for `gpu-lower-to-nvvm-pipeline`. Picks the strategy (`strategy`,
+    or the chip's with `auto`) and runs its pass with the same options:
+
+    ```
+    diffattn-opt k.mlir --diffattn-outline-kernels \
+        --diffattn-gpu-pipeline="chip=sm_90 warps=4"
+    ```
+
+    is what `diffattn-compile k.mlir --target=sm_90 --gpu-options="warps=4"`
+    runs before PTX (each compiled kernel's manifest entry records its
+    pipeline string under `pipeline`). A strategy that does not exist yet
+    (wgmma for sm_90a) is a diagnostic that names the one that does.
+  }];
+  let options = DiffAttnGPUStrategyOptions;
+  let dependentDialects = DiffAttnGPUKernelDialects;
 }
 
 #endif // DIFFATTN_CONVERSION_PASSES_TD

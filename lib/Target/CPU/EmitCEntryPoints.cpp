@@ -8,7 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "diffattn/Dialect/DiffAttn/Transforms/Transforms.h"
+#include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
 #include "diffattn/Target/CPU/Passes.h"
 
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"

@@ -1,6 +1,12 @@
 //===- GPUTarget.cpp - PTX through NVPTX, cubin through ptxas -------------===//
+//
+// The GPU pipeline's construction, the PTX lowering and the ptxas step of
+// the GPU target (see GPUTarget.h).
+//
+//===----------------------------------------------------------------------===//
 
 #include "diffattn/Target/GPU/GPUTarget.h"
+#include "diffattn/Conversion/Passes.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Pass/PassRegistry.h"
@@ -13,26 +19,34 @@
 using namespace mlir;
 using namespace mlir::diffattn;
 
-std::optional<GPUTargetInfo> mlir::diffattn::lookupGPUTarget(StringRef name) {
-  // sm_80 / sm_90: the portable tensor-core strategy (an sm_90 cubin of it
-  // runs on Hopper). sm_90a / sm_100a name their own strategies.
-  if (name == "sm_80")
-    return GPUTargetInfo{"sm_80", "sm_80", "+ptx80", "mma_sync", 108, false};
-  if (name == "sm_90")
-    return GPUTargetInfo{"sm_90", "sm_90", "+ptx80", "mma_sync", 264, true};
-  if (name == "sm_90a")
-    return GPUTargetInfo{"sm_90a", "sm_90a", "+ptx80", "wgmma", 264, true};
-  if (name == "sm_100a")
-    return GPUTargetInfo{"sm_100a", "sm_100a", "+ptx86", "tcgen05", 296, true};
-  return std::nullopt;
+std::string mlir::diffattn::getGPUPipelineOptions(const GPUChipInfo &chip,
+                                                  StringRef extra) {
+  std::string options = "chip=" + chip.name.str();
+  if (!extra.trim().empty())
+    options += " " + extra.trim().str();
+  return options;
+}
+
+LogicalResult mlir::diffattn::buildGPUPipeline(
+    OpPassManager &pm, StringRef options,
+    function_ref<LogicalResult(const Twine &)> emitError) {
+  std::unique_ptr<Pass> pass = createDiffAttnGPUPipeline();
+  if (failed(pass->initializeOptions(options, emitError)))
+    return failure();
+  pm.addPass(std::move(pass));
+  return success();
+}
+
+std::string mlir::diffattn::getPTXPipeline(const GPUChipInfo &chip) {
+  return ("lower-affine,gpu-lower-to-nvvm-pipeline{cubin-chip=" + chip.name +
+          " cubin-features=" + chip.ptxFeatures +
+          " cubin-format=isa opt-level=3}")
+      .str();
 }
 
 LogicalResult mlir::diffattn::buildPTXPipeline(OpPassManager &pm,
-                                               const GPUTargetInfo &target) {
-  std::string pipeline =
-      "lower-affine,gpu-lower-to-nvvm-pipeline{cubin-chip=" + target.chip +
-      " cubin-features=" + target.features + " cubin-format=isa opt-level=3}";
-  return parsePassPipeline(pipeline, pm);
+                                               const GPUChipInfo &chip) {
+  return parsePassPipeline(getPTXPipeline(chip), pm);
 }
 
 FailureOr<std::string> mlir::diffattn::extractPTX(ModuleOp module) {
@@ -64,7 +78,7 @@ static FailureOr<std::string> findPtxas(Location loc) {
 
 FailureOr<PtxasReport>
 mlir::diffattn::assemblePTX(Location loc, StringRef ptxPath,
-                            StringRef cubinPath, const GPUTargetInfo &target) {
+                            StringRef cubinPath, const GPUChipInfo &chip) {
   FailureOr<std::string> ptxas = findPtxas(loc);
   if (failed(ptxas))
     return failure();
@@ -73,7 +87,7 @@ mlir::diffattn::assemblePTX(Location loc, StringRef ptxPath,
     return emitError(loc, "cannot create a temporary file for ptxas output");
   auto removeLog =
       llvm::make_scope_exit([&] { llvm::sys::fs::remove(logPath); });
-  std::string arch = "-arch=" + target.chip;
+  std::string arch = ("-arch=" + chip.name).str();
   SmallVector<StringRef> args = {*ptxas,  arch, "-O3",    "-v",
                                  ptxPath, "-o", cubinPath};
   std::optional<StringRef> redirects[] = {std::nullopt, StringRef(logPath),

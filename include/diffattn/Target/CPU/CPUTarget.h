@@ -10,9 +10,12 @@
 #ifndef DIFFATTN_TARGET_CPU_CPUTARGET_H
 #define DIFFATTN_TARGET_CPU_CPUTARGET_H
 
+#include "diffattn/Target/Stage.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Pass/PassOptions.h"
+#include "llvm/Support/JSON.h"
 
 namespace mlir::diffattn {
 
@@ -54,6 +57,16 @@ LogicalResult emitSharedObject(ModuleOp module, StringRef path);
 
 /// The host CPU the shared objects are built for (part of cache keys).
 std::string getHostCPUDescription();
+
+/// Compiles the outlined kernel `name`, alone in `kernelModule`, for the
+/// CPU: stage "lower <name>" (diffattn-cpu-pipeline{outline=0} with
+/// `options`), then "emit <name>.so" into `outputDir`. Returns the kernel's
+/// manifest entry (its description plus `library`, `entry` and the C-call
+/// launch rule).
+FailureOr<llvm::json::Object>
+compileCPUKernel(ModuleOp kernelModule, StringRef name,
+                 const CPUPipelineOptions &options, StringRef outputDir,
+                 StageRunner run, TimingScope &timing);
 
 } // namespace mlir::diffattn
 

@@ -1,49 +1,44 @@
 //===- GPUTarget.h - the GPU targets: PTX and cubin ------------*- C++ -*-===//
 //
-// From a module of kernels made by a GPU strategy (gpu.module + gpu.func)
-// to PTX through LLVM's NVPTX backend, and from PTX to a cubin through
-// ptxas.
+// The GPU target's stages of diffattn-compile, for a chip of the GPU target
+// table (include/diffattn/Conversion/DiffAttnToGPU/Chips.h): the GPU
+// pipeline (diffattn-gpu-pipeline: outlined kernel -> gpu.module), PTX
+// through LLVM's NVPTX backend, and a cubin through ptxas.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef DIFFATTN_TARGET_GPU_GPUTARGET_H
 #define DIFFATTN_TARGET_GPU_GPUTARGET_H
 
+#include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
+#include "diffattn/Target/Stage.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/Pass/PassManager.h"
+#include "llvm/Support/JSON.h"
 
-#include <optional>
 #include <string>
 
 namespace mlir::diffattn {
 
-/// A GPU target of diffattn-compile.
-struct GPUTargetInfo {
-  /// The --target name (sm_80, sm_90, ...).
-  std::string name;
-  /// The chip ptxas and LLVM compile for.
-  std::string chip;
-  /// PTX ISA feature string for LLVM (e.g. +ptx80).
-  std::string features;
-  /// The strategy that makes kernels for it (mma_sync, wgmma, tcgen05).
-  std::string strategy;
-  /// CTAs a split-KV (decode) launch aims for when the runtime picks the
-  /// split size: about one wave of the decode kernel on the target's
-  /// reference GPU (A100: 108 SMs, 1 CTA each; H100/H200: 132 SMs, 2 each;
-  /// B200: 148 SMs, 2 each).
-  int64_t splitTargetCtas;
-  /// The chip has programmatic dependent launch (sm_90 and later): a
-  /// kernel may start before the previous one on its stream ends and wait
-  /// for it itself (griddepcontrol).
-  bool programmaticLaunch;
-};
+/// The diffattn-gpu-pipeline options text for `chip` and the user's extra
+/// strategy options (space separated `key=value`, e.g. "warps=8"; later
+/// keys win): "chip=<name> <extra>".
+std::string getGPUPipelineOptions(const GPUChipInfo &chip, StringRef extra);
 
-/// The GPU target called `name`, or nullopt.
-std::optional<GPUTargetInfo> lookupGPUTarget(StringRef name);
+/// Adds diffattn-gpu-pipeline{`options`} to `pm`; invalid options are
+/// reported through `emitError`.
+LogicalResult
+buildGPUPipeline(OpPassManager &pm, StringRef options,
+                 function_ref<LogicalResult(const Twine &)> emitError);
 
-/// Adds the lowering from gpu.module kernels to a gpu.binary holding PTX:
-/// lower-affine, then gpu-lower-to-nvvm-pipeline with `target`'s chip.
-LogicalResult buildPTXPipeline(OpPassManager &pm, const GPUTargetInfo &target);
+/// The lowering from gpu.module kernels to a gpu.binary holding PTX, as
+/// pipeline text: lower-affine, then gpu-lower-to-nvvm-pipeline with
+/// `chip`'s name and PTX features.
+std::string getPTXPipeline(const GPUChipInfo &chip);
+
+/// Adds getPTXPipeline(`chip`) to `pm`.
+LogicalResult buildPTXPipeline(OpPassManager &pm, const GPUChipInfo &chip);
 
 /// The PTX text of the single gpu.binary in `module`.
 FailureOr<std::string> extractPTX(ModuleOp module);
@@ -57,12 +52,24 @@ struct PtxasReport {
   int64_t stackFrame = -1;
 };
 
-/// Assembles `ptxPath` into `cubinPath` for `target.chip` with ptxas (the
-/// one in DIFFATTN_PTXAS, else on PATH, else /usr/local/cuda/bin). Errors
-/// are emitted at `loc`.
+/// Assembles `ptxPath` into `cubinPath` for `chip` with ptxas (the one in
+/// DIFFATTN_PTXAS, else on PATH, else /usr/local/cuda/bin). Errors are
+/// emitted at `loc`.
 FailureOr<PtxasReport> assemblePTX(Location loc, StringRef ptxPath,
                                    StringRef cubinPath,
-                                   const GPUTargetInfo &target);
+                                   const GPUChipInfo &chip);
+
+/// Compiles the outlined kernel `name`, alone in `kernelModule`, for
+/// `chip`: stage "gpu <name>" (diffattn-gpu-pipeline{`pipelineOptions`},
+/// see getGPUPipelineOptions), "ptx <name>" (buildPTXPipeline), then
+/// "ptxas <name>.cubin". Writes <name>.ptx and <name>.cubin into
+/// `outputDir` and returns the kernel's manifest entry (its description
+/// with the launch rule, plus `entry`, `ptx`, `cubin`, `chip`, `ptxas` and
+/// the replayable `pipeline`).
+FailureOr<llvm::json::Object>
+compileGPUKernel(ModuleOp kernelModule, StringRef name,
+                 const GPUChipInfo &chip, StringRef pipelineOptions,
+                 StringRef outputDir, StageRunner run, TimingScope &timing);
 
 } // namespace mlir::diffattn
 

@@ -1,0 +1,139 @@
+//===- KernelBuilder.h - scalar IR helpers of GPU kernel builders -*- C++ -*-===//
+//
+// GPUKernelBuilder: the builder, location and scalar helpers (index and f32
+// arithmetic, comparisons, shuffles, exp2, views of dynamic shared memory)
+// that every GPU strategy's kernel builder and the shared parts (online
+// softmax, differential epilogue, split-KV combine) write their IR with.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_CONVERSION_DIFFATTNTOGPU_KERNELBUILDER_H
+#define DIFFATTN_CONVERSION_DIFFATTNTOGPU_KERNELBUILDER_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/IR/Builders.h"
+
+#include <array>
+#include <cmath>
+#include <limits>
+
+namespace mlir::diffattn {
+
+/// A 16x8 f32 accumulator tile as one thread holds it: c0, c1 (row g),
+/// c2, c3 (row g + 8), g = lane / 4, at columns 2 (lane % 4) + {0, 1}. This
+/// is the per-warp layout of an mma.sync m16n8 accumulator and of each
+/// 8-column slice of a warp's 16 rows of a wgmma m64nN accumulator (PTX
+/// ISA, "Matrix Fragments for mma.m16n8k16" and "wgmma .m64nNk16 register
+/// fragment D").
+using Acc = std::array<Value, 4>;
+
+/// Scalar IR helpers over one OpBuilder and Location. All index arithmetic
+/// is on `index` values; unsigned division and remainder (the operands are
+/// never negative).
+class GPUKernelBuilder {
+public:
+  GPUKernelBuilder(OpBuilder &b, Location loc)
+      : b(b), loc(loc), ctx(b.getContext()) {}
+
+  Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
+  Value f32(float v) {
+    return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+  }
+  Value i32(int32_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
+  }
+  /// A `shape` view of `elementType` at `byteOffset` of the kernel's dynamic
+  /// shared memory (created once per kernel, at the first view).
+  Value sharedView(int64_t byteOffset, ArrayRef<int64_t> shape,
+                   Type elementType) {
+    auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
+    if (!smem)
+      smem = gpu::DynamicSharedMemoryOp::create(
+          b, loc,
+          MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
+                          MemRefLayoutAttrInterface(), wg));
+    return memref::ViewOp::create(
+        b, loc,
+        MemRefType::get(shape, elementType, MemRefLayoutAttrInterface(), wg),
+        smem, idx(byteOffset), ValueRange{});
+  }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulIOp::create(b, loc, x, y); }
+  Value mul(Value x, int64_t y) { return mul(x, idx(y)); }
+  Value add(Value x, int64_t y) { return add(x, idx(y)); }
+  Value div(Value x, int64_t y) {
+    return arith::DivUIOp::create(b, loc, x, idx(y));
+  }
+  Value rem(Value x, int64_t y) {
+    return arith::RemUIOp::create(b, loc, x, idx(y));
+  }
+  Value minI(Value x, Value y) { return arith::MinSIOp::create(b, loc, x, y); }
+  Value maxI(Value x, Value y) { return arith::MaxSIOp::create(b, loc, x, y); }
+  Value cmp(arith::CmpIPredicate p, Value x, Value y) {
+    return arith::CmpIOp::create(b, loc, p, x, y);
+  }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  Value fmax(Value x, Value y) {
+    return arith::MaxNumFOp::create(b, loc, x, y);
+  }
+  Value fmul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value fadd(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value fsub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  /// x * y + z in one rounding (FFMA); `math.fma` would lower to a
+  /// libdevice call.
+  Value fma(Value x, Value y, Value z) {
+    return LLVM::FMAOp::create(b, loc, x, y, z);
+  }
+  /// 2^x with the SFU's ex2.approx.ftz: `math.exp2` would lower to a
+  /// libdevice call, which makes the PTX depend on finding libdevice.
+  Value exp2(Value x) {
+    return LLVM::CallIntrinsicOp::create(
+               b, loc, b.getF32Type(),
+               b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
+        .getResult(0);
+  }
+  Value shuffleXor(Value x, int32_t offset) {
+    return gpu::ShuffleOp::create(b, loc, x, offset, 32, gpu::ShuffleMode::XOR)
+        .getShuffleResult();
+  }
+  /// The softmax offset of a running max: the max, or 0 for a row that has
+  /// seen no key (max -inf), so that exp2(-inf - 0) = 0, never NaN.
+  Value safeOffset(Value max) {
+    Value ninf = f32(-std::numeric_limits<float>::infinity());
+    return select(
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, max, ninf),
+        f32(0.0f), max);
+  }
+  /// -safeOffset(max) * scale * log2 e: a score x then weighs
+  /// exp2(x * scale * log2 e + negShift(max, scale)).
+  Value negShift(Value max, float scale) {
+    return fmul(safeOffset(max),
+                f32(-scale * static_cast<float>(M_LOG2E)));
+  }
+  /// max / sum over the four lanes (lane ^ 1, lane ^ 2) that hold one
+  /// accumulator row.
+  Value quadMax(Value x) {
+    x = fmax(x, shuffleXor(x, 1));
+    return fmax(x, shuffleXor(x, 2));
+  }
+  Value quadSum(Value x) {
+    x = fadd(x, shuffleXor(x, 1));
+    return fadd(x, shuffleXor(x, 2));
+  }
+
+  OpBuilder &b;
+  Location loc;
+  MLIRContext *ctx;
+  /// The kernel's dynamic shared memory (bytes), made by sharedView.
+  Value smem;
+};
+
+} // namespace mlir::diffattn
+
+#endif // DIFFATTN_CONVERSION_DIFFATTNTOGPU_KERNELBUILDER_H

@@ -1,0 +1,53 @@
+//===- KernelSignature.h - GPU kernel signature and launch rule -*- C++ -*-===//
+//
+// The contract between a GPU kernel and the runtime, built the same way by
+// every strategy: the kernel's parameters, read from the outlined kernel's
+// manifest entry (`diffattn.kernel`: its `args`, buffers then sizes), and
+// the launch rule recorded back into that entry (grid as rules over B, Sq,
+// Sk, block, dynamic shared memory, parameter list; split-KV launches have
+// two stages and a workspace). docs/manifest.md is the schema.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_CONVERSION_DIFFATTNTOGPU_KERNELSIGNATURE_H
+#define DIFFATTN_CONVERSION_DIFFATTNTOGPU_KERNELSIGNATURE_H
+
+#include "diffattn/Conversion/DiffAttnToGPU/TileConfig.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinAttributes.h"
+
+namespace mlir::diffattn {
+
+/// The parameters of a kernel: one 1-D buffer (memref<?xT>, contiguous
+/// BSHD) per tensor argument of the manifest entry, in its order, then
+/// index-typed sizes (B, Sq, Sk); a split-KV kernel also takes the f32
+/// workspace after the buffers and `split_keys` last.
+struct KernelSignature {
+  SmallVector<Type> argTypes;
+  /// Names of the buffer arguments, in order (without the workspace).
+  SmallVector<StringRef> buffers;
+  /// The workspace type (memref<?xf32>).
+  Type workspaceType;
+};
+
+/// Reads the signature of the kernel whose manifest entry is `desc`.
+KernelSignature getKernelSignature(Builder &b, DictionaryAttr desc,
+                                   bool splitKV);
+
+/// Creates an empty `gpu.func` kernel `name` of `types` with a known block
+/// size of `threads` x 1 x 1.
+gpu::GPUFuncOp createKernelFunc(OpBuilder &b, Location loc, StringRef name,
+                                ArrayRef<Type> types, int32_t threads);
+
+/// The launch rule of the kernel(s) of `config`, for the manifest entry's
+/// `launch` field; `strategy` names the strategy that built them, `name`
+/// is the kernel (the combine kernel is `name`_combine).
+DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
+                               StringRef strategy, StringRef name,
+                               ArrayRef<StringRef> buffers);
+
+} // namespace mlir::diffattn
+
+#endif // DIFFATTN_CONVERSION_DIFFATTNTOGPU_KERNELSIGNATURE_H

@@ -1,0 +1,75 @@
+//===- TileConfig.h - the tile configuration of a GPU kernel ----*- C++ -*-===//
+//
+// What a GPU kernel of one diffattn.v2 op is specialised on beyond the op
+// itself: CTA shape (warps, query rows), key blocks and pipeline stages,
+// shared memory, and the split-KV (decode) choices. Strategies fill it with
+// their measured defaults and the user's options, then check it against the
+// chip's limits (Chips.h). The launch rule, the split-KV combine kernel and
+// the epilogue read it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_CONVERSION_DIFFATTNTOGPU_TILECONFIG_H
+#define DIFFATTN_CONVERSION_DIFFATTNTOGPU_TILECONFIG_H
+
+#include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
+#include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
+
+#include "mlir/IR/Operation.h"
+#include "mlir/IR/Types.h"
+
+namespace mlir::diffattn {
+
+/// The strategy-independent tile configuration of one kernel.
+struct TileConfig {
+  AttentionConfig attn;
+  /// The chip the kernel is built for.
+  const GPUChipInfo *chip = nullptr;
+  /// Warps per CTA.
+  int64_t warps = 0;
+  int64_t threads() const { return 32 * warps; }
+  /// Rows of a KV group per CTA (a row being a (pair, query row) or a
+  /// (query head, query row) couple, as the strategy maps them).
+  int64_t blockQ = 0;
+  /// Tile rows of a KV group per query row (the group's pairs, or its
+  /// query heads).
+  int64_t rowsPerQuery = 0;
+  /// Keys per block, and K/V blocks per pipeline.
+  int64_t blockK = 0, stages = 0;
+  int64_t queryHeads = 0, pairs = 0, kvHeads = 0, headDim = 0, valueDim = 0;
+  int64_t pairsPerGroup() const { return pairs / kvHeads; }
+  /// Dynamic shared memory per CTA (bytes).
+  int64_t sharedBytes = 0;
+  Type elementType, lamType;
+  /// Lazy rescaling: the softmax offsets move only when a probability would
+  /// exceed 2^rescaleThreshold (0: they move with every block).
+  float rescaleThreshold = 0;
+  /// Split-KV (decode form): each CTA covers one split of the keys for its
+  /// rows and writes their partial softmax state (accumulators, max, sum)
+  /// to a workspace; a second kernel combines the splits and applies the
+  /// epilogue.
+  bool splitKV = false;
+  /// Keys per split: fixed at compile time, or 0 for the runtime's choice
+  /// (a multiple of splitMultiple aiming at splitTargetCtas CTAs).
+  int64_t fixedSplitKeys = 0;
+  int64_t splitMultiple = 0;
+  int64_t splitTargetCtas = 0;
+  /// Split-KV: the largest Sq for which one CTA holds every row of its KV
+  /// group, so that a launch with one split writes the output directly
+  /// (the combine stage is skipped); 0 if never.
+  int64_t directSqMax = 0;
+  /// Split-KV: the combine kernel is a programmatic dependent launch.
+  bool programmaticLaunch = false;
+  /// f32 elements of one partial row state: Dv accumulators, max, sum.
+  int64_t partialWidth() const { return valueDim + 2; }
+};
+
+/// Fails with a diagnostic on `op` when `config` needs more dynamic shared
+/// memory per CTA than its chip has (`what` names the options that sized
+/// it, e.g. "block-k = 64 and stages = 3").
+LogicalResult checkChipLimits(Operation *op, const TileConfig &config,
+                              StringRef what);
+
+} // namespace mlir::diffattn
+
+#endif // DIFFATTN_CONVERSION_DIFFATTNTOGPU_TILECONFIG_H

@@ -1,0 +1,42 @@
+//===- Chips.cpp - the GPU target table -----------------------------------===//
+//
+// The numbers behind each GPU target (see Chips.h for their sources).
+// sm_90a and sm_100a compile the portable strategy until their own
+// strategies (wgmma + TMA, tcgen05) exist; an sm_90a / sm_100a cubin of it
+// runs only on its chip family.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
+
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/ADT/StringExtras.h"
+
+#include <string>
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+static const GPUChipInfo kChips[] = {
+    // name, PTX features, strategy, split target CTAs, PDL, smem, regs
+    {"sm_80", "+ptx80", "mma_sync", 108, false, 163 * 1024, 255},
+    {"sm_90", "+ptx80", "mma_sync", 264, true, 227 * 1024, 255},
+    {"sm_90a", "+ptx80", "wgmma", 264, true, 227 * 1024, 255},
+    {"sm_100a", "+ptx86", "mma_sync", 296, true, 227 * 1024, 255},
+};
+
+ArrayRef<GPUChipInfo> mlir::diffattn::getGPUChips() { return kChips; }
+
+const GPUChipInfo *mlir::diffattn::lookupGPUChip(StringRef name) {
+  for (const GPUChipInfo &chip : kChips)
+    if (chip.name == name)
+      return &chip;
+  return nullptr;
+}
+
+std::string mlir::diffattn::getGPUChipNames() {
+  SmallVector<StringRef> names;
+  for (const GPUChipInfo &chip : kChips)
+    names.push_back(chip.name);
+  return llvm::join(names, ", ");
+}

@@ -1,0 +1,175 @@
+//===- KernelSignature.cpp - GPU kernel signature and launch rule ---------===//
+//
+// See KernelSignature.h; docs/manifest.md documents the launch rule's
+// fields, which the runtime's manifest reader evaluates.
+//
+//===----------------------------------------------------------------------===//
+
+#include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
+
+#include "mlir/IR/BuiltinTypes.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+
+KernelSignature mlir::diffattn::getKernelSignature(Builder &b,
+                                                   DictionaryAttr desc,
+                                                   bool splitKV) {
+  KernelSignature sig;
+  for (Attribute arg : desc.getAs<ArrayAttr>("args")) {
+    auto dict = cast<DictionaryAttr>(arg);
+    StringRef name = dict.getAs<StringAttr>("name").getValue();
+    if (dict.get("shape")) {
+      sig.buffers.push_back(name);
+      StringRef dtype = dict.getAs<StringAttr>("dtype").getValue();
+      Type elem = dtype == "i32"    ? Type(b.getI32Type())
+                  : dtype == "f32"  ? Type(b.getF32Type())
+                  : dtype == "bf16" ? Type(b.getBF16Type())
+                                    : Type(b.getF16Type());
+      sig.argTypes.push_back(MemRefType::get({ShapedType::kDynamic}, elem));
+    } else {
+      sig.argTypes.push_back(b.getIndexType());
+    }
+  }
+  sig.workspaceType = MemRefType::get({ShapedType::kDynamic}, b.getF32Type());
+  if (splitKV) {
+    sig.argTypes.insert(sig.argTypes.begin() + sig.buffers.size(),
+                        sig.workspaceType);
+    sig.argTypes.push_back(b.getIndexType()); // split_keys
+  }
+  return sig;
+}
+
+gpu::GPUFuncOp mlir::diffattn::createKernelFunc(OpBuilder &b, Location loc,
+                                                StringRef name,
+                                                ArrayRef<Type> types,
+                                                int32_t threads) {
+  auto func =
+      gpu::GPUFuncOp::create(b, loc, name, b.getFunctionType(types, {}));
+  func->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), b.getUnitAttr());
+  func.setKnownBlockSizeAttr(b.getDenseI32ArrayAttr({threads, 1, 1}));
+  return func;
+}
+
+DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
+                                               const TileConfig &config,
+                                               StringRef strategy,
+                                               StringRef name,
+                                               ArrayRef<StringRef> buffers) {
+  auto paramsOf = [&](ArrayRef<StringRef> bufs) {
+    SmallVector<Attribute> params;
+    for (StringRef buf : bufs)
+      for (StringRef field :
+           {"allocated", "aligned", "offset", "size", "stride"})
+        params.push_back(b.getDictionaryAttr(
+            {b.getNamedAttr("arg", b.getStringAttr(buf)),
+             b.getNamedAttr("field", b.getStringAttr(field))}));
+    SmallVector<StringRef> sizes = {"B", "Sq", "Sk"};
+    if (config.splitKV)
+      sizes.push_back("split_keys");
+    for (StringRef size : sizes)
+      params.push_back(b.getDictionaryAttr(
+          {b.getNamedAttr("arg", b.getStringAttr(size)),
+           b.getNamedAttr("field", b.getStringAttr("value"))}));
+    return b.getArrayAttr(params);
+  };
+  auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) -> Attribute {
+    return b.getDictionaryAttr(
+        {b.getNamedAttr("ceil_div", b.getStringAttr(sym)),
+         b.getNamedAttr("mul", b.getI64IntegerAttr(mulBy)),
+         b.getNamedAttr("by", b.getI64IntegerAttr(by))});
+  };
+  int64_t ppg = config.pairsPerGroup();
+  Attribute rowBlocks = ceilDiv("Sq", config.blockQ, config.rowsPerQuery);
+  SmallVector<NamedAttribute> common = {
+      b.getNamedAttr("kind", b.getStringAttr("cuda")),
+      b.getNamedAttr("strategy", b.getStringAttr(strategy)),
+      b.getNamedAttr("block_q", b.getI64IntegerAttr(config.blockQ)),
+      b.getNamedAttr("block_k", b.getI64IntegerAttr(config.blockK)),
+      b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(config.stages))};
+  auto stage = [&](StringRef function, ArrayRef<Attribute> grid,
+                   int64_t threads, int64_t shared, ArrayAttr params,
+                   bool programmatic = false,
+                   ArrayRef<NamedAttribute> skipWhen = {}) {
+    SmallVector<NamedAttribute> entries = {
+        b.getNamedAttr("function", b.getStringAttr(function)),
+        b.getNamedAttr("grid", b.getArrayAttr(grid)),
+        b.getNamedAttr("block", b.getI64ArrayAttr({threads, 1, 1})),
+        b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
+        b.getNamedAttr("params", params)};
+    // The stage may be launched before the previous one ends (it waits
+    // for it itself).
+    if (programmatic)
+      entries.push_back(
+          b.getNamedAttr("programmatic_launch", b.getBoolAttr(true)));
+    // Not launched when each of these sizes is at most its bound.
+    if (!skipWhen.empty())
+      entries.push_back(
+          b.getNamedAttr("skip_when", b.getDictionaryAttr(skipWhen)));
+    return b.getDictionaryAttr(entries);
+  };
+  if (!config.splitKV) {
+    // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
+    DictionaryAttr only = stage(
+        name,
+        {rowBlocks, b.getI64IntegerAttr(config.kvHeads), ceilDiv("B", 1, 1)},
+        config.threads(), config.sharedBytes, paramsOf(buffers));
+    SmallVector<NamedAttribute> attrs(common);
+    attrs.append(only.getValue().begin(), only.getValue().end());
+    return b.getDictionaryAttr(attrs);
+  }
+  // Stage 1, x: (split, row block) couples; stage 2, x: the group's rows.
+  // `splits` = ceil(Sk / split_keys), split_keys being the launch's
+  // choice (`split`); the kernel decodes x with the same two factors.
+  SmallVector<StringRef> mainBuffers(buffers);
+  mainBuffers.push_back("workspace");
+  SmallVector<StringRef> combineBuffers = {"workspace", "lam", "out"};
+  SmallVector<Attribute> splitFactors = {rowBlocks, ceilDiv("splits", 1, 1)};
+  Attribute splitGrid = b.getDictionaryAttr(
+      {b.getNamedAttr("product", b.getArrayAttr(splitFactors))});
+  SmallVector<NamedAttribute> attrs(common);
+  // How the runtime picks split_keys: fixed, or the smallest multiple of
+  // `multiple_of` keys that makes about `target_ctas` CTAs in all.
+  SmallVector<NamedAttribute> split;
+  if (config.fixedSplitKeys)
+    split.push_back(
+        b.getNamedAttr("fixed", b.getI64IntegerAttr(config.fixedSplitKeys)));
+  else
+    split.append({b.getNamedAttr("multiple_of",
+                                 b.getI64IntegerAttr(config.splitMultiple)),
+                  b.getNamedAttr("target_ctas",
+                                 b.getI64IntegerAttr(config.splitTargetCtas))});
+  attrs.push_back(b.getNamedAttr("split", b.getDictionaryAttr(split)));
+  // With one split and Sq <= directSqMax() the split kernel writes the
+  // output itself.
+  SmallVector<NamedAttribute> combineSkip;
+  if (config.directSqMax > 0)
+    combineSkip = {
+        b.getNamedAttr("Sq", b.getI64IntegerAttr(config.directSqMax)),
+        b.getNamedAttr("splits", b.getI64IntegerAttr(1))};
+  attrs.push_back(b.getNamedAttr(
+      "stages",
+      b.getArrayAttr(
+          {stage(name,
+                 {splitGrid, b.getI64IntegerAttr(config.kvHeads),
+                  ceilDiv("B", 1, 1)},
+                 config.threads(), config.sharedBytes, paramsOf(mainBuffers)),
+           stage((name + "_combine").str(),
+                 {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(config.kvHeads),
+                  ceilDiv("B", 1, 1)},
+                 config.valueDim, 0, paramsOf(combineBuffers),
+                 config.programmaticLaunch, combineSkip)})));
+  // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
+  // (Dv + 2).
+  attrs.push_back(b.getNamedAttr(
+      "workspace",
+      b.getDictionaryAttr(
+          {b.getNamedAttr("dtype", b.getStringAttr("f32")),
+           b.getNamedAttr("product", b.getArrayAttr({ceilDiv("B", 1, 1),
+                                                     ceilDiv("splits", 1, 1),
+                                                     ceilDiv("Sq", 1, 1)})),
+           b.getNamedAttr("times",
+                          b.getI64IntegerAttr(config.kvHeads * ppg * 2 *
+                                              config.partialWidth()))})));
+  return b.getDictionaryAttr(attrs);
+}
