@@ -109,6 +109,22 @@ def ensure_compiled(kind, params, target, mlir_text, options=()):
     return final
 
 
+# The manifest format this package reads: lib/Target/Manifest.h's
+# kManifestFormatVersion, and runtime/lib/manifest.h's for GPU artifacts
+# (docs/manifest.md).
+MANIFEST_FORMAT_VERSION = 1
+
+
 def load_manifest(directory):
+    """The manifest of a CPU artifact directory (GPU artifacts are read by
+    the runtime). Raises ValueError for a format_version this package does
+    not read."""
     with open(os.path.join(directory, "manifest.json")) as f:
-        return json.load(f)
+        manifest = json.load(f)
+    version = manifest.get("format_version")
+    if version != MANIFEST_FORMAT_VERSION:
+        raise ValueError(f"{directory}/manifest.json: format_version {version!r} is not "
+                         f"supported by this diffattn package (it reads format_version "
+                         f"{MANIFEST_FORMAT_VERSION}); rebuild the kernels with a matching "
+                         f"diffattn-compile")
+    return manifest
