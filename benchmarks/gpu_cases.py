@@ -66,6 +66,16 @@ BENCH_DECODE_VARIANTS = [
     ("--gpu-options=l2-prefetch=true",),
 ]
 
+# Paged KV cache (diffattn.v2_paged): block sizes whose decode kernels the
+# GPU tests (python/tests/test_paged.py) and the paged decode timing use;
+# 2H = 32, Hkv = 8, D = 128, bf16, causal.
+PAGED_BLOCK_SIZES = (16, 64, 256)
+# Paged decode timing beside the contiguous cache: (B, kv_len, block size).
+BENCH_PAGED_DECODE = [
+    (32, 8192, 16),
+    (32, 8192, 256),
+]
+
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,
 # kv_len).
 SANITIZE_CASES = [
@@ -114,6 +124,11 @@ def all_kernel_requests():
             reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                              lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
                              window=(-1, -1), kv_len_shape=None))
+    for bs in PAGED_BLOCK_SIZES:
+        reqs.append(dict(q_shape=(1, 1, 32, 128), k_shape=(4, bs, 8, 128),
+                         v_shape=(4, bs, 8, 128), lam_shape=(1, 1, 16), elem="bf16",
+                         lam_elem="bf16", causal=True, window=(-1, -1), kv_len_shape=(1,),
+                         block_table_shape=(1, 2)))
     for causal in PYTEST_GPU_KV_LEN_CAUSAL:
         reqs.append(dict(q_shape=(1, 1, 8, 64), k_shape=(1, 64, 2, 64), v_shape=(1, 64, 2, 64),
                          lam_shape=(1, 1, 4), elem="bf16", lam_elem="bf16", causal=causal,

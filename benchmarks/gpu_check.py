@@ -327,6 +327,19 @@ def bench(results, prefill=True):
             row[" ".join(options)] = dict(ms=ms, tbps=nbytes / ms / 1e9, rel_l2_vs_default=err)
             print(f"    variant {' '.join(options)}: {nbytes / ms / 1e9:.2f} TB/s ({ms:.3f} ms), "
                   f"rel L2 vs default {err:.1e}", flush=True)
+        for pb, pkvl, bs in gpu_cases.BENCH_PAGED_DECODE:
+            if (pb, pkvl) != (b, kvl) or (h2, hkv, d) != (32, 8, 128):
+                continue
+            kc, vc, table = paged_cache(k, v, [kvl] * b, bs)
+            paged = torch.ops.diffattn.v2_paged(q, kc, vc, lam, kl, table, True, None, -1, -1)
+            ms = bench_fn(lambda: torch.ops.diffattn.v2_paged(q, kc, vc, lam, kl, table, True,
+                                                              None, -1, -1))
+            row[f"paged_bs{bs}"] = dict(ms=ms, tbps=nbytes / ms / 1e9, vs_contiguous=ours / ms,
+                                        rel_l2_vs_contiguous=rel_l2(paged, mine))
+            print(f"    paged, block size {bs}: {nbytes / ms / 1e9:.2f} TB/s ({ms:.3f} ms), "
+                  f"{ours / ms:.3f}x the contiguous cache, rel L2 vs contiguous "
+                  f"{rel_l2(paged, mine):.1e}", flush=True)
+            del kc, vc
         rows.append(row)
         print(f"  B={b} kv_len={kvl}: ours {row['ours_tbps']:.2f} TB/s ({ours:.3f} ms); cuDNN+epi "
               f"{row.get('cudnn_tbps', float('nan')):.2f} ({row.get('ratio_vs_cudnn', float('nan')):.2f}x); "
@@ -334,6 +347,30 @@ def bench(results, prefill=True):
               flush=True)
         del q, k, v, qh, kh, vh
     results["decode"] = rows
+
+
+def paged_cache(k, v, kv_len, bs, sentinel=-7):
+    """k, v [B, Sk, Hkv, D] as a paged cache: (k_cache, v_cache [NB, BS, Hkv,
+    D], block_table [B, MB] int32 on the GPU), each sequence's blocks at
+    random places of the pool and its table row padded with `sentinel` (an
+    out-of-range entry) past its last block."""
+    b, sk = k.shape[0], k.shape[1]
+    mb = (sk + bs - 1) // bs
+    used = [(int(n) + bs - 1) // bs for n in kv_len]
+    nb = sum(used) + 1
+    perm = torch.randperm(nb).tolist()
+    k_cache = torch.zeros((nb, bs) + tuple(k.shape[2:]), dtype=k.dtype, device=k.device)
+    v_cache = torch.zeros_like(k_cache)
+    table = torch.full((b, mb), sentinel, dtype=torch.int32)
+    j = 0
+    for i in range(b):
+        for s in range(used[i]):
+            rows = min(bs, sk - s * bs)
+            k_cache[perm[j], :rows] = k[i, s * bs:s * bs + rows]
+            v_cache[perm[j], :rows] = v[i, s * bs:s * bs + rows]
+            table[i, s] = perm[j]
+            j += 1
+    return k_cache, v_cache, table.to(k.device)
 
 
 def sanitize_case():
@@ -348,6 +385,18 @@ def sanitize_case():
         out = diffattn.v2(q, k, v, lam, causal=causal, kv_len=kl)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()
+    # A paged launch: blocks scattered over the pool, table rows padded with
+    # an out-of-range sentinel past each sequence's last block.
+    b, sk, lens = 3, 100, [3, 100, 40]
+    q = torch.randn(b, 1, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, 8, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, sk, 8, 128, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(b, 1, 16, device="cuda", dtype=torch.bfloat16)
+    kc, vc, table = paged_cache(k, v, lens, 16)
+    kl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = diffattn.v2(q, kc, vc, lam, causal=True, kv_len=kl, block_table=table)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
     print("sanitize case done")
 
 

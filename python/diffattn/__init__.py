@@ -51,21 +51,28 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None):
+def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
+       block_table=None):
     """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU,
-    CUDA torch tensors (bf16/f16) on the GPU through ``torch.ops.diffattn.v2``."""
+    CUDA torch tensors (bf16/f16) on the GPU through ``torch.ops.diffattn.v2``.
+
+    With ``block_table`` ([B, MB] int32) k and v are a paged KV cache
+    [NB, BS, Hkv, D] (BS a multiple of 16, vLLM's layout): key t of sequence b
+    is k[block_table[b, t // BS], t % BS]; ``kv_len`` ([B] int32) is then
+    required, and only blocks below kv_len[b] are read (they must lie in
+    [0, NB): a ValueError on the CPU, a device-side assertion on the GPU)."""
     if _is_torch(q):
         from . import _torch
 
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
-                         kv_len=kv_len, out=out)
+                         kv_len=kv_len, out=out, block_table=block_table)
     if not _is_numpy(q):
         raise TypeError(f"q: expected a numpy.ndarray (CPU) or a CUDA torch.Tensor (GPU), "
                         f"got {type(q).__name__}")
     from . import _cpu
 
     return _cpu.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
-                   kv_len=kv_len, out=out)
+                   kv_len=kv_len, out=out, block_table=block_table)
 
 
 def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None):

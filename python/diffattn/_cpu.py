@@ -76,15 +76,29 @@ def load_kernels(directory):
     return kernels
 
 
+def _dim(d, dims):
+    """A manifest shape dimension: a size, a size symbol, or the rule
+    {ceil_div: symbol, mul: m, by: n} = ceil(m * symbol / n)."""
+    if isinstance(d, str):
+        return dims[d]
+    if isinstance(d, dict):
+        return (d["mul"] * dims[d["ceil_div"]] + d["by"] - 1) // d["by"]
+    return d
+
+
 def call_kernel(fn, kernel, buffers, sizes):
-    """Calls a loaded kernel with named contiguous arrays and B, Sq, Sk,
-    after checking them against the kernel's manifest entry."""
+    """Calls a loaded kernel with named contiguous arrays and its sizes (the
+    manifest's size arguments in order: B, Sq, Sk, and num_blocks for a
+    paged cache), after checking them against the kernel's manifest entry."""
     names = [a["name"] for a in kernel["args"] if a["role"] != "size"]
     if names != [n for n, _ in buffers]:
         raise RuntimeError(f"kernel {kernel['name']} takes {names}, got {[n for n, _ in buffers]}")
-    dims = dict(zip(("B", "Sq", "Sk"), (int(s) for s in sizes)))
+    size_names = [a["name"] for a in kernel["args"] if a["role"] == "size"]
+    if len(size_names) != len(sizes):
+        raise RuntimeError(f"kernel {kernel['name']} takes sizes {size_names}, got {tuple(sizes)}")
+    dims = dict(zip(size_names, (int(s) for s in sizes)))
     for spec, (name, array) in zip((a for a in kernel["args"] if a["role"] != "size"), buffers):
-        shape = tuple(dims[d] if isinstance(d, str) else d for d in spec["shape"])
+        shape = tuple(_dim(d, dims) for d in spec["shape"])
         if array.shape != shape or _DTYPES.get(array.dtype, "i32" if array.dtype == np.int32 else None) \
                 != spec["dtype"] or not array.flags.c_contiguous:
             raise ValueError(f"{name}: kernel {kernel['name']} expects a contiguous {spec['dtype']} "
@@ -108,36 +122,45 @@ def _run(kind, params, mlir_text, buffers, sizes, lowering):
 
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
-       lowering="flash"):
+       block_table=None, lowering="flash"):
     """diffattn.v2 on numpy arrays. ``lowering`` picks the kernel the
     compiler builds: "flash" (tiled, the default) or "decompose" (untiled
-    oracle, quadratic memory; for tests and benchmarks)."""
+    oracle, quadratic memory; for tests and benchmarks). With
+    ``block_table`` ([B, MB] int32), k and v are a paged cache [NB, BS, Hkv,
+    D] (BS a multiple of 16) and ``kv_len`` is required."""
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
-    k = _check_array("k", k, 4, "[B, Sk, Hkv, D]")
-    v = _check_array("v", v, 4, "[B, Sk, Hkv, Dv]")
+    k = _check_array("k", k, 4, "[NB, BS, Hkv, D]" if block_table is not None else "[B, Sk, Hkv, D]")
+    v = _check_array("v", v, 4, "[NB, BS, Hkv, Dv]" if block_table is not None else "[B, Sk, Hkv, Dv]")
     lam = _check_array("lam", lam, 3, "[B, Sq, H]")
     dtype = q.dtype
     _check_same_dtype("k", k, dtype)
     _check_same_dtype("v", v, dtype)
     _check_same_dtype("lam", lam, dtype, allow_f32=True)
-    if kv_len is not None:
-        if not isinstance(kv_len, np.ndarray) or kv_len.dtype != np.int32 or kv_len.ndim != 1:
-            raise TypeError(f"kv_len: expected a 1-D int32 numpy array, got "
-                            f"{getattr(kv_len, 'dtype', type(kv_len).__name__)} "
-                            f"{getattr(kv_len, 'shape', '')}")
+    for name, arr, rank in (("kv_len", kv_len, 1), ("block_table", block_table, 2)):
+        if arr is not None and (not isinstance(arr, np.ndarray) or arr.dtype != np.int32
+                                or arr.ndim != rank):
+            raise TypeError(f"{name}: expected a {rank}-D int32 numpy array, got "
+                            f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                            f"{getattr(arr, 'shape', '')}")
     params, text, out_shape, sizes = _ops.v2_request(
         q.shape, k.shape, v.shape, lam.shape, _DTYPES[dtype], _DTYPES[lam.dtype],
         causal=causal, scale=scale, window=window,
-        kv_len_shape=None if kv_len is None else kv_len.shape)
+        kv_len_shape=None if kv_len is None else kv_len.shape,
+        block_table_shape=None if block_table is None else block_table.shape)
     if kv_len is not None:
-        sk = k.shape[1]
+        sk = sizes[2]
         if np.any(kv_len < 0) or np.any(kv_len > sk):
             raise ValueError(f"kv_len: every value must lie in [0, Sk = {sk}], got {kv_len.tolist()}")
         kv_len = np.ascontiguousarray(kv_len)
+    if block_table is not None:
+        _ops.check_block_table(block_table, kv_len, k.shape[1], k.shape[0])
+        block_table = np.ascontiguousarray(block_table)
     out = _check_out(out, out_shape, dtype)
     buffers = [("q", q), ("k", k), ("v", v), ("lam", lam)]
     if kv_len is not None:
         buffers.append(("kv_len", kv_len))
+    if block_table is not None:
+        buffers.append(("block_table", block_table))
     buffers.append(("out", out))
     _run("v2", params, text, buffers, sizes, lowering)
     return out

@@ -45,9 +45,11 @@ def check_gpu_config(q_shape, v_shape):
 
 @functools.lru_cache(maxsize=1024)
 def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=False, scale=None,
-               window=(-1, -1), kv_len_shape=None, target="sm_90", options=()):
+               window=(-1, -1), kv_len_shape=None, target="sm_90", options=(),
+               block_table_shape=None):
     """Builds (or finds in the cache) the kernel of a v2 call; returns
-    (artifact directory, out shape, (B, Sq, Sk)). Needs no GPU: this is also
+    (artifact directory, out shape, (B, Sq, Sk)), Sk being MB * BS for a
+    paged cache (`block_table_shape` [B, MB]). Needs no GPU: this is also
     how kernels are prepared for another machine. Memoised per process, so
     repeated calls of one shape cost no file-system look-up. ``options``
     are extra diffattn-compile flags (e.g. ``("--gpu-options=block-k=64",)``, for
@@ -57,9 +59,10 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     check_gpu_config(q_shape, v_shape)
     params, text, out_shape, sizes = _ops.v2_request(
         q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, causal=causal, scale=scale,
-        window=window, kv_len_shape=kv_len_shape)
+        window=window, kv_len_shape=kv_len_shape, block_table_shape=block_table_shape)
     directory = _compiler.ensure_compiled("v2", params, target, text, tuple(options))
-    return directory, out_shape, sizes
+    # The runtime takes B, Sq, Sk; a paged pool's size comes from its buffers.
+    return directory, out_shape, sizes[:3]
 
 
 def workspace_elements(directory, sizes):

@@ -89,14 +89,34 @@ def check_window(window, causal):
     return left, right
 
 
+def check_block_table(block_table, kv_len, block_size, num_blocks):
+    """Every block a sequence reads (positions below kv_len[b]) must lie in
+    the pool [0, num_blocks); entries past a sequence's last block are not
+    read and may hold anything (e.g. a sentinel). Raises ValueError naming
+    block_table."""
+    import numpy as np
+
+    used = (np.asarray(kv_len, np.int64) + block_size - 1) // block_size    # [B]
+    slots = np.arange(block_table.shape[1])[None, :] < used[:, None]       # [B, MB]
+    bad = slots & ((block_table < 0) | (block_table >= num_blocks))
+    if np.any(bad):
+        b, i = (int(x) for x in np.argwhere(bad)[0])
+        raise ValueError(f"block_table: entry [{b}, {i}] = {int(block_table[b, i])} is outside "
+                         f"the pool [0, {num_blocks}) but sequence {b} reads keys up to "
+                         f"kv_len = {int(kv_len[b])}")
+
+
 def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, scale,
-               window, kv_len_shape=None):
+               window, kv_len_shape=None, block_table_shape=None):
     """Checks a diffattn.v2 call's shapes and options; returns
-    (params, mlir_text, out_shape, (B, Sq, Sk)). `params` identifies the
-    kernel configuration in the cache."""
+    (params, mlir_text, out_shape, sizes), sizes being (B, Sq, Sk) or, with a
+    paged cache (`block_table_shape` given: k, v are [NB, BS, Hkv, D]),
+    (B, Sq, Sk = MB * BS, NB). `params` identifies the kernel configuration
+    in the cache."""
+    paged = block_table_shape is not None
     _check_rank("q", q_shape, 4, "[B, Sq, 2H, D]")
-    _check_rank("k", k_shape, 4, "[B, Sk, Hkv, D]")
-    _check_rank("v", v_shape, 4, "[B, Sk, Hkv, Dv]")
+    _check_rank("k", k_shape, 4, "[NB, BS, Hkv, D]" if paged else "[B, Sk, Hkv, D]")
+    _check_rank("v", v_shape, 4, "[NB, BS, Hkv, Dv]" if paged else "[B, Sk, Hkv, Dv]")
     _check_rank("lam", lam_shape, 3, "[B, Sq, H]")
     b, sq, h2, d = q_shape
     sk, hkv, dv = k_shape[1], k_shape[2], v_shape[3]
@@ -105,10 +125,23 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
     h = h2 // 2
     if d == 0 or dv == 0:
         raise ValueError(f"q/v: head dimensions must be positive, got D = {d}, Dv = {dv}")
-    _check_dim("k", k_shape, 0, b, "B")
+    if paged:
+        block_size = k_shape[1]
+        if block_size == 0 or block_size % 16:
+            raise ValueError(f"k: the block size (dimension 1, BS) must be a positive multiple of "
+                             f"16, got {block_size}")
+        if kv_len_shape is None:
+            raise ValueError("kv_len: required with block_table (a paged cache)")
+        _check_rank("block_table", block_table_shape, 2, "[B, MB]")
+        _check_dim("block_table", block_table_shape, 0, b, "B")
+        _check_dim("v", v_shape, 0, k_shape[0], "NB")
+        _check_dim("v", v_shape, 1, block_size, "BS")
+        sk = block_table_shape[1] * block_size
+    else:
+        _check_dim("k", k_shape, 0, b, "B")
+        _check_dim("v", v_shape, 0, b, "B")
+        _check_dim("v", v_shape, 1, sk, "Sk")
     _check_dim("k", k_shape, 3, d, "D")
-    _check_dim("v", v_shape, 0, b, "B")
-    _check_dim("v", v_shape, 1, sk, "Sk")
     _check_dim("v", v_shape, 2, hkv, "Hkv")
     if hkv == 0 or h2 % hkv or (h2 // hkv) % 2:
         raise ValueError(f"k: Hkv = {hkv} KV heads must divide 2H = {h2} query heads with an "
@@ -124,6 +157,8 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
               "head_dim": d, "value_dim": dv, "causal": bool(causal),
               "scale": None if scale is None else hex_f32(scale),
               "window": [left, right], "kv_len": kv_len_shape is not None}
+    if paged:
+        params["paged_block_size"] = k_shape[1]
     attrs = []
     if causal:
         attrs.append("causal")
@@ -137,6 +172,10 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
                 ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem))]
     if kv_len_shape is not None:
         operands.append(("kv_len", tensor_type(kv_len_shape, "i32")))
+    if paged:
+        operands.append(("block_table", tensor_type(block_table_shape, "i32")))
     out_shape = (b, sq, h, dv)
-    text = one_op_module("diffattn.v2", operands, attrs, out_shape, elem)
-    return params, text, out_shape, (b, sq, sk)
+    text = one_op_module("diffattn.v2_paged" if paged else "diffattn.v2", operands, attrs,
+                         out_shape, elem)
+    sizes = (b, sq, sk, k_shape[0]) if paged else (b, sq, sk)
+    return params, text, out_shape, sizes

@@ -25,14 +25,17 @@ def _check_tensor(name, t, dtypes):
         raise ValueError(f"{name}: must be contiguous (BSHD); call .contiguous()")
 
 
-def _validate(q, k, v, lam, kv_len):
+def _validate(q, k, v, lam, kv_len, block_table=None):
     _check_tensor("q", q, (torch.bfloat16, torch.float16))
     _check_tensor("k", k, (q.dtype,))
     _check_tensor("v", v, (q.dtype,))
     _check_tensor("lam", lam, (q.dtype, torch.float32))
     if kv_len is not None:
         _check_tensor("kv_len", kv_len, (torch.int32,))
-    for name, t in (("k", k), ("v", v), ("lam", lam), ("kv_len", kv_len)):
+    if block_table is not None:
+        _check_tensor("block_table", block_table, (torch.int32,))
+    for name, t in (("k", k), ("v", v), ("lam", lam), ("kv_len", kv_len),
+                    ("block_table", block_table)):
         if t is not None and t.device != q.device:
             raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
 
@@ -42,13 +45,15 @@ def _target_of(device_index):
     return _gpu.target_for_capability(torch.cuda.get_device_capability(device_index))
 
 
-def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=None):
-    _validate(q, k, v, lam, kv_len)
+def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=None,
+         block_table=None):
+    _validate(q, k, v, lam, kv_len, block_table)
     target = _target_of(q.device.index)
     directory, out_shape, sizes = _gpu.prepare_v2(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
         _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
-        kv_len_shape=None if kv_len is None else tuple(kv_len.shape), target=target)
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape), target=target,
+        block_table_shape=None if block_table is None else tuple(block_table.shape))
     if out is None:
         out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
     else:
@@ -58,6 +63,8 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
     if kv_len is not None:
         named.append(("kv_len", "i32", kv_len))
+    if block_table is not None:
+        named.append(("block_table", "i32", block_table))
     named.append(("out", "x", out))
     buffers = [(n, _ELEM.get(t.dtype, "i32") if e == "x" else e, tuple(t.shape), t.data_ptr())
                for n, e, t in named]
@@ -91,8 +98,33 @@ def _v2_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     return q.new_empty((b, sq, h2 // 2, v.shape[3]))
 
 
-def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None):
+@torch.library.custom_op("diffattn::v2_paged", mutates_args=())
+def v2_paged_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                lam: torch.Tensor, kv_len: torch.Tensor, block_table: torch.Tensor,
+                causal: bool, scale: Optional[float], window_left: int,
+                window_right: int) -> torch.Tensor:
+    """diffattn.v2 on a paged KV cache: k_cache, v_cache [NB, BS, Hkv, D],
+    block_table [B, MB] int32, kv_len [B] int32 (see diffattn.v2)."""
+    return _run(q, k_cache, v_cache, lam, kv_len, causal, scale, window_left, window_right,
+                block_table=block_table)
+
+
+@v2_paged_op.register_fake
+def _v2_paged_fake(q, k_cache, v_cache, lam, kv_len, block_table, causal, scale, window_left,
+                   window_right):
+    b, sq, h2, _ = q.shape
+    return q.new_empty((b, sq, h2 // 2, v_cache.shape[3]))
+
+
+def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
+       block_table=None):
     left, right = window
+    if block_table is not None and kv_len is None:
+        raise ValueError("kv_len: required with block_table (a paged cache)")
     if out is not None:  # in-place form (tests poison the output): not the custom op
-        return _run(q, k, v, lam, kv_len, causal, scale, left, right, out=out)
+        return _run(q, k, v, lam, kv_len, causal, scale, left, right, out=out,
+                    block_table=block_table)
+    if block_table is not None:
+        return torch.ops.diffattn.v2_paged(q, k, v, lam, kv_len, block_table, causal, scale,
+                                           left, right)
     return torch.ops.diffattn.v2(q, k, v, lam, kv_len, causal, scale, left, right)

@@ -149,6 +149,40 @@ def _attention(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
     return out.reshape(b, sq, hq, v.shape[-1])
 
 
+def _gather_paged(k_cache, v_cache, kv_len, block_table):
+    """The logical caches [B, MB * BS, Hkv, D] of a paged cache; keys at
+    t >= kv_len[b] are 0 (never read from the pool)."""
+    k_cache = np.asarray(k_cache)
+    v_cache = np.asarray(v_cache)
+    table = np.asarray(block_table)
+    if table.ndim != 2 or not np.issubdtype(table.dtype, np.integer):
+        raise ValueError(f"block_table: expected an integer array [B, MB], got "
+                         f"{table.dtype} {table.shape}")
+    if kv_len is None:
+        raise ValueError("kv_len: required with block_table")
+    if k_cache.ndim != 4 or v_cache.ndim != 4:
+        raise ValueError(f"k/v: expected paged caches [NB, BS, Hkv, D], got "
+                         f"{k_cache.shape} and {v_cache.shape}")
+    b, mb = table.shape
+    nb, bs = k_cache.shape[0], k_cache.shape[1]
+    lens = np.asarray(kv_len).astype(np.int64)
+    if lens.shape != (b,) or np.any(lens < 0) or np.any(lens > mb * bs):
+        raise ValueError(f"kv_len: values must lie in [0, MB * BS = {mb * bs}], "
+                         f"got {lens.tolist()}")
+    k = np.zeros((b, mb * bs) + k_cache.shape[2:], np.float64)
+    v = np.zeros((b, mb * bs) + v_cache.shape[2:], np.float64)
+    for i in range(b):
+        for slot in range((int(lens[i]) + bs - 1) // bs):
+            blk = int(table[i, slot])
+            if not 0 <= blk < nb:
+                raise ValueError(f"block_table: entry [{i}, {slot}] = {blk} is "
+                                 f"outside the pool [0, {nb})")
+            n = min(bs, int(lens[i]) - slot * bs)
+            k[i, slot * bs:slot * bs + n] = k_cache[blk, :n]
+            v[i, slot * bs:slot * bs + n] = v_cache[blk, :n]
+    return k, v, lens
+
+
 def _sigmoid(x):
     # Overflow-free logistic function.
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -159,7 +193,7 @@ def _sigmoid(x):
 # --------------------------------------------------------------------------
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
-       kv_len=None):
+       kv_len=None, block_table=None):
     """Differential attention V2 (float64 reference).
 
     q [B, Sq, 2H, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], lam [B, Sq, H]
@@ -170,7 +204,14 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
     ``window = (left, right)`` (-1 = unlimited) and ``causal`` (same as
     right = 0) are applied bottom-right aligned against the per-batch key
     length L (``kv_len[b]`` if given, else Sk).
+
+    With ``block_table`` ([B, MB] integers), k and v are a paged cache
+    [NB, BS, Hkv, D]: key t of sequence b is k[block_table[b, t // BS],
+    t % BS] (Sk = MB * BS); ``kv_len`` is required, and only the blocks
+    holding keys below kv_len[b] are read (they must lie in [0, NB)).
     """
+    if block_table is not None:
+        k, v, kv_len = _gather_paged(k, v, kv_len, block_table)
     q = _as_f64("q", q, 4, "[B, Sq, 2H, D]")
     k = _as_f64("k", k, 4, "[B, Sk, Hkv, D]")
     v = _as_f64("v", v, 4, "[B, Sk, Hkv, Dv]")

@@ -68,9 +68,14 @@ int diffattn::runtime::check(const KernelSpec &spec,
                   where + "'" + arg.name + "' must be " + dtypeName(arg.dtype) +
                       ", got " + dtypeName(buf->dtype));
     bool ok = buf->rank == static_cast<int>(arg.shape.size());
+    // A paged cache's pool size is whatever the caller's cache holds: bound
+    // by the first buffer that has it, checked against the others.
+    for (size_t d = 0; ok && d < arg.shape.size(); ++d)
+      if (arg.shape[d].symbol == "num_blocks" && sizes.numBlocks < 0)
+        sizes.numBlocks = buf->shape[d];
     std::string expected = "[";
     for (size_t d = 0; d < arg.shape.size(); ++d) {
-      int64_t size = resolve(arg.shape[d], sizes);
+      int64_t size = shapeDimSize(arg.shape[d], sizes);
       expected += (d ? ", " : "") + std::to_string(size);
       if (ok && buf->shape[d] != size)
         ok = false;

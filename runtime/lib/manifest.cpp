@@ -35,11 +35,24 @@ int64_t diffattn::runtime::resolve(const Dim &dim, const Sizes &sizes) {
     return sizes.splits;
   if (dim.symbol == "split_keys")
     return sizes.splitKeys;
+  if (dim.symbol == "num_blocks")
+    return sizes.numBlocks;
   return -1;
 }
 
 bool diffattn::runtime::isSizeSymbol(const std::string &symbol) {
-  return !symbol.empty() && resolve({symbol, 0, 1}, Sizes{}) >= 0;
+  Sizes known;
+  known.numBlocks = 0;
+  return !symbol.empty() && resolve({symbol, 0, 1}, known) >= 0;
+}
+
+int64_t diffattn::runtime::shapeDimSize(const Dim &dim, const Sizes &sizes) {
+  if (dim.symbol.empty())
+    return dim.size;
+  int64_t value = resolve({dim.symbol, 0, 1}, sizes);
+  if (dim.size <= 0 || value < 0)
+    return value;
+  return (dim.mul * value + dim.size - 1) / dim.size;
 }
 
 int64_t diffattn::runtime::evaluate(const Rule &rule, const Sizes &sizes) {
@@ -247,10 +260,13 @@ int diffattn::runtime::parseKernel(const Json &k, const std::string &dir,
     arg.name = *argName->str();
     arg.dtype = dtypeFromName(*dtype->str());
     for (const Json &d : *shape->arr()) {
-      if (d.str())
+      Dim rule;
+      if (d.str() && isSizeSymbol(*d.str()))
         arg.shape.push_back({*d.str(), 0});
       else if (d.num())
         arg.shape.push_back({"", static_cast<int64_t>(*d.num())});
+      else if (!d.str() && parseDim(d, rule) && isSizeSymbol(rule.symbol))
+        arg.shape.push_back(rule);
       else
         return bad("malformed shape of " + arg.name);
     }

@@ -36,14 +36,21 @@ struct Dim {
   int64_t mul = 1;
 };
 
-/// The sizes of one launch: the caller's B, Sq, Sk and, for split-KV
-/// kernels, the keys per split and the number of splits.
+/// The sizes of one launch: the caller's B, Sq, Sk; for split-KV kernels,
+/// the keys per split and the number of splits; for a paged cache, the
+/// pool's blocks (`num_blocks`, bound from the cache buffers' shapes by
+/// check(); -1 until then).
 struct Sizes {
   int64_t B = 0, Sq = 0, Sk = 0, splitKeys = 0, splits = 0;
+  int64_t numBlocks = -1;
 };
 
 /// Resolves `dim` for the sizes of one launch (-1: an unknown symbol).
 int64_t resolve(const Dim &dim, const Sizes &sizes);
+
+/// The size of a shape dimension: a fixed size, a symbol, or the rule
+/// ceil(mul * symbol / size) (e.g. a block table's ceil(Sk / BS)).
+int64_t shapeDimSize(const Dim &dim, const Sizes &sizes);
 
 /// Whether `symbol` names a size a launch knows: the caller's or the
 /// split's.

@@ -56,7 +56,8 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
                                                StringRef strategy,
                                                StringRef name,
                                                ArrayRef<StringRef> buffers) {
-  auto paramsOf = [&](ArrayRef<StringRef> bufs) {
+  // The combine kernel takes no pool size (withPool false).
+  auto paramsOf = [&](ArrayRef<StringRef> bufs, bool withPool = true) {
     SmallVector<Attribute> params;
     for (StringRef buf : bufs)
       for (StringRef field :
@@ -65,6 +66,8 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
             {b.getNamedAttr("arg", b.getStringAttr(buf)),
              b.getNamedAttr("field", b.getStringAttr(field))}));
     SmallVector<StringRef> sizes = {"B", "Sq", "Sk"};
+    if (withPool && config.attn.isPaged())
+      sizes.push_back("num_blocks");
     if (config.splitKV)
       sizes.push_back("split_keys");
     for (StringRef size : sizes)
@@ -157,7 +160,7 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
            stage((name + "_combine").str(),
                  {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(config.kvHeads),
                   ceilDiv("B", 1, 1)},
-                 config.valueDim, 0, paramsOf(combineBuffers),
+                 config.valueDim, 0, paramsOf(combineBuffers, /*withPool=*/false),
                  config.programmaticLaunch, combineSkip)})));
   // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
   // (Dv + 2).

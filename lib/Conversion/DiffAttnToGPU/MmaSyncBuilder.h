@@ -99,6 +99,12 @@ private:
   /// which names kv_len. Every other thread goes on with kv_len clamped to
   /// [0, Sk] (buildKeyLength), so nothing out of bounds is read.
   void assertKeyLengthInRange(Value kvLen, Value seqK, Value tid);
+  /// A paged cache (diffattn.v2_paged): the pool row of key `key0` of
+  /// sequence `batch`, block_table[batch, key0 / BS] * BS + key0 % BS (the
+  /// block table is [B, Sk / BS]); a block outside [0, numBlocks) raises a
+  /// device-side assertion (as kv_len does) and reads block 0.
+  Value pagedRow(Value blockTable, Value numBlocks, Value batch, Value seqK,
+                 Value key0, Value tid);
 
   // Fragments.
   /// One 32-bit mma operand register from two 16-bit values.

@@ -20,6 +20,28 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::mma_sync;
 
+Value MmaSyncKernelBuilder::pagedRow(Value blockTable, Value numBlocks,
+                                     Value batch, Value seqK, Value key0,
+                                     Value tid) {
+  int64_t bs = plan.attn.pagedBlockSize;
+  Value maxBlocks = div(seqK, bs);
+  Value entry = memref::LoadOp::create(
+      b, loc, blockTable, ValueRange{add(mul(batch, maxBlocks), div(key0, bs))});
+  Value page = arith::IndexCastOp::create(b, loc, b.getIndexType(), entry);
+  Value inPool =
+      arith::AndIOp::create(b, loc, cmp(arith::CmpIPredicate::sge, page, idx(0)),
+                            cmp(arith::CmpIPredicate::slt, page, numBlocks));
+  // As for kv_len (assertKeyLengthInRange): one thread of the copy reports
+  // a block outside the pool; every thread reads block 0 instead.
+  Value silent = cmp(arith::CmpIPredicate::ne, rem(tid, 32), idx(0));
+  cf::AssertOp::create(
+      b, loc, arith::OrIOp::create(b, loc, inPool, silent),
+      "diffattn: block_table[b, t / BS] outside the pool [0, num_blocks) for "
+      "a key t < kv_len[b] (b = blockIdx.z)");
+  page = select(inPool, page, idx(0));
+  return add(mul(page, bs), rem(key0, bs));
+}
+
 void MmaSyncKernelBuilder::assertKeyLengthInRange(Value kvLen, Value seqK,
                                                 Value tid) {
   Value len = arith::IndexCastOp::create(b, loc, b.getIndexType(), kvLen);
@@ -127,11 +149,14 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value q = entry.getArgument(a++), k = entry.getArgument(a++),
         v = entry.getArgument(a++), lam = entry.getArgument(a++);
   Value kvLen = decode ? entry.getArgument(a++) : Value();
+  // Paged cache: block_table [B, Sk / BS] (i32) and the pool's size.
+  Value blockTable = attn.isPaged() ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
   Value workspace = splitKV ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
   // Split-KV: keys per split, a multiple of blockK (the launch's choice).
+  Value numBlocks = attn.isPaged() ? entry.getArgument(a++) : Value();
   Value splitKeys = splitKV ? entry.getArgument(a++) : Value();
 
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
@@ -249,7 +274,9 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   auto loadKeyBlock = [&](Value key0, ValueRange lead, Value thread,
                           int64_t threads) {
     Value validKeys = minI(idx(blockK), sub(keyLen, key0));
-    Value rowBase = add(mul(batch, seqK), key0);
+    Value rowBase = attn.isPaged() ? pagedRow(blockTable, numBlocks, batch,
+                                              seqK, key0, tid)
+                                   : add(mul(batch, seqK), key0);
     Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
     Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
     copyRowsAsync(k, kBase, kStride, validKeys, sK, lead, blockK, plan.headDim,

@@ -35,11 +35,10 @@ using namespace mlir::diffattn::mma_sync;
 static FailureOr<MmaSyncPlan>
 makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
          const GPUChipInfo &chip) {
-  auto v2 = dyn_cast<V2Op>(op);
-  if (!v2)
+  if (!isa<V2Op, V2PagedOp>(op))
     return op->emitOpError(
         "is not supported by the portable GPU strategy yet (only "
-        "diffattn.v2 has GPU kernels)");
+        "diffattn.v2 and diffattn.v2_paged have GPU kernels)");
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;
@@ -112,7 +111,8 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   plan.pairs = plan.attn.numPairs;
   plan.queryHeads = 2 * plan.pairs;
   plan.kvHeads = plan.attn.numKeyHeads;
-  plan.lamType = v2.getLam().getType().getElementType();
+  plan.lamType =
+      cast<ShapedType>(op->getOperand(3).getType()).getElementType();
   // The decode form reads a KV cache with few query rows: split the keys so
   // that enough CTAs stream the cache. By default the runtime picks the
   // split size per launch (about splitTargetCtas CTAs in all).
@@ -129,6 +129,12 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
            << "split-target-ctas = " << options.splitTargetCtas
            << " must be positive (or 0: the chip's)";
   plan.splitMultiple = plan.blockK * plan.warps;
+  // A paged cache: every key block lies in one block of the pool.
+  if (plan.attn.isPaged() && plan.attn.pagedBlockSize % plan.blockK != 0)
+    return op->emitOpError()
+           << "block-k = " << plan.blockK
+           << " must divide the paged cache's block size "
+           << plan.attn.pagedBlockSize;
   int64_t elementBytes = 2;
   int64_t pipelines = plan.splitKV ? plan.warps : 1;
   plan.qTileBytes = plan.headsPerRow * plan.blockQ *

@@ -82,12 +82,29 @@ LogicalResult emitEntryPoint(LLVM::LLVMFuncOp kernel, DictionaryAttr desc) {
     Value base = block->getArgument(i);
     SmallVector<Value> dims;
     for (Attribute dim : shape) {
+      auto lookup = [&](StringRef name) -> Value {
+        auto it = sizes.find(name);
+        return it == sizes.end() ? Value() : it->second;
+      };
       if (auto sym = dyn_cast<StringAttr>(dim)) {
-        auto it = sizes.find(sym.getValue());
-        if (it == sizes.end())
+        Value size = lookup(sym.getValue());
+        if (!size)
           return kernel.emitError()
                  << "unknown size '" << sym.getValue() << "' in a shape";
-        dims.push_back(it->second);
+        dims.push_back(size);
+      } else if (auto rule = dyn_cast<DictionaryAttr>(dim)) {
+        // ceil(mul * symbol / by), e.g. a block table's ceil(Sk / BS).
+        auto sym = rule.getAs<StringAttr>("ceil_div");
+        auto mul = rule.getAs<IntegerAttr>("mul");
+        auto by = rule.getAs<IntegerAttr>("by");
+        Value size = sym ? lookup(sym.getValue()) : Value();
+        if (!size || !mul || !by || by.getInt() <= 0)
+          return kernel.emitError() << "malformed size rule " << rule;
+        Value scaled = LLVM::MulOp::create(b, loc, size, constant(mul.getInt()));
+        dims.push_back(LLVM::UDivOp::create(
+            b, loc,
+            LLVM::AddOp::create(b, loc, scaled, constant(by.getInt() - 1)),
+            constant(by.getInt())));
       } else {
         dims.push_back(constant(cast<IntegerAttr>(dim).getInt()));
       }

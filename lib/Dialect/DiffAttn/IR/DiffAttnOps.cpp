@@ -34,7 +34,8 @@ struct LayoutDim {
 /// Every other dimension (heads, head dims) is a kernel specialisation and
 /// must be static.
 bool mayBeDynamic(StringRef symbol) {
-  return symbol == "B" || symbol == "Sq" || symbol == "Sk";
+  return symbol == "B" || symbol == "Sq" || symbol == "Sk" || symbol == "NB" ||
+         symbol == "MB";
 }
 
 std::string formatDim(const LayoutDim &dim) {
@@ -179,6 +180,52 @@ float defaultScale(int64_t headDim) {
 // V2Op
 //===----------------------------------------------------------------------===//
 
+/// The checks diffattn.v2 and diffattn.v2_paged share, after their own
+/// shape checks bound B, Sq, H, Hkv, D and Dv in `layout`: the head-count
+/// rules and the attributes.
+static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
+                                   FloatAttr scale, bool causal,
+                                   int64_t windowLeft, int64_t windowRight) {
+  // Head counts: both heads of every pair must read the same KV head.
+  int64_t queryHeads = 2 * layout.get("H");
+  int64_t kvHeads = layout.get("Hkv");
+  if (queryHeads % kvHeads != 0)
+    return op->emitOpError() << "'q' heads (2H = " << queryHeads
+                             << ") must be a multiple of 'k' heads (Hkv = "
+                             << kvHeads << ")";
+  if ((queryHeads / kvHeads) % 2 != 0)
+    return op->emitOpError()
+           << "group size G = 2H / Hkv = " << queryHeads << " / " << kvHeads
+           << " = " << queryHeads / kvHeads
+           << " must be even, so that both heads of a pair read the same KV "
+              "head";
+
+  // Attributes.
+  if (failed(verifyScale(op, scale)))
+    return failure();
+  for (auto [name, value] :
+       {std::pair<StringRef, int64_t>{"window_left", windowLeft},
+        {"window_right", windowRight}})
+    if (value < -1)
+      return op->emitOpError() << "attribute '" << name
+                               << "' must be -1 (unlimited) or >= 0, got "
+                               << value;
+  if (causal && windowRight > 0)
+    return op->emitOpError() << "attribute 'window_right' must be -1 or 0 "
+                                "with 'causal', got "
+                             << windowRight;
+  return success();
+}
+
+/// Checks an i32 operand (kv_len, block_table).
+static LogicalResult verifyI32(Operation *op, StringRef name, Value value) {
+  auto type = cast<RankedTensorType>(value.getType());
+  if (type.getElementType().isSignlessInteger(32))
+    return success();
+  return op->emitOpError() << "'" << name << "' must have element type i32, got "
+                           << type.getElementType();
+}
+
 LogicalResult V2Op::verify() {
   Operation *op = getOperation();
   auto q = getQ().getType();
@@ -191,12 +238,9 @@ LogicalResult V2Op::verify() {
   if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
       failed(verifyTOrF32(op, "lam", lam, q.getElementType())))
     return failure();
-  if (Value kvLen = getKvLen()) {
-    auto kvLenType = cast<RankedTensorType>(kvLen.getType());
-    if (!kvLenType.getElementType().isSignlessInteger(32))
-      return emitOpError() << "'kv_len' must have element type i32, got "
-                           << kvLenType.getElementType();
-  }
+  if (Value kvLen = getKvLen())
+    if (failed(verifyI32(op, "kv_len", kvLen)))
+      return failure();
 
   // Shapes: every named dimension agrees across operands.
   LayoutChecker layout(op);
@@ -211,34 +255,8 @@ LogicalResult V2Op::verify() {
       return failure();
   if (failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})))
     return failure();
-
-  // Head counts: both heads of every pair must read the same KV head.
-  int64_t queryHeads = 2 * layout.get("H");
-  int64_t kvHeads = layout.get("Hkv");
-  if (queryHeads % kvHeads != 0)
-    return emitOpError() << "'q' heads (2H = " << queryHeads
-                         << ") must be a multiple of 'k' heads (Hkv = "
-                         << kvHeads << ")";
-  if ((queryHeads / kvHeads) % 2 != 0)
-    return emitOpError() << "group size G = 2H / Hkv = " << queryHeads << " / "
-                         << kvHeads << " = " << queryHeads / kvHeads
-                         << " must be even, so that both heads of a pair read "
-                            "the same KV head";
-
-  // Attributes.
-  if (failed(verifyScale(op, getScaleAttr())))
-    return failure();
-  for (auto [name, value] :
-       {std::pair<StringRef, int64_t>{"window_left", getWindowLeftBound()},
-        {"window_right", getWindowRightBound()}})
-    if (value < -1)
-      return emitOpError() << "attribute '" << name
-                           << "' must be -1 (unlimited) or >= 0, got " << value;
-  if (getCausal() && getWindowRightBound() > 0)
-    return emitOpError() << "attribute 'window_right' must be -1 or 0 with "
-                            "'causal', got "
-                         << getWindowRightBound();
-  return success();
+  return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
+                       getWindowLeftBound(), getWindowRightBound());
 }
 
 float V2Op::getScaleOrDefault() {
@@ -252,6 +270,68 @@ int64_t V2Op::getNumKvHeads() { return getK().getType().getDimSize(2); }
 int64_t V2Op::getGroupSize() { return 2 * getNumPairs() / getNumKvHeads(); }
 int64_t V2Op::getHeadDim() { return getQ().getType().getDimSize(3); }
 int64_t V2Op::getValueDim() { return getV().getType().getDimSize(3); }
+
+//===----------------------------------------------------------------------===//
+// V2PagedOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult V2PagedOp::verify() {
+  Operation *op = getOperation();
+  auto q = getQ().getType();
+  auto k = getKCache().getType();
+  auto v = getVCache().getType();
+  auto lam = getLam().getType();
+  auto out = getOut().getType();
+
+  // Structure: element types.
+  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
+      failed(verifyTOrF32(op, "lam", lam, q.getElementType())) ||
+      failed(verifyI32(op, "kv_len", getKvLen())) ||
+      failed(verifyI32(op, "block_table", getBlockTable())))
+    return failure();
+  // Shapes.
+  LayoutChecker layout(op);
+  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
+      failed(layout.check("k_cache", k, {{"NB"}, {"BS"}, {"Hkv"}, {"D"}})) ||
+      failed(layout.check("v_cache", v, {{"NB"}, {"BS"}, {"Hkv"}, {"Dv"}})) ||
+      failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})) ||
+      failed(layout.check("kv_len",
+                          cast<RankedTensorType>(getKvLen().getType()),
+                          {{"B"}})) ||
+      failed(layout.check("block_table",
+                          cast<RankedTensorType>(getBlockTable().getType()),
+                          {{"B"}, {"MB"}})) ||
+      failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})))
+    return failure();
+  int64_t blockSize = layout.get("BS");
+  if (blockSize % 16 != 0)
+    return emitOpError() << "'k_cache' block size (dimension 1, BS) must be a "
+                            "multiple of 16, got "
+                         << blockSize;
+  return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
+                       getWindowLeftBound(), getWindowRightBound());
+}
+
+float V2PagedOp::getScaleOrDefault() {
+  if (FloatAttr scale = getScaleAttr())
+    return static_cast<float>(scale.getValueAsDouble());
+  return defaultScale(getHeadDim());
+}
+
+int64_t V2PagedOp::getNumPairs() { return getQ().getType().getDimSize(2) / 2; }
+int64_t V2PagedOp::getNumKvHeads() {
+  return getKCache().getType().getDimSize(2);
+}
+int64_t V2PagedOp::getGroupSize() {
+  return 2 * getNumPairs() / getNumKvHeads();
+}
+int64_t V2PagedOp::getHeadDim() { return getQ().getType().getDimSize(3); }
+int64_t V2PagedOp::getValueDim() {
+  return getVCache().getType().getDimSize(3);
+}
+int64_t V2PagedOp::getBlockSize() {
+  return getKCache().getType().getDimSize(1);
+}
 
 //===----------------------------------------------------------------------===//
 // V1Op

@@ -30,6 +30,10 @@ using namespace mlir::diffattn::lowering;
 
 LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                   Operation *op) {
+  FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
+  if (failed(unpaged))
+    return failure();
+  op = *unpaged;
   AttentionConfig config = AttentionConfig::get(op);
   Location loc = op->getLoc();
   MLIRContext *ctx = op->getContext();

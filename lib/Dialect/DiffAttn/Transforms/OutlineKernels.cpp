@@ -54,18 +54,25 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
   if (c.causal)
     os << "_causal";
   if (isV2) {
-    auto v2 = cast<V2Op>(op);
-    if (v2.getWindowLeftBound() >= 0)
-      os << "_wl" << v2.getWindowLeftBound();
-    if (v2.getWindowRightBound() >= 0)
-      os << "_wr" << v2.getWindowRightBound();
-    Type lamType = v2.getLam().getType().getElementType();
-    if (lamType != c.elementType)
-      os << "_lam" << typeName(lamType);
-    if (c.hasKvLen)
-      os << "_kvlen";
-    if (v2.getScaleAttr())
-      os << "_s" << floatBits(c.scale);
+    auto nameV2 = [&](auto v2) {
+      if (v2.getWindowLeftBound() >= 0)
+        os << "_wl" << v2.getWindowLeftBound();
+      if (v2.getWindowRightBound() >= 0)
+        os << "_wr" << v2.getWindowRightBound();
+      Type lamType = v2.getLam().getType().getElementType();
+      if (lamType != c.elementType)
+        os << "_lam" << typeName(lamType);
+      if (c.hasKvLen)
+        os << "_kvlen";
+      if (c.isPaged())
+        os << "_paged" << c.pagedBlockSize;
+      if (v2.getScaleAttr())
+        os << "_s" << floatBits(c.scale);
+    };
+    if (auto v2 = dyn_cast<V2Op>(op))
+      nameV2(v2);
+    else
+      nameV2(cast<V2PagedOp>(op));
   } else {
     auto v1 = cast<V1Op>(op);
     os << "_li" << floatBits(c.lambdaInit) << "_eps" << floatBits(c.eps);
@@ -86,14 +93,25 @@ SmallVector<SmallVector<Attribute>> argumentShapes(Operation *op,
   auto sym = [&](StringRef s) -> Attribute { return b.getStringAttr(s); };
   auto num = [&](int64_t n) -> Attribute { return b.getI64IntegerAttr(n); };
   int64_t queryHeads = 2 * c.numPairs;
+  // A paged cache: the pool's blocks, and Sk = MB * BS keys of logical
+  // cache per sequence (the block table's width is ceil(Sk / BS)).
+  Attribute cacheRows = c.isPaged() ? sym("num_blocks") : sym("B");
+  Attribute cacheKeys = c.isPaged() ? num(c.pagedBlockSize) : sym("Sk");
   SmallVector<SmallVector<Attribute>> shapes = {
       {sym("B"), sym("Sq"), num(queryHeads), num(c.headDim)},
-      {sym("B"), sym("Sk"), num(c.numKeyHeads), num(c.headDim)},
-      {sym("B"), sym("Sk"), num(c.numValueHeads), num(c.valueDim)}};
+      {cacheRows, cacheKeys, num(c.numKeyHeads), num(c.headDim)},
+      {cacheRows, cacheKeys, num(c.numValueHeads), num(c.valueDim)}};
   if (c.kind == AttentionConfig::Kind::V2) {
     shapes.push_back({sym("B"), sym("Sq"), num(c.numPairs)});
     if (c.hasKvLen)
       shapes.push_back({sym("B")});
+    if (c.isPaged())
+      shapes.push_back(
+          {sym("B"),
+           b.getDictionaryAttr(
+               {b.getNamedAttr("ceil_div", b.getStringAttr("Sk")),
+                b.getNamedAttr("mul", b.getI64IntegerAttr(1)),
+                b.getNamedAttr("by", b.getI64IntegerAttr(c.pagedBlockSize))})});
   } else {
     shapes.push_back({});
     shapes.push_back({num(c.valueDim)});
@@ -106,9 +124,8 @@ RankedTensorType kernelType(RankedTensorType type,
                             ArrayRef<Attribute> shape) {
   SmallVector<int64_t> dims;
   for (Attribute dim : shape)
-    dims.push_back(isa<StringAttr>(dim)
-                       ? ShapedType::kDynamic
-                       : cast<IntegerAttr>(dim).getInt());
+    dims.push_back(isa<IntegerAttr>(dim) ? cast<IntegerAttr>(dim).getInt()
+                                         : ShapedType::kDynamic);
   return RankedTensorType::get(dims, type.getElementType());
 }
 
@@ -128,15 +145,23 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
       b.getNamedAttr("causal", b.getBoolAttr(c.causal)),
       b.getNamedAttr("scale", b.getF32FloatAttr(c.scale))};
   if (isV2) {
-    auto v2 = cast<V2Op>(op);
+    // The attributes as written (causal is not folded into window_right).
+    auto bound = [&](StringRef attr) -> int64_t {
+      auto value = op->getAttrOfType<IntegerAttr>(attr);
+      return value ? value.getInt() : -1;
+    };
     params.push_back(b.getNamedAttr(
-        "window_left", b.getI64IntegerAttr(v2.getWindowLeftBound())));
+        "window_left", b.getI64IntegerAttr(bound("window_left"))));
     params.push_back(b.getNamedAttr(
-        "window_right", b.getI64IntegerAttr(v2.getWindowRightBound())));
+        "window_right", b.getI64IntegerAttr(bound("window_right"))));
     params.push_back(b.getNamedAttr(
-        "group_size", b.getI64IntegerAttr(v2.getGroupSize())));
+        "group_size",
+        b.getI64IntegerAttr(2 * c.numPairs / c.numKeyHeads)));
     params.push_back(
         b.getNamedAttr("kv_len", b.getBoolAttr(c.hasKvLen)));
+    if (c.isPaged())
+      params.push_back(b.getNamedAttr(
+          "paged_block_size", b.getI64IntegerAttr(c.pagedBlockSize)));
   } else {
     params.push_back(
         b.getNamedAttr("lambda_init", b.getF32FloatAttr(c.lambdaInit)));
@@ -146,6 +171,8 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
   SmallVector<StringRef> names = {"q", "k", "v", "lam"};
   if (isV2 && c.hasKvLen)
     names.push_back("kv_len");
+  if (c.isPaged())
+    names.push_back("block_table");
   if (!isV2)
     names.push_back("norm_weight");
   names.push_back("out");
@@ -163,7 +190,11 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
          b.getNamedAttr("dtype", b.getStringAttr(typeName(elem))),
          b.getNamedAttr("shape", b.getArrayAttr(shapes[index]))}));
   }
-  for (StringRef dim : {"B", "Sq", "Sk"})
+  SmallVector<StringRef> sizes = {"B", "Sq", "Sk"};
+  // The pool's size, bound from the cache buffers at launch.
+  if (c.isPaged())
+    sizes.push_back("num_blocks");
+  for (StringRef dim : sizes)
     args.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("name", b.getStringAttr(dim)),
          b.getNamedAttr("role", b.getStringAttr("size")),

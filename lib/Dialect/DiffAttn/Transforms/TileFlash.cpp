@@ -459,6 +459,10 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
   if (sizes.blockQ <= 0 || sizes.blockK <= 0)
     return op->emitOpError() << "block sizes must be positive, got block-q = "
                              << sizes.blockQ << ", block-k = " << sizes.blockK;
+  FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
+  if (failed(unpaged))
+    return failure();
+  op = *unpaged;
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
   Value result = FlashTiler(rewriter, op, sizes).build();

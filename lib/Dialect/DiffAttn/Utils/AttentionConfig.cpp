@@ -14,7 +14,7 @@ using namespace mlir::diffattn;
 
 AttentionConfig AttentionConfig::get(Operation *op) {
   AttentionConfig config;
-  if (auto v2 = dyn_cast<V2Op>(op)) {
+  auto readV2 = [&](auto v2) {
     config.kind = Kind::V2;
     config.numPairs = v2.getNumPairs();
     config.numKeyHeads = config.numValueHeads = v2.getNumKvHeads();
@@ -25,7 +25,14 @@ AttentionConfig AttentionConfig::get(Operation *op) {
     config.causal = v2.getCausal();
     config.windowLeft = v2.getWindowLeftBound();
     config.windowRight = v2.getWindowRightBound();
+  };
+  if (auto v2 = dyn_cast<V2Op>(op)) {
+    readV2(v2);
     config.hasKvLen = v2.isDecode();
+  } else if (auto paged = dyn_cast<V2PagedOp>(op)) {
+    readV2(paged);
+    config.hasKvLen = true;
+    config.pagedBlockSize = paged.getBlockSize();
   } else {
     auto v1 = cast<V1Op>(op);
     config.kind = Kind::V1;
@@ -67,7 +74,7 @@ AffineExpr AttentionConfig::valueHead(AffineExpr j) const {
 SmallVector<Operation *> mlir::diffattn::collectDiffAttnOps(Operation *root) {
   SmallVector<Operation *> ops;
   root->walk([&](Operation *op) {
-    if (isa<V2Op, V1Op>(op))
+    if (isa<V2Op, V2PagedOp, V1Op>(op))
       ops.push_back(op);
   });
   return ops;

@@ -105,3 +105,20 @@ func.func @v1_generic_input(%q: tensor<?x?x4x16xbf16>, %k: tensor<?x?x4x16xbf16>
       -> tensor<?x?x2x32xbf16>
   return %o : tensor<?x?x2x32xbf16>
 }
+
+// -----
+
+// A paged KV cache: dynamic pool and table sizes, block size 16.
+// CHECK-LABEL: func.func @v2_paged
+// CHECK: diffattn.v2_paged %arg0, %arg1, %arg2, %arg3 kv_len(%arg4) block_table(%arg5) {causal} : (tensor<?x1x8x64xbf16>, tensor<?x16x2x64xbf16>, tensor<?x16x2x64xbf16>, tensor<?x1x4xbf16>, tensor<?xi32>, tensor<?x?xi32>) -> tensor<?x1x4x64xbf16>
+// GENERIC-LABEL: sym_name = "v2_paged"
+// GENERIC: "diffattn.v2_paged"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, window_left = -1 : i64, window_right = -1 : i64}>
+func.func @v2_paged(%q: tensor<?x1x8x64xbf16>, %k: tensor<?x16x2x64xbf16>,
+                    %v: tensor<?x16x2x64xbf16>, %lam: tensor<?x1x4xbf16>,
+                    %len: tensor<?xi32>, %bt: tensor<?x?xi32>)
+    -> tensor<?x1x4x64xbf16> {
+  %o = diffattn.v2_paged %q, %k, %v, %lam kv_len(%len) block_table(%bt) {causal}
+      : (tensor<?x1x8x64xbf16>, tensor<?x16x2x64xbf16>, tensor<?x16x2x64xbf16>, tensor<?x1x4xbf16>, tensor<?xi32>, tensor<?x?xi32>)
+      -> tensor<?x1x4x64xbf16>
+  return %o : tensor<?x1x4x64xbf16>
+}

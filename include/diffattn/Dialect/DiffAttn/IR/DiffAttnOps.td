@@ -110,6 +110,85 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// V2 on a paged KV cache
+//===----------------------------------------------------------------------===//
+
+def DiffAttn_V2PagedOp : DiffAttn_Op<"v2_paged", [Pure]> {
+  let summary = "Differential attention V2 against a paged KV cache";
+  let description = [{
+    `diffattn.v2` in its decode form (`kv_len`), with K and V kept in a pool
+    of fixed-size blocks as serving engines keep them (vLLM,
+    `flash_attn_with_kvcache`'s `block_table`):
+
+    | operand       | shape                        | element type |
+    | ------------- | ---------------------------- | ------------ |
+    | `q`           | [B, Sq, 2H, D]               | T            |
+    | `k_cache`     | [NB, BS, Hkv, D]             | T            |
+    | `v_cache`     | [NB, BS, Hkv, Dv]            | T            |
+    | `lam`         | [B, Sq, H]                   | T or f32     |
+    | `kv_len`      | [B]                          | i32          |
+    | `block_table` | [B, MB]                      | i32          |
+    | result        | [B, Sq, H, Dv]               | T            |
+
+    Key `t` of sequence `b` is row `t % BS` of block `block_table[b, t / BS]`
+    of the pool: the op computes `diffattn.v2` on the logical cache
+    `k[b, t] = k_cache[block_table[b, t / BS], t % BS]` (likewise v) of
+    `Sk = MB * BS` keys with `kv_len` (the causal alignment uses
+    `kv_len[b]`, keys `t >= kv_len[b]` are ignored and never read: block
+    table entries past a sequence's last block may hold any value). The
+    block size `BS` is static and a multiple of 16; the pool size `NB`, the
+    table width `MB`, B and Sq may be dynamic. `0 <= kv_len[b] <= MB * BS`
+    and `0 <= block_table[b, t / BS] < NB` for every `t < kv_len[b]` are
+    checked at run time. Attributes as for `diffattn.v2`.
+
+    Example:
+
+    ```mlir
+    %o = diffattn.v2_paged %q, %kc, %vc, %lam kv_len(%len) block_table(%bt)
+        {causal} : (tensor<2x1x8x64xbf16>, tensor<?x16x2x64xbf16>,
+                    tensor<?x16x2x64xbf16>, tensor<2x1x4xbf16>,
+                    tensor<2xi32>, tensor<2x?xi32>) -> tensor<2x1x4x64xbf16>
+    ```
+  }];
+
+  let arguments = (ins
+    AnyRankedTensor:$q,
+    AnyRankedTensor:$k_cache,
+    AnyRankedTensor:$v_cache,
+    AnyRankedTensor:$lam,
+    AnyRankedTensor:$kv_len,
+    AnyRankedTensor:$block_table,
+    UnitAttr:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    DefaultValuedAttr<I64Attr, "-1">:$window_left,
+    DefaultValuedAttr<I64Attr, "-1">:$window_right
+  );
+  let results = (outs AnyRankedTensor:$out);
+
+  let assemblyFormat = [{
+    $q `,` $k_cache `,` $v_cache `,` $lam `kv_len` `(` $kv_len `)`
+    `block_table` `(` $block_table `)` attr-dict `:`
+    functional-type(operands, results)
+  }];
+
+  let extraClassDeclaration = [{
+    /// The softmax scale: the `scale` attribute, or 1/sqrt(D) when absent.
+    float getScaleOrDefault();
+    int64_t getNumPairs();
+    int64_t getNumKvHeads();
+    int64_t getGroupSize();
+    int64_t getHeadDim();
+    int64_t getValueDim();
+    /// Keys per block of the pool (BS).
+    int64_t getBlockSize();
+    int64_t getWindowLeftBound() { return getWindowLeftAttr().getInt(); }
+    int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }
+  }];
+
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // V1
 //===----------------------------------------------------------------------===//
 

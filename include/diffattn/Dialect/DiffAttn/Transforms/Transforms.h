@@ -28,6 +28,12 @@ Value getResultDestination(Operation *op);
 /// drops the then redundant materialization.
 void replaceWithResult(RewriterBase &rewriter, Operation *op, Value result);
 
+/// Replaces a diffattn.v2_paged `op` with diffattn.v2 on its logical cache,
+/// gathered from the block pool (keys past kv_len read nothing and are 0);
+/// returns the new op, or `op` itself for any other op.
+FailureOr<Operation *> materializePagedKVCache(RewriterBase &rewriter,
+                                               Operation *op);
+
 /// Replaces `op` (diffattn.v2 / diffattn.v1) with untiled linalg on tensors.
 LogicalResult decomposeDiffAttnOp(RewriterBase &rewriter, Operation *op);
 

@@ -38,6 +38,10 @@ struct AttentionConfig {
   int64_t windowLeft;
   int64_t windowRight;
   bool hasKvLen;
+  /// diffattn.v2_paged: keys per block of the pool (BS); 0 for a contiguous
+  /// cache.
+  int64_t pagedBlockSize = 0;
+  bool isPaged() const { return pagedBlockSize > 0; }
   /// V1 only.
   float lambdaInit = 0.0f;
   float eps = 0.0f;
@@ -53,7 +57,8 @@ struct AttentionConfig {
   bool isUnmasked() const { return windowLeft < 0 && windowRight < 0; }
 };
 
-/// Every diffattn.v2 / diffattn.v1 nested in `root`, in walk order.
+/// Every diffattn.v2 / diffattn.v2_paged / diffattn.v1 nested in `root`, in
+/// walk order.
 SmallVector<Operation *> collectDiffAttnOps(Operation *root);
 
 /// The name of the attribute that marks an outlined kernel function and
