@@ -76,6 +76,12 @@ BENCH_PAGED_DECODE = [
     (32, 8192, 256),
 ]
 
+# Packed variable-length prefill (diffattn.v2_varlen), 2H = 32, Hkv = 8,
+# D = 128, bf16: the masks the GPU tests use, and the prefill shapes whose
+# FLOP rate the timing compares with the equal-length batched kernel.
+VARLEN_CAUSAL = (True, False)
+BENCH_VARLEN = [(4, 4096, True), (4, 4096, False)]
+
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,
 # kv_len).
 SANITIZE_CASES = [
@@ -124,6 +130,11 @@ def all_kernel_requests():
             reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                              lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
                              window=(-1, -1), kv_len_shape=None))
+    for causal in VARLEN_CAUSAL:
+        reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),
+                         v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
+                         cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
+                         max_seqlen_k=8, causal=causal, window=(-1, -1)))
     for bs in PAGED_BLOCK_SIZES:
         reqs.append(dict(q_shape=(1, 1, 32, 128), k_shape=(4, bs, 8, 128),
                          v_shape=(4, bs, 8, 128), lam_shape=(1, 1, 16), elem="bf16",

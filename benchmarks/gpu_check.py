@@ -282,6 +282,17 @@ def bench(results, prefill=True):
                 row[f"ratio_vs_{name}"] = ms / ours
             except Exception as e:  # a backend missing on this build
                 row[f"{name}_error"] = str(e).splitlines()[0][:200]
+        if (b, s, causal) in gpu_cases.BENCH_VARLEN and (h2, hkv, d) == (32, 8, 128):
+            # The same tokens packed as b sequences of s (diffattn.v2_varlen).
+            cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device="cuda")
+            qp, kp, vp, lp = (t.reshape((b * s,) + tuple(t.shape[2:])) for t in (q, k, v, lam))
+            packed = diffattn.v2_varlen(qp, kp, vp, lp, cu, cu, s, s, causal=causal)
+            ms = bench_fn(lambda: torch.ops.diffattn.v2_varlen(qp, kp, vp, lp, cu, cu, s, s,
+                                                               causal, None, -1, -1))
+            row["varlen"] = dict(ms=ms, tflops=flops / ms / 1e9, vs_batched=ours / ms,
+                                 rel_l2_vs_batched=rel_l2(packed.reshape(mine.shape), mine))
+            print(f"    varlen (packed, {b} x {s}): {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), "
+                  f"{ours / ms:.3f}x the batched kernel", flush=True)
         for vd, options in gpu_cases.BENCH_VARIANTS:
             if vd != d:
                 continue
@@ -397,6 +408,14 @@ def sanitize_case():
     out = diffattn.v2(q, kc, vc, lam, causal=True, kv_len=kl, block_table=table)
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
+    # A packed variable-length launch (an empty sequence among them).
+    cu = torch.tensor([0, 3, 73, 73], dtype=torch.int32, device="cuda")
+    q = torch.randn(75, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(75, 8, 128, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(75, 16, device="cuda", dtype=torch.bfloat16)
+    out = diffattn.v2_varlen(q, k, k, lam, cu, cu, 70, 70, causal=True)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out[:73]).all()
     print("sanitize case done")
 
 

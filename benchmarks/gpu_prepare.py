@@ -29,7 +29,9 @@ def main():
     seen = set()
     t0 = time.time()
     for req in gpu_cases.all_kernel_requests():
-        directory, _, _ = _gpu.prepare_v2(**req, target=args.target)
+        req = dict(req)
+        prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
+        directory, _, _ = prepare(**req, target=args.target)
         seen.add(directory)
     print(f"{len(seen)} kernel directories in {args.cache} ({time.time() - t0:.1f} s)")
 

@@ -52,6 +52,8 @@ def gpu_case_inputs(work):
     for i, req in enumerate(gpu_cases.all_kernel_requests()):
         req = dict(req)
         options = tuple(req.pop("options", ()))
+        if req.pop("varlen", False) or req.get("block_table_shape"):
+            continue  # ops added after the refactoring this script checked
         _, text, _, _ = _ops.v2_request(
             req["q_shape"], req["k_shape"], req["v_shape"], req["lam_shape"], req["elem"],
             req["lam_elem"], causal=req["causal"], scale=req.get("scale"),

@@ -75,6 +75,31 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
                    kv_len=kv_len, out=out, block_table=block_table)
 
 
+def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+              causal=False, scale=None, window=(-1, -1), out=None):
+    """Differential attention V2 on packed variable-length sequences, as
+    ``flash_attn_varlen_func`` takes them: q [Tq, 2H, D], k/v [Tk, Hkv, D],
+    lam [Tq, H], ``cu_seqlens_q``/``_k`` [B + 1] int32 offsets (start at 0,
+    non-decreasing), ``max_seqlen_q``/``_k`` ints at least every sequence's
+    length. Sequence b attends q[cu_q[b]:cu_q[b+1]] to k[cu_k[b]:cu_k[b+1]]
+    (masks aligned per sequence). Returns [Tq, H, Dv]. numpy arrays run on
+    the CPU (bad offsets are a ValueError), CUDA tensors on the GPU (a
+    device-side assertion)."""
+    if _is_torch(q):
+        from . import _torch
+
+        return _torch.v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                max_seqlen_k, causal=causal, scale=scale, window=window,
+                                out=out)
+    if not _is_numpy(q):
+        raise TypeError(f"q: expected a numpy.ndarray (CPU) or a CUDA torch.Tensor (GPU), "
+                        f"got {type(q).__name__}")
+    from . import _cpu
+
+    return _cpu.v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          causal=causal, scale=scale, window=window, out=out)
+
+
 def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None):
     """Differential attention V1 (see SPEC.md): numpy arrays run on the CPU."""
     if not _is_numpy(q):
@@ -92,4 +117,4 @@ if "torch" in sys.modules:  # make torch.ops.diffattn.v2 available right away
     except Exception:  # torch without torch.library custom ops: registered on first use
         pass
 
-__all__ = ["v1", "v2", "reference", "CompileError", "__version__"]
+__all__ = ["v1", "v2", "v2_varlen", "reference", "CompileError", "__version__"]

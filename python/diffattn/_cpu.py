@@ -78,11 +78,11 @@ def load_kernels(directory):
 
 def _dim(d, dims):
     """A manifest shape dimension: a size, a size symbol, or the rule
-    {ceil_div: symbol, mul: m, by: n} = ceil(m * symbol / n)."""
+    {ceil_div: symbol, mul: m, by: n[, add: a]} = ceil(m * symbol / n) + a."""
     if isinstance(d, str):
         return dims[d]
     if isinstance(d, dict):
-        return (d["mul"] * dims[d["ceil_div"]] + d["by"] - 1) // d["by"]
+        return (d["mul"] * dims[d["ceil_div"]] + d["by"] - 1) // d["by"] + d.get("add", 0)
     return d
 
 
@@ -162,6 +162,36 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     if block_table is not None:
         buffers.append(("block_table", block_table))
     buffers.append(("out", out))
+    _run("v2", params, text, buffers, sizes, lowering)
+    return out
+
+
+def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+              causal=False, scale=None, window=(-1, -1), out=None, lowering="flash"):
+    """diffattn.v2_varlen on numpy arrays (see diffattn.v2_varlen)."""
+    q = _check_array("q", q, 3, "[Tq, 2H, D]")
+    k = _check_array("k", k, 3, "[Tk, Hkv, D]")
+    v = _check_array("v", v, 3, "[Tk, Hkv, Dv]")
+    lam = _check_array("lam", lam, 2, "[Tq, H]")
+    dtype = q.dtype
+    _check_same_dtype("k", k, dtype)
+    _check_same_dtype("v", v, dtype)
+    _check_same_dtype("lam", lam, dtype, allow_f32=True)
+    for name, arr in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.int32 or arr.ndim != 1:
+            raise TypeError(f"{name}: expected a 1-D int32 numpy array, got "
+                            f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                            f"{getattr(arr, 'shape', '')}")
+    params, text, out_shape, sizes = _ops.v2_varlen_request(
+        q.shape, k.shape, v.shape, lam.shape, cu_seqlens_q.shape, cu_seqlens_k.shape,
+        _DTYPES[dtype], _DTYPES[lam.dtype], max_seqlen_q, max_seqlen_k, causal=causal,
+        scale=scale, window=window)
+    _ops.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+    _ops.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    out = _check_out(out, out_shape, dtype)
+    buffers = [("q", q), ("k", k), ("v", v), ("lam", lam),
+               ("cu_seqlens_q", np.ascontiguousarray(cu_seqlens_q)),
+               ("cu_seqlens_k", np.ascontiguousarray(cu_seqlens_k)), ("out", out)]
     _run("v2", params, text, buffers, sizes, lowering)
     return out
 

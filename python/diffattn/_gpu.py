@@ -65,6 +65,22 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     return directory, out_shape, sizes[:3]
 
 
+def prepare_v2_varlen(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_shape, elem,
+                      lam_elem, max_seqlen_q, max_seqlen_k, *, causal=False, scale=None,
+                      window=(-1, -1), target="sm_90", options=()):
+    """prepare_v2 for packed sequences (diffattn.v2_varlen); the sizes are
+    (B, max_seqlen_q, max_seqlen_k), the packed lengths come from the
+    buffers."""
+    if elem not in ("bf16", "f16"):
+        raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
+    check_gpu_config((1,) + tuple(q_shape), (1,) + tuple(v_shape))
+    params, text, out_shape, sizes = _ops.v2_varlen_request(
+        q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_shape, elem, lam_elem,
+        max_seqlen_q, max_seqlen_k, causal=causal, scale=scale, window=window)
+    directory = _compiler.ensure_compiled("v2", params, target, text, tuple(options))
+    return directory, out_shape, sizes[:3]
+
+
 def workspace_elements(directory, sizes):
     """f32 elements of the scratch buffer the kernel needs (0: none)."""
     handle, names = load_module(directory)

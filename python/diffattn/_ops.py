@@ -179,3 +179,80 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
                          out_shape, elem)
     sizes = (b, sq, sk, k_shape[0]) if paged else (b, sq, sk)
     return params, text, out_shape, sizes
+
+
+def check_cu_seqlens(name, cu, total, max_seqlen):
+    """cu_seqlens ([B + 1] ints) must start at 0, be non-decreasing, end at
+    most at `total` and hold no sequence longer than `max_seqlen`; raises
+    ValueError naming `name`."""
+    import numpy as np
+
+    cu = np.asarray(cu)
+    if cu.ndim != 1 or cu.shape[0] < 1:
+        raise ValueError(f"{name}: expected [B + 1] offsets, got shape {cu.shape}")
+    if cu[0] != 0:
+        raise ValueError(f"{name}: must start at 0, got {int(cu[0])}")
+    lengths = np.diff(cu.astype(np.int64))
+    if np.any(lengths < 0):
+        i = int(np.argmax(lengths < 0))
+        raise ValueError(f"{name}: must be non-decreasing, got {int(cu[i])} then {int(cu[i + 1])}")
+    if cu[-1] > total:
+        raise ValueError(f"{name}: ends at {int(cu[-1])}, past the {total} packed tokens")
+    if lengths.size and lengths.max() > max_seqlen:
+        raise ValueError(f"{name}: a sequence of {int(lengths.max())} tokens is longer than "
+                         f"max_seqlen = {max_seqlen}")
+
+
+def v2_varlen_request(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_shape, elem,
+                      lam_elem, max_seqlen_q, max_seqlen_k, *, causal, scale, window):
+    """Checks a diffattn.v2_varlen call (packed q [Tq, 2H, D], k/v [Tk, Hkv,
+    D/Dv], lam [Tq, H], cu_seqlens [B + 1]); returns (params, mlir_text,
+    out_shape, sizes), sizes being (B, max_seqlen_q, max_seqlen_k, Tq, Tk)."""
+    _check_rank("q", q_shape, 3, "[Tq, 2H, D]")
+    _check_rank("k", k_shape, 3, "[Tk, Hkv, D]")
+    _check_rank("v", v_shape, 3, "[Tk, Hkv, Dv]")
+    _check_rank("lam", lam_shape, 2, "[Tq, H]")
+    _check_rank("cu_seqlens_q", cu_q_shape, 1, "[B + 1]")
+    _check_rank("cu_seqlens_k", cu_k_shape, 1, "[B + 1]")
+    tq, h2, d = q_shape
+    tk, hkv, dv = k_shape[0], k_shape[1], v_shape[2]
+    if h2 == 0 or h2 % 2:
+        raise ValueError(f"q: the number of query heads (2H = {h2}) must be even and positive")
+    h = h2 // 2
+    _check_dim("k", k_shape, 2, d, "D")
+    _check_dim("v", v_shape, 0, tk, "Tk")
+    _check_dim("v", v_shape, 1, hkv, "Hkv")
+    if hkv == 0 or h2 % hkv or (h2 // hkv) % 2:
+        raise ValueError(f"k: Hkv = {hkv} KV heads must divide 2H = {h2} query heads with an "
+                         f"even group size G = 2H / Hkv")
+    if tuple(lam_shape) != (tq, h):
+        raise ValueError(f"lam: expected shape {(tq, h)} [Tq, H], got {tuple(lam_shape)}")
+    if cu_q_shape[0] < 1 or tuple(cu_k_shape) != tuple(cu_q_shape):
+        raise ValueError(f"cu_seqlens_k: expected shape {tuple(cu_q_shape)} (as cu_seqlens_q), "
+                         f"got {tuple(cu_k_shape)}")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    scale = check_scale(scale)
+    left, right = check_window(window, causal)
+    params = {"element_type": elem, "lam_type": lam_elem, "query_heads": h2, "kv_heads": hkv,
+              "head_dim": d, "value_dim": dv, "causal": bool(causal),
+              "scale": None if scale is None else hex_f32(scale),
+              "window": [left, right], "varlen": True}
+    attrs = []
+    if causal:
+        attrs.append("causal")
+    if scale is not None:
+        attrs.append(f"scale = {hex_f32(scale)} : f32")
+    if left != -1:
+        attrs.append(f"window_left = {left} : i64")
+    if right != -1:
+        attrs.append(f"window_right = {right} : i64")
+    operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
+                ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem)),
+                ("cu_seqlens_q", tensor_type(cu_q_shape, "i32")),
+                ("cu_seqlens_k", tensor_type(cu_k_shape, "i32"))]
+    out_shape = (tq, h, dv)
+    text = one_op_module("diffattn.v2_varlen", operands, attrs, out_shape, elem)
+    sizes = (cu_q_shape[0] - 1, max_seqlen_q, max_seqlen_k, tq, tk)
+    return params, text, out_shape, sizes

@@ -128,3 +128,58 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         return torch.ops.diffattn.v2_paged(q, k, v, lam, kv_len, block_table, causal, scale,
                                            left, right)
     return torch.ops.diffattn.v2(q, k, v, lam, kv_len, causal, scale, left, right)
+
+
+def _run_varlen(q, k, v, lam, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
+                window_right, out=None):
+    _validate(q, k, v, lam, None)
+    for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+        _check_tensor(name, t, (torch.int32,))
+        if t.device != q.device:
+            raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+    directory, out_shape, sizes = _gpu.prepare_v2_varlen(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), tuple(cu_q.shape),
+        tuple(cu_k.shape), _ELEM[q.dtype], _ELEM[lam.dtype], max_q, max_k, causal=causal,
+        scale=scale, window=(window_left, window_right), target=_target_of(q.device.index))
+    if out is None:
+        out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    else:
+        _check_tensor("out", out, (q.dtype,))
+        if tuple(out.shape) != tuple(out_shape):
+            raise ValueError(f"out: expected shape {tuple(out_shape)}, got {tuple(out.shape)}")
+    named = [("q", _ELEM[q.dtype], q), ("k", _ELEM[k.dtype], k), ("v", _ELEM[v.dtype], v),
+             ("lam", _ELEM[lam.dtype], lam), ("cu_seqlens_q", "i32", cu_q),
+             ("cu_seqlens_k", "i32", cu_k), ("out", _ELEM[out.dtype], out)]
+    buffers = [(n, e, tuple(t.shape), t.data_ptr()) for n, e, t in named]
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    with torch.cuda.device(q.device):
+        _gpu.launch_v2(directory, buffers, sizes, stream)
+    return out
+
+
+@torch.library.custom_op("diffattn::v2_varlen", mutates_args=())
+def v2_varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+                 cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+                 max_seqlen_k: int, causal: bool, scale: Optional[float], window_left: int,
+                 window_right: int) -> torch.Tensor:
+    """diffattn.v2 on packed variable-length sequences: q [Tq, 2H, D],
+    k/v [Tk, Hkv, D], lam [Tq, H], cu_seqlens [B + 1] int32 (see
+    diffattn.v2_varlen). Rows past cu_seqlens_q[B] are left as allocated."""
+    return _run_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                       causal, scale, window_left, window_right)
+
+
+@v2_varlen_op.register_fake
+def _v2_varlen_fake(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                    causal, scale, window_left, window_right):
+    return q.new_empty((q.shape[0], q.shape[1] // 2, v.shape[2]))
+
+
+def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+              causal=False, scale=None, window=(-1, -1), out=None):
+    left, right = window
+    if out is not None:
+        return _run_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                           max_seqlen_k, causal, scale, left, right, out=out)
+    return torch.ops.diffattn.v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k,
+                                        max_seqlen_q, max_seqlen_k, causal, scale, left, right)

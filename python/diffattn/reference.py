@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-__all__ = ["v2", "v1"]
+__all__ = ["v2", "v2_varlen", "v1"]
 
 
 # --------------------------------------------------------------------------
@@ -243,6 +243,36 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
                    kv_len=kv_len)                         # [B, Sq, 2H, Dv]
     a = a.reshape(b, sq, h, 2, v.shape[-1])
     return a[:, :, :, 0, :] - _sigmoid(lam)[..., None] * a[:, :, :, 1, :]
+
+
+def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
+              max_seqlen_k=None, *, causal=False, scale=None, window=(-1, -1)):
+    """Differential attention V2 on packed variable-length sequences
+    (float64 reference, flash_attn_varlen_func's layout): q [Tq, 2H, D],
+    k/v [Tk, Hkv, D/Dv], lam [Tq, H], cu_seqlens [B + 1]; sequence b is
+    v2 on q[cu_q[b]:cu_q[b+1]] against k[cu_k[b]:cu_k[b+1]] (masks aligned
+    per sequence). Returns [Tq, H, Dv]; rows past cu_seqlens_q[B] are 0."""
+    q = _as_f64("q", q, 3, "[Tq, 2H, D]")
+    k = _as_f64("k", k, 3, "[Tk, Hkv, D]")
+    v = _as_f64("v", v, 3, "[Tk, Hkv, Dv]")
+    lam = _as_f64("lam", lam, 2, "[Tq, H]")
+    cu_q = np.asarray(cu_seqlens_q).astype(np.int64)
+    cu_k = np.asarray(cu_seqlens_k).astype(np.int64)
+    if cu_q.shape != cu_k.shape or cu_q.ndim != 1 or cu_q.shape[0] < 1:
+        raise ValueError(f"cu_seqlens: expected two [B + 1] arrays, got shapes "
+                         f"{cu_q.shape} and {cu_k.shape}")
+    for name, cu, total in (("cu_seqlens_q", cu_q, q.shape[0]),
+                            ("cu_seqlens_k", cu_k, k.shape[0])):
+        if cu[0] != 0 or np.any(np.diff(cu) < 0) or cu[-1] > total:
+            raise ValueError(f"{name}: must start at 0, be non-decreasing and end "
+                             f"at most at {total}, got {cu.tolist()}")
+    out = np.zeros((q.shape[0], q.shape[1] // 2, v.shape[2]))
+    for b in range(cu_q.shape[0] - 1):
+        qs, qe, ks, ke = cu_q[b], cu_q[b + 1], cu_k[b], cu_k[b + 1]
+        out[qs:qe] = v2(q[None, qs:qe], k[None, ks:ke], v[None, ks:ke],
+                        lam[None, qs:qe], causal=causal, scale=scale,
+                        window=window)[0]
+    return out
 
 
 def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None,

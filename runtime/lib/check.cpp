@@ -68,11 +68,13 @@ int diffattn::runtime::check(const KernelSpec &spec,
                   where + "'" + arg.name + "' must be " + dtypeName(arg.dtype) +
                       ", got " + dtypeName(buf->dtype));
     bool ok = buf->rank == static_cast<int>(arg.shape.size());
-    // A paged cache's pool size is whatever the caller's cache holds: bound
-    // by the first buffer that has it, checked against the others.
+    // Free sizes (a paged cache's pool, packed tokens) are whatever the
+    // caller's buffers hold: bound by the first buffer that has them,
+    // checked against the others.
     for (size_t d = 0; ok && d < arg.shape.size(); ++d)
-      if (arg.shape[d].symbol == "num_blocks" && sizes.numBlocks < 0)
-        sizes.numBlocks = buf->shape[d];
+      if (int64_t *free = freeSize(sizes, arg.shape[d].symbol))
+        if (*free < 0)
+          *free = buf->shape[d];
     std::string expected = "[";
     for (size_t d = 0; d < arg.shape.size(); ++d) {
       int64_t size = shapeDimSize(arg.shape[d], sizes);

@@ -37,12 +37,26 @@ int64_t diffattn::runtime::resolve(const Dim &dim, const Sizes &sizes) {
     return sizes.splitKeys;
   if (dim.symbol == "num_blocks")
     return sizes.numBlocks;
+  if (dim.symbol == "total_q")
+    return sizes.totalQ;
+  if (dim.symbol == "total_k")
+    return sizes.totalK;
   return -1;
+}
+
+int64_t *diffattn::runtime::freeSize(Sizes &sizes, const std::string &symbol) {
+  if (symbol == "num_blocks")
+    return &sizes.numBlocks;
+  if (symbol == "total_q")
+    return &sizes.totalQ;
+  if (symbol == "total_k")
+    return &sizes.totalK;
+  return nullptr;
 }
 
 bool diffattn::runtime::isSizeSymbol(const std::string &symbol) {
   Sizes known;
-  known.numBlocks = 0;
+  known.numBlocks = known.totalQ = known.totalK = 0;
   return !symbol.empty() && resolve({symbol, 0, 1}, known) >= 0;
 }
 
@@ -52,7 +66,7 @@ int64_t diffattn::runtime::shapeDimSize(const Dim &dim, const Sizes &sizes) {
   int64_t value = resolve({dim.symbol, 0, 1}, sizes);
   if (dim.size <= 0 || value < 0)
     return value;
-  return (dim.mul * value + dim.size - 1) / dim.size;
+  return (dim.mul * value + dim.size - 1) / dim.size + dim.add;
 }
 
 int64_t diffattn::runtime::evaluate(const Rule &rule, const Sizes &sizes) {
@@ -151,9 +165,11 @@ bool parseDim(const Json &g, Dim &out) {
   const Json *sym = g.get("ceil_div"), *by = g.get("by"), *mul = g.get("mul");
   if (!sym || !sym->str() || !by || !by->num())
     return false;
+  const Json *add = g.get("add");
   out = {*sym->str(), static_cast<int64_t>(*by->num()),
-         mul && mul->num() ? static_cast<int64_t>(*mul->num()) : 1};
-  return out.size > 0 && out.mul > 0;
+         mul && mul->num() ? static_cast<int64_t>(*mul->num()) : 1,
+         add && add->num() ? static_cast<int64_t>(*add->num()) : 0};
+  return out.size > 0 && out.mul > 0 && out.add >= 0;
 }
 
 /// A rule: one factor, or {product: [factor, ...]}.

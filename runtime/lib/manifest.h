@@ -34,22 +34,28 @@ struct Dim {
   std::string symbol;
   int64_t size = 0;
   int64_t mul = 1;
+  /// Added after the division, in shapes (cu_seqlens: B + 1 offsets).
+  int64_t add = 0;
 };
 
 /// The sizes of one launch: the caller's B, Sq, Sk; for split-KV kernels,
-/// the keys per split and the number of splits; for a paged cache, the
-/// pool's blocks (`num_blocks`, bound from the cache buffers' shapes by
-/// check(); -1 until then).
+/// the keys per split and the number of splits; and the free sizes, bound
+/// from the buffers' shapes by check() (-1 until then): a paged cache's
+/// pool blocks (`num_blocks`), packed tokens (`total_q`, `total_k`).
 struct Sizes {
   int64_t B = 0, Sq = 0, Sk = 0, splitKeys = 0, splits = 0;
-  int64_t numBlocks = -1;
+  int64_t numBlocks = -1, totalQ = -1, totalK = -1;
 };
+
+/// The free size called `symbol` in `sizes`, or null when `symbol` is not
+/// a free size.
+int64_t *freeSize(Sizes &sizes, const std::string &symbol);
 
 /// Resolves `dim` for the sizes of one launch (-1: an unknown symbol).
 int64_t resolve(const Dim &dim, const Sizes &sizes);
 
 /// The size of a shape dimension: a fixed size, a symbol, or the rule
-/// ceil(mul * symbol / size) (e.g. a block table's ceil(Sk / BS)).
+/// ceil(mul * symbol / size) + add (e.g. a block table's ceil(Sk / BS)).
 int64_t shapeDimSize(const Dim &dim, const Sizes &sizes);
 
 /// Whether `symbol` names a size a launch knows: the caller's or the

@@ -68,6 +68,8 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
     SmallVector<StringRef> sizes = {"B", "Sq", "Sk"};
     if (withPool && config.attn.isPaged())
       sizes.push_back("num_blocks");
+    if (config.attn.varlen)
+      sizes.append({"total_q", "total_k"});
     if (config.splitKV)
       sizes.push_back("split_keys");
     for (StringRef size : sizes)

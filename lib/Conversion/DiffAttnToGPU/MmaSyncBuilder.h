@@ -105,6 +105,14 @@ private:
   /// device-side assertion (as kv_len does) and reads block 0.
   Value pagedRow(Value blockTable, Value numBlocks, Value batch, Value seqK,
                  Value key0, Value tid);
+  /// Packed sequences (diffattn.v2_varlen): (first token, length) of
+  /// sequence `batch` from `cuSeqlens` ([B + 1] i32 offsets into `total`
+  /// tokens). Offsets that do not satisfy 0 <= start <= end <= total and
+  /// end - start <= maxLength (the launch's max_seqlen) raise a device-side
+  /// assertion (as kv_len does) and give an empty sequence.
+  std::pair<Value, Value> sequenceRange(Value cuSeqlens, Value batch,
+                                        Value total, Value maxLength,
+                                        Value tid);
 
   // Fragments.
   /// One 32-bit mma operand register from two 16-bit values.
@@ -191,6 +199,9 @@ private:
   /// the smallest and largest query row of the CTA.
   std::array<Value, 2> threadRow;
   Value minRow, maxRow;
+  /// Packed sequences: whether the CTA has rows of its sequence (null
+  /// otherwise: every CTA has).
+  Value ctaActive;
   Value sQ, sK, sV;
 };
 

@@ -42,6 +42,40 @@ Value MmaSyncKernelBuilder::pagedRow(Value blockTable, Value numBlocks,
   return add(mul(page, bs), rem(key0, bs));
 }
 
+std::pair<Value, Value>
+MmaSyncKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
+                                    Value maxLength, Value tid) {
+  auto load = [&](Value i) -> Value {
+    return arith::IndexCastOp::create(
+        b, loc, b.getIndexType(),
+        memref::LoadOp::create(b, loc, cuSeqlens, ValueRange{i}));
+  };
+  Value start = load(batch), end = load(add(batch, idx(1)));
+  // 0 <= start <= end <= total, or a device-side assertion (one thread of
+  // CTA (0, 0, b) reports it) and an empty sequence.
+  Value ok = arith::AndIOp::create(
+      b, loc,
+      arith::AndIOp::create(b, loc, cmp(arith::CmpIPredicate::sge, start, idx(0)),
+                            cmp(arith::CmpIPredicate::sle, start, end)),
+      arith::AndIOp::create(
+          b, loc, cmp(arith::CmpIPredicate::sle, end, total),
+          cmp(arith::CmpIPredicate::sle, sub(end, start), maxLength)));
+  Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
+  for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
+    reporter = arith::AndIOp::create(
+        b, loc, reporter,
+        cmp(arith::CmpIPredicate::eq, gpu::BlockIdOp::create(b, loc, dim),
+            idx(0)));
+  Value silent = arith::XOrIOp::create(
+      b, loc, reporter, arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
+  cf::AssertOp::create(
+      b, loc, arith::OrIOp::create(b, loc, ok, silent),
+      "diffattn: cu_seqlens must be non-decreasing, end at most at the "
+      "packed length and hold no sequence longer than max_seqlen "
+      "(b = blockIdx.z)");
+  return {select(ok, start, idx(0)), select(ok, sub(end, start), idx(0))};
+}
+
 void MmaSyncKernelBuilder::assertKeyLengthInRange(Value kvLen, Value seqK,
                                                 Value tid) {
   Value len = arith::IndexCastOp::create(b, loc, b.getIndexType(), kvLen);
@@ -151,12 +185,19 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value kvLen = decode ? entry.getArgument(a++) : Value();
   // Paged cache: block_table [B, Sk / BS] (i32) and the pool's size.
   Value blockTable = attn.isPaged() ? entry.getArgument(a++) : Value();
+  // Packed sequences: cu_seqlens_q, cu_seqlens_k [B + 1] (i32).
+  Value cuSeqQ = attn.varlen ? entry.getArgument(a++) : Value();
+  Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
   Value workspace = splitKV ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
   // Split-KV: keys per split, a multiple of blockK (the launch's choice).
   Value numBlocks = attn.isPaged() ? entry.getArgument(a++) : Value();
+  // Packed sequences: the packed token counts (after B, Sq, Sk, which are
+  // then the batch and the longest sequences).
+  Value totalQ = attn.varlen ? entry.getArgument(a++) : Value();
+  Value totalK = attn.varlen ? entry.getArgument(a++) : Value();
   Value splitKeys = splitKV ? entry.getArgument(a++) : Value();
 
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
@@ -170,7 +211,27 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // for query head h of the group (one head per row).
   int64_t pairsPerGroup = plan.pairsPerGroup();
   int64_t rowHeads = plan.headsPerRow;
+  // The first query row and key of the sequence in the (packed) tensors;
+  // with packed sequences, Sq and Sk become the sequence's own lengths.
+  Value qRowBase, kRowBase;
+  if (attn.varlen) {
+    std::tie(qRowBase, seqQ) =
+        sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
+    std::tie(kRowBase, seqK) =
+        sequenceRange(cuSeqK, batch, totalK, seqK, tid);
+  } else {
+    qRowBase = mul(batch, seqQ);
+    kRowBase = mul(batch, seqK);
+  }
   Value groupRows = mul(seqQ, plan.rowsPerQuery);
+  // Packed sequences: the grid covers the longest sequence; CTAs past this
+  // one's rows compute nothing and write nothing.
+  ctaActive = Value();
+  if (attn.varlen) {
+    Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
+    ctaActive = cmp(arith::CmpIPredicate::ult, qBlock, rowBlocks);
+    qBlock = select(ctaActive, qBlock, idx(0));
+  }
   // Split-KV: grid x enumerates (split, row block).
   Value split, numSplits;
   if (splitKV) {
@@ -189,6 +250,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   }
   Value row0 = mul(qBlock, blockQ);
   Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
+  if (ctaActive)
+    rowsValid = select(ctaActive, rowsValid, idx(0));
   // The warp's 16 rows: its own with row blocks, the CTA's with split-KV.
   qRow0 = splitKV ? idx(0) : mul(warp, 16);
   Value firstPair = mul(kvHead, pairsPerGroup);
@@ -238,7 +301,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
           Value global = add(row0, r);
           Value head =
               rowHeads == 2 ? add(mul(pairOf(global), 2), s) : headOf(global);
-          return mul(add(mul(add(mul(batch, seqQ), queryRowOf(global)),
+          return mul(add(mul(add(qRowBase, queryRowOf(global)),
                              plan.queryHeads),
                          head),
                      plan.headDim);
@@ -266,6 +329,9 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     hi = minI(hi, add(splitStart, splitKeys));
   }
   lo = alignDownToBlock(b, loc, lo, blockK);
+  // An idle CTA (packed sequences) runs no key block.
+  if (ctaActive)
+    hi = select(ctaActive, hi, lo);
 
   // Copies the K and V rows key0 .. key0 + blockK - 1 into the tiles
   // sK[lead..., :, :] and sV[lead..., :, :].
@@ -276,7 +342,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     Value validKeys = minI(idx(blockK), sub(keyLen, key0));
     Value rowBase = attn.isPaged() ? pagedRow(blockTable, numBlocks, batch,
                                               seqK, key0, tid)
-                                   : add(mul(batch, seqK), key0);
+                                   : add(kRowBase, key0);
     Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
     Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
     copyRowsAsync(k, kBase, kStride, validKeys, sK, lead, blockK, plan.headDim,
@@ -407,13 +473,15 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     for (int64_t rr = 0; rr < 2; ++rr) {
       Value global = threadGroupRow(rr);
       Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+      if (ctaActive)
+        valid = arith::AndIOp::create(b, loc, valid, ctaActive);
       Value row = threadRow[rr];
       Value pair = pairOf(global);
       std::array<Value, 2> inverse;
       for (int64_t s = 0; s < 2; ++s)
         inverse[s] =
             epilogue.inverseSum(quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]));
-      Value rowIndex = add(mul(batch, seqQ), row);
+      Value rowIndex = add(qRowBase, row);
       Value lamIndex = select(valid, epilogue.pairRowIndex(rowIndex, pair), idx(0));
       Value sig = epilogue.sigmoidOfLam(lam, lamIndex);
       // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.

@@ -35,10 +35,11 @@ using namespace mlir::diffattn::mma_sync;
 static FailureOr<MmaSyncPlan>
 makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
          const GPUChipInfo &chip) {
-  if (!isa<V2Op, V2PagedOp>(op))
+  if (!isa<V2Op, V2PagedOp, V2VarlenOp>(op))
     return op->emitOpError(
         "is not supported by the portable GPU strategy yet (only "
-        "diffattn.v2 and diffattn.v2_paged have GPU kernels)");
+        "diffattn.v2, diffattn.v2_paged and diffattn.v2_varlen have GPU "
+        "kernels)");
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;

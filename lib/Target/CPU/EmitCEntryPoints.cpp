@@ -93,7 +93,7 @@ LogicalResult emitEntryPoint(LLVM::LLVMFuncOp kernel, DictionaryAttr desc) {
                  << "unknown size '" << sym.getValue() << "' in a shape";
         dims.push_back(size);
       } else if (auto rule = dyn_cast<DictionaryAttr>(dim)) {
-        // ceil(mul * symbol / by), e.g. a block table's ceil(Sk / BS).
+        // ceil(mul * symbol / by) + add, e.g. a block table's ceil(Sk / BS).
         auto sym = rule.getAs<StringAttr>("ceil_div");
         auto mul = rule.getAs<IntegerAttr>("mul");
         auto by = rule.getAs<IntegerAttr>("by");
@@ -101,10 +101,14 @@ LogicalResult emitEntryPoint(LLVM::LLVMFuncOp kernel, DictionaryAttr desc) {
         if (!size || !mul || !by || by.getInt() <= 0)
           return kernel.emitError() << "malformed size rule " << rule;
         Value scaled = LLVM::MulOp::create(b, loc, size, constant(mul.getInt()));
-        dims.push_back(LLVM::UDivOp::create(
+        Value dimSize = LLVM::UDivOp::create(
             b, loc,
             LLVM::AddOp::create(b, loc, scaled, constant(by.getInt() - 1)),
-            constant(by.getInt())));
+            constant(by.getInt()));
+        // + add (cu_seqlens: B + 1 offsets).
+        if (auto add = rule.getAs<IntegerAttr>("add"))
+          dimSize = LLVM::AddOp::create(b, loc, dimSize, constant(add.getInt()));
+        dims.push_back(dimSize);
       } else {
         dims.push_back(constant(cast<IntegerAttr>(dim).getInt()));
       }

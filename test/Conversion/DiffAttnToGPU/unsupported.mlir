@@ -27,7 +27,7 @@ func.func @dv(%q: tensor<1x64x4x64xbf16>, %k: tensor<1x64x2x64xbf16>, %v: tensor
 // -----
 
 func.func @v1(%q: tensor<1x16x4x64xbf16>, %k: tensor<1x16x2x64xbf16>, %v: tensor<1x16x1x128xbf16>, %lam: tensor<f32>, %w: tensor<128xbf16>) -> tensor<1x16x2x128xbf16> {
-  // expected-error @+1 {{is not supported by the portable GPU strategy yet (only diffattn.v2 and diffattn.v2_paged have GPU kernels)}}
+  // expected-error @+1 {{is not supported by the portable GPU strategy yet (only diffattn.v2, diffattn.v2_paged and diffattn.v2_varlen have GPU kernels)}}
   %o = diffattn.v1 %q, %k, %v, %lam, %w {lambda_init = 0.2 : f32} : (tensor<1x16x4x64xbf16>, tensor<1x16x2x64xbf16>, tensor<1x16x1x128xbf16>, tensor<f32>, tensor<128xbf16>) -> tensor<1x16x2x128xbf16>
   return %o : tensor<1x16x2x128xbf16>
 }

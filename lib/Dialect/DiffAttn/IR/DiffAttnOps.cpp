@@ -35,7 +35,7 @@ struct LayoutDim {
 /// must be static.
 bool mayBeDynamic(StringRef symbol) {
   return symbol == "B" || symbol == "Sq" || symbol == "Sk" || symbol == "NB" ||
-         symbol == "MB";
+         symbol == "MB" || symbol == "Tq" || symbol == "Tk" || symbol == "B+1";
 }
 
 std::string formatDim(const LayoutDim &dim) {
@@ -332,6 +332,57 @@ int64_t V2PagedOp::getValueDim() {
 int64_t V2PagedOp::getBlockSize() {
   return getKCache().getType().getDimSize(1);
 }
+
+//===----------------------------------------------------------------------===//
+// V2VarlenOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult V2VarlenOp::verify() {
+  Operation *op = getOperation();
+  auto q = getQ().getType();
+  auto k = getK().getType();
+  auto v = getV().getType();
+  auto lam = getLam().getType();
+  auto out = getOut().getType();
+  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
+      failed(verifyTOrF32(op, "lam", lam, q.getElementType())) ||
+      failed(verifyI32(op, "cu_seqlens_q", getCuSeqlensQ())) ||
+      failed(verifyI32(op, "cu_seqlens_k", getCuSeqlensK())))
+    return failure();
+  LayoutChecker layout(op);
+  if (failed(layout.check("q", q, {{"Tq"}, {"H", 2}, {"D"}})) ||
+      failed(layout.check("k", k, {{"Tk"}, {"Hkv"}, {"D"}})) ||
+      failed(layout.check("v", v, {{"Tk"}, {"Hkv"}, {"Dv"}})) ||
+      failed(layout.check("lam", lam, {{"Tq"}, {"H"}})) ||
+      failed(layout.check(
+          "cu_seqlens_q", cast<RankedTensorType>(getCuSeqlensQ().getType()),
+          {{"B+1"}})) ||
+      failed(layout.check(
+          "cu_seqlens_k", cast<RankedTensorType>(getCuSeqlensK().getType()),
+          {{"B+1"}})) ||
+      failed(layout.check("out", out, {{"Tq"}, {"H"}, {"Dv"}})))
+    return failure();
+  int64_t offsets = layout.get("B+1");
+  if (!ShapedType::isDynamic(offsets) && offsets < 1)
+    return emitOpError() << "'cu_seqlens_q' must hold B + 1 >= 1 offsets, got "
+                         << offsets;
+  return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
+                       getWindowLeftBound(), getWindowRightBound());
+}
+
+float V2VarlenOp::getScaleOrDefault() {
+  if (FloatAttr scale = getScaleAttr())
+    return static_cast<float>(scale.getValueAsDouble());
+  return defaultScale(getHeadDim());
+}
+
+int64_t V2VarlenOp::getNumPairs() { return getQ().getType().getDimSize(1) / 2; }
+int64_t V2VarlenOp::getNumKvHeads() { return getK().getType().getDimSize(1); }
+int64_t V2VarlenOp::getGroupSize() {
+  return 2 * getNumPairs() / getNumKvHeads();
+}
+int64_t V2VarlenOp::getHeadDim() { return getQ().getType().getDimSize(2); }
+int64_t V2VarlenOp::getValueDim() { return getV().getType().getDimSize(2); }
 
 //===----------------------------------------------------------------------===//
 // V1Op

@@ -33,7 +33,10 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
   if (failed(unpaged))
     return failure();
-  op = *unpaged;
+  FailureOr<Operation *> padded = materializeVarlenBatch(rewriter, *unpaged);
+  if (failed(padded))
+    return failure();
+  op = *padded;
   AttentionConfig config = AttentionConfig::get(op);
   Location loc = op->getLoc();
   MLIRContext *ctx = op->getContext();

@@ -66,13 +66,17 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
         os << "_kvlen";
       if (c.isPaged())
         os << "_paged" << c.pagedBlockSize;
+      if (c.varlen)
+        os << "_varlen";
       if (v2.getScaleAttr())
         os << "_s" << floatBits(c.scale);
     };
     if (auto v2 = dyn_cast<V2Op>(op))
       nameV2(v2);
+    else if (auto paged = dyn_cast<V2PagedOp>(op))
+      nameV2(paged);
     else
-      nameV2(cast<V2PagedOp>(op));
+      nameV2(cast<V2VarlenOp>(op));
   } else {
     auto v1 = cast<V1Op>(op);
     os << "_li" << floatBits(c.lambdaInit) << "_eps" << floatBits(c.eps);
@@ -93,6 +97,22 @@ SmallVector<SmallVector<Attribute>> argumentShapes(Operation *op,
   auto sym = [&](StringRef s) -> Attribute { return b.getStringAttr(s); };
   auto num = [&](int64_t n) -> Attribute { return b.getI64IntegerAttr(n); };
   int64_t queryHeads = 2 * c.numPairs;
+  if (c.varlen) {
+    // Packed tokens: total_q and total_k, bound from the buffers; B + 1
+    // offsets per cu_seqlens.
+    Attribute offsets = b.getDictionaryAttr(
+        {b.getNamedAttr("ceil_div", b.getStringAttr("B")),
+         b.getNamedAttr("mul", b.getI64IntegerAttr(1)),
+         b.getNamedAttr("by", b.getI64IntegerAttr(1)),
+         b.getNamedAttr("add", b.getI64IntegerAttr(1))});
+    return {{sym("total_q"), num(queryHeads), num(c.headDim)},
+            {sym("total_k"), num(c.numKeyHeads), num(c.headDim)},
+            {sym("total_k"), num(c.numValueHeads), num(c.valueDim)},
+            {sym("total_q"), num(c.numPairs)},
+            {offsets},
+            {offsets},
+            {sym("total_q"), num(c.numPairs), num(c.valueDim)}};
+  }
   // A paged cache: the pool's blocks, and Sk = MB * BS keys of logical
   // cache per sequence (the block table's width is ceil(Sk / BS)).
   Attribute cacheRows = c.isPaged() ? sym("num_blocks") : sym("B");
@@ -162,6 +182,8 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     if (c.isPaged())
       params.push_back(b.getNamedAttr(
           "paged_block_size", b.getI64IntegerAttr(c.pagedBlockSize)));
+    if (c.varlen)
+      params.push_back(b.getNamedAttr("varlen", b.getBoolAttr(true)));
   } else {
     params.push_back(
         b.getNamedAttr("lambda_init", b.getF32FloatAttr(c.lambdaInit)));
@@ -173,6 +195,8 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.push_back("kv_len");
   if (c.isPaged())
     names.push_back("block_table");
+  if (c.varlen)
+    names.append({"cu_seqlens_q", "cu_seqlens_k"});
   if (!isV2)
     names.push_back("norm_weight");
   names.push_back("out");
@@ -194,6 +218,9 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
   // The pool's size, bound from the cache buffers at launch.
   if (c.isPaged())
     sizes.push_back("num_blocks");
+  // Packed tokens (Sq and Sk are then the longest sequence's lengths).
+  if (c.varlen)
+    sizes.append({"total_q", "total_k"});
   for (StringRef dim : sizes)
     args.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("name", b.getStringAttr(dim)),

@@ -462,7 +462,10 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
   FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
   if (failed(unpaged))
     return failure();
-  op = *unpaged;
+  FailureOr<Operation *> padded = materializeVarlenBatch(rewriter, *unpaged);
+  if (failed(padded))
+    return failure();
+  op = *padded;
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
   Value result = FlashTiler(rewriter, op, sizes).build();

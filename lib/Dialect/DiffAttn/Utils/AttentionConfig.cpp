@@ -33,6 +33,10 @@ AttentionConfig AttentionConfig::get(Operation *op) {
     readV2(paged);
     config.hasKvLen = true;
     config.pagedBlockSize = paged.getBlockSize();
+  } else if (auto varlen = dyn_cast<V2VarlenOp>(op)) {
+    readV2(varlen);
+    config.hasKvLen = false;
+    config.varlen = true;
   } else {
     auto v1 = cast<V1Op>(op);
     config.kind = Kind::V1;
@@ -74,7 +78,7 @@ AffineExpr AttentionConfig::valueHead(AffineExpr j) const {
 SmallVector<Operation *> mlir::diffattn::collectDiffAttnOps(Operation *root) {
   SmallVector<Operation *> ops;
   root->walk([&](Operation *op) {
-    if (isa<V2Op, V2PagedOp, V1Op>(op))
+    if (isa<V2Op, V2PagedOp, V2VarlenOp, V1Op>(op))
       ops.push_back(op);
   });
   return ops;

@@ -122,3 +122,19 @@ func.func @v2_paged(%q: tensor<?x1x8x64xbf16>, %k: tensor<?x16x2x64xbf16>,
       -> tensor<?x1x4x64xbf16>
   return %o : tensor<?x1x4x64xbf16>
 }
+
+// -----
+
+// Packed variable-length sequences.
+// CHECK-LABEL: func.func @v2_varlen
+// CHECK: diffattn.v2_varlen %arg0, %arg1, %arg2, %arg3 cu_seqlens(%arg4, %arg5) {causal} : (tensor<?x8x64xbf16>, tensor<?x2x64xbf16>, tensor<?x2x64xbf16>, tensor<?x4xbf16>, tensor<?xi32>, tensor<?xi32>) -> tensor<?x4x64xbf16>
+// GENERIC-LABEL: sym_name = "v2_varlen"
+// GENERIC: "diffattn.v2_varlen"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, window_left = -1 : i64, window_right = -1 : i64}>
+func.func @v2_varlen(%q: tensor<?x8x64xbf16>, %k: tensor<?x2x64xbf16>,
+                     %v: tensor<?x2x64xbf16>, %lam: tensor<?x4xbf16>,
+                     %cq: tensor<?xi32>, %ck: tensor<?xi32>) -> tensor<?x4x64xbf16> {
+  %o = diffattn.v2_varlen %q, %k, %v, %lam cu_seqlens(%cq, %ck) {causal}
+      : (tensor<?x8x64xbf16>, tensor<?x2x64xbf16>, tensor<?x2x64xbf16>, tensor<?x4xbf16>, tensor<?xi32>, tensor<?xi32>)
+      -> tensor<?x4x64xbf16>
+  return %o : tensor<?x4x64xbf16>
+}

@@ -189,6 +189,79 @@ def DiffAttn_V2PagedOp : DiffAttn_Op<"v2_paged", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// V2 on packed variable-length sequences
+//===----------------------------------------------------------------------===//
+
+def DiffAttn_V2VarlenOp : DiffAttn_Op<"v2_varlen", [Pure]> {
+  let summary = "Differential attention V2 on packed variable-length batches";
+  let description = [{
+    `diffattn.v2` on a batch of sequences of different lengths packed along
+    one token dimension, as `flash_attn_varlen_func` takes them:
+
+    | operand        | shape             | element type |
+    | -------------- | ----------------- | ------------ |
+    | `q`            | [Tq, 2H, D]       | T            |
+    | `k`            | [Tk, Hkv, D]      | T            |
+    | `v`            | [Tk, Hkv, Dv]     | T            |
+    | `lam`          | [Tq, H]           | T or f32     |
+    | `cu_seqlens_q` | [B + 1]           | i32          |
+    | `cu_seqlens_k` | [B + 1]           | i32          |
+    | result         | [Tq, H, Dv]       | T            |
+
+    Sequence `b` owns query tokens `[cu_seqlens_q[b], cu_seqlens_q[b+1])`
+    and keys `[cu_seqlens_k[b], cu_seqlens_k[b+1])`; on each, the op
+    computes `diffattn.v2` with `Sq = cu_seqlens_q[b+1] - cu_seqlens_q[b]`
+    and `Sk` likewise (so the causal mask and windows are aligned
+    bottom-right per sequence, as in flash_attn >= 2.1). Query tokens
+    outside every sequence (past `cu_seqlens_q[B]`) are left unwritten.
+    `cu_seqlens_q` and `cu_seqlens_k` must start at 0, be non-decreasing and
+    end at most at Tq, Tk: checked at run time. Tq, Tk and B may be dynamic.
+    Attributes as for `diffattn.v2`.
+
+    Example:
+
+    ```mlir
+    %o = diffattn.v2_varlen %q, %k, %v, %lam cu_seqlens(%cq, %ck) {causal}
+        : (tensor<?x8x64xbf16>, tensor<?x2x64xbf16>, tensor<?x2x64xbf16>,
+           tensor<?x4xbf16>, tensor<3xi32>, tensor<3xi32>)
+        -> tensor<?x4x64xbf16>
+    ```
+  }];
+
+  let arguments = (ins
+    AnyRankedTensor:$q,
+    AnyRankedTensor:$k,
+    AnyRankedTensor:$v,
+    AnyRankedTensor:$lam,
+    AnyRankedTensor:$cu_seqlens_q,
+    AnyRankedTensor:$cu_seqlens_k,
+    UnitAttr:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    DefaultValuedAttr<I64Attr, "-1">:$window_left,
+    DefaultValuedAttr<I64Attr, "-1">:$window_right
+  );
+  let results = (outs AnyRankedTensor:$out);
+
+  let assemblyFormat = [{
+    $q `,` $k `,` $v `,` $lam `cu_seqlens` `(` $cu_seqlens_q `,`
+    $cu_seqlens_k `)` attr-dict `:` functional-type(operands, results)
+  }];
+
+  let extraClassDeclaration = [{
+    float getScaleOrDefault();
+    int64_t getNumPairs();
+    int64_t getNumKvHeads();
+    int64_t getGroupSize();
+    int64_t getHeadDim();
+    int64_t getValueDim();
+    int64_t getWindowLeftBound() { return getWindowLeftAttr().getInt(); }
+    int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }
+  }];
+
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // V1
 //===----------------------------------------------------------------------===//
 

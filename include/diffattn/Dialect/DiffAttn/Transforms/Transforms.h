@@ -34,6 +34,13 @@ void replaceWithResult(RewriterBase &rewriter, Operation *op, Value result);
 FailureOr<Operation *> materializePagedKVCache(RewriterBase &rewriter,
                                                Operation *op);
 
+/// Replaces a diffattn.v2_varlen `op` with diffattn.v2 on a padded batch
+/// (queries aligned to the end of each slot, keys to its start, kv_len the
+/// key lengths) and a copy of each sequence's rows into the packed output;
+/// returns the new diffattn.v2, or `op` itself for any other op.
+FailureOr<Operation *> materializeVarlenBatch(RewriterBase &rewriter,
+                                              Operation *op);
+
 /// Replaces `op` (diffattn.v2 / diffattn.v1) with untiled linalg on tensors.
 LogicalResult decomposeDiffAttnOp(RewriterBase &rewriter, Operation *op);
 

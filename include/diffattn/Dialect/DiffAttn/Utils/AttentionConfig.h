@@ -42,6 +42,8 @@ struct AttentionConfig {
   /// cache.
   int64_t pagedBlockSize = 0;
   bool isPaged() const { return pagedBlockSize > 0; }
+  /// diffattn.v2_varlen: packed sequences delimited by cu_seqlens_q/k.
+  bool varlen = false;
   /// V1 only.
   float lambdaInit = 0.0f;
   float eps = 0.0f;
@@ -57,8 +59,8 @@ struct AttentionConfig {
   bool isUnmasked() const { return windowLeft < 0 && windowRight < 0; }
 };
 
-/// Every diffattn.v2 / diffattn.v2_paged / diffattn.v1 nested in `root`, in
-/// walk order.
+/// Every diffattn op (v2, v2_paged, v2_varlen, v1) nested in `root`, in walk
+/// order.
 SmallVector<Operation *> collectDiffAttnOps(Operation *root);
 
 /// The name of the attribute that marks an outlined kernel function and
