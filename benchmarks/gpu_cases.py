@@ -81,6 +81,9 @@ BENCH_PAGED_DECODE = [
 # FLOP rate the timing compares with the equal-length batched kernel.
 VARLEN_CAUSAL = (True, False)
 BENCH_VARLEN = [(4, 4096, True), (4, 4096, False)]
+# Tile variants benchmarks/gpu_varlen_tiles.py times beside the default.
+VARLEN_TILE_VARIANTS = [("--gpu-options=warps=8 block-k=32",),
+                        ("--gpu-options=warps=4 block-k=32",)]
 
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,
 # kv_len).
@@ -135,6 +138,12 @@ def all_kernel_requests():
                          v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
                          cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
                          max_seqlen_k=8, causal=causal, window=(-1, -1)))
+    for causal in VARLEN_CAUSAL:
+        for options in VARLEN_TILE_VARIANTS:
+            reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),
+                             v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
+                             cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
+                             max_seqlen_k=8, causal=causal, window=(-1, -1), options=options))
     for bs in PAGED_BLOCK_SIZES:
         reqs.append(dict(q_shape=(1, 1, 32, 128), k_shape=(4, bs, 8, 128),
                          v_shape=(4, bs, 8, 128), lam_shape=(1, 1, 16), elem="bf16",

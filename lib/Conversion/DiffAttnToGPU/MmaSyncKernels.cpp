@@ -69,7 +69,12 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   // per warp, so that three stages of four warps leave room for two CTAs
   // per SM.
   bool causalLike = plan.attn.windowRight >= 0 && plan.attn.windowLeft < 0;
-  bool wideTiles = !plan.splitKV && plan.headDim == 128 && !causalLike;
+  // Packed sequences (varlen) keep 4 warps x 32 keys without a mask too:
+  // their per-sequence offsets make the wide tiles spill (56 bytes) and
+  // run at 0.93x of the batched kernel, the narrow ones at 0.975x
+  // (benchmarks/gpu_varlen_tiles.py, docs/performance.md, run 4).
+  bool wideTiles = !plan.splitKV && plan.headDim == 128 && !causalLike &&
+                   !plan.attn.varlen;
   int64_t defaultBlockK =
       plan.splitKV ? 16 : (plan.headDim == 128 && !wideTiles ? 32 : 64);
   plan.blockK = options.blockK ? options.blockK : defaultBlockK;
