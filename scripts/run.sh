@@ -87,7 +87,7 @@ run_example() {
   "$BUILD_DIR/bin/diffattn-compile" "$out/decoder_layer.fused.mlir" --target=cpu -o "$out"
   ls "$out"
   log "running the layer on the CPU, unfused and fused, and comparing"
-  python3 "$ROOT/test/Fusion/run_graph.py" --opt "$BUILD_DIR/bin/diffattn-opt" \
+  python3 "$ROOT/test/Dialect/DiffAttn/Transforms/run_graph.py" --opt "$BUILD_DIR/bin/diffattn-opt" \
     --runner "$LLVM_PREFIX/bin/mlir-runner" --lib-dir "$LLVM_PREFIX/lib" "$model"
 
   local attn="$ROOT/examples/v2_model.mlir"

@@ -68,7 +68,6 @@ FailureOr<unsigned> mlir::diffattn::fuseDiffAttn(Operation *root,
         fusedOne = true;
         break;
       }
-      if (getenv("FUSE_DEBUG")) llvm::errs() << "candidate " << candidate.getLoc() << ": v1 " << v1.stage << " " << v1.message << "; v2 " << v2.stage << " " << v2.message << "\n";
       LLVM_DEBUG(llvm::dbgs() << "candidate " << candidate.getLoc() << ": v1 "
                               << v1.stage << " " << v1.message << "; v2 "
                               << v2.stage << " " << v2.message << "\n");

@@ -185,6 +185,16 @@ inline int64_t floorDivInt(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+/// `Expr::pred` of a Cast node that is exact (a float extension): the
+/// value is unchanged, so a leaf may be read through it.
+constexpr int64_t kExactCast = 1;
+
+/// True when `e` is an exact float extension.
+inline bool isExactCast(Expr *e) {
+  return e->kind == ExprKind::Arith && e->op == ArithKind::Cast &&
+         e->floatResult && e->pred == kExactCast && e->args.size() == 1;
+}
+
 /// True when `e` is the constant `c`.
 inline bool isConstExpr(Expr *e, double c) {
   return e->kind == ExprKind::Const && e->cst == c;

@@ -229,8 +229,9 @@ Expr *ExprBuilder::buildPayload(Operation *op, Value v,
     } else if (auto cmp = dyn_cast<arith::CmpIOp>(def)) {
       result = arith(ArithKind::CmpI, {arg(0), arg(1)},
                      static_cast<int64_t>(cmp.getPredicate()), false);
-    } else if (isa<arith::ExtFOp, arith::TruncFOp, arith::SIToFPOp,
-                   arith::UIToFPOp>(def)) {
+    } else if (isa<arith::ExtFOp>(def)) {
+      result = arith(ArithKind::Cast, {arg(0)}, kExactCast, true);
+    } else if (isa<arith::TruncFOp, arith::SIToFPOp, arith::UIToFPOp>(def)) {
       result = arith(ArithKind::Cast, {arg(0)}, 0, true);
     } else if (isa<arith::IndexCastOp, arith::IndexCastUIOp, arith::ExtSIOp,
                    arith::ExtUIOp, arith::TruncIOp, arith::FPToSIOp>(def)) {

@@ -13,11 +13,13 @@
 #include "FuseMatcher.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlowOps.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Verifier.h"
 #include "mlir/Transforms/RegionUtils.h"
+#include "llvm/ADT/ScopeExit.h"
 #include "llvm/Support/FormatVariadic.h"
 
 using namespace mlir;
@@ -103,8 +105,19 @@ Type Matcher::commonElementType(const Term &t) {
       elementTypeOf(t.k->value) != elemType ||
       elementTypeOf(t.v->value) != elemType ||
       elementTypeOf(root) != elemType) {
-    fail(kOperands, "q, k, v and the result must share one element type "
-                    "among f32, f16 and bf16");
+    auto str = [](Type t) {
+      std::string s;
+      llvm::raw_string_ostream os(s);
+      t.print(os);
+      return s;
+    };
+    fail(kOperands,
+         llvm::formatv("q, k, v and the result must share one element type "
+                       "among f32, f16 and bf16 (they are {0}, {1}, {2} and "
+                       "{3})",
+                       str(elemType), str(elementTypeOf(t.k->value)),
+                       str(elementTypeOf(t.v->value)),
+                       str(elementTypeOf(root))));
     return Type();
   }
   return elemType;
@@ -245,10 +258,69 @@ Value Matcher::planSize(OpBuilder &builder, Location loc, const OperandPlan &p,
   return tensor::DimOp::create(builder, loc, p.base, p.dynamicFrom[k]);
 }
 
+/// Splits `e` into a plan dim plus a constant.
+static std::optional<std::pair<unsigned, int64_t>>
+dimPlusConstant(AffineExpr e) {
+  int64_t c = 0;
+  if (auto bin = dyn_cast<AffineBinaryOpExpr>(e);
+      bin && e.getKind() == AffineExprKind::Add) {
+    auto k = dyn_cast<AffineConstantExpr>(bin.getRHS());
+    if (!k)
+      return std::nullopt;
+    c = k.getValue();
+    e = bin.getLHS();
+  }
+  if (auto d = dyn_cast<AffineDimExpr>(e))
+    return std::make_pair(d.getPosition(), c);
+  return std::nullopt;
+}
+
 Value Matcher::materialize(OpBuilder &builder, Location loc,
-                           const OperandPlan &p) {
+                           const OperandPlan &planIn) {
   MLIRContext *ctx = builder.getContext();
+  OperandPlan p = planIn;
+  // Where the plan reads a dim of the base as `plan dim + c` (q/k/v sliced
+  // from a packed projection, or a narrower read), slice the base first: a
+  // linalg operand must span exactly its loops' ranges.
   auto baseType = cast<RankedTensorType>(p.base.getType());
+  // Per base dim: the constant offset and static extent of a `dim + c` read.
+  SmallVector<std::optional<std::pair<int64_t, int64_t>>> window;
+  bool needSlice = false;
+  for (auto [n, e] : llvm::enumerate(p.map)) {
+    window.push_back(std::nullopt);
+    std::optional<std::pair<unsigned, int64_t>> dc = dimPlusConstant(e);
+    auto pos = dc ? llvm::find(p.dims, dc->first) : p.dims.end();
+    if (pos == p.dims.end())
+      continue;
+    int64_t extent = p.shape[pos - p.dims.begin()];
+    int64_t baseSize = baseType.getDimSize(n);
+    if (ShapedType::isDynamic(extent) || ShapedType::isDynamic(baseSize))
+      continue; // dynamic dims are read whole (planSizes made sure of it)
+    window.back() = std::make_pair(dc->second, extent);
+    p.map[n] = b.dim(dc->first);
+    needSlice |= dc->second != 0 || extent != baseSize;
+  }
+  if (needSlice) {
+    SmallVector<OpFoldResult> offsets, sizes,
+        strides(p.map.size(), builder.getIndexAttr(1));
+    for (auto [n, w] : llvm::enumerate(window)) {
+      if (w) {
+        offsets.push_back(builder.getIndexAttr(w->first));
+        sizes.push_back(builder.getIndexAttr(w->second));
+        continue;
+      }
+      offsets.push_back(builder.getIndexAttr(0));
+      int64_t baseSize = baseType.getDimSize(n);
+      sizes.push_back(
+          ShapedType::isDynamic(baseSize)
+              ? OpFoldResult(
+                    tensor::DimOp::create(builder, loc, p.base, n).getResult())
+              : OpFoldResult(builder.getIndexAttr(baseSize)));
+    }
+    p.base = tensor::ExtractSliceOp::create(builder, loc, p.base, offsets,
+                                            sizes, strides);
+    baseType = cast<RankedTensorType>(p.base.getType());
+  }
   bool identity = baseType.getShape() == ArrayRef<int64_t>(p.shape) &&
                   baseType.getElementType() == p.elementType &&
                   p.map.size() == p.dims.size();
@@ -304,6 +376,14 @@ FuseAttempt Matcher::forEachRoles(
         finish) {
   (void)rewriter;
   for (const std::array<unsigned, 4> &order : roleOrders()) {
+    // On a tie, the earlier (more plausible: BSHD, then BHSD) reading of
+    // the dims keeps its message.
+    int savedStage = bestStage;
+    std::string savedMessage = bestMessage;
+    auto restoreTie = llvm::make_scope_exit([&] {
+      if (bestStage == savedStage && savedStage > 0)
+        bestMessage = savedMessage;
+    });
     Roles r{rootDims[order[0]], rootDims[order[1]], rootDims[order[2]],
             rootDims[order[3]], order};
     if (!termsUseOnly(t0, t1, r) || !accept(r))
@@ -363,6 +443,25 @@ Value Matcher::replaceRoot(RewriterBase &rewriter, Value fused,
       .getResult()[0];
 }
 
+/// Whether `op` is unused and erasing it changes nothing but the checks its
+/// own payload makes: trivially dead, or a linalg op on tensors whose only
+/// effects are cf.assert (torch-mlir guards, e.g. its reciprocal asserts a
+/// non-zero input) on a computation that nothing reads any more.
+static bool isDeadProducer(Operation *op) {
+  if (isOpTriviallyDead(op))
+    return true;
+  auto linalgOp = dyn_cast<linalg::LinalgOp>(op);
+  if (!op->use_empty() || !linalgOp || !linalgOp.hasPureTensorSemantics())
+    return false;
+  WalkResult r = op->walk([&](Operation *nested) {
+    if (nested == op || isa<cf::AssertOp>(nested) ||
+        isMemoryEffectFree(nested))
+      return WalkResult::advance();
+    return WalkResult::interrupt();
+  });
+  return !r.wasInterrupted();
+}
+
 /// Erases `op` if it is now dead, then whatever fed it and died with it.
 static void eraseDeadProducers(RewriterBase &rewriter, Operation *op) {
   SmallVector<Operation *> work = {op};
@@ -371,7 +470,7 @@ static void eraseDeadProducers(RewriterBase &rewriter, Operation *op) {
     Operation *cur = work.pop_back_val();
     if (!cur || erased.contains(cur))
       continue;
-    if (!isOpTriviallyDead(cur))
+    if (!isDeadProducer(cur))
       continue;
     SetVector<Operation *> feeders;
     for (Value operand : cur->getOperands())

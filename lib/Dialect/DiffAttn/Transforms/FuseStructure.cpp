@@ -106,8 +106,8 @@ Expr *Matcher::baseLeaf(Expr *e, double *scale) {
     if (!linalgOp || linalgOp.getNumReductionLoops() != 0)
       return e;
     Expr *p = b.peel(e);
-    if (isArith(p, ArithKind::Cast) && p->floatResult &&
-        p->args[0]->kind == ExprKind::Leaf) {
+    // Only exact casts: reading below a truncation would change the values.
+    if (isExactCast(p) && p->args[0]->kind == ExprKind::Leaf) {
       e = p->args[0];
       continue;
     }
@@ -155,7 +155,7 @@ bool Matcher::splitProduct(Expr *body, SmallVectorImpl<Expr *> &factors,
     Expr *o = b.normalize(a);
     for (unsigned k = 0; k < 8; ++k) {
       Expr *p = b.peel(o);
-      if (!isArith(p, ArithKind::Cast) || !p->floatResult)
+      if (!isExactCast(p))
         break;
       o = b.normalize(p->args[0]);
     }
@@ -282,34 +282,36 @@ bool Matcher::matchProbabilities(Expr *pe, Term &t) {
   if (!matchSoftmax(p, t, scores)) {
     // Name what sits between the softmax and the P.V product.
     if (isArith(p, ArithKind::Mul) || isArith(p, ArithKind::Div)) {
-      for (int i = 0; i < 2; ++i) {
+      SmallVector<Expr *> factors;
+      double coef = 1.0;
+      flattenProduct(b, p, factors, coef);
+      int softmaxAt = -1;
+      int saved = bestStage;
+      std::string savedMsg = bestMessage;
+      for (auto [i, f] : llvm::enumerate(factors)) {
+        Expr *side = f;
+        if (isArith(side, ArithKind::Select) &&
+            isConstExpr(b.open(side->args[1]), 0.0))
+          side = b.open(side->args[2]); // a guarded softmax
         Term probe;
         Expr *s = nullptr;
-        Expr *side = b.open(p->args[i]);
-        if (!looksLikeSoftmax(side))
-          continue;
-        int saved = bestStage;
-        std::string savedMsg = bestMessage;
-        bool isSoftmax = matchSoftmax(side, probe, s);
-        bestStage = saved;
-        bestMessage = savedMsg;
-        if (!isSoftmax)
-          continue;
-        Expr *other = b.open(p->args[1 - i]);
-        if (other->kind == ExprKind::Const)
-          return fail(kSoftmax,
-                      llvm::formatv("the probabilities{0} are scaled by {1} "
-                                    "after the softmax",
-                                    pName(),
-                                    formatNumber(isArith(p, ArithKind::Div)
-                                                     ? 1.0 / other->cst
-                                                     : other->cst)));
+        if (softmaxAt < 0 && looksLikeSoftmax(side) &&
+            matchSoftmax(side, probe, s))
+          softmaxAt = i;
+      }
+      bestStage = saved;
+      bestMessage = savedMsg;
+      if (softmaxAt >= 0 && factors.size() > 1)
         return fail(kSoftmax,
                     llvm::formatv("the probabilities{0} are multiplied by "
                                   "another tensor after the softmax (dropout "
                                   "in training mode?)",
                                   pName()));
-      }
+      if (softmaxAt >= 0)
+        return fail(kSoftmax,
+                    llvm::formatv("the probabilities{0} are scaled by {1} "
+                                  "after the softmax",
+                                  pName(), formatNumber(coef)));
     }
     return false;
   }
@@ -502,7 +504,7 @@ Expr *Matcher::matchSigmoid(Expr *e) {
     // Strip casts of the argument.
     for (unsigned k = 0; k < 8; ++k) {
       Expr *p = b.peel(arg);
-      if (isArith(p, ArithKind::Cast) && p->floatResult)
+      if (isExactCast(p))
         arg = b.normalize(p->args[0]);
       else
         break;
