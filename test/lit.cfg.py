@@ -49,6 +49,13 @@ config.substitutions.append((
         os.path.join(config.diffattn_tools_dir, "diffattn-opt"),
         os.path.join(config.llvm_tools_dir, "mlir-runner"),
         _llvm_lib_dir)))
+# The plugin (tools/diffattn-plugin) and Debian's stock mlir-opt, which
+# loads it.
+config.substitutions.append((
+    "%diffattn_plugin",
+    os.path.join(config.diffattn_obj_root, "lib", "libDiffAttnPlugin.so")))
+config.substitutions.append((
+    "%stock_mlir_opt", os.path.join(config.llvm_tools_dir, "mlir-opt")))
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.diffattn_tools_dir, append_path=True)
 
