@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """The README's main job on a GPU: run the kernels that
-`diffattn-compile --target=sm_90 -o DIR` wrote for examples/v2_model.mlir,
-through the runtime library, on fresh random inputs, against the float64
-reference.
+`diffattn-compile --target=sm_90 -o DIR` wrote for a model graph
+(examples/v2_attention_bf16.mlir: its attention was fused into one
+diffattn.v2) or an op-level file (examples/v2_model.mlir), through the
+runtime library, on fresh random inputs, against the float64 reference.
 
-    python3 examples/run_gpu_example.py examples/v2_model.mlir DIR
+    python3 examples/run_gpu_example.py examples/v2_attention_bf16.mlir DIR
+
+B and S come from the op's `%q`, or else from the graph's first argument
+(the hidden states [B, S, d_model]).
 
 Exits 0 without running anything where no CUDA GPU (or no torch) is present.
 """
@@ -28,8 +32,14 @@ def main():
         print("no CUDA GPU here: the GPU run is skipped")
         return 0
     text = open(model).read()
-    b, sq = (int(x) for x in re.search(r"%q: tensor<(\d+)x(\d+)x", text).groups())
-    sk = int(re.search(r"%k: tensor<\d+x(\d+)x", text).group(1))
+    q = re.search(r"%q: tensor<(\d+)x(\d+)x", text)
+    if q:
+        b, sq = (int(x) for x in q.groups())
+        sk = int(re.search(r"%k: tensor<\d+x(\d+)x", text).group(1))
+    else:
+        x = re.search(r"func\.func @\w+\(%\w+: tensor<(\d+)x(\d+)x", text)
+        b, sq = (int(v) for v in x.groups())
+        sk = sq
     failures = 0
     for kernel in _compiler.load_manifest(directory)["kernels"]:
         p = kernel["params"]

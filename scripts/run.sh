@@ -71,33 +71,42 @@ setup() {
   install_python_path
 }
 
-# The main job on the bundled decoder layer: fuse its differential attention
+# The main job on a real export: examples/v2_attention.mlir is a full
+# Differential Transformer V2 attention module written the way the public
+# reference writes it (q/k/v/lambda projections, interleaved RoPE, GQA, the
+# sigmoid epilogue) with flash_attn_func replaced by
+# F.scaled_dot_product_attention, exported by torch-mlir
+# (scripts/export_fixtures.py, group `example`). Fuse its attention
 # (printing what was fused), compile the fused op for the CPU, and run the
-# whole layer on the CPU fused and unfused, comparing the outputs.
+# whole module on the CPU fused and unfused, comparing the outputs. Then the
+# same module at a real model's sizes in bf16 (examples/v2_attention_bf16.mlir)
+# is fused and compiled to PTX and an sm_90 cubin, and run on a GPU if there
+# is one.
 run_example() {
-  local model="$ROOT/examples/decoder_layer.mlir"
+  local model="$ROOT/examples/v2_attention.mlir"
   local out="$BUILD_DIR/example-cpu"
   mkdir -p "$out"
-  log "the model: $model (a V2 decoder layer in linalg on tensors)"
+  log "the model: $model (torch-mlir export of a V2 attention module with SDPA)"
   log "fusing: diffattn-opt --diffattn-fuse=remarks=true"
   "$BUILD_DIR/bin/diffattn-opt" "$model" --diffattn-fuse=remarks=true \
-    -o "$out/decoder_layer.fused.mlir" 2>&1 | grep -E "remark" || true
-  grep -E "diffattn\.v[12] " "$out/decoder_layer.fused.mlir"
+    -o "$out/v2_attention.fused.mlir" 2>&1 | grep -E "remark" || true
+  grep -E "diffattn\.v[12] " "$out/v2_attention.fused.mlir"
   log "compiling the fused op for the CPU: diffattn-compile --target=cpu"
-  "$BUILD_DIR/bin/diffattn-compile" "$out/decoder_layer.fused.mlir" --target=cpu -o "$out"
+  "$BUILD_DIR/bin/diffattn-compile" "$out/v2_attention.fused.mlir" --target=cpu -o "$out"
   ls "$out"
-  log "running the layer on the CPU, unfused and fused, and comparing"
-  python3 "$ROOT/test/Fusion/run_graph.py" --opt "$BUILD_DIR/bin/diffattn-opt" \
+  log "running the module on the CPU, unfused and fused, and comparing"
+  python3 "$ROOT/test/Dialect/DiffAttn/Transforms/run_graph.py" --opt "$BUILD_DIR/bin/diffattn-opt" \
     --runner "$LLVM_PREFIX/bin/mlir-runner" --lib-dir "$LLVM_PREFIX/lib" "$model"
 
-  local attn="$ROOT/examples/v2_model.mlir"
+  local big="$ROOT/examples/v2_attention_bf16.mlir"
   local gpu_out="$BUILD_DIR/example-sm90"
-  log "compiling a bf16 V2 attention layer ($attn) to PTX and a cubin for sm_90"
-  "$BUILD_DIR/bin/diffattn-compile" "$attn" --target=sm_90 -o "$gpu_out"
+  log "the same module at a real model's sizes ($big: d_model 2048, 32 query"
+  log "heads, 8 KV heads, head dim 128, bf16): fuse and compile for sm_90"
+  "$BUILD_DIR/bin/diffattn-compile" "$big" --target=sm_90 -o "$gpu_out" --fuse-remarks
   ls "$gpu_out"
   grep -m1 -E "mma.sync.aligned.m16n8k16" "$gpu_out"/*.ptx
   log "running it on the GPU (if this machine has one)"
-  python3 "$ROOT/examples/run_gpu_example.py" "$attn" "$gpu_out"
+  python3 "$ROOT/examples/run_gpu_example.py" "$big" "$gpu_out"
 }
 
 # Runs lit and pytest, then prints one summary line; exits non-zero when any

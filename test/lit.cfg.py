@@ -39,16 +39,23 @@ tools = [
 ]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 # End-to-end fusion tests run whole graphs with mlir-runner and the MLIR
-# runner utility libraries (test/Fusion/run_graph.py).
+# runner utility libraries (test/Dialect/DiffAttn/Transforms/run_graph.py).
 _llvm_lib_dir = os.path.join(os.path.dirname(config.llvm_tools_dir), "lib")
 config.substitutions.append((
     "%run_graph",
     "%s %s --opt %s --runner %s --lib-dir %s" % (
         config.python_executable or "python3",
-        os.path.join(config.diffattn_src_root, "test", "Fusion", "run_graph.py"),
+        os.path.join(config.diffattn_src_root, "test", "Dialect", "DiffAttn", "Transforms", "run_graph.py"),
         os.path.join(config.diffattn_tools_dir, "diffattn-opt"),
         os.path.join(config.llvm_tools_dir, "mlir-runner"),
         _llvm_lib_dir)))
+# The plugin (tools/diffattn-plugin) and Debian's stock mlir-opt, which
+# loads it.
+config.substitutions.append((
+    "%diffattn_plugin",
+    os.path.join(config.diffattn_obj_root, "lib", "libDiffAttnPlugin.so")))
+config.substitutions.append((
+    "%stock_mlir_opt", os.path.join(config.llvm_tools_dir, "mlir-opt")))
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.diffattn_tools_dir, append_path=True)
 

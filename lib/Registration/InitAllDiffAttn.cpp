@@ -9,6 +9,7 @@
 #include "diffattn/Conversion/Passes.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnDialect.h"
 #include "diffattn/Dialect/DiffAttn/Transforms/Passes.h"
+#include "diffattn/Frontend/Tosa/TosaFrontend.h"
 #include "diffattn/Target/CPU/CPUTarget.h"
 
 void mlir::diffattn::registerAllDiffAttnDialects(DialectRegistry &registry) {
@@ -19,4 +20,5 @@ void mlir::diffattn::registerAllDiffAttnPasses() {
   registerDiffAttnPasses();
   registerDiffAttnConversionPasses();
   registerCPUTarget();
+  registerTosaFrontend();
 }

@@ -9,6 +9,7 @@
 // --mlir-timing and --mlir-print-ir-after-all show every stage:
 //
 //   parse + verify
+//   tosa        diffattn-tosa-frontend (only for graphs holding TOSA ops)
 //   fuse        diffattn-fuse (--no-fuse skips it)      model graph -> ops
 //   outline     diffattn-outline-kernels     one kernel per configuration
 //   per kernel, the target's stages:
@@ -25,6 +26,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
+#include "diffattn/Frontend/Tosa/TosaFrontend.h"
 #include "diffattn/InitAllDiffAttn.h"
 #include "diffattn/Target/CPU/CPUTarget.h"
 #include "diffattn/Target/GPU/GPUTarget.h"
@@ -156,6 +158,8 @@ void printStageList(const GPUChipInfo *chip) {
   };
   os << "stages of diffattn-compile --target=" << target
      << " (each replays alone):\n";
+  print("tosa", "diffattn-opt --diffattn-tosa-frontend   (graphs holding "
+                "TOSA ops only)");
   if (!noFuse)
     print("fuse", Twine("diffattn-opt --diffattn-fuse") +
                       (fuseRemarks ? "=remarks=1" : ""));
@@ -187,6 +191,13 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
     return failure();
   Location loc = module->getLoc();
 
+  // A TOSA graph (torch-mlir's TOSA export) first goes to linalg.
+  if (needsTosaFrontend(*module)) {
+    PassManager pm(&context);
+    buildTosaFrontendPipeline(pm);
+    if (failed(runStage(pm, *module, "tosa frontend", timing)))
+      return failure();
+  }
   {
     PassManager pm(&context);
     if (failed(addFrontStages(pm)) ||

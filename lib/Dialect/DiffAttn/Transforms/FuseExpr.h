@@ -29,7 +29,16 @@
 
 namespace mlir::diffattn::fusion {
 
+/// Bounds the recursion of every walk over expressions and graphs.
+constexpr unsigned kMaxDepth = 96;
+/// The most points an index table or a reduction may be evaluated at.
+constexpr int64_t kMaxEvalPoints = 1 << 16;
+
 enum class ExprKind { Leaf, Const, Index, Arith, Reduce };
+
+/// How a Reduce node combines its terms: a sum, a max, or a logical and/or
+/// of i1 terms (0 or 1).
+enum class ReduceKind { Add, Max, And, Or };
 
 enum class ArithKind {
   Add,
@@ -73,9 +82,13 @@ struct Expr {
   bool floatResult = true;
   /// Arith operands; Reduce: {init, body}.
   SmallVector<Expr *, 3> args;
-  /// Reduce: `max` or `add` over the dims `bound`.
-  bool isMax = false;
+  /// Reduce: how the terms combine over the dims `bound`.
+  ReduceKind reduceKind = ReduceKind::Add;
   SmallVector<unsigned, 2> bound;
+
+  bool isReduce(ReduceKind k) const {
+    return kind == ExprKind::Reduce && reduceKind == k;
+  }
 };
 
 /// Builds, expands, compares and evaluates element expressions.
@@ -96,7 +109,8 @@ public:
   /// An arithmetic node; folds when every operand is a constant.
   Expr *arith(ArithKind op, ArrayRef<Expr *> args, int64_t pred = 0,
               bool floatResult = true);
-  Expr *reduce(bool isMax, ArrayRef<unsigned> bound, Expr *init, Expr *body);
+  Expr *reduce(ReduceKind kind, ArrayRef<unsigned> bound, Expr *init,
+               Expr *body);
 
   /// Simplifies `e` using the extents of its dims (dims of extent 1 become
   /// 0; floordiv/mod of sums with bounded remainders fold).
@@ -155,7 +169,41 @@ private:
   MLIRContext *ctx;
   SmallVector<int64_t> extents;
   std::deque<Expr> nodes;
+  /// While a reduction's payload is expanded: its accumulator, which may
+  /// only appear in the combining op (anywhere else the expansion fails).
+  Value forbiddenArg;
 };
+
+/// The value of an arithmetic node over concrete operands; nullopt for
+/// `Other` and integer division by zero.
+std::optional<double> applyArith(ArithKind op, int64_t pred,
+                                 ArrayRef<double> values);
+
+/// Floor division of integers (rounds towards negative infinity).
+inline int64_t floorDivInt(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/// `Expr::pred` of a Cast node that is exact (a float extension): the
+/// value is unchanged, so a leaf may be read through it.
+constexpr int64_t kExactCast = 1;
+
+/// True when `e` is an exact float extension.
+inline bool isExactCast(Expr *e) {
+  return e->kind == ExprKind::Arith && e->op == ArithKind::Cast &&
+         e->floatResult && e->pred == kExactCast && e->args.size() == 1;
+}
+
+/// True when `e` is the constant `c`.
+inline bool isConstExpr(Expr *e, double c) {
+  return e->kind == ExprKind::Const && e->cst == c;
+}
+
+/// True when `e` is an arithmetic node of kind `k`.
+inline bool isArith(Expr *e, ArithKind k) {
+  return e->kind == ExprKind::Arith && e->op == k;
+}
 
 /// Flattens nested products: `Mul`s, `Neg`s, squares (`Pow` by 2) and `Div`s
 /// by constants become a list of factors (opened) and one constant

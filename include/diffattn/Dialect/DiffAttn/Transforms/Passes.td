@@ -16,29 +16,43 @@ def DiffAttnFuse : Pass<"diffattn-fuse"> {
                 "diffattn.v2 / diffattn.v1";
   let description = [{
     Finds, in linalg-on-tensors graphs (TOSA graphs after
-    `--tosa-to-linalg-pipeline`), the attention core of Differential
+    `--diffattn-tosa-frontend`), the attention core of Differential
     Transformer V2 and V1 and replaces it with one `diffattn.v2` /
     `diffattn.v1` that reads the graph's own q, k, v and lambda tensors. The
-    projections, RoPE and everything else stay as they are.
+    projections, RoPE and everything else stay as they are; the ops that
+    only fed the replaced subgraph are erased.
 
     Recognised: softmax written as max/sub/exp/sum/div, with a reciprocal,
-    or as `linalg.softmax`; matmuls as named ops or generics, with any
-    transposes and head reshapes; the two attentions as strided slices of a
-    2H-head attention or as separate attentions; GQA written as
-    broadcast/expand/repeat of K and V (the fused op reads the Hkv-head
-    tensors); causal and sliding-window masks as an additive -inf/large
-    negative tensor, a select on an iota comparison or a constant mask
-    tensor (each is evaluated on every query/key position and must be a
-    band); the scale on the scores or folded into q or k.
+    or as `linalg.softmax`, optionally behind torch's safe-softmax guard
+    `where(all_t(s == -inf), 0, softmax(s))` (SDPA's decomposition; checked
+    exactly and absorbed: it is the op's rule that a row seeing no key gives
+    0); matmuls as named ops or generics, with any transposes, head reshapes
+    and slices (q, k, v from one packed projection are read through slices
+    with their offsets); the two attentions as strided slices, a
+    `view(..., H, 2, D)` pairing or halves (h, h + H) of a 2H-head
+    attention, or as separate attentions; GQA written as
+    broadcast/expand/repeat/repeat_interleave of K and V (the fused op
+    reads the Hkv-head tensors); causal and sliding-window masks as an
+    additive -inf/large negative tensor, selects in either orientation on
+    an iota comparison or a constant mask tensor, in any order; the scale on
+    the scores, split over q and k, or folded into either; bf16/f16 graphs
+    computed in f32 inside (looked through: the op accumulates in f32).
+    Masks that depend on the positions only through `t - i` are proven to be
+    a band for every size; others are evaluated on every (query, key)
+    position.
 
     V2: `A_{2h} - sigmoid(lam) * A_{2h+1}`. V1: `c * RMSNorm(A1 - lam * A2)
     * w` with `lambda_init = 1 - c`.
 
     Anything that would change the computation is refused and, with
-    `remarks`, explained: pairs of query heads that do not share a KV head,
-    a lambda without its sigmoid, a mask that is not causal or windowed, the
-    difference in the other order, a softmax over another axis, dynamic
-    shapes, unsupported element types.
+    `remarks`, explained at the furthest step reached, naming the value:
+    pairs of query heads that do not share a KV head (named as the graph
+    numbers them), a lambda without its sigmoid, a mask that is not causal
+    or windowed or is read from a runtime tensor, the probabilities scaled
+    or multiplied (dropout) after the softmax, the difference in the other
+    order, a softmax over another axis, views the fusion cannot read (such
+    as torch-mlir's dynamic `tensor.reshape`), unsupported element types.
+    Every op the pass creates is verified before it replaces anything.
 
     Before (sketch):
     ```mlir

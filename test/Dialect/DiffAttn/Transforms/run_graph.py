@@ -12,7 +12,11 @@ the result, then runs it twice through mlir-runner: as written, and after
 of the fused op). It prints
 what was fused, both checksums and the largest difference, and exits non-zero
 when nothing was fused (unless --expect-unfused) or the outputs differ by more
-than the f32 tolerance. Used by the lit end-to-end tests and by README's main
+than the tolerance (1e-4 relative for f32 graphs; bf16 and f16 graphs
+round intermediates that the fused op keeps in f32). Arguments may be 0-d
+or bf16/f16; a trailing `dialect_resources` section (torch-mlir's weights)
+stays where it is. --tosa runs the TOSA front end (diffattn-tosa-frontend)
+first. Used by the lit end-to-end tests and by README's main
 job (scripts/run.sh example).
 """
 import argparse
@@ -32,7 +36,24 @@ LOWER = [
     "--convert-index-to-llvm", "--convert-cf-to-llvm",
     "--convert-func-to-llvm", "--reconcile-unrealized-casts",
 ]
-TOSA = ["--tosa-to-linalg-pipeline", "--tosa-to-tensor", "--tosa-to-arith"]
+TOSA = ["--diffattn-tosa-frontend"]
+
+
+def parse_tensor(t):
+    """'tensor<2x?x8xbf16>' -> ([2, -1, 8], 'bf16')."""
+    body = t[len("tensor<"):-1]
+    parts = body.split("x")
+    dims = [int(p) if p != "?" else -1 for p in parts[:-1]]
+    return dims, parts[-1]
+
+
+def module_end(text):
+    """Index of the module's closing brace (before a trailing
+    `{-# dialect_resources ... #-}` section, which torch-mlir's exports
+    carry)."""
+    res = text.find("{-#")
+    head = text if res < 0 else text[:res]
+    return head.rstrip().rfind("}")
 
 
 def add_driver(text):
@@ -45,14 +66,17 @@ def add_driver(text):
     lines = ["  func.func @main() {"]
     values = []
     for n, t in enumerate(arg_types):
-        dims = [int(x) for x in re.findall(r"(\d+)x", t)]
+        dims, elem = parse_tensor(t)
+        if any(d < 0 for d in dims):
+            sys.exit(f"run_graph.py: argument {n} has a dynamic shape ({t}); "
+                     "give static shapes")
         rank = len(dims)
         idx = ", ".join(f"d{i}" for i in range(rank))
         lines.append(f"    %e{n} = tensor.empty() : {t}")
         iters = ", ".join(['"parallel"'] * rank)
         lines.append(f"    %a{n} = linalg.generic {{indexing_maps = [affine_map<({idx}) -> ({idx})>], "
                      f"iterator_types = [{iters}]}} outs(%e{n} : {t}) {{")
-        lines.append("    ^bb0(%out: f32):")
+        lines.append(f"    ^bb0(%out: {elem}):")
         lin = None
         for i, size in enumerate(dims):
             lines.append(f"      %i{i} = linalg.index {i} : index")
@@ -63,25 +87,60 @@ def add_driver(text):
                 lines.append(f"      %m{i} = arith.muli {lin}, %c{i} : index")
                 lines.append(f"      %l{i} = arith.addi %m{i}, %i{i} : index")
                 lin = f"%l{i}"
+        if lin is None:  # a 0-d argument
+            lines.append("      %zero = arith.constant 0 : index")
+            lin = "%zero"
         lines.append(f"      %int = arith.index_cast {lin} : index to i64")
         lines.append("      %fp = arith.sitofp %int : i64 to f32")
         lines.append(f"      %k = arith.constant {0.731 + 0.113 * n} : f32")
         lines.append("      %x = arith.mulf %fp, %k : f32")
         lines.append("      %s = math.sin %x : f32")
-        lines.append("      linalg.yield %s : f32")
+        if elem == "f32":
+            lines.append("      linalg.yield %s : f32")
+        else:
+            lines.append(f"      %t = arith.truncf %s : f32 to {elem}")
+            lines.append(f"      linalg.yield %t : {elem}")
         lines.append(f"    }} -> {t}")
         values.append(f"%a{n}")
-    mem = result.replace("tensor<", "memref<")
     lines.append(f"    %r = func.call @{name}({', '.join(values)}) : "
                  f"({', '.join(arg_types)}) -> {result}")
-    lines.append(f"    %b = bufferization.to_buffer %r : {result} to {mem}")
+    rdims, relem = parse_tensor(result)
+    out = "%r"
+    if relem != "f32":
+        f32 = result.replace(relem + ">", "f32>")
+        rank = len(rdims)
+        idx = ", ".join(f"d{i}" for i in range(rank))
+        iters = ", ".join(['"parallel"'] * rank)
+        lines.append(f"    %re = tensor.empty() : {f32}")
+        lines.append(f"    %rf = linalg.generic {{indexing_maps = [affine_map<({idx}) -> ({idx})>, "
+                     f"affine_map<({idx}) -> ({idx})>], iterator_types = [{iters}]}} "
+                     f"ins(%r : {result}) outs(%re : {f32}) {{")
+        lines.append(f"    ^bb0(%in: {relem}, %o: f32):")
+        lines.append(f"      %w = arith.extf %in : {relem} to f32")
+        lines.append("      linalg.yield %w : f32")
+        lines.append(f"    }} -> {f32}")
+        out, result = "%rf", f32
+    mem = result.replace("tensor<", "memref<")
+    lines.append(f"    %b = bufferization.to_buffer {out} : {result} to {mem}")
     lines.append(f"    %u = memref.cast %b : {mem} to memref<*xf32>")
     lines.append("    func.call @printMemrefF32(%u) : (memref<*xf32>) -> ()")
     lines.append("    return")
     lines.append("  }")
     lines.append("  func.func private @printMemrefF32(memref<*xf32>)")
-    end = text.rstrip().rfind("}")
-    return text[:end] + "\n".join(lines) + "\n}\n"
+    end = module_end(text)
+    return text[:end] + "\n".join(lines) + "\n" + text[end:]
+
+
+def tolerance(text):
+    """Relative tolerance of the comparison: f32 1e-4; bf16/f16 graphs round
+    intermediate results the fused op keeps in f32."""
+    sig = re.search(r"func\.func @\w+\((.*?)\)\s*->\s*(tensor<[^>]*>)", text, re.S)
+    types = sig.group(1) + sig.group(2) if sig else ""
+    if "bf16" in types:
+        return 3e-2
+    if "f16" in types:
+        return 5e-3
+    return 1e-4
 
 
 def run(cmd, **kw):
@@ -117,7 +176,9 @@ def main():
     ap.add_argument("--expect-unfused", action="store_true")
     ap.add_argument("graph")
     args = ap.parse_args()
-    text = add_driver(open(args.graph).read())
+    original = open(args.graph).read()
+    text = add_driver(original)
+    tol = tolerance(original)
     pre = TOSA if args.tosa else []
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "graph.mlir")
@@ -138,7 +199,7 @@ def main():
     finite = all(x == x and abs(x) != float("inf") for x in got)
     print(f"elements: {len(ref)}; unfused sum {sum(ref):.6f}; fused sum {sum(got):.6f}; "
           f"max abs difference {diff:.3e}")
-    ok = finite and diff <= 1e-4 * scale
+    ok = finite and diff <= tol * scale
     if nfused == 0 and not args.expect_unfused:
         ok = False
         print("nothing was fused")
