@@ -14,11 +14,13 @@ is the bottleneck. Graph replay: one step captured in a CUDA graph, replayed
 `calls` times between CUDA events, per replay.
 
 Paths timed for the op: `diffattn.v2` (the public call: the C++ kernel
-where it is built), `torch.ops.diffattn.v2` directly, and, in a child
+where it is built), `torch.ops.diffattn.v2` directly (also under
+torch.inference_mode, which skips the autograd dispatch), and, in a child
 process with DIFFATTN_TORCH_EXT=off, the Python custom op (the path without
 the C++ kernel). Prints a table and writes DIR/host_cost.json.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -135,6 +137,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--commit", default=os.environ.get("DIFFATTN_COMMIT", ""))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-child", action="store_true",
+                    help="skip the Python custom op's child process")
     args = ap.parse_args()
     if args.child:
         return child(args)
@@ -152,16 +156,18 @@ def main():
                    rows=[])
     print(f"C++ kernel active: {_torch_native.active} {_torch_native.reason}", flush=True)
 
-    env = dict(os.environ, DIFFATTN_TORCH_EXT="off")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--calls",
-                           str(args.calls), "--repeats", str(args.repeats)],
-                          capture_output=True, text=True, env=env, timeout=600)
     python_op = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("CHILD "):
-            python_op = json.loads(line[len("CHILD "):])
-    if not python_op:
-        print(f"python custom op child failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    if not args.no_child:
+        env = dict(os.environ, DIFFATTN_TORCH_EXT="off")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--calls",
+                               str(args.calls), "--repeats", str(args.repeats)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        for line in proc.stdout.splitlines():
+            if line.startswith("CHILD "):
+                python_op = json.loads(line[len("CHILD "):])
+        if not python_op:
+            print(f"python custom op child failed (exit {proc.returncode}):\n"
+                  f"{proc.stderr[-2000:]}")
 
     header = (f"{'B x kv_len':>11} | {'path':<24} | {'host us/call':>12} | {'eager step us':>13} | "
               f"{'graph replay us':>15}")
@@ -171,12 +177,15 @@ def main():
         q, k, v, lam, kv_len = inputs(torch, b, kvl)
         paths = op_paths(torch, diffattn, q, k, v, lam, kv_len)
         paths["sdpa cudnn + compiled epi"] = sdpa_path(torch, q, k, v, lam)
+        paths["torch.ops [inference_mode]"] = paths["torch.ops.diffattn.v2"]
         for name, fn in paths.items():
             row = dict(B=b, kv_len=kvl, path=name)
+            mode = torch.inference_mode() if "inference_mode" in name else contextlib.nullcontext()
             try:
-                row["host_us"], row["step_us"] = host_and_step_us(torch, fn, args.calls,
-                                                                  args.repeats)
-                row["replay_us"] = replay_us(torch, fn, args.calls)
+                with mode:
+                    row["host_us"], row["step_us"] = host_and_step_us(torch, fn, args.calls,
+                                                                      args.repeats)
+                    row["replay_us"] = replay_us(torch, fn, args.calls)
             except Exception as e:  # a peer that does not run here: record why
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             results["rows"].append(row)
