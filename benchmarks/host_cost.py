@@ -17,7 +17,10 @@ Paths timed for the op: `diffattn.v2` (the public call: the C++ kernel
 where it is built), `torch.ops.diffattn.v2` directly (also under
 torch.inference_mode, which skips the autograd dispatch), and, in a child
 process with DIFFATTN_TORCH_EXT=off, the Python custom op (the path without
-the C++ kernel). Prints a table and writes DIR/host_cost.json.
+the C++ kernel). Beside them: the floor of a torch op on this host (an
+allocation; an ATen op launching one kernel), the C++ kernel's own host time
+by phase (diffattn_ext::timing), and torch.profiler's table of the public
+call. Prints a table and writes DIR/host_cost.json and DIR/profile.txt.
 """
 import argparse
 import contextlib
@@ -112,6 +115,52 @@ def sdpa_path(torch, q, k, v, lam):
     return run
 
 
+def floor_paths(torch, q, lam):
+    """What a torch op costs on this host: an allocation, and an ATen op
+    launching one kernel (out = a + b), at the op's output size."""
+    shape = (q.shape[0], q.shape[1], lam.shape[2], q.shape[3])
+    a = torch.randn(shape, device="cuda", dtype=q.dtype)
+    b, c = torch.randn_like(a), torch.empty_like(a)
+    return {
+        "floor: torch.empty": lambda: torch.empty(shape, device=q.device, dtype=q.dtype),
+        "floor: torch.add(out=)": lambda: torch.add(a, b, out=c),
+    }
+
+
+def kernel_breakdown(torch, fn, calls):
+    """Per call, in μs: the C++ kernel's own host time by phase
+    (diffattn_ext::timing), or None where the C++ kernel is not active."""
+    try:
+        torch.ops.diffattn_ext.timing(True)
+    except (AttributeError, RuntimeError):
+        return None
+    for _ in range(calls):
+        fn()
+    n, lookup, alloc, launch, total = torch.ops.diffattn_ext.timing(False)
+    torch.cuda.synchronize()
+    if not n:
+        return None
+    return dict(lookup_us=lookup / n, alloc_us=alloc / n, launch_us=launch / n,
+                kernel_total_us=total / n)
+
+
+def profile(torch, fn, path):
+    """torch.profiler's table of `fn` (50 calls): CPU time by op, and the
+    driver's launch calls where CUPTI records them."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    fn()
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    with open(path, "w") as f:
+        f.write(table)
+    return table
+
+
 def child(args):
     """The Python custom op (DIFFATTN_TORCH_EXT=off): one JSON line."""
     import torch
@@ -148,6 +197,7 @@ def main():
     import diffattn
     from diffattn import _torch_native
 
+    os.makedirs(args.out, exist_ok=True)
     from diffattn import _torch  # noqa: F401  (defines the op)
 
     results = dict(commit=args.commit, torch=torch.__version__,
@@ -169,7 +219,7 @@ def main():
             print(f"python custom op child failed (exit {proc.returncode}):\n"
                   f"{proc.stderr[-2000:]}")
 
-    header = (f"{'B x kv_len':>11} | {'path':<24} | {'host us/call':>12} | {'eager step us':>13} | "
+    header = (f"{'B x kv_len':>11} | {'path':<26} | {'host us/call':>12} | {'eager step us':>13} | "
               f"{'graph replay us':>15}")
     lines = [header, "-" * len(header)]
     for b, kvl in gpu_cases.HOST_COST_DECODE:
@@ -178,6 +228,7 @@ def main():
         paths = op_paths(torch, diffattn, q, k, v, lam, kv_len)
         paths["sdpa cudnn + compiled epi"] = sdpa_path(torch, q, k, v, lam)
         paths["torch.ops [inference_mode]"] = paths["torch.ops.diffattn.v2"]
+        paths.update(floor_paths(torch, q, lam))
         for name, fn in paths.items():
             row = dict(B=b, kv_len=kvl, path=name)
             mode = torch.inference_mode() if "inference_mode" in name else contextlib.nullcontext()
@@ -185,7 +236,12 @@ def main():
                 with mode:
                     row["host_us"], row["step_us"] = host_and_step_us(torch, fn, args.calls,
                                                                       args.repeats)
-                    row["replay_us"] = replay_us(torch, fn, args.calls)
+                    if not name.startswith("floor"):
+                        row["replay_us"] = replay_us(torch, fn, args.calls)
+                    if name.startswith("torch.ops"):
+                        breakdown = kernel_breakdown(torch, fn, args.calls)
+                        if breakdown:
+                            row.update(breakdown)
             except Exception as e:  # a peer that does not run here: record why
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             results["rows"].append(row)
@@ -196,14 +252,26 @@ def main():
             if row["B"] != b or row["kv_len"] != kvl:
                 continue
             if "error" in row:
-                lines.append(f"{b:>3} x {kvl:<5} | {row['path']:<24} | {row['error']}")
+                lines.append(f"{b:>3} x {kvl:<5} | {row['path']:<26} | {row['error']}")
                 continue
             replay = f"{row['replay_us']:15.1f}" if "replay_us" in row else f"{'-':>15}"
-            lines.append(f"{b:>3} x {kvl:<5} | {row['path']:<24} | {row['host_us']:12.1f} | "
-                         f"{row['step_us']:13.1f} | {replay}")
+            inside = ""
+            if "kernel_total_us" in row:
+                inside = (f" | C++ kernel {row['kernel_total_us']:.1f} = look-up "
+                          f"{row['lookup_us']:.1f} + alloc {row['alloc_us']:.1f} + launch "
+                          f"{row['launch_us']:.1f}")
+            lines.append(f"{b:>3} x {kvl:<5} | {row['path']:<26} | {row['host_us']:12.1f} | "
+                         f"{row['step_us']:13.1f} | {replay}{inside}")
         print("\n".join(lines[first:]), flush=True)
     print("\n" + "\n".join(lines))
-    os.makedirs(args.out, exist_ok=True)
+    b, kvl = gpu_cases.HOST_COST_DECODE[0]
+    q, k, v, lam, kv_len = inputs(torch, b, kvl)
+    try:
+        print(f"\ntorch.profiler, diffattn.v2 at {b} x {kvl}, 50 calls:\n" + profile(
+            torch, op_paths(torch, diffattn, q, k, v, lam, kv_len)["diffattn.v2"],
+            os.path.join(args.out, "profile.txt")))
+    except Exception as e:
+        print(f"torch.profiler failed: {type(e).__name__}: {e}")
     with open(os.path.join(args.out, "host_cost.json"), "w") as f:
         json.dump(results, f, indent=1)
 

@@ -30,9 +30,11 @@
 
 #include "diffattn/runtime.h"
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/Allocator.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
@@ -40,6 +42,8 @@
 #include <dlfcn.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -163,6 +167,32 @@ diffattn_buffer describe(const char *name, const at::Tensor &t) {
   return buf;
 }
 
+//===----------------------------------------------------------------------===//
+// Allocation and timing
+//===----------------------------------------------------------------------===//
+
+/// The allocator at::empty uses for CUDA tensors, once a first call has
+/// checked that c10::GetAllocator(CUDA) is that one (torch's caching
+/// allocator, which under CUDA-graph capture serves the graph's pool).
+/// Allocating from it directly skips a dispatcher round trip per buffer;
+/// until then (and if the check fails) buffers come from at::empty.
+std::atomic<c10::Allocator *> gCudaAllocator{nullptr};
+std::atomic<bool> gAllocatorChecked{false};
+
+/// Host time spent in the kernel, by phase (diffattn_ext::timing).
+struct Timing {
+  std::atomic<bool> enabled{false};
+  std::atomic<int64_t> calls{0}, lookupNs{0}, allocNs{0}, launchNs{0},
+      totalNs{0};
+};
+Timing gTiming;
+
+int64_t nowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 /// Asks the Python resolver for the plan of this call. It raises (through
 /// the dispatcher, as the original Python exception) when the call is
 /// invalid, and otherwise returns [module handle, B, Sq, Sk, workspace
@@ -235,6 +265,8 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k,
                   const std::optional<at::Tensor> &kvLen, bool causal,
                   std::optional<double> scale, int64_t windowLeft,
                   int64_t windowRight) {
+  bool timing = gTiming.enabled.load(std::memory_order_relaxed);
+  int64_t tStart = timing ? nowNs() : 0;
   Key key;
   bool keyed = pushTensor(key, &q) && pushTensor(key, &k) &&
                pushTensor(key, &v) && pushTensor(key, &lam) &&
@@ -271,8 +303,23 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k,
 
   // The runtime launches in the current CUDA context: that of q's device.
   c10::DeviceGuard guard(q.device());
-  at::Tensor out = at::empty(plan->outShape, q.options());
-  at::Tensor workspace;
+  int64_t tLookup = timing ? nowNs() : 0;
+  c10::Allocator *allocator = gCudaAllocator.load(std::memory_order_acquire);
+  at::Tensor out;
+  at::Tensor workspaceTensor;
+  c10::DataPtr workspace;
+  if (allocator) {
+    out = at::detail::empty_generic(plan->outShape, allocator,
+                                    c10::DispatchKeySet(c10::DispatchKey::CUDA),
+                                    q.scalar_type(), std::nullopt);
+  } else {
+    out = at::empty(plan->outShape, q.options());
+    if (!gAllocatorChecked.exchange(true)) {
+      c10::Allocator *candidate = c10::GetAllocator(c10::DeviceType::CUDA);
+      if (candidate && out.storage().allocator() == candidate)
+        gCudaAllocator.store(candidate, std::memory_order_release);
+    }
+  }
   std::array<diffattn_buffer, 7> buffers = plan->buffers;
   int n = 0;
   buffers[n++].data = const_cast<void *>(q.const_data_ptr());
@@ -283,20 +330,36 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k,
     buffers[n++].data = const_cast<void *>(kvLen->const_data_ptr());
   buffers[plan->outIndex].data = out.data_ptr();
   if (plan->workspace > 0) {
-    // Stream-ordered: torch's caching allocator hands this block to other
-    // work only after what this stream has queued so far (the kernels
-    // reading it) has run; under CUDA-graph capture it comes from the
+    // Stream-ordered: torch's caching allocator hands this block (freed
+    // when this function returns) to other work only on this stream, after
+    // the kernels queued here; under CUDA-graph capture it comes from the
     // graph's pool.
-    workspace = at::empty({plan->workspace}, q.options().dtype(at::kFloat));
-    buffers[plan->outIndex + 1].data = workspace.data_ptr();
+    size_t bytes = static_cast<size_t>(plan->workspace) * sizeof(float);
+    if (allocator) {
+      workspace = allocator->allocate(bytes);
+      buffers[plan->outIndex + 1].data = workspace.get();
+    } else {
+      workspaceTensor =
+          at::empty({plan->workspace}, q.options().dtype(at::kFloat));
+      buffers[plan->outIndex + 1].data = workspaceTensor.data_ptr();
+    }
   }
   void *stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
                      ->getStream(q.device())
                      .native_handle();
+  int64_t tAlloc = timing ? nowNs() : 0;
   int rc = gRuntime.launch(plan->module, plan->kernel, buffers.data(),
                            plan->numBuffers, plan->B, plan->Sq, plan->Sk,
                            stream);
   TORCH_CHECK(rc == DIFFATTN_OK, "diffattn: ", gRuntime.lastError());
+  if (timing) {
+    int64_t tEnd = nowNs();
+    gTiming.calls += 1;
+    gTiming.lookupNs += tLookup - tStart;
+    gTiming.allocNs += tAlloc - tLookup;
+    gTiming.launchNs += tEnd - tAlloc;
+    gTiming.totalNs += tEnd - tStart;
+  }
   return out;
 }
 
@@ -354,8 +417,27 @@ std::string install(const std::string &runtimePath) {
   return "";
 }
 
+/// diffattn_ext::timing: the kernel's host time since the last call, as
+/// [calls, plan look-up us, allocation us, launch us, total us] (look-up:
+/// key, plan cache, device guard; allocation: output and workspace, and
+/// the stream; launch: diffattn_launch, i.e. checks and every stage's
+/// cuLaunchKernel); resets the sums and turns the measurement on or off.
+std::vector<double> timing(bool enable) {
+  auto take = [](std::atomic<int64_t> &x) {
+    return static_cast<double>(x.exchange(0));
+  };
+  double calls = take(gTiming.calls);
+  std::vector<double> result = {calls, take(gTiming.lookupNs) / 1e3,
+                                take(gTiming.allocNs) / 1e3,
+                                take(gTiming.launchNs) / 1e3,
+                                take(gTiming.totalNs) / 1e3};
+  gTiming.enabled.store(enable);
+  return result;
+}
+
 } // namespace
 
 TORCH_LIBRARY(diffattn_ext, m) {
   m.def("install(str runtime) -> str", &install);
+  m.def("timing(bool enable) -> float[]", &timing);
 }

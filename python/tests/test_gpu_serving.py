@@ -79,6 +79,19 @@ def test_repeated_call_does_not_reach_python(native, monkeypatch):
     assert torch.equal(other, _python_kernel(q2, k2, v2, lam2, kl2))
 
 
+def test_kernel_host_time_breakdown(native):
+    """diffattn_ext::timing counts the C++ kernel's calls and host time by
+    phase (benchmarks/host_cost.py reports it)."""
+    q, k, v, lam, kl = _inputs(2, 1, 500)
+    _op(q, k, v, lam, kl)
+    torch.ops.diffattn_ext.timing(True)
+    for _ in range(3):
+        _op(q, k, v, lam, kl)
+    calls, lookup, alloc, launch, total = torch.ops.diffattn_ext.timing(False)
+    assert calls == 3
+    assert 0 < lookup + alloc + launch <= total * 1.01
+
+
 @pytest.mark.parametrize("shape", [(2, 77, 90, False), (2, 1, 500, True), (2, 16, 300, True)],
                          ids=["prefill", "decode", "chunk"])
 def test_native_kernel_matches_python_kernel(native, shape):
