@@ -51,10 +51,14 @@ _libraries = []  # torch.library.Library objects: registrations live with them
 
 def library_path():
     """The C++ kernel's library this package loads ("" for none)."""
-    env = os.environ.get("DIFFATTN_TORCH_EXT")
-    if env is not None:
-        return "" if env.strip().lower() in ("", "0", "off", "false", "no") else env
+    env = os.environ.get("DIFFATTN_TORCH_EXT", "").strip()
+    if env:
+        return "" if _disabled() else env
     return getattr(_build_config, "DIFFATTN_TORCH_EXT", "")
+
+
+def _disabled():
+    return os.environ.get("DIFFATTN_TORCH_EXT", "").strip().lower() in ("0", "off", "false", "no")
 
 
 def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
@@ -92,8 +96,8 @@ def define_v2(kernel, fake):
     global active, reason
     path = library_path()
     if not path:
-        reason = ("the C++ kernel is not built (no torch when the package was built) "
-                  "or DIFFATTN_TORCH_EXT disables it")
+        reason = ("DIFFATTN_TORCH_EXT disables the C++ kernel" if _disabled() else
+                  "the C++ kernel is not built (python3 had no torch when the package was built)")
         return False
     if not os.path.isfile(path):
         reason = f"no C++ kernel library at {path}"
