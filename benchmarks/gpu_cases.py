@@ -104,6 +104,19 @@ PYTEST_GPU_SHAPE = (2, 77, 90, 8, 2, 64)
 PYTEST_GPU_KV_LEN_CAUSAL = (True, False)
 
 
+# python/tests/test_gpu_serving.py: the decode-form kernel of the pytest
+# configuration (2H = 8, Hkv = 2, D = 64, bf16, causal) built with these
+# diffattn-compile options too (the combine launched without programmatic
+# dependent launch, captured in a CUDA graph).
+SERVING_OPTION_VARIANTS = [
+    ("--gpu-options=programmatic-launch=false",),
+]
+
+# benchmarks/host_cost.py: decode steps (B, kv_len), one token, D 128,
+# 32 query / 8 KV heads, bf16 (the kernel of BENCH_DECODE's configuration).
+HOST_COST_DECODE = [(1, 4096), (1, 16384), (4, 4096), (4, 16384)]
+
+
 def all_kernel_requests():
     """Every distinct kernel request of the cases above, as keyword
     arguments of diffattn._gpu.prepare_v2 (without the target)."""
@@ -153,6 +166,14 @@ def all_kernel_requests():
         reqs.append(dict(q_shape=(1, 1, 8, 64), k_shape=(1, 64, 2, 64), v_shape=(1, 64, 2, 64),
                          lam_shape=(1, 1, 4), elem="bf16", lam_elem="bf16", causal=causal,
                          window=(-1, -1), kv_len_shape=(1,)))
+    for options in SERVING_OPTION_VARIANTS:
+        reqs.append(dict(q_shape=(1, 1, 8, 64), k_shape=(1, 64, 2, 64), v_shape=(1, 64, 2, 64),
+                         lam_shape=(1, 1, 4), elem="bf16", lam_elem="bf16", causal=True,
+                         window=(-1, -1), kv_len_shape=(1,), options=options))
+    for b, kvl in HOST_COST_DECODE:
+        reqs.append(dict(q_shape=(b, 1, 32, 128), k_shape=(b, kvl, 8, 128),
+                         v_shape=(b, kvl, 8, 128), lam_shape=(b, 1, 16), elem="bf16",
+                         lam_elem="bf16", causal=True, window=(-1, -1), kv_len_shape=(b,)))
     for b, kvl, h2, hkv, d in BENCH_DECODE:
         for options in [None] + BENCH_DECODE_VARIANTS:
             req = dict(q_shape=(b, 1, h2, d), k_shape=(b, kvl, hkv, d), v_shape=(b, kvl, hkv, d),

@@ -1,7 +1,8 @@
 """PyTorch integration: ``torch.ops.diffattn.v2`` as a torch.library custom
 op, with a fake (meta) implementation so torch.compile keeps it in its
 graph. Importing this module registers the op; ``diffattn.v2`` does so on
-its first torch call.
+its first torch call. Where the build made the C++ kernel
+(``diffattn._torch_native``), CUDA calls run it instead of ``_run``.
 """
 
 import functools
@@ -9,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from . import _gpu
+from . import _gpu, _torch_native
 
 _ELEM = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
@@ -85,17 +86,23 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
     return out
 
 
-@torch.library.custom_op("diffattn::v2", mutates_args=())
 def v2_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
           kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
           window_left: int, window_right: int) -> torch.Tensor:
     return _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right)
 
 
-@v2_op.register_fake
 def _v2_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     b, sq, h2, _ = q.shape
     return q.new_empty((b, sq, h2 // 2, v.shape[3]))
+
+
+# The op's schema is v2_op's signature. CUDA calls run the C++ kernel where
+# the build made one (diffattn._torch_native: no Python per repeated call);
+# otherwise the op is this Python custom op.
+if not _torch_native.define_v2(v2_op, _v2_fake):
+    v2_op = torch.library.custom_op("diffattn::v2", mutates_args=())(v2_op)
+    v2_op.register_fake(_v2_fake)
 
 
 @torch.library.custom_op("diffattn::v2_paged", mutates_args=())

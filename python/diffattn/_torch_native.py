@@ -1,0 +1,126 @@
+"""The C++ kernel of ``torch.ops.diffattn.v2`` (``python/csrc/torch_op.cpp``,
+``libdiffattn_torch.so``), where the build made one.
+
+An eager call through a ``torch.library.custom_op`` runs Python on every
+call (its autograd wrapper, validation, the launch through ctypes): about
+100-170 us of host time per decode step. With the C++ kernel a repeated call
+costs the dispatcher, two allocations from torch's caching allocator and the
+launch: the configuration's launch plan (module, kernel, sizes, buffer
+shapes) is cached in C++, keyed by every tensor's dtype, device, sizes and
+contiguity and by the options.
+
+How it is put together (``define_v2``):
+
+- ``diffattn::v2`` is defined here with ``torch.library`` (the schema
+  inferred from the annotated Python kernel, as ``custom_op`` would), with
+  the fake kernel for torch.compile and the Python kernel as its
+  CompositeExplicitAutograd kernel (what non-CUDA tensors reach, so they
+  get the Python kernel's errors).
+- ``diffattn::_v2_plan`` (same arguments, returns ``int[]``) is the
+  resolver: the first call of a configuration asks it, from C++, for the
+  plan. It validates the call (TypeError / ValueError naming the argument),
+  finds or builds the kernel in the kernel cache (``diffattn._compiler``)
+  and loads its module with the runtime. Later calls of the configuration
+  do not reach Python.
+- ``torch.ops.diffattn_ext.install(runtime)`` registers the C++ kernel for
+  the CUDA dispatch key. It refuses (and the Python kernel serves CUDA
+  tensors) when the schema defined here does not match the C++ kernel's
+  signature, e.g. after an argument was added to the op in Python only.
+
+``DIFFATTN_TORCH_EXT`` overrides the library's path; ``0`` / ``off``
+disables it (the op is then the Python custom op, as without the library).
+Which path serves calls: ``active`` and ``reason``.
+"""
+
+import os
+import warnings
+
+import torch
+
+from . import _build_config, _gpu, _runtime
+
+#: Whether the C++ kernel serves CUDA calls of torch.ops.diffattn.v2.
+active = False
+#: Why not, when it does not ("" when it does).
+reason = "diffattn._torch not imported yet"
+#: How many configurations the C++ kernel asked Python to plan (tests).
+resolver_calls = 0
+
+_libraries = []  # torch.library.Library objects: registrations live with them
+
+
+def library_path():
+    """The C++ kernel's library this package loads ("" for none)."""
+    env = os.environ.get("DIFFATTN_TORCH_EXT", "").strip()
+    if env:
+        return "" if _disabled() else env
+    return getattr(_build_config, "DIFFATTN_TORCH_EXT", "")
+
+
+def _disabled():
+    return os.environ.get("DIFFATTN_TORCH_EXT", "").strip().lower() in ("0", "off", "false", "no")
+
+
+def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    """diffattn::_v2_plan: the launch plan of one configuration, as
+    [module handle, B, Sq, Sk, workspace f32 elements, out shape (4)].
+    Raises the Python kernel's errors for an invalid call. (The same steps
+    as the Python kernel, diffattn._torch._run, up to its launch.)"""
+    global resolver_calls
+    from . import _torch
+
+    _torch._validate(q, k, v, lam, kv_len)
+    directory, out_shape, sizes = _gpu.prepare_v2(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape),
+        _torch._ELEM[q.dtype], _torch._ELEM[lam.dtype], causal=causal, scale=scale,
+        window=(window_left, window_right),
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
+        target=_torch._target_of(q.device.index))
+    handle, names = _runtime.load_module(directory)
+    if len(names) != 1:
+        raise _runtime.RuntimeFailure(f"{directory}: expected one kernel, found {names}")
+    workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
+    resolver_calls += 1
+    return [handle.value, *sizes, workspace, *out_shape]
+
+
+def define_v2(kernel, fake):
+    """Defines torch.ops.diffattn.v2 with the C++ kernel for CUDA tensors.
+
+    ``kernel`` is the op's Python kernel, annotated (its signature is the
+    op's schema); ``fake`` its fake kernel. Returns False, defining nothing,
+    when the library is not built or cannot be loaded: the caller then
+    defines the op as a Python custom op. Returns True once the op is
+    defined; ``active`` says whether the C++ kernel serves CUDA calls (if
+    it refused, the Python kernel does, and ``reason`` says why)."""
+    global active, reason
+    path = library_path()
+    if not path:
+        reason = ("DIFFATTN_TORCH_EXT disables the C++ kernel" if _disabled() else
+                  "the C++ kernel is not built (python3 had no torch when the package was built)")
+        return False
+    if not os.path.isfile(path):
+        reason = f"no C++ kernel library at {path}"
+        return False
+    try:
+        torch.ops.load_library(path)
+    except (OSError, RuntimeError) as e:
+        reason = f"cannot load {path}: {e}"
+        warnings.warn(f"diffattn: {reason}; torch.ops.diffattn.v2 runs its Python kernel")
+        return False
+
+    schema = torch.library.infer_schema(kernel, mutates_args=())
+    lib = torch.library.Library("diffattn", "FRAGMENT")
+    _libraries.append(lib)
+    lib.define("v2" + schema, tags=(torch.Tag.pt2_compliant_tag,))
+    lib.define("_v2_plan" + schema[:schema.rindex("->")] + "-> int[]")
+    lib.impl("_v2_plan", _plan, "CompositeExplicitAutograd")
+    lib.impl("v2", kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake("diffattn::v2", fake, lib=lib)
+    why = torch.ops.diffattn_ext.install(_runtime.runtime_path())
+    if why:
+        reason = why
+        warnings.warn(f"diffattn: the C++ kernel of torch.ops.diffattn.v2 is not used: {why}")
+        return True
+    active, reason = True, ""
+    return True
