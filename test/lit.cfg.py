@@ -56,6 +56,8 @@ config.substitutions.append((
     os.path.join(config.diffattn_obj_root, "lib", "libDiffAttnPlugin.so")))
 config.substitutions.append((
     "%stock_mlir_opt", os.path.join(config.llvm_tools_dir, "mlir-opt")))
+if shutil.which("clang-format"):
+    config.available_features.add("clang-format")
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.diffattn_tools_dir, append_path=True)
 

@@ -1,4 +1,5 @@
-//===- InitAllDiffAttn.h - register the project's dialects, passes -*- C++ -*-===//
+//===- InitAllDiffAttn.h - register the project's dialects, passes -*- C++
+//-*-===//
 //
 // One place that registers everything the project defines, shared by
 // diffattn-opt, diffattn-compile and the C API.

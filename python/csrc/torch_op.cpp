@@ -81,9 +81,8 @@ struct Key {
 
   void push(int64_t value) { values[size++] = value; }
   bool operator==(const Key &other) const {
-    return size == other.size &&
-           std::memcmp(values.data(), other.values.data(),
-                       size * sizeof(int64_t)) == 0;
+    return size == other.size && std::memcmp(values.data(), other.values.data(),
+                                             size * sizeof(int64_t)) == 0;
   }
 };
 
@@ -260,10 +259,9 @@ std::unique_ptr<Plan> resolve(const at::Tensor &q, const at::Tensor &k,
 /// The CUDA kernel of diffattn::v2 (schema in diffattn._torch: q, k, v,
 /// lam as BSHD CUDA tensors, kv_len an optional [B] int32 tensor; returns
 /// out [B, Sq, H, Dv] in q's dtype).
-at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k,
-                  const at::Tensor &v, const at::Tensor &lam,
-                  const std::optional<at::Tensor> &kvLen, bool causal,
-                  std::optional<double> scale, int64_t windowLeft,
+at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                  const at::Tensor &lam, const std::optional<at::Tensor> &kvLen,
+                  bool causal, std::optional<double> scale, int64_t windowLeft,
                   int64_t windowRight) {
   bool timing = gTiming.enabled.load(std::memory_order_relaxed);
   int64_t tStart = timing ? nowNs() : 0;
@@ -291,8 +289,8 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k,
   }
   if (!plan) {
     // Not under the lock: the resolver runs Python (which may compile).
-    std::unique_ptr<Plan> fresh = resolve(q, k, v, lam, kvLen, causal, scale,
-                                          windowLeft, windowRight);
+    std::unique_ptr<Plan> fresh =
+        resolve(q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight);
     TORCH_CHECK(keyed, "diffattn::_v2_plan accepted an unplannable call");
     std::lock_guard<std::mutex> lock(gPlansMutex);
     auto &slot = gPlans[key];
@@ -348,9 +346,9 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k,
                      ->getStream(q.device())
                      .native_handle();
   int64_t tAlloc = timing ? nowNs() : 0;
-  int rc = gRuntime.launch(plan->module, plan->kernel, buffers.data(),
-                           plan->numBuffers, plan->B, plan->Sq, plan->Sk,
-                           stream);
+  int rc =
+      gRuntime.launch(plan->module, plan->kernel, buffers.data(),
+                      plan->numBuffers, plan->B, plan->Sq, plan->Sk, stream);
   TORCH_CHECK(rc == DIFFATTN_OK, "diffattn: ", gRuntime.lastError());
   if (timing) {
     int64_t tEnd = nowNs();
@@ -427,10 +425,9 @@ std::vector<double> timing(bool enable) {
     return static_cast<double>(x.exchange(0));
   };
   double calls = take(gTiming.calls);
-  std::vector<double> result = {calls, take(gTiming.lookupNs) / 1e3,
-                                take(gTiming.allocNs) / 1e3,
-                                take(gTiming.launchNs) / 1e3,
-                                take(gTiming.totalNs) / 1e3};
+  std::vector<double> result = {
+      calls, take(gTiming.lookupNs) / 1e3, take(gTiming.allocNs) / 1e3,
+      take(gTiming.launchNs) / 1e3, take(gTiming.totalNs) / 1e3};
   gTiming.enabled.store(enable);
   return result;
 }

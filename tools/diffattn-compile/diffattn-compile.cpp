@@ -137,7 +137,8 @@ LogicalResult runStage(PassManager &pm, ModuleOp module, StringRef stage,
 /// The stages before any target: fuse (unless --no-fuse), outline.
 LogicalResult addFrontStages(OpPassManager &pm) {
   std::string pipeline =
-      noFuse ? "" : (fuseRemarks ? "diffattn-fuse{remarks=1}," : "diffattn-fuse,");
+      noFuse ? ""
+             : (fuseRemarks ? "diffattn-fuse{remarks=1}," : "diffattn-fuse,");
   return parsePassPipeline(pipeline + "diffattn-outline-kernels", pm);
 }
 
@@ -166,7 +167,8 @@ void printStageList(const GPUChipInfo *chip) {
   print("outline", "diffattn-opt --diffattn-outline-kernels");
   if (!chip) {
     print("lower", "diffattn-opt --diffattn-cpu-pipeline=\"outline=0 "
-                   "lowering=" + lowering + " block-q=" + Twine(blockQ) +
+                   "lowering=" +
+                       lowering + " block-q=" + Twine(blockQ) +
                        " block-k=" + Twine(blockK) + "\"   (per kernel)");
     print("emit", "LLVM -O3 for the host CPU, cc -shared -> <kernel>.so");
   } else {
@@ -227,8 +229,8 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
     FailureOr<llvm::json::Object> entry =
         chip ? compileGPUKernel(*kernelModule, kernel.getSymName(), *chip,
                                 pipelineOptions, outputDir, run, timing)
-             : compileCPUKernel(*kernelModule, kernel.getSymName(),
-                                cpuOptions, outputDir, run, timing);
+             : compileCPUKernel(*kernelModule, kernel.getSymName(), cpuOptions,
+                                outputDir, run, timing);
     if (failed(entry))
       return failure();
     manifest.addKernel(std::move(*entry));
@@ -267,10 +269,10 @@ FailureOr<const GPUChipInfo *> resolveTarget() {
                               [](const Twine &message) {
                                 std::string text = message.str();
                                 if (!StringRef(text).trim().empty())
-                                  llvm::errs() << "diffattn-compile: "
-                                                  "--gpu-options: "
-                                               << StringRef(text).trim()
-                                               << "\n";
+                                  llvm::errs()
+                                      << "diffattn-compile: "
+                                         "--gpu-options: "
+                                      << StringRef(text).trim() << "\n";
                                 return failure();
                               })))
     return failure();

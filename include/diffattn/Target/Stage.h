@@ -19,9 +19,8 @@ namespace mlir::diffattn {
 
 /// Runs `pm` on `module` as the stage called `stage` (its timing scope is
 /// nested under the driver's). Returns failure when the pipeline fails.
-using StageRunner =
-    function_ref<LogicalResult(PassManager &pm, ModuleOp module,
-                               StringRef stage)>;
+using StageRunner = function_ref<LogicalResult(PassManager &pm, ModuleOp module,
+                                               StringRef stage)>;
 
 } // namespace mlir::diffattn
 

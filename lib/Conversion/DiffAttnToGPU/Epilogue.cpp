@@ -23,26 +23,25 @@ Value DifferentialEpilogue::sigmoidOfLam(Value lam, Value index) {
   Value one = kb.f32(1.0f);
   return arith::DivFOp::create(
       b, loc, one,
-      kb.fadd(one,
-              kb.exp2(kb.fmul(x, kb.f32(-static_cast<float>(M_LOG2E))))));
+      kb.fadd(one, kb.exp2(kb.fmul(x, kb.f32(-static_cast<float>(M_LOG2E))))));
 }
 
 Value DifferentialEpilogue::normalize(Value acc, Value sum) {
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
-  Value seen = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum,
-                                     kb.f32(0));
-  return kb.select(seen,
-                   arith::DivFOp::create(b, loc, acc,
-                                         kb.select(seen, sum, kb.f32(1.0f))),
-                   kb.f32(0.0f));
+  Value seen =
+      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, kb.f32(0));
+  return kb.select(
+      seen,
+      arith::DivFOp::create(b, loc, acc, kb.select(seen, sum, kb.f32(1.0f))),
+      kb.f32(0.0f));
 }
 
 Value DifferentialEpilogue::inverseSum(Value sum) {
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
-  Value seen = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum,
-                                     kb.f32(0));
+  Value seen =
+      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, kb.f32(0));
   return kb.select(seen,
                    arith::DivFOp::create(b, loc, kb.f32(1.0f),
                                          kb.select(seen, sum, kb.f32(1.0f))),
@@ -55,7 +54,6 @@ void DifferentialEpilogue::storeDifference(Value out, Value pairRow, Value col,
   Location loc = kb.loc;
   Value result = arith::TruncFOp::create(b, loc, elementType,
                                          kb.fsub(o0, kb.fmul(sig, o1)));
-  memref::StoreOp::create(
-      b, loc, result, out,
-      ValueRange{kb.add(kb.mul(pairRow, valueDim), col)});
+  memref::StoreOp::create(b, loc, result, out,
+                          ValueRange{kb.add(kb.mul(pairRow, valueDim), col)});
 }

@@ -58,9 +58,8 @@ struct DiffAttnGPUPipelinePass
     text.consume_front("{");
     text.consume_back("}");
     Pass &strategyPass = *pm.begin();
-    if (failed(strategyPass.initializeOptions(text, [&](const Twine &msg) {
-          return module.emitError(msg);
-        })))
+    if (failed(strategyPass.initializeOptions(
+            text, [&](const Twine &msg) { return module.emitError(msg); })))
       return signalPassFailure();
     if (failed(runPipeline(pm, module)))
       return signalPassFailure();

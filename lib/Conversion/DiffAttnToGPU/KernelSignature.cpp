@@ -162,7 +162,8 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
            stage((name + "_combine").str(),
                  {ceilDiv("Sq", 1, ppg), b.getI64IntegerAttr(config.kvHeads),
                   ceilDiv("B", 1, 1)},
-                 config.valueDim, 0, paramsOf(combineBuffers, /*withPool=*/false),
+                 config.valueDim, 0,
+                 paramsOf(combineBuffers, /*withPool=*/false),
                  config.programmaticLaunch, combineSkip)})));
   // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
   // (Dv + 2).

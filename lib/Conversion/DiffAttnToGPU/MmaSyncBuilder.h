@@ -1,4 +1,5 @@
-//===- MmaSyncBuilder.h - the mma.sync strategy's kernel builder -*- C++ -*-===//
+//===- MmaSyncBuilder.h - the mma.sync strategy's kernel builder -*- C++
+//-*-===//
 //
 // Private to lib/Conversion/DiffAttnToGPU: the portable tensor-core
 // strategy's plan and kernel builder, whose definitions are split over
@@ -32,7 +33,6 @@
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 
 namespace mlir::diffattn::mma_sync {
-
 
 /// Two layouts of the shared-memory tiles keep the 8 row addresses of an
 /// ldmatrix in distinct banks:

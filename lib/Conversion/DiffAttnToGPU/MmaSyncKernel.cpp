@@ -26,11 +26,12 @@ Value MmaSyncKernelBuilder::pagedRow(Value blockTable, Value numBlocks,
   int64_t bs = plan.attn.pagedBlockSize;
   Value maxBlocks = div(seqK, bs);
   Value entry = memref::LoadOp::create(
-      b, loc, blockTable, ValueRange{add(mul(batch, maxBlocks), div(key0, bs))});
+      b, loc, blockTable,
+      ValueRange{add(mul(batch, maxBlocks), div(key0, bs))});
   Value page = arith::IndexCastOp::create(b, loc, b.getIndexType(), entry);
-  Value inPool =
-      arith::AndIOp::create(b, loc, cmp(arith::CmpIPredicate::sge, page, idx(0)),
-                            cmp(arith::CmpIPredicate::slt, page, numBlocks));
+  Value inPool = arith::AndIOp::create(
+      b, loc, cmp(arith::CmpIPredicate::sge, page, idx(0)),
+      cmp(arith::CmpIPredicate::slt, page, numBlocks));
   // As for kv_len (assertKeyLengthInRange): one thread of the copy reports
   // a block outside the pool; every thread reads block 0 instead.
   Value silent = cmp(arith::CmpIPredicate::ne, rem(tid, 32), idx(0));
@@ -55,17 +56,18 @@ MmaSyncKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
   // CTA (0, 0, b) reports it) and an empty sequence.
   Value ok = arith::AndIOp::create(
       b, loc,
-      arith::AndIOp::create(b, loc, cmp(arith::CmpIPredicate::sge, start, idx(0)),
+      arith::AndIOp::create(b, loc,
+                            cmp(arith::CmpIPredicate::sge, start, idx(0)),
                             cmp(arith::CmpIPredicate::sle, start, end)),
       arith::AndIOp::create(
           b, loc, cmp(arith::CmpIPredicate::sle, end, total),
           cmp(arith::CmpIPredicate::sle, sub(end, start), maxLength)));
   Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
   for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
-    reporter = arith::AndIOp::create(
-        b, loc, reporter,
-        cmp(arith::CmpIPredicate::eq, gpu::BlockIdOp::create(b, loc, dim),
-            idx(0)));
+    reporter =
+        arith::AndIOp::create(b, loc, reporter,
+                              cmp(arith::CmpIPredicate::eq,
+                                  gpu::BlockIdOp::create(b, loc, dim), idx(0)));
   Value silent = arith::XOrIOp::create(
       b, loc, reporter, arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
   cf::AssertOp::create(
@@ -77,20 +79,19 @@ MmaSyncKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
 }
 
 void MmaSyncKernelBuilder::assertKeyLengthInRange(Value kvLen, Value seqK,
-                                                Value tid) {
+                                                  Value tid) {
   Value len = arith::IndexCastOp::create(b, loc, b.getIndexType(), kvLen);
-  Value inRange = arith::AndIOp::create(
-      b, loc, cmp(arith::CmpIPredicate::sge, len, idx(0)),
-      cmp(arith::CmpIPredicate::sle, len, seqK));
+  Value inRange =
+      arith::AndIOp::create(b, loc, cmp(arith::CmpIPredicate::sge, len, idx(0)),
+                            cmp(arith::CmpIPredicate::sle, len, seqK));
   Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
   for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
-    reporter = arith::AndIOp::create(
-        b, loc, reporter,
-        cmp(arith::CmpIPredicate::eq, gpu::BlockIdOp::create(b, loc, dim),
-            idx(0)));
+    reporter =
+        arith::AndIOp::create(b, loc, reporter,
+                              cmp(arith::CmpIPredicate::eq,
+                                  gpu::BlockIdOp::create(b, loc, dim), idx(0)));
   Value silent = arith::XOrIOp::create(
-      b, loc, reporter,
-      arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
+      b, loc, reporter, arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
   cf::AssertOp::create(
       b, loc, arith::OrIOp::create(b, loc, inRange, silent),
       "diffattn: kv_len[b] out of range [0, Sk] (b = blockIdx.z)");
@@ -215,10 +216,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // with packed sequences, Sq and Sk become the sequence's own lengths.
   Value qRowBase, kRowBase;
   if (attn.varlen) {
-    std::tie(qRowBase, seqQ) =
-        sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
-    std::tie(kRowBase, seqK) =
-        sequenceRange(cuSeqK, batch, totalK, seqK, tid);
+    std::tie(qRowBase, seqQ) = sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
+    std::tie(kRowBase, seqK) = sequenceRange(cuSeqK, batch, totalK, seqK, tid);
   } else {
     qRowBase = mul(batch, seqQ);
     kRowBase = mul(batch, seqK);
@@ -301,10 +300,10 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
           Value global = add(row0, r);
           Value head =
               rowHeads == 2 ? add(mul(pairOf(global), 2), s) : headOf(global);
-          return mul(add(mul(add(qRowBase, queryRowOf(global)),
-                             plan.queryHeads),
-                         head),
-                     plan.headDim);
+          return mul(
+              add(mul(add(qRowBase, queryRowOf(global)), plan.queryHeads),
+                  head),
+              plan.headDim);
         },
         rowsValid, sQ, {idx(s)}, blockQ, plan.headDim, tid, plan.threads());
 
@@ -340,9 +339,9 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   auto loadKeyBlock = [&](Value key0, ValueRange lead, Value thread,
                           int64_t threads) {
     Value validKeys = minI(idx(blockK), sub(keyLen, key0));
-    Value rowBase = attn.isPaged() ? pagedRow(blockTable, numBlocks, batch,
-                                              seqK, key0, tid)
-                                   : add(kRowBase, key0);
+    Value rowBase =
+        attn.isPaged() ? pagedRow(blockTable, numBlocks, batch, seqK, key0, tid)
+                       : add(kRowBase, key0);
     Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
     Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
     copyRowsAsync(k, kBase, kStride, validKeys, sK, lead, blockK, plan.headDim,
@@ -479,15 +478,17 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
       Value pair = pairOf(global);
       std::array<Value, 2> inverse;
       for (int64_t s = 0; s < 2; ++s)
-        inverse[s] =
-            epilogue.inverseSum(quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]));
+        inverse[s] = epilogue.inverseSum(
+            quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]));
       Value rowIndex = add(qRowBase, row);
-      Value lamIndex = select(valid, epilogue.pairRowIndex(rowIndex, pair), idx(0));
+      Value lamIndex =
+          select(valid, epilogue.pairRowIndex(rowIndex, pair), idx(0));
       Value sig = epilogue.sigmoidOfLam(lam, lamIndex);
       // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.
       Value scale1 = fmul(sig, inverse[1]);
       ifThen(valid, [&] {
-        Value outBase = mul(epilogue.pairRowIndex(rowIndex, pair), plan.valueDim);
+        Value outBase =
+            mul(epilogue.pairRowIndex(rowIndex, pair), plan.valueDim);
         Value colLane = mul(rem(lane, 4), 2);
         for (int64_t t = 0; t < valueTiles; ++t) {
           SmallVector<Value> vals;

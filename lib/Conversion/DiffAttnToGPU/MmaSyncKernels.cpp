@@ -73,8 +73,8 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   // their per-sequence offsets make the wide tiles spill (56 bytes) and
   // run at 0.93x of the batched kernel, the narrow ones at 0.975x
   // (benchmarks/gpu_varlen_tiles.py, docs/performance.md, run 4).
-  bool wideTiles = !plan.splitKV && plan.headDim == 128 && !causalLike &&
-                   !plan.attn.varlen;
+  bool wideTiles =
+      !plan.splitKV && plan.headDim == 128 && !causalLike && !plan.attn.varlen;
   int64_t defaultBlockK =
       plan.splitKV ? 16 : (plan.headDim == 128 && !wideTiles ? 32 : 64);
   plan.blockK = options.blockK ? options.blockK : defaultBlockK;
@@ -117,8 +117,7 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   plan.pairs = plan.attn.numPairs;
   plan.queryHeads = 2 * plan.pairs;
   plan.kvHeads = plan.attn.numKeyHeads;
-  plan.lamType =
-      cast<ShapedType>(op->getOperand(3).getType()).getElementType();
+  plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
   // The decode form reads a KV cache with few query rows: split the keys so
   // that enough CTAs stream the cache. By default the runtime picks the
   // split size per launch (about splitTargetCtas CTAs in all).
@@ -128,8 +127,8 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
            << "split-keys = " << plan.fixedSplitKeys
            << " must be a multiple of block-k = " << plan.blockK
            << " (or 0: chosen at launch)";
-  plan.splitTargetCtas = options.splitTargetCtas ? options.splitTargetCtas
-                                                 : chip.splitTargetCtas;
+  plan.splitTargetCtas =
+      options.splitTargetCtas ? options.splitTargetCtas : chip.splitTargetCtas;
   if (plan.splitTargetCtas <= 0)
     return op->emitOpError()
            << "split-target-ctas = " << options.splitTargetCtas
@@ -137,10 +136,9 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   plan.splitMultiple = plan.blockK * plan.warps;
   // A paged cache: every key block lies in one block of the pool.
   if (plan.attn.isPaged() && plan.attn.pagedBlockSize % plan.blockK != 0)
-    return op->emitOpError()
-           << "block-k = " << plan.blockK
-           << " must divide the paged cache's block size "
-           << plan.attn.pagedBlockSize;
+    return op->emitOpError() << "block-k = " << plan.blockK
+                             << " must divide the paged cache's block size "
+                             << plan.attn.pagedBlockSize;
   int64_t elementBytes = 2;
   int64_t pipelines = plan.splitKV ? plan.warps : 1;
   plan.qTileBytes = plan.headsPerRow * plan.blockQ *
@@ -166,8 +164,7 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
 /// parameter list (memref descriptor fields of each buffer, then sizes).
 /// Split-KV kernels have two stages and a workspace.
 
-LogicalResult
-mlir::diffattn::emitMmaSyncKernel(
+LogicalResult mlir::diffattn::emitMmaSyncKernel(
     RewriterBase &rewriter, func::FuncOp kernel,
     const DiffAttnToMmaSyncKernelsOptions &options) {
   auto desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);

@@ -169,7 +169,7 @@ void MmaSyncKernelBuilder::emitWarpMerge(ValueRange final, Value workspace,
               Value outRow =
                   epilogue.pairRowIndex(add(mul(batch, seqQ), queryRow), pair);
               epilogue.storeDifference(out, outRow, col, value[0], value[1],
-                              epilogue.sigmoidOfLam(lam, outRow));
+                                       epilogue.sigmoidOfLam(lam, outRow));
               scf::YieldOp::create(b, loc);
             });
         scf::YieldOp::create(b, loc);

@@ -18,7 +18,7 @@ LogicalResult mlir::diffattn::checkChipLimits(Operation *op,
     return op->emitOpError()
            << "needs " << config.sharedBytes
            << " bytes of shared memory per CTA with " << what << " (at most "
-           << config.chip->maxSharedBytesPerCTA << " on "
-           << config.chip->name << ")";
+           << config.chip->maxSharedBytesPerCTA << " on " << config.chip->name
+           << ")";
   return success();
 }

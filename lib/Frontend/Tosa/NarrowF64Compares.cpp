@@ -89,8 +89,8 @@ struct NarrowCompare : public OpRewritePattern<CompareOp> {
           narrowConstant(operand.constant, cast<FloatType>(narrow));
       if (!attr)
         return rewriter.notifyMatchFailure(op, "constant is not exact");
-      operands.push_back(tosa::ConstOp::create(
-          rewriter, wide.getLoc(), attr.getType(), attr));
+      operands.push_back(
+          tosa::ConstOp::create(rewriter, wide.getLoc(), attr.getType(), attr));
     }
     rewriter.replaceOpWithNewOp<CompareOp>(op, op.getType(), operands[0],
                                            operands[1]);

@@ -64,8 +64,8 @@ LogicalResult emitEntryPoint(LLVM::LLVMFuncOp kernel, DictionaryAttr desc) {
   SmallVector<Type> params(tensorShapes.size(), ptr);
   params.append(sizeNames.size(), i64);
   auto entry = LLVM::LLVMFuncOp::create(
-      b, loc, name, LLVM::LLVMFunctionType::get(LLVM::LLVMVoidType::get(ctx),
-                                                params));
+      b, loc, name,
+      LLVM::LLVMFunctionType::get(LLVM::LLVMVoidType::get(ctx), params));
   entry->setAttr(kKernelAttrName, desc);
   Block *block = entry.addEntryBlock(b);
   b.setInsertionPointToStart(block);
@@ -100,14 +100,16 @@ LogicalResult emitEntryPoint(LLVM::LLVMFuncOp kernel, DictionaryAttr desc) {
         Value size = sym ? lookup(sym.getValue()) : Value();
         if (!size || !mul || !by || by.getInt() <= 0)
           return kernel.emitError() << "malformed size rule " << rule;
-        Value scaled = LLVM::MulOp::create(b, loc, size, constant(mul.getInt()));
+        Value scaled =
+            LLVM::MulOp::create(b, loc, size, constant(mul.getInt()));
         Value dimSize = LLVM::UDivOp::create(
             b, loc,
             LLVM::AddOp::create(b, loc, scaled, constant(by.getInt() - 1)),
             constant(by.getInt()));
         // + add (cu_seqlens: B + 1 offsets).
         if (auto add = rule.getAs<IntegerAttr>("add"))
-          dimSize = LLVM::AddOp::create(b, loc, dimSize, constant(add.getInt()));
+          dimSize =
+              LLVM::AddOp::create(b, loc, dimSize, constant(add.getInt()));
         dims.push_back(dimSize);
       } else {
         dims.push_back(constant(cast<IntegerAttr>(dim).getInt()));

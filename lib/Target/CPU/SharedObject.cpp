@@ -62,15 +62,15 @@ LogicalResult mlir::diffattn::emitSharedObject(ModuleOp module,
   // runtime library (memrefCopy and friends) would fail at load time.
   for (const llvm::Function &fn : llvmModule->functions())
     if (fn.isDeclaration() && !fn.isIntrinsic() &&
-        !llvm::is_contained({"malloc", "free", "aligned_alloc"},
-                            fn.getName()))
+        !llvm::is_contained({"malloc", "free", "aligned_alloc"}, fn.getName()))
       return module.emitError()
              << "the CPU kernels call '" << fn.getName()
              << "', which no library linked into the shared object provides";
 
   llvm::Triple triple(llvm::sys::getDefaultTargetTriple());
   std::string error;
-  const llvm::Target *target = llvm::TargetRegistry::lookupTarget(triple, error);
+  const llvm::Target *target =
+      llvm::TargetRegistry::lookupTarget(triple, error);
   if (!target)
     return module.emitError() << "no LLVM target for the host: " << error;
   std::unique_ptr<llvm::TargetMachine> machine(target->createTargetMachine(
@@ -82,25 +82,25 @@ LogicalResult mlir::diffattn::emitSharedObject(ModuleOp module,
   llvmModule->setDataLayout(machine->createDataLayout());
   llvmModule->setTargetTriple(triple);
 
-  auto optimize = makeOptimizingTransformer(/*optLevel=*/3, /*sizeLevel=*/0,
-                                            machine.get());
+  auto optimize =
+      makeOptimizingTransformer(/*optLevel=*/3, /*sizeLevel=*/0, machine.get());
   if (llvm::Error err = optimize(llvmModule.get()))
-    return module.emitError() << "LLVM optimisation failed: "
-                              << llvm::toString(std::move(err));
+    return module.emitError()
+           << "LLVM optimisation failed: " << llvm::toString(std::move(err));
 
   llvm::SmallString<128> objectPath;
-  if (std::error_code ec = llvm::sys::fs::createTemporaryFile(
-          "diffattn-cpu", "o", objectPath))
-    return module.emitError() << "cannot create a temporary object file: "
-                              << ec.message();
+  if (std::error_code ec =
+          llvm::sys::fs::createTemporaryFile("diffattn-cpu", "o", objectPath))
+    return module.emitError()
+           << "cannot create a temporary object file: " << ec.message();
   auto removeObject =
       llvm::make_scope_exit([&] { llvm::sys::fs::remove(objectPath); });
   {
     std::error_code ec;
     llvm::raw_fd_ostream os(objectPath, ec, llvm::sys::fs::OF_None);
     if (ec)
-      return module.emitError() << "cannot write " << objectPath << ": "
-                                << ec.message();
+      return module.emitError()
+             << "cannot write " << objectPath << ": " << ec.message();
     llvm::legacy::PassManager codegen;
     if (machine->addPassesToEmitFile(codegen, os, nullptr,
                                      llvm::CodeGenFileType::ObjectFile))
@@ -119,14 +119,14 @@ LogicalResult mlir::diffattn::emitSharedObject(ModuleOp module,
     return module.emitError(
         "no C compiler driver (cc, gcc or clang) on PATH to link the shared "
         "object");
-  SmallVector<StringRef> args = {*driver, "-shared", "-o", path, objectPath,
-                                 "-lm"};
+  SmallVector<StringRef> args = {*driver, "-shared",  "-o",
+                                 path,    objectPath, "-lm"};
   std::string message;
   int rc = llvm::sys::ExecuteAndWait(*driver, args, std::nullopt, {}, 0, 0,
                                      &message);
   if (rc != 0)
-    return module.emitError() << "linking " << path << " with " << *driver
-                              << " failed (exit " << rc << ")"
-                              << (message.empty() ? "" : ": ") << message;
+    return module.emitError()
+           << "linking " << path << " with " << *driver << " failed (exit "
+           << rc << ")" << (message.empty() ? "" : ": ") << message;
   return success();
 }

@@ -17,10 +17,11 @@
 using namespace mlir;
 using namespace mlir::diffattn;
 
-FailureOr<llvm::json::Object> mlir::diffattn::compileGPUKernel(
-    ModuleOp kernelModule, StringRef name, const GPUChipInfo &chip,
-    StringRef pipelineOptions, StringRef outputDir, StageRunner run,
-    TimingScope &timing) {
+FailureOr<llvm::json::Object>
+mlir::diffattn::compileGPUKernel(ModuleOp kernelModule, StringRef name,
+                                 const GPUChipInfo &chip,
+                                 StringRef pipelineOptions, StringRef outputDir,
+                                 StageRunner run, TimingScope &timing) {
   MLIRContext *context = kernelModule.getContext();
   auto reportError = [&](const Twine &message) {
     return kernelModule.emitError(message);
@@ -81,7 +82,6 @@ FailureOr<llvm::json::Object> mlir::diffattn::compileGPUKernel(
                                        {"stack_frame", report->stackFrame}};
   // The GPU stage, replayable alone: diffattn-opt --diffattn-outline-kernels
   // --diffattn-gpu-pipeline="<options>".
-  object["pipeline"] =
-      ("diffattn-gpu-pipeline{" + pipelineOptions + "}").str();
+  object["pipeline"] = ("diffattn-gpu-pipeline{" + pipelineOptions + "}").str();
   return object;
 }

@@ -76,9 +76,10 @@ static FailureOr<std::string> findPtxas(Location loc) {
                         "or install the CUDA toolkit in /usr/local/cuda)");
 }
 
-FailureOr<PtxasReport>
-mlir::diffattn::assemblePTX(Location loc, StringRef ptxPath,
-                            StringRef cubinPath, const GPUChipInfo &chip) {
+FailureOr<PtxasReport> mlir::diffattn::assemblePTX(Location loc,
+                                                   StringRef ptxPath,
+                                                   StringRef cubinPath,
+                                                   const GPUChipInfo &chip) {
   FailureOr<std::string> ptxas = findPtxas(loc);
   if (failed(ptxas))
     return failure();

@@ -52,18 +52,23 @@ typedef struct diffattn_module diffattn_module;
 
 /* Loads the artifact directory `dir` (manifest.json and cubins; cubins are
    read now and loaded into the CUDA context at the first launch). */
-DIFFATTN_RUNTIME_EXPORT int diffattn_module_load(const char *dir, diffattn_module **module);
+DIFFATTN_RUNTIME_EXPORT int diffattn_module_load(const char *dir,
+                                                 diffattn_module **module);
 DIFFATTN_RUNTIME_EXPORT void diffattn_module_free(diffattn_module *module);
 
 /* Number of kernels and the name of kernel `i`. */
-DIFFATTN_RUNTIME_EXPORT int diffattn_module_num_kernels(const diffattn_module *module);
-DIFFATTN_RUNTIME_EXPORT const char *diffattn_module_kernel_name(const diffattn_module *module, int i);
+DIFFATTN_RUNTIME_EXPORT int
+diffattn_module_num_kernels(const diffattn_module *module);
+DIFFATTN_RUNTIME_EXPORT const char *
+diffattn_module_kernel_name(const diffattn_module *module, int i);
 
 /* Checks `buffers` (any order, matched by name) and the sizes B, Sq, Sk
    against kernel `kernel`'s manifest entry, without launching. */
-DIFFATTN_RUNTIME_EXPORT int diffattn_check(const diffattn_module *module, const char *kernel,
-                   const diffattn_buffer *buffers, int num_buffers, int64_t B,
-                   int64_t Sq, int64_t Sk);
+DIFFATTN_RUNTIME_EXPORT int diffattn_check(const diffattn_module *module,
+                                           const char *kernel,
+                                           const diffattn_buffer *buffers,
+                                           int num_buffers, int64_t B,
+                                           int64_t Sq, int64_t Sk);
 
 /* f32 elements of the scratch buffer kernel `kernel` needs for these sizes
    (0: none; -1: no such kernel). When it is > 0, the launch takes one more
@@ -78,9 +83,10 @@ diffattn_workspace_elements(const diffattn_module *module, const char *kernel,
    in order) on `stream` (a CUstream; 0 is the legacy default stream) in the
    calling thread's current CUDA context (the device's primary context if
    none is current). */
-DIFFATTN_RUNTIME_EXPORT int diffattn_launch(diffattn_module *module, const char *kernel,
-                    const diffattn_buffer *buffers, int num_buffers, int64_t B,
-                    int64_t Sq, int64_t Sk, void *stream);
+DIFFATTN_RUNTIME_EXPORT int
+diffattn_launch(diffattn_module *module, const char *kernel,
+                const diffattn_buffer *buffers, int num_buffers, int64_t B,
+                int64_t Sq, int64_t Sk, void *stream);
 
 /* The message of the calling thread's last failure. */
 DIFFATTN_RUNTIME_EXPORT const char *diffattn_last_error(void);

@@ -20,8 +20,8 @@ namespace mlir::diffattn {
 /// [B, Sq, H] (any float type; read as f32).
 class DifferentialEpilogue {
 public:
-  DifferentialEpilogue(GPUKernelBuilder &kb, int64_t numPairs,
-                       int64_t valueDim, Type elementType)
+  DifferentialEpilogue(GPUKernelBuilder &kb, int64_t numPairs, int64_t valueDim,
+                       Type elementType)
       : kb(kb), numPairs(numPairs), valueDim(valueDim),
         elementType(elementType) {}
 

@@ -1,4 +1,5 @@
-//===- KernelBuilder.h - scalar IR helpers of GPU kernel builders -*- C++ -*-===//
+//===- KernelBuilder.h - scalar IR helpers of GPU kernel builders -*- C++
+//-*-===//
 //
 // GPUKernelBuilder: the builder, location and scalar helpers (index and f32
 // arithmetic, comparisons, shuffles, exp2, views of dynamic shared memory)
@@ -113,8 +114,7 @@ public:
   /// -safeOffset(max) * scale * log2 e: a score x then weighs
   /// exp2(x * scale * log2 e + negShift(max, scale)).
   Value negShift(Value max, float scale) {
-    return fmul(safeOffset(max),
-                f32(-scale * static_cast<float>(M_LOG2E)));
+    return fmul(safeOffset(max), f32(-scale * static_cast<float>(M_LOG2E)));
   }
   /// max / sum over the four lanes (lane ^ 1, lane ^ 2) that hold one
   /// accumulator row.

@@ -1,4 +1,5 @@
-//===- OnlineSoftmax.h - register online softmax on MMA fragments -*- C++ -*-===//
+//===- OnlineSoftmax.h - register online softmax on MMA fragments -*- C++
+//-*-===//
 //
 // The FlashAttention online softmax of one head over one key block, run on
 // the scores as the tensor cores leave them in registers (accumulator

@@ -1,4 +1,5 @@
-//===- CPUTarget.h - the CPU target: pipeline and shared objects -*- C++ -*-===//
+//===- CPUTarget.h - the CPU target: pipeline and shared objects -*- C++
+//-*-===//
 //
 // The CPU lowering of the tiled (or decomposed) form: one pass pipeline,
 // registered as `diffattn-cpu-pipeline`, from a module holding diffattn ops

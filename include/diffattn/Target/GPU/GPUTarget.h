@@ -67,9 +67,9 @@ FailureOr<PtxasReport> assemblePTX(Location loc, StringRef ptxPath,
 /// with the launch rule, plus `entry`, `ptx`, `cubin`, `chip`, `ptxas` and
 /// the replayable `pipeline`).
 FailureOr<llvm::json::Object>
-compileGPUKernel(ModuleOp kernelModule, StringRef name,
-                 const GPUChipInfo &chip, StringRef pipelineOptions,
-                 StringRef outputDir, StageRunner run, TimingScope &timing);
+compileGPUKernel(ModuleOp kernelModule, StringRef name, const GPUChipInfo &chip,
+                 StringRef pipelineOptions, StringRef outputDir,
+                 StageRunner run, TimingScope &timing);
 
 } // namespace mlir::diffattn
 

@@ -91,20 +91,18 @@ private:
       if (mayBeDynamic(dim.symbol))
         return success();
       return op->emitOpError()
-             << "'" << name << "' dimension " << index << " ("
-             << formatDim(dim)
+             << "'" << name << "' dimension " << index << " (" << formatDim(dim)
              << ") must be static: head counts and head dimensions "
                 "specialise the kernel";
     }
     if (!mayBeDynamic(dim.symbol) && size <= 0)
       return op->emitOpError()
-             << "'" << name << "' dimension " << index << " ("
-             << formatDim(dim) << ") must be positive, got " << size;
+             << "'" << name << "' dimension " << index << " (" << formatDim(dim)
+             << ") must be positive, got " << size;
     if (size % dim.multiplier != 0)
-      return op->emitOpError()
-             << "'" << name << "' dimension " << index << " ("
-             << formatDim(dim) << ") must be a multiple of " << dim.multiplier
-             << ", got " << size;
+      return op->emitOpError() << "'" << name << "' dimension " << index << " ("
+                               << formatDim(dim) << ") must be a multiple of "
+                               << dim.multiplier << ", got " << size;
     int64_t value = size / dim.multiplier;
     auto [it, inserted] = bound.try_emplace(
         dim.symbol, Binding{value, "'" + name.str() + "' dimension " +
@@ -113,9 +111,10 @@ private:
       return success();
     return op->emitOpError()
            << "'" << name << "' dimension " << index << " (" << formatDim(dim)
-           << ") is " << size << ", expected " << dim.multiplier * it->second.size
-           << " to agree with " << it->second.source << " (" << dim.symbol
-           << " = " << it->second.size << ")";
+           << ") is " << size << ", expected "
+           << dim.multiplier * it->second.size << " to agree with "
+           << it->second.source << " (" << dim.symbol << " = "
+           << it->second.size << ")";
   }
 
   Operation *op;
@@ -136,7 +135,8 @@ LogicalResult verifyAttentionElementTypes(Operation *op, RankedTensorType q,
   if (!isAttentionElementType(elem))
     return op->emitOpError()
            << "'q' must have element type f32, f16 or bf16, got " << elem;
-  auto expectSame = [&](StringRef name, RankedTensorType type) -> LogicalResult {
+  auto expectSame = [&](StringRef name,
+                        RankedTensorType type) -> LogicalResult {
     if (type.getElementType() == elem)
       return success();
     return op->emitOpError()
@@ -150,8 +150,8 @@ LogicalResult verifyAttentionElementTypes(Operation *op, RankedTensorType q,
 }
 
 /// Checks an element type that may be T (q's) or f32.
-LogicalResult verifyTOrF32(Operation *op, StringRef name,
-                           RankedTensorType type, Type elem) {
+LogicalResult verifyTOrF32(Operation *op, StringRef name, RankedTensorType type,
+                           Type elem) {
   Type got = type.getElementType();
   if (got == elem || got.isF32())
     return success();
@@ -190,9 +190,9 @@ static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
   int64_t queryHeads = 2 * layout.get("H");
   int64_t kvHeads = layout.get("Hkv");
   if (queryHeads % kvHeads != 0)
-    return op->emitOpError() << "'q' heads (2H = " << queryHeads
-                             << ") must be a multiple of 'k' heads (Hkv = "
-                             << kvHeads << ")";
+    return op->emitOpError()
+           << "'q' heads (2H = " << queryHeads
+           << ") must be a multiple of 'k' heads (Hkv = " << kvHeads << ")";
   if ((queryHeads / kvHeads) % 2 != 0)
     return op->emitOpError()
            << "group size G = 2H / Hkv = " << queryHeads << " / " << kvHeads
@@ -207,9 +207,9 @@ static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
        {std::pair<StringRef, int64_t>{"window_left", windowLeft},
         {"window_right", windowRight}})
     if (value < -1)
-      return op->emitOpError() << "attribute '" << name
-                               << "' must be -1 (unlimited) or >= 0, got "
-                               << value;
+      return op->emitOpError()
+             << "attribute '" << name
+             << "' must be -1 (unlimited) or >= 0, got " << value;
   if (causal && windowRight > 0)
     return op->emitOpError() << "attribute 'window_right' must be -1 or 0 "
                                 "with 'causal', got "
@@ -222,7 +222,8 @@ static LogicalResult verifyI32(Operation *op, StringRef name, Value value) {
   auto type = cast<RankedTensorType>(value.getType());
   if (type.getElementType().isSignlessInteger(32))
     return success();
-  return op->emitOpError() << "'" << name << "' must have element type i32, got "
+  return op->emitOpError() << "'" << name
+                           << "' must have element type i32, got "
                            << type.getElementType();
 }
 
@@ -250,8 +251,8 @@ LogicalResult V2Op::verify() {
       failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})))
     return failure();
   if (Value kvLen = getKvLen())
-    if (failed(layout.check(
-            "kv_len", cast<RankedTensorType>(kvLen.getType()), {{"B"}})))
+    if (failed(layout.check("kv_len", cast<RankedTensorType>(kvLen.getType()),
+                            {{"B"}})))
       return failure();
   if (failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})))
     return failure();
@@ -295,9 +296,8 @@ LogicalResult V2PagedOp::verify() {
       failed(layout.check("k_cache", k, {{"NB"}, {"BS"}, {"Hkv"}, {"D"}})) ||
       failed(layout.check("v_cache", v, {{"NB"}, {"BS"}, {"Hkv"}, {"Dv"}})) ||
       failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})) ||
-      failed(layout.check("kv_len",
-                          cast<RankedTensorType>(getKvLen().getType()),
-                          {{"B"}})) ||
+      failed(layout.check(
+          "kv_len", cast<RankedTensorType>(getKvLen().getType()), {{"B"}})) ||
       failed(layout.check("block_table",
                           cast<RankedTensorType>(getBlockTable().getType()),
                           {{"B"}, {"MB"}})) ||
@@ -326,9 +326,7 @@ int64_t V2PagedOp::getGroupSize() {
   return 2 * getNumPairs() / getNumKvHeads();
 }
 int64_t V2PagedOp::getHeadDim() { return getQ().getType().getDimSize(3); }
-int64_t V2PagedOp::getValueDim() {
-  return getVCache().getType().getDimSize(3);
-}
+int64_t V2PagedOp::getValueDim() { return getVCache().getType().getDimSize(3); }
 int64_t V2PagedOp::getBlockSize() {
   return getKCache().getType().getDimSize(1);
 }
@@ -354,12 +352,12 @@ LogicalResult V2VarlenOp::verify() {
       failed(layout.check("k", k, {{"Tk"}, {"Hkv"}, {"D"}})) ||
       failed(layout.check("v", v, {{"Tk"}, {"Hkv"}, {"Dv"}})) ||
       failed(layout.check("lam", lam, {{"Tq"}, {"H"}})) ||
-      failed(layout.check(
-          "cu_seqlens_q", cast<RankedTensorType>(getCuSeqlensQ().getType()),
-          {{"B+1"}})) ||
-      failed(layout.check(
-          "cu_seqlens_k", cast<RankedTensorType>(getCuSeqlensK().getType()),
-          {{"B+1"}})) ||
+      failed(layout.check("cu_seqlens_q",
+                          cast<RankedTensorType>(getCuSeqlensQ().getType()),
+                          {{"B+1"}})) ||
+      failed(layout.check("cu_seqlens_k",
+                          cast<RankedTensorType>(getCuSeqlensK().getType()),
+                          {{"B+1"}})) ||
       failed(layout.check("out", out, {{"Tq"}, {"H"}, {"Dv"}})))
     return failure();
   int64_t offsets = layout.get("B+1");

@@ -27,7 +27,6 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::lowering;
 
-
 LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                   Operation *op) {
   FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
@@ -71,18 +70,16 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   auto contract = [&](Value lhs, Value rhs, Value init,
                       ArrayRef<AffineMap> maps) {
     return buildGeneric(
-        rewriter, loc, {lhs, rhs}, {init}, maps,
-        {kPar, kPar, kPar, kPar, kRed},
+        rewriter, loc, {lhs, rhs}, {init}, maps, {kPar, kPar, kPar, kPar, kRed},
         [&](OpBuilder &b, Location l, ValueRange args) {
-          linalg::YieldOp::create(
-              b, l, buildMulAcc(b, l, args[0], args[1], args[2]));
+          linalg::YieldOp::create(b, l,
+                                  buildMulAcc(b, l, args[0], args[1], args[2]));
         })[0];
   };
-  Value scores =
-      contract(q, k, zeroScores,
-               {map(5, {d0, d2, d1, d4}),
-                map(5, {d0, d3, config.keyHead(d1), d4}),
-                map(5, {d0, d1, d2, d3})});
+  Value scores = contract(q, k, zeroScores,
+                          {map(5, {d0, d2, d1, d4}),
+                           map(5, {d0, d3, config.keyHead(d1), d4}),
+                           map(5, {d0, d1, d2, d3})});
 
   // Scale and mask: masked scores are -inf.                (loops b j i t)
   AffineMap id4 = map(4, {d0, d1, d2, d3});
@@ -94,7 +91,8 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   }
   maskMaps.push_back(id4);
   Value emptyScores = tensor::EmptyOp::create(
-      rewriter, loc, ArrayRef<OpFoldResult>{batch, queryHeads, seqQ, seqK}, f32);
+      rewriter, loc, ArrayRef<OpFoldResult>{batch, queryHeads, seqQ, seqK},
+      f32);
   Value masked = buildGeneric(
       rewriter, loc, maskInputs, {emptyScores}, maskMaps,
       {kPar, kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
@@ -103,16 +101,16 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
         Value keyLen =
             buildKeyLength(b, l, kvLen ? args[1] : Value(), seqKValue);
         Value offset = arith::SubIOp::create(b, l, keyLen, seqQValue);
-        Value visible =
-            buildIsVisible(b, l, config, row, key, offset, keyLen);
+        Value visible = buildIsVisible(b, l, config, row, key, offset, keyLen);
         Value scaled = arith::MulFOp::create(
             b, l, args[0],
             arith::ConstantOp::create(b, l, b.getF32FloatAttr(config.scale)));
         Value minusInf =
             arith::ConstantOp::create(b, l, b.getF32FloatAttr(ninf));
         linalg::YieldOp::create(
-            b, l, arith::SelectOp::create(b, l, visible, scaled, minusInf)
-                      .getResult());
+            b, l,
+            arith::SelectOp::create(b, l, visible, scaled, minusInf)
+                .getResult());
       })[0];
 
   // Row max M[b, j, i] and probabilities P = exp(S - M).
@@ -163,9 +161,9 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
         Value sum = buildMulAcc(b, l, args[0], args[1], args.back());
         if (kvLen) {
           Value key = linalg::IndexOp::create(b, l, 4);
-          Value stored = arith::CmpIOp::create(
-              b, l, arith::CmpIPredicate::ult, key,
-              buildKeyLength(b, l, args[2], seqKValue));
+          Value stored =
+              arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, key,
+                                    buildKeyLength(b, l, args[2], seqKValue));
           sum = arith::SelectOp::create(b, l, stored, sum, args.back());
         }
         linalg::YieldOp::create(b, l, sum);
@@ -212,29 +210,29 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
     Value emptyF32 = tensor::EmptyOp::create(
         rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
         f32);
-    Value diff = buildGeneric(
-        rewriter, loc, pairInputs, {emptyF32}, pairMaps,
-        {kPar, kPar, kPar, kPar},
-        [&](OpBuilder &b, Location l, ValueRange args) {
-          linalg::YieldOp::create(b, l, difference(b, l, args, args[4]));
-        })[0];
+    Value diff = buildGeneric(rewriter, loc, pairInputs, {emptyF32}, pairMaps,
+                              {kPar, kPar, kPar, kPar},
+                              [&](OpBuilder &b, Location l, ValueRange args) {
+                                linalg::YieldOp::create(
+                                    b, l, difference(b, l, args, args[4]));
+                              })[0];
     Value zeroSq =
         buildFilledTensor(rewriter, loc, {batch, seqQ, pairs}, f32, 0);
-    Value sumSquares = buildGeneric(
-        rewriter, loc, {diff}, {zeroSq}, {outMap, map(4, {d0, d1, d2})},
-        {kPar, kPar, kPar, kRed},
-        [&](OpBuilder &b, Location l, ValueRange args) {
-          linalg::YieldOp::create(b, l,
-                                  buildMulAcc(b, l, args[0], args[0], args[1]));
-        })[0];
+    Value sumSquares =
+        buildGeneric(rewriter, loc, {diff}, {zeroSq},
+                     {outMap, map(4, {d0, d1, d2})}, {kPar, kPar, kPar, kRed},
+                     [&](OpBuilder &b, Location l, ValueRange args) {
+                       linalg::YieldOp::create(
+                           b, l, buildMulAcc(b, l, args[0], args[0], args[1]));
+                     })[0];
     result = buildGeneric(
         rewriter, loc, {diff, sumSquares, op->getOperand(4)}, {resultInit()},
         {outMap, map(4, {d0, d1, d2}), map(4, {d3}), outMap},
         {kPar, kPar, kPar, kPar},
         [&](OpBuilder &b, Location l, ValueRange args) {
-          Value y = buildRMSNormScale(b, l, args[0], args[1], args[2],
-                                      config.valueDim, config.eps,
-                                      config.lambdaInit);
+          Value y =
+              buildRMSNormScale(b, l, args[0], args[1], args[2],
+                                config.valueDim, config.eps, config.lambdaInit);
           linalg::YieldOp::create(
               b, l, buildTruncFromF32(b, l, y, config.elementType));
         })[0];

@@ -1,4 +1,5 @@
-//===- FuseExprEval.cpp - substitution, comparison, evaluation --------------===//
+//===- FuseExprEval.cpp - substitution, comparison, evaluation
+//--------------===//
 //
 // Operations over whole element expressions (FuseExpr.h): substituting
 // dimensions, structural equality, the dims an expression reads, full

@@ -1,4 +1,5 @@
-//===- FuseExprNodes.cpp - expression nodes and affine folding --------------===//
+//===- FuseExprNodes.cpp - expression nodes and affine folding
+//--------------===//
 //
 // The node constructors of the diffattn-fuse element expressions (FuseExpr.h),
 // constant folding of arithmetic nodes, and the affine simplifier that uses
@@ -129,9 +130,9 @@ static bool cmpI(int64_t pred, double a, double b) {
   return false;
 }
 
-std::optional<double>
-mlir::diffattn::fusion::applyArith(ArithKind op, int64_t pred,
-                                   ArrayRef<double> v) {
+std::optional<double> mlir::diffattn::fusion::applyArith(ArithKind op,
+                                                         int64_t pred,
+                                                         ArrayRef<double> v) {
   switch (op) {
   case ArithKind::Add:
     return v[0] + v[1];
@@ -205,7 +206,8 @@ Expr *ExprBuilder::arith(ArithKind op, ArrayRef<Expr *> args, int64_t pred,
     return args[0];
   if (op == ArithKind::Mul && isConstExpr(args[0], 1.0))
     return args[1];
-  if ((op == ArithKind::Add || op == ArithKind::Sub) && isConstExpr(args[1], 0.0))
+  if ((op == ArithKind::Add || op == ArithKind::Sub) &&
+      isConstExpr(args[1], 0.0))
     return args[0];
   if (op == ArithKind::Add && isConstExpr(args[0], 0.0))
     return args[1];
@@ -219,8 +221,8 @@ Expr *ExprBuilder::arith(ArithKind op, ArrayRef<Expr *> args, int64_t pred,
   return e;
 }
 
-Expr *ExprBuilder::reduce(ReduceKind kind, ArrayRef<unsigned> bound,
-                          Expr *init, Expr *body) {
+Expr *ExprBuilder::reduce(ReduceKind kind, ArrayRef<unsigned> bound, Expr *init,
+                          Expr *body) {
   Expr *e = create(ExprKind::Reduce);
   e->reduceKind = kind;
   e->bound.assign(bound.begin(), bound.end());
@@ -391,4 +393,3 @@ AffineExpr ExprBuilder::simplify(AffineExpr e) const {
   // A second round folds what the canonicalization exposed.
   return simplifyAffineExpr(simplifyRec(s, extents, 0), extents.size(), 0);
 }
-

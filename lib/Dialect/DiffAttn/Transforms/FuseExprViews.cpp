@@ -1,4 +1,5 @@
-//===- FuseExprViews.cpp - looking through views, expansion -----------------===//
+//===- FuseExprViews.cpp - looking through views, expansion
+//-----------------===//
 //
 // How a leaf of an element expression (FuseExpr.h) is followed through layout
 // ops (reshapes, slices, casts, copies, transposes, broadcasts, gathers with
@@ -397,9 +398,11 @@ Expr *ExprBuilder::peelLinalg(Expr *e) {
     kind = ReduceKind::Add;
   else if (isa<arith::MaximumFOp, arith::MaxNumFOp>(combine))
     kind = ReduceKind::Max;
-  else if (isa<arith::AndIOp>(combine) && combine->getResult(0).getType().isInteger(1))
+  else if (isa<arith::AndIOp>(combine) &&
+           combine->getResult(0).getType().isInteger(1))
     kind = ReduceKind::And;
-  else if (isa<arith::OrIOp>(combine) && combine->getResult(0).getType().isInteger(1))
+  else if (isa<arith::OrIOp>(combine) &&
+           combine->getResult(0).getType().isInteger(1))
     kind = ReduceKind::Or;
   else
     return e;
@@ -435,8 +438,8 @@ Expr *ExprBuilder::peelSoftmax(Expr *e) {
   unsigned rMax = newDim(ShapedType::isDynamic(ext) ? -1 : ext);
   unsigned rSum = newDim(ShapedType::isDynamic(ext) ? -1 : ext);
   Expr *max =
-      reduce(ReduceKind::Max, {rMax}, constant(-std::numeric_limits<double>::infinity()),
-             at(dim(rMax)));
+      reduce(ReduceKind::Max, {rMax},
+             constant(-std::numeric_limits<double>::infinity()), at(dim(rMax)));
   Expr *num =
       arith(ArithKind::Exp, {arith(ArithKind::Sub, {at(e->idx[d]), max})});
   Expr *den = reduce(
@@ -471,4 +474,3 @@ Expr *ExprBuilder::open(Expr *e) {
   }
   return e;
 }
-

@@ -113,7 +113,8 @@ public:
         if (l && r)
           return offsetCoefficient(*l - *r).has_value();
       }
-      return llvm::all_of(e->args, [&](Expr *a) { return check(a, depth + 1); });
+      return llvm::all_of(e->args,
+                          [&](Expr *a) { return check(a, depth + 1); });
     }
     return false;
   }
@@ -154,8 +155,8 @@ private:
       }
       case ArithKind::Mul: {
         std::optional<AffineExpr> l = arg(0), r = arg(1);
-        if (!l || !r || (!isa<AffineConstantExpr>(*l) &&
-                         !isa<AffineConstantExpr>(*r)))
+        if (!l || !r ||
+            (!isa<AffineConstantExpr>(*l) && !isa<AffineConstantExpr>(*r)))
           return std::nullopt;
         return b.simplify(*l * *r);
       }

@@ -209,22 +209,19 @@ public:
   /// q/k/v leaves read only their roles' dims, that `accept` takes it,
   /// reads the common mask and plans q; then `finish` plans the rest and
   /// emits. Returns the first success, else the furthest refusal.
-  FuseAttempt forEachRoles(
-      RewriterBase &rewriter, Term &t0, Term &t1,
-      function_ref<bool(const Roles &)> accept,
-      function_ref<std::optional<FuseAttempt>(const Roles &, const MaskInfo &,
-                                              OperandPlan &)>
-          finish);
+  FuseAttempt forEachRoles(RewriterBase &rewriter, Term &t0, Term &t1,
+                           function_ref<bool(const Roles &)> accept,
+                           function_ref<std::optional<FuseAttempt>(
+                               const Roles &, const MaskInfo &, OperandPlan &)>
+                               finish);
 
   /// The emission shared by V1 and V2: materialises `plans` after the root,
   /// calls `build` with their values, verifies every new op (rolling all of
   /// them back with a refusal if any does not verify), replaces the root
   /// (transposed back to its own dim order) and erases the dead producers.
-  std::optional<FuseAttempt>
-  emitFused(RewriterBase &rewriter, const Roles &roles,
-            ArrayRef<OperandPlan> plans,
-            function_ref<Operation *(OpBuilder &, Location, ArrayRef<Value>)>
-                build);
+  std::optional<FuseAttempt> emitFused(
+      RewriterBase &rewriter, const Roles &roles, ArrayRef<OperandPlan> plans,
+      function_ref<Operation *(OpBuilder &, Location, ArrayRef<Value>)> build);
 
   ExprBuilder b;
   Value root;

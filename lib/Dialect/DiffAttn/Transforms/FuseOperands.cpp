@@ -247,8 +247,7 @@ OperandPlan Matcher::kvPlan(Expr *leaf, const Roles &r, unsigned channel,
   p.base = leaf->value;
   p.map = headIndex(leaf, r.head, b.dim(kg) * pairsPerKv, ren);
   p.dims = {kb, kt, kg, kd};
-  p.shape = {shapeOf(b.extent(r.batch)), shapeOf(b.extent(tDim)), numKv,
-             width};
+  p.shape = {shapeOf(b.extent(r.batch)), shapeOf(b.extent(tDim)), numKv, width};
   p.elementType = elementType;
   return p;
 }
@@ -414,8 +413,7 @@ FuseAttempt Matcher::forEachRoles(
 namespace {
 /// Records the ops a builder inserts.
 struct InsertionRecorder : public OpBuilder::Listener {
-  void notifyOperationInserted(Operation *op,
-                               OpBuilder::InsertPoint) override {
+  void notifyOperationInserted(Operation *op, OpBuilder::InsertPoint) override {
     ops.push_back(op);
   }
   SmallVector<Operation *> ops;
@@ -454,8 +452,7 @@ static bool isDeadProducer(Operation *op) {
   if (!op->use_empty() || !linalgOp || !linalgOp.hasPureTensorSemantics())
     return false;
   WalkResult r = op->walk([&](Operation *nested) {
-    if (nested == op || isa<cf::AssertOp>(nested) ||
-        isMemoryEffectFree(nested))
+    if (nested == op || isa<cf::AssertOp>(nested) || isMemoryEffectFree(nested))
       return WalkResult::advance();
     return WalkResult::interrupt();
   });

@@ -219,13 +219,13 @@ bool Matcher::failOpaque(Expr *leaf, StringRef what) {
   if (!wouldKeep(kSoftmax))
     return false;
   Operation *def = leaf->value.getDefiningOp();
-  return fail(kSoftmax,
-              llvm::formatv("{0} through {1}{2}, which the fusion does not "
-                            "look through",
-                            what, name(leaf->value),
-                            def ? " (" + def->getName().getStringRef().str() +
-                                      ")"
-                                : std::string()));
+  return fail(
+      kSoftmax,
+      llvm::formatv("{0} through {1}{2}, which the fusion does not "
+                    "look through",
+                    what, name(leaf->value),
+                    def ? " (" + def->getName().getStringRef().str() + ")"
+                        : std::string()));
 }
 
 bool Matcher::matchTerm(Expr *e, Term &t) {
@@ -244,9 +244,8 @@ bool Matcher::matchTerm(Expr *e, Term &t) {
     Term candidate;
     // Below a softmax-shaped reduction every refusal is reported.
     Expr *f = factors[order];
-    bool softmaxLike =
-        looksLikeSoftmax(f) ||
-        (f->kind == ExprKind::Leaf && softmaxUpstream(f->value));
+    bool softmaxLike = looksLikeSoftmax(f) ||
+                       (f->kind == ExprKind::Leaf && softmaxUpstream(f->value));
     StageFloorScope floor(*this, softmaxLike ? static_cast<int>(kSoftmax) : 0);
     if (f->kind == ExprKind::Leaf && softmaxLike) {
       failOpaque(f, "the probabilities reach the P*V product");
@@ -406,8 +405,7 @@ static bool holdsContraction(ExprBuilder &b, Expr *s) {
       continue;
     }
     if (isArith(s, ArithKind::Add)) {
-      return holdsContraction(b, s->args[0]) ||
-             holdsContraction(b, s->args[1]);
+      return holdsContraction(b, s->args[0]) || holdsContraction(b, s->args[1]);
     }
     break;
   }
@@ -528,9 +526,9 @@ bool Matcher::sameTerms(const Term &a, const Term &c) {
                                         "value tensors ({0} and {1})",
                                         name(a.v->value), name(c.v->value)));
   if (std::abs(a.scale - c.scale) > 1e-6 * std::abs(a.scale))
-    return fail(kPairing, llvm::formatv("the two attentions use different "
-                                        "scales ({0} and {1})",
-                                        formatNumber(a.scale),
-                                        formatNumber(c.scale)));
+    return fail(kPairing,
+                llvm::formatv("the two attentions use different "
+                              "scales ({0} and {1})",
+                              formatNumber(a.scale), formatNumber(c.scale)));
   return true;
 }

@@ -110,7 +110,8 @@ static bool matchEpilogue(Matcher &m, V1Epilogue &ep, Term &t0, Term &t1) {
   if (df.size() == 2) {
     for (int i = 0; i < 2 && !ep.lam; ++i) {
       Term probe;
-      if (dOrig[1 - i]->kind == ExprKind::Leaf && m.matchTerm(dOrig[i], probe)) {
+      if (dOrig[1 - i]->kind == ExprKind::Leaf &&
+          m.matchTerm(dOrig[i], probe)) {
         ep.lam = dOrig[1 - i];
         t1 = probe;
       }
@@ -242,8 +243,7 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
       OperandPlan w;
       unsigned wd = b.newDim(b.extent(r.value));
       w.base = ep.weight->value;
-      w.map = headIndex(ep.weight, r.head, cst(ctx, 0),
-                        {{r.value, b.dim(wd)}});
+      w.map = headIndex(ep.weight, r.head, cst(ctx, 0), {{r.value, b.dim(wd)}});
       w.dims = {wd};
       w.shape = {b.extent(r.value)};
       Type wt = elementTypeOf(ep.weight->value);
@@ -269,9 +269,8 @@ FuseAttempt Matcher::matchV1(RewriterBase &rewriter) {
           if (!wv)
             wv = arith::ConstantOp::create(
                 builder, loc,
-                DenseElementsAttr::get(
-                    RankedTensorType::get({width}, elemType),
-                    builder.getFloatAttr(elemType, 1.0)));
+                DenseElementsAttr::get(RankedTensorType::get({width}, elemType),
+                                       builder.getFloatAttr(elemType, 1.0)));
           auto op = V1Op::create(builder, loc, outType, ops[0], ops[1], ops[2],
                                  lv, wv, /*causal=*/mask.right == 0,
                                  builder.getF32FloatAttr(t0.scale),

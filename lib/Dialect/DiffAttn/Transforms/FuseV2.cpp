@@ -18,8 +18,7 @@ using namespace mlir::diffattn::fusion;
 
 /// Explains why a difference whose subtrahend is not sigmoid(lam) * A is no
 /// V2: a raw lambda, or the difference the other way.
-static void explainEpilogue(Matcher &m, Expr *top,
-                            ArrayRef<Expr *> factors,
+static void explainEpilogue(Matcher &m, Expr *top, ArrayRef<Expr *> factors,
                             ArrayRef<Expr *> originals) {
   ExprBuilder &b = m.b;
   Term t0, t1;
@@ -118,8 +117,8 @@ FuseAttempt Matcher::matchV2(RewriterBase &rewriter) {
     }
     int64_t pairsPerKv = pairsPerKvHead(t0, r.head, numPairs, same);
     int64_t numKv = numPairs / pairsPerKv;
-    OperandPlan k = kvPlan(t0.k, r, dDim, b.extent(dDim), numKv, pairsPerKv,
-                           elemType);
+    OperandPlan k =
+        kvPlan(t0.k, r, dDim, b.extent(dDim), numKv, pairsPerKv, elemType);
     OperandPlan v = kvPlan(t0.v, r, r.value, b.extent(r.value), numKv,
                            pairsPerKv, elemType);
     OperandPlan l;

@@ -11,22 +11,22 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::lowering;
 
-SmallVector<Value> lowering::buildGeneric(OpBuilder &b, Location loc,
-                                        ValueRange inputs, ValueRange outputs,
-                                        ArrayRef<AffineMap> maps,
-                                        ArrayRef<utils::IteratorType> iterators,
-                                        BodyBuilder body) {
+SmallVector<Value>
+lowering::buildGeneric(OpBuilder &b, Location loc, ValueRange inputs,
+                       ValueRange outputs, ArrayRef<AffineMap> maps,
+                       ArrayRef<utils::IteratorType> iterators,
+                       BodyBuilder body) {
   auto op = linalg::GenericOp::create(b, loc, TypeRange(outputs), inputs,
                                       outputs, maps, iterators, body);
   return SmallVector<Value>(op.getResults());
 }
 
 Value lowering::buildFilledTensor(OpBuilder &b, Location loc,
-                                ArrayRef<OpFoldResult> sizes, Type elementType,
-                                double value) {
+                                  ArrayRef<OpFoldResult> sizes,
+                                  Type elementType, double value) {
   Value empty = tensor::EmptyOp::create(b, loc, sizes, elementType);
-  Value scalar = arith::ConstantOp::create(
-      b, loc, b.getFloatAttr(elementType, value));
+  Value scalar =
+      arith::ConstantOp::create(b, loc, b.getFloatAttr(elementType, value));
   return linalg::FillOp::create(b, loc, scalar, empty).getResult(0);
 }
 
@@ -37,7 +37,7 @@ Value lowering::buildExtToF32(OpBuilder &b, Location loc, Value value) {
 }
 
 Value lowering::buildTruncFromF32(OpBuilder &b, Location loc, Value value,
-                                Type type) {
+                                  Type type) {
   if (type.isF32())
     return value;
   return arith::TruncFOp::create(b, loc, type, value);
@@ -60,7 +60,8 @@ Value lowering::buildSafeMax(OpBuilder &b, Location loc, Value max) {
   return arith::SelectOp::create(b, loc, isEmpty, zero, max);
 }
 
-Value lowering::buildNormalize(OpBuilder &b, Location loc, Value acc, Value sum) {
+Value lowering::buildNormalize(OpBuilder &b, Location loc, Value acc,
+                               Value sum) {
   Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
   Value seen =
       arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, zero);
@@ -71,8 +72,8 @@ Value lowering::buildNormalize(OpBuilder &b, Location loc, Value acc, Value sum)
 }
 
 Value lowering::buildPairDifference(OpBuilder &b, Location loc, Value acc0,
-                                  Value acc1, Value sum0, Value sum1,
-                                  Value weight) {
+                                    Value acc1, Value sum0, Value sum1,
+                                    Value weight) {
   Value o0 = buildNormalize(b, loc, acc0, sum0);
   Value o1 = buildNormalize(b, loc, acc1, sum1);
   return arith::SubFOp::create(b, loc, o0,
@@ -80,7 +81,7 @@ Value lowering::buildPairDifference(OpBuilder &b, Location loc, Value acc0,
 }
 
 Value lowering::buildMulAcc(OpBuilder &b, Location loc, Value lhs, Value rhs,
-                          Value acc) {
+                            Value acc) {
   auto fm = arith::FastMathFlagsAttr::get(b.getContext(), attentionFastMath());
   Value prod = arith::MulFOp::create(b, loc, buildExtToF32(b, loc, lhs),
                                      buildExtToF32(b, loc, rhs), fm);
@@ -88,8 +89,8 @@ Value lowering::buildMulAcc(OpBuilder &b, Location loc, Value lhs, Value rhs,
 }
 
 Value lowering::buildRMSNormScale(OpBuilder &b, Location loc, Value x,
-                                Value sumSquares, Value weight, int64_t width,
-                                float eps, float lambdaInit) {
+                                  Value sumSquares, Value weight, int64_t width,
+                                  float eps, float lambdaInit) {
   Value widthF = arith::ConstantOp::create(
       b, loc, b.getF32FloatAttr(static_cast<float>(width)));
   Value epsF = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(eps));

@@ -1,4 +1,5 @@
-//===- LinalgBuilders.h - small builders shared by the lowerings -*- C++ -*-===//
+//===- LinalgBuilders.h - small builders shared by the lowerings -*- C++
+//-*-===//
 //
 // Internal helpers of the decomposition and the tiling: linalg.generic on
 // tensors, filled tensors and the scalar math of attention (f32 extension,

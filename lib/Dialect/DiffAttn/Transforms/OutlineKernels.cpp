@@ -49,8 +49,8 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
   llvm::raw_string_ostream os(name);
   bool isV2 = c.kind == AttentionConfig::Kind::V2;
   os << "diffattn_" << (isV2 ? "v2" : "v1") << "_" << typeName(c.elementType)
-     << "_h" << 2 * c.numPairs << "_kv" << c.numValueHeads << "_d"
-     << c.headDim << "_dv" << c.valueDim;
+     << "_h" << 2 * c.numPairs << "_kv" << c.numValueHeads << "_d" << c.headDim
+     << "_dv" << c.valueDim;
   if (c.causal)
     os << "_causal";
   if (isV2) {
@@ -91,20 +91,19 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
 
 /// Symbolic dimensions of each operand: the names of the dynamic ones, the
 /// sizes of the static ones.
-SmallVector<SmallVector<Attribute>> argumentShapes(Operation *op,
-                                                   const AttentionConfig &c,
-                                                   Builder &b) {
+SmallVector<SmallVector<Attribute>>
+argumentShapes(Operation *op, const AttentionConfig &c, Builder &b) {
   auto sym = [&](StringRef s) -> Attribute { return b.getStringAttr(s); };
   auto num = [&](int64_t n) -> Attribute { return b.getI64IntegerAttr(n); };
   int64_t queryHeads = 2 * c.numPairs;
   if (c.varlen) {
     // Packed tokens: total_q and total_k, bound from the buffers; B + 1
     // offsets per cu_seqlens.
-    Attribute offsets = b.getDictionaryAttr(
-        {b.getNamedAttr("ceil_div", b.getStringAttr("B")),
-         b.getNamedAttr("mul", b.getI64IntegerAttr(1)),
-         b.getNamedAttr("by", b.getI64IntegerAttr(1)),
-         b.getNamedAttr("add", b.getI64IntegerAttr(1))});
+    Attribute offsets =
+        b.getDictionaryAttr({b.getNamedAttr("ceil_div", b.getStringAttr("B")),
+                             b.getNamedAttr("mul", b.getI64IntegerAttr(1)),
+                             b.getNamedAttr("by", b.getI64IntegerAttr(1)),
+                             b.getNamedAttr("add", b.getI64IntegerAttr(1))});
     return {{sym("total_q"), num(queryHeads), num(c.headDim)},
             {sym("total_k"), num(c.numKeyHeads), num(c.headDim)},
             {sym("total_k"), num(c.numValueHeads), num(c.valueDim)},
@@ -140,8 +139,7 @@ SmallVector<SmallVector<Attribute>> argumentShapes(Operation *op,
   return shapes;
 }
 
-RankedTensorType kernelType(RankedTensorType type,
-                            ArrayRef<Attribute> shape) {
+RankedTensorType kernelType(RankedTensorType type, ArrayRef<Attribute> shape) {
   SmallVector<int64_t> dims;
   for (Attribute dim : shape)
     dims.push_back(isa<IntegerAttr>(dim) ? cast<IntegerAttr>(dim).getInt()
@@ -170,18 +168,16 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
       auto value = op->getAttrOfType<IntegerAttr>(attr);
       return value ? value.getInt() : -1;
     };
-    params.push_back(b.getNamedAttr(
-        "window_left", b.getI64IntegerAttr(bound("window_left"))));
+    params.push_back(b.getNamedAttr("window_left",
+                                    b.getI64IntegerAttr(bound("window_left"))));
     params.push_back(b.getNamedAttr(
         "window_right", b.getI64IntegerAttr(bound("window_right"))));
     params.push_back(b.getNamedAttr(
-        "group_size",
-        b.getI64IntegerAttr(2 * c.numPairs / c.numKeyHeads)));
-    params.push_back(
-        b.getNamedAttr("kv_len", b.getBoolAttr(c.hasKvLen)));
+        "group_size", b.getI64IntegerAttr(2 * c.numPairs / c.numKeyHeads)));
+    params.push_back(b.getNamedAttr("kv_len", b.getBoolAttr(c.hasKvLen)));
     if (c.isPaged())
-      params.push_back(b.getNamedAttr(
-          "paged_block_size", b.getI64IntegerAttr(c.pagedBlockSize)));
+      params.push_back(b.getNamedAttr("paged_block_size",
+                                      b.getI64IntegerAttr(c.pagedBlockSize)));
     if (c.varlen)
       params.push_back(b.getNamedAttr("varlen", b.getBoolAttr(true)));
   } else {
@@ -208,9 +204,9 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
                           .getElementType();
     args.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("name", b.getStringAttr(argName)),
-         b.getNamedAttr("role", b.getStringAttr(index + 1 == names.size()
-                                                    ? "output"
-                                                    : "input")),
+         b.getNamedAttr(
+             "role",
+             b.getStringAttr(index + 1 == names.size() ? "output" : "input")),
          b.getNamedAttr("dtype", b.getStringAttr(typeName(elem))),
          b.getNamedAttr("shape", b.getArrayAttr(shapes[index]))}));
   }
@@ -222,10 +218,10 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
   if (c.varlen)
     sizes.append({"total_q", "total_k"});
   for (StringRef dim : sizes)
-    args.push_back(b.getDictionaryAttr(
-        {b.getNamedAttr("name", b.getStringAttr(dim)),
-         b.getNamedAttr("role", b.getStringAttr("size")),
-         b.getNamedAttr("dtype", b.getStringAttr("i64"))}));
+    args.push_back(
+        b.getDictionaryAttr({b.getNamedAttr("name", b.getStringAttr(dim)),
+                             b.getNamedAttr("role", b.getStringAttr("size")),
+                             b.getNamedAttr("dtype", b.getStringAttr("i64"))}));
 
   return b.getDictionaryAttr(
       {b.getNamedAttr("name", b.getStringAttr(name)),
@@ -251,13 +247,12 @@ LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
     std::string name = kernelName(op, config);
     if (!seen.insert(name).second)
       continue;
-    SmallVector<SmallVector<Attribute>> shapes =
-        argumentShapes(op, config, b);
+    SmallVector<SmallVector<Attribute>> shapes = argumentShapes(op, config, b);
 
     SmallVector<Type> argTypes;
     for (auto [index, operand] : llvm::enumerate(op->getOperands()))
-      argTypes.push_back(kernelType(
-          cast<RankedTensorType>(operand.getType()), shapes[index]));
+      argTypes.push_back(
+          kernelType(cast<RankedTensorType>(operand.getType()), shapes[index]));
     auto outType = kernelType(
         cast<RankedTensorType>(op->getResult(0).getType()), shapes.back());
     argTypes.push_back(outType);
@@ -279,9 +274,10 @@ LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
     mapping.map(op->getOperands(), entry->getArguments().drop_back());
     Operation *clone = b.clone(*op, mapping);
     clone->getResult(0).setType(outType);
-    Value result = bufferization::MaterializeInDestinationOp::create(
-        b, op->getLoc(), clone->getResult(0), entry->getArguments().back())
-                       .getResult();
+    Value result =
+        bufferization::MaterializeInDestinationOp::create(
+            b, op->getLoc(), clone->getResult(0), entry->getArguments().back())
+            .getResult();
     func::ReturnOp::create(b, op->getLoc(), result);
     kernels.push_back(func);
   }
@@ -299,7 +295,8 @@ LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
 
 namespace {
 struct DiffAttnOutlineKernelsPass
-    : public diffattn::impl::DiffAttnOutlineKernelsBase<DiffAttnOutlineKernelsPass> {
+    : public diffattn::impl::DiffAttnOutlineKernelsBase<
+          DiffAttnOutlineKernelsPass> {
   void runOnOperation() override {
     if (failed(outlineDiffAttnKernels(getOperation())))
       signalPassFailure();

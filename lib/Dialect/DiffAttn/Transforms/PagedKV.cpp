@@ -16,8 +16,8 @@
 
 #include "mlir/Dialect/Affine/IR/AffineOps.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
-#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Arith/Utils/Utils.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Verifier.h"
@@ -42,7 +42,8 @@ static Value gatherCache(OpBuilder &b, Location loc, Value pool,
   Value numBlocks = tensor::DimOp::create(b, loc, pool, 0);
   Value empty = tensor::EmptyOp::create(
       b, loc,
-      ArrayRef<OpFoldResult>{batch, seqK, b.getIndexAttr(poolType.getDimSize(2)),
+      ArrayRef<OpFoldResult>{batch, seqK,
+                             b.getIndexAttr(poolType.getDimSize(2)),
                              b.getIndexAttr(poolType.getDimSize(3))},
       poolType.getElementType());
   MLIRContext *ctx = b.getContext();
@@ -62,8 +63,8 @@ static Value gatherCache(OpBuilder &b, Location loc, Value pool,
         Value slot = arith::DivUIOp::create(nb, l, key, bs);
         Value row = arith::RemUIOp::create(nb, l, key, bs);
         Value keyLen = buildKeyLength(nb, l, args[0], seqKValue);
-        Value stored = arith::CmpIOp::create(nb, l, CmpIPredicate::ult, key,
-                                             keyLen);
+        Value stored =
+            arith::CmpIOp::create(nb, l, CmpIPredicate::ult, key, keyLen);
         Type elem = poolType.getElementType();
         Value zero = arith::ConstantOp::create(nb, l, nb.getZeroAttr(elem));
         // The block table is read only for stored keys; a block outside the
@@ -104,8 +105,7 @@ static Value gatherCache(OpBuilder &b, Location loc, Value pool,
 }
 
 FailureOr<Operation *>
-mlir::diffattn::materializePagedKVCache(RewriterBase &rewriter,
-                                        Operation *op) {
+mlir::diffattn::materializePagedKVCache(RewriterBase &rewriter, Operation *op) {
   auto paged = dyn_cast<V2PagedOp>(op);
   if (!paged)
     return op;
@@ -113,10 +113,10 @@ mlir::diffattn::materializePagedKVCache(RewriterBase &rewriter,
   rewriter.setInsertionPoint(op);
   Location loc = op->getLoc();
   int64_t blockSize = paged.getBlockSize();
-  Value k = gatherCache(rewriter, loc, paged.getKCache(),
-                        paged.getBlockTable(), paged.getKvLen(), blockSize);
-  Value v = gatherCache(rewriter, loc, paged.getVCache(),
-                        paged.getBlockTable(), paged.getKvLen(), blockSize);
+  Value k = gatherCache(rewriter, loc, paged.getKCache(), paged.getBlockTable(),
+                        paged.getKvLen(), blockSize);
+  Value v = gatherCache(rewriter, loc, paged.getVCache(), paged.getBlockTable(),
+                        paged.getKvLen(), blockSize);
   OperationState state(loc, V2Op::getOperationName());
   state.addOperands({paged.getQ(), k, v, paged.getLam(), paged.getKvLen()});
   state.addAttributes(op->getAttrs());

@@ -32,7 +32,6 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::lowering;
 
-
 FailureOr<FlashTileSizes>
 mlir::diffattn::getDefaultFlashTileSizes(StringRef target) {
   // CPU: a 64x64 f32 score tile (16 KiB) and its K/V tiles stay in L1/L2.
@@ -65,7 +64,9 @@ public:
   Value build();
 
 private:
-  Value cst(int64_t value) { return arith::ConstantIndexOp::create(b, loc, value); }
+  Value cst(int64_t value) {
+    return arith::ConstantIndexOp::create(b, loc, value);
+  }
   Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
   Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
   Value min(Value x, Value y) { return arith::MinSIOp::create(b, loc, x, y); }
@@ -106,11 +107,11 @@ private:
 
 } // namespace
 
-Value FlashTiler::extractRows(Value source, Value batch, Value row0,
-                              Value head, Value rows, int64_t width) {
+Value FlashTiler::extractRows(Value source, Value batch, Value row0, Value head,
+                              Value rows, int64_t width) {
   SmallVector<OpFoldResult> offsets = {batch, row0, head, b.getIndexAttr(0)};
-  SmallVector<OpFoldResult> sizes = {b.getIndexAttr(1), rows,
-                                     b.getIndexAttr(1), b.getIndexAttr(width)};
+  SmallVector<OpFoldResult> sizes = {b.getIndexAttr(1), rows, b.getIndexAttr(1),
+                                     b.getIndexAttr(width)};
   SmallVector<OpFoldResult> strides(4, b.getIndexAttr(1));
   auto sourceType = cast<RankedTensorType>(source.getType());
   auto tileType = RankedTensorType::get({ShapedType::kDynamic, width},
@@ -122,23 +123,22 @@ Value FlashTiler::extractRows(Value source, Value batch, Value row0,
 HeadState FlashTiler::initialState(Value rows) {
   Type f32 = b.getF32Type();
   OpFoldResult valueDim = b.getIndexAttr(config.valueDim);
-  return HeadState{
-      buildFilledTensor(b, loc, {rows}, f32,
-                        -std::numeric_limits<float>::infinity()),
-      buildFilledTensor(b, loc, {rows}, f32, 0.0),
-      buildFilledTensor(b, loc, {rows, valueDim}, f32, 0.0)};
+  return HeadState{buildFilledTensor(b, loc, {rows}, f32,
+                                     -std::numeric_limits<float>::infinity()),
+                   buildFilledTensor(b, loc, {rows}, f32, 0.0),
+                   buildFilledTensor(b, loc, {rows, valueDim}, f32, 0.0)};
 }
 
-Value FlashTiler::scaleScores(Value scores, bool masked, Value row0,
-                              Value key0, Value offset, Value keyLen,
-                              Value rows, Value keys) {
+Value FlashTiler::scaleScores(Value scores, bool masked, Value row0, Value key0,
+                              Value offset, Value keyLen, Value rows,
+                              Value keys) {
   AffineExpr i, j;
   bindDims(ctx, i, j);
   Value empty = tensor::EmptyOp::create(
       b, loc, ArrayRef<OpFoldResult>{rows, keys}, b.getF32Type());
   return buildGeneric(
-      b, loc, {scores}, {empty}, {map(2, {i, j}), map(2, {i, j})},
-      {kPar, kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
+      b, loc, {scores}, {empty}, {map(2, {i, j}), map(2, {i, j})}, {kPar, kPar},
+      [&](OpBuilder &nb, Location l, ValueRange args) {
         Value scaled = arith::MulFOp::create(
             nb, l, args[0],
             arith::ConstantOp::create(nb, l, nb.getF32FloatAttr(config.scale)));
@@ -146,12 +146,11 @@ Value FlashTiler::scaleScores(Value scores, bool masked, Value row0,
           linalg::YieldOp::create(nb, l, scaled);
           return;
         }
-        Value row = arith::AddIOp::create(
-            nb, l, row0, linalg::IndexOp::create(nb, l, 0));
-        Value key = arith::AddIOp::create(
-            nb, l, key0, linalg::IndexOp::create(nb, l, 1));
-        Value visible =
-            buildIsVisible(nb, l, config, row, key, offset, keyLen);
+        Value row = arith::AddIOp::create(nb, l, row0,
+                                          linalg::IndexOp::create(nb, l, 0));
+        Value key = arith::AddIOp::create(nb, l, key0,
+                                          linalg::IndexOp::create(nb, l, 1));
+        Value visible = buildIsVisible(nb, l, config, row, key, offset, keyLen);
         Value minusInf = arith::ConstantOp::create(
             nb, l, nb.getF32FloatAttr(-std::numeric_limits<float>::infinity()));
         linalg::YieldOp::create(
@@ -191,8 +190,8 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
         },
         [&](OpBuilder &, Location) {
           scf::YieldOp::create(b, loc,
-                               scaleScores(scores, /*masked=*/false, row0,
-                                           key0, offset, keyLen, rows, keys));
+                               scaleScores(scores, /*masked=*/false, row0, key0,
+                                           offset, keyLen, rows, keys));
         });
     scores = ifOp.getResult(0);
   }
@@ -208,7 +207,8 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
       {tile2, rows2}, {kPar, kRed},
       [&](OpBuilder &nb, Location l, ValueRange args) {
         linalg::YieldOp::create(
-            nb, l, arith::MaxNumFOp::create(nb, l, args[0], args[1]).getResult());
+            nb, l,
+            arith::MaxNumFOp::create(nb, l, args[0], args[1]).getResult());
       })[0];
   AffineMap id1 = map(1, {i});
   Value newMax = buildGeneric(
@@ -216,17 +216,18 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
       {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, f32)},
       {id1, id1, id1}, {kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
         linalg::YieldOp::create(
-            nb, l, arith::MaxNumFOp::create(nb, l, args[0], args[1]).getResult());
+            nb, l,
+            arith::MaxNumFOp::create(nb, l, args[0], args[1]).getResult());
       })[0];
-  Value emptyTile = tensor::EmptyOp::create(
-      b, loc, ArrayRef<OpFoldResult>{rows, keys}, f32);
+  Value emptyTile =
+      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows, keys}, f32);
   Value probs = buildGeneric(
       b, loc, {scores, newMax}, {emptyTile}, {tile2, rows2, tile2},
       {kPar, kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
         Value shifted =
             arith::SubFOp::create(nb, l, args[0], buildSafeMax(nb, l, args[1]));
-        linalg::YieldOp::create(nb, l,
-                                math::ExpOp::create(nb, l, shifted).getResult());
+        linalg::YieldOp::create(
+            nb, l, math::ExpOp::create(nb, l, shifted).getResult());
       })[0];
   Value emptyAlpha =
       tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, f32);
@@ -238,7 +239,8 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
       [&](OpBuilder &nb, Location l, ValueRange args) {
         Value alpha = math::ExpOp::create(
             nb, l,
-            arith::SubFOp::create(nb, l, args[0], buildSafeMax(nb, l, args[1])));
+            arith::SubFOp::create(nb, l, args[0],
+                                  buildSafeMax(nb, l, args[1])));
         linalg::YieldOp::create(
             nb, l,
             ValueRange{alpha, arith::MulFOp::create(nb, l, args[2], alpha)});
@@ -253,8 +255,8 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
 
   // acc = acc * alpha + P v  (loops i, t, e: e innermost and contiguous).
   Value scaledAcc = buildGeneric(
-      b, loc, {alpha}, {state.acc}, {map(2, {i}), map(2, {i, j})},
-      {kPar, kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
+      b, loc, {alpha}, {state.acc}, {map(2, {i}), map(2, {i, j})}, {kPar, kPar},
+      [&](OpBuilder &nb, Location l, ValueRange args) {
         linalg::YieldOp::create(
             nb, l, arith::MulFOp::create(nb, l, args[1], args[0]).getResult());
       })[0];
@@ -308,29 +310,29 @@ Value FlashTiler::epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
       tensor::ExtractOp::create(b, loc, op->getOperand(3), ValueRange{});
   Value emptyF32 = tensor::EmptyOp::create(
       b, loc, ArrayRef<OpFoldResult>{rows, valueDim}, f32);
-  Value diff = buildGeneric(
-      b, loc, {h0.acc, h1.acc, h0.sum, h1.sum}, {emptyF32},
-      {tile, tile, row, row, tile}, {kPar, kPar},
-      [&](OpBuilder &nb, Location l, ValueRange args) {
-        linalg::YieldOp::create(nb, l,
-                                buildPairDifference(nb, l, args[0], args[1],
-                                                    args[2], args[3],
-                                                    lamScalar));
-      })[0];
+  Value diff =
+      buildGeneric(b, loc, {h0.acc, h1.acc, h0.sum, h1.sum}, {emptyF32},
+                   {tile, tile, row, row, tile}, {kPar, kPar},
+                   [&](OpBuilder &nb, Location l, ValueRange args) {
+                     linalg::YieldOp::create(
+                         nb, l,
+                         buildPairDifference(nb, l, args[0], args[1], args[2],
+                                             args[3], lamScalar));
+                   })[0];
   Value zeroRows = buildFilledTensor(b, loc, {rows}, f32, 0.0);
-  Value sumSquares = buildGeneric(
-      b, loc, {diff}, {zeroRows}, {tile, row}, {kPar, kRed},
-      [&](OpBuilder &nb, Location l, ValueRange args) {
-        linalg::YieldOp::create(nb, l,
-                                buildMulAcc(nb, l, args[0], args[0], args[1]));
-      })[0];
+  Value sumSquares =
+      buildGeneric(b, loc, {diff}, {zeroRows}, {tile, row}, {kPar, kRed},
+                   [&](OpBuilder &nb, Location l, ValueRange args) {
+                     linalg::YieldOp::create(
+                         nb, l, buildMulAcc(nb, l, args[0], args[0], args[1]));
+                   })[0];
   return buildGeneric(
       b, loc, {diff, sumSquares, op->getOperand(4)}, {emptyOut},
       {tile, row, map(2, {e}), tile}, {kPar, kPar},
       [&](OpBuilder &nb, Location l, ValueRange args) {
-        Value y = buildRMSNormScale(nb, l, args[0], args[1], args[2],
-                                    config.valueDim, config.eps,
-                                    config.lambdaInit);
+        Value y =
+            buildRMSNormScale(nb, l, args[0], args[1], args[2], config.valueDim,
+                              config.eps, config.lambdaInit);
         linalg::YieldOp::create(
             nb, l, buildTruncFromF32(nb, l, y, config.elementType));
       })[0];
@@ -400,16 +402,14 @@ Value FlashTiler::build() {
                         b, loc, lo, hi, blockK,
                         ValueRange{s0.max, s0.sum, s0.acc, s1.max, s1.sum,
                                    s1.acc},
-                        [&](OpBuilder &, Location, Value key0,
-                            ValueRange st) {
+                        [&](OpBuilder &, Location, Value key0, ValueRange st) {
                           Value keys = min(blockK, sub(hi, key0));
                           Value kTile0 = extractRows(k, batch, key0, keyHead0,
                                                      keys, config.headDim);
                           Value kTile1 =
-                              sharedKeys
-                                  ? kTile0
-                                  : extractRows(k, batch, key0, keyHead1, keys,
-                                                config.headDim);
+                              sharedKeys ? kTile0
+                                         : extractRows(k, batch, key0, keyHead1,
+                                                       keys, config.headDim);
                           Value vTile = extractRows(v, batch, key0, valueHead,
                                                     keys, config.valueDim);
                           // Mask only blocks that straddle the mask of
@@ -427,15 +427,15 @@ Value FlashTiler::build() {
                               step(q1, kTile1, vTile, {st[3], st[4], st[5]},
                                    needsMask, row0, key0, offset, keyLen, rows,
                                    keys);
-                          scf::YieldOp::create(
-                              b, loc,
-                              ValueRange{n0.max, n0.sum, n0.acc, n1.max,
-                                         n1.sum, n1.acc});
+                          scf::YieldOp::create(b, loc,
+                                               ValueRange{n0.max, n0.sum,
+                                                          n0.acc, n1.max,
+                                                          n1.sum, n1.acc});
                         });
                     ValueRange r = keyLoop.getResults();
-                    Value tile = epilogue({r[0], r[1], r[2]},
-                                          {r[3], r[4], r[5]}, batch, row0,
-                                          pair, rows);
+                    Value tile =
+                        epilogue({r[0], r[1], r[2]}, {r[3], r[4], r[5]}, batch,
+                                 row0, pair, rows);
                     SmallVector<OpFoldResult> offsets = {batch, row0, pair,
                                                          b.getIndexAttr(0)};
                     SmallVector<OpFoldResult> tileSizes = {
@@ -457,8 +457,9 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
                                              Operation *op,
                                              FlashTileSizes sizes) {
   if (sizes.blockQ <= 0 || sizes.blockK <= 0)
-    return op->emitOpError() << "block sizes must be positive, got block-q = "
-                             << sizes.blockQ << ", block-k = " << sizes.blockK;
+    return op->emitOpError()
+           << "block sizes must be positive, got block-q = " << sizes.blockQ
+           << ", block-k = " << sizes.blockK;
   FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
   if (failed(unpaged))
     return failure();

@@ -38,8 +38,8 @@ struct IndexMath {
   Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
   /// cu[i] as an index.
   Value offset(Value cu, Value i) {
-    return arith::IndexCastOp::create(
-        b, loc, b.getIndexType(), tensor::ExtractOp::create(b, loc, cu, i));
+    return arith::IndexCastOp::create(b, loc, b.getIndexType(),
+                                      tensor::ExtractOp::create(b, loc, cu, i));
   }
 };
 
@@ -67,8 +67,7 @@ Value pad(OpBuilder &b, Location loc, Value packed, Value cu, Value batch,
   SmallVector<OpFoldResult> sizes = {batch, slot};
   for (int64_t d = 1; d < rank; ++d)
     sizes.push_back(tensor::getMixedSize(b, loc, packed, d));
-  Value empty =
-      tensor::EmptyOp::create(b, loc, sizes, type.getElementType());
+  Value empty = tensor::EmptyOp::create(b, loc, sizes, type.getElementType());
   AffineMap id = b.getMultiDimIdentityMap(rank + 1);
   SmallVector<utils::IteratorType> iters(rank + 1, kPar);
   return buildGeneric(
@@ -136,17 +135,16 @@ mlir::diffattn::materializeVarlenBatch(RewriterBase &rewriter, Operation *op) {
         IndexMath n{nb, l};
         Value bi = linalg::IndexOp::create(nb, l, 0);
         Value len = arith::SubIOp::create(
-            nb, l,
-            tensor::ExtractOp::create(nb, l, cuK, n.add(bi, n.cst(1))),
+            nb, l, tensor::ExtractOp::create(nb, l, cuK, n.add(bi, n.cst(1))),
             tensor::ExtractOp::create(nb, l, cuK, bi));
         linalg::YieldOp::create(nb, l, len);
       })[0];
 
   auto outType = cast<RankedTensorType>(op->getResult(0).getType());
-  auto paddedType = RankedTensorType::get(
-      {ShapedType::kDynamic, ShapedType::kDynamic, outType.getDimSize(1),
-       outType.getDimSize(2)},
-      outType.getElementType());
+  auto paddedType =
+      RankedTensorType::get({ShapedType::kDynamic, ShapedType::kDynamic,
+                             outType.getDimSize(1), outType.getDimSize(2)},
+                            outType.getElementType());
   OperationState state(loc, V2Op::getOperationName());
   state.addOperands({q, k, v, lam, kvLen});
   state.addAttributes(op->getAttrs());
@@ -191,8 +189,8 @@ mlir::diffattn::materializeVarlenBatch(RewriterBase &rewriter, Operation *op) {
                   fb, fl,
                   arith::CmpIOp::create(fb, fl, CmpIPredicate::sge, t, start),
                   arith::CmpIOp::create(fb, fl, CmpIPredicate::slt, t, end));
-              Value row = f.add(f.sub(seqQ, f.sub(end, start)),
-                                f.sub(t, start));
+              Value row =
+                  f.add(f.sub(seqQ, f.sub(end, start)), f.sub(t, start));
               scf::YieldOp::create(
                   fb, fl,
                   ValueRange{arith::SelectOp::create(fb, fl, in, bi, acc[0]),

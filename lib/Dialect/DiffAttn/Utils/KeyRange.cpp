@@ -69,8 +69,7 @@ std::pair<Value, Value> mlir::diffattn::buildVisibleKeyBounds(
         b, loc, idx(0), sub(add(minRow, offset), idx(config.windowLeft)));
   if (config.windowRight >= 0)
     hi = arith::MinSIOp::create(
-        b, loc, keyLen,
-        add(add(maxRow, offset), idx(config.windowRight + 1)));
+        b, loc, keyLen, add(add(maxRow, offset), idx(config.windowRight + 1)));
   return {lo, hi};
 }
 
@@ -99,8 +98,7 @@ Value mlir::diffattn::buildBlockNeedsMask(OpBuilder &b, Location loc,
   auto cmp = [&](CmpIPredicate p, Value x, Value y) {
     return arith::CmpIOp::create(b, loc, p, x, y).getResult();
   };
-  Value needsMask =
-      cmp(CmpIPredicate::sgt, add(key0, idx(blockK)), keyLen);
+  Value needsMask = cmp(CmpIPredicate::sgt, add(key0, idx(blockK)), keyLen);
   if (config.windowRight >= 0)
     needsMask = arith::OrIOp::create(
         b, loc, needsMask,

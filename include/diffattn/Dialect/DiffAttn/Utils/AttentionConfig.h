@@ -1,4 +1,5 @@
-//===- AttentionConfig.h - the static description of a diffattn op -*- C++ -*-===//
+//===- AttentionConfig.h - the static description of a diffattn op -*- C++
+//-*-===//
 //
 // What every pass and GPU strategy reads off a diffattn.v2 / diffattn.v1 op
 // (head mapping, mask, epilogue constants), how ops are collected, and the

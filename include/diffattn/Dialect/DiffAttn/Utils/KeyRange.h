@@ -31,7 +31,6 @@ Value buildIsVisible(OpBuilder &b, Location loc, const AttentionConfig &config,
 /// `kvLen` is null.
 Value buildKeyLength(OpBuilder &b, Location loc, Value kvLen, Value seqLen);
 
-
 /// The keys [lo, hi) that some query row in [minRow, maxRow] may see (all
 /// index values; `offset = keyLen - Sq`): lo = max(0, minRow + offset -
 /// left) with a left window bound, else 0; hi = min(keyLen, maxRow + offset
