@@ -76,6 +76,14 @@ def load_kernels(directory):
     return kernels
 
 
+def _check_int32(name, arr, rank):
+    """TypeError naming `name` unless `arr` is a rank-`rank` int32 array."""
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.int32 or arr.ndim != rank:
+        raise TypeError(f"{name}: expected a {rank}-D int32 numpy array, got "
+                        f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                        f"{getattr(arr, 'shape', '')}")
+
+
 def _dim(d, dims):
     """A manifest shape dimension: a size, a size symbol, or the rule
     {ceil_div: symbol, mul: m, by: n[, add: a]} = ceil(m * symbol / n) + a."""
@@ -137,11 +145,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     _check_same_dtype("v", v, dtype)
     _check_same_dtype("lam", lam, dtype, allow_f32=True)
     for name, arr, rank in (("kv_len", kv_len, 1), ("block_table", block_table, 2)):
-        if arr is not None and (not isinstance(arr, np.ndarray) or arr.dtype != np.int32
-                                or arr.ndim != rank):
-            raise TypeError(f"{name}: expected a {rank}-D int32 numpy array, got "
-                            f"{getattr(arr, 'dtype', type(arr).__name__)} "
-                            f"{getattr(arr, 'shape', '')}")
+        if arr is not None:
+            _check_int32(name, arr, rank)
     params, text, out_shape, sizes = _ops.v2_request(
         q.shape, k.shape, v.shape, lam.shape, _DTYPES[dtype], _DTYPES[lam.dtype],
         causal=causal, scale=scale, window=window,
@@ -178,10 +183,7 @@ def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     _check_same_dtype("v", v, dtype)
     _check_same_dtype("lam", lam, dtype, allow_f32=True)
     for name, arr in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.int32 or arr.ndim != 1:
-            raise TypeError(f"{name}: expected a 1-D int32 numpy array, got "
-                            f"{getattr(arr, 'dtype', type(arr).__name__)} "
-                            f"{getattr(arr, 'shape', '')}")
+        _check_int32(name, arr, 1)
     params, text, out_shape, sizes = _ops.v2_varlen_request(
         q.shape, k.shape, v.shape, lam.shape, cu_seqlens_q.shape, cu_seqlens_k.shape,
         _DTYPES[dtype], _DTYPES[lam.dtype], max_seqlen_q, max_seqlen_k, causal=causal,

@@ -89,6 +89,20 @@ def check_window(window, causal):
     return left, right
 
 
+def v2_attributes(causal, scale, left, right):
+    """The attribute list of a diffattn.v2-family op (checked values)."""
+    attrs = []
+    if causal:
+        attrs.append("causal")
+    if scale is not None:
+        attrs.append(f"scale = {hex_f32(scale)} : f32")
+    if left != -1:
+        attrs.append(f"window_left = {left} : i64")
+    if right != -1:
+        attrs.append(f"window_right = {right} : i64")
+    return attrs
+
+
 def check_block_table(block_table, kv_len, block_size, num_blocks):
     """Every block a sequence reads (positions below kv_len[b]) must lie in
     the pool [0, num_blocks); entries past a sequence's last block are not
@@ -159,15 +173,7 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
               "window": [left, right], "kv_len": kv_len_shape is not None}
     if paged:
         params["paged_block_size"] = k_shape[1]
-    attrs = []
-    if causal:
-        attrs.append("causal")
-    if scale is not None:
-        attrs.append(f"scale = {hex_f32(scale)} : f32")
-    if left != -1:
-        attrs.append(f"window_left = {left} : i64")
-    if right != -1:
-        attrs.append(f"window_right = {right} : i64")
+    attrs = v2_attributes(causal, scale, left, right)
     operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
                 ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem))]
     if kv_len_shape is not None:
@@ -239,15 +245,7 @@ def v2_varlen_request(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_sha
               "head_dim": d, "value_dim": dv, "causal": bool(causal),
               "scale": None if scale is None else hex_f32(scale),
               "window": [left, right], "varlen": True}
-    attrs = []
-    if causal:
-        attrs.append("causal")
-    if scale is not None:
-        attrs.append(f"scale = {hex_f32(scale)} : f32")
-    if left != -1:
-        attrs.append(f"window_left = {left} : i64")
-    if right != -1:
-        attrs.append(f"window_right = {right} : i64")
+    attrs = v2_attributes(causal, scale, left, right)
     operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
                 ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem)),
                 ("cu_seqlens_q", tensor_type(cu_q_shape, "i32")),

@@ -41,6 +41,16 @@ def _validate(q, k, v, lam, kv_len, block_table=None):
             raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
 
 
+def _output(out, out_shape, q):
+    """`out` checked against `out_shape` and q's dtype, or a new tensor."""
+    if out is None:
+        return torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    _check_tensor("out", out, (q.dtype,))
+    if tuple(out.shape) != tuple(out_shape):
+        raise ValueError(f"out: expected shape {tuple(out_shape)}, got {tuple(out.shape)}")
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _target_of(device_index):
     return _gpu.target_for_capability(torch.cuda.get_device_capability(device_index))
@@ -55,12 +65,7 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
         _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
         kv_len_shape=None if kv_len is None else tuple(kv_len.shape), target=target,
         block_table_shape=None if block_table is None else tuple(block_table.shape))
-    if out is None:
-        out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
-    else:
-        _check_tensor("out", out, (q.dtype,))
-        if tuple(out.shape) != tuple(out_shape):
-            raise ValueError(f"out: expected shape {tuple(out_shape)}, got {tuple(out.shape)}")
+    out = _output(out, out_shape, q)
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
     if kv_len is not None:
         named.append(("kv_len", "i32", kv_len))
@@ -148,12 +153,7 @@ def _run_varlen(q, k, v, lam, cu_q, cu_k, max_q, max_k, causal, scale, window_le
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), tuple(cu_q.shape),
         tuple(cu_k.shape), _ELEM[q.dtype], _ELEM[lam.dtype], max_q, max_k, causal=causal,
         scale=scale, window=(window_left, window_right), target=_target_of(q.device.index))
-    if out is None:
-        out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
-    else:
-        _check_tensor("out", out, (q.dtype,))
-        if tuple(out.shape) != tuple(out_shape):
-            raise ValueError(f"out: expected shape {tuple(out_shape)}, got {tuple(out.shape)}")
+    out = _output(out, out_shape, q)
     named = [("q", _ELEM[q.dtype], q), ("k", _ELEM[k.dtype], k), ("v", _ELEM[v.dtype], v),
              ("lam", _ELEM[lam.dtype], lam), ("cu_seqlens_q", "i32", cu_q),
              ("cu_seqlens_k", "i32", cu_k), ("out", _ELEM[out.dtype], out)]

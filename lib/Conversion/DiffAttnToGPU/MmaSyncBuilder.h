@@ -99,6 +99,10 @@ private:
   /// which names kv_len. Every other thread goes on with kv_len clamped to
   /// [0, Sk] (buildKeyLength), so nothing out of bounds is read.
   void assertKeyLengthInRange(Value kvLen, Value seqK, Value tid);
+  /// A device-side assertion of `ok`, reported (with `message`, which names
+  /// the argument) by thread 0 of CTA (0, 0, b) only: one line per bad
+  /// sequence b (see assertKeyLengthInRange).
+  void assertPerSequence(Value ok, Value tid, StringRef message);
   /// A paged cache (diffattn.v2_paged): the pool row of key `key0` of
   /// sequence `batch`, block_table[batch, key0 / BS] * BS + key0 % BS (the
   /// block table is [B, Sk / BS]); a block outside [0, numBlocks) raises a

@@ -62,19 +62,10 @@ MmaSyncKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
       arith::AndIOp::create(
           b, loc, cmp(arith::CmpIPredicate::sle, end, total),
           cmp(arith::CmpIPredicate::sle, sub(end, start), maxLength)));
-  Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
-  for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
-    reporter =
-        arith::AndIOp::create(b, loc, reporter,
-                              cmp(arith::CmpIPredicate::eq,
-                                  gpu::BlockIdOp::create(b, loc, dim), idx(0)));
-  Value silent = arith::XOrIOp::create(
-      b, loc, reporter, arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
-  cf::AssertOp::create(
-      b, loc, arith::OrIOp::create(b, loc, ok, silent),
-      "diffattn: cu_seqlens must be non-decreasing, end at most at the "
-      "packed length and hold no sequence longer than max_seqlen "
-      "(b = blockIdx.z)");
+  assertPerSequence(ok, tid,
+                    "diffattn: cu_seqlens must be non-decreasing, end at most "
+                    "at the packed length and hold no sequence longer than "
+                    "max_seqlen (b = blockIdx.z)");
   return {select(ok, start, idx(0)), select(ok, sub(end, start), idx(0))};
 }
 
@@ -84,6 +75,13 @@ void MmaSyncKernelBuilder::assertKeyLengthInRange(Value kvLen, Value seqK,
   Value inRange =
       arith::AndIOp::create(b, loc, cmp(arith::CmpIPredicate::sge, len, idx(0)),
                             cmp(arith::CmpIPredicate::sle, len, seqK));
+  assertPerSequence(inRange, tid,
+                    "diffattn: kv_len[b] out of range [0, Sk] (b = "
+                    "blockIdx.z)");
+}
+
+void MmaSyncKernelBuilder::assertPerSequence(Value ok, Value tid,
+                                             StringRef message) {
   Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
   for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
     reporter =
@@ -92,9 +90,8 @@ void MmaSyncKernelBuilder::assertKeyLengthInRange(Value kvLen, Value seqK,
                                   gpu::BlockIdOp::create(b, loc, dim), idx(0)));
   Value silent = arith::XOrIOp::create(
       b, loc, reporter, arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
-  cf::AssertOp::create(
-      b, loc, arith::OrIOp::create(b, loc, inRange, silent),
-      "diffattn: kv_len[b] out of range [0, Sk] (b = blockIdx.z)");
+  cf::AssertOp::create(b, loc, arith::OrIOp::create(b, loc, ok, silent),
+                       message);
 }
 
 void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,

@@ -170,7 +170,10 @@ LogicalResult verifyScale(Operation *op, FloatAttr scale) {
                            << scale.getValueAsDouble();
 }
 
-float defaultScale(int64_t headDim) {
+/// The `scale` attribute's value, or 1/sqrt(D) when it is absent.
+float scaleOrDefault(FloatAttr scale, int64_t headDim) {
+  if (scale)
+    return static_cast<float>(scale.getValueAsDouble());
   return 1.0f / std::sqrt(static_cast<float>(headDim));
 }
 
@@ -261,9 +264,7 @@ LogicalResult V2Op::verify() {
 }
 
 float V2Op::getScaleOrDefault() {
-  if (FloatAttr scale = getScaleAttr())
-    return static_cast<float>(scale.getValueAsDouble());
-  return defaultScale(getHeadDim());
+  return scaleOrDefault(getScaleAttr(), getHeadDim());
 }
 
 int64_t V2Op::getNumPairs() { return getQ().getType().getDimSize(2) / 2; }
@@ -313,9 +314,7 @@ LogicalResult V2PagedOp::verify() {
 }
 
 float V2PagedOp::getScaleOrDefault() {
-  if (FloatAttr scale = getScaleAttr())
-    return static_cast<float>(scale.getValueAsDouble());
-  return defaultScale(getHeadDim());
+  return scaleOrDefault(getScaleAttr(), getHeadDim());
 }
 
 int64_t V2PagedOp::getNumPairs() { return getQ().getType().getDimSize(2) / 2; }
@@ -369,9 +368,7 @@ LogicalResult V2VarlenOp::verify() {
 }
 
 float V2VarlenOp::getScaleOrDefault() {
-  if (FloatAttr scale = getScaleAttr())
-    return static_cast<float>(scale.getValueAsDouble());
-  return defaultScale(getHeadDim());
+  return scaleOrDefault(getScaleAttr(), getHeadDim());
 }
 
 int64_t V2VarlenOp::getNumPairs() { return getQ().getType().getDimSize(1) / 2; }
@@ -435,9 +432,7 @@ LogicalResult V1Op::verify() {
 }
 
 float V1Op::getScaleOrDefault() {
-  if (FloatAttr scale = getScaleAttr())
-    return static_cast<float>(scale.getValueAsDouble());
-  return defaultScale(getHeadDim());
+  return scaleOrDefault(getScaleAttr(), getHeadDim());
 }
 
 int64_t V1Op::getNumPairs() { return getQ().getType().getDimSize(2) / 2; }

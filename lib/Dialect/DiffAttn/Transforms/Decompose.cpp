@@ -29,13 +29,10 @@ using namespace mlir::diffattn::lowering;
 
 LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                   Operation *op) {
-  FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
-  if (failed(unpaged))
+  FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
+  if (failed(dense))
     return failure();
-  FailureOr<Operation *> padded = materializeVarlenBatch(rewriter, *unpaged);
-  if (failed(padded))
-    return failure();
-  op = *padded;
+  op = *dense;
   AttentionConfig config = AttentionConfig::get(op);
   Location loc = op->getLoc();
   MLIRContext *ctx = op->getContext();

@@ -117,13 +117,25 @@ mlir::diffattn::materializePagedKVCache(RewriterBase &rewriter, Operation *op) {
                         paged.getKvLen(), blockSize);
   Value v = gatherCache(rewriter, loc, paged.getVCache(), paged.getBlockTable(),
                         paged.getKvLen(), blockSize);
-  OperationState state(loc, V2Op::getOperationName());
-  state.addOperands({paged.getQ(), k, v, paged.getLam(), paged.getKvLen()});
+  FailureOr<Operation *> v2 = createV2Like(
+      rewriter, op, {paged.getQ(), k, v, paged.getLam(), paged.getKvLen()},
+      op->getResult(0).getType());
+  if (failed(v2))
+    return failure();
+  rewriter.replaceOp(op, (*v2)->getResults());
+  return *v2;
+}
+
+FailureOr<Operation *> mlir::diffattn::createV2Like(RewriterBase &rewriter,
+                                                    Operation *op,
+                                                    ValueRange operands,
+                                                    Type resultType) {
+  OperationState state(op->getLoc(), V2Op::getOperationName());
+  state.addOperands(operands);
   state.addAttributes(op->getAttrs());
-  state.addTypes(op->getResultTypes());
+  state.addTypes(resultType);
   Operation *v2 = rewriter.create(state);
   if (failed(mlir::verify(v2)))
     return failure();
-  rewriter.replaceOp(op, v2->getResults());
   return v2;
 }

@@ -460,13 +460,10 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
     return op->emitOpError()
            << "block sizes must be positive, got block-q = " << sizes.blockQ
            << ", block-k = " << sizes.blockK;
-  FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
-  if (failed(unpaged))
+  FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
+  if (failed(dense))
     return failure();
-  FailureOr<Operation *> padded = materializeVarlenBatch(rewriter, *unpaged);
-  if (failed(padded))
-    return failure();
-  op = *padded;
+  op = *dense;
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
   Value result = FlashTiler(rewriter, op, sizes).build();

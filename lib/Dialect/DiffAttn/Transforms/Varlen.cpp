@@ -145,13 +145,11 @@ mlir::diffattn::materializeVarlenBatch(RewriterBase &rewriter, Operation *op) {
       RankedTensorType::get({ShapedType::kDynamic, ShapedType::kDynamic,
                              outType.getDimSize(1), outType.getDimSize(2)},
                             outType.getElementType());
-  OperationState state(loc, V2Op::getOperationName());
-  state.addOperands({q, k, v, lam, kvLen});
-  state.addAttributes(op->getAttrs());
-  state.addTypes(paddedType);
-  Operation *v2 = rewriter.create(state);
-  if (failed(mlir::verify(v2)))
+  FailureOr<Operation *> created =
+      createV2Like(rewriter, op, {q, k, v, lam, kvLen}, paddedType);
+  if (failed(created))
     return failure();
+  Operation *v2 = *created;
 
   // Copy each sequence's rows back: out[cu_q[b] .. cu_q[b+1]) = the last
   // Sq_b rows of slot b.
@@ -217,4 +215,13 @@ mlir::diffattn::materializeVarlenBatch(RewriterBase &rewriter, Operation *op) {
     result = tensor::CastOp::create(rewriter, loc, outType, result);
   replaceWithResult(rewriter, op, result);
   return v2;
+}
+
+FailureOr<Operation *>
+mlir::diffattn::materializeServingLayouts(RewriterBase &rewriter,
+                                          Operation *op) {
+  FailureOr<Operation *> unpaged = materializePagedKVCache(rewriter, op);
+  if (failed(unpaged))
+    return failure();
+  return materializeVarlenBatch(rewriter, *unpaged);
 }

@@ -12,6 +12,17 @@
 using namespace mlir;
 using namespace mlir::diffattn;
 
+namespace {
+/// Index constants and arithmetic over one builder and location.
+struct IndexOps {
+  OpBuilder &b;
+  Location loc;
+  Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }
+};
+} // namespace
+
 Value mlir::diffattn::buildIsVisible(OpBuilder &b, Location loc,
                                      const AttentionConfig &config, Value row,
                                      Value key, Value offset, Value keyLen) {
@@ -54,15 +65,10 @@ Value mlir::diffattn::buildKeyLength(OpBuilder &b, Location loc, Value kvLen,
 std::pair<Value, Value> mlir::diffattn::buildVisibleKeyBounds(
     OpBuilder &b, Location loc, const AttentionConfig &config, Value minRow,
     Value maxRow, Value offset, Value keyLen) {
-  auto idx = [&](int64_t v) {
-    return arith::ConstantIndexOp::create(b, loc, v).getResult();
-  };
-  auto add = [&](Value x, Value y) {
-    return arith::AddIOp::create(b, loc, x, y).getResult();
-  };
-  auto sub = [&](Value x, Value y) {
-    return arith::SubIOp::create(b, loc, x, y).getResult();
-  };
+  IndexOps ops{b, loc};
+  auto idx = [&](int64_t v) { return ops.idx(v); };
+  auto add = [&](Value x, Value y) { return ops.add(x, y); };
+  auto sub = [&](Value x, Value y) { return ops.sub(x, y); };
   Value lo = idx(0), hi = keyLen;
   if (config.windowLeft >= 0)
     lo = arith::MaxSIOp::create(
@@ -86,15 +92,10 @@ Value mlir::diffattn::buildBlockNeedsMask(OpBuilder &b, Location loc,
                                           Value minRow, Value maxRow,
                                           Value offset, Value keyLen) {
   using arith::CmpIPredicate;
-  auto idx = [&](int64_t v) {
-    return arith::ConstantIndexOp::create(b, loc, v).getResult();
-  };
-  auto add = [&](Value x, Value y) {
-    return arith::AddIOp::create(b, loc, x, y).getResult();
-  };
-  auto sub = [&](Value x, Value y) {
-    return arith::SubIOp::create(b, loc, x, y).getResult();
-  };
+  IndexOps ops{b, loc};
+  auto idx = [&](int64_t v) { return ops.idx(v); };
+  auto add = [&](Value x, Value y) { return ops.add(x, y); };
+  auto sub = [&](Value x, Value y) { return ops.sub(x, y); };
   auto cmp = [&](CmpIPredicate p, Value x, Value y) {
     return arith::CmpIOp::create(b, loc, p, x, y).getResult();
   };

@@ -28,6 +28,12 @@ Value getResultDestination(Operation *op);
 /// drops the then redundant materialization.
 void replaceWithResult(RewriterBase &rewriter, Operation *op, Value result);
 
+/// A diffattn.v2 of `operands` (q, k, v, lam[, kv_len]) and `resultType`
+/// with `op`'s attributes (causal, scale, windows), created before `op`
+/// and verified; for the serving ops' rewrites to diffattn.v2.
+FailureOr<Operation *> createV2Like(RewriterBase &rewriter, Operation *op,
+                                    ValueRange operands, Type resultType);
+
 /// Replaces a diffattn.v2_paged `op` with diffattn.v2 on its logical cache,
 /// gathered from the block pool (keys past kv_len read nothing and are 0);
 /// returns the new op, or `op` itself for any other op.
@@ -40,6 +46,11 @@ FailureOr<Operation *> materializePagedKVCache(RewriterBase &rewriter,
 /// returns the new diffattn.v2, or `op` itself for any other op.
 FailureOr<Operation *> materializeVarlenBatch(RewriterBase &rewriter,
                                               Operation *op);
+
+/// Both of the above: the diffattn.v2 (or v1) op a tensor-level lowering of
+/// `op` starts from.
+FailureOr<Operation *> materializeServingLayouts(RewriterBase &rewriter,
+                                                 Operation *op);
 
 /// Replaces `op` (diffattn.v2 / diffattn.v1) with untiled linalg on tensors.
 LogicalResult decomposeDiffAttnOp(RewriterBase &rewriter, Operation *op);
