@@ -200,3 +200,69 @@ def test_cuda_graph_capture_of_the_plain_combine_launch():
     q, k, v, lam, kl = _inputs(b, sq, sk, seed=5)
     torch.testing.assert_close(fn(q, k, v, lam, kl), _python_kernel(q, k, v, lam, kl),
                                rtol=1e-2, atol=1e-2)
+
+
+def _graph_replays_match(fn, make_inputs):
+    """Captures fn(*inputs) after a warm-up, then replays it on fresh inputs
+    copied into the captured tensors, against eager calls."""
+    static = make_inputs(0)
+    fn(*static)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+    for seed in (11, 12):
+        fresh = make_inputs(seed)
+        for s, n in zip(static, fresh):
+            s.copy_(n)
+        out.fill_(float("nan"))
+        graph.replay()
+        expected = fn(*fresh)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all(), "the replay left elements unwritten"
+        assert torch.equal(out, expected)
+
+
+def test_cuda_graph_capture_of_a_paged_cache_decode():
+    """(2H = 32, Hkv = 8, D = 128: the kernels benchmarks/gpu_cases.py
+    prepares for paged caches and packed sequences.) diffattn.v2_paged
+    (split-KV with its workspace from the caching
+    allocator): blocks scattered over the pool, table rows padded with an
+    out-of-range sentinel; the table and lengths change between replays."""
+    b, bs, mb, nb = 3, 16, 64, 200
+
+    def make(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        q = torch.randn(b, 1, 32, 128, device="cuda", generator=g).to(BF16)
+        kc = torch.randn(nb, bs, 8, 128, device="cuda", generator=g).to(BF16)
+        vc = torch.randn(nb, bs, 8, 128, device="cuda", generator=g).to(BF16)
+        lam = torch.randn(b, 1, 16, device="cuda", generator=g).to(BF16)
+        kl = torch.randint(1, mb * bs + 1, (b,), device="cuda", generator=g, dtype=torch.int32)
+        perm = torch.randperm(nb, device="cuda", generator=g)[: b * mb].reshape(b, mb)
+        used = (kl.long() + bs - 1) // bs
+        slots = torch.arange(mb, device="cuda")[None, :]
+        table = torch.where(slots < used[:, None], perm, torch.full_like(perm, -7)).to(torch.int32)
+        return q, kc, vc, lam, kl, table
+
+    _graph_replays_match(
+        lambda q, kc, vc, lam, kl, t: diffattn.v2(q, kc, vc, lam, causal=True, kv_len=kl,
+                                                  block_table=t), make)
+
+
+def test_cuda_graph_capture_of_a_packed_prefill():
+    """diffattn.v2_varlen: the offsets change between replays (same total)."""
+    total = 600
+
+    def make(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        cuts = torch.sort(torch.randint(0, total + 1, (3,), device="cuda", generator=g))[0].tolist()
+        cu = torch.tensor([0] + cuts + [total], dtype=torch.int32, device="cuda")
+        q = torch.randn(total, 32, 128, device="cuda", generator=g).to(BF16)
+        k = torch.randn(total, 8, 128, device="cuda", generator=g).to(BF16)
+        v = torch.randn(total, 8, 128, device="cuda", generator=g).to(BF16)
+        lam = torch.randn(total, 16, device="cuda", generator=g).to(BF16)
+        return q, k, v, lam, cu
+
+    _graph_replays_match(
+        lambda q, k, v, lam, cu: diffattn.v2_varlen(q, k, v, lam, cu, cu, 600, 600, causal=True),
+        make)
