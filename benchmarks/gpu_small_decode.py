@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Small-batch decode under CUDA-graph replay (issue 16, item 3): time per
+step and K/V bytes per second of one-token decode (D 128, 32 query / 8 KV
+heads, bf16) at B 1-4, for the default split choice and the split-target
+variants of gpu_cases.SMALL_DECODE_SPLIT_TARGETS (diffattn-compile
+--gpu-options=split-target-ctas=N: the CTAs the runtime aims the key
+splits at). Each step is one call captured in a CUDA graph and replayed
+`--calls` times between CUDA events (the same inputs every replay, as in
+benchmarks/host_cost.py: at these sizes K/V partly stay in the 60 MB L2).
+
+    python3 benchmarks/gpu_small_decode.py [--out DIR] [--calls 200]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_cases  # noqa: E402
+
+from diffattn import _gpu  # noqa: E402
+
+
+def replay_us(fn, calls):
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(5):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        start.record()
+        for _ in range(calls):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--shapes", default=None,
+                    help="B:kv_len,... instead of gpu_cases.SMALL_DECODE (e.g. 8:32768,32:8192)")
+    args = ap.parse_args()
+    shapes = gpu_cases.SMALL_DECODE if args.shapes is None else [
+        tuple(int(x) for x in s.split(":")) for s in args.shapes.split(",")]
+    rows = []
+    for b, kvl in shapes:
+        q = torch.randn(b, 1, 32, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, kvl, 8, 128, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, kvl, 8, 128, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(b, 1, 16, device="cuda", dtype=torch.bfloat16)
+        kl = torch.full((b,), kvl, dtype=torch.int32, device="cuda")
+        nbytes = 2 * b * 8 * kvl * 128 * 2
+        row = dict(shape=[b, kvl])
+        for target in [None] + list(gpu_cases.SMALL_DECODE_SPLIT_TARGETS):
+            options = () if target is None else (f"--gpu-options=split-target-ctas={target}",)
+            directory, out_shape, sizes = _gpu.prepare_v2(
+                tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), "bf16",
+                "bf16", causal=True, kv_len_shape=(b,), options=options)
+            out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
+            named = [(n, e, tuple(t.shape), t.data_ptr()) for n, e, t in
+                     (("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam),
+                      ("kv_len", "i32", kl), ("out", "bf16", out))]
+            scratch = []
+
+            def alloc(n):
+                scratch.append(torch.empty(n, dtype=torch.float32, device="cuda"))
+                return scratch[-1].data_ptr()
+
+            # The stream is read at each call: capture runs on a side stream.
+            us = replay_us(lambda: _gpu.launch_v2(directory, named, sizes,
+                                                  torch.cuda.current_stream().cuda_stream,
+                                                  alloc), args.calls)
+            name = "default" if target is None else f"split-target-ctas={target}"
+            row[name] = dict(us=us, tbps=nbytes / us / 1e6)
+            print(f"B={b} kv_len={kvl} {name}: {us:.1f} us per step, "
+                  f"{nbytes / us / 1e6:.2f} TB/s", flush=True)
+        rows.append(row)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "small_decode.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
