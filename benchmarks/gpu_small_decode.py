@@ -13,7 +13,6 @@ benchmarks/host_cost.py: at these sizes K/V partly stay in the 60 MB L2).
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -22,26 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_cases  # noqa: E402
 
 from diffattn import _gpu  # noqa: E402
+from host_cost import replay_us as _replay_us  # noqa: E402
 
 
 def replay_us(fn, calls):
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    for _ in range(5):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(5):
-        start.record()
-        for _ in range(calls):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
+    """μs per replay of a CUDA graph of one call of fn (host_cost.py's)."""
+    return _replay_us(torch, fn, calls)
 
 
 def main():
