@@ -2,6 +2,8 @@
 
 #include "LinalgBuilders.h"
 
+#include "mlir/Dialect/SCF/IR/SCF.h"
+
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 
@@ -102,4 +104,18 @@ Value lowering::buildRMSNormScale(OpBuilder &b, Location loc, Value x,
   Value y = arith::MulFOp::create(b, loc, x, inv);
   y = arith::MulFOp::create(b, loc, y, buildExtToF32(b, loc, weight));
   return arith::MulFOp::create(b, loc, y, outScale);
+}
+
+Value mlir::diffattn::lowering::buildIfElse(
+    OpBuilder &b, Location loc, Value condition,
+    function_ref<Value(OpBuilder &, Location)> then, Value otherwise) {
+  auto ifOp = scf::IfOp::create(
+      b, loc, condition,
+      [&](OpBuilder &tb, Location tl) {
+        scf::YieldOp::create(tb, tl, then(tb, tl));
+      },
+      [&](OpBuilder &eb, Location el) {
+        scf::YieldOp::create(eb, el, otherwise);
+      });
+  return ifOp.getResult(0);
 }

@@ -35,6 +35,13 @@ SmallVector<Value> buildGeneric(OpBuilder &b, Location loc, ValueRange inputs,
                                 ArrayRef<utils::IteratorType> iterators,
                                 BodyBuilder body);
 
+/// The value `then(b, loc)` builds when `condition` holds, else `otherwise`
+/// (an scf.if, so that `then`'s reads, e.g. an indirect tensor.extract,
+/// happen only when `condition` holds).
+Value buildIfElse(OpBuilder &b, Location loc, Value condition,
+                  function_ref<Value(OpBuilder &, Location)> then,
+                  Value otherwise);
+
 /// A tensor of `sizes` x `elementType` filled with `value`.
 Value buildFilledTensor(OpBuilder &b, Location loc,
                         ArrayRef<OpFoldResult> sizes, Type elementType,

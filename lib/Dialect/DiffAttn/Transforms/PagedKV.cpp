@@ -69,7 +69,7 @@ static Value gatherCache(OpBuilder &b, Location loc, Value pool,
         Value zero = arith::ConstantOp::create(nb, l, nb.getZeroAttr(elem));
         // The block table is read only for stored keys; a block outside the
         // pool reads nothing (the Python API raises before a call).
-        auto ifStored = scf::IfOp::create(
+        Value value = buildIfElse(
             nb, l, stored,
             [&](OpBuilder &tb, Location tl) {
               Value entry = arith::IndexCastOp::create(
@@ -83,24 +83,16 @@ static Value gatherCache(OpBuilder &b, Location loc, Value pool,
                       arith::ConstantIndexOp::create(tb, tl, 0)),
                   arith::CmpIOp::create(tb, tl, CmpIPredicate::slt, entry,
                                         numBlocks));
-              auto ifIn = scf::IfOp::create(
+              return buildIfElse(
                   tb, tl, inPool,
-                  [&](OpBuilder &ib, Location il) {
-                    scf::YieldOp::create(
-                        ib, il,
-                        tensor::ExtractOp::create(
-                            ib, il, pool, ValueRange{entry, row, head, col})
-                            .getResult());
+                  [&](OpBuilder &ib, Location il) -> Value {
+                    return tensor::ExtractOp::create(
+                        ib, il, pool, ValueRange{entry, row, head, col});
                   },
-                  [&](OpBuilder &ib, Location il) {
-                    scf::YieldOp::create(ib, il, zero);
-                  });
-              scf::YieldOp::create(tb, tl, ifIn.getResult(0));
+                  zero);
             },
-            [&](OpBuilder &tb, Location tl) {
-              scf::YieldOp::create(tb, tl, zero);
-            });
-        linalg::YieldOp::create(nb, l, ifStored.getResult(0));
+            zero);
+        linalg::YieldOp::create(nb, l, value);
       })[0];
 }
 

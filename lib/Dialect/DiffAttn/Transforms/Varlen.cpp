@@ -90,20 +90,16 @@ Value pad(OpBuilder &b, Location loc, Value packed, Value cu, Value batch,
         SmallVector<Value> rest;
         for (int64_t d = 1; d < rank; ++d)
           rest.push_back(linalg::IndexOp::create(nb, l, d + 1));
-        auto ifInside = scf::IfOp::create(
+        Value value = buildIfElse(
             nb, l, inside,
-            [&](OpBuilder &tb, Location tl) {
+            [&](OpBuilder &tb, Location tl) -> Value {
               IndexMath t{tb, tl};
               SmallVector<Value> idx = {t.sub(t.add(start, s), shift)};
               idx.append(rest.begin(), rest.end());
-              scf::YieldOp::create(
-                  tb, tl,
-                  tensor::ExtractOp::create(tb, tl, packed, idx).getResult());
+              return tensor::ExtractOp::create(tb, tl, packed, idx);
             },
-            [&](OpBuilder &tb, Location tl) {
-              scf::YieldOp::create(tb, tl, zero);
-            });
-        linalg::YieldOp::create(nb, l, ifInside.getResult(0));
+            zero);
+        linalg::YieldOp::create(nb, l, value);
       })[0];
 }
 
@@ -197,19 +193,14 @@ mlir::diffattn::materializeVarlenBatch(RewriterBase &rewriter, Operation *op) {
         Value seq = scan.getResult(0), row = scan.getResult(1);
         Value found =
             arith::CmpIOp::create(nb, l, CmpIPredicate::sge, seq, n.cst(0));
-        auto ifFound = scf::IfOp::create(
+        Value value = buildIfElse(
             nb, l, found,
-            [&](OpBuilder &tb, Location tl) {
-              scf::YieldOp::create(
-                  tb, tl,
-                  tensor::ExtractOp::create(tb, tl, padded,
-                                            ValueRange{seq, row, h, e})
-                      .getResult());
+            [&](OpBuilder &tb, Location tl) -> Value {
+              return tensor::ExtractOp::create(tb, tl, padded,
+                                               ValueRange{seq, row, h, e});
             },
-            [&](OpBuilder &tb, Location tl) {
-              scf::YieldOp::create(tb, tl, args[0]);
-            });
-        linalg::YieldOp::create(nb, l, ifFound.getResult(0));
+            args[0]);
+        linalg::YieldOp::create(nb, l, value);
       })[0];
   if (result.getType() != outType)
     result = tensor::CastOp::create(rewriter, loc, outType, result);
