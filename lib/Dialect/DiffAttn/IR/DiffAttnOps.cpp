@@ -183,19 +183,20 @@ float scaleOrDefault(FloatAttr scale, int64_t headDim) {
 // V2Op
 //===----------------------------------------------------------------------===//
 
-/// The checks diffattn.v2 and diffattn.v2_paged share, after their own
-/// shape checks bound B, Sq, H, Hkv, D and Dv in `layout`: the head-count
-/// rules and the attributes.
+/// The checks diffattn.v2, v2_paged and v2_varlen share, after their own
+/// shape checks bound H, Hkv, D and Dv in `layout`: the head-count rules and
+/// the attributes. `keys` names the key operand in messages.
 static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
                                    FloatAttr scale, bool causal,
-                                   int64_t windowLeft, int64_t windowRight) {
+                                   int64_t windowLeft, int64_t windowRight,
+                                   StringRef keys = "k") {
   // Head counts: both heads of every pair must read the same KV head.
   int64_t queryHeads = 2 * layout.get("H");
   int64_t kvHeads = layout.get("Hkv");
   if (queryHeads % kvHeads != 0)
     return op->emitOpError()
-           << "'q' heads (2H = " << queryHeads
-           << ") must be a multiple of 'k' heads (Hkv = " << kvHeads << ")";
+           << "'q' heads (2H = " << queryHeads << ") must be a multiple of '"
+           << keys << "' heads (Hkv = " << kvHeads << ")";
   if ((queryHeads / kvHeads) % 2 != 0)
     return op->emitOpError()
            << "group size G = 2H / Hkv = " << queryHeads << " / " << kvHeads
@@ -310,7 +311,7 @@ LogicalResult V2PagedOp::verify() {
                             "multiple of 16, got "
                          << blockSize;
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
-                       getWindowLeftBound(), getWindowRightBound());
+                       getWindowLeftBound(), getWindowRightBound(), "k_cache");
 }
 
 float V2PagedOp::getScaleOrDefault() {

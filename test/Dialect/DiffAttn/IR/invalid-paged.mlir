@@ -55,3 +55,11 @@ func.func @missing_table(%q: tensor<2x1x8x64xbf16>, %k: tensor<9x16x2x64xbf16>, 
   %o = "diffattn.v2_paged"(%q, %k, %k, %lam, %len) : (tensor<2x1x8x64xbf16>, tensor<9x16x2x64xbf16>, tensor<9x16x2x64xbf16>, tensor<2x1x4xbf16>, tensor<2xi32>) -> tensor<2x1x4x64xbf16>
   return
 }
+
+// -----
+
+func.func @heads_not_multiple(%q: tensor<2x1x6x64xbf16>, %k: tensor<9x16x4x64xbf16>, %lam: tensor<2x1x3xbf16>, %len: tensor<2xi32>, %bt: tensor<2x4xi32>) {
+  // expected-error @+1 {{'q' heads (2H = 6) must be a multiple of 'k_cache' heads (Hkv = 4)}}
+  %o = diffattn.v2_paged %q, %k, %k, %lam kv_len(%len) block_table(%bt) : (tensor<2x1x6x64xbf16>, tensor<9x16x4x64xbf16>, tensor<9x16x4x64xbf16>, tensor<2x1x3xbf16>, tensor<2xi32>, tensor<2x4xi32>) -> tensor<2x1x3x64xbf16>
+  return
+}
