@@ -195,6 +195,28 @@ def make_epilogue():
     return epilogue
 
 
+def fa3_anchor():
+    """FlashAttention-3 (PyPI fa3-fwd, Hopper only) + a torch.compile'd
+    epilogue on BSHD inputs, or None where it is not installed or not a
+    Hopper GPU."""
+    try:
+        from fa3_fwd_interface import flash_attn_func
+    except ImportError:
+        return None
+    if torch.cuda.get_device_capability()[0] != 9:
+        return None
+
+    @torch.compile
+    def epilogue(a, lam):  # a: [B, S, 2H, D], lam: [B, S, H]
+        return a[:, :, 0::2] - torch.sigmoid(lam.float()).to(a.dtype)[..., None] * a[:, :, 1::2]
+
+    def run(q, k, v, lam, causal):
+        a = flash_attn_func(q, k, v, causal=causal)
+        return epilogue(a[0] if isinstance(a, tuple) else a, lam)
+
+    return run
+
+
 def sdpa_anchor(backend, q, k, v, lam, causal, epilogue):
     from torch.nn.attention import sdpa_kernel
 
@@ -219,14 +241,14 @@ def decode_inputs(b, kvl, h2, hkv, d):
     return q, k, v, lam, kl, bhsd
 
 
-def time_variant(shapes, named, mine, options, **call):
+def time_variant(shapes, named, mine, options, target="sm_90", **call):
     """Median time (ms) of the kernel that diffattn-compile `options` make
     for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
     of _gpu.prepare_v2, launched directly on the tensors `named` ((name,
     dtype, tensor) in argument order), and its relative L2 error against
     the default kernel's output `mine`."""
     directory, out_shape, sizes = _gpu.prepare_v2(
-        *shapes, "bf16", "bf16", window=(-1, -1), target="sm_90", options=options, **call)
+        *shapes, "bf16", "bf16", window=(-1, -1), target=target, options=options, **call)
     out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
     workspace = torch.empty(_gpu.workspace_elements(directory, sizes), dtype=torch.float32,
                             device="cuda")
@@ -257,6 +279,10 @@ def bench(results, prefill=True):
     del x, y, src, dst
 
     epilogue = make_epilogue()
+    fa3 = fa3_anchor()
+    capability = torch.cuda.get_device_capability()
+    targets = [t for t in gpu_cases.BENCH_TARGETS
+               if t != _gpu.target_for_capability(capability) and _gpu._runs_on(t, capability)]
     print("== prefill (bf16)", flush=True)
     rows = []
     for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL if prefill else []:
@@ -282,6 +308,27 @@ def bench(results, prefill=True):
                 row[f"ratio_vs_{name}"] = ms / ours
             except Exception as e:  # a backend missing on this build
                 row[f"{name}_error"] = str(e).splitlines()[0][:200]
+        if fa3 is not None:
+            run = lambda: fa3(q, k, v, lam, causal)  # noqa: E731
+            row["fa3_vs_ours_rel_l2"] = rel_l2(mine, run())
+            ms = bench_fn(run)
+            row.update(fa3_ms=ms, fa3_tflops=flops / ms / 1e9, ratio_vs_fa3=ms / ours)
+        for t in targets:
+            # The same op compiled for another target (its own strategy).
+            ms, err = time_variant(
+                ((b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2)),
+                [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
+                mine, (), target=t, causal=causal)
+            entry = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err,
+                         vs_default=ours / ms)
+            for name in ("cudnn", "fa2", "fa3"):
+                if f"{name}_ms" in row:
+                    entry[f"ratio_vs_{name}"] = row[f"{name}_ms"] / ms
+            row[f"target_{t}"] = entry
+            print(f"    {t}: {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), {ours / ms:.2f}x the "
+                  f"default target, {entry.get('ratio_vs_cudnn', float('nan')):.2f}x cuDNN+epi, "
+                  f"{entry.get('ratio_vs_fa3', float('nan')):.2f}x FA3+epi, rel L2 vs default "
+                  f"{err:.1e}", flush=True)
         if (b, s, causal) in gpu_cases.BENCH_VARLEN and (h2, hkv, d) == (32, 8, 128):
             # The same tokens packed as b sequences of s (diffattn.v2_varlen).
             cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device="cuda")
@@ -307,7 +354,8 @@ def bench(results, prefill=True):
         print(f"  B={b} S={s} 2H={h2} Hkv={hkv} D={d} {'causal' if causal else 'full'}: ours "
               f"{row['ours_tflops']:.0f} TFLOP/s ({ours:.3f} ms); cuDNN+epi "
               f"{row.get('cudnn_tflops', float('nan')):.0f} ({row.get('ratio_vs_cudnn', float('nan')):.2f}x); "
-              f"FA2+epi {row.get('fa2_tflops', float('nan')):.0f} ({row.get('ratio_vs_fa2', float('nan')):.2f}x)",
+              f"FA2+epi {row.get('fa2_tflops', float('nan')):.0f} ({row.get('ratio_vs_fa2', float('nan')):.2f}x); "
+              f"FA3+epi {row.get('fa3_tflops', float('nan')):.0f} ({row.get('ratio_vs_fa3', float('nan')):.2f}x)",
               flush=True)
         del q, k, v, lam, qh, kh, vh
     results["prefill"] = rows

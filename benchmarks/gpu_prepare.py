@@ -3,7 +3,7 @@
 benchmarks/gpu_check.py runs, into a kernel cache directory to carry to the
 GPU machine:
 
-    python3 benchmarks/gpu_prepare.py .device/cache [--target sm_90]
+    python3 benchmarks/gpu_prepare.py .device/cache [--target sm_90 sm_90a]
 
 The cache keys are the ones the torch path computes there (same op
 parameters, target and compiler version), so the GPU machine only loads.
@@ -21,18 +21,21 @@ import gpu_cases  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache")
-    ap.add_argument("--target", default="sm_90")
+    ap.add_argument("--target", nargs="+", default=["sm_90"] + gpu_cases.BENCH_TARGETS,
+                    help="targets to compile every kernel for (default: sm_90 and the "
+                         "benchmarked ones, gpu_cases.BENCH_TARGETS)")
     args = ap.parse_args()
     os.environ["DIFFATTN_CACHE_DIR"] = os.path.abspath(args.cache)
     from diffattn import _gpu
 
     seen = set()
     t0 = time.time()
-    for req in gpu_cases.all_kernel_requests():
-        req = dict(req)
-        prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
-        directory, _, _ = prepare(**req, target=args.target)
-        seen.add(directory)
+    for target in args.target:
+        for req in gpu_cases.all_kernel_requests():
+            req = dict(req)
+            prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
+            directory, _, _ = prepare(**req, target=target)
+            seen.add(directory)
     print(f"{len(seen)} kernel directories in {args.cache} ({time.time() - t0:.1f} s)")
 
 

@@ -12,6 +12,7 @@ machine without the compiler loads directories built elsewhere.
 """
 
 import functools
+import os
 import threading
 
 from . import _compiler, _ops, _runtime
@@ -23,15 +24,45 @@ from ._runtime import RuntimeFailure, load_module
 SUPPORTED_HEAD_DIMS = (64, 128)
 
 
+#: Environment variable that overrides the target picked for a GPU (e.g.
+#: ``sm_90`` for the portable strategy on a Hopper card, whose default is
+#: ``sm_90a``). The target is part of the kernel cache key.
+TARGET_ENV = "DIFFATTN_GPU_TARGET"
+
+# Compute capability -> the default target, and the targets whose cubins a
+# capability runs (an sm_XY cubin runs on X.Z for Z >= Y; an arch-specific
+# sm_XYa one on X.Y only).
+_DEFAULT_TARGET = {(9, 0): "sm_90", 9: "sm_90", 8: "sm_80"}
+_TARGETS = ("sm_80", "sm_90", "sm_90a")
+
+
+def _runs_on(target, capability):
+    digits = target[3:].rstrip("a")
+    major, minor = int(digits[:-1]), int(digits[-1])
+    if target.endswith("a"):
+        return tuple(capability) == (major, minor)
+    return capability[0] == major and capability[1] >= minor
+
+
 def target_for_capability(capability):
-    """The diffattn-compile target whose cubins run on this compute capability."""
-    major, _ = capability
-    if major == 9:
-        return "sm_90"
-    if major == 8:
-        return "sm_80"
-    raise NotImplementedError(f"no GPU kernels for compute capability {major}.{capability[1]} "
-                              f"(the portable strategy targets sm_80 and sm_90)")
+    """The diffattn-compile target for a GPU of this compute capability:
+    ``$DIFFATTN_GPU_TARGET`` if set (ValueError if its cubins cannot run
+    there), else the capability's default. NotImplementedError for
+    capabilities without kernels."""
+    major, minor = capability
+    override = os.environ.get(TARGET_ENV)
+    if override:
+        if override not in _TARGETS:
+            raise ValueError(f"{TARGET_ENV}={override!r}: expected one of {', '.join(_TARGETS)}")
+        if not _runs_on(override, capability):
+            raise ValueError(f"{TARGET_ENV}={override}: its cubins do not run on compute "
+                             f"capability {major}.{minor}")
+        return override
+    target = _DEFAULT_TARGET.get((major, minor), _DEFAULT_TARGET.get(major))
+    if target is None:
+        raise NotImplementedError(f"no GPU kernels for compute capability {major}.{minor} "
+                                  f"(the compiler targets sm_80, sm_90 and sm_90a)")
+    return target
 
 
 def check_gpu_config(q_shape, v_shape):

@@ -49,6 +49,8 @@ const Driver *diffattn::runtime::loadDriver(std::string &why) {
   DIFFATTN_SYM(cuFuncSetAttribute, "cuFuncSetAttribute")
   DIFFATTN_SYM(cuLaunchKernel, "cuLaunchKernel")
   DIFFATTN_SYM(cuGetErrorString, "cuGetErrorString")
+  DIFFATTN_SYM(cuCtxGetDevice, "cuCtxGetDevice")
+  DIFFATTN_SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute")
 #undef DIFFATTN_SYM
   driver.cuLaunchKernelEx = reinterpret_cast<decltype(driver.cuLaunchKernelEx)>(
       dlsym(lib, "cuLaunchKernelEx"));

@@ -24,6 +24,10 @@ using CUstream = void *;
 /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES.
 constexpr int kMaxDynamicSharedAttr = 8;
 
+/// CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR (cuda.h).
+constexpr int kComputeCapabilityMajorAttr = 75;
+constexpr int kComputeCapabilityMinorAttr = 76;
+
 /// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the launch may
 /// start before the previous work on the stream ends.
 constexpr int kLaunchAttrProgrammaticStreamSerialization = 6;
@@ -63,6 +67,8 @@ struct Driver {
                              unsigned, unsigned, unsigned, CUstream, void **,
                              void **);
   CUresult (*cuGetErrorString)(CUresult, const char **);
+  CUresult (*cuCtxGetDevice)(CUdevice *);
+  CUresult (*cuDeviceGetAttribute)(int *, int, CUdevice);
   /// Optional (CUDA 12 drivers): null where the driver lacks it, and then
   /// programmatic launches are plain ones.
   CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **,

@@ -52,6 +52,47 @@ int gridOf(const KernelSpec &spec, const StageSpec &stage, const Sizes &sizes,
   return DIFFATTN_OK;
 }
 
+/// Fails unless the current context's device runs `spec`'s cubin: a cubin
+/// of sm_XY runs on compute capability X.Z for Z >= Y, one of an
+/// arch-specific target (sm_90a, sm_100a) on X.Y only (CUDA C Programming
+/// Guide, "Binary Compatibility" and "Feature Availability").
+int checkChip(const Driver *d, const KernelSpec &spec) {
+  const std::string &chip = spec.chip;
+  if (chip.size() < 5 || chip.compare(0, 3, "sm_") != 0)
+    return DIFFATTN_OK; // not recorded: the driver's own check applies
+  bool archSpecific = chip.back() == 'a';
+  std::string digits = chip.substr(3, chip.size() - 3 - (archSpecific ? 1 : 0));
+  if (digits.size() < 2 ||
+      digits.find_first_not_of("0123456789") != std::string::npos)
+    return DIFFATTN_OK;
+  int major = std::stoi(digits.substr(0, digits.size() - 1));
+  int minor = digits.back() - '0';
+  CUdevice dev;
+  if (CUresult rc = d->cuCtxGetDevice(&dev))
+    return cudaFail(d, rc, "cuCtxGetDevice");
+  int devMajor = 0, devMinor = 0;
+  if (CUresult rc =
+          d->cuDeviceGetAttribute(&devMajor, kComputeCapabilityMajorAttr, dev))
+    return cudaFail(d, rc, "cuDeviceGetAttribute");
+  if (CUresult rc =
+          d->cuDeviceGetAttribute(&devMinor, kComputeCapabilityMinorAttr, dev))
+    return cudaFail(d, rc, "cuDeviceGetAttribute");
+  bool runs = devMajor == major &&
+              (archSpecific ? devMinor == minor : devMinor >= minor);
+  if (runs)
+    return DIFFATTN_OK;
+  std::string wanted = std::to_string(major) + "." + std::to_string(minor);
+  return fail(
+      DIFFATTN_ERROR_CUDA,
+      "kernel '" + spec.name + "' is a " + chip + " cubin, which runs " +
+          (archSpecific ? "only on compute capability " + wanted
+                        : "on compute capability " + wanted + " and later " +
+                              std::to_string(major) + ".x") +
+          "; this GPU is " + std::to_string(devMajor) + "." +
+          std::to_string(devMinor) +
+          ": compile the kernel for this GPU's target");
+}
+
 /// Opens the driver into `d`, makes a context current (the primary context
 /// of device 0 if none is) and loads `spec`'s cubin into it unless it is
 /// loaded there already.
@@ -75,6 +116,8 @@ int prepare(KernelSpec &spec, const Driver *&d) {
   }
   if (spec.context == ctx)
     return DIFFATTN_OK;
+  if (int rc = checkChip(d, spec))
+    return rc;
   CUmodule mod;
   if (CUresult rc = d->cuModuleLoadData(&mod, spec.cubin.data()))
     return cudaFail(d, rc, "cuModuleLoadData(" + spec.name + ")");

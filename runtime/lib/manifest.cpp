@@ -263,6 +263,8 @@ int diffattn::runtime::parseKernel(const Json &k, const std::string &dir,
   if (!readFile(dir + "/" + *cubin->str(), bytes))
     return bad("cannot read " + *cubin->str());
   spec.cubin.assign(bytes.begin(), bytes.end());
+  if (const Json *chip = k.get("chip"); chip && chip->str())
+    spec.chip = *chip->str();
   if (!args || !args->arr())
     return bad("no args");
   for (const Json &a : *args->arr()) {

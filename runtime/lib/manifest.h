@@ -103,6 +103,9 @@ struct StageSpec {
 struct KernelSpec {
   std::string name;
   std::vector<char> cubin;
+  /// The chip the cubin was assembled for (the manifest's `chip`, e.g.
+  /// sm_90a); empty in artifacts that do not record it.
+  std::string chip;
   /// Tensor arguments in order (the size arguments B, Sq, Sk are implied).
   std::vector<ArgSpec> args;
   /// The launches of one call, in order.

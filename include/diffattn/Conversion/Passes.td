@@ -30,9 +30,9 @@ defvar DiffAttnGPUStrategyOptions = [
            "sm_90, sm_90a or sm_100a">,
     Option<"strategy", "strategy", "std::string", /*default=*/"\"auto\"",
            "GPU strategy: auto (the chip's: mma_sync on sm_80, sm_90 and, "
-           "until the tcgen05 strategy exists, sm_100a; wgmma, not "
-           "implemented yet, on sm_90a) or mma_sync (the portable "
-           "tensor-core strategy, any chip)">,
+           "until the tcgen05 strategy exists, sm_100a; wgmma on sm_90a), "
+           "mma_sync (the portable tensor-core strategy, any chip) or wgmma "
+           "(Hopper's warpgroup MMA, sm_90a only)">,
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
            "Keys per block (0: the default: 64 for D = 64; for D = 128, 32 "
            "with a causal-like mask, else 64; 16 per warp for split-KV)">,
@@ -131,6 +131,49 @@ def DiffAttnToMmaSyncKernels
   let dependentDialects = DiffAttnGPUKernelDialects;
 }
 
+def DiffAttnToWgmmaKernels
+    : Pass<"diffattn-to-wgmma-kernels", "ModuleOp"> {
+  let summary = "Emit Hopper (sm_90a) warpgroup-MMA GPU kernels for "
+                "outlined diffattn kernels";
+  let description = [{
+    The Hopper strategy (`chip=sm_90a`). Replaces every kernel function
+    made by `diffattn-outline-kernels` with a `gpu.module` holding one
+    `gpu.func` kernel:
+
+    - the grid is the mma.sync strategy's (x: blocks of 64 rows of a KV
+      group, a row being a (pair of the group, query row) couple; y: KV
+      heads; z: batch; with a causal-like mask the longest blocks first);
+    - a CTA is two warpgroups (256 threads); warpgroup w computes head
+      2p + w of each row's pair p, so both heads of a pair run against every
+      K/V tile the CTA loads;
+    - Q, K and V tiles live in shared memory in wgmma's 128-byte swizzled
+      layout (1024-byte aligned atoms), filled by `cp.async`
+      (`nvgpu.device_async_copy`, zero-filling keys past the sequence) in a
+      `stages`-deep pipeline, ordered for the tensor cores by
+      `fence.proxy.async`;
+    - S = Q·Kᵀ is `nvvm.wgmma.mma_async` m64n`block-k`k16 with both
+      operands from shared memory (K-major descriptors); O += P·V is wgmma
+      m64n`Dv`k16 with P from registers (the scores' accumulator layout is
+      the A operand's), V from shared memory (MN-major descriptor) — inline
+      PTX, as MLIR 22's NVVM op models only the shared-memory A form;
+    - the online softmax runs on the accumulators in registers (shared with
+      the mma.sync strategy); only blocks that straddle the mask are
+      masked;
+    - the epilogue meets the pair's two heads through shared memory and
+      writes the single output head.
+
+    Ops this strategy has no kernel for are compiled by the portable
+    strategy, and the manifest's `launch.strategy` records which made each
+    kernel: the decode form (`kv_len`; the split-KV kernels, whose Hopper
+    version must first be measured faster), `diffattn.v2_paged` and
+    `diffattn.v2_varlen`. Configurations neither supports (V1, f32, head
+    dimensions other than 64 and 128, Dv != D) are diagnosed, as are tile
+    options out of range.
+  }];
+  let options = DiffAttnGPUStrategyOptions;
+  let dependentDialects = DiffAttnGPUKernelDialects;
+}
+
 def DiffAttnGPUPipeline : Pass<"diffattn-gpu-pipeline", "ModuleOp"> {
   let summary = "Outlined diffattn kernels to gpu.module kernels ready for "
                 "NVVM, with the chip's GPU strategy";
@@ -149,7 +192,7 @@ def DiffAttnGPUPipeline : Pass<"diffattn-gpu-pipeline", "ModuleOp"> {
     is what `diffattn-compile k.mlir --target=sm_90 --gpu-options="warps=4"`
     runs before PTX (each compiled kernel's manifest entry records its
     pipeline string under `pipeline`). A strategy that does not exist yet
-    (wgmma for sm_90a) is a diagnostic that names the one that does.
+    (tcgen05 for sm_100a) is a diagnostic that names the one that does.
   }];
   let options = DiffAttnGPUStrategyOptions;
   let dependentDialects = DiffAttnGPUKernelDialects;

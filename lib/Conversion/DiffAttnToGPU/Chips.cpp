@@ -1,9 +1,9 @@
 //===- Chips.cpp - the GPU target table -----------------------------------===//
 //
 // The numbers behind each GPU target (see Chips.h for their sources).
-// sm_90a and sm_100a compile the portable strategy until their own
-// strategies (wgmma + TMA, tcgen05) exist; an sm_90a / sm_100a cubin of it
-// runs only on its chip family.
+// sm_90a has the wgmma strategy; sm_100a compiles the portable strategy
+// until its own (tcgen05) exists. An sm_90a / sm_100a cubin runs only on
+// its chip family.
 //
 //===----------------------------------------------------------------------===//
 

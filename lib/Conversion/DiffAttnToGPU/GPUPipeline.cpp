@@ -37,15 +37,17 @@ struct DiffAttnGPUPipelinePass
     OpPassManager pm(ModuleOp::getOperationName());
     if (chosen == "mma_sync") {
       pm.addPass(createDiffAttnToMmaSyncKernels());
-    } else if (chosen == "wgmma" || chosen == "tcgen05") {
+    } else if (chosen == "wgmma") {
+      pm.addPass(createDiffAttnToWgmmaKernels());
+    } else if (chosen == "tcgen05") {
       module.emitError()
-          << "the " << chosen << " strategy of chip=" << chip
-          << " is not implemented yet; --target=sm_90 compiles the portable "
-             "mma.sync strategy, whose cubin runs on Hopper";
+          << "the tcgen05 strategy of chip=" << chip
+          << " is not implemented yet; strategy=mma_sync compiles the "
+             "portable strategy, whose cubin runs on Blackwell";
       return signalPassFailure();
     } else {
       module.emitError() << "diffattn-gpu-pipeline: unknown strategy '"
-                         << strategy << "' (expected auto or mma_sync)";
+                         << strategy << "' (expected auto, mma_sync or wgmma)";
       return signalPassFailure();
     }
     // The strategy pass takes the same option list: hand it ours, as the

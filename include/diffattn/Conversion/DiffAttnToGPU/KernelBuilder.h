@@ -50,16 +50,27 @@ public:
   /// shared memory (created once per kernel, at the first view).
   Value sharedView(int64_t byteOffset, ArrayRef<int64_t> shape,
                    Type elementType) {
+    return sharedViewAt(idx(byteOffset), shape, elementType);
+  }
+  /// The same at a byte offset computed at run time.
+  Value sharedViewAt(Value byteOffset, ArrayRef<int64_t> shape,
+                     Type elementType) {
+    auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
+    return memref::ViewOp::create(
+        b, loc,
+        MemRefType::get(shape, elementType, MemRefLayoutAttrInterface(), wg),
+        dynamicSharedMemory(), byteOffset, ValueRange{});
+  }
+  /// The kernel's dynamic shared memory as bytes (memref<?xi8, workgroup>),
+  /// created at the first use.
+  Value dynamicSharedMemory() {
     auto wg = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
     if (!smem)
       smem = gpu::DynamicSharedMemoryOp::create(
           b, loc,
           MemRefType::get({ShapedType::kDynamic}, b.getI8Type(),
                           MemRefLayoutAttrInterface(), wg));
-    return memref::ViewOp::create(
-        b, loc,
-        MemRefType::get(shape, elementType, MemRefLayoutAttrInterface(), wg),
-        smem, idx(byteOffset), ValueRange{});
+    return smem;
   }
   Value add(Value x, Value y) { return arith::AddIOp::create(b, loc, x, y); }
   Value sub(Value x, Value y) { return arith::SubIOp::create(b, loc, x, y); }

@@ -1,0 +1,118 @@
+//===- WgmmaBuilder.h - the wgmma (sm_90a) strategy's kernel builder -*- C++
+//-*-===//
+//
+// Private to lib/Conversion/DiffAttnToGPU: the Hopper strategy's plan and
+// kernel builder, whose definitions are split over WgmmaFragments.cpp
+// (shared-memory tiles in the 128-byte swizzled layout, wgmma matrix
+// descriptors, cp.async copies, the two products) and WgmmaKernel.cpp (the
+// kernel body: key loop, masking, online softmax, epilogue).
+//
+// A CTA is two consumer warpgroups (256 threads) over 64 rows of a KV
+// group, a row being a (pair p of the group, query row i) couple numbered
+// R = p * Sq + i, as in the mma.sync strategy. Warpgroup w computes head
+// 2p + w of every row: S = Q Kᵀ (wgmma m64nNk16, Q and K from shared
+// memory) and O += P V (wgmma with P from registers, V from shared memory),
+// so both heads of a pair run against every K/V tile the CTA loads. The
+// differential epilogue meets the pair's two heads through shared memory:
+// thread t of warpgroup 1 hands its normalised accumulators to thread t of
+// warpgroup 0, which holds the same (row, column) elements. Layouts follow
+// the PTX ISA sections "Asynchronous Warpgroup Level Matrix Multiply-
+// Accumulate" (register fragments, shared memory matrix layout, matrix
+// descriptor).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_WGMMABUILDER_H
+#define DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_WGMMABUILDER_H
+
+#include "diffattn/Conversion/DiffAttnToGPU/Epilogue.h"
+#include "diffattn/Conversion/DiffAttnToGPU/KernelBuilder.h"
+#include "diffattn/Conversion/DiffAttnToGPU/OnlineSoftmax.h"
+#include "diffattn/Conversion/DiffAttnToGPU/TileConfig.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+
+namespace mlir::diffattn::wgmma {
+
+/// The 128-byte swizzle (PTX ISA "Shared Memory Matrix Layout", 128B
+/// swizzling mode): a tile is stored as spans of kSpan columns (128 bytes
+/// of 2-byte elements), each span as rows of 128 bytes; the 16-byte chunk
+/// c of row r sits at chunk c ^ (r % 8). Atoms of 8 rows (1024 bytes) must
+/// start 1024-byte aligned.
+constexpr int64_t kSpan = 64;
+constexpr int64_t kRowBytes = 128;
+constexpr int64_t kAtomBytes = 8 * kRowBytes;
+/// Rows of a warpgroup's wgmma tile (m64), and threads of a warpgroup.
+constexpr int64_t kWarpgroupRows = 64;
+constexpr int64_t kWarpgroupThreads = 128;
+
+/// The wgmma strategy's tile configuration.
+struct WgmmaPlan : TileConfig {
+  /// Bytes of the Q tiles (both heads), of all K stages and of all V
+  /// stages; each a multiple of kAtomBytes.
+  int64_t qTileBytes = 0, kTileBytes = 0, vTileBytes = 0;
+  /// Bytes of one K stage and one V stage.
+  int64_t kStageBytes() const { return blockK * headDim * 2; }
+  int64_t vStageBytes() const { return blockK * valueDim * 2; }
+};
+
+class WgmmaKernelBuilder : public GPUKernelBuilder {
+public:
+  WgmmaKernelBuilder(OpBuilder &b, Location loc, const WgmmaPlan &plan)
+      : GPUKernelBuilder(b, loc), plan(plan),
+        epilogue(*this, plan.pairs, plan.valueDim, plan.elementType),
+        softmax(*this, FragmentLayout::wgmmaM64NSlice(), plan.attn.scale,
+                plan.rescaleThreshold) {}
+
+  /// Fills the body of `func` (arguments: q, k, v, lam, out, B, Sq, Sk).
+  void build(gpu::GPUFuncOp func);
+
+private:
+  // Shared memory (WgmmaFragments.cpp).
+  /// Sets `base` (the 1024-byte aligned start of the tiles, a byte offset
+  /// into dynamic shared memory) and `baseAddress` (its shared-window
+  /// address, i64), then the tile views sQ, sK, sV.
+  void layoutSharedMemory();
+  /// Indices into a tile view [lead..., spans, rows, kSpan] of the 16-byte
+  /// chunk holding columns col .. col + 7 (col a multiple of 8) of `row`.
+  SmallVector<Value> swizzledIndex(ValueRange lead, Value row, Value col);
+  /// Issues cp.async copies of `rows` x `cols` elements into the tile
+  /// `dst[dstLead...]`: row r is `src[rowStart(r) ...]`, rows >= validRows
+  /// are zero-filled. Spread over `threads` threads; this one is `thread`.
+  void copyTile(Value src, function_ref<Value(Value)> rowStart, Value validRows,
+                Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
+                Value thread, int64_t threads);
+  /// A wgmma matrix descriptor (PTX ISA "Matrix Descriptor Format") of the
+  /// tile at byte offset `offset` from `base`, 128-byte swizzle, with the
+  /// leading and stride byte offsets `lbo`, `sbo`.
+  Value descriptor(Value offset, int64_t lbo, int64_t sbo);
+
+  // Products (WgmmaFragments.cpp).
+  /// S = Q Kᵀ of the warpgroup's head over one key block: blockK / 8
+  /// accumulator tiles per thread (wgmma m64n{blockK}k16 over the head
+  /// dimension), K from stage `stage`. Waits for the products.
+  SmallVector<Acc> scoreBlock(Value stage);
+  /// O += P V over one key block: P from the thread's registers (the
+  /// probabilities `p`, blockK / 8 tiles in the accumulator layout, which
+  /// is the A operand's layout two tiles at a time), V from stage `stage`.
+  /// Waits for the products.
+  void accumulatePV(ArrayRef<Acc> p, Value stage, SmallVectorImpl<Acc> &acc);
+  /// One 32-bit A-operand register from two f32 probabilities.
+  Value packPair(Value x, Value y);
+
+  const WgmmaPlan &plan;
+  DifferentialEpilogue epilogue;
+  OnlineSoftmax softmax;
+
+  // Values of the kernel, set by build().
+  Value tid, lane, warpgroup, warpInGroup;
+  Value base, baseAddress;
+  Value sQ, sK, sV;
+  /// Query rows (of the sequence) of the thread's two accumulator rows.
+  std::array<Value, 2> threadRow;
+  Value keyLen, offset;
+};
+
+} // namespace mlir::diffattn::wgmma
+
+#endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_WGMMABUILDER_H

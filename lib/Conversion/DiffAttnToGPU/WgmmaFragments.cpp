@@ -1,0 +1,218 @@
+//===- WgmmaFragments.cpp - wgmma strategy: tiles, descriptors, products --===//
+//
+// The wgmma strategy's shared-memory tiles in the 128-byte swizzled layout,
+// their cp.async copies, wgmma matrix descriptors, and the two products of
+// a key block (see WgmmaBuilder.h). Sources: PTX ISA 8.0, "Asynchronous
+// Warpgroup Level Matrix Multiply-Accumulate Instructions": "Shared Memory
+// Matrix Layout" (canonical K-major and MN-major layouts, 128B swizzling),
+// "Matrix Descriptor Format" (start address, leading and stride byte
+// offsets, swizzle mode in bits 62-63) and "Register Fragments" (A of
+// m64nNk16 from registers, D of m64nN).
+//
+//===----------------------------------------------------------------------===//
+
+#include "WgmmaBuilder.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::wgmma;
+
+void WgmmaKernelBuilder::layoutSharedMemory() {
+  // The swizzle atoms must start 1024-byte aligned (the descriptors' base
+  // offset field stays 0): align the tiles' start at run time, from the
+  // shared-window address of dynamic shared memory (the plan reserves the
+  // 1024 bytes this may skip).
+  Value smemBuffer = dynamicSharedMemory();
+  Value address =
+      memref::ExtractAlignedPointerAsIndexOp::create(b, loc, smemBuffer);
+  base = rem(sub(idx(kAtomBytes), rem(address, kAtomBytes)), kAtomBytes);
+  baseAddress =
+      arith::IndexCastOp::create(b, loc, b.getI64Type(), add(address, base));
+  Type elem = plan.elementType;
+  int64_t dSpans = plan.headDim / kSpan, vSpans = plan.valueDim / kSpan;
+  sQ = sharedViewAt(base, {2, dSpans, kWarpgroupRows, kSpan}, elem);
+  sK = sharedViewAt(add(base, plan.qTileBytes),
+                    {plan.stages, dSpans, plan.blockK, kSpan}, elem);
+  sV = sharedViewAt(add(base, plan.qTileBytes + plan.kTileBytes),
+                    {plan.stages, vSpans, plan.blockK, kSpan}, elem);
+}
+
+SmallVector<Value> WgmmaKernelBuilder::swizzledIndex(ValueRange lead, Value row,
+                                                     Value col) {
+  // Chunk c (8 elements) of a 128-byte row r sits at chunk c ^ (r % 8).
+  Value rowMod = arith::AndIOp::create(b, loc, row, idx(7));
+  Value inSpan = arith::XOrIOp::create(b, loc, rem(col, kSpan), mul(rowMod, 8));
+  SmallVector<Value> indices(lead);
+  indices.append({div(col, kSpan), row, inSpan});
+  return indices;
+}
+
+void WgmmaKernelBuilder::copyTile(Value src,
+                                  function_ref<Value(Value)> rowStart,
+                                  Value validRows, Value dst,
+                                  ValueRange dstLead, int64_t rows,
+                                  int64_t cols, Value thread, int64_t threads) {
+  int64_t chunksPerRow = cols / 8;
+  int64_t chunks = rows * chunksPerRow;
+  for (int64_t first = 0; first < chunks; first += threads) {
+    Value chunk = add(thread, first);
+    auto emitCopy = [&] {
+      Value row = div(chunk, chunksPerRow);
+      Value col = mul(rem(chunk, chunksPerRow), 8);
+      Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
+      // Rows past the valid ones read nothing (zero-fill) from a valid
+      // address.
+      Value srcIndex = select(valid, add(rowStart(row), col), idx(0));
+      Value srcElements = select(valid, idx(8), idx(0));
+      nvgpu::DeviceAsyncCopyOp::create(
+          b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst,
+          swizzledIndex(dstLead, row, col), src, ValueRange{srcIndex},
+          b.getIndexAttr(8), srcElements, b.getUnitAttr());
+    };
+    if (first + threads <= chunks) {
+      emitCopy();
+      continue;
+    }
+    scf::IfOp::create(b, loc,
+                      cmp(arith::CmpIPredicate::ult, chunk, idx(chunks)),
+                      [&](OpBuilder &, Location) {
+                        emitCopy();
+                        scf::YieldOp::create(b, loc);
+                      });
+  }
+}
+
+Value WgmmaKernelBuilder::descriptor(Value offset, int64_t lbo, int64_t sbo) {
+  // Bits 0-13: start address >> 4; 16-29: leading byte offset >> 4; 32-45:
+  // stride byte offset >> 4; 49-51: base offset (0: atoms 1024-byte
+  // aligned); 62-63: swizzle mode (1: 128-byte).
+  Type i64 = b.getI64Type();
+  auto c64 = [&](int64_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(v));
+  };
+  Value address = arith::AddIOp::create(
+      b, loc, baseAddress, arith::IndexCastOp::create(b, loc, i64, offset));
+  Value field = arith::ShRUIOp::create(
+      b, loc, arith::AndIOp::create(b, loc, address, c64(0x3FFFF)), c64(4));
+  int64_t fixed = ((lbo >> 4) << 16) | ((sbo >> 4) << 32) | (int64_t(1) << 62);
+  return arith::OrIOp::create(b, loc, field, c64(fixed));
+}
+
+Value WgmmaKernelBuilder::packPair(Value x, Value y) {
+  Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
+  Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
+  Value pair = vector::FromElementsOp::create(
+      b, loc, VectorType::get({2}, plan.elementType), ValueRange{lo, hi});
+  return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
+}
+
+SmallVector<Acc> WgmmaKernelBuilder::scoreBlock(Value stage) {
+  int64_t n = plan.blockK;
+  Type f32 = b.getF32Type();
+  auto structType =
+      LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(n / 2, f32));
+  NVVM::WGMMATypes type =
+      plan.elementType.isF16() ? NVVM::WGMMATypes::f16 : NVVM::WGMMATypes::bf16;
+  // The warpgroup's head of the pair: Q tile `warpgroup`.
+  Value qOffset = mul(warpgroup, plan.headDim * kWarpgroupRows * 2);
+  Value kOffset = add(idx(plan.qTileBytes), mul(stage, plan.kStageBytes()));
+  Value acc = LLVM::UndefOp::create(b, loc, structType);
+  NVVM::WgmmaFenceAlignedOp::create(b, loc);
+  // K-major operands, 128-byte swizzle: 8-row groups 1024 bytes apart (the
+  // stride byte offset); the leading byte offset is unused (1). A k16 step
+  // is 32 bytes into the span's rows; spans are whole tiles apart.
+  for (int64_t kk = 0; kk < plan.headDim / 16; ++kk) {
+    int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
+    Value descA =
+        descriptor(add(qOffset, span * kWarpgroupRows * kRowBytes + within), 16,
+                   kAtomBytes);
+    Value descB =
+        descriptor(add(kOffset, span * n * kRowBytes + within), 16, kAtomBytes);
+    acc = NVVM::WgmmaMmaAsyncOp::create(
+        b, loc, structType, acc, descA, descB,
+        NVVM::MMAShapeAttr::get(ctx, 64, n, 16), type, type,
+        NVVM::WGMMATypes::f32,
+        kk == 0 ? NVVM::WGMMAScaleOut::zero : NVVM::WGMMAScaleOut::one,
+        NVVM::WGMMAScaleIn::one, NVVM::WGMMAScaleIn::one, NVVM::MMALayout::row,
+        NVVM::MMALayout::col,
+        /*satfinite=*/nullptr);
+  }
+  NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+  NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+  SmallVector<Acc> s(n / 8);
+  for (int64_t t = 0; t < n / 8; ++t)
+    for (int64_t e = 0; e < 4; ++e)
+      s[t][e] = LLVM::ExtractValueOp::create(b, loc, acc, t * 4 + e);
+  return s;
+}
+
+void WgmmaKernelBuilder::accumulatePV(ArrayRef<Acc> p, Value stage,
+                                      SmallVectorImpl<Acc> &acc) {
+  int64_t n = plan.valueDim, values = n / 2, steps = plan.blockK / 16;
+  Type f32 = b.getF32Type();
+  auto structType =
+      LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(values, f32));
+  // wgmma with A from registers has no NVVM op in MLIR 22 (only the
+  // shared-memory form): inline PTX, one statement for the block's k16
+  // steps so that nothing lands between them (ptxas would otherwise fence
+  // each one). Operands: $0 .. $(values - 1) the accumulators (read and
+  // written, tied), then per step four A registers, then per step V's
+  // descriptor. Immediates: scale-d 1 (accumulate), scale-a and scale-b 1,
+  // imm-trans-b 1 (V is MN-major: rows of keys, Dv contiguous).
+  auto reg = [](int64_t i) { return "$" + std::to_string(i); };
+  std::string accRegs;
+  for (int64_t i = 0; i < values; ++i)
+    accRegs += (i ? ", " : "") + reg(i);
+  std::string ptx;
+  for (int64_t kt = 0; kt < steps; ++kt) {
+    int64_t a = values + 4 * kt;
+    ptx += "wgmma.mma_async.sync.aligned.m64n" + std::to_string(n) +
+           "k16.f32." + (plan.elementType.isF16() ? "f16.f16" : "bf16.bf16") +
+           " {" + accRegs + "}, {" + reg(a) + ", " + reg(a + 1) + ", " +
+           reg(a + 2) + ", " + reg(a + 3) + "}, " +
+           reg(values + 4 * steps + kt) + ", 1, 1, 1, 1;\n";
+  }
+  std::string constraints;
+  for (int64_t i = 0; i < values; ++i)
+    constraints += "=f,";
+  for (int64_t i = 0; i < 4 * steps; ++i)
+    constraints += "r,";
+  for (int64_t i = 0; i < steps; ++i)
+    constraints += (i ? ",l" : "l");
+  for (int64_t i = 0; i < values; ++i)
+    constraints += "," + std::to_string(i);
+  Value vOffset = add(idx(plan.qTileBytes + plan.kTileBytes),
+                      mul(stage, plan.vStageBytes()));
+  SmallVector<Value> operands;
+  for (int64_t kt = 0; kt < steps; ++kt)
+    operands.append({packPair(p[2 * kt][0], p[2 * kt][1]),
+                     packPair(p[2 * kt][2], p[2 * kt][3]),
+                     packPair(p[2 * kt + 1][0], p[2 * kt + 1][1]),
+                     packPair(p[2 * kt + 1][2], p[2 * kt + 1][3])});
+  // MN-major operand, 128-byte swizzle: the leading byte offset steps
+  // between 64-column spans (a whole tile of keys), the stride byte offset
+  // between groups of 8 keys; a k16 step is 16 rows of 128 bytes.
+  for (int64_t kt = 0; kt < steps; ++kt)
+    operands.push_back(descriptor(add(vOffset, kt * 16 * kRowBytes),
+                                  plan.blockK * kRowBytes, kAtomBytes));
+  for (const Acc &t : acc)
+    operands.append(t.begin(), t.end());
+  NVVM::WgmmaFenceAlignedOp::create(b, loc);
+  auto asmOp = LLVM::InlineAsmOp::create(
+      b, loc, structType, operands, ptx, constraints,
+      /*has_side_effects=*/true, /*is_align_stack=*/false,
+      LLVM::tailcallkind::TailCallKind::None,
+      LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+      /*operand_attrs=*/ArrayAttr());
+  NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+  NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+  for (size_t t = 0; t < acc.size(); ++t)
+    for (int64_t e = 0; e < 4; ++e)
+      acc[t][e] =
+          LLVM::ExtractValueOp::create(b, loc, asmOp.getResult(0), t * 4 + e);
+}

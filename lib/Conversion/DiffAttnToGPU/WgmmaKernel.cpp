@@ -1,0 +1,261 @@
+//===- WgmmaKernel.cpp - wgmma strategy: the kernel body ------------------===//
+//
+// The body of a Hopper (sm_90a) kernel (see WgmmaBuilder.h and the
+// DiffAttnToWgmmaKernels pass description): the CTA's rows, the Q copy, the
+// range of key blocks (shared with the tiled CPU lowering, KeyRange.h), the
+// cp.async pipeline over key blocks, S = Q Kᵀ and O += P V on wgmma,
+// masking of the blocks that straddle the mask, the online softmax
+// (OnlineSoftmax.h) and the differential epilogue, whose two heads meet
+// through shared memory.
+//
+//===----------------------------------------------------------------------===//
+
+#include "WgmmaBuilder.h"
+
+#include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::wgmma;
+
+void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  const AttentionConfig &attn = plan.attn;
+  int64_t blockQ = plan.blockQ, blockK = plan.blockK, stages = plan.stages;
+  int64_t threads = plan.threads();
+  Value q = entry.getArgument(0), k = entry.getArgument(1),
+        v = entry.getArgument(2), lam = entry.getArgument(3),
+        out = entry.getArgument(4);
+  Value seqQ = entry.getArgument(6), seqK = entry.getArgument(7);
+
+  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warpgroup = div(tid, kWarpgroupThreads);
+  Value groupThread = rem(tid, kWarpgroupThreads);
+  warpInGroup = div(groupThread, 32);
+  Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p * Sq
+  // + i (pair p of the group, query row i).
+  Value groupRows = mul(seqQ, plan.rowsPerQuery);
+  Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
+  // With a causal-like mask, row blocks go from the last rows to the first:
+  // the longest CTAs start first.
+  if (attn.windowRight >= 0 && attn.windowLeft < 0)
+    qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
+  Value row0 = mul(qBlock, blockQ);
+  Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
+  Value firstPair = mul(kvHead, plan.pairsPerGroup());
+  auto pairOf = [&](Value r) {
+    return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
+  };
+  auto queryRowOf = [&](Value r) {
+    return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
+  };
+  // Group row of the thread's accumulator row rr (wgmma m64nN D fragment:
+  // warp w of the warpgroup holds rows 16 w + lane / 4 and that + 8).
+  auto threadGroupRow = [&](int64_t rr) {
+    return add(add(row0, mul(warpInGroup, 16)), add(div(lane, 4), rr * 8));
+  };
+  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
+  keyLen = buildKeyLength(b, loc, Value(), seqK);
+  offset = sub(keyLen, seqQ);
+
+  layoutSharedMemory();
+
+  // Q of both heads of each row's pair (cp.async, all threads): tile h
+  // holds head 2p + h.
+  for (int64_t h = 0; h < 2; ++h)
+    copyTile(
+        q,
+        [&](Value r) {
+          Value global = add(row0, r);
+          Value head = add(mul(pairOf(global), 2), h);
+          return mul(
+              add(mul(add(qRowBase, queryRowOf(global)), plan.queryHeads),
+                  head),
+              plan.headDim);
+        },
+        rowsValid, sQ, {idx(h)}, kWarpgroupRows, plan.headDim, tid, threads);
+
+  for (int64_t rr = 0; rr < 2; ++rr)
+    threadRow[rr] = queryRowOf(threadGroupRow(rr));
+  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
+  Value onePair =
+      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
+          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
+  Value minRow = select(onePair, queryRowOf(row0), idx(0));
+  Value maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
+
+  // Keys any row of the block may see: [lo, hi), lo on a block boundary.
+  Value lo, hi;
+  std::tie(lo, hi) =
+      buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
+  lo = alignDownToBlock(b, loc, lo, blockK);
+
+  int64_t kStride = plan.kvHeads * plan.headDim;
+  int64_t vStride = plan.kvHeads * plan.valueDim;
+  auto loadKeyBlock = [&](Value key0, Value stage) {
+    Value validKeys = minI(idx(blockK), sub(keyLen, key0));
+    Value rowBase = add(kRowBase, key0);
+    Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
+    Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
+    copyTile(
+        k, [&](Value r) { return add(kBase, mul(r, kStride)); }, validKeys, sK,
+        {stage}, blockK, plan.headDim, tid, threads);
+    copyTile(
+        v, [&](Value r) { return add(vBase, mul(r, vStride)); }, validKeys, sV,
+        {stage}, blockK, plan.valueDim, tid, threads);
+  };
+  auto ifThen = [&](Value condition, function_ref<void()> body) {
+    scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
+      body();
+      scf::YieldOp::create(b, loc);
+    });
+  };
+
+  // Loop-carried state of the warpgroup's head: Dv/8 accumulator tiles,
+  // then max and sum of the thread's two rows.
+  int64_t valueTiles = plan.valueDim / 8;
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  SmallVector<Value> init(valueTiles * 4, f32(0.0f));
+  init.append({ninf, ninf, f32(0.0f), f32(0.0f)});
+  auto unpackState = [&](ValueRange carried) {
+    HeadState state;
+    state.acc.resize(valueTiles);
+    for (int64_t t = 0; t < valueTiles; ++t)
+      for (int64_t e = 0; e < 4; ++e)
+        state.acc[t][e] = carried[t * 4 + e];
+    state.rowMax = {carried[valueTiles * 4], carried[valueTiles * 4 + 1]};
+    state.rowSum = {carried[valueTiles * 4 + 2], carried[valueTiles * 4 + 3]};
+    return state;
+  };
+  auto packState = [&](const HeadState &state) {
+    SmallVector<Value> results;
+    for (const Acc &t : state.acc)
+      results.append(t.begin(), t.end());
+    results.append(
+        {state.rowMax[0], state.rowMax[1], state.rowSum[0], state.rowSum[1]});
+    return results;
+  };
+
+  // The pipeline keeps stages - 1 blocks in flight; Q joins the first
+  // block's group.
+  for (int64_t p = 0; p + 1 < stages; ++p) {
+    Value key0 = add(lo, p * blockK);
+    ifThen(cmp(arith::CmpIPredicate::slt, key0, hi),
+           [&] { loadKeyBlock(key0, idx(p)); });
+    NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  }
+  auto loop = scf::ForOp::create(
+      b, loc, lo, hi, idx(blockK), init,
+      [&](OpBuilder &, Location, Value key0, ValueRange carried) {
+        Value j = div(sub(key0, lo), blockK);
+        Value next = add(key0, (stages - 1) * blockK);
+        ifThen(cmp(arith::CmpIPredicate::slt, next, hi),
+               [&] { loadKeyBlock(next, rem(add(j, stages - 1), stages)); });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
+        // The tensor cores read shared memory through the async proxy:
+        // each thread orders its landed copies before the barrier.
+        NVVM::FenceProxyOp::create(
+            b, loc,
+            NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+            NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+        gpu::BarrierOp::create(b, loc);
+        Value stage = rem(j, stages);
+        SmallVector<Acc> s = scoreBlock(stage);
+        // Mask the blocks that straddle the mask boundary (or the keys'
+        // end).
+        SmallVector<Value> flat;
+        for (const Acc &t : s)
+          flat.append(t.begin(), t.end());
+        auto ifOp = scf::IfOp::create(
+            b, loc,
+            buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow,
+                                offset, keyLen),
+            [&](OpBuilder &, Location) {
+              SmallVector<Value> masked;
+              Value colLane = add(key0, mul(rem(lane, 4), 2));
+              for (int64_t nt = 0; nt < blockK / 8; ++nt)
+                for (int64_t e = 0; e < 4; ++e)
+                  masked.push_back(
+                      select(buildIsVisible(b, loc, attn, threadRow[e / 2],
+                                            add(colLane, nt * 8 + e % 2),
+                                            offset, keyLen),
+                             flat[nt * 4 + e], ninf));
+              scf::YieldOp::create(b, loc, masked);
+            },
+            [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
+        for (int64_t nt = 0; nt < blockK / 8; ++nt)
+          for (int64_t e = 0; e < 4; ++e)
+            s[nt][e] = ifOp.getResult(nt * 4 + e);
+        HeadState head = unpackState(carried);
+        softmax.block(s, head);
+        accumulatePV(s, stage, head.acc);
+        // The stage read here is refilled by a later iteration.
+        gpu::BarrierOp::create(b, loc);
+        scf::YieldOp::create(b, loc, packState(head));
+      });
+  // No copy may be in flight when shared memory is reused or the CTA exits
+  // (blocks whose rows see no key skip the loop, and with it the wait).
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+
+  // Epilogue: normalise; warpgroup 1 (head 2p + 1) hands its values to the
+  // same thread of warpgroup 0 through shared memory (over the K stages,
+  // [Dv / 2 values][128 threads] f32), which writes o0 - sigmoid(lam) o1.
+  HeadState final = unpackState(loop.getResults());
+  std::array<Value, 2> inverse;
+  for (int64_t rr = 0; rr < 2; ++rr)
+    inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));
+  SmallVector<Value> normalized;
+  for (const Acc &t : final.acc)
+    for (int64_t e = 0; e < 4; ++e)
+      normalized.push_back(fmul(t[e], inverse[e / 2]));
+  int64_t values = valueTiles * 4;
+  Value exchange = sharedViewAt(add(base, plan.qTileBytes),
+                                {values, kWarpgroupThreads}, b.getF32Type());
+  gpu::BarrierOp::create(b, loc);
+  Value isSecond = cmp(arith::CmpIPredicate::eq, warpgroup, idx(1));
+  ifThen(isSecond, [&] {
+    for (int64_t i = 0; i < values; ++i)
+      memref::StoreOp::create(b, loc, normalized[i], exchange,
+                              ValueRange{idx(i), groupThread});
+  });
+  gpu::BarrierOp::create(b, loc);
+  Value isFirst = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
+  ifThen(isFirst, [&] {
+    auto outPairType = VectorType::get({2}, plan.elementType);
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value global = threadGroupRow(rr);
+      Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+      Value rowIndex = add(qRowBase, threadRow[rr]);
+      Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
+      Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
+      ifThen(valid, [&] {
+        Value outBase = mul(pairRow, plan.valueDim);
+        Value colLane = mul(rem(lane, 4), 2);
+        for (int64_t t = 0; t < valueTiles; ++t) {
+          SmallVector<Value> pair;
+          for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+            Value o1 = memref::LoadOp::create(
+                b, loc, exchange, ValueRange{idx(t * 4 + e), groupThread});
+            pair.push_back(arith::TruncFOp::create(
+                b, loc, plan.elementType,
+                fsub(normalized[t * 4 + e], fmul(sig, o1))));
+          }
+          vector::StoreOp::create(
+              b, loc, vector::FromElementsOp::create(b, loc, outPairType, pair),
+              out, ValueRange{add(add(outBase, colLane), t * 8)});
+        }
+      });
+    }
+  });
+  gpu::ReturnOp::create(b, loc);
+}

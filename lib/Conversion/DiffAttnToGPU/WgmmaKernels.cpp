@@ -1,0 +1,215 @@
+//===- WgmmaKernels.cpp - the Hopper (sm_90a) strategy --------------------===//
+//
+// The DiffAttnToWgmmaKernels pass and its core, emitWgmmaKernel: the
+// FlashAttention tiled form of a diffattn.v2 op on Hopper's warpgroup MMA
+// (see WgmmaBuilder.h and the pass description in Passes.td). This file
+// holds the strategy's planning (tile defaults, option checks against the
+// chip table), the hand-off of the ops it has no kernel for to the portable
+// strategy, and the assembly of the kernel from the shared GPU parts.
+//
+//===----------------------------------------------------------------------===//
+
+#include "WgmmaBuilder.h"
+
+#include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
+#include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
+#include "diffattn/Conversion/DiffAttnToGPU/MmaSync.h"
+#include "diffattn/Conversion/DiffAttnToGPU/Wgmma.h"
+#include "diffattn/Conversion/Passes.h"
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
+
+namespace mlir::diffattn {
+#define GEN_PASS_DEF_DIFFATTNTOWGMMAKERNELS
+#include "diffattn/Conversion/Passes.h.inc"
+} // namespace mlir::diffattn
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::wgmma;
+
+/// Whether the wgmma strategy has a kernel for `op`: the prefill form of
+/// diffattn.v2 (no kv_len, contiguous K/V, one sequence per batch entry).
+static bool hasWgmmaKernel(Operation *op) {
+  return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
+}
+
+/// Checks that the strategy supports `op` on `chip` and fills the plan.
+static FailureOr<WgmmaPlan>
+makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
+         const GPUChipInfo &chip) {
+  WgmmaPlan plan;
+  plan.attn = AttentionConfig::get(op);
+  plan.chip = &chip;
+  plan.elementType = plan.attn.elementType;
+  plan.headDim = plan.attn.headDim;
+  plan.valueDim = plan.attn.valueDim;
+  // Tile defaults: 128 keys per block (S is m64n128 per warpgroup), two
+  // stages (Q 2 x 64 rows and two K/V stages: 160 KiB at D = 128).
+  plan.blockK = options.blockK ? options.blockK : 128;
+  if (plan.blockK < 16 || plan.blockK % 16 != 0 || plan.blockK > 256)
+    return op->emitOpError() << "block-k = " << plan.blockK
+                             << " is not supported by the wgmma strategy "
+                                "(expected a multiple of 16 up to 256)";
+  plan.stages = options.stages ? options.stages : 2;
+  if (plan.stages < 2 || plan.stages > 8)
+    return op->emitOpError() << "stages = " << plan.stages
+                             << " is not supported (expected 2 to 8)";
+  plan.warps = options.warps ? options.warps : 8;
+  if (plan.warps != 8)
+    return op->emitOpError() << "warps = " << plan.warps
+                             << " is not supported by the wgmma strategy "
+                                "(its CTA is two warpgroups: 8)";
+  if (options.smemLayout != "auto" && options.smemLayout != "swizzled")
+    return op->emitOpError()
+           << "smem-layout = '" << options.smemLayout
+           << "' is not supported by the wgmma strategy (its tiles are in "
+              "wgmma's 128-byte swizzled layout: auto or swizzled)";
+  plan.rescaleThreshold = static_cast<float>(options.rescaleThreshold);
+  if (!(plan.rescaleThreshold >= 0 && plan.rescaleThreshold <= 16))
+    return op->emitOpError()
+           << "rescale-threshold = " << options.rescaleThreshold
+           << " is not supported (expected 0 to 16)";
+  plan.blockQ = kWarpgroupRows;
+  plan.pairs = plan.attn.numPairs;
+  plan.queryHeads = 2 * plan.pairs;
+  plan.kvHeads = plan.attn.numKeyHeads;
+  plan.rowsPerQuery = plan.pairsPerGroup();
+  plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
+  plan.qTileBytes = 2 * kWarpgroupRows * plan.headDim * 2;
+  plan.kTileBytes = plan.stages * plan.kStageBytes();
+  plan.vTileBytes = plan.stages * plan.vStageBytes();
+  // The epilogue's exchange ([Dv / 2][128] f32) reuses the K/V stages; the
+  // first 1024 bytes may go to aligning the tiles.
+  int64_t exchangeBytes = plan.valueDim / 2 * kWarpgroupThreads * 4;
+  plan.sharedBytes = kAtomBytes + plan.qTileBytes +
+                     std::max(plan.kTileBytes + plan.vTileBytes, exchangeBytes);
+  if (failed(checkChipLimits(op, plan,
+                             (Twine("block-k = ") + Twine(plan.blockK) +
+                              " and stages = " + Twine(plan.stages))
+                                 .str())))
+    return failure();
+  return plan;
+}
+
+/// The configuration checks both strategies share on sm_90a, with the
+/// wgmma strategy's wording: element type and head dimensions.
+static LogicalResult checkSupported(Operation *op) {
+  if (!isa<V2Op, V2PagedOp, V2VarlenOp>(op))
+    return op->emitOpError(
+        "is not supported by the GPU strategies yet (only diffattn.v2, "
+        "diffattn.v2_paged and diffattn.v2_varlen have GPU kernels)");
+  AttentionConfig attn = AttentionConfig::get(op);
+  if (!attn.elementType.isF16() && !attn.elementType.isBF16())
+    return op->emitOpError() << "element type " << attn.elementType
+                             << " is not supported on sm_90a (expected f16 "
+                                "or bf16)";
+  if (attn.headDim != 64 && attn.headDim != 128)
+    return op->emitOpError() << "head dimension D = " << attn.headDim
+                             << " is not supported on sm_90a (expected 64 "
+                                "or 128)";
+  if (attn.valueDim != attn.headDim)
+    return op->emitOpError()
+           << "value dimension Dv = " << attn.valueDim
+           << " != D = " << attn.headDim << " is not supported on sm_90a";
+  return success();
+}
+
+LogicalResult
+mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
+                                const DiffAttnToWgmmaKernelsOptions &options) {
+  auto desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);
+  SmallVector<Operation *> ops = collectDiffAttnOps(kernel);
+  if (!desc || ops.size() != 1)
+    return kernel.emitError("not a diffattn kernel: run "
+                            "diffattn-outline-kernels first");
+  Operation *op = ops.front();
+  const GPUChipInfo *chip = lookupGPUChip(options.chip);
+  if (!chip)
+    return kernel.emitError() << "unknown chip '" << options.chip
+                              << "' (expected " << getGPUChipNames() << ")";
+  if (chip->strategy != "wgmma")
+    return kernel.emitError()
+           << "the wgmma strategy needs chip=sm_90a (wgmma and its "
+              "descriptors are sm_90a instructions), got chip="
+           << options.chip;
+  if (options.strategy != "auto" && options.strategy != "wgmma")
+    return kernel.emitError() << "strategy '" << options.strategy
+                              << "' is not the Hopper strategy (wgmma) that "
+                                 "diffattn-to-wgmma-kernels emits";
+  if (failed(checkSupported(op)))
+    return failure();
+  if (!hasWgmmaKernel(op)) {
+    // The decode form, paged caches and packed sequences: the portable
+    // strategy's kernels (split-KV for decode), with its own tile defaults;
+    // the manifest records strategy mma_sync.
+    DiffAttnToMmaSyncKernelsOptions portable;
+    portable.chip = options.chip;
+    portable.strategy = "mma_sync";
+    portable.rescaleThreshold = options.rescaleThreshold;
+    portable.l2Prefetch = options.l2Prefetch;
+    portable.smemLayout = options.smemLayout;
+    portable.programmaticLaunch = options.programmaticLaunch;
+    portable.splitKeys = options.splitKeys;
+    portable.splitTargetCtas = options.splitTargetCtas;
+    return emitMmaSyncKernel(rewriter, kernel, portable);
+  }
+  FailureOr<WgmmaPlan> plan = makePlan(op, options, *chip);
+  if (failed(plan))
+    return failure();
+
+  Location loc = kernel.getLoc();
+  MLIRContext *ctx = kernel.getContext();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(kernel);
+  auto gpuModule = gpu::GPUModuleOp::create(
+      rewriter, loc, (kernel.getName() + "_module").str());
+  rewriter.setInsertionPointToStart(gpuModule.getBody());
+  KernelSignature sig = getKernelSignature(rewriter, desc, /*splitKV=*/false);
+  auto func = createKernelFunc(rewriter, loc, kernel.getName(), sig.argTypes,
+                               plan->threads());
+  WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
+  NamedAttrList entry(desc);
+  entry.set("launch", buildLaunchRule(rewriter, *plan, "wgmma",
+                                      kernel.getName(), sig.buffers));
+  func->setAttr(kKernelAttrName, DictionaryAttr::get(ctx, entry));
+  rewriter.eraseOp(kernel);
+  return success();
+}
+
+namespace {
+struct DiffAttnToWgmmaKernelsPass
+    : public diffattn::impl::DiffAttnToWgmmaKernelsBase<
+          DiffAttnToWgmmaKernelsPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                    UnitAttr::get(&getContext()));
+    IRRewriter rewriter(&getContext());
+    DiffAttnToWgmmaKernelsOptions options;
+    options.chip = chip;
+    options.strategy = strategy;
+    options.blockK = blockK;
+    options.splitKeys = splitKeys;
+    options.splitTargetCtas = splitTargetCtas;
+    options.stages = stages;
+    options.warps = warps;
+    options.rescaleThreshold = rescaleThreshold;
+    options.l2Prefetch = l2Prefetch;
+    options.smemLayout = smemLayout;
+    options.programmaticLaunch = programmaticLaunch;
+    SmallVector<func::FuncOp> kernels;
+    for (auto func : module.getOps<func::FuncOp>())
+      if (func->hasAttr(kKernelAttrName))
+        kernels.push_back(func);
+    if (kernels.empty()) {
+      module.emitError("no diffattn kernel to convert: run "
+                       "diffattn-outline-kernels first");
+      return signalPassFailure();
+    }
+    for (func::FuncOp kernel : kernels)
+      if (failed(emitWgmmaKernel(rewriter, kernel, options)))
+        return signalPassFailure();
+  }
+};
+} // namespace
