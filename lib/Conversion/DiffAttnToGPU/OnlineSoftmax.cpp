@@ -120,3 +120,22 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
     head.rowSum[rr] = kb.fadd(head.rowSum[rr], sum);
   }
 }
+
+SmallVector<Value, 2> OnlineSoftmax::blockDeferred(SmallVectorImpl<Acc> &s,
+                                                   HeadState &head) {
+  // The factors are what block() would multiply the accumulators by: run
+  // it on a tile of ones (a thread's tile holds rowsPerThread rows of
+  // valuesPerRow values) in place of the accumulators.
+  Value one = kb.f32(1.0f);
+  HeadState probe;
+  probe.acc = {Acc{one, one, one, one}};
+  probe.rowMax = head.rowMax;
+  probe.rowSum = head.rowSum;
+  block(s, probe);
+  head.rowMax = probe.rowMax;
+  head.rowSum = probe.rowSum;
+  SmallVector<Value, 2> factors;
+  for (int64_t rr = 0; rr < layout.rowsPerThread; ++rr)
+    factors.push_back(probe.acc[0][layout.valuesPerRow * rr]);
+  return factors;
+}

@@ -87,16 +87,40 @@ private:
   /// leading and stride byte offsets `lbo`, `sbo`.
   Value descriptor(Value offset, int64_t lbo, int64_t sbo);
 
-  // Products (WgmmaFragments.cpp).
-  /// S = Q Kᵀ of the warpgroup's head over one key block: blockK / 8
-  /// accumulator tiles per thread (wgmma m64n{blockK}k16 over the head
-  /// dimension), K from stage `stage`. Waits for the products.
-  SmallVector<Acc> scoreBlock(Value stage);
-  /// O += P V over one key block: P from the thread's registers (the
-  /// probabilities `p`, blockK / 8 tiles in the accumulator layout, which
-  /// is the A operand's layout two tiles at a time), V from stage `stage`.
-  /// Waits for the products.
-  void accumulatePV(ArrayRef<Acc> p, Value stage, SmallVectorImpl<Acc> &acc);
+  // Products (WgmmaFragments.cpp). The issue functions only issue: the
+  // caller fences (wgmma.fence, after any register write the products
+  // read), commits and waits (wgmma.commit_group / wait_group) before it
+  // reads the results.
+  /// The descriptors of S = Q Kᵀ over one key block, K from stage `stage`
+  /// (A and B of each k16 step, interleaved). Descriptors are computed
+  /// before the wgmma.fence: ptxas serialises wgmma whose input registers
+  /// are defined inside the pipeline stage.
+  SmallVector<Value> scoreDescriptors(Value stage);
+  /// Issues S = Q Kᵀ of the warpgroup's head over one key block (wgmma
+  /// m64n{blockK}k16 over the head dimension); returns the accumulator
+  /// struct (blockK / 2 f32).
+  Value issueScores(ArrayRef<Value> descriptors);
+  /// The thread's blockK / 8 accumulator tiles of issued scores.
+  SmallVector<Acc> readScores(Value scores);
+  /// The descriptors of V in stage `stage`, one per k16 step of P V.
+  SmallVector<Value> pvDescriptors(Value stage);
+  /// Issues O += P V over one key block: P from registers (`packedP`, as
+  /// packProbabilities makes them), V through `descriptors`; `acc` becomes
+  /// the results.
+  void issuePV(ArrayRef<Value> packedP, ArrayRef<Value> descriptors,
+               SmallVectorImpl<Acc> &acc);
+  /// `values` (f32) passed through an empty asm statement with side
+  /// effects, which keeps their uses below the wgmma.wait_group before it:
+  /// results of in-flight products, and registers that a product still in
+  /// flight may read, must not be touched before their wait (ptxas would
+  /// otherwise serialise the products or inject waits).
+  SmallVector<Value> fenceOperands(ValueRange values);
+  /// fenceOperands over accumulator tiles, in place.
+  void fenceTiles(SmallVectorImpl<Acc> &tiles);
+  /// The A operand registers of P V (four per k16 step) from probabilities
+  /// in the accumulator layout (blockK / 8 tiles), which is the A operand's
+  /// layout two tiles at a time.
+  SmallVector<Value> packProbabilities(ArrayRef<Acc> p);
   /// One 32-bit A-operand register from two f32 probabilities.
   Value packPair(Value x, Value y);
 

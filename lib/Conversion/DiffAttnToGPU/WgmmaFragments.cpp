@@ -111,52 +111,134 @@ Value WgmmaKernelBuilder::packPair(Value x, Value y) {
   return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
 }
 
-SmallVector<Acc> WgmmaKernelBuilder::scoreBlock(Value stage) {
-  int64_t n = plan.blockK;
-  Type f32 = b.getF32Type();
-  auto structType =
-      LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(n / 2, f32));
-  NVVM::WGMMATypes type =
-      plan.elementType.isF16() ? NVVM::WGMMATypes::f16 : NVVM::WGMMATypes::bf16;
+SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
   // The warpgroup's head of the pair: Q tile `warpgroup`.
   Value qOffset = mul(warpgroup, plan.headDim * kWarpgroupRows * 2);
   Value kOffset = add(idx(plan.qTileBytes), mul(stage, plan.kStageBytes()));
-  Value acc = LLVM::UndefOp::create(b, loc, structType);
-  NVVM::WgmmaFenceAlignedOp::create(b, loc);
   // K-major operands, 128-byte swizzle: 8-row groups 1024 bytes apart (the
   // stride byte offset); the leading byte offset is unused (1). A k16 step
   // is 32 bytes into the span's rows; spans are whole tiles apart.
+  SmallVector<Value> descriptors;
   for (int64_t kk = 0; kk < plan.headDim / 16; ++kk) {
     int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
-    Value descA =
-        descriptor(add(qOffset, span * kWarpgroupRows * kRowBytes + within), 16,
-                   kAtomBytes);
-    Value descB =
-        descriptor(add(kOffset, span * n * kRowBytes + within), 16, kAtomBytes);
-    acc = NVVM::WgmmaMmaAsyncOp::create(
-        b, loc, structType, acc, descA, descB,
-        NVVM::MMAShapeAttr::get(ctx, 64, n, 16), type, type,
-        NVVM::WGMMATypes::f32,
-        kk == 0 ? NVVM::WGMMAScaleOut::zero : NVVM::WGMMAScaleOut::one,
-        NVVM::WGMMAScaleIn::one, NVVM::WGMMAScaleIn::one, NVVM::MMALayout::row,
-        NVVM::MMALayout::col,
-        /*satfinite=*/nullptr);
+    descriptors.push_back(descriptor(
+        add(qOffset, span * kWarpgroupRows * kRowBytes + within), 16,
+        kAtomBytes));
+    descriptors.push_back(descriptor(
+        add(kOffset, span * plan.blockK * kRowBytes + within), 16, kAtomBytes));
   }
-  NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-  NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-  SmallVector<Acc> s(n / 8);
-  for (int64_t t = 0; t < n / 8; ++t)
+  return descriptors;
+}
+
+Value WgmmaKernelBuilder::issueScores(ArrayRef<Value> descriptors) {
+  int64_t n = plan.blockK, values = n / 2, steps = plan.headDim / 16;
+  auto structType = LLVM::LLVMStructType::getLiteral(
+      ctx, SmallVector<Type>(values, b.getF32Type()));
+  // nvvm.wgmma.mma_async expresses this product, but MLIR 22 lowers it to
+  // one asm statement per instruction that sets its scale-d predicate with
+  // a setp: a non-wgmma instruction defining a wgmma input inside the
+  // pipeline stage, for which ptxas serialises the kernel's wgmma (C7513).
+  // Inline PTX with immediate scale-d (0 for the first k16 step: S starts
+  // from zero), one statement for the block: $0 .. $(values - 1) the
+  // accumulators (written), then A and B descriptors per step.
+  auto reg = [](int64_t i) { return "$" + std::to_string(i); };
+  std::string accRegs;
+  for (int64_t i = 0; i < values; ++i)
+    accRegs += (i ? ", " : "") + reg(i);
+  std::string ptx;
+  for (int64_t kk = 0; kk < steps; ++kk)
+    ptx += "wgmma.mma_async.sync.aligned.m64n" + std::to_string(n) +
+           "k16.f32." + (plan.elementType.isF16() ? "f16.f16" : "bf16.bf16") +
+           " {" + accRegs + "}, " + reg(values + 2 * kk) + ", " +
+           reg(values + 2 * kk + 1) + ", " + (kk == 0 ? "0" : "1") +
+           ", 1, 1, 0, 0;\n";
+  std::string constraints;
+  for (int64_t i = 0; i < values; ++i)
+    constraints += "=f,";
+  for (int64_t i = 0; i < 2 * steps; ++i)
+    constraints += (i ? ",l" : "l");
+  return LLVM::InlineAsmOp::create(
+             b, loc, structType, descriptors, ptx, constraints,
+             /*has_side_effects=*/true, /*is_align_stack=*/false,
+             LLVM::tailcallkind::TailCallKind::None,
+             LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+             /*operand_attrs=*/ArrayAttr())
+      .getResult(0);
+}
+
+SmallVector<Value> WgmmaKernelBuilder::fenceOperands(ValueRange values) {
+  // An empty asm statement with side effects that reads and writes the
+  // registers: ordered after the wgmma.wait_group before it, so nothing
+  // that reads or writes these values is scheduled above that wait.
+  std::string constraints;
+  for (size_t i = 0; i < values.size(); ++i)
+    constraints += (i ? ",=f" : "=f");
+  for (size_t i = 0; i < values.size(); ++i)
+    constraints += "," + std::to_string(i);
+  auto structType = LLVM::LLVMStructType::getLiteral(
+      ctx, SmallVector<Type>(values.size(), b.getF32Type()));
+  Value fenced =
+      LLVM::InlineAsmOp::create(
+          b, loc, structType, values, "", constraints,
+          /*has_side_effects=*/true, /*is_align_stack=*/false,
+          LLVM::tailcallkind::TailCallKind::None,
+          LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+          /*operand_attrs=*/ArrayAttr())
+          .getResult(0);
+  SmallVector<Value> results;
+  for (size_t i = 0; i < values.size(); ++i)
+    results.push_back(LLVM::ExtractValueOp::create(b, loc, fenced, i));
+  return results;
+}
+
+void WgmmaKernelBuilder::fenceTiles(SmallVectorImpl<Acc> &tiles) {
+  SmallVector<Value> flat;
+  for (const Acc &t : tiles)
+    flat.append(t.begin(), t.end());
+  SmallVector<Value> fenced = fenceOperands(flat);
+  for (size_t t = 0; t < tiles.size(); ++t)
     for (int64_t e = 0; e < 4; ++e)
-      s[t][e] = LLVM::ExtractValueOp::create(b, loc, acc, t * 4 + e);
+      tiles[t][e] = fenced[t * 4 + e];
+}
+
+SmallVector<Acc> WgmmaKernelBuilder::readScores(Value scores) {
+  SmallVector<Acc> s(plan.blockK / 8);
+  for (int64_t t = 0; t < plan.blockK / 8; ++t)
+    for (int64_t e = 0; e < 4; ++e)
+      s[t][e] = LLVM::ExtractValueOp::create(b, loc, scores, t * 4 + e);
   return s;
 }
 
-void WgmmaKernelBuilder::accumulatePV(ArrayRef<Acc> p, Value stage,
-                                      SmallVectorImpl<Acc> &acc) {
+SmallVector<Value> WgmmaKernelBuilder::packProbabilities(ArrayRef<Acc> p) {
+  SmallVector<Value> regs;
+  for (int64_t kt = 0; kt < plan.blockK / 16; ++kt)
+    regs.append({packPair(p[2 * kt][0], p[2 * kt][1]),
+                 packPair(p[2 * kt][2], p[2 * kt][3]),
+                 packPair(p[2 * kt + 1][0], p[2 * kt + 1][1]),
+                 packPair(p[2 * kt + 1][2], p[2 * kt + 1][3])});
+  return regs;
+}
+
+SmallVector<Value> WgmmaKernelBuilder::pvDescriptors(Value stage) {
+  Value vOffset = add(idx(plan.qTileBytes + plan.kTileBytes),
+                      mul(stage, plan.vStageBytes()));
+  // MN-major operand, 128-byte swizzle: the leading byte offset steps
+  // between 64-column spans (a whole tile of keys), the stride byte offset
+  // between groups of 8 keys; a k16 step is 16 rows of 128 bytes.
+  SmallVector<Value> descriptors;
+  for (int64_t kt = 0; kt < plan.blockK / 16; ++kt)
+    descriptors.push_back(descriptor(add(vOffset, kt * 16 * kRowBytes),
+                                     plan.blockK * kRowBytes, kAtomBytes));
+  return descriptors;
+}
+
+void WgmmaKernelBuilder::issuePV(ArrayRef<Value> packedP,
+                                 ArrayRef<Value> descriptors,
+                                 SmallVectorImpl<Acc> &acc) {
   int64_t n = plan.valueDim, values = n / 2, steps = plan.blockK / 16;
   Type f32 = b.getF32Type();
-  auto structType =
-      LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(values, f32));
+  auto structType = LLVM::LLVMStructType::getLiteral(
+      ctx, SmallVector<Type>(values, f32));
   // wgmma with A from registers has no NVVM op in MLIR 22 (only the
   // shared-memory form): inline PTX, one statement for the block's k16
   // steps so that nothing lands between them (ptxas would otherwise fence
@@ -186,31 +268,16 @@ void WgmmaKernelBuilder::accumulatePV(ArrayRef<Acc> p, Value stage,
     constraints += (i ? ",l" : "l");
   for (int64_t i = 0; i < values; ++i)
     constraints += "," + std::to_string(i);
-  Value vOffset = add(idx(plan.qTileBytes + plan.kTileBytes),
-                      mul(stage, plan.vStageBytes()));
-  SmallVector<Value> operands;
-  for (int64_t kt = 0; kt < steps; ++kt)
-    operands.append({packPair(p[2 * kt][0], p[2 * kt][1]),
-                     packPair(p[2 * kt][2], p[2 * kt][3]),
-                     packPair(p[2 * kt + 1][0], p[2 * kt + 1][1]),
-                     packPair(p[2 * kt + 1][2], p[2 * kt + 1][3])});
-  // MN-major operand, 128-byte swizzle: the leading byte offset steps
-  // between 64-column spans (a whole tile of keys), the stride byte offset
-  // between groups of 8 keys; a k16 step is 16 rows of 128 bytes.
-  for (int64_t kt = 0; kt < steps; ++kt)
-    operands.push_back(descriptor(add(vOffset, kt * 16 * kRowBytes),
-                                  plan.blockK * kRowBytes, kAtomBytes));
+  SmallVector<Value> operands(packedP);
+  operands.append(descriptors.begin(), descriptors.end());
   for (const Acc &t : acc)
     operands.append(t.begin(), t.end());
-  NVVM::WgmmaFenceAlignedOp::create(b, loc);
   auto asmOp = LLVM::InlineAsmOp::create(
       b, loc, structType, operands, ptx, constraints,
       /*has_side_effects=*/true, /*is_align_stack=*/false,
       LLVM::tailcallkind::TailCallKind::None,
       LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
       /*operand_attrs=*/ArrayAttr());
-  NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-  NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
   for (size_t t = 0; t < acc.size(); ++t)
     for (int64_t e = 0; e < 4; ++e)
       acc[t][e] =

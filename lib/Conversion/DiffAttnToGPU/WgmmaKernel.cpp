@@ -145,72 +145,150 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     return results;
   };
 
-  // The pipeline keeps stages - 1 blocks in flight; Q joins the first
-  // block's group.
-  for (int64_t p = 0; p + 1 < stages; ++p) {
-    Value key0 = add(lo, p * blockK);
-    ifThen(cmp(arith::CmpIPredicate::slt, key0, hi),
-           [&] { loadKeyBlock(key0, idx(p)); });
+  // The key loop, software-pipelined as FlashAttention-3's intra-warpgroup
+  // overlap: iteration j issues S_j = Q K_jᵀ and then O += P_{j-1} V_{j-1},
+  // runs the softmax of S_j while the tensor cores work on P_{j-1} V_{j-1},
+  // and rescales O once that product has landed. Block j lives in stage
+  // j % 3 (K_j and V_{j-1} are read in iteration j); block j + 1 is copied
+  // (cp.async, all threads) while iteration j computes. Block 0's scores
+  // are peeled before the loop, the last block's P V after it.
+  Value numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
+                           div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
+  auto keyOf = [&](Value j) { return add(lo, mul(j, blockK)); };
+  auto fenceCopies = [&] {
+    // The tensor cores read shared memory through the async proxy: each
+    // thread orders its landed copies before the barrier.
+    NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+    NVVM::FenceProxyOp::create(
+        b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+        NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+    gpu::BarrierOp::create(b, loc);
+  };
+  auto prefetch = [&](Value j) {
+    ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks),
+           [&] { loadKeyBlock(keyOf(j), rem(j, stages)); });
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  };
+  // The block's scores, masked where the block straddles the mask, through
+  // the online softmax of `head` (its accumulators left alone): returns
+  // P's operand registers and the accumulators' correction factors.
+  auto softmaxOf = [&](Value scores, Value key0, HeadState &head) {
+    SmallVector<Acc> s = readScores(scores);
+    fenceTiles(s);
+    SmallVector<Value> flat;
+    for (const Acc &t : s)
+      flat.append(t.begin(), t.end());
+    auto ifOp = scf::IfOp::create(
+        b, loc,
+        buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow, offset,
+                            keyLen),
+        [&](OpBuilder &, Location) {
+          SmallVector<Value> masked;
+          Value colLane = add(key0, mul(rem(lane, 4), 2));
+          for (int64_t nt = 0; nt < blockK / 8; ++nt)
+            for (int64_t e = 0; e < 4; ++e)
+              masked.push_back(
+                  select(buildIsVisible(b, loc, attn, threadRow[e / 2],
+                                        add(colLane, nt * 8 + e % 2), offset,
+                                        keyLen),
+                         flat[nt * 4 + e], ninf));
+          scf::YieldOp::create(b, loc, masked);
+        },
+        [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
+    for (int64_t nt = 0; nt < blockK / 8; ++nt)
+      for (int64_t e = 0; e < 4; ++e)
+        s[nt][e] = ifOp.getResult(nt * 4 + e);
+    SmallVector<Value, 2> factors = softmax.blockDeferred(s, head);
+    return std::make_pair(s, factors);
+  };
+  int64_t pRegs = blockK / 16 * 4;
+  Value zeroReg = i32(0);
+
+  // Block 0 (with Q): copies, scores, softmax.
+  prefetch(idx(0));
+  Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
+  SmallVector<Value> firstInit(init);
+  firstInit.append(pRegs, zeroReg);
+  SmallVector<Type> stateTypes;
+  for (Value v : firstInit)
+    stateTypes.push_back(v.getType());
+  auto first = scf::IfOp::create(
+      b, loc, stateTypes, hasBlocks, /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(first.thenBlock());
+    fenceCopies();
+    prefetch(idx(1));
+    SmallVector<Value> sDesc = scoreDescriptors(idx(0));
+    NVVM::WgmmaFenceAlignedOp::create(b, loc);
+    Value scores = issueScores(sDesc);
+    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+    NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+    HeadState head = unpackState(init);
+    SmallVector<Value> p = packProbabilities(softmaxOf(scores, lo, head).first);
+    SmallVector<Value> results = packState(head);
+    results.append(p);
+    scf::YieldOp::create(b, loc, results);
+    b.setInsertionPointToStart(first.elseBlock());
+    scf::YieldOp::create(b, loc, firstInit);
   }
+
   auto loop = scf::ForOp::create(
-      b, loc, lo, hi, idx(blockK), init,
-      [&](OpBuilder &, Location, Value key0, ValueRange carried) {
-        Value j = div(sub(key0, lo), blockK);
-        Value next = add(key0, (stages - 1) * blockK);
-        ifThen(cmp(arith::CmpIPredicate::slt, next, hi),
-               [&] { loadKeyBlock(next, rem(add(j, stages - 1), stages)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
-        // The tensor cores read shared memory through the async proxy:
-        // each thread orders its landed copies before the barrier.
-        NVVM::FenceProxyOp::create(
-            b, loc,
-            NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
-            NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
-        gpu::BarrierOp::create(b, loc);
-        Value stage = rem(j, stages);
-        SmallVector<Acc> s = scoreBlock(stage);
-        // Mask the blocks that straddle the mask boundary (or the keys'
-        // end).
-        SmallVector<Value> flat;
-        for (const Acc &t : s)
-          flat.append(t.begin(), t.end());
-        auto ifOp = scf::IfOp::create(
-            b, loc,
-            buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow,
-                                offset, keyLen),
-            [&](OpBuilder &, Location) {
-              SmallVector<Value> masked;
-              Value colLane = add(key0, mul(rem(lane, 4), 2));
-              for (int64_t nt = 0; nt < blockK / 8; ++nt)
-                for (int64_t e = 0; e < 4; ++e)
-                  masked.push_back(
-                      select(buildIsVisible(b, loc, attn, threadRow[e / 2],
-                                            add(colLane, nt * 8 + e % 2),
-                                            offset, keyLen),
-                             flat[nt * 4 + e], ninf));
-              scf::YieldOp::create(b, loc, masked);
-            },
-            [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
-        for (int64_t nt = 0; nt < blockK / 8; ++nt)
-          for (int64_t e = 0; e < 4; ++e)
-            s[nt][e] = ifOp.getResult(nt * 4 + e);
+      b, loc, idx(1), numBlocks, idx(1), first.getResults(),
+      [&](OpBuilder &, Location, Value j, ValueRange carried) {
+        fenceCopies();
+        prefetch(add(j, idx(1)));
         HeadState head = unpackState(carried);
-        softmax.block(s, head);
-        accumulatePV(s, stage, head.acc);
-        // The stage read here is refilled by a later iteration.
-        gpu::BarrierOp::create(b, loc);
-        scf::YieldOp::create(b, loc, packState(head));
+        SmallVector<Value> previousP(carried.take_back(pRegs));
+        SmallVector<Value> sDesc = scoreDescriptors(rem(j, stages));
+        SmallVector<Value> vDesc = pvDescriptors(rem(sub(j, idx(1)), stages));
+        NVVM::WgmmaFenceAlignedOp::create(b, loc);
+        Value scores = issueScores(sDesc);
+        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        issuePV(previousP, vDesc, head.acc);
+        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
+        auto [probabilities, factors] = softmaxOf(scores, keyOf(j), head);
+        // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
+        // P registers it read.
+        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+        fenceTiles(head.acc);
+        fenceTiles(probabilities);
+        for (Acc &t : head.acc)
+          for (int64_t e = 0; e < 4; ++e)
+            t[e] = fmul(t[e], factors[e / 2]);
+        SmallVector<Value> results = packState(head);
+        results.append(packProbabilities(probabilities));
+        scf::YieldOp::create(b, loc, results);
       });
-  // No copy may be in flight when shared memory is reused or the CTA exits
-  // (blocks whose rows see no key skip the loop, and with it the wait).
+
+  // The last block's P V.
+  SmallVector<Type> accTypes(init.size(), b.getF32Type());
+  auto last = scf::IfOp::create(b, loc, accTypes, hasBlocks,
+                                /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(last.thenBlock());
+    ValueRange carried = loop.getResults();
+    HeadState head = unpackState(carried);
+    SmallVector<Value> vDesc =
+        pvDescriptors(rem(sub(numBlocks, idx(1)), stages));
+    NVVM::WgmmaFenceAlignedOp::create(b, loc);
+    issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
+    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+    NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+    fenceTiles(head.acc);
+    scf::YieldOp::create(b, loc, packState(head));
+    b.setInsertionPointToStart(last.elseBlock());
+    scf::YieldOp::create(b, loc, carried.take_front(init.size()));
+  }
+  // No copy may be in flight when shared memory is reused or the CTA exits.
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
 
   // Epilogue: normalise; warpgroup 1 (head 2p + 1) hands its values to the
   // same thread of warpgroup 0 through shared memory (over the K stages,
   // [Dv / 2 values][128 threads] f32), which writes o0 - sigmoid(lam) o1.
-  HeadState final = unpackState(loop.getResults());
+  HeadState final = unpackState(last.getResults());
   std::array<Value, 2> inverse;
   for (int64_t rr = 0; rr < 2; ++rr)
     inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));

@@ -43,17 +43,20 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.elementType = plan.attn.elementType;
   plan.headDim = plan.attn.headDim;
   plan.valueDim = plan.attn.valueDim;
-  // Tile defaults: 128 keys per block (S is m64n128 per warpgroup), two
-  // stages (Q 2 x 64 rows and two K/V stages: 160 KiB at D = 128).
+  // Tile defaults: 128 keys per block (S is m64n128 per warpgroup), three
+  // stages (the pipeline reads two blocks while a third lands: Q 2 x 64
+  // rows and three K/V stages make 224 KiB at D = 128).
   plan.blockK = options.blockK ? options.blockK : 128;
   if (plan.blockK < 16 || plan.blockK % 16 != 0 || plan.blockK > 256)
     return op->emitOpError() << "block-k = " << plan.blockK
                              << " is not supported by the wgmma strategy "
                                 "(expected a multiple of 16 up to 256)";
-  plan.stages = options.stages ? options.stages : 2;
-  if (plan.stages < 2 || plan.stages > 8)
+  plan.stages = options.stages ? options.stages : 3;
+  if (plan.stages != 3)
     return op->emitOpError() << "stages = " << plan.stages
-                             << " is not supported (expected 2 to 8)";
+                             << " is not supported by the wgmma strategy "
+                                "(its pipeline reads two blocks while a third "
+                                "lands: 3)";
   plan.warps = options.warps ? options.warps : 8;
   if (plan.warps != 8)
     return op->emitOpError() << "warps = " << plan.warps
