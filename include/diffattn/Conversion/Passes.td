@@ -67,6 +67,11 @@ defvar DiffAttnGPUStrategyOptions = [
            "(sm_90 and later; ignored on sm_80): it may start while the "
            "split kernel's CTAs finish and waits for their results itself. "
            "+0.7% decode bandwidth on an H200">,
+    Option<"warpSpecialize", "warp-specialize", "bool", /*default=*/"true",
+           "wgmma strategy: a producer warpgroup copies the K/V blocks and "
+           "hands them to the two consumer warpgroups through mbarriers, "
+           "with registers moved to the consumers by setmaxnreg (else every "
+           "thread copies and CTA barriers order the stages)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

@@ -7,7 +7,7 @@
 // descriptors, cp.async copies, the two products) and WgmmaKernel.cpp (the
 // kernel body: key loop, masking, online softmax, epilogue).
 //
-// A CTA is two consumer warpgroups (256 threads) over 64 rows of a KV
+// A CTA has two consumer warpgroups (256 threads) over 64 rows of a KV
 // group, a row being a (pair p of the group, query row i) couple numbered
 // R = p * Sq + i, as in the mma.sync strategy. Warpgroup w computes head
 // 2p + w of every row: S = Q Kᵀ (wgmma m64nNk16, Q and K from shared
@@ -15,7 +15,9 @@
 // so both heads of a pair run against every K/V tile the CTA loads. The
 // differential epilogue meets the pair's two heads through shared memory:
 // thread t of warpgroup 1 hands its normalised accumulators to thread t of
-// warpgroup 0, which holds the same (row, column) elements. Layouts follow
+// warpgroup 0, which holds the same (row, column) elements. Warp-
+// specialised kernels add a producer warpgroup that copies the tiles and
+// hands them over through mbarriers (see WgmmaKernel.cpp). Layouts follow
 // the PTX ISA sections "Asynchronous Warpgroup Level Matrix Multiply-
 // Accumulate" (register fragments, shared memory matrix layout, matrix
 // descriptor).
@@ -53,6 +55,13 @@ struct WgmmaPlan : TileConfig {
   int64_t qTileBytes = 0, kTileBytes = 0, vTileBytes = 0;
   /// Bytes of one K stage and one V stage.
   int64_t kStageBytes() const { return blockK * headDim * 2; }
+  /// A producer warpgroup copies Q and the K/V blocks and hands them to the
+  /// two consumer warpgroups through mbarriers (else all threads copy, and
+  /// CTA barriers order the stages).
+  bool warpSpecialized = false;
+  /// Registers per thread after setmaxnreg: the producer's and the
+  /// consumers' (128 x producer + 256 x consumer <= 65536).
+  int64_t producerRegisters = 56, consumerRegisters = 216;
   int64_t vStageBytes() const { return blockK * valueDim * 2; }
 };
 
@@ -80,6 +89,12 @@ private:
   /// `dst[dstLead...]`: row r is `src[rowStart(r) ...]`, rows >= validRows
   /// are zero-filled. Spread over `threads` threads; this one is `thread`.
   void copyTile(Value src, function_ref<Value(Value)> rowStart, Value validRows,
+                Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
+                Value thread, int64_t threads);
+  /// The same for rows at a constant distance: row r of the tile is
+  /// `src[base + r * rowStride ...]`; `threads` must be a multiple of the
+  /// chunks per row and divide the rows into whole steps.
+  void copyRows(Value src, Value base, int64_t rowStride, Value validRows,
                 Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
                 Value thread, int64_t threads);
   /// A wgmma matrix descriptor (PTX ISA "Matrix Descriptor Format") of the
@@ -130,6 +145,8 @@ private:
 
   // Values of the kernel, set by build().
   Value tid, lane, warpgroup, warpInGroup;
+  /// The head of the pair (0 or 1) the thread's warpgroup computes.
+  Value pairHead;
   Value base, baseAddress;
   Value sQ, sK, sV;
   /// Query rows (of the sequence) of the thread's two accumulator rows.

@@ -87,6 +87,36 @@ void WgmmaKernelBuilder::copyTile(Value src,
   }
 }
 
+void WgmmaKernelBuilder::copyRows(Value src, Value base, int64_t rowStride,
+                                  Value validRows, Value dst,
+                                  ValueRange dstLead, int64_t rows,
+                                  int64_t cols, Value thread, int64_t threads) {
+  // Thread t copies chunk t % chunksPerRow of rows t / chunksPerRow + i *
+  // rowsPerStep: a loop whose addresses move by constants (the row's
+  // swizzle, r % 8, stays the thread's own), so that a producer with few
+  // registers keeps one source and one destination address.
+  int64_t chunksPerRow = cols / 8;
+  int64_t rowsPerStep = threads / chunksPerRow;
+  Value laneRow = div(thread, chunksPerRow);
+  Value col = mul(rem(thread, chunksPerRow), 8);
+  Value laneSrc = add(add(base, mul(laneRow, rowStride)), col);
+  scf::ForOp::create(
+      b, loc, idx(0), idx(rows / rowsPerStep), idx(1), ValueRange{},
+      [&](OpBuilder &, Location, Value step, ValueRange) {
+        Value row = add(laneRow, mul(step, rowsPerStep));
+        Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
+        // Rows past the valid ones read nothing (zero-fill) from a valid
+        // address.
+        Value srcIndex = select(
+            valid, add(laneSrc, mul(step, rowsPerStep * rowStride)), idx(0));
+        nvgpu::DeviceAsyncCopyOp::create(
+            b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst,
+            swizzledIndex(dstLead, row, col), src, ValueRange{srcIndex},
+            b.getIndexAttr(8), select(valid, idx(8), idx(0)), b.getUnitAttr());
+        scf::YieldOp::create(b, loc);
+      });
+}
+
 Value WgmmaKernelBuilder::descriptor(Value offset, int64_t lbo, int64_t sbo) {
   // Bits 0-13: start address >> 4; 16-29: leading byte offset >> 4; 32-45:
   // stride byte offset >> 4; 49-51: base offset (0: atoms 1024-byte
@@ -112,8 +142,8 @@ Value WgmmaKernelBuilder::packPair(Value x, Value y) {
 }
 
 SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
-  // The warpgroup's head of the pair: Q tile `warpgroup`.
-  Value qOffset = mul(warpgroup, plan.headDim * kWarpgroupRows * 2);
+  // The warpgroup's head of the pair: Q tile `pairHead`.
+  Value qOffset = mul(pairHead, plan.headDim * kWarpgroupRows * 2);
   Value kOffset = add(idx(plan.qTileBytes), mul(stage, plan.kStageBytes()));
   // K-major operands, 128-byte swizzle: 8-row groups 1024 bytes apart (the
   // stride byte offset); the leading byte offset is unused (1). A k16 step
@@ -121,9 +151,9 @@ SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
   SmallVector<Value> descriptors;
   for (int64_t kk = 0; kk < plan.headDim / 16; ++kk) {
     int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
-    descriptors.push_back(descriptor(
-        add(qOffset, span * kWarpgroupRows * kRowBytes + within), 16,
-        kAtomBytes));
+    descriptors.push_back(
+        descriptor(add(qOffset, span * kWarpgroupRows * kRowBytes + within), 16,
+                   kAtomBytes));
     descriptors.push_back(descriptor(
         add(kOffset, span * plan.blockK * kRowBytes + within), 16, kAtomBytes));
   }
@@ -177,14 +207,13 @@ SmallVector<Value> WgmmaKernelBuilder::fenceOperands(ValueRange values) {
     constraints += "," + std::to_string(i);
   auto structType = LLVM::LLVMStructType::getLiteral(
       ctx, SmallVector<Type>(values.size(), b.getF32Type()));
-  Value fenced =
-      LLVM::InlineAsmOp::create(
-          b, loc, structType, values, "", constraints,
-          /*has_side_effects=*/true, /*is_align_stack=*/false,
-          LLVM::tailcallkind::TailCallKind::None,
-          LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
-          /*operand_attrs=*/ArrayAttr())
-          .getResult(0);
+  Value fenced = LLVM::InlineAsmOp::create(
+                     b, loc, structType, values, "", constraints,
+                     /*has_side_effects=*/true, /*is_align_stack=*/false,
+                     LLVM::tailcallkind::TailCallKind::None,
+                     LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+                     /*operand_attrs=*/ArrayAttr())
+                     .getResult(0);
   SmallVector<Value> results;
   for (size_t i = 0; i < values.size(); ++i)
     results.push_back(LLVM::ExtractValueOp::create(b, loc, fenced, i));
@@ -237,8 +266,8 @@ void WgmmaKernelBuilder::issuePV(ArrayRef<Value> packedP,
                                  SmallVectorImpl<Acc> &acc) {
   int64_t n = plan.valueDim, values = n / 2, steps = plan.blockK / 16;
   Type f32 = b.getF32Type();
-  auto structType = LLVM::LLVMStructType::getLiteral(
-      ctx, SmallVector<Type>(values, f32));
+  auto structType =
+      LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(values, f32));
   // wgmma with A from registers has no NVVM op in MLIR 22 (only the
   // shared-memory form): inline PTX, one statement for the block's k16
   // steps so that nothing lands between them (ptxas would otherwise fence

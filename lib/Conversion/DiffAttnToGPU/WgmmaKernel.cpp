@@ -69,21 +69,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   layoutSharedMemory();
 
-  // Q of both heads of each row's pair (cp.async, all threads): tile h
-  // holds head 2p + h.
-  for (int64_t h = 0; h < 2; ++h)
-    copyTile(
-        q,
-        [&](Value r) {
-          Value global = add(row0, r);
-          Value head = add(mul(pairOf(global), 2), h);
-          return mul(
-              add(mul(add(qRowBase, queryRowOf(global)), plan.queryHeads),
-                  head),
-              plan.headDim);
-        },
-        rowsValid, sQ, {idx(h)}, kWarpgroupRows, plan.headDim, tid, threads);
-
   for (int64_t rr = 0; rr < 2; ++rr)
     threadRow[rr] = queryRowOf(threadGroupRow(rr));
   Value lastGlobal = sub(add(row0, rowsValid), idx(1));
@@ -101,23 +86,40 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   int64_t kStride = plan.kvHeads * plan.headDim;
   int64_t vStride = plan.kvHeads * plan.valueDim;
-  auto loadKeyBlock = [&](Value key0, Value stage) {
+  auto loadKeyBlock = [&](Value key0, Value stage, Value thread,
+                          int64_t copyThreads) {
     Value validKeys = minI(idx(blockK), sub(keyLen, key0));
     Value rowBase = add(kRowBase, key0);
     Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
     Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
-    copyTile(
-        k, [&](Value r) { return add(kBase, mul(r, kStride)); }, validKeys, sK,
-        {stage}, blockK, plan.headDim, tid, threads);
-    copyTile(
-        v, [&](Value r) { return add(vBase, mul(r, vStride)); }, validKeys, sV,
-        {stage}, blockK, plan.valueDim, tid, threads);
+    copyRows(k, kBase, kStride, validKeys, sK, {stage}, blockK, plan.headDim,
+             thread, copyThreads);
+    copyRows(v, vBase, vStride, validKeys, sV, {stage}, blockK, plan.valueDim,
+             thread, copyThreads);
   };
   auto ifThen = [&](Value condition, function_ref<void()> body) {
     scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
       body();
       scf::YieldOp::create(b, loc);
     });
+  };
+
+  // Q of both heads of each row's pair (cp.async): tile h holds head
+  // 2p + h.
+  auto copyQ = [&](Value thread, int64_t copyThreads) {
+    for (int64_t h = 0; h < 2; ++h)
+      copyTile(
+          q,
+          [&](Value r) {
+            Value global = add(row0, r);
+            Value head = add(mul(pairOf(global), 2), h);
+            return mul(
+                add(mul(add(qRowBase, queryRowOf(global)), plan.queryHeads),
+                    head),
+                plan.headDim);
+          },
+          rowsValid, sQ, {idx(h)}, kWarpgroupRows, plan.headDim, thread,
+          copyThreads);
   };
 
   // Loop-carried state of the warpgroup's head: Dv/8 accumulator tiles,
@@ -164,9 +166,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
     gpu::BarrierOp::create(b, loc);
   };
-  auto prefetch = [&](Value j) {
-    ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks),
-           [&] { loadKeyBlock(keyOf(j), rem(j, stages)); });
+  // Copies block j (if any) into stage j % 3: all threads, or the
+  // producer warpgroup.
+  auto prefetch = [&](Value j, Value thread, int64_t copyThreads) {
+    ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks), [&] {
+      loadKeyBlock(keyOf(j), rem(j, stages), thread, copyThreads);
+    });
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
   };
   // The block's scores, masked where the block straddles the mask, through
@@ -187,11 +192,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           Value colLane = add(key0, mul(rem(lane, 4), 2));
           for (int64_t nt = 0; nt < blockK / 8; ++nt)
             for (int64_t e = 0; e < 4; ++e)
-              masked.push_back(
-                  select(buildIsVisible(b, loc, attn, threadRow[e / 2],
-                                        add(colLane, nt * 8 + e % 2), offset,
-                                        keyLen),
-                         flat[nt * 4 + e], ninf));
+              masked.push_back(select(
+                  buildIsVisible(b, loc, attn, threadRow[e / 2],
+                                 add(colLane, nt * 8 + e % 2), offset, keyLen),
+                  flat[nt * 4 + e], ninf));
           scf::YieldOp::create(b, loc, masked);
         },
         [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
@@ -204,136 +208,254 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   int64_t pRegs = blockK / 16 * 4;
   Value zeroReg = i32(0);
 
-  // Block 0 (with Q): copies, scores, softmax.
-  prefetch(idx(0));
-  Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
-  SmallVector<Value> firstInit(init);
-  firstInit.append(pRegs, zeroReg);
-  SmallVector<Type> stateTypes;
-  for (Value v : firstInit)
-    stateTypes.push_back(v.getType());
-  auto first = scf::IfOp::create(
-      b, loc, stateTypes, hasBlocks, /*withElseRegion=*/true);
-  {
-    OpBuilder::InsertionGuard g(b);
-    b.setInsertionPointToStart(first.thenBlock());
-    fenceCopies();
-    prefetch(idx(1));
-    SmallVector<Value> sDesc = scoreDescriptors(idx(0));
-    NVVM::WgmmaFenceAlignedOp::create(b, loc);
-    Value scores = issueScores(sDesc);
-    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-    NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-    HeadState head = unpackState(init);
-    SmallVector<Value> p = packProbabilities(softmaxOf(scores, lo, head).first);
-    SmallVector<Value> results = packState(head);
-    results.append(p);
-    scf::YieldOp::create(b, loc, results);
-    b.setInsertionPointToStart(first.elseBlock());
-    scf::YieldOp::create(b, loc, firstInit);
-  }
+  // The key loop of the consumers: `acquire(j)` waits until block j is in
+  // shared memory, `release(j)` hands its stage back once both products
+  // that read it have landed. Returns the final state.
+  auto keyLoop = [&](function_ref<void(Value)> acquire,
+                     function_ref<void(Value)> release) {
+    Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
+    SmallVector<Value> firstInit(init);
+    firstInit.append(pRegs, zeroReg);
+    SmallVector<Type> stateTypes;
+    for (Value v : firstInit)
+      stateTypes.push_back(v.getType());
+    auto first = scf::IfOp::create(b, loc, stateTypes, hasBlocks,
+                                   /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(first.thenBlock());
+      acquire(idx(0));
+      SmallVector<Value> sDesc = scoreDescriptors(idx(0));
+      NVVM::WgmmaFenceAlignedOp::create(b, loc);
+      Value scores = issueScores(sDesc);
+      NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+      NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+      HeadState head = unpackState(init);
+      SmallVector<Value> p =
+          packProbabilities(softmaxOf(scores, lo, head).first);
+      SmallVector<Value> results = packState(head);
+      results.append(p);
+      scf::YieldOp::create(b, loc, results);
+      b.setInsertionPointToStart(first.elseBlock());
+      scf::YieldOp::create(b, loc, firstInit);
+    }
 
-  auto loop = scf::ForOp::create(
-      b, loc, idx(1), numBlocks, idx(1), first.getResults(),
-      [&](OpBuilder &, Location, Value j, ValueRange carried) {
-        fenceCopies();
-        prefetch(add(j, idx(1)));
-        HeadState head = unpackState(carried);
-        SmallVector<Value> previousP(carried.take_back(pRegs));
-        SmallVector<Value> sDesc = scoreDescriptors(rem(j, stages));
-        SmallVector<Value> vDesc = pvDescriptors(rem(sub(j, idx(1)), stages));
-        NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        Value scores = issueScores(sDesc);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-        issuePV(previousP, vDesc, head.acc);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
-        auto [probabilities, factors] = softmaxOf(scores, keyOf(j), head);
-        // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
-        // P registers it read.
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-        fenceTiles(head.acc);
-        fenceTiles(probabilities);
-        for (Acc &t : head.acc)
-          for (int64_t e = 0; e < 4; ++e)
-            t[e] = fmul(t[e], factors[e / 2]);
-        SmallVector<Value> results = packState(head);
-        results.append(packProbabilities(probabilities));
-        scf::YieldOp::create(b, loc, results);
-      });
+    auto loop = scf::ForOp::create(
+        b, loc, idx(1), numBlocks, idx(1), first.getResults(),
+        [&](OpBuilder &, Location, Value j, ValueRange carried) {
+          acquire(j);
+          HeadState head = unpackState(carried);
+          SmallVector<Value> previousP(carried.take_back(pRegs));
+          SmallVector<Value> sDesc = scoreDescriptors(rem(j, stages));
+          SmallVector<Value> vDesc = pvDescriptors(rem(sub(j, idx(1)), stages));
+          NVVM::WgmmaFenceAlignedOp::create(b, loc);
+          Value scores = issueScores(sDesc);
+          NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+          issuePV(previousP, vDesc, head.acc);
+          NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+          NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
+          auto [probabilities, factors] = softmaxOf(scores, keyOf(j), head);
+          // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
+          // P registers it read.
+          NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+          release(sub(j, idx(1)));
+          fenceTiles(head.acc);
+          fenceTiles(probabilities);
+          for (Acc &t : head.acc)
+            for (int64_t e = 0; e < 4; ++e)
+              t[e] = fmul(t[e], factors[e / 2]);
+          SmallVector<Value> results = packState(head);
+          results.append(packProbabilities(probabilities));
+          scf::YieldOp::create(b, loc, results);
+        });
 
-  // The last block's P V.
-  SmallVector<Type> accTypes(init.size(), b.getF32Type());
-  auto last = scf::IfOp::create(b, loc, accTypes, hasBlocks,
-                                /*withElseRegion=*/true);
-  {
-    OpBuilder::InsertionGuard g(b);
-    b.setInsertionPointToStart(last.thenBlock());
-    ValueRange carried = loop.getResults();
-    HeadState head = unpackState(carried);
-    SmallVector<Value> vDesc =
-        pvDescriptors(rem(sub(numBlocks, idx(1)), stages));
-    NVVM::WgmmaFenceAlignedOp::create(b, loc);
-    issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
-    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-    NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-    fenceTiles(head.acc);
-    scf::YieldOp::create(b, loc, packState(head));
-    b.setInsertionPointToStart(last.elseBlock());
-    scf::YieldOp::create(b, loc, carried.take_front(init.size()));
-  }
-  // No copy may be in flight when shared memory is reused or the CTA exits.
-  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+    // The last block's P V.
+    SmallVector<Type> accTypes(init.size(), b.getF32Type());
+    auto last = scf::IfOp::create(b, loc, accTypes, hasBlocks,
+                                  /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(last.thenBlock());
+      ValueRange carried = loop.getResults();
+      HeadState head = unpackState(carried);
+      SmallVector<Value> vDesc =
+          pvDescriptors(rem(sub(numBlocks, idx(1)), stages));
+      NVVM::WgmmaFenceAlignedOp::create(b, loc);
+      issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
+      NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+      NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+      fenceTiles(head.acc);
+      scf::YieldOp::create(b, loc, packState(head));
+      b.setInsertionPointToStart(last.elseBlock());
+      scf::YieldOp::create(b, loc, carried.take_front(init.size()));
+    }
+    return SmallVector<Value>(last.getResults());
+  };
 
   // Epilogue: normalise; warpgroup 1 (head 2p + 1) hands its values to the
   // same thread of warpgroup 0 through shared memory (over the K stages,
   // [Dv / 2 values][128 threads] f32), which writes o0 - sigmoid(lam) o1.
-  HeadState final = unpackState(last.getResults());
-  std::array<Value, 2> inverse;
-  for (int64_t rr = 0; rr < 2; ++rr)
-    inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));
-  SmallVector<Value> normalized;
-  for (const Acc &t : final.acc)
-    for (int64_t e = 0; e < 4; ++e)
-      normalized.push_back(fmul(t[e], inverse[e / 2]));
-  int64_t values = valueTiles * 4;
-  Value exchange = sharedViewAt(add(base, plan.qTileBytes),
-                                {values, kWarpgroupThreads}, b.getF32Type());
-  gpu::BarrierOp::create(b, loc);
-  Value isSecond = cmp(arith::CmpIPredicate::eq, warpgroup, idx(1));
-  ifThen(isSecond, [&] {
-    for (int64_t i = 0; i < values; ++i)
-      memref::StoreOp::create(b, loc, normalized[i], exchange,
-                              ValueRange{idx(i), groupThread});
-  });
-  gpu::BarrierOp::create(b, loc);
-  Value isFirst = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
-  ifThen(isFirst, [&] {
-    auto outPairType = VectorType::get({2}, plan.elementType);
-    for (int64_t rr = 0; rr < 2; ++rr) {
-      Value global = threadGroupRow(rr);
-      Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
-      Value rowIndex = add(qRowBase, threadRow[rr]);
-      Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
-      Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
-      ifThen(valid, [&] {
-        Value outBase = mul(pairRow, plan.valueDim);
-        Value colLane = mul(rem(lane, 4), 2);
-        for (int64_t t = 0; t < valueTiles; ++t) {
-          SmallVector<Value> pair;
-          for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-            Value o1 = memref::LoadOp::create(
-                b, loc, exchange, ValueRange{idx(t * 4 + e), groupThread});
-            pair.push_back(arith::TruncFOp::create(
-                b, loc, plan.elementType,
-                fsub(normalized[t * 4 + e], fmul(sig, o1))));
+  auto emitEpilogue = [&](ValueRange finalState, function_ref<void()> sync) {
+    HeadState final = unpackState(finalState);
+    std::array<Value, 2> inverse;
+    for (int64_t rr = 0; rr < 2; ++rr)
+      inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));
+    SmallVector<Value> normalized;
+    for (const Acc &t : final.acc)
+      for (int64_t e = 0; e < 4; ++e)
+        normalized.push_back(fmul(t[e], inverse[e / 2]));
+    int64_t values = valueTiles * 4;
+    Value exchange = sharedViewAt(add(base, plan.qTileBytes),
+                                  {values, kWarpgroupThreads}, b.getF32Type());
+    sync();
+    Value isSecond = cmp(arith::CmpIPredicate::eq, pairHead, idx(1));
+    ifThen(isSecond, [&] {
+      for (int64_t i = 0; i < values; ++i)
+        memref::StoreOp::create(b, loc, normalized[i], exchange,
+                                ValueRange{idx(i), groupThread});
+    });
+    sync();
+    Value isFirst = cmp(arith::CmpIPredicate::eq, pairHead, idx(0));
+    ifThen(isFirst, [&] {
+      auto outPairType = VectorType::get({2}, plan.elementType);
+      for (int64_t rr = 0; rr < 2; ++rr) {
+        Value global = threadGroupRow(rr);
+        Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+        Value rowIndex = add(qRowBase, threadRow[rr]);
+        Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
+        Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
+        ifThen(valid, [&] {
+          Value outBase = mul(pairRow, plan.valueDim);
+          Value colLane = mul(rem(lane, 4), 2);
+          for (int64_t t = 0; t < valueTiles; ++t) {
+            SmallVector<Value> pair;
+            for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+              Value o1 = memref::LoadOp::create(
+                  b, loc, exchange, ValueRange{idx(t * 4 + e), groupThread});
+              pair.push_back(arith::TruncFOp::create(
+                  b, loc, plan.elementType,
+                  fsub(normalized[t * 4 + e], fmul(sig, o1))));
+            }
+            vector::StoreOp::create(
+                b, loc,
+                vector::FromElementsOp::create(b, loc, outPairType, pair), out,
+                ValueRange{add(add(outBase, colLane), t * 8)});
           }
-          vector::StoreOp::create(
-              b, loc, vector::FromElementsOp::create(b, loc, outPairType, pair),
-              out, ValueRange{add(add(outBase, colLane), t * 8)});
-        }
-      });
+        });
+      }
+    });
+  };
+
+  if (!plan.warpSpecialized) {
+    // Every thread copies: Q and block 0 first, then block j + 1 while
+    // block j is computed.
+    pairHead = warpgroup;
+    copyQ(tid, threads);
+    prefetch(idx(0), tid, threads);
+    SmallVector<Value> finalState = keyLoop(
+        [&](Value j) {
+          fenceCopies();
+          prefetch(add(j, idx(1)), tid, threads);
+        },
+        [](Value) {});
+    // No copy may be in flight when shared memory is reused.
+    NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+    emitEpilogue(finalState, [&] { gpu::BarrierOp::create(b, loc); });
+    gpu::ReturnOp::create(b, loc);
+    return;
+  }
+
+  // Warp-specialised: warpgroup 0 produces (copies Q and the K/V blocks),
+  // warpgroups 1 and 2 consume (heads 2p and 2p + 1). Stage s is guarded by
+  // mbarriers full[s] (the producer's 128 threads arrive once their copies
+  // of the block landed and were fenced for the async proxy) and empty[s]
+  // (the consumers' 256 threads arrive once their products read it);
+  // qFull guards Q. Phases alternate with each reuse of a stage.
+  int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
+  auto barrier = [&](Value index) {
+    Value address = arith::AddIOp::create(
+        b, loc, baseAddress,
+        arith::IndexCastOp::create(b, loc, b.getI64Type(),
+                                   add(mul(index, 8), barrierOffset)));
+    return LLVM::IntToPtrOp::create(
+        b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3), address);
+  };
+  auto full = [&](Value s) { return barrier(s); };
+  auto empty = [&](Value s) { return barrier(add(s, stages)); };
+  Value qFull = barrier(idx(2 * stages));
+  auto parityOf = [&](Value j) {
+    return arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                      rem(div(j, stages), 2));
+  };
+  auto waitOn = [&](Value bar, Value parity) {
+    NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
+  };
+  auto arrive = [&](Value bar) {
+    NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
+  };
+  ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
+    for (int64_t s = 0; s < stages; ++s) {
+      NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(kWarpgroupThreads),
+                                   Value());
+      NVVM::MBarrierInitOp::create(b, loc, empty(idx(s)),
+                                   i32(2 * kWarpgroupThreads), Value());
     }
+    NVVM::MBarrierInitOp::create(b, loc, qFull, i32(kWarpgroupThreads),
+                                 Value());
   });
+  gpu::BarrierOp::create(b, loc);
+  Value isProducer = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
+  scf::IfOp::create(
+      b, loc, isProducer,
+      [&](OpBuilder &, Location) {
+        NVVM::SetMaxRegisterOp::create(b, loc, plan.producerRegisters,
+                                       NVVM::SetMaxRegisterAction::decrease);
+        // The previous group (Q, then block j - 1) is ordered for the async
+        // proxy and announced once block j's copies are issued.
+        auto announce = [&](Value j) {
+          NVVM::FenceProxyOp::create(
+              b, loc,
+              NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+              NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+          Value isFirstBlock = cmp(arith::CmpIPredicate::eq, j, idx(0));
+          Value previous = rem(add(j, stages - 1), stages);
+          arrive(LLVM::SelectOp::create(b, loc, isFirstBlock, qFull,
+                                        full(previous)));
+        };
+        copyQ(groupThread, kWarpgroupThreads);
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        scf::ForOp::create(
+            b, loc, idx(0), numBlocks, idx(1), ValueRange{},
+            [&](OpBuilder &, Location, Value j, ValueRange) {
+              Value stage = rem(j, stages);
+              // Stage reuse: the consumers released block j - 3 (the first
+              // wait on a fresh barrier, for the phase before it, passes).
+              waitOn(empty(stage),
+                     arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
+              loadKeyBlock(keyOf(j), stage, groupThread, kWarpgroupThreads);
+              NVVM::CpAsyncCommitGroupOp::create(b, loc);
+              NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
+              announce(j);
+              scf::YieldOp::create(b, loc);
+            });
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+        announce(numBlocks);
+        scf::YieldOp::create(b, loc);
+      },
+      [&](OpBuilder &, Location) {
+        NVVM::SetMaxRegisterOp::create(b, loc, plan.consumerRegisters,
+                                       NVVM::SetMaxRegisterAction::increase);
+        pairHead = sub(warpgroup, idx(1));
+        waitOn(qFull, i32(0));
+        SmallVector<Value> finalState =
+            keyLoop([&](Value j) { waitOn(full(rem(j, stages)), parityOf(j)); },
+                    [&](Value j) { arrive(empty(rem(j, stages))); });
+        // The consumers' own barrier (the producer may have exited).
+        emitEpilogue(finalState, [&] {
+          NVVM::BarrierOp::create(b, loc, Type(), i32(1),
+                                  i32(2 * kWarpgroupThreads), nullptr, Value());
+        });
+        scf::YieldOp::create(b, loc);
+      });
   gpu::ReturnOp::create(b, loc);
 }

@@ -18,6 +18,8 @@
 #include "diffattn/Conversion/Passes.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
 
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+
 namespace mlir::diffattn {
 #define GEN_PASS_DEF_DIFFATTNTOWGMMAKERNELS
 #include "diffattn/Conversion/Passes.h.inc"
@@ -57,11 +59,17 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                              << " is not supported by the wgmma strategy "
                                 "(its pipeline reads two blocks while a third "
                                 "lands: 3)";
-  plan.warps = options.warps ? options.warps : 8;
-  if (plan.warps != 8)
-    return op->emitOpError() << "warps = " << plan.warps
-                             << " is not supported by the wgmma strategy "
-                                "(its CTA is two warpgroups: 8)";
+  plan.warpSpecialized = options.warpSpecialize;
+  int64_t ctaWarps = plan.warpSpecialized ? 12 : 8;
+  plan.warps = options.warps ? options.warps : ctaWarps;
+  if (plan.warps != ctaWarps)
+    return op->emitOpError()
+           << "warps = " << plan.warps
+           << " is not supported by the wgmma strategy (its CTA is "
+           << (plan.warpSpecialized
+                   ? "a producer and two consumer warpgroups: 12"
+                   : "two warpgroups: 8")
+           << ")";
   if (options.smemLayout != "auto" && options.smemLayout != "swizzled")
     return op->emitOpError()
            << "smem-layout = '" << options.smemLayout
@@ -84,8 +92,12 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // The epilogue's exchange ([Dv / 2][128] f32) reuses the K/V stages; the
   // first 1024 bytes may go to aligning the tiles.
   int64_t exchangeBytes = plan.valueDim / 2 * kWarpgroupThreads * 4;
-  plan.sharedBytes = kAtomBytes + plan.qTileBytes +
-                     std::max(plan.kTileBytes + plan.vTileBytes, exchangeBytes);
+  // Warp-specialised: the stages' full and empty mbarriers and Q's, 8
+  // bytes each, after the tiles.
+  int64_t barrierBytes = plan.warpSpecialized ? 8 * (2 * plan.stages + 1) : 0;
+  plan.sharedBytes =
+      kAtomBytes + plan.qTileBytes +
+      std::max(plan.kTileBytes + plan.vTileBytes + barrierBytes, exchangeBytes);
   if (failed(checkChipLimits(op, plan,
                              (Twine("block-k = ") + Twine(plan.blockK) +
                               " and stages = " + Twine(plan.stages))
@@ -170,6 +182,11 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   KernelSignature sig = getKernelSignature(rewriter, desc, /*splitKV=*/false);
   auto func = createKernelFunc(rewriter, loc, kernel.getName(), sig.argTypes,
                                plan->threads());
+  // setmaxnreg takes effect only with a register count known at entry:
+  // one CTA per SM (.minnctapersm 1) with the block size.
+  if (plan->warpSpecialized)
+    func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
+                  rewriter.getI32IntegerAttr(1));
   WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
   NamedAttrList entry(desc);
   entry.set("launch", buildLaunchRule(rewriter, *plan, "wgmma",
@@ -201,6 +218,7 @@ struct DiffAttnToWgmmaKernelsPass
     options.l2Prefetch = l2Prefetch;
     options.smemLayout = smemLayout;
     options.programmaticLaunch = programmaticLaunch;
+    options.warpSpecialize = warpSpecialize;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())
       if (func->hasAttr(kKernelAttrName))

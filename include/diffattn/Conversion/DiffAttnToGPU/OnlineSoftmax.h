@@ -74,8 +74,7 @@ public:
   /// the factor each of the thread's rows must multiply them by (1 where the
   /// offset did not move): for pipelines that rescale the accumulators only
   /// once the products of the previous block, still in flight, have landed.
-  SmallVector<Value, 2> blockDeferred(SmallVectorImpl<Acc> &s,
-                                      HeadState &head);
+  SmallVector<Value, 2> blockDeferred(SmallVectorImpl<Acc> &s, HeadState &head);
 
   /// The row max reduction of one thread's value over the lanes of its row.
   Value rowMax(Value x);
