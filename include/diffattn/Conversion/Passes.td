@@ -73,7 +73,7 @@ defvar DiffAttnGPUStrategyOptions = [
     Option<"splitTargetCtas", "split-target-ctas", "int64_t",
            /*default=*/"0",
            "CTAs a split-KV launch aims for when the runtime picks the "
-           "split (0: the chip's, about one wave: 108 on sm_80, 264 (2 per "
+           "split (0: the chip's, about one wave: 108 on sm_80, 132 (1 per "
            "SM of a 132-SM H100/H200) on sm_90, 296 on sm_100a)">,
 ];
 
