@@ -69,6 +69,8 @@ BENCH_DECODE_VARIANTS = [
 # Paged KV cache (diffattn.v2_paged): block sizes whose decode kernels the
 # GPU tests (python/tests/test_paged.py) and the paged decode timing use;
 # 2H = 32, Hkv = 8, D = 128, bf16, causal.
+# (benchmarks/serving_decode.py runs the 256 one: 32 query / 8 KV heads,
+# D 128, bf16, causal.)
 PAGED_BLOCK_SIZES = (16, 64, 256)
 # Paged decode timing beside the contiguous cache: (B, kv_len, block size).
 BENCH_PAGED_DECODE = [
@@ -87,8 +89,9 @@ VARLEN_TILE_VARIANTS = [("--gpu-options=warps=8 block-k=32",),
 
 # Small-batch decode under graph replay (benchmarks/gpu_small_decode.py):
 # (B, kv_len) and the split-target variants timed beside the default.
+# The sm_90 default aims at 132 CTAs (until serving-host run 1: 264).
 SMALL_DECODE = [(1, 4096), (1, 16384), (1, 32768), (4, 4096), (4, 16384)]
-SMALL_DECODE_SPLIT_TARGETS = (132, 528, 1056)
+SMALL_DECODE_SPLIT_TARGETS = (264, 528)
 
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,
 # kv_len).
