@@ -74,7 +74,7 @@ def split_qkv(x, w):
     return q.contiguous(), k, v, lam.contiguous()
 
 
-@torch.compile(dynamic=False)
+@torch.compile(dynamic=True)
 def epilogue(a, lam):
     """a [B, 1, 32, D] (BSHD), lam [B, 1, 16] -> [B, 1, 16, D]."""
     return a[:, :, 0::2] - torch.sigmoid(lam.float()).to(a.dtype)[..., None] * a[:, :, 1::2]
