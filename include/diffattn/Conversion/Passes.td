@@ -67,6 +67,11 @@ defvar DiffAttnGPUStrategyOptions = [
            "(sm_90 and later; ignored on sm_80): it may start while the "
            "split kernel's CTAs finish and waits for their results itself. "
            "+0.7% decode bandwidth on an H200">,
+    Option<"combineSplitsPerStep", "combine-splits-per-step", "int64_t",
+           /*default=*/"4",
+           "Split-KV: splits the combine kernel merges per step of its loop, "
+           "1 to 16, all their loads issued before their arithmetic (1: one "
+           "wait on memory per split)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

@@ -64,12 +64,13 @@ void mlir::diffattn::buildSplitKVCombine(OpBuilder &b, Location loc,
   if (config.programmaticLaunch)
     NVVM::GriddepcontrolOp::create(b, loc, NVVM::GridDepActionKind::wait);
   // One pass over the splits for both heads, an online merge of (max, sum,
-  // accumulator), kCombineSplitsPerStep splits per step: every load of a
+  // accumulator), config.combineSplitsPerStep splits per step (the
+  // combine-splits-per-step option, 4 by default): every load of a
   // step is issued before any of its arithmetic, so the combine waits on
   // memory once per step rather than once per split (at B 1-4 a launch
   // has 16-64 splits, and each wait is an L2 round trip). Splits past the
   // last read the last one's state (in bounds) and weigh 0 (max -inf).
-  int64_t perStep = kCombineSplitsPerStep;
+  int64_t perStep = config.combineSplitsPerStep;
   Value lastSplit = kb.sub(numSplits, kb.idx(1));
   SmallVector<Value> init;
   for (int64_t s = 0; s < 2; ++s)

@@ -22,13 +22,10 @@ namespace mlir::diffattn {
 /// Dv + 2 values: the unnormalised accumulators, the row max, the row sum;
 /// laid out [B, Hkv, splits, pairs of a group x Sq, 2, Dv + 2].
 
-/// Splits the combine merges per step of its loop (all their loads issued
-/// before their arithmetic).
-constexpr int64_t kCombineSplitsPerStep = 4;
-
 /// Fills the body of the combine kernel `func` (arguments: workspace, lam,
 /// out, B, Sq, Sk, split_keys; grid (pairs of a group x Sq, Hkv, B), one
 /// CTA of Dv threads, thread = output column). With
+/// `config.combineSplitsPerStep` splits per step of its merge loop. With
 /// `config.programmaticLaunch` it loads lam, then waits for the split
 /// kernel (griddepcontrol.wait) before reading the workspace.
 void buildSplitKVCombine(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
