@@ -90,10 +90,11 @@ VARLEN_TILE_VARIANTS = [("--gpu-options=warps=8 block-k=32",),
 # Small-batch decode under graph replay (benchmarks/gpu_small_decode.py):
 # (B, kv_len) and the split-target variants timed beside the default.
 # The sm_90 default aims at 132 CTAs (until serving-host run 1: 264) and
-# merges 4 splits per combine step (combine-splits-per-step).
+# merges 8 splits per combine step (combine-splits-per-step; 4 in
+# serving-host runs 1-2, where "combine-splits-per-step=8" was a variant).
 SMALL_DECODE = [(1, 4096), (1, 16384), (1, 32768), (4, 4096), (4, 16384)]
 SMALL_DECODE_VARIANTS = ("split-target-ctas=264", "combine-splits-per-step=1",
-                         "combine-splits-per-step=8",
+                         "combine-splits-per-step=4",
                          "split-target-ctas=264 combine-splits-per-step=1")
 
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,

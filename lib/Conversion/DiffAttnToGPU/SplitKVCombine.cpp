@@ -65,7 +65,7 @@ void mlir::diffattn::buildSplitKVCombine(OpBuilder &b, Location loc,
     NVVM::GriddepcontrolOp::create(b, loc, NVVM::GridDepActionKind::wait);
   // One pass over the splits for both heads, an online merge of (max, sum,
   // accumulator), config.combineSplitsPerStep splits per step (the
-  // combine-splits-per-step option, 4 by default): every load of a
+  // combine-splits-per-step option, 8 by default): every load of a
   // step is issued before any of its arithmetic, so the combine waits on
   // memory once per step rather than once per split (at B 1-4 a launch
   // has 16-64 splits, and each wait is an L2 round trip). Splits past the

@@ -146,12 +146,12 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:         gpu.return
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
 // The combine loads lam first, then merges the splits' states of both heads
-// in one pass (online: running max, rescaled sums), four splits per step:
-// all 4 x 6 loads of a step come before its arithmetic (one wait on memory
+// in one pass (online: running max, rescaled sums), eight splits per step:
+// all 8 x 6 loads of a step come before its arithmetic (one wait on memory
 // per step); splits past the last read the last one (minsi) and weigh 0.
 // CHECK:         memref.load {{.*}} : memref<?xf32>
-// CHECK:         scf.for %{{.*}} = %c0{{.*}} to %{{.*}} step %c4
-// CHECK-COUNT-24:  memref.load %{{.*}} : memref<?xf32>
+// CHECK:         scf.for %{{.*}} = %c0{{.*}} to %{{.*}} step %c8
+// CHECK-COUNT-48:  memref.load %{{.*}} : memref<?xf32>
 // CHECK-NOT:       memref.load
 // CHECK:           arith.maxnumf
 // CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
