@@ -71,9 +71,9 @@ defvar DiffAttnGPUStrategyOptions = [
            /*default=*/"8",
            "Split-KV: splits the combine kernel merges per step of its loop, "
            "1 to 16, all their loads issued before their arithmetic (1: one "
-           "wait on memory per split). 8 measured 2-4% faster per decode "
-           "step than 1 at B 1-2 on an H200, and 4 was 0.5-3% slower than "
-           "1; equal from B 4 up">,
+           "wait on memory per split). 8 measured 1-4% faster per decode "
+           "step than 1 at B 1-2 on an H200, 4 was 2-7% slower than 1 at "
+           "B 1; all equal from B 4 up">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,
