@@ -73,6 +73,8 @@ BENCH_DECODE_VARIANTS = [
 # Paged KV cache (diffattn.v2_paged): block sizes whose decode kernels the
 # GPU tests (python/tests/test_paged.py) and the paged decode timing use;
 # 2H = 32, Hkv = 8, D = 128, bf16, causal.
+# (benchmarks/serving_decode.py runs the 256 one: 32 query / 8 KV heads,
+# D 128, bf16, causal.)
 PAGED_BLOCK_SIZES = (16, 64, 256)
 # Paged decode timing beside the contiguous cache: (B, kv_len, block size).
 BENCH_PAGED_DECODE = [
@@ -91,8 +93,13 @@ VARLEN_TILE_VARIANTS = [("--gpu-options=warps=8 block-k=32",),
 
 # Small-batch decode under graph replay (benchmarks/gpu_small_decode.py):
 # (B, kv_len) and the split-target variants timed beside the default.
+# The sm_90 default aims at 132 CTAs (until serving-host run 1: 264) and
+# merges 8 splits per combine step (combine-splits-per-step; 4 in
+# serving-host runs 1-2, where "combine-splits-per-step=8" was a variant).
 SMALL_DECODE = [(1, 4096), (1, 16384), (1, 32768), (4, 4096), (4, 16384)]
-SMALL_DECODE_SPLIT_TARGETS = (132, 528, 1056)
+SMALL_DECODE_VARIANTS = ("split-target-ctas=264", "combine-splits-per-step=1",
+                         "combine-splits-per-step=4",
+                         "split-target-ctas=264 combine-splits-per-step=1")
 
 # Small launches run under compute-sanitizer: (B, Sq, Sk, 2H, Hkv, D, causal,
 # kv_len).
@@ -160,11 +167,11 @@ def all_kernel_requests():
                          v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
                          cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
                          max_seqlen_k=8, causal=causal, window=(-1, -1)))
-    for target in SMALL_DECODE_SPLIT_TARGETS:
+    for variant in SMALL_DECODE_VARIANTS:
         reqs.append(dict(q_shape=(1, 1, 32, 128), k_shape=(1, 64, 8, 128),
                          v_shape=(1, 64, 8, 128), lam_shape=(1, 1, 16), elem="bf16",
                          lam_elem="bf16", causal=True, window=(-1, -1), kv_len_shape=(1,),
-                         options=(f"--gpu-options=split-target-ctas={target}",)))
+                         options=(f"--gpu-options={variant}",)))
     for causal in VARLEN_CAUSAL:
         for options in VARLEN_TILE_VARIANTS:
             reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),

@@ -129,19 +129,37 @@ def floor_paths(torch, q, lam):
 
 def kernel_breakdown(torch, fn, calls):
     """Per call, in μs: the C++ kernel's own host time by phase
-    (diffattn_ext::timing), or None where the C++ kernel is not active."""
+    (diffattn_ext::timing) and the runtime's diffattn_launch by phase
+    (diffattn_launch_timing: plan look-up, driver and context, pointer
+    writes, each stage's driver launch), or None where the C++ kernel is not
+    active. Synchronises every 50 calls, so that a full launch queue never
+    makes a driver launch wait for the GPU."""
+    from diffattn import _runtime
+
     try:
         torch.ops.diffattn_ext.timing(True)
     except (AttributeError, RuntimeError):
         return None
-    for _ in range(calls):
+    runtime_timing = hasattr(_runtime.runtime(), "diffattn_launch_timing")
+    if runtime_timing:
+        _runtime.launch_timing(True)
+    for i in range(calls):
         fn()
+        if i % 50 == 49:
+            torch.cuda.synchronize()
     n, lookup, alloc, launch, total = torch.ops.diffattn_ext.timing(False)
+    phases = _runtime.launch_timing(False) if runtime_timing else {}
     torch.cuda.synchronize()
     if not n:
         return None
-    return dict(lookup_us=lookup / n, alloc_us=alloc / n, launch_us=launch / n,
-                kernel_total_us=total / n)
+    result = dict(lookup_us=lookup / n, alloc_us=alloc / n, launch_us=launch / n,
+                  kernel_total_us=total / n)
+    launches = phases.get("launches", 0)
+    if launches:
+        result["runtime"] = {k: v / launches for k, v in phases.items()
+                             if k.endswith("_us")}
+        result["runtime"]["misses"] = phases["misses"]
+    return result
 
 
 def profile(torch, fn, path):
@@ -162,19 +180,23 @@ def profile(torch, fn, path):
 
 
 def child(args):
-    """The Python custom op (DIFFATTN_TORCH_EXT=off): one JSON line."""
+    """A child process (its environment set by the parent): with
+    DIFFATTN_TORCH_EXT=off the Python custom op, else torch.ops.diffattn.v2
+    with its phases (e.g. under DIFFATTN_LAUNCH_PLANS=0). One JSON line."""
     import torch
 
     import diffattn
     from diffattn import _torch_native
 
-    assert not _torch_native.active
     rows = {}
     for b, kvl in gpu_cases.HOST_COST_DECODE:
         q, k, v, lam, kv_len = inputs(torch, b, kvl)
-        fn = op_paths(torch, diffattn, q, k, v, lam, kv_len)["diffattn.v2"]
+        paths = op_paths(torch, diffattn, q, k, v, lam, kv_len)
+        fn = paths["torch.ops.diffattn.v2" if _torch_native.active else "diffattn.v2"]
         host, step = host_and_step_us(torch, fn, args.calls, args.repeats)
         rows[f"{b}x{kvl}"] = dict(host_us=host, step_us=step)
+        if _torch_native.active:
+            rows[f"{b}x{kvl}"].update(kernel_breakdown(torch, fn, args.calls) or {})
     print("CHILD " + json.dumps(rows))
 
 
@@ -206,18 +228,22 @@ def main():
                    rows=[])
     print(f"C++ kernel active: {_torch_native.active} {_torch_native.reason}", flush=True)
 
-    python_op = {}
-    if not args.no_child:
-        env = dict(os.environ, DIFFATTN_TORCH_EXT="off")
+    def run_child(label, **env):
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--calls",
                                str(args.calls), "--repeats", str(args.repeats)],
-                              capture_output=True, text=True, env=env, timeout=600)
+                              capture_output=True, text=True, env=dict(os.environ, **env),
+                              timeout=600)
         for line in proc.stdout.splitlines():
             if line.startswith("CHILD "):
-                python_op = json.loads(line[len("CHILD "):])
-        if not python_op:
-            print(f"python custom op child failed (exit {proc.returncode}):\n"
-                  f"{proc.stderr[-2000:]}")
+                return json.loads(line[len("CHILD "):])
+        print(f"{label} child failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        return {}
+
+    python_op, no_plans = {}, {}
+    if not args.no_child:
+        python_op = run_child("python custom op", DIFFATTN_TORCH_EXT="off")
+        if _torch_native.active:
+            no_plans = run_child("runtime plans off", DIFFATTN_LAUNCH_PLANS="0")
 
     header = (f"{'B x kv_len':>11} | {'path':<26} | {'host us/call':>12} | {'eager step us':>13} | "
               f"{'graph replay us':>15}")
@@ -248,6 +274,9 @@ def main():
         if f"{b}x{kvl}" in python_op:
             results["rows"].append(dict(B=b, kv_len=kvl, path="python custom op (no C++)",
                                         **python_op[f"{b}x{kvl}"]))
+        if f"{b}x{kvl}" in no_plans:
+            results["rows"].append(dict(B=b, kv_len=kvl, path="torch.ops, runtime plans off",
+                                        **no_plans[f"{b}x{kvl}"]))
         for row in results["rows"]:
             if row["B"] != b or row["kv_len"] != kvl:
                 continue
@@ -260,6 +289,11 @@ def main():
                 inside = (f" | C++ kernel {row['kernel_total_us']:.1f} = look-up "
                           f"{row['lookup_us']:.1f} + alloc {row['alloc_us']:.1f} + launch "
                           f"{row['launch_us']:.1f}")
+            if "runtime" in row:
+                rt = row["runtime"]
+                inside += (f" | launch = plan {rt['lookup_us']:.2f} + ctx {rt['context_us']:.2f}"
+                           f" + ptrs {rt['params_us']:.2f} + drv {rt['stage0_us']:.2f}"
+                           f" + drv2 {rt['later_stages_us']:.2f} (total {rt['total_us']:.2f})")
             lines.append(f"{b:>3} x {kvl:<5} | {row['path']:<26} | {row['host_us']:12.1f} | "
                          f"{row['step_us']:13.1f} | {replay}{inside}")
         print("\n".join(lines[first:]), flush=True)

@@ -67,6 +67,9 @@ def runtime():
                                                         ctypes.c_int64]
             lib.diffattn_workspace_elements.restype = ctypes.c_int64
             lib.diffattn_last_error.restype = ctypes.c_char_p
+            lib.diffattn_launch_timing.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_double),
+                                                   ctypes.c_int]
+            lib.diffattn_launch_timing.restype = ctypes.c_int
             _runtime = lib
         return _runtime
 
@@ -122,3 +125,17 @@ def launch(handle, kernel, buffers, count, sizes, stream):
     rc = lib.diffattn_launch(handle, kernel, buffers, count, *sizes, ctypes.c_void_p(stream))
     if rc != 0:
         raise RuntimeFailure(_error(lib))
+
+
+LAUNCH_TIMING_FIELDS = ("launches", "misses", "lookup_us", "context_us", "params_us",
+                        "stage0_us", "later_stages_us", "total_us")
+
+
+def launch_timing(enable):
+    """diffattn_launch_timing: the host time of diffattn_launch by phase
+    since the last call (a dict of LAUNCH_TIMING_FIELDS, sums over the
+    launches); resets the sums and turns the timing on or off."""
+    lib = runtime()
+    values = (ctypes.c_double * len(LAUNCH_TIMING_FIELDS))()
+    n = lib.diffattn_launch_timing(1 if enable else 0, values, len(values))
+    return dict(zip(LAUNCH_TIMING_FIELDS, list(values)[:n]))

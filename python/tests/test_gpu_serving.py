@@ -137,9 +137,9 @@ def test_torch_compile_fullgraph_keeps_the_op():
 GRAPH_CASES = {
     # (B, Sq, Sk, kv_len?)
     "prefill": (2, 77, 90, False),                # row-block kernels
-    "decode-splits": (2, 1, 4096, True),          # 64 splits + combine (programmatic on sm_90)
+    "decode-splits": (2, 1, 4096, True),          # 32 splits + combine (programmatic on sm_90)
     "chunk-combine": (2, 16, 1000, True),         # Sq > 16 / G: combine even for few splits
-    "decode-one-split-direct": (132, 1, 200, True),  # B x Hkv = 264 CTAs: one split, no combine
+    "decode-one-split-direct": (132, 1, 200, True),  # B x Hkv = 264 CTAs (> 132): one split, no combine
     "chunk-one-split-direct": (132, 4, 200, True),   # G x Sq = 16 rows in one CTA
 }
 

@@ -82,15 +82,16 @@ def _splits(artifact, sizes):
 
 def test_runtime_picks_the_split(artifact):
     # The manifest leaves the split size to the launch: multiples of
-    # 16 keys x 4 warps, aiming at one wave of 264 CTAs (sm_90).
+    # 16 keys x 4 warps, aiming at one wave of 132 CTAs (sm_90).
     manifest = json.load(open(os.path.join(artifact, "manifest.json")))
-    assert manifest["kernels"][0]["launch"]["split"] == {"multiple_of": 64, "target_ctas": 264}
+    assert manifest["kernels"][0]["launch"]["split"] == {"multiple_of": 64, "target_ctas": 132}
     # CTAs per split: ceil(2 pairs x Sq / 16) row blocks x Hkv 2 x B.
     assert _splits(artifact, (2, 16, 32)) == 1          # one block of keys
-    assert _splits(artifact, (1, 1, 8192)) == 128       # 264 / 2 CTAs, at most Sk / 64
-    # 264 / 2 = 132 splits of ceil(100000 / 132) keys, rounded up to 768:
-    assert _splits(artifact, (1, 1, 100000)) == 131     # ceil(100000 / 768)
-    assert _splits(artifact, (64, 1, 8192)) == 2        # 264 / 128
+    # 132 / 2 = 66 splits of ceil(8192 / 66) = 125 keys, rounded up to 128:
+    assert _splits(artifact, (1, 1, 8192)) == 64
+    # 66 splits of ceil(100000 / 66) keys, rounded up to 1536:
+    assert _splits(artifact, (1, 1, 100000)) == 66      # ceil(100000 / 1536)
+    assert _splits(artifact, (64, 1, 8192)) == 1        # 132 / 128
     assert _splits(artifact, (200, 1, 8192)) == 1       # a wave without splitting
     assert _splits(artifact, (2, 16, 0)) == 0           # no keys: nothing to split
 
@@ -243,3 +244,33 @@ def test_unknown_manifest_fields_are_ignored(tmp_path, artifact):
 
     rc, err = _load(_edited_artifact(artifact, tmp_path, edit))
     assert rc == 0, err
+
+
+def test_runtime_launch_plans_keep_every_check(artifact):
+    # The runtime keeps a launch plan per configuration (names, dtypes,
+    # shapes, B, Sq, Sk): a repeated configuration re-checks only the data
+    # pointers, and a null one still gets the checking path's message.
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("a GPU driver is present")
+    handle, names = _runtime.load_module(artifact)
+    sizes = (2, 16, 32)
+    good = _with_workspace(artifact, _buffers(), sizes)
+    _runtime.launch_timing(True)
+    for _ in range(2):  # the first launch plans, the second finds the plan
+        with pytest.raises(_gpu.RuntimeFailure, match="the CUDA driver is not available"):
+            _runtime.launch(handle, names[0].encode(), _runtime.make_buffers(good), len(good),
+                            sizes, 0)
+    null_q = [(n, e, s, 0 if n == "q" else p) for n, e, s, p in good]
+    with pytest.raises(_gpu.RuntimeFailure, match="'q' has a null data pointer"):
+        _runtime.launch(handle, names[0].encode(), _runtime.make_buffers(null_q), len(null_q),
+                        sizes, 0)
+    # Another shape is another configuration, checked in full.
+    bad = _with_workspace(artifact, _buffers(override={"k": ("bf16", (2, 31, 2, 64))}), sizes)
+    with pytest.raises(_gpu.RuntimeFailure, match="'k' must have shape"):
+        _runtime.launch(handle, names[0].encode(), _runtime.make_buffers(bad), len(bad), sizes, 0)
+    timing = _runtime.launch_timing(False)
+    assert set(timing) == set(_runtime.LAUNCH_TIMING_FIELDS)
+    # Failed launches are not counted as launches; the checking path ran for
+    # the first configuration once (if no earlier test planned it), then for
+    # the null pointer and the bad shape.
+    assert timing["launches"] == 0 and 2 <= timing["misses"] <= 3

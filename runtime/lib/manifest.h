@@ -99,6 +99,41 @@ struct StageSpec {
   void *handle = nullptr;
 };
 
+/// A stage of a launch plan: everything cuLaunchKernel(Ex) takes, with the
+/// parameter array laid out once; a launch only writes the data pointers.
+struct StagePlan {
+  void *handle = nullptr;
+  unsigned grid[3] = {1, 1, 1};
+  const StageSpec *spec = nullptr;
+  /// Parameter storage: `values` (sizes, offsets, strides) and `pointers`
+  /// (data pointers); `args[i]` points at parameter i in one of them.
+  std::vector<int64_t> values;
+  std::vector<void *> pointers;
+  std::vector<void *> args;
+  /// (parameter index, caller's buffer index): the pointers a launch writes.
+  std::vector<std::pair<int, int>> pointerSlots;
+};
+
+/// A launch configuration that passed check(): the caller's buffers as
+/// they were described (name, dtype, rank, shape, in the caller's order)
+/// and B, Sq, Sk, with the stages to launch resolved for them. A later
+/// launch whose description is equal passes the same checks, so it only
+/// re-checks data pointers and writes them (launch.cpp).
+struct LaunchPlan {
+  int64_t B = 0, Sq = 0, Sk = 0;
+  struct Buffer {
+    std::string name;
+    int32_t dtype = 0, rank = 0;
+    int64_t shape[4] = {0, 0, 0, 0};
+    /// Every dimension is non-zero: the data pointer must not be null.
+    bool needsData = false;
+  };
+  std::vector<Buffer> buffers;
+  /// The CUcontext the stages' handles belong to.
+  void *context = nullptr;
+  std::vector<StagePlan> stages;
+};
+
 /// One kernel of a module: a manifest entry and its cubin.
 struct KernelSpec {
   std::string name;
@@ -119,6 +154,11 @@ struct KernelSpec {
   /// Loaded state: the CUcontext the stages' handles belong to (null:
   /// not loaded yet).
   void *context = nullptr;
+  /// Launch plans of the configurations launched last (at most
+  /// kMaxLaunchPlans; the oldest is replaced), valid in `context`.
+  std::vector<std::unique_ptr<LaunchPlan>> plans;
+  size_t nextPlan = 0;
+  static constexpr size_t kMaxLaunchPlans = 16;
 };
 
 /// The manifest's name of a runtime.h element type ("unknown" for none).

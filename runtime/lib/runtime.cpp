@@ -99,12 +99,14 @@ int diffattn_launch(diffattn_module *module, const char *kernel,
   KernelSpec *spec = findKernel(module, kernel);
   if (!spec)
     return DIFFATTN_ERROR_INVALID_ARGUMENT;
-  std::vector<const diffattn_buffer *> ordered;
-  Sizes sizes;
-  if (int rc = check(*spec, buffers, num_buffers, B, Sq, Sk, ordered, sizes))
-    return rc;
+  // The plans and the loaded state of the module's kernels change under
+  // the lock only.
   std::lock_guard<std::mutex> lock(module->mutex);
-  return launch(*spec, ordered, sizes, stream);
+  return launch(*spec, buffers, num_buffers, B, Sq, Sk, stream);
+}
+
+int diffattn_launch_timing(int enable, double *sums, int capacity) {
+  return takeLaunchTiming(enable, sums, capacity);
 }
 
 int64_t diffattn_workspace_elements(const diffattn_module *module,

@@ -134,6 +134,11 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
            << "split-target-ctas = " << options.splitTargetCtas
            << " must be positive (or 0: the chip's)";
   plan.splitMultiple = plan.blockK * plan.warps;
+  plan.combineSplitsPerStep = options.combineSplitsPerStep;
+  if (plan.combineSplitsPerStep < 1 || plan.combineSplitsPerStep > 16)
+    return op->emitOpError()
+           << "combine-splits-per-step = " << options.combineSplitsPerStep
+           << " is not supported (expected 1 to 16)";
   // A paged cache: every key block lies in one block of the pool.
   if (plan.attn.isPaged() && plan.attn.pagedBlockSize % plan.blockK != 0)
     return op->emitOpError() << "block-k = " << plan.blockK
@@ -244,6 +249,7 @@ struct DiffAttnToMmaSyncKernelsPass
     options.l2Prefetch = l2Prefetch;
     options.smemLayout = smemLayout;
     options.programmaticLaunch = programmaticLaunch;
+    options.combineSplitsPerStep = combineSplitsPerStep;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())
       if (func->hasAttr(kKernelAttrName))

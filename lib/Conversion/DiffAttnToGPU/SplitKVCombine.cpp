@@ -64,33 +64,56 @@ void mlir::diffattn::buildSplitKVCombine(OpBuilder &b, Location loc,
   if (config.programmaticLaunch)
     NVVM::GriddepcontrolOp::create(b, loc, NVVM::GridDepActionKind::wait);
   // One pass over the splits for both heads, an online merge of (max, sum,
-  // accumulator): each split's loads are independent of each other and of
-  // the running state, so one trip to memory serves all of them (with one
-  // split, the common case, the whole kernel waits on memory once).
+  // accumulator), config.combineSplitsPerStep splits per step (the
+  // combine-splits-per-step option, 8 by default): every load of a
+  // step is issued before any of its arithmetic, so the combine waits on
+  // memory once per step rather than once per split (at B 1-4 a launch
+  // has 16-64 splits, and each wait is an L2 round trip). Splits past the
+  // last read the last one's state (in bounds) and weigh 0 (max -inf).
+  int64_t perStep = config.combineSplitsPerStep;
+  Value lastSplit = kb.sub(numSplits, kb.idx(1));
   SmallVector<Value> init;
   for (int64_t s = 0; s < 2; ++s)
     init.append({ninf, kb.f32(0.0f), kb.f32(0.0f)});
   auto merged = scf::ForOp::create(
-      b, loc, kb.idx(0), numSplits, kb.idx(1), init,
-      [&](OpBuilder &, Location, Value sp, ValueRange it) {
-        SmallVector<Value> loaded;
-        for (int64_t s = 0; s < 2; ++s)
-          loaded.append({load(stateIndex(sp, s, kb.idx(config.valueDim))),
-                         load(stateIndex(sp, s, kb.idx(config.valueDim + 1))),
-                         load(stateIndex(sp, s, col))});
+      b, loc, kb.idx(0), numSplits, kb.idx(perStep), init,
+      [&](OpBuilder &, Location, Value sp0, ValueRange it) {
+        // loaded[u][s] = (max, sum, accumulator) of split sp0 + u, head s.
+        SmallVector<std::array<std::array<Value, 3>, 2>> loaded(perStep);
+        SmallVector<Value> valid(perStep);
+        for (int64_t u = 0; u < perStep; ++u) {
+          Value sp = kb.add(sp0, u);
+          valid[u] = kb.cmp(arith::CmpIPredicate::ult, sp, numSplits);
+          Value at = u == 0 ? sp : kb.minI(sp, lastSplit);
+          for (int64_t s = 0; s < 2; ++s)
+            loaded[u][s] = {
+                load(stateIndex(at, s, kb.idx(config.valueDim))),
+                load(stateIndex(at, s, kb.idx(config.valueDim + 1))),
+                load(stateIndex(at, s, col))};
+        }
         SmallVector<Value> next;
         for (int64_t s = 0; s < 2; ++s) {
           Value runMax = it[3 * s], runSum = it[3 * s + 1],
                 runAcc = it[3 * s + 2];
-          Value m = loaded[3 * s], l = loaded[3 * s + 1], o = loaded[3 * s + 2];
+          SmallVector<Value> maxes;
+          Value newMax = runMax;
+          for (int64_t u = 0; u < perStep; ++u) {
+            maxes.push_back(u == 0
+                                ? loaded[u][s][0]
+                                : kb.select(valid[u], loaded[u][s][0], ninf));
+            newMax = kb.fmax(newMax, maxes.back());
+          }
           // Empty states (max -inf) weigh 0; so does everything while the
           // new max is still -inf.
-          Value newMax = kb.fmax(runMax, m);
           Value safeMax = kb.safeOffset(newMax);
           Value wRun = kb.exp2(kb.fmul(kb.fsub(runMax, safeMax), scaleLog2));
-          Value wNew = kb.exp2(kb.fmul(kb.fsub(m, safeMax), scaleLog2));
-          next.append({newMax, kb.fadd(kb.fmul(runSum, wRun), kb.fmul(l, wNew)),
-                       kb.fadd(kb.fmul(runAcc, wRun), kb.fmul(o, wNew))});
+          Value sum = kb.fmul(runSum, wRun), acc = kb.fmul(runAcc, wRun);
+          for (int64_t u = 0; u < perStep; ++u) {
+            Value w = kb.exp2(kb.fmul(kb.fsub(maxes[u], safeMax), scaleLog2));
+            sum = kb.fma(loaded[u][s][1], w, sum);
+            acc = kb.fma(loaded[u][s][2], w, acc);
+          }
+          next.append({newMax, sum, acc});
         }
         scf::YieldOp::create(b, loc, next);
       });

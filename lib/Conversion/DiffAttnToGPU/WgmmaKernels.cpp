@@ -164,6 +164,7 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     portable.l2Prefetch = options.l2Prefetch;
     portable.smemLayout = options.smemLayout;
     portable.programmaticLaunch = options.programmaticLaunch;
+    portable.combineSplitsPerStep = options.combineSplitsPerStep;
     portable.splitKeys = options.splitKeys;
     portable.splitTargetCtas = options.splitTargetCtas;
     return emitMmaSyncKernel(rewriter, kernel, portable);
@@ -218,6 +219,7 @@ struct DiffAttnToWgmmaKernelsPass
     options.l2Prefetch = l2Prefetch;
     options.smemLayout = smemLayout;
     options.programmaticLaunch = programmaticLaunch;
+    options.combineSplitsPerStep = combineSplitsPerStep;
     options.warpSpecialize = warpSpecialize;
     SmallVector<func::FuncOp> kernels;
     for (auto func : module.getOps<func::FuncOp>())

@@ -82,11 +82,29 @@ diffattn_workspace_elements(const diffattn_module *module, const char *kernel,
 /* Checks as diffattn_check, then launches kernel `kernel` (all its stages,
    in order) on `stream` (a CUstream; 0 is the legacy default stream) in the
    calling thread's current CUDA context (the device's primary context if
-   none is current). */
+   none is current). A launch of a configuration (buffer names, dtypes and
+   shapes in the caller's order; B, Sq, Sk) launched before reuses that
+   launch's plan (the checks' outcome, grids, kernel parameter layout): it
+   checks the data pointers for null and the current context, writes the
+   pointers and calls the driver. The environment variable
+   DIFFATTN_LAUNCH_PLANS=0 turns the plans off (every launch checks and
+   lays out everything), to measure them. */
 DIFFATTN_RUNTIME_EXPORT int
 diffattn_launch(diffattn_module *module, const char *kernel,
                 const diffattn_buffer *buffers, int num_buffers, int64_t B,
                 int64_t Sq, int64_t Sk, void *stream);
+
+/* For benchmarks: host time of diffattn_launch by phase, summed over the
+   launches since the last call (all threads and modules), written to
+   `sums` (at most `capacity` values): launches, launches without a plan,
+   then microseconds in the plan look-up (or the checks and the new plan),
+   the driver and context (loading the cubin on first use), the pointer
+   writes, the first stage's driver launch, the later stages' driver
+   launches, and the whole call. Resets the sums and turns the timing on
+   (enable != 0) or off (the default; then nothing is timed). Returns the
+   number of values written. */
+DIFFATTN_RUNTIME_EXPORT int diffattn_launch_timing(int enable, double *sums,
+                                                   int capacity);
 
 /* The message of the calling thread's last failure. */
 DIFFATTN_RUNTIME_EXPORT const char *diffattn_last_error(void);

@@ -12,6 +12,7 @@
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_80 warps=6" 2>&1 | FileCheck %s --check-prefix=WARPS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=block-k=24 2>&1 | FileCheck %s --check-prefix=BLOCKK
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=smem-layout=diagonal 2>&1 | FileCheck %s --check-prefix=LAYOUT
+// RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=combine-splits-per-step=0 2>&1 | FileCheck %s --check-prefix=PERSTEP
 
 // WARPS: error: 'diffattn.v2' op warps = 6 is not supported (expected 4 or 8)
 // RESCALE: error: 'diffattn.v2' op rescale-threshold = 2.000000e+01 is not supported (expected 0 to 16)
@@ -24,6 +25,7 @@
 // PIPESTRATEGY: error: diffattn-gpu-pipeline: unknown strategy 'magic' (expected auto or mma_sync)
 // BLOCKK: error: 'diffattn.v2' op block-k = 24 is not supported (expected a multiple of 16 up to 128)
 // LAYOUT: error: 'diffattn.v2' op smem-layout = 'diagonal' is not supported (expected auto, padded or swizzled)
+// PERSTEP: error: 'diffattn.v2' op combine-splits-per-step = 0 is not supported (expected 1 to 16)
 
 func.func @f(%q: tensor<1x64x4x128xbf16>, %k: tensor<1x64x2x128xbf16>, %lam: tensor<1x64x2xbf16>) -> tensor<1x64x2x128xbf16> {
   // expected-error @+1 {{stages = 1 is not supported (expected 2 to 8)}}

@@ -80,10 +80,10 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // stages) and write the CTA's partial states; the combine kernel (Dv
 // threads per row) merges the splits and applies the epilogue. The launch
 // has two stages and a workspace rule; the keys per split are a kernel
-// argument the runtime picks (a multiple of 64 keys, aiming at 264 CTAs).
+// argument the runtime picks (a multiple of 64 keys, aiming at 132 CTAs).
 // CHECK-LABEL: gpu.module @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_module
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen({{.*}}memref<?xf32>, %{{.*}}: memref<?xi32>, %{{.*}}: memref<?xf16>, %[[WS:.*]]: memref<?xf32>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %[[SPLIT:.*]]: index) kernel
-// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 264 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 102400 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 4 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
+// CHECK-SAME:    launch = {block_k = 16 : i64, block_q = 16 : i64, kind = "cuda", pipeline_stages = 3 : i64, split = {multiple_of = 64 : i64, target_ctas = 132 : i64}, stages = [{block = [128, 1, 1], dynamic_shared_memory = 102400 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen", grid = [{product = [{by = 16 : i64, ceil_div = "Sq", mul = 4 : i64}, {by = 1 : i64, ceil_div = "splits", mul = 1 : i64}]}, 2,
 // CHECK-SAME:    {arg = "Sk", field = "value"}, {arg = "split_keys", field = "value"}]
 // CHECK-SAME:    {block = [128, 1, 1], dynamic_shared_memory = 0 : i64, function = "diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine", grid = [{by = 1 : i64, ceil_div = "Sq", mul = 2 : i64}, 2,
 // The combine stage is skipped for one split when a CTA holds the group's
@@ -146,10 +146,13 @@ func.func @v2(%q: tensor<2x100x8x64xbf16>, %k: tensor<2x100x2x64xbf16>,
 // CHECK:         gpu.return
 // CHECK:       gpu.func @diffattn_v2_f16_h8_kv2_d128_dv128_lamf32_kvlen_combine(%{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf32>, %{{.*}}: memref<?xf16>, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index, %{{.*}}: index) kernel attributes {known_block_size = array<i32: 128, 1, 1>}
 // The combine loads lam first, then merges the splits' states of both heads
-// in one pass (online: running max, rescaled sums), 6 loads per split.
+// in one pass (online: running max, rescaled sums), eight splits per step:
+// all 8 x 6 loads of a step come before its arithmetic (one wait on memory
+// per step); splits past the last read the last one (minsi) and weigh 0.
 // CHECK:         memref.load {{.*}} : memref<?xf32>
-// CHECK:         scf.for
-// CHECK-COUNT-6:   memref.load %{{.*}} : memref<?xf32>
+// CHECK:         scf.for %{{.*}} = %c0{{.*}} to %{{.*}} step %c8
+// CHECK-COUNT-48:  memref.load %{{.*}} : memref<?xf32>
+// CHECK-NOT:       memref.load
 // CHECK:           arith.maxnumf
 // CHECK:           llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"
 // CHECK:           arith.maxnumf

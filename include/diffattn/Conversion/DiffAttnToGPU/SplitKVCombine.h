@@ -25,6 +25,7 @@ namespace mlir::diffattn {
 /// Fills the body of the combine kernel `func` (arguments: workspace, lam,
 /// out, B, Sq, Sk, split_keys; grid (pairs of a group x Sq, Hkv, B), one
 /// CTA of Dv threads, thread = output column). With
+/// `config.combineSplitsPerStep` splits per step of its merge loop. With
 /// `config.programmaticLaunch` it loads lam, then waits for the split
 /// kernel (griddepcontrol.wait) before reading the workspace.
 void buildSplitKVCombine(OpBuilder &b, Location loc, gpu::GPUFuncOp func,

@@ -60,6 +60,8 @@ struct TileConfig {
   int64_t directSqMax = 0;
   /// Split-KV: the combine kernel is a programmatic dependent launch.
   bool programmaticLaunch = false;
+  /// Split-KV: splits the combine kernel merges per step of its loop.
+  int64_t combineSplitsPerStep = 8;
   /// f32 elements of one partial row state: Dv accumulators, max, sum.
   int64_t partialWidth() const { return valueDim + 2; }
 };
