@@ -264,14 +264,23 @@ def export_cores(out_dir):
         m = fx.export_and_import(V2Core(**variant), *args, output_type="linalg-on-tensors",
                                  func_name=name)
         write_fixture(os.path.join(out_dir, f"{name}.linalg.mlir"), m, f"): V2Core({variant})")
-    # Bad input: f64 (no fused op for it) and a dynamic sequence length.
-    bad = {"miss_f64": (tuple(a.double() for a in args), None)}
+    # Bad input: f64 (no fused op for it).
+    m = fx.export_and_import(V2Core(), *(a.double() for a in args),
+                             output_type="linalg-on-tensors", func_name="miss_f64")
+    write_fixture(os.path.join(out_dir, "miss_f64.linalg.mlir"), m, "): V2Core() on bad input")
+    export_core_dynamic(out_dir, args)
+
+
+def export_core_dynamic(out_dir, args):
+    """V2Core with a dynamic sequence length: torch-mlir reads torch's one
+    symbol through a different tensor.dim per argument, so q's and v's
+    broadcasts select on sizes the fusion cannot prove equal to k's."""
     seq = torch.export.Dim("seq", min=2, max=64)
-    bad["miss_dynamic"] = (args, ({1: seq}, {1: seq}, {1: seq}, {1: seq}))
-    for name, (inputs, dyn) in bad.items():
-        m = fx.export_and_import(V2Core(), *inputs, output_type="linalg-on-tensors",
-                                 func_name=name, dynamic_shapes=dyn)
-        write_fixture(os.path.join(out_dir, f"{name}.linalg.mlir"), m, "): V2Core() on bad input")
+    m = fx.export_and_import(V2Core(), *args, output_type="linalg-on-tensors",
+                             func_name="v2_core_dynamic",
+                             dynamic_shapes=({1: seq}, {1: seq}, {1: seq}, {1: seq}))
+    write_fixture(os.path.join(out_dir, "v2_core_dynamic.linalg.mlir"), m,
+                  "): V2Core(), dynamic sequence length")
 
 
 class DecoderLayer(nn.Module):
@@ -370,14 +379,7 @@ def export_sdpa(out_dir):
         v1.subln.weight.copy_(1.0 + 0.1 * torch.randn(v1.subln.weight.shape))
     export_module(v1, (x, cos, sin), out_dir, "sdpa_v1", ("linalg", "tosa"),
                   provenance=": V1SDPAAttention")
-    # Dynamic batch and sequence length.
-    bd = torch.export.Dim("batch", min=1, max=64)
-    sd = torch.export.Dim("seq", min=2, max=4096)
-    m = fm.V2SDPAAttention(d_model, h, hkv, d).eval()
-    export_module(m, (x, cos, sin), out_dir, "sdpa_v2_dynamic", ("linalg",),
-                  dynamic_shapes=({0: bd, 1: sd}, {0: sd}, {0: sd}),
-                  decomposition_table=table_without_linear(),
-                  provenance=": V2SDPAAttention(), dynamic B and S, aten.linear not decomposed")
+    export_sdpa_dynamic(out_dir, (x, cos, sin), (d_model, h, hkv, d))
     # Near misses: dropout in training mode, a runtime padding mask, and
     # standard attention through SDPA (no difference: no remark).
     m = fm.V2SDPAAttention(d_model, h, hkv, d, dropout=0.1).train()
@@ -391,6 +393,27 @@ def export_sdpa(out_dir):
                   "miss_sdpa_padding_mask", ("linalg",), provenance=": V2SDPACore(padding_mask)")
     export_module(fm.V2SDPACore(standard=True), (q, k, v, lam), out_dir, "sdpa_standard",
                   ("linalg",), provenance=": V2SDPACore(standard)")
+
+
+def export_sdpa_dynamic(out_dir, args, sizes):
+    """The SDPA module with dynamic batch and sequence length (aten.linear
+    kept out of the decomposition table): enable_gqa + causal in f32, and
+    repeat_interleave without a mask in bf16."""
+    x, cos, sin = args
+    bd = torch.export.Dim("batch", min=1, max=64)
+    sd = torch.export.Dim("seq", min=2, max=4096)
+    dyn = ({0: bd, 1: sd}, {0: sd}, {0: sd})
+    m = fm.V2SDPAAttention(*sizes).eval()
+    export_module(m, (x, cos, sin), out_dir, "sdpa_v2_dynamic", ("linalg",),
+                  dynamic_shapes=dyn, decomposition_table=table_without_linear(),
+                  provenance=": V2SDPAAttention(), dynamic B and S, aten.linear not decomposed")
+    kw = dict(gqa="repeat_interleave", mask="none")
+    m = fm.V2SDPAAttention(*sizes, **kw).to(torch.bfloat16).eval()
+    export_module(m, (x.bfloat16(), cos.bfloat16(), sin.bfloat16()), out_dir,
+                  "sdpa_v2_dynamic_bf16", ("linalg",), dynamic_shapes=dyn,
+                  decomposition_table=table_without_linear(),
+                  provenance=f": V2SDPAAttention({kw}) in bf16, dynamic B and S, "
+                  "aten.linear not decomposed")
 
 
 FORMS = {

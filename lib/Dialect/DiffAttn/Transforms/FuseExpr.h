@@ -18,6 +18,8 @@
 #ifndef DIFFATTN_LIB_DIALECT_DIFFATTN_TRANSFORMS_FUSEEXPR_H
 #define DIFFATTN_LIB_DIALECT_DIFFATTN_TRANSFORMS_FUSEEXPR_H
 
+#include "FuseShapes.h"
+
 #include "mlir/IR/AffineExpr.h"
 #include "mlir/IR/Value.h"
 #include "mlir/Support/LLVM.h"
@@ -26,6 +28,12 @@
 
 #include <deque>
 #include <optional>
+
+namespace mlir {
+namespace arith {
+class SelectOp;
+} // namespace arith
+} // namespace mlir
 
 namespace mlir::diffattn::fusion {
 
@@ -151,16 +159,30 @@ public:
 
   unsigned numDims() const { return extents.size(); }
 
+  /// Symbolic sizes of the graph's tensors (dynamic views and gathers are
+  /// read only where they are proven to preserve the ranges).
+  SizeReasoner &sizes() { return sizeReasoner; }
+  /// Why `op`, a view the expressions stop at, is not looked through
+  /// (empty when there is nothing more specific to say).
+  std::string whyOpaque(Operation *op);
+
 private:
   Expr *create(ExprKind kind);
   /// One step of `normalize` through a view op; null when `leaf`'s producer
   /// is not a view op.
   Expr *stepView(Expr *leaf);
   Expr *peelLinalg(Expr *leaf);
+  /// `leaf` with the index of every loop its producer's element does not
+  /// depend on replaced by 0 (unchanged when there is none).
+  Expr *zeroIgnoredLoops(Expr *leaf);
   Expr *peelSoftmax(Expr *leaf);
   Expr *buildPayload(Operation *op, Value v, ArrayRef<AffineExpr> loops,
                      DenseMap<Value, Expr *> &memo, unsigned depth);
   Expr *scalarExpr(Value v);
+  /// The loop of `op` whose index `sel` is, when `sel` is a broadcast's
+  /// `select(n == 1, 0, index)` over a loop of range n.
+  std::optional<unsigned> broadcastIndex(linalg::LinalgOp op,
+                                         arith::SelectOp sel);
   bool equalImpl(Expr *a, Expr *b, DenseMap<unsigned, AffineExpr> &rename,
                  unsigned depth);
   std::optional<double> evalImpl(Expr *e, SmallVectorImpl<int64_t> &values,
@@ -172,6 +194,7 @@ private:
   /// While a reduction's payload is expanded: its accumulator, which may
   /// only appear in the combining op (anywhere else the expansion fails).
   Value forbiddenArg;
+  SizeReasoner sizeReasoner;
 };
 
 /// The value of an arithmetic node over concrete operands; nullopt for

@@ -32,45 +32,80 @@ static bool isStaticShape(ArrayRef<int64_t> shape) {
   return llvm::none_of(shape, ShapedType::isDynamic);
 }
 
+/// Static sizes of `type`'s dims `dims`, kDynamic where unknown.
+static SmallVector<int64_t> sizesOf(RankedTensorType type,
+                                    ArrayRef<int64_t> dims) {
+  return llvm::to_vector(
+      llvm::map_range(dims, [&](int64_t d) { return type.getDimSize(d); }));
+}
+
 Expr *ExprBuilder::stepView(Expr *e) {
   Operation *def = e->value.getDefiningOp();
   if (!def)
     return nullptr;
+  // Splits and merges: each group's index is linearized and split again;
+  // only the first non-unit dim of a group may be dynamic (its size is
+  // implied by the others').
   if (auto expand = dyn_cast<tensor::ExpandShapeOp>(def)) {
-    ArrayRef<int64_t> shape = expand.getResultType().getShape();
     SmallVector<AffineExpr> src;
-    for (const ReassociationIndices &group : expand.getReassociationIndices()) {
-      AffineExpr acc = e->idx[group.front()];
-      for (int64_t d : ArrayRef<int64_t>(group).drop_front()) {
-        if (ShapedType::isDynamic(shape[d]))
-          return nullptr;
-        acc = acc * shape[d] + e->idx[d];
-      }
-      src.push_back(acc);
+    for (auto [g, group] : llvm::enumerate(expand.getReassociationIndices())) {
+      SmallVector<AffineExpr> idx;
+      for (int64_t d : group)
+        idx.push_back(e->idx[d]);
+      std::optional<SmallVector<AffineExpr>> s =
+          regroupIndex(idx, sizesOf(expand.getResultType(), group),
+                       {expand.getSrcType().getDimSize(g)}, ctx);
+      if (!s)
+        return nullptr;
+      src.append(*s);
     }
     return leaf(expand.getSrc(), src);
   }
   if (auto collapse = dyn_cast<tensor::CollapseShapeOp>(def)) {
-    ArrayRef<int64_t> shape = collapse.getSrcType().getShape();
-    SmallVector<AffineExpr> src(shape.size());
+    SmallVector<AffineExpr> src(collapse.getSrcType().getRank());
     for (auto [g, group] :
          llvm::enumerate(collapse.getReassociationIndices())) {
-      int64_t stride = 1;
-      for (int64_t k = group.size() - 1; k >= 0; --k) {
-        int64_t d = group[k];
-        AffineExpr part = e->idx[g];
-        if (stride != 1)
-          part = part.floorDiv(stride);
-        if (k != 0) {
-          if (ShapedType::isDynamic(shape[d]))
-            return nullptr;
-          part = part % shape[d];
-          stride *= shape[d];
-        }
-        src[d] = part;
-      }
+      std::optional<SmallVector<AffineExpr>> s =
+          regroupIndex({e->idx[g]}, {collapse.getResultType().getDimSize(g)},
+                       sizesOf(collapse.getSrcType(), group), ctx);
+      if (!s)
+        return nullptr;
+      for (auto [d, x] : llvm::zip(group, *s))
+        src[d] = x;
     }
     return leaf(collapse.getSrc(), src);
+  }
+  // A reshape of a computed shape: read only when it is proven to be
+  // splits and merges (FuseShapes.h).
+  if (auto reshape = dyn_cast<tensor::ReshapeOp>(def)) {
+    std::string why;
+    std::optional<SmallVector<ReshapeGroup>> groups =
+        reshapeGroups(reshape, sizeReasoner, why);
+    if (!groups)
+      return nullptr;
+    auto srcType = cast<RankedTensorType>(reshape.getSource().getType());
+    auto staticSize = [&](Value v, int64_t d) {
+      std::optional<SizeProduct> s = sizeReasoner.sizeOf(v, d);
+      return s && s->isConstant() ? s->coef : ShapedType::kDynamic;
+    };
+    SmallVector<AffineExpr> src(srcType.getRank());
+    for (const ReshapeGroup &g : *groups) {
+      SmallVector<AffineExpr> idx;
+      SmallVector<int64_t> dstSizes, srcSizes;
+      for (int64_t d : g.dst) {
+        idx.push_back(e->idx[d]);
+        dstSizes.push_back(staticSize(reshape.getResult(), d));
+      }
+      for (int64_t d : g.src)
+        srcSizes.push_back(staticSize(reshape.getSource(), d));
+      std::optional<SmallVector<AffineExpr>> s =
+          regroupIndex(idx, dstSizes, srcSizes, ctx);
+      if (!s)
+        return nullptr;
+      for (auto [d, x] : llvm::zip(g.src, *s))
+        src[d] = x;
+    }
+    return leaf(reshape.getSource(), src);
   }
   if (auto slice = dyn_cast<tensor::ExtractSliceOp>(def)) {
     ArrayRef<int64_t> offsets = slice.getStaticOffsets();
@@ -78,6 +113,9 @@ Expr *ExprBuilder::stepView(Expr *e) {
     if (!isStaticShape(offsets) || !isStaticShape(strides))
       return nullptr;
     llvm::SmallBitVector dropped = slice.getDroppedDims();
+    // A dynamic size must be the whole source dim: the leaf's dim keeps its
+    // range, which the fused op reads from the source's size.
+    RankedTensorType resultType = slice.getResultType();
     SmallVector<AffineExpr> src;
     unsigned r = 0;
     for (unsigned d = 0, n = offsets.size(); d < n; ++d) {
@@ -85,6 +123,11 @@ Expr *ExprBuilder::stepView(Expr *e) {
         src.push_back(getAffineConstantExpr(offsets[d], ctx));
         continue;
       }
+      if (resultType.isDynamicDim(r) &&
+          (offsets[d] != 0 || strides[d] != 1 ||
+           !sizeReasoner.equal(sizeReasoner.sizeOf(slice.getResult(), r),
+                               sizeReasoner.sizeOf(slice.getSource(), d))))
+        return nullptr;
       src.push_back(e->idx[r++] * strides[d] + offsets[d]);
     }
     return leaf(slice.getSource(), src);
@@ -92,6 +135,45 @@ Expr *ExprBuilder::stepView(Expr *e) {
   if (auto cast = dyn_cast<tensor::CastOp>(def))
     return leaf(cast.getSource(), e->idx);
   return nullptr;
+}
+
+Expr *ExprBuilder::zeroIgnoredLoops(Expr *e) {
+  // A linalg op whose element does not depend on some loop (a broadcast
+  // that the expressions cannot read, e.g. a gather of an unproven index):
+  // its element at any position of that loop is the one at 0.
+  auto linalgOp = e->value.getDefiningOp<linalg::LinalgOp>();
+  if (!linalgOp || !linalgOp.hasPureTensorSemantics() ||
+      linalgOp.getNumReductionLoops() != 0 || !linalgOp.getBlock())
+    return e;
+  Block *body = linalgOp.getBlock();
+  for (OpOperand &init : linalgOp.getDpsInitsMutable())
+    if (!linalgOp.getMatchingBlockArgument(&init).use_empty())
+      return e;
+  unsigned numLoops = linalgOp.getNumLoops();
+  llvm::SmallBitVector used(numLoops);
+  for (OpOperand *in : linalgOp.getDpsInputOperands()) {
+    AffineMap map = linalgOp.getMatchingIndexingMap(in);
+    for (unsigned d = 0; d < numLoops; ++d)
+      if (map.isFunctionOfDim(d))
+        used.set(d);
+  }
+  body->walk([&](linalg::IndexOp idx) {
+    if (idx.getDim() < numLoops)
+      used.set(idx.getDim());
+  });
+  AffineMap outMap =
+      linalgOp.getIndexingMapMatchingResult(cast<OpResult>(e->value));
+  SmallVector<AffineExpr> idx(e->idx.begin(), e->idx.end());
+  bool changed = false;
+  for (auto [pos, r] : llvm::enumerate(outMap.getResults())) {
+    auto d = dyn_cast<AffineDimExpr>(r);
+    if (!d || used.test(d.getPosition()) || pos >= idx.size() ||
+        idx[pos] == getAffineConstantExpr(0, ctx))
+      continue;
+    idx[pos] = getAffineConstantExpr(0, ctx);
+    changed = true;
+  }
+  return changed ? leaf(e->value, idx) : e;
 }
 
 Expr *ExprBuilder::normalize(Expr *e) {
@@ -128,7 +210,7 @@ Expr *ExprBuilder::normalize(Expr *e) {
     if (p->kind == ExprKind::Const)
       return p;
     if (p->kind != ExprKind::Leaf || p == e)
-      return e;
+      return zeroIgnoredLoops(e);
     e = p;
   }
   return e;
@@ -149,6 +231,49 @@ Expr *ExprBuilder::scalarExpr(Value v) {
     }
   }
   return leaf(v, {});
+}
+
+std::optional<unsigned> ExprBuilder::broadcastIndex(linalg::LinalgOp op,
+                                                    arith::SelectOp sel) {
+  // select(n == 1, 0, i) (or select(n != 1, i, 0)) for the loop index i of
+  // a loop whose range is n: i itself, since i is 0 whenever n is 1.
+  if (!sel.getType().isIntOrIndex())
+    return std::nullopt;
+  auto cmp = sel.getCondition().getDefiningOp<arith::CmpIOp>();
+  if (!cmp || (cmp.getPredicate() != arith::CmpIPredicate::eq &&
+               cmp.getPredicate() != arith::CmpIPredicate::ne))
+    return std::nullopt;
+  bool eq = cmp.getPredicate() == arith::CmpIPredicate::eq;
+  Value zero = eq ? sel.getTrueValue() : sel.getFalseValue();
+  Value i = eq ? sel.getFalseValue() : sel.getTrueValue();
+  auto isConst = [&](Value v, int64_t c) {
+    std::optional<SizeProduct> p = sizeReasoner.valueOf(v);
+    return p && p->isConstant() && p->coef == c;
+  };
+  Value n;
+  if (isConst(cmp.getRhs(), 1))
+    n = cmp.getLhs();
+  else if (isConst(cmp.getLhs(), 1))
+    n = cmp.getRhs();
+  if (!n || !isConst(zero, 0))
+    return std::nullopt;
+  while (auto c = i.getDefiningOp<arith::IndexCastOp>())
+    i = c.getIn();
+  auto idx = i.getDefiningOp<linalg::IndexOp>();
+  if (!idx || idx->getParentOp() != op.getOperation() ||
+      !sizeReasoner.equal(sizeReasoner.loopSize(op, idx.getDim()),
+                          sizeReasoner.valueOf(n)))
+    return std::nullopt;
+  return idx.getDim();
+}
+
+std::string ExprBuilder::whyOpaque(Operation *op) {
+  if (auto reshape = dyn_cast<tensor::ReshapeOp>(op)) {
+    std::string why;
+    if (!reshapeGroups(reshape, sizeReasoner, why))
+      return why;
+  }
+  return "";
 }
 
 Expr *ExprBuilder::buildPayload(Operation *op, Value v,
@@ -223,7 +348,10 @@ Expr *ExprBuilder::buildPayload(Operation *op, Value v,
     } else if (isa<arith::XOrIOp>(def)) {
       result = bin(ArithKind::Xor);
     } else if (auto sel = dyn_cast<arith::SelectOp>(def)) {
-      result = arith(ArithKind::Select, {arg(0), arg(1), arg(2)});
+      if (std::optional<unsigned> loop = broadcastIndex(linalgOp, sel))
+        result = index(loops[*loop]);
+      else
+        result = arith(ArithKind::Select, {arg(0), arg(1), arg(2)});
     } else if (auto cmp = dyn_cast<arith::CmpFOp>(def)) {
       result = arith(ArithKind::CmpF, {arg(0), arg(1)},
                      static_cast<int64_t>(cmp.getPredicate()), false);
@@ -248,6 +376,20 @@ Expr *ExprBuilder::buildPayload(Operation *op, Value v,
         while (ie->kind == ExprKind::Arith && ie->op == ArithKind::Cast)
           ie = ie->args[0];
         if (ie->kind == ExprKind::Index) {
+          // A loop index reading a dynamic range: the source's dim must be
+          // that range, or the leaf's dim would read the source's size.
+          auto loop = llvm::find(loops, ie->index);
+          int64_t pos = i - 1;
+          if (loop != loops.end() &&
+              (ShapedType::isDynamic(
+                   linalgOp.getStaticLoopRanges()[loop - loops.begin()]) ||
+               extract.getTensor().getType().isDynamicDim(pos)) &&
+              !sizeReasoner.equal(
+                  sizeReasoner.loopSize(linalgOp, loop - loops.begin()),
+                  sizeReasoner.sizeOf(extract.getTensor(), pos))) {
+            result = fail();
+            break;
+          }
           idx.push_back(ie->index);
           continue;
         }

@@ -222,7 +222,8 @@ private:
 
 /// Whether the query length of `q` (indexed by qDim) equals the key length
 /// of `k` (indexed by tDim), as far as the IR can prove it.
-static bool provablySameLength(Expr *q, unsigned qDim, Expr *k, unsigned tDim) {
+static bool provablySameLength(ExprBuilder &b, Expr *q, unsigned qDim, Expr *k,
+                               unsigned tDim) {
   auto position = [](Expr *leaf, unsigned d) -> int64_t {
     for (auto [n, e] : llvm::enumerate(leaf->idx))
       if (auto de = dyn_cast<AffineDimExpr>(e); de && de.getPosition() == d)
@@ -232,6 +233,11 @@ static bool provablySameLength(Expr *q, unsigned qDim, Expr *k, unsigned tDim) {
   int64_t qp = position(q, qDim), kp = position(k, tDim);
   if (qp < 0 || kp < 0)
     return false;
+  // Sizes as products of symbols see through torch-mlir's i64 shape
+  // arithmetic; ValueBounds through affine size computations.
+  SizeReasoner &sizes = b.sizes();
+  if (sizes.equal(sizes.sizeOf(q->value, qp), sizes.sizeOf(k->value, kp)))
+    return true;
   FailureOr<bool> eq = ValueBoundsConstraintSet::areEqual(
       ValueBoundsConstraintSet::Variable(q->value, qp),
       ValueBoundsConstraintSet::Variable(k->value, kp));
@@ -290,7 +296,8 @@ std::optional<MaskInfo> Matcher::classifyMaskSymbolic(Term &t, unsigned qDim,
   int64_t off = 0;
   if (sq > 0 && sk > 0) {
     off = sk - sq;
-  } else if (!(loInf && hiInf) && !provablySameLength(t.q, qDim, t.k, tDim)) {
+  } else if (!(loInf && hiInf) &&
+             !provablySameLength(b, t.q, qDim, t.k, tDim)) {
     fail(kMask, "the mask is a band of key - query offsets, but the query "
                 "and key lengths are dynamic and not provably equal (the op "
                 "aligns the band to the last query)");

@@ -219,13 +219,15 @@ bool Matcher::failOpaque(Expr *leaf, StringRef what) {
   if (!wouldKeep(kSoftmax))
     return false;
   Operation *def = leaf->value.getDefiningOp();
+  std::string why = def ? b.whyOpaque(def) : std::string();
   return fail(
       kSoftmax,
       llvm::formatv("{0} through {1}{2}, which the fusion does not "
-                    "look through",
+                    "look through{3}",
                     what, name(leaf->value),
                     def ? " (" + def->getName().getStringRef().str() + ")"
-                        : std::string()));
+                        : std::string(),
+                    why.empty() ? why : ": " + why));
 }
 
 bool Matcher::matchTerm(Expr *e, Term &t) {

@@ -2,7 +2,8 @@
 """Runs a model graph on the CPU before and after diffattn-fuse and compares.
 
     run_graph.py --opt diffattn-opt --runner mlir-runner --lib-dir DIR \
-        [--tosa] [--expect-unfused] GRAPH.mlir
+        [--tosa] [--expect-unfused] [--shape 2x5x64 ...] [--tile BQxBK] \
+        GRAPH.mlir
 
 GRAPH.mlir holds one public function (the model graph, tensors in and one
 tensor out). The script adds a `@main` that fills every argument with a fixed
@@ -16,8 +17,12 @@ than the tolerance (1e-4 relative for f32 graphs; bf16 and f16 graphs
 round intermediates that the fused op keeps in f32). Arguments may be 0-d
 or bf16/f16; a trailing `dialect_resources` section (torch-mlir's weights)
 stays where it is. --tosa runs the TOSA front end (diffattn-tosa-frontend)
-first. Used by the lit end-to-end tests and by README's main
-job (scripts/run.sh example).
+first. A graph with dynamic arguments runs at the static shapes given with
+one --shape per argument (the arguments are cast to their dynamic types).
+--tile lowers the fused op through diffattn-tile-flash at the given block
+sizes (the CPU kernels' path, partial blocks included) instead of the
+oracle. Used by the lit end-to-end tests and by README's main job
+(scripts/run.sh example).
 """
 import argparse
 import os
@@ -56,20 +61,40 @@ def module_end(text):
     return head.rstrip().rfind("}")
 
 
-def add_driver(text):
+def concrete_shapes(arg_types, shapes):
+    """The static type each argument is filled as: its own, or for a
+    dynamic argument the shape given with --shape (one per argument, in
+    order, e.g. 2x5x64)."""
+    if shapes and len(shapes) != len(arg_types):
+        sys.exit(f"run_graph.py: {len(shapes)} --shape for {len(arg_types)} arguments")
+    out = []
+    for n, t in enumerate(arg_types):
+        dims, elem = parse_tensor(t)
+        if shapes:
+            given = [int(d) for d in shapes[n].split("x")] if shapes[n] else []
+            if len(given) != len(dims) or any(d >= 0 and d != g for d, g in zip(dims, given)):
+                sys.exit(f"run_graph.py: --shape {shapes[n]} does not fit argument {n} ({t})")
+            dims = given
+        elif any(d < 0 for d in dims):
+            sys.exit(f"run_graph.py: argument {n} has a dynamic shape ({t}); "
+                     "give static shapes with --shape")
+        out.append("tensor<" + "".join(f"{d}x" for d in dims) + elem + ">")
+    return out
+
+
+def add_driver(text, shapes=None):
     """Appends @main (inputs, call, print) inside the graph's module."""
     sig = re.search(r"func\.func @(\w+)\((.*?)\)\s*->\s*(tensor<[^>]*>)", text, re.S)
     if not sig:
         sys.exit("run_graph.py: no public function returning a tensor")
     name, args, result = sig.group(1), sig.group(2), sig.group(3)
     arg_types = re.findall(r"%\w+: (tensor<[^>]*>)", args)
+    static_types = concrete_shapes(arg_types, shapes)
     lines = ["  func.func @main() {"]
     values = []
-    for n, t in enumerate(arg_types):
-        dims, elem = parse_tensor(t)
-        if any(d < 0 for d in dims):
-            sys.exit(f"run_graph.py: argument {n} has a dynamic shape ({t}); "
-                     "give static shapes")
+    for n, (t, filled) in enumerate(zip(arg_types, static_types)):
+        dims, elem = parse_tensor(filled)
+        t = filled
         rank = len(dims)
         idx = ", ".join(f"d{i}" for i in range(rank))
         lines.append(f"    %e{n} = tensor.empty() : {t}")
@@ -101,7 +126,11 @@ def add_driver(text):
             lines.append(f"      %t = arith.truncf %s : f32 to {elem}")
             lines.append(f"      linalg.yield %t : {elem}")
         lines.append(f"    }} -> {t}")
-        values.append(f"%a{n}")
+        if arg_types[n] != t:  # a dynamic argument: pass it as such
+            lines.append(f"    %a{n}d = tensor.cast %a{n} : {t} to {arg_types[n]}")
+            values.append(f"%a{n}d")
+        else:
+            values.append(f"%a{n}")
     lines.append(f"    %r = func.call @{name}({', '.join(values)}) : "
                  f"({', '.join(arg_types)}) -> {result}")
     rdims, relem = parse_tensor(result)
@@ -111,7 +140,13 @@ def add_driver(text):
         rank = len(rdims)
         idx = ", ".join(f"d{i}" for i in range(rank))
         iters = ", ".join(['"parallel"'] * rank)
-        lines.append(f"    %re = tensor.empty() : {f32}")
+        sizes = []
+        for i, d in enumerate(rdims):
+            if d < 0:
+                lines.append(f"    %rc{i} = arith.constant {i} : index")
+                lines.append(f"    %rd{i} = tensor.dim %r, %rc{i} : {result}")
+                sizes.append(f"%rd{i}")
+        lines.append(f"    %re = tensor.empty({', '.join(sizes)}) : {f32}")
         lines.append(f"    %rf = linalg.generic {{indexing_maps = [affine_map<({idx}) -> ({idx})>, "
                      f"affine_map<({idx}) -> ({idx})>], iterator_types = [{iters}]}} "
                      f"ins(%r : {result}) outs(%re : {f32}) {{")
@@ -151,11 +186,11 @@ def run(cmd, **kw):
     return p
 
 
-def execute(args, source, passes, tmp, tag):
+def execute(args, source, passes, tmp, tag, lower=LOWER):
     src = os.path.join(tmp, f"{tag}.mlir")
     with open(src, "w") as f:
         f.write(source)
-    low = run([args.opt, src] + passes + LOWER).stdout
+    low = run([args.opt, src] + passes + lower).stdout
     ll = os.path.join(tmp, f"{tag}.llvm.mlir")
     with open(ll, "w") as f:
         f.write(low)
@@ -174,10 +209,16 @@ def main():
     ap.add_argument("--lib-dir", required=True)
     ap.add_argument("--tosa", action="store_true")
     ap.add_argument("--expect-unfused", action="store_true")
+    ap.add_argument("--shape", action="append", default=[],
+                    help="static shape of each argument, in order (for "
+                         "graphs with dynamic arguments), e.g. 2x5x64")
+    ap.add_argument("--tile", metavar="BQxBK",
+                    help="lower the fused op with diffattn-tile-flash at "
+                         "these block sizes instead of diffattn-decompose")
     ap.add_argument("graph")
     args = ap.parse_args()
     original = open(args.graph).read()
-    text = add_driver(original)
+    text = add_driver(original, args.shape)
     tol = tolerance(original)
     pre = TOSA if args.tosa else []
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,7 +232,16 @@ def main():
         nfused = sum(r.startswith("fused") for r in remarks)
         print(f"fused ops: {nfused}")
         ref = execute(args, text, pre, tmp, "unfused")
-        got = execute(args, fused.stdout, ["--diffattn-decompose"], tmp, "fused")
+        lowering, lower = ["--diffattn-decompose"], LOWER
+        if args.tile:
+            # As diffattn-cpu-pipeline: the tiled loops carry tensors whose
+            # buffers bufferization may reallocate per iteration.
+            bq, bk = args.tile.split("x")
+            lowering = [f"--diffattn-tile-flash=block-q={bq} block-k={bk}",
+                        "--eliminate-empty-tensors", "--empty-tensor-to-alloc-tensor",
+                        "--canonicalize", "--cse"]
+            lower = [LOWER[0] + " allow-return-allocs-from-loops=1"] + LOWER[1:]
+        got = execute(args, fused.stdout, lowering, tmp, "fused", lower)
     if len(ref) != len(got) or not ref:
         sys.exit(f"output sizes differ: {len(ref)} vs {len(got)}")
     diff = max(abs(a - b) for a, b in zip(ref, got))

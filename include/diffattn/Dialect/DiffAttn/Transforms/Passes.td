@@ -39,7 +39,10 @@ def DiffAttnFuse : Pass<"diffattn-fuse"> {
     computed in f32 inside (looked through: the op accumulates in f32).
     Masks that depend on the positions only through `t - i` are proven to be
     a band for every size; others are evaluated on every (query, key)
-    position.
+    position. Dynamic B, Sq and Sk: torch-mlir's `tensor.reshape` of shapes
+    computed from `tensor.dim` and its `select(size == 1, 0, i)` broadcast
+    gathers are read where their sizes prove them plain splits/merges and
+    copies.
 
     V2: `A_{2h} - sigmoid(lam) * A_{2h+1}`. V1: `c * RMSNorm(A1 - lam * A2)
     * w` with `lambda_init = 1 - c`.
@@ -50,8 +53,9 @@ def DiffAttnFuse : Pass<"diffattn-fuse"> {
     numbers them), a lambda without its sigmoid, a mask that is not causal
     or windowed or is read from a runtime tensor, the probabilities scaled
     or multiplied (dropout) after the softmax, the difference in the other
-    order, a softmax over another axis, views the fusion cannot read (such
-    as torch-mlir's dynamic `tensor.reshape`), unsupported element types.
+    order, a softmax over another axis, views the fusion cannot read (a
+    `tensor.reshape` not provably a split or merge of its source's dims,
+    named with the reason), unsupported element types.
     Every op the pass creates is verified before it replaces anything.
 
     Before (sketch):
