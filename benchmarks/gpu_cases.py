@@ -43,9 +43,13 @@ BENCH_PREFILL = [
     (8, 2048, 32, 16, 128, True),
 ]
 
-# Targets whose kernels are timed beside the default target's on the
-# prefill shapes (their strategy: wgmma on sm_90a), where the GPU runs them.
-BENCH_TARGETS = ["sm_90a"]
+# Targets (and diffattn-compile options) whose kernels are timed beside
+# the default target's on the prefill shapes (their strategy: wgmma on
+# sm_90a), where the GPU runs them.
+BENCH_TARGETS = [
+    ("sm_90a", ()),
+    ("sm_90a", ("--gpu-options=warp-specialize=false",)),
+]
 
 # Decode timing: (B, kv_len, 2H, Hkv, D), one new token
 BENCH_DECODE = [
@@ -135,7 +139,8 @@ HOST_COST_DECODE = [(1, 4096), (1, 16384), (4, 4096), (4, 16384)]
 
 def all_kernel_requests():
     """Every distinct kernel request of the cases above, as keyword
-    arguments of diffattn._gpu.prepare_v2 (without the target)."""
+    arguments of diffattn._gpu.prepare_v2 (without the target, except the
+    BENCH_TARGETS ones, which name theirs)."""
     reqs = []
     for b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len in CHECK_CASES:
         reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
@@ -152,6 +157,12 @@ def all_kernel_requests():
                                  lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16",
                                  causal=causal, window=(-1, -1), kv_len_shape=None,
                                  options=options))
+    for b, s, h2, hkv, d, causal in BENCH_PREFILL:
+        for target, options in BENCH_TARGETS:
+            reqs.append(dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
+                             lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16",
+                             causal=causal, window=(-1, -1), kv_len_shape=None,
+                             options=options, target=target))
     for b, sq, sk, h2, hkv, d, causal, kv_len in SANITIZE_CASES:
         reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                          lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,

@@ -281,8 +281,7 @@ def bench(results, prefill=True):
     epilogue = make_epilogue()
     fa3 = fa3_anchor()
     capability = torch.cuda.get_device_capability()
-    targets = [t for t in gpu_cases.BENCH_TARGETS
-               if t != _gpu.target_for_capability(capability) and _gpu._runs_on(t, capability)]
+    targets = [(t, o) for t, o in gpu_cases.BENCH_TARGETS if _gpu._runs_on(t, capability)]
     print("== prefill (bf16)", flush=True)
     rows = []
     for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL if prefill else []:
@@ -313,12 +312,13 @@ def bench(results, prefill=True):
             row["fa3_vs_ours_rel_l2"] = rel_l2(mine, run())
             ms = bench_fn(run)
             row.update(fa3_ms=ms, fa3_tflops=flops / ms / 1e9, ratio_vs_fa3=ms / ours)
-        for t in targets:
+        for t, topts in targets:
             # The same op compiled for another target (its own strategy).
             ms, err = time_variant(
                 ((b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2)),
                 [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
-                mine, (), target=t, causal=causal)
+                mine, topts, target=t, causal=causal)
+            t = " ".join((t,) + tuple(topts))
             entry = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err,
                          vs_default=ours / ms)
             for name in ("cudnn", "fa2", "fa3"):

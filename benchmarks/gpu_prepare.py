@@ -21,7 +21,8 @@ import gpu_cases  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache")
-    ap.add_argument("--target", nargs="+", default=["sm_90"] + gpu_cases.BENCH_TARGETS,
+    ap.add_argument("--target", nargs="+",
+                    default=["sm_90"] + sorted({t for t, _ in gpu_cases.BENCH_TARGETS}),
                     help="targets to compile every kernel for (default: sm_90 and the "
                          "benchmarked ones, gpu_cases.BENCH_TARGETS)")
     args = ap.parse_args()
@@ -34,6 +35,9 @@ def main():
         for req in gpu_cases.all_kernel_requests():
             req = dict(req)
             prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
+            own = req.pop("target", None)
+            if own is not None and own != target:
+                continue
             directory, _, _ = prepare(**req, target=target)
             seen.add(directory)
     print(f"{len(seen)} kernel directories in {args.cache} ({time.time() - t0:.1f} s)")
