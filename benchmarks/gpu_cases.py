@@ -44,10 +44,12 @@ BENCH_PREFILL = [
 ]
 
 # Targets (and diffattn-compile options) whose kernels are timed beside
-# the default target's on the prefill shapes (their strategy: wgmma on
-# sm_90a), where the GPU runs them.
+# the default target's on the prefill shapes, where the GPU runs them: on an
+# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90) and both
+# forms of the wgmma kernel.
 BENCH_TARGETS = [
-    ("sm_90a", ()),
+    ("sm_90", ()),
+    ("sm_90a", ("--gpu-options=warp-specialize=true",)),
     ("sm_90a", ("--gpu-options=warp-specialize=false",)),
 ]
 
@@ -163,6 +165,13 @@ def all_kernel_requests():
                              lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16",
                              causal=causal, window=(-1, -1), kv_len_shape=None,
                              options=options, target=target))
+    # python/tests/test_targets.py: a kernel for another chip (refused by the
+    # runtime on the GPU) and the Hopper target's prefill and decode kernels.
+    target_shapes = dict(q_shape=(1, 64, 8, 64), k_shape=(1, 64, 2, 64), v_shape=(1, 64, 2, 64),
+                         lam_shape=(1, 64, 4), elem="bf16", lam_elem="bf16")
+    reqs.append(dict(target_shapes, target="sm_80"))
+    for kv_len_shape in (None, (1,)):
+        reqs.append(dict(target_shapes, causal=True, kv_len_shape=kv_len_shape, target="sm_90a"))
     for b, sq, sk, h2, hkv, d, causal, kv_len in SANITIZE_CASES:
         reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                          lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,

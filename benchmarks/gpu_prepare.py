@@ -31,13 +31,12 @@ def main():
 
     seen = set()
     t0 = time.time()
-    for target in args.target:
-        for req in gpu_cases.all_kernel_requests():
-            req = dict(req)
-            prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
-            own = req.pop("target", None)
-            if own is not None and own != target:
-                continue
+    for req in gpu_cases.all_kernel_requests():
+        req = dict(req)
+        prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
+        # A request that names its target is compiled for that one only.
+        own = req.pop("target", None)
+        for target in [own] if own else args.target:
             directory, _, _ = prepare(**req, target=target)
             seen.add(directory)
     print(f"{len(seen)} kernel directories in {args.cache} ({time.time() - t0:.1f} s)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The README's main job on a GPU: run the kernels that
-`diffattn-compile --target=sm_90 -o DIR` wrote for a model graph
+`diffattn-compile --target=sm_90a -o DIR` wrote for a model graph
 (examples/v2_attention_bf16.mlir: its attention was fused into one
 diffattn.v2) or an op-level file (examples/v2_model.mlir), through the
 runtime library, on fresh random inputs, against the float64 reference.
@@ -30,6 +30,13 @@ def main():
         return 0
     if not torch.cuda.is_available():
         print("no CUDA GPU here: the GPU run is skipped")
+        return 0
+    chips = {k["chip"] for k in _compiler.load_manifest(directory)["kernels"]}
+    capability = torch.cuda.get_device_capability()
+    runnable = [c for c in chips if _gpu._runs_on(c, capability)]
+    if len(runnable) != len(chips):
+        print(f"this GPU is compute capability {capability[0]}.{capability[1]}, the kernels are "
+              f"{', '.join(sorted(chips))} cubins: the GPU run is skipped")
         return 0
     text = open(model).read()
     q = re.search(r"%q: tensor<(\d+)x(\d+)x", text)

@@ -81,8 +81,8 @@ setup() {
 # (printing what was fused), compile the fused op for the CPU, and run the
 # whole module on the CPU fused and unfused, comparing the outputs. Then the
 # same module at a real model's sizes in bf16 (examples/v2_attention_bf16.mlir)
-# is fused and compiled to PTX and an sm_90 cubin, and run on a GPU if there
-# is one.
+# is fused and compiled to PTX and an sm_90a cubin (the Hopper strategy),
+# and run on an H100/H200 if there is one.
 run_example() {
   local model="$ROOT/examples/v2_attention.mlir"
   local out="$BUILD_DIR/example-cpu"
@@ -100,12 +100,12 @@ run_example() {
     --runner "$LLVM_PREFIX/bin/mlir-runner" --lib-dir "$LLVM_PREFIX/lib" "$model"
 
   local big="$ROOT/examples/v2_attention_bf16.mlir"
-  local gpu_out="$BUILD_DIR/example-sm90"
+  local gpu_out="$BUILD_DIR/example-sm90a"
   log "the same module at a real model's sizes ($big: d_model 2048, 32 query"
-  log "heads, 8 KV heads, head dim 128, bf16): fuse and compile for sm_90"
-  "$BUILD_DIR/bin/diffattn-compile" "$big" --target=sm_90 -o "$gpu_out" --fuse-remarks
+  log "heads, 8 KV heads, head dim 128, bf16): fuse and compile for sm_90a"
+  "$BUILD_DIR/bin/diffattn-compile" "$big" --target=sm_90a -o "$gpu_out" --fuse-remarks
   ls "$gpu_out"
-  grep -m1 -E "mma.sync.aligned.m16n8k16" "$gpu_out"/*.ptx
+  grep -m1 -E "wgmma.mma_async.sync.aligned" "$gpu_out"/*.ptx
   log "running it on the GPU (if this machine has one)"
   python3 "$ROOT/examples/run_gpu_example.py" "$big" "$gpu_out"
 }

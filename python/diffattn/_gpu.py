@@ -25,14 +25,17 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 
 
 #: Environment variable that overrides the target picked for a GPU (e.g.
-#: ``sm_90`` for the portable strategy on a Hopper card, whose default is
+#: ``sm_90`` for the portable strategy on an H100/H200, whose default is
 #: ``sm_90a``). The target is part of the kernel cache key.
 TARGET_ENV = "DIFFATTN_GPU_TARGET"
 
 # Compute capability -> the default target, and the targets whose cubins a
 # capability runs (an sm_XY cubin runs on X.Z for Z >= Y; an arch-specific
 # sm_XYa one on X.Y only).
-_DEFAULT_TARGET = {(9, 0): "sm_90", 9: "sm_90", 8: "sm_80"}
+# 9.0 (H100, H200) gets the Hopper strategy (wgmma), faster on every
+# prefill shape of SPEC.md (docs/performance.md); decode, paged caches and
+# packed sequences compile to the portable kernels there too.
+_DEFAULT_TARGET = {(9, 0): "sm_90a", 9: "sm_90", 8: "sm_80"}
 _TARGETS = ("sm_80", "sm_90", "sm_90a")
 
 

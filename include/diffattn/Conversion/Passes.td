@@ -67,11 +67,14 @@ defvar DiffAttnGPUStrategyOptions = [
            "(sm_90 and later; ignored on sm_80): it may start while the "
            "split kernel's CTAs finish and waits for their results itself. "
            "+0.7% decode bandwidth on an H200">,
-    Option<"warpSpecialize", "warp-specialize", "bool", /*default=*/"true",
-           "wgmma strategy: a producer warpgroup copies the K/V blocks and "
-           "hands them to the two consumer warpgroups through mbarriers, "
-           "with registers moved to the consumers by setmaxnreg (else every "
-           "thread copies and CTA barriers order the stages)">,
+    Option<"warpSpecialize", "warp-specialize", "std::string",
+           /*default=*/"\"auto\"",
+           "wgmma strategy: true (a producer warpgroup copies the K/V blocks "
+           "and hands them to the two consumer warpgroups through "
+           "mbarriers, with registers moved to the consumers by "
+           "setmaxnreg), false (every thread copies, CTA barriers order "
+           "the stages) or auto (true for D = 64, false for D = 128: the "
+           "faster on an H200, docs/performance.md)">,
     Option<"combineSplitsPerStep", "combine-splits-per-step", "int64_t",
            /*default=*/"8",
            "Split-KV: splits the combine kernel merges per step of its loop, "

@@ -7,7 +7,17 @@
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=chip=sm_75 2>&1 | FileCheck %s --check-prefix=CHIP
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=strategy=wgmma 2>&1 | FileCheck %s --check-prefix=STRATEGY
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-gpu-pipeline=chip=sm_75 2>&1 | FileCheck %s --check-prefix=PIPECHIP
-// RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-gpu-pipeline=chip=sm_90a 2>&1 | FileCheck %s --check-prefix=PIPEHOPPER
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_100a strategy=tcgen05" 2>&1 | FileCheck %s --check-prefix=PIPEBLACKWELL
+// RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-wgmma-kernels=chip=sm_90 2>&1 | FileCheck %s --check-prefix=WGCHIP
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90 strategy=wgmma" 2>&1 | FileCheck %s --check-prefix=WGCHIP
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-to-wgmma-kernels=chip=sm_90a strategy=mma_sync" 2>&1 | FileCheck %s --check-prefix=WGSTRATEGY
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a stages=2" 2>&1 | FileCheck %s --check-prefix=WGSTAGES
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=4" 2>&1 | FileCheck %s --check-prefix=WGWARPS
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=8 warp-specialize=true" 2>&1 | FileCheck %s --check-prefix=WGWARPSWS
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a block-k=24" 2>&1 | FileCheck %s --check-prefix=WGBLOCKK
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a smem-layout=padded" 2>&1 | FileCheck %s --check-prefix=WGLAYOUT
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warp-specialize=maybe" 2>&1 | FileCheck %s --check-prefix=WGSPEC
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a block-k=256" 2>&1 | FileCheck %s --check-prefix=WGSHARED
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-gpu-pipeline=strategy=magic 2>&1 | FileCheck %s --check-prefix=PIPESTRATEGY
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_80 warps=6" 2>&1 | FileCheck %s --check-prefix=WARPS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=block-k=24 2>&1 | FileCheck %s --check-prefix=BLOCKK
@@ -21,8 +31,17 @@
 // CHIP: error: unknown chip 'sm_75' (expected sm_80, sm_90, sm_90a, sm_100a)
 // STRATEGY: error: strategy 'wgmma' is not the portable tensor-core strategy (mma_sync) that diffattn-to-mma-sync-kernels emits
 // PIPECHIP: error: diffattn-gpu-pipeline: unknown chip 'sm_75' (expected sm_80, sm_90, sm_90a, sm_100a)
-// PIPEHOPPER: error: the wgmma strategy of chip=sm_90a is not implemented yet; --target=sm_90 compiles the portable mma.sync strategy, whose cubin runs on Hopper
-// PIPESTRATEGY: error: diffattn-gpu-pipeline: unknown strategy 'magic' (expected auto or mma_sync)
+// PIPEBLACKWELL: error: the tcgen05 strategy of chip=sm_100a is not implemented yet; strategy=mma_sync compiles the portable strategy, whose cubin runs on Blackwell
+// PIPESTRATEGY: error: diffattn-gpu-pipeline: unknown strategy 'magic' (expected auto, mma_sync or wgmma)
+// WGCHIP: error: the wgmma strategy needs chip=sm_90a (wgmma and its descriptors are sm_90a instructions), got chip=sm_90
+// WGSTRATEGY: error: strategy 'mma_sync' is not the Hopper strategy (wgmma) that diffattn-to-wgmma-kernels emits
+// WGSTAGES: error: 'diffattn.v2' op stages = 2 is not supported by the wgmma strategy (its pipeline reads two blocks while a third lands: 3)
+// WGWARPS: error: 'diffattn.v2' op warps = 4 is not supported by the wgmma strategy (its CTA is two warpgroups: 8)
+// WGWARPSWS: error: 'diffattn.v2' op warps = 8 is not supported by the wgmma strategy (its CTA is a producer and two consumer warpgroups: 12)
+// WGBLOCKK: error: 'diffattn.v2' op block-k = 24 is not supported by the wgmma strategy (expected a multiple of 16 up to 256)
+// WGLAYOUT: error: 'diffattn.v2' op smem-layout = 'padded' is not supported by the wgmma strategy (its tiles are in wgmma's 128-byte swizzled layout: auto or swizzled)
+// WGSPEC: error: 'diffattn.v2' op warp-specialize = 'maybe' is not supported (expected auto, true or false)
+// WGSHARED: error: 'diffattn.v2' op needs {{[0-9]+}} bytes of shared memory per CTA with block-k = 256 and stages = 3 (at most 232448 on sm_90a)
 // BLOCKK: error: 'diffattn.v2' op block-k = 24 is not supported (expected a multiple of 16 up to 128)
 // LAYOUT: error: 'diffattn.v2' op smem-layout = 'diagonal' is not supported (expected auto, padded or swizzled)
 // PERSTEP: error: 'diffattn.v2' op combine-splits-per-step = 0 is not supported (expected 1 to 16)
