@@ -7,6 +7,8 @@
 
 #include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
 
+#include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
+
 #include "mlir/IR/BuiltinTypes.h"
 
 using namespace mlir;
@@ -178,4 +180,18 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
                           b.getI64IntegerAttr(config.kvHeads * ppg * 2 *
                                               config.partialWidth()))})));
   return b.getDictionaryAttr(attrs);
+}
+
+FailureOr<SmallVector<func::FuncOp>>
+mlir::diffattn::collectOutlinedKernels(ModuleOp module) {
+  module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                  UnitAttr::get(module.getContext()));
+  SmallVector<func::FuncOp> kernels;
+  for (auto func : module.getOps<func::FuncOp>())
+    if (func->hasAttr(kKernelAttrName))
+      kernels.push_back(func);
+  if (kernels.empty())
+    return module.emitError("no diffattn kernel to convert: run "
+                            "diffattn-outline-kernels first");
+  return kernels;
 }

@@ -234,8 +234,6 @@ struct DiffAttnToMmaSyncKernelsPass
   using Base::Base;
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
-                    UnitAttr::get(&getContext()));
     IRRewriter rewriter(&getContext());
     DiffAttnToMmaSyncKernelsOptions options;
     options.chip = chip;
@@ -250,16 +248,11 @@ struct DiffAttnToMmaSyncKernelsPass
     options.smemLayout = smemLayout;
     options.programmaticLaunch = programmaticLaunch;
     options.combineSplitsPerStep = combineSplitsPerStep;
-    SmallVector<func::FuncOp> kernels;
-    for (auto func : module.getOps<func::FuncOp>())
-      if (func->hasAttr(kKernelAttrName))
-        kernels.push_back(func);
-    if (kernels.empty()) {
-      module.emitError("no diffattn kernel to convert: run "
-                       "diffattn-outline-kernels first");
+    FailureOr<SmallVector<func::FuncOp>> kernels =
+        collectOutlinedKernels(module);
+    if (failed(kernels))
       return signalPassFailure();
-    }
-    for (func::FuncOp kernel : kernels)
+    for (func::FuncOp kernel : *kernels)
       if (failed(emitMmaSyncKernel(rewriter, kernel, options)))
         return signalPassFailure();
   }

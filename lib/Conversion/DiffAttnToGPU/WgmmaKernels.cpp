@@ -170,15 +170,9 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     // strategy's kernels (split-KV for decode), with its own tile defaults;
     // the manifest records strategy mma_sync.
     DiffAttnToMmaSyncKernelsOptions portable;
-    portable.chip = options.chip;
+    copyStrategyOptions(options, portable);
     portable.strategy = "mma_sync";
-    portable.rescaleThreshold = options.rescaleThreshold;
-    portable.l2Prefetch = options.l2Prefetch;
-    portable.smemLayout = options.smemLayout;
-    portable.programmaticLaunch = options.programmaticLaunch;
-    portable.combineSplitsPerStep = options.combineSplitsPerStep;
-    portable.splitKeys = options.splitKeys;
-    portable.splitTargetCtas = options.splitTargetCtas;
+    portable.blockK = portable.stages = portable.warps = 0;
     return emitMmaSyncKernel(rewriter, kernel, portable);
   }
   FailureOr<WgmmaPlan> plan = makePlan(op, options, *chip);
@@ -216,8 +210,6 @@ struct DiffAttnToWgmmaKernelsPass
   using Base::Base;
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
-                    UnitAttr::get(&getContext()));
     IRRewriter rewriter(&getContext());
     DiffAttnToWgmmaKernelsOptions options;
     options.chip = chip;
@@ -233,16 +225,11 @@ struct DiffAttnToWgmmaKernelsPass
     options.programmaticLaunch = programmaticLaunch;
     options.combineSplitsPerStep = combineSplitsPerStep;
     options.warpSpecialize = warpSpecialize;
-    SmallVector<func::FuncOp> kernels;
-    for (auto func : module.getOps<func::FuncOp>())
-      if (func->hasAttr(kKernelAttrName))
-        kernels.push_back(func);
-    if (kernels.empty()) {
-      module.emitError("no diffattn kernel to convert: run "
-                       "diffattn-outline-kernels first");
+    FailureOr<SmallVector<func::FuncOp>> kernels =
+        collectOutlinedKernels(module);
+    if (failed(kernels))
       return signalPassFailure();
-    }
-    for (func::FuncOp kernel : kernels)
+    for (func::FuncOp kernel : *kernels)
       if (failed(emitWgmmaKernel(rewriter, kernel, options)))
         return signalPassFailure();
   }

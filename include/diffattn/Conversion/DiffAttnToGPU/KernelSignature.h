@@ -14,9 +14,11 @@
 
 #include "diffattn/Conversion/DiffAttnToGPU/TileConfig.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/BuiltinOps.h"
 
 namespace mlir::diffattn {
 
@@ -47,6 +49,30 @@ gpu::GPUFuncOp createKernelFunc(OpBuilder &b, Location loc, StringRef name,
 DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
                                ArrayRef<StringRef> buffers);
+
+/// The kernel functions diffattn-outline-kernels made in `module` (marked
+/// with the manifest entry), after marking `module` a GPU container module;
+/// an error on `module` if there are none.
+FailureOr<SmallVector<func::FuncOp>> collectOutlinedKernels(ModuleOp module);
+
+/// Copies the GPU strategy options (Passes.td, DiffAttnGPUStrategyOptions)
+/// from one strategy's option struct to another's.
+template <typename Dst, typename Src>
+void copyStrategyOptions(const Src &src, Dst &dst) {
+  dst.chip = src.chip;
+  dst.strategy = src.strategy;
+  dst.blockK = src.blockK;
+  dst.stages = src.stages;
+  dst.warps = src.warps;
+  dst.rescaleThreshold = src.rescaleThreshold;
+  dst.l2Prefetch = src.l2Prefetch;
+  dst.smemLayout = src.smemLayout;
+  dst.programmaticLaunch = src.programmaticLaunch;
+  dst.combineSplitsPerStep = src.combineSplitsPerStep;
+  dst.warpSpecialize = src.warpSpecialize;
+  dst.splitKeys = src.splitKeys;
+  dst.splitTargetCtas = src.splitTargetCtas;
+}
 
 } // namespace mlir::diffattn
 
