@@ -50,6 +50,7 @@ BENCH_PREFILL = [
 BENCH_TARGETS = [
     ("sm_90", ()),
     ("sm_90a", ("--gpu-options=warp-specialize=true",)),
+    ("sm_90a", ("--gpu-options=warp-specialize=true ping-pong=false",)),
     ("sm_90a", ("--gpu-options=warp-specialize=false",)),
 ]
 

@@ -75,6 +75,11 @@ defvar DiffAttnGPUStrategyOptions = [
            "setmaxnreg), false (every thread copies, CTA barriers order "
            "the stages) or auto (true for D = 64, false for D = 128: the "
            "faster on an H200, docs/performance.md)">,
+    Option<"pingPong", "ping-pong", "bool", /*default=*/"true",
+           "wgmma strategy, warp-specialised: the two consumer warpgroups "
+           "take turns issuing their products (named barriers), so that one "
+           "warpgroup's softmax overlaps the other's products "
+           "(FlashAttention-3's ping-pong schedule)">,
     Option<"combineSplitsPerStep", "combine-splits-per-step", "int64_t",
            /*default=*/"8",
            "Split-KV: splits the combine kernel merges per step of its loop, "

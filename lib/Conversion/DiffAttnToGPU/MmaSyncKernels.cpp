@@ -248,6 +248,8 @@ struct DiffAttnToMmaSyncKernelsPass
     options.smemLayout = smemLayout;
     options.programmaticLaunch = programmaticLaunch;
     options.combineSplitsPerStep = combineSplitsPerStep;
+    options.pingPong = pingPong;
+    options.warpSpecialize = warpSpecialize;
     FailureOr<SmallVector<func::FuncOp>> kernels =
         collectOutlinedKernels(module);
     if (failed(kernels))

@@ -59,6 +59,8 @@ struct WgmmaPlan : TileConfig {
   /// two consumer warpgroups through mbarriers (else all threads copy, and
   /// CTA barriers order the stages).
   bool warpSpecialized = false;
+  /// Warp-specialised: the consumers take turns issuing their products.
+  bool pingPong = false;
   /// Registers per thread after setmaxnreg: the producer's and the
   /// consumers' (128 x producer + 256 x consumer <= 65536).
   int64_t producerRegisters = 56, consumerRegisters = 216;

@@ -212,7 +212,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // shared memory, `release(j)` hands its stage back once both products
   // that read it have landed. Returns the final state.
   auto keyLoop = [&](function_ref<void(Value)> acquire,
-                     function_ref<void(Value)> release) {
+                     function_ref<void(Value)> release,
+                     function_ref<void(bool)> turn) {
     Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
     SmallVector<Value> firstInit(init);
     firstInit.append(pRegs, zeroReg);
@@ -226,9 +227,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       b.setInsertionPointToStart(first.thenBlock());
       acquire(idx(0));
       SmallVector<Value> sDesc = scoreDescriptors(idx(0));
+      turn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       Value scores = issueScores(sDesc);
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+      turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       HeadState head = unpackState(init);
       SmallVector<Value> p =
@@ -248,11 +251,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           SmallVector<Value> previousP(carried.take_back(pRegs));
           SmallVector<Value> sDesc = scoreDescriptors(rem(j, stages));
           SmallVector<Value> vDesc = pvDescriptors(rem(sub(j, idx(1)), stages));
+          turn(true);
           NVVM::WgmmaFenceAlignedOp::create(b, loc);
           Value scores = issueScores(sDesc);
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
           issuePV(previousP, vDesc, head.acc);
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+          turn(false);
           NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
           auto [probabilities, factors] = softmaxOf(scores, keyOf(j), head);
           // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
@@ -280,9 +285,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       HeadState head = unpackState(carried);
       SmallVector<Value> vDesc =
           pvDescriptors(rem(sub(numBlocks, idx(1)), stages));
+      turn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+      turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       fenceTiles(head.acc);
       scf::YieldOp::create(b, loc, packState(head));
@@ -357,7 +364,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           fenceCopies();
           prefetch(add(j, idx(1)), tid, threads);
         },
-        [](Value) {});
+        [](Value) {}, [](bool) {});
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(finalState, [&] { gpu::BarrierOp::create(b, loc); });
@@ -446,10 +453,31 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         NVVM::SetMaxRegisterOp::create(b, loc, plan.consumerRegisters,
                                        NVVM::SetMaxRegisterAction::increase);
         pairHead = sub(warpgroup, idx(1));
+        // Ping-pong: named barrier 2 + h is warpgroup h's turn (256
+        // threads: its own wait and the other's arrival); warpgroup 0 goes
+        // first. Both take the same number of turns.
+        Value pairHeadI32 =
+            arith::IndexCastOp::create(b, loc, b.getI32Type(), pairHead);
+        Value myTurn = arith::AddIOp::create(b, loc, pairHeadI32, i32(2));
+        Value otherTurn = arith::SubIOp::create(b, loc, i32(3), pairHeadI32);
+        Value turnThreads = i32(2 * kWarpgroupThreads);
+        if (plan.pingPong)
+          ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(1)), [&] {
+            NVVM::BarrierArriveOp::create(b, loc, i32(2), turnThreads);
+          });
         waitOn(qFull, i32(0));
-        SmallVector<Value> finalState =
-            keyLoop([&](Value j) { waitOn(full(rem(j, stages)), parityOf(j)); },
-                    [&](Value j) { arrive(empty(rem(j, stages))); });
+        SmallVector<Value> finalState = keyLoop(
+            [&](Value j) { waitOn(full(rem(j, stages)), parityOf(j)); },
+            [&](Value j) { arrive(empty(rem(j, stages))); },
+            [&](bool begin) {
+              if (!plan.pingPong)
+                return;
+              if (begin)
+                NVVM::BarrierOp::create(b, loc, Type(), myTurn, turnThreads,
+                                        nullptr, Value());
+              else
+                NVVM::BarrierArriveOp::create(b, loc, otherTurn, turnThreads);
+            });
         // The consumers' own barrier (the producer may have exited).
         emitEpilogue(finalState, [&] {
           NVVM::BarrierOp::create(b, loc, Type(), i32(1),

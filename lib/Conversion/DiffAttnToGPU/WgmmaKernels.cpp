@@ -82,6 +82,7 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                    ? "a producer and two consumer warpgroups: 12"
                    : "two warpgroups: 8")
            << ")";
+  plan.pingPong = plan.warpSpecialized && options.pingPong;
   if (options.smemLayout != "auto" && options.smemLayout != "swizzled")
     return op->emitOpError()
            << "smem-layout = '" << options.smemLayout
@@ -224,6 +225,7 @@ struct DiffAttnToWgmmaKernelsPass
     options.smemLayout = smemLayout;
     options.programmaticLaunch = programmaticLaunch;
     options.combineSplitsPerStep = combineSplitsPerStep;
+    options.pingPong = pingPong;
     options.warpSpecialize = warpSpecialize;
     FailureOr<SmallVector<func::FuncOp>> kernels =
         collectOutlinedKernels(module);

@@ -70,6 +70,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.programmaticLaunch = src.programmaticLaunch;
   dst.combineSplitsPerStep = src.combineSplitsPerStep;
   dst.warpSpecialize = src.warpSpecialize;
+  dst.pingPong = src.pingPong;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
