@@ -73,8 +73,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "and hands them to the two consumer warpgroups through "
            "mbarriers, with registers moved to the consumers by "
            "setmaxnreg), false (every thread copies, CTA barriers order "
-           "the stages) or auto (true for D = 64, false for D = 128: the "
-           "faster on an H200, docs/performance.md)">,
+           "the stages) or auto (true: with ping-pong, as fast or faster "
+           "on every measured shape, docs/performance.md)">,
     Option<"pingPong", "ping-pong", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised: the two consumer warpgroups "
            "take turns issuing their products (named barriers), so that one "

@@ -59,12 +59,12 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                              << " is not supported by the wgmma strategy "
                                 "(its pipeline reads two blocks while a third "
                                 "lands: 3)";
-  // Measured on an H200 (docs/performance.md, 2026-11-30 run 5): the
-  // warp-specialised form is faster at D = 64 (312 against 273 TFLOP/s),
-  // the uniform one at D = 128 (389 against 365 causal, 448 against 433 at
-  // 1 x 16384; equal without a mask).
+  // Measured on an H200 (docs/performance.md, Hopper strategy run 5): with
+  // the ping-pong schedule the warp-specialised form is as fast as the
+  // uniform one or faster on every SPEC.md prefill shape (482 against 436
+  // TFLOP/s at 4 x 4096 unmasked, 312 against 273 at D = 64).
   if (options.warpSpecialize == "auto")
-    plan.warpSpecialized = plan.headDim == 64;
+    plan.warpSpecialized = true;
   else if (options.warpSpecialize == "true" ||
            options.warpSpecialize == "false")
     plan.warpSpecialized = options.warpSpecialize == "true";

@@ -12,7 +12,7 @@
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90 strategy=wgmma" 2>&1 | FileCheck %s --check-prefix=WGCHIP
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-to-wgmma-kernels=chip=sm_90a strategy=mma_sync" 2>&1 | FileCheck %s --check-prefix=WGSTRATEGY
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a stages=2" 2>&1 | FileCheck %s --check-prefix=WGSTAGES
-// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=4" 2>&1 | FileCheck %s --check-prefix=WGWARPS
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=4 warp-specialize=false" 2>&1 | FileCheck %s --check-prefix=WGWARPS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=8 warp-specialize=true" 2>&1 | FileCheck %s --check-prefix=WGWARPSWS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a block-k=24" 2>&1 | FileCheck %s --check-prefix=WGBLOCKK
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a smem-layout=padded" 2>&1 | FileCheck %s --check-prefix=WGLAYOUT
