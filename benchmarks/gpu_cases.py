@@ -156,10 +156,12 @@ def all_kernel_requests():
     for b, s, h2, hkv, d, causal in BENCH_PREFILL:
         for vd, options in BENCH_VARIANTS:
             if vd == d:
+                # The portable strategy's tile variants (gpu_check.py times
+                # them on sm_90).
                 reqs.append(dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
                                  lam_shape=(b, s, h2 // 2), elem="bf16", lam_elem="bf16",
                                  causal=causal, window=(-1, -1), kv_len_shape=None,
-                                 options=options))
+                                 options=options, target="sm_90"))
     for b, s, h2, hkv, d, causal in BENCH_PREFILL:
         for target, options in BENCH_TARGETS:
             reqs.append(dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
@@ -194,11 +196,13 @@ def all_kernel_requests():
                          lam_elem="bf16", causal=True, window=(-1, -1), kv_len_shape=(1,),
                          options=(f"--gpu-options={variant}",)))
     for causal in VARLEN_CAUSAL:
+        # The portable strategy's varlen tiles (gpu_varlen_tiles.py, sm_90).
         for options in VARLEN_TILE_VARIANTS:
             reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),
                              v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
                              cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
-                             max_seqlen_k=8, causal=causal, window=(-1, -1), options=options))
+                             max_seqlen_k=8, causal=causal, window=(-1, -1), options=options,
+                             target="sm_90"))
     for bs in PAGED_BLOCK_SIZES:
         reqs.append(dict(q_shape=(1, 1, 32, 128), k_shape=(4, bs, 8, 128),
                          v_shape=(4, bs, 8, 128), lam_shape=(1, 1, 16), elem="bf16",

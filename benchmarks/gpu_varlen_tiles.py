@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Tile choice for packed variable-length prefill (diffattn.v2_varlen): the
-FLOP rate of the batched kernel beside the varlen kernel with its default
-tiles and with the variants in VARIANTS, on the same tokens (B sequences of
-S, D 128, 32 query / 8 KV heads, bf16). Kernels come from DIFFATTN_CACHE_DIR
-(benchmarks/gpu_prepare.py prepares them):
+"""Packed variable-length prefill (diffattn.v2_varlen) against the batched
+kernel on the same tokens (B sequences of S, D 128, 32 query / 8 KV heads,
+bf16): the FLOP rate of the batched kernel beside the varlen kernel of this
+GPU's target, and the portable strategy's (sm_90) varlen kernel with its
+default tiles and the variants in VARIANTS. Kernels come from
+DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py prepares them):
 
     python3 benchmarks/gpu_varlen_tiles.py [--out DIR]
 """
@@ -40,10 +41,14 @@ def main():
         cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device="cuda")
         qp, kp, vp, lp = (t.reshape((b * s,) + tuple(t.shape[2:])) for t in (q, k, v, lam))
         row = dict(shape=[b, s, causal], batched_tflops=flops / batched / 1e9)
-        for options in [()] + VARIANTS:
+        target = _gpu.target_for_capability(torch.cuda.get_device_capability())
+        kernels = [(target, ())] + [("sm_90", o) for o in [()] + VARIANTS if target != "sm_90"
+                                    or o]
+        for kernel_target, options in kernels:
             directory, out_shape, sizes = _gpu.prepare_v2_varlen(
                 tuple(qp.shape), tuple(kp.shape), tuple(vp.shape), tuple(lp.shape), (b + 1,),
-                (b + 1,), "bf16", "bf16", s, s, causal=causal, options=options)
+                (b + 1,), "bf16", "bf16", s, s, causal=causal, options=options,
+                target=kernel_target)
             out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
             bufs = [(n, e, tuple(t.shape), t.data_ptr()) for n, e, t in
                     (("q", "bf16", qp), ("k", "bf16", kp), ("v", "bf16", vp), ("lam", "bf16", lp),
@@ -54,7 +59,7 @@ def main():
             launch()
             err = rel_l2(out.reshape(mine.shape), mine)
             ms = bench_fn(launch)
-            name = " ".join(options) or "default"
+            name = " ".join((kernel_target,) + tuple(options))
             row[name] = dict(tflops=flops / ms / 1e9, vs_batched=batched / ms, rel_l2=err)
             print(f"B={b} S={s} {'causal' if causal else 'full'} varlen {name}: "
                   f"{flops / ms / 1e9:.0f} TFLOP/s, {batched / ms:.3f}x batched "

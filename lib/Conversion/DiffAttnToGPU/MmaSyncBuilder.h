@@ -99,24 +99,12 @@ private:
   /// which names kv_len. Every other thread goes on with kv_len clamped to
   /// [0, Sk] (buildKeyLength), so nothing out of bounds is read.
   void assertKeyLengthInRange(Value kvLen, Value seqK, Value tid);
-  /// A device-side assertion of `ok`, reported (with `message`, which names
-  /// the argument) by thread 0 of CTA (0, 0, b) only: one line per bad
-  /// sequence b (see assertKeyLengthInRange).
-  void assertPerSequence(Value ok, Value tid, StringRef message);
   /// A paged cache (diffattn.v2_paged): the pool row of key `key0` of
   /// sequence `batch`, block_table[batch, key0 / BS] * BS + key0 % BS (the
   /// block table is [B, Sk / BS]); a block outside [0, numBlocks) raises a
   /// device-side assertion (as kv_len does) and reads block 0.
   Value pagedRow(Value blockTable, Value numBlocks, Value batch, Value seqK,
                  Value key0, Value tid);
-  /// Packed sequences (diffattn.v2_varlen): (first token, length) of
-  /// sequence `batch` from `cuSeqlens` ([B + 1] i32 offsets into `total`
-  /// tokens). Offsets that do not satisfy 0 <= start <= end <= total and
-  /// end - start <= maxLength (the launch's max_seqlen) raise a device-side
-  /// assertion (as kv_len does) and give an empty sequence.
-  std::pair<Value, Value> sequenceRange(Value cuSeqlens, Value batch,
-                                        Value total, Value maxLength,
-                                        Value tid);
 
   // Fragments.
   /// One 32-bit mma operand register from two 16-bit values.

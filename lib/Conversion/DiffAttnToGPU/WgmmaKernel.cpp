@@ -28,10 +28,19 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   const AttentionConfig &attn = plan.attn;
   int64_t blockQ = plan.blockQ, blockK = plan.blockK, stages = plan.stages;
   int64_t threads = plan.threads();
-  Value q = entry.getArgument(0), k = entry.getArgument(1),
-        v = entry.getArgument(2), lam = entry.getArgument(3),
-        out = entry.getArgument(4);
-  Value seqQ = entry.getArgument(6), seqK = entry.getArgument(7);
+  unsigned a = 0;
+  Value q = entry.getArgument(a++), k = entry.getArgument(a++),
+        v = entry.getArgument(a++), lam = entry.getArgument(a++);
+  // Packed sequences: cu_seqlens_q, cu_seqlens_k [B + 1] (i32), and after
+  // B, Sq, Sk (then the batch and the longest sequences) the packed token
+  // counts.
+  Value cuSeqQ = attn.varlen ? entry.getArgument(a++) : Value();
+  Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
+  Value out = entry.getArgument(a++);
+  a++; // B: the grid's z extent.
+  Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
+  Value totalQ = attn.varlen ? entry.getArgument(a++) : Value();
+  Value totalK = attn.varlen ? entry.getArgument(a++) : Value();
 
   tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
@@ -41,16 +50,35 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  // The first query row and key of the sequence in the (packed) tensors;
+  // with packed sequences, Sq and Sk become the sequence's own lengths.
+  Value qRowBase, kRowBase;
+  if (attn.varlen) {
+    std::tie(qRowBase, seqQ) = sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
+    std::tie(kRowBase, seqK) = sequenceRange(cuSeqK, batch, totalK, seqK, tid);
+  } else {
+    qRowBase = mul(batch, seqQ);
+    kRowBase = mul(batch, seqK);
+  }
   // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p * Sq
   // + i (pair p of the group, query row i).
   Value groupRows = mul(seqQ, plan.rowsPerQuery);
   Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
+  // Packed sequences: the grid covers the longest sequence; CTAs past this
+  // one's rows compute nothing and write nothing.
+  Value ctaActive;
+  if (attn.varlen) {
+    ctaActive = cmp(arith::CmpIPredicate::ult, qBlock, rowBlocks);
+    qBlock = select(ctaActive, qBlock, idx(0));
+  }
   // With a causal-like mask, row blocks go from the last rows to the first:
   // the longest CTAs start first.
   if (attn.windowRight >= 0 && attn.windowLeft < 0)
     qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
   Value row0 = mul(qBlock, blockQ);
   Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
+  if (ctaActive)
+    rowsValid = select(ctaActive, rowsValid, idx(0));
   Value firstPair = mul(kvHead, plan.pairsPerGroup());
   auto pairOf = [&](Value r) {
     return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
@@ -63,7 +91,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto threadGroupRow = [&](int64_t rr) {
     return add(add(row0, mul(warpInGroup, 16)), add(div(lane, 4), rr * 8));
   };
-  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
   keyLen = buildKeyLength(b, loc, Value(), seqK);
   offset = sub(keyLen, seqQ);
 
@@ -83,6 +110,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   std::tie(lo, hi) =
       buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
   lo = alignDownToBlock(b, loc, lo, blockK);
+  // An idle CTA (packed sequences) runs no key block.
+  if (ctaActive)
+    hi = select(ctaActive, hi, lo);
 
   int64_t kStride = plan.kvHeads * plan.headDim;
   int64_t vStride = plan.kvHeads * plan.valueDim;
@@ -328,6 +358,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       for (int64_t rr = 0; rr < 2; ++rr) {
         Value global = threadGroupRow(rr);
         Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
+        if (ctaActive)
+          valid = arith::AndIOp::create(b, loc, valid, ctaActive);
         Value rowIndex = add(qRowBase, threadRow[rr]);
         Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
         Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));

@@ -30,9 +30,11 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
 /// Whether the wgmma strategy has a kernel for `op`: the prefill form of
-/// diffattn.v2 (no kv_len, contiguous K/V, one sequence per batch entry).
+/// diffattn.v2 (no kv_len, contiguous K/V) and packed sequences
+/// (diffattn.v2_varlen).
 static bool hasWgmmaKernel(Operation *op) {
-  return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
+  return (isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen) ||
+         isa<V2VarlenOp>(op);
 }
 
 /// Checks that the strategy supports `op` on `chip` and fills the plan.
@@ -167,9 +169,9 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   if (failed(checkSupported(op)))
     return failure();
   if (!hasWgmmaKernel(op)) {
-    // The decode form, paged caches and packed sequences: the portable
-    // strategy's kernels (split-KV for decode), with its own tile defaults;
-    // the manifest records strategy mma_sync.
+    // The decode form and paged caches: the portable strategy's kernels
+    // (split-KV), with its own tile defaults; the manifest records strategy
+    // mma_sync.
     DiffAttnToMmaSyncKernelsOptions portable;
     copyStrategyOptions(options, portable);
     portable.strategy = "mma_sync";

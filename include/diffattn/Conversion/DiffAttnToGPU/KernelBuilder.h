@@ -138,6 +138,21 @@ public:
     return fadd(x, shuffleXor(x, 2));
   }
 
+  /// A device-side assertion of `ok`, reported (with `message`, which names
+  /// the argument) by thread 0 of CTA (0, 0, b) only: one line per bad
+  /// sequence b (the convention of PyTorch's device-side index errors:
+  /// cf.assert, lowered to `__assertfail`; the stream reports
+  /// CUDA_ERROR_ASSERT).
+  void assertPerSequence(Value ok, Value tid, StringRef message);
+  /// Packed sequences (diffattn.v2_varlen): (first token, length) of
+  /// sequence `batch` from `cuSeqlens` ([B + 1] i32 offsets into `total`
+  /// tokens). Offsets that do not satisfy 0 <= start <= end <= total and
+  /// end - start <= maxLength (the launch's max_seqlen) raise a device-side
+  /// assertion (as kv_len does) and give an empty sequence.
+  std::pair<Value, Value> sequenceRange(Value cuSeqlens, Value batch,
+                                        Value total, Value maxLength,
+                                        Value tid);
+
   OpBuilder &b;
   Location loc;
   MLIRContext *ctx;
