@@ -196,6 +196,12 @@ def all_kernel_requests():
                          lam_elem="bf16", causal=True, window=(-1, -1), kv_len_shape=(1,),
                          options=(f"--gpu-options={variant}",)))
     for causal in VARLEN_CAUSAL:
+        # The wgmma varlen kernel (gpu_varlen_tiles.py, sm_90a).
+        reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),
+                         v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
+                         cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
+                         max_seqlen_k=8, causal=causal, window=(-1, -1),
+                         options=("--gpu-options=strategy=wgmma",), target="sm_90a"))
         # The portable strategy's varlen tiles (gpu_varlen_tiles.py, sm_90).
         for options in VARLEN_TILE_VARIANTS:
             reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),

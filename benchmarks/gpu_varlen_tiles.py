@@ -44,6 +44,8 @@ def main():
         target = _gpu.target_for_capability(torch.cuda.get_device_capability())
         kernels = [(target, ())] + [("sm_90", o) for o in [()] + VARIANTS if target != "sm_90"
                                     or o]
+        if target == "sm_90a":  # the wgmma varlen kernel (not the default)
+            kernels.append((target, ("--gpu-options=strategy=wgmma",)))
         for kernel_target, options in kernels:
             directory, out_shape, sizes = _gpu.prepare_v2_varlen(
                 tuple(qp.shape), tuple(kp.shape), tuple(vp.shape), tuple(lp.shape), (b + 1,),

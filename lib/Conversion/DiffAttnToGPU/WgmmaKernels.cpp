@@ -29,12 +29,16 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
-/// Whether the wgmma strategy has a kernel for `op`: the prefill form of
-/// diffattn.v2 (no kv_len, contiguous K/V) and packed sequences
-/// (diffattn.v2_varlen).
-static bool hasWgmmaKernel(Operation *op) {
-  return (isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen) ||
-         isa<V2VarlenOp>(op);
+/// Whether `op` gets a wgmma kernel: the prefill form of diffattn.v2 (no
+/// kv_len, contiguous K/V); packed sequences (diffattn.v2_varlen) only when
+/// strategy=wgmma is asked for: their wgmma kernel measured 284 against the
+/// portable kernel's 322 TFLOP/s causal and equal unmasked (4 x 4096, D 128,
+/// H200; docs/performance.md, Hopper run 7), spilling in its producer.
+static bool hasWgmmaKernel(Operation *op,
+                           const DiffAttnToWgmmaKernelsOptions &options) {
+  if (isa<V2VarlenOp>(op))
+    return options.strategy == "wgmma";
+  return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
 }
 
 /// Checks that the strategy supports `op` on `chip` and fills the plan.
@@ -168,10 +172,10 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
                                  "diffattn-to-wgmma-kernels emits";
   if (failed(checkSupported(op)))
     return failure();
-  if (!hasWgmmaKernel(op)) {
-    // The decode form and paged caches: the portable strategy's kernels
-    // (split-KV), with its own tile defaults; the manifest records strategy
-    // mma_sync.
+  if (!hasWgmmaKernel(op, options)) {
+    // The decode form, paged caches and (unless asked) packed sequences:
+    // the portable strategy's kernels (split-KV for decode), with its own
+    // tile defaults; the manifest records strategy mma_sync.
     DiffAttnToMmaSyncKernelsOptions portable;
     copyStrategyOptions(options, portable);
     portable.strategy = "mma_sync";
