@@ -281,7 +281,7 @@ def bench(results, prefill=True):
     epilogue = make_epilogue()
     fa3 = fa3_anchor()
     capability = torch.cuda.get_device_capability()
-    targets = [(t, o) for t, o in gpu_cases.BENCH_TARGETS if _gpu._runs_on(t, capability)]
+    targets = [(t, o) for t, o in gpu_cases.BENCH_TARGETS if _gpu.runs_on(t, capability)]
     print("== prefill (bf16)", flush=True)
     rows = []
     for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL if prefill else []:

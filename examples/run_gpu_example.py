@@ -33,7 +33,7 @@ def main():
         return 0
     chips = {k["chip"] for k in _compiler.load_manifest(directory)["kernels"]}
     capability = torch.cuda.get_device_capability()
-    runnable = [c for c in chips if _gpu._runs_on(c, capability)]
+    runnable = [c for c in chips if _gpu.runs_on(c, capability)]
     if len(runnable) != len(chips):
         print(f"this GPU is compute capability {capability[0]}.{capability[1]}, the kernels are "
               f"{', '.join(sorted(chips))} cubins: the GPU run is skipped")

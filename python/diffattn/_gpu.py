@@ -39,7 +39,10 @@ _DEFAULT_TARGET = {(9, 0): "sm_90a", 9: "sm_90", 8: "sm_80"}
 _TARGETS = ("sm_80", "sm_90", "sm_90a")
 
 
-def _runs_on(target, capability):
+def runs_on(target, capability):
+    """Whether cubins of `target` (e.g. "sm_90a") run on a GPU of compute
+    capability `capability` ((major, minor)): sm_XY on X.Z for Z >= Y, the
+    arch-specific sm_XYa on X.Y only."""
     digits = target[3:].rstrip("a")
     major, minor = int(digits[:-1]), int(digits[-1])
     if target.endswith("a"):
@@ -57,7 +60,7 @@ def target_for_capability(capability):
     if override:
         if override not in _TARGETS:
             raise ValueError(f"{TARGET_ENV}={override!r}: expected one of {', '.join(_TARGETS)}")
-        if not _runs_on(override, capability):
+        if not runs_on(override, capability):
             raise ValueError(f"{TARGET_ENV}={override}: its cubins do not run on compute "
                              f"capability {major}.{minor}")
         return override
