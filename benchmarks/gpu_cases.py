@@ -172,9 +172,11 @@ def all_kernel_requests():
     # runtime on the GPU) and the Hopper target's prefill and decode kernels.
     target_shapes = dict(q_shape=(1, 64, 8, 64), k_shape=(1, 64, 2, 64), v_shape=(1, 64, 2, 64),
                          lam_shape=(1, 64, 4), elem="bf16", lam_elem="bf16")
-    reqs.append(dict(target_shapes, target="sm_80"))
+    reqs.append(dict(target_shapes, causal=False, window=(-1, -1), kv_len_shape=None,
+                     target="sm_80"))
     for kv_len_shape in (None, (1,)):
-        reqs.append(dict(target_shapes, causal=True, kv_len_shape=kv_len_shape, target="sm_90a"))
+        reqs.append(dict(target_shapes, causal=True, window=(-1, -1), kv_len_shape=kv_len_shape,
+                         target="sm_90a"))
     for b, sq, sk, h2, hkv, d, causal, kv_len in SANITIZE_CASES:
         reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                          lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,

@@ -195,3 +195,40 @@ mlir::diffattn::collectOutlinedKernels(ModuleOp module) {
                             "diffattn-outline-kernels first");
   return kernels;
 }
+
+FailureOr<OutlinedKernel>
+mlir::diffattn::readOutlinedKernel(func::FuncOp kernel, StringRef chipName) {
+  OutlinedKernel result;
+  result.desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);
+  SmallVector<Operation *> ops = collectDiffAttnOps(kernel);
+  if (!result.desc || ops.size() != 1)
+    return kernel.emitError("not a diffattn kernel: run "
+                            "diffattn-outline-kernels first");
+  result.op = ops.front();
+  result.chip = lookupGPUChip(chipName);
+  if (!result.chip)
+    return kernel.emitError() << "unknown chip '" << chipName << "' (expected "
+                              << getGPUChipNames() << ")";
+  return result;
+}
+
+gpu::GPUModuleOp mlir::diffattn::createKernelModule(RewriterBase &rewriter,
+                                                    func::FuncOp kernel) {
+  rewriter.setInsertionPoint(kernel);
+  auto gpuModule = gpu::GPUModuleOp::create(
+      rewriter, kernel.getLoc(), (kernel.getName() + "_module").str());
+  rewriter.setInsertionPointToStart(gpuModule.getBody());
+  return gpuModule;
+}
+
+void mlir::diffattn::replaceWithGPUKernel(RewriterBase &rewriter,
+                                          func::FuncOp kernel,
+                                          DictionaryAttr desc,
+                                          gpu::GPUFuncOp func,
+                                          DictionaryAttr launch) {
+  NamedAttrList entry(desc);
+  entry.set("launch", launch);
+  func->setAttr(kKernelAttrName,
+                DictionaryAttr::get(kernel.getContext(), entry));
+  rewriter.eraseOp(kernel);
+}

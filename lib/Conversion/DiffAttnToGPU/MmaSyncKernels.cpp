@@ -164,24 +164,13 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   return plan;
 }
 
-/// The launch rule of the kernel(s), for the manifest: grids as rules over
-/// B, Sq, Sk (`ceil(mul * sym / by)`), block, dynamic shared memory and the
-/// parameter list (memref descriptor fields of each buffer, then sizes).
-/// Split-KV kernels have two stages and a workspace.
-
 LogicalResult mlir::diffattn::emitMmaSyncKernel(
     RewriterBase &rewriter, func::FuncOp kernel,
     const DiffAttnToMmaSyncKernelsOptions &options) {
-  auto desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);
-  SmallVector<Operation *> ops = collectDiffAttnOps(kernel);
-  if (!desc || ops.size() != 1)
-    return kernel.emitError("not a diffattn kernel: run "
-                            "diffattn-outline-kernels first");
-  Operation *op = ops.front();
-  const GPUChipInfo *chip = lookupGPUChip(options.chip);
-  if (!chip)
-    return kernel.emitError() << "unknown chip '" << options.chip
-                              << "' (expected " << getGPUChipNames() << ")";
+  FailureOr<OutlinedKernel> outlined = readOutlinedKernel(kernel, options.chip);
+  if (failed(outlined))
+    return failure();
+  auto [desc, op, chip] = *outlined;
   if (options.strategy != "auto" && options.strategy != "mma_sync")
     return kernel.emitError()
            << "strategy '" << options.strategy
@@ -192,12 +181,8 @@ LogicalResult mlir::diffattn::emitMmaSyncKernel(
     return failure();
 
   Location loc = kernel.getLoc();
-  MLIRContext *ctx = kernel.getContext();
   OpBuilder::InsertionGuard guard(rewriter);
-  rewriter.setInsertionPoint(kernel);
-  auto gpuModule = gpu::GPUModuleOp::create(
-      rewriter, loc, (kernel.getName() + "_module").str());
-  rewriter.setInsertionPointToStart(gpuModule.getBody());
+  createKernelModule(rewriter, kernel);
 
   // Kernel arguments: one 1-D buffer per tensor operand (contiguous BSHD),
   // then B, Sq, Sk.
@@ -219,11 +204,9 @@ LogicalResult mlir::diffattn::emitMmaSyncKernel(
     buildSplitKVCombine(rewriter, loc, combine, *plan);
   }
 
-  NamedAttrList entry(desc);
-  entry.set("launch", buildLaunchRule(rewriter, *plan, "mma_sync",
-                                      kernel.getName(), buffers));
-  func->setAttr(kKernelAttrName, DictionaryAttr::get(ctx, entry));
-  rewriter.eraseOp(kernel);
+  replaceWithGPUKernel(
+      rewriter, kernel, desc, func,
+      buildLaunchRule(rewriter, *plan, "mma_sync", kernel.getName(), buffers));
   return success();
 }
 
@@ -232,24 +215,13 @@ struct DiffAttnToMmaSyncKernelsPass
     : public diffattn::impl::DiffAttnToMmaSyncKernelsBase<
           DiffAttnToMmaSyncKernelsPass> {
   using Base::Base;
+  template <typename Dst, typename Src>
+  friend void mlir::diffattn::copyStrategyOptions(const Src &, Dst &);
   void runOnOperation() override {
     ModuleOp module = getOperation();
     IRRewriter rewriter(&getContext());
     DiffAttnToMmaSyncKernelsOptions options;
-    options.chip = chip;
-    options.strategy = strategy;
-    options.blockK = blockK;
-    options.splitKeys = splitKeys;
-    options.splitTargetCtas = splitTargetCtas;
-    options.stages = stages;
-    options.warps = warps;
-    options.rescaleThreshold = rescaleThreshold;
-    options.l2Prefetch = l2Prefetch;
-    options.smemLayout = smemLayout;
-    options.programmaticLaunch = programmaticLaunch;
-    options.combineSplitsPerStep = combineSplitsPerStep;
-    options.pingPong = pingPong;
-    options.warpSpecialize = warpSpecialize;
+    copyStrategyOptions(*this, options);
     FailureOr<SmallVector<func::FuncOp>> kernels =
         collectOutlinedKernels(module);
     if (failed(kernels))

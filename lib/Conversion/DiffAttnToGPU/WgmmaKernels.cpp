@@ -151,16 +151,10 @@ static LogicalResult checkSupported(Operation *op) {
 LogicalResult
 mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
                                 const DiffAttnToWgmmaKernelsOptions &options) {
-  auto desc = kernel->getAttrOfType<DictionaryAttr>(kKernelAttrName);
-  SmallVector<Operation *> ops = collectDiffAttnOps(kernel);
-  if (!desc || ops.size() != 1)
-    return kernel.emitError("not a diffattn kernel: run "
-                            "diffattn-outline-kernels first");
-  Operation *op = ops.front();
-  const GPUChipInfo *chip = lookupGPUChip(options.chip);
-  if (!chip)
-    return kernel.emitError() << "unknown chip '" << options.chip
-                              << "' (expected " << getGPUChipNames() << ")";
+  FailureOr<OutlinedKernel> outlined = readOutlinedKernel(kernel, options.chip);
+  if (failed(outlined))
+    return failure();
+  auto [desc, op, chip] = *outlined;
   if (chip->strategy != "wgmma")
     return kernel.emitError()
            << "the wgmma strategy needs chip=sm_90a (wgmma and its "
@@ -187,12 +181,8 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     return failure();
 
   Location loc = kernel.getLoc();
-  MLIRContext *ctx = kernel.getContext();
   OpBuilder::InsertionGuard guard(rewriter);
-  rewriter.setInsertionPoint(kernel);
-  auto gpuModule = gpu::GPUModuleOp::create(
-      rewriter, loc, (kernel.getName() + "_module").str());
-  rewriter.setInsertionPointToStart(gpuModule.getBody());
+  createKernelModule(rewriter, kernel);
   KernelSignature sig = getKernelSignature(rewriter, desc, /*splitKV=*/false);
   auto func = createKernelFunc(rewriter, loc, kernel.getName(), sig.argTypes,
                                plan->threads());
@@ -202,11 +192,9 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
                   rewriter.getI32IntegerAttr(1));
   WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
-  NamedAttrList entry(desc);
-  entry.set("launch", buildLaunchRule(rewriter, *plan, "wgmma",
-                                      kernel.getName(), sig.buffers));
-  func->setAttr(kKernelAttrName, DictionaryAttr::get(ctx, entry));
-  rewriter.eraseOp(kernel);
+  replaceWithGPUKernel(
+      rewriter, kernel, desc, func,
+      buildLaunchRule(rewriter, *plan, "wgmma", kernel.getName(), sig.buffers));
   return success();
 }
 
@@ -215,24 +203,13 @@ struct DiffAttnToWgmmaKernelsPass
     : public diffattn::impl::DiffAttnToWgmmaKernelsBase<
           DiffAttnToWgmmaKernelsPass> {
   using Base::Base;
+  template <typename Dst, typename Src>
+  friend void mlir::diffattn::copyStrategyOptions(const Src &, Dst &);
   void runOnOperation() override {
     ModuleOp module = getOperation();
     IRRewriter rewriter(&getContext());
     DiffAttnToWgmmaKernelsOptions options;
-    options.chip = chip;
-    options.strategy = strategy;
-    options.blockK = blockK;
-    options.splitKeys = splitKeys;
-    options.splitTargetCtas = splitTargetCtas;
-    options.stages = stages;
-    options.warps = warps;
-    options.rescaleThreshold = rescaleThreshold;
-    options.l2Prefetch = l2Prefetch;
-    options.smemLayout = smemLayout;
-    options.programmaticLaunch = programmaticLaunch;
-    options.combineSplitsPerStep = combineSplitsPerStep;
-    options.pingPong = pingPong;
-    options.warpSpecialize = warpSpecialize;
+    copyStrategyOptions(*this, options);
     FailureOr<SmallVector<func::FuncOp>> kernels =
         collectOutlinedKernels(module);
     if (failed(kernels))

@@ -19,6 +19,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/PatternMatch.h"
 
 namespace mlir::diffattn {
 
@@ -50,13 +51,40 @@ DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
                                ArrayRef<StringRef> buffers);
 
+/// An outlined kernel function (made by diffattn-outline-kernels) as a GPU
+/// strategy reads it: its manifest entry, its one diffattn op and the chip
+/// it is compiled for.
+struct OutlinedKernel {
+  DictionaryAttr desc;
+  Operation *op = nullptr;
+  const GPUChipInfo *chip = nullptr;
+};
+
+/// Reads `kernel` for the chip called `chipName`; an error on `kernel` when
+/// it is not an outlined diffattn kernel or the chip is unknown.
+FailureOr<OutlinedKernel> readOutlinedKernel(func::FuncOp kernel,
+                                             StringRef chipName);
+
+/// Creates the gpu.module that replaces `kernel` (`<name>_module`, just
+/// before it) and sets `rewriter`'s insertion point to its body.
+gpu::GPUModuleOp createKernelModule(RewriterBase &rewriter,
+                                    func::FuncOp kernel);
+
+/// Records `launch` in `kernel`'s manifest entry `desc`, moves the entry to
+/// the GPU kernel `func` and erases `kernel`.
+void replaceWithGPUKernel(RewriterBase &rewriter, func::FuncOp kernel,
+                          DictionaryAttr desc, gpu::GPUFuncOp func,
+                          DictionaryAttr launch);
+
 /// The kernel functions diffattn-outline-kernels made in `module` (marked
 /// with the manifest entry), after marking `module` a GPU container module;
 /// an error on `module` if there are none.
 FailureOr<SmallVector<func::FuncOp>> collectOutlinedKernels(ModuleOp module);
 
 /// Copies the GPU strategy options (Passes.td, DiffAttnGPUStrategyOptions)
-/// from one strategy's option struct to another's.
+/// from one strategy's option struct to another's, or from a strategy pass
+/// (which declares this a friend: its options are protected members) to
+/// its option struct.
 template <typename Dst, typename Src>
 void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.chip = src.chip;
