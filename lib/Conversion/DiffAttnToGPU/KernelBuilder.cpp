@@ -2,13 +2,15 @@
 //
 // The parts of GPUKernelBuilder (KernelBuilder.h) that every strategy's
 // kernels share beyond scalar arithmetic: per-sequence device-side
-// assertions and the packed sequences' ranges.
+// assertions, the packed sequences' ranges and cp.async tile copies.
 //
 //===----------------------------------------------------------------------===//
 
 #include "diffattn/Conversion/DiffAttnToGPU/KernelBuilder.h"
 
 #include "mlir/Dialect/ControlFlow/IR/ControlFlowOps.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 
 using namespace mlir;
 using namespace mlir::diffattn;
@@ -51,4 +53,39 @@ GPUKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
                     "at the packed length and hold no sequence longer than "
                     "max_seqlen (b = blockIdx.z)");
   return {select(ok, start, idx(0)), select(ok, sub(end, start), idx(0))};
+}
+
+void GPUKernelBuilder::copyTileAsync(
+    Value src, function_ref<Value(Value)> rowStart, Value validRows, Value dst,
+    function_ref<SmallVector<Value>(Value, Value)> dstIndex, int64_t rows,
+    int64_t cols, Value thread, int64_t threads) {
+  // 16-byte chunks, spread over the threads.
+  int64_t chunksPerRow = cols / 8;
+  int64_t chunks = rows * chunksPerRow;
+  for (int64_t first = 0; first < chunks; first += threads) {
+    Value chunk = add(thread, first);
+    auto emitCopy = [&]() {
+      Value row = div(chunk, chunksPerRow);
+      Value col = mul(rem(chunk, chunksPerRow), 8);
+      Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
+      // Rows past the valid ones read nothing (zero-fill) from a valid
+      // address.
+      Value srcIndex = select(valid, add(rowStart(row), col), idx(0));
+      Value srcElements = select(valid, idx(8), idx(0));
+      SmallVector<Value> dstIndices = dstIndex(row, col);
+      nvgpu::DeviceAsyncCopyOp::create(
+          b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst, dstIndices, src,
+          ValueRange{srcIndex}, b.getIndexAttr(8), srcElements,
+          b.getUnitAttr());
+    };
+    if (first + threads <= chunks) {
+      emitCopy();
+    } else {
+      auto inRange = cmp(arith::CmpIPredicate::ult, chunk, idx(chunks));
+      scf::IfOp::create(b, loc, inRange, [&](OpBuilder &, Location) {
+        emitCopy();
+        scf::YieldOp::create(b, loc);
+      });
+    }
+  }
 }

@@ -120,18 +120,13 @@ private:
     return {z, z, z, z};
   }
 
-  /// Issues cp.async copies of `rows` x `cols` elements: row r of the tile
-  /// is `src[rowStart(r) ...]`, rows >= `validRows` are zero-filled. The
-  /// copies are spread over `threads` threads; this one is `thread`.
-  void copyTileAsync(Value src, function_ref<Value(Value)> rowStart,
-                     Value validRows, Value dst, ValueRange dstLead,
-                     int64_t rows, int64_t cols, Value thread, int64_t threads);
   /// One 16-byte cp.async of src[srcIndex ...] to dst[dstIndices], asking
   /// L2 to fetch the surrounding 128-byte line at once.
   void copyChunkWithL2Prefetch(Value src, Value srcIndex, Value dst,
                                ValueRange dstIndices);
-  /// The same for rows at a constant distance: row r of the tile is
-  /// `src[base + r * rowStride ...]`. Each thread computes one address;
+  /// cp.async copies (as copyTileAsync) of rows at a constant distance: row
+  /// r of the tile `dst[dstLead...]` is `src[base + r * rowStride ...]`.
+  /// Each thread computes one address;
   /// whole tiles skip the zero-fill checks.
   void copyRowsAsync(Value src, Value base, int64_t rowStride, Value validRows,
                      Value dst, ValueRange dstLead, int64_t rows, int64_t cols,

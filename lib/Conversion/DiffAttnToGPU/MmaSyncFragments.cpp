@@ -58,43 +58,6 @@ Acc MmaSyncKernelBuilder::mma(ArrayRef<Value> a, ArrayRef<Value> bReg,
   return r;
 }
 
-void MmaSyncKernelBuilder::copyTileAsync(Value src,
-                                         function_ref<Value(Value)> rowStart,
-                                         Value validRows, Value dst,
-                                         ValueRange dstLead, int64_t rows,
-                                         int64_t cols, Value thread,
-                                         int64_t threads) {
-  // 16-byte chunks, spread over the threads.
-  int64_t chunksPerRow = cols / 8;
-  int64_t chunks = rows * chunksPerRow;
-  for (int64_t first = 0; first < chunks; first += threads) {
-    Value chunk = add(thread, first);
-    auto emitCopy = [&]() {
-      Value row = div(chunk, chunksPerRow);
-      Value col = mul(rem(chunk, chunksPerRow), 8);
-      Value valid = cmp(arith::CmpIPredicate::slt, row, validRows);
-      // Rows past the valid ones read nothing (zero-fill) from a valid
-      // address.
-      Value srcIndex = select(valid, add(rowStart(row), col), idx(0));
-      Value srcElements = select(valid, idx(8), idx(0));
-      SmallVector<Value> dstIndices = tileIndex(dstLead, row, col);
-      nvgpu::DeviceAsyncCopyOp::create(
-          b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst, dstIndices, src,
-          ValueRange{srcIndex}, b.getIndexAttr(8), srcElements,
-          b.getUnitAttr());
-    };
-    if (first + threads <= chunks) {
-      emitCopy();
-    } else {
-      auto inRange = cmp(arith::CmpIPredicate::ult, chunk, idx(chunks));
-      scf::IfOp::create(b, loc, inRange, [&](OpBuilder &, Location) {
-        emitCopy();
-        scf::YieldOp::create(b, loc);
-      });
-    }
-  }
-}
-
 void MmaSyncKernelBuilder::copyChunkWithL2Prefetch(Value src, Value srcIndex,
                                                    Value dst,
                                                    ValueRange dstIndices) {

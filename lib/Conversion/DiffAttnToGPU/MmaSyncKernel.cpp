@@ -250,7 +250,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   sV = sharedView(plan.qTileBytes + plan.kTileBytes, vShape, elem);
 
   // Q of each row's heads (cp.async, all threads).
-  for (int64_t s = 0; s < rowHeads; ++s)
+  for (int64_t s = 0; s < rowHeads; ++s) {
+    Value lead = idx(s);
     copyTileAsync(
         q,
         [&](Value r) {
@@ -262,7 +263,10 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
                   head),
               plan.headDim);
         },
-        rowsValid, sQ, {idx(s)}, blockQ, plan.headDim, tid, plan.threads());
+        rowsValid, sQ,
+        [&](Value row, Value col) { return tileIndex(lead, row, col); }, blockQ,
+        plan.headDim, tid, plan.threads());
+  }
 
   // The query rows of the thread's two accumulator rows, and the range the
   // CTA covers (all of 0 .. Sq - 1 when its rows span two pairs).

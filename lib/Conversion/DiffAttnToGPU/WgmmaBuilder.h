@@ -87,14 +87,9 @@ private:
   /// Indices into a tile view [lead..., spans, rows, kSpan] of the 16-byte
   /// chunk holding columns col .. col + 7 (col a multiple of 8) of `row`.
   SmallVector<Value> swizzledIndex(ValueRange lead, Value row, Value col);
-  /// Issues cp.async copies of `rows` x `cols` elements into the tile
-  /// `dst[dstLead...]`: row r is `src[rowStart(r) ...]`, rows >= validRows
-  /// are zero-filled. Spread over `threads` threads; this one is `thread`.
-  void copyTile(Value src, function_ref<Value(Value)> rowStart, Value validRows,
-                Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
-                Value thread, int64_t threads);
-  /// The same for rows at a constant distance: row r of the tile is
-  /// `src[base + r * rowStride ...]`; `threads` must be a multiple of the
+  /// cp.async copies (as copyTileAsync) of rows at a constant distance: row
+  /// r of the tile `dst[dstLead...]` is `src[base + r * rowStride ...]`
+  /// (swizzled); `threads` must be a multiple of the
   /// chunks per row and divide the rows into whole steps.
   void copyRows(Value src, Value base, int64_t rowStride, Value validRows,
                 Value dst, ValueRange dstLead, int64_t rows, int64_t cols,

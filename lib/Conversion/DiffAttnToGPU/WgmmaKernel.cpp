@@ -137,8 +137,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Q of both heads of each row's pair (cp.async): tile h holds head
   // 2p + h.
   auto copyQ = [&](Value thread, int64_t copyThreads) {
-    for (int64_t h = 0; h < 2; ++h)
-      copyTile(
+    for (int64_t h = 0; h < 2; ++h) {
+      Value lead = idx(h);
+      copyTileAsync(
           q,
           [&](Value r) {
             Value global = add(row0, r);
@@ -148,8 +149,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                     head),
                 plan.headDim);
           },
-          rowsValid, sQ, {idx(h)}, kWarpgroupRows, plan.headDim, thread,
-          copyThreads);
+          rowsValid, sQ,
+          [&](Value row, Value col) { return swizzledIndex(lead, row, col); },
+          kWarpgroupRows, plan.headDim, thread, copyThreads);
+    }
   };
 
   // Loop-carried state of the warpgroup's head: Dv/8 accumulator tiles,

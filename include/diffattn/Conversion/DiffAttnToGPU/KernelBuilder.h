@@ -17,6 +17,9 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/IR/Builders.h"
 
+#include "llvm/ADT/STLFunctionalExtras.h"
+#include "llvm/ADT/SmallVector.h"
+
 #include <array>
 #include <cmath>
 #include <limits>
@@ -152,6 +155,17 @@ public:
   std::pair<Value, Value> sequenceRange(Value cuSeqlens, Value batch,
                                         Value total, Value maxLength,
                                         Value tid);
+
+  /// Issues cp.async copies (16-byte chunks, nvgpu.device_async_copy) of
+  /// `rows` x `cols` 2-byte elements into the shared-memory tile `dst`: row
+  /// r of the tile is `src[rowStart(r) ...]`, rows >= `validRows` are
+  /// zero-filled; the chunk holding columns col .. col + 7 of row r goes to
+  /// `dst[dstIndex(r, col)]` (the strategy's tile layout). The copies are
+  /// spread over `threads` threads; this one is `thread`.
+  void copyTileAsync(Value src, function_ref<Value(Value)> rowStart,
+                     Value validRows, Value dst,
+                     function_ref<SmallVector<Value>(Value, Value)> dstIndex,
+                     int64_t rows, int64_t cols, Value thread, int64_t threads);
 
   OpBuilder &b;
   Location loc;
