@@ -3,9 +3,11 @@
 for a profiler (Nsight Compute) to look at:
 
     ncu -k regex:diffattn --launch-skip 1 --launch-count 2 \\
-        python3 benchmarks/gpu_profile_case.py [--prefill N] [--decode N]
+        python3 benchmarks/gpu_profile_case.py [--prefill N] [--decode N] [--fa3]
 
-Each kernel is launched twice (a warm-up, then the profiled launch).
+Each kernel is launched twice (a warm-up, then the profiled launch);
+--fa3 adds FlashAttention-3's kernel on the prefill shape (ncu -k
+regex:flash). benchmarks/gpu_profile_hopper.sh runs the whole comparison.
 """
 import argparse
 import os
@@ -23,6 +25,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefill", type=int, default=0, help="index into BENCH_PREFILL (-1: none)")
     ap.add_argument("--decode", type=int, default=0, help="index into BENCH_DECODE (-1: none)")
+    ap.add_argument("--fa3", action="store_true",
+                    help="also launch FlashAttention-3 (fa3-fwd) twice on the prefill shape, for comparison")
     args = ap.parse_args()
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
     if args.prefill >= 0:
@@ -31,6 +35,10 @@ def main():
         lam = torch.randn(b, s, h2 // 2, **bf16)
         for _ in range(2):
             torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+        if args.fa3:
+            from fa3_fwd_interface import flash_attn_func
+            for _ in range(2):
+                flash_attn_func(q, k, v, causal=causal)
     if args.decode >= 0:
         b, kvl, h2, hkv, d = gpu_cases.BENCH_DECODE[args.decode]
         q = torch.randn(b, 1, h2, d, **bf16)

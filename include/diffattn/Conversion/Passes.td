@@ -80,6 +80,12 @@ defvar DiffAttnGPUStrategyOptions = [
            "take turns issuing their products (named barriers), so that one "
            "warpgroup's softmax overlaps the other's products "
            "(FlashAttention-3's ping-pong schedule)">,
+    Option<"consumerRegisters", "consumer-registers", "int64_t",
+           /*default=*/"0",
+           "wgmma strategy, warp-specialised: registers per consumer thread "
+           "after setmaxnreg, a multiple of 8 from 168 to 240; the producer "
+           "keeps the rest of the CTA's 168 x 384 (504 - 2 x this, at least "
+           "24). 0: the default, 224 (producer 56)">,
     Option<"combineSplitsPerStep", "combine-splits-per-step", "int64_t",
            /*default=*/"8",
            "Split-KV: splits the combine kernel merges per step of its loop, "

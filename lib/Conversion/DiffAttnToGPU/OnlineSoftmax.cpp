@@ -66,6 +66,7 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
   if (rescaleThreshold <= 0) {
     reduceNewMax();
     rescale(head);
+    lastMoved = arith::ConstantOp::create(b, loc, b.getBoolAttr(true));
   } else {
     // Lazy rescaling: the offsets only move when some score of the warp
     // would give a probability above 2^threshold; otherwise the old offsets
@@ -82,6 +83,7 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
               kb.f32(rescaleThreshold)));
     Value anyGrow = NVVM::VoteSyncOp::create(b, loc, b.getI1Type(), kb.i32(-1),
                                              grow, NVVM::VoteSyncKind::any);
+    lastMoved = anyGrow;
     auto pack = [](const HeadState &state) {
       SmallVector<Value> values(state.rowMax.begin(), state.rowMax.end());
       values.append(state.rowSum.begin(), state.rowSum.end());
@@ -122,7 +124,8 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
 }
 
 SmallVector<Value, 2> OnlineSoftmax::blockDeferred(SmallVectorImpl<Acc> &s,
-                                                   HeadState &head) {
+                                                   HeadState &head,
+                                                   Value *moved) {
   // The factors are what block() would multiply the accumulators by: run
   // it on a tile of ones (a thread's tile holds rowsPerThread rows of
   // valuesPerRow values) in place of the accumulators.
@@ -132,6 +135,8 @@ SmallVector<Value, 2> OnlineSoftmax::blockDeferred(SmallVectorImpl<Acc> &s,
   probe.rowMax = head.rowMax;
   probe.rowSum = head.rowSum;
   block(s, probe);
+  if (moved)
+    *moved = lastMoved;
   head.rowMax = probe.rowMax;
   head.rowSum = probe.rowSum;
   SmallVector<Value, 2> factors;

@@ -62,8 +62,9 @@ struct WgmmaPlan : TileConfig {
   /// Warp-specialised: the consumers take turns issuing their products.
   bool pingPong = false;
   /// Registers per thread after setmaxnreg: the producer's and the
-  /// consumers' (128 x producer + 256 x consumer <= 65536).
-  int64_t producerRegisters = 56, consumerRegisters = 216;
+  /// consumers' (128 x producer + 256 x consumer <= 168 x 384, the
+  /// registers the CTA launches with).
+  int64_t producerRegisters = 56, consumerRegisters = 224;
   int64_t vStageBytes() const { return blockK * valueDim * 2; }
 };
 
@@ -98,6 +99,8 @@ private:
   /// tile at byte offset `offset` from `base`, 128-byte swizzle, with the
   /// leading and stride byte offsets `lbo`, `sbo`.
   Value descriptor(Value offset, int64_t lbo, int64_t sbo);
+  /// `desc` moved by `bytes` (a multiple of 16) of shared memory.
+  Value advanceDescriptor(Value desc, Value bytes);
 
   // Products (WgmmaFragments.cpp). The issue functions only issue: the
   // caller fences (wgmma.fence, after any register write the products

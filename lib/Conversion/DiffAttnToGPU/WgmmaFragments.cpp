@@ -106,21 +106,34 @@ Value WgmmaKernelBuilder::packPair(Value x, Value y) {
   return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
 }
 
+Value WgmmaKernelBuilder::advanceDescriptor(Value desc, Value bytes) {
+  // The start address field holds address >> 4 (14 bits, below 256 KiB of
+  // shared memory), so moving by a multiple of 16 bytes is an add.
+  return arith::AddIOp::create(
+      b, loc, desc,
+      arith::IndexCastOp::create(
+          b, loc, b.getI64Type(),
+          arith::DivUIOp::create(b, loc, bytes, idx(16))));
+}
+
 SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
   // The warpgroup's head of the pair: Q tile `pairHead`.
   Value qOffset = mul(pairHead, plan.headDim * kWarpgroupRows * 2);
-  Value kOffset = add(idx(plan.qTileBytes), mul(stage, plan.kStageBytes()));
   // K-major operands, 128-byte swizzle: 8-row groups 1024 bytes apart (the
   // stride byte offset); the leading byte offset is unused (1). A k16 step
-  // is 32 bytes into the span's rows; spans are whole tiles apart.
+  // is 32 bytes into the span's rows; spans are whole tiles apart. Stage 0's
+  // descriptor (loop-invariant) moved by adds: a few integer instructions
+  // per block instead of a mask and shift per step.
+  Value q0 = descriptor(qOffset, 16, kAtomBytes);
+  Value k0 = advanceDescriptor(descriptor(idx(plan.qTileBytes), 16, kAtomBytes),
+                               mul(stage, plan.kStageBytes()));
   SmallVector<Value> descriptors;
   for (int64_t kk = 0; kk < plan.headDim / 16; ++kk) {
     int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
     descriptors.push_back(
-        descriptor(add(qOffset, span * kWarpgroupRows * kRowBytes + within), 16,
-                   kAtomBytes));
-    descriptors.push_back(descriptor(
-        add(kOffset, span * plan.blockK * kRowBytes + within), 16, kAtomBytes));
+        advanceDescriptor(q0, idx(span * kWarpgroupRows * kRowBytes + within)));
+    descriptors.push_back(
+        advanceDescriptor(k0, idx(span * plan.blockK * kRowBytes + within)));
   }
   return descriptors;
 }
@@ -214,15 +227,16 @@ SmallVector<Value> WgmmaKernelBuilder::packProbabilities(ArrayRef<Acc> p) {
 }
 
 SmallVector<Value> WgmmaKernelBuilder::pvDescriptors(Value stage) {
-  Value vOffset = add(idx(plan.qTileBytes + plan.kTileBytes),
-                      mul(stage, plan.vStageBytes()));
   // MN-major operand, 128-byte swizzle: the leading byte offset steps
   // between 64-column spans (a whole tile of keys), the stride byte offset
   // between groups of 8 keys; a k16 step is 16 rows of 128 bytes.
+  Value v0 =
+      advanceDescriptor(descriptor(idx(plan.qTileBytes + plan.kTileBytes),
+                                   plan.blockK * kRowBytes, kAtomBytes),
+                        mul(stage, plan.vStageBytes()));
   SmallVector<Value> descriptors;
   for (int64_t kt = 0; kt < plan.blockK / 16; ++kt)
-    descriptors.push_back(descriptor(add(vOffset, kt * 16 * kRowBytes),
-                                     plan.blockK * kRowBytes, kAtomBytes));
+    descriptors.push_back(advanceDescriptor(v0, idx(kt * 16 * kRowBytes)));
   return descriptors;
 }
 

@@ -116,16 +116,20 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   int64_t kStride = plan.kvHeads * plan.headDim;
   int64_t vStride = plan.kvHeads * plan.valueDim;
-  auto loadKeyBlock = [&](Value key0, Value stage, Value thread,
-                          int64_t copyThreads) {
+  // Copies of block `key0`'s keys (K) or values (V) into stage `stage`.
+  auto loadBlockPart = [&](bool values, Value key0, Value stage, Value thread,
+                           int64_t copyThreads) {
     Value validKeys = minI(idx(blockK), sub(keyLen, key0));
     Value rowBase = add(kRowBase, key0);
-    Value kBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim);
-    Value vBase = mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.valueDim);
-    copyRows(k, kBase, kStride, validKeys, sK, {stage}, blockK, plan.headDim,
-             thread, copyThreads);
-    copyRows(v, vBase, vStride, validKeys, sV, {stage}, blockK, plan.valueDim,
-             thread, copyThreads);
+    int64_t dim = values ? plan.valueDim : plan.headDim;
+    Value base = mul(add(mul(rowBase, plan.kvHeads), kvHead), dim);
+    copyRows(values ? v : k, base, values ? vStride : kStride, validKeys,
+             values ? sV : sK, {stage}, blockK, dim, thread, copyThreads);
+  };
+  auto loadKeyBlock = [&](Value key0, Value stage, Value thread,
+                          int64_t copyThreads) {
+    loadBlockPart(false, key0, stage, thread, copyThreads);
+    loadBlockPart(true, key0, stage, thread, copyThreads);
   };
   auto ifThen = [&](Value condition, function_ref<void()> body) {
     scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
@@ -235,16 +239,20 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     for (int64_t nt = 0; nt < blockK / 8; ++nt)
       for (int64_t e = 0; e < 4; ++e)
         s[nt][e] = ifOp.getResult(nt * 4 + e);
-    SmallVector<Value, 2> factors = softmax.blockDeferred(s, head);
-    return std::make_pair(s, factors);
+    Value moved;
+    SmallVector<Value, 2> factors = softmax.blockDeferred(s, head, &moved);
+    return std::make_tuple(s, factors, moved);
   };
   int64_t pRegs = blockK / 16 * 4;
   Value zeroReg = i32(0);
 
-  // The key loop of the consumers: `acquire(j)` waits until block j is in
-  // shared memory, `release(j)` hands its stage back once both products
+  // The key loop of the consumers: `acquire(j)` waits until block j's keys
+  // are in shared memory, `acquireValues(j)` until its values are (before
+  // the P V that reads them), `release(j)` hands its stage back once both
+  // products
   // that read it have landed. Returns the final state.
   auto keyLoop = [&](function_ref<void(Value)> acquire,
+                     function_ref<void(Value)> acquireValues,
                      function_ref<void(Value)> release,
                      function_ref<void(bool)> turn) {
     Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
@@ -268,7 +276,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       HeadState head = unpackState(init);
       SmallVector<Value> p =
-          packProbabilities(softmaxOf(scores, lo, head).first);
+          packProbabilities(std::get<0>(softmaxOf(scores, lo, head)));
       SmallVector<Value> results = packState(head);
       results.append(p);
       scf::YieldOp::create(b, loc, results);
@@ -280,6 +288,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         b, loc, idx(1), numBlocks, idx(1), first.getResults(),
         [&](OpBuilder &, Location, Value j, ValueRange carried) {
           acquire(j);
+          acquireValues(sub(j, idx(1)));
           HeadState head = unpackState(carried);
           SmallVector<Value> previousP(carried.take_back(pRegs));
           SmallVector<Value> sDesc = scoreDescriptors(rem(j, stages));
@@ -292,16 +301,33 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
           turn(false);
           NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
-          auto [probabilities, factors] = softmaxOf(scores, keyOf(j), head);
+          auto [probabilities, factors, moved] =
+              softmaxOf(scores, keyOf(j), head);
           // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
           // P registers it read.
           NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
           release(sub(j, idx(1)));
           fenceTiles(head.acc);
           fenceTiles(probabilities);
-          for (Acc &t : head.acc)
+          // Lazy rescaling mostly keeps the offsets (factors exactly 1):
+          // skip the Dv / 2 multiplications then (a warp-uniform branch).
+          SmallVector<Value> flatAcc;
+          for (const Acc &t : head.acc)
+            flatAcc.append(t.begin(), t.end());
+          auto rescaled = scf::IfOp::create(
+              b, loc, moved,
+              [&](OpBuilder &, Location) {
+                SmallVector<Value> scaled;
+                for (size_t i = 0; i < flatAcc.size(); ++i)
+                  scaled.push_back(fmul(flatAcc[i], factors[(i % 4) / 2]));
+                scf::YieldOp::create(b, loc, scaled);
+              },
+              [&](OpBuilder &, Location) {
+                scf::YieldOp::create(b, loc, flatAcc);
+              });
+          for (size_t t = 0; t < head.acc.size(); ++t)
             for (int64_t e = 0; e < 4; ++e)
-              t[e] = fmul(t[e], factors[e / 2]);
+              head.acc[t][e] = rescaled.getResult(t * 4 + e);
           SmallVector<Value> results = packState(head);
           results.append(packProbabilities(probabilities));
           scf::YieldOp::create(b, loc, results);
@@ -316,6 +342,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       b.setInsertionPointToStart(last.thenBlock());
       ValueRange carried = loop.getResults();
       HeadState head = unpackState(carried);
+      acquireValues(sub(numBlocks, idx(1)));
       SmallVector<Value> vDesc =
           pvDescriptors(rem(sub(numBlocks, idx(1)), stages));
       turn(true);
@@ -399,7 +426,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           fenceCopies();
           prefetch(add(j, idx(1)), tid, threads);
         },
-        [](Value) {}, [](bool) {});
+        [](Value) {}, [](Value) {}, [](bool) {});
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(finalState, [&] { gpu::BarrierOp::create(b, loc); });
@@ -409,10 +436,14 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   // Warp-specialised: warpgroup 0 produces (copies Q and the K/V blocks),
   // warpgroups 1 and 2 consume (heads 2p and 2p + 1). Stage s is guarded by
-  // mbarriers full[s] (the producer's 128 threads arrive once their copies
-  // of the block landed and were fenced for the async proxy) and empty[s]
-  // (the consumers' 256 threads arrive once their products read it);
-  // qFull guards Q. Phases alternate with each reuse of a stage.
+  // mbarriers full[s] and fullValues[s] (its keys, its values: each of the
+  // producer's 128 threads arrives through cp.async.mbarrier.arrive.noinc
+  // once its copies landed, so the producer never waits for its own copies
+  // and keeps every free stage in flight, and S_j starts once K_j landed)
+  // and empty[s] (the consumers' 256 threads arrive once both products
+  // read it); qFull guards Q. Phases alternate with each reuse of a stage.
+  // The consumers order the landed copies for the tensor cores' async
+  // proxy (fence.proxy.async) after each wait.
   int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
   auto barrier = [&](Value index) {
     Value address = arith::AddIOp::create(
@@ -425,6 +456,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto full = [&](Value s) { return barrier(s); };
   auto empty = [&](Value s) { return barrier(add(s, stages)); };
   Value qFull = barrier(idx(2 * stages));
+  auto fullValues = [&](Value s) { return barrier(add(s, 2 * stages + 1)); };
   auto parityOf = [&](Value j) {
     return arith::IndexCastOp::create(b, loc, b.getI32Type(),
                                       rem(div(j, stages), 2));
@@ -444,6 +476,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     }
     NVVM::MBarrierInitOp::create(b, loc, qFull, i32(kWarpgroupThreads),
                                  Value());
+    for (int64_t s = 0; s < stages; ++s)
+      NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)),
+                                   i32(kWarpgroupThreads), Value());
   });
   gpu::BarrierOp::create(b, loc);
   Value isProducer = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
@@ -452,20 +487,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       [&](OpBuilder &, Location) {
         NVVM::SetMaxRegisterOp::create(b, loc, plan.producerRegisters,
                                        NVVM::SetMaxRegisterAction::decrease);
-        // The previous group (Q, then block j - 1) is ordered for the async
-        // proxy and announced once block j's copies are issued.
-        auto announce = [&](Value j) {
-          NVVM::FenceProxyOp::create(
-              b, loc,
-              NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
-              NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
-          Value isFirstBlock = cmp(arith::CmpIPredicate::eq, j, idx(0));
-          Value previous = rem(add(j, stages - 1), stages);
-          arrive(LLVM::SelectOp::create(b, loc, isFirstBlock, qFull,
-                                        full(previous)));
+        // Each thread's copies announce themselves: the arrival on the
+        // barrier happens when all of the thread's earlier cp.async landed.
+        auto announce = [&](Value bar) {
+          NVVM::CpAsyncMBarrierArriveOp::create(b, loc, bar, /*noinc=*/true);
         };
         copyQ(groupThread, kWarpgroupThreads);
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        announce(qFull);
         scf::ForOp::create(
             b, loc, idx(0), numBlocks, idx(1), ValueRange{},
             [&](OpBuilder &, Location, Value j, ValueRange) {
@@ -474,14 +502,19 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               // wait on a fresh barrier, for the phase before it, passes).
               waitOn(empty(stage),
                      arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
-              loadKeyBlock(keyOf(j), stage, groupThread, kWarpgroupThreads);
-              NVVM::CpAsyncCommitGroupOp::create(b, loc);
-              NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
-              announce(j);
+              // Keys first (S_j needs them), then values (P_j V_j runs an
+              // iteration later), each announced on its own barrier.
+              loadBlockPart(false, keyOf(j), stage, groupThread,
+                            kWarpgroupThreads);
+              announce(full(stage));
+              loadBlockPart(true, keyOf(j), stage, groupThread,
+                            kWarpgroupThreads);
+              announce(fullValues(stage));
               scf::YieldOp::create(b, loc);
             });
+        // No copy of this thread is in flight when it exits.
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
         NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-        announce(numBlocks);
         scf::YieldOp::create(b, loc);
       },
       [&](OpBuilder &, Location) {
@@ -500,9 +533,21 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(1)), [&] {
             NVVM::BarrierArriveOp::create(b, loc, i32(2), turnThreads);
           });
-        waitOn(qFull, i32(0));
+        // Copies landed by the producer's threads are generic-proxy writes:
+        // order them before this thread's wgmma reads (async proxy).
+        auto acquireCopies = [&](Value bar, Value parity) {
+          waitOn(bar, parity);
+          NVVM::FenceProxyOp::create(
+              b, loc,
+              NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+              NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+        };
+        acquireCopies(qFull, i32(0));
         SmallVector<Value> finalState = keyLoop(
-            [&](Value j) { waitOn(full(rem(j, stages)), parityOf(j)); },
+            [&](Value j) { acquireCopies(full(rem(j, stages)), parityOf(j)); },
+            [&](Value j) {
+              acquireCopies(fullValues(rem(j, stages)), parityOf(j));
+            },
             [&](Value j) { arrive(empty(rem(j, stages))); },
             [&](bool begin) {
               if (!plan.pingPong)

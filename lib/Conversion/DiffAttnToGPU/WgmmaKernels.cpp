@@ -89,6 +89,21 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                    : "two warpgroups: 8")
            << ")";
   plan.pingPong = plan.warpSpecialized && options.pingPong;
+  // setmaxnreg (PTX ISA 8.0): counts are multiples of 8 in [24, 256]; the
+  // CTA launches with 168 per thread (384 threads, .minnctapersm 1), and
+  // the warpgroups' counts must fit that pool: 128 p + 256 c <= 168 x 384.
+  // 224 / 56 uses the whole pool; 216 (the first default) left 4096
+  // registers idle, 232 and up spill the cp.async producer's addresses.
+  int64_t consumerRegisters =
+      options.consumerRegisters ? options.consumerRegisters : 224;
+  if (consumerRegisters % 8 || consumerRegisters < 168 ||
+      consumerRegisters > 240)
+    return op->emitOpError()
+           << "consumer-registers = " << options.consumerRegisters
+           << " is not supported (expected a multiple of 8 from 168 to 240, "
+              "or 0 for the default)";
+  plan.consumerRegisters = consumerRegisters;
+  plan.producerRegisters = 504 - 2 * consumerRegisters;
   if (options.smemLayout != "auto" && options.smemLayout != "swizzled")
     return op->emitOpError()
            << "smem-layout = '" << options.smemLayout
@@ -111,9 +126,9 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // The epilogue's exchange ([Dv / 2][128] f32) reuses the K/V stages; the
   // first 1024 bytes may go to aligning the tiles.
   int64_t exchangeBytes = plan.valueDim / 2 * kWarpgroupThreads * 4;
-  // Warp-specialised: the stages' full and empty mbarriers and Q's, 8
-  // bytes each, after the tiles.
-  int64_t barrierBytes = plan.warpSpecialized ? 8 * (2 * plan.stages + 1) : 0;
+  // Warp-specialised: the stages' full (keys), empty and full (values)
+  // mbarriers and Q's, 8 bytes each, after the tiles.
+  int64_t barrierBytes = plan.warpSpecialized ? 8 * (3 * plan.stages + 1) : 0;
   plan.sharedBytes =
       kAtomBytes + plan.qTileBytes +
       std::max(plan.kTileBytes + plan.vTileBytes + barrierBytes, exchangeBytes);

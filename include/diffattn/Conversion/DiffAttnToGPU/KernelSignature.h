@@ -99,6 +99,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.combineSplitsPerStep = src.combineSplitsPerStep;
   dst.warpSpecialize = src.warpSpecialize;
   dst.pingPong = src.pingPong;
+  dst.consumerRegisters = src.consumerRegisters;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }

@@ -74,7 +74,12 @@ public:
   /// the factor each of the thread's rows must multiply them by (1 where the
   /// offset did not move): for pipelines that rescale the accumulators only
   /// once the products of the previous block, still in flight, have landed.
-  SmallVector<Value, 2> blockDeferred(SmallVectorImpl<Acc> &s, HeadState &head);
+  /// `moved`, if given, is set to an i1 that is false only where every
+  /// factor is exactly 1 (lazy rescaling kept the offsets; warp-uniform),
+  /// so the caller may skip the multiplications; without lazy rescaling it
+  /// is the constant true.
+  SmallVector<Value, 2> blockDeferred(SmallVectorImpl<Acc> &s, HeadState &head,
+                                      Value *moved = nullptr);
 
   /// The row max reduction of one thread's value over the lanes of its row.
   Value rowMax(Value x);
@@ -86,6 +91,8 @@ private:
   FragmentLayout layout;
   float scale;
   float rescaleThreshold;
+  /// Whether the last block() moved the offsets (i1; see blockDeferred).
+  Value lastMoved;
 };
 
 } // namespace mlir::diffattn

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Nsight Compute profile of the sm_90a prefill kernel beside
+# FlashAttention-3's on the same shape (issue #12 asks what the profile
+# shows: tensor-pipe utilisation, stalls, registers). On the GPU machine,
+# with kernels prepared by `python3 benchmarks/gpu_prepare.py .device/cache`
+# and the fa3-fwd wheel installed on PYTHONPATH:
+#
+#   bash benchmarks/gpu_profile_hopper.sh OUT_DIR [PREFILL_INDEX ...]
+#
+# PREFILL_INDEX indexes gpu_cases.BENCH_PREFILL (default 0 1: 4x4096 d128
+# causal and unmasked). Writes, per index: the ncu report, its details
+# page for both kernels and the per-instruction stall samples (SASS) of
+# ours.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu-out}}"
+shift || true
+cases=("$@")
+[ ${#cases[@]} -gt 0 ] || cases=(0 1)
+mkdir -p "$out"
+export DIFFATTN_CACHE_DIR="${DIFFATTN_CACHE_DIR:-$PWD/.device/cache}"
+build=/tmp/diffattn-build
+if [ ! -d "$build/python_packages" ]; then
+  cmake -G Ninja -S . -B "$build" -DDIFFATTN_ENABLE_COMPILER=OFF >"$out/build.log" 2>&1 &&
+    ninja -C "$build" >>"$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
+fi
+export PYTHONPATH="$build/python_packages${PYTHONPATH:+:$PYTHONPATH}"
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+for i in "${cases[@]}"; do
+  rep="$out/prefill$i"
+  # Sections: speed of light, compute (pipe utilisation), scheduler and
+  # warp state (stall reasons), instruction statistics, source counters.
+  "$ncu" -k 'regex:diffattn|flash' --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
+    --section WarpStateStats --section InstructionStats --section SourceCounters \
+    --section LaunchStats --section Occupancy \
+    --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_gmma.sum,smsp__inst_executed.sum,sm__cycles_elapsed.avg \
+    --import-source no -f -o "$rep" \
+    python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 >"$rep.log" 2>&1
+  # FA3 separately (its launch 2 of 2; CUTLASS names it device_kernel).
+  "$ncu" -k 'regex:device_kernel|flash' --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
+    --section WarpStateStats --section InstructionStats --section LaunchStats --section Occupancy \
+    --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_gmma.sum,smsp__inst_executed.sum,sm__cycles_elapsed.avg \
+    -f -o "$rep-fa3" \
+    python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 --fa3 >"$rep-fa3.log" 2>&1
+  for r in "$rep" "$rep-fa3"; do
+    "$ncu" -i "$r.ncu-rep" --page details >"$r-details.txt" 2>&1
+    grep -E "^  [a-z_]|Duration|Tensor|gmma|Registers|Issue Slots|Stall|Warp Cycles|Executed Ipc|Theoretical Occ|Achieved Occ|No Eligible|inst_executed|cycles_elapsed" \
+      "$r-details.txt" | head -60
+  done
+  "$ncu" -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass-stalls.csv" 2>&1
+done
+ls "$out"
