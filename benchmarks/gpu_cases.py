@@ -51,7 +51,7 @@ BENCH_PREFILL = [
 BENCH_TARGETS = [
     ("sm_90", ()),
     ("sm_90a", ("--gpu-options=consumer-registers=216",)),
-    ("sm_90a", ("--gpu-options=consumer-registers=240",)),
+    ("sm_90a", ("--gpu-options=ping-pong=false",)),
     ("sm_90a", ("--gpu-options=warp-specialize=false",)),
 ]
 

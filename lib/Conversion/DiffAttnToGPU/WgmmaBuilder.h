@@ -95,12 +95,21 @@ private:
   void copyRows(Value src, Value base, int64_t rowStride, Value validRows,
                 Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
                 Value thread, int64_t threads);
-  /// A wgmma matrix descriptor (PTX ISA "Matrix Descriptor Format") of the
-  /// tile at byte offset `offset` from `base`, 128-byte swizzle, with the
-  /// leading and stride byte offsets `lbo`, `sbo`.
-  Value descriptor(Value offset, int64_t lbo, int64_t sbo);
-  /// `desc` moved by `bytes` (a multiple of 16) of shared memory.
-  Value advanceDescriptor(Value desc, Value bytes);
+  /// The low word (i32) of a wgmma matrix descriptor (PTX ISA "Matrix
+  /// Descriptor Format") of the tile at byte offset `offset` from `base`,
+  /// with leading byte offset `lbo`: start address and leading byte offset.
+  Value descriptorLow(Value offset, int64_t lbo);
+  /// The whole descriptor (i64) from its low word: stride byte offset
+  /// `sbo`, base offset 0, 128-byte swizzle (a constant high word).
+  Value packDescriptor(Value low, int64_t sbo);
+  /// The low word `low` moved by `bytes` (a multiple of 16) of shared memory.
+  Value advanceDescriptor(Value low, int64_t bytes);
+  /// The low word of the tile at `tileOffset` + `stage` x `stageBytes`.
+  Value stageDescriptorLow(Value tileOffset, Value stage, int64_t stageBytes,
+                           int64_t lbo);
+  Value i32Const(int64_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
+  }
 
   // Products (WgmmaFragments.cpp). The issue functions only issue: the
   // caller fences (wgmma.fence, after any register write the products
@@ -130,6 +139,12 @@ private:
   /// flight may read, must not be touched before their wait (ptxas would
   /// otherwise serialise the products or inject waits).
   SmallVector<Value> fenceOperands(ValueRange values);
+  /// Keeps the (i32) registers of `values` allocated up to this point: the
+  /// A operand of a product in flight until the wgmma.wait_group before
+  /// this. Otherwise ptxas may give them to values computed meanwhile (the
+  /// next block's probabilities) and must then wait for the product before
+  /// writing them, which serialises the softmax behind P V.
+  void keepLive(ValueRange values);
   /// fenceOperands over accumulator tiles, in place.
   void fenceTiles(SmallVectorImpl<Acc> &tiles);
   /// The A operand registers of P V (four per k16 step) from probabilities

@@ -82,20 +82,28 @@ void WgmmaKernelBuilder::copyRows(Value src, Value base, int64_t rowStride,
       });
 }
 
-Value WgmmaKernelBuilder::descriptor(Value offset, int64_t lbo, int64_t sbo) {
-  // Bits 0-13: start address >> 4; 16-29: leading byte offset >> 4; 32-45:
-  // stride byte offset >> 4; 49-51: base offset (0: atoms 1024-byte
-  // aligned); 62-63: swizzle mode (1: 128-byte).
-  Type i64 = b.getI64Type();
-  auto c64 = [&](int64_t v) {
-    return arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(v));
-  };
+Value WgmmaKernelBuilder::descriptorLow(Value offset, int64_t lbo) {
+  // Bits 0-13: start address >> 4; 16-29: leading byte offset >> 4. The
+  // shared window is below 256 KiB, so the address field never spills into
+  // bit 14 (advanceDescriptor relies on it). 32-bit arithmetic: the low
+  // word is all that varies between descriptors.
+  Type i32 = b.getI32Type();
   Value address = arith::AddIOp::create(
-      b, loc, baseAddress, arith::IndexCastOp::create(b, loc, i64, offset));
-  Value field = arith::ShRUIOp::create(
-      b, loc, arith::AndIOp::create(b, loc, address, c64(0x3FFFF)), c64(4));
-  int64_t fixed = ((lbo >> 4) << 16) | ((sbo >> 4) << 32) | (int64_t(1) << 62);
-  return arith::OrIOp::create(b, loc, field, c64(fixed));
+      b, loc, arith::TruncIOp::create(b, loc, i32, baseAddress),
+      arith::IndexCastOp::create(b, loc, i32, offset));
+  Value field = arith::ShRUIOp::create(b, loc, address, i32Const(4));
+  return arith::OrIOp::create(b, loc, field, i32Const((lbo >> 4) << 16));
+}
+
+Value WgmmaKernelBuilder::packDescriptor(Value low, int64_t sbo) {
+  // Bits 32-45: stride byte offset >> 4; 49-51: base offset (0: atoms
+  // 1024-byte aligned); 62-63: swizzle mode (1: 128-byte). A constant high
+  // word.
+  Type i64 = b.getI64Type();
+  int64_t high = (sbo >> 4) | (int64_t(1) << 30);
+  return arith::OrIOp::create(
+      b, loc, arith::ExtUIOp::create(b, loc, i64, low),
+      arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(high << 32)));
 }
 
 Value WgmmaKernelBuilder::packPair(Value x, Value y) {
@@ -106,14 +114,18 @@ Value WgmmaKernelBuilder::packPair(Value x, Value y) {
   return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
 }
 
-Value WgmmaKernelBuilder::advanceDescriptor(Value desc, Value bytes) {
-  // The start address field holds address >> 4 (14 bits, below 256 KiB of
-  // shared memory), so moving by a multiple of 16 bytes is an add.
+Value WgmmaKernelBuilder::advanceDescriptor(Value low, int64_t bytes) {
+  // The start address field holds address >> 4: moving by a multiple of 16
+  // bytes is an add to the low word.
+  return arith::AddIOp::create(b, loc, low, i32Const(bytes / 16));
+}
+
+Value WgmmaKernelBuilder::stageDescriptorLow(Value tileOffset, Value stage,
+                                             int64_t stageBytes, int64_t lbo) {
+  Value stage32 = arith::IndexCastOp::create(b, loc, b.getI32Type(), stage);
   return arith::AddIOp::create(
-      b, loc, desc,
-      arith::IndexCastOp::create(
-          b, loc, b.getI64Type(),
-          arith::DivUIOp::create(b, loc, bytes, idx(16))));
+      b, loc, descriptorLow(tileOffset, lbo),
+      arith::MulIOp::create(b, loc, stage32, i32Const(stageBytes / 16)));
 }
 
 SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
@@ -124,16 +136,18 @@ SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
   // is 32 bytes into the span's rows; spans are whole tiles apart. Stage 0's
   // descriptor (loop-invariant) moved by adds: a few integer instructions
   // per block instead of a mask and shift per step.
-  Value q0 = descriptor(qOffset, 16, kAtomBytes);
-  Value k0 = advanceDescriptor(descriptor(idx(plan.qTileBytes), 16, kAtomBytes),
-                               mul(stage, plan.kStageBytes()));
+  Value q0 = descriptorLow(qOffset, 16);
+  Value k0 =
+      stageDescriptorLow(idx(plan.qTileBytes), stage, plan.kStageBytes(), 16);
   SmallVector<Value> descriptors;
   for (int64_t kk = 0; kk < plan.headDim / 16; ++kk) {
     int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
-    descriptors.push_back(
-        advanceDescriptor(q0, idx(span * kWarpgroupRows * kRowBytes + within)));
-    descriptors.push_back(
-        advanceDescriptor(k0, idx(span * plan.blockK * kRowBytes + within)));
+    descriptors.push_back(packDescriptor(
+        advanceDescriptor(q0, span * kWarpgroupRows * kRowBytes + within),
+        kAtomBytes));
+    descriptors.push_back(packDescriptor(
+        advanceDescriptor(k0, span * plan.blockK * kRowBytes + within),
+        kAtomBytes));
   }
   return descriptors;
 }
@@ -198,6 +212,20 @@ SmallVector<Value> WgmmaKernelBuilder::fenceOperands(ValueRange values) {
   return results;
 }
 
+void WgmmaKernelBuilder::keepLive(ValueRange values) {
+  // An empty asm statement with side effects that reads the (i32)
+  // registers: they stay allocated up to here.
+  std::string constraints;
+  for (size_t i = 0; i < values.size(); ++i)
+    constraints += (i ? ",r" : "r");
+  LLVM::InlineAsmOp::create(
+      b, loc, TypeRange(), values, "", constraints,
+      /*has_side_effects=*/true, /*is_align_stack=*/false,
+      LLVM::tailcallkind::TailCallKind::None,
+      LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+      /*operand_attrs=*/ArrayAttr());
+}
+
 void WgmmaKernelBuilder::fenceTiles(SmallVectorImpl<Acc> &tiles) {
   SmallVector<Value> flat;
   for (const Acc &t : tiles)
@@ -230,13 +258,12 @@ SmallVector<Value> WgmmaKernelBuilder::pvDescriptors(Value stage) {
   // MN-major operand, 128-byte swizzle: the leading byte offset steps
   // between 64-column spans (a whole tile of keys), the stride byte offset
   // between groups of 8 keys; a k16 step is 16 rows of 128 bytes.
-  Value v0 =
-      advanceDescriptor(descriptor(idx(plan.qTileBytes + plan.kTileBytes),
-                                   plan.blockK * kRowBytes, kAtomBytes),
-                        mul(stage, plan.vStageBytes()));
+  Value v0 = stageDescriptorLow(idx(plan.qTileBytes + plan.kTileBytes), stage,
+                                plan.vStageBytes(), plan.blockK * kRowBytes);
   SmallVector<Value> descriptors;
   for (int64_t kt = 0; kt < plan.blockK / 16; ++kt)
-    descriptors.push_back(advanceDescriptor(v0, idx(kt * 16 * kRowBytes)));
+    descriptors.push_back(
+        packDescriptor(advanceDescriptor(v0, kt * 16 * kRowBytes), kAtomBytes));
   return descriptors;
 }
 

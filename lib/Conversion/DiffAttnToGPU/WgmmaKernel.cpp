@@ -44,7 +44,18 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
-  warpgroup = div(tid, kWarpgroupThreads);
+  // The warpgroup index, broadcast from lane 0: ptxas then knows it is
+  // warp-uniform and keeps what derives from it (the Q descriptors, the
+  // barrier ids) in uniform registers instead of moving it there (R2UR) in
+  // every iteration.
+  warpgroup = arith::IndexCastOp::create(
+      b, loc, b.getIndexType(),
+      gpu::ShuffleOp::create(
+          b, loc,
+          arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                     div(tid, kWarpgroupThreads)),
+          0, 32, gpu::ShuffleMode::IDX)
+          .getShuffleResult());
   Value groupThread = rem(tid, kWarpgroupThreads);
   warpInGroup = div(groupThread, 32);
   Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
@@ -194,6 +205,22 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
                            div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
   auto keyOf = [&](Value j) { return add(lo, mul(j, blockK)); };
+  // Block j's stage (j % stages) and the parity of that stage's use
+  // (j / stages % 2), in 32-bit arithmetic (block counts fit): a 64-bit
+  // division by 3 costs about a dozen instructions per use in the loop.
+  auto block32 = [&](Value j) {
+    return arith::IndexCastUIOp::create(b, loc, b.getI32Type(), j);
+  };
+  auto stageOf = [&](Value j) {
+    return arith::IndexCastUIOp::create(
+        b, loc, b.getIndexType(),
+        arith::RemUIOp::create(b, loc, block32(j), i32(stages)));
+  };
+  auto parityOf = [&](Value j) {
+    return arith::AndIOp::create(
+        b, loc, arith::DivUIOp::create(b, loc, block32(j), i32(stages)),
+        i32(1));
+  };
   auto fenceCopies = [&] {
     // The tensor cores read shared memory through the async proxy: each
     // thread orders its landed copies before the barrier.
@@ -206,9 +233,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Copies block j (if any) into stage j % 3: all threads, or the
   // producer warpgroup.
   auto prefetch = [&](Value j, Value thread, int64_t copyThreads) {
-    ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks), [&] {
-      loadKeyBlock(keyOf(j), rem(j, stages), thread, copyThreads);
-    });
+    ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks),
+           [&] { loadKeyBlock(keyOf(j), stageOf(j), thread, copyThreads); });
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
   };
   // The block's scores, masked where the block straddles the mask, through
@@ -291,8 +317,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           acquireValues(sub(j, idx(1)));
           HeadState head = unpackState(carried);
           SmallVector<Value> previousP(carried.take_back(pRegs));
-          SmallVector<Value> sDesc = scoreDescriptors(rem(j, stages));
-          SmallVector<Value> vDesc = pvDescriptors(rem(sub(j, idx(1)), stages));
+          SmallVector<Value> sDesc = scoreDescriptors(stageOf(j));
+          SmallVector<Value> vDesc = pvDescriptors(stageOf(sub(j, idx(1))));
           turn(true);
           NVVM::WgmmaFenceAlignedOp::create(b, loc);
           Value scores = issueScores(sDesc);
@@ -306,6 +332,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
           // P registers it read.
           NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+          keepLive(previousP);
           release(sub(j, idx(1)));
           fenceTiles(head.acc);
           fenceTiles(probabilities);
@@ -343,8 +370,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       ValueRange carried = loop.getResults();
       HeadState head = unpackState(carried);
       acquireValues(sub(numBlocks, idx(1)));
-      SmallVector<Value> vDesc =
-          pvDescriptors(rem(sub(numBlocks, idx(1)), stages));
+      SmallVector<Value> vDesc = pvDescriptors(stageOf(sub(numBlocks, idx(1))));
       turn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
@@ -457,10 +483,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto empty = [&](Value s) { return barrier(add(s, stages)); };
   Value qFull = barrier(idx(2 * stages));
   auto fullValues = [&](Value s) { return barrier(add(s, 2 * stages + 1)); };
-  auto parityOf = [&](Value j) {
-    return arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                      rem(div(j, stages), 2));
-  };
   auto waitOn = [&](Value bar, Value parity) {
     NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
   };
@@ -497,7 +519,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         scf::ForOp::create(
             b, loc, idx(0), numBlocks, idx(1), ValueRange{},
             [&](OpBuilder &, Location, Value j, ValueRange) {
-              Value stage = rem(j, stages);
+              Value stage = stageOf(j);
               // Stage reuse: the consumers released block j - 3 (the first
               // wait on a fresh barrier, for the phase before it, passes).
               waitOn(empty(stage),
@@ -544,11 +566,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         };
         acquireCopies(qFull, i32(0));
         SmallVector<Value> finalState = keyLoop(
-            [&](Value j) { acquireCopies(full(rem(j, stages)), parityOf(j)); },
+            [&](Value j) { acquireCopies(full(stageOf(j)), parityOf(j)); },
             [&](Value j) {
-              acquireCopies(fullValues(rem(j, stages)), parityOf(j));
+              acquireCopies(fullValues(stageOf(j)), parityOf(j));
             },
-            [&](Value j) { arrive(empty(rem(j, stages))); },
+            [&](Value j) { arrive(empty(stageOf(j))); },
             [&](bool begin) {
               if (!plan.pingPong)
                 return;
