@@ -46,13 +46,12 @@ BENCH_PREFILL = [
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
 # H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90), the
-# warp-specialised wgmma kernel with other register splits, and its uniform
-# form.
+# wgmma kernel's cp.async producer (tma=false) and other register splits.
 BENCH_TARGETS = [
     ("sm_90", ()),
-    ("sm_90a", ("--gpu-options=consumer-registers=216",)),
-    ("sm_90a", ("--gpu-options=ping-pong=false",)),
-    ("sm_90a", ("--gpu-options=warp-specialize=false",)),
+    ("sm_90a", ("--gpu-options=tma=false",)),
+    ("sm_90a", ("--gpu-options=consumer-registers=232",)),
+    ("sm_90a", ("--gpu-options=consumer-registers=240",)),
 ]
 
 # Decode timing: (B, kv_len, 2H, Hkv, D), one new token

@@ -274,3 +274,29 @@ def test_runtime_launch_plans_keep_every_check(artifact):
     # the first configuration once (if no earlier test planned it), then for
     # the null pointer and the bad shape.
     assert timing["launches"] == 0 and 2 <= timing["misses"] <= 3
+
+
+@pytest.mark.parametrize("param, message", [
+    ({"arg": "k", "field": "tensor_map", "swizzle": 128}, "malformed tensor_map parameter of"),
+    ({"arg": "k", "field": "tensor_map", "box": [64, 1, 128], "swizzle": 128}, "malformed tensor_map parameter of"),
+    ({"arg": "k", "field": "tensor_map", "box": [64, 1, 512, 1], "swizzle": 128}, "malformed tensor_map box of"),
+    ({"arg": "k", "field": "tensor_map", "box": [64, 1, 128, 1], "swizzle": 96}, "malformed tensor_map swizzle of"),
+])
+def test_malformed_tensor_map_parameters_are_refused(tmp_path, artifact, param, message):
+    # A tensor_map parameter (the Hopper strategy's TMA kernels) needs a
+    # 4-element box of 1..256 and a swizzle of 0, 32, 64 or 128 bytes.
+    def edit(manifest):
+        stages = manifest["kernels"][0]["launch"]["stages"]
+        stages[0]["params"].insert(0, param)
+    rc, error = _load(_edited_artifact(artifact, tmp_path, edit))
+    assert rc == 2 and message in error
+
+
+def test_well_formed_tensor_map_parameter_is_read(tmp_path, artifact):
+    # The reader accepts what diffattn-compile writes for sm_90a (box [64,
+    # 1, block_k, 1], 128-byte swizzle); encoding happens at launch.
+    def edit(manifest):
+        stages = manifest["kernels"][0]["launch"]["stages"]
+        stages[0]["params"].insert(0, {"arg": "k", "field": "tensor_map", "box": [64, 1, 128, 1], "swizzle": 128})
+    rc, error = _load(_edited_artifact(artifact, tmp_path, edit))
+    assert rc == 0, error

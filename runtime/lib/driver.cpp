@@ -54,6 +54,9 @@ const Driver *diffattn::runtime::loadDriver(std::string &why) {
 #undef DIFFATTN_SYM
   driver.cuLaunchKernelEx = reinterpret_cast<decltype(driver.cuLaunchKernelEx)>(
       dlsym(lib, "cuLaunchKernelEx"));
+  driver.cuTensorMapEncodeTiled =
+      reinterpret_cast<decltype(driver.cuTensorMapEncodeTiled)>(
+          dlsym(lib, "cuTensorMapEncodeTiled"));
   if (CUresult rc = driver.cuInit(0)) {
     why = failure = "cuInit failed with CUDA error " + std::to_string(rc);
     return nullptr;

@@ -54,6 +54,18 @@ struct CUlaunchConfig {
 };
 
 /// The driver's entry points the runtime uses.
+/// cuda.h's CUtensorMap: 128 opaque bytes, 64-byte aligned.
+struct alignas(64) CUtensorMap {
+  unsigned long long opaque[16];
+};
+static_assert(sizeof(CUtensorMap) == 128, "cuda.h's CUtensorMap");
+/// cuda.h's CUtensorMapDataType values used here.
+constexpr int kTensorMapFloat16 = 6, kTensorMapFloat32 = 7,
+              kTensorMapBFloat16 = 9;
+/// CUtensorMapSwizzle (NONE, 32B, 64B, 128B = 0 .. 3) and
+/// CUtensorMapL2promotion's L2_256B.
+constexpr int kTensorMapL2Promotion256B = 3;
+
 struct Driver {
   CUresult (*cuInit)(unsigned);
   CUresult (*cuCtxGetCurrent)(CUcontext *);
@@ -73,6 +85,15 @@ struct Driver {
   /// programmatic launches are plain ones.
   CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **,
                                void **);
+  /// Optional (CUDA 12 drivers): kernels with tensor-map parameters need it.
+  CUresult (*cuTensorMapEncodeTiled)(CUtensorMap *, int dataType, unsigned rank,
+                                     void *globalAddress,
+                                     const unsigned long long *globalDim,
+                                     const unsigned long long *globalStrides,
+                                     const unsigned *boxDim,
+                                     const unsigned *elementStrides,
+                                     int interleave, int swizzle,
+                                     int l2Promotion, int oobFill);
 };
 
 /// The driver, opened and initialised (cuInit) by the first call; null with

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -104,6 +105,11 @@ int planParams(const KernelSpec &spec, const StageSpec &stage,
   out.values.assign(n, 0);
   out.pointers.assign(n, nullptr);
   out.args.assign(n, nullptr);
+  size_t maps =
+      std::count_if(stage.params.begin(), stage.params.end(),
+                    [](const ParamSpec &p) { return p.field == "tensor_map"; });
+  if (maps)
+    out.tensorMaps = std::make_unique<CUtensorMapStorage[]>(maps);
   for (size_t i = 0; i < n; ++i) {
     const ParamSpec &p = stage.params[i];
     out.args[i] = &out.values[i];
@@ -133,6 +139,36 @@ int planParams(const KernelSpec &spec, const StageSpec &stage,
       out.values[i] = elements;
     } else if (p.field == "stride") {
       out.values[i] = 1;
+    } else if (p.field == "tensor_map") {
+      // A tiled tensor map over the row-major 4-D buffer [d3, d2, d1, d0]:
+      // dimensions innermost first, byte strides of dimensions 1 .. 3.
+      int dataType = buf->dtype == DIFFATTN_BF16  ? kTensorMapBFloat16
+                     : buf->dtype == DIFFATTN_F16 ? kTensorMapFloat16
+                     : buf->dtype == DIFFATTN_F32 ? kTensorMapFloat32
+                                                  : -1;
+      if (buf->rank != 4 || dataType < 0 || p.box.size() != 4)
+        return fail(DIFFATTN_ERROR_ARTIFACT,
+                    "kernel '" + spec.name + "': tensor map over '" + p.arg +
+                        "' needs a 4-D f16, bf16 or f32 buffer");
+      StagePlan::TensorMapSlot slot;
+      slot.param = static_cast<int>(i);
+      slot.buffer = static_cast<int>(buf - buffers);
+      slot.dataType = dataType;
+      slot.swizzle = p.swizzle == 128  ? 3
+                     : p.swizzle == 64 ? 2
+                     : p.swizzle == 32 ? 1
+                                       : 0;
+      unsigned long long elementBytes = buf->dtype == DIFFATTN_F32 ? 4 : 2;
+      unsigned long long stride = elementBytes;
+      for (int d = 0; d < 4; ++d) {
+        slot.dims[d] = static_cast<unsigned long long>(buf->shape[3 - d]);
+        if (d > 0)
+          slot.strides[d - 1] = stride;
+        stride *= slot.dims[d];
+        slot.box[d] = static_cast<unsigned>(p.box[d]);
+      }
+      out.args[i] = &out.tensorMaps[out.tensorMapSlots.size()];
+      out.tensorMapSlots.push_back(slot);
     } else {
       return fail(DIFFATTN_ERROR_ARTIFACT, "kernel '" + spec.name +
                                                "': unknown parameter field '" +
@@ -319,6 +355,40 @@ int prepare(const Driver *d, KernelSpec &spec, CUcontext &ctx) {
 
 /// Launches one planned stage; a programmatic stage goes through
 /// cuLaunchKernelEx where the driver has it.
+/// Encodes the stage's tensor maps over this launch's buffers (they hold
+/// the addresses, so every launch encodes them; a host-side call, no
+/// device work, so CUDA graph capture is unaffected).
+int encodeTensorMaps(const Driver *d, const KernelSpec &spec, StagePlan &stage,
+                     const diffattn_buffer *buffers) {
+  if (stage.tensorMapSlots.empty())
+    return DIFFATTN_OK;
+  if (!d->cuTensorMapEncodeTiled)
+    return fail(DIFFATTN_ERROR_CUDA,
+                "kernel '" + spec.name +
+                    "' loads through tensor maps, and this CUDA driver has "
+                    "no cuTensorMapEncodeTiled (CUDA 12 or later needed)");
+  static const unsigned kElementStrides[4] = {1, 1, 1, 1};
+  for (size_t m = 0; m < stage.tensorMapSlots.size(); ++m) {
+    const StagePlan::TensorMapSlot &slot = stage.tensorMapSlots[m];
+    const diffattn_buffer &buf = buffers[slot.buffer];
+    // TMA needs 16-byte aligned addresses and strides.
+    if (reinterpret_cast<uintptr_t>(buf.data) % 16)
+      return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
+                  std::string("kernel '") + spec.name + "': buffer '" +
+                      (buf.name ? buf.name : "") +
+                      "' must be 16-byte aligned (it is loaded with TMA)");
+    if (CUresult rc = d->cuTensorMapEncodeTiled(
+            reinterpret_cast<CUtensorMap *>(&stage.tensorMaps[m]),
+            slot.dataType, 4, buf.data, slot.dims, slot.strides, slot.box,
+            kElementStrides, /*interleave=*/0, slot.swizzle,
+            kTensorMapL2Promotion256B, /*oobFill=*/0))
+      return cudaFail(d, rc,
+                      std::string("cuTensorMapEncodeTiled(") +
+                          (buf.name ? buf.name : "") + ") for " + spec.name);
+  }
+  return DIFFATTN_OK;
+}
+
 int launchStage(const Driver *d, StagePlan &stage, void *stream) {
   const StageSpec &spec = *stage.spec;
   if (spec.programmatic && d->cuLaunchKernelEx) {
@@ -400,6 +470,8 @@ int diffattn::runtime::launch(KernelSpec &spec, const diffattn_buffer *buffers,
     for (StagePlan &stage : plan->stages) {
       for (const auto &[param, buffer] : stage.pointerSlots)
         stage.pointers[param] = buffers[buffer].data;
+      if (int rc = encodeTensorMaps(d, spec, stage, buffers))
+        return rc;
       lap(on, mark, gTiming.paramsNs);
       if (int rc = launchStage(d, stage, stream))
         return rc;

@@ -207,7 +207,23 @@ std::string parseStage(const Json &st, const std::string &function,
     const Json *arg = p.get("arg"), *field = p.get("field");
     if (!arg || !arg->str() || !field || !field->str())
       return "malformed launch parameter";
-    stage.params.push_back({*arg->str(), *field->str()});
+    ParamSpec param{*arg->str(), *field->str(), {}, 0};
+    if (param.field == "tensor_map") {
+      const Json *box = p.get("box"), *swizzle = p.get("swizzle");
+      if (!box || !box->arr() || box->arr()->size() != 4 || !swizzle ||
+          !swizzle->num())
+        return "malformed tensor_map parameter of " + function;
+      for (const Json &extent : *box->arr()) {
+        if (!extent.num() || *extent.num() < 1 || *extent.num() > 256)
+          return "malformed tensor_map box of " + function;
+        param.box.push_back(static_cast<int64_t>(*extent.num()));
+      }
+      param.swizzle = static_cast<int64_t>(*swizzle->num());
+      if (param.swizzle != 0 && param.swizzle != 32 && param.swizzle != 64 &&
+          param.swizzle != 128)
+        return "malformed tensor_map swizzle of " + function;
+    }
+    stage.params.push_back(std::move(param));
   }
   for (int i = 0; i < 3; ++i) {
     if (!parseRule((*grid->arr())[i], stage.grid[i]))

@@ -76,6 +76,11 @@ struct ArgSpec {
 struct ParamSpec {
   std::string arg;
   std::string field;
+  /// field "tensor_map": the box (elements per dimension, innermost first)
+  /// and the swizzle span in bytes (0, 32, 64 or 128) of a tiled tensor
+  /// map over the 4-D buffer `arg` (docs/manifest.md).
+  std::vector<int64_t> box;
+  int64_t swizzle = 0;
 };
 
 /// A grid extent or a size: the product of its factors.
@@ -101,6 +106,12 @@ struct StageSpec {
 
 /// A stage of a launch plan: everything cuLaunchKernel(Ex) takes, with the
 /// parameter array laid out once; a launch only writes the data pointers.
+/// Storage of one CUtensorMap (driver.h's CUtensorMap: 128 bytes, 64-byte
+/// aligned).
+struct alignas(64) CUtensorMapStorage {
+  unsigned long long opaque[16];
+};
+
 struct StagePlan {
   void *handle = nullptr;
   unsigned grid[3] = {1, 1, 1};
@@ -112,6 +123,18 @@ struct StagePlan {
   std::vector<void *> args;
   /// (parameter index, caller's buffer index): the pointers a launch writes.
   std::vector<std::pair<int, int>> pointerSlots;
+  /// Tensor-map parameters, encoded at each launch (they hold the buffer's
+  /// address): parameter index, caller's buffer index, and the map's
+  /// dimensions, byte strides (dimensions 1 ..), box and swizzle.
+  struct TensorMapSlot {
+    int param = 0, buffer = 0, dataType = 0, swizzle = 0;
+    unsigned long long dims[4] = {0, 0, 0, 0}, strides[3] = {0, 0, 0};
+    unsigned box[4] = {1, 1, 1, 1};
+  };
+  std::vector<TensorMapSlot> tensorMapSlots;
+  /// Storage of the encoded maps (args[param] points here); a unique_ptr
+  /// array keeps the 64-byte alignment and the addresses stable.
+  std::unique_ptr<CUtensorMapStorage[]> tensorMaps;
 };
 
 /// A launch configuration that passed check(): the caller's buffers as

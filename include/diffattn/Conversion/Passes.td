@@ -80,6 +80,14 @@ defvar DiffAttnGPUStrategyOptions = [
            "take turns issuing their products (named barriers), so that one "
            "warpgroup's softmax overlaps the other's products "
            "(FlashAttention-3's ping-pong schedule)">,
+    Option<"tma", "tma", "bool", /*default=*/"true",
+           "wgmma strategy, warp-specialised, batched sequences: one "
+           "producer thread loads the K/V tiles with TMA "
+           "(cp.async.bulk.tensor into the 128-byte swizzled tiles, "
+           "completing on the stage's mbarrier); the runtime encodes the "
+           "tensor maps and passes them by value (false: the producer "
+           "warpgroup copies them with cp.async). Packed sequences use "
+           "cp.async">,
     Option<"consumerRegisters", "consumer-registers", "int64_t",
            /*default=*/"0",
            "wgmma strategy, warp-specialised: registers per consumer thread "
@@ -198,6 +206,25 @@ def DiffAttnToWgmmaKernels
   }];
   let options = DiffAttnGPUStrategyOptions;
   let dependentDialects = DiffAttnGPUKernelDialects;
+}
+
+def DiffAttnMarkTensorMapParams
+    : Pass<"diffattn-mark-tensor-map-params", "LLVM::LLVMFuncOp"> {
+  let summary = "Pass a kernel's tensor maps by value (grid constants)";
+  let description = [{
+    Part of the PTX lowering (diffattn-compile's PTX pipeline, after
+    `convert-gpu-to-nvvm`). A GPU kernel that loads tiles with TMA takes its
+    CUtensorMaps (128 bytes, 64-byte aligned; PTX ISA "Tensor-map") as its
+    leading parameters and says how many with the function attribute
+    `diffattn.tensor_map_args = N`. GPU-to-NVVM conversion keeps the
+    attribute but drops `llvm.byval` from the parameters, so this pass
+    marks parameters 0 .. N-1 of each such `nvvm.kernel` as
+    `llvm.byval = !llvm.array<128 x i8>`, `llvm.align = 64` and
+    `nvvm.grid_constant`: the NVPTX backend then declares them
+    `.param .align 64 .b8 name[128]` and hands `cp.async.bulk.tensor` their
+    parameter-space address (`cvta.param`) without a local copy.
+    Parameters that are not pointers are an error.
+  }];
 }
 
 def DiffAttnGPUPipeline : Pass<"diffattn-gpu-pipeline", "ModuleOp"> {

@@ -53,14 +53,27 @@ gpu::GPUFuncOp mlir::diffattn::createKernelFunc(OpBuilder &b, Location loc,
   return func;
 }
 
-DictionaryAttr mlir::diffattn::buildLaunchRule(Builder &b,
-                                               const TileConfig &config,
-                                               StringRef strategy,
-                                               StringRef name,
-                                               ArrayRef<StringRef> buffers) {
-  // The combine kernel takes no pool size (withPool false).
+Attribute mlir::diffattn::tensorMapParam(Builder &b, StringRef buffer,
+                                         ArrayRef<int64_t> box,
+                                         int64_t swizzleBytes) {
+  return b.getDictionaryAttr(
+      {b.getNamedAttr("arg", b.getStringAttr(buffer)),
+       b.getNamedAttr("field", b.getStringAttr("tensor_map")),
+       b.getNamedAttr("box", b.getI64ArrayAttr(box)),
+       b.getNamedAttr("swizzle", b.getI64IntegerAttr(swizzleBytes))});
+}
+
+DictionaryAttr mlir::diffattn::buildLaunchRule(
+    Builder &b, const TileConfig &config, StringRef strategy, StringRef name,
+    ArrayRef<StringRef> buffers, ArrayRef<Attribute> leadingParams) {
+  // The combine kernel takes no pool size (withPool false); the first
+  // stage's parameters start with `leadingParams`.
+  bool firstStage = true;
   auto paramsOf = [&](ArrayRef<StringRef> bufs, bool withPool = true) {
     SmallVector<Attribute> params;
+    if (firstStage)
+      params.append(leadingParams.begin(), leadingParams.end());
+    firstStage = false;
     for (StringRef buf : bufs)
       for (StringRef field :
            {"allocated", "aligned", "offset", "size", "stride"})

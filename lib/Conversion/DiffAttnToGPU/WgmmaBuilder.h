@@ -61,6 +61,9 @@ struct WgmmaPlan : TileConfig {
   bool warpSpecialized = false;
   /// Warp-specialised: the consumers take turns issuing their products.
   bool pingPong = false;
+  /// Warp-specialised: one producer thread loads K/V tiles with TMA; the
+  /// kernel's leading parameters are the K and V tensor maps.
+  bool tmaLoads = false;
   /// Registers per thread after setmaxnreg: the producer's and the
   /// consumers' (128 x producer + 256 x consumer <= 168 x 384, the
   /// registers the CTA launches with).

@@ -29,6 +29,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   int64_t blockQ = plan.blockQ, blockK = plan.blockK, stages = plan.stages;
   int64_t threads = plan.threads();
   unsigned a = 0;
+  // TMA: the K and V tensor maps (generic addresses of by-value params).
+  Value kMap = plan.tmaLoads ? entry.getArgument(a++) : Value();
+  Value vMap = plan.tmaLoads ? entry.getArgument(a++) : Value();
   Value q = entry.getArgument(a++), k = entry.getArgument(a++),
         v = entry.getArgument(a++), lam = entry.getArgument(a++);
   // Packed sequences: cu_seqlens_q, cu_seqlens_k [B + 1] (i32), and after
@@ -490,17 +493,18 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
   };
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
+    // With TMA one thread arrives (expecting the tile's bytes).
+    int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
     for (int64_t s = 0; s < stages; ++s) {
-      NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(kWarpgroupThreads),
-                                   Value());
+      NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
       NVVM::MBarrierInitOp::create(b, loc, empty(idx(s)),
                                    i32(2 * kWarpgroupThreads), Value());
     }
     NVVM::MBarrierInitOp::create(b, loc, qFull, i32(kWarpgroupThreads),
                                  Value());
     for (int64_t s = 0; s < stages; ++s)
-      NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)),
-                                   i32(kWarpgroupThreads), Value());
+      NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
+                                   Value());
   });
   gpu::BarrierOp::create(b, loc);
   Value isProducer = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
@@ -516,6 +520,63 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         };
         copyQ(groupThread, kWarpgroupThreads);
         announce(qFull);
+        if (plan.tmaLoads) {
+          // One thread issues the block's TMA loads: per operand, an
+          // expect-tx arrival for the tile's bytes on its barrier, then one
+          // load per 64-column span into the span's swizzled rows
+          // (coordinates innermost first: column, KV head, key, batch).
+          // TMA writes through the async proxy and zero-fills keys past Sk.
+          Type i32Type = b.getI32Type();
+          auto i32Of = [&](Value v) {
+            return arith::IndexCastOp::create(b, loc, i32Type, v).getResult();
+          };
+          Value headCoord = i32Of(kvHead), batchCoord = i32Of(batch);
+          auto loadTile = [&](Value map, int64_t tileOffset, int64_t stageBytes,
+                              int64_t dim, Value stage, Value key0, Value bar) {
+            NVVM::MBarrierArriveExpectTxOp::create(
+                b, loc, Type(), bar, i32(blockK * dim * 2),
+                NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
+            for (int64_t span = 0; span < dim / kSpan; ++span) {
+              Value offset = add(add(idx(tileOffset), mul(stage, stageBytes)),
+                                 span * blockK * kRowBytes);
+              Value address = arith::AddIOp::create(
+                  b, loc, baseAddress,
+                  arith::IndexCastOp::create(b, loc, b.getI64Type(), offset));
+              Value shared = LLVM::IntToPtrOp::create(
+                  b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3),
+                  address);
+              Value cluster = LLVM::AddrSpaceCastOp::create(
+                  b, loc,
+                  LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7),
+                  shared);
+              NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+                  b, loc, cluster, map,
+                  ValueRange{i32(span * kSpan), headCoord, i32Of(key0),
+                             batchCoord},
+                  bar, ValueRange{}, Value(), Value(), NVVM::TMALoadMode::TILE,
+                  /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
+            }
+          };
+          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+            scf::ForOp::create(
+                b, loc, idx(0), numBlocks, idx(1), ValueRange{},
+                [&](OpBuilder &, Location, Value j, ValueRange) {
+                  Value stage = stageOf(j);
+                  waitOn(empty(stage),
+                         arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
+                  loadTile(kMap, plan.qTileBytes, plan.kStageBytes(),
+                           plan.headDim, stage, keyOf(j), full(stage));
+                  loadTile(vMap, plan.qTileBytes + plan.kTileBytes,
+                           plan.vStageBytes(), plan.valueDim, stage, keyOf(j),
+                           fullValues(stage));
+                  scf::YieldOp::create(b, loc);
+                });
+          });
+          NVVM::CpAsyncCommitGroupOp::create(b, loc);
+          NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+          scf::YieldOp::create(b, loc);
+          return;
+        }
         scf::ForOp::create(
             b, loc, idx(0), numBlocks, idx(1), ValueRange{},
             [&](OpBuilder &, Location, Value j, ValueRange) {
@@ -565,11 +626,16 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
         };
         acquireCopies(qFull, i32(0));
+        // TMA tiles arrive through the async proxy: the wait is enough.
+        auto acquireTiles = [&](Value bar, Value parity) {
+          if (plan.tmaLoads)
+            waitOn(bar, parity);
+          else
+            acquireCopies(bar, parity);
+        };
         SmallVector<Value> finalState = keyLoop(
-            [&](Value j) { acquireCopies(full(stageOf(j)), parityOf(j)); },
-            [&](Value j) {
-              acquireCopies(fullValues(stageOf(j)), parityOf(j));
-            },
+            [&](Value j) { acquireTiles(full(stageOf(j)), parityOf(j)); },
+            [&](Value j) { acquireTiles(fullValues(stageOf(j)), parityOf(j)); },
             [&](Value j) { arrive(empty(stageOf(j))); },
             [&](bool begin) {
               if (!plan.pingPong)

@@ -89,13 +89,16 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                    : "two warpgroups: 8")
            << ")";
   plan.pingPong = plan.warpSpecialized && options.pingPong;
+  // TMA addresses tiles by coordinates in one tensor per operand; packed
+  // sequences (varlen) keep cp.async, which bounds each sequence itself.
+  plan.tmaLoads = plan.warpSpecialized && options.tma && !plan.attn.varlen;
   // setmaxnreg (PTX ISA 8.0): counts are multiples of 8 in [24, 256]; the
   // CTA launches with 168 per thread (384 threads, .minnctapersm 1), and
   // the warpgroups' counts must fit that pool: 128 p + 256 c <= 168 x 384.
   // 224 / 56 uses the whole pool; 216 (the first default) left 4096
   // registers idle, 232 and up spill the cp.async producer's addresses.
   int64_t consumerRegisters =
-      options.consumerRegisters ? options.consumerRegisters : 224;
+      options.consumerRegisters ? options.consumerRegisters : 216;
   if (consumerRegisters % 8 || consumerRegisters < 168 ||
       consumerRegisters > 240)
     return op->emitOpError()
@@ -199,17 +202,38 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   OpBuilder::InsertionGuard guard(rewriter);
   createKernelModule(rewriter, kernel);
   KernelSignature sig = getKernelSignature(rewriter, desc, /*splitKV=*/false);
-  auto func = createKernelFunc(rewriter, loc, kernel.getName(), sig.argTypes,
+  // TMA: the K and V tensor maps lead the parameters (by value, 64-byte
+  // aligned; diffattn-mark-tensor-map-params completes their attributes
+  // after GPU-to-NVVM conversion), 2-D boxes of one 64-column span (128
+  // bytes, the swizzle span) by block-k rows of one head of one batch.
+  SmallVector<Type> argTypes(sig.argTypes);
+  SmallVector<Attribute> tensorMaps;
+  if (plan->tmaLoads) {
+    argTypes.insert(argTypes.begin(), 2,
+                    LLVM::LLVMPointerType::get(rewriter.getContext()));
+    for (StringRef operand : {"k", "v"})
+      tensorMaps.push_back(tensorMapParam(rewriter, operand,
+                                          {wgmma::kSpan, 1, plan->blockK, 1},
+                                          wgmma::kRowBytes));
+  }
+  auto func = createKernelFunc(rewriter, loc, kernel.getName(), argTypes,
                                plan->threads());
+  if (plan->tmaLoads) {
+    for (unsigned i = 0; i < 2; ++i)
+      func.setArgAttr(i, LLVM::LLVMDialect::getAlignAttrName(),
+                      rewriter.getI64IntegerAttr(64));
+    func->setAttr("diffattn.tensor_map_args", rewriter.getI64IntegerAttr(2));
+  }
   // setmaxnreg takes effect only with a register count known at entry:
   // one CTA per SM (.minnctapersm 1) with the block size.
   if (plan->warpSpecialized)
     func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
                   rewriter.getI32IntegerAttr(1));
   WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
-  replaceWithGPUKernel(
-      rewriter, kernel, desc, func,
-      buildLaunchRule(rewriter, *plan, "wgmma", kernel.getName(), sig.buffers));
+  replaceWithGPUKernel(rewriter, kernel, desc, func,
+                       buildLaunchRule(rewriter, *plan, "wgmma",
+                                       kernel.getName(), sig.buffers,
+                                       tensorMaps));
   return success();
 }
 

@@ -38,10 +38,23 @@ LogicalResult mlir::diffattn::buildGPUPipeline(
 }
 
 std::string mlir::diffattn::getPTXPipeline(const GPUChipInfo &chip) {
-  return ("lower-affine,gpu-lower-to-nvvm-pipeline{cubin-chip=" + chip.name +
-          " cubin-features=" + chip.ptxFeatures +
-          " cubin-format=isa opt-level=3}")
-      .str();
+  // MLIR's gpu-lower-to-nvvm-pipeline (cubin-format=isa opt-level=3), pass
+  // by pass, with diffattn-mark-tensor-map-params after the GPU-to-NVVM
+  // conversion: that conversion drops the by-value attribute of the
+  // kernels' tensor-map parameters (see the pass's description).
+  std::string target = "chip=" + chip.name.str() +
+                       " features=" + chip.ptxFeatures.str() + " O=3";
+  return "lower-affine,convert-nvgpu-to-nvvm,gpu-kernel-outlining,"
+         "convert-vector-to-scf,convert-scf-to-cf,convert-nvvm-to-llvm,"
+         "convert-func-to-llvm,expand-strided-metadata,nvvm-attach-target{" +
+         target +
+         "},lower-affine,convert-arith-to-llvm,convert-index-to-llvm,"
+         "canonicalize,cse,"
+         "gpu.module(convert-gpu-to-nvvm,canonicalize,cse,"
+         "reconcile-unrealized-casts,"
+         "llvm.func(diffattn-mark-tensor-map-params)),"
+         "gpu-to-llvm,gpu-module-to-binary{format=isa},"
+         "convert-math-to-llvm,canonicalize,cse,reconcile-unrealized-casts";
 }
 
 LogicalResult mlir::diffattn::buildPTXPipeline(OpPassManager &pm,

@@ -46,10 +46,22 @@ gpu::GPUFuncOp createKernelFunc(OpBuilder &b, Location loc, StringRef name,
 
 /// The launch rule of the kernel(s) of `config`, for the manifest entry's
 /// `launch` field; `strategy` names the strategy that built them, `name`
-/// is the kernel (the combine kernel is `name`_combine).
+/// is the kernel (the combine kernel is `name`_combine). `leadingParams`
+/// (parameter entries, e.g. tensorMapParam's) come before the buffers'
+/// parameters of the first (or only) stage.
 DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
-                               ArrayRef<StringRef> buffers);
+                               ArrayRef<StringRef> buffers,
+                               ArrayRef<Attribute> leadingParams = {});
+
+/// A launch parameter entry asking the runtime for a tiled CUtensorMap
+/// (cuTensorMapEncodeTiled) over the 4-D buffer `buffer` [d3, d2, d1, d0]
+/// (row-major), passed by value: dimensions innermost first (d0 .. d3),
+/// byte strides of the contiguous layout, box `box` (elements, innermost
+/// first), element strides 1, no interleave, `swizzleBytes` swizzle (0, 32,
+/// 64 or 128), zero fill out of bounds. docs/manifest.md documents it.
+Attribute tensorMapParam(Builder &b, StringRef buffer, ArrayRef<int64_t> box,
+                         int64_t swizzleBytes);
 
 /// An outlined kernel function (made by diffattn-outline-kernels) as a GPU
 /// strategy reads it: its manifest entry, its one diffattn op and the chip
@@ -100,6 +112,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.warpSpecialize = src.warpSpecialize;
   dst.pingPong = src.pingPong;
   dst.consumerRegisters = src.consumerRegisters;
+  dst.tma = src.tma;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
