@@ -93,7 +93,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "wgmma strategy, warp-specialised: registers per consumer thread "
            "after setmaxnreg, a multiple of 8 from 168 to 240; the producer "
            "keeps the rest of the CTA's 168 x 384 (504 - 2 x this, at least "
-           "24). 0: the default, 224 (producer 56)">,
+           "24). 0: the default, 240 (producer 24) with TMA loads, 216 "
+           "(producer 72) with the cp.async producer">,
     Option<"combineSplitsPerStep", "combine-splits-per-step", "int64_t",
            /*default=*/"8",
            "Split-KV: splits the combine kernel merges per step of its loop, "

@@ -95,10 +95,13 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // setmaxnreg (PTX ISA 8.0): counts are multiples of 8 in [24, 256]; the
   // CTA launches with 168 per thread (384 threads, .minnctapersm 1), and
   // the warpgroups' counts must fit that pool: 128 p + 256 c <= 168 x 384.
-  // 224 / 56 uses the whole pool; 216 (the first default) left 4096
-  // registers idle, 232 and up spill the cp.async producer's addresses.
-  int64_t consumerRegisters =
-      options.consumerRegisters ? options.consumerRegisters : 216;
+  // Measured on an H200 (docs/performance.md, Hopper runs 9 and 11): with
+  // TMA the producer needs few registers and 240 / 24 (FA3's split) is as
+  // fast as or faster than 216 on every SPEC.md shape; the cp.async
+  // producer spills at 24 (0.6x) and is fastest at 216 / 72.
+  int64_t consumerRegisters = options.consumerRegisters
+                                  ? options.consumerRegisters
+                                  : (plan.tmaLoads ? 240 : 216);
   if (consumerRegisters % 8 || consumerRegisters < 168 ||
       consumerRegisters > 240)
     return op->emitOpError()
