@@ -50,5 +50,6 @@ for i in "${cases[@]}"; do
       "$r-details.txt" | head -60
   done
   "$ncu" -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass-stalls.csv" 2>&1
+  python3 benchmarks/ncu_sass_summary.py "$rep-sass-stalls.csv" | tee "$rep-sass-summary.txt" | head -40
 done
 ls "$out"
