@@ -46,12 +46,13 @@ BENCH_PREFILL = [
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
 # H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90), the
-# wgmma kernel's cp.async producer (tma=false) and other register splits.
+# wgmma kernel with one CTA per tile, another register split and its
+# cp.async producer.
 BENCH_TARGETS = [
     ("sm_90", ()),
-    ("sm_90a", ("--gpu-options=tma=false",)),
+    ("sm_90a", ("--gpu-options=persistent=false",)),
     ("sm_90a", ("--gpu-options=consumer-registers=232",)),
-    ("sm_90a", ("--gpu-options=consumer-registers=240",)),
+    ("sm_90a", ("--gpu-options=tma=false",)),
 ]
 
 # Decode timing: (B, kv_len, 2H, Hkv, D), one new token

@@ -300,3 +300,21 @@ def test_well_formed_tensor_map_parameter_is_read(tmp_path, artifact):
         stages[0]["params"].insert(0, {"arg": "k", "field": "tensor_map", "box": [64, 1, 128, 1], "swizzle": 128})
     rc, error = _load(_edited_artifact(artifact, tmp_path, edit))
     assert rc == 0, error
+
+
+@pytest.mark.parametrize("at_most", [0, "132", -4])
+def test_malformed_grid_cap_is_refused(tmp_path, artifact, at_most):
+    # A persistent launch caps grid x: {product: [...], at_most: N >= 1}.
+    def edit(manifest):
+        stage = manifest["kernels"][0]["launch"]["stages"][0]
+        stage["grid"][2] = {"product": [{"ceil_div": "B", "by": 1}], "at_most": at_most}
+    rc, error = _load(_edited_artifact(artifact, tmp_path, edit))
+    assert rc == 2 and "malformed grid" in error
+
+
+def test_grid_cap_is_read(tmp_path, artifact):
+    def edit(manifest):
+        stage = manifest["kernels"][0]["launch"]["stages"][0]
+        stage["grid"][2] = {"product": [{"ceil_div": "B", "by": 1}], "at_most": 132}
+    rc, error = _load(_edited_artifact(artifact, tmp_path, edit))
+    assert rc == 0, error

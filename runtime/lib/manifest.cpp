@@ -75,7 +75,7 @@ int64_t diffattn::runtime::evaluate(const Rule &rule, const Sizes &sizes) {
     n *= d.symbol.empty()
              ? d.size
              : (d.mul * resolve({d.symbol, 0, 1}, sizes) + d.size - 1) / d.size;
-  return n;
+  return rule.atMost > 0 ? std::min(n, rule.atMost) : n;
 }
 
 Sizes diffattn::runtime::sizesFor(const KernelSpec &spec, int64_t B, int64_t Sq,
@@ -172,9 +172,11 @@ bool parseDim(const Json &g, Dim &out) {
   return out.size > 0 && out.mul > 0 && out.add >= 0;
 }
 
-/// A rule: one factor, or {product: [factor, ...]}.
+/// A rule: one factor, or {product: [factor, ...], at_most: N (optional,
+/// >= 1)}.
 bool parseRule(const Json &g, Rule &out) {
   out.clear();
+  out.atMost = 0;
   if (const Json *product = g.get("product")) {
     if (!product->arr())
       return false;
@@ -183,6 +185,11 @@ bool parseRule(const Json &g, Rule &out) {
       if (!parseDim(factor, d))
         return false;
       out.push_back(d);
+    }
+    if (const Json *atMost = g.get("at_most")) {
+      if (!atMost->num() || *atMost->num() < 1)
+        return false;
+      out.atMost = static_cast<int64_t>(*atMost->num());
     }
     return !out.empty();
   }

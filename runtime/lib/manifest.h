@@ -83,8 +83,11 @@ struct ParamSpec {
   int64_t swizzle = 0;
 };
 
-/// A grid extent or a size: the product of its factors.
-using Rule = std::vector<Dim>;
+/// A grid extent or a size: the product of its factors, capped at `atMost`
+/// when that is > 0 (a persistent launch: {product: [...], at_most: N}).
+struct Rule : std::vector<Dim> {
+  int64_t atMost = 0;
+};
 
 /// One kernel launch of a kernel's launch sequence.
 struct StageSpec {

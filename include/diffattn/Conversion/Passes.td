@@ -88,6 +88,12 @@ defvar DiffAttnGPUStrategyOptions = [
            "tensor maps and passes them by value (false: the producer "
            "warpgroup copies them with cp.async). Packed sequences use "
            "cp.async">,
+    Option<"persistent", "persistent", "bool", /*default=*/"true",
+           "wgmma strategy, warp-specialised: launch at most one CTA per SM "
+           "of the target's reference GPU (132 on sm_90a), each walking "
+           "tiles (longest first with a causal-like mask), its producer "
+           "loading the next tile's first block and Q while its consumers "
+           "finish the current one (false: one CTA per tile)">,
     Option<"consumerRegisters", "consumer-registers", "int64_t",
            /*default=*/"0",
            "wgmma strategy, warp-specialised: registers per consumer thread "

@@ -65,7 +65,8 @@ Attribute mlir::diffattn::tensorMapParam(Builder &b, StringRef buffer,
 
 DictionaryAttr mlir::diffattn::buildLaunchRule(
     Builder &b, const TileConfig &config, StringRef strategy, StringRef name,
-    ArrayRef<StringRef> buffers, ArrayRef<Attribute> leadingParams) {
+    ArrayRef<StringRef> buffers, ArrayRef<Attribute> leadingParams,
+    bool linearTiles, int64_t atMost) {
   // The combine kernel takes no pool size (withPool false); the first
   // stage's parameters start with `leadingParams`.
   bool firstStage = true;
@@ -129,11 +130,20 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
     return b.getDictionaryAttr(entries);
   };
   if (!config.splitKV) {
-    // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads.
-    DictionaryAttr only = stage(
-        name,
-        {rowBlocks, b.getI64IntegerAttr(config.kvHeads), ceilDiv("B", 1, 1)},
-        config.threads(), config.sharedBytes, paramsOf(buffers));
+    // x: blocks of the rows of a KV group (its pairs x Sq), y: KV heads;
+    // or x: all tiles, at most `atMost` CTAs.
+    SmallVector<Attribute> grid = {
+        rowBlocks, b.getI64IntegerAttr(config.kvHeads), ceilDiv("B", 1, 1)};
+    if (linearTiles) {
+      SmallVector<NamedAttribute> tiles = {
+          b.getNamedAttr("product", b.getArrayAttr(grid))};
+      if (atMost > 0)
+        tiles.push_back(b.getNamedAttr("at_most", b.getI64IntegerAttr(atMost)));
+      grid = {b.getDictionaryAttr(tiles), b.getI64IntegerAttr(1),
+              b.getI64IntegerAttr(1)};
+    }
+    DictionaryAttr only = stage(name, grid, config.threads(),
+                                config.sharedBytes, paramsOf(buffers));
     SmallVector<NamedAttribute> attrs(common);
     attrs.append(only.getValue().begin(), only.getValue().end());
     return b.getDictionaryAttr(attrs);

@@ -64,6 +64,9 @@ struct WgmmaPlan : TileConfig {
   /// Warp-specialised: one producer thread loads K/V tiles with TMA; the
   /// kernel's leading parameters are the K and V tensor maps.
   bool tmaLoads = false;
+  /// Warp-specialised kernels walk tiles (grid x: tiles); a persistent
+  /// launch caps the grid at this many CTAs (0: one CTA per tile).
+  int64_t persistentCtas = 0;
   /// Registers per thread after setmaxnreg: the producer's and the
   /// consumers' (128 x producer + 256 x consumer <= 168 x 384, the
   /// registers the CTA launches with).

@@ -40,8 +40,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value cuSeqQ = attn.varlen ? entry.getArgument(a++) : Value();
   Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
-  a++; // B: the grid's z extent.
-  Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
+  Value batches = entry.getArgument(a++);
+  // Sq and Sk (packed sequences: the longest); per tile, seqQ and seqK
+  // become the tile's sequence lengths.
+  Value seqQArg = entry.getArgument(a++), seqKArg = entry.getArgument(a++);
+  Value seqQ = seqQArg, seqK = seqKArg;
   Value totalQ = attn.varlen ? entry.getArgument(a++) : Value();
   Value totalK = attn.varlen ? entry.getArgument(a++) : Value();
 
@@ -61,39 +64,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           .getShuffleResult());
   Value groupThread = rem(tid, kWarpgroupThreads);
   warpInGroup = div(groupThread, 32);
-  Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
-  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
-  // The first query row and key of the sequence in the (packed) tensors;
-  // with packed sequences, Sq and Sk become the sequence's own lengths.
-  Value qRowBase, kRowBase;
-  if (attn.varlen) {
-    std::tie(qRowBase, seqQ) = sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
-    std::tie(kRowBase, seqK) = sequenceRange(cuSeqK, batch, totalK, seqK, tid);
-  } else {
-    qRowBase = mul(batch, seqQ);
-    kRowBase = mul(batch, seqK);
-  }
-  // The CTA's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p * Sq
-  // + i (pair p of the group, query row i).
-  Value groupRows = mul(seqQ, plan.rowsPerQuery);
-  Value rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
-  // Packed sequences: the grid covers the longest sequence; CTAs past this
-  // one's rows compute nothing and write nothing.
-  Value ctaActive;
-  if (attn.varlen) {
-    ctaActive = cmp(arith::CmpIPredicate::ult, qBlock, rowBlocks);
-    qBlock = select(ctaActive, qBlock, idx(0));
-  }
-  // With a causal-like mask, row blocks go from the last rows to the first:
-  // the longest CTAs start first.
-  if (attn.windowRight >= 0 && attn.windowLeft < 0)
-    qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
-  Value row0 = mul(qBlock, blockQ);
-  Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
-  if (ctaActive)
-    rowsValid = select(ctaActive, rowsValid, idx(0));
-  Value firstPair = mul(kvHead, plan.pairsPerGroup());
+  layoutSharedMemory();
+
+  // The tile a CTA computes: a block of 64 rows of one KV group of one
+  // batch (sequence). Everything below that depends on it is set by
+  // setupTile, once per CTA, or per tile of a persistent CTA's loop.
+  Value kvHead, batch, qRowBase, kRowBase, groupRows, rowBlocks, ctaActive;
+  Value row0, rowsValid, firstPair, minRow, maxRow, lo, hi, numBlocks;
   auto pairOf = [&](Value r) {
     return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
   };
@@ -105,28 +82,62 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto threadGroupRow = [&](int64_t rr) {
     return add(add(row0, mul(warpInGroup, 16)), add(div(lane, 4), rr * 8));
   };
-  keyLen = buildKeyLength(b, loc, Value(), seqK);
-  offset = sub(keyLen, seqQ);
-
-  layoutSharedMemory();
-
-  for (int64_t rr = 0; rr < 2; ++rr)
-    threadRow[rr] = queryRowOf(threadGroupRow(rr));
-  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
-  Value onePair =
-      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
-          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
-  Value minRow = select(onePair, queryRowOf(row0), idx(0));
-  Value maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
-
-  // Keys any row of the block may see: [lo, hi), lo on a block boundary.
-  Value lo, hi;
-  std::tie(lo, hi) =
-      buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
-  lo = alignDownToBlock(b, loc, lo, blockK);
-  // An idle CTA (packed sequences) runs no key block.
-  if (ctaActive)
-    hi = select(ctaActive, hi, lo);
+  auto setupTile = [&](Value qBlock, Value tileKvHead, Value tileBatch) {
+    kvHead = tileKvHead;
+    batch = tileBatch;
+    seqQ = seqQArg;
+    seqK = seqKArg;
+    // The first query row and key of the sequence in the (packed) tensors;
+    // with packed sequences, Sq and Sk become the sequence's own lengths.
+    if (attn.varlen) {
+      std::tie(qRowBase, seqQ) =
+          sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
+      std::tie(kRowBase, seqK) =
+          sequenceRange(cuSeqK, batch, totalK, seqK, tid);
+    } else {
+      qRowBase = mul(batch, seqQ);
+      kRowBase = mul(batch, seqK);
+    }
+    // The tile's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p *
+    // Sq + i (pair p of the group, query row i).
+    groupRows = mul(seqQ, plan.rowsPerQuery);
+    rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
+    // Packed sequences: the tiles cover the longest sequence; tiles past
+    // this one's rows compute nothing and write nothing.
+    ctaActive = Value();
+    if (attn.varlen) {
+      ctaActive = cmp(arith::CmpIPredicate::ult, qBlock, rowBlocks);
+      qBlock = select(ctaActive, qBlock, idx(0));
+    }
+    // With a causal-like mask, row blocks go from the last rows to the
+    // first: the longest tiles start first.
+    if (attn.windowRight >= 0 && attn.windowLeft < 0)
+      qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
+    row0 = mul(qBlock, blockQ);
+    rowsValid = minI(idx(blockQ), sub(groupRows, row0));
+    if (ctaActive)
+      rowsValid = select(ctaActive, rowsValid, idx(0));
+    firstPair = mul(kvHead, plan.pairsPerGroup());
+    keyLen = buildKeyLength(b, loc, Value(), seqK);
+    offset = sub(keyLen, seqQ);
+    for (int64_t rr = 0; rr < 2; ++rr)
+      threadRow[rr] = queryRowOf(threadGroupRow(rr));
+    Value lastGlobal = sub(add(row0, rowsValid), idx(1));
+    Value onePair = cmp(arith::CmpIPredicate::eq,
+                        arith::DivUIOp::create(b, loc, row0, seqQ),
+                        arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
+    minRow = select(onePair, queryRowOf(row0), idx(0));
+    maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
+    // Keys any row of the block may see: [lo, hi), lo on a block boundary.
+    std::tie(lo, hi) =
+        buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
+    lo = alignDownToBlock(b, loc, lo, blockK);
+    // An idle tile (packed sequences) runs no key block.
+    if (ctaActive)
+      hi = select(ctaActive, hi, lo);
+    numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
+                       div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
+  };
 
   int64_t kStride = plan.kvHeads * plan.headDim;
   int64_t vStride = plan.kvHeads * plan.valueDim;
@@ -205,14 +216,15 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // j % 3 (K_j and V_{j-1} are read in iteration j); block j + 1 is copied
   // (cp.async, all threads) while iteration j computes. Block 0's scores
   // are peeled before the loop, the last block's P V after it.
-  Value numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
-                           div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
   auto keyOf = [&](Value j) { return add(lo, mul(j, blockK)); };
   // Block j's stage (j % stages) and the parity of that stage's use
   // (j / stages % 2), in 32-bit arithmetic (block counts fit): a 64-bit
   // division by 3 costs about a dozen instructions per use in the loop.
+  // Blocks of earlier tiles of a persistent CTA came first in the ring.
+  Value blockBase = idx(0);
   auto block32 = [&](Value j) {
-    return arith::IndexCastUIOp::create(b, loc, b.getI32Type(), j);
+    return arith::IndexCastUIOp::create(b, loc, b.getI32Type(),
+                                        add(blockBase, j));
   };
   auto stageOf = [&](Value j) {
     return arith::IndexCastUIOp::create(
@@ -401,8 +413,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       for (int64_t e = 0; e < 4; ++e)
         normalized.push_back(fmul(t[e], inverse[e / 2]));
     int64_t values = valueTiles * 4;
-    Value exchange = sharedViewAt(add(base, plan.qTileBytes),
-                                  {values, kWarpgroupThreads}, b.getF32Type());
+    Value exchange =
+        sharedViewAt(base, {values, kWarpgroupThreads}, b.getF32Type());
     sync();
     Value isSecond = cmp(arith::CmpIPredicate::eq, pairHead, idx(1));
     ifThen(isSecond, [&] {
@@ -445,8 +457,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   };
 
   if (!plan.warpSpecialized) {
-    // Every thread copies: Q and block 0 first, then block j + 1 while
-    // block j is computed.
+    // One tile per CTA (grid x: row blocks, y: KV heads, z: batch). Every
+    // thread copies: Q and block 0 first, then block j + 1 while block j is
+    // computed.
+    setupTile(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+              gpu::BlockIdOp::create(b, loc, gpu::Dimension::y),
+              gpu::BlockIdOp::create(b, loc, gpu::Dimension::z));
     pairHead = warpgroup;
     copyQ(tid, threads);
     prefetch(idx(0), tid, threads);
@@ -492,6 +508,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto arrive = [&](Value bar) {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
   };
+  // qEmpty: the consumers' 256 threads arrive once a tile's epilogue is
+  // done with the Q region (the epilogue's exchange reuses it).
+  Value qEmpty = barrier(idx(3 * stages + 1));
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
     // With TMA one thread arrives (expecting the tile's bytes).
     int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
@@ -499,14 +518,50 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
       NVVM::MBarrierInitOp::create(b, loc, empty(idx(s)),
                                    i32(2 * kWarpgroupThreads), Value());
+      NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
+                                   Value());
     }
     NVVM::MBarrierInitOp::create(b, loc, qFull, i32(kWarpgroupThreads),
                                  Value());
-    for (int64_t s = 0; s < stages; ++s)
-      NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
-                                   Value());
+    NVVM::MBarrierInitOp::create(b, loc, qEmpty, i32(2 * kWarpgroupThreads),
+                                 Value());
   });
   gpu::BarrierOp::create(b, loc);
+
+  // The CTA's tiles: t = blockIdx.x, + gridDim.x, ... below the tile count
+  // (one tile per CTA unless the launch caps the grid: a persistent CTA
+  // then runs several, its producer loading the next tile's first block
+  // and Q while its consumers finish the last). Tile t is (row block t /
+  // (Hkv B), KV head, batch): row blocks vary slowest, so with a
+  // causal-like mask (setupTile reverses them) the longest tiles go first.
+  // Producer and consumers walk the same tiles; the stage ring continues
+  // across tiles (blockBase).
+  Value tilesPerRowBlock = mul(batches, plan.kvHeads);
+  Value numTiles =
+      mul(div(add(mul(seqQArg, plan.rowsPerQuery), blockQ - 1), blockQ),
+          tilesPerRowBlock);
+  auto forEachTile = [&](function_ref<void(Value)> body) {
+    scf::ForOp::create(
+        b, loc, gpu::BlockIdOp::create(b, loc, gpu::Dimension::x), numTiles,
+        gpu::GridDimOp::create(b, loc, gpu::Dimension::x),
+        ValueRange{idx(0), idx(0)},
+        [&](OpBuilder &, Location, Value t, ValueRange carried) {
+          Value rest = arith::RemUIOp::create(b, loc, t, tilesPerRowBlock);
+          setupTile(arith::DivUIOp::create(b, loc, t, tilesPerRowBlock),
+                    rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
+          blockBase = carried[0];
+          body(carried[1]);
+          scf::YieldOp::create(
+              b, loc,
+              ValueRange{add(carried[0], numBlocks), add(carried[1], idx(1))});
+        });
+    blockBase = idx(0);
+  };
+  auto parityOfTile = [&](Value tile) {
+    return arith::IndexCastOp::create(b, loc, b.getI32Type(), rem(tile, 2))
+        .getResult();
+  };
+
   Value isProducer = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
   scf::IfOp::create(
       b, loc, isProducer,
@@ -518,83 +573,85 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         auto announce = [&](Value bar) {
           NVVM::CpAsyncMBarrierArriveOp::create(b, loc, bar, /*noinc=*/true);
         };
-        copyQ(groupThread, kWarpgroupThreads);
-        announce(qFull);
-        if (plan.tmaLoads) {
-          // One thread issues the block's TMA loads: per operand, an
-          // expect-tx arrival for the tile's bytes on its barrier, then one
-          // load per 64-column span into the span's swizzled rows
-          // (coordinates innermost first: column, KV head, key, batch).
-          // TMA writes through the async proxy and zero-fills keys past Sk.
-          Type i32Type = b.getI32Type();
-          auto i32Of = [&](Value v) {
-            return arith::IndexCastOp::create(b, loc, i32Type, v).getResult();
-          };
-          Value headCoord = i32Of(kvHead), batchCoord = i32Of(batch);
-          auto loadTile = [&](Value map, int64_t tileOffset, int64_t stageBytes,
-                              int64_t dim, Value stage, Value key0, Value bar) {
-            NVVM::MBarrierArriveExpectTxOp::create(
-                b, loc, Type(), bar, i32(blockK * dim * 2),
-                NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
-            for (int64_t span = 0; span < dim / kSpan; ++span) {
-              Value offset = add(add(idx(tileOffset), mul(stage, stageBytes)),
-                                 span * blockK * kRowBytes);
-              Value address = arith::AddIOp::create(
-                  b, loc, baseAddress,
-                  arith::IndexCastOp::create(b, loc, b.getI64Type(), offset));
-              Value shared = LLVM::IntToPtrOp::create(
-                  b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3),
-                  address);
-              Value cluster = LLVM::AddrSpaceCastOp::create(
-                  b, loc,
-                  LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7),
-                  shared);
-              NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-                  b, loc, cluster, map,
-                  ValueRange{i32(span * kSpan), headCoord, i32Of(key0),
-                             batchCoord},
-                  bar, ValueRange{}, Value(), Value(), NVVM::TMALoadMode::TILE,
-                  /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
-            }
-          };
-          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
-            scf::ForOp::create(
-                b, loc, idx(0), numBlocks, idx(1), ValueRange{},
-                [&](OpBuilder &, Location, Value j, ValueRange) {
-                  Value stage = stageOf(j);
-                  waitOn(empty(stage),
-                         arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
-                  loadTile(kMap, plan.qTileBytes, plan.kStageBytes(),
-                           plan.headDim, stage, keyOf(j), full(stage));
-                  loadTile(vMap, plan.qTileBytes + plan.kTileBytes,
-                           plan.vStageBytes(), plan.valueDim, stage, keyOf(j),
-                           fullValues(stage));
-                  scf::YieldOp::create(b, loc);
-                });
+        // TMA: one thread issues the block's loads: per operand, an
+        // expect-tx arrival for the tile's bytes on its barrier, then one
+        // load per 64-column span into the span's swizzled rows
+        // (coordinates innermost first: column, KV head, key, batch). TMA
+        // writes through the async proxy and zero-fills keys past Sk.
+        Type i32Type = b.getI32Type();
+        auto i32Of = [&](Value v) {
+          return arith::IndexCastOp::create(b, loc, i32Type, v).getResult();
+        };
+        auto loadTile = [&](Value map, int64_t tileOffset, int64_t stageBytes,
+                            int64_t dim, Value stage, Value key0, Value bar) {
+          NVVM::MBarrierArriveExpectTxOp::create(
+              b, loc, Type(), bar, i32(blockK * dim * 2),
+              NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
+          for (int64_t span = 0; span < dim / kSpan; ++span) {
+            Value offset = add(add(idx(tileOffset), mul(stage, stageBytes)),
+                               span * blockK * kRowBytes);
+            Value address = arith::AddIOp::create(
+                b, loc, baseAddress,
+                arith::IndexCastOp::create(b, loc, b.getI64Type(), offset));
+            Value shared = LLVM::IntToPtrOp::create(
+                b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3), address);
+            Value cluster = LLVM::AddrSpaceCastOp::create(
+                b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7),
+                shared);
+            NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+                b, loc, cluster, map,
+                ValueRange{i32(span * kSpan), i32Of(kvHead), i32Of(key0),
+                           i32Of(batch)},
+                bar, ValueRange{}, Value(), Value(), NVVM::TMALoadMode::TILE,
+                /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
+          }
+        };
+        // Block j of the tile into its stage, once the consumers released
+        // the block three before it (the first wait on a fresh barrier,
+        // for the phase before it, passes). Keys first (S_j needs them),
+        // then values (P_j V_j runs an iteration later), each on its own
+        // barrier.
+        auto issueBlock = [&](Value j) {
+          Value stage = stageOf(j);
+          waitOn(empty(stage),
+                 arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
+          if (plan.tmaLoads) {
+            loadTile(kMap, plan.qTileBytes, plan.kStageBytes(), plan.headDim,
+                     stage, keyOf(j), full(stage));
+            loadTile(vMap, plan.qTileBytes + plan.kTileBytes,
+                     plan.vStageBytes(), plan.valueDim, stage, keyOf(j),
+                     fullValues(stage));
+            return;
+          }
+          loadBlockPart(false, keyOf(j), stage, groupThread, kWarpgroupThreads);
+          announce(full(stage));
+          loadBlockPart(true, keyOf(j), stage, groupThread, kWarpgroupThreads);
+          announce(fullValues(stage));
+        };
+        // TMA loads come from one thread, cp.async from all 128.
+        Value loader =
+            plan.tmaLoads ? cmp(arith::CmpIPredicate::eq, groupThread, idx(0))
+                          : cmp(arith::CmpIPredicate::sge, groupThread, idx(0));
+        forEachTile([&](Value tileIter) {
+          // Block 0 first: it lands while the consumers finish the previous
+          // tile. Q once they released the Q region (their epilogue's
+          // exchange), then the other blocks.
+          ifThen(arith::AndIOp::create(
+                     b, loc, loader,
+                     cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
+                 [&] { issueBlock(idx(0)); });
+          ifThen(cmp(arith::CmpIPredicate::sgt, tileIter, idx(0)),
+                 [&] { waitOn(qEmpty, parityOfTile(sub(tileIter, idx(1)))); });
+          copyQ(groupThread, kWarpgroupThreads);
+          announce(qFull);
+          ifThen(loader, [&] {
+            scf::ForOp::create(b, loc, idx(1), numBlocks, idx(1), ValueRange{},
+                               [&](OpBuilder &, Location, Value j, ValueRange) {
+                                 issueBlock(j);
+                                 scf::YieldOp::create(b, loc);
+                               });
           });
-          NVVM::CpAsyncCommitGroupOp::create(b, loc);
-          NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-          scf::YieldOp::create(b, loc);
-          return;
-        }
-        scf::ForOp::create(
-            b, loc, idx(0), numBlocks, idx(1), ValueRange{},
-            [&](OpBuilder &, Location, Value j, ValueRange) {
-              Value stage = stageOf(j);
-              // Stage reuse: the consumers released block j - 3 (the first
-              // wait on a fresh barrier, for the phase before it, passes).
-              waitOn(empty(stage),
-                     arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
-              // Keys first (S_j needs them), then values (P_j V_j runs an
-              // iteration later), each announced on its own barrier.
-              loadBlockPart(false, keyOf(j), stage, groupThread,
-                            kWarpgroupThreads);
-              announce(full(stage));
-              loadBlockPart(true, keyOf(j), stage, groupThread,
-                            kWarpgroupThreads);
-              announce(fullValues(stage));
-              scf::YieldOp::create(b, loc);
-            });
+        });
         // No copy of this thread is in flight when it exits.
         NVVM::CpAsyncCommitGroupOp::create(b, loc);
         NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
@@ -606,7 +663,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         pairHead = sub(warpgroup, idx(1));
         // Ping-pong: named barrier 2 + h is warpgroup h's turn (256
         // threads: its own wait and the other's arrival); warpgroup 0 goes
-        // first. Both take the same number of turns.
+        // first. Both take the same number of turns in every tile.
         Value pairHeadI32 =
             arith::IndexCastOp::create(b, loc, b.getI32Type(), pairHead);
         Value myTurn = arith::AddIOp::create(b, loc, pairHeadI32, i32(2));
@@ -625,7 +682,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
               NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
         };
-        acquireCopies(qFull, i32(0));
         // TMA tiles arrive through the async proxy: the wait is enough.
         auto acquireTiles = [&](Value bar, Value parity) {
           if (plan.tmaLoads)
@@ -633,23 +689,30 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           else
             acquireCopies(bar, parity);
         };
-        SmallVector<Value> finalState = keyLoop(
-            [&](Value j) { acquireTiles(full(stageOf(j)), parityOf(j)); },
-            [&](Value j) { acquireTiles(fullValues(stageOf(j)), parityOf(j)); },
-            [&](Value j) { arrive(empty(stageOf(j))); },
-            [&](bool begin) {
-              if (!plan.pingPong)
-                return;
-              if (begin)
-                NVVM::BarrierOp::create(b, loc, Type(), myTurn, turnThreads,
-                                        nullptr, Value());
-              else
-                NVVM::BarrierArriveOp::create(b, loc, otherTurn, turnThreads);
-            });
-        // The consumers' own barrier (the producer may have exited).
-        emitEpilogue(finalState, [&] {
-          NVVM::BarrierOp::create(b, loc, Type(), i32(1),
-                                  i32(2 * kWarpgroupThreads), nullptr, Value());
+        forEachTile([&](Value tileIter) {
+          acquireCopies(qFull, parityOfTile(tileIter));
+          SmallVector<Value> finalState = keyLoop(
+              [&](Value j) { acquireTiles(full(stageOf(j)), parityOf(j)); },
+              [&](Value j) {
+                acquireTiles(fullValues(stageOf(j)), parityOf(j));
+              },
+              [&](Value j) { arrive(empty(stageOf(j))); },
+              [&](bool begin) {
+                if (!plan.pingPong)
+                  return;
+                if (begin)
+                  NVVM::BarrierOp::create(b, loc, Type(), myTurn, turnThreads,
+                                          nullptr, Value());
+                else
+                  NVVM::BarrierArriveOp::create(b, loc, otherTurn, turnThreads);
+              });
+          // The consumers' own barrier (the producer may be loading).
+          emitEpilogue(finalState, [&] {
+            NVVM::BarrierOp::create(b, loc, Type(), i32(1),
+                                    i32(2 * kWarpgroupThreads), nullptr,
+                                    Value());
+          });
+          arrive(qEmpty);
         });
         scf::YieldOp::create(b, loc);
       });

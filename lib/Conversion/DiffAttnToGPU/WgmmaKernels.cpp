@@ -129,15 +129,21 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.qTileBytes = 2 * kWarpgroupRows * plan.headDim * 2;
   plan.kTileBytes = plan.stages * plan.kStageBytes();
   plan.vTileBytes = plan.stages * plan.vStageBytes();
-  // The epilogue's exchange ([Dv / 2][128] f32) reuses the K/V stages; the
-  // first 1024 bytes may go to aligning the tiles.
-  int64_t exchangeBytes = plan.valueDim / 2 * kWarpgroupThreads * 4;
-  // Warp-specialised: the stages' full (keys), empty and full (values)
-  // mbarriers and Q's, 8 bytes each, after the tiles.
-  int64_t barrierBytes = plan.warpSpecialized ? 8 * (3 * plan.stages + 1) : 0;
-  plan.sharedBytes =
-      kAtomBytes + plan.qTileBytes +
-      std::max(plan.kTileBytes + plan.vTileBytes + barrierBytes, exchangeBytes);
+  // The epilogue's exchange ([Dv / 2][128] f32) reuses the Q tiles (both
+  // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which are
+  // dead once both warpgroups' products are done; the first 1024 bytes may
+  // go to aligning the tiles.
+  assert(plan.valueDim / 2 * kWarpgroupThreads * 4 <= plan.qTileBytes &&
+         "the epilogue's exchange must fit the Q tiles");
+  // Warp-specialised: each stage's full (keys), empty and full (values)
+  // mbarriers, Q's full and empty, 8 bytes each, after the tiles.
+  int64_t barrierBytes = plan.warpSpecialized ? 8 * (3 * plan.stages + 2) : 0;
+  plan.sharedBytes = kAtomBytes + plan.qTileBytes + plan.kTileBytes +
+                     plan.vTileBytes + barrierBytes;
+  // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent
+  // ones launch at most one CTA per SM of the target's reference GPU.
+  plan.persistentCtas =
+      plan.warpSpecialized && options.persistent ? chip.multiprocessors : 0;
   if (failed(checkChipLimits(op, plan,
                              (Twine("block-k = ") + Twine(plan.blockK) +
                               " and stages = " + Twine(plan.stages))
@@ -233,10 +239,11 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
                   rewriter.getI32IntegerAttr(1));
   WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
-  replaceWithGPUKernel(rewriter, kernel, desc, func,
-                       buildLaunchRule(rewriter, *plan, "wgmma",
-                                       kernel.getName(), sig.buffers,
-                                       tensorMaps));
+  replaceWithGPUKernel(
+      rewriter, kernel, desc, func,
+      buildLaunchRule(
+          rewriter, *plan, "wgmma", kernel.getName(), sig.buffers, tensorMaps,
+          /*linearTiles=*/plan->warpSpecialized, plan->persistentCtas));
   return success();
 }
 

@@ -46,6 +46,10 @@ struct GPUChipInfo {
   int64_t maxSharedBytesPerCTA;
   /// Registers one thread may use (255 on every listed chip).
   int64_t maxRegistersPerThread;
+  /// SMs of the target's reference GPU (A100 108, H100/H200 SXM 132, B200
+  /// 148): persistent kernels launch at most this many CTAs. On a GPU with
+  /// fewer SMs the extra CTAs wait for a free SM (correct, a little slower).
+  int64_t multiprocessors;
 };
 
 /// Every GPU target, in order of compute capability.

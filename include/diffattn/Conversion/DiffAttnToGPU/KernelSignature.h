@@ -49,10 +49,14 @@ gpu::GPUFuncOp createKernelFunc(OpBuilder &b, Location loc, StringRef name,
 /// is the kernel (the combine kernel is `name`_combine). `leadingParams`
 /// (parameter entries, e.g. tensorMapParam's) come before the buffers'
 /// parameters of the first (or only) stage.
+/// `linearTiles` (kernels that walk tiles, no split-KV): grid x covers the
+/// tiles (row blocks x KV heads x B), y and z are 1, and `atMost` > 0 caps x
+/// (a persistent launch).
 DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
                                ArrayRef<StringRef> buffers,
-                               ArrayRef<Attribute> leadingParams = {});
+                               ArrayRef<Attribute> leadingParams = {},
+                               bool linearTiles = false, int64_t atMost = 0);
 
 /// A launch parameter entry asking the runtime for a tiled CUtensorMap
 /// (cuTensorMapEncodeTiled) over the 4-D buffer `buffer` [d3, d2, d1, d0]
@@ -113,6 +117,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.pingPong = src.pingPong;
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
+  dst.persistent = src.persistent;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
