@@ -308,7 +308,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       OpBuilder::InsertionGuard g(b);
       b.setInsertionPointToStart(first.thenBlock());
       acquire(idx(0));
-      SmallVector<Value> sDesc = scoreDescriptors(idx(0));
+      SmallVector<Value> sDesc = scoreDescriptors(stageOf(idx(0)));
       turn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       Value scores = issueScores(sDesc);
@@ -392,6 +392,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
       turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+      // The last block's stage goes back too: a persistent CTA's next tile
+      // loads into it.
+      release(sub(numBlocks, idx(1)));
       fenceTiles(head.acc);
       scf::YieldOp::create(b, loc, packState(head));
       b.setInsertionPointToStart(last.elseBlock());
