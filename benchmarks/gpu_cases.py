@@ -45,14 +45,11 @@ BENCH_PREFILL = [
 
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
-# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90), the
-# wgmma kernel with one CTA per tile, another register split and its
-# cp.async producer.
+# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90) and the
+# wgmma kernel's persistent form.
 BENCH_TARGETS = [
     ("sm_90", ()),
-    ("sm_90a", ("--gpu-options=persistent=false",)),
-    ("sm_90a", ("--gpu-options=consumer-registers=232",)),
-    ("sm_90a", ("--gpu-options=tma=false",)),
+    ("sm_90a", ("--gpu-options=persistent=true",)),
 ]
 
 # Decode timing: (B, kv_len, 2H, Hkv, D), one new token
