@@ -15,14 +15,16 @@
 using namespace mlir;
 using namespace mlir::diffattn;
 
-void GPUKernelBuilder::assertPerSequence(Value ok, Value tid,
-                                         StringRef message) {
-  Value reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
-  for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
-    reporter =
-        arith::AndIOp::create(b, loc, reporter,
-                              cmp(arith::CmpIPredicate::eq,
-                                  gpu::BlockIdOp::create(b, loc, dim), idx(0)));
+void GPUKernelBuilder::assertPerSequence(Value ok, Value tid, StringRef message,
+                                         Value reporter) {
+  if (!reporter) {
+    reporter = cmp(arith::CmpIPredicate::eq, tid, idx(0));
+    for (gpu::Dimension dim : {gpu::Dimension::x, gpu::Dimension::y})
+      reporter = arith::AndIOp::create(b, loc, reporter,
+                                       cmp(arith::CmpIPredicate::eq,
+                                           gpu::BlockIdOp::create(b, loc, dim),
+                                           idx(0)));
+  }
   Value silent = arith::XOrIOp::create(
       b, loc, reporter, arith::ConstantOp::create(b, loc, b.getBoolAttr(true)));
   cf::AssertOp::create(b, loc, arith::OrIOp::create(b, loc, ok, silent),
@@ -31,7 +33,7 @@ void GPUKernelBuilder::assertPerSequence(Value ok, Value tid,
 
 std::pair<Value, Value>
 GPUKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
-                                Value maxLength, Value tid) {
+                                Value maxLength, Value tid, Value reporter) {
   auto load = [&](Value i) -> Value {
     return arith::IndexCastOp::create(
         b, loc, b.getIndexType(),
@@ -51,7 +53,8 @@ GPUKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
   assertPerSequence(ok, tid,
                     "diffattn: cu_seqlens must be non-decreasing, end at most "
                     "at the packed length and hold no sequence longer than "
-                    "max_seqlen (b = blockIdx.z)");
+                    "max_seqlen (b = blockIdx.z)",
+                    reporter);
   return {select(ok, start, idx(0)), select(ok, sub(end, start), idx(0))};
 }
 

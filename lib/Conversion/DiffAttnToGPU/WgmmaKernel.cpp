@@ -90,10 +90,17 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // The first query row and key of the sequence in the (packed) tensors;
     // with packed sequences, Sq and Sk become the sequence's own lengths.
     if (attn.varlen) {
+      // Bad offsets are reported once per sequence: by thread 0 of the
+      // sequence's first tile (row block 0, KV head 0).
+      Value reporter = arith::AndIOp::create(
+          b, loc, cmp(arith::CmpIPredicate::eq, tid, idx(0)),
+          arith::AndIOp::create(b, loc,
+                                cmp(arith::CmpIPredicate::eq, qBlock, idx(0)),
+                                cmp(arith::CmpIPredicate::eq, kvHead, idx(0))));
       std::tie(qRowBase, seqQ) =
-          sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid);
+          sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid, reporter);
       std::tie(kRowBase, seqK) =
-          sequenceRange(cuSeqK, batch, totalK, seqK, tid);
+          sequenceRange(cuSeqK, batch, totalK, seqK, tid, reporter);
     } else {
       qRowBase = mul(batch, seqQ);
       kRowBase = mul(batch, seqK);
@@ -537,10 +544,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // and Q while its consumers finish the last). Tile t is (row block t %
   // R, KV head, batch) with R row blocks per KV group: row blocks vary
   // fastest, as in the one-CTA-per-tile grid, so the tiles running at once
-  // share a few KV heads' K/V in L2 (row blocks slowest measured 6-20%
-  // slower, run 13); with a causal-like mask setupTile reverses them, so
-  // each head's longest tiles go first. Producer and consumers walk the
-  // same tiles; the stage ring continues across tiles (blockBase).
+  // share a few KV heads' K/V in L2 (row blocks slowest measured up to 17%
+  // slower, Hopper runs 14-15); with a causal-like mask setupTile reverses
+  // them, so each head's longest tiles go first. Producer and consumers
+  // walk the same tiles; the stage ring continues across tiles
+  // (blockBase).
   Value tileRowBlocks =
       div(add(mul(seqQArg, plan.rowsPerQuery), blockQ - 1), blockQ);
   Value numTiles = mul(mul(tileRowBlocks, batches), plan.kvHeads);

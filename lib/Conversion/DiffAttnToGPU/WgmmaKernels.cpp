@@ -30,14 +30,18 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
 /// Whether `op` gets a wgmma kernel: the prefill form of diffattn.v2 (no
-/// kv_len, contiguous K/V) and packed sequences (diffattn.v2_varlen, with
-/// the cp.async producer). Packed sequences measured 396 / 458 TFLOP/s on
-/// wgmma against the portable kernel's 321 / 347 (4 x 4096, D 128, causal /
-/// unmasked, H200; docs/performance.md, Hopper run 12); before the
-/// producer's mbarrier hand-off (run 7) they were slower on wgmma.
-static bool hasWgmmaKernel(Operation *op) {
+/// kv_len, contiguous K/V); packed sequences (diffattn.v2_varlen, with the
+/// cp.async producer) only when strategy=wgmma is asked for. Their wgmma
+/// kernel measured 396 / 458 TFLOP/s against the portable kernel's 321 /
+/// 347 (4 x 4096, D 128, causal / unmasked, H200; docs/performance.md,
+/// Hopper run 12), but the last GPU session (run 16) found its check of
+/// cu_seqlens past the packed length silent once its CTAs walked linear
+/// tiles; the fix (the sequence's first tile reports) has not run on a GPU
+/// yet, so the validated portable kernel stays the default.
+static bool hasWgmmaKernel(Operation *op,
+                           const DiffAttnToWgmmaKernelsOptions &options) {
   if (isa<V2VarlenOp>(op))
-    return true;
+    return options.strategy == "wgmma";
   return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
 }
 
@@ -193,10 +197,10 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
                                  "diffattn-to-wgmma-kernels emits";
   if (failed(checkSupported(op)))
     return failure();
-  if (!hasWgmmaKernel(op)) {
-    // The decode form and paged caches: the portable strategy's kernels
-    // (split-KV for decode), with its own tile defaults; the manifest
-    // records strategy mma_sync.
+  if (!hasWgmmaKernel(op, options)) {
+    // The decode form, paged caches and (unless asked) packed sequences:
+    // the portable strategy's kernels (split-KV for decode), with its own
+    // tile defaults; the manifest records strategy mma_sync.
     DiffAttnToMmaSyncKernelsOptions portable;
     copyStrategyOptions(options, portable);
     portable.strategy = "mma_sync";

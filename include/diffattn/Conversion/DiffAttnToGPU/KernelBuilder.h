@@ -146,15 +146,19 @@ public:
   /// sequence b (the convention of PyTorch's device-side index errors:
   /// cf.assert, lowered to `__assertfail`; the stream reports
   /// CUDA_ERROR_ASSERT).
-  void assertPerSequence(Value ok, Value tid, StringRef message);
+  /// `reporter` (i1), if given, replaces that rule: kernels whose CTAs
+  /// walk linear tiles name the thread of the sequence's first tile.
+  void assertPerSequence(Value ok, Value tid, StringRef message,
+                         Value reporter = Value());
   /// Packed sequences (diffattn.v2_varlen): (first token, length) of
   /// sequence `batch` from `cuSeqlens` ([B + 1] i32 offsets into `total`
   /// tokens). Offsets that do not satisfy 0 <= start <= end <= total and
   /// end - start <= maxLength (the launch's max_seqlen) raise a device-side
   /// assertion (as kv_len does) and give an empty sequence.
+  /// `reporter` as for assertPerSequence.
   std::pair<Value, Value> sequenceRange(Value cuSeqlens, Value batch,
-                                        Value total, Value maxLength,
-                                        Value tid);
+                                        Value total, Value maxLength, Value tid,
+                                        Value reporter = Value());
 
   /// Issues cp.async copies (16-byte chunks, nvgpu.device_async_copy) of
   /// `rows` x `cols` 2-byte elements into the shared-memory tile `dst`: row
