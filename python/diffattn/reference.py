@@ -8,6 +8,9 @@ first; bf16 callers must convert to a numpy float type themselves):
   KV heads (GQA); output head h is ``A_{2h} - sigmoid(lam) * A_{2h+1}`` with a
   per-token, per-head lambda logit.  Supports causal masking, sliding windows
   and ragged KV lengths (decode).
+* :func:`v2_backward` -- V2's gradients (dq, dk, dv, dlam) for a given
+  output gradient; :func:`v2` with ``return_lse=True`` also returns the
+  per-row log-sum-exp a FlashAttention-style backward starts from.
 * :func:`v1` -- the original DIFF Transformer formulation: paired q/k heads,
   shared double-width V, scalar lambda, per-head RMSNorm and a
   ``(1 - lambda_init)`` output scale.
@@ -23,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["v2", "v2_varlen", "v1"]
+__all__ = ["v2", "v2_backward", "v2_varlen", "v1"]
 
 
 # --------------------------------------------------------------------------
@@ -117,11 +120,14 @@ def _visible_mask(b, sq, sk, causal, window, kv_len):
     return np.broadcast_to(mask, (b, sq, sk))
 
 
-def _attention(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
-    """Masked softmax attention with grouped KV heads.
+def _attention_parts(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
+    """Masked softmax attention with grouped KV heads, and its parts.
 
     q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], Hq = G * Hkv;
-    query head j reads KV head j // G.  Returns [B, Sq, Hq, Dv] float64.
+    query head j reads KV head j // G.  Returns (out [B, Sq, Hq, Dv],
+    p [B, Hkv, G, Sq, Sk] the probabilities, lse [B, Hkv, G, Sq] the natural
+    log of each row's sum of exp(scale * q.k) over visible keys (-inf for a
+    row with none), k and v with keys at t >= kv_len zeroed), float64.
     The softmax max is taken over visible keys only; rows with no visible
     key are exactly 0.
     """
@@ -144,9 +150,18 @@ def _attention(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
     m = np.where(np.isfinite(m), m, 0.0)                  # empty rows
     p = np.exp(s - m)                                     # masked -> exactly 0
     denom = p.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        lse = np.where(denom > 0.0, m + np.log(denom), -np.inf)[..., 0]
     p = p / np.where(denom > 0.0, denom, 1.0)             # empty rows stay 0
     out = np.einsum("bkgit,btkv->bikgv", p, v)            # [B, Sq, Hkv, G, Dv]
-    return out.reshape(b, sq, hq, v.shape[-1])
+    return out.reshape(b, sq, hq, v.shape[-1]), p, lse, k, v
+
+
+def _attention(q, k, v, *, scale, causal, window=(-1, -1), kv_len=None):
+    """Masked softmax attention with grouped KV heads (see _attention_parts):
+    [B, Sq, Hq, Dv] float64."""
+    return _attention_parts(q, k, v, scale=scale, causal=causal, window=window,
+                            kv_len=kv_len)[0]
 
 
 def _gather_paged(k_cache, v_cache, kv_len, block_table):
@@ -192,24 +207,9 @@ def _sigmoid(x):
 # public API
 # --------------------------------------------------------------------------
 
-def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
-       kv_len=None, block_table=None):
-    """Differential attention V2 (float64 reference).
-
-    q [B, Sq, 2H, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], lam [B, Sq, H]
-    (raw logits).  Query head j reads KV head j // G with G = 2H / Hkv, which
-    must be an even integer.  Returns [B, Sq, H, Dv] float64 with
-    ``out[:, :, h] = A_{2h} - sigmoid(lam[:, :, h]) * A_{2h+1}``.
-
-    ``window = (left, right)`` (-1 = unlimited) and ``causal`` (same as
-    right = 0) are applied bottom-right aligned against the per-batch key
-    length L (``kv_len[b]`` if given, else Sk).
-
-    With ``block_table`` ([B, MB] integers), k and v are a paged cache
-    [NB, BS, Hkv, D]: key t of sequence b is k[block_table[b, t // BS],
-    t % BS] (Sk = MB * BS); ``kv_len`` is required, and only the blocks
-    holding keys below kv_len[b] are read (they must lie in [0, NB)).
-    """
+def _v2_inputs(q, k, v, lam, scale, window, kv_len, block_table):
+    """v2's argument checks and conversions: (q, k, v, lam, scale, window,
+    kv_len) as float64 arrays and checked values."""
     if block_table is not None:
         k, v, kv_len = _gather_paged(k, v, kv_len, block_table)
     q = _as_f64("q", q, 4, "[B, Sq, 2H, D]")
@@ -235,14 +235,90 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
     if lam.shape != (b, sq, h):
         raise ValueError(f"lam: expected shape ({b}, {sq}, {h}) [B, Sq, H], "
                          f"got shape {lam.shape}")
-    scale = _resolve_scale(scale, d)
-    window = _check_window(window)
-    kv_len = _check_kv_len(kv_len, b, sk)
+    return (q, k, v, lam, _resolve_scale(scale, d), _check_window(window),
+            _check_kv_len(kv_len, b, sk))
 
-    a = _attention(q, k, v, scale=scale, causal=bool(causal), window=window,
-                   kv_len=kv_len)                         # [B, Sq, 2H, Dv]
-    a = a.reshape(b, sq, h, 2, v.shape[-1])
-    return a[:, :, :, 0, :] - _sigmoid(lam)[..., None] * a[:, :, :, 1, :]
+
+def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
+       kv_len=None, block_table=None, return_lse=False):
+    """Differential attention V2 (float64 reference).
+
+    q [B, Sq, 2H, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], lam [B, Sq, H]
+    (raw logits).  Query head j reads KV head j // G with G = 2H / Hkv, which
+    must be an even integer.  Returns [B, Sq, H, Dv] float64 with
+    ``out[:, :, h] = A_{2h} - sigmoid(lam[:, :, h]) * A_{2h+1}``.
+
+    ``window = (left, right)`` (-1 = unlimited) and ``causal`` (same as
+    right = 0) are applied bottom-right aligned against the per-batch key
+    length L (``kv_len[b]`` if given, else Sk).
+
+    With ``block_table`` ([B, MB] integers), k and v are a paged cache
+    [NB, BS, Hkv, D]: key t of sequence b is k[block_table[b, t // BS],
+    t % BS] (Sk = MB * BS); ``kv_len`` is required, and only the blocks
+    holding keys below kv_len[b] are read (they must lie in [0, NB)).
+
+    With ``return_lse``, returns ``(out, lse)``: lse [B, 2H, Sq] float64 is
+    the natural log of sum_t exp(scale * q_j . k_t) over the keys query
+    head j's row sees (both heads of each pair; -inf where a row sees no
+    key), the statistic a FlashAttention-style backward recomputes P from.
+    """
+    q, k, v, lam, scale, window, kv_len = _v2_inputs(q, k, v, lam, scale,
+                                                     window, kv_len,
+                                                     block_table)
+    b, sq, h2, _ = q.shape
+    a, _, lse, _, _ = _attention_parts(q, k, v, scale=scale, causal=bool(causal),
+                                       window=window, kv_len=kv_len)
+    a = a.reshape(b, sq, h2 // 2, 2, v.shape[-1])
+    out = a[:, :, :, 0, :] - _sigmoid(lam)[..., None] * a[:, :, :, 1, :]
+    if not return_lse:
+        return out
+    return out, lse.reshape(b, h2, sq)
+
+
+def v2_backward(q, k, v, lam, dout, *, causal=False, scale=None,
+                window=(-1, -1), kv_len=None):
+    """Gradients of differential attention V2 (float64 reference).
+
+    Arguments as for :func:`v2` (no paged caches) plus ``dout`` [B, Sq, H,
+    Dv], the gradient of the loss with respect to v2's output.  Returns
+    ``(dq, dk, dv, dlam)`` shaped like q, k, v and lam, float64:
+
+    * dA_{2h} = dout_h and dA_{2h+1} = -sigmoid(lam_h) dout_h (the
+      differential epilogue's chain rule);
+    * dlam_h = dout_h . (-sigma'(lam_h) A_{2h+1}), sigma' = sigmoid (1 -
+      sigmoid), per row and pair;
+    * per query head (FlashAttention-2's backward, Dao 2023, Algorithm 2):
+      dP = dA V^T, D_i = rowsum(dA o A), dS = P o (dP - D_i), dQ = scale dS K,
+      dK = scale dS^T Q and dV = P^T dA, with dK and dV summed over the G
+      query heads of each KV head. Masked keys, keys at t >= kv_len and
+      rows that see no key get zero gradients.
+    """
+    q, k, v, lam, scale, window, kv_len = _v2_inputs(q, k, v, lam, scale,
+                                                     window, kv_len, None)
+    b, sq, h2, d = q.shape
+    h, hkv, dv_dim = h2 // 2, k.shape[2], v.shape[-1]
+    g = h2 // hkv
+    dout = _as_f64("dout", dout, 4, "[B, Sq, H, Dv]")
+    if dout.shape != (b, sq, h, dv_dim):
+        raise ValueError(f"dout: expected shape ({b}, {sq}, {h}, {dv_dim}) "
+                         f"[B, Sq, H, Dv], got shape {dout.shape}")
+    a, p, _, k0, v0 = _attention_parts(q, k, v, scale=scale,
+                                       causal=bool(causal), window=window,
+                                       kv_len=kv_len)
+    sig = _sigmoid(lam)                                    # [B, Sq, H]
+    pairs = a.reshape(b, sq, h, 2, dv_dim)
+    dlam = -sig * (1.0 - sig) * np.sum(dout * pairs[:, :, :, 1, :], axis=-1)
+    da = np.stack([dout, -sig[..., None] * dout], axis=3)  # [B, Sq, H, 2, Dv]
+    da = da.reshape(b, sq, hkv, g, dv_dim)
+    ag = a.reshape(b, sq, hkv, g, dv_dim)
+    qg = q.reshape(b, sq, hkv, g, d)
+    dv = np.einsum("bkgit,bikgv->btkv", p, da)
+    dp = np.einsum("bikgv,btkv->bkgit", da, v0)
+    rows = np.einsum("bikgv,bikgv->bkgi", da, ag)          # D_i
+    ds = p * (dp - rows[..., None])
+    dq = scale * np.einsum("bkgit,btkd->bikgd", ds, k0).reshape(b, sq, h2, d)
+    dk = scale * np.einsum("bkgit,bikgd->btkd", ds, qg)
+    return dq, dk, dv, dlam
 
 
 def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
