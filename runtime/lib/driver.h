@@ -53,7 +53,6 @@ struct CUlaunchConfig {
   unsigned numAttrs;
 };
 
-/// The driver's entry points the runtime uses.
 /// cuda.h's CUtensorMap: 128 opaque bytes, 64-byte aligned.
 struct alignas(64) CUtensorMap {
   unsigned long long opaque[16];
@@ -66,6 +65,7 @@ constexpr int kTensorMapFloat16 = 6, kTensorMapFloat32 = 7,
 /// CUtensorMapL2promotion's L2_256B.
 constexpr int kTensorMapL2Promotion256B = 3;
 
+/// The driver's entry points the runtime uses.
 struct Driver {
   CUresult (*cuInit)(unsigned);
   CUresult (*cuCtxGetCurrent)(CUcontext *);

@@ -109,7 +109,7 @@ int planParams(const KernelSpec &spec, const StageSpec &stage,
       std::count_if(stage.params.begin(), stage.params.end(),
                     [](const ParamSpec &p) { return p.field == "tensor_map"; });
   if (maps)
-    out.tensorMaps = std::make_unique<CUtensorMapStorage[]>(maps);
+    out.tensorMaps = std::make_unique<CUtensorMap[]>(maps);
   for (size_t i = 0; i < n; ++i) {
     const ParamSpec &p = stage.params[i];
     out.args[i] = &out.values[i];
@@ -146,12 +146,12 @@ int planParams(const KernelSpec &spec, const StageSpec &stage,
                      : buf->dtype == DIFFATTN_F16 ? kTensorMapFloat16
                      : buf->dtype == DIFFATTN_F32 ? kTensorMapFloat32
                                                   : -1;
-      if (buf->rank != 4 || dataType < 0 || p.box.size() != 4)
+      // parseStage checked the box (4 extents) and the swizzle.
+      if (buf->rank != 4 || dataType < 0)
         return fail(DIFFATTN_ERROR_ARTIFACT,
                     "kernel '" + spec.name + "': tensor map over '" + p.arg +
                         "' needs a 4-D f16, bf16 or f32 buffer");
       StagePlan::TensorMapSlot slot;
-      slot.param = static_cast<int>(i);
       slot.buffer = static_cast<int>(buf - buffers);
       slot.dataType = dataType;
       slot.swizzle = p.swizzle == 128  ? 3
@@ -353,11 +353,10 @@ int prepare(const Driver *d, KernelSpec &spec, CUcontext &ctx) {
   return DIFFATTN_OK;
 }
 
-/// Launches one planned stage; a programmatic stage goes through
-/// cuLaunchKernelEx where the driver has it.
-/// Encodes the stage's tensor maps over this launch's buffers (they hold
-/// the addresses, so every launch encodes them; a host-side call, no
-/// device work, so CUDA graph capture is unaffected).
+/// Encodes the stage's tensor maps over this launch's buffers: they hold
+/// the addresses, so a map is encoded again whenever its buffer moved (a
+/// host-side call, no device work, so CUDA graph capture is unaffected;
+/// the launch copies the parameters, so rewriting them later is safe).
 int encodeTensorMaps(const Driver *d, const KernelSpec &spec, StagePlan &stage,
                      const diffattn_buffer *buffers) {
   if (stage.tensorMapSlots.empty())
@@ -369,8 +368,10 @@ int encodeTensorMaps(const Driver *d, const KernelSpec &spec, StagePlan &stage,
                     "no cuTensorMapEncodeTiled (CUDA 12 or later needed)");
   static const unsigned kElementStrides[4] = {1, 1, 1, 1};
   for (size_t m = 0; m < stage.tensorMapSlots.size(); ++m) {
-    const StagePlan::TensorMapSlot &slot = stage.tensorMapSlots[m];
+    StagePlan::TensorMapSlot &slot = stage.tensorMapSlots[m];
     const diffattn_buffer &buf = buffers[slot.buffer];
+    if (slot.encoded && slot.encodedFor == buf.data)
+      continue;
     // TMA needs 16-byte aligned addresses and strides.
     if (reinterpret_cast<uintptr_t>(buf.data) % 16)
       return fail(DIFFATTN_ERROR_INVALID_ARGUMENT,
@@ -378,17 +379,22 @@ int encodeTensorMaps(const Driver *d, const KernelSpec &spec, StagePlan &stage,
                       (buf.name ? buf.name : "") +
                       "' must be 16-byte aligned (it is loaded with TMA)");
     if (CUresult rc = d->cuTensorMapEncodeTiled(
-            reinterpret_cast<CUtensorMap *>(&stage.tensorMaps[m]),
-            slot.dataType, 4, buf.data, slot.dims, slot.strides, slot.box,
-            kElementStrides, /*interleave=*/0, slot.swizzle,
-            kTensorMapL2Promotion256B, /*oobFill=*/0))
+            &stage.tensorMaps[m], slot.dataType, 4, buf.data, slot.dims,
+            slot.strides, slot.box, kElementStrides, /*interleave=*/0,
+            slot.swizzle, kTensorMapL2Promotion256B, /*oobFill=*/0)) {
+      slot.encoded = false;
       return cudaFail(d, rc,
                       std::string("cuTensorMapEncodeTiled(") +
                           (buf.name ? buf.name : "") + ") for " + spec.name);
+    }
+    slot.encoded = true;
+    slot.encodedFor = buf.data;
   }
   return DIFFATTN_OK;
 }
 
+/// Launches one planned stage; a programmatic stage goes through
+/// cuLaunchKernelEx where the driver has it.
 int launchStage(const Driver *d, StagePlan &stage, void *stream) {
   const StageSpec &spec = *stage.spec;
   if (spec.programmatic && d->cuLaunchKernelEx) {

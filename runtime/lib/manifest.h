@@ -13,6 +13,8 @@
 #ifndef DIFFATTN_RUNTIME_LIB_MANIFEST_H
 #define DIFFATTN_RUNTIME_LIB_MANIFEST_H
 
+#include "driver.h"
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -108,13 +110,8 @@ struct StageSpec {
 };
 
 /// A stage of a launch plan: everything cuLaunchKernel(Ex) takes, with the
-/// parameter array laid out once; a launch only writes the data pointers.
-/// Storage of one CUtensorMap (driver.h's CUtensorMap: 128 bytes, 64-byte
-/// aligned).
-struct alignas(64) CUtensorMapStorage {
-  unsigned long long opaque[16];
-};
-
+/// parameter array laid out once; a launch only writes the data pointers
+/// (and re-encodes the tensor maps whose buffer moved).
 struct StagePlan {
   void *handle = nullptr;
   unsigned grid[3] = {1, 1, 1};
@@ -126,18 +123,21 @@ struct StagePlan {
   std::vector<void *> args;
   /// (parameter index, caller's buffer index): the pointers a launch writes.
   std::vector<std::pair<int, int>> pointerSlots;
-  /// Tensor-map parameters, encoded at each launch (they hold the buffer's
-  /// address): parameter index, caller's buffer index, and the map's
-  /// dimensions, byte strides (dimensions 1 ..), box and swizzle.
+  /// Tensor-map parameters (they hold the buffer's address): caller's
+  /// buffer index, the map's dimensions, byte strides (dimensions 1 ..),
+  /// box and swizzle, and the address the map was last encoded for.
   struct TensorMapSlot {
-    int param = 0, buffer = 0, dataType = 0, swizzle = 0;
+    int buffer = 0, dataType = 0, swizzle = 0;
     unsigned long long dims[4] = {0, 0, 0, 0}, strides[3] = {0, 0, 0};
     unsigned box[4] = {1, 1, 1, 1};
+    bool encoded = false;
+    const void *encodedFor = nullptr;
   };
   std::vector<TensorMapSlot> tensorMapSlots;
-  /// Storage of the encoded maps (args[param] points here); a unique_ptr
-  /// array keeps the 64-byte alignment and the addresses stable.
-  std::unique_ptr<CUtensorMapStorage[]> tensorMaps;
+  /// Storage of the encoded maps, one per slot (the parameter array points
+  /// here); a unique_ptr array keeps the 64-byte alignment and the
+  /// addresses stable.
+  std::unique_ptr<CUtensorMap[]> tensorMaps;
 };
 
 /// A launch configuration that passed check(): the caller's buffers as
