@@ -40,8 +40,8 @@ GPUKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
         memref::LoadOp::create(b, loc, cuSeqlens, ValueRange{i}));
   };
   Value start = load(batch), end = load(add(batch, idx(1)));
-  // 0 <= start <= end <= total, or a device-side assertion (one thread of
-  // CTA (0, 0, b) reports it) and an empty sequence.
+  // 0 <= start <= end <= total, or a device-side assertion (one thread
+  // reports it, see assertPerSequence) and an empty sequence.
   Value ok = arith::AndIOp::create(
       b, loc,
       arith::AndIOp::create(b, loc,

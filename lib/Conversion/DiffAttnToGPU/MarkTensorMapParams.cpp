@@ -4,6 +4,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
 #include "diffattn/Conversion/Passes.h"
 
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
@@ -25,18 +26,19 @@ struct DiffAttnMarkTensorMapParamsPass
           DiffAttnMarkTensorMapParamsPass> {
   void runOnOperation() override {
     LLVM::LLVMFuncOp func = getOperation();
-    auto count = func->getAttrOfType<IntegerAttr>("diffattn.tensor_map_args");
+    auto count =
+        func->getAttrOfType<IntegerAttr>(diffattn::kTensorMapArgsAttrName);
     if (!count)
       return;
     if (!func->hasAttr(NVVM::NVVMDialect::getKernelFuncAttrName())) {
-      func.emitError("diffattn.tensor_map_args on a function that is not an "
-                     "NVVM kernel");
+      func.emitError() << diffattn::kTensorMapArgsAttrName
+                       << " on a function that is not an NVVM kernel";
       return signalPassFailure();
     }
     int64_t n = count.getInt();
     if (n < 0 || n > static_cast<int64_t>(func.getNumArguments())) {
-      func.emitError() << "diffattn.tensor_map_args = " << n << " but the "
-                       << "kernel has " << func.getNumArguments()
+      func.emitError() << diffattn::kTensorMapArgsAttrName << " = " << n
+                       << " but the kernel has " << func.getNumArguments()
                        << " parameters";
       return signalPassFailure();
     }

@@ -27,7 +27,7 @@ Value OnlineSoftmax::rowSum(Value x) {
   return x;
 }
 
-void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
+Value OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
   int64_t rows = layout.rowsPerThread, per = layout.valuesPerRow;
@@ -63,10 +63,11 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
           t[e] = kb.fmul(t[e], alpha);
     }
   };
+  Value moved;
   if (rescaleThreshold <= 0) {
     reduceNewMax();
     rescale(head);
-    lastMoved = arith::ConstantOp::create(b, loc, b.getBoolAttr(true));
+    moved = arith::ConstantOp::create(b, loc, b.getBoolAttr(true));
   } else {
     // Lazy rescaling: the offsets only move when some score of the warp
     // would give a probability above 2^threshold; otherwise the old offsets
@@ -83,7 +84,7 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
               kb.f32(rescaleThreshold)));
     Value anyGrow = NVVM::VoteSyncOp::create(b, loc, b.getI1Type(), kb.i32(-1),
                                              grow, NVVM::VoteSyncKind::any);
-    lastMoved = anyGrow;
+    moved = anyGrow;
     auto pack = [](const HeadState &state) {
       SmallVector<Value> values(state.rowMax.begin(), state.rowMax.end());
       values.append(state.rowSum.begin(), state.rowSum.end());
@@ -121,6 +122,7 @@ void OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
       }
     head.rowSum[rr] = kb.fadd(head.rowSum[rr], sum);
   }
+  return moved;
 }
 
 SmallVector<Value, 2> OnlineSoftmax::blockDeferred(SmallVectorImpl<Acc> &s,
@@ -134,9 +136,9 @@ SmallVector<Value, 2> OnlineSoftmax::blockDeferred(SmallVectorImpl<Acc> &s,
   probe.acc = {Acc{one, one, one, one}};
   probe.rowMax = head.rowMax;
   probe.rowSum = head.rowSum;
-  block(s, probe);
+  Value probeMoved = block(s, probe);
   if (moved)
-    *moved = lastMoved;
+    *moved = probeMoved;
   head.rowMax = probe.rowMax;
   head.rowSum = probe.rowSum;
   SmallVector<Value, 2> factors;

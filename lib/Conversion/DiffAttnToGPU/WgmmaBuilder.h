@@ -69,8 +69,8 @@ struct WgmmaPlan : TileConfig {
   int64_t persistentCtas = 0;
   /// Registers per thread after setmaxnreg: the producer's and the
   /// consumers' (128 x producer + 256 x consumer <= 168 x 384, the
-  /// registers the CTA launches with).
-  int64_t producerRegisters = 56, consumerRegisters = 224;
+  /// registers the CTA launches with); makePlan sets them.
+  int64_t producerRegisters = 0, consumerRegisters = 0;
   int64_t vStageBytes() const { return blockK * valueDim * 2; }
 };
 
@@ -91,6 +91,13 @@ private:
   /// into dynamic shared memory) and `baseAddress` (its shared-window
   /// address, i64), then the tile views sQ, sK, sV.
   void layoutSharedMemory();
+  /// A shared-memory pointer (LLVM address space 3) `offset` bytes past the
+  /// tiles' start.
+  Value sharedPointer(Value offset);
+  /// fence.proxy.async.shared::cta: orders this thread's view of generic-
+  /// proxy writes to shared memory (cp.async copies) before its later
+  /// async-proxy reads (wgmma).
+  void fenceAsyncProxy();
   /// Indices into a tile view [lead..., spans, rows, kSpan] of the 16-byte
   /// chunk holding columns col .. col + 7 (col a multiple of 8) of `row`.
   SmallVector<Value> swizzledIndex(ValueRange lead, Value row, Value col);

@@ -42,6 +42,20 @@ void WgmmaKernelBuilder::layoutSharedMemory() {
                     {plan.stages, vSpans, plan.blockK, kSpan}, elem);
 }
 
+Value WgmmaKernelBuilder::sharedPointer(Value offset) {
+  Value address = arith::AddIOp::create(
+      b, loc, baseAddress,
+      arith::IndexCastOp::create(b, loc, b.getI64Type(), offset));
+  return LLVM::IntToPtrOp::create(
+      b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3), address);
+}
+
+void WgmmaKernelBuilder::fenceAsyncProxy() {
+  NVVM::FenceProxyOp::create(
+      b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+      NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+}
+
 SmallVector<Value> WgmmaKernelBuilder::swizzledIndex(ValueRange lead, Value row,
                                                      Value col) {
   // Chunk c (8 elements) of a 128-byte row r sits at chunk c ^ (r % 8).

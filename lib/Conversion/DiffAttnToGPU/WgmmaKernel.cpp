@@ -82,6 +82,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto threadGroupRow = [&](int64_t rr) {
     return add(add(row0, mul(warpInGroup, 16)), add(div(lane, 4), rr * 8));
   };
+  // Row blocks of a KV group of `queries` query rows.
+  auto rowBlocksOf = [&](Value queries) {
+    return div(add(mul(queries, plan.rowsPerQuery), blockQ - 1), blockQ);
+  };
   auto setupTile = [&](Value qBlock, Value tileKvHead, Value tileBatch) {
     kvHead = tileKvHead;
     batch = tileBatch;
@@ -108,7 +112,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // The tile's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p *
     // Sq + i (pair p of the group, query row i).
     groupRows = mul(seqQ, plan.rowsPerQuery);
-    rowBlocks = div(add(groupRows, blockQ - 1), blockQ);
+    rowBlocks = rowBlocksOf(seqQ);
     // Packed sequences: the tiles cover the longest sequence; tiles past
     // this one's rows compute nothing and write nothing.
     ctaActive = Value();
@@ -247,9 +251,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // The tensor cores read shared memory through the async proxy: each
     // thread orders its landed copies before the barrier.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-    NVVM::FenceProxyOp::create(
-        b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
-        NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+    fenceAsyncProxy();
     gpu::BarrierOp::create(b, loc);
   };
   // Copies block j (if any) into stage j % 3: all threads, or the
@@ -501,12 +503,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // proxy (fence.proxy.async) after each wait.
   int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
   auto barrier = [&](Value index) {
-    Value address = arith::AddIOp::create(
-        b, loc, baseAddress,
-        arith::IndexCastOp::create(b, loc, b.getI64Type(),
-                                   add(mul(index, 8), barrierOffset)));
-    return LLVM::IntToPtrOp::create(
-        b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3), address);
+    return sharedPointer(add(mul(index, 8), barrierOffset));
   };
   auto full = [&](Value s) { return barrier(s); };
   auto empty = [&](Value s) { return barrier(add(s, stages)); };
@@ -549,8 +546,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // them, so each head's longest tiles go first. Producer and consumers
   // walk the same tiles; the stage ring continues across tiles
   // (blockBase).
-  Value tileRowBlocks =
-      div(add(mul(seqQArg, plan.rowsPerQuery), blockQ - 1), blockQ);
+  Value tileRowBlocks = rowBlocksOf(seqQArg);
   Value numTiles = mul(mul(tileRowBlocks, batches), plan.kvHeads);
   auto forEachTile = [&](function_ref<void(Value)> body) {
     scf::ForOp::create(
@@ -600,13 +596,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               b, loc, Type(), bar, i32(blockK * dim * 2),
               NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
           for (int64_t span = 0; span < dim / kSpan; ++span) {
-            Value offset = add(add(idx(tileOffset), mul(stage, stageBytes)),
-                               span * blockK * kRowBytes);
-            Value address = arith::AddIOp::create(
-                b, loc, baseAddress,
-                arith::IndexCastOp::create(b, loc, b.getI64Type(), offset));
-            Value shared = LLVM::IntToPtrOp::create(
-                b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3), address);
+            Value shared =
+                sharedPointer(add(add(idx(tileOffset), mul(stage, stageBytes)),
+                                  span * blockK * kRowBytes));
             Value cluster = LLVM::AddrSpaceCastOp::create(
                 b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7),
                 shared);
@@ -689,10 +681,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         // order them before this thread's wgmma reads (async proxy).
         auto acquireCopies = [&](Value bar, Value parity) {
           waitOn(bar, parity);
-          NVVM::FenceProxyOp::create(
-              b, loc,
-              NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
-              NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+          fenceAsyncProxy();
         };
         // TMA tiles arrive through the async proxy: the wait is enough.
         auto acquireTiles = [&](Value bar, Value parity) {

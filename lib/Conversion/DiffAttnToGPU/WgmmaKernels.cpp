@@ -235,7 +235,7 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     for (unsigned i = 0; i < 2; ++i)
       func.setArgAttr(i, LLVM::LLVMDialect::getAlignAttrName(),
                       rewriter.getI64IntegerAttr(64));
-    func->setAttr("diffattn.tensor_map_args", rewriter.getI64IntegerAttr(2));
+    func->setAttr(kTensorMapArgsAttrName, rewriter.getI64IntegerAttr(2));
   }
   // setmaxnreg takes effect only with a register count known at entry:
   // one CTA per SM (.minnctapersm 1) with the block size.

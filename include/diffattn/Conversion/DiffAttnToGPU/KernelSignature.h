@@ -67,6 +67,11 @@ DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
 Attribute tensorMapParam(Builder &b, StringRef buffer, ArrayRef<int64_t> box,
                          int64_t swizzleBytes);
 
+/// The kernel attribute (an integer N) saying that the kernel's first N
+/// parameters are tensor maps passed by value (see the pass
+/// diffattn-mark-tensor-map-params).
+constexpr StringLiteral kTensorMapArgsAttrName = "diffattn.tensor_map_args";
+
 /// An outlined kernel function (made by diffattn-outline-kernels) as a GPU
 /// strategy reads it: its manifest entry, its one diffattn op and the chip
 /// it is compiled for.

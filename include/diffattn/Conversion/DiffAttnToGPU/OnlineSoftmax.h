@@ -67,8 +67,10 @@ public:
   /// max is still -inf (no key seen) get probabilities 0, never NaN. With
   /// lazy rescaling the max only moves when some score of the warp would
   /// give a probability above 2^threshold (a warp vote); the same offset
-  /// serves sums and accumulators, so the result is exact.
-  void block(SmallVectorImpl<Acc> &s, HeadState &head);
+  /// serves sums and accumulators, so the result is exact. Returns an i1
+  /// that is false only where the offsets stayed (warp-uniform; the
+  /// constant true without lazy rescaling).
+  Value block(SmallVectorImpl<Acc> &s, HeadState &head);
 
   /// As block(), but leaves the accumulators `head.acc` alone and returns
   /// the factor each of the thread's rows must multiply them by (1 where the
@@ -91,8 +93,6 @@ private:
   FragmentLayout layout;
   float scale;
   float rescaleThreshold;
-  /// Whether the last block() moved the offsets (i1; see blockDeferred).
-  Value lastMoved;
 };
 
 } // namespace mlir::diffattn
