@@ -22,10 +22,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
+sys.path.insert(0, HERE)
 from fixture_modules import rope_interleaved, rope_tables  # noqa: E402
+from gpu_check import bench_fn, rel_l2  # noqa: E402
 
 from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2)
 
@@ -84,11 +86,6 @@ def op_core(q, k, v, lam):
     return torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
 
 
-def rel_l2(x, ref):
-    x, ref = x.double(), ref.double()
-    return (torch.linalg.vector_norm(x - ref) / torch.linalg.vector_norm(ref)).item()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="directory for v2_layer.json")
@@ -113,8 +110,7 @@ def main():
         outs = {name: layer(x, cos, sin, core) for name, core in cores.items()}
         ref = outs.get("fa3", outs["cudnn"])
         for name, core in cores.items():
-            ms = triton.testing.do_bench(lambda: layer(x, cos, sin, core), warmup=25, rep=200,
-                                         return_mode="median")
+            ms = bench_fn(lambda: layer(x, cos, sin, core))
             results["paths"][name] = {"ms": ms, "rel_l2_vs_" + ("fa3" if "fa3" in outs else "cudnn"):
                                       rel_l2(outs[name], ref)}
     op_ms = results["paths"]["op"]["ms"]
