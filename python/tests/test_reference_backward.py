@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffattn import reference
+from test_reference import _visible
 
 # (B, Sq, Sk, 2H, Hkv, D, Dv, causal, window, kv_len)
 CASES = [
@@ -78,15 +79,11 @@ def test_lse_is_the_rows_log_sum_exp(case):
     assert lse.shape == (b, h2, sq)
     scale = 1.0 / math.sqrt(d)
     lens = kw["kv_len"] if kw["kv_len"] is not None else [sk] * b
-    left, right = kw["window"]
     for bi in range(b):
         for j in range(h2):
             for i in range(sq):
-                pos = i + lens[bi] - sq
-                seen = [t for t in range(lens[bi])
-                        if not (kw["causal"] and t > pos)
-                        and not (left >= 0 and t < pos - left)
-                        and not (right >= 0 and t > pos + right)]
+                seen = [t for t in range(sk)
+                        if _visible(i, t, sq, lens[bi], kw["causal"], kw["window"])]
                 if not seen:
                     assert lse[bi, j, i] == -np.inf
                     continue
