@@ -45,11 +45,11 @@ BENCH_PREFILL = [
 
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
-# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90) and the
-# wgmma kernel's persistent form.
+# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90). (The
+# wgmma kernel's persistent form, ("sm_90a", ("--gpu-options=persistent=
+# true",)), was timed in Hopper runs 14-16: 3-7% slower.)
 BENCH_TARGETS = [
     ("sm_90", ()),
-    ("sm_90a", ("--gpu-options=persistent=true",)),
 ]
 
 # Decode timing: (B, kv_len, 2H, Hkv, D), one new token
@@ -92,9 +92,12 @@ BENCH_PAGED_DECODE = [
 # FLOP rate the timing compares with the equal-length batched kernel.
 VARLEN_CAUSAL = (True, False)
 BENCH_VARLEN = [(4, 4096, True), (4, 4096, False)]
-# Tile variants benchmarks/gpu_varlen_tiles.py times beside the default.
-VARLEN_TILE_VARIANTS = [("--gpu-options=warps=8 block-k=32",),
-                        ("--gpu-options=warps=4 block-k=32",)]
+# Kernel variants benchmarks/gpu_varlen_tiles.py times beside the default
+# (and the portable sm_90 kernel): (target, diffattn-compile options). On
+# sm_90a: the cp.async producer (the packed kernel before Hopper run 17)
+# and a register split with a larger producer (its loads of cu_seqlens).
+VARLEN_KERNEL_VARIANTS = [("sm_90a", ("--gpu-options=tma=false",)),
+                          ("sm_90a", ("--gpu-options=consumer-registers=232",))]
 
 # Small-batch decode under graph replay (benchmarks/gpu_small_decode.py):
 # (B, kv_len) and the split-target variants timed beside the default.
@@ -196,19 +199,13 @@ def all_kernel_requests():
                          lam_elem="bf16", causal=True, window=(-1, -1), kv_len_shape=(1,),
                          options=(f"--gpu-options={variant}",)))
     for causal in VARLEN_CAUSAL:
-        # The wgmma varlen kernel (gpu_varlen_tiles.py, sm_90a).
-        reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),
-                         v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
-                         cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
-                         max_seqlen_k=8, causal=causal, window=(-1, -1),
-                         options=("--gpu-options=strategy=wgmma",), target="sm_90a"))
-        # The portable strategy's varlen tiles (gpu_varlen_tiles.py, sm_90).
-        for options in VARLEN_TILE_VARIANTS:
+        # The varlen kernel variants (gpu_varlen_tiles.py).
+        for target, options in VARLEN_KERNEL_VARIANTS:
             reqs.append(dict(varlen=True, q_shape=(8, 32, 128), k_shape=(8, 8, 128),
                              v_shape=(8, 8, 128), lam_shape=(8, 16), cu_q_shape=(2,),
                              cu_k_shape=(2,), elem="bf16", lam_elem="bf16", max_seqlen_q=8,
                              max_seqlen_k=8, causal=causal, window=(-1, -1), options=options,
-                             target="sm_90"))
+                             target=target))
     for bs in PAGED_BLOCK_SIZES:
         reqs.append(dict(q_shape=(1, 1, 32, 128), k_shape=(4, bs, 8, 128),
                          v_shape=(4, bs, 8, 128), lam_shape=(1, 1, 16), elem="bf16",

@@ -2,8 +2,8 @@
 """Packed variable-length prefill (diffattn.v2_varlen) against the batched
 kernel on the same tokens (B sequences of S, D 128, 32 query / 8 KV heads,
 bf16): the FLOP rate of the batched kernel beside the varlen kernel of this
-GPU's target, and the portable strategy's (sm_90) varlen kernel with its
-default tiles and the variants in VARIANTS. Kernels come from
+GPU's target, the portable strategy's (sm_90) varlen kernel and the
+variants in gpu_cases.VARLEN_KERNEL_VARIANTS. Kernels come from
 DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py prepares them):
 
     python3 benchmarks/gpu_varlen_tiles.py [--out DIR]
@@ -22,7 +22,6 @@ from gpu_check import bench_fn, rel_l2  # noqa: E402
 import diffattn  # noqa: E402
 from diffattn import _gpu  # noqa: E402
 
-VARIANTS = gpu_cases.VARLEN_TILE_VARIANTS
 
 
 def main():
@@ -42,10 +41,8 @@ def main():
         qp, kp, vp, lp = (t.reshape((b * s,) + tuple(t.shape[2:])) for t in (q, k, v, lam))
         row = dict(shape=[b, s, causal], batched_tflops=flops / batched / 1e9)
         target = _gpu.target_for_capability(torch.cuda.get_device_capability())
-        kernels = [(target, ())] + [("sm_90", o) for o in [()] + VARIANTS if target != "sm_90"
-                                    or o]
-        if target == "sm_90a":  # the wgmma varlen kernel (not the default)
-            kernels.append((target, ("--gpu-options=strategy=wgmma",)))
+        kernels = [(target, ())] + ([("sm_90", ())] if target != "sm_90" else [])
+        kernels += [(t, o) for t, o in gpu_cases.VARLEN_KERNEL_VARIANTS if t == target]
         for kernel_target, options in kernels:
             directory, out_shape, sizes = _gpu.prepare_v2_varlen(
                 tuple(qp.shape), tuple(kp.shape), tuple(vp.shape), tuple(lp.shape), (b + 1,),

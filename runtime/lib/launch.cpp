@@ -140,17 +140,19 @@ int planParams(const KernelSpec &spec, const StageSpec &stage,
     } else if (p.field == "stride") {
       out.values[i] = 1;
     } else if (p.field == "tensor_map") {
-      // A tiled tensor map over the row-major 4-D buffer [d3, d2, d1, d0]:
-      // dimensions innermost first, byte strides of dimensions 1 .. 3.
+      // A tiled tensor map over the row-major 4-D buffer [d3, d2, d1, d0]
+      // (a 3-D buffer, such as packed sequences' [total, Hkv, D], is
+      // [1, d2, d1, d0]): dimensions innermost first, byte strides of
+      // dimensions 1 .. 3.
       int dataType = buf->dtype == DIFFATTN_BF16  ? kTensorMapBFloat16
                      : buf->dtype == DIFFATTN_F16 ? kTensorMapFloat16
                      : buf->dtype == DIFFATTN_F32 ? kTensorMapFloat32
                                                   : -1;
       // parseStage checked the box (4 extents) and the swizzle.
-      if (buf->rank != 4 || dataType < 0)
+      if ((buf->rank != 3 && buf->rank != 4) || dataType < 0)
         return fail(DIFFATTN_ERROR_ARTIFACT,
                     "kernel '" + spec.name + "': tensor map over '" + p.arg +
-                        "' needs a 4-D f16, bf16 or f32 buffer");
+                        "' needs a 3-D or 4-D f16, bf16 or f32 buffer");
       StagePlan::TensorMapSlot slot;
       slot.buffer = static_cast<int>(buf - buffers);
       slot.dataType = dataType;
@@ -161,7 +163,9 @@ int planParams(const KernelSpec &spec, const StageSpec &stage,
       unsigned long long elementBytes = buf->dtype == DIFFATTN_F32 ? 4 : 2;
       unsigned long long stride = elementBytes;
       for (int d = 0; d < 4; ++d) {
-        slot.dims[d] = static_cast<unsigned long long>(buf->shape[3 - d]);
+        int dim = buf->rank - 1 - d;
+        slot.dims[d] =
+            dim >= 0 ? static_cast<unsigned long long>(buf->shape[dim]) : 1;
         if (d > 0)
           slot.strides[d - 1] = stride;
         stride *= slot.dims[d];

@@ -81,13 +81,12 @@ defvar DiffAttnGPUStrategyOptions = [
            "warpgroup's softmax overlaps the other's products "
            "(FlashAttention-3's ping-pong schedule)">,
     Option<"tma", "tma", "bool", /*default=*/"true",
-           "wgmma strategy, warp-specialised, batched sequences: one "
-           "producer thread loads the K/V tiles with TMA "
-           "(cp.async.bulk.tensor into the 128-byte swizzled tiles, "
-           "completing on the stage's mbarrier); the runtime encodes the "
-           "tensor maps and passes them by value (false: the producer "
-           "warpgroup copies them with cp.async). Packed sequences use "
-           "cp.async">,
+           "wgmma strategy, warp-specialised: one producer thread loads the "
+           "K/V tiles with TMA (cp.async.bulk.tensor into the 128-byte "
+           "swizzled tiles, completing on the stage's mbarrier; packed "
+           "sequences through one map over the packed tensor); the runtime "
+           "encodes the tensor maps and passes them by value (false: the "
+           "producer warpgroup copies them with cp.async)">,
     Option<"persistent", "persistent", "bool", /*default=*/"false",
            "wgmma strategy, warp-specialised: launch at most one CTA per SM "
            "of the target's reference GPU (132 on sm_90a), each walking "

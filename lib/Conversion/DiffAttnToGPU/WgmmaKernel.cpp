@@ -586,6 +586,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         // load per 64-column span into the span's swizzled rows
         // (coordinates innermost first: column, KV head, key, batch). TMA
         // writes through the async proxy and zero-fills keys past Sk.
+        // Packed sequences: one map over [1, total_k, Hkv, D], the key at
+        // the sequence's first row plus key0; keys past the sequence (the
+        // next sequence's, finite) are masked like keys past Sk, so their
+        // probabilities are exactly 0 and their values add nothing.
         Type i32Type = b.getI32Type();
         auto i32Of = [&](Value v) {
           return arith::IndexCastOp::create(b, loc, i32Type, v).getResult();
@@ -604,8 +608,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 shared);
             NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
                 b, loc, cluster, map,
-                ValueRange{i32(span * kSpan), i32Of(kvHead), i32Of(key0),
-                           i32Of(batch)},
+                ValueRange{i32(span * kSpan), i32Of(kvHead),
+                           i32Of(attn.varlen ? add(kRowBase, key0) : key0),
+                           attn.varlen ? i32(0) : i32Of(batch)},
                 bar, ValueRange{}, Value(), Value(), NVVM::TMALoadMode::TILE,
                 /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
           }

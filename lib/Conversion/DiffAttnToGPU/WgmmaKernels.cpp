@@ -30,18 +30,14 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
 /// Whether `op` gets a wgmma kernel: the prefill form of diffattn.v2 (no
-/// kv_len, contiguous K/V); packed sequences (diffattn.v2_varlen, with the
-/// cp.async producer) only when strategy=wgmma is asked for. Their wgmma
-/// kernel measured 396 / 458 TFLOP/s against the portable kernel's 321 /
-/// 347 (4 x 4096, D 128, causal / unmasked, H200; docs/performance.md,
-/// Hopper run 12), but the last GPU session (run 16) found its check of
-/// cu_seqlens past the packed length silent once its CTAs walked linear
-/// tiles; the fix (the sequence's first tile reports) has not run on a GPU
-/// yet, so the validated portable kernel stays the default.
-static bool hasWgmmaKernel(Operation *op,
-                           const DiffAttnToWgmmaKernelsOptions &options) {
+/// kv_len, contiguous K/V) and packed sequences (diffattn.v2_varlen). With
+/// the cp.async producer the packed kernel measured 396 / 458 TFLOP/s
+/// against the portable kernel's 321 / 347 (4 x 4096, D 128, causal /
+/// unmasked, H200; docs/performance.md, Hopper run 12); it loads through
+/// TMA like the batched kernel since Hopper run 17.
+static bool hasWgmmaKernel(Operation *op) {
   if (isa<V2VarlenOp>(op))
-    return options.strategy == "wgmma";
+    return true;
   return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
 }
 
@@ -93,9 +89,10 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                    : "two warpgroups: 8")
            << ")";
   plan.pingPong = plan.warpSpecialized && options.pingPong;
-  // TMA addresses tiles by coordinates in one tensor per operand; packed
-  // sequences (varlen) keep cp.async, which bounds each sequence itself.
-  plan.tmaLoads = plan.warpSpecialized && options.tma && !plan.attn.varlen;
+  // TMA addresses tiles by coordinates in one tensor per operand (packed
+  // sequences: the packed [total_k, Hkv, D] tensors, from each sequence's
+  // first key).
+  plan.tmaLoads = plan.warpSpecialized && options.tma;
   // setmaxnreg (PTX ISA 8.0): counts are multiples of 8 in [24, 256]; the
   // CTA launches with 168 per thread (384 threads, .minnctapersm 1), and
   // the warpgroups' counts must fit that pool: 128 p + 256 c <= 168 x 384.
@@ -197,8 +194,8 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
                                  "diffattn-to-wgmma-kernels emits";
   if (failed(checkSupported(op)))
     return failure();
-  if (!hasWgmmaKernel(op, options)) {
-    // The decode form, paged caches and (unless asked) packed sequences:
+  if (!hasWgmmaKernel(op)) {
+    // The decode form and paged caches:
     // the portable strategy's kernels (split-KV for decode), with its own
     // tile defaults; the manifest records strategy mma_sync.
     DiffAttnToMmaSyncKernelsOptions portable;
