@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
+#include "diffattn/Conversion/DiffAttnToGPU/SequenceCheck.h"
 
 #include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
 
@@ -66,7 +67,7 @@ Attribute mlir::diffattn::tensorMapParam(Builder &b, StringRef buffer,
 DictionaryAttr mlir::diffattn::buildLaunchRule(
     Builder &b, const TileConfig &config, StringRef strategy, StringRef name,
     ArrayRef<StringRef> buffers, ArrayRef<Attribute> leadingParams,
-    bool linearTiles, int64_t atMost) {
+    bool linearTiles, int64_t atMost, StringRef sequenceCheck) {
   // The combine kernel takes no pool size (withPool false); the first
   // stage's parameters start with `leadingParams`.
   bool firstStage = true;
@@ -145,6 +146,18 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
     DictionaryAttr only = stage(name, grid, config.threads(),
                                 config.sharedBytes, paramsOf(buffers));
     SmallVector<NamedAttribute> attrs(common);
+    if (!sequenceCheck.empty()) {
+      // The check kernel first: one thread per sequence.
+      assert(config.attn.varlen && "a sequence check needs cu_seqlens");
+      DictionaryAttr check =
+          stage(sequenceCheck,
+                {ceilDiv("B", kSequenceCheckThreads, 1), b.getI64IntegerAttr(1),
+                 b.getI64IntegerAttr(1)},
+                kSequenceCheckThreads, 0,
+                paramsOf({"cu_seqlens_q", "cu_seqlens_k"}, /*withPool=*/false));
+      attrs.push_back(b.getNamedAttr("stages", b.getArrayAttr({check, only})));
+      return b.getDictionaryAttr(attrs);
+    }
     attrs.append(only.getValue().begin(), only.getValue().end());
     return b.getDictionaryAttr(attrs);
   }

@@ -94,17 +94,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // The first query row and key of the sequence in the (packed) tensors;
     // with packed sequences, Sq and Sk become the sequence's own lengths.
     if (attn.varlen) {
-      // Bad offsets are reported once per sequence: by thread 0 of the
-      // sequence's first tile (row block 0, KV head 0).
-      Value reporter = arith::AndIOp::create(
-          b, loc, cmp(arith::CmpIPredicate::eq, tid, idx(0)),
-          arith::AndIOp::create(b, loc,
-                                cmp(arith::CmpIPredicate::eq, qBlock, idx(0)),
-                                cmp(arith::CmpIPredicate::eq, kvHead, idx(0))));
-      std::tie(qRowBase, seqQ) =
-          sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid, reporter);
-      std::tie(kRowBase, seqK) =
-          sequenceRange(cuSeqK, batch, totalK, seqK, tid, reporter);
+      // Bad offsets give empty sequences here; the check kernel launched
+      // before this one raises the device-side assertion (SequenceCheck.h:
+      // a call to __assertfail in this kernel would serialise its wgmma).
+      std::tie(qRowBase, seqQ) = sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid,
+                                               Value(), /*report=*/false);
+      std::tie(kRowBase, seqK) = sequenceRange(cuSeqK, batch, totalK, seqK, tid,
+                                               Value(), /*report=*/false);
     } else {
       qRowBase = mul(batch, seqQ);
       kRowBase = mul(batch, seqK);

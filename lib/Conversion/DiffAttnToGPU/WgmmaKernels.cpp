@@ -14,6 +14,7 @@
 #include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
 #include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
 #include "diffattn/Conversion/DiffAttnToGPU/MmaSync.h"
+#include "diffattn/Conversion/DiffAttnToGPU/SequenceCheck.h"
 #include "diffattn/Conversion/DiffAttnToGPU/Wgmma.h"
 #include "diffattn/Conversion/Passes.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
@@ -240,11 +241,20 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
                   rewriter.getI32IntegerAttr(1));
   WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
+  // Packed sequences: their offsets are checked by a kernel of its own
+  // (SequenceCheck.h), launched first.
+  std::string check;
+  if (plan->attn.varlen) {
+    check = (kernel.getName() + "_check_cu_seqlens").str();
+    OpBuilder::InsertionGuard checkGuard(rewriter);
+    rewriter.setInsertionPointAfter(func);
+    buildSequenceCheckKernel(rewriter, loc, check);
+  }
   replaceWithGPUKernel(
       rewriter, kernel, desc, func,
       buildLaunchRule(
           rewriter, *plan, "wgmma", kernel.getName(), sig.buffers, tensorMaps,
-          /*linearTiles=*/plan->warpSpecialized, plan->persistentCtas));
+          /*linearTiles=*/plan->warpSpecialized, plan->persistentCtas, check));
   return success();
 }
 

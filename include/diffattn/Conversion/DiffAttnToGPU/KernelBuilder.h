@@ -155,10 +155,13 @@ public:
   /// tokens). Offsets that do not satisfy 0 <= start <= end <= total and
   /// end - start <= maxLength (the launch's max_seqlen) raise a device-side
   /// assertion (as kv_len does) and give an empty sequence.
-  /// `reporter` as for assertPerSequence.
+  /// `reporter` as for assertPerSequence. With `report` false the kernel
+  /// only clamps bad offsets to an empty sequence: a check kernel launched
+  /// before it raises the assertion (SequenceCheck.h).
   std::pair<Value, Value> sequenceRange(Value cuSeqlens, Value batch,
                                         Value total, Value maxLength, Value tid,
-                                        Value reporter = Value());
+                                        Value reporter = Value(),
+                                        bool report = true);
 
   /// Issues cp.async copies (16-byte chunks, nvgpu.device_async_copy) of
   /// `rows` x `cols` 2-byte elements into the shared-memory tile `dst`: row

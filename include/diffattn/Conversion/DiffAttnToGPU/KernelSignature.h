@@ -51,12 +51,14 @@ gpu::GPUFuncOp createKernelFunc(OpBuilder &b, Location loc, StringRef name,
 /// parameters of the first (or only) stage.
 /// `linearTiles` (kernels that walk tiles, no split-KV): grid x covers the
 /// tiles (row blocks x KV heads x B), y and z are 1, and `atMost` > 0 caps x
-/// (a persistent launch).
+/// (a persistent launch). `sequenceCheck` (packed sequences, no split-KV)
+/// names a check kernel (SequenceCheck.h) launched as the first stage.
 DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
                                ArrayRef<StringRef> buffers,
                                ArrayRef<Attribute> leadingParams = {},
-                               bool linearTiles = false, int64_t atMost = 0);
+                               bool linearTiles = false, int64_t atMost = 0,
+                               StringRef sequenceCheck = {});
 
 /// A launch parameter entry asking the runtime for a tiled CUtensorMap
 /// (cuTensorMapEncodeTiled) over the 4-D buffer `buffer` [d3, d2, d1, d0]
