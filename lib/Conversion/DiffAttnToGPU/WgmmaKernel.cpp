@@ -71,12 +71,20 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // setupTile, once per CTA, or per tile of a persistent CTA's loop.
   Value kvHead, batch, qRowBase, kRowBase, groupRows, rowBlocks, ctaActive;
   Value row0, rowsValid, firstPair, minRow, maxRow, lo, hi, numBlocks;
-  auto pairOf = [&](Value r) {
-    return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
+  // Pair and query row of group row r (r / Sq, r % Sq) in 32-bit
+  // arithmetic (group rows and Sq fit): a 64-bit division is a call to a
+  // ~60-instruction routine, which the producer's Q copy made per 16-byte
+  // chunk, at 24 registers.
+  auto divRem32 = [&](Value r, bool remainder) -> Value {
+    Type i32Type = b.getI32Type();
+    Value x = arith::IndexCastUIOp::create(b, loc, i32Type, r);
+    Value d = arith::IndexCastUIOp::create(b, loc, i32Type, seqQ);
+    Value result = remainder ? arith::RemUIOp::create(b, loc, x, d).getResult()
+                             : arith::DivUIOp::create(b, loc, x, d).getResult();
+    return arith::IndexCastUIOp::create(b, loc, b.getIndexType(), result);
   };
-  auto queryRowOf = [&](Value r) {
-    return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
-  };
+  auto pairOf = [&](Value r) { return add(firstPair, divRem32(r, false)); };
+  auto queryRowOf = [&](Value r) { return divRem32(r, true); };
   // Group row of the thread's accumulator row rr (wgmma m64nN D fragment:
   // warp w of the warpgroup holds rows 16 w + lane / 4 and that + 8).
   auto threadGroupRow = [&](int64_t rr) {
