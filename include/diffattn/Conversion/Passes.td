@@ -87,12 +87,14 @@ defvar DiffAttnGPUStrategyOptions = [
            "sequences through one map over the packed tensor); the runtime "
            "encodes the tensor maps and passes them by value (false: the "
            "producer warpgroup copies them with cp.async)">,
-    Option<"persistent", "persistent", "bool", /*default=*/"true",
+    Option<"persistent", "persistent", "bool", /*default=*/"false",
            "wgmma strategy, warp-specialised: launch at most one CTA per SM "
            "of the target's reference GPU (132 on sm_90a), each walking "
            "tiles with a static stride, its producer loading the next "
-           "tile's first blocks and Q while its consumers finish the "
-           "current one (false: one CTA per tile)">,
+           "tile's first block while its consumers finish the current one "
+           "(false: one CTA per tile). Off by default: it measured 2-9% "
+           "slower than one CTA per tile on every SPEC.md shape (H200, "
+           "docs/performance.md, Hopper runs 15-16)">,
     Option<"consumerRegisters", "consumer-registers", "int64_t",
            /*default=*/"0",
            "wgmma strategy, warp-specialised: registers per consumer thread "
