@@ -221,6 +221,16 @@ static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
   return success();
 }
 
+/// Checks a log-sum-exp tensor: [B, 2H, Sq] f32.
+static LogicalResult verifyLse(Operation *op, LayoutChecker &layout,
+                               Value lse) {
+  auto type = cast<RankedTensorType>(lse.getType());
+  if (!type.getElementType().isF32())
+    return op->emitOpError()
+           << "'lse' must have element type f32, got " << type.getElementType();
+  return layout.check("lse", type, {{"B"}, {"H", 2}, {"Sq"}});
+}
+
 /// Checks an i32 operand (kv_len, block_table).
 static LogicalResult verifyI32(Operation *op, StringRef name, Value value) {
   auto type = cast<RankedTensorType>(value.getType());
@@ -260,6 +270,9 @@ LogicalResult V2Op::verify() {
       return failure();
   if (failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})))
     return failure();
+  if (Value lse = getLse())
+    if (failed(verifyLse(op, layout, lse)))
+      return failure();
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
                        getWindowLeftBound(), getWindowRightBound());
 }
@@ -273,6 +286,60 @@ int64_t V2Op::getNumKvHeads() { return getK().getType().getDimSize(2); }
 int64_t V2Op::getGroupSize() { return 2 * getNumPairs() / getNumKvHeads(); }
 int64_t V2Op::getHeadDim() { return getQ().getType().getDimSize(3); }
 int64_t V2Op::getValueDim() { return getV().getType().getDimSize(3); }
+
+//===----------------------------------------------------------------------===//
+// V2BackwardOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult V2BackwardOp::verify() {
+  Operation *op = getOperation();
+  auto q = getQ().getType();
+  auto k = getK().getType();
+  auto v = getV().getType();
+  auto lam = getLam().getType();
+  auto out = getOut().getType();
+  auto dout = getDout().getType();
+
+  // Structure: the forward's element types; dout as out.
+  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
+      failed(verifyTOrF32(op, "lam", lam, q.getElementType())))
+    return failure();
+  if (dout.getElementType() != q.getElementType())
+    return op->emitOpError()
+           << "'dout' must have the element type of 'q' (" << q.getElementType()
+           << "), got " << dout.getElementType();
+  if (Value kvLen = getKvLen())
+    if (failed(verifyI32(op, "kv_len", kvLen)))
+      return failure();
+  // Each gradient has its input's type.
+  for (auto [name, grad, input] :
+       {std::tuple<StringRef, Type, Type>{"dq", getDq().getType(), q},
+        {"dk", getDk().getType(), k},
+        {"dv", getDv().getType(), v},
+        {"dlam", getDlam().getType(), lam}})
+    if (grad != input)
+      return op->emitOpError()
+             << "result '" << name << "' must have the type "
+             << "of its input (" << input << "), got " << grad;
+
+  // Shapes: the forward's layout, then the saved output, its gradient and
+  // the log-sum-exp.
+  LayoutChecker layout(op);
+  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
+      failed(layout.check("k", k, {{"B"}, {"Sk"}, {"Hkv"}, {"D"}})) ||
+      failed(layout.check("v", v, {{"B"}, {"Sk"}, {"Hkv"}, {"Dv"}})) ||
+      failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})) ||
+      failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})) ||
+      failed(layout.check("dout", dout, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})) ||
+      failed(verifyLse(op, layout, getLse())))
+    return failure();
+  if (Value kvLen = getKvLen())
+    if (failed(layout.check("kv_len", cast<RankedTensorType>(kvLen.getType()),
+                            {{"B"}})))
+      return failure();
+  return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
+                       getWindowLeftBound(), getWindowRightBound());
+}
 
 //===----------------------------------------------------------------------===//
 // V2PagedOp

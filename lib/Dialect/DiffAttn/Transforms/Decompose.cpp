@@ -247,6 +247,8 @@ namespace {
 struct DiffAttnDecomposePass
     : public diffattn::impl::DiffAttnDecomposeBase<DiffAttnDecomposePass> {
   void runOnOperation() override {
+    if (failed(rejectUnloweredOps(getOperation(), "diffattn-decompose")))
+      return signalPassFailure();
     IRRewriter rewriter(&getContext());
     for (Operation *op : collectDiffAttnOps(getOperation()))
       if (failed(decomposeDiffAttnOp(rewriter, op)))

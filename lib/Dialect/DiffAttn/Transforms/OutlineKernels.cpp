@@ -233,6 +233,8 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
 } // namespace
 
 LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
+  if (failed(rejectUnloweredOps(module, "diffattn-outline-kernels")))
+    return failure();
   SmallVector<Operation *> ops = collectDiffAttnOps(module);
   if (ops.empty())
     return module.emitError()

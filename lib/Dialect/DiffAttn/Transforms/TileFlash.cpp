@@ -490,6 +490,8 @@ struct DiffAttnTileFlashPass
     if (blockK != 0)
       sizes.blockK = blockK;
 
+    if (failed(rejectUnloweredOps(getOperation(), "diffattn-tile-flash")))
+      return signalPassFailure();
     IRRewriter rewriter(&getContext());
     for (Operation *op : collectDiffAttnOps(getOperation()))
       if (failed(tileDiffAttnOp(rewriter, op, sizes)))

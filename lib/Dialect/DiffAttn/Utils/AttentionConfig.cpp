@@ -75,6 +75,25 @@ AffineExpr AttentionConfig::valueHead(AffineExpr j) const {
   return j.floorDiv(2 * pairsPerGroup);
 }
 
+LogicalResult mlir::diffattn::rejectUnloweredOps(Operation *root,
+                                                 StringRef pass) {
+  bool found = false;
+  root->walk([&](Operation *op) {
+    if (isa<V2BackwardOp>(op)) {
+      op->emitOpError() << "has no lowering yet (" << pass
+                        << "): only the op contract of the backward pass "
+                           "exists";
+      found = true;
+    } else if (auto v2 = dyn_cast<V2Op>(op); v2 && v2.getLse()) {
+      op->emitOpError() << "with the 'lse' result has no lowering yet (" << pass
+                        << "): drop the result, or compute it with "
+                           "diffattn.reference.v2(..., return_lse=True)";
+      found = true;
+    }
+  });
+  return failure(found);
+}
+
 SmallVector<Operation *> mlir::diffattn::collectDiffAttnOps(Operation *root) {
   SmallVector<Operation *> ops;
   root->walk([&](Operation *op) {

@@ -138,3 +138,40 @@ func.func @v2_varlen(%q: tensor<?x8x64xbf16>, %k: tensor<?x2x64xbf16>,
       -> tensor<?x4x64xbf16>
   return %o : tensor<?x4x64xbf16>
 }
+
+// -----
+
+// The optional log-sum-exp result ([B, 2H, Sq] f32).
+// CHECK-LABEL: func.func @v2_lse
+// CHECK: %[[O:.*]], %[[L:.*]] = diffattn.v2 %arg0, %arg1, %arg2, %arg3 {causal} : (tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>) -> (tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>)
+// CHECK: return %[[O]], %[[L]]
+// GENERIC-LABEL: sym_name = "v2_lse"
+// GENERIC: "diffattn.v2"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, window_left = -1 : i64, window_right = -1 : i64}> : ({{.*}}) -> (tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>)
+func.func @v2_lse(%q: tensor<2x128x8x64xbf16>, %k: tensor<2x96x2x64xbf16>,
+                  %v: tensor<2x96x2x64xbf16>, %lam: tensor<2x128x4xbf16>)
+    -> (tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>) {
+  %o, %lse = diffattn.v2 %q, %k, %v, %lam {causal}
+      : (tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>)
+      -> (tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>)
+  return %o, %lse : tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>
+}
+
+// -----
+
+// The backward op: gradients of q, k, v and lam from the saved forward.
+// CHECK-LABEL: func.func @v2_backward
+// CHECK: %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} = diffattn.v2_backward %arg0, %arg1, %arg2, %arg3, %arg4, %arg5, %arg6 kv_len(%arg7) {causal, scale = 1.250000e-01 : f32, window_left = 32 : i64} : (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>, tensor<?x?x4x32xbf16>, tensor<?x?x4x32xbf16>, tensor<?x8x?xf32>, tensor<?xi32>) -> (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>)
+// GENERIC-LABEL: sym_name = "v2_backward"
+// GENERIC: "diffattn.v2_backward"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, scale = 1.250000e-01 : f32, window_left = 32 : i64, window_right = -1 : i64}>
+func.func @v2_backward(%q: tensor<?x?x8x64xbf16>, %k: tensor<?x?x2x64xbf16>,
+                       %v: tensor<?x?x2x32xbf16>, %lam: tensor<?x?x4xf32>,
+                       %out: tensor<?x?x4x32xbf16>, %dout: tensor<?x?x4x32xbf16>,
+                       %lse: tensor<?x8x?xf32>, %kv_len: tensor<?xi32>)
+    -> (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>) {
+  %dq, %dk, %dv, %dlam = diffattn.v2_backward %q, %k, %v, %lam, %out, %dout, %lse kv_len(%kv_len)
+      {causal, scale = 0.125 : f32, window_left = 32}
+      : (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>,
+         tensor<?x?x4x32xbf16>, tensor<?x?x4x32xbf16>, tensor<?x8x?xf32>, tensor<?xi32>)
+      -> (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>)
+  return %dq, %dk, %dv, %dlam : tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>
+}

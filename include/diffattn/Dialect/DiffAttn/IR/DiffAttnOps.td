@@ -30,7 +30,8 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     | `v`      | [B, Sk, Hkv, Dv]| T            |
     | `lam`    | [B, Sq, H]      | T or f32     |
     | `kv_len` | [B] (optional)  | i32          |
-    | result   | [B, Sq, H, Dv]  | T            |
+    | `out`    | [B, Sq, H, Dv]  | T            |
+    | `lse`    | [B, 2H, Sq] (optional result) | f32 |
 
     T is one of f32, f16, bf16. Query head `j` reads KV head
     `g(j) = j / G` with `G = 2H / Hkv`; the op requires `2H % Hkv == 0` and
@@ -48,6 +49,15 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     `window_left` / `window_right` (-1 = unlimited) restrict it further to
     `i + (L - Sq) - left <= t <= i + (L - Sq) + right`; `causal` is the same
     as `window_right = 0`. A row that sees no key yields 0.
+
+    The optional second result `lse` is the per-row log-sum-exp of every
+    query head (both heads of each pair), what a backward pass
+    (`diffattn.v2_backward`) needs to recompute the probabilities:
+    `lse[b, j, i] = log sum_t exp(scale * q[b,i,j,:] . k[b,t,g(j),:] +
+    mask(i,t))` (natural log), `-inf` for a row that sees no key. The layout
+    is FlashAttention's softmax_lse ([B, heads, Sq], f32), with heads in q's
+    order. Only the op contract exists so far: no lowering produces `lse`
+    yet, and lowering passes reject it with a diagnostic.
 
     With the optional `kv_len` operand (decode against a KV cache),
     `kv_len[b]` counts the valid keys of sequence `b` (the `Sq` new ones
@@ -80,7 +90,7 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     DefaultValuedAttr<I64Attr, "-1">:$window_left,
     DefaultValuedAttr<I64Attr, "-1">:$window_right
   );
-  let results = (outs AnyRankedTensor:$out);
+  let results = (outs AnyRankedTensor:$out, Optional<AnyRankedTensor>:$lse);
 
   let assemblyFormat = [{
     $q `,` $k `,` $v `,` $lam (`kv_len` `(` $kv_len^ `)`)? attr-dict `:`
@@ -254,6 +264,79 @@ def DiffAttn_V2VarlenOp : DiffAttn_Op<"v2_varlen", [Pure]> {
     int64_t getGroupSize();
     int64_t getHeadDim();
     int64_t getValueDim();
+    int64_t getWindowLeftBound() { return getWindowLeftAttr().getInt(); }
+    int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }
+  }];
+
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// V2 backward
+//===----------------------------------------------------------------------===//
+
+def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
+  let summary = "Gradients of diffattn.v2 (dq, dk, dv, dlam)";
+  let description = [{
+    The backward pass of `diffattn.v2` with the same configuration (masks,
+    windows, scale, GQA and pair rules, `kv_len`), from the forward's inputs,
+    its output, the output's gradient and the forward's log-sum-exp:
+
+    | operand  | shape            | element type |
+    | -------- | ---------------- | ------------ |
+    | `q`      | [B, Sq, 2H, D]   | T            |
+    | `k`      | [B, Sk, Hkv, D]  | T            |
+    | `v`      | [B, Sk, Hkv, Dv] | T            |
+    | `lam`    | [B, Sq, H]       | T or f32     |
+    | `out`    | [B, Sq, H, Dv]   | T            |
+    | `dout`   | [B, Sq, H, Dv]   | T            |
+    | `lse`    | [B, 2H, Sq]      | f32          |
+    | `kv_len` | [B] (optional)   | i32          |
+
+    Results `dq`, `dk`, `dv`, `dlam` have the types of `q`, `k`, `v` and
+    `lam`. With `P_j = exp(scale * S_j - lse_j)` recomputed per head and
+    `A_j = P_j V` (so `out = A_{2h} - sigmoid(lam) A_{2h+1}`):
+
+    ```
+    dA_{2h} = dout_h,   dA_{2h+1} = -sigmoid(lam_h) dout_h
+    dlam_h  = rowsum(dout_h * (-sigmoid'(lam_h) A_{2h+1}))
+    D_j     = rowsum(dA_j * A_j)
+    dS_j    = P_j * (dA_j V^T - D_j)
+    dq_j    = scale * dS_j K,  dk += scale * dS_j^T q_j,  dv += P_j^T dA_j
+    ```
+
+    `dk` and `dv` sum over every query head of a KV group (FlashAttention-2's
+    backward, Dao 2023, with the differential epilogue's chain rule;
+    `diffattn.reference.v2_backward` is the float64 reference). Only the op
+    contract exists so far: no lowering computes it yet, and lowering passes
+    reject it with a diagnostic.
+  }];
+
+  let arguments = (ins
+    AnyRankedTensor:$q,
+    AnyRankedTensor:$k,
+    AnyRankedTensor:$v,
+    AnyRankedTensor:$lam,
+    AnyRankedTensor:$out,
+    AnyRankedTensor:$dout,
+    AnyRankedTensor:$lse,
+    Optional<AnyRankedTensor>:$kv_len,
+    UnitAttr:$causal,
+    OptionalAttr<F32Attr>:$scale,
+    DefaultValuedAttr<I64Attr, "-1">:$window_left,
+    DefaultValuedAttr<I64Attr, "-1">:$window_right
+  );
+  let results = (outs AnyRankedTensor:$dq, AnyRankedTensor:$dk,
+                      AnyRankedTensor:$dv, AnyRankedTensor:$dlam);
+
+  let assemblyFormat = [{
+    $q `,` $k `,` $v `,` $lam `,` $out `,` $dout `,` $lse
+    (`kv_len` `(` $kv_len^ `)`)? attr-dict `:`
+    functional-type(operands, results)
+  }];
+
+  let extraClassDeclaration = [{
+    /// The window bounds as signed values (-1 = unlimited).
     int64_t getWindowLeftBound() { return getWindowLeftAttr().getInt(); }
     int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }
   }];
