@@ -52,7 +52,7 @@ def _is_torch(x):
 
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
-       block_table=None):
+       block_table=None, return_lse=False):
     """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU,
     CUDA torch tensors (bf16/f16) on the GPU through ``torch.ops.diffattn.v2``.
 
@@ -60,10 +60,19 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     [NB, BS, Hkv, D] (BS a multiple of 16, vLLM's layout): key t of sequence b
     is k[block_table[b, t // BS], t % BS]; ``kv_len`` ([B] int32) is then
     required, and only blocks below kv_len[b] are read (they must lie in
-    [0, NB): a ValueError on the CPU, a device-side assertion on the GPU)."""
+    [0, NB): a ValueError on the CPU, a device-side assertion on the GPU).
+
+    With ``return_lse`` (numpy arrays, contiguous caches) the call returns
+    ``(out, lse)``: ``lse`` [B, 2H, Sq] float32, the natural-log sum of
+    exp(scaled, masked scores) of every query head's row (-inf for a row that
+    sees no key), what a backward pass needs. The GPU path does not compute
+    it yet (ValueError)."""
     if _is_torch(q):
         from . import _torch
 
+        if return_lse:
+            raise ValueError("return_lse: the GPU path does not compute the log-sum-exp yet "
+                             "(numpy arrays on the CPU do)")
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
                          kv_len=kv_len, out=out, block_table=block_table)
     if not _is_numpy(q):
@@ -72,7 +81,7 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     from . import _cpu
 
     return _cpu.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
-                   kv_len=kv_len, out=out, block_table=block_table)
+                   kv_len=kv_len, out=out, block_table=block_table, return_lse=return_lse)
 
 
 def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,

@@ -130,12 +130,14 @@ def _run(kind, params, mlir_text, buffers, sizes, lowering):
 
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
-       block_table=None, lowering="flash"):
+       block_table=None, lowering="flash", return_lse=False):
     """diffattn.v2 on numpy arrays. ``lowering`` picks the kernel the
     compiler builds: "flash" (tiled, the default) or "decompose" (untiled
     oracle, quadratic memory; for tests and benchmarks). With
     ``block_table`` ([B, MB] int32), k and v are a paged cache [NB, BS, Hkv,
-    D] (BS a multiple of 16) and ``kv_len`` is required."""
+    D] (BS a multiple of 16) and ``kv_len`` is required. With
+    ``return_lse`` returns ``(out, lse)``, lse [B, 2H, Sq] float32 (see
+    diffattn.v2)."""
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[NB, BS, Hkv, D]" if block_table is not None else "[B, Sk, Hkv, D]")
     v = _check_array("v", v, 4, "[NB, BS, Hkv, Dv]" if block_table is not None else "[B, Sk, Hkv, Dv]")
@@ -151,7 +153,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         q.shape, k.shape, v.shape, lam.shape, _DTYPES[dtype], _DTYPES[lam.dtype],
         causal=causal, scale=scale, window=window,
         kv_len_shape=None if kv_len is None else kv_len.shape,
-        block_table_shape=None if block_table is None else block_table.shape)
+        block_table_shape=None if block_table is None else block_table.shape,
+        return_lse=bool(return_lse))
     if kv_len is not None:
         sk = sizes[2]
         if np.any(kv_len < 0) or np.any(kv_len > sk):
@@ -167,8 +170,12 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     if block_table is not None:
         buffers.append(("block_table", block_table))
     buffers.append(("out", out))
+    if return_lse:
+        b, sq, h2 = q.shape[0], q.shape[1], q.shape[2]
+        lse = np.empty((b, h2, sq), dtype=np.float32)
+        buffers.append(("lse", lse))
     _run("v2", params, text, buffers, sizes, lowering)
-    return out
+    return (out, lse) if return_lse else out
 
 
 def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,

@@ -19,16 +19,20 @@ def tensor_type(shape, elem):
     return "tensor<" + "".join(f"{d}x" for d in shape) + elem + ">"
 
 
-def one_op_module(op, operands, attrs, result_shape, elem):
-    """A function holding one diffattn op with the call's static shapes."""
+def one_op_module(op, operands, attrs, result_shape, elem, extra_results=()):
+    """A function holding one diffattn op with the call's static shapes;
+    `extra_results` are further result types (diffattn.v2's lse)."""
     args = ", ".join(f"%a{i}: {t}" for i, (_, t) in enumerate(operands))
     names = ", ".join(f"%a{i}" for i in range(len(operands)))
     types = ", ".join(t for _, t in operands)
-    result = tensor_type(result_shape, elem)
+    results = [tensor_type(result_shape, elem)] + list(extra_results)
+    result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
     attr_text = "{" + ", ".join(attrs) + "}" if attrs else ""
+    values = ", ".join(f"%r#{i}" for i in range(len(results))) if len(results) > 1 else "%r"
+    count = f":{len(results)}" if len(results) > 1 else ""
     return (f"func.func @call({args}) -> {result} {{\n"
-            f"  %r = \"{op}\"({names}) {attr_text} : ({types}) -> {result}\n"
-            f"  return %r : {result}\n}}\n")
+            f"  %r{count} = \"{op}\"({names}) {attr_text} : ({types}) -> {result}\n"
+            f"  return {values} : {', '.join(results)}\n}}\n")
 
 
 def _check_rank(name, shape, rank, layout):
@@ -121,13 +125,16 @@ def check_block_table(block_table, kv_len, block_size, num_blocks):
 
 
 def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, scale,
-               window, kv_len_shape=None, block_table_shape=None):
+               window, kv_len_shape=None, block_table_shape=None, return_lse=False):
     """Checks a diffattn.v2 call's shapes and options; returns
     (params, mlir_text, out_shape, sizes), sizes being (B, Sq, Sk) or, with a
     paged cache (`block_table_shape` given: k, v are [NB, BS, Hkv, D]),
     (B, Sq, Sk = MB * BS, NB). `params` identifies the kernel configuration
-    in the cache."""
+    in the cache. With `return_lse` the op also returns the log-sum-exp
+    [B, 2H, Sq] f32 (contiguous caches only)."""
     paged = block_table_shape is not None
+    if return_lse and paged:
+        raise ValueError("return_lse: not supported with block_table (a paged cache)")
     _check_rank("q", q_shape, 4, "[B, Sq, 2H, D]")
     _check_rank("k", k_shape, 4, "[NB, BS, Hkv, D]" if paged else "[B, Sk, Hkv, D]")
     _check_rank("v", v_shape, 4, "[NB, BS, Hkv, Dv]" if paged else "[B, Sk, Hkv, Dv]")
@@ -173,6 +180,8 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
               "window": [left, right], "kv_len": kv_len_shape is not None}
     if paged:
         params["paged_block_size"] = k_shape[1]
+    if return_lse:
+        params["lse"] = True
     attrs = v2_attributes(causal, scale, left, right)
     operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
                 ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem))]
@@ -182,7 +191,8 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
         operands.append(("block_table", tensor_type(block_table_shape, "i32")))
     out_shape = (b, sq, h, dv)
     text = one_op_module("diffattn.v2_paged" if paged else "diffattn.v2", operands, attrs,
-                         out_shape, elem)
+                         out_shape, elem,
+                         [tensor_type((b, h2, sq), "f32")] if return_lse else ())
     sizes = (b, sq, sk, k_shape[0]) if paged else (b, sq, sk)
     return params, text, out_shape, sizes
 

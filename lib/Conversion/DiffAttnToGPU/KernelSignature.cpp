@@ -241,6 +241,12 @@ mlir::diffattn::readOutlinedKernel(func::FuncOp kernel, StringRef chipName) {
     return kernel.emitError("not a diffattn kernel: run "
                             "diffattn-outline-kernels first");
   result.op = ops.front();
+  // The GPU strategies write one output; diffattn.v2's log-sum-exp is
+  // computed by the CPU lowerings only so far.
+  if (result.op->getNumResults() != 1)
+    return result.op->emitOpError()
+           << "with the 'lse' result has no GPU kernel yet (the CPU target "
+              "computes it)";
   result.chip = lookupGPUChip(chipName);
   if (!result.chip)
     return kernel.emitError() << "unknown chip '" << chipName << "' (expected "

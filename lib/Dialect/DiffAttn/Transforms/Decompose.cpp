@@ -239,7 +239,30 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   if (result.getType() != op->getResult(0).getType())
     result = tensor::CastOp::create(rewriter, loc, op->getResult(0).getType(),
                                     result);
-  replaceWithResult(rewriter, op, result);
+  SmallVector<Value> results = {result};
+  // diffattn.v2's log-sum-exp [B, 2H, Sq]: M + log(l) (natural log; -inf
+  // for a row that sees no key: M = -inf, l = 0).
+  if (op->getNumResults() == 2) {
+    Type lseType = op->getResult(1).getType();
+    Value lseInit = getResultDestination(op, 1);
+    if (!lseInit)
+      lseInit = tensor::EmptyOp::create(
+          rewriter, loc, ArrayRef<OpFoldResult>{batch, queryHeads, seqQ}, f32);
+    AffineMap id3 = map(3, {d0, d1, d2});
+    Value lse = buildGeneric(
+        rewriter, loc, {rowMax, rowSum}, {lseInit}, {id3, id3, id3},
+        {kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
+          linalg::YieldOp::create(
+              b, l,
+              arith::AddFOp::create(b, l, args[0],
+                                    math::LogOp::create(b, l, args[1]))
+                  .getResult());
+        })[0];
+    if (lse.getType() != lseType)
+      lse = tensor::CastOp::create(rewriter, loc, lseType, lse);
+    results.push_back(lse);
+  }
+  replaceWithResults(rewriter, op, results);
   return success();
 }
 

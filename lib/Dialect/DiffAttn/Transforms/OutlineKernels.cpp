@@ -70,6 +70,8 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
         os << "_varlen";
       if (v2.getScaleAttr())
         os << "_s" << floatBits(c.scale);
+      if (op->getNumResults() == 2)
+        os << "_lse";
     };
     if (auto v2 = dyn_cast<V2Op>(op))
       nameV2(v2);
@@ -136,6 +138,9 @@ argumentShapes(Operation *op, const AttentionConfig &c, Builder &b) {
     shapes.push_back({num(c.valueDim)});
   }
   shapes.push_back({sym("B"), sym("Sq"), num(c.numPairs), num(c.valueDim)});
+  // diffattn.v2's log-sum-exp: [B, 2H, Sq] f32, after the output.
+  if (op->getNumResults() == 2)
+    shapes.push_back({sym("B"), num(queryHeads), sym("Sq")});
   return shapes;
 }
 
@@ -195,18 +200,22 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.append({"cu_seqlens_q", "cu_seqlens_k"});
   if (!isV2)
     names.push_back("norm_weight");
+  // The outputs: out (T), and diffattn.v2's log-sum-exp (f32) if asked.
+  size_t inputs = names.size();
   names.push_back("out");
+  if (op->getNumResults() == 2)
+    names.push_back("lse");
   SmallVector<Attribute> args;
   for (auto [index, argName] : llvm::enumerate(names)) {
-    Type elem = index + 1 == names.size()
-                    ? c.elementType
-                    : cast<ShapedType>(op->getOperand(index).getType())
-                          .getElementType();
+    Type elem =
+        index < inputs
+            ? cast<ShapedType>(op->getOperand(index).getType()).getElementType()
+        : index == inputs ? c.elementType
+                          : Type(b.getF32Type());
     args.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("name", b.getStringAttr(argName)),
-         b.getNamedAttr(
-             "role",
-             b.getStringAttr(index + 1 == names.size() ? "output" : "input")),
+         b.getNamedAttr("role",
+                        b.getStringAttr(index < inputs ? "input" : "output")),
          b.getNamedAttr("dtype", b.getStringAttr(typeName(elem))),
          b.getNamedAttr("shape", b.getArrayAttr(shapes[index]))}));
   }
@@ -252,35 +261,42 @@ LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
     SmallVector<SmallVector<Attribute>> shapes = argumentShapes(op, config, b);
 
     SmallVector<Type> argTypes;
+    unsigned numInputs = op->getNumOperands();
     for (auto [index, operand] : llvm::enumerate(op->getOperands()))
       argTypes.push_back(
           kernelType(cast<RankedTensorType>(operand.getType()), shapes[index]));
-    auto outType = kernelType(
-        cast<RankedTensorType>(op->getResult(0).getType()), shapes.back());
-    argTypes.push_back(outType);
+    // One output argument per result (out, and lse if asked).
+    SmallVector<Type> resultTypes;
+    for (auto [index, result] : llvm::enumerate(op->getResults()))
+      resultTypes.push_back(kernelType(cast<RankedTensorType>(result.getType()),
+                                       shapes[numInputs + index]));
+    argTypes.append(resultTypes);
 
     b.setInsertionPointToEnd(module.getBody());
     auto func = func::FuncOp::create(b, op->getLoc(), name,
-                                     b.getFunctionType(argTypes, {outType}));
+                                     b.getFunctionType(argTypes, resultTypes));
     // Private: the target adds the public entry point (a C function, or a
-    // GPU kernel), which also lets the output be dropped from the results
-    // once bufferization writes it in place.
+    // GPU kernel), which also lets the outputs be dropped from the results
+    // once bufferization writes them in place.
     func.setPrivate();
     func->setAttr(kKernelAttrName,
                   kernelDescription(op, config, name, shapes, b));
-    func.setArgAttr(argTypes.size() - 1, "bufferization.writable",
-                    b.getBoolAttr(true));
+    for (unsigned i = numInputs; i < argTypes.size(); ++i)
+      func.setArgAttr(i, "bufferization.writable", b.getBoolAttr(true));
     Block *entry = func.addEntryBlock();
     b.setInsertionPointToStart(entry);
     IRMapping mapping;
-    mapping.map(op->getOperands(), entry->getArguments().drop_back());
+    mapping.map(op->getOperands(), entry->getArguments().take_front(numInputs));
     Operation *clone = b.clone(*op, mapping);
-    clone->getResult(0).setType(outType);
-    Value result =
-        bufferization::MaterializeInDestinationOp::create(
-            b, op->getLoc(), clone->getResult(0), entry->getArguments().back())
-            .getResult();
-    func::ReturnOp::create(b, op->getLoc(), result);
+    SmallVector<Value> results;
+    for (auto [index, type] : llvm::enumerate(resultTypes)) {
+      clone->getResult(index).setType(type);
+      results.push_back(bufferization::MaterializeInDestinationOp::create(
+                            b, op->getLoc(), clone->getResult(index),
+                            entry->getArgument(numInputs + index))
+                            .getResult());
+    }
+    func::ReturnOp::create(b, op->getLoc(), results);
     kernels.push_back(func);
   }
 

@@ -12,9 +12,11 @@
 using namespace mlir;
 using namespace mlir::diffattn;
 
-/// The materialization that sinks `op`'s result into a block argument.
-static bufferization::MaterializeInDestinationOp getSink(Operation *op) {
-  Value result = op->getResult(0);
+/// The materialization that sinks `op`'s result `index` into a block
+/// argument.
+static bufferization::MaterializeInDestinationOp getSink(Operation *op,
+                                                         unsigned index) {
+  Value result = op->getResult(index);
   if (!result.hasOneUse())
     return nullptr;
   auto sink =
@@ -26,15 +28,18 @@ static bufferization::MaterializeInDestinationOp getSink(Operation *op) {
   return sink;
 }
 
-Value mlir::diffattn::getResultDestination(Operation *op) {
-  auto sink = getSink(op);
+Value mlir::diffattn::getResultDestination(Operation *op, unsigned index) {
+  auto sink = getSink(op, index);
   return sink ? sink.getDest() : Value();
 }
 
-void mlir::diffattn::replaceWithResult(RewriterBase &rewriter, Operation *op,
-                                       Value result) {
-  auto sink = getSink(op);
-  rewriter.replaceOp(op, result);
-  if (sink)
+void mlir::diffattn::replaceWithResults(RewriterBase &rewriter, Operation *op,
+                                        ValueRange results) {
+  SmallVector<bufferization::MaterializeInDestinationOp> sinks;
+  for (unsigned i = 0; i < op->getNumResults(); ++i)
+    if (auto sink = getSink(op, i))
+      sinks.push_back(sink);
+  rewriter.replaceOp(op, results);
+  for (auto sink : sinks)
     rewriter.replaceOp(sink, sink.getSource());
 }

@@ -61,7 +61,9 @@ public:
       : b(rewriter), op(op), loc(op->getLoc()), ctx(op->getContext()),
         config(AttentionConfig::get(op)), sizes(sizes) {}
 
-  Value build();
+  /// The op's results: the output and, for diffattn.v2 with its `lse`
+  /// result, the log-sum-exp.
+  SmallVector<Value> build();
 
 private:
   Value cst(int64_t value) {
@@ -96,6 +98,10 @@ private:
   /// The fused differential epilogue of one block of rows: [bq, Dv] of T.
   Value epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
                  Value pair, Value rows);
+  /// `lse` with head `head`'s rows row0 .. row0 + rows - 1 of batch `batch`
+  /// set to the head's log-sum-exp, max + log(sum) ([bq] f32).
+  Value insertLse(Value lse, HeadState h, Value batch, Value head, Value row0,
+                  Value rows);
 
   RewriterBase &b;
   Operation *op;
@@ -338,7 +344,29 @@ Value FlashTiler::epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
       })[0];
 }
 
-Value FlashTiler::build() {
+Value FlashTiler::insertLse(Value lse, HeadState h, Value batch, Value head,
+                            Value row0, Value rows) {
+  AffineMap id = map(1, {getAffineDimExpr(0, ctx)});
+  Value tile = buildGeneric(
+      b, loc, {h.max, h.sum},
+      {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows},
+                               b.getF32Type())},
+      {id, id, id}, {kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
+        linalg::YieldOp::create(
+            nb, l,
+            arith::AddFOp::create(nb, l, args[0],
+                                  math::LogOp::create(nb, l, args[1]))
+                .getResult());
+      })[0];
+  SmallVector<OpFoldResult> offsets = {batch, head, row0};
+  SmallVector<OpFoldResult> sizes = {b.getIndexAttr(1), b.getIndexAttr(1),
+                                     rows};
+  return tensor::InsertSliceOp::create(
+      b, loc, tile, lse, offsets, sizes,
+      SmallVector<OpFoldResult>(3, b.getIndexAttr(1)));
+}
+
+SmallVector<Value> FlashTiler::build() {
   Value q = op->getOperand(0), k = op->getOperand(1), v = op->getOperand(2);
   Value kvLen = config.hasKvLen ? op->getOperand(4) : Value();
   auto resultType = cast<RankedTensorType>(op->getResult(0).getType());
@@ -354,13 +382,29 @@ Value FlashTiler::build() {
   Value init = getResultDestination(op);
   if (!init)
     init = tensor::EmptyOp::create(b, loc, resultType, dynSizes);
+  // diffattn.v2's log-sum-exp [B, 2H, Sq], carried beside the output.
+  bool withLse = op->getNumResults() == 2;
+  SmallVector<Value> inits = {init};
+  if (withLse) {
+    auto lseType = cast<RankedTensorType>(op->getResult(1).getType());
+    Value lseInit = getResultDestination(op, 1);
+    if (!lseInit) {
+      SmallVector<Value> lseSizes;
+      if (lseType.isDynamicDim(0))
+        lseSizes.push_back(batchSize);
+      if (lseType.isDynamicDim(2))
+        lseSizes.push_back(seqQ);
+      lseInit = tensor::EmptyOp::create(b, loc, lseType, lseSizes);
+    }
+    inits.push_back(lseInit);
+  }
 
   Value c0 = cst(0), c1 = cst(1), c2 = cst(2);
   Value blockQ = cst(sizes.blockQ), blockK = cst(sizes.blockK);
   bool sharedKeys = config.kind == AttentionConfig::Kind::V2;
 
   auto batchLoop = scf::ForOp::create(
-      b, loc, c0, batchSize, c1, ValueRange{init},
+      b, loc, c0, batchSize, c1, inits,
       [&](OpBuilder &, Location, Value batch, ValueRange batchArgs) {
         Value kvLenElem =
             kvLen ? tensor::ExtractOp::create(b, loc, kvLen, batch).getResult()
@@ -441,16 +485,22 @@ Value FlashTiler::build() {
                     SmallVector<OpFoldResult> tileSizes = {
                         b.getIndexAttr(1), rows, b.getIndexAttr(1),
                         b.getIndexAttr(config.valueDim)};
-                    Value updated = tensor::InsertSliceOp::create(
+                    SmallVector<Value> updated = {tensor::InsertSliceOp::create(
                         b, loc, tile, rowArgs[0], offsets, tileSizes,
-                        SmallVector<OpFoldResult>(4, b.getIndexAttr(1)));
+                        SmallVector<OpFoldResult>(4, b.getIndexAttr(1)))};
+                    if (withLse) {
+                      Value lse = insertLse(rowArgs[1], {r[0], r[1], r[2]},
+                                            batch, head0, row0, rows);
+                      updated.push_back(insertLse(lse, {r[3], r[4], r[5]},
+                                                  batch, head1, row0, rows));
+                    }
                     scf::YieldOp::create(b, loc, updated);
                   });
               scf::YieldOp::create(b, loc, rowLoop.getResults());
             });
         scf::YieldOp::create(b, loc, pairLoop.getResults());
       });
-  return batchLoop.getResult(0);
+  return SmallVector<Value>(batchLoop.getResults());
 }
 
 LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
@@ -466,8 +516,8 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
   op = *dense;
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
-  Value result = FlashTiler(rewriter, op, sizes).build();
-  replaceWithResult(rewriter, op, result);
+  SmallVector<Value> results = FlashTiler(rewriter, op, sizes).build();
+  replaceWithResults(rewriter, op, results);
   return success();
 }
 

@@ -84,11 +84,6 @@ LogicalResult mlir::diffattn::rejectUnloweredOps(Operation *root,
                         << "): only the op contract of the backward pass "
                            "exists";
       found = true;
-    } else if (auto v2 = dyn_cast<V2Op>(op); v2 && v2.getLse()) {
-      op->emitOpError() << "with the 'lse' result has no lowering yet (" << pass
-                        << "): drop the result, or compute it with "
-                           "diffattn.reference.v2(..., return_lse=True)";
-      found = true;
     }
   });
   return failure(found);

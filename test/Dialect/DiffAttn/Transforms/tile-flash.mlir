@@ -135,3 +135,25 @@ func.func @v1(%q: tensor<1x64x8x32xf16>, %k: tensor<1x64x4x32xf16>,
       -> tensor<1x64x4x64xf16>
   return %o : tensor<1x64x4x64xf16>
 }
+
+// -----
+
+// With the log-sum-exp result, the loops carry it beside the output; after
+// each block of rows' key loop, max + log(sum) of each head of the pair
+// goes into its rows of lse [B, 2H, Sq] (heads 2p and 2p + 1).
+// CHECK-LABEL: func.func @v2_lse
+// CHECK:         %[[LSE0:.*]] = tensor.empty() : tensor<2x8x64xf32>
+// CHECK:         scf.for {{.*}} iter_args(%{{.*}} = %{{.*}}, %{{.*}} = %[[LSE0]]) -> (tensor<2x64x4x32xf32>, tensor<2x8x64xf32>)
+// CHECK:           math.log
+// CHECK:           tensor.insert_slice %{{.*}} into %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] [1, 1, %{{.*}}] [1, 1, 1] : tensor<?xf32> into tensor<2x8x64xf32>
+// CHECK:           math.log
+// CHECK:           tensor.insert_slice %{{.*}} into %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] [1, 1, %{{.*}}] [1, 1, 1] : tensor<?xf32> into tensor<2x8x64xf32>
+// CHECK:         return %{{.*}}#0, %{{.*}}#1
+func.func @v2_lse(%q: tensor<2x64x8x32xf32>, %k: tensor<2x64x2x32xf32>,
+                  %v: tensor<2x64x2x32xf32>, %lam: tensor<2x64x4xf32>)
+    -> (tensor<2x64x4x32xf32>, tensor<2x8x64xf32>) {
+  %o, %lse = diffattn.v2 %q, %k, %v, %lam {causal}
+      : (tensor<2x64x8x32xf32>, tensor<2x64x2x32xf32>, tensor<2x64x2x32xf32>, tensor<2x64x4xf32>)
+      -> (tensor<2x64x4x32xf32>, tensor<2x8x64xf32>)
+  return %o, %lse : tensor<2x64x4x32xf32>, tensor<2x8x64xf32>
+}

@@ -4,14 +4,6 @@
 // Ops the contract defines but no lowering computes yet are diagnosed by
 // every lowering pass, never dropped or half-lowered.
 
-func.func @lse(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) -> tensor<2x8x16xf32> {
-  // expected-error @+1 {{'diffattn.v2' op with the 'lse' result has no lowering yet}}
-  %o, %l = diffattn.v2 %q, %k, %k, %lam : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> (tensor<2x16x4x32xf32>, tensor<2x8x16xf32>)
-  return %l : tensor<2x8x16xf32>
-}
-
-// -----
-
 func.func @backward(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>, %o: tensor<2x16x4x32xf32>, %do: tensor<2x16x4x32xf32>, %lse: tensor<2x8x16xf32>) -> tensor<2x16x8x32xf32> {
   // expected-error @+1 {{'diffattn.v2_backward' op has no lowering yet}}
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>, tensor<2x16x4x32xf32>, tensor<2x16x4x32xf32>, tensor<2x8x16xf32>) -> (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>)

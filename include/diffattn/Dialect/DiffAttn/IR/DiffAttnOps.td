@@ -56,8 +56,8 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     `lse[b, j, i] = log sum_t exp(scale * q[b,i,j,:] . k[b,t,g(j),:] +
     mask(i,t))` (natural log), `-inf` for a row that sees no key. The layout
     is FlashAttention's softmax_lse ([B, heads, Sq], f32), with heads in q's
-    order. Only the op contract exists so far: no lowering produces `lse`
-    yet, and lowering passes reject it with a diagnostic.
+    order. The CPU lowerings (diffattn-tile-flash, diffattn-decompose)
+    compute it; the GPU strategies reject it with a diagnostic.
 
     With the optional `kv_len` operand (decode against a KV cache),
     `kv_len[b]` counts the valid keys of sequence `b` (the `Sq` new ones

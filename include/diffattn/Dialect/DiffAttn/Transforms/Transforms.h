@@ -21,12 +21,18 @@ namespace mlir::diffattn {
 /// use is a `bufferization.materialize_in_destination` into a block
 /// argument (as in outlined kernels): lowerings then write the result
 /// straight into it. Null otherwise.
-Value getResultDestination(Operation *op);
+/// `index` picks the result (diffattn.v2's log-sum-exp is result 1).
+Value getResultDestination(Operation *op, unsigned index = 0);
 
-/// Replaces `op`'s result with `result`, which the lowering wrote into
-/// `getResultDestination(op)` (or a fresh tensor when that is null), and
-/// drops the then redundant materialization.
-void replaceWithResult(RewriterBase &rewriter, Operation *op, Value result);
+/// Replaces `op`'s results with `results`, which the lowering wrote into
+/// `getResultDestination(op, i)` (or fresh tensors where that is null), and
+/// drops the then redundant materializations.
+void replaceWithResults(RewriterBase &rewriter, Operation *op,
+                        ValueRange results);
+inline void replaceWithResult(RewriterBase &rewriter, Operation *op,
+                              Value result) {
+  replaceWithResults(rewriter, op, result);
+}
 
 /// A diffattn.v2 of `operands` (q, k, v, lam[, kv_len]) and `resultType`
 /// with `op`'s attributes (causal, scale, windows), created before `op`

@@ -65,9 +65,8 @@ struct AttentionConfig {
 SmallVector<Operation *> collectDiffAttnOps(Operation *root);
 
 /// Emits an error at every op under `root` that the op contract defines
-/// but no lowering computes yet: diffattn.v2_backward, and diffattn.v2
-/// with its log-sum-exp result. `pass` names the pass in the message.
-/// Returns failure if there was one.
+/// but no lowering computes yet (diffattn.v2_backward). `pass` names the
+/// pass in the message. Returns failure if there was one.
 LogicalResult rejectUnloweredOps(Operation *root, StringRef pass);
 
 /// The name of the attribute that marks an outlined kernel function and
