@@ -241,6 +241,38 @@ static LogicalResult verifyI32(Operation *op, StringRef name, Value value) {
                            << type.getElementType();
 }
 
+/// diffattn.v2's structure checks, which diffattn.v2_backward repeats for
+/// the forward it differentiates: q, k, v and out of one element type T,
+/// lam T or f32, kv_len i32.
+static LogicalResult verifyV2Types(Operation *op, RankedTensorType q,
+                                   RankedTensorType k, RankedTensorType v,
+                                   RankedTensorType lam, RankedTensorType out,
+                                   Value kvLen) {
+  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
+      failed(verifyTOrF32(op, "lam", lam, q.getElementType())))
+    return failure();
+  if (kvLen && failed(verifyI32(op, "kv_len", kvLen)))
+    return failure();
+  return success();
+}
+
+/// diffattn.v2's shape checks (shared as verifyV2Types): every named
+/// dimension of q, k, v, lam, kv_len and out agrees, bound in `layout`.
+static LogicalResult verifyV2Shapes(LayoutChecker &layout, RankedTensorType q,
+                                    RankedTensorType k, RankedTensorType v,
+                                    RankedTensorType lam, RankedTensorType out,
+                                    Value kvLen) {
+  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
+      failed(layout.check("k", k, {{"B"}, {"Sk"}, {"Hkv"}, {"D"}})) ||
+      failed(layout.check("v", v, {{"B"}, {"Sk"}, {"Hkv"}, {"Dv"}})) ||
+      failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})))
+    return failure();
+  if (kvLen && failed(layout.check(
+                   "kv_len", cast<RankedTensorType>(kvLen.getType()), {{"B"}})))
+    return failure();
+  return layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}});
+}
+
 LogicalResult V2Op::verify() {
   Operation *op = getOperation();
   auto q = getQ().getType();
@@ -248,27 +280,12 @@ LogicalResult V2Op::verify() {
   auto v = getV().getType();
   auto lam = getLam().getType();
   auto out = getOut().getType();
-
-  // Structure: element types.
-  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
-      failed(verifyTOrF32(op, "lam", lam, q.getElementType())))
+  // Structure, then shapes (every named dimension agrees across operands),
+  // then the log-sum-exp result, head counts and attributes.
+  if (failed(verifyV2Types(op, q, k, v, lam, out, getKvLen())))
     return failure();
-  if (Value kvLen = getKvLen())
-    if (failed(verifyI32(op, "kv_len", kvLen)))
-      return failure();
-
-  // Shapes: every named dimension agrees across operands.
   LayoutChecker layout(op);
-  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
-      failed(layout.check("k", k, {{"B"}, {"Sk"}, {"Hkv"}, {"D"}})) ||
-      failed(layout.check("v", v, {{"B"}, {"Sk"}, {"Hkv"}, {"Dv"}})) ||
-      failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})))
-    return failure();
-  if (Value kvLen = getKvLen())
-    if (failed(layout.check("kv_len", cast<RankedTensorType>(kvLen.getType()),
-                            {{"B"}})))
-      return failure();
-  if (failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})))
+  if (failed(verifyV2Shapes(layout, q, k, v, lam, out, getKvLen())))
     return failure();
   if (Value lse = getLse())
     if (failed(verifyLse(op, layout, lse)))
@@ -300,18 +317,14 @@ LogicalResult V2BackwardOp::verify() {
   auto out = getOut().getType();
   auto dout = getDout().getType();
 
-  // Structure: the forward's element types; dout as out.
-  if (failed(verifyAttentionElementTypes(op, q, k, v, out)) ||
-      failed(verifyTOrF32(op, "lam", lam, q.getElementType())))
+  // Structure: the forward's element types; dout as out; each gradient has
+  // its input's type.
+  if (failed(verifyV2Types(op, q, k, v, lam, out, getKvLen())))
     return failure();
   if (dout.getElementType() != q.getElementType())
     return op->emitOpError()
            << "'dout' must have the element type of 'q' (" << q.getElementType()
            << "), got " << dout.getElementType();
-  if (Value kvLen = getKvLen())
-    if (failed(verifyI32(op, "kv_len", kvLen)))
-      return failure();
-  // Each gradient has its input's type.
   for (auto [name, grad, input] :
        {std::tuple<StringRef, Type, Type>{"dq", getDq().getType(), q},
         {"dk", getDk().getType(), k},
@@ -322,21 +335,13 @@ LogicalResult V2BackwardOp::verify() {
              << "result '" << name << "' must have the type "
              << "of its input (" << input << "), got " << grad;
 
-  // Shapes: the forward's layout, then the saved output, its gradient and
-  // the log-sum-exp.
+  // Shapes: the forward's layout, then the output's gradient and the
+  // log-sum-exp.
   LayoutChecker layout(op);
-  if (failed(layout.check("q", q, {{"B"}, {"Sq"}, {"H", 2}, {"D"}})) ||
-      failed(layout.check("k", k, {{"B"}, {"Sk"}, {"Hkv"}, {"D"}})) ||
-      failed(layout.check("v", v, {{"B"}, {"Sk"}, {"Hkv"}, {"Dv"}})) ||
-      failed(layout.check("lam", lam, {{"B"}, {"Sq"}, {"H"}})) ||
-      failed(layout.check("out", out, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})) ||
+  if (failed(verifyV2Shapes(layout, q, k, v, lam, out, getKvLen())) ||
       failed(layout.check("dout", dout, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})) ||
       failed(verifyLse(op, layout, getLse())))
     return failure();
-  if (Value kvLen = getKvLen())
-    if (failed(layout.check("kv_len", cast<RankedTensorType>(kvLen.getType()),
-                            {{"B"}})))
-      return failure();
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
                        getWindowLeftBound(), getWindowRightBound());
 }
