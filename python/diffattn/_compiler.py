@@ -5,8 +5,9 @@ package out, unless ``DIFFATTN_COMPILE`` names another. Compiled kernels are
 cached under ``DIFFATTN_CACHE_DIR`` (default: ``$XDG_CACHE_HOME/diffattn`` or
 ``~/.cache/diffattn``): ``<cache>/<key>/`` is one ``diffattn-compile -o``
 directory (``manifest.json`` plus the kernels), where ``<key>`` hashes the op
-kind, its static parameters, the target and the compiler version. A machine
-without the compiler can use kernels copied into its cache.
+kind, its static parameters, the target and the compiler's identity (release
+and source id, see cache_key). A machine without the compiler can use kernels
+copied into its cache from a compiler built from the same source tree.
 """
 
 import functools
@@ -17,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 
-from . import _build_config
+from . import _build_config, _source_id
 
 
 class CompileError(RuntimeError):
@@ -58,10 +59,13 @@ def cache_key(kind, params, target, options=()):
     """The cache directory name of one kernel configuration.
 
     The compiler's identity is its ``--version`` line, or, where no compiler
-    runs (a machine that only loads kernels), the line the compiler of this
-    package's release prints: both name the same release.
+    runs (a machine that only loads kernels), the line a compiler built from
+    this package's source tree prints: the release and the source id, a hash
+    of the compiler's sources (cmake/SourceId.cmake), so a changed compiler
+    never reuses kernels an older one cached.
     """
-    version = compiler_version() or f"diffattn-compile {_build_config.VERSION}"
+    version = compiler_version() or (f"diffattn-compile {_build_config.VERSION} "
+                                     f"(source {_source_id.SOURCE_ID})")
     text = json.dumps({"kind": kind, "params": params, "target": target,
                        "options": list(options), "compiler": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

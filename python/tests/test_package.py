@@ -44,3 +44,45 @@ def test_source_tree_import_says_to_build(tmp_path):
     assert last.startswith("ImportError: diffattn: "), proc.stderr
     assert "bash scripts/run.sh setup" in last and "cmake --build build" in last
     assert "During handling" not in proc.stderr
+
+
+def test_cache_key_names_the_compiler_a_loading_machine_would():
+    """Where no compiler runs, the cache key uses the line a compiler built
+    from the same tree prints (release + source id): both sides agree."""
+    from diffattn import _build_config, _compiler, _source_id
+
+    version = _compiler.compiler_version()
+    if version is None:
+        pytest.skip("no compiler here")
+    assert version == f"diffattn-compile {_build_config.VERSION} (source {_source_id.SOURCE_ID})"
+
+
+def _source_id(script, tree, out):
+    subprocess.run(["cmake", f"-DSRC_DIR={tree}", f"-DOUT_PYTHON={out}", "-P", script],
+                   check=True, capture_output=True)
+    return out.read_text().split('SOURCE_ID = "')[1].split('"')[0]
+
+
+def test_source_id_follows_the_compiler_sources(tmp_path):
+    """cmake/SourceId.cmake: the id changes when a compiler source changes,
+    not when a file outside the compiler does, and an unchanged tree leaves
+    the output untouched (nothing rebuilds)."""
+    import shutil
+
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "cmake", "SourceId.cmake")
+    tree = tmp_path / "tree"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "python").mkdir()
+    (tree / "lib" / "Pass.cpp").write_text("int a;\n")
+    (tree / "python" / "x.py").write_text("a = 1\n")
+    out = tmp_path / "_source_id.py"
+    first = _source_id(script, tree, out)
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    stamp = out.stat().st_mtime_ns
+    (tree / "python" / "x.py").write_text("a = 2\n")
+    assert _source_id(script, tree, out) == first
+    assert out.stat().st_mtime_ns == stamp
+    (tree / "lib" / "Pass.cpp").write_text("int b;\n")
+    assert _source_id(script, tree, out) != first

@@ -28,6 +28,7 @@
 #include "diffattn/Conversion/DiffAttnToGPU/Chips.h"
 #include "diffattn/Frontend/Tosa/TosaFrontend.h"
 #include "diffattn/InitAllDiffAttn.h"
+#include "diffattn/SourceId.h"
 #include "diffattn/Target/CPU/CPUTarget.h"
 #include "diffattn/Target/GPU/GPUTarget.h"
 #include "diffattn/Target/Manifest.h"
@@ -59,6 +60,12 @@ using namespace mlir::diffattn;
 #ifndef DIFFATTN_VERSION
 #define DIFFATTN_VERSION "unknown"
 #endif
+
+/// The compiler's identity in --version and in manifests: the release and
+/// the source id (a hash of the compiler's sources, cmake/SourceId.cmake),
+/// which the Python package's kernel cache keys on.
+#define DIFFATTN_COMPILER_ID                                                   \
+  "diffattn-compile " DIFFATTN_VERSION " (source " DIFFATTN_SOURCE_ID ")"
 
 namespace cl = llvm::cl;
 
@@ -219,8 +226,7 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
       chip ? getGPUPipelineOptions(*chip, gpuOptions) : std::string();
   CPUPipelineOptions cpuOptions;
   setCPUOptions(cpuOptions);
-  ManifestWriter manifest("diffattn-compile " DIFFATTN_VERSION, target,
-                          getHostCPUDescription(),
+  ManifestWriter manifest(DIFFATTN_COMPILER_ID, target, getHostCPUDescription(),
                           llvm::sys::path::filename(inputFilename));
   for (auto kernel : module->getOps<func::FuncOp>()) {
     // Each kernel is lowered in a module of its own.
@@ -289,9 +295,8 @@ int main(int argc, char **argv) {
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
   registerDefaultTimingManagerCLOptions();
-  cl::SetVersionPrinter([](llvm::raw_ostream &os) {
-    os << "diffattn-compile " << DIFFATTN_VERSION << "\n";
-  });
+  cl::SetVersionPrinter(
+      [](llvm::raw_ostream &os) { os << DIFFATTN_COMPILER_ID << "\n"; });
   cl::HideUnrelatedOptions({&category, &cl::getGeneralCategory()});
   cl::ParseCommandLineOptions(
       argc, argv,
