@@ -240,8 +240,7 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
     result = tensor::CastOp::create(rewriter, loc, op->getResult(0).getType(),
                                     result);
   SmallVector<Value> results = {result};
-  // diffattn.v2's log-sum-exp [B, 2H, Sq]: M + log(l) (natural log; -inf
-  // for a row that sees no key: M = -inf, l = 0).
+  // diffattn.v2's log-sum-exp [B, 2H, Sq] from the row max and sum.
   if (op->getNumResults() == 2) {
     Type lseType = op->getResult(1).getType();
     Value lseInit = getResultDestination(op, 1);
@@ -252,11 +251,7 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
     Value lse = buildGeneric(
         rewriter, loc, {rowMax, rowSum}, {lseInit}, {id3, id3, id3},
         {kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
-          linalg::YieldOp::create(
-              b, l,
-              arith::AddFOp::create(b, l, args[0],
-                                    math::LogOp::create(b, l, args[1]))
-                  .getResult());
+          linalg::YieldOp::create(b, l, buildLogSumExp(b, l, args[0], args[1]));
         })[0];
     if (lse.getType() != lseType)
       lse = tensor::CastOp::create(rewriter, loc, lseType, lse);

@@ -62,6 +62,11 @@ Value lowering::buildSafeMax(OpBuilder &b, Location loc, Value max) {
   return arith::SelectOp::create(b, loc, isEmpty, zero, max);
 }
 
+Value lowering::buildLogSumExp(OpBuilder &b, Location loc, Value max,
+                               Value sum) {
+  return arith::AddFOp::create(b, loc, max, math::LogOp::create(b, loc, sum));
+}
+
 Value lowering::buildNormalize(OpBuilder &b, Location loc, Value acc,
                                Value sum) {
   Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));

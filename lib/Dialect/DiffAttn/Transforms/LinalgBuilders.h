@@ -60,6 +60,10 @@ Value buildSigmoid(OpBuilder &b, Location loc, Value x);
 /// visible key yet), so exp(s - m) is 0, never NaN.
 Value buildSafeMax(OpBuilder &b, Location loc, Value max);
 
+/// A row's log-sum-exp from its running max and sum (f32, natural log):
+/// max + log(sum); -inf for a row that saw no key (max = -inf, sum = 0).
+Value buildLogSumExp(OpBuilder &b, Location loc, Value max, Value sum);
+
 /// `acc / sum`, or 0 when the row saw no key (sum == 0).
 Value buildNormalize(OpBuilder &b, Location loc, Value acc, Value sum);
 

@@ -352,11 +352,7 @@ Value FlashTiler::insertLse(Value lse, HeadState h, Value batch, Value head,
       {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows},
                                b.getF32Type())},
       {id, id, id}, {kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
-        linalg::YieldOp::create(
-            nb, l,
-            arith::AddFOp::create(nb, l, args[0],
-                                  math::LogOp::create(nb, l, args[1]))
-                .getResult());
+        linalg::YieldOp::create(nb, l, buildLogSumExp(nb, l, args[0], args[1]));
       })[0];
   SmallVector<OpFoldResult> offsets = {batch, head, row0};
   SmallVector<OpFoldResult> sizes = {b.getIndexAttr(1), b.getIndexAttr(1),
