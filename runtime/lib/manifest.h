@@ -80,7 +80,7 @@ struct ParamSpec {
   std::string field;
   /// field "tensor_map": the box (elements per dimension, innermost first)
   /// and the swizzle span in bytes (0, 32, 64 or 128) of a tiled tensor
-  /// map over the 4-D buffer `arg` (docs/manifest.md).
+  /// map over the 3-D or 4-D buffer `arg` (docs/manifest.md).
   std::vector<int64_t> box;
   int64_t swizzle = 0;
 };
