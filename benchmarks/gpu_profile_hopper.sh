@@ -9,8 +9,8 @@
 #
 # PREFILL_INDEX indexes gpu_cases.BENCH_PREFILL (default 0 1: 4x4096 d128
 # causal and unmasked). Writes, per index: the ncu report, its details
-# page for both kernels and the per-instruction stall samples (SASS) of
-# ours.
+# page for both kernels and their per-instruction stall samples (SASS),
+# split between per-tile and per-key-block lines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-out}}"
@@ -40,16 +40,23 @@ for i in "${cases[@]}"; do
   # FA3 separately (its launch 2 of 2; CUTLASS names it device_kernel).
   "$ncu" -k 'regex:device_kernel|flash' --launch-skip 1 --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
-    --section WarpStateStats --section InstructionStats --section LaunchStats --section Occupancy \
+    --section WarpStateStats --section InstructionStats --section SourceCounters \
+    --section LaunchStats --section Occupancy \
     --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_gmma.sum,smsp__inst_executed.sum,sm__cycles_elapsed.avg \
-    -f -o "$rep-fa3" \
+    --import-source no -f -o "$rep-fa3" \
     python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 --fa3 >"$rep-fa3.log" 2>&1
   for r in "$rep" "$rep-fa3"; do
     "$ncu" -i "$r.ncu-rep" --page details >"$r-details.txt" 2>&1
     grep -E "^  [a-z_]|Duration|Tensor|gmma|Registers|Issue Slots|Stall|Warp Cycles|Executed Ipc|Theoretical Occ|Achieved Occ|No Eligible|inst_executed|cycles_elapsed" \
       "$r-details.txt" | head -60
   done
-  "$ncu" -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass-stalls.csv" 2>&1
-  python3 benchmarks/ncu_sass_summary.py "$rep-sass-stalls.csv" | tee "$rep-sass-summary.txt" | head -40
+  # Per-instruction stall samples of both kernels, with the split between
+  # per-tile and per-key-block lines (ncu_sass_summary.py).
+  for r in "$rep" "$rep-fa3"; do
+    "$ncu" -i "$r.ncu-rep" --page source --csv --print-source sass >"$r-sass-stalls.csv" 2>&1
+    python3 benchmarks/ncu_sass_summary.py "$r-sass-stalls.csv" >"$r-sass-summary.txt"
+    head -12 "$r-sass-summary.txt"
+    sed -n '/^per-tile lines/,$p' "$r-sass-summary.txt" | head -12
+  done
 done
 ls "$out"

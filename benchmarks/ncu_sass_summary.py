@@ -2,7 +2,10 @@
 """Summary of an Nsight Compute source page (SASS) exported as CSV
 (ncu -i REPORT --page source --csv --print-source sass > FILE): stall
 reasons over all samples, executed warp instructions by opcode, and the
-lines with the most stall samples.
+lines with the most stall samples; then the same split between lines run
+once per tile (prologue, epilogue: at most 3x the most common executed
+count, which is the per-tile count of the kernel's straight-line code) and
+lines run per key block (the loops), to place the per-tile cost.
 
     python3 benchmarks/ncu_sass_summary.py FILE [--top N]
 """
@@ -42,6 +45,32 @@ def main():
         s = count(r, samples)
         why = sorted(((count(r, col[c]), c) for c in reasons), reverse=True)[:2]
         print(f"{i:5d} {s:7d} {100 * s / max(total, 1):5.1f}% {r[executed]:>10} {r[1].strip()[:60]:60s} "
+              + " ".join(f"{c}={v}" for v, c in why))
+    per_tile_split(data, col, samples, executed, reasons, total, args.top // 2)
+
+
+def per_tile_split(data, col, samples, executed, reasons, total, top):
+    """Stall samples of the lines run once per tile against those run per
+    key block (see the module docstring)."""
+    count = lambda r, c: int(r[c] or 0)  # noqa: E731
+    counts = Counter(count(r, executed) for r in data if count(r, executed) > 0)
+    if not counts:
+        return
+    mode = counts.most_common(1)[0][0]
+    tile = [r for r in data if 0 < count(r, executed) <= 3 * mode]
+    tile_samples = sum(count(r, samples) for r in tile)
+    tile_executed = sum(count(r, executed) for r in tile)
+    all_executed = sum(count(r, executed) for r in data)
+    print(f"per-tile lines (executed <= 3 x {mode}): {len(tile)} lines, "
+          f"{100 * tile_samples / max(total, 1):.1f}% of the samples, "
+          f"{100 * tile_executed / max(all_executed, 1):.1f}% of the executed instructions")
+    by_reason = {c: sum(count(r, col[c]) for r in tile) for c in reasons}
+    for c, v in sorted(by_reason.items(), key=lambda x: -x[1])[:6]:
+        print(f"  {c:26s}{v:9d} {100 * v / max(total, 1):5.1f}% of all samples")
+    for r in sorted(tile, key=lambda r: -count(r, samples))[:top]:
+        s = count(r, samples)
+        why = sorted(((count(r, col[c]), c) for c in reasons), reverse=True)[:2]
+        print(f"  {s:7d} {100 * s / max(total, 1):5.1f}% {r[executed]:>10} {r[1].strip()[:60]:60s} "
               + " ".join(f"{c}={v}" for v, c in why))
 
 

@@ -138,9 +138,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     for (int64_t rr = 0; rr < 2; ++rr)
       threadRow[rr] = queryRowOf(threadGroupRow(rr));
     Value lastGlobal = sub(add(row0, rowsValid), idx(1));
-    Value onePair = cmp(arith::CmpIPredicate::eq,
-                        arith::DivUIOp::create(b, loc, row0, seqQ),
-                        arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
+    Value onePair =
+        cmp(arith::CmpIPredicate::eq, pairOf(row0), pairOf(lastGlobal));
     minRow = select(onePair, queryRowOf(row0), idx(0));
     maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
     // Keys any row of the block may see: [lo, hi), lo on a block boundary.
