@@ -84,6 +84,33 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
                    kv_len=kv_len, out=out, block_table=block_table, return_lse=return_lse)
 
 
+def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, window=(-1, -1),
+                kv_len=None):
+    """Gradients of :func:`v2`: ``(dq, dk, dv, dlam)``, each shaped and typed
+    like q, k, v and lam, from the forward's inputs and options, its output
+    ``out`` [B, Sq, H, Dv], the output's gradient ``dout`` (same shape and
+    dtype) and its log-sum-exp ``lse`` [B, 2H, Sq] float32 (``v2(...,
+    return_lse=True)``). The formula is FlashAttention-2's backward with the
+    differential epilogue's chain rule (diffattn.v2_backward in
+    docs/dialect.md; ``diffattn.reference.v2_backward`` is the float64
+    reference): dk and dv sum over the query heads of each KV group; masked
+    keys, keys at t >= kv_len[b] and rows that see no key get zero
+    gradients.
+
+    numpy arrays (float32, float16) run on the CPU through the compiler's
+    untiled lowering (memory quadratic in the sequence length). Raises
+    TypeError / ValueError naming the tensor whose dtype or shape does not
+    match the forward's configuration, before anything is compiled. The GPU
+    backward is not implemented yet (TypeError for torch tensors)."""
+    if not _is_numpy(q):
+        raise TypeError(f"q: expected a numpy.ndarray (the backward pass runs on the CPU so "
+                        f"far), got {type(q).__name__}")
+    from . import _cpu
+
+    return _cpu.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, scale=scale,
+                            window=window, kv_len=kv_len)
+
+
 def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
               causal=False, scale=None, window=(-1, -1), out=None):
     """Differential attention V2 on packed variable-length sequences, as
@@ -126,4 +153,4 @@ if "torch" in sys.modules:  # make torch.ops.diffattn.v2 available right away
     except Exception:  # torch without torch.library custom ops: registered on first use
         pass
 
-__all__ = ["v1", "v2", "v2_varlen", "reference", "CompileError", "__version__"]
+__all__ = ["v1", "v2", "v2_backward", "v2_varlen", "reference", "CompileError", "__version__"]

@@ -178,6 +178,48 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     return (out, lse) if return_lse else out
 
 
+def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, window=(-1, -1),
+                kv_len=None, lowering="decompose"):
+    """diffattn.v2_backward on numpy arrays (see diffattn.v2_backward):
+    (dq, dk, dv, dlam) shaped and typed like q, k, v and lam. Only the
+    untiled lowering ("decompose") computes the backward pass so far."""
+    if lowering != "decompose":
+        raise ValueError(f"lowering: only 'decompose' computes the backward pass so far "
+                         f"(the tiled backward is not implemented), got {lowering!r}")
+    q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
+    k = _check_array("k", k, 4, "[B, Sk, Hkv, D]")
+    v = _check_array("v", v, 4, "[B, Sk, Hkv, Dv]")
+    lam = _check_array("lam", lam, 3, "[B, Sq, H]")
+    out = _check_array("out", out, 4, "[B, Sq, H, Dv]")
+    dout = _check_array("dout", dout, 4, "[B, Sq, H, Dv]")
+    if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or lse.ndim != 3:
+        raise TypeError(f"lse: expected a 3-D float32 numpy array [B, 2H, Sq] (the forward's "
+                        f"return_lse=True result), got {getattr(lse, 'dtype', type(lse).__name__)} "
+                        f"{getattr(lse, 'shape', '')}")
+    lse = _check_array("lse", lse, 3, "[B, 2H, Sq]")
+    dtype = q.dtype
+    for name, arr in (("k", k), ("v", v), ("out", out), ("dout", dout)):
+        _check_same_dtype(name, arr, dtype)
+    _check_same_dtype("lam", lam, dtype, allow_f32=True)
+    if kv_len is not None:
+        _check_int32("kv_len", kv_len, 1)
+    params, text, sizes = _ops.v2_backward_request(
+        q.shape, k.shape, v.shape, lam.shape, out.shape, dout.shape, lse.shape,
+        _DTYPES[dtype], _DTYPES[lam.dtype], causal=causal, scale=scale, window=window,
+        kv_len_shape=None if kv_len is None else kv_len.shape)
+    buffers = [("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out), ("dout", dout),
+               ("lse", lse)]
+    if kv_len is not None:
+        sk = sizes[2]
+        if np.any(kv_len < 0) or np.any(kv_len > sk):
+            raise ValueError(f"kv_len: every value must lie in [0, Sk = {sk}], got {kv_len.tolist()}")
+        buffers.append(("kv_len", np.ascontiguousarray(kv_len)))
+    grads = [np.empty_like(x) for x in (q, k, v, lam)]
+    buffers += list(zip(("dq", "dk", "dv", "dlam"), grads))
+    _run("v2_backward", params, text, buffers, sizes, lowering)
+    return tuple(grads)
+
+
 def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
               causal=False, scale=None, window=(-1, -1), out=None, lowering="flash"):
     """diffattn.v2_varlen on numpy arrays (see diffattn.v2_varlen)."""

@@ -19,13 +19,16 @@ def tensor_type(shape, elem):
     return "tensor<" + "".join(f"{d}x" for d in shape) + elem + ">"
 
 
-def one_op_module(op, operands, attrs, result_shape, elem, extra_results=()):
+def one_op_module(op, operands, attrs, result_shape, elem, extra_results=(),
+                  result_types=None):
     """A function holding one diffattn op with the call's static shapes;
-    `extra_results` are further result types (diffattn.v2's lse)."""
+    `extra_results` are further result types (diffattn.v2's lse), or
+    `result_types` all of them (diffattn.v2_backward's four)."""
     args = ", ".join(f"%a{i}: {t}" for i, (_, t) in enumerate(operands))
     names = ", ".join(f"%a{i}" for i in range(len(operands)))
     types = ", ".join(t for _, t in operands)
-    results = [tensor_type(result_shape, elem)] + list(extra_results)
+    results = list(result_types) if result_types is not None else \
+        [tensor_type(result_shape, elem)] + list(extra_results)
     result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
     attr_text = "{" + ", ".join(attrs) + "}" if attrs else ""
     values = ", ".join(f"%r#{i}" for i in range(len(results))) if len(results) > 1 else "%r"
@@ -264,3 +267,34 @@ def v2_varlen_request(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_sha
     text = one_op_module("diffattn.v2_varlen", operands, attrs, out_shape, elem)
     sizes = (cu_q_shape[0] - 1, max_seqlen_q, max_seqlen_k, tq, tk)
     return params, text, out_shape, sizes
+
+
+def v2_backward_request(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape,
+                        elem, lam_elem, *, causal, scale, window, kv_len_shape=None):
+    """Checks a diffattn.v2_backward call: the forward's inputs as for
+    v2_request (contiguous caches), then out and dout [B, Sq, H, Dv] and lse
+    [B, 2H, Sq], each error naming the tensor. Returns (params, mlir_text,
+    sizes) with sizes (B, Sq, Sk); the gradients are shaped like q, k, v and
+    lam."""
+    params, _, expected_out, sizes = v2_request(
+        q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, causal=causal, scale=scale,
+        window=window, kv_len_shape=kv_len_shape)
+    b, sq, h2, _ = q_shape
+    for name, shape, expected, layout in (("out", out_shape, expected_out, "[B, Sq, H, Dv]"),
+                                          ("dout", dout_shape, expected_out, "[B, Sq, H, Dv]"),
+                                          ("lse", lse_shape, (b, h2, sq), "[B, 2H, Sq]")):
+        if tuple(shape) != tuple(expected):
+            raise ValueError(f"{name}: expected shape {tuple(expected)} {layout} (from the "
+                             f"forward's q, k, v), got {tuple(shape)}")
+    params = dict(params, backward=True)
+    left, right = check_window(window, causal)
+    attrs = v2_attributes(causal, check_scale(scale), left, right)
+    operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
+                ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem)),
+                ("out", tensor_type(out_shape, elem)), ("dout", tensor_type(dout_shape, elem)),
+                ("lse", tensor_type(lse_shape, "f32"))]
+    if kv_len_shape is not None:
+        operands.append(("kv_len", tensor_type(kv_len_shape, "i32")))
+    text = one_op_module("diffattn.v2_backward", operands, attrs, None, elem,
+                         result_types=[t for _, t in operands[:4]])
+    return params, text, sizes

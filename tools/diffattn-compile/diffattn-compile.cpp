@@ -215,9 +215,17 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
       return failure();
   }
 
+  // A directory this run creates is removed again if a kernel fails, so a
+  // failed compile writes nothing.
+  bool created = !llvm::sys::fs::exists(outputDir);
   if (std::error_code ec = llvm::sys::fs::create_directories(outputDir))
     return emitError(loc) << "cannot create " << outputDir << ": "
                           << ec.message();
+  auto failAndClean = [&]() -> LogicalResult {
+    if (created)
+      (void)llvm::sys::fs::remove_directories(outputDir);
+    return failure();
+  };
 
   auto run = [&](PassManager &pm, ModuleOp kernelModule, StringRef stage) {
     return runStage(pm, kernelModule, stage, timing);
@@ -238,11 +246,13 @@ LogicalResult compile(MLIRContext &context, llvm::SourceMgr &sourceMgr,
              : compileCPUKernel(*kernelModule, kernel.getSymName(), cpuOptions,
                                 outputDir, run, timing);
     if (failed(entry))
-      return failure();
+      return failAndClean();
     manifest.addKernel(std::move(*entry));
   }
   TimingScope manifestTiming = timing.nest("manifest");
-  return manifest.write(outputDir, loc);
+  if (failed(manifest.write(outputDir, loc)))
+    return failAndClean();
+  return success();
 }
 
 /// The GPU chip of --target, null for cpu; diagnoses options that do not

@@ -8,6 +8,7 @@
 #include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
 #include "diffattn/Conversion/DiffAttnToGPU/SequenceCheck.h"
 
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
 #include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
 
 #include "mlir/IR/BuiltinTypes.h"
@@ -241,6 +242,10 @@ mlir::diffattn::readOutlinedKernel(func::FuncOp kernel, StringRef chipName) {
     return kernel.emitError("not a diffattn kernel: run "
                             "diffattn-outline-kernels first");
   result.op = ops.front();
+  if (isa<V2BackwardOp>(result.op))
+    return result.op->emitOpError()
+           << "has no GPU kernel yet (the CPU target computes it with "
+              "--lowering=decompose)";
   // The GPU strategies write one output; diffattn.v2's log-sum-exp is
   // computed by the CPU lowerings only so far.
   if (result.op->getNumResults() != 1)

@@ -308,6 +308,17 @@ int64_t V2Op::getValueDim() { return getV().getType().getDimSize(3); }
 // V2BackwardOp
 //===----------------------------------------------------------------------===//
 
+float V2BackwardOp::getScaleOrDefault() {
+  return scaleOrDefault(getScaleAttr(), getHeadDim());
+}
+
+int64_t V2BackwardOp::getNumPairs() {
+  return getQ().getType().getDimSize(2) / 2;
+}
+int64_t V2BackwardOp::getNumKvHeads() { return getK().getType().getDimSize(2); }
+int64_t V2BackwardOp::getHeadDim() { return getQ().getType().getDimSize(3); }
+int64_t V2BackwardOp::getValueDim() { return getV().getType().getDimSize(3); }
+
 LogicalResult V2BackwardOp::verify() {
   Operation *op = getOperation();
   auto q = getQ().getType();

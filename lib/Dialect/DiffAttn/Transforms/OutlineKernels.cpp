@@ -43,14 +43,26 @@ std::string floatBits(float value) {
   return text;
 }
 
+/// The manifest's kind of the kernel of `op`: v2, v2_backward or v1.
+StringRef kernelKind(Operation *op) {
+  if (isa<V1Op>(op))
+    return "v1";
+  return isa<V2BackwardOp>(op) ? "v2_backward" : "v2";
+}
+
+/// Whether the kernel of `op` also writes diffattn.v2's log-sum-exp.
+bool writesLse(Operation *op) {
+  return !isa<V2BackwardOp>(op) && op->getNumResults() == 2;
+}
+
 /// The kernel name: the op kind and every specialisation parameter.
 std::string kernelName(Operation *op, const AttentionConfig &c) {
   std::string name;
   llvm::raw_string_ostream os(name);
   bool isV2 = c.kind == AttentionConfig::Kind::V2;
-  os << "diffattn_" << (isV2 ? "v2" : "v1") << "_" << typeName(c.elementType)
-     << "_h" << 2 * c.numPairs << "_kv" << c.numValueHeads << "_d" << c.headDim
-     << "_dv" << c.valueDim;
+  os << "diffattn_" << kernelKind(op) << "_" << typeName(c.elementType) << "_h"
+     << 2 * c.numPairs << "_kv" << c.numValueHeads << "_d" << c.headDim << "_dv"
+     << c.valueDim;
   if (c.causal)
     os << "_causal";
   if (isV2) {
@@ -70,11 +82,13 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
         os << "_varlen";
       if (v2.getScaleAttr())
         os << "_s" << floatBits(c.scale);
-      if (op->getNumResults() == 2)
+      if (writesLse(op))
         os << "_lse";
     };
     if (auto v2 = dyn_cast<V2Op>(op))
       nameV2(v2);
+    else if (auto backward = dyn_cast<V2BackwardOp>(op))
+      nameV2(backward);
     else if (auto paged = dyn_cast<V2PagedOp>(op))
       nameV2(paged);
     else
@@ -137,10 +151,26 @@ argumentShapes(Operation *op, const AttentionConfig &c, Builder &b) {
     shapes.push_back({});
     shapes.push_back({num(c.valueDim)});
   }
-  shapes.push_back({sym("B"), sym("Sq"), num(c.numPairs), num(c.valueDim)});
+  SmallVector<Attribute> outShape = {sym("B"), sym("Sq"), num(c.numPairs),
+                                     num(c.valueDim)};
+  SmallVector<Attribute> lseShape = {sym("B"), num(queryHeads), sym("Sq")};
+  if (isa<V2BackwardOp>(op)) {
+    // Inputs out, dout, lse (and kv_len), then dq, dk, dv, dlam shaped like
+    // q, k, v, lam.
+    SmallVector<Attribute> kvLenShape;
+    if (c.hasKvLen)
+      kvLenShape = shapes.pop_back_val();
+    SmallVector<SmallVector<Attribute>> inputs = shapes;
+    shapes.append({outShape, outShape, lseShape});
+    if (c.hasKvLen)
+      shapes.push_back(kvLenShape);
+    shapes.append(inputs.begin(), inputs.end());
+    return shapes;
+  }
+  shapes.push_back(outShape);
   // diffattn.v2's log-sum-exp: [B, 2H, Sq] f32, after the output.
-  if (op->getNumResults() == 2)
-    shapes.push_back({sym("B"), num(queryHeads), sym("Sq")});
+  if (writesLse(op))
+    shapes.push_back(lseShape);
   return shapes;
 }
 
@@ -192,6 +222,9 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
   }
 
   SmallVector<StringRef> names = {"q", "k", "v", "lam"};
+  bool backward = isa<V2BackwardOp>(op);
+  if (backward)
+    names.append({"out", "dout", "lse"});
   if (isV2 && c.hasKvLen)
     names.push_back("kv_len");
   if (c.isPaged())
@@ -200,18 +233,20 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.append({"cu_seqlens_q", "cu_seqlens_k"});
   if (!isV2)
     names.push_back("norm_weight");
-  // The outputs: out (T), and diffattn.v2's log-sum-exp (f32) if asked.
+  // The outputs, one per result: out (T) and diffattn.v2's log-sum-exp
+  // (f32) if asked; the backward's dq, dk, dv, dlam.
   size_t inputs = names.size();
-  names.push_back("out");
-  if (op->getNumResults() == 2)
+  if (backward)
+    names.append({"dq", "dk", "dv", "dlam"});
+  else
+    names.push_back("out");
+  if (writesLse(op))
     names.push_back("lse");
   SmallVector<Attribute> args;
   for (auto [index, argName] : llvm::enumerate(names)) {
-    Type elem =
-        index < inputs
-            ? cast<ShapedType>(op->getOperand(index).getType()).getElementType()
-        : index == inputs ? c.elementType
-                          : Type(b.getF32Type());
+    Value value =
+        index < inputs ? op->getOperand(index) : op->getResult(index - inputs);
+    Type elem = cast<ShapedType>(value.getType()).getElementType();
     args.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("name", b.getStringAttr(argName)),
          b.getNamedAttr("role",
@@ -234,7 +269,7 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
 
   return b.getDictionaryAttr(
       {b.getNamedAttr("name", b.getStringAttr(name)),
-       b.getNamedAttr("kind", b.getStringAttr(isV2 ? "v2" : "v1")),
+       b.getNamedAttr("kind", b.getStringAttr(kernelKind(op))),
        b.getNamedAttr("params", b.getDictionaryAttr(params)),
        b.getNamedAttr("args", b.getArrayAttr(args))});
 }
@@ -242,8 +277,6 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
 } // namespace
 
 LogicalResult mlir::diffattn::outlineDiffAttnKernels(ModuleOp module) {
-  if (failed(rejectUnloweredOps(module, "diffattn-outline-kernels")))
-    return failure();
   SmallVector<Operation *> ops = collectDiffAttnOps(module);
   if (ops.empty())
     return module.emitError()

@@ -33,6 +33,9 @@ AttentionConfig AttentionConfig::get(Operation *op) {
     readV2(paged);
     config.hasKvLen = true;
     config.pagedBlockSize = paged.getBlockSize();
+  } else if (auto backward = dyn_cast<V2BackwardOp>(op)) {
+    readV2(backward);
+    config.hasKvLen = backward.getKvLen() != nullptr;
   } else if (auto varlen = dyn_cast<V2VarlenOp>(op)) {
     readV2(varlen);
     config.hasKvLen = false;
@@ -80,9 +83,10 @@ LogicalResult mlir::diffattn::rejectUnloweredOps(Operation *root,
   bool found = false;
   root->walk([&](Operation *op) {
     if (isa<V2BackwardOp>(op)) {
-      op->emitOpError() << "has no lowering yet (" << pass
-                        << "): only the op contract of the backward pass "
-                           "exists";
+      op->emitOpError() << "has no lowering in " << pass
+                        << " yet: only --diffattn-decompose lowers the "
+                           "backward pass (diffattn-compile "
+                           "--target=cpu --lowering=decompose)";
       found = true;
     }
   });
@@ -92,7 +96,7 @@ LogicalResult mlir::diffattn::rejectUnloweredOps(Operation *root,
 SmallVector<Operation *> mlir::diffattn::collectDiffAttnOps(Operation *root) {
   SmallVector<Operation *> ops;
   root->walk([&](Operation *op) {
-    if (isa<V2Op, V2PagedOp, V2VarlenOp, V1Op>(op))
+    if (isa<V2Op, V2PagedOp, V2VarlenOp, V1Op, V2BackwardOp>(op))
       ops.push_back(op);
   });
   return ops;

@@ -41,3 +41,15 @@ func.func @model(%q: tensor<2x128x8x64xf16>, %k: tensor<2x128x2x64xf16>,
       -> tensor<1x5x2x32xf32>
   return
 }
+
+// The backward op: inputs q, k, v, lam, out, dout, lse (and kv_len), one
+// output per gradient, kind v2_backward.
+// CHECK-LABEL: func.func private @diffattn_v2_backward_f32_h8_kv2_d16_dv16_causal_kvlen(
+// CHECK-SAME:    %{{.*}}: tensor<?x?x8x16xf32>, %{{.*}}: tensor<?x?x2x16xf32>, %{{.*}}: tensor<?x?x2x16xf32>, %{{.*}}: tensor<?x?x4xf32>, %{{.*}}: tensor<?x?x4x16xf32>, %{{.*}}: tensor<?x?x4x16xf32>, %{{.*}}: tensor<?x8x?xf32>, %{{.*}}: tensor<?xi32>, %{{.*}}: tensor<?x?x8x16xf32> {bufferization.writable = true}, %{{.*}}: tensor<?x?x2x16xf32> {bufferization.writable = true}, %{{.*}}: tensor<?x?x2x16xf32> {bufferization.writable = true}, %{{.*}}: tensor<?x?x4xf32> {bufferization.writable = true})
+// CHECK-SAME:    kind = "v2_backward"
+// CHECK:         diffattn.v2_backward
+// CHECK-COUNT-4: bufferization.materialize_in_destination
+func.func @backward(%q: tensor<2x7x8x16xf32>, %k: tensor<2x9x2x16xf32>, %lam: tensor<2x7x4xf32>, %o: tensor<2x7x4x16xf32>, %lse: tensor<2x8x7xf32>, %kvlen: tensor<2xi32>) -> tensor<2x7x8x16xf32> {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %o, %lse kv_len(%kvlen) {causal} : (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>, tensor<2x7x4x16xf32>, tensor<2x7x4x16xf32>, tensor<2x8x7xf32>, tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>)
+  return %dq : tensor<2x7x8x16xf32>
+}

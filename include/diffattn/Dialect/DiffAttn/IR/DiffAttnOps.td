@@ -307,9 +307,16 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
 
     `dk` and `dv` sum over every query head of a KV group (FlashAttention-2's
     backward, Dao 2023, with the differential epilogue's chain rule;
-    `diffattn.reference.v2_backward` is the float64 reference). Only the op
-    contract exists so far: no lowering computes it yet, and lowering passes
-    reject it with a diagnostic.
+    `diffattn.reference.v2_backward` is the float64 reference). Since `out =
+    A_{2h} - sigmoid(lam_h) A_{2h+1}`, only the odd head's `A_{2h+1}` is
+    recomputed: `D_{2h} = rowsum(dout * out) + sigmoid(lam) r`, `D_{2h+1} =
+    -sigmoid(lam) r` with `r = rowsum(dout * A_{2h+1})`, and `dlam = -sigmoid'(lam) r`.
+    Rows with no visible key (`lse = -inf`) and keys at `t >= kv_len` get
+    zero gradients, whatever the cache holds there.
+
+    `--diffattn-decompose` lowers it (untiled, quadratic memory: the CPU
+    target's `--lowering=decompose`); `--diffattn-tile-flash` and the GPU
+    strategies have no backward yet and reject it with a diagnostic.
   }];
 
   let arguments = (ins
@@ -336,6 +343,12 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
   }];
 
   let extraClassDeclaration = [{
+    /// As diffattn.v2's accessors: scale (default 1/sqrt(D)), H, Hkv, D, Dv.
+    float getScaleOrDefault();
+    int64_t getNumPairs();
+    int64_t getNumKvHeads();
+    int64_t getHeadDim();
+    int64_t getValueDim();
     /// The window bounds as signed values (-1 = unlimited).
     int64_t getWindowLeftBound() { return getWindowLeftAttr().getInt(); }
     int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }

@@ -51,6 +51,7 @@ struct AttentionConfig {
 
   /// Reads the configuration of a verified diffattn.v2 / diffattn.v1.
   static AttentionConfig get(Operation *op);
+  /// (diffattn.v2_backward reads as the forward it differentiates.)
 
   /// The key head read by query head `j` (an affine function of `j`).
   AffineExpr keyHead(AffineExpr j) const;
@@ -60,13 +61,13 @@ struct AttentionConfig {
   bool isUnmasked() const { return windowLeft < 0 && windowRight < 0; }
 };
 
-/// Every diffattn op (v2, v2_paged, v2_varlen, v1) nested in `root`, in walk
-/// order.
+/// Every diffattn op (v2, v2_paged, v2_varlen, v1, v2_backward) nested in
+/// `root`, in walk order.
 SmallVector<Operation *> collectDiffAttnOps(Operation *root);
 
-/// Emits an error at every op under `root` that the op contract defines
-/// but no lowering computes yet (diffattn.v2_backward). `pass` names the
-/// pass in the message. Returns failure if there was one.
+/// Emits an error at every op under `root` that `pass` cannot lower
+/// (diffattn.v2_backward, which only the decomposition lowers so far).
+/// `pass` names the pass in the message. Returns failure if there was one.
 LogicalResult rejectUnloweredOps(Operation *root, StringRef pass);
 
 /// The name of the attribute that marks an outlined kernel function and

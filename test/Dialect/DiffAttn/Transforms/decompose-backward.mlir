@@ -1,0 +1,55 @@
+// RUN: diffattn-opt %s --split-input-file --diffattn-decompose | FileCheck %s
+
+// diffattn.v2_backward as untiled linalg: P recomputed from the scores and
+// lse (0 where masked), A = P V, the row terms rowsum(dout * A_{2h+1}) and
+// rowsum(dout * out), D_j per query head, G = dout V^T, dS and w_j P, then
+// dq (guarded at kv_len), dk and dv summed over the KV group through
+// expand_shape (j = g * G + jj), and dlam; dq and dk scaled.
+
+// CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d1, d2 * 2 + 1, d3)>
+// CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
+// CHECK-DAG: #[[MDSG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d2, d4, d5, d1)>
+// CHECK-DAG: #[[MQG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d5, d2, d4, d3)>
+// CHECK-LABEL: func.func @backward
+// CHECK-SAME:    %[[Q:[a-z0-9]+]]: tensor<2x7x8x16xf32>, %[[K:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[V:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[LAM:[a-z0-9]+]]: tensor<2x7x4xf32>, %[[O:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[DO:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[LSE:[a-z0-9]+]]: tensor<2x8x7xf32>, %[[KVLEN:[a-z0-9]+]]: tensor<2xi32>
+// CHECK:       %[[S:.*]] = linalg.generic {{.*}} ins(%[[Q]], %[[K]] :
+// CHECK:       %[[M:.*]] = linalg.generic {{.*}} ins(%[[S]], %[[KVLEN]] :
+// CHECK:         arith.cmpi sle
+// CHECK:       %[[P:.*]] = linalg.generic {{.*}} ins(%[[M]], %[[LSE]] :
+// CHECK:         arith.cmpf oeq
+// CHECK:         math.exp
+// CHECK:         arith.select
+// CHECK:       %[[A:.*]] = linalg.generic {{.*}} ins(%[[P]], %[[V]], %[[KVLEN]] :
+// CHECK:         arith.cmpi ult
+// CHECK:       %[[R:.*]]:2 = linalg.generic {indexing_maps = [#{{.*}}, #[[ODD]], {{.*}}]{{.*}} ins(%[[DO]], %[[A]], %[[O]] :
+// CHECK:       %[[D:.*]] = linalg.generic {indexing_maps = [#[[PAIR]], #[[PAIR]], #[[PAIR]], {{.*}}]{{.*}} ins(%[[R]]#0, %[[R]]#1, %[[LAM]] :
+// CHECK:       %[[G:.*]] = linalg.generic {{.*}} ins(%[[DO]], %[[V]] :
+// CHECK:       %[[DS:.*]]:2 = linalg.generic {{.*}} ins(%[[P]], %[[G]], %[[D]], %[[LAM]], %[[M]] :
+// CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
+// CHECK:       linalg.generic {{.*}} ins(%[[DQSUM]] :
+// CHECK:         arith.mulf %{{.*}}, %cst{{.*}} : f32
+// CHECK:       %[[DSG:.*]] = tensor.expand_shape %[[DS]]#0 {{\[}}[0], [1, 2], [3], [4]] output_shape [2, 2, 4, 7, 9]
+// CHECK:       %[[QG:.*]] = tensor.expand_shape %[[Q]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 4, 16]
+// CHECK:       linalg.generic {indexing_maps = [#[[MDSG]], #[[MQG]], {{.*}}], iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction"]} ins(%[[DSG]], %[[QG]] :
+// CHECK:       tensor.expand_shape %[[DS]]#1 {{\[}}[0], [1, 2, 3], [4], [5]] output_shape [2, 2, 2, 2, 7, 9]
+// CHECK:       tensor.expand_shape %[[DO]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 2, 16]
+// CHECK:       iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction", "reduction"]
+// CHECK:       linalg.generic {{.*}} ins(%[[R]]#0, %[[LAM]] :
+// CHECK-NOT:   diffattn.v2_backward
+func.func @backward(%q: tensor<2x7x8x16xf32>, %k: tensor<2x9x2x16xf32>, %v: tensor<2x9x2x16xf32>, %lam: tensor<2x7x4xf32>, %o: tensor<2x7x4x16xf32>, %do: tensor<2x7x4x16xf32>, %lse: tensor<2x8x7xf32>, %kvlen: tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>) {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %v, %lam, %o, %do, %lse kv_len(%kvlen) {causal} : (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>, tensor<2x7x4x16xf32>, tensor<2x7x4x16xf32>, tensor<2x8x7xf32>, tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>)
+  return %dq, %dk, %dv, %dl : tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>
+}
+
+// -----
+
+// bf16 gradients are converted from the f32 sums (dv too); lam in f32 keeps
+// dlam in f32.
+// CHECK-LABEL: func.func @backward_bf16
+// CHECK-COUNT-3: arith.truncf %{{.*}} : f32 to bf16
+// CHECK-NOT:   arith.truncf
+// CHECK:       return
+func.func @backward_bf16(%q: tensor<1x5x4x8xbf16>, %k: tensor<1x6x2x8xbf16>, %lam: tensor<1x5x2xf32>, %o: tensor<1x5x2x8xbf16>, %do: tensor<1x5x2x8xbf16>, %lse: tensor<1x4x5xf32>) -> (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>) {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>, tensor<1x5x2x8xbf16>, tensor<1x5x2x8xbf16>, tensor<1x4x5xf32>) -> (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>)
+  return %dq, %dk, %dv, %dl : tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>
+}
