@@ -45,11 +45,12 @@ BENCH_PREFILL = [
 
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
-# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90). (The
-# wgmma kernel's persistent form, ("sm_90a", ("--gpu-options=persistent=
-# true",)), was timed in Hopper runs 14-16: 3-7% slower.)
+# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90) and the
+# wgmma kernel's persistent form (Q released after the tile's last S, so the
+# producer loads the next tile's Q during the last P V and the epilogue).
 BENCH_TARGETS = [
     ("sm_90", ()),
+    ("sm_90a", ("--gpu-options=persistent=true",)),
 ]
 
 # Decode timing: (B, kv_len, 2H, Hkv, D), one new token

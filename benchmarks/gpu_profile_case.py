@@ -11,6 +11,7 @@ regex:flash). benchmarks/gpu_profile_hopper.sh runs the whole comparison.
 """
 import argparse
 import os
+import shlex
 import sys
 
 import torch
@@ -21,10 +22,30 @@ import gpu_cases  # noqa: E402
 from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2)
 
 
+def launch_variant(q, k, v, lam, causal, options):
+    """Twice, the sm_90a kernel that diffattn-compile `options` make for this
+    bf16 call (prepared by gpu_prepare.py from gpu_cases.BENCH_TARGETS)."""
+    from diffattn import _gpu
+
+    shapes = tuple(tuple(t.shape) for t in (q, k, v, lam))
+    directory, out_shape, sizes = _gpu.prepare_v2(*shapes, "bf16", "bf16", causal=causal,
+                                                  target="sm_90a", options=options)
+    out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
+    bufs = [(name, "bf16", tuple(t.shape), t.data_ptr())
+            for name, t in (("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out))]
+    stream = torch.cuda.current_stream().cuda_stream
+    for _ in range(2):
+        _gpu.launch_v2(directory, bufs, sizes, stream)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefill", type=int, default=0, help="index into BENCH_PREFILL (-1: none)")
     ap.add_argument("--decode", type=int, default=0, help="index into BENCH_DECODE (-1: none)")
+    ap.add_argument("--options", default="",
+                    help="diffattn-compile options of a strategy variant (e.g. "
+                         "'--gpu-options=persistent=true'): the prefill kernel launched is the "
+                         "sm_90a kernel they make, from the prepared cache")
     ap.add_argument("--fa3", action="store_true",
                     help="also launch FlashAttention-3 (fa3-fwd) twice on the prefill shape, for comparison")
     args = ap.parse_args()
@@ -33,8 +54,11 @@ def main():
         b, s, h2, hkv, d, causal = gpu_cases.BENCH_PREFILL[args.prefill]
         q, k, v = (torch.randn(b, s, h, d, **bf16) for h in (h2, hkv, hkv))
         lam = torch.randn(b, s, h2 // 2, **bf16)
-        for _ in range(2):
-            torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+        if args.options:
+            launch_variant(q, k, v, lam, causal, tuple(shlex.split(args.options)))
+        else:
+            for _ in range(2):
+                torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
         if args.fa3:
             from fa3_fwd_interface import flash_attn_func
             for _ in range(2):

@@ -10,7 +10,8 @@
 # PREFILL_INDEX indexes gpu_cases.BENCH_PREFILL (default 0 1: 4x4096 d128
 # causal and unmasked). Writes, per index: the ncu report, its details
 # page for both kernels and their per-instruction stall samples (SASS),
-# split between per-tile and per-key-block lines.
+# split between per-tile and per-key-block lines; with VARIANT_OPTIONS
+# set (diffattn-compile options), the same for that variant of ours.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-out}}"
@@ -37,6 +38,16 @@ for i in "${cases[@]}"; do
     --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_gmma.sum,smsp__inst_executed.sum,sm__cycles_elapsed.avg \
     --import-source no -f -o "$rep" \
     python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 >"$rep.log" 2>&1
+  # A strategy variant of ours (VARIANT_OPTIONS, e.g.
+  # "--gpu-options=persistent=true"), when asked for.
+  if [ -n "${VARIANT_OPTIONS:-}" ]; then
+    "$ncu" -k 'regex:diffattn' --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section SchedulerStats --section WarpStateStats \
+      --section InstructionStats --section SourceCounters --section LaunchStats \
+      --import-source no -f -o "$rep-variant" \
+      python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 \
+      --options "$VARIANT_OPTIONS" >"$rep-variant.log" 2>&1
+  fi
   # FA3 separately (its launch 2 of 2; CUTLASS names it device_kernel).
   "$ncu" -k 'regex:device_kernel|flash' --launch-skip 1 --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
@@ -45,14 +56,16 @@ for i in "${cases[@]}"; do
     --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_gmma.sum,smsp__inst_executed.sum,sm__cycles_elapsed.avg \
     --import-source no -f -o "$rep-fa3" \
     python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 --fa3 >"$rep-fa3.log" 2>&1
-  for r in "$rep" "$rep-fa3"; do
+  reps=("$rep" "$rep-fa3")
+  [ -f "$rep-variant.ncu-rep" ] && reps+=("$rep-variant")
+  for r in "${reps[@]}"; do
     "$ncu" -i "$r.ncu-rep" --page details >"$r-details.txt" 2>&1
     grep -E "^  [a-z_]|Duration|Tensor|gmma|Registers|Issue Slots|Stall|Warp Cycles|Executed Ipc|Theoretical Occ|Achieved Occ|No Eligible|inst_executed|cycles_elapsed" \
       "$r-details.txt" | head -60
   done
   # Per-instruction stall samples of both kernels, with the split between
   # per-tile and per-key-block lines (ncu_sass_summary.py).
-  for r in "$rep" "$rep-fa3"; do
+  for r in "${reps[@]}"; do
     "$ncu" -i "$r.ncu-rep" --page source --csv --print-source sass >"$r-sass-stalls.csv" 2>&1
     python3 benchmarks/ncu_sass_summary.py "$r-sass-stalls.csv" >"$r-sass-summary.txt"
     head -12 "$r-sass-summary.txt"

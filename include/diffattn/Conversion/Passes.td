@@ -91,10 +91,10 @@ defvar DiffAttnGPUStrategyOptions = [
            "wgmma strategy, warp-specialised: launch at most one CTA per SM "
            "of the target's reference GPU (132 on sm_90a), each walking "
            "tiles with a static stride, its producer loading the next "
-           "tile's first block while its consumers finish the current one "
-           "(false: one CTA per tile). Off by default: it measured 2-9% "
-           "slower than one CTA per tile on every SPEC.md shape (H200, "
-           "docs/performance.md, Hopper runs 15-16)">,
+           "tile's first blocks and Q while its consumers finish the "
+           "current one (false: one CTA per tile). Off by default: level "
+           "with one CTA per tile (H200, docs/performance.md, Hopper runs "
+           "19-21)">,
     Option<"consumerRegisters", "consumer-registers", "int64_t",
            /*default=*/"0",
            "wgmma strategy, warp-specialised: registers per consumer thread "

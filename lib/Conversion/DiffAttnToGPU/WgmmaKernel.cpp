@@ -302,12 +302,15 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // The key loop of the consumers: `acquire(j)` waits until block j's keys
   // are in shared memory, `acquireValues(j)` until its values are (before
   // the P V that reads them), `release(j)` hands its stage back once both
-  // products
-  // that read it have landed. Returns the final state.
+  // products that read it have landed. `scoresDone` runs once every S of
+  // the tile has landed (Q is no longer read); with `keepLastStage` the
+  // last block's stage is not released here (the epilogue's exchange uses
+  // its V tile). Returns the final state.
   auto keyLoop = [&](function_ref<void(Value)> acquire,
                      function_ref<void(Value)> acquireValues,
                      function_ref<void(Value)> release,
-                     function_ref<void(bool)> turn) {
+                     function_ref<void(bool)> turn,
+                     function_ref<void()> scoresDone, bool keepLastStage) {
     Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
     SmallVector<Value> firstInit(init);
     firstInit.append(pRegs, zeroReg);
@@ -387,6 +390,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           scf::YieldOp::create(b, loc, results);
         });
 
+    scoresDone();
     // The last block's P V.
     SmallVector<Type> accTypes(init.size(), b.getF32Type());
     auto last = scf::IfOp::create(b, loc, accTypes, hasBlocks,
@@ -404,9 +408,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
       turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-      // The last block's stage goes back too: a persistent CTA's next tile
-      // loads into it.
-      release(sub(numBlocks, idx(1)));
+      // The last block's stage goes back too (after the epilogue with
+      // keepLastStage): a persistent CTA's next tile loads into it.
+      if (!keepLastStage)
+        release(sub(numBlocks, idx(1)));
       fenceTiles(head.acc);
       scf::YieldOp::create(b, loc, packState(head));
       b.setInsertionPointToStart(last.elseBlock());
@@ -416,9 +421,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   };
 
   // Epilogue: normalise; warpgroup 1 (head 2p + 1) hands its values to the
-  // same thread of warpgroup 0 through shared memory (over the K stages,
-  // [Dv / 2 values][128 threads] f32), which writes o0 - sigmoid(lam) o1.
-  auto emitEpilogue = [&](ValueRange finalState, function_ref<void()> sync) {
+  // same thread of warpgroup 0 through shared memory ([Dv / 2 values][128
+  // threads] f32 at byte offset `exchangeAt`: the Q tiles, or the last
+  // block's V tile), which writes o0 - sigmoid(lam) o1. The first `sync`
+  // orders both warpgroups' last reads of that region before the writes.
+  auto emitEpilogue = [&](ValueRange finalState, function_ref<void()> sync,
+                          Value exchangeAt) {
     HeadState final = unpackState(finalState);
     std::array<Value, 2> inverse;
     for (int64_t rr = 0; rr < 2; ++rr)
@@ -429,7 +437,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         normalized.push_back(fmul(t[e], inverse[e / 2]));
     int64_t values = valueTiles * 4;
     Value exchange =
-        sharedViewAt(base, {values, kWarpgroupThreads}, b.getF32Type());
+        sharedViewAt(exchangeAt, {values, kWarpgroupThreads}, b.getF32Type());
     sync();
     Value isSecond = cmp(arith::CmpIPredicate::eq, pairHead, idx(1));
     ifThen(isSecond, [&] {
@@ -486,10 +494,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           fenceCopies();
           prefetch(add(j, idx(1)), tid, threads);
         },
-        [](Value) {}, [](Value) {}, [](bool) {});
+        [](Value) {}, [](Value) {}, [](bool) {}, [] {},
+        /*keepLastStage=*/false);
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-    emitEpilogue(finalState, [&] { gpu::BarrierOp::create(b, loc); });
+    emitEpilogue(
+        finalState, [&] { gpu::BarrierOp::create(b, loc); }, base);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -518,8 +528,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto arrive = [&](Value bar) {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
   };
-  // qEmpty: the consumers' 256 threads arrive once a tile's epilogue is
-  // done with the Q region (the epilogue's exchange reuses it).
+  // qEmpty: the consumers' 256 threads arrive once a tile is done with the
+  // Q region: once its last S landed, or, for a tile without key blocks
+  // (whose epilogue's exchange reuses the Q region), after the epilogue.
   Value qEmpty = barrier(idx(3 * stages + 1));
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
     // With TMA one thread arrives (expecting the tile's bytes).
@@ -698,8 +709,16 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           else
             acquireCopies(bar, parity);
         };
+        // The epilogue's exchange goes through the last block's V tile
+        // when one V stage holds it (block-k >= 128), so that Q is free
+        // once the tile's last S landed: the producer loads the next
+        // tile's Q while the consumers finish this one.
+        bool stageExchange =
+            plan.vStageBytes() >= plan.valueDim / 2 * kWarpgroupThreads * 4;
         forEachTile([&](Value tileIter) {
           acquireCopies(qFull, parityOfTile(tileIter));
+          Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
+          Value lastStage = stageOf(sub(numBlocks, idx(1)));
           SmallVector<Value> finalState = keyLoop(
               [&](Value j) { acquireTiles(full(stageOf(j)), parityOf(j)); },
               [&](Value j) {
@@ -714,14 +733,42 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                                           nullptr, Value());
                 else
                   NVVM::BarrierArriveOp::create(b, loc, otherTurn, turnThreads);
-              });
+              },
+              [&] {
+                if (stageExchange)
+                  ifThen(hasBlocks, [&] { arrive(qEmpty); });
+              },
+              /*keepLastStage=*/stageExchange);
+          Value exchangeAt = base;
+          if (stageExchange)
+            exchangeAt =
+                select(hasBlocks,
+                       add(add(base, plan.qTileBytes + plan.kTileBytes),
+                           mul(lastStage, plan.vStageBytes())),
+                       base);
           // The consumers' own barrier (the producer may be loading).
-          emitEpilogue(finalState, [&] {
-            NVVM::BarrierOp::create(b, loc, Type(), i32(1),
-                                    i32(2 * kWarpgroupThreads), nullptr,
-                                    Value());
+          emitEpilogue(
+              finalState,
+              [&] {
+                NVVM::BarrierOp::create(b, loc, Type(), i32(1),
+                                        i32(2 * kWarpgroupThreads), nullptr,
+                                        Value());
+              },
+              exchangeAt);
+          if (!stageExchange) {
+            arrive(qEmpty);
+            return;
+          }
+          // The exchange's generic-proxy accesses come before the next
+          // tile's TMA writes into the stage (async proxy).
+          ifThen(hasBlocks, [&] {
+            fenceAsyncProxy();
+            arrive(empty(lastStage));
           });
-          arrive(qEmpty);
+          ifThen(arith::XOrIOp::create(
+                     b, loc, hasBlocks,
+                     arith::ConstantOp::create(b, loc, b.getBoolAttr(true))),
+                 [&] { arrive(qEmpty); });
         });
         scf::YieldOp::create(b, loc);
       });
