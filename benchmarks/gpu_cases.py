@@ -45,11 +45,13 @@ BENCH_PREFILL = [
 
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
-# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90) and the
-# wgmma kernel's persistent form (Q released after the tile's last S, so the
-# producer loads the next tile's Q during the last P V and the epilogue).
+# H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90), the
+# wgmma kernel without the L2 prefetch of a later tile's Q, and its
+# persistent form (Q released after the tile's last S, so the producer loads
+# the next tile's Q during the last P V and the epilogue).
 BENCH_TARGETS = [
     ("sm_90", ()),
+    ("sm_90a", ("--gpu-options=q-prefetch=false",)),
     ("sm_90a", ("--gpu-options=persistent=true",)),
 ]
 

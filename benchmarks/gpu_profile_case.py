@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--decode", type=int, default=0, help="index into BENCH_DECODE (-1: none)")
     ap.add_argument("--options", default="",
                     help="diffattn-compile options of a strategy variant (e.g. "
-                         "'--gpu-options=persistent=true'): the prefill kernel launched is the "
+                         "--options=--gpu-options=persistent=true): the prefill kernel launched is the "
                          "sm_90a kernel they make, from the prepared cache")
     ap.add_argument("--fa3", action="store_true",
                     help="also launch FlashAttention-3 (fa3-fwd) twice on the prefill shape, for comparison")

@@ -46,7 +46,7 @@ for i in "${cases[@]}"; do
       --section InstructionStats --section SourceCounters --section LaunchStats \
       --import-source no -f -o "$rep-variant" \
       python3 benchmarks/gpu_profile_case.py --prefill "$i" --decode -1 \
-      --options "$VARIANT_OPTIONS" >"$rep-variant.log" 2>&1
+      --options="$VARIANT_OPTIONS" >"$rep-variant.log" 2>&1
   fi
   # FA3 separately (its launch 2 of 2; CUTLASS names it device_kernel).
   "$ncu" -k 'regex:device_kernel|flash' --launch-skip 1 --launch-count 1 \

@@ -95,6 +95,14 @@ defvar DiffAttnGPUStrategyOptions = [
            "current one (false: one CTA per tile). Off by default: level "
            "with one CTA per tile (H200, docs/performance.md, Hopper runs "
            "19-21)">,
+    Option<"qPrefetch", "q-prefetch", "bool", /*default=*/"true",
+           "wgmma strategy, warp-specialised, batched sequences: once a "
+           "tile's Q copies are issued, the producer prefetches into L2 "
+           "(prefetch.global.L2) the Q rows of the tile that starts about "
+           "one tile later (t + gridDim.x when persistent, else t + the "
+           "reference GPU's SM count), so that its Q copy, which the "
+           "consumers wait for at the start of a tile, reads L2 instead of "
+           "DRAM">,
     Option<"consumerRegisters", "consumer-registers", "int64_t",
            /*default=*/"0",
            "wgmma strategy, warp-specialised: registers per consumer thread "

@@ -67,6 +67,10 @@ struct WgmmaPlan : TileConfig {
   /// Warp-specialised kernels walk tiles (grid x: tiles); a persistent
   /// launch caps the grid at this many CTAs (0: one CTA per tile).
   int64_t persistentCtas = 0;
+  /// Warp-specialised, batched: the producer prefetches into L2 the Q rows
+  /// of the tile this many tiles later (0: none; see the q-prefetch
+  /// option). A persistent CTA's next tile is gridDim.x later instead.
+  int64_t qPrefetchDistance = 0;
   /// Registers per thread after setmaxnreg: the producer's and the
   /// consumers' (128 x producer + 256 x consumer <= 168 x 384, the
   /// registers the CTA launches with); makePlan sets them.

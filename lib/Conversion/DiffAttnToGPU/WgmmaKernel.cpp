@@ -562,6 +562,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // (blockBase).
   Value tileRowBlocks = rowBlocksOf(seqQArg);
   Value numTiles = mul(mul(tileRowBlocks, batches), plan.kvHeads);
+  // The linear index of the tile forEachTile's body is in.
+  Value tileIndex;
   auto forEachTile = [&](function_ref<void(Value)> body) {
     scf::ForOp::create(
         b, loc, gpu::BlockIdOp::create(b, loc, gpu::Dimension::x), numTiles,
@@ -572,6 +574,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           setupTile(arith::RemUIOp::create(b, loc, t, tileRowBlocks),
                     rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
           blockBase = carried[0];
+          tileIndex = t;
           body(carried[1]);
           scf::YieldOp::create(
               b, loc,
@@ -582,6 +585,49 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto parityOfTile = [&](Value tile) {
     return arith::IndexCastOp::create(b, loc, b.getI32Type(), rem(tile, 2))
         .getResult();
+  };
+
+  // L2 prefetch of the Q rows of linear tile t (batched sequences, see the
+  // q-prefetch option): thread i of the producer warpgroup takes row i / 2
+  // of the tile, head 2p + i % 2, one 128-byte line per 64 columns (PTX
+  // prefetch.global.L2; a hint, so its only cost is issue). Tiles past the
+  // last and rows past the KV group prefetch nothing.
+  auto prefetchQ = [&](Value t) {
+    ifThen(cmp(arith::CmpIPredicate::ult, t, numTiles), [&] {
+      Value rest = arith::DivUIOp::create(b, loc, t, tileRowBlocks);
+      Value qBlock = arith::RemUIOp::create(b, loc, t, tileRowBlocks);
+      if (attn.windowRight >= 0 && attn.windowLeft < 0)
+        qBlock = sub(sub(tileRowBlocks, idx(1)), qBlock);
+      Value row = add(mul(qBlock, blockQ), div(groupThread, 2));
+      ifThen(
+          cmp(arith::CmpIPredicate::ult, row, mul(seqQArg, plan.rowsPerQuery)),
+          [&] {
+            Value pair = add(mul(rem(rest, plan.kvHeads), plan.pairsPerGroup()),
+                             divRem32(row, false));
+            Value token =
+                add(mul(div(rest, plan.kvHeads), seqQArg), divRem32(row, true));
+            Value head = add(mul(pair, 2), rem(groupThread, 2));
+            Value element =
+                mul(add(mul(token, plan.queryHeads), head), plan.headDim);
+            Value base =
+                memref::ExtractAlignedPointerAsIndexOp::create(b, loc, q);
+            Value address = arith::IndexCastOp::create(
+                b, loc, b.getI64Type(), add(base, mul(element, 2)));
+            for (int64_t line = 0; line < plan.headDim * 2 / 128; ++line) {
+              Value ptr = LLVM::IntToPtrOp::create(
+                  b, loc, LLVM::LLVMPointerType::get(ctx),
+                  arith::AddIOp::create(
+                      b, loc, address,
+                      arith::ConstantIntOp::create(b, loc, line * 128, 64))
+                      .getResult());
+              NVVM::PrefetchOp::create(b, loc,
+                                       NVVM::PrefetchCacheLevelAttr::get(
+                                           ctx, NVVM::PrefetchCacheLevel::L2),
+                                       NVVM::CacheEvictionPriorityAttr(), ptr,
+                                       Value(), UnitAttr());
+            }
+          });
+    });
   };
 
   Value isProducer = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
@@ -667,6 +713,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                  [&] { waitOn(qEmpty, parityOfTile(sub(tileIter, idx(1)))); });
           copyQ(groupThread, kWarpgroupThreads);
           announce(qFull);
+          // The Q of the tile that starts about one tile from now: this
+          // CTA's next (persistent), else the one an SM takes next.
+          if (plan.qPrefetchDistance > 0)
+            prefetchQ(add(tileIndex, plan.persistentCtas > 0
+                                         ? Value(gpu::GridDimOp::create(
+                                               b, loc, gpu::Dimension::x))
+                                         : idx(plan.qPrefetchDistance)));
           ifThen(loader, [&] {
             scf::ForOp::create(b, loc, idx(1), numBlocks, idx(1), ValueRange{},
                                [&](OpBuilder &, Location, Value j, ValueRange) {

@@ -146,6 +146,10 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // ones launch at most one CTA per SM of the target's reference GPU.
   plan.persistentCtas =
       plan.warpSpecialized && options.persistent ? chip.multiprocessors : 0;
+  plan.qPrefetchDistance =
+      plan.warpSpecialized && options.qPrefetch && !plan.attn.varlen
+          ? chip.multiprocessors
+          : 0;
   if (failed(checkChipLimits(op, plan,
                              (Twine("block-k = ") + Twine(plan.blockK) +
                               " and stages = " + Twine(plan.stages))

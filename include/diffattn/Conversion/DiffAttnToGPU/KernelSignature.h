@@ -125,6 +125,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
+  dst.qPrefetch = src.qPrefetch;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
