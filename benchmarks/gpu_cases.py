@@ -46,12 +46,12 @@ BENCH_PREFILL = [
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them: on an
 # H100/H200 (default sm_90a, wgmma) the portable strategy (sm_90), the
-# wgmma kernel without the L2 prefetch of a later tile's Q, and its
+# wgmma kernel with Q through cp.async instead of TMA, and its
 # persistent form (Q released after the tile's last S, so the producer loads
 # the next tile's Q during the last P V and the epilogue).
 BENCH_TARGETS = [
     ("sm_90", ()),
-    ("sm_90a", ("--gpu-options=q-prefetch=false",)),
+    ("sm_90a", ("--gpu-options=q-tma=false",)),
     ("sm_90a", ("--gpu-options=persistent=true",)),
 ]
 
@@ -117,6 +117,7 @@ SMALL_DECODE_VARIANTS = ("split-target-ctas=264", "combine-splits-per-step=1",
 SANITIZE_CASES = [
     (2, 70, 90, 8, 2, 64, True, None),
     (2, 70, 90, 8, 2, 128, False, None),
+    (2, 128, 160, 8, 2, 128, True, None),        # Sq % 64 == 0: Q through TMA (q-tma)
     (2, 70, 90, 8, 2, 128, True, [3, 90]),       # split-KV, two splits
     (2, 1, 60, 8, 2, 128, True, [3, 60]),        # one split: no combine
 ]

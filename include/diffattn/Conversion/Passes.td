@@ -95,6 +95,13 @@ defvar DiffAttnGPUStrategyOptions = [
            "current one (false: one CTA per tile). Off by default: level "
            "with one CTA per tile (H200, docs/performance.md, Hopper runs "
            "19-21)">,
+    Option<"qTma", "q-tma", "bool", /*default=*/"true",
+           "wgmma strategy, TMA loads, batched sequences: Q arrives through "
+           "a third tensor map (one cp.async.bulk.tensor per head and "
+           "64-column span, issued by the producer's loading thread) when "
+           "Sq is a multiple of 64, so that a tile's rows lie in one pair; "
+           "else, and with q-tma=false, the producer warpgroup copies it "
+           "with cp.async">,
     Option<"qPrefetch", "q-prefetch", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised, batched sequences: once a "
            "tile's Q copies are issued, the producer prefetches into L2 "

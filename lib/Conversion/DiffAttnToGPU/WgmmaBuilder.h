@@ -71,6 +71,9 @@ struct WgmmaPlan : TileConfig {
   /// of the tile this many tiles later (0: none; see the q-prefetch
   /// option). A persistent CTA's next tile is gridDim.x later instead.
   int64_t qPrefetchDistance = 0;
+  /// TMA loads, batched sequences: the kernel's third tensor map is Q's,
+  /// used when Sq is a multiple of 64 (see the q-tma option).
+  bool qTma = false;
   /// Registers per thread after setmaxnreg: the producer's and the
   /// consumers' (128 x producer + 256 x consumer <= 168 x 384, the
   /// registers the CTA launches with); makePlan sets them.

@@ -32,6 +32,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // TMA: the K and V tensor maps (generic addresses of by-value params).
   Value kMap = plan.tmaLoads ? entry.getArgument(a++) : Value();
   Value vMap = plan.tmaLoads ? entry.getArgument(a++) : Value();
+  Value qMap = plan.qTma ? entry.getArgument(a++) : Value();
   Value q = entry.getArgument(a++), k = entry.getArgument(a++),
         v = entry.getArgument(a++), lam = entry.getArgument(a++);
   // Packed sequences: cu_seqlens_q, cu_seqlens_k [B + 1] (i32), and after
@@ -701,6 +702,74 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         Value loader =
             plan.tmaLoads ? cmp(arith::CmpIPredicate::eq, groupThread, idx(0))
                           : cmp(arith::CmpIPredicate::sge, groupThread, idx(0));
+        // The loading thread brings the tensor maps into the cache before
+        // their first use (FlashAttention-3 does the same).
+        if (plan.tmaLoads)
+          ifThen(loader, [&] {
+            for (Value map : {kMap, vMap, qMap})
+              if (map)
+                NVVM::PrefetchOp::create(b, loc, NVVM::PrefetchCacheLevelAttr(),
+                                         NVVM::CacheEvictionPriorityAttr(), map,
+                                         Value(), b.getUnitAttr());
+          });
+        // Q of the tile, announced on qFull by the producer's 128 threads:
+        // with q-tma and Sq a multiple of 64 (the tile's rows then lie in
+        // one pair, query rows row0 % Sq onwards), the loading thread's
+        // expect-tx arrival and one TMA load per head and 64-column span
+        // (the others arrive plainly); else every thread's cp.async copies.
+        auto loadQ = [&](Value loader) {
+          auto copyAll = [&] {
+            copyQ(groupThread, kWarpgroupThreads);
+            announce(qFull);
+          };
+          if (!plan.qTma)
+            return copyAll();
+          Value whole =
+              cmp(arith::CmpIPredicate::eq, rem(seqQ, blockQ), idx(0));
+          scf::IfOp::create(
+              b, loc, whole,
+              [&](OpBuilder &, Location) {
+                scf::IfOp::create(
+                    b, loc, loader,
+                    [&](OpBuilder &, Location) {
+                      int64_t spans = plan.headDim / kSpan;
+                      NVVM::MBarrierArriveExpectTxOp::create(
+                          b, loc, Type(), qFull,
+                          i32(2 * spans * kWarpgroupRows * kRowBytes),
+                          NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
+                      Value pair = pairOf(row0), queryRow = queryRowOf(row0);
+                      for (int64_t h = 0; h < 2; ++h)
+                        for (int64_t span = 0; span < spans; ++span) {
+                          Value shared = sharedPointer(idx(
+                              (h * spans + span) * kWarpgroupRows * kRowBytes));
+                          Value cluster = LLVM::AddrSpaceCastOp::create(
+                              b, loc,
+                              LLVM::LLVMPointerType::get(ctx,
+                                                         /*shared::cluster=*/7),
+                              shared);
+                          NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::
+                              create(b, loc, cluster, qMap,
+                                     ValueRange{i32(span * kSpan),
+                                                i32Of(add(mul(pair, 2), h)),
+                                                i32Of(queryRow), i32Of(batch)},
+                                     qFull, ValueRange{}, Value(), Value(),
+                                     NVVM::TMALoadMode::TILE,
+                                     /*isCTAOnly=*/false,
+                                     NVVM::CTAGroupKindAttr(), Value());
+                        }
+                      scf::YieldOp::create(b, loc);
+                    },
+                    [&](OpBuilder &, Location) {
+                      arrive(qFull);
+                      scf::YieldOp::create(b, loc);
+                    });
+                scf::YieldOp::create(b, loc);
+              },
+              [&](OpBuilder &, Location) {
+                copyAll();
+                scf::YieldOp::create(b, loc);
+              });
+        };
         forEachTile([&](Value tileIter) {
           // Block 0 first: it lands while the consumers finish the previous
           // tile. Q once they released the Q region (their epilogue's
@@ -711,8 +780,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                  [&] { issueBlock(idx(0)); });
           ifThen(cmp(arith::CmpIPredicate::sgt, tileIter, idx(0)),
                  [&] { waitOn(qEmpty, parityOfTile(sub(tileIter, idx(1)))); });
-          copyQ(groupThread, kWarpgroupThreads);
-          announce(qFull);
+          loadQ(loader);
           // The Q of the tile that starts about one tile from now: this
           // CTA's next (persistent), else the one an SM takes next.
           if (plan.qPrefetchDistance > 0)

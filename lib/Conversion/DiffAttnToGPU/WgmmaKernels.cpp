@@ -146,6 +146,7 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // ones launch at most one CTA per SM of the target's reference GPU.
   plan.persistentCtas =
       plan.warpSpecialized && options.persistent ? chip.multiprocessors : 0;
+  plan.qTma = plan.tmaLoads && options.qTma && !plan.attn.varlen;
   plan.qPrefetchDistance =
       plan.warpSpecialized && options.qPrefetch && !plan.attn.varlen
           ? chip.multiprocessors
@@ -223,21 +224,27 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   // bytes, the swizzle span) by block-k rows of one head of one batch.
   SmallVector<Type> argTypes(sig.argTypes);
   SmallVector<Attribute> tensorMaps;
+  // With q-tma, Q's map follows (one head's 64 query rows of one span).
+  unsigned numMaps = plan->tmaLoads ? (plan->qTma ? 3 : 2) : 0;
   if (plan->tmaLoads) {
-    argTypes.insert(argTypes.begin(), 2,
+    argTypes.insert(argTypes.begin(), numMaps,
                     LLVM::LLVMPointerType::get(rewriter.getContext()));
     for (StringRef operand : {"k", "v"})
       tensorMaps.push_back(tensorMapParam(rewriter, operand,
                                           {wgmma::kSpan, 1, plan->blockK, 1},
                                           wgmma::kRowBytes));
+    if (plan->qTma)
+      tensorMaps.push_back(tensorMapParam(
+          rewriter, "q", {wgmma::kSpan, 1, wgmma::kWarpgroupRows, 1},
+          wgmma::kRowBytes));
   }
   auto func = createKernelFunc(rewriter, loc, kernel.getName(), argTypes,
                                plan->threads());
   if (plan->tmaLoads) {
-    for (unsigned i = 0; i < 2; ++i)
+    for (unsigned i = 0; i < numMaps; ++i)
       func.setArgAttr(i, LLVM::LLVMDialect::getAlignAttrName(),
                       rewriter.getI64IntegerAttr(64));
-    func->setAttr(kTensorMapArgsAttrName, rewriter.getI64IntegerAttr(2));
+    func->setAttr(kTensorMapArgsAttrName, rewriter.getI64IntegerAttr(numMaps));
   }
   // setmaxnreg takes effect only with a register count known at entry:
   // one CTA per SM (.minnctapersm 1) with the block size.

@@ -126,6 +126,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.tma = src.tma;
   dst.persistent = src.persistent;
   dst.qPrefetch = src.qPrefetch;
+  dst.qTma = src.qTma;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
