@@ -94,7 +94,7 @@ defvar DiffAttnGPUStrategyOptions = [
            "tile's first blocks and Q while its consumers finish the "
            "current one (false: one CTA per tile). Off by default: level "
            "with one CTA per tile (H200, docs/performance.md, Hopper runs "
-           "19-21)">,
+           "19-22)">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "
