@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from . import _gpu, _torch_native
+from . import _gpu, _torch_autograd, _torch_native
 
 _ELEM = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
@@ -108,6 +108,10 @@ def _v2_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
 if not _torch_native.define_v2(v2_op, _v2_fake):
     v2_op = torch.library.custom_op("diffattn::v2", mutates_args=())(v2_op)
     v2_op.register_fake(_v2_fake)
+
+# CPU tensors, diffattn::v2_lse and diffattn::v2_backward, and v2's autograd
+# formula (training; the backward pass runs on the CPU so far).
+_torch_autograd.register()
 
 
 @torch.library.custom_op("diffattn::v2_paged", mutates_args=())

@@ -1,0 +1,117 @@
+"""Training through ``torch.ops.diffattn.v2`` (issue 15): the op's CPU kernel
+(float32 / float16 CPU tensors, run by the compiled CPU kernels), the ops
+``diffattn::v2_lse`` -> (out, lse) and ``diffattn::v2_backward`` -> (dq, dk,
+dv, dlam), their fake (meta) implementations for torch.compile, and v2's
+autograd formula (``torch.library.register_autograd``), so that
+``loss.backward()`` works eagerly and under torch.compile.
+
+Shapes and layouts are diffattn.v2's: q [B, Sq, 2H, D], k [B, Sk, Hkv, D],
+v [B, Sk, Hkv, Dv], lam [B, Sq, H], out and dout [B, Sq, H, Dv], lse [B, 2H,
+Sq] float32; each gradient has its input's shape and dtype.
+
+The forward op returns only ``out``, so the backward first recomputes the
+log-sum-exp (``diffattn::v2_lse``, one more forward pass) and then runs the
+compiler's backward kernel (its untiled lowering, memory quadratic in the
+sequence length). The GPU has no backward kernel yet: a backward through
+CUDA tensors raises NotImplementedError, never a fallback.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import _cpu
+
+_CPU_DTYPES = (torch.float32, torch.float16)
+
+
+def _numpy(name, t, dtypes=_CPU_DTYPES):
+    """`t` (a CPU tensor of one of `dtypes`) as a contiguous numpy array."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise NotImplementedError(
+            f"{name}: on {t.device}; diffattn's backward pass runs on CPU tensors only so far "
+            f"(the GPU backward kernels are not implemented)")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: CPU tensors must be {' or '.join(map(str, dtypes))} "
+                        f"(numpy has no bfloat16), got {t.dtype}")
+    return t.detach().contiguous().numpy()
+
+
+def _inputs(q, k, v, lam, kv_len):
+    arrays = [_numpy(n, t) for n, t in (("q", q), ("k", k), ("v", v), ("lam", lam))]
+    arrays.append(None if kv_len is None else _numpy("kv_len", kv_len, (torch.int32,)))
+    return arrays
+
+
+def _v2_cpu(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
+    return torch.from_numpy(_cpu.v2(q_, k_, v_, lam_, causal=causal, scale=scale,
+                                    window=(window_left, window_right), kv_len=kv_))
+
+
+@torch.library.custom_op("diffattn::v2_lse", mutates_args=())
+def v2_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+              kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
+              window_left: int, window_right: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """diffattn.v2 and its log-sum-exp: (out [B, Sq, H, Dv], lse [B, 2H, Sq]
+    float32, -inf where a row sees no key). CPU tensors only so far."""
+    q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
+    out, lse = _cpu.v2(q_, k_, v_, lam_, causal=causal, scale=scale,
+                       window=(window_left, window_right), kv_len=kv_, return_lse=True)
+    return torch.from_numpy(out), torch.from_numpy(lse)
+
+
+@v2_lse_op.register_fake
+def _v2_lse_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    b, sq, h2, _ = q.shape
+    return (q.new_empty((b, sq, h2 // 2, v.shape[3])),
+            q.new_empty((b, h2, sq), dtype=torch.float32))
+
+
+@torch.library.custom_op("diffattn::v2_backward", mutates_args=())
+def v2_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+                   out: torch.Tensor, dout: torch.Tensor, lse: torch.Tensor,
+                   kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
+                   window_left: int, window_right: int
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """diffattn.v2_backward: (dq, dk, dv, dlam) shaped and typed like q, k,
+    v, lam (see diffattn.v2_backward). CPU tensors only so far; errors name
+    the tensor that does not match the forward's configuration."""
+    q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
+    grads = _cpu.v2_backward(q_, k_, v_, lam_, _numpy("out", out), _numpy("dout", dout),
+                             _numpy("lse", lse, (torch.float32,)), causal=causal, scale=scale,
+                             window=(window_left, window_right), kv_len=kv_)
+    return tuple(torch.from_numpy(g) for g in grads)
+
+
+@v2_backward_op.register_fake
+def _v2_backward_fake(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                      window_right):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            torch.empty_like(lam))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, lam, kv_len, causal, scale, window_left, window_right = inputs
+    ctx.save_for_backward(q, k, v, lam, kv_len, output)
+    ctx.config = (causal, scale, window_left, window_right)
+
+
+def _backward(ctx, dout):
+    q, k, v, lam, kv_len, out = ctx.saved_tensors
+    if q.device.type != "cpu":
+        raise NotImplementedError(
+            "diffattn::v2 backward: the GPU backward kernels are not implemented yet "
+            "(CPU tensors have a backward pass)")
+    _, lse = torch.ops.diffattn.v2_lse(q, k, v, lam, kv_len, *ctx.config)
+    dq, dk, dv, dlam = torch.ops.diffattn.v2_backward(
+        q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config)
+    return dq, dk, dv, dlam, None, None, None, None, None
+
+
+def register():
+    """Registers v2's CPU kernel and autograd formula (once)."""
+    torch.library.register_kernel("diffattn::v2", "cpu", _v2_cpu)
+    torch.library.register_autograd("diffattn::v2", _backward, setup_context=_setup_context)

@@ -1,0 +1,103 @@
+"""torch.ops.diffattn.v2 in training (issue 15): its autograd formula on CPU
+tensors against the float64 reference, torch.autograd.gradcheck, the
+backward under torch.compile (the fake kernels of diffattn::v2_lse and
+diffattn::v2_backward), and the errors of a backward whose saved tensors do
+not match. Needs torch (skipped without it)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import diffattn  # noqa: E402
+from diffattn import _torch, reference  # noqa: E402,F401  (registers the ops)
+
+# (B, Sq, Sk, 2H, Hkv, D, Dv, causal, window, kv_len)
+CASES = [
+    (2, 9, 11, 8, 2, 16, 16, True, (-1, -1), None),
+    (1, 7, 7, 4, 2, 8, 16, False, (-1, -1), None),
+    (2, 6, 10, 4, 1, 8, 8, True, (-1, -1), [10, 3]),
+    (1, 12, 12, 12, 2, 8, 8, False, (3, 2), None),
+]
+
+
+def _leaf(shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype).requires_grad_()
+
+
+def _tensors(case, dtype=torch.float32, lam_dtype=None):
+    b, sq, sk, h2, hkv, d, dv, causal, window, kv_len = case
+    torch.manual_seed(0)
+    q, k, v = _leaf((b, sq, h2, d), dtype), _leaf((b, sk, hkv, d), dtype), _leaf((b, sk, hkv, dv), dtype)
+    lam = _leaf((b, sq, h2 // 2), lam_dtype or dtype)
+    kv = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32)
+    return q, k, v, lam, kv, (causal, None, window[0], window[1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=["causal-gqa4", "dv", "kv_len", "window-g6"])
+def test_backward_matches_reference(case):
+    q, k, v, lam, kv, config = _tensors(case)
+    out = torch.ops.diffattn.v2(q, k, v, lam, kv, *config)
+    dout = torch.randn_like(out)
+    (out * dout).sum().backward()
+    kw = dict(causal=config[0], window=config[2:],
+              kv_len=None if kv is None else kv.numpy())
+    ref = reference.v2_backward(*(t.detach().numpy() for t in (q, k, v, lam)), dout.numpy(), **kw)
+    for name, t, r in zip(("q", "k", "v", "lam"), (q, k, v, lam), ref):
+        assert t.grad.shape == t.shape and t.grad.dtype == t.dtype
+        assert np.linalg.norm(t.grad.numpy() - r) <= 2e-5 * max(np.linalg.norm(r), 1e-30), name
+    # The forward is the compiled kernel's (the CPU path of diffattn.v2).
+    np.testing.assert_allclose(out.detach().numpy(), reference.v2(
+        *(t.detach().numpy() for t in (q, k, v, lam)), **kw), rtol=2e-4, atol=2e-4)
+
+
+def test_gradcheck():
+    """Finite differences of the compiled float32 forward against the
+    compiled backward (float32: the CPU kernels have no float64 form yet, so
+    eps and the tolerances are float32's)."""
+    q, k, v, lam, kv, config = _tensors((1, 5, 6, 4, 2, 8, 8, True, (-1, -1), None))
+    with pytest.warns(UserWarning, match="double precision"):
+        assert torch.autograd.gradcheck(
+            lambda q, k, v, lam: torch.ops.diffattn.v2(q, k, v, lam, kv, *config),
+            (q, k, v, lam), eps=1e-2, atol=2e-3, rtol=2e-2)
+
+
+def test_f16_and_lam_f32():
+    q, k, v, lam, kv, config = _tensors(CASES[0], torch.float16, torch.float32)
+    out = torch.ops.diffattn.v2(q, k, v, lam, kv, *config)
+    out.float().sum().backward()
+    assert (q.grad.dtype, lam.grad.dtype) == (torch.float16, torch.float32)
+    assert all(torch.isfinite(t.grad.float()).all() for t in (q, k, v, lam))
+
+
+def test_backward_under_torch_compile():
+    q, k, v, lam, kv, config = _tensors(CASES[2])
+
+    def step(q, k, v, lam):
+        return (torch.ops.diffattn.v2(q, k, v, lam, kv, *config) ** 2).sum()
+
+    torch.compile(step, backend="aot_eager", fullgraph=True)(q, k, v, lam).backward()
+    compiled = [t.grad.clone() for t in (q, k, v, lam)]
+    for t in (q, k, v, lam):
+        t.grad = None
+    step(q, k, v, lam).backward()
+    for a, t in zip(compiled, (q, k, v, lam)):
+        torch.testing.assert_close(a, t.grad, rtol=0, atol=0)
+
+
+def test_backward_op_names_mismatched_tensors():
+    q, k, v, lam, kv, config = _tensors(CASES[1])
+    with torch.no_grad():
+        out, lse = torch.ops.diffattn.v2_lse(q, k, v, lam, kv, *config)
+        dout = torch.randn_like(out)
+        with pytest.raises(ValueError, match=r"^lse: expected shape"):
+            torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse[:, :2].contiguous(), kv,
+                                           *config)
+        with pytest.raises(ValueError, match=r"^dout: expected shape"):
+            torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout[:, :3].contiguous(), lse, kv,
+                                           *config)
+        with pytest.raises(TypeError, match=r"^lse: CPU tensors must be torch.float32"):
+            torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse.half(), kv, *config)
+        with pytest.raises(TypeError, match=r"^q: CPU tensors must be"):
+            torch.ops.diffattn.v2(q.bfloat16(), k.bfloat16(), v.bfloat16(), lam.bfloat16(), kv,
+                                  *config)
