@@ -98,7 +98,8 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     gradients.
 
     numpy arrays (float32, float16) run on the CPU through the compiler's
-    untiled lowering (memory quadratic in the sequence length). Raises
+    backward kernel, tiled over blocks of 64 keys (memory B x 2H x Sq x 64
+    f32 per intermediate). Raises
     TypeError / ValueError naming the tensor whose dtype or shape does not
     match the forward's configuration, before anything is compiled. The GPU
     backward is not implemented yet (TypeError for torch tensors)."""

@@ -179,13 +179,13 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
 
 
 def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, window=(-1, -1),
-                kv_len=None, lowering="decompose"):
+                kv_len=None, lowering="flash"):
     """diffattn.v2_backward on numpy arrays (see diffattn.v2_backward):
-    (dq, dk, dv, dlam) shaped and typed like q, k, v and lam. Only the
-    untiled lowering ("decompose") computes the backward pass so far."""
-    if lowering != "decompose":
-        raise ValueError(f"lowering: only 'decompose' computes the backward pass so far "
-                         f"(the tiled backward is not implemented), got {lowering!r}")
+    (dq, dk, dv, dlam) shaped and typed like q, k, v and lam. ``lowering``:
+    "flash" (the default: over blocks of 64 keys, memory linear in Sk) or
+    "decompose" (all keys at once, quadratic memory; the oracle)."""
+    if lowering not in _LOWERINGS:
+        raise ValueError(f"lowering: expected one of {_LOWERINGS}, got {lowering!r}")
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[B, Sk, Hkv, D]")
     v = _check_array("v", v, 4, "[B, Sk, Hkv, Dv]")

@@ -11,8 +11,7 @@ Sq] float32; each gradient has its input's shape and dtype.
 
 The forward op returns only ``out``, so the backward first recomputes the
 log-sum-exp (``diffattn::v2_lse``, one more forward pass) and then runs the
-compiler's backward kernel (its untiled lowering, memory quadratic in the
-sequence length). The GPU has no backward kernel yet: a backward through
+compiler's backward kernel (tiled over blocks of 64 keys). The GPU has no backward kernel yet: a backward through
 CUDA tensors raises NotImplementedError, never a fallback.
 """
 

@@ -1,6 +1,6 @@
 """diffattn.v2_backward on the CPU (issue 15): the compiled gradients (dq,
-dk, dv, dlam) of the untiled lowering against the float64 reference on 32
-configurations (G = 2..8, odd lengths, Sq != Sk both ways, windows, ragged
+dk, dv, dlam) of both lowerings (tiled over blocks of 64 keys, and the
+untiled oracle) against the float64 reference on 33 configurations (G = 2..8, odd lengths, Sq != Sk both ways, windows, ragged
 kv_len, Dv != D, f16, lam in f32), keys past kv_len that hold NaN, and the
 errors that name the tensor whose shape or dtype does not match the
 forward's configuration."""
@@ -43,6 +43,9 @@ CASES = [
     (1, 21, 21, 12, 3, 8, 8, True, (-1, -1), None),        # G = 4, Hkv = 3
     (1, 15, 15, 4, 2, 16, 16, True, (-1, -1), [0]),        # kv_len 0: every row empty
     (2, 8, 16, 4, 2, 16, 16, True, (2, -1), None),
+    (2, 20, 200, 8, 2, 16, 16, True, (-1, -1), [200, 129]),  # four key blocks, ragged
+    (1, 33, 130, 4, 2, 16, 8, False, (20, 5), None),        # window across blocks
+    (1, 70, 150, 8, 2, 16, 16, True, (-1, -1), None),       # last block partial
 ]
 IDS = [f"c{i:02d}" for i in range(len(CASES))]
 
@@ -66,15 +69,18 @@ def _rel_l2(got, ref):
     return err / norm if norm > 0 else err
 
 
-def _backward(q, k, v, lam, dout, kw):
+def _backward(q, k, v, lam, dout, kw, lowering="flash"):
     out, lse = _cpu.v2(q, k, v, lam, return_lse=True, lowering="decompose", **kw)
-    return diffattn.v2_backward(q, k, v, lam, out, dout, lse, **kw)
+    if lowering == "flash":
+        return diffattn.v2_backward(q, k, v, lam, out, dout, lse, **kw)
+    return _cpu.v2_backward(q, k, v, lam, out, dout, lse, lowering=lowering, **kw)
 
 
+@pytest.mark.parametrize("lowering", ["flash", "decompose"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_gradients_match_reference(case):
+def test_gradients_match_reference(case, lowering):
     q, k, v, lam, dout, kw = _inputs(case, seed=5)
-    grads = _backward(q, k, v, lam, dout, kw)
+    grads = _backward(q, k, v, lam, dout, kw, lowering)
     ref = reference.v2_backward(q, k, v, lam, dout, **kw)
     for name, got, want, like in zip(("dq", "dk", "dv", "dlam"), grads, ref, (q, k, v, lam)):
         assert got.shape == like.shape and got.dtype == like.dtype, name
@@ -97,8 +103,8 @@ def test_f16_gradients(case, lam_dtype):
 
 def test_keys_past_kv_len_are_never_read():
     """NaN in the cache past kv_len changes nothing, and those keys get zero
-    dk and dv (SPEC.md: keys at t >= kv_len are ignored)."""
-    q, k, v, lam, dout, kw = _inputs(CASES[14], seed=2)
+    dk and dv (SPEC.md: keys at t >= kv_len are ignored); four key blocks."""
+    q, k, v, lam, dout, kw = _inputs(CASES[30], seed=2)
     clean = _backward(q, k, v, lam, dout, kw)
     kv_len = kw["kv_len"]
     k_bad, v_bad = k.copy(), v.copy()
@@ -168,7 +174,7 @@ def test_other_bad_options():
         diffattn.v2_backward(**args, **dict(kw, kv_len=np.array([9, 10], np.int32)))
     with pytest.raises(TypeError, match=r"kv_len"):
         diffattn.v2_backward(**args, **dict(kw, kv_len=np.array([9, 9], np.int64)))
-    with pytest.raises(ValueError, match=r"lowering: only 'decompose'"):
-        _cpu.v2_backward(*args.values(), lowering="flash", **kw)
+    with pytest.raises(ValueError, match=r"lowering: expected one of"):
+        _cpu.v2_backward(*args.values(), lowering="magic", **kw)
     with pytest.raises(TypeError, match=r"q: expected a numpy.ndarray"):
         diffattn.v2_backward(**dict(args, q=args["q"].tolist()), **kw)

@@ -244,8 +244,7 @@ mlir::diffattn::readOutlinedKernel(func::FuncOp kernel, StringRef chipName) {
   result.op = ops.front();
   if (isa<V2BackwardOp>(result.op))
     return result.op->emitOpError()
-           << "has no GPU kernel yet (the CPU target computes it with "
-              "--lowering=decompose)";
+           << "has no GPU kernel yet (the CPU target computes it)";
   // The GPU strategies write one output; diffattn.v2's log-sum-exp is
   // computed by the CPU lowerings only so far.
   if (result.op->getNumResults() != 1)

@@ -506,6 +506,8 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
     return op->emitOpError()
            << "block sizes must be positive, got block-q = " << sizes.blockQ
            << ", block-k = " << sizes.blockK;
+  if (auto backward = dyn_cast<V2BackwardOp>(op))
+    return lowerV2Backward(rewriter, backward, sizes.blockK);
   FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
   if (failed(dense))
     return failure();
@@ -536,8 +538,6 @@ struct DiffAttnTileFlashPass
     if (blockK != 0)
       sizes.blockK = blockK;
 
-    if (failed(rejectUnloweredOps(getOperation(), "diffattn-tile-flash")))
-      return signalPassFailure();
     IRRewriter rewriter(&getContext());
     for (Operation *op : collectDiffAttnOps(getOperation()))
       if (failed(tileDiffAttnOp(rewriter, op, sizes)))

@@ -78,21 +78,6 @@ AffineExpr AttentionConfig::valueHead(AffineExpr j) const {
   return j.floorDiv(2 * pairsPerGroup);
 }
 
-LogicalResult mlir::diffattn::rejectUnloweredOps(Operation *root,
-                                                 StringRef pass) {
-  bool found = false;
-  root->walk([&](Operation *op) {
-    if (isa<V2BackwardOp>(op)) {
-      op->emitOpError() << "has no lowering in " << pass
-                        << " yet: only --diffattn-decompose lowers the "
-                           "backward pass (diffattn-compile "
-                           "--target=cpu --lowering=decompose)";
-      found = true;
-    }
-  });
-  return failure(found);
-}
-
 SmallVector<Operation *> mlir::diffattn::collectDiffAttnOps(Operation *root) {
   SmallVector<Operation *> ops;
   root->walk([&](Operation *op) {

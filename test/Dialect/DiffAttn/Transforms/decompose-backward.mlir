@@ -1,17 +1,20 @@
 // RUN: diffattn-opt %s --split-input-file --diffattn-decompose | FileCheck %s
 
-// diffattn.v2_backward as untiled linalg: P recomputed from the scores and
-// lse (0 where masked), A = P V, the row terms rowsum(dout * A_{2h+1}) and
-// rowsum(dout * out), D_j per query head, G = dout V^T, dS and w_j P, then
-// dq (guarded at kv_len), dk and dv summed over the KV group through
-// expand_shape (j = g * G + jj), and dlam; dq and dk scaled.
+// diffattn.v2_backward as untiled linalg (one block of all keys):
+// rowsum(dout * out), the masked scores, P from lse (0 where masked),
+// G = dout V^T (0 at keys past kv_len), r = sum_t P_{2h+1} G_{2h+1}, D_j
+// per query head, dS and w_j P, then dq (keys past kv_len never read), dk
+// and dv summed over the KV group through expand_shape (j = g * G + jj),
+// and dlam; dq and dk scaled.
 
-// CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d1, d2 * 2 + 1, d3)>
+// CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2 * 2 + 1, d1, d3)>
 // CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
 // CHECK-DAG: #[[MDSG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d2, d4, d5, d1)>
 // CHECK-DAG: #[[MQG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d5, d2, d4, d3)>
 // CHECK-LABEL: func.func @backward
 // CHECK-SAME:    %[[Q:[a-z0-9]+]]: tensor<2x7x8x16xf32>, %[[K:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[V:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[LAM:[a-z0-9]+]]: tensor<2x7x4xf32>, %[[O:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[DO:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[LSE:[a-z0-9]+]]: tensor<2x8x7xf32>, %[[KVLEN:[a-z0-9]+]]: tensor<2xi32>
+// CHECK-NOT:   scf.for
+// CHECK:       %[[OD:.*]] = linalg.generic {{.*}} ins(%[[DO]], %[[O]] :
 // CHECK:       %[[S:.*]] = linalg.generic {{.*}} ins(%[[Q]], %[[K]] :
 // CHECK:       %[[M:.*]] = linalg.generic {{.*}} ins(%[[S]], %[[KVLEN]] :
 // CHECK:         arith.cmpi sle
@@ -19,11 +22,10 @@
 // CHECK:         arith.cmpf oeq
 // CHECK:         math.exp
 // CHECK:         arith.select
-// CHECK:       %[[A:.*]] = linalg.generic {{.*}} ins(%[[P]], %[[V]], %[[KVLEN]] :
+// CHECK:       %[[G:.*]] = linalg.generic {{.*}} ins(%[[DO]], %[[V]], %[[KVLEN]] :
 // CHECK:         arith.cmpi ult
-// CHECK:       %[[R:.*]]:2 = linalg.generic {indexing_maps = [#{{.*}}, #[[ODD]], {{.*}}]{{.*}} ins(%[[DO]], %[[A]], %[[O]] :
-// CHECK:       %[[D:.*]] = linalg.generic {indexing_maps = [#[[PAIR]], #[[PAIR]], #[[PAIR]], {{.*}}]{{.*}} ins(%[[R]]#0, %[[R]]#1, %[[LAM]] :
-// CHECK:       %[[G:.*]] = linalg.generic {{.*}} ins(%[[DO]], %[[V]] :
+// CHECK:       %[[R:.*]] = linalg.generic {indexing_maps = [#[[ODD]], #[[ODD]], {{.*}}]{{.*}} ins(%[[P]], %[[G]] :
+// CHECK:       %[[D:.*]] = linalg.generic {indexing_maps = [#[[PAIR]], #[[PAIR]], #[[PAIR]], {{.*}}]{{.*}} ins(%[[R]], %[[OD]], %[[LAM]] :
 // CHECK:       %[[DS:.*]]:2 = linalg.generic {{.*}} ins(%[[P]], %[[G]], %[[D]], %[[LAM]], %[[M]] :
 // CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
 // CHECK:       linalg.generic {{.*}} ins(%[[DQSUM]] :
@@ -34,7 +36,7 @@
 // CHECK:       tensor.expand_shape %[[DS]]#1 {{\[}}[0], [1, 2, 3], [4], [5]] output_shape [2, 2, 2, 2, 7, 9]
 // CHECK:       tensor.expand_shape %[[DO]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 2, 16]
 // CHECK:       iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction", "reduction"]
-// CHECK:       linalg.generic {{.*}} ins(%[[R]]#0, %[[LAM]] :
+// CHECK:       linalg.generic {{.*}} ins(%[[R]], %[[LAM]] :
 // CHECK-NOT:   diffattn.v2_backward
 func.func @backward(%q: tensor<2x7x8x16xf32>, %k: tensor<2x9x2x16xf32>, %v: tensor<2x9x2x16xf32>, %lam: tensor<2x7x4xf32>, %o: tensor<2x7x4x16xf32>, %do: tensor<2x7x4x16xf32>, %lse: tensor<2x8x7xf32>, %kvlen: tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>) {
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %v, %lam, %o, %do, %lse kv_len(%kvlen) {causal} : (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>, tensor<2x7x4x16xf32>, tensor<2x7x4x16xf32>, tensor<2x8x7xf32>, tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>)

@@ -314,8 +314,11 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     Rows with no visible key (`lse = -inf`) and keys at `t >= kv_len` get
     zero gradients, whatever the cache holds there.
 
-    `--diffattn-decompose` lowers it (untiled, quadratic memory: the CPU
-    target's `--lowering=decompose`); `--diffattn-tile-flash` and the GPU
+    `--diffattn-tile-flash` lowers it over blocks of keys (FlashAttention-2's
+    backward tiled over keys: P and `G = dout V^T` recomputed per block, r
+    accumulated in a first pass, dq accumulated and each block's dk, dv
+    written in a second; the CPU target's default) and `--diffattn-decompose`
+    over all keys at once (the oracle, quadratic memory). The GPU
     strategies have no backward yet and reject it with a diagnostic.
   }];
 

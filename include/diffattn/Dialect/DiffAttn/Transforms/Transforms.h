@@ -16,6 +16,7 @@
 #include "mlir/Support/LLVM.h"
 
 namespace mlir::diffattn {
+class V2BackwardOp;
 
 /// The destination the result of `op` is materialized into, when its only
 /// use is a `bufferization.materialize_in_destination` into a block
@@ -58,8 +59,16 @@ FailureOr<Operation *> materializeVarlenBatch(RewriterBase &rewriter,
 FailureOr<Operation *> materializeServingLayouts(RewriterBase &rewriter,
                                                  Operation *op);
 
-/// Replaces `op` (diffattn.v2 / diffattn.v1) with untiled linalg on tensors.
+/// Replaces `op` (diffattn.v2 / diffattn.v1 / diffattn.v2_backward) with
+/// untiled linalg on tensors.
 LogicalResult decomposeDiffAttnOp(RewriterBase &rewriter, Operation *op);
+
+/// Replaces `op` with linalg on tensors computing its gradients
+/// (V2Backward.cpp): over blocks of `blockK` keys (FlashAttention-2's
+/// backward tiled over keys; memory B x 2H x Sq x blockK f32 per term), or
+/// over all keys at once when `blockK` <= 0.
+LogicalResult lowerV2Backward(RewriterBase &rewriter, V2BackwardOp op,
+                              int64_t blockK);
 
 /// Block sizes of the FlashAttention tiling.
 struct FlashTileSizes {

@@ -65,11 +65,6 @@ struct AttentionConfig {
 /// `root`, in walk order.
 SmallVector<Operation *> collectDiffAttnOps(Operation *root);
 
-/// Emits an error at every op under `root` that `pass` cannot lower
-/// (diffattn.v2_backward, which only the decomposition lowers so far).
-/// `pass` names the pass in the message. Returns failure if there was one.
-LogicalResult rejectUnloweredOps(Operation *root, StringRef pass);
-
 /// The name of the attribute that marks an outlined kernel function and
 /// holds its manifest entry.
 constexpr StringLiteral kKernelAttrName = "diffattn.kernel";
