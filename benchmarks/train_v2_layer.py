@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""A real training run through the op (issue 15, item 5): the public V2
+attention layer (gpu_v2_layer.V2Layer: projections, interleaved RoPE, the
+attention core with the differential epilogue, output projection) inside a
+tiny language model (token embedding, the layer with a residual, an LM head)
+trained for N steps on random tokens with AdamW, twice from the same initial
+weights and batches: once with torch.ops.diffattn.v2 as the core (its
+autograd formula, diffattn::v2_backward), once with SDPA (enable_gqa) +
+the reference epilogue. Prints both loss curves side by side and their
+largest difference, writes train_v2_layer.json under --out, and exits 1 if
+the curves do not track (a relative difference above --tolerance).
+
+    python3 benchmarks/train_v2_layer.py [--device cpu] [--steps 50] [--out DIR]
+
+On the CPU the cores run in float32 (the op's CPU kernels; backward tiled
+over key blocks). The GPU has no backward kernel yet, so --device cuda
+stops at the first backward with NotImplementedError.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
+sys.path.insert(0, HERE)
+from fixture_modules import rope_tables  # noqa: E402
+from gpu_v2_layer import V2Layer, epilogue  # noqa: E402
+
+from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2 and autograd)
+
+
+def op_core(q, k, v, lam):
+    return torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
+
+
+def sdpa_core(q, k, v, lam):
+    a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=True, enable_gqa=True)
+    return epilogue(a.transpose(1, 2), lam)
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, vocab, d_model, heads, kv_heads, head_dim):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d_model)
+        self.attn = V2Layer(d_model, heads, kv_heads, head_dim)
+        self.norm = torch.nn.LayerNorm(d_model)
+        self.head = torch.nn.Linear(d_model, vocab, bias=False)
+
+    def forward(self, tokens, cos, sin, core):
+        x = self.embed(tokens)
+        x = x + self.attn(x, cos, sin, core)
+        return self.head(self.norm(x))
+
+
+def train(model, batches, cos, sin, core, lr):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for tokens in batches:
+        logits = model(tokens[:, :-1], cos, sin, core)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4, help="pairs H (2H query heads)")
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--head-dim", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--tolerance", type=float, default=1e-2,
+                    help="largest allowed |loss_op - loss_sdpa| / loss_sdpa over the steps")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    model = TinyLM(args.vocab, args.d_model, args.heads, args.kv_heads, args.head_dim).to(dev)
+    # The same batches of random tokens (seq + 1: inputs and next-token targets).
+    batches = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)
+               for _ in range(args.steps)]
+    cos, sin = (t.to(dev) for t in rope_tables(args.seq, args.head_dim))
+    curves, seconds = {}, {}
+    for name, core in (("op", op_core), ("sdpa", sdpa_core)):
+        start = time.time()
+        curves[name] = train(copy.deepcopy(model), batches, cos, sin, core, args.lr)
+        seconds[name] = time.time() - start
+    diffs = [abs(a - b) / b for a, b in zip(curves["op"], curves["sdpa"])]
+    print(f"V2 layer in a tiny LM, {args.steps} AdamW steps on random tokens, B={args.batch} "
+          f"S={args.seq} d_model={args.d_model} 2H={2 * args.heads} Hkv={args.kv_heads} "
+          f"D={args.head_dim}, {args.device}, float32:")
+    print("| step | loss (op) | loss (SDPA + epilogue) |")
+    print("| --- | --- | --- |")
+    for i in sorted(set(range(0, args.steps, 10)) | {args.steps - 1}):
+        print(f"| {i} | {curves['op'][i]:.4f} | {curves['sdpa'][i]:.4f} |")
+    worst = max(diffs)
+    print(f"largest relative difference {worst:.2e} (step {diffs.index(worst)}); "
+          f"time {seconds['op']:.1f} s (op) / {seconds['sdpa']:.1f} s (SDPA)")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "train_v2_layer.json"), "w") as f:
+            json.dump({"args": vars(args), "losses": curves, "seconds": seconds,
+                       "max_rel_diff": worst}, f, indent=1)
+    sys.exit(0 if worst <= args.tolerance else 1)
+
+
+if __name__ == "__main__":
+    main()
