@@ -12,7 +12,11 @@ The package is laid out by the CMake build under build/python_packages.
   ``torch.ops.diffattn.v2`` (a torch.library custom op with a fake
   implementation, so torch.compile keeps it in its graph), launched by the
   runtime library on torch's current stream.
-- ``diffattn.reference.v2`` / ``diffattn.reference.v1``: float64 numpy
+- ``diffattn.v2(..., return_lse=True)`` -> ``(out, lse)`` and
+  ``diffattn.v2_backward(q, k, v, lam, out, dout, lse, ...)`` -> ``(dq, dk,
+  dv, dlam)``: training on the CPU (numpy arrays); with PyTorch,
+  ``torch.ops.diffattn.v2`` has an autograd formula for CPU tensors.
+- ``diffattn.reference.v2`` / ``.v2_backward`` / ``.v1``: float64 numpy
   reference implementations of the ops' semantics, for tests.
 - ``diffattn.__version__``: the project version the build recorded.
 """
@@ -51,6 +55,13 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def torch_ops():
+    """torch.ops (the diffattn ops registered by diffattn._torch)."""
+    import torch
+
+    return torch.ops
+
+
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
        block_table=None, return_lse=False):
     """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU,
@@ -71,8 +82,12 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         from . import _torch
 
         if return_lse:
+            if q.device.type == "cpu" and out is None and block_table is None:
+                left, right = window
+                return torch_ops().diffattn.v2_lse(q, k, v, lam, kv_len, bool(causal), scale,
+                                                   left, right)
             raise ValueError("return_lse: the GPU path does not compute the log-sum-exp yet "
-                             "(numpy arrays on the CPU do)")
+                             "(CPU tensors and numpy arrays do, without out= or block_table)")
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
                          kv_len=kv_len, out=out, block_table=block_table)
     if not _is_numpy(q):
@@ -92,10 +107,13 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     dtype) and its log-sum-exp ``lse`` [B, 2H, Sq] float32 (``v2(...,
     return_lse=True)``). The formula is FlashAttention-2's backward with the
     differential epilogue's chain rule (diffattn.v2_backward in
-    docs/dialect.md; ``diffattn.reference.v2_backward`` is the float64
+    docs/DiffAttnOps.md; ``diffattn.reference.v2_backward`` is the float64
     reference): dk and dv sum over the query heads of each KV group; masked
     keys, keys at t >= kv_len[b] and rows that see no key get zero
-    gradients.
+    gradients. ``causal``, ``scale``, ``window`` and ``kv_len`` must be the
+    forward's: only the shapes and dtypes of the saved tensors can be
+    checked, so an ``lse`` from another configuration gives wrong
+    gradients without an error (as in FlashAttention).
 
     numpy arrays (float32, float16) run on the CPU through the compiler's
     backward kernel, tiled over blocks of 64 keys (memory B x 2H x Sq x 64

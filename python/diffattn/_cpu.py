@@ -32,7 +32,7 @@ def _check_array(name, x, rank, layout):
 def _check_same_dtype(name, x, dtype, allow_f32=False):
     if x.dtype == dtype or (allow_f32 and x.dtype == np.float32):
         return
-    allowed = f"{dtype}" + (" or float32" if allow_f32 else "")
+    allowed = f"{dtype}" + (" or float32" if allow_f32 and dtype != np.float32 else "")
     raise TypeError(f"{name}: expected dtype {allowed} (as q), got {x.dtype}")
 
 

@@ -11,8 +11,10 @@ Sq] float32; each gradient has its input's shape and dtype.
 
 The forward op returns only ``out``, so the backward first recomputes the
 log-sum-exp (``diffattn::v2_lse``, one more forward pass) and then runs the
-compiler's backward kernel (tiled over blocks of 64 keys). The GPU has no backward kernel yet: a backward through
-CUDA tensors raises NotImplementedError, never a fallback.
+compiler's backward kernel (tiled over blocks of 64 keys). The GPU has no
+backward kernel yet: a backward through CUDA tensors raises
+NotImplementedError, never a fallback. The backward is not itself
+differentiable (no double backward).
 """
 
 from typing import Optional, Tuple
@@ -33,8 +35,9 @@ def _numpy(name, t, dtypes=_CPU_DTYPES):
             f"{name}: on {t.device}; diffattn's backward pass runs on CPU tensors only so far "
             f"(the GPU backward kernels are not implemented)")
     if t.dtype not in dtypes:
-        raise TypeError(f"{name}: CPU tensors must be {' or '.join(map(str, dtypes))} "
-                        f"(numpy has no bfloat16), got {t.dtype}")
+        why = " (numpy has no bfloat16)" if t.dtype == torch.bfloat16 else ""
+        raise TypeError(f"{name}: CPU tensors must be {' or '.join(map(str, dtypes))}{why}, "
+                        f"got {t.dtype}")
     return t.detach().contiguous().numpy()
 
 

@@ -178,3 +178,16 @@ def test_other_bad_options():
         _cpu.v2_backward(*args.values(), lowering="magic", **kw)
     with pytest.raises(TypeError, match=r"q: expected a numpy.ndarray"):
         diffattn.v2_backward(**dict(args, q=args["q"].tolist()), **kw)
+
+
+def test_dlam_keeps_precision_for_large_lam():
+    """sigmoid'(lam) as sigmoid(lam) sigmoid(-lam): with lam = 17 or 30,
+    sigmoid(lam) rounds to 1 in f32, and 1 - sigmoid(lam) would make dlam 0."""
+    q, k, v, lam, dout, kw = _inputs(CASES[1], seed=6)
+    lam[:] = 17.0
+    lam[0, 0] = 30.0
+    lam[0, 1] = -30.0
+    _, _, _, dlam = _backward(q, k, v, lam, dout, kw)
+    ref = reference.v2_backward(q, k, v, lam, dout, **kw)[3]
+    assert np.all(dlam[ref != 0] != 0)
+    np.testing.assert_allclose(dlam, ref, rtol=1e-3, atol=0)  # r itself sums with cancellation

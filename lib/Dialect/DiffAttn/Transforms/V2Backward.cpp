@@ -285,20 +285,23 @@ Value BackwardLowering::keyGradient(Decomposition &dec, Value grads,
 }
 
 Value BackwardLowering::lambdaGradient(Decomposition &dec, Value r) {
-  // dlam = -sigmoid'(lam) r = -sigmoid(lam) (1 - sigmoid(lam)) r.
+  // dlam = -sigmoid'(lam) r = -sigmoid(lam) sigmoid(-lam) r (not sigmoid
+  // (1 - sigmoid), which is 0 in f32 once sigmoid(lam) rounds to 1, from
+  // lam ~ 17).
   AffineMap id3 = dec.map(3, {dec.dim(0), dec.dim(1), dec.dim(2)});
   Type lamElement = cast<RankedTensorType>(lam.getType()).getElementType();
-  return buildGeneric(
-      rewriter, loc, {r, lam}, {destination(3, lam)}, {id3, id3, id3},
-      {kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
-        Value sig = buildSigmoid(b, l, buildExtToF32(b, l, args[1]));
-        Value slope = arith::MulFOp::create(
-            b, l, sig, arith::SubFOp::create(b, l, f32Const(b, l, 1.0f), sig));
-        Value grad = arith::NegFOp::create(
-            b, l, arith::MulFOp::create(b, l, slope, args[0]));
-        linalg::YieldOp::create(b, l,
-                                buildTruncFromF32(b, l, grad, lamElement));
-      })[0];
+  return buildGeneric(rewriter, loc, {r, lam}, {destination(3, lam)},
+                      {id3, id3, id3}, {kPar, kPar, kPar},
+                      [&](OpBuilder &b, Location l, ValueRange args) {
+                        Value x = buildExtToF32(b, l, args[1]);
+                        Value slope = arith::MulFOp::create(
+                            b, l, buildSigmoid(b, l, x),
+                            buildSigmoid(b, l, arith::NegFOp::create(b, l, x)));
+                        Value grad = arith::NegFOp::create(
+                            b, l, arith::MulFOp::create(b, l, slope, args[0]));
+                        linalg::YieldOp::create(
+                            b, l, buildTruncFromF32(b, l, grad, lamElement));
+                      })[0];
 }
 
 Value BackwardLowering::destination(unsigned index, Value like) {
