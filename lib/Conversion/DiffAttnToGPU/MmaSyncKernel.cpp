@@ -310,12 +310,6 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
     copyRowsAsync(v, vBase, vStride, validKeys, sV, lead, blockK, plan.valueDim,
                   thread, threads);
   };
-  auto ifThen = [&](Value condition, function_ref<void()> body) {
-    scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
-      body();
-      scf::YieldOp::create(b, loc);
-    });
-  };
   // Is any key of the block hidden from any row of the CTA?
   auto blockNeedsMask = [&](Value key0) {
     return buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow,

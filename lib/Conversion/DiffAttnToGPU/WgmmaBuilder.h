@@ -105,6 +105,27 @@ private:
   /// proxy writes to shared memory (cp.async copies) before its later
   /// async-proxy reads (wgmma).
   void fenceAsyncProxy();
+  /// `x / d` (or `x % d`) of index values below 2^32 in 32-bit arithmetic:
+  /// a 64-bit division is a call to a ~60-instruction routine.
+  Value divRemU32(Value x, Value d, bool remainder);
+  /// An expect-tx arrival on mbarrier `bar` for `bytes` more bytes (CTA
+  /// scope).
+  void expectBytes(Value bar, int64_t bytes);
+  /// One TMA load (cp.async.bulk.tensor, tile mode) through tensor map
+  /// `map` into shared memory at `shared` (a shared::cta pointer),
+  /// completing on `bar`; `coordinates` builds its i32 coordinates,
+  /// innermost first.
+  void loadTensorTile(Value map, Value shared,
+                      function_ref<SmallVector<Value>()> coordinates,
+                      Value bar);
+  /// L2 prefetch of the Q rows of linear tile `t` (batched sequences, the
+  /// q-prefetch option) of `numTiles`, with `tileRowBlocks` row blocks per
+  /// KV group and `seqQ` query rows: producer thread `thread` (0..127) takes
+  /// row thread / 2 of the tile, head 2p + thread % 2, one 128-byte line per
+  /// 64 columns (PTX prefetch.global.L2; a hint, so its only cost is issue).
+  /// Tiles past the last and rows past the KV group prefetch nothing.
+  void prefetchTileQ(Value q, Value t, Value numTiles, Value tileRowBlocks,
+                     Value seqQ, Value thread);
   /// Indices into a tile view [lead..., spans, rows, kSpan] of the 16-byte
   /// chunk holding columns col .. col + 7 (col a multiple of 8) of `row`.
   SmallVector<Value> swizzledIndex(ValueRange lead, Value row, Value col);

@@ -56,6 +56,73 @@ void WgmmaKernelBuilder::fenceAsyncProxy() {
       NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
 }
 
+Value WgmmaKernelBuilder::divRemU32(Value x, Value d, bool remainder) {
+  Type i32Type = b.getI32Type();
+  Value x32 = arith::IndexCastUIOp::create(b, loc, i32Type, x);
+  Value d32 = arith::IndexCastUIOp::create(b, loc, i32Type, d);
+  Value result = remainder
+                     ? arith::RemUIOp::create(b, loc, x32, d32).getResult()
+                     : arith::DivUIOp::create(b, loc, x32, d32).getResult();
+  return arith::IndexCastUIOp::create(b, loc, b.getIndexType(), result);
+}
+
+void WgmmaKernelBuilder::expectBytes(Value bar, int64_t bytes) {
+  NVVM::MBarrierArriveExpectTxOp::create(b, loc, Type(), bar, i32(bytes),
+                                         NVVM::MemScopeKind::CTA,
+                                         /*relaxed=*/false, Value());
+}
+
+void WgmmaKernelBuilder::loadTensorTile(
+    Value map, Value shared, function_ref<SmallVector<Value>()> coordinates,
+    Value bar) {
+  Value cluster = LLVM::AddrSpaceCastOp::create(
+      b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), shared);
+  NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+      b, loc, cluster, map, coordinates(), bar, ValueRange{}, Value(), Value(),
+      NVVM::TMALoadMode::TILE, /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(),
+      Value());
+}
+
+void WgmmaKernelBuilder::prefetchTileQ(Value q, Value t, Value numTiles,
+                                       Value tileRowBlocks, Value seqQ,
+                                       Value thread) {
+  const AttentionConfig &attn = plan.attn;
+  ifThen(cmp(arith::CmpIPredicate::ult, t, numTiles), [&] {
+    Value rest = arith::DivUIOp::create(b, loc, t, tileRowBlocks);
+    Value qBlock = arith::RemUIOp::create(b, loc, t, tileRowBlocks);
+    if (attn.windowRight >= 0 && attn.windowLeft < 0)
+      qBlock = sub(sub(tileRowBlocks, idx(1)), qBlock);
+    Value row = add(mul(qBlock, plan.blockQ), div(thread, 2));
+    ifThen(
+        cmp(arith::CmpIPredicate::ult, row, mul(seqQ, plan.rowsPerQuery)), [&] {
+          Value pair = add(mul(rem(rest, plan.kvHeads), plan.pairsPerGroup()),
+                           divRemU32(row, seqQ, false));
+          Value token = add(mul(div(rest, plan.kvHeads), seqQ),
+                            divRemU32(row, seqQ, true));
+          Value head = add(mul(pair, 2), rem(thread, 2));
+          Value element =
+              mul(add(mul(token, plan.queryHeads), head), plan.headDim);
+          Value base =
+              memref::ExtractAlignedPointerAsIndexOp::create(b, loc, q);
+          Value address = arith::IndexCastOp::create(
+              b, loc, b.getI64Type(), add(base, mul(element, 2)));
+          for (int64_t line = 0; line < plan.headDim * 2 / 128; ++line) {
+            Value ptr = LLVM::IntToPtrOp::create(
+                b, loc, LLVM::LLVMPointerType::get(ctx),
+                arith::AddIOp::create(
+                    b, loc, address,
+                    arith::ConstantIntOp::create(b, loc, line * 128, 64))
+                    .getResult());
+            NVVM::PrefetchOp::create(b, loc,
+                                     NVVM::PrefetchCacheLevelAttr::get(
+                                         ctx, NVVM::PrefetchCacheLevel::L2),
+                                     NVVM::CacheEvictionPriorityAttr(), ptr,
+                                     Value(), UnitAttr());
+          }
+        });
+  });
+}
+
 SmallVector<Value> WgmmaKernelBuilder::swizzledIndex(ValueRange lead, Value row,
                                                      Value col) {
   // Chunk c (8 elements) of a 128-byte row r sits at chunk c ^ (r % 8).

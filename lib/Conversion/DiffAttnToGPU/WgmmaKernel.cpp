@@ -76,13 +76,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // arithmetic (group rows and Sq fit): a 64-bit division is a call to a
   // ~60-instruction routine, which the producer's Q copy made per 16-byte
   // chunk, at 24 registers.
-  auto divRem32 = [&](Value r, bool remainder) -> Value {
-    Type i32Type = b.getI32Type();
-    Value x = arith::IndexCastUIOp::create(b, loc, i32Type, r);
-    Value d = arith::IndexCastUIOp::create(b, loc, i32Type, seqQ);
-    Value result = remainder ? arith::RemUIOp::create(b, loc, x, d).getResult()
-                             : arith::DivUIOp::create(b, loc, x, d).getResult();
-    return arith::IndexCastUIOp::create(b, loc, b.getIndexType(), result);
+  auto divRem32 = [&](Value r, bool remainder) {
+    return divRemU32(r, seqQ, remainder);
   };
   auto pairOf = [&](Value r) { return add(firstPair, divRem32(r, false)); };
   auto queryRowOf = [&](Value r) { return divRem32(r, true); };
@@ -170,12 +165,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                           int64_t copyThreads) {
     loadBlockPart(false, key0, stage, thread, copyThreads);
     loadBlockPart(true, key0, stage, thread, copyThreads);
-  };
-  auto ifThen = [&](Value condition, function_ref<void()> body) {
-    scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
-      body();
-      scf::YieldOp::create(b, loc);
-    });
   };
 
   // Q of both heads of each row's pair (cp.async): tile h holds head
@@ -588,49 +577,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         .getResult();
   };
 
-  // L2 prefetch of the Q rows of linear tile t (batched sequences, see the
-  // q-prefetch option): thread i of the producer warpgroup takes row i / 2
-  // of the tile, head 2p + i % 2, one 128-byte line per 64 columns (PTX
-  // prefetch.global.L2; a hint, so its only cost is issue). Tiles past the
-  // last and rows past the KV group prefetch nothing.
-  auto prefetchQ = [&](Value t) {
-    ifThen(cmp(arith::CmpIPredicate::ult, t, numTiles), [&] {
-      Value rest = arith::DivUIOp::create(b, loc, t, tileRowBlocks);
-      Value qBlock = arith::RemUIOp::create(b, loc, t, tileRowBlocks);
-      if (attn.windowRight >= 0 && attn.windowLeft < 0)
-        qBlock = sub(sub(tileRowBlocks, idx(1)), qBlock);
-      Value row = add(mul(qBlock, blockQ), div(groupThread, 2));
-      ifThen(
-          cmp(arith::CmpIPredicate::ult, row, mul(seqQArg, plan.rowsPerQuery)),
-          [&] {
-            Value pair = add(mul(rem(rest, plan.kvHeads), plan.pairsPerGroup()),
-                             divRem32(row, false));
-            Value token =
-                add(mul(div(rest, plan.kvHeads), seqQArg), divRem32(row, true));
-            Value head = add(mul(pair, 2), rem(groupThread, 2));
-            Value element =
-                mul(add(mul(token, plan.queryHeads), head), plan.headDim);
-            Value base =
-                memref::ExtractAlignedPointerAsIndexOp::create(b, loc, q);
-            Value address = arith::IndexCastOp::create(
-                b, loc, b.getI64Type(), add(base, mul(element, 2)));
-            for (int64_t line = 0; line < plan.headDim * 2 / 128; ++line) {
-              Value ptr = LLVM::IntToPtrOp::create(
-                  b, loc, LLVM::LLVMPointerType::get(ctx),
-                  arith::AddIOp::create(
-                      b, loc, address,
-                      arith::ConstantIntOp::create(b, loc, line * 128, 64))
-                      .getResult());
-              NVVM::PrefetchOp::create(b, loc,
-                                       NVVM::PrefetchCacheLevelAttr::get(
-                                           ctx, NVVM::PrefetchCacheLevel::L2),
-                                       NVVM::CacheEvictionPriorityAttr(), ptr,
-                                       Value(), UnitAttr());
-            }
-          });
-    });
-  };
-
   Value isProducer = cmp(arith::CmpIPredicate::eq, warpgroup, idx(0));
   scf::IfOp::create(
       b, loc, isProducer,
@@ -657,24 +603,18 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         };
         auto loadTile = [&](Value map, int64_t tileOffset, int64_t stageBytes,
                             int64_t dim, Value stage, Value key0, Value bar) {
-          NVVM::MBarrierArriveExpectTxOp::create(
-              b, loc, Type(), bar, i32(blockK * dim * 2),
-              NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
-          for (int64_t span = 0; span < dim / kSpan; ++span) {
-            Value shared =
+          expectBytes(bar, blockK * dim * 2);
+          for (int64_t span = 0; span < dim / kSpan; ++span)
+            loadTensorTile(
+                map,
                 sharedPointer(add(add(idx(tileOffset), mul(stage, stageBytes)),
-                                  span * blockK * kRowBytes));
-            Value cluster = LLVM::AddrSpaceCastOp::create(
-                b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7),
-                shared);
-            NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-                b, loc, cluster, map,
-                ValueRange{i32(span * kSpan), i32Of(kvHead),
-                           i32Of(attn.varlen ? add(kRowBase, key0) : key0),
-                           attn.varlen ? i32(0) : i32Of(batch)},
-                bar, ValueRange{}, Value(), Value(), NVVM::TMALoadMode::TILE,
-                /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
-          }
+                                  span * blockK * kRowBytes)),
+                [&]() -> SmallVector<Value> {
+                  return {i32(span * kSpan), i32Of(kvHead),
+                          i32Of(attn.varlen ? add(kRowBase, key0) : key0),
+                          attn.varlen ? i32(0) : i32Of(batch)};
+                },
+                bar);
         };
         // Block j of the tile into its stage, once the consumers released
         // the block three before it (the first wait on a fresh barrier,
@@ -726,49 +666,32 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
             return copyAll();
           Value whole =
               cmp(arith::CmpIPredicate::eq, rem(seqQ, blockQ), idx(0));
-          scf::IfOp::create(
-              b, loc, whole,
-              [&](OpBuilder &, Location) {
-                scf::IfOp::create(
-                    b, loc, loader,
-                    [&](OpBuilder &, Location) {
+          ifThenElse(
+              whole,
+              [&] {
+                ifThenElse(
+                    loader,
+                    [&] {
                       int64_t spans = plan.headDim / kSpan;
-                      NVVM::MBarrierArriveExpectTxOp::create(
-                          b, loc, Type(), qFull,
-                          i32(2 * spans * kWarpgroupRows * kRowBytes),
-                          NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
+                      expectBytes(qFull,
+                                  2 * spans * kWarpgroupRows * kRowBytes);
                       Value pair = pairOf(row0), queryRow = queryRowOf(row0);
                       for (int64_t h = 0; h < 2; ++h)
-                        for (int64_t span = 0; span < spans; ++span) {
-                          Value shared = sharedPointer(idx(
-                              (h * spans + span) * kWarpgroupRows * kRowBytes));
-                          Value cluster = LLVM::AddrSpaceCastOp::create(
-                              b, loc,
-                              LLVM::LLVMPointerType::get(ctx,
-                                                         /*shared::cluster=*/7),
-                              shared);
-                          NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::
-                              create(b, loc, cluster, qMap,
-                                     ValueRange{i32(span * kSpan),
-                                                i32Of(add(mul(pair, 2), h)),
-                                                i32Of(queryRow), i32Of(batch)},
-                                     qFull, ValueRange{}, Value(), Value(),
-                                     NVVM::TMALoadMode::TILE,
-                                     /*isCTAOnly=*/false,
-                                     NVVM::CTAGroupKindAttr(), Value());
-                        }
-                      scf::YieldOp::create(b, loc);
+                        for (int64_t span = 0; span < spans; ++span)
+                          loadTensorTile(
+                              qMap,
+                              sharedPointer(idx((h * spans + span) *
+                                                kWarpgroupRows * kRowBytes)),
+                              [&]() -> SmallVector<Value> {
+                                return {i32(span * kSpan),
+                                        i32Of(add(mul(pair, 2), h)),
+                                        i32Of(queryRow), i32Of(batch)};
+                              },
+                              qFull);
                     },
-                    [&](OpBuilder &, Location) {
-                      arrive(qFull);
-                      scf::YieldOp::create(b, loc);
-                    });
-                scf::YieldOp::create(b, loc);
+                    [&] { arrive(qFull); });
               },
-              [&](OpBuilder &, Location) {
-                copyAll();
-                scf::YieldOp::create(b, loc);
-              });
+              copyAll);
         };
         forEachTile([&](Value tileIter) {
           // Block 0 first: it lands while the consumers finish the previous
@@ -784,10 +707,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           // The Q of the tile that starts about one tile from now: this
           // CTA's next (persistent), else the one an SM takes next.
           if (plan.qPrefetchDistance > 0)
-            prefetchQ(add(tileIndex, plan.persistentCtas > 0
-                                         ? Value(gpu::GridDimOp::create(
-                                               b, loc, gpu::Dimension::x))
-                                         : idx(plan.qPrefetchDistance)));
+            prefetchTileQ(q,
+                          add(tileIndex, plan.persistentCtas > 0
+                                             ? Value(gpu::GridDimOp::create(
+                                                   b, loc, gpu::Dimension::x))
+                                             : idx(plan.qPrefetchDistance)),
+                          numTiles, tileRowBlocks, seqQArg, groupThread);
           ifThen(loader, [&] {
             scf::ForOp::create(b, loc, idx(1), numBlocks, idx(1), ValueRange{},
                                [&](OpBuilder &, Location, Value j, ValueRange) {

@@ -15,6 +15,7 @@
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/Builders.h"
 
 #include "llvm/ADT/STLFunctionalExtras.h"
@@ -93,6 +94,27 @@ public:
   }
   Value select(Value c, Value x, Value y) {
     return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  /// An scf.if without results running `body` when `condition` holds.
+  void ifThen(Value condition, function_ref<void()> body) {
+    scf::IfOp::create(b, loc, condition, [&](OpBuilder &, Location) {
+      body();
+      scf::YieldOp::create(b, loc);
+    });
+  }
+  /// The same with an else branch.
+  void ifThenElse(Value condition, function_ref<void()> then,
+                  function_ref<void()> otherwise) {
+    scf::IfOp::create(
+        b, loc, condition,
+        [&](OpBuilder &, Location) {
+          then();
+          scf::YieldOp::create(b, loc);
+        },
+        [&](OpBuilder &, Location) {
+          otherwise();
+          scf::YieldOp::create(b, loc);
+        });
   }
   Value fmax(Value x, Value y) {
     return arith::MaxNumFOp::create(b, loc, x, y);
