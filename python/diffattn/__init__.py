@@ -55,13 +55,6 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def torch_ops():
-    """torch.ops (the diffattn ops registered by diffattn._torch)."""
-    import torch
-
-    return torch.ops
-
-
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
        block_table=None, return_lse=False):
     """Differential attention V2 (see SPEC.md): numpy arrays run on the CPU,
@@ -84,8 +77,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         if return_lse:
             if q.device.type == "cpu" and out is None and block_table is None:
                 left, right = window
-                return torch_ops().diffattn.v2_lse(q, k, v, lam, kv_len, bool(causal), scale,
-                                                   left, right)
+                return sys.modules["torch"].ops.diffattn.v2_lse(q, k, v, lam, kv_len,
+                                                                bool(causal), scale, left, right)
             raise ValueError("return_lse: the GPU path does not compute the log-sum-exp yet "
                              "(CPU tensors and numpy arrays do, without out= or block_table)")
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,

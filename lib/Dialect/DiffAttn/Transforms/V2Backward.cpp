@@ -385,48 +385,43 @@ void BackwardLowering::build(int64_t blockK) {
     // Key blocks [t0, t0 + n), n = min(blockK, Sk - t0): K and V slices,
     // the scores' keys offset by t0.
     Value seqK = full.seqKValue;
-    auto forEachBlock =
-        [&](ValueRange init,
-            function_ref<SmallVector<Value>(Decomposition &, Value, Value,
-                                            Value, Value, ValueRange)>
-                body) {
-          return scf::ForOp::create(
-                     rewriter, loc,
-                     arith::ConstantIndexOp::create(rewriter, loc, 0), seqK,
-                     arith::ConstantIndexOp::create(rewriter, loc, blockK),
-                     init,
-                     [&](OpBuilder &, Location, Value t0, ValueRange carried) {
-                       Value n = arith::MinSIOp::create(
-                           rewriter, loc,
-                           arith::ConstantIndexOp::create(rewriter, loc,
-                                                          blockK),
-                           arith::SubIOp::create(rewriter, loc, seqK, t0));
-                       auto slice = [&](Value t) -> Value {
-                         SmallVector<OpFoldResult> offsets(
-                             4, rewriter.getIndexAttr(0));
-                         offsets[1] = t0;
-                         SmallVector<OpFoldResult> sizes =
-                             tensor::getMixedSizes(rewriter, loc, t);
-                         sizes[1] = n;
-                         SmallVector<OpFoldResult> strides(
-                             4, rewriter.getIndexAttr(1));
-                         return tensor::ExtractSliceOp::create(
-                             rewriter, loc, t, offsets, sizes, strides);
-                       };
-                       Value kBlock = slice(k), vBlock = slice(v);
-                       Decomposition dec(rewriter, op, q, kBlock, kvLen, t0,
-                                         seqK);
-                       scf::YieldOp::create(
-                           rewriter, loc,
-                           body(dec, kBlock, vBlock, t0, n, carried));
-                     })
-              .getResults();
-        };
+    auto forEachBlock = [&](ValueRange init, function_ref<SmallVector<Value>(
+                                                 Decomposition &, Value, Value,
+                                                 Value, ValueRange)>
+                                                 body) {
+      return scf::ForOp::create(
+                 rewriter, loc,
+                 arith::ConstantIndexOp::create(rewriter, loc, 0), seqK,
+                 arith::ConstantIndexOp::create(rewriter, loc, blockK), init,
+                 [&](OpBuilder &, Location, Value t0, ValueRange carried) {
+                   Value n = arith::MinSIOp::create(
+                       rewriter, loc,
+                       arith::ConstantIndexOp::create(rewriter, loc, blockK),
+                       arith::SubIOp::create(rewriter, loc, seqK, t0));
+                   auto slice = [&](Value t) -> Value {
+                     SmallVector<OpFoldResult> offsets(
+                         4, rewriter.getIndexAttr(0));
+                     offsets[1] = t0;
+                     SmallVector<OpFoldResult> sizes =
+                         tensor::getMixedSizes(rewriter, loc, t);
+                     sizes[1] = n;
+                     SmallVector<OpFoldResult> strides(
+                         4, rewriter.getIndexAttr(1));
+                     return tensor::ExtractSliceOp::create(
+                         rewriter, loc, t, offsets, sizes, strides);
+                   };
+                   Value kBlock = slice(k), vBlock = slice(v);
+                   Decomposition dec(rewriter, op, q, kBlock, kvLen, t0, seqK);
+                   scf::YieldOp::create(rewriter, loc,
+                                        body(dec, kBlock, vBlock, t0, carried));
+                 })
+          .getResults();
+    };
     // Pass 1: r over every key block.
     Value r =
         forEachBlock({zeroPairRows(full)},
                      [&](Decomposition &dec, Value kBlock, Value vBlock, Value,
-                         Value, ValueRange carried) -> SmallVector<Value> {
+                         ValueRange carried) -> SmallVector<Value> {
                        return {addSecondHeadTerm(
                            dec, blockTerms(dec, kBlock, vBlock), carried[0])};
                      })[0];
@@ -435,7 +430,7 @@ void BackwardLowering::build(int64_t blockK) {
     // block, written into the gradients at keys t0 onwards.
     SmallVector<Value> grads = forEachBlock(
         {dqInit(), destination(1, k), destination(2, v)},
-        [&](Decomposition &dec, Value kBlock, Value vBlock, Value t0, Value n,
+        [&](Decomposition &dec, Value kBlock, Value vBlock, Value t0,
             ValueRange carried) -> SmallVector<Value> {
           BlockTerms t = blockTerms(dec, kBlock, vBlock);
           auto [dScores, weightedProbs] = scoreGradients(dec, t, rows);
