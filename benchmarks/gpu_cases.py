@@ -145,6 +145,93 @@ SERVING_OPTION_VARIANTS = [
 HOST_COST_DECODE = [(1, 4096), (1, 16384), (4, 4096), (4, 16384)]
 
 
+# The backward (issue 15; benchmarks/gpu_backward_check.py).
+# Gradients against the float64 reference, CHECK_CASES' tuple layout:
+# odd lengths, Sq != Sk both ways, windows, G = 2..8, ragged kv_len
+# (including 0), f16 and bf16, D 64 and 128.
+BACKWARD_CHECK_CASES = [
+    (2, 128, 128, 8, 2, 64, "bf16", True, (-1, -1), None),
+    (2, 128, 128, 8, 2, 64, "bf16", False, (-1, -1), None),
+    (1, 77, 77, 8, 2, 64, "bf16", True, (-1, -1), None),        # odd length
+    (1, 77, 201, 8, 2, 64, "bf16", True, (-1, -1), None),       # Sq < Sk causal
+    (1, 201, 77, 8, 2, 64, "bf16", True, (-1, -1), None),       # Sq > Sk causal: empty rows
+    (3, 65, 129, 8, 2, 64, "bf16", False, (-1, -1), None),
+    (2, 130, 130, 8, 2, 128, "bf16", True, (-1, -1), None),
+    (1, 333, 333, 8, 2, 128, "bf16", False, (-1, -1), None),
+    (1, 64, 1000, 8, 2, 128, "bf16", True, (-1, -1), None),
+    (2, 128, 128, 16, 2, 64, "bf16", True, (-1, -1), None),     # G = 8
+    (2, 128, 128, 4, 2, 128, "bf16", True, (-1, -1), None),     # G = 2
+    (2, 96, 96, 12, 2, 64, "bf16", False, (-1, -1), None),      # G = 6
+    (2, 48, 80, 16, 8, 64, "bf16", True, (-1, -1), None),       # G = 2, 8 KV heads
+    (1, 256, 256, 8, 2, 64, "bf16", True, (63, 0), None),       # sliding window
+    (1, 256, 256, 8, 2, 64, "bf16", False, (40, 40), None),
+    (1, 200, 300, 8, 2, 128, "bf16", False, (17, 5), None),
+    (1, 190, 190, 8, 4, 64, "f16", False, (30, -1), None),      # left bound only
+    (1, 129, 257, 16, 4, 128, "bf16", True, (64, 0), None),
+    (2, 128, 128, 8, 2, 64, "f16", True, (-1, -1), None),
+    (1, 99, 150, 8, 2, 128, "f16", False, (-1, -1), None),
+    (1, 300, 300, 32, 8, 128, "f16", True, (-1, -1), None),
+    (2, 100, 100, 8, 2, 128, "bf16", True, (-1, -1), [100, 37]),  # ragged kv_len
+    (3, 64, 300, 8, 2, 64, "bf16", False, (-1, -1), [0, 150, 300]),
+    (3, 4, 300, 32, 8, 128, "bf16", True, (-1, -1), [4, 150, 300]),
+    (2, 16, 777, 32, 8, 64, "bf16", True, (-1, -1), [16, 700]),
+    (5, 2, 129, 8, 2, 128, "f16", True, (-1, -1), [2, 64, 65, 128, 129]),
+    (1, 1, 64, 8, 2, 64, "bf16", False, (-1, -1), None),        # one row
+    (1, 17, 5, 8, 2, 128, "bf16", True, (-1, -1), None),
+    (2, 512, 512, 32, 16, 128, "bf16", True, (-1, -1), None),
+    (1, 1024, 1024, 32, 8, 128, "bf16", True, (-1, -1), None),
+    (1, 1000, 1000, 32, 8, 64, "f16", False, (-1, -1), None),
+    (1, 640, 640, 16, 2, 64, "bf16", True, (-1, -1), None),
+]
+# Indices of the BACKWARD_CHECK_CASES run under compute-sanitizer (odd
+# causal, a window with Sq != Sk, ragged kv_len at D 128).
+BACKWARD_SANITIZE_CASES = (2, 15, 21)
+# Gradients against SDPA-math autograd on fp32 upcasts: (B, S, 2H, Hkv, D,
+# causal).
+BACKWARD_LARGE = [
+    (2, 2048, 32, 8, 128, True),
+    (1, 4096, 32, 8, 64, True),
+    (1, 2048, 32, 8, 128, False),
+]
+# Forward + backward timing (issue 15's table): (B, S, 2H, Hkv, D, causal).
+BACKWARD_BENCH = [
+    (4, 4096, 32, 8, 128, True),
+    (1, 16384, 32, 8, 128, True),
+    (4, 4096, 32, 8, 64, True),
+    (4, 4096, 32, 8, 128, False),
+]
+# The training run (benchmarks/train_v2_layer.py on CUDA): the public V2
+# layer as the Hopper issue runs it (d_model 2048, 16 pairs, 8 KV heads,
+# head dim 128), B x S below.
+TRAIN_LAYER = dict(batch=4, seq=4096, d_model=2048, heads=16, kv_heads=8, head_dim=128)
+
+
+def backward_requests():
+    """The kernel requests of the backward's cases: per configuration, the
+    forward with lse (diffattn::v2_lse), the backward, and the forward
+    without lse (the op's own forward), as keyword arguments of
+    diffattn._gpu.prepare_v2 / prepare_v2_backward (key "backward")."""
+    configs = []
+    for b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len in BACKWARD_CHECK_CASES:
+        configs.append((b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len is not None))
+    for b, s, h2, hkv, d, causal in BACKWARD_LARGE + BACKWARD_BENCH:
+        configs.append((b, s, s, h2, hkv, d, "bf16", causal, (-1, -1), False))
+    t = TRAIN_LAYER
+    configs.append((t["batch"], t["seq"], t["seq"], 2 * t["heads"], t["kv_heads"], t["head_dim"],
+                    "bf16", True, (-1, -1), False))
+    reqs = []
+    for b, sq, sk, h2, hkv, d, dtype, causal, window, has_len in configs:
+        fwd = dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
+                   lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
+                   window=window, kv_len_shape=(b,) if has_len else None)
+        reqs.append(fwd)
+        reqs.append(dict(fwd, return_lse=True))
+        out = (b, sq, h2 // 2, d)
+        reqs.append(dict(fwd, backward=True, out_shape=out, dout_shape=out,
+                         lse_shape=(b, h2, sq)))
+    return reqs
+
+
 def all_kernel_requests():
     """Every distinct kernel request of the cases above, as keyword
     arguments of diffattn._gpu.prepare_v2 (without the target, except the
@@ -235,4 +322,5 @@ def all_kernel_requests():
             if options:
                 req["options"] = options
             reqs.append(req)
+    reqs += backward_requests()
     return reqs

@@ -35,11 +35,12 @@ def main():
     for req in gpu_cases.all_kernel_requests():
         req = dict(req)
         prepare = _gpu.prepare_v2_varlen if req.pop("varlen", False) else _gpu.prepare_v2
+        if req.pop("backward", False):
+            prepare = _gpu.prepare_v2_backward
         # A request that names its target is compiled for that one only.
         own = req.pop("target", None)
         for target in [own] if own else args.target:
-            directory, _, _ = prepare(**req, target=target)
-            seen.add(directory)
+            seen.add(prepare(**req, target=target)[0])
     print(f"{len(seen)} kernel directories in {args.cache} ({time.time() - t0:.1f} s)")
 
 

@@ -13,8 +13,11 @@ the curves do not track (a relative difference above --tolerance).
     python3 benchmarks/train_v2_layer.py [--device cpu] [--steps 50] [--out DIR]
 
 On the CPU the cores run in float32 (the op's CPU kernels; backward tiled
-over key blocks). The GPU has no backward kernel yet, so --device cuda
-stops at the first backward with NotImplementedError.
+over key blocks). On CUDA (--device cuda) the model stays float32 and the
+cores run in --dtype (default bfloat16: the op's GPU forward, then the
+compiler's GPU backward kernels); --preset public takes the public V2
+layer's sizes as the Hopper issue runs it (gpu_cases.TRAIN_LAYER: d_model
+2048, 16 pairs, 8 KV heads, head dim 128, B 4 x S 4096).
 """
 import argparse
 import copy
@@ -43,6 +46,18 @@ def sdpa_core(q, k, v, lam):
     a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                        is_causal=True, enable_gqa=True)
     return epilogue(a.transpose(1, 2), lam)
+
+
+def in_dtype(core, dtype):
+    """`core` run on its inputs cast to `dtype`, its output cast back."""
+    if dtype == torch.float32:
+        return core
+
+    def run(q, k, v, lam):
+        out = core(*(t.to(dtype).contiguous() for t in (q, k, v, lam)))
+        return out.to(q.dtype)
+
+    return run
 
 
 class TinyLM(torch.nn.Module):
@@ -86,8 +101,20 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tolerance", type=float, default=1e-2,
                     help="largest allowed |loss_op - loss_sdpa| / loss_sdpa over the steps")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                    help="the cores' dtype (default: float32 on the CPU, bfloat16 on CUDA)")
+    ap.add_argument("--preset", choices=("tiny", "public"), default="tiny",
+                    help="public: gpu_cases.TRAIN_LAYER's sizes (overrides the size flags)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.preset == "public":
+        import gpu_cases
+
+        for key, value in gpu_cases.TRAIN_LAYER.items():
+            setattr(args, key, value)
+    if args.dtype is None:
+        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     dev = torch.device(args.device)
     model = TinyLM(args.vocab, args.d_model, args.heads, args.kv_heads, args.head_dim).to(dev)
@@ -98,12 +125,15 @@ def main():
     curves, seconds = {}, {}
     for name, core in (("op", op_core), ("sdpa", sdpa_core)):
         start = time.time()
-        curves[name] = train(copy.deepcopy(model), batches, cos, sin, core, args.lr)
+        curves[name] = train(copy.deepcopy(model), batches, cos, sin, in_dtype(core, dtype),
+                             args.lr)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         seconds[name] = time.time() - start
     diffs = [abs(a - b) / b for a, b in zip(curves["op"], curves["sdpa"])]
     print(f"V2 layer in a tiny LM, {args.steps} AdamW steps on random tokens, B={args.batch} "
           f"S={args.seq} d_model={args.d_model} 2H={2 * args.heads} Hkv={args.kv_heads} "
-          f"D={args.head_dim}, {args.device}, float32:")
+          f"D={args.head_dim}, {args.device}, cores in {args.dtype}:")
     print("| step | loss (op) | loss (SDPA + epilogue) |")
     print("| --- | --- | --- |")
     for i in sorted(set(range(0, args.steps, 10)) | {args.steps - 1}):

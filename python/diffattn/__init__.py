@@ -66,21 +66,22 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     required, and only blocks below kv_len[b] are read (they must lie in
     [0, NB): a ValueError on the CPU, a device-side assertion on the GPU).
 
-    With ``return_lse`` (numpy arrays, contiguous caches) the call returns
+    With ``return_lse`` (contiguous caches, no ``out=``) the call returns
     ``(out, lse)``: ``lse`` [B, 2H, Sq] float32, the natural-log sum of
     exp(scaled, masked scores) of every query head's row (-inf for a row that
-    sees no key), what a backward pass needs. The GPU path does not compute
-    it yet (ValueError)."""
+    sees no key), what a backward pass needs. On CUDA tensors it comes from
+    the portable strategy's row-block kernel on every target (also on
+    sm_90a, whose wgmma kernel does not write it yet)."""
     if _is_torch(q):
         from . import _torch
 
         if return_lse:
-            if q.device.type == "cpu" and out is None and block_table is None:
-                left, right = window
-                return sys.modules["torch"].ops.diffattn.v2_lse(q, k, v, lam, kv_len,
-                                                                bool(causal), scale, left, right)
-            raise ValueError("return_lse: the GPU path does not compute the log-sum-exp yet "
-                             "(CPU tensors and numpy arrays do, without out= or block_table)")
+            if out is not None or block_table is not None:
+                raise ValueError("return_lse: not supported with out= or block_table "
+                                 "(a paged cache)")
+            left, right = window
+            return sys.modules["torch"].ops.diffattn.v2_lse(q, k, v, lam, kv_len, bool(causal),
+                                                            scale, left, right)
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
                          kv_len=kv_len, out=out, block_table=block_table)
     if not _is_numpy(q):
@@ -110,13 +111,21 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
 
     numpy arrays (float32, float16) run on the CPU through the compiler's
     backward kernel, tiled over blocks of 64 keys (memory B x 2H x Sq x 64
-    f32 per intermediate). Raises
-    TypeError / ValueError naming the tensor whose dtype or shape does not
-    match the forward's configuration, before anything is compiled. The GPU
-    backward is not implemented yet (TypeError for torch tensors)."""
+    f32 per intermediate). CUDA torch tensors (bfloat16, float16; D = Dv =
+    64 or 128) run the portable strategy's three GPU kernels (row
+    statistics, dq, dk/dv; no atomics, so the gradients are deterministic)
+    through ``torch.ops.diffattn.v2_backward``. Raises TypeError /
+    ValueError naming the tensor whose dtype or shape does not match the
+    forward's configuration, before anything is compiled."""
+    if _is_torch(q):
+        from . import _torch  # noqa: F401  (registers the ops)
+
+        left, right = window
+        return sys.modules["torch"].ops.diffattn.v2_backward(
+            q, k, v, lam, out, dout, lse, kv_len, bool(causal), scale, left, right)
     if not _is_numpy(q):
-        raise TypeError(f"q: expected a numpy.ndarray (the backward pass runs on the CPU so "
-                        f"far), got {type(q).__name__}")
+        raise TypeError(f"q: expected a numpy.ndarray (CPU) or a torch.Tensor, "
+                        f"got {type(q).__name__}")
     from . import _cpu
 
     return _cpu.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, scale=scale,

@@ -83,23 +83,44 @@ def check_gpu_config(q_shape, v_shape):
 @functools.lru_cache(maxsize=1024)
 def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=False, scale=None,
                window=(-1, -1), kv_len_shape=None, target="sm_90", options=(),
-               block_table_shape=None):
+               block_table_shape=None, return_lse=False):
     """Builds (or finds in the cache) the kernel of a v2 call; returns
     (artifact directory, out shape, (B, Sq, Sk)), Sk being MB * BS for a
     paged cache (`block_table_shape` [B, MB]). Needs no GPU: this is also
     how kernels are prepared for another machine. Memoised per process, so
     repeated calls of one shape cost no file-system look-up. ``options``
     are extra diffattn-compile flags (e.g. ``("--gpu-options=block-k=64",)``, for
-    benchmarks of strategy variants); they are part of the cache key."""
+    benchmarks of strategy variants); they are part of the cache key. With
+    `return_lse` the kernel also writes the log-sum-exp [B, 2H, Sq] f32
+    (the portable strategy's row-block kernel, on every target)."""
     if elem not in ("bf16", "f16"):
         raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
     check_gpu_config(q_shape, v_shape)
     params, text, out_shape, sizes = _ops.v2_request(
         q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, causal=causal, scale=scale,
-        window=window, kv_len_shape=kv_len_shape, block_table_shape=block_table_shape)
+        window=window, kv_len_shape=kv_len_shape, block_table_shape=block_table_shape,
+        return_lse=return_lse)
     directory = _compiler.ensure_compiled("v2", params, target, text, tuple(options))
     # The runtime takes B, Sq, Sk; a paged pool's size comes from its buffers.
     return directory, out_shape, sizes[:3]
+
+
+@functools.lru_cache(maxsize=1024)
+def prepare_v2_backward(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape,
+                        elem, lam_elem, *, causal=False, scale=None, window=(-1, -1),
+                        kv_len_shape=None, target="sm_90", options=()):
+    """prepare_v2 for diffattn.v2_backward (the portable strategy's three
+    kernels, on every target): returns (artifact directory, (B, Sq, Sk)).
+    Shapes are checked as diffattn.v2_backward does, each error naming its
+    tensor."""
+    if elem not in ("bf16", "f16"):
+        raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
+    check_gpu_config(q_shape, v_shape)
+    params, text, sizes = _ops.v2_backward_request(
+        q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape, elem, lam_elem,
+        causal=causal, scale=scale, window=window, kv_len_shape=kv_len_shape)
+    directory = _compiler.ensure_compiled("v2_backward", params, target, text, tuple(options))
+    return directory, sizes[:3]
 
 
 def prepare_v2_varlen(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_shape, elem,

@@ -72,6 +72,15 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
     if block_table is not None:
         named.append(("block_table", "i32", block_table))
     named.append(("out", "x", out))
+    _launch(directory, named, sizes, q.device)
+    return out
+
+
+def _launch(directory, named, sizes, device):
+    """Launches the kernel of `directory` on the current stream of `device`
+    with the tensors `named` ((name, "x" for the tensor's own dtype or a
+    manifest dtype, tensor), in the manifest's order) and a workspace from
+    torch's allocator where the kernel needs one."""
     buffers = [(n, _ELEM.get(t.dtype, "i32") if e == "x" else e, tuple(t.shape), t.data_ptr())
                for n, e, t in named]
     scratch = []
@@ -79,16 +88,64 @@ def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=Non
     def alloc_workspace(n):
         # From torch's stream-ordered caching allocator: freed after use on
         # this stream, never while the kernels still run.
-        scratch.append(torch.empty(n, dtype=torch.float32, device=q.device))
+        scratch.append(torch.empty(n, dtype=torch.float32, device=device))
         return scratch[-1].data_ptr()
 
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    if q.device.index == torch.cuda.current_device():
+    stream = torch.cuda.current_stream(device).cuda_stream
+    if device.index == torch.cuda.current_device():
         _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
     else:  # the runtime launches in the current context
-        with torch.cuda.device(q.device):
+        with torch.cuda.device(device):
             _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
-    return out
+
+
+def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    """diffattn::v2_lse on CUDA tensors: (out, lse [B, 2H, Sq] float32) from
+    the portable strategy's row-block kernel (which also writes lse)."""
+    _validate(q, k, v, lam, kv_len)
+    directory, out_shape, sizes = _gpu.prepare_v2(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
+        _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
+        target=_target_of(q.device.index), return_lse=True)
+    out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    b, sq, h2, _ = q.shape
+    lse = torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)
+    named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
+    if kv_len is not None:
+        named.append(("kv_len", "i32", kv_len))
+    named += [("out", "x", out), ("lse", "f32", lse)]
+    _launch(directory, named, sizes, q.device)
+    return out, lse
+
+
+def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                     window_right):
+    """diffattn::v2_backward on CUDA tensors: (dq, dk, dv, dlam) shaped and
+    typed like q, k, v, lam, from the compiler's backward kernels
+    (deterministic: no atomics). Errors name the tensor whose shape or dtype
+    does not match the forward's configuration."""
+    _validate(q, k, v, lam, kv_len)
+    _check_tensor("out", out, (q.dtype,))
+    _check_tensor("dout", dout, (q.dtype,))
+    _check_tensor("lse", lse, (torch.float32,))
+    for name, t in (("out", out), ("dout", dout), ("lse", lse)):
+        if t.device != q.device:
+            raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+    directory, sizes = _gpu.prepare_v2_backward(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), tuple(out.shape),
+        tuple(dout.shape), tuple(lse.shape), _ELEM[q.dtype], _ELEM[lam.dtype], causal=causal,
+        scale=scale, window=(window_left, window_right),
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
+        target=_target_of(q.device.index))
+    grads = [torch.empty_like(x) for x in (q, k, v, lam)]
+    named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam), ("out", "x", out),
+             ("dout", "x", dout), ("lse", "f32", lse)]
+    if kv_len is not None:
+        named.append(("kv_len", "i32", kv_len))
+    named += list(zip(("dq", "dk", "dv", "dlam"), ("x",) * 4, grads))
+    _launch(directory, named, sizes, q.device)
+    return tuple(grads)
 
 
 def v2_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
@@ -109,9 +166,9 @@ if not _torch_native.define_v2(v2_op, _v2_fake):
     v2_op = torch.library.custom_op("diffattn::v2", mutates_args=())(v2_op)
     v2_op.register_fake(_v2_fake)
 
-# CPU tensors, diffattn::v2_lse and diffattn::v2_backward, and v2's autograd
-# formula (training; the backward pass runs on the CPU so far).
-_torch_autograd.register()
+# CPU tensors, diffattn::v2_lse and diffattn::v2_backward (CPU and CUDA
+# kernels), and v2's autograd formula (training).
+_torch_autograd.register(v2_lse_cuda, v2_backward_cuda)
 
 
 @torch.library.custom_op("diffattn::v2_paged", mutates_args=())

@@ -11,10 +11,10 @@ Sq] float32; each gradient has its input's shape and dtype.
 
 The forward op returns only ``out``, so the backward first recomputes the
 log-sum-exp (``diffattn::v2_lse``, one more forward pass) and then runs the
-compiler's backward kernel (tiled over blocks of 64 keys). The GPU has no
-backward kernel yet: a backward through CUDA tensors raises
-NotImplementedError, never a fallback. The backward is not itself
-differentiable (no double backward).
+compiler's backward kernels: on CPU tensors the tiled CPU kernel (blocks of
+64 keys), on CUDA tensors the portable strategy's three GPU kernels
+(``diffattn._torch`` registers their CUDA implementations). The backward is
+not itself differentiable (no double backward).
 """
 
 from typing import Optional, Tuple
@@ -32,8 +32,7 @@ def _numpy(name, t, dtypes=_CPU_DTYPES):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise NotImplementedError(
-            f"{name}: on {t.device}; diffattn's backward pass runs on CPU tensors only so far "
-            f"(the GPU backward kernels are not implemented)")
+            f"{name}: on {t.device}; diffattn's ops run on CPU and CUDA tensors")
     if t.dtype not in dtypes:
         why = " (numpy has no bfloat16)" if t.dtype == torch.bfloat16 else ""
         raise TypeError(f"{name}: CPU tensors must be {' or '.join(map(str, dtypes))}{why}, "
@@ -58,7 +57,8 @@ def v2_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tens
               kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
               window_left: int, window_right: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """diffattn.v2 and its log-sum-exp: (out [B, Sq, H, Dv], lse [B, 2H, Sq]
-    float32, -inf where a row sees no key). CPU tensors only so far."""
+    float32, -inf where a row sees no key). CPU tensors here; CUDA tensors
+    run diffattn._torch.v2_lse_cuda."""
     q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
     out, lse = _cpu.v2(q_, k_, v_, lam_, causal=causal, scale=scale,
                        window=(window_left, window_right), kv_len=kv_, return_lse=True)
@@ -79,8 +79,9 @@ def v2_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch
                    window_left: int, window_right: int
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """diffattn.v2_backward: (dq, dk, dv, dlam) shaped and typed like q, k,
-    v, lam (see diffattn.v2_backward). CPU tensors only so far; errors name
-    the tensor that does not match the forward's configuration."""
+    v, lam (see diffattn.v2_backward). CPU tensors here (CUDA tensors run
+    diffattn._torch.v2_backward_cuda); errors name the tensor that does not
+    match the forward's configuration."""
     q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
     grads = _cpu.v2_backward(q_, k_, v_, lam_, _numpy("out", out), _numpy("dout", dout),
                              _numpy("lse", lse, (torch.float32,)), causal=causal, scale=scale,
@@ -103,17 +104,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout):
     q, k, v, lam, kv_len, out = ctx.saved_tensors
-    if q.device.type != "cpu":
-        raise NotImplementedError(
-            "diffattn::v2 backward: the GPU backward kernels are not implemented yet "
-            "(CPU tensors have a backward pass)")
     _, lse = torch.ops.diffattn.v2_lse(q, k, v, lam, kv_len, *ctx.config)
     dq, dk, dv, dlam = torch.ops.diffattn.v2_backward(
         q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config)
     return dq, dk, dv, dlam, None, None, None, None, None
 
 
-def register():
-    """Registers v2's CPU kernel and autograd formula (once)."""
+def register(v2_lse_cuda, v2_backward_cuda):
+    """Registers v2's CPU kernel, the CUDA kernels of v2_lse and v2_backward
+    (``diffattn._torch``'s launchers) and v2's autograd formula (once)."""
     torch.library.register_kernel("diffattn::v2", "cpu", _v2_cpu)
+    torch.library.register_kernel("diffattn::v2_lse", "cuda", v2_lse_cuda)
+    torch.library.register_kernel("diffattn::v2_backward", "cuda", v2_backward_cuda)
     torch.library.register_autograd("diffattn::v2", _backward, setup_context=_setup_context)

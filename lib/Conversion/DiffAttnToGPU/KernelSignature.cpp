@@ -65,6 +65,30 @@ Attribute mlir::diffattn::tensorMapParam(Builder &b, StringRef buffer,
        b.getNamedAttr("swizzle", b.getI64IntegerAttr(swizzleBytes))});
 }
 
+SmallVector<Attribute> mlir::diffattn::launchParams(Builder &b,
+                                                    ArrayRef<StringRef> buffers,
+                                                    ArrayRef<StringRef> sizes) {
+  SmallVector<Attribute> params;
+  for (StringRef buf : buffers)
+    for (StringRef field : {"allocated", "aligned", "offset", "size", "stride"})
+      params.push_back(b.getDictionaryAttr(
+          {b.getNamedAttr("arg", b.getStringAttr(buf)),
+           b.getNamedAttr("field", b.getStringAttr(field))}));
+  for (StringRef size : sizes)
+    params.push_back(b.getDictionaryAttr(
+        {b.getNamedAttr("arg", b.getStringAttr(size)),
+         b.getNamedAttr("field", b.getStringAttr("value"))}));
+  return params;
+}
+
+Attribute mlir::diffattn::ceilDivRule(Builder &b, StringRef symbol, int64_t by,
+                                      int64_t mul) {
+  return b.getDictionaryAttr(
+      {b.getNamedAttr("ceil_div", b.getStringAttr(symbol)),
+       b.getNamedAttr("mul", b.getI64IntegerAttr(mul)),
+       b.getNamedAttr("by", b.getI64IntegerAttr(by))});
+}
+
 DictionaryAttr mlir::diffattn::buildLaunchRule(
     Builder &b, const TileConfig &config, StringRef strategy, StringRef name,
     ArrayRef<StringRef> buffers, ArrayRef<Attribute> leadingParams,
@@ -77,12 +101,6 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
     if (firstStage)
       params.append(leadingParams.begin(), leadingParams.end());
     firstStage = false;
-    for (StringRef buf : bufs)
-      for (StringRef field :
-           {"allocated", "aligned", "offset", "size", "stride"})
-        params.push_back(b.getDictionaryAttr(
-            {b.getNamedAttr("arg", b.getStringAttr(buf)),
-             b.getNamedAttr("field", b.getStringAttr(field))}));
     SmallVector<StringRef> sizes = {"B", "Sq", "Sk"};
     if (withPool && config.attn.isPaged())
       sizes.push_back("num_blocks");
@@ -90,17 +108,11 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
       sizes.append({"total_q", "total_k"});
     if (config.splitKV)
       sizes.push_back("split_keys");
-    for (StringRef size : sizes)
-      params.push_back(b.getDictionaryAttr(
-          {b.getNamedAttr("arg", b.getStringAttr(size)),
-           b.getNamedAttr("field", b.getStringAttr("value"))}));
+    params.append(launchParams(b, bufs, sizes));
     return b.getArrayAttr(params);
   };
-  auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) -> Attribute {
-    return b.getDictionaryAttr(
-        {b.getNamedAttr("ceil_div", b.getStringAttr(sym)),
-         b.getNamedAttr("mul", b.getI64IntegerAttr(mulBy)),
-         b.getNamedAttr("by", b.getI64IntegerAttr(by))});
+  auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) {
+    return ceilDivRule(b, sym, by, mulBy);
   };
   int64_t ppg = config.pairsPerGroup();
   Attribute rowBlocks = ceilDiv("Sq", config.blockQ, config.rowsPerQuery);
@@ -242,15 +254,6 @@ mlir::diffattn::readOutlinedKernel(func::FuncOp kernel, StringRef chipName) {
     return kernel.emitError("not a diffattn kernel: run "
                             "diffattn-outline-kernels first");
   result.op = ops.front();
-  if (isa<V2BackwardOp>(result.op))
-    return result.op->emitOpError()
-           << "has no GPU kernel yet (the CPU target computes it)";
-  // The GPU strategies write one output; diffattn.v2's log-sum-exp is
-  // computed by the CPU lowerings only so far.
-  if (result.op->getNumResults() != 1)
-    return result.op->emitOpError()
-           << "with the 'lse' result has no GPU kernel yet (the CPU target "
-              "computes it)";
   result.chip = lookupGPUChip(chipName);
   if (!result.chip)
     return kernel.emitError() << "unknown chip '" << chipName << "' (expected "

@@ -28,9 +28,12 @@
 #include "diffattn/Conversion/DiffAttnToGPU/KernelBuilder.h"
 #include "diffattn/Conversion/DiffAttnToGPU/OnlineSoftmax.h"
 #include "diffattn/Conversion/DiffAttnToGPU/TileConfig.h"
+#include "diffattn/Conversion/Passes.h"
 #include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/IR/PatternMatch.h"
 
 namespace mlir::diffattn::mma_sync {
 
@@ -88,7 +91,7 @@ public:
   /// [workspace], B, Sq, Sk).
   void build(gpu::GPUFuncOp func);
 
-private:
+protected:
   /// SPEC.md: 0 <= kv_len[b] <= Sk is checked at run time, with no host
   /// synchronisation and no extra launch. Thread 0 of CTA (0, 0, b) raises a
   /// device-side assertion (cf.assert, lowered to the PTX system call
@@ -193,5 +196,15 @@ private:
 };
 
 } // namespace mlir::diffattn::mma_sync
+
+namespace mlir::diffattn {
+/// The backward of diffattn.v2 with the portable strategy
+/// (MmaSyncBackward.cpp): replaces `kernel` (holding `op`, a
+/// diffattn.v2_backward) with its three kernels and their launch rule.
+LogicalResult
+emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
+                    DictionaryAttr desc, Operation *op, const GPUChipInfo &chip,
+                    const DiffAttnToMmaSyncKernelsOptions &options);
+} // namespace mlir::diffattn
 
 #endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBUILDER_H

@@ -147,6 +147,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value cuSeqQ = attn.varlen ? entry.getArgument(a++) : Value();
   Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
+  Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
   Value workspace = splitKV ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
@@ -441,6 +442,24 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
       Value sig = epilogue.sigmoidOfLam(lam, lamIndex);
       // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.
       Value scale1 = fmul(sig, inverse[1]);
+      // lse[b, 2 pair + s, i] = scale * offset + ln(sum): the sums are
+      // relative to the offsets the rows ended with (-inf for a row that saw
+      // no key: ln 0). One lane of the row's quad writes it.
+      if (lseOut) {
+        Value writer = arith::AndIOp::create(
+            b, loc, valid, cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
+        ifThen(writer, [&] {
+          for (int64_t s = 0; s < 2; ++s) {
+            Value sum = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
+            Value max = final[s * perHead + valueTiles * 4 + rr];
+            Value lse = fma(safeOffset(max), f32(attn.scale), logOf(sum));
+            Value head = add(mul(pair, 2), idx(s));
+            Value index =
+                add(mul(add(mul(batch, plan.queryHeads), head), seqQ), row);
+            memref::StoreOp::create(b, loc, lse, lseOut, ValueRange{index});
+          }
+        });
+      }
       ifThen(valid, [&] {
         Value outBase =
             mul(epilogue.pairRowIndex(rowIndex, pair), plan.valueDim);

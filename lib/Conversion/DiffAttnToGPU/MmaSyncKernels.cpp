@@ -60,7 +60,11 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
                              << " != D = " << plan.headDim
                              << " is not supported by the portable GPU "
                                 "strategy";
-  plan.splitKV = plan.attn.hasKvLen;
+  // The log-sum-exp result is written by the row-block kernels: with it,
+  // kv_len selects those instead of split-KV (whose combine kernel has no
+  // per-head statistics to write).
+  plan.writesLse = isa<V2Op>(op) && op->getNumResults() == 2;
+  plan.splitKV = plan.attn.hasKvLen && !plan.writesLse;
   // Tile defaults, measured on the H200 (docs/performance.md). Row
   // blocks: D = 64 wants 4 warps x 64 keys. D = 128 with a causal-like
   // mask wants 4 warps x 32 keys (both heads share every fragment, and the
@@ -176,6 +180,8 @@ LogicalResult mlir::diffattn::emitMmaSyncKernel(
            << "strategy '" << options.strategy
            << "' is not the portable tensor-core strategy (mma_sync) that "
               "diffattn-to-mma-sync-kernels emits";
+  if (isa<V2BackwardOp>(op))
+    return emitMmaSyncBackward(rewriter, kernel, desc, op, *chip, options);
   FailureOr<MmaSyncPlan> plan = makePlan(op, options, *chip);
   if (failed(plan))
     return failure();

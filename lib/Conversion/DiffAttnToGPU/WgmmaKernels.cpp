@@ -35,8 +35,12 @@ using namespace mlir::diffattn::wgmma;
 /// the cp.async producer the packed kernel measured 396 / 458 TFLOP/s
 /// against the portable kernel's 321 / 347 (4 x 4096, D 128, causal /
 /// unmasked, H200; docs/performance.md, Hopper run 12); it loads through
-/// TMA like the batched kernel since Hopper run 17.
+/// TMA like the batched kernel since Hopper run 17. The backward
+/// (diffattn.v2_backward) and the forward that also returns its log-sum-exp
+/// have portable kernels only so far.
 static bool hasWgmmaKernel(Operation *op) {
+  if (op->getNumResults() != 1)
+    return false;
   if (isa<V2VarlenOp>(op))
     return true;
   return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
@@ -162,10 +166,11 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
 /// The configuration checks both strategies share on sm_90a, with the
 /// wgmma strategy's wording: element type and head dimensions.
 static LogicalResult checkSupported(Operation *op) {
-  if (!isa<V2Op, V2PagedOp, V2VarlenOp>(op))
+  if (!isa<V2Op, V2PagedOp, V2VarlenOp, V2BackwardOp>(op))
     return op->emitOpError(
         "is not supported by the GPU strategies yet (only diffattn.v2, "
-        "diffattn.v2_paged and diffattn.v2_varlen have GPU kernels)");
+        "diffattn.v2_paged, diffattn.v2_varlen and diffattn.v2_backward have "
+        "GPU kernels)");
   AttentionConfig attn = AttentionConfig::get(op);
   if (!attn.elementType.isF16() && !attn.elementType.isBF16())
     return op->emitOpError() << "element type " << attn.elementType

@@ -135,6 +135,14 @@ public:
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
   }
+  /// ln x with the SFU's lg2.approx (ln x = log2 x * ln 2; -inf at 0).
+  Value logOf(Value x) {
+    Value log2 = LLVM::CallIntrinsicOp::create(
+                     b, loc, b.getF32Type(),
+                     b.getStringAttr("llvm.nvvm.lg2.approx.f"), ValueRange{x})
+                     .getResult(0);
+    return fmul(log2, f32(static_cast<float>(M_LN2)));
+  }
   Value shuffleXor(Value x, int32_t offset) {
     return gpu::ShuffleOp::create(b, loc, x, offset, 32, gpu::ShuffleMode::XOR)
         .getShuffleResult();

@@ -44,6 +44,15 @@ KernelSignature getKernelSignature(Builder &b, DictionaryAttr desc,
 gpu::GPUFuncOp createKernelFunc(OpBuilder &b, Location loc, StringRef name,
                                 ArrayRef<Type> types, int32_t threads);
 
+/// Launch parameter entries (docs/manifest.md): the memref-descriptor
+/// fields (allocated, aligned, offset, size, stride) of each of `buffers`,
+/// then the values of the sizes `sizes` (B, Sq, Sk, ...), in that order.
+SmallVector<Attribute> launchParams(Builder &b, ArrayRef<StringRef> buffers,
+                                    ArrayRef<StringRef> sizes);
+
+/// A launch-rule factor: ceil(mul * `symbol` / by).
+Attribute ceilDivRule(Builder &b, StringRef symbol, int64_t by, int64_t mul);
+
 /// The launch rule of the kernel(s) of `config`, for the manifest entry's
 /// `launch` field; `strategy` names the strategy that built them, `name`
 /// is the kernel (the combine kernel is `name`_combine). `leadingParams`

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""The GPU backward (issue 15), correctness and timing in one run.
+
+On a GPU machine, with the runtime built and the kernels in
+DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
+
+    python3 benchmarks/gpu_backward_check.py [--out DIR] [--skip-bench] [--seed N]
+
+1. Gradients on gpu_cases.BACKWARD_CHECK_CASES: fresh random inputs (the
+   seed is printed), out and lse from the GPU forward
+   (``diffattn.v2(..., return_lse=True)``), then ``diffattn.v2_backward`` on
+   the GPU into memory the caching allocator held NaN in; relative L2 of
+   out, lse (finite entries), dq, dk, dv and dlam against the float64
+   reference (diffattn.reference) within 4x the forward's tolerance
+   (SPEC.md: bf16 1e-2, f16 3e-3); lse must be -inf exactly where the
+   reference's is; NaN/Inf fail; the backward run twice must agree bit for
+   bit (no atomics).
+2. Gradients on gpu_cases.BACKWARD_LARGE against autograd through fp32
+   SDPA math (gpu_check.sdpa_reference) on the same bf16 inputs.
+3. Forward + backward timing on gpu_cases.BACKWARD_BENCH through autograd
+   (torch.autograd.grad of the op's output) beside SDPA (cuDNN and
+   FlashAttention-2 backends, enable_gqa) + the torch.compile'd epilogue;
+   FLOPs = 3.5 x the forward count (FlashAttention's convention); also the
+   backward kernels alone (torch.ops.diffattn.v2_backward).
+
+Prints tables and writes gpu_backward.json under --out; exits 1 on any
+failure.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gpu_cases  # noqa: E402
+from gpu_check import (TOLERANCE, TORCH_DTYPE, bench_fn, make_epilogue, rel_l2,  # noqa: E402
+                       sdpa_reference)
+
+import diffattn  # noqa: E402
+from diffattn import _torch  # noqa: E402,F401  (registers the ops)
+
+GRAD_FACTOR = 4
+NAMES = ("dq", "dk", "dv", "dlam")
+
+
+def poison_allocator(nbytes):
+    """Fills `nbytes` of torch's caching allocator with NaN and frees it, so
+    that the outputs allocated next most likely start as NaN."""
+    t = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
+    del t
+
+
+def inputs(b, sq, sk, h2, hkv, d, dt, g):
+    q = torch.randn(b, sq, h2, d, device="cuda", generator=g).to(dt)
+    k = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
+    v = torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt)
+    lam = torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(dt)
+    dout = torch.randn(b, sq, h2 // 2, d, device="cuda", generator=g).to(dt)
+    return q, k, v, lam, dout
+
+
+def error(x, ref):
+    """rel L2 of x against ref (absolute norm where ref is all zeros); NaN
+    when x is not finite."""
+    if not bool(torch.isfinite(x).all()):
+        return float("nan")
+    if float(torch.linalg.vector_norm(ref.double())) == 0.0:
+        return float(torch.linalg.vector_norm(x.double()))
+    return rel_l2(x, ref)
+
+
+def check_case(case, g):
+    b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len = case
+    dt = TORCH_DTYPE[dtype]
+    q, k, v, lam, dout = inputs(b, sq, sk, h2, hkv, d, dt, g)
+    kl = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32, device="cuda")
+    poison_allocator(4 * (q.numel() + k.numel() + v.numel() + lam.numel() + dout.numel()))
+    out, lse = diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl,
+                           return_lse=True)
+    grads = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
+                                 kv_len=kl)
+    again = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
+                                 kv_len=kl)
+    torch.cuda.synchronize()
+    deterministic = all(torch.equal(x, y) for x, y in zip(grads, again))
+    np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
+    kv_np = None if kv_len is None else np.array(kv_len, np.int32)
+    ref_out, ref_lse = diffattn.reference.v2(*np_in, causal=causal, window=window, kv_len=kv_np,
+                                             return_lse=True)
+    ref_grads = diffattn.reference.v2_backward(*np_in, dout.float().cpu().numpy(), causal=causal,
+                                               window=window, kv_len=kv_np)
+    tol = TOLERANCE[dtype]
+    errs = {"out": error(out, torch.from_numpy(ref_out).cuda())}
+    ref_lse_t = torch.from_numpy(np.asarray(ref_lse)).cuda()
+    empty = torch.isneginf(ref_lse_t)
+    lse_where = bool(torch.equal(torch.isneginf(lse), empty))
+    errs["lse"] = error(lse[~empty], ref_lse_t[~empty]) if bool((~empty).any()) else 0.0
+    for name, x, ref in zip(NAMES, grads, ref_grads):
+        errs[name] = error(x, torch.from_numpy(ref).cuda())
+    ok = (lse_where and deterministic and errs["out"] <= tol and errs["lse"] <= tol and
+          all(errs[n] <= GRAD_FACTOR * tol for n in NAMES))
+    print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
+          f"causal={causal} window={window} kv_len={kv_len}: "
+          + " ".join(f"{n} {e:.1e}" for n, e in errs.items())
+          + ("" if lse_where else " (lse -inf mismatch!)")
+          + ("" if deterministic else " (not deterministic!)"), flush=True)
+    return dict(case=list(case), errors=errs, lse_inf_match=lse_where,
+                deterministic=deterministic, ok=ok)
+
+
+def check_large(shape, g):
+    b, s, h2, hkv, d, causal = shape
+    q, k, v, lam, dout = inputs(b, s, s, h2, hkv, d, torch.bfloat16, g)
+    out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+    grads = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, lam)]
+    ref = sdpa_reference(*leaves, causal, (-1, -1), None)
+    ref_grads = torch.autograd.grad(ref, leaves, dout.float())
+    errs = {"out": error(out, ref.detach())}
+    errs.update({n: error(x, r) for n, x, r in zip(NAMES, grads, ref_grads)})
+    tol = TOLERANCE["bf16"]
+    ok = errs["out"] <= tol and all(errs[n] <= GRAD_FACTOR * tol for n in NAMES)
+    print(f"  {'ok  ' if ok else 'FAIL'} B={b} S={s} 2H={h2} Hkv={hkv} D={d} causal={causal}: "
+          + " ".join(f"{n} {e:.1e}" for n, e in errs.items()) + " vs fp32 SDPA autograd",
+          flush=True)
+    del ref, ref_grads, leaves
+    torch.cuda.empty_cache()
+    return dict(shape=list(shape), errors=errs, ok=ok)
+
+
+def bench(results):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+
+    epilogue = make_epilogue()
+    rows = []
+    print("== forward + backward (bf16, autograd; TFLOP/s = 3.5 x forward FLOPs / time)")
+    print("| B x S, D | mask | op fwd+bwd | op bwd kernels | SDPA cuDNN + epi | SDPA FA2 + epi "
+          "| vs cuDNN | vs FA2 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b, s, h2, hkv, d, causal in gpu_cases.BACKWARD_BENCH:
+        dt = torch.bfloat16
+        q, k, v, lam, dout = (t.requires_grad_(i < 4) for i, t in
+                              enumerate(inputs(b, s, s, h2, hkv, d, dt, None)))
+        pairs = s * (s + 1) // 2 if causal else s * s
+        flops = 3.5 * 4 * b * h2 * d * pairs
+
+        def ours():
+            out = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+            return torch.autograd.grad(out, (q, k, v, lam), dout)
+
+        with torch.no_grad():
+            out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+
+        def bwd_only():
+            return torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse, None, causal,
+                                                  None, -1, -1)
+
+        qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
+        lam2 = lam.detach().clone().requires_grad_()
+
+        def sdpa(backend):
+            def run():
+                with sdpa_kernel(backend):
+                    a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal,
+                                                       enable_gqa=True)
+                o = epilogue(a, lam2)
+                return torch.autograd.grad(o, (qh, kh, vh, lam2), dout)
+            return run
+
+        row = dict(shape=[b, s, h2, hkv, d, causal])
+        row["ours_ms"] = bench_fn(ours)
+        row["ours_bwd_ms"] = bench_fn(bwd_only)
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
+                              ("fa2", SDPBackend.FLASH_ATTENTION)):
+            try:
+                row[f"{name}_ms"] = bench_fn(sdpa(backend))
+            except RuntimeError as e:  # backend unavailable for this shape
+                row[f"{name}_ms"] = None
+                print(f"    {name}: {str(e).splitlines()[0]}")
+        tf = {key: flops / row[key] / 1e9 if row.get(key) else None
+              for key in ("ours_ms", "cudnn_ms", "fa2_ms")}
+        row.update(ours_tflops=tf["ours_ms"], cudnn_tflops=tf["cudnn_ms"],
+                   fa2_tflops=tf["fa2_ms"])
+        ratio = {n: row[f"{n}_ms"] / row["ours_ms"] if row.get(f"{n}_ms") else None
+                 for n in ("cudnn", "fa2")}
+        row.update(vs_cudnn=ratio["cudnn"], vs_fa2=ratio["fa2"])
+        fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+        rat = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
+        print(f"| {b} x {s}, {d} | {'causal' if causal else 'none'} | {fmt(tf['ours_ms'])} "
+              f"({row['ours_ms']:.2f} ms) | {row['ours_bwd_ms']:.2f} ms | {fmt(tf['cudnn_ms'])} | "
+              f"{fmt(tf['fa2_ms'])} | {rat(ratio['cudnn'])} | {rat(ratio['fa2'])} |", flush=True)
+        rows.append(row)
+        del q, k, v, lam, dout, qh, kh, vh, lam2, out, lse
+        torch.cuda.empty_cache()
+    results["bench"] = rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--sanitize-case", action="store_true",
+                    help="only gpu_cases.BACKWARD_SANITIZE_CASES (for compute-sanitizer)")
+    args = ap.parse_args()
+    seed = args.seed if args.seed is not None else int(time.time()) % (2 ** 31)
+    g = torch.Generator(device="cuda")
+    g.manual_seed(seed)
+    if args.sanitize_case:
+        rows = [check_case(gpu_cases.BACKWARD_CHECK_CASES[i], g)
+                for i in gpu_cases.BACKWARD_SANITIZE_CASES]
+        sys.exit(0 if all(r["ok"] for r in rows) else 1)
+    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                   date=time.strftime("%Y-%m-%d"), seed=seed)
+    print(f"== gradients vs the float64 reference (seed {seed}; tolerance 4x SPEC's)")
+    results["cases"] = [check_case(c, g) for c in gpu_cases.BACKWARD_CHECK_CASES]
+    print("== gradients vs fp32 SDPA autograd")
+    results["large"] = [check_large(s, g) for s in gpu_cases.BACKWARD_LARGE]
+    ok = all(r["ok"] for r in results["cases"] + results["large"])
+    passed = sum(r["ok"] for r in results["cases"] + results["large"])
+    print(f"gradients: {passed} of {len(results['cases']) + len(results['large'])} passed")
+    if not args.skip_bench:
+        bench(results)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_backward.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

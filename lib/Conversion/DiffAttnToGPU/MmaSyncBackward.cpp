@@ -1,0 +1,767 @@
+//===- MmaSyncBackward.cpp - mma.sync strategy: the backward kernels ------===//
+//
+// The backward of diffattn.v2 (diffattn.v2_backward) with the portable
+// strategy: FlashAttention-2's backward (Dao 2023, Algorithm 2) with the
+// differential epilogue's chain rule, in three kernels launched in order on
+// one stream, none with atomics (the gradients are deterministic):
+//
+// 1. `_stats`, a CTA per block of 64 group rows (as the forward's row
+//    blocks: a row is a (pair, query row) couple): walks the row's key
+//    blocks once for r = rowsum(P_{2h+1} o G), G = dout V^T, then writes
+//    D_{2h} = rowsum(dout o out) + sigmoid(lam) r and D_{2h+1} =
+//    -sigmoid(lam) r to the workspace and dlam = -sigmoid(lam)
+//    sigmoid(-lam) r.
+// 2. `_dq`, the same rows and key blocks: P_j = exp(scale S_j - lse_j)
+//    recomputed, dS_{2h} = P_{2h} o (G - D_{2h}), dS_{2h+1} = P_{2h+1} o
+//    (-sigmoid(lam) G - D_{2h+1}), dq_j = scale * dS_j K accumulated in
+//    registers over the keys (dS_j is the A operand straight from the
+//    accumulators, as P is in the forward's P V).
+// 3. `_dkdv`, a CTA per block of 64 keys of a KV head: walks the query
+//    blocks (32 rows) of every pair of the KV group that see its keys, with
+//    the transposed products (S^T = K Q_j^T, G^T = V dout^T, each warp
+//    holding 16 keys as rows), dv += (P_{2h} - sigmoid(lam) P_{2h+1})^T dout
+//    and dk += scale * sum_j dS_j^T q_j in registers; each written once.
+//
+// Since dA_{2h+1} = -sigmoid(lam) dA_{2h}, one G serves both heads of a
+// pair, and dv needs one product per pair. The fragment layouts are the
+// forward's (MmaSyncBuilder.h, PTX ISA "Matrix Fragments for
+// mma.m16n8k16"); all tiles use the padded shared-memory layout.
+//
+//===----------------------------------------------------------------------===//
+
+#include "MmaSyncBuilder.h"
+
+#include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
+#include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::mma_sync;
+
+namespace {
+/// Query rows per block of the dk/dv kernel.
+constexpr int64_t kQueryBlock = 32;
+
+/// The kernel arguments, in the manifest's order (docs/manifest.md): the
+/// op's operands and results as 1-D buffers, the workspace, then B, Sq, Sk.
+struct BackwardArgs {
+  Value q, k, v, lam, out, dout, lse, kvLen, dq, dk, dv, dlam, workspace;
+  Value seqQ, seqK;
+};
+
+class BackwardBuilder : public MmaSyncKernelBuilder {
+public:
+  using MmaSyncKernelBuilder::MmaSyncKernelBuilder;
+
+  /// Kernels 1 (`stats`) and 2 of the file comment.
+  void buildRowKernel(gpu::GPUFuncOp func, bool stats);
+  /// Kernel 3.
+  void buildKeyKernel(gpu::GPUFuncOp func);
+
+private:
+  BackwardArgs readArgs(Block &entry);
+  /// C[16 x n] = A[aRow0 .. aRow0 + 15, 0 .. kDim) B[0 .. n, 0 .. kDim)^T,
+  /// A and B row-major tiles in shared memory at the lead indices given.
+  SmallVector<Acc> productABt(Value aTile, ValueRange aLead, Value aRow0,
+                              Value bTile, ValueRange bLead, int64_t n,
+                              int64_t kDim);
+  /// acc[16 x 8 acc.size()] += P B: P (16 x 8 p.size(), f32 accumulator
+  /// tiles) rounded to the element type as the A operand, B the row-major
+  /// tile [8 p.size(), 8 acc.size()] at `lead` (ldmatrix.trans).
+  void productPB(ArrayRef<Acc> p, Value bTile, ValueRange lead,
+                 SmallVectorImpl<Acc> &acc);
+  /// exp2(scale log2e s + shift) where `visible`, else 0.
+  Value probability(Value s, Value shift, Value visible);
+  /// -lse log2 e, or -inf for a row that saw no key (lse = -inf), so that
+  /// exp2(s scale log2 e + shift) is 0 there, never NaN.
+  Value negLseShift(Value lse);
+  /// The software pipeline over `count` blocks: `load(j, stage)` issues the
+  /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
+  SmallVector<Value>
+  pipelined(Value count, ValueRange init, function_ref<void(Value, Value)> load,
+            function_ref<SmallVector<Value>(Value, Value, ValueRange)> body);
+  /// Rounds `x` to the element type of `buffer` and stores it at `index`.
+  void storeAs(Value buffer, Value x, Value index);
+  /// Stores the pair (x, y) at buffer[index], index even.
+  void storePair(Value buffer, Value x, Value y, Value index);
+  Value loadF32(Value buffer, Value index);
+};
+} // namespace
+
+BackwardArgs BackwardBuilder::readArgs(Block &entry) {
+  BackwardArgs a;
+  unsigned i = 0;
+  a.q = entry.getArgument(i++);
+  a.k = entry.getArgument(i++);
+  a.v = entry.getArgument(i++);
+  a.lam = entry.getArgument(i++);
+  a.out = entry.getArgument(i++);
+  a.dout = entry.getArgument(i++);
+  a.lse = entry.getArgument(i++);
+  if (plan.attn.hasKvLen)
+    a.kvLen = entry.getArgument(i++);
+  a.dq = entry.getArgument(i++);
+  a.dk = entry.getArgument(i++);
+  a.dv = entry.getArgument(i++);
+  a.dlam = entry.getArgument(i++);
+  a.workspace = entry.getArgument(i++);
+  i++; // B: the grid's z extent.
+  a.seqQ = entry.getArgument(i++);
+  a.seqK = entry.getArgument(i++);
+  return a;
+}
+
+SmallVector<Acc> BackwardBuilder::productABt(Value aTile, ValueRange aLead,
+                                             Value aRow0, Value bTile,
+                                             ValueRange bLead, int64_t n,
+                                             int64_t kDim) {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
+  Value aCol = mul(div(lane, 16), 8);
+  Value bRow = add(l8, mul(div(lane, 16), 8));
+  Value bCol = mul(rem(g8, 2), 8);
+  SmallVector<Acc> c(n / 8, zeroAcc());
+  for (int64_t kk = 0; kk < kDim / 16; ++kk) {
+    SmallVector<Value> a =
+        ldmatrix(aTile, tileIndex(aLead, aRow, aCol, kk * 16), false);
+    for (int64_t np = 0; np < n / 16; ++np) {
+      SmallVector<Value> br = ldmatrix(
+          bTile, tileIndex(bLead, add(bRow, np * 16), bCol, kk * 16), false);
+      c[2 * np] = mma(a, {br[0], br[1]}, c[2 * np]);
+      c[2 * np + 1] = mma(a, {br[2], br[3]}, c[2 * np + 1]);
+    }
+  }
+  return c;
+}
+
+void BackwardBuilder::productPB(ArrayRef<Acc> p, Value bTile, ValueRange lead,
+                                SmallVectorImpl<Acc> &acc) {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value bRow = add(l8, mul(rem(g8, 2), 8));
+  Value bCol = mul(div(lane, 16), 8);
+  auto pairType = VectorType::get({2}, plan.elementType);
+  auto pack = [&](Value x, Value y) {
+    Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
+    Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
+    return packOperand(
+        vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
+  };
+  for (size_t kt = 0; kt < p.size() / 2; ++kt) {
+    SmallVector<Value> a = {pack(p[2 * kt][0], p[2 * kt][1]),
+                            pack(p[2 * kt][2], p[2 * kt][3]),
+                            pack(p[2 * kt + 1][0], p[2 * kt + 1][1]),
+                            pack(p[2 * kt + 1][2], p[2 * kt + 1][3])};
+    for (size_t dp = 0; dp < acc.size() / 2; ++dp) {
+      SmallVector<Value> br = ldmatrix(
+          bTile, tileIndex(lead, add(bRow, kt * 16), bCol, dp * 16), true);
+      acc[2 * dp] = mma(a, {br[0], br[1]}, acc[2 * dp]);
+      acc[2 * dp + 1] = mma(a, {br[2], br[3]}, acc[2 * dp + 1]);
+    }
+  }
+}
+
+Value BackwardBuilder::negLseShift(Value lse) {
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  Value empty =
+      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, lse, ninf);
+  return select(empty, ninf, fmul(lse, f32(-static_cast<float>(M_LOG2E))));
+}
+
+Value BackwardBuilder::probability(Value s, Value shift, Value visible) {
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  return select(visible, exp2(fma(s, scaleLog2, shift)), f32(0.0f));
+}
+
+Value BackwardBuilder::loadF32(Value buffer, Value index) {
+  Value x = memref::LoadOp::create(b, loc, buffer, ValueRange{index});
+  if (!x.getType().isF32())
+    x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
+  return x;
+}
+
+void BackwardBuilder::storeAs(Value buffer, Value x, Value index) {
+  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
+  if (elem != x.getType())
+    x = arith::TruncFOp::create(b, loc, elem, x);
+  memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
+}
+
+void BackwardBuilder::storePair(Value buffer, Value x, Value y, Value index) {
+  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
+  Value pair = vector::FromElementsOp::create(
+      b, loc, VectorType::get({2}, elem),
+      ValueRange{arith::TruncFOp::create(b, loc, elem, x),
+                 arith::TruncFOp::create(b, loc, elem, y)});
+  vector::StoreOp::create(b, loc, pair, buffer, ValueRange{index});
+}
+
+SmallVector<Value> BackwardBuilder::pipelined(
+    Value count, ValueRange init, function_ref<void(Value, Value)> load,
+    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body) {
+  int64_t stages = plan.stages;
+  for (int64_t p = 0; p + 1 < stages; ++p) {
+    ifThen(cmp(arith::CmpIPredicate::slt, idx(p), count),
+           [&] { load(idx(p), idx(p)); });
+    NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  }
+  auto loop = scf::ForOp::create(
+      b, loc, idx(0), count, idx(1), init,
+      [&](OpBuilder &, Location, Value j, ValueRange carried) {
+        Value next = add(j, stages - 1);
+        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
+               [&] { load(next, rem(next, stages)); });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
+        gpu::BarrierOp::create(b, loc);
+        SmallVector<Value> results = body(j, rem(j, stages), carried);
+        // The stage read here is refilled by a later iteration.
+        gpu::BarrierOp::create(b, loc);
+        scf::YieldOp::create(b, loc, results);
+      });
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+  return loop.getResults();
+}
+
+void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  const AttentionConfig &attn = plan.attn;
+  BackwardArgs args = readArgs(entry);
+  int64_t blockQ = plan.blockQ, blockK = plan.blockK;
+  int64_t d = plan.headDim, dv = plan.valueDim;
+  Value seqQ = args.seqQ, seqK = args.seqK;
+
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warp = div(tid, 32);
+  Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  Value groupRows = mul(seqQ, plan.pairsPerGroup());
+  Value row0 = mul(qBlock, blockQ);
+  Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
+  qRow0 = mul(warp, 16);
+  Value firstPair = mul(kvHead, plan.pairsPerGroup());
+  auto pairOf = [&](Value r) {
+    return add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
+  };
+  auto queryRowOf = [&](Value r) {
+    return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
+  };
+  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
+
+  Value kvLenElem;
+  if (args.kvLen) {
+    kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
+    assertKeyLengthInRange(kvLenElem, seqK, tid);
+  }
+  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
+  offset = sub(keyLen, seqQ);
+
+  // Shared memory: Q of both heads, dout, then the K and V stages.
+  Type elem = plan.elementType;
+  int64_t pad = plan.rowPad();
+  int64_t qBytes = 2 * blockQ * (d + pad) * 2;
+  int64_t doBytes = blockQ * (dv + pad) * 2;
+  int64_t kBytes = plan.stages * blockK * (d + pad) * 2;
+  sQ = sharedView(0, {2, blockQ, d + pad}, elem);
+  Value sDO = sharedView(qBytes, {blockQ, dv + pad}, elem);
+  sK = sharedView(qBytes + doBytes, {plan.stages, blockK, d + pad}, elem);
+  sV = sharedView(qBytes + doBytes + kBytes, {plan.stages, blockK, dv + pad},
+                  elem);
+  for (int64_t s = 0; s < 2; ++s)
+    copyTileAsync(
+        args.q,
+        [&](Value r) {
+          Value global = add(row0, r);
+          Value head = add(mul(pairOf(global), 2), idx(s));
+          return mul(
+              add(mul(add(qRowBase, queryRowOf(global)), plan.queryHeads),
+                  head),
+              d);
+        },
+        rowsValid, sQ,
+        [&](Value row, Value col) { return tileIndex(idx(s), row, col); },
+        blockQ, d, tid, plan.threads());
+  copyTileAsync(
+      args.dout,
+      [&](Value r) {
+        Value global = add(row0, r);
+        return mul(add(mul(add(qRowBase, queryRowOf(global)), plan.pairs),
+                       pairOf(global)),
+                   dv);
+      },
+      rowsValid, sDO,
+      [&](Value row, Value col) { return tileIndex({}, row, col); }, blockQ, dv,
+      tid, plan.threads());
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+
+  // The thread's two rows: group row, validity, query row, pair, and their
+  // row statistics.
+  std::array<Value, 2> valid, pairRow, sig;
+  std::array<std::array<Value, 2>, 2> shift; // [head][rr]
+  std::array<Value, 2> deltaEven, deltaOdd;
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    Value global = add(add(row0, qRow0), add(div(lane, 4), rr * 8));
+    valid[rr] = cmp(arith::CmpIPredicate::slt, global, groupRows);
+    threadRow[rr] = queryRowOf(global);
+    Value pair = pairOf(global);
+    pairRow[rr] = select(
+        valid[rr], epilogue.pairRowIndex(add(qRowBase, threadRow[rr]), pair),
+        idx(0));
+    for (int64_t j = stats ? 1 : 0; j < 2; ++j) {
+      Value head = add(mul(pair, 2), idx(j));
+      Value lseIndex = select(
+          valid[rr],
+          add(mul(add(mul(batch, plan.queryHeads), head), seqQ), threadRow[rr]),
+          idx(0));
+      shift[j][rr] = negLseShift(loadF32(args.lse, lseIndex));
+    }
+    sig[rr] = epilogue.sigmoidOfLam(args.lam, pairRow[rr]);
+    if (!stats) {
+      deltaEven[rr] = loadF32(args.workspace, mul(pairRow[rr], 2));
+      deltaOdd[rr] = loadF32(args.workspace, add(mul(pairRow[rr], 2), 1));
+    }
+  }
+  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
+  Value onePair =
+      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
+          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
+  minRow = select(onePair, queryRowOf(row0), idx(0));
+  maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
+  Value lo, hi;
+  std::tie(lo, hi) =
+      buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
+  lo = alignDownToBlock(b, loc, lo, blockK);
+  Value count = select(cmp(arith::CmpIPredicate::slt, lo, hi),
+                       div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
+  auto keyOf = [&](Value j) { return add(lo, mul(j, blockK)); };
+  auto load = [&](Value j, Value stage) {
+    Value key0 = keyOf(j);
+    Value validKeys = minI(idx(blockK), sub(keyLen, key0));
+    Value rowBase = add(kRowBase, key0);
+    copyRowsAsync(args.k,
+                  mul(add(mul(rowBase, plan.kvHeads), kvHead), plan.headDim),
+                  plan.kvHeads * d, validKeys, sK, {stage}, blockK, d, tid,
+                  plan.threads());
+    copyRowsAsync(args.v, mul(add(mul(rowBase, plan.kvHeads), kvHead), dv),
+                  plan.kvHeads * dv, validKeys, sV, {stage}, blockK, dv, tid,
+                  plan.threads());
+  };
+  int64_t keyTiles = blockK / 8, qTiles = d / 8;
+  SmallVector<Value> init;
+  if (stats)
+    init = {f32(0.0f), f32(0.0f)};
+  else
+    init.assign(2 * qTiles * 4, f32(0.0f));
+
+  SmallVector<Value> final = pipelined(
+      count, init, load,
+      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
+        Value key0 = keyOf(j);
+        std::array<SmallVector<Acc>, 2> s;
+        for (int64_t h = stats ? 1 : 0; h < 2; ++h)
+          s[h] = productABt(sQ, {idx(h)}, qRow0, sK, {stage}, blockK, d);
+        SmallVector<Acc> g =
+            productABt(sDO, {}, qRow0, sV, {stage}, blockK, dv);
+        Value colLane = add(key0, mul(rem(lane, 4), 2));
+        SmallVector<Value> visible;
+        for (int64_t nt = 0; nt < keyTiles; ++nt)
+          for (int64_t e = 0; e < 4; ++e)
+            visible.push_back(buildIsVisible(b, loc, attn, threadRow[e / 2],
+                                             add(colLane, nt * 8 + e % 2),
+                                             offset, keyLen));
+        if (stats) {
+          SmallVector<Value> r(carried);
+          for (int64_t nt = 0; nt < keyTiles; ++nt)
+            for (int64_t e = 0; e < 4; ++e) {
+              Value p = probability(s[1][nt][e], shift[1][e / 2],
+                                    visible[nt * 4 + e]);
+              r[e / 2] = fma(p, g[nt][e], r[e / 2]);
+            }
+          return r;
+        }
+        std::array<SmallVector<Acc>, 2> ds = {SmallVector<Acc>(keyTiles),
+                                              SmallVector<Acc>(keyTiles)};
+        for (int64_t nt = 0; nt < keyTiles; ++nt)
+          for (int64_t e = 0; e < 4; ++e) {
+            int64_t rr = e / 2;
+            Value vis = visible[nt * 4 + e];
+            Value pe = probability(s[0][nt][e], shift[0][rr], vis);
+            Value po = probability(s[1][nt][e], shift[1][rr], vis);
+            ds[0][nt][e] = fmul(pe, fsub(g[nt][e], deltaEven[rr]));
+            ds[1][nt][e] =
+                fmul(po, fsub(f32(0.0f), fma(sig[rr], g[nt][e], deltaOdd[rr])));
+          }
+        SmallVector<Value> results;
+        for (int64_t h = 0; h < 2; ++h) {
+          SmallVector<Acc> acc(qTiles);
+          for (int64_t t = 0; t < qTiles; ++t)
+            for (int64_t e = 0; e < 4; ++e)
+              acc[t][e] = carried[(h * qTiles + t) * 4 + e];
+          productPB(ds[h], sK, {stage}, acc);
+          for (const Acc &t : acc)
+            results.append(t.begin(), t.end());
+        }
+        return results;
+      });
+
+  Value colLane = mul(rem(lane, 4), 2);
+  if (stats) {
+    // D_{2h}, D_{2h+1} and dlam of the thread's rows, from r and
+    // rowsum(dout o out) (the row's quad of lanes shares the columns).
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value r = quadSum(final[rr]);
+      Value dot = f32(0.0f);
+      Value base = mul(pairRow[rr], dv);
+      auto vecType = VectorType::get({2}, elem);
+      for (int64_t t = 0; t < dv / 8; ++t) {
+        Value index = add(add(base, colLane), t * 8);
+        Value o = vector::LoadOp::create(b, loc, vecType, args.out,
+                                         ValueRange{index});
+        Value g = vector::LoadOp::create(b, loc, vecType, args.dout,
+                                         ValueRange{index});
+        for (int64_t e = 0; e < 2; ++e) {
+          auto ext = [&](Value vec) {
+            return arith::ExtFOp::create(
+                b, loc, b.getF32Type(),
+                vector::ExtractOp::create(b, loc, vec, e).getResult());
+          };
+          dot = fma(ext(o), ext(g), dot);
+        }
+      }
+      dot = quadSum(dot);
+      // sigmoid'(lam) = sigmoid(lam) sigmoid(-lam), each in f32 without
+      // cancellation.
+      Value lamValue = loadF32(args.lam, pairRow[rr]);
+      Value one = f32(1.0f);
+      Value sigNeg = arith::DivFOp::create(
+          b, loc, one,
+          fadd(one, exp2(fmul(lamValue, f32(static_cast<float>(M_LOG2E))))));
+      Value writer = arith::AndIOp::create(
+          b, loc, valid[rr],
+          cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
+      ifThen(writer, [&] {
+        Value sr = fmul(sig[rr], r);
+        storeAs(args.workspace, fadd(dot, sr), mul(pairRow[rr], 2));
+        storeAs(args.workspace, fsub(f32(0.0f), sr),
+                add(mul(pairRow[rr], 2), 1));
+        storeAs(args.dlam, fsub(f32(0.0f), fmul(sigNeg, sr)), pairRow[rr]);
+      });
+    }
+    gpu::ReturnOp::create(b, loc);
+    return;
+  }
+  // dq_j = scale * dS_j K of the thread's rows, columns 2 (lane % 4) + {0,
+  // 1} of each 8-column tile.
+  Value scale = f32(attn.scale);
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    ifThen(valid[rr], [&] {
+      Value global = add(add(row0, qRow0), add(div(lane, 4), rr * 8));
+      Value rowIndex = add(qRowBase, threadRow[rr]);
+      for (int64_t h = 0; h < 2; ++h) {
+        Value head = add(mul(pairOf(global), 2), idx(h));
+        Value base = mul(add(mul(rowIndex, plan.queryHeads), head), d);
+        for (int64_t t = 0; t < qTiles; ++t) {
+          int64_t at = (h * qTiles + t) * 4 + 2 * rr;
+          storePair(args.dq, fmul(final[at], scale), fmul(final[at + 1], scale),
+                    add(add(base, colLane), t * 8));
+        }
+      }
+    });
+  }
+  gpu::ReturnOp::create(b, loc);
+}
+
+void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  const AttentionConfig &attn = plan.attn;
+  BackwardArgs args = readArgs(entry);
+  int64_t blockKeys = 16 * plan.warps, blockQ = kQueryBlock;
+  int64_t d = plan.headDim, dv = plan.valueDim;
+  int64_t ppg = plan.pairsPerGroup();
+  Value seqQ = args.seqQ, seqK = args.seqK;
+
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warp = div(tid, 32);
+  Value keyBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  Value key0 = mul(keyBlock, blockKeys);
+  Value kRow0 = mul(warp, 16);
+  Value firstPair = mul(kvHead, ppg);
+  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
+  Value kvLenElem;
+  if (args.kvLen) {
+    kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
+    assertKeyLengthInRange(kvLenElem, seqK, tid);
+  }
+  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
+  offset = sub(keyLen, seqQ);
+
+  // Shared memory: the CTA's K and V rows, then the stages of (q of both
+  // heads, dout) of a query block.
+  Type elem = plan.elementType;
+  int64_t pad = plan.rowPad();
+  int64_t kBytes = blockKeys * (d + pad) * 2;
+  int64_t vBytes = blockKeys * (dv + pad) * 2;
+  int64_t qBytes = plan.stages * 2 * blockQ * (d + pad) * 2;
+  sK = sharedView(0, {blockKeys, d + pad}, elem);
+  sV = sharedView(kBytes, {blockKeys, dv + pad}, elem);
+  sQ = sharedView(kBytes + vBytes, {plan.stages, 2, blockQ, d + pad}, elem);
+  Value sDO = sharedView(kBytes + vBytes + qBytes,
+                         {plan.stages, blockQ, dv + pad}, elem);
+  Value validKeys = minI(idx(blockKeys), sub(seqK, key0));
+  Value kvRow = add(kRowBase, key0);
+  copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
+                plan.kvHeads * d, validKeys, sK, {}, blockKeys, d, tid,
+                plan.threads());
+  copyRowsAsync(args.v, mul(add(mul(kvRow, plan.kvHeads), kvHead), dv),
+                plan.kvHeads * dv, validKeys, sV, {}, blockKeys, dv, tid,
+                plan.threads());
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+
+  // The query rows that may see a key of [key0, key0 + blockKeys): i >=
+  // key0 - offset - right with a right bound, i <= key0 + blockKeys - 1 -
+  // offset + left with a left bound (KeyRange.h's rule, inverted), none
+  // past kv_len.
+  Value qlo = idx(0), qhi = seqQ;
+  if (attn.windowRight >= 0)
+    qlo = maxI(qlo, sub(sub(key0, offset), idx(attn.windowRight)));
+  if (attn.windowLeft >= 0)
+    qhi = minI(
+        qhi, add(sub(add(key0, idx(blockKeys)), offset), idx(attn.windowLeft)));
+  qhi = select(cmp(arith::CmpIPredicate::slt, key0, keyLen), qhi, idx(0));
+  qlo = alignDownToBlock(b, loc, minI(qlo, seqQ), blockQ);
+  Value queryBlocks =
+      select(cmp(arith::CmpIPredicate::slt, qlo, qhi),
+             div(add(sub(qhi, qlo), blockQ - 1), blockQ), idx(0));
+  Value count = mul(queryBlocks, ppg);
+  // Block j: pair j / queryBlocks of the group, rows from qlo + (j %
+  // queryBlocks) blockQ.
+  auto blockOf = [&](Value j) {
+    Value pair = add(firstPair, arith::DivUIOp::create(b, loc, j, queryBlocks));
+    Value q0 =
+        add(qlo, mul(arith::RemUIOp::create(b, loc, j, queryBlocks).getResult(),
+                     blockQ));
+    return std::make_pair(pair, q0);
+  };
+  auto load = [&](Value j, Value stage) {
+    auto [pair, q0] = blockOf(j);
+    Value rows = minI(idx(blockQ), sub(seqQ, q0));
+    Value rowIndex = add(qRowBase, q0);
+    for (int64_t s = 0; s < 2; ++s)
+      copyRowsAsync(
+          args.q,
+          mul(add(mul(rowIndex, plan.queryHeads), add(mul(pair, 2), idx(s))),
+              d),
+          plan.queryHeads * d, rows, sQ, {stage, idx(s)}, blockQ, d, tid,
+          plan.threads());
+    copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
+                  plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
+                  plan.threads());
+  };
+
+  int64_t qTiles = blockQ / 8, dTiles = d / 8, vTiles = dv / 8;
+  std::array<Value, 2> keyRow;
+  for (int64_t rr = 0; rr < 2; ++rr)
+    keyRow[rr] = add(add(key0, kRow0), add(div(lane, 4), rr * 8));
+  SmallVector<Value> init((dTiles + vTiles) * 4, f32(0.0f));
+  SmallVector<Value> final = pipelined(
+      count, init, load,
+      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
+        auto [pair, q0] = blockOf(j);
+        std::array<SmallVector<Acc>, 2> s;
+        for (int64_t h = 0; h < 2; ++h)
+          s[h] = productABt(sK, {}, kRow0, sQ, {stage, idx(h)}, blockQ, d);
+        SmallVector<Acc> g =
+            productABt(sV, {}, kRow0, sDO, {stage}, blockQ, dv);
+        // The statistics of the thread's columns (query rows).
+        Value colLane = add(q0, mul(rem(lane, 4), 2));
+        SmallVector<Value> colValid, colShift[2], colSig, colEven, colOdd;
+        for (int64_t nt = 0; nt < qTiles; ++nt)
+          for (int64_t c = 0; c < 2; ++c) {
+            Value i = add(colLane, nt * 8 + c);
+            Value ok = cmp(arith::CmpIPredicate::slt, i, seqQ);
+            colValid.push_back(ok);
+            Value pairRow = select(
+                ok, epilogue.pairRowIndex(add(qRowBase, i), pair), idx(0));
+            for (int64_t h = 0; h < 2; ++h) {
+              Value head = add(mul(pair, 2), idx(h));
+              Value lseIndex = select(
+                  ok, add(mul(add(mul(batch, plan.queryHeads), head), seqQ), i),
+                  idx(0));
+              colShift[h].push_back(negLseShift(loadF32(args.lse, lseIndex)));
+            }
+            colSig.push_back(epilogue.sigmoidOfLam(args.lam, pairRow));
+            colEven.push_back(loadF32(args.workspace, mul(pairRow, 2)));
+            colOdd.push_back(loadF32(args.workspace, add(mul(pairRow, 2), 1)));
+          }
+        SmallVector<Acc> pv(qTiles), dsEven(qTiles), dsOdd(qTiles);
+        for (int64_t nt = 0; nt < qTiles; ++nt)
+          for (int64_t e = 0; e < 4; ++e) {
+            int64_t c = nt * 2 + e % 2;
+            Value i = add(colLane, nt * 8 + e % 2);
+            Value vis = arith::AndIOp::create(
+                b, loc, colValid[c],
+                buildIsVisible(b, loc, attn, i, keyRow[e / 2], offset, keyLen));
+            Value pe = probability(s[0][nt][e], colShift[0][c], vis);
+            Value po = probability(s[1][nt][e], colShift[1][c], vis);
+            pv[nt][e] = fsub(pe, fmul(colSig[c], po));
+            dsEven[nt][e] = fmul(pe, fsub(g[nt][e], colEven[c]));
+            dsOdd[nt][e] =
+                fmul(po, fsub(f32(0.0f), fma(colSig[c], g[nt][e], colOdd[c])));
+          }
+        SmallVector<Acc> dk(dTiles), dvAcc(vTiles);
+        for (int64_t t = 0; t < dTiles; ++t)
+          for (int64_t e = 0; e < 4; ++e)
+            dk[t][e] = carried[t * 4 + e];
+        for (int64_t t = 0; t < vTiles; ++t)
+          for (int64_t e = 0; e < 4; ++e)
+            dvAcc[t][e] = carried[(dTiles + t) * 4 + e];
+        productPB(pv, sDO, {stage}, dvAcc);
+        productPB(dsEven, sQ, {stage, idx(0)}, dk);
+        productPB(dsOdd, sQ, {stage, idx(1)}, dk);
+        SmallVector<Value> results;
+        for (const Acc &t : dk)
+          results.append(t.begin(), t.end());
+        for (const Acc &t : dvAcc)
+          results.append(t.begin(), t.end());
+        return results;
+      });
+
+  // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys.
+  Value scale = f32(attn.scale);
+  Value colLane = mul(rem(lane, 4), 2);
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    ifThen(cmp(arith::CmpIPredicate::slt, keyRow[rr], seqK), [&] {
+      Value row = add(mul(add(kRowBase, keyRow[rr]), plan.kvHeads), kvHead);
+      for (int64_t t = 0; t < dTiles; ++t) {
+        int64_t at = t * 4 + 2 * rr;
+        storePair(args.dk, fmul(final[at], scale), fmul(final[at + 1], scale),
+                  add(add(mul(row, d), colLane), t * 8));
+      }
+      for (int64_t t = 0; t < vTiles; ++t) {
+        int64_t at = (dTiles + t) * 4 + 2 * rr;
+        storePair(args.dv, final[at], final[at + 1],
+                  add(add(mul(row, dv), colLane), t * 8));
+      }
+    });
+  }
+  gpu::ReturnOp::create(b, loc);
+}
+
+LogicalResult mlir::diffattn::emitMmaSyncBackward(
+    RewriterBase &rewriter, func::FuncOp kernel, DictionaryAttr desc,
+    Operation *op, const GPUChipInfo &chip,
+    const DiffAttnToMmaSyncKernelsOptions &options) {
+  MmaSyncPlan plan;
+  plan.attn = AttentionConfig::get(op);
+  plan.chip = &chip;
+  plan.elementType = plan.attn.elementType;
+  plan.headDim = plan.attn.headDim;
+  plan.valueDim = plan.attn.valueDim;
+  if (!plan.elementType.isF16() && !plan.elementType.isBF16())
+    return op->emitOpError()
+           << "element type " << plan.elementType
+           << " is not supported by the GPU backward (expected f16 or bf16)";
+  if ((plan.headDim != 64 && plan.headDim != 128) ||
+      plan.valueDim != plan.headDim)
+    return op->emitOpError()
+           << "head dimensions D = " << plan.headDim
+           << ", Dv = " << plan.valueDim
+           << " are not supported by the GPU backward (expected D = Dv = 64 "
+              "or 128)";
+  // One tile configuration so far (4 warps; row kernels: 64 rows x 32
+  // keys, two stages; dk/dv: 64 keys x 32 query rows): the forward's tile
+  // options (block-k, warps, stages) do not apply to it (Passes.td).
+  plan.warps = 4;
+  plan.blockQ = 64;
+  plan.blockK = 32;
+  plan.stages = 2;
+  plan.swizzle = false;
+  plan.headsPerRow = 2;
+  plan.pairs = plan.attn.numPairs;
+  plan.queryHeads = 2 * plan.pairs;
+  plan.kvHeads = plan.attn.numKeyHeads;
+  plan.rowsPerQuery = plan.pairsPerGroup();
+  plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
+  int64_t d = plan.headDim, dv = plan.valueDim, pad = plan.rowPad();
+  int64_t rowShared = (2 * plan.blockQ * (d + pad) + plan.blockQ * (dv + pad) +
+                       plan.stages * plan.blockK * (d + dv + 2 * pad)) *
+                      2;
+  int64_t keyShared = (16 * plan.warps * (d + dv + 2 * pad) +
+                       plan.stages * kQueryBlock * (2 * d + dv + 3 * pad)) *
+                      2;
+  plan.sharedBytes = std::max(rowShared, keyShared);
+  if (failed(checkChipLimits(op, plan, "the backward's tiles")))
+    return failure();
+
+  Location loc = kernel.getLoc();
+  OpBuilder::InsertionGuard guard(rewriter);
+  createKernelModule(rewriter, kernel);
+  KernelSignature sig = getKernelSignature(rewriter, desc, /*splitKV=*/false);
+  SmallVector<Type> argTypes(sig.argTypes);
+  argTypes.insert(argTypes.begin() + sig.buffers.size(), sig.workspaceType);
+  std::string name = kernel.getName().str();
+  auto stats = createKernelFunc(rewriter, loc, name + "_stats", argTypes,
+                                plan.threads());
+  BackwardBuilder(rewriter, loc, plan).buildRowKernel(stats, /*stats=*/true);
+  rewriter.setInsertionPointAfter(stats);
+  auto dq =
+      createKernelFunc(rewriter, loc, name + "_dq", argTypes, plan.threads());
+  BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
+  rewriter.setInsertionPointAfter(dq);
+  auto dkdv =
+      createKernelFunc(rewriter, loc, name + "_dkdv", argTypes, plan.threads());
+  BackwardBuilder(rewriter, loc, plan).buildKeyKernel(dkdv);
+
+  // The launch rule: three stages sharing the parameters (the buffers, the
+  // workspace, B, Sq, Sk) and the workspace of (D_{2h}, D_{2h+1}) per
+  // (b, i, pair): B x Sq x 2H f32.
+  Builder &b = rewriter;
+  SmallVector<StringRef> buffers(sig.buffers);
+  buffers.push_back("workspace");
+  ArrayAttr params =
+      b.getArrayAttr(launchParams(b, buffers, {"B", "Sq", "Sk"}));
+  Attribute kvHeads = b.getI64IntegerAttr(plan.kvHeads);
+  Attribute batches = ceilDivRule(b, "B", 1, 1);
+  auto stage = [&](StringRef function, Attribute x, int64_t shared) {
+    return b.getDictionaryAttr(
+        {b.getNamedAttr("function", b.getStringAttr(function)),
+         b.getNamedAttr("grid", b.getArrayAttr({x, kvHeads, batches})),
+         b.getNamedAttr("block", b.getI64ArrayAttr({plan.threads(), 1, 1})),
+         b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
+         b.getNamedAttr("params", params)});
+  };
+  Attribute rowBlocks = ceilDivRule(b, "Sq", plan.blockQ, plan.rowsPerQuery);
+  Attribute keyBlocks = ceilDivRule(b, "Sk", 16 * plan.warps, 1);
+  DictionaryAttr launch = b.getDictionaryAttr(
+      {b.getNamedAttr("kind", b.getStringAttr("cuda")),
+       b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
+       b.getNamedAttr("block_q", b.getI64IntegerAttr(plan.blockQ)),
+       b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
+       b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages)),
+       b.getNamedAttr(
+           "stages",
+           b.getArrayAttr({stage(stats.getName(), rowBlocks, rowShared),
+                           stage(dq.getName(), rowBlocks, rowShared),
+                           stage(dkdv.getName(), keyBlocks, keyShared)})),
+       b.getNamedAttr(
+           "workspace",
+           b.getDictionaryAttr(
+               {b.getNamedAttr("dtype", b.getStringAttr("f32")),
+                b.getNamedAttr(
+                    "product",
+                    b.getArrayAttr({batches, ceilDivRule(b, "Sq", 1, 1)})),
+                b.getNamedAttr("times",
+                               b.getI64IntegerAttr(plan.queryHeads))}))});
+  replaceWithGPUKernel(rewriter, kernel, desc, stats, launch);
+  return success();
+}
