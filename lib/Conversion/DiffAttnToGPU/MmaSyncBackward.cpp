@@ -8,8 +8,9 @@
 // 1. `_stats`, a CTA per block of 64 group rows (as the forward's row
 //    blocks: a row is a (pair, query row) couple): walks the row's key
 //    blocks once for r = rowsum(P_{2h+1} o G), G = dout V^T, then writes
-//    D_{2h} = rowsum(dout o out) + sigmoid(lam) r and D_{2h+1} =
-//    -sigmoid(lam) r to the workspace and dlam = -sigmoid(lam)
+//    the row's record (kStatWidth f32) to the workspace: D_{2h} =
+//    rowsum(dout o out) + sigmoid(lam) r, D_{2h+1} = -sigmoid(lam) r,
+//    sigmoid(lam) and both heads' -lse log2 e; and dlam = -sigmoid(lam)
 //    sigmoid(-lam) r.
 // 2. `_dq`, the same rows and key blocks: P_j = exp(scale S_j - lse_j)
 //    recomputed, dS_{2h} = P_{2h} o (G - D_{2h}), dS_{2h+1} = P_{2h+1} o
@@ -35,6 +36,7 @@
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 
@@ -45,6 +47,17 @@ using namespace mlir::diffattn::mma_sync;
 namespace {
 /// Query rows per block of the dk/dv kernel.
 constexpr int64_t kQueryBlock = 32;
+/// The workspace's record of one (b, pair, query row), f32, at ((b * H +
+/// pair) * Sq + i) * kStatWidth: what the dq and dk/dv kernels need of the
+/// row, written by the statistics kernel (two 16-byte cp.async chunks).
+constexpr int64_t kStatWidth = 8;
+enum StatField : int64_t {
+  kDeltaEven = 0, ///< D_{2h} = rowsum(dout o out) + sigmoid(lam) r
+  kDeltaOdd,      ///< D_{2h+1} = -sigmoid(lam) r
+  kSigmoid,       ///< sigmoid(lam)
+  kShiftEven,     ///< -lse_{2h} log2 e (-inf for a row with no key)
+  kShiftOdd,      ///< -lse_{2h+1} log2 e
+};
 
 /// The kernel arguments, in the manifest's order (docs/manifest.md): the
 /// op's operands and results as 1-D buffers, the workspace, then B, Sq, Sk.
@@ -74,8 +87,16 @@ private:
   /// tile [8 p.size(), 8 acc.size()] at `lead` (ldmatrix.trans).
   void productPB(ArrayRef<Acc> p, Value bTile, ValueRange lead,
                  SmallVectorImpl<Acc> &acc);
-  /// exp2(scale log2e s + shift) where `visible`, else 0.
+  /// exp2(scale log2e s + shift) where `visible` (null: everywhere), else
+  /// 0.
   Value probability(Value s, Value shift, Value visible);
+  /// The probabilities of `heads` (scores s[h], shifts shift(h, i) for the
+  /// thread's value i of a tile) with masking only where `needsMask` holds
+  /// (an scf.if; `visible(i)` of value i of the flattened tiles).
+  std::array<SmallVector<Acc>, 2>
+  probabilities(ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
+                function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
+                function_ref<Value(int64_t)> visible);
   /// -lse log2 e, or -inf for a row that saw no key (lse = -inf), so that
   /// exp2(s scale log2 e + shift) is 0 there, never NaN.
   Value negLseShift(Value lse);
@@ -173,7 +194,34 @@ Value BackwardBuilder::negLseShift(Value lse) {
 
 Value BackwardBuilder::probability(Value s, Value shift, Value visible) {
   Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
-  return select(visible, exp2(fma(s, scaleLog2, shift)), f32(0.0f));
+  Value p = exp2(fma(s, scaleLog2, shift));
+  return visible ? select(visible, p, f32(0.0f)) : p;
+}
+
+std::array<SmallVector<Acc>, 2> BackwardBuilder::probabilities(
+    ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
+    function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
+    function_ref<Value(int64_t)> visible) {
+  int64_t tiles = s[heads.front()].size();
+  auto compute = [&](bool masked) {
+    SmallVector<Value> flat;
+    for (int64_t i = 0; i < tiles * 4; ++i) {
+      Value vis = masked ? visible(i) : Value();
+      for (int64_t h : heads)
+        flat.push_back(probability(s[h][i / 4][i % 4], shift(h, i), vis));
+    }
+    scf::YieldOp::create(b, loc, flat);
+  };
+  auto ifOp = scf::IfOp::create(
+      b, loc, needsMask, [&](OpBuilder &, Location) { compute(true); },
+      [&](OpBuilder &, Location) { compute(false); });
+  std::array<SmallVector<Acc>, 2> p;
+  for (int64_t h : heads)
+    p[h].resize(tiles);
+  for (int64_t i = 0, at = 0; i < tiles * 4; ++i)
+    for (int64_t h : heads)
+      p[h][i / 4][i % 4] = ifOp.getResult(at++);
+  return p;
 }
 
 Value BackwardBuilder::loadF32(Value buffer, Value index) {
@@ -301,8 +349,9 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
 
   // The thread's two rows: group row, validity, query row, pair, and their
-  // row statistics.
-  std::array<Value, 2> valid, pairRow, sig;
+  // row statistics (from lse and lam in the statistics kernel, from its
+  // workspace records in the dq kernel).
+  std::array<Value, 2> valid, pairRow, statBase, sig;
   std::array<std::array<Value, 2>, 2> shift; // [head][rr]
   std::array<Value, 2> deltaEven, deltaOdd;
   for (int64_t rr = 0; rr < 2; ++rr) {
@@ -313,7 +362,23 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
     pairRow[rr] = select(
         valid[rr], epilogue.pairRowIndex(add(qRowBase, threadRow[rr]), pair),
         idx(0));
-    for (int64_t j = stats ? 1 : 0; j < 2; ++j) {
+    statBase[rr] = select(
+        valid[rr],
+        mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ), threadRow[rr]),
+            kStatWidth),
+        idx(0));
+    auto stat = [&](int64_t field) {
+      return loadF32(args.workspace, add(statBase[rr], field));
+    };
+    if (!stats) {
+      deltaEven[rr] = stat(kDeltaEven);
+      deltaOdd[rr] = stat(kDeltaOdd);
+      sig[rr] = stat(kSigmoid);
+      shift[0][rr] = stat(kShiftEven);
+      shift[1][rr] = stat(kShiftOdd);
+      continue;
+    }
+    for (int64_t j = 0; j < 2; ++j) {
       Value head = add(mul(pair, 2), idx(j));
       Value lseIndex = select(
           valid[rr],
@@ -322,10 +387,6 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       shift[j][rr] = negLseShift(loadF32(args.lse, lseIndex));
     }
     sig[rr] = epilogue.sigmoidOfLam(args.lam, pairRow[rr]);
-    if (!stats) {
-      deltaEven[rr] = loadF32(args.workspace, mul(pairRow[rr], 2));
-      deltaOdd[rr] = loadF32(args.workspace, add(mul(pairRow[rr], 2), 1));
-    }
   }
   Value lastGlobal = sub(add(row0, rowsValid), idx(1));
   Value onePair =
@@ -369,20 +430,24 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
         SmallVector<Acc> g =
             productABt(sDO, {}, qRow0, sV, {stage}, blockK, dv);
         Value colLane = add(key0, mul(rem(lane, 4), 2));
-        SmallVector<Value> visible;
-        for (int64_t nt = 0; nt < keyTiles; ++nt)
-          for (int64_t e = 0; e < 4; ++e)
-            visible.push_back(buildIsVisible(b, loc, attn, threadRow[e / 2],
-                                             add(colLane, nt * 8 + e % 2),
-                                             offset, keyLen));
+        auto visible = [&](int64_t i) {
+          return buildIsVisible(b, loc, attn, threadRow[(i % 4) / 2],
+                                add(colLane, (i / 4) * 8 + i % 2), offset,
+                                keyLen);
+        };
+        Value needsMask = buildBlockNeedsMask(b, loc, attn, key0, blockK,
+                                              minRow, maxRow, offset, keyLen);
+        SmallVector<int64_t> heads =
+            stats ? SmallVector<int64_t>{1} : SmallVector<int64_t>{0, 1};
+        std::array<SmallVector<Acc>, 2> p = probabilities(
+            heads, s,
+            [&](int64_t h, int64_t i) { return shift[h][(i % 4) / 2]; },
+            needsMask, visible);
         if (stats) {
           SmallVector<Value> r(carried);
           for (int64_t nt = 0; nt < keyTiles; ++nt)
-            for (int64_t e = 0; e < 4; ++e) {
-              Value p = probability(s[1][nt][e], shift[1][e / 2],
-                                    visible[nt * 4 + e]);
-              r[e / 2] = fma(p, g[nt][e], r[e / 2]);
-            }
+            for (int64_t e = 0; e < 4; ++e)
+              r[e / 2] = fma(p[1][nt][e], g[nt][e], r[e / 2]);
           return r;
         }
         std::array<SmallVector<Acc>, 2> ds = {SmallVector<Acc>(keyTiles),
@@ -390,12 +455,10 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
         for (int64_t nt = 0; nt < keyTiles; ++nt)
           for (int64_t e = 0; e < 4; ++e) {
             int64_t rr = e / 2;
-            Value vis = visible[nt * 4 + e];
-            Value pe = probability(s[0][nt][e], shift[0][rr], vis);
-            Value po = probability(s[1][nt][e], shift[1][rr], vis);
-            ds[0][nt][e] = fmul(pe, fsub(g[nt][e], deltaEven[rr]));
+            ds[0][nt][e] = fmul(p[0][nt][e], fsub(g[nt][e], deltaEven[rr]));
             ds[1][nt][e] =
-                fmul(po, fsub(f32(0.0f), fma(sig[rr], g[nt][e], deltaOdd[rr])));
+                fmul(p[1][nt][e],
+                     fsub(f32(0.0f), fma(sig[rr], g[nt][e], deltaOdd[rr])));
           }
         SmallVector<Value> results;
         for (int64_t h = 0; h < 2; ++h) {
@@ -447,9 +510,14 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
           cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
       ifThen(writer, [&] {
         Value sr = fmul(sig[rr], r);
-        storeAs(args.workspace, fadd(dot, sr), mul(pairRow[rr], 2));
-        storeAs(args.workspace, fsub(f32(0.0f), sr),
-                add(mul(pairRow[rr], 2), 1));
+        auto put = [&](int64_t field, Value x) {
+          storeAs(args.workspace, x, add(statBase[rr], field));
+        };
+        put(kDeltaEven, fadd(dot, sr));
+        put(kDeltaOdd, fsub(f32(0.0f), sr));
+        put(kSigmoid, sig[rr]);
+        put(kShiftEven, shift[0][rr]);
+        put(kShiftOdd, shift[1][rr]);
         storeAs(args.dlam, fsub(f32(0.0f), fmul(sigNeg, sr)), pairRow[rr]);
       });
     }
@@ -515,8 +583,12 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   sK = sharedView(0, {blockKeys, d + pad}, elem);
   sV = sharedView(kBytes, {blockKeys, dv + pad}, elem);
   sQ = sharedView(kBytes + vBytes, {plan.stages, 2, blockQ, d + pad}, elem);
+  int64_t doBytes = plan.stages * blockQ * (dv + pad) * 2;
   Value sDO = sharedView(kBytes + vBytes + qBytes,
                          {plan.stages, blockQ, dv + pad}, elem);
+  // The query rows' workspace records (kStatWidth f32 each).
+  Value sStat = sharedView(kBytes + vBytes + qBytes + doBytes,
+                           {plan.stages, blockQ, kStatWidth}, b.getF32Type());
   Value validKeys = minI(idx(blockKeys), sub(seqK, key0));
   Value kvRow = add(kRowBase, key0);
   copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
@@ -566,6 +638,24 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
     copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
                   plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
                   plan.threads());
+    // The rows' records: 16-byte chunks (kStatWidth / 4 per row), zero past
+    // Sq; the first blockQ * kStatWidth / 4 threads copy one each.
+    int64_t chunksPerRow = kStatWidth / 4;
+    ifThen(
+        cmp(arith::CmpIPredicate::ult, tid, idx(blockQ * chunksPerRow)), [&] {
+          Value row = div(tid, chunksPerRow);
+          Value col = mul(rem(tid, chunksPerRow), 4);
+          Value ok = cmp(arith::CmpIPredicate::slt, row, rows);
+          Value src = add(mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ),
+                                  add(q0, row)),
+                              kStatWidth),
+                          col);
+          nvgpu::DeviceAsyncCopyOp::create(
+              b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), sStat,
+              ValueRange{stage, row, col}, args.workspace,
+              ValueRange{select(ok, src, idx(0))}, b.getIndexAttr(4),
+              select(ok, idx(4), idx(0)), b.getUnitAttr());
+        });
   };
 
   int64_t qTiles = blockQ / 8, dTiles = d / 8, vTiles = dv / 8;
@@ -582,37 +672,50 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           s[h] = productABt(sK, {}, kRow0, sQ, {stage, idx(h)}, blockQ, d);
         SmallVector<Acc> g =
             productABt(sV, {}, kRow0, sDO, {stage}, blockQ, dv);
-        // The statistics of the thread's columns (query rows).
-        Value colLane = add(q0, mul(rem(lane, 4), 2));
-        SmallVector<Value> colValid, colShift[2], colSig, colEven, colOdd;
+        // The records of the thread's columns (query rows).
+        Value colLane = mul(rem(lane, 4), 2);
+        SmallVector<Value> colShift[2], colSig, colEven, colOdd;
+        auto statType = VectorType::get({4}, b.getF32Type());
         for (int64_t nt = 0; nt < qTiles; ++nt)
           for (int64_t c = 0; c < 2; ++c) {
-            Value i = add(colLane, nt * 8 + c);
-            Value ok = cmp(arith::CmpIPredicate::slt, i, seqQ);
-            colValid.push_back(ok);
-            Value pairRow = select(
-                ok, epilogue.pairRowIndex(add(qRowBase, i), pair), idx(0));
-            for (int64_t h = 0; h < 2; ++h) {
-              Value head = add(mul(pair, 2), idx(h));
-              Value lseIndex = select(
-                  ok, add(mul(add(mul(batch, plan.queryHeads), head), seqQ), i),
-                  idx(0));
-              colShift[h].push_back(negLseShift(loadF32(args.lse, lseIndex)));
-            }
-            colSig.push_back(epilogue.sigmoidOfLam(args.lam, pairRow));
-            colEven.push_back(loadF32(args.workspace, mul(pairRow, 2)));
-            colOdd.push_back(loadF32(args.workspace, add(mul(pairRow, 2), 1)));
+            Value row = add(colLane, nt * 8 + c);
+            Value rec = vector::LoadOp::create(b, loc, statType, sStat,
+                                               ValueRange{stage, row, idx(0)});
+            auto field = [&](int64_t f) {
+              return vector::ExtractOp::create(b, loc, rec, f).getResult();
+            };
+            colEven.push_back(field(kDeltaEven));
+            colOdd.push_back(field(kDeltaOdd));
+            colSig.push_back(field(kSigmoid));
+            colShift[0].push_back(field(kShiftEven));
+            colShift[1].push_back(memref::LoadOp::create(
+                b, loc, sStat, ValueRange{stage, row, idx(kShiftOdd)}));
           }
+        // Masks only where the block straddles a bound (or Sq).
+        Value lastRow = minI(add(q0, blockQ - 1), sub(seqQ, idx(1)));
+        Value needsMask = arith::OrIOp::create(
+            b, loc,
+            buildBlockNeedsMask(b, loc, attn, key0, blockKeys, q0, lastRow,
+                                offset, keyLen),
+            cmp(arith::CmpIPredicate::sgt, add(q0, blockQ), seqQ));
+        auto visible = [&](int64_t i) {
+          Value query = add(add(q0, colLane), (i / 4) * 8 + i % 2);
+          return arith::AndIOp::create(
+              b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
+              buildIsVisible(b, loc, attn, query, keyRow[(i % 4) / 2], offset,
+                             keyLen));
+        };
+        std::array<SmallVector<Acc>, 2> p = probabilities(
+            {0, 1}, s,
+            [&](int64_t h, int64_t i) {
+              return colShift[h][(i / 4) * 2 + i % 2];
+            },
+            needsMask, visible);
         SmallVector<Acc> pv(qTiles), dsEven(qTiles), dsOdd(qTiles);
         for (int64_t nt = 0; nt < qTiles; ++nt)
           for (int64_t e = 0; e < 4; ++e) {
             int64_t c = nt * 2 + e % 2;
-            Value i = add(colLane, nt * 8 + e % 2);
-            Value vis = arith::AndIOp::create(
-                b, loc, colValid[c],
-                buildIsVisible(b, loc, attn, i, keyRow[e / 2], offset, keyLen));
-            Value pe = probability(s[0][nt][e], colShift[0][c], vis);
-            Value po = probability(s[1][nt][e], colShift[1][c], vis);
+            Value pe = p[0][nt][e], po = p[1][nt][e];
             pv[nt][e] = fsub(pe, fmul(colSig[c], po));
             dsEven[nt][e] = fmul(pe, fsub(g[nt][e], colEven[c]));
             dsOdd[nt][e] =
@@ -698,7 +801,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
                       2;
   int64_t keyShared = (16 * plan.warps * (d + dv + 2 * pad) +
                        plan.stages * kQueryBlock * (2 * d + dv + 3 * pad)) *
-                      2;
+                          2 +
+                      plan.stages * kQueryBlock * kStatWidth * 4;
   plan.sharedBytes = std::max(rowShared, keyShared);
   if (failed(checkChipLimits(op, plan, "the backward's tiles")))
     return failure();
@@ -723,8 +827,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
   BackwardBuilder(rewriter, loc, plan).buildKeyKernel(dkdv);
 
   // The launch rule: three stages sharing the parameters (the buffers, the
-  // workspace, B, Sq, Sk) and the workspace of (D_{2h}, D_{2h+1}) per
-  // (b, i, pair): B x Sq x 2H f32.
+  // workspace, B, Sq, Sk) and the workspace of one record per (b, pair, i):
+  // B x Sq x H x kStatWidth f32.
   Builder &b = rewriter;
   SmallVector<StringRef> buffers(sig.buffers);
   buffers.push_back("workspace");
@@ -760,8 +864,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
                 b.getNamedAttr(
                     "product",
                     b.getArrayAttr({batches, ceilDivRule(b, "Sq", 1, 1)})),
-                b.getNamedAttr("times",
-                               b.getI64IntegerAttr(plan.queryHeads))}))});
+                b.getNamedAttr(
+                    "times", b.getI64IntegerAttr(plan.pairs * kStatWidth))}))});
   replaceWithGPUKernel(rewriter, kernel, desc, stats, launch);
   return success();
 }

@@ -57,7 +57,10 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     mask(i,t))` (natural log), `-inf` for a row that sees no key. The layout
     is FlashAttention's softmax_lse ([B, heads, Sq], f32), with heads in q's
     order. The CPU lowerings (diffattn-tile-flash, diffattn-decompose)
-    compute it; the GPU strategies reject it with a diagnostic.
+    compute it, and so does the portable GPU strategy's row-block kernel
+    (on every GPU target: sm_90a hands an op with `lse` to it, recorded in
+    the manifest; with `kv_len` the row-block kernel serves instead of
+    split-KV).
 
     With the optional `kv_len` operand (decode against a KV cache),
     `kv_len[b]` counts the valid keys of sequence `b` (the `Sq` new ones
@@ -318,8 +321,13 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     backward tiled over keys: P and `G = dout V^T` recomputed per block, r
     accumulated in a first pass, dq accumulated and each block's dk, dv
     written in a second; the CPU target's default) and `--diffattn-decompose`
-    over all keys at once (the oracle, quadratic memory). The GPU
-    strategies have no backward yet and reject it with a diagnostic.
+    over all keys at once (the oracle, quadratic memory). On the GPU targets
+    the portable strategy (mma.sync; also for sm_90a) emits three kernels
+    launched in order over an f32 workspace of one 8-float record per (b,
+    pair, query row): row statistics (r, `D_j`, dlam), dq (per row block over its key blocks) and dk/dv (per
+    block of 64 keys over the query blocks of every pair of its KV group),
+    none with atomics, so the gradients are deterministic; f16/bf16, D = Dv
+    = 64 or 128.
   }];
 
   let arguments = (ins

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""One backward of a gpu_cases.BACKWARD_BENCH shape, for a profiler
+(Nsight Compute) to look at its three kernels:
+
+    ncu -k regex:diffattn_v2_backward --launch-skip 3 --launch-count 3 \\
+        python3 benchmarks/gpu_profile_backward.py [--case N]
+
+The backward runs twice (a warm-up, then the profiled launches), after the
+forward with lse that it needs.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_cases  # noqa: E402
+
+import diffattn  # noqa: E402
+from diffattn import _torch  # noqa: E402,F401  (registers the ops)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", type=int, default=0, help="index into gpu_cases.BACKWARD_BENCH")
+    args = ap.parse_args()
+    b, s, h2, hkv, d, causal = gpu_cases.BACKWARD_BENCH[args.case]
+    q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(b, s, h2 // 2, device="cuda", dtype=torch.bfloat16)
+    dout = torch.randn(b, s, h2 // 2, d, device="cuda", dtype=torch.bfloat16)
+    out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+    for _ in range(2):
+        diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal)
+    torch.cuda.synchronize()
+    print(f"backward of B={b} S={s} 2H={h2} Hkv={hkv} D={d} causal={causal}: done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The GPU backward (issue 15): diffattn.v2_backward's kernels and
+diffattn.v2's lse on the GPU targets. Compilation and argument checks run
+wherever the compiler does (CI); execution is marked `gpu` and skips without
+torch and a CUDA device (benchmarks/gpu_backward_check.py is the full
+check: 35 shapes, timing, training)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from diffattn import _compiler, _gpu
+
+needs_compiler = pytest.mark.skipif(_compiler.compiler_version() is None,
+                                    reason="needs diffattn-compile")
+
+# (B, Sq, Sk, 2H, Hkv, D): a configuration of gpu_cases.BACKWARD_CHECK_CASES
+# (so that a GPU machine finds its kernels in the prepared cache).
+SHAPE = (1, 77, 201, 8, 2, 64)
+
+
+def _shapes(b, sq, sk, h2, hkv, d):
+    out = (b, sq, h2 // 2, d)
+    return dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
+                lam_shape=(b, sq, h2 // 2), out_shape=out, dout_shape=out,
+                lse_shape=(b, h2, sq))
+
+
+def _manifest(directory):
+    with open(os.path.join(directory, "manifest.json")) as f:
+        return json.load(f)["kernels"][0]
+
+
+@needs_compiler
+@pytest.mark.parametrize("target", ["sm_80", "sm_90a"])
+def test_backward_kernels_compile(target):
+    directory, sizes = _gpu.prepare_v2_backward(**_shapes(*SHAPE), elem="bf16", lam_elem="bf16",
+                                                causal=True, target=target)
+    assert sizes == (1, 77, 201)
+    kernel = _manifest(directory)
+    launch = kernel["launch"]
+    assert launch["strategy"] == "mma_sync"
+    assert [s["function"].rsplit("_", 1)[1] for s in launch["stages"]] == ["stats", "dq", "dkdv"]
+    assert [a["name"] for a in kernel["args"] if "shape" in a] == ["q", "k", "v", "lam", "out", "dout", "lse",
+                                                   "dq", "dk", "dv", "dlam"]
+    # The workspace: an 8-float record per (b, pair, i), B x Sq x H x 8 f32.
+    assert launch["workspace"]["times"] == SHAPE[3] // 2 * 8
+
+
+@needs_compiler
+def test_forward_with_lse_compiles_on_hopper():
+    s = _shapes(*SHAPE)
+    directory, out_shape, _ = _gpu.prepare_v2(s["q_shape"], s["k_shape"], s["v_shape"],
+                                              s["lam_shape"], "bf16", "bf16", causal=True,
+                                              target="sm_90a", return_lse=True)
+    kernel = _manifest(directory)
+    assert kernel["launch"]["strategy"] == "mma_sync"
+    assert [a["name"] for a in kernel["args"] if "shape" in a][-2:] == ["out", "lse"]
+
+
+@needs_compiler
+@pytest.mark.parametrize("name,change,error,match", [
+    ("lse", dict(lse_shape=(1, 8, 76)), ValueError, r"lse: expected shape \(1, 8, 77\)"),
+    ("dout", dict(dout_shape=(1, 77, 4, 32)), ValueError, "dout: expected shape"),
+    ("out", dict(out_shape=(1, 77, 8, 64)), ValueError, "out: expected shape"),
+    ("q", dict(q_shape=(1, 77, 8, 32), out_shape=(1, 77, 4, 32), dout_shape=(1, 77, 4, 32),
+               k_shape=(1, 201, 2, 32), v_shape=(1, 201, 2, 32)),
+     ValueError, "q: head dimension D = 32 has no GPU kernel"),
+])
+def test_backward_argument_errors(name, change, error, match):
+    kwargs = dict(_shapes(*SHAPE), **change)
+    with pytest.raises(error, match=match):
+        _gpu.prepare_v2_backward(**kwargs, elem="bf16", lam_elem="bf16", causal=True,
+                                 target="sm_80")
+
+
+def test_backward_dtype_error():
+    with pytest.raises(TypeError, match="q: expected dtype bfloat16 or float16 on the GPU"):
+        _gpu.prepare_v2_backward(**_shapes(*SHAPE), elem="f32", lam_elem="f32", target="sm_80")
+
+
+def _cuda_torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol,case", [
+    ("bfloat16", 4e-2, (1, 77, 201, 8, 2, 64, True, (-1, -1), None)),
+    ("float16", 1.2e-2, (2, 128, 128, 8, 2, 64, True, (-1, -1), None)),
+    ("bfloat16", 4e-2, (2, 100, 100, 8, 2, 128, True, (-1, -1), [100, 37])),
+    ("bfloat16", 4e-2, (1, 200, 300, 8, 2, 128, False, (17, 5), None)),
+])
+def test_gradients_match_reference(dtype, tol, case):
+    torch = _cuda_torch()
+    import diffattn
+
+    b, sq, sk, h2, hkv, d, causal, window, kv_len = case
+    dt = getattr(torch, dtype)
+    q = torch.randn(b, sq, h2, d, device="cuda").to(dt)
+    k = torch.randn(b, sk, hkv, d, device="cuda").to(dt)
+    v = torch.randn(b, sk, hkv, d, device="cuda").to(dt)
+    lam = torch.randn(b, sq, h2 // 2, device="cuda").to(dt)
+    dout = torch.randn(b, sq, h2 // 2, d, device="cuda").to(dt)
+    kl = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32, device="cuda")
+    out, lse = diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl,
+                           return_lse=True)
+    grads = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
+                                 kv_len=kl)
+    again = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
+                                 kv_len=kl)
+    np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
+    kv_np = None if kv_len is None else np.array(kv_len, np.int32)
+    ref = diffattn.reference.v2_backward(*np_in, dout.float().cpu().numpy(), causal=causal,
+                                         window=window, kv_len=kv_np)
+    for name, got, want, twice in zip(("dq", "dk", "dv", "dlam"), grads, ref, again):
+        got_np = got.double().cpu().numpy()
+        assert got.dtype == dt or name == "dlam", name
+        assert np.all(np.isfinite(got_np)), name
+        assert np.linalg.norm(got_np - want) / np.linalg.norm(want) < tol, name
+        assert torch.equal(got, twice), f"{name}: not deterministic"
+
+
+@pytest.mark.gpu
+def test_autograd_on_cuda_matches_the_backward_op():
+    torch = _cuda_torch()
+    import diffattn
+
+    b, sq, sk, h2, hkv, d = SHAPE
+    q, k, v = (torch.randn(*s, device="cuda", dtype=torch.bfloat16).requires_grad_()
+               for s in ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d)))
+    lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    with torch.no_grad():
+        _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
+        want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
+    for t, w in zip((q, k, v, lam), want):
+        assert torch.equal(t.grad, w)
