@@ -22,6 +22,14 @@
 // workspace of split-KV kernels) from torch's caching allocator on the
 // current stream and launch through the runtime's C API.
 //
+// Autograd: install() also registers v2Autograd as diffattn::v2's Autograd
+// kernel when Python defined diffattn::_v2_train (the same op with the
+// autograd formula, torch.library.register_autograd): a call whose q, k, v
+// or lam requires grad (with grad mode on) goes there; every other call
+// goes straight to the backend kernel, with no Python on its way (a Python
+// autograd kernel on diffattn::v2 itself would cost every eager call about
+// 7 us of host time).
+//
 // Needs torch's headers and libc10 / libtorch_cpu only: no CUDA toolkit
 // (the current stream comes from c10's device-guard interface), no Python
 // headers, no MLIR.
@@ -33,10 +41,12 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <dlfcn.h>
@@ -368,6 +378,35 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
 std::mutex gInstallMutex;
 std::unique_ptr<torch::Library> gCudaImpl;
 
+/// diffattn::_v2_train (set by install() when Python defined it), and the
+/// Autograd registration of v2Autograd.
+std::optional<c10::OperatorHandle> gTrainOp;
+std::unique_ptr<torch::Library> gAutogradImpl;
+
+/// diffattn::v2's Autograd kernel (boxed; the stack holds the op's nine
+/// arguments q, k, v, lam, kv_len, causal, scale, window_left,
+/// window_right): to diffattn::_v2_train, which records the autograd
+/// formula, when grad mode is on and q, k, v or lam requires grad; else to
+/// the backend kernel below autograd.
+void v2Autograd(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
+  constexpr size_t kArgs = 9;
+  bool needsGrad = false;
+  if (at::GradMode::is_enabled()) {
+    size_t first = stack->size() - kArgs;
+    for (size_t i = first; i < first + 4; ++i) {
+      const c10::IValue &arg = (*stack)[i];
+      if (arg.isTensor() && arg.toTensor().requires_grad())
+        needsGrad = true;
+    }
+  }
+  if (needsGrad) {
+    gTrainOp->callBoxed(stack);
+    return;
+  }
+  c10::impl::ExcludeDispatchKeyGuard noAutograd(c10::autograd_dispatch_keyset);
+  op.callBoxed(stack);
+}
+
 /// diffattn_ext::install: opens the runtime at `runtimePath` and registers
 /// v2Cuda as diffattn::v2's CUDA kernel. Returns "" on success (also when
 /// already installed), else why not; the dispatcher is then unchanged.
@@ -412,8 +451,30 @@ std::string install(const std::string &runtimePath) {
   } catch (const c10::Error &e) {
     return e.what_without_backtrace();
   }
+  // The autograd dispatch in C++ (Python registers the formula on
+  // _v2_train); without _v2_train, Python registers it on v2 itself.
+  gTrainOp = dispatcher.findSchema({"diffattn::_v2_train", ""});
+  if (gTrainOp) {
+    try {
+      auto autograd = std::make_unique<torch::Library>(
+          torch::Library::IMPL, "diffattn", c10::DispatchKey::Autograd,
+          __FILE__, __LINE__);
+      autograd->impl("v2",
+                     torch::CppFunction::makeFromBoxedFunction<&v2Autograd>());
+      gAutogradImpl = std::move(autograd);
+    } catch (const c10::Error &e) {
+      gTrainOp.reset();
+      return std::string("the CUDA kernel is installed, but not the autograd "
+                         "dispatch: ") +
+             e.what_without_backtrace();
+    }
+  }
   return "";
 }
+
+/// diffattn_ext::autograd_in_cpp: whether install() registered v2Autograd
+/// (Python then registers the formula on diffattn::_v2_train).
+bool autogradInCpp() { return gAutogradImpl != nullptr; }
 
 /// diffattn_ext::timing: the kernel's host time since the last call, as
 /// [calls, plan look-up us, allocation us, launch us, total us] (look-up:
@@ -436,5 +497,6 @@ std::vector<double> timing(bool enable) {
 
 TORCH_LIBRARY(diffattn_ext, m) {
   m.def("install(str runtime) -> str", &install);
+  m.def("autograd_in_cpp() -> bool", &autogradInCpp);
   m.def("timing(bool enable) -> float[]", &timing);
 }

@@ -168,7 +168,9 @@ if not _torch_native.define_v2(v2_op, _v2_fake):
 
 # CPU tensors, diffattn::v2_lse and diffattn::v2_backward (CPU and CUDA
 # kernels), and v2's autograd formula (training).
-_torch_autograd.register(v2_lse_cuda, v2_backward_cuda)
+_torch_autograd.register(
+    v2_lse_cuda, v2_backward_cuda,
+    "diffattn::_v2_train" if _torch_native.autograd_in_cpp() else "diffattn::v2")
 
 
 @torch.library.custom_op("diffattn::v2_paged", mutates_args=())

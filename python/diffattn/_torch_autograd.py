@@ -110,10 +110,13 @@ def _backward(ctx, dout):
     return dq, dk, dv, dlam, None, None, None, None, None
 
 
-def register(v2_lse_cuda, v2_backward_cuda):
+def register(v2_lse_cuda, v2_backward_cuda, formula_op="diffattn::v2"):
     """Registers v2's CPU kernel, the CUDA kernels of v2_lse and v2_backward
-    (``diffattn._torch``'s launchers) and v2's autograd formula (once)."""
+    (``diffattn._torch``'s launchers) and v2's autograd formula (once), on
+    `formula_op`: diffattn::v2 itself, or diffattn::_v2_train where v2's
+    Autograd kernel is the C++ one (``_torch_native.autograd_in_cpp``),
+    which calls it for the calls that need grad."""
     torch.library.register_kernel("diffattn::v2", "cpu", _v2_cpu)
     torch.library.register_kernel("diffattn::v2_lse", "cuda", v2_lse_cuda)
     torch.library.register_kernel("diffattn::v2_backward", "cuda", v2_backward_cuda)
-    torch.library.register_autograd("diffattn::v2", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(formula_op, _backward, setup_context=_setup_context)

@@ -84,6 +84,18 @@ def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     return [handle.value, *sizes, workspace, *out_shape]
 
 
+def _v2_train(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    # Below autograd here: the backend kernel of diffattn::v2.
+    return torch.ops.diffattn.v2(q, k, v, lam, kv_len, causal, scale, window_left,
+                                 window_right)
+
+
+def autograd_in_cpp():
+    """Whether diffattn::v2's Autograd kernel is the C++ one (its formula
+    then lives on diffattn::_v2_train)."""
+    return active and bool(torch.ops.diffattn_ext.autograd_in_cpp())
+
+
 def define_v2(kernel, fake):
     """Defines torch.ops.diffattn.v2 with the C++ kernel for CUDA tensors.
 
@@ -117,6 +129,13 @@ def define_v2(kernel, fake):
     lib.impl("_v2_plan", _plan, "CompositeExplicitAutograd")
     lib.impl("v2", kernel, "CompositeExplicitAutograd")
     torch.library.register_fake("diffattn::v2", fake, lib=lib)
+    # diffattn::_v2_train: the same op, which carries v2's autograd formula
+    # (diffattn._torch_autograd); the C++ Autograd kernel of v2 sends the
+    # calls that need grad there and every other call straight to the
+    # backend kernel (no Python per call).
+    lib.define("_v2_train" + schema)
+    lib.impl("_v2_train", _v2_train, "CompositeExplicitAutograd")
+    torch.library.register_fake("diffattn::_v2_train", fake, lib=lib)
     why = torch.ops.diffattn_ext.install(_runtime.runtime_path())
     if why:
         reason = why

@@ -101,3 +101,20 @@ def test_backward_op_names_mismatched_tensors():
         with pytest.raises(TypeError, match=r"^q: CPU tensors must be"):
             torch.ops.diffattn.v2(q.bfloat16(), k.bfloat16(), v.bfloat16(), lam.bfloat16(), kv,
                                   *config)
+
+
+def test_autograd_dispatch_only_for_calls_that_need_grad():
+    """With the C++ kernel (diffattn._torch_native), v2's Autograd kernel is
+    C++: calls that need grad go to diffattn::_v2_train (the formula), every
+    other call straight to the backend kernel, with no Python per call."""
+    from diffattn import _torch_native
+
+    q, k, v, lam, kv, config = _tensors(CASES[1])
+    out = torch.ops.diffattn.v2(q, k, v, lam, kv, *config)
+    name = type(out.grad_fn).__name__
+    assert ("_v2_train" in name) == _torch_native.autograd_in_cpp(), name
+    plain = torch.ops.diffattn.v2(q.detach(), k.detach(), v.detach(), lam.detach(), kv, *config)
+    assert plain.grad_fn is None
+    with torch.no_grad():
+        assert torch.ops.diffattn.v2(q, k, v, lam, kv, *config).grad_fn is None
+    torch.testing.assert_close(plain, out.detach(), rtol=0, atol=0)

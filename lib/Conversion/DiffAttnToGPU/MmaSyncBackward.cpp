@@ -77,16 +77,29 @@ public:
 
 private:
   BackwardArgs readArgs(Block &entry);
-  /// C[16 x n] = A[aRow0 .. aRow0 + 15, 0 .. kDim) B[0 .. n, 0 .. kDim)^T,
-  /// A and B row-major tiles in shared memory at the lead indices given.
-  SmallVector<Acc> productABt(Value aTile, ValueRange aLead, Value aRow0,
-                              Value bTile, ValueRange bLead, int64_t n,
-                              int64_t kDim);
-  /// acc[16 x 8 acc.size()] += P B: P (16 x 8 p.size(), f32 accumulator
-  /// tiles) rounded to the element type as the A operand, B the row-major
-  /// tile [8 p.size(), 8 acc.size()] at `lead` (ldmatrix.trans).
-  void productPB(ArrayRef<Acc> p, Value bTile, ValueRange lead,
-                 SmallVectorImpl<Acc> &acc);
+  /// A row-major tile in shared memory and its lead indices.
+  struct TileRef {
+    Value tile;
+    SmallVector<Value, 2> lead;
+  };
+  /// The A fragments (ldmatrix) of rows aRow0 .. aRow0 + 15 of `a`, one
+  /// per 16 columns of kDim.
+  SmallVector<SmallVector<Value>> loadAFragments(const TileRef &a, Value aRow0,
+                                                 int64_t kDim);
+  /// C[i][j][16 x n] = A_i[aRow0 .. aRow0 + 15, 0 .. kDim) B_j[0 .. n, 0 ..
+  /// kDim)^T for every A_i of `as` and B_j of `bs`: each fragment is loaded
+  /// once and feeds every product it is an operand of. `aFrags`, if given,
+  /// are the A fragments already in registers (loadAFragments).
+  SmallVector<SmallVector<SmallVector<Acc>>>
+  productsABt(ArrayRef<TileRef> as, Value aRow0, ArrayRef<TileRef> bs,
+              int64_t n, int64_t kDim,
+              ArrayRef<SmallVector<SmallVector<Value>>> aFrags = {});
+  /// acc_i[16 x 8 acc_i.size()] += P_i B for every i: P_i (16 x 8
+  /// P_i.size(), f32 accumulator tiles) rounded to the element type as the
+  /// A operand, B the row-major tile [8 P_i.size(), 8 acc_i.size()]
+  /// (ldmatrix.trans), each B fragment loaded once for every P_i.
+  void productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &b,
+                  ArrayRef<SmallVectorImpl<Acc> *> accs);
   /// exp2(scale log2e s + shift) where `visible` (null: everywhere), else
   /// 0.
   Value probability(Value s, Value shift, Value visible);
@@ -104,7 +117,8 @@ private:
   /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
   SmallVector<Value>
   pipelined(Value count, ValueRange init, function_ref<void(Value, Value)> load,
-            function_ref<SmallVector<Value>(Value, Value, ValueRange)> body);
+            function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
+            function_ref<void()> afterPrologue = nullptr);
   /// Rounds `x` to the element type of `buffer` and stores it at `index`.
   void storeAs(Value buffer, Value x, Value index);
   /// Stores the pair (x, y) at buffer[index], index even.
@@ -136,31 +150,55 @@ BackwardArgs BackwardBuilder::readArgs(Block &entry) {
   return a;
 }
 
-SmallVector<Acc> BackwardBuilder::productABt(Value aTile, ValueRange aLead,
-                                             Value aRow0, Value bTile,
-                                             ValueRange bLead, int64_t n,
-                                             int64_t kDim) {
+SmallVector<SmallVector<Value>>
+BackwardBuilder::loadAFragments(const TileRef &a, Value aRow0, int64_t kDim) {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
+  Value aCol = mul(div(lane, 16), 8);
+  SmallVector<SmallVector<Value>> frags;
+  for (int64_t kk = 0; kk < kDim / 16; ++kk)
+    frags.push_back(
+        ldmatrix(a.tile, tileIndex(a.lead, aRow, aCol, kk * 16), false));
+  return frags;
+}
+
+SmallVector<SmallVector<SmallVector<Acc>>>
+BackwardBuilder::productsABt(ArrayRef<TileRef> as, Value aRow0,
+                             ArrayRef<TileRef> bs, int64_t n, int64_t kDim,
+                             ArrayRef<SmallVector<SmallVector<Value>>> aFrags) {
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
   Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
   Value aCol = mul(div(lane, 16), 8);
   Value bRow = add(l8, mul(div(lane, 16), 8));
   Value bCol = mul(rem(g8, 2), 8);
-  SmallVector<Acc> c(n / 8, zeroAcc());
+  SmallVector<SmallVector<SmallVector<Acc>>> c(
+      as.size(), SmallVector<SmallVector<Acc>>(
+                     bs.size(), SmallVector<Acc>(n / 8, zeroAcc())));
   for (int64_t kk = 0; kk < kDim / 16; ++kk) {
-    SmallVector<Value> a =
-        ldmatrix(aTile, tileIndex(aLead, aRow, aCol, kk * 16), false);
-    for (int64_t np = 0; np < n / 16; ++np) {
-      SmallVector<Value> br = ldmatrix(
-          bTile, tileIndex(bLead, add(bRow, np * 16), bCol, kk * 16), false);
-      c[2 * np] = mma(a, {br[0], br[1]}, c[2 * np]);
-      c[2 * np + 1] = mma(a, {br[2], br[3]}, c[2 * np + 1]);
-    }
+    SmallVector<SmallVector<Value>> a;
+    for (size_t i = 0; i < as.size(); ++i)
+      a.push_back(aFrags.empty()
+                      ? ldmatrix(as[i].tile,
+                                 tileIndex(as[i].lead, aRow, aCol, kk * 16),
+                                 false)
+                      : aFrags[i][kk]);
+    for (int64_t np = 0; np < n / 16; ++np)
+      for (size_t j = 0; j < bs.size(); ++j) {
+        SmallVector<Value> br = ldmatrix(
+            bs[j].tile,
+            tileIndex(bs[j].lead, add(bRow, np * 16), bCol, kk * 16), false);
+        for (size_t i = 0; i < as.size(); ++i) {
+          SmallVector<Acc> &acc = c[i][j];
+          acc[2 * np] = mma(a[i], {br[0], br[1]}, acc[2 * np]);
+          acc[2 * np + 1] = mma(a[i], {br[2], br[3]}, acc[2 * np + 1]);
+        }
+      }
   }
   return c;
 }
 
-void BackwardBuilder::productPB(ArrayRef<Acc> p, Value bTile, ValueRange lead,
-                                SmallVectorImpl<Acc> &acc) {
+void BackwardBuilder::productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &bt,
+                                 ArrayRef<SmallVectorImpl<Acc> *> accs) {
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
   Value bRow = add(l8, mul(rem(g8, 2), 8));
   Value bCol = mul(div(lane, 16), 8);
@@ -171,16 +209,21 @@ void BackwardBuilder::productPB(ArrayRef<Acc> p, Value bTile, ValueRange lead,
     return packOperand(
         vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
   };
-  for (size_t kt = 0; kt < p.size() / 2; ++kt) {
-    SmallVector<Value> a = {pack(p[2 * kt][0], p[2 * kt][1]),
-                            pack(p[2 * kt][2], p[2 * kt][3]),
-                            pack(p[2 * kt + 1][0], p[2 * kt + 1][1]),
-                            pack(p[2 * kt + 1][2], p[2 * kt + 1][3])};
-    for (size_t dp = 0; dp < acc.size() / 2; ++dp) {
+  for (size_t kt = 0; kt < ps.front().size() / 2; ++kt) {
+    SmallVector<SmallVector<Value>> a;
+    for (ArrayRef<Acc> p : ps)
+      a.push_back({pack(p[2 * kt][0], p[2 * kt][1]),
+                   pack(p[2 * kt][2], p[2 * kt][3]),
+                   pack(p[2 * kt + 1][0], p[2 * kt + 1][1]),
+                   pack(p[2 * kt + 1][2], p[2 * kt + 1][3])});
+    for (size_t dp = 0; dp < accs.front()->size() / 2; ++dp) {
       SmallVector<Value> br = ldmatrix(
-          bTile, tileIndex(lead, add(bRow, kt * 16), bCol, dp * 16), true);
-      acc[2 * dp] = mma(a, {br[0], br[1]}, acc[2 * dp]);
-      acc[2 * dp + 1] = mma(a, {br[2], br[3]}, acc[2 * dp + 1]);
+          bt.tile, tileIndex(bt.lead, add(bRow, kt * 16), bCol, dp * 16), true);
+      for (size_t i = 0; i < ps.size(); ++i) {
+        SmallVectorImpl<Acc> &acc = *accs[i];
+        acc[2 * dp] = mma(a[i], {br[0], br[1]}, acc[2 * dp]);
+        acc[2 * dp + 1] = mma(a[i], {br[2], br[3]}, acc[2 * dp + 1]);
+      }
     }
   }
 }
@@ -249,13 +292,16 @@ void BackwardBuilder::storePair(Value buffer, Value x, Value y, Value index) {
 
 SmallVector<Value> BackwardBuilder::pipelined(
     Value count, ValueRange init, function_ref<void(Value, Value)> load,
-    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body) {
+    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
+    function_ref<void()> afterPrologue) {
   int64_t stages = plan.stages;
   for (int64_t p = 0; p + 1 < stages; ++p) {
     ifThen(cmp(arith::CmpIPredicate::slt, idx(p), count),
            [&] { load(idx(p), idx(p)); });
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
   }
+  if (afterPrologue)
+    afterPrologue();
   auto loop = scf::ForOp::create(
       b, loc, idx(0), count, idx(1), init,
       [&](OpBuilder &, Location, Value j, ValueRange carried) {
@@ -310,18 +356,20 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
   offset = sub(keyLen, seqQ);
 
-  // Shared memory: Q of both heads, dout, then the K and V stages.
+  // Shared memory: Q of both heads (of the odd head only in the statistics
+  // kernel), dout, then the K and V stages.
   Type elem = plan.elementType;
   int64_t pad = plan.rowPad();
-  int64_t qBytes = 2 * blockQ * (d + pad) * 2;
+  int64_t qHeads = stats ? 1 : 2;
+  int64_t qBytes = qHeads * blockQ * (d + pad) * 2;
   int64_t doBytes = blockQ * (dv + pad) * 2;
   int64_t kBytes = plan.stages * blockK * (d + pad) * 2;
-  sQ = sharedView(0, {2, blockQ, d + pad}, elem);
+  sQ = sharedView(0, {qHeads, blockQ, d + pad}, elem);
   Value sDO = sharedView(qBytes, {blockQ, dv + pad}, elem);
   sK = sharedView(qBytes + doBytes, {plan.stages, blockK, d + pad}, elem);
   sV = sharedView(qBytes + doBytes + kBytes, {plan.stages, blockK, dv + pad},
                   elem);
-  for (int64_t s = 0; s < 2; ++s)
+  for (int64_t s = 2 - qHeads; s < 2; ++s)
     copyTileAsync(
         args.q,
         [&](Value r) {
@@ -333,7 +381,9 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
               d);
         },
         rowsValid, sQ,
-        [&](Value row, Value col) { return tileIndex(idx(s), row, col); },
+        [&](Value row, Value col) {
+          return tileIndex(idx(s - (2 - qHeads)), row, col);
+        },
         blockQ, d, tid, plan.threads());
   copyTileAsync(
       args.dout,
@@ -420,15 +470,24 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   else
     init.assign(2 * qTiles * 4, f32(0.0f));
 
+  // The statistics kernel's A fragments (Q of the odd head, dout), loaded
+  // once; empty: the products load them per block.
+  SmallVector<SmallVector<SmallVector<Value>>> oddFrags, doFrags;
   SmallVector<Value> final = pipelined(
       count, init, load,
       [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
         Value key0 = keyOf(j);
+        // S_j = Q_j K^T (each K fragment feeds both heads), G = dout V^T;
+        // the statistics kernel's A fragments are in registers.
         std::array<SmallVector<Acc>, 2> s;
-        for (int64_t h = stats ? 1 : 0; h < 2; ++h)
-          s[h] = productABt(sQ, {idx(h)}, qRow0, sK, {stage}, blockK, d);
-        SmallVector<Acc> g =
-            productABt(sDO, {}, qRow0, sV, {stage}, blockK, dv);
+        SmallVector<TileRef> qs;
+        for (int64_t h = 0; h < qHeads; ++h)
+          qs.push_back({sQ, {idx(h)}});
+        auto sk = productsABt(qs, qRow0, {{sK, {stage}}}, blockK, d, oddFrags);
+        for (int64_t h = 0; h < qHeads; ++h)
+          s[h + 2 - qHeads] = sk[h][0];
+        SmallVector<Acc> g = productsABt({{sDO, {}}}, qRow0, {{sV, {stage}}},
+                                         blockK, dv, doFrags)[0][0];
         Value colLane = add(key0, mul(rem(lane, 4), 2));
         auto visible = [&](int64_t i) {
           return buildIsVisible(b, loc, attn, threadRow[(i % 4) / 2],
@@ -460,17 +519,30 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
                 fmul(p[1][nt][e],
                      fsub(f32(0.0f), fma(sig[rr], g[nt][e], deltaOdd[rr])));
           }
-        SmallVector<Value> results;
+        // dq_j += dS_j K, each K fragment feeding both heads.
+        std::array<SmallVector<Acc>, 2> acc;
         for (int64_t h = 0; h < 2; ++h) {
-          SmallVector<Acc> acc(qTiles);
+          acc[h].resize(qTiles);
           for (int64_t t = 0; t < qTiles; ++t)
             for (int64_t e = 0; e < 4; ++e)
-              acc[t][e] = carried[(h * qTiles + t) * 4 + e];
-          productPB(ds[h], sK, {stage}, acc);
-          for (const Acc &t : acc)
-            results.append(t.begin(), t.end());
+              acc[h][t][e] = carried[(h * qTiles + t) * 4 + e];
         }
+        productsPB({ds[0], ds[1]}, {sK, {stage}}, {&acc[0], &acc[1]});
+        SmallVector<Value> results;
+        for (int64_t h = 0; h < 2; ++h)
+          for (const Acc &t : acc[h])
+            results.append(t.begin(), t.end());
         return results;
+      },
+      [&] {
+        if (!stats)
+          return;
+        // Q of the odd head and dout have landed (only the first blocks'
+        // copies may be in flight): their A fragments stay in registers.
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, plan.stages - 1);
+        gpu::BarrierOp::create(b, loc);
+        oddFrags = {loadAFragments({sQ, {idx(0)}}, qRow0, d)};
+        doFrags = {loadAFragments({sDO, {}}, qRow0, dv)};
       });
 
   Value colLane = mul(rem(lane, 4), 2);
@@ -667,11 +739,14 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
       count, init, load,
       [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
         auto [pair, q0] = blockOf(j);
-        std::array<SmallVector<Acc>, 2> s;
-        for (int64_t h = 0; h < 2; ++h)
-          s[h] = productABt(sK, {}, kRow0, sQ, {stage, idx(h)}, blockQ, d);
+        // S_j^T = K Q_j^T (each K fragment feeds both heads), G^T = V
+        // dout^T.
+        auto sk = productsABt({{sK, {}}}, kRow0,
+                              {{sQ, {stage, idx(0)}}, {sQ, {stage, idx(1)}}},
+                              blockQ, d);
+        std::array<SmallVector<Acc>, 2> s = {sk[0][0], sk[0][1]};
         SmallVector<Acc> g =
-            productABt(sV, {}, kRow0, sDO, {stage}, blockQ, dv);
+            productsABt({{sV, {}}}, kRow0, {{sDO, {stage}}}, blockQ, dv)[0][0];
         // The records of the thread's columns (query rows).
         Value colLane = mul(rem(lane, 4), 2);
         SmallVector<Value> colShift[2], colSig, colEven, colOdd;
@@ -728,9 +803,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (int64_t t = 0; t < vTiles; ++t)
           for (int64_t e = 0; e < 4; ++e)
             dvAcc[t][e] = carried[(dTiles + t) * 4 + e];
-        productPB(pv, sDO, {stage}, dvAcc);
-        productPB(dsEven, sQ, {stage, idx(0)}, dk);
-        productPB(dsOdd, sQ, {stage, idx(1)}, dk);
+        productsPB({pv}, {sDO, {stage}}, {&dvAcc});
+        productsPB({dsEven}, {sQ, {stage, idx(0)}}, {&dk});
+        productsPB({dsOdd}, {sQ, {stage, idx(1)}}, {&dk});
         SmallVector<Value> results;
         for (const Acc &t : dk)
           results.append(t.begin(), t.end());
@@ -796,14 +871,16 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
   plan.rowsPerQuery = plan.pairsPerGroup();
   plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
   int64_t d = plan.headDim, dv = plan.valueDim, pad = plan.rowPad();
-  int64_t rowShared = (2 * plan.blockQ * (d + pad) + plan.blockQ * (dv + pad) +
-                       plan.stages * plan.blockK * (d + dv + 2 * pad)) *
-                      2;
+  auto rowShared = [&](int64_t qHeads) {
+    return (qHeads * plan.blockQ * (d + pad) + plan.blockQ * (dv + pad) +
+            plan.stages * plan.blockK * (d + dv + 2 * pad)) *
+           2;
+  };
   int64_t keyShared = (16 * plan.warps * (d + dv + 2 * pad) +
                        plan.stages * kQueryBlock * (2 * d + dv + 3 * pad)) *
                           2 +
                       plan.stages * kQueryBlock * kStatWidth * 4;
-  plan.sharedBytes = std::max(rowShared, keyShared);
+  plan.sharedBytes = std::max(rowShared(2), keyShared);
   if (failed(checkChipLimits(op, plan, "the backward's tiles")))
     return failure();
 
@@ -854,8 +931,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
        b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages)),
        b.getNamedAttr(
            "stages",
-           b.getArrayAttr({stage(stats.getName(), rowBlocks, rowShared),
-                           stage(dq.getName(), rowBlocks, rowShared),
+           b.getArrayAttr({stage(stats.getName(), rowBlocks, rowShared(1)),
+                           stage(dq.getName(), rowBlocks, rowShared(2)),
                            stage(dkdv.getName(), keyBlocks, keyShared)})),
        b.getNamedAttr(
            "workspace",
