@@ -385,8 +385,9 @@ std::unique_ptr<torch::Library> gAutogradImpl;
 
 /// diffattn::v2's Autograd kernel (boxed; the stack holds the op's nine
 /// arguments q, k, v, lam, kv_len, causal, scale, window_left,
-/// window_right): to diffattn::_v2_train, which records the autograd
-/// formula, when grad mode is on and q, k, v or lam requires grad; else to
+/// window_right): to diffattn::_v2_train (the forward with lse, which
+/// records the autograd formula and keeps lse for the backward; its out is
+/// returned) when grad mode is on and q, k, v or lam requires grad; else to
 /// the backend kernel below autograd.
 void v2Autograd(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
   constexpr size_t kArgs = 9;
@@ -400,7 +401,9 @@ void v2Autograd(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     }
   }
   if (needsGrad) {
+    // (out, lse): the formula keeps lse; the caller gets out.
     gTrainOp->callBoxed(stack);
+    stack->pop_back();
     return;
   }
   c10::impl::ExcludeDispatchKeyGuard noAutograd(c10::autograd_dispatch_keyset);

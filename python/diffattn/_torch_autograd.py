@@ -9,9 +9,12 @@ Shapes and layouts are diffattn.v2's: q [B, Sq, 2H, D], k [B, Sk, Hkv, D],
 v [B, Sk, Hkv, Dv], lam [B, Sq, H], out and dout [B, Sq, H, Dv], lse [B, 2H,
 Sq] float32; each gradient has its input's shape and dtype.
 
-The forward op returns only ``out``, so the backward first recomputes the
-log-sum-exp (``diffattn::v2_lse``, one more forward pass) and then runs the
-compiler's backward kernels: on CPU tensors the tiled CPU kernel (blocks of
+Where v2's Autograd kernel is the C++ one (``diffattn._torch_native``), a
+call that needs grad runs ``diffattn::_v2_train``, the forward with lse
+(v2_lse's kernels), and keeps lse for the backward; otherwise (the
+Python custom op) the op returns only ``out`` and the backward first
+recomputes the log-sum-exp (``diffattn::v2_lse``, one more forward pass).
+The backward then runs the compiler's backward kernels: on CPU tensors the tiled CPU kernel (blocks of
 64 keys), on CUDA tensors the portable strategy's three GPU kernels
 (``diffattn._torch`` registers their CUDA implementations). The backward is
 not itself differentiable (no double backward).
@@ -110,6 +113,22 @@ def _backward(ctx, dout):
     return dq, dk, dv, dlam, None, None, None, None, None
 
 
+def _setup_context_train(ctx, inputs, output):
+    q, k, v, lam, kv_len, causal, scale, window_left, window_right = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, lam, kv_len, out, lse)
+    ctx.config = (causal, scale, window_left, window_right)
+
+
+def _backward_train(ctx, dout, _dlse):
+    # lse came with the forward (diffattn::_v2_train): no second forward.
+    q, k, v, lam, kv_len, out, lse = ctx.saved_tensors
+    dq, dk, dv, dlam = torch.ops.diffattn.v2_backward(
+        q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config)
+    return dq, dk, dv, dlam, None, None, None, None, None
+
+
 def register(v2_lse_cuda, v2_backward_cuda, formula_op="diffattn::v2"):
     """Registers v2's CPU kernel, the CUDA kernels of v2_lse and v2_backward
     (``diffattn._torch``'s launchers) and v2's autograd formula (once), on
@@ -119,4 +138,9 @@ def register(v2_lse_cuda, v2_backward_cuda, formula_op="diffattn::v2"):
     torch.library.register_kernel("diffattn::v2", "cpu", _v2_cpu)
     torch.library.register_kernel("diffattn::v2_lse", "cuda", v2_lse_cuda)
     torch.library.register_kernel("diffattn::v2_backward", "cuda", v2_backward_cuda)
-    torch.library.register_autograd(formula_op, _backward, setup_context=_setup_context)
+    if formula_op == "diffattn::_v2_train":
+        # (out, lse) = v2_lse's forward; v2's C++ Autograd kernel returns out.
+        torch.library.register_autograd(formula_op, _backward_train,
+                                        setup_context=_setup_context_train)
+    else:
+        torch.library.register_autograd(formula_op, _backward, setup_context=_setup_context)
