@@ -182,6 +182,10 @@ BACKWARD_CHECK_CASES = [
     (1, 1024, 1024, 32, 8, 128, "bf16", True, (-1, -1), None),
     (1, 1000, 1000, 32, 8, 64, "f16", False, (-1, -1), None),
     (1, 640, 640, 16, 2, 64, "bf16", True, (-1, -1), None),
+    # kv_len with the forward's lse: its row-block kernels (the wide 8-warp
+    # tiles without a mask at D = 128), also under a window.
+    (2, 100, 300, 8, 2, 128, "bf16", False, (-1, -1), [300, 77]),
+    (1, 90, 200, 8, 2, 64, "bf16", False, (20, 10), [150]),
 ]
 # Indices of the BACKWARD_CHECK_CASES run under compute-sanitizer (odd
 # causal, a window with Sq != Sk, ragged kv_len at D 128).

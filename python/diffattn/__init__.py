@@ -40,7 +40,7 @@ except ModuleNotFoundError as e:
         f"(`cmake -G Ninja -S . -B build -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir && "
         f"cmake --build build`) and put build/python_packages on PYTHONPATH") from None
 
-from . import reference
+from . import _ops, reference
 from ._compiler import CompileError
 
 
@@ -79,7 +79,7 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
             if out is not None or block_table is not None:
                 raise ValueError("return_lse: not supported with out= or block_table "
                                  "(a paged cache)")
-            left, right = window
+            left, right = _ops.check_window(window, causal)
             return sys.modules["torch"].ops.diffattn.v2_lse(q, k, v, lam, kv_len, bool(causal),
                                                             scale, left, right)
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
@@ -120,7 +120,7 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     if _is_torch(q):
         from . import _torch  # noqa: F401  (registers the ops)
 
-        left, right = window
+        left, right = _ops.check_window(window, causal)
         return sys.modules["torch"].ops.diffattn.v2_backward(
             q, k, v, lam, out, dout, lse, kv_len, bool(causal), scale, left, right)
     if not _is_numpy(q):

@@ -14,8 +14,8 @@ call that needs grad runs ``diffattn::_v2_train``, the forward with lse
 (v2_lse's kernels), and keeps lse for the backward; otherwise (the
 Python custom op) the op returns only ``out`` and the backward first
 recomputes the log-sum-exp (``diffattn::v2_lse``, one more forward pass).
-The backward then runs the compiler's backward kernels: on CPU tensors the tiled CPU kernel (blocks of
-64 keys), on CUDA tensors the portable strategy's three GPU kernels
+The backward then runs the compiler's backward kernels: on CPU tensors the
+tiled CPU kernel (blocks of 64 keys), on CUDA tensors the portable strategy's three GPU kernels
 (``diffattn._torch`` registers their CUDA implementations). The backward is
 not itself differentiable (no double backward).
 """

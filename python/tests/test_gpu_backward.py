@@ -41,8 +41,8 @@ def test_backward_kernels_compile(target):
     launch = kernel["launch"]
     assert launch["strategy"] == "mma_sync"
     assert [s["function"].rsplit("_", 1)[1] for s in launch["stages"]] == ["stats", "dq", "dkdv"]
-    assert [a["name"] for a in kernel["args"] if "shape" in a] == ["q", "k", "v", "lam", "out", "dout", "lse",
-                                                   "dq", "dk", "dv", "dlam"]
+    buffers = [a["name"] for a in kernel["args"] if "shape" in a]
+    assert buffers == ["q", "k", "v", "lam", "out", "dout", "lse", "dq", "dk", "dv", "dlam"]
     # The workspace: an 8-float record per (b, pair, i), B x Sq x H x 8 f32.
     assert launch["workspace"]["times"] == SHAPE[3] // 2 * 8
 
@@ -140,3 +140,26 @@ def test_autograd_on_cuda_matches_the_backward_op():
         want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
     for t, w in zip((q, k, v, lam), want):
         assert torch.equal(t.grad, w)
+
+
+@pytest.mark.gpu
+def test_keys_past_kv_len_are_never_read():
+    """Whatever the cache holds at t >= kv_len[b] (NaN, Inf) changes no
+    gradient, and those keys get dk = dv = 0 (as on the CPU)."""
+    torch = _cuda_torch()
+    import diffattn
+
+    b, sq, sk, h2, hkv, d, lens = 2, 100, 100, 8, 2, 128, [100, 37]
+    q = torch.randn(b, sq, h2, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16)
+    dout = torch.randn(b, sq, h2 // 2, d, device="cuda", dtype=torch.bfloat16)
+    kl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out, lse = diffattn.v2(q, k, v, lam, causal=True, kv_len=kl, return_lse=True)
+    clean = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=True, kv_len=kl)
+    k[1, lens[1]:], v[1, lens[1]:] = float("nan"), float("inf")
+    dirty = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=True, kv_len=kl)
+    for name, x, y in zip(("dq", "dk", "dv", "dlam"), clean, dirty):
+        assert torch.equal(x, y), name
+    assert not dirty[1][1, lens[1]:].any() and not dirty[2][1, lens[1]:].any()

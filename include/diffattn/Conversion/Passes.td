@@ -178,6 +178,14 @@ def DiffAttnToMmaSyncKernels
     split are a kernel argument: fixed by `split-keys`, or picked by the
     runtime per launch so that about `split-target-ctas` CTAs run.
 
+    With the `lse` result, `diffattn.v2` gets the row-block kernel (also
+    with `kv_len`), which writes each head's log-sum-exp. `diffattn.v2_backward`
+    gets three kernels (`<name>_stats`, `<name>_dq`, `<name>_dkdv`, launched
+    in order over a workspace) with one tile configuration of their own (4
+    warps; 64 rows x 32 keys, 64 keys x 32 query rows; two stages): the
+    options `block-k`, `warps` and `stages` configure the forward kernels
+    only (docs/design.md).
+
     The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
     grid, block size, dynamic shared memory and the kernel parameter list.
     Configurations the strategy does not support (V1, f32, head dimensions

@@ -30,295 +30,18 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "MmaSyncBuilder.h"
+#include "MmaSyncBackwardBuilder.h"
 
 #include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
-#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::mma_sync;
-
-namespace {
-/// Query rows per block of the dk/dv kernel.
-constexpr int64_t kQueryBlock = 32;
-/// The workspace's record of one (b, pair, query row), f32, at ((b * H +
-/// pair) * Sq + i) * kStatWidth: what the dq and dk/dv kernels need of the
-/// row, written by the statistics kernel (two 16-byte cp.async chunks).
-constexpr int64_t kStatWidth = 8;
-enum StatField : int64_t {
-  kDeltaEven = 0, ///< D_{2h} = rowsum(dout o out) + sigmoid(lam) r
-  kDeltaOdd,      ///< D_{2h+1} = -sigmoid(lam) r
-  kSigmoid,       ///< sigmoid(lam)
-  kShiftEven,     ///< -lse_{2h} log2 e (-inf for a row with no key)
-  kShiftOdd,      ///< -lse_{2h+1} log2 e
-};
-
-/// The kernel arguments, in the manifest's order (docs/manifest.md): the
-/// op's operands and results as 1-D buffers, the workspace, then B, Sq, Sk.
-struct BackwardArgs {
-  Value q, k, v, lam, out, dout, lse, kvLen, dq, dk, dv, dlam, workspace;
-  Value seqQ, seqK;
-};
-
-class BackwardBuilder : public MmaSyncKernelBuilder {
-public:
-  using MmaSyncKernelBuilder::MmaSyncKernelBuilder;
-
-  /// Kernels 1 (`stats`) and 2 of the file comment.
-  void buildRowKernel(gpu::GPUFuncOp func, bool stats);
-  /// Kernel 3.
-  void buildKeyKernel(gpu::GPUFuncOp func);
-
-private:
-  BackwardArgs readArgs(Block &entry);
-  /// A row-major tile in shared memory and its lead indices.
-  struct TileRef {
-    Value tile;
-    SmallVector<Value, 2> lead;
-  };
-  /// The A fragments (ldmatrix) of rows aRow0 .. aRow0 + 15 of `a`, one
-  /// per 16 columns of kDim.
-  SmallVector<SmallVector<Value>> loadAFragments(const TileRef &a, Value aRow0,
-                                                 int64_t kDim);
-  /// C[i][j][16 x n] = A_i[aRow0 .. aRow0 + 15, 0 .. kDim) B_j[0 .. n, 0 ..
-  /// kDim)^T for every A_i of `as` and B_j of `bs`: each fragment is loaded
-  /// once and feeds every product it is an operand of. `aFrags`, if given,
-  /// are the A fragments already in registers (loadAFragments).
-  SmallVector<SmallVector<SmallVector<Acc>>>
-  productsABt(ArrayRef<TileRef> as, Value aRow0, ArrayRef<TileRef> bs,
-              int64_t n, int64_t kDim,
-              ArrayRef<SmallVector<SmallVector<Value>>> aFrags = {});
-  /// acc_i[16 x 8 acc_i.size()] += P_i B for every i: P_i (16 x 8
-  /// P_i.size(), f32 accumulator tiles) rounded to the element type as the
-  /// A operand, B the row-major tile [8 P_i.size(), 8 acc_i.size()]
-  /// (ldmatrix.trans), each B fragment loaded once for every P_i.
-  void productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &b,
-                  ArrayRef<SmallVectorImpl<Acc> *> accs);
-  /// exp2(scale log2e s + shift) where `visible` (null: everywhere), else
-  /// 0.
-  Value probability(Value s, Value shift, Value visible);
-  /// The probabilities of `heads` (scores s[h], shifts shift(h, i) for the
-  /// thread's value i of a tile) with masking only where `needsMask` holds
-  /// (an scf.if; `visible(i)` of value i of the flattened tiles).
-  std::array<SmallVector<Acc>, 2>
-  probabilities(ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
-                function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
-                function_ref<Value(int64_t)> visible);
-  /// -lse log2 e, or -inf for a row that saw no key (lse = -inf), so that
-  /// exp2(s scale log2 e + shift) is 0 there, never NaN.
-  Value negLseShift(Value lse);
-  /// The software pipeline over `count` blocks: `load(j, stage)` issues the
-  /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
-  SmallVector<Value>
-  pipelined(Value count, ValueRange init, function_ref<void(Value, Value)> load,
-            function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-            function_ref<void()> afterPrologue = nullptr);
-  /// Rounds `x` to the element type of `buffer` and stores it at `index`.
-  void storeAs(Value buffer, Value x, Value index);
-  /// Stores the pair (x, y) at buffer[index], index even.
-  void storePair(Value buffer, Value x, Value y, Value index);
-  Value loadF32(Value buffer, Value index);
-};
-} // namespace
-
-BackwardArgs BackwardBuilder::readArgs(Block &entry) {
-  BackwardArgs a;
-  unsigned i = 0;
-  a.q = entry.getArgument(i++);
-  a.k = entry.getArgument(i++);
-  a.v = entry.getArgument(i++);
-  a.lam = entry.getArgument(i++);
-  a.out = entry.getArgument(i++);
-  a.dout = entry.getArgument(i++);
-  a.lse = entry.getArgument(i++);
-  if (plan.attn.hasKvLen)
-    a.kvLen = entry.getArgument(i++);
-  a.dq = entry.getArgument(i++);
-  a.dk = entry.getArgument(i++);
-  a.dv = entry.getArgument(i++);
-  a.dlam = entry.getArgument(i++);
-  a.workspace = entry.getArgument(i++);
-  i++; // B: the grid's z extent.
-  a.seqQ = entry.getArgument(i++);
-  a.seqK = entry.getArgument(i++);
-  return a;
-}
-
-SmallVector<SmallVector<Value>>
-BackwardBuilder::loadAFragments(const TileRef &a, Value aRow0, int64_t kDim) {
-  Value l8 = rem(lane, 8), g8 = div(lane, 8);
-  Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
-  Value aCol = mul(div(lane, 16), 8);
-  SmallVector<SmallVector<Value>> frags;
-  for (int64_t kk = 0; kk < kDim / 16; ++kk)
-    frags.push_back(
-        ldmatrix(a.tile, tileIndex(a.lead, aRow, aCol, kk * 16), false));
-  return frags;
-}
-
-SmallVector<SmallVector<SmallVector<Acc>>>
-BackwardBuilder::productsABt(ArrayRef<TileRef> as, Value aRow0,
-                             ArrayRef<TileRef> bs, int64_t n, int64_t kDim,
-                             ArrayRef<SmallVector<SmallVector<Value>>> aFrags) {
-  Value l8 = rem(lane, 8), g8 = div(lane, 8);
-  Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
-  Value aCol = mul(div(lane, 16), 8);
-  Value bRow = add(l8, mul(div(lane, 16), 8));
-  Value bCol = mul(rem(g8, 2), 8);
-  SmallVector<SmallVector<SmallVector<Acc>>> c(
-      as.size(), SmallVector<SmallVector<Acc>>(
-                     bs.size(), SmallVector<Acc>(n / 8, zeroAcc())));
-  for (int64_t kk = 0; kk < kDim / 16; ++kk) {
-    SmallVector<SmallVector<Value>> a;
-    for (size_t i = 0; i < as.size(); ++i)
-      a.push_back(aFrags.empty()
-                      ? ldmatrix(as[i].tile,
-                                 tileIndex(as[i].lead, aRow, aCol, kk * 16),
-                                 false)
-                      : aFrags[i][kk]);
-    for (int64_t np = 0; np < n / 16; ++np)
-      for (size_t j = 0; j < bs.size(); ++j) {
-        SmallVector<Value> br = ldmatrix(
-            bs[j].tile,
-            tileIndex(bs[j].lead, add(bRow, np * 16), bCol, kk * 16), false);
-        for (size_t i = 0; i < as.size(); ++i) {
-          SmallVector<Acc> &acc = c[i][j];
-          acc[2 * np] = mma(a[i], {br[0], br[1]}, acc[2 * np]);
-          acc[2 * np + 1] = mma(a[i], {br[2], br[3]}, acc[2 * np + 1]);
-        }
-      }
-  }
-  return c;
-}
-
-void BackwardBuilder::productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &bt,
-                                 ArrayRef<SmallVectorImpl<Acc> *> accs) {
-  Value l8 = rem(lane, 8), g8 = div(lane, 8);
-  Value bRow = add(l8, mul(rem(g8, 2), 8));
-  Value bCol = mul(div(lane, 16), 8);
-  auto pairType = VectorType::get({2}, plan.elementType);
-  auto pack = [&](Value x, Value y) {
-    Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
-    Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
-    return packOperand(
-        vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
-  };
-  for (size_t kt = 0; kt < ps.front().size() / 2; ++kt) {
-    SmallVector<SmallVector<Value>> a;
-    for (ArrayRef<Acc> p : ps)
-      a.push_back({pack(p[2 * kt][0], p[2 * kt][1]),
-                   pack(p[2 * kt][2], p[2 * kt][3]),
-                   pack(p[2 * kt + 1][0], p[2 * kt + 1][1]),
-                   pack(p[2 * kt + 1][2], p[2 * kt + 1][3])});
-    for (size_t dp = 0; dp < accs.front()->size() / 2; ++dp) {
-      SmallVector<Value> br = ldmatrix(
-          bt.tile, tileIndex(bt.lead, add(bRow, kt * 16), bCol, dp * 16), true);
-      for (size_t i = 0; i < ps.size(); ++i) {
-        SmallVectorImpl<Acc> &acc = *accs[i];
-        acc[2 * dp] = mma(a[i], {br[0], br[1]}, acc[2 * dp]);
-        acc[2 * dp + 1] = mma(a[i], {br[2], br[3]}, acc[2 * dp + 1]);
-      }
-    }
-  }
-}
-
-Value BackwardBuilder::negLseShift(Value lse) {
-  Value ninf = f32(-std::numeric_limits<float>::infinity());
-  Value empty =
-      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, lse, ninf);
-  return select(empty, ninf, fmul(lse, f32(-static_cast<float>(M_LOG2E))));
-}
-
-Value BackwardBuilder::probability(Value s, Value shift, Value visible) {
-  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
-  Value p = exp2(fma(s, scaleLog2, shift));
-  return visible ? select(visible, p, f32(0.0f)) : p;
-}
-
-std::array<SmallVector<Acc>, 2> BackwardBuilder::probabilities(
-    ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
-    function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
-    function_ref<Value(int64_t)> visible) {
-  int64_t tiles = s[heads.front()].size();
-  auto compute = [&](bool masked) {
-    SmallVector<Value> flat;
-    for (int64_t i = 0; i < tiles * 4; ++i) {
-      Value vis = masked ? visible(i) : Value();
-      for (int64_t h : heads)
-        flat.push_back(probability(s[h][i / 4][i % 4], shift(h, i), vis));
-    }
-    scf::YieldOp::create(b, loc, flat);
-  };
-  auto ifOp = scf::IfOp::create(
-      b, loc, needsMask, [&](OpBuilder &, Location) { compute(true); },
-      [&](OpBuilder &, Location) { compute(false); });
-  std::array<SmallVector<Acc>, 2> p;
-  for (int64_t h : heads)
-    p[h].resize(tiles);
-  for (int64_t i = 0, at = 0; i < tiles * 4; ++i)
-    for (int64_t h : heads)
-      p[h][i / 4][i % 4] = ifOp.getResult(at++);
-  return p;
-}
-
-Value BackwardBuilder::loadF32(Value buffer, Value index) {
-  Value x = memref::LoadOp::create(b, loc, buffer, ValueRange{index});
-  if (!x.getType().isF32())
-    x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
-  return x;
-}
-
-void BackwardBuilder::storeAs(Value buffer, Value x, Value index) {
-  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
-  if (elem != x.getType())
-    x = arith::TruncFOp::create(b, loc, elem, x);
-  memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
-}
-
-void BackwardBuilder::storePair(Value buffer, Value x, Value y, Value index) {
-  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
-  Value pair = vector::FromElementsOp::create(
-      b, loc, VectorType::get({2}, elem),
-      ValueRange{arith::TruncFOp::create(b, loc, elem, x),
-                 arith::TruncFOp::create(b, loc, elem, y)});
-  vector::StoreOp::create(b, loc, pair, buffer, ValueRange{index});
-}
-
-SmallVector<Value> BackwardBuilder::pipelined(
-    Value count, ValueRange init, function_ref<void(Value, Value)> load,
-    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-    function_ref<void()> afterPrologue) {
-  int64_t stages = plan.stages;
-  for (int64_t p = 0; p + 1 < stages; ++p) {
-    ifThen(cmp(arith::CmpIPredicate::slt, idx(p), count),
-           [&] { load(idx(p), idx(p)); });
-    NVVM::CpAsyncCommitGroupOp::create(b, loc);
-  }
-  if (afterPrologue)
-    afterPrologue();
-  auto loop = scf::ForOp::create(
-      b, loc, idx(0), count, idx(1), init,
-      [&](OpBuilder &, Location, Value j, ValueRange carried) {
-        Value next = add(j, stages - 1);
-        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
-               [&] { load(next, rem(next, stages)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
-        gpu::BarrierOp::create(b, loc);
-        SmallVector<Value> results = body(j, rem(j, stages), carried);
-        // The stage read here is refilled by a later iteration.
-        gpu::BarrierOp::create(b, loc);
-        scf::YieldOp::create(b, loc, results);
-      });
-  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-  return loop.getResults();
-}
 
 void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   Block &entry = func.getBody().front();
@@ -348,13 +71,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   };
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
 
-  Value kvLenElem;
-  if (args.kvLen) {
-    kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
-    assertKeyLengthInRange(kvLenElem, seqK, tid);
-  }
-  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
-  offset = sub(keyLen, seqQ);
+  setKeyLength(args, batch, tid);
 
   // Shared memory: Q of both heads (of the odd head only in the statistics
   // kernel), dout, then the K and V stages.
@@ -438,12 +155,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
     }
     sig[rr] = epilogue.sigmoidOfLam(args.lam, pairRow[rr]);
   }
-  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
-  Value onePair =
-      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
-          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
-  minRow = select(onePair, queryRowOf(row0), idx(0));
-  maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
+  setRowRange(row0, rowsValid, seqQ);
   Value lo, hi;
   std::tie(lo, hi) =
       buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
@@ -637,13 +349,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value kRow0 = mul(warp, 16);
   Value firstPair = mul(kvHead, ppg);
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
-  Value kvLenElem;
-  if (args.kvLen) {
-    kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
-    assertKeyLengthInRange(kvLenElem, seqK, tid);
-  }
-  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
-  offset = sub(keyLen, seqQ);
+  setKeyLength(args, batch, tid);
 
   // Shared memory: the CTA's K and V rows, then the stages of (q of both
   // heads, dout) of a query block.
@@ -661,7 +367,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   // The query rows' workspace records (kStatWidth f32 each).
   Value sStat = sharedView(kBytes + vBytes + qBytes + doBytes,
                            {plan.stages, blockQ, kStatWidth}, b.getF32Type());
-  Value validKeys = minI(idx(blockKeys), sub(seqK, key0));
+  // Keys past kv_len are zero-filled: whatever the cache holds there must
+  // not reach G^T (0 * NaN).
+  Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
   Value kvRow = add(kRowBase, key0);
   copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
                 plan.kvHeads * d, validKeys, sK, {}, blockKeys, d, tid,
@@ -858,7 +566,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
               "or 128)";
   // One tile configuration so far (4 warps; row kernels: 64 rows x 32
   // keys, two stages; dk/dv: 64 keys x 32 query rows): the forward's tile
-  // options (block-k, warps, stages) do not apply to it (Passes.td).
+  // options (block-k, warps, stages) do not apply to it (the pass
+  // description in Passes.td says so).
   plan.warps = 4;
   plan.blockQ = 64;
   plan.blockK = 32;

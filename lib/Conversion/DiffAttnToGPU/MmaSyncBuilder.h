@@ -166,6 +166,11 @@ protected:
     return flat;
   }
 
+  /// Sets minRow and maxRow, the smallest and largest query row of the
+  /// CTA's group rows row0 .. row0 + rowsValid - 1 (R = p * Sq + i): all of
+  /// 0 .. Sq - 1 when they span two pairs.
+  void setRowRange(Value row0, Value rowsValid, Value seqQ);
+
   /// Split-KV: merges the loop states `final` of the CTA's warps (which
   /// covered different key blocks of the same 16 rows) through shared
   /// memory and writes the CTA's partial state of its valid rows to the

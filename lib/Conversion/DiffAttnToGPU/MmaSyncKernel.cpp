@@ -54,6 +54,19 @@ void MmaSyncKernelBuilder::assertKeyLengthInRange(Value kvLen, Value seqK,
                     "blockIdx.z)");
 }
 
+void MmaSyncKernelBuilder::setRowRange(Value row0, Value rowsValid,
+                                       Value seqQ) {
+  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
+  Value onePair =
+      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
+          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
+  auto queryRowOf = [&](Value r) {
+    return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
+  };
+  minRow = select(onePair, queryRowOf(row0), idx(0));
+  maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
+}
+
 void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
                                        Value needsMask,
                                        std::array<HeadState, 2> &heads) {
@@ -273,12 +286,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // CTA covers (all of 0 .. Sq - 1 when its rows span two pairs).
   for (int64_t rr = 0; rr < 2; ++rr)
     threadRow[rr] = queryRowOf(threadGroupRow(rr));
-  Value lastGlobal = sub(add(row0, rowsValid), idx(1));
-  Value onePair =
-      cmp(arith::CmpIPredicate::eq, arith::DivUIOp::create(b, loc, row0, seqQ),
-          arith::DivUIOp::create(b, loc, lastGlobal, seqQ));
-  minRow = select(onePair, queryRowOf(row0), idx(0));
-  maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
+  setRowRange(row0, rowsValid, seqQ);
 
   // Keys any row of the block may see: [lo, hi), lo on a block boundary.
   Value lo, hi;
@@ -432,10 +440,12 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         valid = arith::AndIOp::create(b, loc, valid, ctaActive);
       Value row = threadRow[rr];
       Value pair = pairOf(global);
-      std::array<Value, 2> inverse;
-      for (int64_t s = 0; s < 2; ++s)
-        inverse[s] = epilogue.inverseSum(
-            quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]));
+      // The row sums over the quad (shuffles: outside any branch).
+      std::array<Value, 2> sums, inverse;
+      for (int64_t s = 0; s < 2; ++s) {
+        sums[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
+        inverse[s] = epilogue.inverseSum(sums[s]);
+      }
       Value rowIndex = add(qRowBase, row);
       Value lamIndex =
           select(valid, epilogue.pairRowIndex(rowIndex, pair), idx(0));
@@ -450,9 +460,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
             b, loc, valid, cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
         ifThen(writer, [&] {
           for (int64_t s = 0; s < 2; ++s) {
-            Value sum = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
             Value max = final[s * perHead + valueTiles * 4 + rr];
-            Value lse = fma(safeOffset(max), f32(attn.scale), logOf(sum));
+            Value lse = fma(safeOffset(max), f32(attn.scale), logOf(sums[s]));
             Value head = add(mul(pair, 2), idx(s));
             Value index =
                 add(mul(add(mul(batch, plan.queryHeads), head), seqQ), row);

@@ -324,8 +324,9 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     over all keys at once (the oracle, quadratic memory). On the GPU targets
     the portable strategy (mma.sync; also for sm_90a) emits three kernels
     launched in order over an f32 workspace of one 8-float record per (b,
-    pair, query row): row statistics (r, `D_j`, dlam), dq (per row block over its key blocks) and dk/dv (per
-    block of 64 keys over the query blocks of every pair of its KV group),
+    pair, query row): row statistics (r, `D_j`, dlam), dq (per row block
+    over its key blocks) and dk/dv (per block of 64 keys over the query
+    blocks of every pair of its KV group),
     none with atomics, so the gradients are deterministic; f16/bf16, D = Dv
     = 64 or 128.
   }];

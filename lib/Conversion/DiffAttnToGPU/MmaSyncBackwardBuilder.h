@@ -1,0 +1,104 @@
+//===- MmaSyncBackwardBuilder.h - the backward's kernel builder -*- C++ -*-===//
+//
+// Private to lib/Conversion/DiffAttnToGPU: the portable strategy's backward
+// kernels (MmaSyncBackward.cpp: the statistics, dq and dk/dv kernels and
+// their launch rule) and their parts (MmaSyncBackwardFragments.cpp: the
+// products, probabilities, the cp.async pipeline). The fragment layouts are
+// the forward's (MmaSyncBuilder.h).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBACKWARDBUILDER_H
+#define DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBACKWARDBUILDER_H
+
+#include "MmaSyncBuilder.h"
+
+namespace mlir::diffattn::mma_sync {
+
+/// Query rows per block of the dk/dv kernel.
+constexpr int64_t kQueryBlock = 32;
+/// The workspace's record of one (b, pair, query row), f32, at ((b * H +
+/// pair) * Sq + i) * kStatWidth: what the dq and dk/dv kernels need of the
+/// row, written by the statistics kernel (two 16-byte cp.async chunks).
+constexpr int64_t kStatWidth = 8;
+enum StatField : int64_t {
+  kDeltaEven = 0, ///< D_{2h} = rowsum(dout o out) + sigmoid(lam) r
+  kDeltaOdd,      ///< D_{2h+1} = -sigmoid(lam) r
+  kSigmoid,       ///< sigmoid(lam)
+  kShiftEven,     ///< -lse_{2h} log2 e (-inf for a row with no key)
+  kShiftOdd,      ///< -lse_{2h+1} log2 e
+};
+
+/// The kernel arguments, in the manifest's order (docs/manifest.md): the
+/// op's operands and results as 1-D buffers, the workspace, then B, Sq, Sk.
+struct BackwardArgs {
+  Value q, k, v, lam, out, dout, lse, kvLen, dq, dk, dv, dlam, workspace;
+  Value seqQ, seqK;
+};
+
+class BackwardBuilder : public MmaSyncKernelBuilder {
+public:
+  using MmaSyncKernelBuilder::MmaSyncKernelBuilder;
+
+  /// Kernels 1 (`stats`) and 2 of the file comment.
+  void buildRowKernel(gpu::GPUFuncOp func, bool stats);
+  /// Kernel 3.
+  void buildKeyKernel(gpu::GPUFuncOp func);
+
+private:
+  BackwardArgs readArgs(Block &entry);
+  /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
+  /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.
+  void setKeyLength(const BackwardArgs &args, Value batch, Value tid);
+  /// A row-major tile in shared memory and its lead indices.
+  struct TileRef {
+    Value tile;
+    SmallVector<Value, 2> lead;
+  };
+  /// The A fragments (ldmatrix) of rows aRow0 .. aRow0 + 15 of `a`, one
+  /// per 16 columns of kDim.
+  SmallVector<SmallVector<Value>> loadAFragments(const TileRef &a, Value aRow0,
+                                                 int64_t kDim);
+  /// C[i][j][16 x n] = A_i[aRow0 .. aRow0 + 15, 0 .. kDim) B_j[0 .. n, 0 ..
+  /// kDim)^T for every A_i of `as` and B_j of `bs`: each fragment is loaded
+  /// once and feeds every product it is an operand of. `aFrags`, if given,
+  /// are the A fragments already in registers (loadAFragments).
+  SmallVector<SmallVector<SmallVector<Acc>>>
+  productsABt(ArrayRef<TileRef> as, Value aRow0, ArrayRef<TileRef> bs,
+              int64_t n, int64_t kDim,
+              ArrayRef<SmallVector<SmallVector<Value>>> aFrags = {});
+  /// acc_i[16 x 8 acc_i.size()] += P_i B for every i: P_i (16 x 8
+  /// P_i.size(), f32 accumulator tiles) rounded to the element type as the
+  /// A operand, B the row-major tile [8 P_i.size(), 8 acc_i.size()]
+  /// (ldmatrix.trans), each B fragment loaded once for every P_i.
+  void productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &b,
+                  ArrayRef<SmallVectorImpl<Acc> *> accs);
+  /// exp2(scale log2e s + shift) where `visible` (null: everywhere), else
+  /// 0.
+  Value probability(Value s, Value shift, Value visible);
+  /// The probabilities of `heads` (scores s[h], shifts shift(h, i) for the
+  /// thread's value i of a tile) with masking only where `needsMask` holds
+  /// (an scf.if; `visible(i)` of value i of the flattened tiles).
+  std::array<SmallVector<Acc>, 2>
+  probabilities(ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
+                function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
+                function_ref<Value(int64_t)> visible);
+  /// -lse log2 e, or -inf for a row that saw no key (lse = -inf), so that
+  /// exp2(s scale log2 e + shift) is 0 there, never NaN.
+  Value negLseShift(Value lse);
+  /// The software pipeline over `count` blocks: `load(j, stage)` issues the
+  /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
+  SmallVector<Value>
+  pipelined(Value count, ValueRange init, function_ref<void(Value, Value)> load,
+            function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
+            function_ref<void()> afterPrologue = nullptr);
+  /// Rounds `x` to the element type of `buffer` and stores it at `index`.
+  void storeAs(Value buffer, Value x, Value index);
+  /// Stores the pair (x, y) at buffer[index], index even.
+  void storePair(Value buffer, Value x, Value y, Value index);
+  Value loadF32(Value buffer, Value index);
+};
+
+} // namespace mlir::diffattn::mma_sync
+
+#endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBACKWARDBUILDER_H

@@ -1,0 +1,224 @@
+//===- MmaSyncBackwardFragments.cpp - the backward's kernel parts ---------===//
+//
+// The parts of the portable strategy's backward kernels (see
+// MmaSyncBackwardBuilder.h): the kernel arguments, the products with every
+// ldmatrix fragment shared by the products it feeds (PTX ISA "Matrix
+// Fragments for mma.m16n8k16" and "ldmatrix"), the recomputed
+// probabilities with masking only where a block straddles a bound, and the
+// cp.async pipeline over blocks.
+//
+//===----------------------------------------------------------------------===//
+
+#include "MmaSyncBackwardBuilder.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::mma_sync;
+
+BackwardArgs BackwardBuilder::readArgs(Block &entry) {
+  BackwardArgs a;
+  unsigned i = 0;
+  a.q = entry.getArgument(i++);
+  a.k = entry.getArgument(i++);
+  a.v = entry.getArgument(i++);
+  a.lam = entry.getArgument(i++);
+  a.out = entry.getArgument(i++);
+  a.dout = entry.getArgument(i++);
+  a.lse = entry.getArgument(i++);
+  if (plan.attn.hasKvLen)
+    a.kvLen = entry.getArgument(i++);
+  a.dq = entry.getArgument(i++);
+  a.dk = entry.getArgument(i++);
+  a.dv = entry.getArgument(i++);
+  a.dlam = entry.getArgument(i++);
+  a.workspace = entry.getArgument(i++);
+  i++; // B: the grid's z extent.
+  a.seqQ = entry.getArgument(i++);
+  a.seqK = entry.getArgument(i++);
+  return a;
+}
+
+void BackwardBuilder::setKeyLength(const BackwardArgs &args, Value batch,
+                                   Value tid) {
+  Value kvLenElem;
+  if (args.kvLen) {
+    kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
+    assertKeyLengthInRange(kvLenElem, args.seqK, tid);
+  }
+  keyLen = buildKeyLength(b, loc, kvLenElem, args.seqK);
+  offset = sub(keyLen, args.seqQ);
+}
+
+SmallVector<SmallVector<Value>>
+BackwardBuilder::loadAFragments(const TileRef &a, Value aRow0, int64_t kDim) {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
+  Value aCol = mul(div(lane, 16), 8);
+  SmallVector<SmallVector<Value>> frags;
+  for (int64_t kk = 0; kk < kDim / 16; ++kk)
+    frags.push_back(
+        ldmatrix(a.tile, tileIndex(a.lead, aRow, aCol, kk * 16), false));
+  return frags;
+}
+
+SmallVector<SmallVector<SmallVector<Acc>>>
+BackwardBuilder::productsABt(ArrayRef<TileRef> as, Value aRow0,
+                             ArrayRef<TileRef> bs, int64_t n, int64_t kDim,
+                             ArrayRef<SmallVector<SmallVector<Value>>> aFrags) {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value aRow = add(add(aRow0, l8), mul(rem(g8, 2), 8));
+  Value aCol = mul(div(lane, 16), 8);
+  Value bRow = add(l8, mul(div(lane, 16), 8));
+  Value bCol = mul(rem(g8, 2), 8);
+  SmallVector<SmallVector<SmallVector<Acc>>> c(
+      as.size(), SmallVector<SmallVector<Acc>>(
+                     bs.size(), SmallVector<Acc>(n / 8, zeroAcc())));
+  for (int64_t kk = 0; kk < kDim / 16; ++kk) {
+    SmallVector<SmallVector<Value>> a;
+    for (size_t i = 0; i < as.size(); ++i)
+      a.push_back(aFrags.empty()
+                      ? ldmatrix(as[i].tile,
+                                 tileIndex(as[i].lead, aRow, aCol, kk * 16),
+                                 false)
+                      : aFrags[i][kk]);
+    for (int64_t np = 0; np < n / 16; ++np)
+      for (size_t j = 0; j < bs.size(); ++j) {
+        SmallVector<Value> br = ldmatrix(
+            bs[j].tile,
+            tileIndex(bs[j].lead, add(bRow, np * 16), bCol, kk * 16), false);
+        for (size_t i = 0; i < as.size(); ++i) {
+          SmallVector<Acc> &acc = c[i][j];
+          acc[2 * np] = mma(a[i], {br[0], br[1]}, acc[2 * np]);
+          acc[2 * np + 1] = mma(a[i], {br[2], br[3]}, acc[2 * np + 1]);
+        }
+      }
+  }
+  return c;
+}
+
+void BackwardBuilder::productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &bt,
+                                 ArrayRef<SmallVectorImpl<Acc> *> accs) {
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value bRow = add(l8, mul(rem(g8, 2), 8));
+  Value bCol = mul(div(lane, 16), 8);
+  auto pairType = VectorType::get({2}, plan.elementType);
+  auto pack = [&](Value x, Value y) {
+    Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
+    Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
+    return packOperand(
+        vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
+  };
+  for (size_t kt = 0; kt < ps.front().size() / 2; ++kt) {
+    SmallVector<SmallVector<Value>> a;
+    for (ArrayRef<Acc> p : ps)
+      a.push_back({pack(p[2 * kt][0], p[2 * kt][1]),
+                   pack(p[2 * kt][2], p[2 * kt][3]),
+                   pack(p[2 * kt + 1][0], p[2 * kt + 1][1]),
+                   pack(p[2 * kt + 1][2], p[2 * kt + 1][3])});
+    for (size_t dp = 0; dp < accs.front()->size() / 2; ++dp) {
+      SmallVector<Value> br = ldmatrix(
+          bt.tile, tileIndex(bt.lead, add(bRow, kt * 16), bCol, dp * 16), true);
+      for (size_t i = 0; i < ps.size(); ++i) {
+        SmallVectorImpl<Acc> &acc = *accs[i];
+        acc[2 * dp] = mma(a[i], {br[0], br[1]}, acc[2 * dp]);
+        acc[2 * dp + 1] = mma(a[i], {br[2], br[3]}, acc[2 * dp + 1]);
+      }
+    }
+  }
+}
+
+Value BackwardBuilder::negLseShift(Value lse) {
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  Value empty =
+      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, lse, ninf);
+  return select(empty, ninf, fmul(lse, f32(-static_cast<float>(M_LOG2E))));
+}
+
+Value BackwardBuilder::probability(Value s, Value shift, Value visible) {
+  Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
+  Value p = exp2(fma(s, scaleLog2, shift));
+  return visible ? select(visible, p, f32(0.0f)) : p;
+}
+
+std::array<SmallVector<Acc>, 2> BackwardBuilder::probabilities(
+    ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
+    function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
+    function_ref<Value(int64_t)> visible) {
+  int64_t tiles = s[heads.front()].size();
+  auto compute = [&](bool masked) {
+    SmallVector<Value> flat;
+    for (int64_t i = 0; i < tiles * 4; ++i) {
+      Value vis = masked ? visible(i) : Value();
+      for (int64_t h : heads)
+        flat.push_back(probability(s[h][i / 4][i % 4], shift(h, i), vis));
+    }
+    scf::YieldOp::create(b, loc, flat);
+  };
+  auto ifOp = scf::IfOp::create(
+      b, loc, needsMask, [&](OpBuilder &, Location) { compute(true); },
+      [&](OpBuilder &, Location) { compute(false); });
+  std::array<SmallVector<Acc>, 2> p;
+  for (int64_t h : heads)
+    p[h].resize(tiles);
+  for (int64_t i = 0, at = 0; i < tiles * 4; ++i)
+    for (int64_t h : heads)
+      p[h][i / 4][i % 4] = ifOp.getResult(at++);
+  return p;
+}
+
+Value BackwardBuilder::loadF32(Value buffer, Value index) {
+  Value x = memref::LoadOp::create(b, loc, buffer, ValueRange{index});
+  if (!x.getType().isF32())
+    x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
+  return x;
+}
+
+void BackwardBuilder::storeAs(Value buffer, Value x, Value index) {
+  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
+  if (elem != x.getType())
+    x = arith::TruncFOp::create(b, loc, elem, x);
+  memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
+}
+
+void BackwardBuilder::storePair(Value buffer, Value x, Value y, Value index) {
+  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
+  Value pair = vector::FromElementsOp::create(
+      b, loc, VectorType::get({2}, elem),
+      ValueRange{arith::TruncFOp::create(b, loc, elem, x),
+                 arith::TruncFOp::create(b, loc, elem, y)});
+  vector::StoreOp::create(b, loc, pair, buffer, ValueRange{index});
+}
+
+SmallVector<Value> BackwardBuilder::pipelined(
+    Value count, ValueRange init, function_ref<void(Value, Value)> load,
+    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
+    function_ref<void()> afterPrologue) {
+  int64_t stages = plan.stages;
+  for (int64_t p = 0; p + 1 < stages; ++p) {
+    ifThen(cmp(arith::CmpIPredicate::slt, idx(p), count),
+           [&] { load(idx(p), idx(p)); });
+    NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  }
+  if (afterPrologue)
+    afterPrologue();
+  auto loop = scf::ForOp::create(
+      b, loc, idx(0), count, idx(1), init,
+      [&](OpBuilder &, Location, Value j, ValueRange carried) {
+        Value next = add(j, stages - 1);
+        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
+               [&] { load(next, rem(next, stages)); });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, stages - 1);
+        gpu::BarrierOp::create(b, loc);
+        SmallVector<Value> results = body(j, rem(j, stages), carried);
+        // The stage read here is refilled by a later iteration.
+        gpu::BarrierOp::create(b, loc);
+        scf::YieldOp::create(b, loc, results);
+      });
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+  return loop.getResults();
+}
