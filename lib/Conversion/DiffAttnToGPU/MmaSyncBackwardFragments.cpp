@@ -105,20 +105,13 @@ void BackwardBuilder::productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &bt,
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
   Value bRow = add(l8, mul(rem(g8, 2), 8));
   Value bCol = mul(div(lane, 16), 8);
-  auto pairType = VectorType::get({2}, plan.elementType);
-  auto pack = [&](Value x, Value y) {
-    Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
-    Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
-    return packOperand(
-        vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
-  };
   for (size_t kt = 0; kt < ps.front().size() / 2; ++kt) {
     SmallVector<SmallVector<Value>> a;
     for (ArrayRef<Acc> p : ps)
-      a.push_back({pack(p[2 * kt][0], p[2 * kt][1]),
-                   pack(p[2 * kt][2], p[2 * kt][3]),
-                   pack(p[2 * kt + 1][0], p[2 * kt + 1][1]),
-                   pack(p[2 * kt + 1][2], p[2 * kt + 1][3])});
+      a.push_back({packAccumulators(p[2 * kt][0], p[2 * kt][1]),
+                   packAccumulators(p[2 * kt][2], p[2 * kt][3]),
+                   packAccumulators(p[2 * kt + 1][0], p[2 * kt + 1][1]),
+                   packAccumulators(p[2 * kt + 1][2], p[2 * kt + 1][3])});
     for (size_t dp = 0; dp < accs.front()->size() / 2; ++dp) {
       SmallVector<Value> br = ldmatrix(
           bt.tile, tileIndex(bt.lead, add(bRow, kt * 16), bCol, dp * 16), true);

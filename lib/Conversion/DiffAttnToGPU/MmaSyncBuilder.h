@@ -112,6 +112,9 @@ protected:
   // Fragments.
   /// One 32-bit mma operand register from two 16-bit values.
   Value packOperand(Value pair);
+  /// The A-operand register of two f32 accumulator values (columns c, c + 1
+  /// of a row: P or dS) rounded to the element type.
+  Value packAccumulators(Value x, Value y);
   SmallVector<Value> ldmatrix(Value smem, ValueRange indices, bool transpose);
   /// Indices of tile element (row, col + constCol) after `lead`, in the
   /// tiles' layout; col + constCol starts a 16-byte chunk.

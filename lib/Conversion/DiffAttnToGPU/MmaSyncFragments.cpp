@@ -27,6 +27,14 @@ Value MmaSyncKernelBuilder::packOperand(Value pair) {
   return LLVM::BitcastOp::create(b, loc, b.getI32Type(), pair);
 }
 
+Value MmaSyncKernelBuilder::packAccumulators(Value x, Value y) {
+  auto pairType = VectorType::get({2}, plan.elementType);
+  Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
+  Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
+  return packOperand(
+      vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
+}
+
 SmallVector<Value>
 MmaSyncKernelBuilder::ldmatrix(Value smem, ValueRange indices, bool transpose) {
   auto type = VectorType::get({4, 2}, plan.elementType);

@@ -117,20 +117,13 @@ void MmaSyncKernelBuilder::finishBlock(Scores &s, ValueRange vLead, Value key0,
 
   // O += P V with P from registers: two accumulator tiles (16 keys) make
   // one A operand; each V fragment serves both heads.
-  auto pairType = VectorType::get({2}, plan.elementType);
-  auto packP = [&](Value x, Value y) {
-    Value lo = arith::TruncFOp::create(b, loc, plan.elementType, x);
-    Value hi = arith::TruncFOp::create(b, loc, plan.elementType, y);
-    return packOperand(
-        vector::FromElementsOp::create(b, loc, pairType, ValueRange{lo, hi}));
-  };
   for (int64_t kt = 0; kt < keyTiles / 2; ++kt) {
     std::array<SmallVector<Value>, 2> a;
     for (int64_t h = 0; h < plan.headsPerRow; ++h)
-      a[h] = {packP(s[h][2 * kt][0], s[h][2 * kt][1]),
-              packP(s[h][2 * kt][2], s[h][2 * kt][3]),
-              packP(s[h][2 * kt + 1][0], s[h][2 * kt + 1][1]),
-              packP(s[h][2 * kt + 1][2], s[h][2 * kt + 1][3])};
+      a[h] = {packAccumulators(s[h][2 * kt][0], s[h][2 * kt][1]),
+              packAccumulators(s[h][2 * kt][2], s[h][2 * kt][3]),
+              packAccumulators(s[h][2 * kt + 1][0], s[h][2 * kt + 1][1]),
+              packAccumulators(s[h][2 * kt + 1][2], s[h][2 * kt + 1][3])};
     for (int64_t dp = 0; dp < plan.valueDim / 16; ++dp) {
       SmallVector<Value> vr =
           early.empty() ? loadV(kt, dp) : early[kt * (plan.valueDim / 16) + dp];
