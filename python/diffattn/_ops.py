@@ -83,9 +83,24 @@ def check_scale(scale):
     return check_f32("scale", scale, positive=True)
 
 
+def check_causal(causal):
+    """`causal` as a bool: a bool or a numpy bool; anything else (a string,
+    an int) is a TypeError rather than its truthiness."""
+    if not isinstance(causal, bool) and type(causal).__name__ != "bool_":
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__} {causal!r}")
+    return bool(causal)
+
+
 def check_window(window, causal):
+    """(left, right) of `window`, checked (ints >= -1; right <= 0 with
+    `causal`, which is checked too); fractional values are a ValueError
+    rather than truncated."""
+    causal = check_causal(causal)
     try:
-        left, right = (int(w) for w in window)
+        left, right = window
+        if any(isinstance(w, bool) or int(w) != w for w in (left, right)):
+            raise ValueError
+        left, right = int(left), int(right)
     except (TypeError, ValueError):
         raise ValueError(f"window: expected a pair (left, right) of ints, got {window!r}") from None
     for side, w in (("left", left), ("right", right)):

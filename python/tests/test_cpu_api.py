@@ -74,9 +74,14 @@ def test_v2_rejects_non_contiguous(no_compiler):
     (dict(scale=1e39), ValueError, "scale: 1e[+]?39 does not fit in f32"),
     (dict(scale=1e-46), ValueError, "scale: 1e-46 rounds to 0 in f32"),
     (dict(scale="x"), TypeError, "scale: expected a real number"),
+    (dict(causal="no"), TypeError, "causal: expected a bool, got str"),
+    (dict(causal=1), TypeError, "causal: expected a bool, got int"),
+    (dict(window=(2.5, -1)), ValueError, "window: expected a pair"),
+    (dict(window=(True, 0)), ValueError, "window: expected a pair"),
 ], ids=["scale0", "scalenan", "window-left", "window-type", "causal-right", "kvlen-dtype",
         "kvlen-range", "kvlen-negative", "out-shape", "out-dtype", "scale-f32-overflow",
-        "scale-f32-underflow", "scale-type"])
+        "scale-f32-underflow", "scale-type", "causal-str", "causal-int", "window-float",
+        "window-bool"])
 def test_v2_rejects_bad_options(no_compiler, kwargs, exc, match):
     a = _v2_args()
     with pytest.raises(exc, match=match):
