@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gpu_cases  # noqa: E402
-from gpu_check import (TOLERANCE, TORCH_DTYPE, bench_fn, make_epilogue, rel_l2,  # noqa: E402
-                       sdpa_reference)
+from gpu_check import (TOLERANCE, TORCH_DTYPE, bench_fn, check_error,  # noqa: E402
+                       make_epilogue, sdpa_reference)
 
 import diffattn  # noqa: E402
 from diffattn import _torch  # noqa: E402,F401  (registers the ops)
@@ -64,16 +64,6 @@ def inputs(b, sq, sk, h2, hkv, d, dt, g):
     return q, k, v, lam, dout
 
 
-def error(x, ref):
-    """rel L2 of x against ref (absolute norm where ref is all zeros); NaN
-    when x is not finite."""
-    if not bool(torch.isfinite(x).all()):
-        return float("nan")
-    if float(torch.linalg.vector_norm(ref.double())) == 0.0:
-        return float(torch.linalg.vector_norm(x.double()))
-    return rel_l2(x, ref)
-
-
 def check_case(case, g):
     b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len = case
     dt = TORCH_DTYPE[dtype]
@@ -95,13 +85,13 @@ def check_case(case, g):
     ref_grads = diffattn.reference.v2_backward(*np_in, dout.float().cpu().numpy(), causal=causal,
                                                window=window, kv_len=kv_np)
     tol = TOLERANCE[dtype]
-    errs = {"out": error(out, torch.from_numpy(ref_out).cuda())}
+    errs = {"out": check_error(out, torch.from_numpy(ref_out).cuda())}
     ref_lse_t = torch.from_numpy(np.asarray(ref_lse)).cuda()
     empty = torch.isneginf(ref_lse_t)
     lse_where = bool(torch.equal(torch.isneginf(lse), empty))
-    errs["lse"] = error(lse[~empty], ref_lse_t[~empty]) if bool((~empty).any()) else 0.0
+    errs["lse"] = check_error(lse[~empty], ref_lse_t[~empty]) if bool((~empty).any()) else 0.0
     for name, x, ref in zip(NAMES, grads, ref_grads):
-        errs[name] = error(x, torch.from_numpy(ref).cuda())
+        errs[name] = check_error(x, torch.from_numpy(ref).cuda())
     ok = (lse_where and deterministic and errs["out"] <= tol and errs["lse"] <= tol and
           all(errs[n] <= GRAD_FACTOR * tol for n in NAMES))
     print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
@@ -121,8 +111,8 @@ def check_large(shape, g):
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, lam)]
     ref = sdpa_reference(*leaves, causal, (-1, -1), None)
     ref_grads = torch.autograd.grad(ref, leaves, dout.float())
-    errs = {"out": error(out, ref.detach())}
-    errs.update({n: error(x, r) for n, x, r in zip(NAMES, grads, ref_grads)})
+    errs = {"out": check_error(out, ref.detach())}
+    errs.update({n: check_error(x, r) for n, x, r in zip(NAMES, grads, ref_grads)})
     tol = TOLERANCE["bf16"]
     ok = errs["out"] <= tol and all(errs[n] <= GRAD_FACTOR * tol for n in NAMES)
     print(f"  {'ok  ' if ok else 'FAIL'} B={b} S={s} 2H={h2} Hkv={hkv} D={d} causal={causal}: "

@@ -84,6 +84,17 @@ def rel_l2(out, ref):
     return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
 
 
+def check_error(out, ref):
+    """rel_l2 of `out` against `ref`; NaN when `out` is not finite (never
+    passes), and the absolute norm of `out` where `ref` is all zeros (every
+    row sees no key: no relative error)."""
+    if not bool(torch.isfinite(out).all()):
+        return float("nan")
+    if float(torch.linalg.vector_norm(ref.double())) == 0.0:
+        return float(torch.linalg.vector_norm(out.double()))
+    return rel_l2(out, ref)
+
+
 def check_case(case, g):
     """Runs one correctness case (gpu_cases.CHECK_CASES' tuple layout) on
     fresh random inputs from generator `g`, the output poisoned with NaN;
@@ -110,14 +121,7 @@ def check_case(case, g):
         ref_t = sdpa_reference(q, k, v, lam, causal, window, kv_len)
         against = "sdpa-fp32"
     finite = bool(torch.isfinite(out).all())
-    # A reference of all zeros (every row sees no key) has no relative error.
-    zero_ref = float(torch.linalg.vector_norm(ref_t.double())) == 0.0
-    if not finite:
-        err = float("nan")
-    elif zero_ref:
-        err = float(torch.linalg.vector_norm(out.double()))
-    else:
-        err = rel_l2(out, ref_t)
+    err = check_error(out, ref_t)
     # Through the custom op (no out=): the same result.
     via_op = torch.ops.diffattn.v2(q, k, v, lam, kl, causal, None, window[0], window[1])
     same = bool(torch.equal(via_op, out))

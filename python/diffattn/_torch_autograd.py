@@ -105,12 +105,18 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (causal, scale, window_left, window_right)
 
 
-def _backward(ctx, dout):
-    q, k, v, lam, kv_len, out = ctx.saved_tensors
-    _, lse = torch.ops.diffattn.v2_lse(q, k, v, lam, kv_len, *ctx.config)
+def _gradients(ctx, q, k, v, lam, kv_len, out, lse, dout):
+    """v2's input gradients (and None for its options) from the saved
+    tensors and lse."""
     dq, dk, dv, dlam = torch.ops.diffattn.v2_backward(
         q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config)
     return dq, dk, dv, dlam, None, None, None, None, None
+
+
+def _backward(ctx, dout):
+    q, k, v, lam, kv_len, out = ctx.saved_tensors
+    _, lse = torch.ops.diffattn.v2_lse(q, k, v, lam, kv_len, *ctx.config)
+    return _gradients(ctx, q, k, v, lam, kv_len, out, lse, dout)
 
 
 def _setup_context_train(ctx, inputs, output):
@@ -123,10 +129,7 @@ def _setup_context_train(ctx, inputs, output):
 
 def _backward_train(ctx, dout, _dlse):
     # lse came with the forward (diffattn::_v2_train): no second forward.
-    q, k, v, lam, kv_len, out, lse = ctx.saved_tensors
-    dq, dk, dv, dlam = torch.ops.diffattn.v2_backward(
-        q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config)
-    return dq, dk, dv, dlam, None, None, None, None, None
+    return _gradients(ctx, *ctx.saved_tensors, dout)
 
 
 def register(v2_lse_cuda, v2_backward_cuda, formula_op="diffattn::v2"):

@@ -543,10 +543,11 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   gpu::ReturnOp::create(b, loc);
 }
 
-LogicalResult mlir::diffattn::emitMmaSyncBackward(
-    RewriterBase &rewriter, func::FuncOp kernel, DictionaryAttr desc,
-    Operation *op, const GPUChipInfo &chip,
-    const DiffAttnToMmaSyncKernelsOptions &options) {
+LogicalResult mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter,
+                                                  func::FuncOp kernel,
+                                                  DictionaryAttr desc,
+                                                  Operation *op,
+                                                  const GPUChipInfo &chip) {
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;

@@ -209,10 +209,9 @@ namespace mlir::diffattn {
 /// The backward of diffattn.v2 with the portable strategy
 /// (MmaSyncBackward.cpp): replaces `kernel` (holding `op`, a
 /// diffattn.v2_backward) with its three kernels and their launch rule.
-LogicalResult
-emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
-                    DictionaryAttr desc, Operation *op, const GPUChipInfo &chip,
-                    const DiffAttnToMmaSyncKernelsOptions &options);
+LogicalResult emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
+                                  DictionaryAttr desc, Operation *op,
+                                  const GPUChipInfo &chip);
 } // namespace mlir::diffattn
 
 #endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBUILDER_H
