@@ -4,8 +4,9 @@
 // Private to lib/Conversion/DiffAttnToGPU: the Hopper strategy's plan and
 // kernel builder, whose definitions are split over WgmmaFragments.cpp
 // (shared-memory tiles in the 128-byte swizzled layout, wgmma matrix
-// descriptors, cp.async copies, the two products) and WgmmaKernel.cpp (the
-// kernel body: key loop, masking, online softmax, epilogue).
+// descriptors, cp.async copies, the two products), WgmmaEpilogue.cpp (the
+// tile's rows and the differential epilogue) and WgmmaKernel.cpp (the
+// kernel body: key loop, masking, online softmax, the producer).
 //
 // A CTA has two consumer warpgroups (256 threads) over 64 rows of a KV
 // group, a row being a (pair p of the group, query row i) couple numbered
@@ -14,8 +15,9 @@
 // memory) and O += P V (wgmma with P from registers, V from shared memory),
 // so both heads of a pair run against every K/V tile the CTA loads. The
 // differential epilogue meets the pair's two heads through shared memory:
-// thread t of warpgroup 1 hands its normalised accumulators to thread t of
-// warpgroup 0, which holds the same (row, column) elements. Warp-
+// thread t of each warpgroup hands half of its normalised accumulators to
+// thread t of the other, which holds the same (row, column) elements, and
+// writes the other half. Warp-
 // specialised kernels add a producer warpgroup that copies the tiles and
 // hands them over through mbarriers (see WgmmaKernel.cpp). Layouts follow
 // the PTX ISA sections "Asynchronous Warpgroup Level Matrix Multiply-
@@ -195,6 +197,29 @@ private:
   /// One 32-bit A-operand register from two f32 probabilities.
   Value packPair(Value x, Value y);
 
+  // The tile (WgmmaEpilogue.cpp).
+  /// Pair (of the whole query-head range) and query row of group row `r`
+  /// (r / Sq + the tile's first pair, r % Sq) in 32-bit arithmetic.
+  Value pairOf(Value r);
+  Value queryRowOf(Value r);
+  /// Group row of the thread's accumulator row `rr` (0 or 1; wgmma m64nN D
+  /// fragment: warp w of the warpgroup holds rows 16 w + lane / 4 and that
+  /// + 8).
+  Value threadGroupRow(int64_t rr);
+  /// The differential epilogue of the tile: normalises `final`'s
+  /// accumulators and writes o0 - sigmoid(lam) o1 of every (row, column)
+  /// to `out` ([B, Sq, H, Dv], the element type). The pair's two heads
+  /// meet through shared memory at byte offset `exchangeAt` ([Dv / 2
+  /// values][2 warpgroups][128 threads] f32, Dv x 512 bytes: the Q tiles
+  /// or the last block's V tile): thread t of each warpgroup, which holds
+  /// the same (row, column) elements as thread t of the other, hands over
+  /// half of its columns and writes the other half, so both warpgroups
+  /// share the exchange and the stores. The first `sync` orders both
+  /// warpgroups' last reads of the region before the writes; the second
+  /// the writes before the reads.
+  void emitEpilogue(const HeadState &final, function_ref<void()> sync,
+                    Value exchangeAt, Value lam, Value out);
+
   const WgmmaPlan &plan;
   DifferentialEpilogue epilogue;
   OnlineSoftmax softmax;
@@ -207,6 +232,21 @@ private:
   Value sQ, sK, sV;
   /// Query rows (of the sequence) of the thread's two accumulator rows.
   std::array<Value, 2> threadRow;
+  /// The thread's index in its warpgroup (0..127).
+  Value groupThread;
+  /// The tile a CTA computes, set per tile by build(): a block of 64 rows
+  /// row0 .. row0 + rowsValid - 1 of the `groupRows` rows (pair-major) of
+  /// KV head `kvHead` of `batch`, whose first query row and key sit at
+  /// qRowBase and kRowBase of the (packed) tensors; seqQ and seqK are the
+  /// sequence's lengths, firstPair the group's first pair, ctaActive (packed
+  /// sequences; null otherwise) whether the tile has rows, [lo, hi) the
+  /// keys its rows may see in numBlocks blocks (minRow .. maxRow: the query
+  /// rows that bound them).
+  struct Tile {
+    Value kvHead, batch, qRowBase, kRowBase, groupRows, rowBlocks, ctaActive;
+    Value row0, rowsValid, firstPair, minRow, maxRow, lo, hi, numBlocks;
+    Value seqQ, seqK;
+  } tile;
   Value keyLen, offset;
 };
 

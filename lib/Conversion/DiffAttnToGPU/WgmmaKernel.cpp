@@ -45,7 +45,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Sq and Sk (packed sequences: the longest); per tile, seqQ and seqK
   // become the tile's sequence lengths.
   Value seqQArg = entry.getArgument(a++), seqKArg = entry.getArgument(a++);
-  Value seqQ = seqQArg, seqK = seqKArg;
   Value totalQ = attn.varlen ? entry.getArgument(a++) : Value();
   Value totalK = attn.varlen ? entry.getArgument(a++) : Value();
 
@@ -63,29 +62,23 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                                      div(tid, kWarpgroupThreads)),
           0, 32, gpu::ShuffleMode::IDX)
           .getShuffleResult());
-  Value groupThread = rem(tid, kWarpgroupThreads);
+  groupThread = rem(tid, kWarpgroupThreads);
   warpInGroup = div(groupThread, 32);
   layoutSharedMemory();
 
-  // The tile a CTA computes: a block of 64 rows of one KV group of one
-  // batch (sequence). Everything below that depends on it is set by
-  // setupTile, once per CTA, or per tile of a persistent CTA's loop.
-  Value kvHead, batch, qRowBase, kRowBase, groupRows, rowBlocks, ctaActive;
-  Value row0, rowsValid, firstPair, minRow, maxRow, lo, hi, numBlocks;
-  // Pair and query row of group row r (r / Sq, r % Sq) in 32-bit
-  // arithmetic (group rows and Sq fit): a 64-bit division is a call to a
-  // ~60-instruction routine, which the producer's Q copy made per 16-byte
-  // chunk, at 24 registers.
-  auto divRem32 = [&](Value r, bool remainder) {
-    return divRemU32(r, seqQ, remainder);
-  };
-  auto pairOf = [&](Value r) { return add(firstPair, divRem32(r, false)); };
-  auto queryRowOf = [&](Value r) { return divRem32(r, true); };
-  // Group row of the thread's accumulator row rr (wgmma m64nN D fragment:
-  // warp w of the warpgroup holds rows 16 w + lane / 4 and that + 8).
-  auto threadGroupRow = [&](int64_t rr) {
-    return add(add(row0, mul(warpInGroup, 16)), add(div(lane, 4), rr * 8));
-  };
+  // The tile a CTA computes (WgmmaBuilder.h): everything below that
+  // depends on it is set by setupTile, once per CTA, or per tile of a
+  // persistent CTA's loop.
+  Value &kvHead = tile.kvHead, &batch = tile.batch, &qRowBase = tile.qRowBase,
+        &kRowBase = tile.kRowBase, &groupRows = tile.groupRows,
+        &rowBlocks = tile.rowBlocks, &ctaActive = tile.ctaActive;
+  Value &row0 = tile.row0, &rowsValid = tile.rowsValid,
+        &firstPair = tile.firstPair, &minRow = tile.minRow,
+        &maxRow = tile.maxRow, &lo = tile.lo, &hi = tile.hi,
+        &numBlocks = tile.numBlocks;
+  Value &seqQ = tile.seqQ, &seqK = tile.seqK;
+  seqQ = seqQArg;
+  seqK = seqKArg;
   // Row blocks of a KV group of `queries` query rows.
   auto rowBlocksOf = [&](Value queries) {
     return div(add(mul(queries, plan.rowsPerQuery), blockQ - 1), blockQ);
@@ -410,65 +403,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     return SmallVector<Value>(last.getResults());
   };
 
-  // Epilogue: normalise; warpgroup 1 (head 2p + 1) hands its values to the
-  // same thread of warpgroup 0 through shared memory ([Dv / 2 values][128
-  // threads] f32 at byte offset `exchangeAt`: the Q tiles, or the last
-  // block's V tile), which writes o0 - sigmoid(lam) o1. The first `sync`
-  // orders both warpgroups' last reads of that region before the writes.
-  auto emitEpilogue = [&](ValueRange finalState, function_ref<void()> sync,
-                          Value exchangeAt) {
-    HeadState final = unpackState(finalState);
-    std::array<Value, 2> inverse;
-    for (int64_t rr = 0; rr < 2; ++rr)
-      inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));
-    SmallVector<Value> normalized;
-    for (const Acc &t : final.acc)
-      for (int64_t e = 0; e < 4; ++e)
-        normalized.push_back(fmul(t[e], inverse[e / 2]));
-    int64_t values = valueTiles * 4;
-    Value exchange =
-        sharedViewAt(exchangeAt, {values, kWarpgroupThreads}, b.getF32Type());
-    sync();
-    Value isSecond = cmp(arith::CmpIPredicate::eq, pairHead, idx(1));
-    ifThen(isSecond, [&] {
-      for (int64_t i = 0; i < values; ++i)
-        memref::StoreOp::create(b, loc, normalized[i], exchange,
-                                ValueRange{idx(i), groupThread});
-    });
-    sync();
-    Value isFirst = cmp(arith::CmpIPredicate::eq, pairHead, idx(0));
-    ifThen(isFirst, [&] {
-      auto outPairType = VectorType::get({2}, plan.elementType);
-      for (int64_t rr = 0; rr < 2; ++rr) {
-        Value global = threadGroupRow(rr);
-        Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
-        if (ctaActive)
-          valid = arith::AndIOp::create(b, loc, valid, ctaActive);
-        Value rowIndex = add(qRowBase, threadRow[rr]);
-        Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
-        Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
-        ifThen(valid, [&] {
-          Value outBase = mul(pairRow, plan.valueDim);
-          Value colLane = mul(rem(lane, 4), 2);
-          for (int64_t t = 0; t < valueTiles; ++t) {
-            SmallVector<Value> pair;
-            for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-              Value o1 = memref::LoadOp::create(
-                  b, loc, exchange, ValueRange{idx(t * 4 + e), groupThread});
-              pair.push_back(arith::TruncFOp::create(
-                  b, loc, plan.elementType,
-                  fsub(normalized[t * 4 + e], fmul(sig, o1))));
-            }
-            vector::StoreOp::create(
-                b, loc,
-                vector::FromElementsOp::create(b, loc, outPairType, pair), out,
-                ValueRange{add(add(outBase, colLane), t * 8)});
-          }
-        });
-      }
-    });
-  };
-
   if (!plan.warpSpecialized) {
     // One tile per CTA (grid x: row blocks, y: KV heads, z: batch). Every
     // thread copies: Q and block 0 first, then block j + 1 while block j is
@@ -489,7 +423,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(
-        finalState, [&] { gpu::BarrierOp::create(b, loc); }, base);
+        unpackState(finalState), [&] { gpu::BarrierOp::create(b, loc); }, base,
+        lam, out);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -794,13 +729,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                        base);
           // The consumers' own barrier (the producer may be loading).
           emitEpilogue(
-              finalState,
+              unpackState(finalState),
               [&] {
                 NVVM::BarrierOp::create(b, loc, Type(), i32(1),
                                         i32(2 * kWarpgroupThreads), nullptr,
                                         Value());
               },
-              exchangeAt);
+              exchangeAt, lam, out);
           if (!stageExchange) {
             arrive(qEmpty);
             return;

@@ -1,0 +1,90 @@
+//===- WgmmaEpilogue.cpp - wgmma strategy: the tile's rows, the epilogue -===//
+//
+// The rows of a Hopper (sm_90a) kernel's tile (see WgmmaBuilder.h) and its
+// differential epilogue, where the two heads of a pair, computed by the two
+// consumer warpgroups, meet through shared memory.
+//
+//===----------------------------------------------------------------------===//
+
+#include "WgmmaBuilder.h"
+
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::wgmma;
+
+Value WgmmaKernelBuilder::pairOf(Value r) {
+  return add(tile.firstPair, divRemU32(r, tile.seqQ, /*remainder=*/false));
+}
+
+Value WgmmaKernelBuilder::queryRowOf(Value r) {
+  return divRemU32(r, tile.seqQ, /*remainder=*/true);
+}
+
+Value WgmmaKernelBuilder::threadGroupRow(int64_t rr) {
+  return add(add(tile.row0, mul(warpInGroup, 16)), add(div(lane, 4), rr * 8));
+}
+
+void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
+                                      function_ref<void()> sync,
+                                      Value exchangeAt, Value lam, Value out) {
+  std::array<Value, 2> inverse;
+  for (int64_t rr = 0; rr < 2; ++rr)
+    inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));
+  SmallVector<Value> normalized;
+  for (const Acc &t : final.acc)
+    for (int64_t e = 0; e < 4; ++e)
+      normalized.push_back(fmul(t[e], inverse[e / 2]));
+  // Warpgroup w writes the columns of accumulator tiles [w * half, (w + 1)
+  // * half) and hands the others over: slot (i, w, thread) holds value i of
+  // what warpgroup w hands over.
+  int64_t tiles = static_cast<int64_t>(final.acc.size());
+  int64_t half = tiles / 2;
+  Value exchange = sharedViewAt(exchangeAt, {half * 4, 2, kWarpgroupThreads},
+                                b.getF32Type());
+  auto forEachWarpgroup = [&](function_ref<void(int64_t)> body) {
+    for (int64_t w = 0; w < 2; ++w)
+      ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(w)), [&] { body(w); });
+  };
+  sync();
+  forEachWarpgroup([&](int64_t w) {
+    int64_t handed = (1 - w) * half;
+    for (int64_t i = 0; i < half * 4; ++i)
+      memref::StoreOp::create(b, loc, normalized[handed * 4 + i], exchange,
+                              ValueRange{idx(i), idx(w), groupThread});
+  });
+  sync();
+  forEachWarpgroup([&](int64_t w) {
+    int64_t kept = w * half;
+    auto outPairType = VectorType::get({2}, plan.elementType);
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value global = threadGroupRow(rr);
+      Value valid = cmp(arith::CmpIPredicate::slt, global, tile.groupRows);
+      if (tile.ctaActive)
+        valid = arith::AndIOp::create(b, loc, valid, tile.ctaActive);
+      Value rowIndex = add(tile.qRowBase, threadRow[rr]);
+      Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
+      Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
+      ifThen(valid, [&] {
+        Value outBase = mul(pairRow, plan.valueDim);
+        Value colLane = mul(rem(lane, 4), 2);
+        for (int64_t t = kept; t < kept + half; ++t) {
+          SmallVector<Value> pair;
+          for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+            Value own = normalized[t * 4 + e];
+            Value other = memref::LoadOp::create(
+                b, loc, exchange,
+                ValueRange{idx((t - kept) * 4 + e), idx(1 - w), groupThread});
+            Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
+            pair.push_back(arith::TruncFOp::create(b, loc, plan.elementType,
+                                                   fsub(o0, fmul(sig, o1))));
+          }
+          vector::StoreOp::create(
+              b, loc, vector::FromElementsOp::create(b, loc, outPairType, pair),
+              out, ValueRange{add(add(outBase, colLane), t * 8)});
+        }
+      });
+    }
+  });
+}
