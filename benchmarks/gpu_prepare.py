@@ -22,7 +22,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache")
     ap.add_argument("--target", nargs="+",
-                    default=sorted({"sm_90", "sm_90a"} | {t for t, _ in gpu_cases.BENCH_TARGETS}),
+                    default=sorted({"sm_90", "sm_90a"} | {t for t, _, _ in gpu_cases.BENCH_TARGETS}),
                     help="targets to compile every kernel for (default: sm_90, sm_90a (an "
                          "H100/H200's default) and the benchmarked ones, "
                          "gpu_cases.BENCH_TARGETS)")

@@ -284,13 +284,14 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   // The key loop of the consumers: `acquire(j)` waits until block j's keys
   // are in shared memory, `acquireValues(j)` until its values are (before
-  // the P V that reads them), `release(j)` hands its stage back once both
-  // products that read it have landed. `scoresDone` runs once every S of
-  // the tile has landed (Q is no longer read); with `keepLastStage` the
-  // last block's stage is not released here (the epilogue's exchange uses
-  // its V tile). Returns the final state.
+  // the P V that reads them), `releaseKeys(j)` hands its K tile back once
+  // S_j has landed and `release(j)` its V tile once P_j V_j has.
+  // `scoresDone` runs once every S of the tile has landed (Q is no longer
+  // read); with `keepLastStage` the last block's V tile is not released
+  // here (the epilogue's exchange uses it). Returns the final state.
   auto keyLoop = [&](function_ref<void(Value)> acquire,
                      function_ref<void(Value)> acquireValues,
+                     function_ref<void(Value)> releaseKeys,
                      function_ref<void(Value)> release,
                      function_ref<void(bool)> turn,
                      function_ref<void()> scoresDone, bool keepLastStage) {
@@ -313,6 +314,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
       turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+      releaseKeys(idx(0));
       HeadState head = unpackState(init);
       SmallVector<Value> p =
           packProbabilities(std::get<0>(softmaxOf(scores, lo, head)));
@@ -340,6 +342,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
           turn(false);
           NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
+          // S_j has landed (groups complete in order): K_j's tile is free.
+          releaseKeys(j);
           auto [probabilities, factors, moved] =
               softmaxOf(scores, keyOf(j), head);
           // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
@@ -418,7 +422,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           fenceCopies();
           prefetch(add(j, idx(1)), tid, threads);
         },
-        [](Value) {}, [](Value) {}, [](bool) {}, [] {},
+        [](Value) {}, [](Value) {}, [](Value) {}, [](bool) {}, [] {},
         /*keepLastStage=*/false);
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
@@ -435,8 +439,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // producer's 128 threads arrives through cp.async.mbarrier.arrive.noinc
   // once its copies landed, so the producer never waits for its own copies
   // and keeps every free stage in flight, and S_j starts once K_j landed)
-  // and empty[s] (the consumers' 256 threads arrive once both products
-  // read it); qFull guards Q. Phases alternate with each reuse of a stage.
+  // and emptyKeys[s], emptyValues[s] (the consumers' 256 threads arrive once
+  // S_j, P_j V_j, has read the K, V tile: K_{j+3} loads while P_j V_j runs);
+  // qFull guards Q. Phases alternate with each reuse of a stage.
   // The consumers order the landed copies for the tensor cores' async
   // proxy (fence.proxy.async) after each wait.
   int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
@@ -444,7 +449,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     return sharedPointer(add(mul(index, 8), barrierOffset));
   };
   auto full = [&](Value s) { return barrier(s); };
-  auto empty = [&](Value s) { return barrier(add(s, stages)); };
+  auto emptyValues = [&](Value s) { return barrier(add(s, stages)); };
+  auto emptyKeys = [&](Value s) { return barrier(add(s, 3 * stages + 2)); };
   Value qFull = barrier(idx(2 * stages));
   auto fullValues = [&](Value s) { return barrier(add(s, 2 * stages + 1)); };
   auto waitOn = [&](Value bar, Value parity) {
@@ -462,7 +468,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
     for (int64_t s = 0; s < stages; ++s) {
       NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
-      NVVM::MBarrierInitOp::create(b, loc, empty(idx(s)),
+      NVVM::MBarrierInitOp::create(b, loc, emptyValues(idx(s)),
+                                   i32(2 * kWarpgroupThreads), Value());
+      NVVM::MBarrierInitOp::create(b, loc, emptyKeys(idx(s)),
                                    i32(2 * kWarpgroupThreads), Value());
       NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
                                    Value());
@@ -551,27 +559,34 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 },
                 bar);
         };
-        // Block j of the tile into its stage, once the consumers released
-        // the block three before it (the first wait on a fresh barrier,
-        // for the phase before it, passes). Keys first (S_j needs them),
-        // then values (P_j V_j runs an iteration later), each on its own
-        // barrier.
+        // Block j of the tile into its stage: its keys once the consumers
+        // released the K tile of the block three before it, its values
+        // once they released that block's V tile (the first wait on a
+        // fresh barrier, for the phase before it, passes). Keys first (S_j
+        // needs them), then values (P_j V_j runs an iteration later), each
+        // announced on its own barrier.
         auto issueBlock = [&](Value j) {
           Value stage = stageOf(j);
-          waitOn(empty(stage),
-                 arith::XOrIOp::create(b, loc, parityOf(j), i32(1)));
-          if (plan.tmaLoads) {
+          Value previous = arith::XOrIOp::create(b, loc, parityOf(j), i32(1));
+          waitOn(emptyKeys(stage), previous);
+          if (plan.tmaLoads)
             loadTile(kMap, plan.qTileBytes, plan.kStageBytes(), plan.headDim,
                      stage, keyOf(j), full(stage));
+          else
+            loadBlockPart(false, keyOf(j), stage, groupThread,
+                          kWarpgroupThreads);
+          if (!plan.tmaLoads)
+            announce(full(stage));
+          waitOn(emptyValues(stage), previous);
+          if (plan.tmaLoads)
             loadTile(vMap, plan.qTileBytes + plan.kTileBytes,
                      plan.vStageBytes(), plan.valueDim, stage, keyOf(j),
                      fullValues(stage));
-            return;
-          }
-          loadBlockPart(false, keyOf(j), stage, groupThread, kWarpgroupThreads);
-          announce(full(stage));
-          loadBlockPart(true, keyOf(j), stage, groupThread, kWarpgroupThreads);
-          announce(fullValues(stage));
+          else
+            loadBlockPart(true, keyOf(j), stage, groupThread,
+                          kWarpgroupThreads);
+          if (!plan.tmaLoads)
+            announce(fullValues(stage));
         };
         // TMA loads come from one thread, cp.async from all 128.
         Value loader =
@@ -705,7 +720,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               [&](Value j) {
                 acquireTiles(fullValues(stageOf(j)), parityOf(j));
               },
-              [&](Value j) { arrive(empty(stageOf(j))); },
+              [&](Value j) { arrive(emptyKeys(stageOf(j))); },
+              [&](Value j) { arrive(emptyValues(stageOf(j))); },
               [&](bool begin) {
                 if (!plan.pingPong)
                   return;
@@ -744,7 +760,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           // tile's TMA writes into the stage (async proxy).
           ifThen(hasBlocks, [&] {
             fenceAsyncProxy();
-            arrive(empty(lastStage));
+            arrive(emptyValues(lastStage));
           });
           ifThen(arith::XOrIOp::create(
                      b, loc, hasBlocks,

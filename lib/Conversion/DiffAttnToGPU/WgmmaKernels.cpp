@@ -141,9 +141,9 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // go to aligning the tiles.
   assert(plan.valueDim / 2 * kWarpgroupThreads * 4 <= plan.qTileBytes &&
          "the epilogue's exchange must fit the Q tiles");
-  // Warp-specialised: each stage's full (keys), empty and full (values)
-  // mbarriers, Q's full and empty, 8 bytes each, after the tiles.
-  int64_t barrierBytes = plan.warpSpecialized ? 8 * (3 * plan.stages + 2) : 0;
+  // Warp-specialised: each stage's full and empty mbarriers of its keys and
+  // of its values, Q's full and empty, 8 bytes each, after the tiles.
+  int64_t barrierBytes = plan.warpSpecialized ? 8 * (4 * plan.stages + 2) : 0;
   plan.sharedBytes = kAtomBytes + plan.qTileBytes + plan.kTileBytes +
                      plan.vTileBytes + barrierBytes;
   // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent
