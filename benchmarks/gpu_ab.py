@@ -56,7 +56,7 @@ def prepare(cache, compilers, target):
     for name, path in compilers:
         os.environ["DIFFATTN_COMPILE"] = path
         _compiler._compiler_version.cache_clear()
-        version = _compiler.compiler_version()
+        version = _ORIGINAL_VERSION()
         if version is None:
             sys.exit(f"--compiler {name}: {path} does not run")
         use_compiler(version)
