@@ -1,30 +1,36 @@
-"""A/B timing of compilers: the same prefill calls (gpu_cases.BENCH_PREFILL,
-bf16, the default GPU target's default kernel) compiled by this tree's
-compiler and by earlier builds of it, timed in one process on the same
-inputs, so that a kernel change is measured against the kernel before it
-on the same machine (between machines a few percent is noise).
+"""A/B timing of kernels: the same prefill calls (gpu_cases.BENCH_PREFILL,
+bf16, the default GPU target) compiled by this tree's compiler with its
+defaults ("current"), by earlier builds of it, and with strategy options,
+timed in one process on the same inputs, each once per round in turn, so
+that a kernel change is measured against the kernel before it on the same
+machine at the same time (between machines, or minutes apart, a few
+percent is noise).
 
 On a machine with the compilers (no GPU needed):
 
     python3 benchmarks/gpu_ab.py --prepare .device/cache \\
-        --compiler base=/tmp/base/diffattn-compile [--compiler NAME=PATH ...]
+        --compiler base=/tmp/base/diffattn-compile \\
+        --variant "two-stages=--gpu-options=stages=2 block-k=176@128"
 
-compiles the calls with each named compiler into the cache (keys carry each
-compiler's --version line) and records the names and version lines in
-CACHE/ab-compilers.json; `gpu_prepare.py` prepares this tree's kernels. On
-the GPU machine (DIFFATTN_CACHE_DIR = that cache, no compiler there):
+compiles the calls with each named compiler (keys carry each compiler's
+--version line) and with each variant's diffattn-compile options (this
+tree's compiler; `@D,D...` limits a variant to those head dimensions) into
+the cache and records them in CACHE/ab-compilers.json; `gpu_prepare.py`
+prepares this tree's default kernels. On the GPU machine
+(DIFFATTN_CACHE_DIR = that cache, no compiler there):
 
     python3 benchmarks/gpu_ab.py --out DIR
 
-times "current" (this tree) and every recorded compiler on every shape
-(`--repeats` rounds, each compiler once per round in turn; the median of
-the rounds' medians), checks that their outputs agree (relative L2 against
-the current kernel's), prints a table and writes DIR/gpu_ab.json.
+times "current" and every recorded entry on every shape (`--repeats`
+rounds; the median of the rounds' medians), checks that their outputs agree
+(relative L2 against the current kernel's), prints a table and writes
+DIR/gpu_ab.json.
 """
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 
@@ -50,23 +56,39 @@ def use_compiler(version_line):
 _ORIGINAL_VERSION = _compiler.compiler_version
 
 
-def prepare(cache, compilers, target):
+def applies(entry, d):
+    return entry["dims"] is None or d in entry["dims"]
+
+
+def prepare(cache, entries, target):
+    """Compiles the calls of every entry (name -> compiler path or None for
+    this tree's, options, head dimensions or None) into `cache`."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
+    own = os.environ.get("DIFFATTN_COMPILE")
     record = {}
-    for name, path in compilers:
-        os.environ["DIFFATTN_COMPILE"] = path
+    for name, (path, options, dims) in entries.items():
+        if path:
+            os.environ["DIFFATTN_COMPILE"] = path
+        elif own:
+            os.environ["DIFFATTN_COMPILE"] = own
+        else:
+            os.environ.pop("DIFFATTN_COMPILE", None)
         _compiler._compiler_version.cache_clear()
         version = _ORIGINAL_VERSION()
         if version is None:
-            sys.exit(f"--compiler {name}: {path} does not run")
-        use_compiler(version)
+            sys.exit(f"{name}: the compiler {_compiler.compiler_path()} does not run")
+        entry = dict(compiler=version if path else None, options=list(options), dims=dims)
+        use_compiler(entry["compiler"])
+        count = 0
         for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL:
-            _gpu.prepare_v2(*shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal,
-                            target=target)
-        record[name] = version
-        print(f"{name}: {version}: {len(gpu_cases.BENCH_PREFILL)} kernels", flush=True)
+            if applies(entry, d):
+                _gpu.prepare_v2(*shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal,
+                                target=target, options=tuple(options))
+                count += 1
+        record[name] = entry
+        print(f"{name}: {version} {' '.join(options)}: {count} kernels", flush=True)
     with open(os.path.join(cache, RECORD), "w") as f:
-        json.dump(dict(target=target, compilers=record), f, indent=1)
+        json.dump(dict(target=target, entries=record), f, indent=1)
 
 
 def run(out_dir, repeats):
@@ -78,7 +100,8 @@ def run(out_dir, repeats):
     with open(os.path.join(cache, RECORD)) as f:
         record = json.load(f)
     target = record["target"]
-    compilers = [("current", None)] + sorted(record["compilers"].items())
+    current = dict(compiler=None, options=[], dims=None)
+    entries = [("current", current)] + sorted(record["entries"].items())
     rows = []
     for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL:
         q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
@@ -89,10 +112,12 @@ def run(out_dir, repeats):
         flops = 4 * b * h2 * d * pairs
         named = [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)]
         launches, outs = {}, {}
-        for name, version in compilers:
-            use_compiler(version)
+        compilers = [(name, e) for name, e in entries if applies(e, d)]
+        for name, entry in compilers:
+            use_compiler(entry["compiler"])
             directory, out_shape, sizes = _gpu.prepare_v2(
-                *shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal, target=target)
+                *shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal, target=target,
+                options=tuple(entry["options"]))
             out = torch.full(out_shape, float("nan"), dtype=torch.bfloat16, device="cuda")
             workspace = torch.empty(_gpu.workspace_elements(directory, sizes),
                                     dtype=torch.float32, device="cuda")
@@ -127,7 +152,7 @@ def run(out_dir, repeats):
         del q, k, v, lam, launches, outs
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "gpu_ab.json"), "w") as f:
-        json.dump(dict(target=target, compilers=record["compilers"], prefill=rows), f, indent=1)
+        json.dump(dict(target=target, entries=record["entries"], prefill=rows), f, indent=1)
 
 
 def main():
@@ -136,24 +161,37 @@ def main():
                     help="compile the calls with each --compiler into CACHE")
     ap.add_argument("--compiler", action="append", default=[], metavar="NAME=PATH",
                     help="an earlier diffattn-compile build, named (with --prepare)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS[@D,...]",
+                    help="this tree's compiler with these diffattn-compile options, named, "
+                         "optionally for these head dimensions only (with --prepare)")
     ap.add_argument("--target", default="sm_90a", help="the target compiled for (--prepare)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"),
                     help="where gpu_ab.json goes (timing)")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds")
     args = ap.parse_args()
     if args.prepare:
-        compilers = []
-        for spec in args.compiler:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or name == "current":
-                ap.error(f"--compiler {spec!r}: expected NAME=PATH with NAME not 'current'")
-            compilers.append((name, path))
-        if not compilers:
-            ap.error("--prepare needs at least one --compiler NAME=PATH")
-        prepare(args.prepare, compilers, args.target)
+        entries = {}
+        for flag, specs in (("--compiler", args.compiler), ("--variant", args.variant)):
+            for spec in specs:
+                name, sep, value = spec.partition("=")
+                if not sep or not name or not value or name == "current" or name in entries:
+                    ap.error(f"{flag} {spec!r}: expected NAME=VALUE with a new NAME, not "
+                             f"'current'")
+                if flag == "--compiler":
+                    entries[name] = (value, (), None)
+                    continue
+                options, at, dims = value.partition("@")
+                try:
+                    dims = [int(x) for x in dims.split(",")] if at else None
+                except ValueError:
+                    ap.error(f"--variant {spec!r}: head dimensions after @ must be integers")
+                entries[name] = (None, tuple(shlex.split(options)), dims)
+        if not entries:
+            ap.error("--prepare needs at least one --compiler or --variant")
+        prepare(args.prepare, entries, args.target)
     else:
-        if args.compiler:
-            ap.error("--compiler goes with --prepare")
+        if args.compiler or args.variant:
+            ap.error("--compiler and --variant go with --prepare")
         run(args.out, args.repeats)
 
 
