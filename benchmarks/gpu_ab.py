@@ -10,11 +10,12 @@ On a machine with the compilers (no GPU needed):
 
     python3 benchmarks/gpu_ab.py --prepare .device/cache \\
         --compiler base=/tmp/base/diffattn-compile \\
-        --variant "two-stages=--gpu-options=stages=2 block-k=176@128"
+        --variant "two-stages=stages=2 block-k=176@128"
 
 compiles the calls with each named compiler (keys carry each compiler's
---version line) and with each variant's diffattn-compile options (this
-tree's compiler; `@D,D...` limits a variant to those head dimensions) into
+--version line) and with each variant's strategy options (this tree's
+compiler with --gpu-options=OPTIONS; `@D,D...` limits a variant to those
+head dimensions) into
 the cache and records them in CACHE/ab-compilers.json; `gpu_prepare.py`
 prepares this tree's default kernels. On the GPU machine
 (DIFFATTN_CACHE_DIR = that cache, no compiler there):
@@ -30,7 +31,6 @@ DIR/gpu_ab.json.
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 
@@ -162,8 +162,8 @@ def main():
     ap.add_argument("--compiler", action="append", default=[], metavar="NAME=PATH",
                     help="an earlier diffattn-compile build, named (with --prepare)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS[@D,...]",
-                    help="this tree's compiler with these diffattn-compile options, named, "
-                         "optionally for these head dimensions only (with --prepare)")
+                    help="this tree's compiler with --gpu-options=OPTIONS, named, optionally "
+                         "for these head dimensions only (with --prepare)")
     ap.add_argument("--target", default="sm_90a", help="the target compiled for (--prepare)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"),
                     help="where gpu_ab.json goes (timing)")
@@ -185,7 +185,7 @@ def main():
                     dims = [int(x) for x in dims.split(",")] if at else None
                 except ValueError:
                     ap.error(f"--variant {spec!r}: head dimensions after @ must be integers")
-                entries[name] = (None, tuple(shlex.split(options)), dims)
+                entries[name] = (None, (f"--gpu-options={options}",), dims)
         if not entries:
             ap.error("--prepare needs at least one --compiler or --variant")
         prepare(args.prepare, entries, args.target)
