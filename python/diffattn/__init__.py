@@ -69,9 +69,9 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     With ``return_lse`` (contiguous caches, no ``out=``) the call returns
     ``(out, lse)``: ``lse`` [B, 2H, Sq] float32, the natural-log sum of
     exp(scaled, masked scores) of every query head's row (-inf for a row that
-    sees no key), what a backward pass needs. On CUDA tensors it comes from
-    the portable strategy's row-block kernel on every target (also on
-    sm_90a, whose wgmma kernel does not write it yet)."""
+    sees no key), what a backward pass needs. On CUDA tensors the forward
+    kernel writes it: sm_90a's wgmma kernel (with ``kv_len``, the portable
+    row-block kernel), the portable strategy's row-block kernel elsewhere."""
     if _is_torch(q):
         from . import _torch
 

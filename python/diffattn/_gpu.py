@@ -92,7 +92,8 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     are extra diffattn-compile flags (e.g. ``("--gpu-options=block-k=64",)``, for
     benchmarks of strategy variants); they are part of the cache key. With
     `return_lse` the kernel also writes the log-sum-exp [B, 2H, Sq] f32
-    (the portable strategy's row-block kernel, on every target)."""
+    (sm_90a's wgmma kernel without kv_len, else the portable strategy's
+    row-block kernel)."""
     if elem not in ("bf16", "f16"):
         raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
     check_gpu_config(q_shape, v_shape)

@@ -101,7 +101,7 @@ def _launch(directory, named, sizes, device):
 
 def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     """diffattn::v2_lse on CUDA tensors: (out, lse [B, 2H, Sq] float32) from
-    the portable strategy's row-block kernel (which also writes lse)."""
+    one forward kernel that also writes lse (see diffattn.v2)."""
     _validate(q, k, v, lam, kv_len)
     directory, out_shape, sizes = _gpu.prepare_v2(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],

@@ -54,7 +54,7 @@ def test_forward_with_lse_compiles_on_hopper():
                                               s["lam_shape"], "bf16", "bf16", causal=True,
                                               target="sm_90a", return_lse=True)
     kernel = _manifest(directory)
-    assert kernel["launch"]["strategy"] == "mma_sync"
+    assert kernel["launch"]["strategy"] == "wgmma"
     assert [a["name"] for a in kernel["args"] if "shape" in a][-2:] == ["out", "lse"]
 
 

@@ -35,10 +35,13 @@ defvar DiffAttnGPUStrategyOptions = [
            "(Hopper's warpgroup MMA, sm_90a only)">,
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
            "Keys per block (0: the default: 64 for D = 64; for D = 128, 32 "
-           "with a causal-like mask, else 64; 16 per warp for split-KV)">,
+           "with a causal-like mask, else 64; 16 per warp for split-KV; "
+           "wgmma: 192 for D = 64, else 128)">,
     Option<"stages", "stages", "int64_t", /*default=*/"0",
            "K/V blocks per cp.async pipeline, stages - 1 of them in flight "
-           "(0: the default: 2 for row blocks, 3 per warp for split-KV)">,
+           "(0: the default: 2 for row blocks, 3 per warp for split-KV; "
+           "wgmma: 2 or 3 K/V stages, 2 for D = 128 warp-specialised, else "
+           "3)">,
     Option<"warps", "warps", "int64_t", /*default=*/"0",
            "Warps per CTA, 4 or 8 (0: the default: 8 for D = 128 without a "
            "causal-like mask, else 4); a row-block CTA holds 16 rows per "
@@ -212,10 +215,13 @@ def DiffAttnToWgmmaKernels
       2p + w of each row's pair p, so both heads of a pair run against every
       K/V tile the CTA loads;
     - Q, K and V tiles live in shared memory in wgmma's 128-byte swizzled
-      layout (1024-byte aligned atoms), filled by `cp.async`
-      (`nvgpu.device_async_copy`, zero-filling keys past the sequence) in a
-      `stages`-deep pipeline, ordered for the tensor cores by
-      `fence.proxy.async`;
+      layout (1024-byte aligned atoms), in a `stages`-deep ring of K/V
+      stages (keys past the sequence zero-filled); warp-specialised (the
+      default) a producer warpgroup loads them (TMA, or `cp.async`) and
+      hands each stage's K and V tiles to the two consumer warpgroups
+      through mbarriers, and the consumers hand each back once the product
+      that reads it has landed; otherwise every thread copies with
+      `cp.async` and CTA barriers order the stages;
     - S = Q·Kᵀ is `nvvm.wgmma.mma_async` m64n`block-k`k16 with both
       operands from shared memory (K-major descriptors); O += P·V is wgmma
       m64n`Dv`k16 with P from registers (the scores' accumulator layout is
@@ -224,16 +230,18 @@ def DiffAttnToWgmmaKernels
     - the online softmax runs on the accumulators in registers (shared with
       the mma.sync strategy); only blocks that straddle the mask are
       masked;
-    - the epilogue meets the pair's two heads through shared memory and
-      writes the single output head.
+    - the epilogue meets the pair's two heads through shared memory (each
+      warpgroup hands half of its columns to the other and writes the
+      other half of the single output head) and, with `diffattn.v2`'s
+      `lse` result, each warpgroup writes its head's log-sum-exp.
 
     Ops this strategy has no kernel for are compiled by the portable
     strategy, and the manifest's `launch.strategy` records which made each
-    kernel: the decode form (`kv_len`; the split-KV kernels, whose Hopper
-    version must first be measured faster), `diffattn.v2_paged` and
-    `diffattn.v2_varlen`. Configurations neither supports (V1, f32, head
-    dimensions other than 64 and 128, Dv != D) are diagnosed, as are tile
-    options out of range.
+    kernel: the decode form (`kv_len`, with or without `lse`; the split-KV
+    kernels, whose Hopper version must first be measured faster),
+    `diffattn.v2_paged` and `diffattn.v2_backward`. Configurations neither
+    supports (V1, f32, head dimensions other than 64 and 128, Dv != D) are
+    diagnosed, as are tile options out of range.
   }];
   let options = DiffAttnGPUStrategyOptions;
   let dependentDialects = DiffAttnGPUKernelDialects;

@@ -216,9 +216,11 @@ private:
   /// half of its columns and writes the other half, so both warpgroups
   /// share the exchange and the stores. The first `sync` orders both
   /// warpgroups' last reads of the region before the writes; the second
-  /// the writes before the reads.
+  /// the writes before the reads. With `lseOut` ([B, 2H, Sq] f32) each
+  /// warpgroup also writes its head's log-sum-exp of the tile's rows,
+  /// scale * offset + ln(sum) (-inf for a row that saw no key).
   void emitEpilogue(const HeadState &final, function_ref<void()> sync,
-                    Value exchangeAt, Value lam, Value out);
+                    Value exchangeAt, Value lam, Value out, Value lseOut);
 
   const WgmmaPlan &plan;
   DifferentialEpilogue epilogue;

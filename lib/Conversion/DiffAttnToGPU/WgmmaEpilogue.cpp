@@ -28,10 +28,35 @@ Value WgmmaKernelBuilder::threadGroupRow(int64_t rr) {
 
 void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
                                       function_ref<void()> sync,
-                                      Value exchangeAt, Value lam, Value out) {
-  std::array<Value, 2> inverse;
-  for (int64_t rr = 0; rr < 2; ++rr)
-    inverse[rr] = epilogue.inverseSum(quadSum(final.rowSum[rr]));
+                                      Value exchangeAt, Value lam, Value out,
+                                      Value lseOut) {
+  // The row sums over the quad (shuffles: outside any branch).
+  std::array<Value, 2> sums, inverse;
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    sums[rr] = quadSum(final.rowSum[rr]);
+    inverse[rr] = epilogue.inverseSum(sums[rr]);
+  }
+  // lse[b, 2 pair + head, i] = scale * offset + ln(sum), the sums being
+  // relative to the offsets the rows ended with (as the mma.sync
+  // strategy's row-block kernel writes it); one lane of the row's quad
+  // writes it.
+  if (lseOut) {
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value global = threadGroupRow(rr);
+      Value writer = arith::AndIOp::create(
+          b, loc, cmp(arith::CmpIPredicate::slt, global, tile.groupRows),
+          cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
+      ifThen(writer, [&] {
+        Value lse = fma(safeOffset(final.rowMax[rr]), f32(plan.attn.scale),
+                        logOf(sums[rr]));
+        Value head = add(mul(pairOf(global), 2), pairHead);
+        Value index =
+            add(mul(add(mul(tile.batch, plan.queryHeads), head), tile.seqQ),
+                threadRow[rr]);
+        memref::StoreOp::create(b, loc, lse, lseOut, ValueRange{index});
+      });
+    }
+  }
   SmallVector<Value> normalized;
   for (const Acc &t : final.acc)
     for (int64_t e = 0; e < 4; ++e)

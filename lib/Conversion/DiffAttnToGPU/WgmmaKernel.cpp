@@ -41,6 +41,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value cuSeqQ = attn.varlen ? entry.getArgument(a++) : Value();
   Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
+  // diffattn.v2's lse result ([B, 2H, Sq] f32).
+  Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
   Value batches = entry.getArgument(a++);
   // Sq and Sk (packed sequences: the longest); per tile, seqQ and seqK
   // become the tile's sequence lengths.
@@ -428,7 +430,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(
         unpackState(finalState), [&] { gpu::BarrierOp::create(b, loc); }, base,
-        lam, out);
+        lam, out, lseOut);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -751,7 +753,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                                         i32(2 * kWarpgroupThreads), nullptr,
                                         Value());
               },
-              exchangeAt, lam, out);
+              exchangeAt, lam, out, lseOut);
           if (!stageExchange) {
             arrive(qEmpty);
             return;

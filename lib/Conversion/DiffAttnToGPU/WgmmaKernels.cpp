@@ -39,10 +39,9 @@ using namespace mlir::diffattn::wgmma;
 /// (diffattn.v2_backward) and the forward that also returns its log-sum-exp
 /// have portable kernels only so far.
 static bool hasWgmmaKernel(Operation *op) {
-  if (op->getNumResults() != 1)
-    return false;
   if (isa<V2VarlenOp>(op))
-    return true;
+    return op->getNumResults() == 1;
+  // diffattn.v2 with or without its lse result.
   return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
 }
 
@@ -56,15 +55,19 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.elementType = plan.attn.elementType;
   plan.headDim = plan.attn.headDim;
   plan.valueDim = plan.attn.valueDim;
-  // Tile defaults: 128 keys per block (S is m64n128 per warpgroup), three
-  // stages (the pipeline reads two blocks while a third lands: Q 2 x 64
-  // rows and three K/V stages make 224 KiB at D = 128).
-  plan.blockK = options.blockK ? options.blockK : 128;
+  // Tile defaults, measured on an H200 against each other in one process
+  // (docs/performance.md, Hopper run 25, benchmarks/gpu_ab.py): at D = 128,
+  // 128 keys per block (S is m64n128 per warpgroup) in two stages (1.00 to
+  // 1.02x three stages; 176 and 192 keys, FlashAttention-3's unmasked
+  // choice, 0.95-0.98x outside 16K causal); at D = 64, 192 keys in three
+  // stages (1.02x 128 keys, as FlashAttention-3's 192). The uniform
+  // (not warp-specialised) form needs three stages.
+  plan.blockK =
+      options.blockK ? options.blockK : (plan.headDim == 64 ? 192 : 128);
   if (plan.blockK < 16 || plan.blockK % 16 != 0 || plan.blockK > 256)
     return op->emitOpError() << "block-k = " << plan.blockK
                              << " is not supported by the wgmma strategy "
                                 "(expected a multiple of 16 up to 256)";
-  plan.stages = options.stages ? options.stages : 3;
   // Measured on an H200 (docs/performance.md, Hopper strategy run 5): with
   // the ping-pong schedule the warp-specialised form is as fast as the
   // uniform one or faster on every SPEC.md prefill shape (482 against 436
@@ -88,6 +91,9 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                    ? "a producer and two consumer warpgroups: 12"
                    : "two warpgroups: 8")
            << ")";
+  plan.stages = options.stages
+                    ? options.stages
+                    : (plan.warpSpecialized && plan.headDim == 128 ? 2 : 3);
   // Iteration j reads K_j and V_{j-1}. The warp-specialised producer
   // refills a stage's K and V tiles separately, as soon as S_j, P_j V_j,
   // has read them, so two stages suffice there (block j + 2's keys land
@@ -137,6 +143,7 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.kvHeads = plan.attn.numKeyHeads;
   plan.rowsPerQuery = plan.pairsPerGroup();
   plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
+  plan.writesLse = isa<V2Op>(op) && op->getNumResults() == 2;
   plan.qTileBytes = 2 * kWarpgroupRows * plan.headDim * 2;
   plan.kTileBytes = plan.stages * plan.kStageBytes();
   plan.vTileBytes = plan.stages * plan.vStageBytes();

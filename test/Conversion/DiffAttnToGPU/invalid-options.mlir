@@ -47,7 +47,7 @@
 // WGSPEC: error: 'diffattn.v2' op warp-specialize = 'maybe' is not supported (expected auto, true or false)
 // WGREGS: error: 'diffattn.v2' op consumer-registers = 244 is not supported (expected a multiple of 8 from 168 to 240, or 0 for the default)
 // WGREGS160: error: 'diffattn.v2' op consumer-registers = 160 is not supported
-// WGSHARED: error: 'diffattn.v2' op needs {{[0-9]+}} bytes of shared memory per CTA with block-k = 256 and stages = 3 (at most 232448 on sm_90a)
+// WGSHARED: error: 'diffattn.v2' op needs {{[0-9]+}} bytes of shared memory per CTA with block-k = 256 and stages = 2 (at most 232448 on sm_90a)
 // BLOCKK: error: 'diffattn.v2' op block-k = 24 is not supported (expected a multiple of 16 up to 128)
 // LAYOUT: error: 'diffattn.v2' op smem-layout = 'diagonal' is not supported (expected auto, padded or swizzled)
 // PERSTEP: error: 'diffattn.v2' op combine-splits-per-step = 0 is not supported (expected 1 to 16)

@@ -62,8 +62,9 @@ struct TileConfig {
   bool programmaticLaunch = false;
   /// Split-KV: splits the combine kernel merges per step of its loop.
   int64_t combineSplitsPerStep = 8;
-  /// The kernel also writes diffattn.v2's log-sum-exp result (row blocks
-  /// only): lse[b, j, i] = ln sum_t exp(scale S_j[i, t]), [B, 2H, Sq] f32.
+  /// The kernel also writes diffattn.v2's log-sum-exp result (mma.sync row
+  /// blocks, wgmma): lse[b, j, i] = ln sum_t exp(scale S_j[i, t]),
+  /// [B, 2H, Sq] f32.
   bool writesLse = false;
   /// f32 elements of one partial row state: Dv accumulators, max, sum.
   int64_t partialWidth() const { return valueDim + 2; }

@@ -57,10 +57,9 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     mask(i,t))` (natural log), `-inf` for a row that sees no key. The layout
     is FlashAttention's softmax_lse ([B, heads, Sq], f32), with heads in q's
     order. The CPU lowerings (diffattn-tile-flash, diffattn-decompose)
-    compute it, and so does the portable GPU strategy's row-block kernel
-    (on every GPU target: sm_90a hands an op with `lse` to it, recorded in
-    the manifest; with `kv_len` the row-block kernel serves instead of
-    split-KV).
+    compute it, and so do the GPU kernels: the portable strategy's
+    row-block kernel (with `kv_len` it serves instead of split-KV, also on
+    sm_90a) and the Hopper (sm_90a) wgmma kernel.
 
     With the optional `kv_len` operand (decode against a KV cache),
     `kv_len[b]` counts the valid keys of sequence `b` (the `Sq` new ones
