@@ -14,16 +14,24 @@ Value DifferentialEpilogue::pairRowIndex(Value rowIndex, Value pair) {
   return kb.add(kb.mul(rowIndex, numPairs), pair);
 }
 
-Value DifferentialEpilogue::sigmoidOfLam(Value lam, Value index) {
+Value DifferentialEpilogue::loadLam(Value lam, Value index) {
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
   Value x = memref::LoadOp::create(b, loc, lam, ValueRange{index});
   if (!x.getType().isF32())
     x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
+  return x;
+}
+
+Value DifferentialEpilogue::sigmoid(Value x) {
   Value one = kb.f32(1.0f);
   return arith::DivFOp::create(
-      b, loc, one,
+      kb.b, kb.loc, one,
       kb.fadd(one, kb.exp2(kb.fmul(x, kb.f32(-static_cast<float>(M_LOG2E))))));
+}
+
+Value DifferentialEpilogue::sigmoidOfLam(Value lam, Value index) {
+  return sigmoid(loadLam(lam, index));
 }
 
 Value DifferentialEpilogue::normalize(Value acc, Value sum) {

@@ -118,7 +118,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   // The thread's two rows: group row, validity, query row, pair, and their
   // row statistics (from lse and lam in the statistics kernel, from its
   // workspace records in the dq kernel).
-  std::array<Value, 2> valid, pairRow, statBase, sig;
+  std::array<Value, 2> valid, pairRow, statBase, sig, lamValue;
   std::array<std::array<Value, 2>, 2> shift; // [head][rr]
   std::array<Value, 2> deltaEven, deltaOdd;
   for (int64_t rr = 0; rr < 2; ++rr) {
@@ -153,7 +153,8 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
           idx(0));
       shift[j][rr] = negLseShift(loadF32(args.lse, lseIndex));
     }
-    sig[rr] = epilogue.sigmoidOfLam(args.lam, pairRow[rr]);
+    lamValue[rr] = epilogue.loadLam(args.lam, pairRow[rr]);
+    sig[rr] = epilogue.sigmoid(lamValue[rr]);
   }
   setRowRange(row0, rowsValid, seqQ);
   Value lo, hi;
@@ -283,12 +284,8 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       }
       dot = quadSum(dot);
       // sigmoid'(lam) = sigmoid(lam) sigmoid(-lam), each in f32 without
-      // cancellation.
-      Value lamValue = loadF32(args.lam, pairRow[rr]);
-      Value one = f32(1.0f);
-      Value sigNeg = arith::DivFOp::create(
-          b, loc, one,
-          fadd(one, exp2(fmul(lamValue, f32(static_cast<float>(M_LOG2E))))));
+      // cancellation (lam read once, with sig).
+      Value sigNeg = epilogue.sigmoid(fsub(f32(0.0f), lamValue[rr]));
       Value writer = arith::AndIOp::create(
           b, loc, valid[rr],
           cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
