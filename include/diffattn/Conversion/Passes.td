@@ -90,14 +90,16 @@ defvar DiffAttnGPUStrategyOptions = [
            "sequences through one map over the packed tensor); the runtime "
            "encodes the tensor maps and passes them by value (false: the "
            "producer warpgroup copies them with cp.async)">,
-    Option<"persistent", "persistent", "bool", /*default=*/"false",
-           "wgmma strategy, warp-specialised: launch at most one CTA per SM "
-           "of the target's reference GPU (132 on sm_90a), each walking "
-           "tiles with a static stride, its producer loading the next "
-           "tile's first blocks and Q while its consumers finish the "
-           "current one (false: one CTA per tile). Off by default: level "
-           "with one CTA per tile (H200, docs/performance.md, Hopper runs "
-           "19-22)">,
+    Option<"persistent", "persistent", "std::string", /*default=*/"\"auto\"",
+           "wgmma strategy, warp-specialised: true (launch at most one CTA "
+           "per SM of the target's reference GPU, 132 on sm_90a, each "
+           "walking tiles with a static stride, its producer loading the "
+           "next tile's first blocks and, into a second Q buffer where it "
+           "fits, its Q while the consumers finish the current one), false "
+           "(one CTA per tile) or auto (true for batched sequences without "
+           "a mask, whose tiles are equally long; false otherwise: with a "
+           "causal-like mask the static stride leaves CTAs unequally "
+           "loaded; H200, docs/performance.md, Hopper runs 19-27)">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "

@@ -52,9 +52,15 @@ constexpr int64_t kWarpgroupThreads = 128;
 
 /// The wgmma strategy's tile configuration.
 struct WgmmaPlan : TileConfig {
-  /// Bytes of the Q tiles (both heads), of all K stages and of all V
-  /// stages; each a multiple of kAtomBytes.
+  /// Bytes of the Q tiles (both heads, of every Q buffer), of all K stages
+  /// and of all V stages; each a multiple of kAtomBytes.
   int64_t qTileBytes = 0, kTileBytes = 0, vTileBytes = 0;
+  /// Q buffers: 2 for a persistent CTA (tile t's Q in buffer t % 2, so the
+  /// producer loads the next tile's while the consumers read this one's)
+  /// where they fit, else 1.
+  int64_t qBuffers = 1;
+  /// Bytes of one Q buffer: both heads' 64 x D tiles.
+  int64_t qBufferBytes() const { return 2 * kWarpgroupRows * headDim * 2; }
   /// Bytes of one K stage and one V stage.
   int64_t kStageBytes() const { return blockK * headDim * 2; }
   /// A producer warpgroup copies Q and the K/V blocks and hands them to the
@@ -232,6 +238,8 @@ private:
   Value pairHead;
   Value base, baseAddress;
   Value sQ, sK, sV;
+  /// The Q buffer of the current tile (index; 0 with one buffer).
+  Value qSlot;
   /// Query rows (of the sequence) of the thread's two accumulator rows.
   std::array<Value, 2> threadRow;
   /// The thread's index in its warpgroup (0..127).

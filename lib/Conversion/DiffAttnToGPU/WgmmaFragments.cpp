@@ -35,7 +35,9 @@ void WgmmaKernelBuilder::layoutSharedMemory() {
       arith::IndexCastOp::create(b, loc, b.getI64Type(), add(address, base));
   Type elem = plan.elementType;
   int64_t dSpans = plan.headDim / kSpan, vSpans = plan.valueDim / kSpan;
-  sQ = sharedViewAt(base, {2, dSpans, kWarpgroupRows, kSpan}, elem);
+  sQ = sharedViewAt(base, {2 * plan.qBuffers, dSpans, kWarpgroupRows, kSpan},
+                    elem);
+  qSlot = idx(0);
   sK = sharedViewAt(add(base, plan.qTileBytes),
                     {plan.stages, dSpans, plan.blockK, kSpan}, elem);
   sV = sharedViewAt(add(base, plan.qTileBytes + plan.kTileBytes),
@@ -210,8 +212,9 @@ Value WgmmaKernelBuilder::stageDescriptorLow(Value tileOffset, Value stage,
 }
 
 SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
-  // The warpgroup's head of the pair: Q tile `pairHead`.
-  Value qOffset = mul(pairHead, plan.headDim * kWarpgroupRows * 2);
+  // The warpgroup's head of the pair: Q tile `pairHead` of buffer qSlot.
+  Value qOffset =
+      mul(add(mul(qSlot, 2), pairHead), plan.headDim * kWarpgroupRows * 2);
   // K-major operands, 128-byte swizzle: 8-row groups 1024 bytes apart (the
   // stride byte offset); the leading byte offset is unused (1). A k16 step
   // is 32 bytes into the span's rows; spans are whole tiles apart. Stage 0's

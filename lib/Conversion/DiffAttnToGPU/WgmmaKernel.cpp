@@ -166,7 +166,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // 2p + h.
   auto copyQ = [&](Value thread, int64_t copyThreads) {
     for (int64_t h = 0; h < 2; ++h) {
-      Value lead = idx(h);
+      Value lead = add(mul(qSlot, 2), h);
       copyTileAsync(
           q,
           [&](Value r) {
@@ -443,7 +443,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // and keeps every free stage in flight, and S_j starts once K_j landed)
   // and emptyKeys[s], emptyValues[s] (the consumers' 256 threads arrive once
   // S_j, P_j V_j, has read the K, V tile: K_{j+3} loads while P_j V_j runs);
-  // qFull guards Q. Phases alternate with each reuse of a stage.
+  // qFull guards Q (per Q buffer). Phases alternate with each reuse of a
+  // stage or buffer.
   // The consumers order the landed copies for the tensor cores' async
   // proxy (fence.proxy.async) after each wait.
   int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
@@ -453,7 +454,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto full = [&](Value s) { return barrier(s); };
   auto emptyValues = [&](Value s) { return barrier(add(s, stages)); };
   auto emptyKeys = [&](Value s) { return barrier(add(s, 3 * stages + 2)); };
-  Value qFull = barrier(idx(2 * stages));
+  // Q buffer `slot`'s full and empty mbarriers (buffer 1's after the
+  // others).
+  auto qFullOf = [&](Value slot) {
+    return barrier(add(idx(2 * stages), mul(slot, 2 * stages + 2)));
+  };
   auto fullValues = [&](Value s) { return barrier(add(s, 2 * stages + 1)); };
   auto waitOn = [&](Value bar, Value parity) {
     NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
@@ -461,10 +466,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto arrive = [&](Value bar) {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
   };
-  // qEmpty: the consumers' 256 threads arrive once a tile is done with the
-  // Q region: once its last S landed, or, for a tile without key blocks
-  // (whose epilogue's exchange reuses the Q region), after the epilogue.
-  Value qEmpty = barrier(idx(3 * stages + 1));
+  // qEmpty: the consumers' 256 threads arrive once a tile is done with its
+  // Q buffer: once its last S landed, or, for a tile without key blocks
+  // (whose epilogue's exchange reuses the Q buffer), after the epilogue.
+  auto qEmptyOf = [&](Value slot) {
+    return barrier(add(idx(3 * stages + 1), mul(slot, stages + 2)));
+  };
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
     // With TMA one thread arrives (expecting the tile's bytes).
     int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
@@ -477,10 +484,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
                                    Value());
     }
-    NVVM::MBarrierInitOp::create(b, loc, qFull, i32(kWarpgroupThreads),
-                                 Value());
-    NVVM::MBarrierInitOp::create(b, loc, qEmpty, i32(2 * kWarpgroupThreads),
-                                 Value());
+    for (int64_t slot = 0; slot < plan.qBuffers; ++slot) {
+      NVVM::MBarrierInitOp::create(b, loc, qFullOf(idx(slot)),
+                                   i32(kWarpgroupThreads), Value());
+      NVVM::MBarrierInitOp::create(b, loc, qEmptyOf(idx(slot)),
+                                   i32(2 * kWarpgroupThreads), Value());
+    }
   });
   gpu::BarrierOp::create(b, loc);
 
@@ -510,15 +519,20 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                     rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
           blockBase = carried[0];
           tileIndex = t;
+          // Tile i of the CTA reads Q buffer i % qBuffers.
+          qSlot = plan.qBuffers > 1 ? rem(carried[1], plan.qBuffers) : idx(0);
           body(carried[1]);
           scf::YieldOp::create(
               b, loc,
               ValueRange{add(carried[0], numBlocks), add(carried[1], idx(1))});
         });
     blockBase = idx(0);
+    qSlot = idx(0);
   };
+  // The phase of tile i's use of its Q buffer.
   auto parityOfTile = [&](Value tile) {
-    return arith::IndexCastOp::create(b, loc, b.getI32Type(), rem(tile, 2))
+    return arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                      rem(div(tile, plan.qBuffers), 2))
         .getResult();
   };
 
@@ -612,7 +626,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         auto loadQ = [&](Value loader) {
           auto copyAll = [&] {
             copyQ(groupThread, kWarpgroupThreads);
-            announce(qFull);
+            announce(qFullOf(qSlot));
           };
           if (!plan.qTma)
             return copyAll();
@@ -625,36 +639,42 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                     loader,
                     [&] {
                       int64_t spans = plan.headDim / kSpan;
-                      expectBytes(qFull,
+                      expectBytes(qFullOf(qSlot),
                                   2 * spans * kWarpgroupRows * kRowBytes);
                       Value pair = pairOf(row0), queryRow = queryRowOf(row0);
                       for (int64_t h = 0; h < 2; ++h)
                         for (int64_t span = 0; span < spans; ++span)
                           loadTensorTile(
                               qMap,
-                              sharedPointer(idx((h * spans + span) *
-                                                kWarpgroupRows * kRowBytes)),
+                              sharedPointer(
+                                  add(mul(qSlot, plan.qBufferBytes()),
+                                      (h * spans + span) * kWarpgroupRows *
+                                          kRowBytes)),
                               [&]() -> SmallVector<Value> {
                                 return {i32(span * kSpan),
                                         i32Of(add(mul(pair, 2), h)),
                                         i32Of(queryRow), i32Of(batch)};
                               },
-                              qFull);
+                              qFullOf(qSlot));
                     },
-                    [&] { arrive(qFull); });
+                    [&] { arrive(qFullOf(qSlot)); });
               },
               copyAll);
         };
         forEachTile([&](Value tileIter) {
           // Block 0 first: it lands while the consumers finish the previous
-          // tile. Q once they released the Q region (their epilogue's
-          // exchange), then the other blocks.
+          // tile. Q once they released its buffer (the tile qBuffers
+          // before: its last S, or its epilogue's exchange), then the
+          // other blocks.
           ifThen(arith::AndIOp::create(
                      b, loc, loader,
                      cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
                  [&] { issueBlock(idx(0)); });
-          ifThen(cmp(arith::CmpIPredicate::sgt, tileIter, idx(0)),
-                 [&] { waitOn(qEmpty, parityOfTile(sub(tileIter, idx(1)))); });
+          ifThen(cmp(arith::CmpIPredicate::sge, tileIter, idx(plan.qBuffers)),
+                 [&] {
+                   waitOn(qEmptyOf(qSlot),
+                          parityOfTile(sub(tileIter, idx(plan.qBuffers))));
+                 });
           loadQ(loader);
           // The Q of the tile that starts about one tile from now: this
           // CTA's next (persistent), else the one an SM takes next.
@@ -714,7 +734,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         bool stageExchange =
             plan.vStageBytes() >= plan.valueDim / 2 * kWarpgroupThreads * 4;
         forEachTile([&](Value tileIter) {
-          acquireCopies(qFull, parityOfTile(tileIter));
+          acquireCopies(qFullOf(qSlot), parityOfTile(tileIter));
+          Value qEmpty = qEmptyOf(qSlot);
+          // The tile's Q buffer (the epilogue's exchange without a V tile).
+          Value qBase = add(base, mul(qSlot, plan.qBufferBytes()));
           Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
           Value lastStage = stageOf(sub(numBlocks, idx(1)));
           SmallVector<Value> finalState = keyLoop(
@@ -738,13 +761,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                   ifThen(hasBlocks, [&] { arrive(qEmpty); });
               },
               /*keepLastStage=*/stageExchange);
-          Value exchangeAt = base;
+          Value exchangeAt = qBase;
           if (stageExchange)
             exchangeAt =
                 select(hasBlocks,
                        add(add(base, plan.qTileBytes + plan.kTileBytes),
                            mul(lastStage, plan.vStageBytes())),
-                       base);
+                       qBase);
           // The consumers' own barrier (the producer may be loading).
           emitEpilogue(
               unpackState(finalState),
@@ -754,16 +777,15 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                                         Value());
               },
               exchangeAt, lam, out, lseOut);
+          // The exchange's generic-proxy accesses come before TMA writes
+          // into the region (async proxy): the next Q, or the next block.
           if (!stageExchange) {
+            fenceAsyncProxy();
             arrive(qEmpty);
             return;
           }
-          // The exchange's generic-proxy accesses come before the next
-          // tile's TMA writes into the stage (async proxy).
-          ifThen(hasBlocks, [&] {
-            fenceAsyncProxy();
-            arrive(emptyValues(lastStage));
-          });
+          fenceAsyncProxy();
+          ifThen(hasBlocks, [&] { arrive(emptyValues(lastStage)); });
           ifThen(arith::XOrIOp::create(
                      b, loc, hasBlocks,
                      arith::ConstantOp::create(b, loc, b.getBoolAttr(true))),

@@ -144,24 +144,45 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.rowsPerQuery = plan.pairsPerGroup();
   plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
   plan.writesLse = isa<V2Op>(op) && op->getNumResults() == 2;
-  plan.qTileBytes = 2 * kWarpgroupRows * plan.headDim * 2;
   plan.kTileBytes = plan.stages * plan.kStageBytes();
   plan.vTileBytes = plan.stages * plan.vStageBytes();
+  // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent
+  // ones launch at most one CTA per SM of the target's reference GPU.
+  if (options.persistent != "auto" && options.persistent != "true" &&
+      options.persistent != "false")
+    return op->emitOpError()
+           << "persistent = '" << options.persistent
+           << "' is not supported (expected auto, true or false)";
+  // auto: persistent CTAs where every tile has the same key blocks
+  // (batched, no mask), so the static stride loads every CTA alike.
+  bool persistent = options.persistent == "true" ||
+                    (options.persistent == "auto" && !plan.attn.varlen &&
+                     plan.attn.windowLeft < 0 && plan.attn.windowRight < 0);
+  plan.persistentCtas =
+      plan.warpSpecialized && persistent ? chip.multiprocessors : 0;
+  // A persistent CTA's producer loads the next tile's Q into a second
+  // buffer while the consumers still read this tile's, where both fit.
+  auto barrierBytes = [&] {
+    // Warp-specialised: each stage's full and empty mbarriers of its keys
+    // and of its values, each Q buffer's full and empty, 8 bytes each,
+    // after the tiles.
+    return plan.warpSpecialized ? 8 * (4 * plan.stages + 2 * plan.qBuffers) : 0;
+  };
+  auto sharedBytes = [&] {
+    return kAtomBytes + plan.qBuffers * plan.qBufferBytes() + plan.kTileBytes +
+           plan.vTileBytes + barrierBytes();
+  };
+  plan.qBuffers = 2;
+  if (!plan.persistentCtas || sharedBytes() > chip.maxSharedBytesPerCTA)
+    plan.qBuffers = 1;
+  plan.qTileBytes = plan.qBuffers * plan.qBufferBytes();
   // The epilogue's exchange ([Dv / 2][128] f32) reuses the Q tiles (both
   // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which are
   // dead once both warpgroups' products are done; the first 1024 bytes may
   // go to aligning the tiles.
   assert(plan.valueDim / 2 * kWarpgroupThreads * 4 <= plan.qTileBytes &&
          "the epilogue's exchange must fit the Q tiles");
-  // Warp-specialised: each stage's full and empty mbarriers of its keys and
-  // of its values, Q's full and empty, 8 bytes each, after the tiles.
-  int64_t barrierBytes = plan.warpSpecialized ? 8 * (4 * plan.stages + 2) : 0;
-  plan.sharedBytes = kAtomBytes + plan.qTileBytes + plan.kTileBytes +
-                     plan.vTileBytes + barrierBytes;
-  // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent
-  // ones launch at most one CTA per SM of the target's reference GPU.
-  plan.persistentCtas =
-      plan.warpSpecialized && options.persistent ? chip.multiprocessors : 0;
+  plan.sharedBytes = sharedBytes();
   plan.qTma = plan.tmaLoads && options.qTma && !plan.attn.varlen;
   plan.qPrefetchDistance =
       plan.warpSpecialized && options.qPrefetch && !plan.attn.varlen
