@@ -47,8 +47,7 @@ BENCH_PREFILL = [
 # the default target's on the prefill shapes, where the GPU runs them, with
 # the head dimensions they apply to (None: all): on an H100/H200 (default
 # sm_90a, wgmma) the portable strategy (sm_90), the wgmma kernel's
-# persistent form (the default without a mask; with a causal-like mask one
-# CTA per tile is), and at D = 64 wider key blocks (FlashAttention-3 takes
+# persistent form, and at D = 64 wider key blocks (FlashAttention-3 takes
 # 192 there; the default since Hopper run 26).
 BENCH_TARGETS = [
     ("sm_90", (), None),
@@ -121,12 +120,15 @@ SANITIZE_CASES = [
     (2, 70, 90, 8, 2, 64, True, None),
     (2, 70, 90, 8, 2, 128, False, None),
     (2, 128, 160, 8, 2, 128, True, None),        # Sq % 64 == 0: Q through TMA (q-tma)
-    # No mask: persistent CTAs (192 tiles over 132 CTAs: a second tile reads
-    # the second Q buffer while the first tile's epilogue runs).
-    (3, 1024, 512, 8, 2, 128, False, None),
+    (3, 1024, 512, 8, 2, 128, False, None),       # 192 tiles, also persistent:
     (2, 70, 90, 8, 2, 128, True, [3, 90]),       # split-KV, two splits
     (2, 1, 60, 8, 2, 128, True, [3, 60]),        # one split: no combine
 ]
+
+# ... the case above (B, Sq, Sk, 2H, Hkv, D, causal) again on sm_90a with
+# persistent CTAs (132 CTAs over 192 tiles: a second tile loads its Q into
+# the second Q buffer while the first tile is computed).
+SANITIZE_PERSISTENT = ((3, 1024, 512, 8, 2, 128, False), ("--gpu-options=persistent=true",))
 
 
 # python/tests/test_gpu.py (the short GPU test of the pytest suite):
@@ -285,6 +287,10 @@ def all_kernel_requests():
         reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                          lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
                          window=(-1, -1), kv_len_shape=None if kv_len is None else (b,)))
+    (b, sq, sk, h2, hkv, d, causal), options = SANITIZE_PERSISTENT
+    reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
+                     lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
+                     window=(-1, -1), kv_len_shape=None, options=options, target="sm_90a"))
     b, sq, sk, h2, hkv, d = PYTEST_GPU_SHAPE
     for dtype in ("bf16", "f16"):
         for causal in (True, False):

@@ -245,15 +245,16 @@ def decode_inputs(b, kvl, h2, hkv, d):
     return q, k, v, lam, kl, bhsd
 
 
-def time_variant(shapes, named, mine, options, target="sm_90", **call):
+def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **call):
     """Median time (ms) of the kernel that diffattn-compile `options` make
     for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
     of _gpu.prepare_v2, launched directly on the tensors `named` ((name,
     dtype, tensor) in argument order), and its relative L2 error against
-    the default kernel's output `mine`."""
+    the default kernel's output `mine` (with repeat=False one launch, no
+    timing: None)."""
     directory, out_shape, sizes = _gpu.prepare_v2(
         *shapes, "bf16", "bf16", window=(-1, -1), target=target, options=options, **call)
-    out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
+    out = torch.full(out_shape, float("nan"), dtype=torch.bfloat16, device="cuda")
     workspace = torch.empty(_gpu.workspace_elements(directory, sizes), dtype=torch.float32,
                             device="cuda")
     bufs = [(name, dtype, tuple(t.shape), t.data_ptr())
@@ -265,7 +266,7 @@ def time_variant(shapes, named, mine, options, target="sm_90", **call):
 
     launch()
     err = rel_l2(out, mine)
-    return bench_fn(launch), err
+    return (bench_fn(launch) if repeat else None), err
 
 
 def bench(results, prefill=True):
@@ -451,6 +452,19 @@ def sanitize_case():
         out = diffattn.v2(q, k, v, lam, causal=causal, kv_len=kl)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()
+    if _gpu.runs_on("sm_90a", torch.cuda.get_device_capability()):
+        # Persistent CTAs (two Q buffers), against the default kernel.
+        (b, sq, sk, h2, hkv, d, causal), options = gpu_cases.SANITIZE_PERSISTENT
+        q = torch.randn(b, sq, h2, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16)
+        mine = diffattn.v2(q, k, v, lam, causal=causal)
+        _, err = time_variant(
+            ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d), (b, sq, h2 // 2)),
+            [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
+            mine, options, target="sm_90a", causal=causal, repeat=False)
+        assert err == 0.0, f"persistent kernel differs from the default: rel L2 {err}"
     # A paged launch: blocks scattered over the pool, table rows padded with
     # an out-of-range sentinel past each sequence's last block.
     b, sk, lens = 3, 100, [3, 100, 40]

@@ -96,10 +96,11 @@ defvar DiffAttnGPUStrategyOptions = [
            "walking tiles with a static stride, its producer loading the "
            "next tile's first blocks and, into a second Q buffer where it "
            "fits, its Q while the consumers finish the current one), false "
-           "(one CTA per tile) or auto (true for batched sequences without "
-           "a mask, whose tiles are equally long; false otherwise: with a "
+           "(one CTA per tile) or auto (false on every shape: with a "
            "causal-like mask the static stride leaves CTAs unequally "
-           "loaded; H200, docs/performance.md, Hopper runs 19-27)">,
+           "loaded, and without a mask, where tiles are equally long, "
+           "persistent CTAs with two Q buffers measured level with one CTA "
+           "per tile; H200, docs/performance.md, Hopper runs 19-27)">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "

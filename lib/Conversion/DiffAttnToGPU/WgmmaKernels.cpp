@@ -153,11 +153,13 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
     return op->emitOpError()
            << "persistent = '" << options.persistent
            << "' is not supported (expected auto, true or false)";
-  // auto: persistent CTAs where every tile has the same key blocks
-  // (batched, no mask), so the static stride loads every CTA alike.
-  bool persistent = options.persistent == "true" ||
-                    (options.persistent == "auto" && !plan.attn.varlen &&
-                     plan.attn.windowLeft < 0 && plan.attn.windowRight < 0);
+  // auto: one CTA per tile. Measured on an H200 (docs/performance.md,
+  // Hopper run 27, gpu_ab.py): at 4 x 4096 unmasked, whose tiles are
+  // equally long so that the static stride loads every CTA alike,
+  // persistent CTAs with two Q buffers ran at 0.99x one CTA per tile;
+  // with a causal-like mask the stride leaves CTAs unequally loaded
+  // (0.98-1.01x).
+  bool persistent = options.persistent == "true";
   plan.persistentCtas =
       plan.warpSpecialized && persistent ? chip.multiprocessors : 0;
   // A persistent CTA's producer loads the next tile's Q into a second
