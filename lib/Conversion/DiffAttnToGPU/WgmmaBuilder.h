@@ -55,9 +55,9 @@ struct WgmmaPlan : TileConfig {
   /// Bytes of the Q tiles (both heads, of every Q buffer), of all K stages
   /// and of all V stages; each a multiple of kAtomBytes.
   int64_t qTileBytes = 0, kTileBytes = 0, vTileBytes = 0;
-  /// Q buffers: 2 for a persistent CTA (tile t's Q in buffer t % 2, so the
-  /// producer loads the next tile's while the consumers read this one's)
-  /// where they fit, else 1.
+  /// Q buffers: 2 for a persistent CTA (the CTA's i-th tile's Q in buffer
+  /// i % 2, so the producer may load the next tile's while the consumers
+  /// read this one's) where they fit, else 1.
   int64_t qBuffers = 1;
   /// Bytes of one Q buffer: both heads' 64 x D tiles.
   int64_t qBufferBytes() const { return 2 * kWarpgroupRows * headDim * 2; }
@@ -215,9 +215,10 @@ private:
   /// The differential epilogue of the tile: normalises `final`'s
   /// accumulators and writes o0 - sigmoid(lam) o1 of every (row, column)
   /// to `out` ([B, Sq, H, Dv], the element type). The pair's two heads
-  /// meet through shared memory at byte offset `exchangeAt` ([Dv / 2
-  /// values][2 warpgroups][128 threads] f32, Dv x 512 bytes: the Q tiles
-  /// or the last block's V tile): thread t of each warpgroup, which holds
+  /// meet through shared memory at byte offset `exchangeAt` ([Dv / 4
+  /// values][2 warpgroups][128 threads] f32, Dv x 256 bytes: the tile's Q
+  /// buffer or the last block's V tile): thread t of each warpgroup, which
+  /// holds
   /// the same (row, column) elements as thread t of the other, hands over
   /// half of its columns and writes the other half, so both warpgroups
   /// share the exchange and the stores. The first `sync` orders both

@@ -1,12 +1,12 @@
 //===- WgmmaKernel.cpp - wgmma strategy: the kernel body ------------------===//
 //
 // The body of a Hopper (sm_90a) kernel (see WgmmaBuilder.h and the
-// DiffAttnToWgmmaKernels pass description): the CTA's rows, the Q copy, the
+// DiffAttnToWgmmaKernels pass description): the tile setup, the Q copy, the
 // range of key blocks (shared with the tiled CPU lowering, KeyRange.h), the
-// cp.async pipeline over key blocks, S = Q Kᵀ and O += P V on wgmma,
-// masking of the blocks that straddle the mask, the online softmax
-// (OnlineSoftmax.h) and the differential epilogue, whose two heads meet
-// through shared memory.
+// pipeline over key blocks (cp.async, or a producer warpgroup with TMA and
+// mbarriers), S = Q Kᵀ and O += P V on wgmma, masking of the blocks that
+// straddle the mask and the online softmax (OnlineSoftmax.h); the
+// differential epilogue is in WgmmaEpilogue.cpp.
 //
 //===----------------------------------------------------------------------===//
 
@@ -16,7 +16,6 @@
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
-#include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 using namespace mlir;
 using namespace mlir::diffattn;
@@ -212,9 +211,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // overlap: iteration j issues S_j = Q K_jᵀ and then O += P_{j-1} V_{j-1},
   // runs the softmax of S_j while the tensor cores work on P_{j-1} V_{j-1},
   // and rescales O once that product has landed. Block j lives in stage
-  // j % 3 (K_j and V_{j-1} are read in iteration j); block j + 1 is copied
-  // (cp.async, all threads) while iteration j computes. Block 0's scores
-  // are peeled before the loop, the last block's P V after it.
+  // j % stages (K_j and V_{j-1} are read in iteration j); without warp
+  // specialisation block j + 1 is copied (cp.async, all threads) while
+  // iteration j computes. Block 0's scores are peeled before the loop, the
+  // last block's P V after it.
   auto keyOf = [&](Value j) { return add(lo, mul(j, blockK)); };
   // Block j's stage (j % stages) and the parity of that stage's use
   // (j / stages % 2), in 32-bit arithmetic (block counts fit): a 64-bit
@@ -242,7 +242,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     fenceAsyncProxy();
     gpu::BarrierOp::create(b, loc);
   };
-  // Copies block j (if any) into stage j % 3: all threads, or the
+  // Copies block j (if any) into stage j % stages: all threads, or the
   // producer warpgroup.
   auto prefetch = [&](Value j, Value thread, int64_t copyThreads) {
     ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks),
@@ -397,7 +397,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
       turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-      // The last block's stage goes back too (after the epilogue with
+      // The last block's V tile goes back too (after the epilogue with
       // keepLastStage): a persistent CTA's next tile loads into it.
       if (!keepLastStage)
         release(sub(numBlocks, idx(1)));
@@ -442,8 +442,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // once its copies landed, so the producer never waits for its own copies
   // and keeps every free stage in flight, and S_j starts once K_j landed)
   // and emptyKeys[s], emptyValues[s] (the consumers' 256 threads arrive once
-  // S_j, P_j V_j, has read the K, V tile: K_{j+3} loads while P_j V_j runs);
-  // qFull guards Q (per Q buffer). Phases alternate with each reuse of a
+  // S_j, P_j V_j, has read the K, V tile: K_{j+stages} loads while P_j V_j
+  // runs); qFull guards Q (per Q buffer). Phases alternate with each reuse of a
   // stage or buffer.
   // The consumers order the landed copies for the tensor cores' async
   // proxy (fence.proxy.async) after each wait.
@@ -576,7 +576,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 bar);
         };
         // Block j of the tile into its stage: its keys once the consumers
-        // released the K tile of the block three before it, its values
+        // released the K tile of the block `stages` before it, its values
         // once they released that block's V tile (the first wait on a
         // fresh barrier, for the phase before it, passes). Keys first (S_j
         // needs them), then values (P_j V_j runs an iteration later), each

@@ -35,9 +35,9 @@ using namespace mlir::diffattn::wgmma;
 /// the cp.async producer the packed kernel measured 396 / 458 TFLOP/s
 /// against the portable kernel's 321 / 347 (4 x 4096, D 128, causal /
 /// unmasked, H200; docs/performance.md, Hopper run 12); it loads through
-/// TMA like the batched kernel since Hopper run 17. The backward
-/// (diffattn.v2_backward) and the forward that also returns its log-sum-exp
-/// have portable kernels only so far.
+/// TMA like the batched kernel since Hopper run 17. diffattn.v2 with its
+/// lse result gets it too (the wgmma epilogue writes lse); the backward
+/// (diffattn.v2_backward) has portable kernels only so far.
 static bool hasWgmmaKernel(Operation *op) {
   if (isa<V2VarlenOp>(op))
     return op->getNumResults() == 1;
@@ -160,6 +160,10 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // with a causal-like mask the stride leaves CTAs unequally loaded
   // (0.98-1.01x).
   bool persistent = options.persistent == "true";
+  if (persistent && !plan.warpSpecialized)
+    return op->emitOpError()
+           << "persistent = true needs warp specialisation (the uniform "
+              "form launches one CTA per tile)";
   plan.persistentCtas =
       plan.warpSpecialized && persistent ? chip.multiprocessors : 0;
   // A persistent CTA's producer loads the next tile's Q into a second
@@ -178,12 +182,12 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   if (!plan.persistentCtas || sharedBytes() > chip.maxSharedBytesPerCTA)
     plan.qBuffers = 1;
   plan.qTileBytes = plan.qBuffers * plan.qBufferBytes();
-  // The epilogue's exchange ([Dv / 2][128] f32) reuses the Q tiles (both
-  // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which are
-  // dead once both warpgroups' products are done; the first 1024 bytes may
-  // go to aligning the tiles.
-  assert(plan.valueDim / 2 * kWarpgroupThreads * 4 <= plan.qTileBytes &&
-         "the epilogue's exchange must fit the Q tiles");
+  // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
+  // 256 bytes) reuses the last block's V tile, or the tile's Q buffer (both
+  // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which is
+  // dead once both warpgroups' products are done.
+  assert(plan.valueDim / 2 * kWarpgroupThreads * 4 <= plan.qBufferBytes() &&
+         "the epilogue's exchange must fit a Q buffer");
   plan.sharedBytes = sharedBytes();
   plan.qTma = plan.tmaLoads && options.qTma && !plan.attn.varlen;
   plan.qPrefetchDistance =

@@ -14,6 +14,7 @@
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a stages=4" 2>&1 | FileCheck %s --check-prefix=WGSTAGES
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a stages=2 warp-specialize=false" 2>&1 | FileCheck %s --check-prefix=WGSTAGES2
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=4 warp-specialize=false" 2>&1 | FileCheck %s --check-prefix=WGWARPS
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a persistent=true warp-specialize=false" 2>&1 | FileCheck %s --check-prefix=WGPERSISTENT
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warps=8 warp-specialize=true" 2>&1 | FileCheck %s --check-prefix=WGWARPSWS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a block-k=24" 2>&1 | FileCheck %s --check-prefix=WGBLOCKK
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a smem-layout=padded" 2>&1 | FileCheck %s --check-prefix=WGLAYOUT
@@ -40,6 +41,7 @@
 // WGSTRATEGY: error: strategy 'mma_sync' is not the Hopper strategy (wgmma) that diffattn-to-wgmma-kernels emits
 // WGSTAGES: error: 'diffattn.v2' op stages = 4 is not supported by the wgmma strategy (expected 3, or 2 with warp specialisation)
 // WGSTAGES2: error: 'diffattn.v2' op stages = 2 is not supported by the wgmma strategy (expected 3, or 2 with warp specialisation)
+// WGPERSISTENT: error: 'diffattn.v2' op persistent = true needs warp specialisation (the uniform form launches one CTA per tile)
 // WGWARPS: error: 'diffattn.v2' op warps = 4 is not supported by the wgmma strategy (its CTA is two warpgroups: 8)
 // WGWARPSWS: error: 'diffattn.v2' op warps = 8 is not supported by the wgmma strategy (its CTA is a producer and two consumer warpgroups: 12)
 // WGBLOCKK: error: 'diffattn.v2' op block-k = 24 is not supported by the wgmma strategy (expected a multiple of 16 up to 256)
