@@ -14,15 +14,6 @@ Value DifferentialEpilogue::pairRowIndex(Value rowIndex, Value pair) {
   return kb.add(kb.mul(rowIndex, numPairs), pair);
 }
 
-Value DifferentialEpilogue::loadLam(Value lam, Value index) {
-  OpBuilder &b = kb.b;
-  Location loc = kb.loc;
-  Value x = memref::LoadOp::create(b, loc, lam, ValueRange{index});
-  if (!x.getType().isF32())
-    x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
-  return x;
-}
-
 Value DifferentialEpilogue::sigmoid(Value x) {
   Value one = kb.f32(1.0f);
   return arith::DivFOp::create(
@@ -31,7 +22,7 @@ Value DifferentialEpilogue::sigmoid(Value x) {
 }
 
 Value DifferentialEpilogue::sigmoidOfLam(Value lam, Value index) {
-  return sigmoid(loadLam(lam, index));
+  return sigmoid(kb.loadF32(lam, index));
 }
 
 Value DifferentialEpilogue::normalize(Value acc, Value sum) {

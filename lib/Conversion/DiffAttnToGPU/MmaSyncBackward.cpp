@@ -153,7 +153,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
           idx(0));
       shift[j][rr] = negLseShift(loadF32(args.lse, lseIndex));
     }
-    lamValue[rr] = epilogue.loadLam(args.lam, pairRow[rr]);
+    lamValue[rr] = loadF32(args.lam, pairRow[rr]);
     sig[rr] = epilogue.sigmoid(lamValue[rr]);
   }
   setRowRange(row0, rowsValid, seqQ);

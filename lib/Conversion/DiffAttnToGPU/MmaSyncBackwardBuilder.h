@@ -96,7 +96,6 @@ private:
   void storeAs(Value buffer, Value x, Value index);
   /// Stores the pair (x, y) at buffer[index], index even.
   void storePair(Value buffer, Value x, Value y, Value index);
-  Value loadF32(Value buffer, Value index);
 };
 
 } // namespace mlir::diffattn::mma_sync

@@ -163,13 +163,6 @@ std::array<SmallVector<Acc>, 2> BackwardBuilder::probabilities(
   return p;
 }
 
-Value BackwardBuilder::loadF32(Value buffer, Value index) {
-  Value x = memref::LoadOp::create(b, loc, buffer, ValueRange{index});
-  if (!x.getType().isF32())
-    x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
-  return x;
-}
-
 void BackwardBuilder::storeAs(Value buffer, Value x, Value index) {
   Type elem = cast<MemRefType>(buffer.getType()).getElementType();
   if (elem != x.getType())

@@ -30,8 +30,6 @@ public:
   Value pairRowIndex(Value rowIndex, Value pair);
   /// sigmoid(lam[index]) in f32: 1 / (1 + 2^(-x log2 e)).
   Value sigmoidOfLam(Value lam, Value index);
-  /// lam[index] read as f32.
-  Value loadLam(Value lam, Value index);
   /// sigmoid(x) of an f32 x: 1 / (1 + 2^(-x log2 e)).
   Value sigmoid(Value x);
   /// acc / sum, or 0 for a row that saw no key (sum 0).

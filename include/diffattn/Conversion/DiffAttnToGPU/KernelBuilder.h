@@ -135,6 +135,13 @@ public:
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
   }
+  /// buffer[index] read as f32 (extended from a narrower float type).
+  Value loadF32(Value buffer, Value index) {
+    Value x = memref::LoadOp::create(b, loc, buffer, ValueRange{index});
+    if (!x.getType().isF32())
+      x = arith::ExtFOp::create(b, loc, b.getF32Type(), x);
+    return x;
+  }
   /// ln x with the SFU's lg2.approx (ln x = log2 x * ln 2; -inf at 0).
   Value logOf(Value x) {
     Value log2 = LLVM::CallIntrinsicOp::create(
