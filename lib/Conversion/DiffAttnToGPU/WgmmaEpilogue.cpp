@@ -30,11 +30,15 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
                                       function_ref<void()> sync,
                                       Value exchangeAt, Value lam, Value out,
                                       Value lseOut) {
-  // The row sums over the quad (shuffles: outside any branch).
-  std::array<Value, 2> sums, inverse;
+  // The thread's two rows: the row sums over the quad (shuffles: outside
+  // any branch), whether the row is one of the group's, and its pair.
+  std::array<Value, 2> sums, inverse, inRows, pair;
   for (int64_t rr = 0; rr < 2; ++rr) {
     sums[rr] = quadSum(final.rowSum[rr]);
     inverse[rr] = epilogue.inverseSum(sums[rr]);
+    Value global = threadGroupRow(rr);
+    inRows[rr] = cmp(arith::CmpIPredicate::slt, global, tile.groupRows);
+    pair[rr] = pairOf(global);
   }
   // lse[b, 2 pair + head, i] = scale * offset + ln(sum), the sums being
   // relative to the offsets the rows ended with (as the mma.sync
@@ -42,14 +46,13 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
   // writes it.
   if (lseOut) {
     for (int64_t rr = 0; rr < 2; ++rr) {
-      Value global = threadGroupRow(rr);
       Value writer = arith::AndIOp::create(
-          b, loc, cmp(arith::CmpIPredicate::slt, global, tile.groupRows),
+          b, loc, inRows[rr],
           cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
       ifThen(writer, [&] {
         Value lse = fma(safeOffset(final.rowMax[rr]), f32(plan.attn.scale),
                         logOf(sums[rr]));
-        Value head = add(mul(pairOf(global), 2), pairHead);
+        Value head = add(mul(pair[rr], 2), pairHead);
         Value index =
             add(mul(add(mul(tile.batch, plan.queryHeads), head), tile.seqQ),
                 threadRow[rr]);
@@ -84,30 +87,30 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
     int64_t kept = w * half;
     auto outPairType = VectorType::get({2}, plan.elementType);
     for (int64_t rr = 0; rr < 2; ++rr) {
-      Value global = threadGroupRow(rr);
-      Value valid = cmp(arith::CmpIPredicate::slt, global, tile.groupRows);
+      Value valid = inRows[rr];
       if (tile.ctaActive)
         valid = arith::AndIOp::create(b, loc, valid, tile.ctaActive);
       Value rowIndex = add(tile.qRowBase, threadRow[rr]);
-      Value pairRow = epilogue.pairRowIndex(rowIndex, pairOf(global));
+      Value pairRow = epilogue.pairRowIndex(rowIndex, pair[rr]);
       Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
       ifThen(valid, [&] {
         Value outBase = mul(pairRow, plan.valueDim);
         Value colLane = mul(rem(lane, 4), 2);
         for (int64_t t = kept; t < kept + half; ++t) {
-          SmallVector<Value> pair;
+          SmallVector<Value> columns;
           for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
             Value own = normalized[t * 4 + e];
             Value other = memref::LoadOp::create(
                 b, loc, exchange,
                 ValueRange{idx((t - kept) * 4 + e), idx(1 - w), groupThread});
             Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
-            pair.push_back(arith::TruncFOp::create(b, loc, plan.elementType,
-                                                   fsub(o0, fmul(sig, o1))));
+            columns.push_back(arith::TruncFOp::create(b, loc, plan.elementType,
+                                                      fsub(o0, fmul(sig, o1))));
           }
           vector::StoreOp::create(
-              b, loc, vector::FromElementsOp::create(b, loc, outPairType, pair),
-              out, ValueRange{add(add(outBase, colLane), t * 8)});
+              b, loc,
+              vector::FromElementsOp::create(b, loc, outPairType, columns), out,
+              ValueRange{add(add(outBase, colLane), t * 8)});
         }
       });
     }

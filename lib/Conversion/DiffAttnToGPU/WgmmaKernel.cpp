@@ -448,18 +448,18 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // The consumers order the landed copies for the tensor cores' async
   // proxy (fence.proxy.async) after each wait.
   int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
+  // The mbarriers, 8 bytes each after the tiles: four groups of one per
+  // stage (full, fullValues, emptyKeys, emptyValues), then qFull and
+  // qEmpty, one per Q buffer.
   auto barrier = [&](Value index) {
     return sharedPointer(add(mul(index, 8), barrierOffset));
   };
   auto full = [&](Value s) { return barrier(s); };
-  auto emptyValues = [&](Value s) { return barrier(add(s, stages)); };
-  auto emptyKeys = [&](Value s) { return barrier(add(s, 3 * stages + 2)); };
-  // Q buffer `slot`'s full and empty mbarriers (buffer 1's after the
-  // others).
-  auto qFullOf = [&](Value slot) {
-    return barrier(add(idx(2 * stages), mul(slot, 2 * stages + 2)));
-  };
-  auto fullValues = [&](Value s) { return barrier(add(s, 2 * stages + 1)); };
+  auto fullValues = [&](Value s) { return barrier(add(s, stages)); };
+  auto emptyKeys = [&](Value s) { return barrier(add(s, 2 * stages)); };
+  auto emptyValues = [&](Value s) { return barrier(add(s, 3 * stages)); };
+  // Q buffer `slot`'s full and empty mbarriers.
+  auto qFullOf = [&](Value slot) { return barrier(add(slot, 4 * stages)); };
   auto waitOn = [&](Value bar, Value parity) {
     NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
   };
@@ -470,7 +470,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Q buffer: once its last S landed, or, for a tile without key blocks
   // (whose epilogue's exchange reuses the Q buffer), after the epilogue.
   auto qEmptyOf = [&](Value slot) {
-    return barrier(add(idx(3 * stages + 1), mul(slot, stages + 2)));
+    return barrier(add(slot, 4 * stages + plan.qBuffers));
   };
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
     // With TMA one thread arrives (expecting the tile's bytes).
