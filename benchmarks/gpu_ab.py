@@ -64,6 +64,7 @@ def prepare(cache, entries, target):
     """Compiles the calls of every entry (name -> compiler path or None for
     this tree's, options, head dimensions or None) into `cache`."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
+    os.makedirs(cache, exist_ok=True)
     own = os.environ.get("DIFFATTN_COMPILE")
     record = {}
     for name, (path, options, dims) in entries.items():
@@ -118,17 +119,7 @@ def run(out_dir, repeats):
             directory, out_shape, sizes = _gpu.prepare_v2(
                 *shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal, target=target,
                 options=tuple(entry["options"]))
-            out = torch.full(out_shape, float("nan"), dtype=torch.bfloat16, device="cuda")
-            workspace = torch.empty(_gpu.workspace_elements(directory, sizes),
-                                    dtype=torch.float32, device="cuda")
-            bufs = [(n, dt, tuple(t.shape), t.data_ptr())
-                    for n, dt, t in named + [("out", "bf16", out)]]
-            stream = torch.cuda.current_stream().cuda_stream
-
-            def launch(directory=directory, bufs=bufs, sizes=sizes, stream=stream,
-                       workspace=workspace):
-                _gpu.launch_v2(directory, bufs, sizes, stream, lambda n: workspace.data_ptr())
-
+            launch, out = gpu_check.direct_launch(directory, out_shape, sizes, named)
             launch()
             torch.cuda.synchronize()
             launches[name], outs[name] = launch, out

@@ -120,7 +120,7 @@ SANITIZE_CASES = [
     (2, 70, 90, 8, 2, 64, True, None),
     (2, 70, 90, 8, 2, 128, False, None),
     (2, 128, 160, 8, 2, 128, True, None),        # Sq % 64 == 0: Q through TMA (q-tma)
-    (3, 1024, 512, 8, 2, 128, False, None),       # 192 tiles, also persistent:
+    (3, 1024, 512, 8, 2, 128, False, None),       # 192 tiles; again persistent, below
     (2, 70, 90, 8, 2, 128, True, [3, 90]),       # split-KV, two splits
     (2, 1, 60, 8, 2, 128, True, [3, 60]),        # one split: no combine
 ]

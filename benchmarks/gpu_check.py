@@ -245,15 +245,11 @@ def decode_inputs(b, kvl, h2, hkv, d):
     return q, k, v, lam, kl, bhsd
 
 
-def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **call):
-    """Median time (ms) of the kernel that diffattn-compile `options` make
-    for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
-    of _gpu.prepare_v2, launched directly on the tensors `named` ((name,
-    dtype, tensor) in argument order), and its relative L2 error against
-    the default kernel's output `mine` (with repeat=False one launch, no
-    timing: None)."""
-    directory, out_shape, sizes = _gpu.prepare_v2(
-        *shapes, "bf16", "bf16", window=(-1, -1), target=target, options=options, **call)
+def direct_launch(directory, out_shape, sizes, named):
+    """A launch of the prepared kernel `directory` (from _gpu.prepare_v2)
+    straight through the runtime on the tensors `named` ((name, dtype,
+    tensor) in argument order): returns (launch, out), `out` a bf16 tensor
+    of `out_shape` poisoned with NaN, which each launch() writes."""
     out = torch.full(out_shape, float("nan"), dtype=torch.bfloat16, device="cuda")
     workspace = torch.empty(_gpu.workspace_elements(directory, sizes), dtype=torch.float32,
                             device="cuda")
@@ -264,6 +260,19 @@ def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **ca
     def launch():
         _gpu.launch_v2(directory, bufs, sizes, stream, lambda n: workspace.data_ptr())
 
+    return launch, out
+
+
+def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **call):
+    """Median time (ms) of the kernel that diffattn-compile `options` make
+    for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
+    of _gpu.prepare_v2, launched directly on the tensors `named` ((name,
+    dtype, tensor) in argument order), and its relative L2 error against
+    the default kernel's output `mine` (with repeat=False one launch, no
+    timing: None)."""
+    directory, out_shape, sizes = _gpu.prepare_v2(
+        *shapes, "bf16", "bf16", window=(-1, -1), target=target, options=options, **call)
+    launch, out = direct_launch(directory, out_shape, sizes, named)
     launch()
     err = rel_l2(out, mine)
     return (bench_fn(launch) if repeat else None), err
@@ -443,6 +452,8 @@ def paged_cache(k, v, kv_len, bs, sentinel=-7):
 def sanitize_case():
     """A small launch for compute-sanitizer (memcheck / racecheck)."""
     torch.manual_seed(0)
+    persistent_case, persistent_options = gpu_cases.SANITIZE_PERSISTENT
+    wgmma = _gpu.target_for_capability(torch.cuda.get_device_capability()) == "sm_90a"
     for b, sq, sk, h2, hkv, d, causal, kv in gpu_cases.SANITIZE_CASES:
         q = torch.randn(b, sq, h2, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
@@ -452,20 +463,14 @@ def sanitize_case():
         out = diffattn.v2(q, k, v, lam, causal=causal, kv_len=kl)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()
-    if _gpu.target_for_capability(torch.cuda.get_device_capability()) == "sm_90a":
-        # Persistent CTAs (two Q buffers), against the default (wgmma)
-        # kernel, which they must match bit for bit.
-        (b, sq, sk, h2, hkv, d, causal), options = gpu_cases.SANITIZE_PERSISTENT
-        q = torch.randn(b, sq, h2, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
-        lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16)
-        mine = diffattn.v2(q, k, v, lam, causal=causal)
-        _, err = time_variant(
-            ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d), (b, sq, h2 // 2)),
-            [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
-            mine, options, target="sm_90a", causal=causal, repeat=False)
-        assert err == 0.0, f"persistent kernel differs from the default: rel L2 {err}"
+        if wgmma and kv is None and (b, sq, sk, h2, hkv, d, causal) == persistent_case:
+            # Persistent CTAs (two Q buffers), against the default (wgmma)
+            # kernel, which they must match bit for bit.
+            _, err = time_variant(
+                ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d), (b, sq, h2 // 2)),
+                [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
+                out, persistent_options, target="sm_90a", causal=causal, repeat=False)
+            assert err == 0.0, f"persistent kernel differs from the default: rel L2 {err}"
     # A paged launch: blocks scattered over the pool, table rows padded with
     # an out-of-range sentinel past each sequence's last block.
     b, sk, lens = 3, 100, [3, 100, 40]
