@@ -90,17 +90,17 @@ defvar DiffAttnGPUStrategyOptions = [
            "sequences through one map over the packed tensor); the runtime "
            "encodes the tensor maps and passes them by value (false: the "
            "producer warpgroup copies them with cp.async)">,
-    Option<"persistent", "persistent", "std::string", /*default=*/"\"auto\"",
-           "wgmma strategy, warp-specialised: true (launch at most one CTA "
-           "per SM of the target's reference GPU, 132 on sm_90a, each "
-           "walking tiles with a static stride, its producer loading the "
-           "next tile's first blocks and, into a second Q buffer where it "
-           "fits, its Q while the consumers finish the current one), false "
-           "(one CTA per tile) or auto (false on every shape: with a "
-           "causal-like mask the static stride leaves CTAs unequally "
-           "loaded, and without a mask, where tiles are equally long, "
-           "persistent CTAs with two Q buffers measured level with one CTA "
-           "per tile; H200, docs/performance.md, Hopper runs 19-27)">,
+    Option<"persistent", "persistent", "bool", /*default=*/"false",
+           "wgmma strategy, warp-specialised: launch at most one CTA per SM "
+           "of the target's reference GPU (132 on sm_90a), each walking "
+           "tiles with a static stride, its producer loading the next "
+           "tile's first blocks and, into a second Q buffer where it fits, "
+           "its Q while the consumers finish the current one (false: one "
+           "CTA per tile). Off by default: with a causal-like mask the "
+           "static stride leaves CTAs unequally loaded, and without a mask, "
+           "where tiles are equally long, persistent CTAs with two Q "
+           "buffers measured level with one CTA per tile (H200, "
+           "docs/performance.md, Hopper runs 19-27)">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "

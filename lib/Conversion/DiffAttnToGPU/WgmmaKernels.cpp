@@ -148,24 +148,16 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.vTileBytes = plan.stages * plan.vStageBytes();
   // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent
   // ones launch at most one CTA per SM of the target's reference GPU.
-  if (options.persistent != "auto" && options.persistent != "true" &&
-      options.persistent != "false")
-    return op->emitOpError()
-           << "persistent = '" << options.persistent
-           << "' is not supported (expected auto, true or false)";
-  // auto: one CTA per tile. Measured on an H200 (docs/performance.md,
-  // Hopper run 27, gpu_ab.py): at 4 x 4096 unmasked, whose tiles are
-  // equally long so that the static stride loads every CTA alike,
-  // persistent CTAs with two Q buffers ran at 0.99x one CTA per tile;
-  // with a causal-like mask the stride leaves CTAs unequally loaded
-  // (0.98-1.01x).
-  bool persistent = options.persistent == "true";
-  if (persistent && !plan.warpSpecialized)
+  // Off by default. Measured on an H200 (docs/performance.md, Hopper run
+  // 27, gpu_ab.py): at 4 x 4096 unmasked, whose tiles are equally long so
+  // that the static stride loads every CTA alike, persistent CTAs with two
+  // Q buffers ran at 0.99x one CTA per tile; with a causal-like mask the
+  // stride leaves CTAs unequally loaded (0.98-1.01x).
+  if (options.persistent && !plan.warpSpecialized)
     return op->emitOpError()
            << "persistent = true needs warp specialisation (the uniform "
               "form launches one CTA per tile)";
-  plan.persistentCtas =
-      plan.warpSpecialized && persistent ? chip.multiprocessors : 0;
+  plan.persistentCtas = options.persistent ? chip.multiprocessors : 0;
   // A persistent CTA's producer loads the next tile's Q into a second
   // buffer while the consumers still read this tile's, where both fit.
   auto barrierBytes = [&] {
