@@ -662,33 +662,20 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               copyAll);
         };
         forEachTile([&](Value tileIter) {
-          auto issueFirstBlock = [&] {
-            ifThen(arith::AndIOp::create(
-                       b, loc, loader,
-                       cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
-                   [&] { issueBlock(idx(0)); });
-          };
-          // Q once the consumers released its buffer (the tile qBuffers
-          // before: its last S, or its epilogue's exchange).
-          auto issueQ = [&] {
-            ifThen(cmp(arith::CmpIPredicate::sge, tileIter, idx(plan.qBuffers)),
-                   [&] {
-                     waitOn(qEmptyOf(qSlot),
-                            parityOfTile(sub(tileIter, idx(plan.qBuffers))));
-                   });
-            loadQ(loader);
-          };
-          // One Q buffer: block 0 first (it lands while the consumers
-          // finish the previous tile, whose last S frees the buffer). Two:
-          // Q first, its buffer free since the tile before last, so it
-          // lands while block 0 waits for the previous tile's stages.
-          if (plan.qBuffers > 1) {
-            issueQ();
-            issueFirstBlock();
-          } else {
-            issueFirstBlock();
-            issueQ();
-          }
+          // Block 0 first: it lands while the consumers finish the previous
+          // tile. Q once they released its buffer (the tile qBuffers
+          // before: its last S, or its epilogue's exchange), then the
+          // other blocks.
+          ifThen(arith::AndIOp::create(
+                     b, loc, loader,
+                     cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
+                 [&] { issueBlock(idx(0)); });
+          ifThen(cmp(arith::CmpIPredicate::sge, tileIter, idx(plan.qBuffers)),
+                 [&] {
+                   waitOn(qEmptyOf(qSlot),
+                          parityOfTile(sub(tileIter, idx(plan.qBuffers))));
+                 });
+          loadQ(loader);
           // The Q of the tile that starts about one tile from now: this
           // CTA's next (persistent), else the one an SM takes next.
           if (plan.qPrefetchDistance > 0)
