@@ -10,6 +10,7 @@ On a machine with the compilers (no GPU needed):
 
     python3 benchmarks/gpu_ab.py --prepare .device/cache \\
         --compiler base=/tmp/base/diffattn-compile \\
+        --compiler "base-persistent=/tmp/base/diffattn-compile:persistent=true@128" \\
         --variant "two-stages=stages=2 block-k=176@128"
 
 compiles the calls with each named compiler (keys carry each compiler's
@@ -150,8 +151,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prepare", metavar="CACHE",
                     help="compile the calls with each --compiler into CACHE")
-    ap.add_argument("--compiler", action="append", default=[], metavar="NAME=PATH",
-                    help="an earlier diffattn-compile build, named (with --prepare)")
+    ap.add_argument("--compiler", action="append", default=[],
+                    metavar="NAME=PATH[:OPTIONS[@D,...]]",
+                    help="an earlier diffattn-compile build, named, with its defaults or "
+                         "with strategy options as --variant's (with --prepare)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS[@D,...]",
                     help="this tree's compiler with --gpu-options=OPTIONS, named, optionally "
                          "for these head dimensions only (with --prepare)")
@@ -168,15 +171,18 @@ def main():
                 if not sep or not name or not value or name == "current" or name in entries:
                     ap.error(f"{flag} {spec!r}: expected NAME=VALUE with a new NAME, not "
                              f"'current'")
+                path = None
                 if flag == "--compiler":
-                    entries[name] = (value, (), None)
-                    continue
+                    path, colon, value = value.partition(":")
+                    if not colon:
+                        entries[name] = (path, (), None)
+                        continue
                 options, at, dims = value.partition("@")
                 try:
                     dims = [int(x) for x in dims.split(",")] if at else None
                 except ValueError:
                     ap.error(f"--variant {spec!r}: head dimensions after @ must be integers")
-                entries[name] = (None, (f"--gpu-options={options}",), dims)
+                entries[name] = (path, (f"--gpu-options={options}",), dims)
         if not entries:
             ap.error("--prepare needs at least one --compiler or --variant")
         prepare(args.prepare, entries, args.target)
