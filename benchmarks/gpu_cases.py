@@ -218,6 +218,12 @@ BACKWARD_BENCH = [
 TRAIN_LAYER = dict(batch=4, seq=4096, d_model=2048, heads=16, kv_heads=8, head_dim=128)
 
 
+# diffattn._torch.DETERMINISTIC_OPTIONS (this module imports no torch):
+# the backward without atomics, which torch.use_deterministic_algorithms
+# selects.
+DETERMINISTIC_OPTIONS = ("--gpu-options=deterministic=true",)
+
+
 def backward_requests():
     """The kernel requests of the backward's cases: per configuration, the
     forward with lse (diffattn::v2_lse), the backward, and the forward
@@ -239,8 +245,10 @@ def backward_requests():
         reqs.append(fwd)
         reqs.append(dict(fwd, return_lse=True))
         out = (b, sq, h2 // 2, d)
-        reqs.append(dict(fwd, backward=True, out_shape=out, dout_shape=out,
-                         lse_shape=(b, h2, sq)))
+        # The default (dq through atomics) and the deterministic kernels.
+        for options in ((), DETERMINISTIC_OPTIONS):
+            reqs.append(dict(fwd, backward=True, out_shape=out, dout_shape=out,
+                             lse_shape=(b, h2, sq), options=options))
     return reqs
 
 

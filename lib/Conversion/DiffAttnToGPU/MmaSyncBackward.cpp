@@ -114,6 +114,9 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       [&](Value row, Value col) { return tileIndex({}, row, col); }, blockQ, dv,
       tid, plan.threads());
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  if (stats && atomicDq)
+    zeroDqAccumulator(args.workspace, dqAccumulatorOffset(seqQ), qRowBase, row0,
+                      rowsValid, pairOf, queryRowOf, tid);
 
   // The thread's two rows: group row, validity, query row, pair, and their
   // row statistics (from lse and lam in the statistics kernel, from its
@@ -362,8 +365,15 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value sDO = sharedView(kBytes + vBytes + qBytes,
                          {plan.stages, blockQ, dv + pad}, elem);
   // The query rows' workspace records (kStatWidth f32 each).
+  int64_t statBytes = plan.stages * blockQ * kStatWidth * 4;
   Value sStat = sharedView(kBytes + vBytes + qBytes + doBytes,
                            {plan.stages, blockQ, kStatWidth}, b.getF32Type());
+  // The atomic formulation: dS^T of both heads (keys as rows), for dq.
+  Value sDS = atomicDq
+                  ? sharedView(kBytes + vBytes + qBytes + doBytes + statBytes,
+                               {2, blockKeys, blockQ + pad}, elem)
+                  : Value();
+  Value accBase = atomicDq ? dqAccumulatorOffset(seqQ) : Value();
   // Keys past kv_len are zero-filled: whatever the cache holds there must
   // not reach G^T (0 * NaN).
   Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
@@ -508,9 +518,34 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (int64_t t = 0; t < vTiles; ++t)
           for (int64_t e = 0; e < 4; ++e)
             dvAcc[t][e] = carried[(dTiles + t) * 4 + e];
+        if (atomicDq) {
+          // dS^T of the warp's 16 keys: rows kRow0 + lane / 4 (+ 8),
+          // columns 8 nt + 2 (lane % 4) (+ 1).
+          auto pairType = VectorType::get({2}, elem);
+          for (int64_t h = 0; h < 2; ++h)
+            for (int64_t nt = 0; nt < qTiles; ++nt)
+              for (int64_t rr = 0; rr < 2; ++rr) {
+                const Acc &t = (h ? dsOdd : dsEven)[nt];
+                Value pairValue = vector::FromElementsOp::create(
+                    b, loc, pairType,
+                    ValueRange{
+                        arith::TruncFOp::create(b, loc, elem, t[2 * rr]),
+                        arith::TruncFOp::create(b, loc, elem, t[2 * rr + 1])});
+                vector::StoreOp::create(
+                    b, loc, pairValue, sDS,
+                    ValueRange{idx(h), add(kRow0, add(div(lane, 4), rr * 8)),
+                               add(mul(rem(lane, 4), 2), nt * 8)});
+              }
+        }
         productsPB({pv}, {sDO, {stage}}, {&dvAcc});
         productsPB({dsEven}, {sQ, {stage, idx(0)}}, {&dk});
         productsPB({dsOdd}, {sQ, {stage, idx(1)}}, {&dk});
+        if (atomicDq) {
+          // Every warp's dS^T is in shared memory.
+          gpu::BarrierOp::create(b, loc);
+          accumulateDq(args.workspace, sDS, accBase, add(qRowBase, q0),
+                       minI(idx(blockQ), sub(seqQ, q0)), pair);
+        }
         SmallVector<Value> results;
         for (const Acc &t : dk)
           results.append(t.begin(), t.end());
@@ -540,11 +575,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   gpu::ReturnOp::create(b, loc);
 }
 
-LogicalResult mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter,
-                                                  func::FuncOp kernel,
-                                                  DictionaryAttr desc,
-                                                  Operation *op,
-                                                  const GPUChipInfo &chip) {
+LogicalResult mlir::diffattn::emitMmaSyncBackward(
+    RewriterBase &rewriter, func::FuncOp kernel, DictionaryAttr desc,
+    Operation *op, const GPUChipInfo &chip, bool deterministic) {
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;
@@ -583,12 +616,22 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter,
             plan.stages * plan.blockK * (d + dv + 2 * pad)) *
            2;
   };
-  int64_t keyShared = (16 * plan.warps * (d + dv + 2 * pad) +
+  // The dk/dv kernel: 8 warps (128 keys) in the atomic formulation, which
+  // halves the atomics per dq element (FlashAttention-2's 128-key blocks),
+  // else 4.
+  MmaSyncPlan keyPlan = plan;
+  keyPlan.warps = deterministic ? 4 : 8;
+  int64_t blockKeys = 16 * keyPlan.warps;
+  int64_t keyShared = (blockKeys * (d + dv + 2 * pad) +
                        plan.stages * kQueryBlock * (2 * d + dv + 3 * pad)) *
                           2 +
                       plan.stages * kQueryBlock * kStatWidth * 4;
-  plan.sharedBytes = std::max(rowShared(2), keyShared);
-  if (failed(checkChipLimits(op, plan, "the backward's tiles")))
+  if (!deterministic)
+    keyShared += 2 * blockKeys * (kQueryBlock + pad) * 2;
+  plan.sharedBytes = rowShared(2);
+  keyPlan.sharedBytes = keyShared;
+  if (failed(checkChipLimits(op, plan, "the backward's tiles")) ||
+      failed(checkChipLimits(op, keyPlan, "the backward's tiles")))
     return failure();
 
   Location loc = kernel.getLoc();
@@ -600,19 +643,37 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter,
   std::string name = kernel.getName().str();
   auto stats = createKernelFunc(rewriter, loc, name + "_stats", argTypes,
                                 plan.threads());
-  BackwardBuilder(rewriter, loc, plan).buildRowKernel(stats, /*stats=*/true);
+  {
+    BackwardBuilder builder(rewriter, loc, plan);
+    builder.atomicDq = !deterministic;
+    builder.buildRowKernel(stats, /*stats=*/true);
+  }
   rewriter.setInsertionPointAfter(stats);
-  auto dq =
-      createKernelFunc(rewriter, loc, name + "_dq", argTypes, plan.threads());
-  BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
-  rewriter.setInsertionPointAfter(dq);
-  auto dkdv =
-      createKernelFunc(rewriter, loc, name + "_dkdv", argTypes, plan.threads());
-  BackwardBuilder(rewriter, loc, plan).buildKeyKernel(dkdv);
+  gpu::GPUFuncOp dq;
+  if (deterministic) {
+    dq =
+        createKernelFunc(rewriter, loc, name + "_dq", argTypes, plan.threads());
+    BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
+    rewriter.setInsertionPointAfter(dq);
+  }
+  auto dkdv = createKernelFunc(rewriter, loc, name + "_dkdv", argTypes,
+                               keyPlan.threads());
+  {
+    BackwardBuilder builder(rewriter, loc, keyPlan);
+    builder.atomicDq = !deterministic;
+    builder.buildKeyKernel(dkdv);
+  }
+  if (!deterministic) {
+    rewriter.setInsertionPointAfter(dkdv);
+    dq = createKernelFunc(rewriter, loc, name + "_dq_convert", argTypes,
+                          plan.threads());
+    BackwardBuilder(rewriter, loc, plan).buildDqConvertKernel(dq);
+  }
 
   // The launch rule: three stages sharing the parameters (the buffers, the
-  // workspace, B, Sq, Sk) and the workspace of one record per (b, pair, i):
-  // B x Sq x H x kStatWidth f32.
+  // workspace, B, Sq, Sk) and the workspace of one record per (b, pair, i),
+  // B x Sq x H x kStatWidth f32, then, in the atomic formulation, the dq
+  // accumulator, B x Sq x 2H x D f32.
   Builder &b = rewriter;
   SmallVector<StringRef> buffers(sig.buffers);
   buffers.push_back("workspace");
@@ -620,27 +681,39 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter,
       b.getArrayAttr(launchParams(b, buffers, {"B", "Sq", "Sk"}));
   Attribute kvHeads = b.getI64IntegerAttr(plan.kvHeads);
   Attribute batches = ceilDivRule(b, "B", 1, 1);
-  auto stage = [&](StringRef function, Attribute x, int64_t shared) {
+  auto stage = [&](StringRef function, Attribute x, int64_t shared,
+                   int64_t threads) {
     return b.getDictionaryAttr(
         {b.getNamedAttr("function", b.getStringAttr(function)),
          b.getNamedAttr("grid", b.getArrayAttr({x, kvHeads, batches})),
-         b.getNamedAttr("block", b.getI64ArrayAttr({plan.threads(), 1, 1})),
+         b.getNamedAttr("block", b.getI64ArrayAttr({threads, 1, 1})),
          b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
          b.getNamedAttr("params", params)});
   };
   Attribute rowBlocks = ceilDivRule(b, "Sq", plan.blockQ, plan.rowsPerQuery);
-  Attribute keyBlocks = ceilDivRule(b, "Sk", 16 * plan.warps, 1);
+  Attribute keyBlocks = ceilDivRule(b, "Sk", blockKeys, 1);
+  Attribute statsStage =
+      stage(stats.getName(), rowBlocks, rowShared(1), plan.threads());
+  Attribute keyStage =
+      stage(dkdv.getName(), keyBlocks, keyShared, keyPlan.threads());
+  SmallVector<Attribute> stages =
+      deterministic
+          ? SmallVector<Attribute>{statsStage,
+                                   stage(dq.getName(), rowBlocks, rowShared(2),
+                                         plan.threads()),
+                                   keyStage}
+          : SmallVector<Attribute>{
+                statsStage, keyStage,
+                stage(dq.getName(), rowBlocks, 0, plan.threads())};
+  int64_t workspacePerRow =
+      plan.pairs * kStatWidth + (deterministic ? 0 : plan.queryHeads * d);
   DictionaryAttr launch = b.getDictionaryAttr(
       {b.getNamedAttr("kind", b.getStringAttr("cuda")),
        b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
        b.getNamedAttr("block_q", b.getI64IntegerAttr(plan.blockQ)),
        b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
        b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages)),
-       b.getNamedAttr(
-           "stages",
-           b.getArrayAttr({stage(stats.getName(), rowBlocks, rowShared(1)),
-                           stage(dq.getName(), rowBlocks, rowShared(2)),
-                           stage(dkdv.getName(), keyBlocks, keyShared)})),
+       b.getNamedAttr("stages", b.getArrayAttr(stages)),
        b.getNamedAttr(
            "workspace",
            b.getDictionaryAttr(
@@ -648,8 +721,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter,
                 b.getNamedAttr(
                     "product",
                     b.getArrayAttr({batches, ceilDivRule(b, "Sq", 1, 1)})),
-                b.getNamedAttr(
-                    "times", b.getI64IntegerAttr(plan.pairs * kStatWidth))}))});
+                b.getNamedAttr("times",
+                               b.getI64IntegerAttr(workspacePerRow))}))});
   replaceWithGPUKernel(rewriter, kernel, desc, stats, launch);
   return success();
 }

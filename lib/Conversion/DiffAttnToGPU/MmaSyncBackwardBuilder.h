@@ -44,9 +44,40 @@ public:
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
   /// Kernel 3.
   void buildKeyKernel(gpu::GPUFuncOp func);
+  /// The dq conversion kernel of the atomic formulation: dq = scale * the
+  /// workspace's f32 accumulator, rounded to the element type, over the
+  /// row kernels' grid.
+  void buildDqConvertKernel(gpu::GPUFuncOp func);
+
+  /// The atomic formulation (the strategy option deterministic = false):
+  /// the statistics kernel zeroes the f32 dq accumulator
+  /// (dqAccumulatorOffset), the dk/dv kernel adds each key block's dS K to
+  /// it, buildDqConvertKernel writes dq.
+  bool atomicDq = false;
 
 private:
   BackwardArgs readArgs(Block &entry);
+  /// Where the f32 dq accumulator starts in the workspace (f32 elements):
+  /// after the records, B x H x Sq x kStatWidth (B = gridDim.z). It is laid
+  /// out as dq, [B, Sq, 2H, D], unscaled.
+  Value dqAccumulatorOffset(Value seqQ);
+  /// The element index of dq[b, i, 2 pair, 0] (the pair's two heads' 2 D
+  /// values follow), from the query row's batch row b Sq + i.
+  Value dqRowIndex(Value batchRow, Value pair);
+  /// Zeroes the accumulator rows of group rows row0 .. row0 + rows - 1 of
+  /// the row kernels' CTA (group row r: pair pairOf(r), query row
+  /// queryRowOf(r)), 16-byte stores spread over the CTA's threads.
+  void zeroDqAccumulator(Value workspace, Value accBase, Value qRowBase,
+                         Value row0, Value rows,
+                         function_ref<Value(Value)> pairOf,
+                         function_ref<Value(Value)> queryRowOf, Value tid);
+  /// The dk/dv kernel's dq_j += dS_j K for query block j: dS^T of both
+  /// heads (sDS [2, keys, blockQ + pad], written by every warp) times the
+  /// CTA's K rows, each warp one head, 16 query rows and D / (warps / 4)
+  /// columns, added to the accumulator with f32 atomics (rows < Sq).
+  void accumulateDq(Value workspace, Value sDS, Value accBase, Value batchRow0,
+                    Value rows, Value pair);
+
   /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
   /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.
   void setKeyLength(const BackwardArgs &args, Value batch, Value tid);

@@ -208,10 +208,12 @@ protected:
 namespace mlir::diffattn {
 /// The backward of diffattn.v2 with the portable strategy
 /// (MmaSyncBackward.cpp): replaces `kernel` (holding `op`, a
-/// diffattn.v2_backward) with its three kernels and their launch rule.
+/// diffattn.v2_backward) with its three kernels and their launch rule;
+/// `deterministic` (the strategy option) picks the formulation without
+/// atomics.
 LogicalResult emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                   DictionaryAttr desc, Operation *op,
-                                  const GPUChipInfo &chip);
+                                  const GPUChipInfo &chip, bool deterministic);
 } // namespace mlir::diffattn
 
 #endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBUILDER_H

@@ -181,7 +181,8 @@ LogicalResult mlir::diffattn::emitMmaSyncKernel(
            << "' is not the portable tensor-core strategy (mma_sync) that "
               "diffattn-to-mma-sync-kernels emits";
   if (isa<V2BackwardOp>(op))
-    return emitMmaSyncBackward(rewriter, kernel, desc, op, *chip);
+    return emitMmaSyncBackward(rewriter, kernel, desc, op, *chip,
+                               options.deterministic);
   FailureOr<MmaSyncPlan> plan = makePlan(op, options, *chip);
   if (failed(plan))
     return failure();

@@ -136,6 +136,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.persistent = src.persistent;
   dst.qPrefetch = src.qPrefetch;
   dst.qTma = src.qTma;
+  dst.deterministic = src.deterministic;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
