@@ -26,7 +26,10 @@ prepares this tree's default kernels. On the GPU machine
 times "current" and every recorded entry on every shape (`--repeats`
 rounds; the median of the rounds' medians), checks that their outputs agree
 (relative L2 against the current kernel's), prints a table and writes
-DIR/gpu_ab.json.
+DIR/gpu_ab.json. With `--backward` (both steps) the calls are the
+backward's (gpu_cases.BACKWARD_BENCH, diffattn.v2_backward's kernels alone
+on the forward's out and lse; the outputs compared are dq, dk, dv, dlam)
+and the table goes to DIR/gpu_ab-backward.json.
 """
 
 import argparse
@@ -43,6 +46,12 @@ from diffattn import _compiler, _gpu  # noqa: E402
 RECORD = "ab-compilers.json"
 
 
+def record_path(cache, backward):
+    """The record of the prepared entries: one for the prefill calls, one for
+    the backward's, so that both fit one cache."""
+    return os.path.join(cache, "ab-compilers-backward.json" if backward else RECORD)
+
+
 def shapes(b, s, h2, hkv, d):
     return (b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2)
 
@@ -52,6 +61,7 @@ def use_compiler(version_line):
     `version_line` (None: this tree's)."""
     _compiler.compiler_version = (lambda: version_line) if version_line else _ORIGINAL_VERSION
     _gpu.prepare_v2.cache_clear()
+    _gpu.prepare_v2_backward.cache_clear()
 
 
 _ORIGINAL_VERSION = _compiler.compiler_version
@@ -61,9 +71,32 @@ def applies(entry, d):
     return entry["dims"] is None or d in entry["dims"]
 
 
-def prepare(cache, entries, target):
+def backward_shapes(b, s, h2, hkv, d):
+    out = (b, s, h2 // 2, d)
+    return dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
+                lam_shape=(b, s, h2 // 2), out_shape=out, dout_shape=out, lse_shape=(b, h2, s))
+
+
+def prepare_call(backward, b, s, h2, hkv, d, causal, target, options):
+    """Compiles (or finds) one call's kernel: the prefill forward, or with
+    `backward` diffattn.v2_backward; returns prepare_v2's or
+    prepare_v2_backward's result."""
+    if backward:
+        return _gpu.prepare_v2_backward(**backward_shapes(b, s, h2, hkv, d), elem="bf16",
+                                        lam_elem="bf16", causal=causal, target=target,
+                                        options=tuple(options))
+    return _gpu.prepare_v2(*shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal,
+                           target=target, options=tuple(options))
+
+
+def calls(backward):
+    return gpu_cases.BACKWARD_BENCH if backward else gpu_cases.BENCH_PREFILL
+
+
+def prepare(cache, entries, target, backward=False):
     """Compiles the calls of every entry (name -> compiler path or None for
-    this tree's, options, head dimensions or None) into `cache`."""
+    this tree's, options, head dimensions or None) into `cache`: the prefill
+    calls, or with `backward` the backward's."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
     os.makedirs(cache, exist_ok=True)
     own = os.environ.get("DIFFATTN_COMPILE")
@@ -82,48 +115,66 @@ def prepare(cache, entries, target):
         entry = dict(compiler=version if path else None, options=list(options), dims=dims)
         use_compiler(entry["compiler"])
         count = 0
-        for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL:
+        for b, s, h2, hkv, d, causal in calls(backward):
             if applies(entry, d):
-                _gpu.prepare_v2(*shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal,
-                                target=target, options=tuple(options))
+                prepare_call(backward, b, s, h2, hkv, d, causal, target, options)
                 count += 1
         record[name] = entry
         print(f"{name}: {version} {' '.join(options)}: {count} kernels", flush=True)
-    with open(os.path.join(cache, RECORD), "w") as f:
+    with open(record_path(cache, backward), "w") as f:
         json.dump(dict(target=target, entries=record), f, indent=1)
 
 
-def run(out_dir, repeats):
+def run(out_dir, repeats, backward):
     import torch
 
     import gpu_check
 
     cache = _compiler.cache_dir()
-    with open(os.path.join(cache, RECORD)) as f:
+    with open(record_path(cache, backward)) as f:
         record = json.load(f)
     target = record["target"]
     current = dict(compiler=None, options=[], dims=None)
     entries = [("current", current)] + sorted(record["entries"].items())
     rows = []
-    for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL:
+    for b, s, h2, hkv, d, causal in calls(backward):
         q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
         lam = torch.randn(b, s, h2 // 2, device="cuda", dtype=torch.bfloat16)
         pairs = s * (s + 1) // 2 if causal else s * s
-        flops = 4 * b * h2 * d * pairs
+        # The backward's FLOPs: 2.5 x the forward's (FlashAttention's).
+        flops = (2.5 if backward else 1) * 4 * b * h2 * d * pairs
         named = [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)]
+        if backward:
+            import diffattn
+            from diffattn import _torch
+
+            out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+            dout = torch.randn_like(out)
         launches, outs = {}, {}
         compilers = [(name, e) for name, e in entries if applies(e, d)]
         for name, entry in compilers:
             use_compiler(entry["compiler"])
-            directory, out_shape, sizes = _gpu.prepare_v2(
-                *shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal, target=target,
-                options=tuple(entry["options"]))
-            launch, out = gpu_check.direct_launch(directory, out_shape, sizes, named)
+            if backward:
+                directory, sizes = prepare_call(True, b, s, h2, hkv, d, causal, target,
+                                                entry["options"])
+                grads = [torch.full_like(x, float("nan")) for x in (q, k, v, lam)]
+                bnamed = named + [("out", "bf16", out), ("dout", "bf16", dout),
+                                  ("lse", "f32", lse)] + [
+                    (n, "bf16", x) for n, x in zip(("dq", "dk", "dv", "dlam"), grads)]
+
+                def launch(directory=directory, sizes=sizes, bnamed=bnamed, device=q.device):
+                    _torch._launch(directory, bnamed, sizes, device)
+            else:
+                directory, out_shape, sizes = prepare_call(False, b, s, h2, hkv, d, causal,
+                                                           target, entry["options"])[:3]
+                launch, result = gpu_check.direct_launch(directory, out_shape, sizes, named)
             launch()
             torch.cuda.synchronize()
-            launches[name], outs[name] = launch, out
+            if backward:
+                result = torch.cat([x.float().flatten() for x in grads])
+            launches[name], outs[name] = launch, result
         use_compiler(None)
         times = {name: [] for name, _ in compilers}
         for _ in range(repeats):
@@ -143,8 +194,10 @@ def run(out_dir, repeats):
               f"{row['current']['tflops']:.0f} TFLOP/s ({cur:.3f} ms); {text}", flush=True)
         del q, k, v, lam, launches, outs
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "gpu_ab.json"), "w") as f:
-        json.dump(dict(target=target, entries=record["entries"], prefill=rows), f, indent=1)
+    with open(os.path.join(out_dir, "gpu_ab-backward.json" if backward else "gpu_ab.json"),
+              "w") as f:
+        json.dump(dict(target=target, entries=record["entries"],
+                       **{"backward" if backward else "prefill": rows}), f, indent=1)
 
 
 def main():
@@ -159,6 +212,10 @@ def main():
                     help="this tree's compiler with --gpu-options=OPTIONS, named, optionally "
                          "for these head dimensions only (with --prepare)")
     ap.add_argument("--target", default="sm_90a", help="the target compiled for (--prepare)")
+    ap.add_argument("--backward", action="store_true",
+                    help="the backward's calls (gpu_cases.BACKWARD_BENCH: diffattn.v2_backward "
+                         "alone, TFLOP/s = 2.5 x the forward's FLOPs / time) instead of the "
+                         "prefill's, each with its own record in the cache")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"),
                     help="where gpu_ab.json goes (timing)")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds")
@@ -185,11 +242,11 @@ def main():
                 entries[name] = (path, (f"--gpu-options={options}",), dims)
         if not entries:
             ap.error("--prepare needs at least one --compiler or --variant")
-        prepare(args.prepare, entries, args.target)
+        prepare(args.prepare, entries, args.target, args.backward)
     else:
         if args.compiler or args.variant:
             ap.error("--compiler and --variant go with --prepare")
-        run(args.out, args.repeats)
+        run(args.out, args.repeats, args.backward)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    reference (diffattn.reference) within 4x the forward's tolerance
    (SPEC.md: bf16 1e-2, f16 3e-3); lse must be -inf exactly where the
    reference's is; NaN/Inf fail. Both backward formulations: the default
-   (dq through f32 atomics) and, under
+   (dq accumulated in f32 through bulk reductions) and, under
    torch.use_deterministic_algorithms(True), the one without atomics, which
    run twice must agree bit for bit.
 2. Gradients on gpu_cases.BACKWARD_LARGE against autograd through fp32

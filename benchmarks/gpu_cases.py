@@ -245,7 +245,8 @@ def backward_requests():
         reqs.append(fwd)
         reqs.append(dict(fwd, return_lse=True))
         out = (b, sq, h2 // 2, d)
-        # The default (dq through atomics) and the deterministic kernels.
+        # The default (dq accumulated through bulk reductions) and the
+        # deterministic kernels.
         for options in ((), DETERMINISTIC_OPTIONS):
             reqs.append(dict(fwd, backward=True, out_shape=out, dout_shape=out,
                              lse_shape=(b, h2, sq), options=options))

@@ -127,9 +127,10 @@ DETERMINISTIC_OPTIONS = ("--gpu-options=deterministic=true",)
 def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
                      window_right):
     """diffattn::v2_backward on CUDA tensors: (dq, dk, dv, dlam) shaped and
-    typed like q, k, v, lam, from the compiler's backward kernels: dq
-    accumulated with f32 atomics (FlashAttention-2's formulation; the order
-    of its sums varies between runs), or, under
+    typed like q, k, v, lam, from the compiler's backward kernels: on sm_90
+    and later dq accumulated in f32 through bulk reductions
+    (FlashAttention-2's formulation; the order of its sums varies between
+    runs), or, on sm_80 and under
     torch.use_deterministic_algorithms(True), the kernels without atomics
     (the strategy option deterministic=true: bit-identical across runs).
     Errors name the tensor whose shape or dtype does not match the

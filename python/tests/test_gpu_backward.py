@@ -1,6 +1,7 @@
 """The GPU backward (issue 15): diffattn.v2_backward's kernels and
-diffattn.v2's lse on the GPU targets, dq through atomics by default and
-without them under torch.use_deterministic_algorithms(True). Compilation and argument checks run
+diffattn.v2's lse on the GPU targets, dq accumulated through bulk
+reductions by default on sm_90 and later, and deterministically under
+torch.use_deterministic_algorithms(True). Compilation and argument checks run
 wherever the compiler does (CI); execution is marked `gpu` and skips without
 torch and a CUDA device (benchmarks/gpu_backward_check.py is the full
 check: 35 shapes, timing, training)."""
@@ -37,13 +38,15 @@ DETERMINISTIC = ("--gpu-options=deterministic=true",)
 
 
 @needs_compiler
-@pytest.mark.parametrize("target", ["sm_80", "sm_90a"])
-@pytest.mark.parametrize("options,stages,dq_floats", [
-    # dq through atomics: the statistics kernel zeroes an f32 dq
+@pytest.mark.parametrize("target,options,stages,dq_floats", [
+    # sm_90 on: dq accumulated in f32: the statistics kernel zeroes the
     # accumulator (B x Sq x 2H x D after the records), the dk/dv kernel adds
-    # to it, the last kernel converts it.
-    ((), ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
-    (DETERMINISTIC, ["stats", "dq", "dkdv"], 0),
+    # to it with bulk reductions, the last kernel converts it.
+    ("sm_90a", (), ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
+    ("sm_90", (), ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
+    # Deterministic, and sm_80's default (no bulk reductions).
+    ("sm_90a", DETERMINISTIC, ["stats", "dq", "dkdv"], 0),
+    ("sm_80", (), ["stats", "dq", "dkdv"], 0),
 ])
 def test_backward_kernels_compile(target, options, stages, dq_floats):
     directory, sizes = _gpu.prepare_v2_backward(**_shapes(*SHAPE), elem="bf16", lam_elem="bf16",
@@ -205,7 +208,7 @@ def test_keys_past_kv_len_are_never_read():
     dirty_atomic = backward()
     for name, x, y in zip(("dq", "dk", "dv", "dlam"), clean, dirty):
         assert torch.equal(x, y), name
-    # With atomics only dq's order of summation may differ.
+    # With dq accumulated, only dq's order of summation may differ.
     for name, x, y in zip(("dq", "dk", "dv", "dlam"), clean_atomic, dirty_atomic):
         assert torch.isfinite(y).all(), name
         if name == "dq":

@@ -114,9 +114,9 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       [&](Value row, Value col) { return tileIndex({}, row, col); }, blockQ, dv,
       tid, plan.threads());
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
-  if (stats && atomicDq)
-    zeroDqAccumulator(args.workspace, dqAccumulatorOffset(seqQ), qRowBase, row0,
-                      rowsValid, pairOf, queryRowOf, tid);
+  if (stats && reduceDq)
+    zeroDqAccumulator(args.workspace, dqAccumulatorOffset(seqQ), batch, row0,
+                      rowsValid, pairOf, queryRowOf, seqQ, tid);
 
   // The thread's two rows: group row, validity, query row, pair, and their
   // row statistics (from lse and lam in the statistics kernel, from its
@@ -368,12 +368,17 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   int64_t statBytes = plan.stages * blockQ * kStatWidth * 4;
   Value sStat = sharedView(kBytes + vBytes + qBytes + doBytes,
                            {plan.stages, blockQ, kStatWidth}, b.getF32Type());
-  // The atomic formulation: dS^T of both heads (keys as rows), for dq.
-  Value sDS = atomicDq
-                  ? sharedView(kBytes + vBytes + qBytes + doBytes + statBytes,
-                               {2, blockKeys, blockQ + pad}, elem)
+  // The accumulating formulation: dS^T of both heads (keys as rows), and
+  // two staging buffers of a query block's dq (f32, both heads per row).
+  int64_t dsOffset = kBytes + vBytes + qBytes + doBytes + statBytes;
+  int64_t dsBytes = 2 * blockKeys * (blockQ + pad) * 2;
+  Value sDS = reduceDq
+                  ? sharedView(dsOffset, {2, blockKeys, blockQ + pad}, elem)
                   : Value();
-  Value accBase = atomicDq ? dqAccumulatorOffset(seqQ) : Value();
+  Value sDQ = reduceDq ? sharedView(dsOffset + dsBytes, {2, blockQ, 2 * d},
+                                    b.getF32Type())
+                       : Value();
+  Value accBase = reduceDq ? dqAccumulatorOffset(seqQ) : Value();
   // Keys past kv_len are zero-filled: whatever the cache holds there must
   // not reach G^T (0 * NaN).
   Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
@@ -518,7 +523,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (int64_t t = 0; t < vTiles; ++t)
           for (int64_t e = 0; e < 4; ++e)
             dvAcc[t][e] = carried[(dTiles + t) * 4 + e];
-        if (atomicDq) {
+        if (reduceDq) {
           // dS^T of the warp's 16 keys: rows kRow0 + lane / 4 (+ 8),
           // columns 8 nt + 2 (lane % 4) (+ 1).
           auto pairType = VectorType::get({2}, elem);
@@ -540,11 +545,13 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         productsPB({pv}, {sDO, {stage}}, {&dvAcc});
         productsPB({dsEven}, {sQ, {stage, idx(0)}}, {&dk});
         productsPB({dsOdd}, {sQ, {stage, idx(1)}}, {&dk});
-        if (atomicDq) {
-          // Every warp's dS^T is in shared memory.
+        if (reduceDq) {
+          // Every warp's dS^T is in shared memory, and the staging buffer
+          // of this iteration is free.
+          waitDqStaging(/*all=*/false);
           gpu::BarrierOp::create(b, loc);
-          accumulateDq(args.workspace, sDS, accBase, add(qRowBase, q0),
-                       minI(idx(blockQ), sub(seqQ, q0)), pair);
+          accumulateDq(args.workspace, sDS, sDQ, j, accBase, batch, q0,
+                       minI(idx(blockQ), sub(seqQ, q0)), pair, seqQ);
         }
         SmallVector<Value> results;
         for (const Acc &t : dk)
@@ -554,6 +561,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         return results;
       });
 
+  if (reduceDq)
+    waitDqStaging(/*all=*/true);
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys.
   Value scale = f32(attn.scale);
   Value colLane = mul(rem(lane, 4), 2);
@@ -616,18 +625,21 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
             plan.stages * plan.blockK * (d + dv + 2 * pad)) *
            2;
   };
-  // The dk/dv kernel: 8 warps (128 keys) in the atomic formulation, which
-  // halves the atomics per dq element (FlashAttention-2's 128-key blocks),
-  // else 4.
+  // The accumulating formulation needs the bulk reduction (sm_90 and
+  // later); elsewhere the backward is the deterministic one. Its dk/dv
+  // kernel has 8 warps (128 keys: half the reductions per dq element of
+  // 64, FlashAttention-2's block), the deterministic one 4.
+  bool reduceDq = !deterministic && chip.bulkCopies;
   MmaSyncPlan keyPlan = plan;
-  keyPlan.warps = deterministic ? 4 : 8;
+  keyPlan.warps = reduceDq ? 8 : 4;
   int64_t blockKeys = 16 * keyPlan.warps;
   int64_t keyShared = (blockKeys * (d + dv + 2 * pad) +
                        plan.stages * kQueryBlock * (2 * d + dv + 3 * pad)) *
                           2 +
                       plan.stages * kQueryBlock * kStatWidth * 4;
-  if (!deterministic)
-    keyShared += 2 * blockKeys * (kQueryBlock + pad) * 2;
+  if (reduceDq)
+    keyShared +=
+        2 * blockKeys * (kQueryBlock + pad) * 2 + 2 * kQueryBlock * 2 * d * 4;
   plan.sharedBytes = rowShared(2);
   keyPlan.sharedBytes = keyShared;
   if (failed(checkChipLimits(op, plan, "the backward's tiles")) ||
@@ -645,12 +657,12 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
                                 plan.threads());
   {
     BackwardBuilder builder(rewriter, loc, plan);
-    builder.atomicDq = !deterministic;
+    builder.reduceDq = reduceDq;
     builder.buildRowKernel(stats, /*stats=*/true);
   }
   rewriter.setInsertionPointAfter(stats);
   gpu::GPUFuncOp dq;
-  if (deterministic) {
+  if (!reduceDq) {
     dq =
         createKernelFunc(rewriter, loc, name + "_dq", argTypes, plan.threads());
     BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
@@ -660,10 +672,10 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
                                keyPlan.threads());
   {
     BackwardBuilder builder(rewriter, loc, keyPlan);
-    builder.atomicDq = !deterministic;
+    builder.reduceDq = reduceDq;
     builder.buildKeyKernel(dkdv);
   }
-  if (!deterministic) {
+  if (reduceDq) {
     rewriter.setInsertionPointAfter(dkdv);
     dq = createKernelFunc(rewriter, loc, name + "_dq_convert", argTypes,
                           plan.threads());
@@ -697,16 +709,15 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
   Attribute keyStage =
       stage(dkdv.getName(), keyBlocks, keyShared, keyPlan.threads());
   SmallVector<Attribute> stages =
-      deterministic
-          ? SmallVector<Attribute>{statsStage,
-                                   stage(dq.getName(), rowBlocks, rowShared(2),
-                                         plan.threads()),
-                                   keyStage}
-          : SmallVector<Attribute>{
-                statsStage, keyStage,
-                stage(dq.getName(), rowBlocks, 0, plan.threads())};
+      !reduceDq ? SmallVector<Attribute>{statsStage,
+                                         stage(dq.getName(), rowBlocks,
+                                               rowShared(2), plan.threads()),
+                                         keyStage}
+                : SmallVector<Attribute>{
+                      statsStage, keyStage,
+                      stage(dq.getName(), rowBlocks, 0, plan.threads())};
   int64_t workspacePerRow =
-      plan.pairs * kStatWidth + (deterministic ? 0 : plan.queryHeads * d);
+      plan.pairs * kStatWidth + (reduceDq ? plan.queryHeads * d : 0);
   DictionaryAttr launch = b.getDictionaryAttr(
       {b.getNamedAttr("kind", b.getStringAttr("cuda")),
        b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),

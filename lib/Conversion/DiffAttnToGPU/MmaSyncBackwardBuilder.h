@@ -49,34 +49,45 @@ public:
   /// row kernels' grid.
   void buildDqConvertKernel(gpu::GPUFuncOp func);
 
-  /// The atomic formulation (the strategy option deterministic = false):
-  /// the statistics kernel zeroes the f32 dq accumulator
-  /// (dqAccumulatorOffset), the dk/dv kernel adds each key block's dS K to
-  /// it, buildDqConvertKernel writes dq.
-  bool atomicDq = false;
+  /// The accumulating formulation (the strategy option deterministic =
+  /// false, on chips with bulk copies): the statistics kernel zeroes the
+  /// f32 dq accumulator (dqAccumulatorOffset), the dk/dv kernel adds each
+  /// key block's dS K to it with bulk reductions, buildDqConvertKernel
+  /// writes dq.
+  bool reduceDq = false;
 
 private:
   BackwardArgs readArgs(Block &entry);
   /// Where the f32 dq accumulator starts in the workspace (f32 elements):
-  /// after the records, B x H x Sq x kStatWidth (B = gridDim.z). It is laid
-  /// out as dq, [B, Sq, 2H, D], unscaled.
+  /// after the records, B x H x Sq x kStatWidth (B = gridDim.z). Its layout
+  /// is MmaSyncBackwardDq.cpp's: [B, H, Sq, 2 D], unscaled, swizzled.
   Value dqAccumulatorOffset(Value seqQ);
-  /// The element index of dq[b, i, 2 pair, 0] (the pair's two heads' 2 D
-  /// values follow), from the query row's batch row b Sq + i.
-  Value dqRowIndex(Value batchRow, Value pair);
+  /// The accumulator's element index of (batch, pair, query row), column 0.
+  Value dqRowIndex(Value batch, Value pair, Value query, Value seqQ);
+  /// Where column `column` (of the row's 2 D) of query row `query` is
+  /// stored: its 8-column chunk XOR query % 8.
+  Value dqSwizzledColumn(Value column, Value query);
   /// Zeroes the accumulator rows of group rows row0 .. row0 + rows - 1 of
   /// the row kernels' CTA (group row r: pair pairOf(r), query row
   /// queryRowOf(r)), 16-byte stores spread over the CTA's threads.
-  void zeroDqAccumulator(Value workspace, Value accBase, Value qRowBase,
+  void zeroDqAccumulator(Value workspace, Value accBase, Value batch,
                          Value row0, Value rows,
                          function_ref<Value(Value)> pairOf,
-                         function_ref<Value(Value)> queryRowOf, Value tid);
-  /// The dk/dv kernel's dq_j += dS_j K for query block j: dS^T of both
-  /// heads (sDS [2, keys, blockQ + pad], written by every warp) times the
-  /// CTA's K rows, each warp one head, 16 query rows and D / (warps / 4)
-  /// columns, added to the accumulator with f32 atomics (rows < Sq).
-  void accumulateDq(Value workspace, Value sDS, Value accBase, Value batchRow0,
-                    Value rows, Value pair);
+                         function_ref<Value(Value)> queryRowOf, Value seqQ,
+                         Value tid);
+  /// The dk/dv kernel's dq_j += dS_j K for query block j (rows q0 .. q0 +
+  /// rows - 1 of `pair`): dS^T of both heads (sDS [2, keys, blockQ + pad],
+  /// written by every warp) times the CTA's K rows, each warp one head, 16
+  /// query rows and D / (warps / 4) columns, staged in sDQ[j % 2] ([2,
+  /// blockQ, 2 D] f32, swizzled) and added to the accumulator by one bulk
+  /// reduction, which thread 0 issues and commits.
+  void accumulateDq(Value workspace, Value sDS, Value sDQ, Value iteration,
+                    Value accBase, Value batch, Value q0, Value rows,
+                    Value pair, Value seqQ);
+  /// Thread 0 waits for its bulk reductions: all of them to complete
+  /// (`all`, before the kernel ends), else all but the latest to finish
+  /// reading their staging buffer (before the buffer is staged again).
+  void waitDqStaging(bool all);
 
   /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
   /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.

@@ -1,22 +1,38 @@
-//===- MmaSyncBackwardDq.cpp - the backward's dq through f32 atomics ------===//
+//===- MmaSyncBackwardDq.cpp - the backward's dq through bulk reductions --===//
 //
-// The atomic formulation of the portable backward (the strategy option
-// deterministic = false; see MmaSyncBackward.cpp): FlashAttention-2's
-// (Dao 2023, Algorithm 2, lines 15-16), where the kernel that walks a key
-// block's query blocks also adds dq_j += dS_j K_block to an f32 accumulator
-// in global memory, so that dq needs no kernel of its own recomputing S and
-// G. Its parts: the statistics kernel zeroes the accumulator rows of its
-// row block; the dk/dv kernel stages both heads' dS^T in shared memory
-// (the accumulators hold it with keys as rows; dq needs queries as rows:
-// ldmatrix.trans reads it back as the A operand) and adds each warp's
-// product with f32 atomics (red.global.add); the conversion kernel scales
-// the sums and rounds them to the element type. Fragment layouts: PTX ISA
-// "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
+// The accumulating formulation of the portable backward (the strategy
+// option deterministic = false, on chips with bulk copies; see
+// MmaSyncBackward.cpp): FlashAttention-2's (Dao 2023, Algorithm 2, lines
+// 15-16), where the kernel that walks a key block's query blocks also adds
+// dq_j += dS_j K_block to an f32 accumulator in global memory, so that dq
+// needs no kernel of its own recomputing S and G; the additions are
+// FlashAttention-3's (Shah et al. 2024): a CTA stages its partial dq_j in
+// shared memory and one thread adds it to global memory with one bulk
+// reduction (cp.reduce.async.bulk .add.f32), instead of one f32 atomic per
+// element (measured 1.6x slower than no reduction at all: Hopper backward
+// run 8b in docs/performance.md).
+//
+// The parts: the statistics kernel zeroes the accumulator rows of its row
+// block; the dk/dv kernel stages both heads' dS^T in shared memory (the
+// accumulators hold it with keys as rows; dq needs queries as rows:
+// ldmatrix.trans reads it back as the A operand), multiplies by its K rows
+// and stages the f32 product; the conversion kernel scales the sums and
+// rounds them to the element type. Fragment layouts: PTX ISA "Matrix
+// Fragments for mma.m16n8k16" and "ldmatrix".
+//
+// The accumulator, after the workspace's records: [B, H, Sq, 2 D] f32, a
+// (pair, query row)'s two heads' D columns each, so that a query block's
+// rows are one contiguous range of the bulk reduction; within a row, the
+// 8-column (32-byte) chunk c is stored at chunk c ^ (i % 8) (i: the query
+// row), which spreads the staging stores of a warp's 8 rows over the banks
+// (rows are 2 D x 4 bytes apart, a multiple of 128).
 //
 //===----------------------------------------------------------------------===//
 
 #include "MmaSyncBackwardBuilder.h"
 
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 
@@ -29,15 +45,23 @@ Value BackwardBuilder::dqAccumulatorOffset(Value seqQ) {
   return mul(mul(mul(batches, seqQ), plan.pairs), kStatWidth);
 }
 
-Value BackwardBuilder::dqRowIndex(Value batchRow, Value pair) {
-  return mul(add(mul(batchRow, plan.queryHeads), mul(pair, 2)), plan.headDim);
+Value BackwardBuilder::dqRowIndex(Value batch, Value pair, Value query,
+                                  Value seqQ) {
+  return mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ), query),
+             2 * plan.headDim);
+}
+
+Value BackwardBuilder::dqSwizzledColumn(Value column, Value query) {
+  // Chunk column / 8 goes to chunk (column / 8) ^ (query % 8).
+  Value chunk = arith::XOrIOp::create(b, loc, div(column, 8), rem(query, 8));
+  return add(mul(chunk, 8), rem(column, 8));
 }
 
 void BackwardBuilder::zeroDqAccumulator(Value workspace, Value accBase,
-                                        Value qRowBase, Value row0, Value rows,
+                                        Value batch, Value row0, Value rows,
                                         function_ref<Value(Value)> pairOf,
                                         function_ref<Value(Value)> queryRowOf,
-                                        Value tid) {
+                                        Value seqQ, Value tid) {
   // Each row's two heads are 2 D contiguous f32: 2 D / 4 16-byte chunks
   // (aligned: the workspace's base is, and the records before the
   // accumulator are a multiple of 8 f32).
@@ -49,17 +73,19 @@ void BackwardBuilder::zeroDqAccumulator(Value workspace, Value accBase,
       b, loc, tid, mul(rows, chunks), idx(plan.threads()), ValueRange{},
       [&](OpBuilder &, Location, Value i, ValueRange) {
         Value r = add(row0, div(i, chunks));
-        Value index = add(
-            add(accBase, dqRowIndex(add(qRowBase, queryRowOf(r)), pairOf(r))),
-            mul(rem(i, chunks), 4));
+        Value index =
+            add(add(accBase, dqRowIndex(batch, pairOf(r), queryRowOf(r), seqQ)),
+                mul(rem(i, chunks), 4));
         vector::StoreOp::create(b, loc, zeros, workspace, ValueRange{index},
                                 /*nontemporal=*/false, llvm::Align(16));
         scf::YieldOp::create(b, loc);
       });
 }
 
-void BackwardBuilder::accumulateDq(Value workspace, Value sDS, Value accBase,
-                                   Value batchRow0, Value rows, Value pair) {
+void BackwardBuilder::accumulateDq(Value workspace, Value sDS, Value sDQ,
+                                   Value iteration, Value accBase, Value batch,
+                                   Value q0, Value rows, Value pair,
+                                   Value seqQ) {
   int64_t d = plan.headDim;
   int64_t keys = 16 * plan.warps;
   int64_t colSplits = plan.warps / 4, cols = d / colSplits;
@@ -87,21 +113,66 @@ void BackwardBuilder::accumulateDq(Value workspace, Value sDS, Value accBase,
       acc[2 * dp + 1] = mma(a, {br[2], br[3]}, acc[2 * dp + 1]);
     }
   }
-  // The thread's values: rows m0 + lane / 4 (+ 8), columns n0 + 8 t + 2
-  // (lane % 4) (+ 1).
-  Value colLane = add(n0, mul(rem(lane, 4), 2));
+
+  // Stage the product in buffer iteration % 2: rows m0 + lane / 4 (+ 8),
+  // columns head D + n0 + 8 t + 2 (lane % 4) (+ 1), swizzled as the
+  // accumulator. The bulk reduction that read this buffer two iterations
+  // ago has finished reading it (the wait before the dS^T barrier).
+  Value buffer = rem(iteration, 2);
+  auto pairType = VectorType::get({2}, b.getF32Type());
+  Value colLane = add(add(mul(head, d), n0), mul(rem(lane, 4), 2));
   for (int64_t rr = 0; rr < 2; ++rr) {
     Value row = add(m0, add(div(lane, 4), rr * 8));
-    ifThen(cmp(arith::CmpIPredicate::slt, row, rows), [&] {
-      Value base = add(add(accBase, dqRowIndex(add(batchRow0, row), pair)),
-                       add(mul(head, d), colLane));
-      for (int64_t t = 0; t < cols / 8; ++t)
-        for (int64_t c = 0; c < 2; ++c)
-          memref::AtomicRMWOp::create(b, loc, arith::AtomicRMWKind::addf,
-                                      acc[t][2 * rr + c], workspace,
-                                      ValueRange{add(base, t * 8 + c)});
-    });
+    for (int64_t t = 0; t < cols / 8; ++t) {
+      Value pairValue = vector::FromElementsOp::create(
+          b, loc, pairType, ValueRange{acc[t][2 * rr], acc[t][2 * rr + 1]});
+      vector::StoreOp::create(
+          b, loc, pairValue, sDQ,
+          ValueRange{buffer, row,
+                     dqSwizzledColumn(add(colLane, t * 8), add(q0, row))});
+    }
   }
+  // The staged rows are generic-proxy writes; the bulk reduction reads
+  // them through the async proxy.
+  NVVM::FenceProxyOp::create(
+      b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+      NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+  gpu::BarrierOp::create(b, loc);
+  ifThen(cmp(arith::CmpIPredicate::eq, add(mul(warp, 32), lane), idx(0)), [&] {
+    Value rowFloats = idx(2 * d);
+    Value source = add(
+        memref::ExtractAlignedPointerAsIndexOp::create(b, loc, sDQ).getResult(),
+        mul(mul(buffer, mul(idx(kQueryBlock), rowFloats)), 4));
+    Value target =
+        add(memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace)
+                .getResult(),
+            mul(add(accBase, dqRowIndex(batch, pair, q0, seqQ)), 4));
+    Value bytes = mul(mul(rows, rowFloats), 4);
+    Type i32 = b.getI32Type(), i64 = b.getI64Type();
+    SmallVector<Value> operands = {
+        arith::IndexCastOp::create(b, loc, i64, target),
+        arith::IndexCastOp::create(b, loc, i32, source),
+        arith::IndexCastOp::create(b, loc, i32, bytes)};
+    // No NVVM op expresses the non-tensor bulk reduction (PTX ISA
+    // "cp.reduce.async.bulk"); the global address converted from generic.
+    LLVM::InlineAsmOp::create(
+        b, loc, TypeRange(), operands,
+        "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
+        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [g], "
+        "[$1], $2;\n}",
+        "l,r,r", /*has_side_effects=*/true, /*is_align_stack=*/false,
+        LLVM::tailcallkind::TailCallKind::None,
+        LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+        /*operand_attrs=*/ArrayAttr());
+    NVVM::CpAsyncBulkCommitGroupOp::create(b, loc);
+  });
+}
+
+void BackwardBuilder::waitDqStaging(bool all) {
+  ifThen(cmp(arith::CmpIPredicate::eq, add(mul(warp, 32), lane), idx(0)), [&] {
+    NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, all ? 0 : 1,
+                                         all ? UnitAttr() : b.getUnitAttr());
+  });
 }
 
 void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
@@ -122,21 +193,30 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   auto f32x4 = VectorType::get({4}, b.getF32Type());
   auto scale = arith::ConstantOp::create(
       b, loc, DenseElementsAttr::get(f32x4, plan.attn.scale));
+  // 16 bytes (4 columns) per step: columns c .. c + 3 of the row's two
+  // heads, from the swizzled accumulator into dq [B, Sq, 2H, D] (a pair's
+  // two heads are adjacent there too).
   scf::ForOp::create(
       b, loc, tid, mul(rows, chunks), idx(plan.threads()), ValueRange{},
       [&](OpBuilder &, Location, Value i, ValueRange) {
         Value r = add(row0, div(i, chunks));
         Value pair = add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
         Value query = arith::RemUIOp::create(b, loc, r, seqQ);
-        Value index = add(dqRowIndex(add(mul(batch, seqQ), query), pair),
-                          mul(rem(i, chunks), 4));
+        Value column = mul(rem(i, chunks), 4);
+        Value from = add(add(accBase, dqRowIndex(batch, pair, query, seqQ)),
+                         dqSwizzledColumn(column, query));
         Value sum = vector::LoadOp::create(
-            b, loc, f32x4, args.workspace, ValueRange{add(accBase, index)},
+            b, loc, f32x4, args.workspace, ValueRange{from},
             /*nontemporal=*/false, llvm::Align(16));
         Value dq = arith::TruncFOp::create(
             b, loc, VectorType::get({4}, plan.elementType),
             arith::MulFOp::create(b, loc, sum, scale));
-        vector::StoreOp::create(b, loc, dq, args.dq, ValueRange{index},
+        Value to =
+            add(mul(add(mul(add(mul(batch, seqQ), query), plan.queryHeads),
+                        mul(pair, 2)),
+                    plan.headDim),
+                column);
+        vector::StoreOp::create(b, loc, dq, args.dq, ValueRange{to},
                                 /*nontemporal=*/false, llvm::Align(8));
         scf::YieldOp::create(b, loc);
       });

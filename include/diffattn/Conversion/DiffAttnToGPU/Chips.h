@@ -50,6 +50,9 @@ struct GPUChipInfo {
   /// 148): persistent kernels launch at most this many CTAs. On a GPU with
   /// fewer SMs the extra CTAs wait for a free SM (correct, a little slower).
   int64_t multiprocessors;
+  /// The chip has the bulk asynchronous copies (cp.async.bulk,
+  /// cp.reduce.async.bulk: sm_90 and later; PTX ISA 8.0).
+  bool bulkCopies;
 };
 
 /// Every GPU target, in order of compute capability.
