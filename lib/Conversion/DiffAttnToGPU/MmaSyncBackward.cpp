@@ -550,8 +550,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           // of this iteration is free.
           waitDqStaging(/*all=*/false);
           gpu::BarrierOp::create(b, loc);
-          accumulateDq(args.workspace, sDS, sDQ, j, accBase, batch, q0,
-                       minI(idx(blockQ), sub(seqQ, q0)), pair, seqQ);
+          stageDq(sDS, sDQ, j, q0);
         }
         SmallVector<Value> results;
         for (const Acc &t : dk)
@@ -559,6 +558,16 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (const Acc &t : dvAcc)
           results.append(t.begin(), t.end());
         return results;
+      },
+      /*afterPrologue=*/nullptr,
+      [&](Value j) {
+        // The closing barrier ordered every warp's staged dq rows before
+        // the bulk reduction that reads them.
+        if (!reduceDq)
+          return;
+        auto [pair, q0] = blockOf(j);
+        reduceStagedDq(args.workspace, sDQ, j, accBase, batch, q0,
+                       minI(idx(blockQ), sub(seqQ, q0)), pair, seqQ);
       });
 
   if (reduceDq)

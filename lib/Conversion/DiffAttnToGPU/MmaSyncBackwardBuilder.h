@@ -75,15 +75,18 @@ private:
                          function_ref<Value(Value)> pairOf,
                          function_ref<Value(Value)> queryRowOf, Value seqQ,
                          Value tid);
-  /// The dk/dv kernel's dq_j += dS_j K for query block j (rows q0 .. q0 +
-  /// rows - 1 of `pair`): dS^T of both heads (sDS [2, keys, blockQ + pad],
-  /// written by every warp) times the CTA's K rows, each warp one head, 16
-  /// query rows and D / (warps / 4) columns, staged in sDQ[j % 2] ([2,
-  /// blockQ, 2 D] f32, swizzled) and added to the accumulator by one bulk
-  /// reduction, which thread 0 issues and commits.
-  void accumulateDq(Value workspace, Value sDS, Value sDQ, Value iteration,
-                    Value accBase, Value batch, Value q0, Value rows,
-                    Value pair, Value seqQ);
+  /// The dk/dv kernel's dq_j = dS_j K for query block j (rows q0 .. of a
+  /// pair): dS^T of both heads (sDS [2, keys, blockQ + pad], written by
+  /// every warp) times the CTA's K rows, each warp one head, 16 query rows
+  /// and D / (warps / 4) columns, staged in sDQ[j % 2] ([2, blockQ, 2 D]
+  /// f32, swizzled as the accumulator), then fence.proxy.async.
+  void stageDq(Value sDS, Value sDQ, Value iteration, Value q0);
+  /// After a barrier that follows stageDq: thread 0 adds the staged rows
+  /// (`rows` of them) to the accumulator with one bulk reduction and
+  /// commits it.
+  void reduceStagedDq(Value workspace, Value sDQ, Value iteration,
+                      Value accBase, Value batch, Value q0, Value rows,
+                      Value pair, Value seqQ);
   /// Thread 0 waits for its bulk reductions: all of them to complete
   /// (`all`, before the kernel ends), else all but the latest to finish
   /// reading their staging buffer (before the buffer is staged again).
@@ -130,10 +133,13 @@ private:
   Value negLseShift(Value lse);
   /// The software pipeline over `count` blocks: `load(j, stage)` issues the
   /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
+  /// `afterIteration(j)`, if given, runs after iteration j's closing
+  /// barrier.
   SmallVector<Value>
   pipelined(Value count, ValueRange init, function_ref<void(Value, Value)> load,
             function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-            function_ref<void()> afterPrologue = nullptr);
+            function_ref<void()> afterPrologue = nullptr,
+            function_ref<void(Value)> afterIteration = nullptr);
   /// Rounds `x` to the element type of `buffer` and stores it at `index`.
   void storeAs(Value buffer, Value x, Value index);
   /// Stores the pair (x, y) at buffer[index], index even.

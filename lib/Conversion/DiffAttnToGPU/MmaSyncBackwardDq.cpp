@@ -82,10 +82,7 @@ void BackwardBuilder::zeroDqAccumulator(Value workspace, Value accBase,
       });
 }
 
-void BackwardBuilder::accumulateDq(Value workspace, Value sDS, Value sDQ,
-                                   Value iteration, Value accBase, Value batch,
-                                   Value q0, Value rows, Value pair,
-                                   Value seqQ) {
+void BackwardBuilder::stageDq(Value sDS, Value sDQ, Value iteration, Value q0) {
   int64_t d = plan.headDim;
   int64_t keys = 16 * plan.warps;
   int64_t colSplits = plan.warps / 4, cols = d / colSplits;
@@ -132,17 +129,23 @@ void BackwardBuilder::accumulateDq(Value workspace, Value sDS, Value sDQ,
                      dqSwizzledColumn(add(colLane, t * 8), add(q0, row))});
     }
   }
-  // The staged rows are generic-proxy writes; the bulk reduction reads
-  // them through the async proxy.
+  // The staged rows are generic-proxy writes; the bulk reduction
+  // (reduceStagedDq, after the iteration's closing barrier) reads them
+  // through the async proxy.
   NVVM::FenceProxyOp::create(
       b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
       NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
-  gpu::BarrierOp::create(b, loc);
+}
+
+void BackwardBuilder::reduceStagedDq(Value workspace, Value sDQ,
+                                     Value iteration, Value accBase,
+                                     Value batch, Value q0, Value rows,
+                                     Value pair, Value seqQ) {
   ifThen(cmp(arith::CmpIPredicate::eq, add(mul(warp, 32), lane), idx(0)), [&] {
-    Value rowFloats = idx(2 * d);
+    Value rowFloats = idx(2 * plan.headDim);
     Value source = add(
         memref::ExtractAlignedPointerAsIndexOp::create(b, loc, sDQ).getResult(),
-        mul(mul(buffer, mul(idx(kQueryBlock), rowFloats)), 4));
+        mul(mul(rem(iteration, 2), mul(idx(kQueryBlock), rowFloats)), 4));
     Value target =
         add(memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace)
                 .getResult(),

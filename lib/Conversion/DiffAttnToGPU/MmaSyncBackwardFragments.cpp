@@ -182,7 +182,8 @@ void BackwardBuilder::storePair(Value buffer, Value x, Value y, Value index) {
 SmallVector<Value> BackwardBuilder::pipelined(
     Value count, ValueRange init, function_ref<void(Value, Value)> load,
     function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-    function_ref<void()> afterPrologue) {
+    function_ref<void()> afterPrologue,
+    function_ref<void(Value)> afterIteration) {
   int64_t stages = plan.stages;
   for (int64_t p = 0; p + 1 < stages; ++p) {
     ifThen(cmp(arith::CmpIPredicate::slt, idx(p), count),
@@ -203,6 +204,8 @@ SmallVector<Value> BackwardBuilder::pipelined(
         SmallVector<Value> results = body(j, rem(j, stages), carried);
         // The stage read here is refilled by a later iteration.
         gpu::BarrierOp::create(b, loc);
+        if (afterIteration)
+          afterIteration(j);
         scf::YieldOp::create(b, loc, results);
       });
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
