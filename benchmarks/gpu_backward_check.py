@@ -14,9 +14,9 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    reference (diffattn.reference) within 4x the forward's tolerance
    (SPEC.md: bf16 1e-2, f16 3e-3); lse must be -inf exactly where the
    reference's is; NaN/Inf fail. Both backward formulations: the default
-   (dq accumulated in f32 through bulk reductions) and, under
-   torch.use_deterministic_algorithms(True), the one without atomics, which
-   run twice must agree bit for bit.
+   (deterministic: run twice, it must agree bit for bit) and the
+   accumulating one (gpu_cases.ACCUMULATE_OPTIONS: dq through bulk
+   reductions).
 2. Gradients on gpu_cases.BACKWARD_LARGE against autograd through fp32
    SDPA math (gpu_check.sdpa_reference) on the same bf16 inputs.
 3. Forward + backward timing on gpu_cases.BACKWARD_BENCH through autograd
@@ -24,7 +24,7 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    FlashAttention-2 backends, enable_gqa) + the torch.compile'd epilogue;
    FLOPs = 3.5 x the forward count (FlashAttention's convention); also the
    backward kernels alone (torch.ops.diffattn.v2_backward), and both again
-   with the deterministic kernels.
+   with the accumulating kernels.
 
 Prints tables and writes gpu_backward.json under --out; exits 1 on any
 failure.
@@ -67,16 +67,11 @@ def inputs(b, sq, sk, h2, hkv, d, dt, g):
     return q, k, v, lam, dout
 
 
-class deterministic_algorithms:
-    """torch.use_deterministic_algorithms(True) inside the block (the
-    backward without atomics), restored after."""
-
-    def __enter__(self):
-        self.before = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc):
-        torch.use_deterministic_algorithms(self.before)
+def accumulating_backward(q, k, v, lam, out, dout, lse, kv_len, causal, window):
+    """The backward with dq accumulated through bulk reductions
+    (gpu_cases.ACCUMULATE_OPTIONS)."""
+    return _torch.backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, None, *window,
+                                options=gpu_cases.ACCUMULATE_OPTIONS)
 
 
 def check_case(case, g):
@@ -87,11 +82,9 @@ def check_case(case, g):
     poison_allocator(4 * (q.numel() + k.numel() + v.numel() + lam.numel() + dout.numel()))
     out, lse = diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl,
                            return_lse=True)
-    grads = diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
-                                 kv_len=kl)
-    with deterministic_algorithms():
-        det = [diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal,
-                                    window=window, kv_len=kl) for _ in range(2)]
+    det = [diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
+                                kv_len=kl) for _ in range(2)]
+    grads = accumulating_backward(q, k, v, lam, out, dout, lse, kl, causal, window)
     torch.cuda.synchronize()
     deterministic = all(torch.equal(x, y) for x, y in zip(*det))
     np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
@@ -107,10 +100,10 @@ def check_case(case, g):
     lse_where = bool(torch.equal(torch.isneginf(lse), empty))
     errs["lse"] = check_error(lse[~empty], ref_lse_t[~empty]) if bool((~empty).any()) else 0.0
     for name, x, y, ref in zip(NAMES, grads, det[0], ref_grads):
-        errs[name] = check_error(x, torch.from_numpy(ref).cuda())
-        errs[name + "_det"] = check_error(y, torch.from_numpy(ref).cuda())
+        errs[name + "_acc"] = check_error(x, torch.from_numpy(ref).cuda())
+        errs[name] = check_error(y, torch.from_numpy(ref).cuda())
     ok = (lse_where and deterministic and errs["out"] <= tol and errs["lse"] <= tol and
-          all(errs[n] <= GRAD_FACTOR * tol and errs[n + "_det"] <= GRAD_FACTOR * tol
+          all(errs[n] <= GRAD_FACTOR * tol and errs[n + "_acc"] <= GRAD_FACTOR * tol
               for n in NAMES))
     print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
           f"causal={causal} window={window} kv_len={kv_len}: "
@@ -148,7 +141,7 @@ def bench(results):
     epilogue = make_epilogue()
     rows = []
     print("== forward + backward (bf16, autograd; TFLOP/s = 3.5 x forward FLOPs / time)")
-    print("| B x S, D | mask | op fwd+bwd | op bwd kernels | deterministic: fwd+bwd, bwd kernels "
+    print("| B x S, D | mask | op fwd+bwd | op bwd kernels | accumulating bwd kernels "
           "| SDPA cuDNN + epi | SDPA FA2 + epi | vs cuDNN | vs FA2 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for b, s, h2, hkv, d, causal in gpu_cases.BACKWARD_BENCH:
@@ -184,9 +177,8 @@ def bench(results):
         row = dict(shape=[b, s, h2, hkv, d, causal])
         row["ours_ms"] = bench_fn(ours)
         row["ours_bwd_ms"] = bench_fn(bwd_only)
-        with deterministic_algorithms():
-            row["ours_det_ms"] = bench_fn(ours)
-            row["ours_bwd_det_ms"] = bench_fn(bwd_only)
+        row["ours_bwd_acc_ms"] = bench_fn(
+            lambda: accumulating_backward(q, k, v, lam, out, dout, lse, None, causal, (-1, -1)))
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
                               ("fa2", SDPBackend.FLASH_ATTENTION)):
             try:
@@ -205,8 +197,7 @@ def bench(results):
         rat = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
         print(f"| {b} x {s}, {d} | {'causal' if causal else 'none'} | {fmt(tf['ours_ms'])} "
               f"({row['ours_ms']:.2f} ms) | {row['ours_bwd_ms']:.2f} ms | "
-              f"{flops / row['ours_det_ms'] / 1e9:.0f} ({row['ours_det_ms']:.2f} ms), "
-              f"{row['ours_bwd_det_ms']:.2f} ms | {fmt(tf['cudnn_ms'])} | "
+              f"{row['ours_bwd_acc_ms']:.2f} ms | {fmt(tf['cudnn_ms'])} | "
               f"{fmt(tf['fa2_ms'])} | {rat(ratio['cudnn'])} | {rat(ratio['fa2'])} |", flush=True)
         rows.append(row)
         del q, k, v, lam, dout, qh, kh, vh, lam2, out, lse

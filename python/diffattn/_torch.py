@@ -119,22 +119,21 @@ def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     return out, lse
 
 
-# The compiler options of the backward without atomics (Passes.td,
-# `deterministic`).
-DETERMINISTIC_OPTIONS = ("--gpu-options=deterministic=true",)
-
-
 def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
                      window_right):
     """diffattn::v2_backward on CUDA tensors: (dq, dk, dv, dlam) shaped and
-    typed like q, k, v, lam, from the compiler's backward kernels: on sm_90
-    and later dq accumulated in f32 through bulk reductions
-    (FlashAttention-2's formulation; the order of its sums varies between
-    runs), or, on sm_80 and under
-    torch.use_deterministic_algorithms(True), the kernels without atomics
-    (the strategy option deterministic=true: bit-identical across runs).
-    Errors name the tensor whose shape or dtype does not match the
-    forward's configuration."""
+    typed like q, k, v, lam, from the compiler's backward kernels (the
+    deterministic ones, bit-identical across runs). Errors name the tensor
+    whose shape or dtype does not match the forward's configuration."""
+    return backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                         window_right)
+
+
+def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                  window_right, options=()):
+    """v2_backward_cuda with compiler options (`options`, as
+    _gpu.prepare_v2_backward's: ("--gpu-options=deterministic=false",)
+    selects the accumulating kernels on sm_90 and later)."""
     _validate(q, k, v, lam, kv_len)
     _check_tensor("out", out, (q.dtype,))
     _check_tensor("dout", dout, (q.dtype,))
@@ -147,8 +146,7 @@ def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window
         tuple(dout.shape), tuple(lse.shape), _ELEM[q.dtype], _ELEM[lam.dtype], causal=causal,
         scale=scale, window=(window_left, window_right),
         kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_target_of(q.device.index),
-        options=DETERMINISTIC_OPTIONS if torch.are_deterministic_algorithms_enabled() else ())
+        target=_target_of(q.device.index), options=tuple(options))
     grads = [torch.empty_like(x) for x in (q, k, v, lam)]
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam), ("out", "x", out),
              ("dout", "x", dout), ("lse", "f32", lse)]

@@ -1,10 +1,10 @@
 """The GPU backward (issue 15): diffattn.v2_backward's kernels and
-diffattn.v2's lse on the GPU targets, dq accumulated through bulk
-reductions by default on sm_90 and later, and deterministically under
-torch.use_deterministic_algorithms(True). Compilation and argument checks run
-wherever the compiler does (CI); execution is marked `gpu` and skips without
-torch and a CUDA device (benchmarks/gpu_backward_check.py is the full
-check: 35 shapes, timing, training)."""
+diffattn.v2's lse on the GPU targets: the deterministic kernels (the
+default) and, on sm_90 and later, the accumulating ones (dq through bulk
+reductions; --gpu-options=deterministic=false). Compilation and argument
+checks run wherever the compiler does (CI); execution is marked `gpu` and
+skips without torch and a CUDA device (benchmarks/gpu_backward_check.py is
+the full check: 37 shapes, timing, training)."""
 import json
 import os
 
@@ -33,20 +33,22 @@ def _manifest(directory):
         return json.load(f)["kernels"][0]
 
 
-# The strategy option of the backward without atomics.
-DETERMINISTIC = ("--gpu-options=deterministic=true",)
+# The strategy option of the accumulating backward.
+ACCUMULATE = ("--gpu-options=deterministic=false",)
 
 
 @needs_compiler
 @pytest.mark.parametrize("target,options,stages,dq_floats", [
-    # sm_90 on: dq accumulated in f32: the statistics kernel zeroes the
-    # accumulator (B x Sq x 2H x D after the records), the dk/dv kernel adds
-    # to it with bulk reductions, the last kernel converts it.
-    ("sm_90a", (), ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
-    ("sm_90", (), ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
-    # Deterministic, and sm_80's default (no bulk reductions).
-    ("sm_90a", DETERMINISTIC, ["stats", "dq", "dkdv"], 0),
+    # The default, deterministic.
+    ("sm_90a", (), ["stats", "dq", "dkdv"], 0),
     ("sm_80", (), ["stats", "dq", "dkdv"], 0),
+    # Accumulating, sm_90 on: the statistics kernel zeroes an f32 dq
+    # accumulator (B x Sq x 2H x D after the records), the dk/dv kernel adds
+    # to it with bulk reductions, the last kernel converts it; sm_80 has no
+    # bulk reduction and keeps the deterministic kernels.
+    ("sm_90a", ACCUMULATE, ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
+    ("sm_90", ACCUMULATE, ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
+    ("sm_80", ACCUMULATE, ["stats", "dq", "dkdv"], 0),
 ])
 def test_backward_kernels_compile(target, options, stages, dq_floats):
     directory, sizes = _gpu.prepare_v2_backward(**_shapes(*SHAPE), elem="bf16", lam_elem="bf16",
@@ -103,21 +105,6 @@ def _cuda_torch():
     return torch
 
 
-class _deterministic:
-    """torch.use_deterministic_algorithms(True) inside the block: the
-    backward without atomics."""
-
-    def __init__(self, torch):
-        self.torch = torch
-
-    def __enter__(self):
-        self.before = self.torch.are_deterministic_algorithms_enabled()
-        self.torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc):
-        self.torch.use_deterministic_algorithms(self.before)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol,case", [
     ("bfloat16", 4e-2, (1, 77, 201, 8, 2, 64, True, (-1, -1), None)),
@@ -139,13 +126,15 @@ def test_gradients_match_reference(dtype, tol, case):
     kl = None if kv_len is None else torch.tensor(kv_len, dtype=torch.int32, device="cuda")
     out, lse = diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl,
                            return_lse=True)
+    from diffattn import _torch
+
     def backward():
         return diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal,
                                     window=window, kv_len=kl)
 
-    grads = backward()
-    with _deterministic(torch):
-        det, again = backward(), backward()
+    det, again = backward(), backward()
+    grads = _torch.backward_cuda(q, k, v, lam, out, dout, lse, kl, causal, None, *window,
+                                 options=ACCUMULATE)
     np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
     kv_np = None if kv_len is None else np.array(kv_len, np.int32)
     ref = diffattn.reference.v2_backward(*np_in, dout.float().cpu().numpy(), causal=causal,
@@ -168,14 +157,12 @@ def test_autograd_on_cuda_matches_the_backward_op():
     q, k, v = (torch.randn(*s, device="cuda", dtype=torch.bfloat16).requires_grad_()
                for s in ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d)))
     lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16).requires_grad_()
-    # The deterministic kernels, so that both sides sum dq alike.
-    with _deterministic(torch):
-        out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
-        dout = torch.randn_like(out)
-        out.backward(dout)
-        with torch.no_grad():
-            _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
-            want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
+    out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    with torch.no_grad():
+        _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
+        want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
     for t, w in zip((q, k, v, lam), want):
         assert torch.equal(t.grad, w)
 
@@ -195,25 +182,23 @@ def test_keys_past_kv_len_are_never_read():
     dout = torch.randn(b, sq, h2 // 2, d, device="cuda", dtype=torch.bfloat16)
     kl = torch.tensor(lens, dtype=torch.int32, device="cuda")
     out, lse = diffattn.v2(q, k, v, lam, causal=True, kv_len=kl, return_lse=True)
+    from diffattn import _torch
 
-    def backward():
-        return diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=True, kv_len=kl)
+    def backward(options=()):
+        return _torch.backward_cuda(q, k, v, lam, out, dout, lse, kl, True, None, -1, -1,
+                                    options=options)
 
-    with _deterministic(torch):
-        clean = backward()
-    clean_atomic = backward()
+    clean, clean_acc = backward(), backward(ACCUMULATE)
     k[1, lens[1]:], v[1, lens[1]:] = float("nan"), float("inf")
-    with _deterministic(torch):
-        dirty = backward()
-    dirty_atomic = backward()
+    dirty, dirty_acc = backward(), backward(ACCUMULATE)
     for name, x, y in zip(("dq", "dk", "dv", "dlam"), clean, dirty):
         assert torch.equal(x, y), name
     # With dq accumulated, only dq's order of summation may differ.
-    for name, x, y in zip(("dq", "dk", "dv", "dlam"), clean_atomic, dirty_atomic):
+    for name, x, y in zip(("dq", "dk", "dv", "dlam"), clean_acc, dirty_acc):
         assert torch.isfinite(y).all(), name
         if name == "dq":
             torch.testing.assert_close(x, y, rtol=1e-2, atol=1e-2)
         else:
             assert torch.equal(x, y), name
-    for grads in (dirty, dirty_atomic):
+    for grads in (dirty, dirty_acc):
         assert not grads[1][1, lens[1]:].any() and not grads[2][1, lens[1]:].any()

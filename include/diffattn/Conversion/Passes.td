@@ -130,20 +130,20 @@ defvar DiffAttnGPUStrategyOptions = [
            "wait on memory per split). 8 measured 1-4% faster per decode "
            "step than 1 at B 1-2 on an H200, 4 was 2-7% slower than 1 at "
            "B 1; all equal from B 4 up">,
-    Option<"deterministic", "deterministic", "bool", /*default=*/"false",
-           "The backward (diffattn.v2_backward). false, on sm_90 and later: "
-           "FlashAttention-2's formulation, three kernels (statistics, which "
-           "also zeroes an f32 dq accumulator in the workspace; dk/dv, "
-           "which adds each key block's dS K to it with bulk reductions, "
-           "cp.reduce.async.bulk, as FlashAttention-3 does; the dq "
-           "conversion), so the order of dq's sums varies between runs. "
-           "true, and on sm_80 (no bulk reductions; per-element f32 atomics "
-           "measured slower than recomputing, docs/performance.md): three "
-           "kernels without atomics (statistics, dq, dk/dv), bit-identical "
-           "across runs at the cost of recomputing S and G for dq, three "
-           "more S-sized products per pair (FlashAttention's "
-           "deterministic=True). PyTorch's "
-           "torch.use_deterministic_algorithms(True) selects it">,
+    Option<"deterministic", "deterministic", "bool", /*default=*/"true",
+           "The backward (diffattn.v2_backward). true: three kernels "
+           "without atomics (statistics, dq, dk/dv), bit-identical across "
+           "runs; S and G are recomputed for dq (13 S-sized products per "
+           "pair). false, on sm_90 and later: FlashAttention-2's "
+           "formulation with dq accumulated in f32 (statistics, which also "
+           "zeroes the accumulator in the workspace; dk/dv, which adds each "
+           "key block's dS K to it with bulk reductions, cp.reduce.async.bulk, "
+           "as FlashAttention-3 does; the dq conversion): 10 products per "
+           "pair, the order of dq's sums varying between runs; on sm_80 (no "
+           "bulk reductions) false is true. The default by measurement (H200, "
+           "docs/performance.md, backward runs 8-10): false was 0.97-1.03x "
+           "the deterministic kernels at D = 128 and 0.92x at D = 64, and "
+           "per-element f32 atomics in place of the bulk reduction 0.8x">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

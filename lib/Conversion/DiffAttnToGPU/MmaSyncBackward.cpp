@@ -2,8 +2,11 @@
 //
 // The backward of diffattn.v2 (diffattn.v2_backward) with the portable
 // strategy: FlashAttention-2's backward (Dao 2023, Algorithm 2) with the
-// differential epilogue's chain rule, in three kernels launched in order on
-// one stream, none with atomics (the gradients are deterministic):
+// differential epilogue's chain rule. By default (the strategy option
+// deterministic = true) three kernels launched in order on one stream, none
+// with atomics (the gradients are deterministic); deterministic = false on
+// sm_90 and later replaces kernel 2 by dq accumulated in the dk/dv kernel
+// (MmaSyncBackwardDq.cpp) and a conversion kernel after it:
 //
 // 1. `_stats`, a CTA per block of 64 group rows (as the forward's row
 //    blocks: a row is a (pair, query row) couple): walks the row's key
