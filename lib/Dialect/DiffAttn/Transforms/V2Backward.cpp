@@ -40,7 +40,7 @@ public:
       : rewriter(rewriter), op(op), loc(op.getLoc()), ctx(op.getContext()),
         config(AttentionConfig::get(op)), q(op.getQ()), k(op.getK()),
         v(op.getV()), lam(op.getLam()), out(op.getOut()), dout(op.getDout()),
-        lse(op.getLse()), kvLen(op.getKvLen()) {
+        lse(op.getLse()), kvLen(op.getKvLen()), acc(config.accumulatorType) {
     groupSize = 2 * config.numPairs / config.numKeyHeads;
   }
 
@@ -50,23 +50,24 @@ public:
 
 private:
   /// What one block of keys gives: the masked scores, P and G = dout V^T
-  /// ([B, 2H, Sq, n] f32 each).
+  /// ([B, 2H, Sq, n] each). All intermediates are in the accumulator type A
+  /// (f64 for f64 operands, else f32).
   struct BlockTerms {
     Value masked, probs, doutValues;
   };
   BlockTerms blockTerms(Decomposition &dec, Value kBlock, Value vBlock);
-  /// r += sum over the block's keys of P_{2h+1} G_{2h+1}: [B, Sq, H] f32.
+  /// r += sum over the block's keys of P_{2h+1} G_{2h+1}: [B, Sq, H] A.
   Value addSecondHeadTerm(Decomposition &dec, const BlockTerms &t, Value r);
-  /// D_j [B, 2H, Sq] f32 from r and rowsum(dout * out).
+  /// D_j [B, 2H, Sq] A from r and rowsum(dout * out).
   Value rowTerms(Decomposition &dec, Value r, Value outDot);
   /// dS and w P of the block.
   std::pair<Value, Value> scoreGradients(Decomposition &dec,
                                          const BlockTerms &t, Value rows);
-  /// dq += dS K over the block's keys (f32, unscaled).
+  /// dq += dS K over the block's keys (A, unscaled).
   Value addQueryGradient(Decomposition &dec, Value dScores, Value kBlock,
                          Value dqSum);
   /// The block's dk (dS^T q) or dv ((w P)^T dout) summed over each KV
-  /// group, f32 [B, n, Hkv, D or Dv], into `init`.
+  /// group, A [B, n, Hkv, D or Dv], into `init`.
   Value keyGradient(Decomposition &dec, Value grads, bool values, Value init);
   /// dlam = -sigmoid'(lam) r, into the op's destination.
   Value lambdaGradient(Decomposition &dec, Value r);
@@ -76,27 +77,27 @@ private:
   Value destination(unsigned index, Value like);
   /// `factor * sum` converted to result `index`'s element type, into
   /// `dest`.
-  Value finish(Value sum, Value dest, float factor);
-  /// Whether result `index` is f32 and scaled by `factor` = 1: its sum is
-  /// then accumulated in the destination itself (an identity copy into it
-  /// would fold away).
-  bool accumulatesInPlace(unsigned index, float factor) {
-    return cast<ShapedType>(op->getResult(index).getType())
-               .getElementType()
-               .isF32() &&
-           factor == 1.0f;
+  Value finish(Value sum, Value dest, double factor);
+  /// Whether result `index` has the accumulator type and is scaled by
+  /// `factor` = 1: its sum is then accumulated in the destination itself
+  /// (an identity copy into it would fold away).
+  bool accumulatesInPlace(unsigned index, double factor) {
+    return cast<ShapedType>(op->getResult(index).getType()).getElementType() ==
+               acc &&
+           factor == 1.0;
   }
-  Value zeros(Value like, Type type = Type()) {
-    return buildFilledTensor(rewriter, loc,
-                             tensor::getMixedSizes(rewriter, loc, like),
-                             type ? type : rewriter.getF32Type(), 0);
+  /// A tensor of A zeros shaped like `like`.
+  Value zeros(Value like) {
+    return buildFilledTensor(
+        rewriter, loc, tensor::getMixedSizes(rewriter, loc, like), acc, 0);
   }
   Value zeroPairRows(Decomposition &dec) {
     return buildFilledTensor(rewriter, loc, {dec.batch, dec.seqQ, dec.pairs},
-                             rewriter.getF32Type(), 0);
+                             acc, 0);
   }
-  static Value f32Const(OpBuilder &b, Location l, float value) {
-    return arith::ConstantOp::create(b, l, b.getF32FloatAttr(value));
+  /// A scalar constant of the accumulator type.
+  Value constant(OpBuilder &b, Location l, double value) const {
+    return buildFloatConstant(b, l, acc, value);
   }
   /// Whether query head j (loop `headLoop`) is the second of its pair.
   static Value isSecondHead(OpBuilder &b, Location l, unsigned headLoop) {
@@ -114,6 +115,7 @@ private:
   MLIRContext *ctx;
   AttentionConfig config;
   Value q, k, v, lam, out, dout, lse, kvLen;
+  Type acc;
   int64_t groupSize;
 };
 
@@ -138,14 +140,13 @@ BackwardLowering::blockTerms(Decomposition &dec, Value kBlock, Value vBlock) {
             b, l, arith::SubFOp::create(b, l, args[0], args[1]));
         linalg::YieldOp::create(
             b, l,
-            arith::SelectOp::create(b, l, isMasked, f32Const(b, l, 0.0f), p)
+            arith::SelectOp::create(b, l, isMasked, constant(b, l, 0.0), p)
                 .getResult());
       })[0];
   // G[b, j, i, t] = sum_e dout[b, i, j / 2, e] * v[b, t, vh(j), e] (loops b
   // j i t e): dP / w_j; 0 at keys past kv_len, whose values are never read
   // (a cache may hold NaN there, and P G must stay 0).
-  Value zero = buildFilledTensor(rewriter, loc, dec.scoreSizes(),
-                                 rewriter.getF32Type(), 0);
+  Value zero = buildFilledTensor(rewriter, loc, dec.scoreSizes(), acc, 0);
   t.doutValues = dec.contract(dout, vBlock, zero,
                               {dec.map(5, {d0, d2, d1.floorDiv(2), d4}),
                                dec.map(5, {d0, d3, config.valueHead(d1), d4}),
@@ -174,13 +175,12 @@ Value BackwardLowering::rowTerms(Decomposition &dec, Value r, Value outDot) {
   AffineMap headPair = dec.map(3, {d0, d2, d1.floorDiv(2)});
   Value rows = tensor::EmptyOp::create(
       rewriter, loc,
-      ArrayRef<OpFoldResult>{dec.batch, dec.queryHeads, dec.seqQ},
-      rewriter.getF32Type());
+      ArrayRef<OpFoldResult>{dec.batch, dec.queryHeads, dec.seqQ}, acc);
   return buildGeneric(
       rewriter, loc, {r, outDot, lam}, {rows},
       {headPair, headPair, headPair, dec.map(3, {d0, d1, d2})},
       {kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
-        Value sig = buildSigmoid(b, l, buildExtToF32(b, l, args[2]));
+        Value sig = buildSigmoid(b, l, buildFloatCast(b, l, args[2], acc));
         Value weighted = arith::MulFOp::create(b, l, sig, args[0]);
         Value first = arith::AddFOp::create(b, l, args[1], weighted);
         Value second = arith::NegFOp::create(b, l, weighted);
@@ -204,16 +204,16 @@ std::pair<Value, Value> BackwardLowering::scoreGradients(Decomposition &dec,
       {id4, id4, dec.map(4, {d0, d1, d2}), dec.map(4, {d0, d2, d1.floorDiv(2)}),
        id4, id4, id4},
       {kPar, kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
-        Value sig = buildSigmoid(b, l, buildExtToF32(b, l, args[3]));
+        Value sig = buildSigmoid(b, l, buildFloatCast(b, l, args[3], acc));
         Value weight = arith::SelectOp::create(b, l, isSecondHead(b, l, 1),
                                                arith::NegFOp::create(b, l, sig),
-                                               f32Const(b, l, 1.0f));
+                                               constant(b, l, 1.0));
         Value dp = arith::MulFOp::create(b, l, weight, args[1]);
         Value ds = arith::MulFOp::create(
             b, l, args[0], arith::SubFOp::create(b, l, dp, args[2]));
         Value isMasked = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OEQ,
                                                args[4], dec.minusInf(b, l));
-        ds = arith::SelectOp::create(b, l, isMasked, f32Const(b, l, 0.0f), ds);
+        ds = arith::SelectOp::create(b, l, isMasked, constant(b, l, 0.0), ds);
         linalg::YieldOp::create(
             b, l, ValueRange{ds, arith::MulFOp::create(b, l, weight, args[0])});
       });
@@ -287,21 +287,20 @@ Value BackwardLowering::keyGradient(Decomposition &dec, Value grads,
 Value BackwardLowering::lambdaGradient(Decomposition &dec, Value r) {
   // dlam = -sigmoid'(lam) r = -sigmoid(lam) sigmoid(-lam) r (not sigmoid
   // (1 - sigmoid), which is 0 in f32 once sigmoid(lam) rounds to 1, from
-  // lam ~ 17).
+  // lam ~ 17; in f64 from lam ~ 37).
   AffineMap id3 = dec.map(3, {dec.dim(0), dec.dim(1), dec.dim(2)});
   Type lamElement = cast<RankedTensorType>(lam.getType()).getElementType();
-  return buildGeneric(rewriter, loc, {r, lam}, {destination(3, lam)},
-                      {id3, id3, id3}, {kPar, kPar, kPar},
-                      [&](OpBuilder &b, Location l, ValueRange args) {
-                        Value x = buildExtToF32(b, l, args[1]);
-                        Value slope = arith::MulFOp::create(
-                            b, l, buildSigmoid(b, l, x),
-                            buildSigmoid(b, l, arith::NegFOp::create(b, l, x)));
-                        Value grad = arith::NegFOp::create(
-                            b, l, arith::MulFOp::create(b, l, slope, args[0]));
-                        linalg::YieldOp::create(
-                            b, l, buildTruncFromF32(b, l, grad, lamElement));
-                      })[0];
+  return buildGeneric(
+      rewriter, loc, {r, lam}, {destination(3, lam)}, {id3, id3, id3},
+      {kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
+        Value x = buildFloatCast(b, l, args[1], acc);
+        Value slope = arith::MulFOp::create(
+            b, l, buildSigmoid(b, l, x),
+            buildSigmoid(b, l, arith::NegFOp::create(b, l, x)));
+        Value grad = arith::NegFOp::create(
+            b, l, arith::MulFOp::create(b, l, slope, args[0]));
+        linalg::YieldOp::create(b, l, buildFloatCast(b, l, grad, lamElement));
+      })[0];
 }
 
 Value BackwardLowering::destination(unsigned index, Value like) {
@@ -313,7 +312,7 @@ Value BackwardLowering::destination(unsigned index, Value like) {
                                  type.getElementType());
 }
 
-Value BackwardLowering::finish(Value sum, Value dest, float factor) {
+Value BackwardLowering::finish(Value sum, Value dest, double factor) {
   Type element = cast<RankedTensorType>(dest.getType()).getElementType();
   unsigned rank = cast<RankedTensorType>(sum.getType()).getRank();
   AffineMap id = rewriter.getMultiDimIdentityMap(rank);
@@ -322,8 +321,8 @@ Value BackwardLowering::finish(Value sum, Value dest, float factor) {
       SmallVector<utils::IteratorType>(rank, kPar),
       [&](OpBuilder &b, Location l, ValueRange args) {
         Value scaled =
-            arith::MulFOp::create(b, l, args[0], f32Const(b, l, factor));
-        linalg::YieldOp::create(b, l, buildTruncFromF32(b, l, scaled, element));
+            arith::MulFOp::create(b, l, args[0], constant(b, l, factor));
+        linalg::YieldOp::create(b, l, buildFloatCast(b, l, scaled, element));
       })[0];
 }
 
@@ -333,7 +332,7 @@ void BackwardLowering::build(int64_t blockK) {
   Decomposition full(rewriter, op, q, k, kvLen);
   AffineExpr d0 = full.dim(0), d1 = full.dim(1), d2 = full.dim(2),
              d3 = full.dim(3);
-  float scale = config.scale;
+  double scale = config.scaleIn(acc);
   // rowsum(dout * out) per row and pair.                 (loops b i h e)
   AffineMap id4 = full.map(4, {d0, d1, d2, d3});
   Value outDot = buildGeneric(
@@ -343,12 +342,12 @@ void BackwardLowering::build(int64_t blockK) {
         linalg::YieldOp::create(b, l,
                                 buildMulAcc(b, l, args[0], args[1], args[2]));
       })[0];
-  // dq accumulates in f32 (in its destination when that is f32 and the
-  // scale 1); dk and dv go to their destinations.
+  // dq accumulates in A (in its destination when that has type A and the
+  // scale is 1); dk and dv go to their destinations.
   auto dqInit = [&] {
     return accumulatesInPlace(0, scale)
                ? linalg::FillOp::create(rewriter, loc,
-                                        f32Const(rewriter, loc, 0.0f),
+                                        constant(rewriter, loc, 0.0),
                                         destination(0, q))
                      .getResult(0)
                : zeros(q);
@@ -367,11 +366,11 @@ void BackwardLowering::build(int64_t blockK) {
     auto [dScores, weightedProbs] =
         scoreGradients(full, t, rowTerms(full, r, outDot));
     auto keyGrad = [&](unsigned index, Value like, Value grads, bool values,
-                       float factor) {
+                       double factor) {
       if (accumulatesInPlace(index, factor))
         return keyGradient(full, grads, values,
                            linalg::FillOp::create(rewriter, loc,
-                                                  f32Const(rewriter, loc, 0.0f),
+                                                  constant(rewriter, loc, 0.0),
                                                   destination(index, like))
                                .getResult(0));
       return finish(keyGradient(full, grads, values, zeros(like)),
@@ -379,7 +378,7 @@ void BackwardLowering::build(int64_t blockK) {
     };
     results = {finishQuery(addQueryGradient(full, dScores, k, dqInit())),
                keyGrad(1, k, dScores, false, scale),
-               keyGrad(2, v, weightedProbs, true, 1.0f),
+               keyGrad(2, v, weightedProbs, true, 1.0),
                lambdaGradient(full, r)};
   } else {
     // Key blocks [t0, t0 + n), n = min(blockK, Sk - t0): K and V slices,
@@ -449,13 +448,13 @@ void BackwardLowering::build(int64_t blockK) {
             SmallVector<OpFoldResult> strides(4, rewriter.getIndexAttr(1));
             Value rowsOfDest = tensor::ExtractSliceOp::create(
                 rewriter, loc, dest, offsets, sizes, strides);
-            float factor = index == 1 ? scale : 1.0f;
+            double factor = index == 1 ? scale : 1.0;
             Value part =
                 accumulatesInPlace(index, factor)
                     ? keyGradient(dec, grad, index == 2,
                                   linalg::FillOp::create(
                                       rewriter, loc,
-                                      f32Const(rewriter, loc, 0.0f), rowsOfDest)
+                                      constant(rewriter, loc, 0.0), rowsOfDest)
                                       .getResult(0))
                     : finish(keyGradient(dec, grad, index == 2, zeros(block)),
                              rowsOfDest, factor);

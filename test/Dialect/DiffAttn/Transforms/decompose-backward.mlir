@@ -55,3 +55,17 @@ func.func @backward_bf16(%q: tensor<1x5x4x8xbf16>, %k: tensor<1x6x2x8xbf16>, %la
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>, tensor<1x5x2x8xbf16>, tensor<1x5x2x8xbf16>, tensor<1x4x5xf32>) -> (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>)
   return %dq, %dk, %dv, %dl : tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>
 }
+
+// -----
+
+// f64 operands: every intermediate of the backward is f64 (no f32 in the
+// function), the scale of dq and dk is 1/sqrt(8) in double.
+// CHECK-LABEL: func.func @backward_f64
+// CHECK-NOT:     f32
+// CHECK:         arith.constant {{0.35355339059327|3.5355339059327[0-9]*E-1}}{{[0-9]*}} : f64
+// CHECK-NOT:     f32
+// CHECK:         return
+func.func @backward_f64(%q: tensor<1x5x4x8xf64>, %k: tensor<1x7x2x8xf64>, %lam: tensor<1x5x2xf64>, %o: tensor<1x5x2x8xf64>, %lse: tensor<1x4x5xf64>) -> (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>) {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %o, %lse {causal} : (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>, tensor<1x5x2x8xf64>, tensor<1x5x2x8xf64>, tensor<1x4x5xf64>) -> (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>)
+  return %dq, %dk, %dv, %dl : tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>
+}
