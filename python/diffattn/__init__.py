@@ -112,10 +112,12 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     gradients without an error (as in FlashAttention).
 
     numpy arrays (float64, float32, float16) run on the CPU through the
-    compiler's backward kernel, tiled over blocks of 64 keys (memory B x 2H
-    x Sq x 64 f32, f64 for float64, per intermediate). CUDA torch tensors (bfloat16, float16; D = Dv =
-    64 or 128) run the portable strategy's three GPU kernels (row
-    statistics, dq, dk/dv; no atomics, so the gradients are deterministic)
+    compiler's backward kernel, tiled over blocks of 64 query rows x 64
+    keys, skipping key blocks a row block cannot see (memory B x 2H x 64 x
+    64 f32, f64 for float64, per intermediate). CUDA torch tensors
+    (bfloat16, float16; D = Dv = 64 or 128) run the portable strategy's
+    three GPU kernels (row statistics, dq, dk/dv; no atomics, so the
+    gradients are deterministic)
     through ``torch.ops.diffattn.v2_backward``. Raises TypeError /
     ValueError naming the tensor whose dtype or shape does not match the
     forward's configuration, before anything is compiled."""

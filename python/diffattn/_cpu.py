@@ -191,7 +191,8 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     (dq, dk, dv, dlam) shaped and typed like q, k, v and lam; ``lse`` is
     float32, or float64 for float64 arrays (what v2(..., return_lse=True)
     returns). ``lowering``:
-    "flash" (the default: over blocks of 64 keys, memory linear in Sk) or
+    "flash" (the default: over blocks of 64 query rows x 64 keys, memory
+    linear in Sq and Sk) or
     "decompose" (all keys at once, quadratic memory; the oracle)."""
     if lowering not in _LOWERINGS:
         raise ValueError(f"lowering: expected one of {_LOWERINGS}, got {lowering!r}")

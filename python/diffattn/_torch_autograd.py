@@ -18,8 +18,9 @@ call that needs grad runs ``diffattn::_v2_train``, the forward with lse
 Python custom op) the op returns only ``out`` and the backward first
 recomputes the log-sum-exp (``diffattn::v2_lse``, one more forward pass).
 The backward then runs the compiler's backward kernels: on CPU tensors the
-tiled CPU kernel (blocks of 64 keys), on CUDA tensors the portable strategy's three GPU kernels
-(``diffattn._torch`` registers their CUDA implementations). The backward is
+tiled CPU kernel (blocks of 64 query rows x 64 keys), on CUDA tensors the
+portable strategy's three GPU kernels (``diffattn._torch`` registers their
+CUDA implementations). The backward is
 not itself differentiable (no double backward).
 """
 

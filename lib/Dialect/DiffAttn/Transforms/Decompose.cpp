@@ -35,7 +35,7 @@ using namespace mlir::diffattn::lowering;
 LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                   Operation *op) {
   if (auto backward = dyn_cast<V2BackwardOp>(op))
-    return lowerV2Backward(rewriter, backward, /*blockK=*/0);
+    return lowerV2Backward(rewriter, backward, FlashTileSizes{0, 0});
   FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
   if (failed(dense))
     return failure();

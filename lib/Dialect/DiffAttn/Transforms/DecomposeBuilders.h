@@ -2,9 +2,9 @@
 //
 // Internal to the transforms library: what the untiled decomposition of
 // diffattn.v2 (Decompose.cpp) and the backward lowerings (V2Backward.cpp,
-// untiled or over key blocks) share: an op's sizes, the scaled and masked
-// scores, and the contractions with the kv_len guard, all in the op's
-// accumulator type A (f64 for f64 operands, else f32).
+// untiled or over blocks of query rows and keys) share: an op's sizes, the
+// scaled and masked scores, and the contractions with the kv_len guard, all in
+// the op's accumulator type A (f64 for f64 operands, else f32).
 //
 //===----------------------------------------------------------------------===//
 
@@ -30,18 +30,21 @@ namespace mlir::diffattn::lowering {
 struct Decomposition {
   /// `k` holds the keys the products read: all of them, or (the backward's
   /// key blocks) the block of keys `keyBase` onwards of a cache of
-  /// `fullSeqK` keys.
+  /// `fullSeqK` keys. Likewise `q` holds all query rows, or (the backward's
+  /// row blocks) the rows `rowBase` onwards of `fullSeqQ`.
   Decomposition(RewriterBase &rewriter, Operation *op, Value q, Value k,
-                Value kvLen, Value keyBase = Value(), Value fullSeqK = Value())
+                Value kvLen, Value keyBase = Value(), Value fullSeqK = Value(),
+                Value rowBase = Value(), Value fullSeqQ = Value())
       : rewriter(rewriter), loc(op->getLoc()), ctx(op->getContext()),
         config(AttentionConfig::get(op)), acc(config.accumulatorType),
-        kvLen(kvLen), keyBase(keyBase) {
+        kvLen(kvLen), keyBase(keyBase), rowBase(rowBase) {
     batch = tensor::getMixedSize(rewriter, loc, q, 0);
     seqQ = tensor::getMixedSize(rewriter, loc, q, 1);
     seqK = tensor::getMixedSize(rewriter, loc, k, 1);
     seqQValue = getValueOrCreateConstantIndexOp(rewriter, loc, seqQ);
     seqKValue = getValueOrCreateConstantIndexOp(rewriter, loc, seqK);
     this->fullSeqK = fullSeqK ? fullSeqK : seqKValue;
+    this->fullSeqQ = fullSeqQ ? fullSeqQ : seqQValue;
     queryHeads = rewriter.getIndexAttr(2 * config.numPairs);
     pairs = rewriter.getIndexAttr(config.numPairs);
     valueDim = rewriter.getIndexAttr(config.valueDim);
@@ -63,6 +66,13 @@ struct Decomposition {
     Value key = linalg::IndexOp::create(b, l, keyLoop);
     return keyBase ? arith::AddIOp::create(b, l, key, keyBase).getResult()
                    : key;
+  }
+
+  /// The query row that loop `rowLoop` indexes.
+  Value rowIndex(OpBuilder &b, Location l, unsigned rowLoop) const {
+    Value row = linalg::IndexOp::create(b, l, rowLoop);
+    return rowBase ? arith::AddIOp::create(b, l, row, rowBase).getResult()
+                   : row;
   }
 
   /// A sum of products `init += lhs * rhs` (in A) over the reduction loops of
@@ -116,10 +126,10 @@ struct Decomposition {
     return buildGeneric(
         rewriter, loc, inputs, {emptyScores()}, maps, {kPar, kPar, kPar, kPar},
         [&](OpBuilder &b, Location l, ValueRange args) {
-          Value row = linalg::IndexOp::create(b, l, 2);
+          Value row = rowIndex(b, l, 2);
           Value key = keyIndex(b, l, 3);
           Value keyLen = keyLength(b, l, kvLen ? args[1] : Value());
-          Value offset = arith::SubIOp::create(b, l, keyLen, seqQValue);
+          Value offset = arith::SubIOp::create(b, l, keyLen, fullSeqQ);
           Value visible =
               buildIsVisible(b, l, config, row, key, offset, keyLen);
           Value scaled = arith::MulFOp::create(
@@ -166,7 +176,10 @@ struct Decomposition {
   Value kvLen;
   /// The first key of `k` in the cache (null: 0) and the cache's keys.
   Value keyBase, fullSeqK;
-  /// seqK: the keys of `k` (a key block's, in the backward's blocks).
+  /// The first row of `q` (null: 0) and the op's query rows Sq.
+  Value rowBase, fullSeqQ;
+  /// seqQ / seqK: the rows of `q` and keys of `k` (a block's, in the
+  /// backward's blocks).
   OpFoldResult batch, seqQ, seqK, queryHeads, pairs, valueDim;
   Value seqQValue, seqKValue;
 };

@@ -507,7 +507,7 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
            << "block sizes must be positive, got block-q = " << sizes.blockQ
            << ", block-k = " << sizes.blockK;
   if (auto backward = dyn_cast<V2BackwardOp>(op))
-    return lowerV2Backward(rewriter, backward, sizes.blockK);
+    return lowerV2Backward(rewriter, backward, sizes);
   FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
   if (failed(dense))
     return failure();

@@ -3,9 +3,10 @@
 // diffattn.v2_backward as untiled linalg (one block of all keys):
 // rowsum(dout * out), the masked scores, P from lse (0 where masked),
 // G = dout V^T (0 at keys past kv_len), r = sum_t P_{2h+1} G_{2h+1}, D_j
-// per query head, dS and w_j P, then dq (keys past kv_len never read), dk
-// and dv summed over the KV group through expand_shape (j = g * G + jj),
-// and dlam; dq and dk scaled.
+// per query head, scale * dS (the scale of dq and dk, applied once per
+// element) and w_j P, then dq (keys past kv_len never read; accumulated in
+// its f32 destination, no copy after), dk and dv summed over the KV group
+// through expand_shape (j = g * G + jj), and dlam.
 
 // CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2 * 2 + 1, d1, d3)>
 // CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
@@ -27,9 +28,10 @@
 // CHECK:       %[[R:.*]] = linalg.generic {indexing_maps = [#[[ODD]], #[[ODD]], {{.*}}]{{.*}} ins(%[[P]], %[[G]] :
 // CHECK:       %[[D:.*]] = linalg.generic {indexing_maps = [#[[PAIR]], #[[PAIR]], #[[PAIR]], {{.*}}]{{.*}} ins(%[[R]], %[[OD]], %[[LAM]] :
 // CHECK:       %[[DS:.*]]:2 = linalg.generic {{.*}} ins(%[[P]], %[[G]], %[[D]], %[[LAM]], %[[M]] :
+// CHECK:         %[[SCALE:.*]] = arith.constant 2.500000e-01 : f32
+// CHECK-NEXT:    arith.mulf %{{.*}}, %[[SCALE]] : f32
 // CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
-// CHECK:       linalg.generic {{.*}} ins(%[[DQSUM]] :
-// CHECK:         arith.mulf %{{.*}}, %cst{{.*}} : f32
+// CHECK-NOT:   ins(%[[DQSUM]]
 // CHECK:       %[[DSG:.*]] = tensor.expand_shape %[[DS]]#0 {{\[}}[0], [1, 2], [3], [4]] output_shape [2, 2, 4, 7, 9]
 // CHECK:       %[[QG:.*]] = tensor.expand_shape %[[Q]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 4, 16]
 // CHECK:       linalg.generic {indexing_maps = [#[[MDSG]], #[[MQG]], {{.*}}], iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction"]} ins(%[[DSG]], %[[QG]] :

@@ -326,11 +326,14 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     Rows with no visible key (`lse = -inf`) and keys at `t >= kv_len` get
     zero gradients, whatever the cache holds there.
 
-    `--diffattn-tile-flash` lowers it over blocks of keys (FlashAttention-2's
-    backward tiled over keys: P and `G = dout V^T` recomputed per block, r
-    accumulated in a first pass, dq accumulated and each block's dk, dv
-    written in a second; the CPU target's default) and `--diffattn-decompose`
-    over all keys at once (the oracle, quadratic memory). On the GPU targets
+    `--diffattn-tile-flash` lowers it over blocks of query rows and keys
+    (FlashAttention-2's backward, the CPU target's default): per block of
+    rows, the key blocks some of its rows see (causal, window and `kv_len`
+    bound the loop) are walked twice, P and `G = dout V^T` recomputed per
+    key block: r accumulated in the first pass; in the second, the rows' dq
+    accumulated (written once) and each key block's dk, dv added to their
+    sums. `--diffattn-decompose` lowers it over all rows and keys at once
+    (the oracle, quadratic memory). On the GPU targets
     the portable strategy (mma.sync; also for sm_90a) emits three kernels
     launched in order over an f32 workspace of one 8-float record per (b,
     pair, query row): row statistics (r, `D_j`, dlam), dq (per row block
