@@ -5,9 +5,9 @@ The package is laid out by the CMake build under build/python_packages.
 - ``diffattn.v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1),
   kv_len=None, out=None)`` and ``diffattn.v1(q, k, v, lam, norm_weight, *,
   lambda_init, causal=False, scale=None, eps=1e-5, out=None)``: numpy arrays
-  (float32, float16, C-contiguous BSHD) run on the CPU through a kernel that
-  diffattn-compile builds for the call's static signature and caches (see
-  ``diffattn._compiler``). ``out``, when given, is written in place.
+  (float64, float32, float16, C-contiguous BSHD) run on the CPU through a
+  kernel that diffattn-compile builds for the call's static signature and
+  caches (see ``diffattn._compiler``); float64 computes in float64. ``out``, when given, is written in place.
 - CUDA torch tensors (bf16/f16, contiguous BSHD) run the GPU kernel through
   ``torch.ops.diffattn.v2`` (a torch.library custom op with a fake
   implementation, so torch.compile keeps it in its graph), launched by the
@@ -15,7 +15,8 @@ The package is laid out by the CMake build under build/python_packages.
 - ``diffattn.v2(..., return_lse=True)`` -> ``(out, lse)`` and
   ``diffattn.v2_backward(q, k, v, lam, out, dout, lse, ...)`` -> ``(dq, dk,
   dv, dlam)``: training on the CPU (numpy arrays); with PyTorch,
-  ``torch.ops.diffattn.v2`` has an autograd formula for CPU tensors.
+  ``torch.ops.diffattn.v2`` has an autograd formula for CPU tensors
+  (float64 ones compute in float64: ``torch.autograd.gradcheck`` works).
 - ``diffattn.reference.v2`` / ``.v2_backward`` / ``.v1``: float64 numpy
   reference implementations of the ops' semantics, for tests.
 - ``diffattn.__version__``: the project version the build recorded.
@@ -67,7 +68,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     [0, NB): a ValueError on the CPU, a device-side assertion on the GPU).
 
     With ``return_lse`` (contiguous caches, no ``out=``) the call returns
-    ``(out, lse)``: ``lse`` [B, 2H, Sq] float32, the natural-log sum of
+    ``(out, lse)``: ``lse`` [B, 2H, Sq] float32 (float64 for float64
+    arrays, which compute in float64 throughout), the natural-log sum of
     exp(scaled, masked scores) of every query head's row (-inf for a row that
     sees no key), what a backward pass needs. On CUDA tensors the forward
     kernel writes it: sm_90a's wgmma kernel (with ``kv_len``, the portable
@@ -98,8 +100,8 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     """Gradients of :func:`v2`: ``(dq, dk, dv, dlam)``, each shaped and typed
     like q, k, v and lam, from the forward's inputs and options, its output
     ``out`` [B, Sq, H, Dv], the output's gradient ``dout`` (same shape and
-    dtype) and its log-sum-exp ``lse`` [B, 2H, Sq] float32 (``v2(...,
-    return_lse=True)``). The formula is FlashAttention-2's backward with the
+    dtype) and its log-sum-exp ``lse`` [B, 2H, Sq] float32, float64 for
+    float64 q (``v2(..., return_lse=True)``). The formula is FlashAttention-2's backward with the
     differential epilogue's chain rule (diffattn.v2_backward in
     docs/DiffAttnOps.md; ``diffattn.reference.v2_backward`` is the float64
     reference): dk and dv sum over the query heads of each KV group; masked
@@ -109,11 +111,13 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     checked, so an ``lse`` from another configuration gives wrong
     gradients without an error (as in FlashAttention).
 
-    numpy arrays (float32, float16) run on the CPU through the compiler's
-    backward kernel, tiled over blocks of 64 keys (memory B x 2H x Sq x 64
-    f32 per intermediate). CUDA torch tensors (bfloat16, float16; D = Dv =
-    64 or 128) run the portable strategy's three GPU kernels (row
-    statistics, dq, dk/dv; no atomics, so the gradients are deterministic)
+    numpy arrays (float64, float32, float16) run on the CPU through the
+    compiler's backward kernel, tiled over blocks of 64 query rows x 64
+    keys, skipping key blocks a row block cannot see (memory B x 2H x 64 x
+    64 f32, f64 for float64, per intermediate). CUDA torch tensors
+    (bfloat16, float16; D = Dv = 64 or 128) run the portable strategy's
+    three GPU kernels (row statistics, dq, dk/dv; no atomics, so the
+    gradients are deterministic)
     through ``torch.ops.diffattn.v2_backward``. Raises TypeError /
     ValueError naming the tensor whose dtype or shape does not match the
     forward's configuration, before anything is compiled."""

@@ -11,18 +11,25 @@ import numpy as np
 
 from . import _compiler, _ops
 
-_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+_DTYPES = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32",
+           np.dtype(np.float16): "f16"}
+
+
+def lse_dtype(dtype):
+    """The dtype of the log-sum-exp for operands of `dtype`: the kernels'
+    accumulator type, float64 for float64 operands, else float32."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 _LIBRARIES = {}
 
 
 def _check_array(name, x, rank, layout):
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray (float32 or float16), "
+        raise TypeError(f"{name}: expected a numpy.ndarray (float64, float32 or float16), "
                         f"got {type(x).__name__}")
     if x.ndim != rank:
         raise ValueError(f"{name}: expected rank {rank} {layout}, got shape {x.shape}")
     if x.dtype not in _DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float16, got {x.dtype}")
+        raise TypeError(f"{name}: expected dtype float64, float32 or float16, got {x.dtype}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{name}: must be C-contiguous (row-major {layout}); "
                          f"pass numpy.ascontiguousarray({name})")
@@ -136,8 +143,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     oracle, quadratic memory; for tests and benchmarks). With
     ``block_table`` ([B, MB] int32), k and v are a paged cache [NB, BS, Hkv,
     D] (BS a multiple of 16) and ``kv_len`` is required. With
-    ``return_lse`` returns ``(out, lse)``, lse [B, 2H, Sq] float32 (see
-    diffattn.v2)."""
+    ``return_lse`` returns ``(out, lse)``, lse [B, 2H, Sq] float32 (float64
+    for float64 arrays; see diffattn.v2)."""
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[NB, BS, Hkv, D]" if block_table is not None else "[B, Sk, Hkv, D]")
     v = _check_array("v", v, 4, "[NB, BS, Hkv, Dv]" if block_table is not None else "[B, Sk, Hkv, Dv]")
@@ -172,7 +179,7 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     buffers.append(("out", out))
     if return_lse:
         b, sq, h2 = q.shape[0], q.shape[1], q.shape[2]
-        lse = np.empty((b, h2, sq), dtype=np.float32)
+        lse = np.empty((b, h2, sq), dtype=lse_dtype(dtype))
         buffers.append(("lse", lse))
     _run("v2", params, text, buffers, sizes, lowering)
     return (out, lse) if return_lse else out
@@ -181,8 +188,11 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
 def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, window=(-1, -1),
                 kv_len=None, lowering="flash"):
     """diffattn.v2_backward on numpy arrays (see diffattn.v2_backward):
-    (dq, dk, dv, dlam) shaped and typed like q, k, v and lam. ``lowering``:
-    "flash" (the default: over blocks of 64 keys, memory linear in Sk) or
+    (dq, dk, dv, dlam) shaped and typed like q, k, v and lam; ``lse`` is
+    float32, or float64 for float64 arrays (what v2(..., return_lse=True)
+    returns). ``lowering``:
+    "flash" (the default: over blocks of 64 query rows x 64 keys, memory
+    linear in Sq and Sk) or
     "decompose" (all keys at once, quadratic memory; the oracle)."""
     if lowering not in _LOWERINGS:
         raise ValueError(f"lowering: expected one of {_LOWERINGS}, got {lowering!r}")
@@ -192,12 +202,14 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     lam = _check_array("lam", lam, 3, "[B, Sq, H]")
     out = _check_array("out", out, 4, "[B, Sq, H, Dv]")
     dout = _check_array("dout", dout, 4, "[B, Sq, H, Dv]")
-    if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or lse.ndim != 3:
-        raise TypeError(f"lse: expected a 3-D float32 numpy array [B, 2H, Sq] (the forward's "
-                        f"return_lse=True result), got {getattr(lse, 'dtype', type(lse).__name__)} "
+    dtype = q.dtype
+    want = lse_dtype(dtype)
+    if not isinstance(lse, np.ndarray) or lse.dtype != want or lse.ndim != 3:
+        raise TypeError(f"lse: expected a 3-D {want} numpy array [B, 2H, Sq] (the forward's "
+                        f"return_lse=True result for {dtype} q), got "
+                        f"{getattr(lse, 'dtype', type(lse).__name__)} "
                         f"{getattr(lse, 'shape', '')}")
     lse = _check_array("lse", lse, 3, "[B, 2H, Sq]")
-    dtype = q.dtype
     for name, arr in (("k", k), ("v", v), ("out", out), ("dout", dout)):
         _check_same_dtype(name, arr, dtype)
     _check_same_dtype("lam", lam, dtype, allow_f32=True)

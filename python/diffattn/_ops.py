@@ -15,6 +15,12 @@ def _f32(value):
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
+def lse_elem(elem):
+    """The MLIR element type of the log-sum-exp for operands of `elem`: the
+    ops' accumulator type, f64 for f64, else f32."""
+    return "f64" if elem == "f64" else "f32"
+
+
 def tensor_type(shape, elem):
     return "tensor<" + "".join(f"{d}x" for d in shape) + elem + ">"
 
@@ -149,7 +155,8 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
     paged cache (`block_table_shape` given: k, v are [NB, BS, Hkv, D]),
     (B, Sq, Sk = MB * BS, NB). `params` identifies the kernel configuration
     in the cache. With `return_lse` the op also returns the log-sum-exp
-    [B, 2H, Sq] f32 (contiguous caches only)."""
+    [B, 2H, Sq] in the accumulator type (f64 for f64 operands, else f32;
+    contiguous caches only)."""
     paged = block_table_shape is not None
     if return_lse and paged:
         raise ValueError("return_lse: not supported with block_table (a paged cache)")
@@ -210,7 +217,7 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
     out_shape = (b, sq, h, dv)
     text = one_op_module("diffattn.v2_paged" if paged else "diffattn.v2", operands, attrs,
                          out_shape, elem,
-                         [tensor_type((b, h2, sq), "f32")] if return_lse else ())
+                         [tensor_type((b, h2, sq), lse_elem(elem))] if return_lse else ())
     sizes = (b, sq, sk, k_shape[0]) if paged else (b, sq, sk)
     return params, text, out_shape, sizes
 
@@ -307,7 +314,7 @@ def v2_backward_request(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_sh
     operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
                 ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem)),
                 ("out", tensor_type(out_shape, elem)), ("dout", tensor_type(dout_shape, elem)),
-                ("lse", tensor_type(lse_shape, "f32"))]
+                ("lse", tensor_type(lse_shape, lse_elem(elem)))]
     if kv_len_shape is not None:
         operands.append(("kv_len", tensor_type(kv_len_shape, "i32")))
     text = one_op_module("diffattn.v2_backward", operands, attrs, None, elem,

@@ -1,5 +1,7 @@
 """Training through ``torch.ops.diffattn.v2`` (issue 15): the op's CPU kernel
-(float32 / float16 CPU tensors, run by the compiled CPU kernels), the ops
+(float64 / float32 / float16 CPU tensors, run by the compiled CPU kernels;
+float64 computes in float64 throughout, so ``torch.autograd.gradcheck``
+runs with its default tolerances), the ops
 ``diffattn::v2_lse`` -> (out, lse) and ``diffattn::v2_backward`` -> (dq, dk,
 dv, dlam), their fake (meta) implementations for torch.compile, and v2's
 autograd formula (``torch.library.register_autograd``), so that
@@ -7,7 +9,8 @@ autograd formula (``torch.library.register_autograd``), so that
 
 Shapes and layouts are diffattn.v2's: q [B, Sq, 2H, D], k [B, Sk, Hkv, D],
 v [B, Sk, Hkv, Dv], lam [B, Sq, H], out and dout [B, Sq, H, Dv], lse [B, 2H,
-Sq] float32; each gradient has its input's shape and dtype.
+Sq] float32 (float64 for float64 q); each gradient has its input's shape and
+dtype.
 
 Where v2's Autograd kernel is the C++ one (``diffattn._torch_native``), a
 call that needs grad runs ``diffattn::_v2_train``, the forward with lse
@@ -15,8 +18,9 @@ call that needs grad runs ``diffattn::_v2_train``, the forward with lse
 Python custom op) the op returns only ``out`` and the backward first
 recomputes the log-sum-exp (``diffattn::v2_lse``, one more forward pass).
 The backward then runs the compiler's backward kernels: on CPU tensors the
-tiled CPU kernel (blocks of 64 keys), on CUDA tensors the portable strategy's three GPU kernels
-(``diffattn._torch`` registers their CUDA implementations). The backward is
+tiled CPU kernel (blocks of 64 query rows x 64 keys), on CUDA tensors the
+portable strategy's three GPU kernels (``diffattn._torch`` registers their
+CUDA implementations). The backward is
 not itself differentiable (no double backward).
 """
 
@@ -26,7 +30,13 @@ import torch
 
 from . import _cpu
 
-_CPU_DTYPES = (torch.float32, torch.float16)
+_CPU_DTYPES = (torch.float64, torch.float32, torch.float16)
+
+
+def lse_dtype(dtype):
+    """The log-sum-exp's dtype for q of `dtype`: the kernels' accumulator
+    type, float64 for float64, else float32 (CUDA: bf16/f16, so float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _numpy(name, t, dtypes=_CPU_DTYPES):
@@ -60,8 +70,8 @@ def v2_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tens
               kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
               window_left: int, window_right: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """diffattn.v2 and its log-sum-exp: (out [B, Sq, H, Dv], lse [B, 2H, Sq]
-    float32, -inf where a row sees no key). CPU tensors here; CUDA tensors
-    run diffattn._torch.v2_lse_cuda."""
+    float32, float64 for float64 q; -inf where a row sees no key). CPU
+    tensors here; CUDA tensors run diffattn._torch.v2_lse_cuda."""
     q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
     out, lse = _cpu.v2(q_, k_, v_, lam_, causal=causal, scale=scale,
                        window=(window_left, window_right), kv_len=kv_, return_lse=True)
@@ -72,7 +82,7 @@ def v2_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tens
 def _v2_lse_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     b, sq, h2, _ = q.shape
     return (q.new_empty((b, sq, h2 // 2, v.shape[3])),
-            q.new_empty((b, h2, sq), dtype=torch.float32))
+            q.new_empty((b, h2, sq), dtype=lse_dtype(q.dtype)))
 
 
 @torch.library.custom_op("diffattn::v2_backward", mutates_args=())
@@ -87,7 +97,8 @@ def v2_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch
     match the forward's configuration."""
     q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
     grads = _cpu.v2_backward(q_, k_, v_, lam_, _numpy("out", out), _numpy("dout", dout),
-                             _numpy("lse", lse, (torch.float32,)), causal=causal, scale=scale,
+                             _numpy("lse", lse, (lse_dtype(q.dtype),)), causal=causal,
+                             scale=scale,
                              window=(window_left, window_right), kv_len=kv_)
     return tuple(torch.from_numpy(g) for g in grads)
 

@@ -38,6 +38,7 @@ import warnings
 import torch
 
 from . import _build_config, _gpu, _runtime
+from ._torch_autograd import lse_dtype
 
 #: Whether the C++ kernel serves CUDA calls of torch.ops.diffattn.v2.
 active = False
@@ -94,7 +95,7 @@ def _v2_train(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
 def _v2_train_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     b, sq, h2, _ = q.shape
     return (q.new_empty((b, sq, h2 // 2, v.shape[3])),
-            q.new_empty((b, h2, sq), dtype=torch.float32))
+            q.new_empty((b, h2, sq), dtype=lse_dtype(q.dtype)))
 
 
 def autograd_in_cpp():

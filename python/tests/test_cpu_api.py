@@ -27,7 +27,10 @@ def _v2_args(b=1, sq=8, sk=8, h2=4, hkv=2, d=16, dv=16, dtype=np.float32):
 
 V2_ERRORS = [
     ("q rank", dict(q=np.zeros((8, 4, 16), np.float32)), ValueError, "q: expected rank 4"),
-    ("q dtype", dict(q=np.zeros((1, 8, 4, 16), np.float64)), TypeError, "q: expected dtype float32 or float16"),
+    ("q dtype", dict(q=np.zeros((1, 8, 4, 16), np.int32)), TypeError,
+     "q: expected dtype float64, float32 or float16, got int32"),
+    ("k f32 with f64 q", dict(q=np.zeros((1, 8, 4, 16), np.float64)), TypeError,
+     r"k: expected dtype float64 \(as q\), got float32"),
     ("q not numpy", dict(q=[[1.0]]), TypeError, "q: expected a numpy.ndarray"),
     ("k dtype", dict(k=np.zeros((1, 8, 2, 16), np.float16)), TypeError, "k: expected dtype float32"),
     ("lam f16 with f32 q", dict(lam=np.zeros((1, 8, 2), np.float16)), TypeError, "lam: expected dtype float32"),

@@ -1,15 +1,18 @@
 """diffattn.v2_backward on the CPU (issue 15): the compiled gradients (dq,
-dk, dv, dlam) of both lowerings (tiled over blocks of 64 keys, and the
-untiled oracle) against the float64 reference on 33 configurations (G = 2..8, odd lengths, Sq != Sk both ways, windows, ragged
-kv_len, Dv != D, f16, lam in f32), keys past kv_len that hold NaN, and the
-errors that name the tensor whose shape or dtype does not match the
-forward's configuration."""
+dk, dv, dlam) of both lowerings (tiled over blocks of 64 query rows x 64
+keys, and the untiled oracle) against the float64 reference on 39
+configurations (G = 2..8, odd lengths, Sq != Sk both ways, several row
+blocks with Sq not a multiple of the block, key blocks wholly masked for a
+row block, windows, ragged kv_len, Dv != D, f16, lam in f32), smaller
+blocks (many partial and skipped blocks, gradients poisoned first), keys
+past kv_len that hold NaN, and the errors that name the tensor whose shape
+or dtype does not match the forward's configuration."""
 
 import numpy as np
 import pytest
 
 import diffattn
-from diffattn import _cpu, reference
+from diffattn import _compiler, _cpu, _ops, reference
 
 # (B, Sq, Sk, 2H, Hkv, D, Dv, causal, window, kv_len)
 CASES = [
@@ -46,6 +49,14 @@ CASES = [
     (2, 20, 200, 8, 2, 16, 16, True, (-1, -1), [200, 129]),  # four key blocks, ragged
     (1, 33, 130, 4, 2, 16, 8, False, (20, 5), None),        # window across blocks
     (1, 70, 150, 8, 2, 16, 16, True, (-1, -1), None),       # last block partial
+    # Several blocks of 64 query rows (Sq not a multiple of 64), some key
+    # blocks wholly masked for a row block and skipped:
+    (1, 130, 130, 4, 2, 16, 16, True, (-1, -1), None),      # causal: later key blocks
+    (1, 200, 60, 4, 2, 16, 16, True, (-1, -1), None),       # row blocks with no key at all
+    (2, 150, 150, 4, 2, 16, 16, False, (20, 0), None),      # window: earlier key blocks
+    (2, 100, 180, 8, 2, 16, 8, True, (30, -1), [180, 70]),  # window + ragged kv_len
+    (2, 70, 300, 4, 2, 8, 8, False, (0, 5), [300, 0]),      # narrow window, empty sequence
+    (1, 129, 70, 8, 2, 16, 8, False, (-1, -1), None),       # unmasked, one row past 128
 ]
 IDS = [f"c{i:02d}" for i in range(len(CASES))]
 
@@ -84,6 +95,39 @@ def test_gradients_match_reference(case, lowering):
     ref = reference.v2_backward(q, k, v, lam, dout, **kw)
     for name, got, want, like in zip(("dq", "dk", "dv", "dlam"), grads, ref, (q, k, v, lam)):
         assert got.shape == like.shape and got.dtype == like.dtype, name
+        assert np.all(np.isfinite(got)), name
+        assert _rel_l2(got, want) < 2e-5, (name, _rel_l2(got, want))
+
+
+def _backward_blocks(q, k, v, lam, out, dout, lse, block_q, block_k, kv_len=None, **kw):
+    """The tiled backward compiled with --block-q / --block-k, its gradients
+    poisoned with NaN before the call (so an unwritten element fails)."""
+    params, text, sizes = _ops.v2_backward_request(
+        q.shape, k.shape, v.shape, lam.shape, out.shape, dout.shape, lse.shape,
+        _cpu._DTYPES[q.dtype], _cpu._DTYPES[lam.dtype], scale=None,
+        kv_len_shape=None if kv_len is None else kv_len.shape, **kw)
+    directory = _compiler.ensure_compiled(
+        "v2_backward", params, "cpu", text, (f"--block-q={block_q}", f"--block-k={block_k}"))
+    (fn, kernel), = _cpu.load_kernels(directory).values()
+    grads = [np.full_like(x, np.nan) for x in (q, k, v, lam)]
+    buffers = [("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out), ("dout", dout),
+               ("lse", lse)] + ([("kv_len", kv_len)] if kv_len is not None else [])
+    _cpu.call_kernel(fn, kernel, buffers + list(zip(("dq", "dk", "dv", "dlam"), grads)), sizes)
+    return grads
+
+
+@pytest.mark.parametrize("block_q, block_k", [(16, 16), (8, 32), (32, 8)])
+@pytest.mark.parametrize("case", [CASES[9], CASES[12], CASES[17], CASES[30], CASES[34], CASES[36]],
+                         ids=["window", "sq>sk-window", "causal", "kv_len", "sq>>sk", "window-kv_len"])
+def test_small_blocks(case, block_q, block_k):
+    """Blocks smaller than the shapes: many row blocks, partial last blocks,
+    key blocks skipped for some row blocks (and row blocks seeing no key);
+    every gradient element written (poisoned first)."""
+    q, k, v, lam, dout, kw = _inputs(case, seed=3)
+    out, lse = _cpu.v2(q, k, v, lam, return_lse=True, lowering="decompose", **kw)
+    grads = _backward_blocks(q, k, v, lam, out, dout, lse, block_q, block_k, **kw)
+    ref = reference.v2_backward(q, k, v, lam, dout, **kw)
+    for name, got, want in zip(("dq", "dk", "dv", "dlam"), grads, ref):
         assert np.all(np.isfinite(got)), name
         assert _rel_l2(got, want) < 2e-5, (name, _rel_l2(got, want))
 

@@ -1,8 +1,8 @@
 """diffattn.v2(..., return_lse=True) on the CPU (issue 15): the compiled
 kernels' log-sum-exp [B, 2H, Sq] against the float64 reference, through the
 tiled (flash) and the untiled (decompose) lowerings, with their output
-unchanged; rows that see no key give -inf; the GPU path and paged caches
-refuse the flag."""
+unchanged; rows that see no key give -inf; paged caches, and out= on torch
+tensors, refuse the flag."""
 
 import numpy as np
 import pytest
@@ -69,8 +69,14 @@ def test_lse_with_a_paged_cache_is_a_value_error():
                     block_table=np.zeros((1, 1), np.int32), return_lse=True)
 
 
-def test_lse_on_the_gpu_path_is_a_value_error():
+def test_lse_with_out_on_torch_tensors_is_a_value_error():
+    """torch tensors take return_lse (diffattn::v2_lse, on CPU and CUDA
+    tensors) but not together with out= (the custom op allocates both)."""
     torch = pytest.importorskip("torch")
     q = torch.zeros((1, 1, 4, 16))
-    with pytest.raises(ValueError, match="return_lse"):
-        diffattn.v2(q, q, q, q, return_lse=True)
+    kv = torch.zeros((1, 1, 2, 16))
+    lam = torch.zeros((1, 1, 2))
+    with pytest.raises(ValueError, match="^return_lse: not supported with out="):
+        diffattn.v2(q, kv, kv, lam, return_lse=True, out=torch.zeros((1, 1, 2, 16)))
+    out, lse = diffattn.v2(q, kv, kv, lam, return_lse=True)
+    assert out.shape == (1, 1, 2, 16) and lse.shape == (1, 4, 1)

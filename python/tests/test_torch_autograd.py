@@ -1,5 +1,6 @@
 """torch.ops.diffattn.v2 in training (issue 15): its autograd formula on CPU
-tensors against the float64 reference, torch.autograd.gradcheck, the
+tensors against the float64 reference, torch.autograd.gradcheck in float64
+(causal, windows, GQA, Sq != Sk, kv_len), the
 backward under torch.compile (the fake kernels of diffattn::v2_lse and
 diffattn::v2_backward), and the errors of a backward whose saved tensors do
 not match. Needs torch (skipped without it)."""
@@ -51,15 +52,35 @@ def test_backward_matches_reference(case):
         *(t.detach().numpy() for t in (q, k, v, lam)), **kw), rtol=2e-4, atol=2e-4)
 
 
-def test_gradcheck():
-    """Finite differences of the compiled float32 forward against the
-    compiled backward (float32: the CPU kernels have no float64 form yet, so
-    eps and the tolerances are float32's)."""
-    q, k, v, lam, kv, config = _tensors((1, 5, 6, 4, 2, 8, 8, True, (-1, -1), None))
-    with pytest.warns(UserWarning, match="double precision"):
-        assert torch.autograd.gradcheck(
-            lambda q, k, v, lam: torch.ops.diffattn.v2(q, k, v, lam, kv, *config),
-            (q, k, v, lam), eps=1e-2, atol=2e-3, rtol=2e-2)
+# (B, Sq, Sk, 2H, Hkv, D, Dv, causal, window, kv_len): small, so that the
+# finite differences stay cheap.
+GRADCHECK_CASES = [
+    (1, 5, 5, 4, 2, 8, 8, True, (-1, -1), None),      # causal, G = 2
+    (1, 6, 9, 4, 2, 8, 4, False, (2, 1), None),       # window, Sq < Sk, Dv < D
+    (2, 7, 4, 8, 2, 4, 4, True, (-1, -1), None),      # G = 4, Sq > Sk: rows with no key
+    (2, 3, 8, 4, 2, 8, 8, True, (-1, -1), [8, 5]),    # kv_len (decode-like)
+    (1, 9, 9, 4, 2, 4, 4, False, (3, 0), [6]),        # window + kv_len
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES,
+                         ids=["causal", "window-sq<sk", "gqa4-sq>sk", "kv_len", "window-kv_len"])
+def test_gradcheck(case):
+    """torch.autograd.gradcheck in float64 with its default eps, atol and
+    rtol: finite differences of the compiled float64 forward against the
+    compiled float64 backward (both compute in f64 throughout)."""
+    q, k, v, lam, kv, config = _tensors(case, torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, lam: torch.ops.diffattn.v2(q, k, v, lam, kv, *config),
+        (q, k, v, lam))
+
+
+def test_float64_forward_and_lse_dtypes():
+    q, k, v, lam, kv, config = _tensors(CASES[0], torch.float64)
+    out, lse = torch.ops.diffattn.v2_lse(q, k, v, lam, kv, *config)
+    assert out.dtype == torch.float64 and lse.dtype == torch.float64
+    with pytest.raises(TypeError, match=r"^lse: CPU tensors must be torch.float64"):
+        torch.ops.diffattn.v2_backward(q, k, v, lam, out, out, lse.float(), kv, *config)
 
 
 def test_f16_and_lam_f32():

@@ -31,3 +31,12 @@ func.func @v1(%q: tensor<1x16x4x64xbf16>, %k: tensor<1x16x2x64xbf16>, %v: tensor
   %o = diffattn.v1 %q, %k, %v, %lam, %w {lambda_init = 0.2 : f32} : (tensor<1x16x4x64xbf16>, tensor<1x16x2x64xbf16>, tensor<1x16x1x128xbf16>, tensor<f32>, tensor<128xbf16>) -> tensor<1x16x2x128xbf16>
   return %o : tensor<1x16x2x128xbf16>
 }
+
+// -----
+
+// f64 is a CPU-only element type (float64 reference gradients).
+func.func @f64(%q: tensor<1x64x4x64xf64>, %k: tensor<1x64x2x64xf64>, %lam: tensor<1x64x2xf64>) -> tensor<1x64x2x64xf64> {
+  // expected-error @+1 {{element type 'f64' is not supported by the portable GPU strategy (expected f16 or bf16)}}
+  %o = diffattn.v2 %q, %k, %k, %lam : (tensor<1x64x4x64xf64>, tensor<1x64x2x64xf64>, tensor<1x64x2x64xf64>, tensor<1x64x2xf64>) -> tensor<1x64x2x64xf64>
+  return %o : tensor<1x64x2x64xf64>
+}

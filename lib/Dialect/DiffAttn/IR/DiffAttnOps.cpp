@@ -122,11 +122,12 @@ private:
 };
 
 bool isAttentionElementType(Type type) {
-  return type.isF32() || type.isF16() || type.isBF16();
+  return type.isF64() || type.isF32() || type.isF16() || type.isBF16();
 }
 
 /// Checks that q, k, v and the result share one element type T in
-/// {f32, f16, bf16}.
+/// {f64, f32, f16, bf16} (f64 has CPU lowerings only; the GPU strategies
+/// reject it).
 LogicalResult verifyAttentionElementTypes(Operation *op, RankedTensorType q,
                                           RankedTensorType k,
                                           RankedTensorType v,
@@ -134,7 +135,7 @@ LogicalResult verifyAttentionElementTypes(Operation *op, RankedTensorType q,
   Type elem = q.getElementType();
   if (!isAttentionElementType(elem))
     return op->emitOpError()
-           << "'q' must have element type f32, f16 or bf16, got " << elem;
+           << "'q' must have element type f64, f32, f16 or bf16, got " << elem;
   auto expectSame = [&](StringRef name,
                         RankedTensorType type) -> LogicalResult {
     if (type.getElementType() == elem)
@@ -221,13 +222,22 @@ static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
   return success();
 }
 
-/// Checks a log-sum-exp tensor: [B, 2H, Sq] f32.
-static LogicalResult verifyLse(Operation *op, LayoutChecker &layout,
-                               Value lse) {
+Type mlir::diffattn::getAccumulatorType(Type elementType) {
+  if (elementType.isF64())
+    return elementType;
+  return Float32Type::get(elementType.getContext());
+}
+
+/// Checks a log-sum-exp tensor: [B, 2H, Sq] of the accumulator type of q's
+/// element type `elem` (f64 for f64, else f32).
+static LogicalResult verifyLse(Operation *op, LayoutChecker &layout, Value lse,
+                               Type elem) {
   auto type = cast<RankedTensorType>(lse.getType());
-  if (!type.getElementType().isF32())
+  Type expected = getAccumulatorType(elem);
+  if (type.getElementType() != expected)
     return op->emitOpError()
-           << "'lse' must have element type f32, got " << type.getElementType();
+           << "'lse' must have element type " << expected << " (for 'q' of "
+           << elem << "), got " << type.getElementType();
   return layout.check("lse", type, {{"B"}, {"H", 2}, {"Sq"}});
 }
 
@@ -288,7 +298,7 @@ LogicalResult V2Op::verify() {
   if (failed(verifyV2Shapes(layout, q, k, v, lam, out, getKvLen())))
     return failure();
   if (Value lse = getLse())
-    if (failed(verifyLse(op, layout, lse)))
+    if (failed(verifyLse(op, layout, lse, q.getElementType())))
       return failure();
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
                        getWindowLeftBound(), getWindowRightBound());
@@ -351,7 +361,7 @@ LogicalResult V2BackwardOp::verify() {
   LayoutChecker layout(op);
   if (failed(verifyV2Shapes(layout, q, k, v, lam, out, getKvLen())) ||
       failed(layout.check("dout", dout, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})) ||
-      failed(verifyLse(op, layout, getLse())))
+      failed(verifyLse(op, layout, getLse(), q.getElementType())))
     return failure();
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
                        getWindowLeftBound(), getWindowRightBound());

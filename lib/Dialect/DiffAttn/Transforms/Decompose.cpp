@@ -3,7 +3,8 @@
 // The DiffAttnDecompose pass and its core, decomposeDiffAttnOp: SPEC.md's
 // formulas, and diffattn.v2_backward's gradients, written as linalg.generic
 // ops over whole tensors (the untiled oracle). Scores, softmax statistics
-// and accumulation are f32; results have their operands' element types.
+// and accumulation are in the accumulator type (f64 for f64 operands, else
+// f32); results have their operands' element types.
 //
 //===----------------------------------------------------------------------===//
 
@@ -34,7 +35,7 @@ using namespace mlir::diffattn::lowering;
 LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                   Operation *op) {
   if (auto backward = dyn_cast<V2BackwardOp>(op))
-    return lowerV2Backward(rewriter, backward, /*blockK=*/0);
+    return lowerV2Backward(rewriter, backward, FlashTileSizes{0, 0});
   FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
   if (failed(dense))
     return failure();
@@ -48,8 +49,8 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                                       : Value());
   const AttentionConfig &config = dec.config;
   Location loc = dec.loc;
-  Type f32 = rewriter.getF32Type();
-  float ninf = -std::numeric_limits<float>::infinity();
+  Type accType = dec.acc;
+  double ninf = -std::numeric_limits<double>::infinity();
   auto map = [&](unsigned n, ArrayRef<AffineExpr> r) { return dec.map(n, r); };
   AffineExpr d0 = dec.dim(0), d1 = dec.dim(1), d2 = dec.dim(2), d3 = dec.dim(3);
   OpFoldResult batch = dec.batch, seqQ = dec.seqQ, queryHeads = dec.queryHeads,
@@ -60,8 +61,8 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
   // Row max M[b, j, i] and probabilities P = exp(S - M).
   AffineMap id4 = map(4, {d0, d1, d2, d3});
   AffineMap rowMap = map(4, {d0, d1, d2});
-  Value rowInit =
-      buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ}, f32, ninf);
+  Value rowInit = buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ},
+                                    accType, ninf);
   Value rowMax = buildGeneric(
       rewriter, loc, {masked}, {rowInit}, {id4, rowMap},
       {kPar, kPar, kPar, kRed}, [&](OpBuilder &b, Location l, ValueRange args) {
@@ -77,7 +78,7 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                 math::ExpOp::create(b, l, shifted).getResult());
       })[0];
   Value zeroRows =
-      buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ}, f32, 0);
+      buildFilledTensor(rewriter, loc, {batch, queryHeads, seqQ}, accType, 0);
   Value rowSum = buildGeneric(
       rewriter, loc, {probs}, {zeroRows}, {id4, rowMap},
       {kPar, kPar, kPar, kRed}, [&](OpBuilder &b, Location l, ValueRange args) {
@@ -114,27 +115,30 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
         rewriter, loc, pairInputs, {resultInit()}, pairMaps,
         {kPar, kPar, kPar, kPar},
         [&](OpBuilder &b, Location l, ValueRange args) {
-          Value sig = buildSigmoid(b, l, buildExtToF32(b, l, args[4]));
+          Value sig =
+              buildSigmoid(b, l, buildFloatCast(b, l, args[4], accType));
           Value diff = difference(b, l, args, sig);
           linalg::YieldOp::create(
-              b, l, buildTruncFromF32(b, l, diff, config.elementType));
+              b, l, buildFloatCast(b, l, diff, config.elementType));
         })[0];
   } else {
     // V1: x = A1 - lam * A2, then RMSNorm over the 2D values of each head.
     pairInputs.push_back(lam);
     pairMaps.push_back(map(4, {}));
     pairMaps.push_back(outMap);
-    Value emptyF32 = tensor::EmptyOp::create(
+    Value emptyAcc = tensor::EmptyOp::create(
         rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
-        f32);
-    Value diff = buildGeneric(rewriter, loc, pairInputs, {emptyF32}, pairMaps,
-                              {kPar, kPar, kPar, kPar},
-                              [&](OpBuilder &b, Location l, ValueRange args) {
-                                linalg::YieldOp::create(
-                                    b, l, difference(b, l, args, args[4]));
-                              })[0];
+        accType);
+    Value diff = buildGeneric(
+        rewriter, loc, pairInputs, {emptyAcc}, pairMaps,
+        {kPar, kPar, kPar, kPar},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          linalg::YieldOp::create(
+              b, l,
+              difference(b, l, args, buildFloatCast(b, l, args[4], accType)));
+        })[0];
     Value zeroSq =
-        buildFilledTensor(rewriter, loc, {batch, seqQ, pairs}, f32, 0);
+        buildFilledTensor(rewriter, loc, {batch, seqQ, pairs}, accType, 0);
     Value sumSquares =
         buildGeneric(rewriter, loc, {diff}, {zeroSq},
                      {outMap, map(4, {d0, d1, d2})}, {kPar, kPar, kPar, kRed},
@@ -150,8 +154,8 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
           Value y =
               buildRMSNormScale(b, l, args[0], args[1], args[2],
                                 config.valueDim, config.eps, config.lambdaInit);
-          linalg::YieldOp::create(
-              b, l, buildTruncFromF32(b, l, y, config.elementType));
+          linalg::YieldOp::create(b, l,
+                                  buildFloatCast(b, l, y, config.elementType));
         })[0];
   }
 
@@ -166,7 +170,8 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
     Value lseInit = getResultDestination(op, 1);
     if (!lseInit)
       lseInit = tensor::EmptyOp::create(
-          rewriter, loc, ArrayRef<OpFoldResult>{batch, queryHeads, seqQ}, f32);
+          rewriter, loc, ArrayRef<OpFoldResult>{batch, queryHeads, seqQ},
+          accType);
     AffineMap id3 = map(3, {d0, d1, d2});
     Value lse = buildGeneric(
         rewriter, loc, {rowMax, rowSum}, {lseInit}, {id3, id3, id3},

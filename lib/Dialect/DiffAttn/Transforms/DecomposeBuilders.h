@@ -2,8 +2,9 @@
 //
 // Internal to the transforms library: what the untiled decomposition of
 // diffattn.v2 (Decompose.cpp) and the backward lowerings (V2Backward.cpp,
-// untiled or over key blocks) share: an op's sizes, the scaled and masked
-// scores, and the f32 contractions with the kv_len guard.
+// untiled or over blocks of query rows and keys) share: an op's sizes, the
+// scaled and masked scores, and the contractions with the kv_len guard, all in
+// the op's accumulator type A (f64 for f64 operands, else f32).
 //
 //===----------------------------------------------------------------------===//
 
@@ -29,17 +30,21 @@ namespace mlir::diffattn::lowering {
 struct Decomposition {
   /// `k` holds the keys the products read: all of them, or (the backward's
   /// key blocks) the block of keys `keyBase` onwards of a cache of
-  /// `fullSeqK` keys.
+  /// `fullSeqK` keys. Likewise `q` holds all query rows, or (the backward's
+  /// row blocks) the rows `rowBase` onwards of `fullSeqQ`.
   Decomposition(RewriterBase &rewriter, Operation *op, Value q, Value k,
-                Value kvLen, Value keyBase = Value(), Value fullSeqK = Value())
+                Value kvLen, Value keyBase = Value(), Value fullSeqK = Value(),
+                Value rowBase = Value(), Value fullSeqQ = Value())
       : rewriter(rewriter), loc(op->getLoc()), ctx(op->getContext()),
-        config(AttentionConfig::get(op)), kvLen(kvLen), keyBase(keyBase) {
+        config(AttentionConfig::get(op)), acc(config.accumulatorType),
+        kvLen(kvLen), keyBase(keyBase), rowBase(rowBase) {
     batch = tensor::getMixedSize(rewriter, loc, q, 0);
     seqQ = tensor::getMixedSize(rewriter, loc, q, 1);
     seqK = tensor::getMixedSize(rewriter, loc, k, 1);
     seqQValue = getValueOrCreateConstantIndexOp(rewriter, loc, seqQ);
     seqKValue = getValueOrCreateConstantIndexOp(rewriter, loc, seqK);
     this->fullSeqK = fullSeqK ? fullSeqK : seqKValue;
+    this->fullSeqQ = fullSeqQ ? fullSeqQ : seqQValue;
     queryHeads = rewriter.getIndexAttr(2 * config.numPairs);
     pairs = rewriter.getIndexAttr(config.numPairs);
     valueDim = rewriter.getIndexAttr(config.valueDim);
@@ -63,7 +68,14 @@ struct Decomposition {
                    : key;
   }
 
-  /// A sum of products `init += lhs * rhs` (f32) over the reduction loops of
+  /// The query row that loop `rowLoop` indexes.
+  Value rowIndex(OpBuilder &b, Location l, unsigned rowLoop) const {
+    Value row = linalg::IndexOp::create(b, l, rowLoop);
+    return rowBase ? arith::AddIOp::create(b, l, row, rowBase).getResult()
+                   : row;
+  }
+
+  /// A sum of products `init += lhs * rhs` (in A) over the reduction loops of
   /// `iterators`. With kv_len, `keyLoop` names the loop over keys: keys at
   /// t >= kv_len[b] are never read into the sum (a cache may hold NaN or Inf
   /// there, and 0 * NaN is NaN; SPEC.md: such keys are ignored).
@@ -93,11 +105,10 @@ struct Decomposition {
   }
 
   /// scale * S[b, j, i, t] = scale * sum_d q[b, i, j, d] * k[b, t, kh(j), d]
-  /// where key t is visible to query row i, else -inf: [B, 2H, Sq, Sk] f32.
+  /// where key t is visible to query row i, else -inf: [B, 2H, Sq, Sk] A.
   Value maskedScores(Value q, Value k) const {
     AffineExpr d0 = dim(0), d1 = dim(1), d2 = dim(2), d3 = dim(3), d4 = dim(4);
-    Type f32 = rewriter.getF32Type();
-    Value zero = buildFilledTensor(rewriter, loc, scoreSizes(), f32, 0);
+    Value zero = buildFilledTensor(rewriter, loc, scoreSizes(), acc, 0);
     // Loops b j i t d.
     Value scores = contract(q, k, zero,
                             {map(5, {d0, d2, d1, d4}),
@@ -115,15 +126,15 @@ struct Decomposition {
     return buildGeneric(
         rewriter, loc, inputs, {emptyScores()}, maps, {kPar, kPar, kPar, kPar},
         [&](OpBuilder &b, Location l, ValueRange args) {
-          Value row = linalg::IndexOp::create(b, l, 2);
+          Value row = rowIndex(b, l, 2);
           Value key = keyIndex(b, l, 3);
           Value keyLen = keyLength(b, l, kvLen ? args[1] : Value());
-          Value offset = arith::SubIOp::create(b, l, keyLen, seqQValue);
+          Value offset = arith::SubIOp::create(b, l, keyLen, fullSeqQ);
           Value visible =
               buildIsVisible(b, l, config, row, key, offset, keyLen);
           Value scaled = arith::MulFOp::create(
               b, l, args[0],
-              arith::ConstantOp::create(b, l, b.getF32FloatAttr(config.scale)));
+              buildFloatConstant(b, l, acc, config.scaleIn(acc)));
           linalg::YieldOp::create(
               b, l,
               arith::SelectOp::create(b, l, visible, scaled, minusInf(b, l))
@@ -132,12 +143,11 @@ struct Decomposition {
   }
 
   /// A[b, i, j, e] = sum_t P[b, j, i, t] * v[b, t, vh(j), e]: [B, Sq, 2H, Dv]
-  /// f32.
+  /// A.
   Value valueProduct(Value probs, Value v) const {
     AffineExpr d0 = dim(0), d1 = dim(1), d2 = dim(2), d3 = dim(3), d4 = dim(4);
-    Value zero =
-        buildFilledTensor(rewriter, loc, {batch, seqQ, queryHeads, valueDim},
-                          rewriter.getF32Type(), 0);
+    Value zero = buildFilledTensor(rewriter, loc,
+                                   {batch, seqQ, queryHeads, valueDim}, acc, 0);
     // Loops b i j e t.
     return contract(probs, v, zero,
                     {map(5, {d0, d2, d1, d4}),
@@ -150,22 +160,26 @@ struct Decomposition {
     return {batch, queryHeads, seqQ, seqK};
   }
   Value emptyScores() const {
-    return tensor::EmptyOp::create(rewriter, loc, scoreSizes(),
-                                   rewriter.getF32Type());
+    return tensor::EmptyOp::create(rewriter, loc, scoreSizes(), acc);
   }
-  static Value minusInf(OpBuilder &b, Location l) {
-    return arith::ConstantOp::create(
-        b, l, b.getF32FloatAttr(-std::numeric_limits<float>::infinity()));
+  Value minusInf(OpBuilder &b, Location l) const {
+    return buildFloatConstant(b, l, acc,
+                              -std::numeric_limits<double>::infinity());
   }
 
   RewriterBase &rewriter;
   Location loc;
   MLIRContext *ctx;
   AttentionConfig config;
+  /// The accumulator type A of every intermediate (config.accumulatorType).
+  Type acc;
   Value kvLen;
   /// The first key of `k` in the cache (null: 0) and the cache's keys.
   Value keyBase, fullSeqK;
-  /// seqK: the keys of `k` (a key block's, in the backward's blocks).
+  /// The first row of `q` (null: 0) and the op's query rows Sq.
+  Value rowBase, fullSeqQ;
+  /// seqQ / seqK: the rows of `q` and keys of `k` (a block's, in the
+  /// backward's blocks).
   OpFoldResult batch, seqQ, seqK, queryHeads, pairs, valueDim;
   Value seqQValue, seqKValue;
 };

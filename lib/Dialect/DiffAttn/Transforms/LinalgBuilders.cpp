@@ -32,21 +32,23 @@ Value lowering::buildFilledTensor(OpBuilder &b, Location loc,
   return linalg::FillOp::create(b, loc, scalar, empty).getResult(0);
 }
 
-Value lowering::buildExtToF32(OpBuilder &b, Location loc, Value value) {
-  if (value.getType().isF32())
-    return value;
-  return arith::ExtFOp::create(b, loc, b.getF32Type(), value);
+Value lowering::buildFloatConstant(OpBuilder &b, Location loc, Type type,
+                                   double value) {
+  return arith::ConstantOp::create(b, loc, b.getFloatAttr(type, value));
 }
 
-Value lowering::buildTruncFromF32(OpBuilder &b, Location loc, Value value,
-                                  Type type) {
-  if (type.isF32())
+Value lowering::buildFloatCast(OpBuilder &b, Location loc, Value value,
+                               Type type) {
+  Type from = value.getType();
+  if (from == type)
     return value;
+  if (from.getIntOrFloatBitWidth() < type.getIntOrFloatBitWidth())
+    return arith::ExtFOp::create(b, loc, type, value);
   return arith::TruncFOp::create(b, loc, type, value);
 }
 
 Value lowering::buildSigmoid(OpBuilder &b, Location loc, Value x) {
-  Value one = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(1.0f));
+  Value one = buildFloatConstant(b, loc, x.getType(), 1.0);
   Value negX = arith::NegFOp::create(b, loc, x);
   Value denom =
       arith::AddFOp::create(b, loc, one, math::ExpOp::create(b, loc, negX));
@@ -54,9 +56,10 @@ Value lowering::buildSigmoid(OpBuilder &b, Location loc, Value x) {
 }
 
 Value lowering::buildSafeMax(OpBuilder &b, Location loc, Value max) {
-  Value ninf = arith::ConstantOp::create(
-      b, loc, b.getF32FloatAttr(-std::numeric_limits<float>::infinity()));
-  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
+  Type type = max.getType();
+  Value ninf = buildFloatConstant(b, loc, type,
+                                  -std::numeric_limits<double>::infinity());
+  Value zero = buildFloatConstant(b, loc, type, 0.0);
   Value isEmpty =
       arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, max, ninf);
   return arith::SelectOp::create(b, loc, isEmpty, zero, max);
@@ -69,10 +72,10 @@ Value lowering::buildLogSumExp(OpBuilder &b, Location loc, Value max,
 
 Value lowering::buildNormalize(OpBuilder &b, Location loc, Value acc,
                                Value sum) {
-  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
+  Value zero = buildFloatConstant(b, loc, sum.getType(), 0.0);
   Value seen =
       arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, sum, zero);
-  Value one = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(1.0f));
+  Value one = buildFloatConstant(b, loc, sum.getType(), 1.0);
   Value safeSum = arith::SelectOp::create(b, loc, seen, sum, one);
   Value quotient = arith::DivFOp::create(b, loc, acc, safeSum);
   return arith::SelectOp::create(b, loc, seen, quotient, zero);
@@ -90,24 +93,28 @@ Value lowering::buildPairDifference(OpBuilder &b, Location loc, Value acc0,
 Value lowering::buildMulAcc(OpBuilder &b, Location loc, Value lhs, Value rhs,
                             Value acc) {
   auto fm = arith::FastMathFlagsAttr::get(b.getContext(), attentionFastMath());
-  Value prod = arith::MulFOp::create(b, loc, buildExtToF32(b, loc, lhs),
-                                     buildExtToF32(b, loc, rhs), fm);
+  Type type = acc.getType();
+  Value prod = arith::MulFOp::create(b, loc, buildFloatCast(b, loc, lhs, type),
+                                     buildFloatCast(b, loc, rhs, type), fm);
   return arith::AddFOp::create(b, loc, acc, prod, fm);
 }
 
 Value lowering::buildRMSNormScale(OpBuilder &b, Location loc, Value x,
                                   Value sumSquares, Value weight, int64_t width,
                                   float eps, float lambdaInit) {
-  Value widthF = arith::ConstantOp::create(
-      b, loc, b.getF32FloatAttr(static_cast<float>(width)));
-  Value epsF = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(eps));
+  Type type = x.getType();
+  Value widthF = buildFloatConstant(b, loc, type, static_cast<double>(width));
+  Value epsF = buildFloatConstant(b, loc, type, eps);
   Value mean = arith::DivFOp::create(b, loc, sumSquares, widthF);
   Value inv =
       math::RsqrtOp::create(b, loc, arith::AddFOp::create(b, loc, mean, epsF));
-  Value outScale =
-      arith::ConstantOp::create(b, loc, b.getF32FloatAttr(1.0f - lambdaInit));
+  // 1 - lambda_init: rounded to f32 for f32 sums, exact in double (from
+  // lambda_init's f32 value) for f64 sums.
+  double outScaleValue =
+      type.isF64() ? 1.0 - static_cast<double>(lambdaInit) : 1.0f - lambdaInit;
+  Value outScale = buildFloatConstant(b, loc, type, outScaleValue);
   Value y = arith::MulFOp::create(b, loc, x, inv);
-  y = arith::MulFOp::create(b, loc, y, buildExtToF32(b, loc, weight));
+  y = arith::MulFOp::create(b, loc, y, buildFloatCast(b, loc, weight, type));
   return arith::MulFOp::create(b, loc, y, outScale);
 }
 

@@ -2,8 +2,11 @@
 //-*-===//
 //
 // Internal helpers of the decomposition and the tiling: linalg.generic on
-// tensors, filled tensors and the scalar math of attention (f32 extension,
-// sigmoid, the guards that make empty rows 0 instead of NaN).
+// tensors, filled tensors and the scalar math of attention (conversion to
+// the accumulator type, sigmoid, the guards that make empty rows 0 instead
+// of NaN). The scalar builders compute in the float type of their operands:
+// the accumulator type A (AttentionConfig::accumulatorType, f64 for f64
+// operands, else f32), so one builder serves both precisions.
 //
 //===----------------------------------------------------------------------===//
 
@@ -47,21 +50,24 @@ Value buildFilledTensor(OpBuilder &b, Location loc,
                         ArrayRef<OpFoldResult> sizes, Type elementType,
                         double value);
 
-/// `value` extended to f32 (unchanged when already f32).
-Value buildExtToF32(OpBuilder &b, Location loc, Value value);
+/// A scalar constant `value` of the float type `type`.
+Value buildFloatConstant(OpBuilder &b, Location loc, Type type, double value);
 
-/// `value` (f32) converted to `type` (unchanged when already f32).
-Value buildTruncFromF32(OpBuilder &b, Location loc, Value value, Type type);
+/// `value` (a float) converted to the float type `type`: extended when
+/// `type` is wider (an operand into the accumulator type), truncated when
+/// narrower (a sum into a result's element type), unchanged when equal.
+Value buildFloatCast(OpBuilder &b, Location loc, Value value, Type type);
 
-/// 1 / (1 + exp(-x)) in f32.
+/// 1 / (1 + exp(-x)) in x's type.
 Value buildSigmoid(OpBuilder &b, Location loc, Value x);
 
 /// A running max usable as an exp() offset: 0 when the max is -inf (no
 /// visible key yet), so exp(s - m) is 0, never NaN.
 Value buildSafeMax(OpBuilder &b, Location loc, Value max);
 
-/// A row's log-sum-exp from its running max and sum (f32, natural log):
-/// max + log(sum); -inf for a row that saw no key (max = -inf, sum = 0).
+/// A row's log-sum-exp from its running max and sum (natural log, in their
+/// type): max + log(sum); -inf for a row that saw no key (max = -inf, sum =
+/// 0).
 Value buildLogSumExp(OpBuilder &b, Location loc, Value max, Value sum);
 
 /// `acc / sum`, or 0 when the row saw no key (sum == 0).
@@ -72,11 +78,11 @@ Value buildNormalize(OpBuilder &b, Location loc, Value acc, Value sum);
 Value buildPairDifference(OpBuilder &b, Location loc, Value acc0, Value acc1,
                           Value sum0, Value sum1, Value weight);
 
-/// acc + ext(lhs) * ext(rhs) in f32 with attentionFastMath().
+/// acc + ext(lhs) * ext(rhs) in acc's type with attentionFastMath().
 Value buildMulAcc(OpBuilder &b, Location loc, Value lhs, Value rhs, Value acc);
 
-/// The V1 epilogue scale of one element: (1 - lambdaInit) * x *
-/// rsqrt(sumSquares / width + eps) * weight.
+/// The V1 epilogue scale of one element, in x's type: (1 - lambdaInit) * x
+/// * rsqrt(sumSquares / width + eps) * weight.
 Value buildRMSNormScale(OpBuilder &b, Location loc, Value x, Value sumSquares,
                         Value weight, int64_t width, float eps,
                         float lambdaInit);

@@ -47,11 +47,12 @@ mlir::diffattn::getDefaultFlashTileSizes(StringRef target) {
 
 namespace {
 
-/// The online-softmax state of one query head over a block of rows.
+/// The online-softmax state of one query head over a block of rows, in the
+/// accumulator type A (f64 for f64 operands, else f32).
 struct HeadState {
-  Value max; // [bq] f32, running max of the scaled scores
-  Value sum; // [bq] f32, running sum of exp(score - max)
-  Value acc; // [bq, Dv] f32, running sum of exp(score - max) * v
+  Value max; // [bq] A, running max of the scaled scores
+  Value sum; // [bq] A, running sum of exp(score - max)
+  Value acc; // [bq, Dv] A, running sum of exp(score - max) * v
 };
 
 /// Builds the tiled form of one op. Index values named as in SPEC.md.
@@ -59,7 +60,8 @@ class FlashTiler {
 public:
   FlashTiler(RewriterBase &rewriter, Operation *op, FlashTileSizes sizes)
       : b(rewriter), op(op), loc(op->getLoc()), ctx(op->getContext()),
-        config(AttentionConfig::get(op)), sizes(sizes) {}
+        config(AttentionConfig::get(op)), acc(config.accumulatorType),
+        sizes(sizes) {}
 
   /// The op's results: the output and, for diffattn.v2 with its `lse`
   /// result, the log-sum-exp.
@@ -99,7 +101,7 @@ private:
   Value epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
                  Value pair, Value rows);
   /// `lse` with head `head`'s rows row0 .. row0 + rows - 1 of batch `batch`
-  /// set to the head's log-sum-exp, max + log(sum) ([bq] f32).
+  /// set to the head's log-sum-exp, max + log(sum) ([bq] A).
   Value insertLse(Value lse, HeadState h, Value batch, Value head, Value row0,
                   Value rows);
 
@@ -108,6 +110,8 @@ private:
   Location loc;
   MLIRContext *ctx;
   AttentionConfig config;
+  /// The accumulator type A of scores, statistics and sums.
+  Type acc;
   FlashTileSizes sizes;
 };
 
@@ -127,12 +131,11 @@ Value FlashTiler::extractRows(Value source, Value batch, Value row0, Value head,
 }
 
 HeadState FlashTiler::initialState(Value rows) {
-  Type f32 = b.getF32Type();
   OpFoldResult valueDim = b.getIndexAttr(config.valueDim);
-  return HeadState{buildFilledTensor(b, loc, {rows}, f32,
-                                     -std::numeric_limits<float>::infinity()),
-                   buildFilledTensor(b, loc, {rows}, f32, 0.0),
-                   buildFilledTensor(b, loc, {rows, valueDim}, f32, 0.0)};
+  return HeadState{buildFilledTensor(b, loc, {rows}, acc,
+                                     -std::numeric_limits<double>::infinity()),
+                   buildFilledTensor(b, loc, {rows}, acc, 0.0),
+                   buildFilledTensor(b, loc, {rows, valueDim}, acc, 0.0)};
 }
 
 Value FlashTiler::scaleScores(Value scores, bool masked, Value row0, Value key0,
@@ -140,14 +143,14 @@ Value FlashTiler::scaleScores(Value scores, bool masked, Value row0, Value key0,
                               Value keys) {
   AffineExpr i, j;
   bindDims(ctx, i, j);
-  Value empty = tensor::EmptyOp::create(
-      b, loc, ArrayRef<OpFoldResult>{rows, keys}, b.getF32Type());
+  Value empty =
+      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows, keys}, acc);
   return buildGeneric(
       b, loc, {scores}, {empty}, {map(2, {i, j}), map(2, {i, j})}, {kPar, kPar},
       [&](OpBuilder &nb, Location l, ValueRange args) {
         Value scaled = arith::MulFOp::create(
             nb, l, args[0],
-            arith::ConstantOp::create(nb, l, nb.getF32FloatAttr(config.scale)));
+            buildFloatConstant(nb, l, acc, config.scaleIn(acc)));
         if (!masked) {
           linalg::YieldOp::create(nb, l, scaled);
           return;
@@ -157,8 +160,8 @@ Value FlashTiler::scaleScores(Value scores, bool masked, Value row0, Value key0,
         Value key = arith::AddIOp::create(nb, l, key0,
                                           linalg::IndexOp::create(nb, l, 1));
         Value visible = buildIsVisible(nb, l, config, row, key, offset, keyLen);
-        Value minusInf = arith::ConstantOp::create(
-            nb, l, nb.getF32FloatAttr(-std::numeric_limits<float>::infinity()));
+        Value minusInf = buildFloatConstant(
+            nb, l, acc, -std::numeric_limits<double>::infinity());
         linalg::YieldOp::create(
             nb, l,
             arith::SelectOp::create(nb, l, visible, scaled, minusInf)
@@ -170,12 +173,11 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
                            HeadState state, Value needsMask, Value row0,
                            Value key0, Value offset, Value keyLen, Value rows,
                            Value keys) {
-  Type f32 = b.getF32Type();
   AffineExpr i, j, d;
   bindDims(ctx, i, j, d);
 
-  // S = q kᵀ (f32), then scale; mask only blocks that straddle the mask.
-  Value zero = buildFilledTensor(b, loc, {rows, keys}, f32, 0.0);
+  // S = q kᵀ (in A), then scale; mask only blocks that straddle the mask.
+  Value zero = buildFilledTensor(b, loc, {rows, keys}, acc, 0.0);
   Value scores = buildGeneric(
       b, loc, {qTile, kTile}, {zero},
       {map(3, {i, d}), map(3, {j, d}), map(3, {i, j})}, {kPar, kPar, kRed},
@@ -208,8 +210,8 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
   AffineMap tile2 = map(2, {i, j}), rows2 = map(2, {i});
   Value blockMax = buildGeneric(
       b, loc, {scores},
-      {buildFilledTensor(b, loc, {rows}, f32,
-                         -std::numeric_limits<float>::infinity())},
+      {buildFilledTensor(b, loc, {rows}, acc,
+                         -std::numeric_limits<double>::infinity())},
       {tile2, rows2}, {kPar, kRed},
       [&](OpBuilder &nb, Location l, ValueRange args) {
         linalg::YieldOp::create(
@@ -219,14 +221,14 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
   AffineMap id1 = map(1, {i});
   Value newMax = buildGeneric(
       b, loc, {state.max, blockMax},
-      {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, f32)},
+      {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, acc)},
       {id1, id1, id1}, {kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
         linalg::YieldOp::create(
             nb, l,
             arith::MaxNumFOp::create(nb, l, args[0], args[1]).getResult());
       })[0];
   Value emptyTile =
-      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows, keys}, f32);
+      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows, keys}, acc);
   Value probs = buildGeneric(
       b, loc, {scores, newMax}, {emptyTile}, {tile2, rows2, tile2},
       {kPar, kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
@@ -236,9 +238,9 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
             nb, l, math::ExpOp::create(nb, l, shifted).getResult());
       })[0];
   Value emptyAlpha =
-      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, f32);
+      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, acc);
   Value emptySum =
-      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, f32);
+      tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, acc);
   SmallVector<Value> rescaled = buildGeneric(
       b, loc, {state.max, newMax, state.sum}, {emptyAlpha, emptySum},
       {id1, id1, id1, id1, id1}, {kPar},
@@ -278,7 +280,6 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
 
 Value FlashTiler::epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
                            Value pair, Value rows) {
-  Type f32 = b.getF32Type();
   AffineExpr i, e;
   bindDims(ctx, i, e);
   AffineMap tile = map(2, {i, e}), row = map(2, {i});
@@ -302,11 +303,11 @@ Value FlashTiler::epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
         b, loc, {h0.acc, h1.acc, h0.sum, h1.sum, lamTile}, {emptyOut},
         {tile, tile, row, row, row, tile}, {kPar, kPar},
         [&](OpBuilder &nb, Location l, ValueRange args) {
-          Value sig = buildSigmoid(nb, l, buildExtToF32(nb, l, args[4]));
+          Value sig = buildSigmoid(nb, l, buildFloatCast(nb, l, args[4], acc));
           Value diff = buildPairDifference(nb, l, args[0], args[1], args[2],
                                            args[3], sig);
           linalg::YieldOp::create(
-              nb, l, buildTruncFromF32(nb, l, diff, config.elementType));
+              nb, l, buildFloatCast(nb, l, diff, config.elementType));
         })[0];
   }
 
@@ -314,18 +315,18 @@ Value FlashTiler::epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
   // (1 - lambda_init).
   Value lamScalar =
       tensor::ExtractOp::create(b, loc, op->getOperand(3), ValueRange{});
-  Value emptyF32 = tensor::EmptyOp::create(
-      b, loc, ArrayRef<OpFoldResult>{rows, valueDim}, f32);
-  Value diff =
-      buildGeneric(b, loc, {h0.acc, h1.acc, h0.sum, h1.sum}, {emptyF32},
-                   {tile, tile, row, row, tile}, {kPar, kPar},
-                   [&](OpBuilder &nb, Location l, ValueRange args) {
-                     linalg::YieldOp::create(
-                         nb, l,
-                         buildPairDifference(nb, l, args[0], args[1], args[2],
-                                             args[3], lamScalar));
-                   })[0];
-  Value zeroRows = buildFilledTensor(b, loc, {rows}, f32, 0.0);
+  Value emptyAcc = tensor::EmptyOp::create(
+      b, loc, ArrayRef<OpFoldResult>{rows, valueDim}, acc);
+  Value lamAcc = buildFloatCast(b, loc, lamScalar, acc);
+  Value diff = buildGeneric(
+      b, loc, {h0.acc, h1.acc, h0.sum, h1.sum}, {emptyAcc},
+      {tile, tile, row, row, tile}, {kPar, kPar},
+      [&](OpBuilder &nb, Location l, ValueRange args) {
+        linalg::YieldOp::create(nb, l,
+                                buildPairDifference(nb, l, args[0], args[1],
+                                                    args[2], args[3], lamAcc));
+      })[0];
+  Value zeroRows = buildFilledTensor(b, loc, {rows}, acc, 0.0);
   Value sumSquares =
       buildGeneric(b, loc, {diff}, {zeroRows}, {tile, row}, {kPar, kRed},
                    [&](OpBuilder &nb, Location l, ValueRange args) {
@@ -339,8 +340,8 @@ Value FlashTiler::epilogue(HeadState h0, HeadState h1, Value batch, Value row0,
         Value y =
             buildRMSNormScale(nb, l, args[0], args[1], args[2], config.valueDim,
                               config.eps, config.lambdaInit);
-        linalg::YieldOp::create(
-            nb, l, buildTruncFromF32(nb, l, y, config.elementType));
+        linalg::YieldOp::create(nb, l,
+                                buildFloatCast(nb, l, y, config.elementType));
       })[0];
 }
 
@@ -349,8 +350,7 @@ Value FlashTiler::insertLse(Value lse, HeadState h, Value batch, Value head,
   AffineMap id = map(1, {getAffineDimExpr(0, ctx)});
   Value tile = buildGeneric(
       b, loc, {h.max, h.sum},
-      {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows},
-                               b.getF32Type())},
+      {tensor::EmptyOp::create(b, loc, ArrayRef<OpFoldResult>{rows}, acc)},
       {id, id, id}, {kPar}, [&](OpBuilder &nb, Location l, ValueRange args) {
         linalg::YieldOp::create(nb, l, buildLogSumExp(nb, l, args[0], args[1]));
       })[0];
@@ -507,7 +507,7 @@ LogicalResult mlir::diffattn::tileDiffAttnOp(RewriterBase &rewriter,
            << "block sizes must be positive, got block-q = " << sizes.blockQ
            << ", block-k = " << sizes.blockK;
   if (auto backward = dyn_cast<V2BackwardOp>(op))
-    return lowerV2Backward(rewriter, backward, sizes.blockK);
+    return lowerV2Backward(rewriter, backward, sizes);
   FailureOr<Operation *> dense = materializeServingLayouts(rewriter, op);
   if (failed(dense))
     return failure();

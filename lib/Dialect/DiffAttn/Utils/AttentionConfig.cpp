@@ -9,8 +9,18 @@
 #include "diffattn/Dialect/DiffAttn/Utils/AttentionConfig.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
 
+#include <cmath>
+
 using namespace mlir;
 using namespace mlir::diffattn;
+
+/// The `scale` attribute's value (an f32, exact in double), or 1/sqrt(D)
+/// computed in double when it is absent.
+static double scaleOrDefaultF64(FloatAttr scale, int64_t headDim) {
+  if (scale)
+    return scale.getValueAsDouble();
+  return 1.0 / std::sqrt(static_cast<double>(headDim));
+}
 
 AttentionConfig AttentionConfig::get(Operation *op) {
   AttentionConfig config;
@@ -22,6 +32,7 @@ AttentionConfig AttentionConfig::get(Operation *op) {
     config.valueDim = v2.getValueDim();
     config.elementType = v2.getQ().getType().getElementType();
     config.scale = v2.getScaleOrDefault();
+    config.scaleF64 = scaleOrDefaultF64(v2.getScaleAttr(), config.headDim);
     config.causal = v2.getCausal();
     config.windowLeft = v2.getWindowLeftBound();
     config.windowRight = v2.getWindowRightBound();
@@ -50,6 +61,7 @@ AttentionConfig AttentionConfig::get(Operation *op) {
     config.valueDim = 2 * config.headDim;
     config.elementType = v1.getQ().getType().getElementType();
     config.scale = v1.getScaleOrDefault();
+    config.scaleF64 = scaleOrDefaultF64(v1.getScaleAttr(), config.headDim);
     config.causal = v1.getCausal();
     config.windowLeft = -1;
     config.windowRight = -1;
@@ -59,6 +71,7 @@ AttentionConfig AttentionConfig::get(Operation *op) {
   }
   if (config.causal)
     config.windowRight = 0;
+  config.accumulatorType = getAccumulatorType(config.elementType);
   return config;
 }
 

@@ -35,12 +35,16 @@ func.func @{name}({sig}) {{
 }}""")
 
 # --- V2: element types
-v2("v2_q_elem", "'q' must have element type f32, f16 or bf16, got 'f64'", q="2x16x8x32xf64")
+v2("v2_q_elem", "'q' must have element type f64, f32, f16 or bf16, got 'f8E4M3FN'", q="2x16x8x32xf8E4M3FN")
+v2("v2_k_elem_f64", "'k' must have the element type of 'q' ('f64'), got 'f32'",
+   q="2x16x8x32xf64", v="2x24x2x32xf64", out="2x16x4x32xf64")
 v2("v2_k_elem", "'k' must have the element type of 'q' ('f32'), got 'f16'", k="2x24x2x32xf16")
 v2("v2_v_elem", "'v' must have the element type of 'q' ('f32'), got 'bf16'", v="2x24x2x32xbf16")
 v2("v2_out_elem", "'out' must have the element type of 'q' ('f32'), got 'f16'", out="2x16x4x32xf16")
 v2("v2_lam_elem", "'lam' must have element type 'f16' (as 'q') or f32, got 'bf16'",
    q="2x16x8x32xf16", k="2x24x2x32xf16", v="2x24x2x32xf16", out="2x16x4x32xf16", lam="2x16x4xbf16")
+v2("v2_lam_elem_f64", "'lam' must have element type 'f64' (as 'q') or f32, got 'f16'",
+   q="2x16x8x32xf64", k="2x24x2x32xf64", v="2x24x2x32xf64", out="2x16x4x32xf64", lam="2x16x4xf16")
 v2("v2_kv_len_elem", "'kv_len' must have element type i32, got 'i64'", kv_len="2xi64")
 # --- V2: ranks
 v2("v2_q_rank", "'q' must have rank 4 [B, Sq, 2H, D], got 'tensor<16x8x32xf32>'", q="16x8x32xf32")
@@ -100,7 +104,7 @@ func.func @v2_three_results(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>
 }""")
 
 # --- V1
-v1("v1_q_elem", "'q' must have element type f32, f16 or bf16, got 'i32'", q="2x16x8x32xi32")
+v1("v1_q_elem", "'q' must have element type f64, f32, f16 or bf16, got 'i32'", q="2x16x8x32xi32")
 v1("v1_v_elem", "'v' must have the element type of 'q' ('f16'), got 'f32'", v="2x24x2x64xf32")
 v1("v1_lam_vector", "'lam' must be a scalar tensor<f32> (the layer's lambda), got 'tensor<1xf32>'", lam="1xf32")
 v1("v1_lam_f16", "'lam' must be a scalar tensor<f32> (the layer's lambda), got 'tensor<f16>'", lam="f16")

@@ -4,8 +4,41 @@
 // lib/Dialect/DiffAttn/IR/DiffAttnOps.cpp).
 
 func.func @lse_elem(%q: tensor<2x16x8x32xbf16>, %k: tensor<2x24x2x32xbf16>, %lam: tensor<2x16x4xbf16>) {
-  // expected-error @+1 {{'lse' must have element type f32, got 'bf16'}}
+  // expected-error @+1 {{'lse' must have element type 'f32' (for 'q' of 'bf16'), got 'bf16'}}
   %o, %l = diffattn.v2 %q, %k, %k, %lam : (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>) -> (tensor<2x16x4x32xbf16>, tensor<2x8x16xbf16>)
+  return
+}
+
+// -----
+
+// f64 operands compute in f64, so their log-sum-exp is f64, not f32.
+func.func @lse_elem_f64(%q: tensor<2x16x8x32xf64>, %k: tensor<2x24x2x32xf64>, %lam: tensor<2x16x4xf64>) {
+  // expected-error @+1 {{'lse' must have element type 'f64' (for 'q' of 'f64'), got 'f32'}}
+  %o, %l = diffattn.v2 %q, %k, %k, %lam : (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf64>, tensor<2x24x2x32xf64>, tensor<2x16x4xf64>) -> (tensor<2x16x4x32xf64>, tensor<2x8x16xf32>)
+  return
+}
+
+// -----
+
+func.func @lse_elem_f64_for_f32(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{'lse' must have element type 'f32' (for 'q' of 'f32'), got 'f64'}}
+  %o, %l = diffattn.v2 %q, %k, %k, %lam : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> (tensor<2x16x4x32xf32>, tensor<2x8x16xf64>)
+  return
+}
+
+// -----
+
+func.func @bwd_lse_elem_f64(%q: tensor<2x16x8x32xf64>, %k: tensor<2x24x2x32xf64>, %lam: tensor<2x16x4xf32>, %o: tensor<2x16x4x32xf64>, %do: tensor<2x16x4x32xf64>, %lse: tensor<2x8x16xf32>) {
+  // expected-error @+1 {{'lse' must have element type 'f64' (for 'q' of 'f64'), got 'f32'}}
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf64>, tensor<2x24x2x32xf64>, tensor<2x16x4xf32>, tensor<2x16x4x32xf64>, tensor<2x16x4x32xf64>, tensor<2x8x16xf32>) -> (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf64>, tensor<2x24x2x32xf64>, tensor<2x16x4xf32>)
+  return
+}
+
+// -----
+
+func.func @bwd_dlam_f64(%q: tensor<2x16x8x32xf64>, %k: tensor<2x24x2x32xf64>, %lam: tensor<2x16x4xf32>, %o: tensor<2x16x4x32xf64>, %do: tensor<2x16x4x32xf64>, %lse: tensor<2x8x16xf64>) {
+  // expected-error @+1 {{result 'dlam' must have the type of its input ('tensor<2x16x4xf32>'), got 'tensor<2x16x4xf64>'}}
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf64>, tensor<2x24x2x32xf64>, tensor<2x16x4xf32>, tensor<2x16x4x32xf64>, tensor<2x16x4x32xf64>, tensor<2x8x16xf64>) -> (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf64>, tensor<2x24x2x32xf64>, tensor<2x16x4xf64>)
   return
 }
 
@@ -68,7 +101,7 @@ func.func @bwd_lse_batch(%q: tensor<2x16x8x32xbf16>, %k: tensor<2x24x2x32xbf16>,
 // -----
 
 func.func @bwd_lse_elem(%q: tensor<2x16x8x32xbf16>, %k: tensor<2x24x2x32xbf16>, %lam: tensor<2x16x4xbf16>, %o: tensor<2x16x4x32xbf16>, %do: tensor<2x16x4x32xbf16>, %lse: tensor<2x8x16xbf16>) {
-  // expected-error @+1 {{'lse' must have element type f32, got 'bf16'}}
+  // expected-error @+1 {{'lse' must have element type 'f32' (for 'q' of 'bf16'), got 'bf16'}}
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>, tensor<2x16x4x32xbf16>, tensor<2x16x4x32xbf16>, tensor<2x8x16xbf16>) -> (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>)
   return
 }

@@ -4,9 +4,18 @@
 // test/Dialect/DiffAttn/IR/gen_invalid.py; regenerate rather than edit.
 
 // v2_q_elem
-func.func @v2_q_elem(%q: tensor<2x16x8x32xf64>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
-  // expected-error @+1 {{'q' must have element type f32, f16 or bf16, got 'f64'}}
-  %o = "diffattn.v2"(%q, %k, %v, %lam) {causal} : (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf32>
+func.func @v2_q_elem(%q: tensor<2x16x8x32xf8E4M3FN>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{'q' must have element type f64, f32, f16 or bf16, got 'f8E4M3FN'}}
+  %o = "diffattn.v2"(%q, %k, %v, %lam) {causal} : (tensor<2x16x8x32xf8E4M3FN>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf32>
+  return
+}
+
+// -----
+
+// v2_k_elem_f64
+func.func @v2_k_elem_f64(%q: tensor<2x16x8x32xf64>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf64>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{'k' must have the element type of 'q' ('f64'), got 'f32'}}
+  %o = "diffattn.v2"(%q, %k, %v, %lam) {causal} : (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf64>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf64>
   return
 }
 
@@ -43,6 +52,15 @@ func.func @v2_out_elem(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v:
 func.func @v2_lam_elem(%q: tensor<2x16x8x32xf16>, %k: tensor<2x24x2x32xf16>, %v: tensor<2x24x2x32xf16>, %lam: tensor<2x16x4xbf16>) {
   // expected-error @+1 {{'lam' must have element type 'f16' (as 'q') or f32, got 'bf16'}}
   %o = "diffattn.v2"(%q, %k, %v, %lam) {causal} : (tensor<2x16x8x32xf16>, tensor<2x24x2x32xf16>, tensor<2x24x2x32xf16>, tensor<2x16x4xbf16>) -> tensor<2x16x4x32xf16>
+  return
+}
+
+// -----
+
+// v2_lam_elem_f64
+func.func @v2_lam_elem_f64(%q: tensor<2x16x8x32xf64>, %k: tensor<2x24x2x32xf64>, %v: tensor<2x24x2x32xf64>, %lam: tensor<2x16x4xf16>) {
+  // expected-error @+1 {{'lam' must have element type 'f64' (as 'q') or f32, got 'f16'}}
+  %o = "diffattn.v2"(%q, %k, %v, %lam) {causal} : (tensor<2x16x8x32xf64>, tensor<2x24x2x32xf64>, tensor<2x24x2x32xf64>, tensor<2x16x4xf16>) -> tensor<2x16x4x32xf64>
   return
 }
 
@@ -383,7 +401,7 @@ func.func @v2_three_results(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>
 
 // v1_q_elem
 func.func @v1_q_elem(%q: tensor<2x16x8x32xi32>, %k: tensor<2x24x4x32xf16>, %v: tensor<2x24x2x64xf16>, %lam: tensor<f32>, %w: tensor<64xf16>) {
-  // expected-error @+1 {{'q' must have element type f32, f16 or bf16, got 'i32'}}
+  // expected-error @+1 {{'q' must have element type f64, f32, f16 or bf16, got 'i32'}}
   %o = "diffattn.v1"(%q, %k, %v, %lam, %w) {lambda_init = 0.5 : f32} : (tensor<2x16x8x32xi32>, tensor<2x24x4x32xf16>, tensor<2x24x2x64xf16>, tensor<f32>, tensor<64xf16>) -> tensor<2x16x4x64xf16>
   return
 }

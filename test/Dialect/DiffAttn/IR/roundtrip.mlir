@@ -175,3 +175,24 @@ func.func @v2_backward(%q: tensor<?x?x8x64xbf16>, %k: tensor<?x?x2x64xbf16>,
       -> (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>)
   return %dq, %dk, %dv, %dlam : tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>
 }
+
+// -----
+
+// f64 operands (CPU only): the log-sum-exp is f64 too; lam may be f32.
+// CHECK-LABEL: func.func @v2_f64
+// CHECK: %[[O:.*]], %[[L:.*]] = diffattn.v2 %arg0, %arg1, %arg2, %arg3 {causal} : (tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>) -> (tensor<?x?x2x16xf64>, tensor<?x4x?xf64>)
+// CHECK: diffattn.v2_backward %arg0, %arg1, %arg2, %arg3, %[[O]], %[[O]], %[[L]] {causal} : {{.*}} -> (tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>)
+// GENERIC-LABEL: sym_name = "v2_f64"
+// GENERIC: "diffattn.v2"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, window_left = -1 : i64, window_right = -1 : i64}> : ({{.*}}) -> (tensor<?x?x2x16xf64>, tensor<?x4x?xf64>)
+func.func @v2_f64(%q: tensor<?x?x4x16xf64>, %k: tensor<?x?x2x16xf64>,
+                  %v: tensor<?x?x2x16xf64>, %lam: tensor<?x?x2xf32>)
+    -> (tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>) {
+  %o, %lse = diffattn.v2 %q, %k, %v, %lam {causal}
+      : (tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>)
+      -> (tensor<?x?x2x16xf64>, tensor<?x4x?xf64>)
+  %dq, %dk, %dv, %dlam = diffattn.v2_backward %q, %k, %v, %lam, %o, %o, %lse {causal}
+      : (tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>,
+         tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x4x?xf64>)
+      -> (tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>)
+  return %dq, %dk, %dv, %dlam : tensor<?x?x4x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2x16xf64>, tensor<?x?x2xf32>
+}

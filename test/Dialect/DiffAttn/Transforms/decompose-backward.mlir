@@ -3,9 +3,10 @@
 // diffattn.v2_backward as untiled linalg (one block of all keys):
 // rowsum(dout * out), the masked scores, P from lse (0 where masked),
 // G = dout V^T (0 at keys past kv_len), r = sum_t P_{2h+1} G_{2h+1}, D_j
-// per query head, dS and w_j P, then dq (keys past kv_len never read), dk
-// and dv summed over the KV group through expand_shape (j = g * G + jj),
-// and dlam; dq and dk scaled.
+// per query head, scale * dS (the scale of dq and dk, applied once per
+// element) and w_j P, then dq (keys past kv_len never read; accumulated in
+// its f32 destination, no copy after), dk and dv summed over the KV group
+// through expand_shape (j = g * G + jj), and dlam.
 
 // CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2 * 2 + 1, d1, d3)>
 // CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
@@ -27,9 +28,10 @@
 // CHECK:       %[[R:.*]] = linalg.generic {indexing_maps = [#[[ODD]], #[[ODD]], {{.*}}]{{.*}} ins(%[[P]], %[[G]] :
 // CHECK:       %[[D:.*]] = linalg.generic {indexing_maps = [#[[PAIR]], #[[PAIR]], #[[PAIR]], {{.*}}]{{.*}} ins(%[[R]], %[[OD]], %[[LAM]] :
 // CHECK:       %[[DS:.*]]:2 = linalg.generic {{.*}} ins(%[[P]], %[[G]], %[[D]], %[[LAM]], %[[M]] :
+// CHECK:         %[[SCALE:.*]] = arith.constant 2.500000e-01 : f32
+// CHECK-NEXT:    arith.mulf %{{.*}}, %[[SCALE]] : f32
 // CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
-// CHECK:       linalg.generic {{.*}} ins(%[[DQSUM]] :
-// CHECK:         arith.mulf %{{.*}}, %cst{{.*}} : f32
+// CHECK-NOT:   ins(%[[DQSUM]]
 // CHECK:       %[[DSG:.*]] = tensor.expand_shape %[[DS]]#0 {{\[}}[0], [1, 2], [3], [4]] output_shape [2, 2, 4, 7, 9]
 // CHECK:       %[[QG:.*]] = tensor.expand_shape %[[Q]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 4, 16]
 // CHECK:       linalg.generic {indexing_maps = [#[[MDSG]], #[[MQG]], {{.*}}], iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction"]} ins(%[[DSG]], %[[QG]] :
@@ -54,4 +56,18 @@ func.func @backward(%q: tensor<2x7x8x16xf32>, %k: tensor<2x9x2x16xf32>, %v: tens
 func.func @backward_bf16(%q: tensor<1x5x4x8xbf16>, %k: tensor<1x6x2x8xbf16>, %lam: tensor<1x5x2xf32>, %o: tensor<1x5x2x8xbf16>, %do: tensor<1x5x2x8xbf16>, %lse: tensor<1x4x5xf32>) -> (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>) {
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse : (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>, tensor<1x5x2x8xbf16>, tensor<1x5x2x8xbf16>, tensor<1x4x5xf32>) -> (tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>)
   return %dq, %dk, %dv, %dl : tensor<1x5x4x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x6x2x8xbf16>, tensor<1x5x2xf32>
+}
+
+// -----
+
+// f64 operands: every intermediate of the backward is f64 (no f32 in the
+// function), the scale of dq and dk is 1/sqrt(8) in double.
+// CHECK-LABEL: func.func @backward_f64
+// CHECK-NOT:     f32
+// CHECK:         arith.constant {{0.35355339059327|3.5355339059327[0-9]*E-1}}{{[0-9]*}} : f64
+// CHECK-NOT:     f32
+// CHECK:         return
+func.func @backward_f64(%q: tensor<1x5x4x8xf64>, %k: tensor<1x7x2x8xf64>, %lam: tensor<1x5x2xf64>, %o: tensor<1x5x2x8xf64>, %lse: tensor<1x4x5xf64>) -> (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>) {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %o, %lse {causal} : (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>, tensor<1x5x2x8xf64>, tensor<1x5x2x8xf64>, tensor<1x4x5xf64>) -> (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>)
+  return %dq, %dk, %dv, %dl : tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>
 }

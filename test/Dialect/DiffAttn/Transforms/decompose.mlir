@@ -83,3 +83,18 @@ func.func @v1(%q: tensor<1x16x8x8xbf16>, %k: tensor<1x16x4x8xbf16>,
       -> tensor<1x16x4x16xbf16>
   return %o : tensor<1x16x4x16xbf16>
 }
+
+// -----
+
+// f64 operands compute in f64: scores, row max and sum, P·V, the epilogue
+// and the log-sum-exp have no f32 anywhere, and the default scale is
+// 1/sqrt(8) in double (f32 would be 0.353553385).
+// CHECK-LABEL: func.func @v2_f64
+// CHECK-NOT:     f32
+// CHECK:         arith.constant {{0.35355339059327|3.5355339059327[0-9]*E-1}}{{[0-9]*}} : f64
+// CHECK-NOT:     f32
+// CHECK:         return %{{.*}}, %{{.*}} : tensor<1x5x2x8xf64>, tensor<1x4x5xf64>
+func.func @v2_f64(%q: tensor<1x5x4x8xf64>, %k: tensor<1x7x2x8xf64>, %lam: tensor<1x5x2xf64>) -> (tensor<1x5x2x8xf64>, tensor<1x4x5xf64>) {
+  %o, %l = diffattn.v2 %q, %k, %k, %lam {causal} : (tensor<1x5x4x8xf64>, tensor<1x7x2x8xf64>, tensor<1x7x2x8xf64>, tensor<1x5x2xf64>) -> (tensor<1x5x2x8xf64>, tensor<1x4x5xf64>)
+  return %o, %l : tensor<1x5x2x8xf64>, tensor<1x4x5xf64>
+}

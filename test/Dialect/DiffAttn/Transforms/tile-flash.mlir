@@ -157,3 +157,17 @@ func.func @v2_lse(%q: tensor<2x64x8x32xf32>, %k: tensor<2x64x2x32xf32>,
       -> (tensor<2x64x4x32xf32>, tensor<2x8x64xf32>)
   return %o, %lse : tensor<2x64x4x32xf32>, tensor<2x8x64xf32>
 }
+
+// -----
+
+// f64 operands: the online softmax state (running max, sum, accumulator)
+// and the lse written after each key loop are f64; no f32 anywhere.
+// CHECK-LABEL: func.func @v2_f64
+// CHECK-NOT:     f32
+// CHECK:         scf.for {{.*}} -> (tensor<?xf64>, tensor<?xf64>, tensor<?x8xf64>, tensor<?xf64>, tensor<?xf64>, tensor<?x8xf64>)
+// CHECK-NOT:     f32
+// CHECK:         return %{{.*}}, %{{.*}} : tensor<1x40x2x8xf64>, tensor<1x4x40xf64>
+func.func @v2_f64(%q: tensor<1x40x4x8xf64>, %k: tensor<1x50x2x8xf64>, %lam: tensor<1x40x2xf64>) -> (tensor<1x40x2x8xf64>, tensor<1x4x40xf64>) {
+  %o, %l = diffattn.v2 %q, %k, %k, %lam {causal} : (tensor<1x40x4x8xf64>, tensor<1x50x2x8xf64>, tensor<1x50x2x8xf64>, tensor<1x40x2xf64>) -> (tensor<1x40x2x8xf64>, tensor<1x4x40xf64>)
+  return %o, %l : tensor<1x40x2x8xf64>, tensor<1x4x40xf64>
+}

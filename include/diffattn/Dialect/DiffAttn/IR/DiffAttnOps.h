@@ -1,6 +1,7 @@
 //===- DiffAttnOps.h - diffattn operations ----------------------*- C++ -*-===//
 //
-// Declares the diffattn.v2 and diffattn.v1 operations.
+// Declares the diffattn operations and the accumulator-type rule their
+// verifiers and lowerings share.
 //
 //===----------------------------------------------------------------------===//
 
@@ -17,5 +18,14 @@
 
 #define GET_OP_CLASSES
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h.inc"
+
+namespace mlir::diffattn {
+
+/// The type in which the ops compute on operands of element type T
+/// (`elementType`): scores, softmax statistics, sums and the log-sum-exp
+/// result `lse` are f64 when T is f64 and f32 when T is f32, f16 or bf16.
+Type getAccumulatorType(Type elementType);
+
+} // namespace mlir::diffattn
 
 #endif // DIFFATTN_DIALECT_DIFFATTN_IR_DIFFATTNOPS_H

@@ -31,9 +31,13 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     | `lam`    | [B, Sq, H]      | T or f32     |
     | `kv_len` | [B] (optional)  | i32          |
     | `out`    | [B, Sq, H, Dv]  | T            |
-    | `lse`    | [B, 2H, Sq] (optional result) | f32 |
+    | `lse`    | [B, 2H, Sq] (optional result) | A |
 
-    T is one of f32, f16, bf16. Query head `j` reads KV head
+    T is one of f64, f32, f16, bf16. A is the accumulator type, in which
+    scores, softmax statistics and sums are computed: f64 when T is f64,
+    f32 for f32, f16 and bf16 (`getAccumulatorType`). f64 is lowered on the
+    CPU only (for float64 reference gradients and gradcheck); the GPU
+    strategies reject it with a diagnostic. Query head `j` reads KV head
     `g(j) = j / G` with `G = 2H / Hkv`; the op requires `2H % Hkv == 0` and
     `G` even, so that query heads `2h` and `2h + 1` (pair `h`) read the same
     K and V:
@@ -44,8 +48,10 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     out[b,i,h,:] = A_{2h}[i,:] - sigmoid(lam[b,i,h]) * A_{2h+1}[i,:]
     ```
 
-    `scale` defaults to `1/sqrt(D)`. With `causal`, query `i` sees key `t`
-    only when `t <= i + (L - Sq)` (bottom-right alignment, L = Sk).
+    `scale` defaults to `1/sqrt(D)`, computed in A; an explicit `scale` is
+    an f32 attribute, so f64 ops use its f32 value exactly. With `causal`,
+    query `i` sees key `t` only when `t <= i + (L - Sq)` (bottom-right
+    alignment, L = Sk).
     `window_left` / `window_right` (-1 = unlimited) restrict it further to
     `i + (L - Sq) - left <= t <= i + (L - Sq) + right`; `causal` is the same
     as `window_right = 0`. A row that sees no key yields 0.
@@ -55,9 +61,10 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     (`diffattn.v2_backward`) needs to recompute the probabilities:
     `lse[b, j, i] = log sum_t exp(scale * q[b,i,j,:] . k[b,t,g(j),:] +
     mask(i,t))` (natural log), `-inf` for a row that sees no key. The layout
-    is FlashAttention's softmax_lse ([B, heads, Sq], f32), with heads in q's
-    order. The CPU lowerings (diffattn-tile-flash, diffattn-decompose)
-    compute it, and so do the GPU kernels: the portable strategy's
+    is FlashAttention's softmax_lse ([B, heads, Sq], f32; f64 for f64
+    operands), with heads in q's order. The CPU lowerings
+    (diffattn-tile-flash, diffattn-decompose) compute it, and so do the GPU
+    kernels (f16/bf16): the portable strategy's
     row-block kernel (with `kv_len` it serves instead of split-KV, also on
     sm_90a) and the Hopper (sm_90a) wgmma kernel.
 
@@ -151,7 +158,8 @@ def DiffAttn_V2PagedOp : DiffAttn_Op<"v2_paged", [Pure]> {
     block size `BS` is static and a multiple of 16; the pool size `NB`, the
     table width `MB`, B and Sq may be dynamic. `0 <= kv_len[b] <= MB * BS`
     and `0 <= block_table[b, t / BS] < NB` for every `t < kv_len[b]` are
-    checked at run time. Attributes as for `diffattn.v2`.
+    checked at run time. Attributes and element types (T in f64, f32, f16,
+    bf16) as for `diffattn.v2`.
 
     Example:
 
@@ -228,7 +236,7 @@ def DiffAttn_V2VarlenOp : DiffAttn_Op<"v2_varlen", [Pure]> {
     outside every sequence (past `cu_seqlens_q[B]`) are left unwritten.
     `cu_seqlens_q` and `cu_seqlens_k` must start at 0, be non-decreasing and
     end at most at Tq, Tk: checked at run time. Tq, Tk and B may be dynamic.
-    Attributes as for `diffattn.v2`.
+    Attributes and element types as for `diffattn.v2`.
 
     Example:
 
@@ -292,12 +300,14 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     | `lam`    | [B, Sq, H]       | T or f32     |
     | `out`    | [B, Sq, H, Dv]   | T            |
     | `dout`   | [B, Sq, H, Dv]   | T            |
-    | `lse`    | [B, 2H, Sq]      | f32          |
+    | `lse`    | [B, 2H, Sq]      | A            |
     | `kv_len` | [B] (optional)   | i32          |
 
-    Results `dq`, `dk`, `dv`, `dlam` have the types of `q`, `k`, `v` and
-    `lam`. With `P_j = exp(scale * S_j - lse_j)` recomputed per head and
-    `A_j = P_j V` (so `out = A_{2h} - sigmoid(lam) A_{2h+1}`):
+    T and A as for `diffattn.v2` (A: f64 when T is f64, else f32; the
+    lowerings compute in A). Results `dq`, `dk`, `dv`, `dlam` have the
+    types of `q`, `k`, `v` and `lam`. With `P_j = exp(scale * S_j -
+    lse_j)` recomputed per head and `A_j = P_j V` (so `out = A_{2h} -
+    sigmoid(lam) A_{2h+1}`):
 
     ```
     dA_{2h} = dout_h,   dA_{2h+1} = -sigmoid(lam_h) dout_h
@@ -316,11 +326,14 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     Rows with no visible key (`lse = -inf`) and keys at `t >= kv_len` get
     zero gradients, whatever the cache holds there.
 
-    `--diffattn-tile-flash` lowers it over blocks of keys (FlashAttention-2's
-    backward tiled over keys: P and `G = dout V^T` recomputed per block, r
-    accumulated in a first pass, dq accumulated and each block's dk, dv
-    written in a second; the CPU target's default) and `--diffattn-decompose`
-    over all keys at once (the oracle, quadratic memory). On the GPU targets
+    `--diffattn-tile-flash` lowers it over blocks of query rows and keys
+    (FlashAttention-2's backward, the CPU target's default): per block of
+    rows, the key blocks some of its rows see (causal, window and `kv_len`
+    bound the loop) are walked twice, P and `G = dout V^T` recomputed per
+    key block: r accumulated in the first pass; in the second, the rows' dq
+    accumulated (written once) and each key block's dk, dv added to their
+    sums. `--diffattn-decompose` lowers it over all rows and keys at once
+    (the oracle, quadratic memory). On the GPU targets
     the portable strategy (mma.sync; also for sm_90a) emits three kernels
     launched in order over an f32 workspace of one 8-float record per (b,
     pair, query row): row statistics (r, `D_j`, dlam), dq (per row block
@@ -386,8 +399,9 @@ def DiffAttn_V1Op : DiffAttn_Op<"v1", [Pure]> {
     | `norm_weight` | [2D]             | T or f32     |
     | result        | [B, Sq, H, 2D]   | T            |
 
-    Query heads `2h`, `2h + 1` are (q1, q2) of head `h`; key heads likewise
-    (k1, k2). Pair `h` reads KV head `h / (H / Hkv)`, so `H % Hkv == 0`.
+    T is one of f64, f32, f16, bf16 (f64 on the CPU only; it computes in
+    f64, the others in f32). Query heads `2h`, `2h + 1` are (q1, q2) of head
+    `h`; key heads likewise (k1, k2). Pair `h` reads KV head `h / (H / Hkv)`, so `H % Hkv == 0`.
 
     ```
     A1 = attention(q1, k1, v), A2 = attention(q2, k2, v)     // [B,Sq,H,2D]

@@ -119,7 +119,7 @@ def DiffAttnTileFlash : Pass<"diffattn-tile-flash"> {
     every target strategy starts from: loops over batch, head pairs and
     query blocks; inside, a loop over key/value blocks in which both heads of
     the pair share the one K/V tile extracted per iteration, each with its
-    own online softmax (running max and sum in f32, rescaled accumulator),
+    own online softmax (running max and sum, rescaled accumulator),
     and after the loop the fused differential epilogue (sigmoid(lam) and
     subtraction for V2; subtraction, RMSNorm, weight and (1 - lambda_init)
     for V1) that writes the pair's single output head once.
@@ -128,6 +128,18 @@ def DiffAttnTileFlash : Pass<"diffattn-tile-flash"> {
     are never visited; only blocks that straddle the mask boundary are
     masked element-wise (an `scf.if` per block). With `kv_len`, the key loop
     of sequence `b` stops at `kv_len[b]`. Rows that see no key produce 0.
+
+    `diffattn.v2_backward` becomes FlashAttention-2's backward over the same
+    blocks: a loop over blocks of `block-q` query rows carrying dq, dlam and
+    the dk, dv sums; per row block, two loops over the blocks of `block-k`
+    keys that its rows may see (bounded as above; with `kv_len`, by the
+    smallest and largest length of the batch), the first summing r (the
+    odd heads' rowsum of P G), the second recomputing P and G to accumulate
+    the rows' dq (written once after it) and add each key block's dk and dv
+    into rows t0 onwards of their sums. Intermediates are B x 2H x block-q x
+    block-k. A dimension that fits one block is not tiled.
+
+    Arithmetic is in the accumulator type: f64 for f64 operands, else f32.
 
     Block sizes are options; 0 selects the default of `target`.
 

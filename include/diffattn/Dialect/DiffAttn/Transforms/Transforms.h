@@ -63,25 +63,28 @@ FailureOr<Operation *> materializeServingLayouts(RewriterBase &rewriter,
 /// untiled linalg on tensors.
 LogicalResult decomposeDiffAttnOp(RewriterBase &rewriter, Operation *op);
 
-/// Replaces `op` with linalg on tensors computing its gradients
-/// (V2Backward.cpp): over blocks of `blockK` keys (FlashAttention-2's
-/// backward tiled over keys; memory B x 2H x Sq x blockK f32 per term), or
-/// over all keys at once when `blockK` <= 0.
-LogicalResult lowerV2Backward(RewriterBase &rewriter, V2BackwardOp op,
-                              int64_t blockK);
-
 /// Block sizes of the FlashAttention tiling.
 struct FlashTileSizes {
   int64_t blockQ;
   int64_t blockK;
 };
 
+/// Replaces `op` with linalg on tensors computing its gradients
+/// (V2Backward.cpp): over blocks of `sizes.blockQ` query rows, each over
+/// the blocks of `sizes.blockK` keys that some of its rows see
+/// (FlashAttention-2's backward; memory B x 2H x blockQ x blockK of the
+/// accumulator type per term, plus the dk and dv sums), or over all rows
+/// (keys) at once where the block size is <= 0 or the dimension fits one
+/// block.
+LogicalResult lowerV2Backward(RewriterBase &rewriter, V2BackwardOp op,
+                              FlashTileSizes sizes);
+
 /// The default block sizes of a target (cpu, sm_80, sm_90, sm_90a, sm_100a);
 /// failure for an unknown target.
 FailureOr<FlashTileSizes> getDefaultFlashTileSizes(StringRef target);
 
-/// Replaces `op` (diffattn.v2 / diffattn.v1) with its FlashAttention-tiled
-/// form (see the DiffAttnTileFlash pass description).
+/// Replaces `op` (diffattn.v2 / diffattn.v1 / diffattn.v2_backward) with its
+/// FlashAttention-tiled form (see the DiffAttnTileFlash pass description).
 LogicalResult tileDiffAttnOp(RewriterBase &rewriter, Operation *op,
                              FlashTileSizes sizes);
 

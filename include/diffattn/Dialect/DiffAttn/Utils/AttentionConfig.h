@@ -32,7 +32,18 @@ struct AttentionConfig {
   int64_t valueDim;
   /// Element type T of q, k, v and the result.
   Type elementType;
+  /// What the lowerings compute scores, softmax statistics and sums in, and
+  /// the element type of `lse`: f64 when T is f64, else f32
+  /// (getAccumulatorType).
+  Type accumulatorType;
+  /// The softmax scale in f32 (what the f32-accumulating lowerings and the
+  /// GPU strategies use) and in f64 (the attribute's value, or 1/sqrt(D)
+  /// computed in double).
   float scale;
+  double scaleF64;
+  /// The scale as a constant of the float type `type`: scaleF64 for f64,
+  /// else `scale`.
+  double scaleIn(Type type) const { return type.isF64() ? scaleF64 : scale; }
   bool causal;
   /// Effective window bounds, -1 = unlimited; `causal` is folded in as
   /// right = 0.
