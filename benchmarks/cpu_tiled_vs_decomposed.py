@@ -2,8 +2,8 @@
 """CPU benchmark: the FlashAttention-tiled kernel against the decomposed
 (untiled) lowering of the same diffattn.v2 op, both compiled by
 diffattn-compile, on the same inputs; with --backward, the same for
-diffattn.v2_backward (tiled over blocks of 64 keys against all keys at
-once; GFLOP/s counts 2.5x the forward's FLOPs, FlashAttention's
+diffattn.v2_backward (tiled over blocks of query rows and of keys, the
+key blocks no row of a block sees skipped, against all keys at once; GFLOP/s counts 2.5x the forward's FLOPs, FlashAttention's
 convention, and the memory is the growth during the backward calls).
 
 Each (shape, lowering) runs in a fresh process, so its peak memory (growth
