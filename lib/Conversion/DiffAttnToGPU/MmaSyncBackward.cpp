@@ -696,8 +696,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
 
   // The launch rule: three stages sharing the parameters (the buffers, the
   // workspace, B, Sq, Sk) and the workspace of one record per (b, pair, i),
-  // B x Sq x H x kStatWidth f32, then, in the atomic formulation, the dq
-  // accumulator, B x Sq x 2H x D f32.
+  // B x Sq x H x kStatWidth f32, then, in the accumulating formulation,
+  // the dq accumulator, B x H x Sq x 2 D f32 (MmaSyncBackwardDq.cpp).
   Builder &b = rewriter;
   SmallVector<StringRef> buffers(sig.buffers);
   buffers.push_back("workspace");

@@ -44,8 +44,8 @@ public:
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
   /// Kernel 3.
   void buildKeyKernel(gpu::GPUFuncOp func);
-  /// The dq conversion kernel of the atomic formulation: dq = scale * the
-  /// workspace's f32 accumulator, rounded to the element type, over the
+  /// The dq conversion kernel of the accumulating formulation: dq = scale *
+  /// the workspace's f32 accumulator, rounded to the element type, over the
   /// row kernels' grid.
   void buildDqConvertKernel(gpu::GPUFuncOp func);
 
