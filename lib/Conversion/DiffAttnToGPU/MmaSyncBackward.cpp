@@ -34,6 +34,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "MmaSyncBackwardBuilder.h"
+#include "WgmmaBuilder.h"
 
 #include "diffattn/Conversion/DiffAttnToGPU/KernelSignature.h"
 #include "diffattn/Dialect/DiffAttn/IR/DiffAttnOps.h"
@@ -596,9 +597,11 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   gpu::ReturnOp::create(b, loc);
 }
 
-LogicalResult mlir::diffattn::emitMmaSyncBackward(
-    RewriterBase &rewriter, func::FuncOp kernel, DictionaryAttr desc,
-    Operation *op, const GPUChipInfo &chip, bool deterministic) {
+LogicalResult
+mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
+                                    DictionaryAttr desc, Operation *op,
+                                    const GPUChipInfo &chip, bool deterministic,
+                                    bool wgmmaKeys) {
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;
@@ -654,6 +657,22 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
         2 * blockKeys * (kQueryBlock + pad) * 2 + 2 * kQueryBlock * 2 * d * 4;
   plan.sharedBytes = rowShared(2);
   keyPlan.sharedBytes = keyShared;
+  // sm_90a's dk/dv kernel: 128 keys (two warpgroups of 64) per CTA, query
+  // blocks of 32 rows at D = 128 and 64 at D = 64 (the registers: dk and dv
+  // of 64 keys, and S^T of both heads and G^T of a block, per thread).
+  wgmmaKeys = wgmmaKeys && !reduceDq;
+  wgmma::WgmmaPlan wgmmaKeyPlan;
+  if (wgmmaKeys) {
+    static_cast<TileConfig &>(wgmmaKeyPlan) = plan;
+    wgmmaKeyPlan.warps = 8;
+    wgmmaKeyPlan.blockK = 128;
+    wgmmaKeyPlan.blockQ = d == 128 ? 32 : 64;
+    wgmmaKeyPlan.stages = 2;
+    wgmmaKeyPlan.sharedBytes = wgmma::backwardKeySharedBytes(wgmmaKeyPlan);
+    keyPlan.warps = wgmmaKeyPlan.warps;
+    keyPlan.sharedBytes = keyShared = wgmmaKeyPlan.sharedBytes;
+    blockKeys = wgmmaKeyPlan.blockK;
+  }
   if (failed(checkChipLimits(op, plan, "the backward's tiles")) ||
       failed(checkChipLimits(op, keyPlan, "the backward's tiles")))
     return failure();
@@ -682,7 +701,9 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
   }
   auto dkdv = createKernelFunc(rewriter, loc, name + "_dkdv", argTypes,
                                keyPlan.threads());
-  {
+  if (wgmmaKeys) {
+    wgmma::buildBackwardKeyKernel(rewriter, loc, dkdv, wgmmaKeyPlan);
+  } else {
     BackwardBuilder builder(rewriter, loc, keyPlan);
     builder.reduceDq = reduceDq;
     builder.buildKeyKernel(dkdv);
@@ -732,7 +753,8 @@ LogicalResult mlir::diffattn::emitMmaSyncBackward(
       plan.pairs * kStatWidth + (reduceDq ? plan.queryHeads * d : 0);
   DictionaryAttr launch = b.getDictionaryAttr(
       {b.getNamedAttr("kind", b.getStringAttr("cuda")),
-       b.getNamedAttr("strategy", b.getStringAttr("mma_sync")),
+       b.getNamedAttr("strategy",
+                      b.getStringAttr(wgmmaKeys ? "wgmma" : "mma_sync")),
        b.getNamedAttr("block_q", b.getI64IntegerAttr(plan.blockQ)),
        b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
        b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages)),

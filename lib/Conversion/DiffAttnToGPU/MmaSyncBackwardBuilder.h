@@ -35,6 +35,9 @@ struct BackwardArgs {
   Value q, k, v, lam, out, dout, lse, kvLen, dq, dk, dv, dlam, workspace;
   Value seqQ, seqK;
 };
+/// The backward kernels' arguments from their entry block (`hasKvLen`: the
+/// op has kv_len).
+BackwardArgs readBackwardArgs(Block &entry, bool hasKvLen);
 
 class BackwardBuilder : public MmaSyncKernelBuilder {
 public:
@@ -57,7 +60,9 @@ public:
   bool reduceDq = false;
 
 private:
-  BackwardArgs readArgs(Block &entry);
+  BackwardArgs readArgs(Block &entry) {
+    return readBackwardArgs(entry, plan.attn.hasKvLen);
+  }
   /// Where the f32 dq accumulator starts in the workspace (f32 elements):
   /// after the records, B x H x Sq x kStatWidth (B = gridDim.z). Its layout
   /// is MmaSyncBackwardDq.cpp's: [B, H, Sq, 2 D], unscaled, swizzled.
@@ -142,8 +147,6 @@ private:
             function_ref<void(Value)> afterIteration = nullptr);
   /// Rounds `x` to the element type of `buffer` and stores it at `index`.
   void storeAs(Value buffer, Value x, Value index);
-  /// Stores the pair (x, y) at buffer[index], index even.
-  void storePair(Value buffer, Value x, Value y, Value index);
 };
 
 } // namespace mlir::diffattn::mma_sync

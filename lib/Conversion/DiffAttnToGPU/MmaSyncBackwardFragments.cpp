@@ -19,7 +19,7 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::mma_sync;
 
-BackwardArgs BackwardBuilder::readArgs(Block &entry) {
+BackwardArgs mma_sync::readBackwardArgs(Block &entry, bool hasKvLen) {
   BackwardArgs a;
   unsigned i = 0;
   a.q = entry.getArgument(i++);
@@ -29,7 +29,7 @@ BackwardArgs BackwardBuilder::readArgs(Block &entry) {
   a.out = entry.getArgument(i++);
   a.dout = entry.getArgument(i++);
   a.lse = entry.getArgument(i++);
-  if (plan.attn.hasKvLen)
+  if (hasKvLen)
     a.kvLen = entry.getArgument(i++);
   a.dq = entry.getArgument(i++);
   a.dk = entry.getArgument(i++);
@@ -168,15 +168,6 @@ void BackwardBuilder::storeAs(Value buffer, Value x, Value index) {
   if (elem != x.getType())
     x = arith::TruncFOp::create(b, loc, elem, x);
   memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
-}
-
-void BackwardBuilder::storePair(Value buffer, Value x, Value y, Value index) {
-  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
-  Value pair = vector::FromElementsOp::create(
-      b, loc, VectorType::get({2}, elem),
-      ValueRange{arith::TruncFOp::create(b, loc, elem, x),
-                 arith::TruncFOp::create(b, loc, elem, y)});
-  vector::StoreOp::create(b, loc, pair, buffer, ValueRange{index});
 }
 
 SmallVector<Value> BackwardBuilder::pipelined(

@@ -100,11 +100,13 @@ public:
   /// Fills the body of `func` (arguments: q, k, v, lam, out, B, Sq, Sk).
   void build(gpu::GPUFuncOp func);
 
-private:
+protected:
   // Shared memory (WgmmaFragments.cpp).
   /// Sets `base` (the 1024-byte aligned start of the tiles, a byte offset
   /// into dynamic shared memory) and `baseAddress` (its shared-window
-  /// address, i64), then the tile views sQ, sK, sV.
+  /// address, i64).
+  void alignSharedBase();
+  /// alignSharedBase, then the tile views sQ, sK, sV.
   void layoutSharedMemory();
   /// A shared-memory pointer (LLVM address space 3) `offset` bytes past the
   /// tiles' start.
@@ -173,8 +175,15 @@ private:
   /// m64n{blockK}k16 over the head dimension); returns the accumulator
   /// struct (blockK / 2 f32).
   Value issueScores(ArrayRef<Value> descriptors);
+  /// Issues D = A B (wgmma m64n{n}k16, one k16 step per descriptor pair, A
+  /// and B of each step interleaved, both from shared memory and K-major),
+  /// D starting from zero; returns the accumulator struct (n / 2 f32).
+  Value issueSharedProduct(ArrayRef<Value> descriptors, int64_t n);
   /// The thread's blockK / 8 accumulator tiles of issued scores.
   SmallVector<Acc> readScores(Value scores);
+  /// The thread's `tiles` accumulator tiles (8 columns each) of a product's
+  /// accumulator struct.
+  SmallVector<Acc> readAccumulators(Value product, int64_t tiles);
   /// The descriptors of V in stage `stage`, one per k16 step of P V.
   SmallVector<Value> pvDescriptors(Value stage);
   /// Issues O += P V over one key block: P from registers (`packedP`, as
@@ -182,6 +191,12 @@ private:
   /// the results.
   void issuePV(ArrayRef<Value> packedP, ArrayRef<Value> descriptors,
                SmallVectorImpl<Acc> &acc);
+  /// Issues acc += A B (wgmma m64n{8 acc.size()}k16, one k16 step per
+  /// descriptor): A from registers (four per step, as packProbabilities
+  /// makes them), B MN-major from shared memory (imm-trans-b 1).
+  void issueRegisterProduct(ArrayRef<Value> packedA,
+                            ArrayRef<Value> descriptors,
+                            SmallVectorImpl<Acc> &acc);
   /// `values` (f32) passed through an empty asm statement with side
   /// effects, which keeps their uses below the wgmma.wait_group before it:
   /// results of in-flight products, and registers that a product still in
@@ -197,8 +212,8 @@ private:
   /// fenceOperands over accumulator tiles, in place.
   void fenceTiles(SmallVectorImpl<Acc> &tiles);
   /// The A operand registers of P V (four per k16 step) from probabilities
-  /// in the accumulator layout (blockK / 8 tiles), which is the A operand's
-  /// layout two tiles at a time.
+  /// in the accumulator layout (8-column tiles, an even number: blockK / 8
+  /// in the forward), which is the A operand's layout two tiles at a time.
   SmallVector<Value> packProbabilities(ArrayRef<Acc> p);
   /// One 32-bit A-operand register from two f32 probabilities.
   Value packPair(Value x, Value y);
@@ -260,6 +275,16 @@ private:
   } tile;
   Value keyLen, offset;
 };
+
+/// The backward's dk/dv kernel on sm_90a (WgmmaBackward.cpp), with the
+/// portable backward's arguments and workspace records
+/// (MmaSyncBackwardBuilder.h): `plan` gives blockK keys per CTA (two
+/// warpgroups of 64, warps = 8), blockQ query rows per block (a multiple of
+/// 16), the stages (2), the element type, head dimensions and heads.
+void buildBackwardKeyKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
+                            const WgmmaPlan &plan);
+/// Its dynamic shared memory (bytes).
+int64_t backwardKeySharedBytes(const WgmmaPlan &plan);
 
 } // namespace mlir::diffattn::wgmma
 

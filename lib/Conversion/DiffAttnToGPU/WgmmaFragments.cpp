@@ -22,7 +22,7 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
-void WgmmaKernelBuilder::layoutSharedMemory() {
+void WgmmaKernelBuilder::alignSharedBase() {
   // The swizzle atoms must start 1024-byte aligned (the descriptors' base
   // offset field stays 0): align the tiles' start at run time, from the
   // shared-window address of dynamic shared memory (the plan reserves the
@@ -33,6 +33,10 @@ void WgmmaKernelBuilder::layoutSharedMemory() {
   base = rem(sub(idx(kAtomBytes), rem(address, kAtomBytes)), kAtomBytes);
   baseAddress =
       arith::IndexCastOp::create(b, loc, b.getI64Type(), add(address, base));
+}
+
+void WgmmaKernelBuilder::layoutSharedMemory() {
+  alignSharedBase();
   Type elem = plan.elementType;
   int64_t dSpans = plan.headDim / kSpan, vSpans = plan.valueDim / kSpan;
   sQ = sharedViewAt(base, {2 * plan.qBuffers, dSpans, kWarpgroupRows, kSpan},
@@ -237,7 +241,12 @@ SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
 }
 
 Value WgmmaKernelBuilder::issueScores(ArrayRef<Value> descriptors) {
-  int64_t n = plan.blockK, values = n / 2, steps = plan.headDim / 16;
+  return issueSharedProduct(descriptors, plan.blockK);
+}
+
+Value WgmmaKernelBuilder::issueSharedProduct(ArrayRef<Value> descriptors,
+                                             int64_t n) {
+  int64_t values = n / 2, steps = descriptors.size() / 2;
   auto structType = LLVM::LLVMStructType::getLiteral(
       ctx, SmallVector<Type>(values, b.getF32Type()));
   // nvvm.wgmma.mma_async expresses this product, but MLIR 22 lowers it to
@@ -321,16 +330,21 @@ void WgmmaKernelBuilder::fenceTiles(SmallVectorImpl<Acc> &tiles) {
 }
 
 SmallVector<Acc> WgmmaKernelBuilder::readScores(Value scores) {
-  SmallVector<Acc> s(plan.blockK / 8);
-  for (int64_t t = 0; t < plan.blockK / 8; ++t)
+  return readAccumulators(scores, plan.blockK / 8);
+}
+
+SmallVector<Acc> WgmmaKernelBuilder::readAccumulators(Value product,
+                                                      int64_t tiles) {
+  SmallVector<Acc> s(tiles);
+  for (int64_t t = 0; t < tiles; ++t)
     for (int64_t e = 0; e < 4; ++e)
-      s[t][e] = LLVM::ExtractValueOp::create(b, loc, scores, t * 4 + e);
+      s[t][e] = LLVM::ExtractValueOp::create(b, loc, product, t * 4 + e);
   return s;
 }
 
 SmallVector<Value> WgmmaKernelBuilder::packProbabilities(ArrayRef<Acc> p) {
   SmallVector<Value> regs;
-  for (int64_t kt = 0; kt < plan.blockK / 16; ++kt)
+  for (size_t kt = 0; kt < p.size() / 2; ++kt)
     regs.append({packPair(p[2 * kt][0], p[2 * kt][1]),
                  packPair(p[2 * kt][2], p[2 * kt][3]),
                  packPair(p[2 * kt + 1][0], p[2 * kt + 1][1]),
@@ -354,7 +368,13 @@ SmallVector<Value> WgmmaKernelBuilder::pvDescriptors(Value stage) {
 void WgmmaKernelBuilder::issuePV(ArrayRef<Value> packedP,
                                  ArrayRef<Value> descriptors,
                                  SmallVectorImpl<Acc> &acc) {
-  int64_t n = plan.valueDim, values = n / 2, steps = plan.blockK / 16;
+  issueRegisterProduct(packedP, descriptors, acc);
+}
+
+void WgmmaKernelBuilder::issueRegisterProduct(ArrayRef<Value> packedP,
+                                              ArrayRef<Value> descriptors,
+                                              SmallVectorImpl<Acc> &acc) {
+  int64_t n = acc.size() * 8, values = n / 2, steps = descriptors.size();
   Type f32 = b.getF32Type();
   auto structType =
       LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(values, f32));

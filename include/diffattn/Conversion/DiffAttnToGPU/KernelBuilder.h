@@ -16,6 +16,7 @@
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Builders.h"
 
 #include "llvm/ADT/STLFunctionalExtras.h"
@@ -134,6 +135,16 @@ public:
                b, loc, b.getF32Type(),
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
+  }
+  /// Stores the f32 pair (x, y), rounded to the element type of the 1-D
+  /// `buffer`, at buffer[index] (index even: one 2-element vector store).
+  void storePair(Value buffer, Value x, Value y, Value index) {
+    Type elem = cast<MemRefType>(buffer.getType()).getElementType();
+    Value pair = vector::FromElementsOp::create(
+        b, loc, VectorType::get({2}, elem),
+        ValueRange{arith::TruncFOp::create(b, loc, elem, x),
+                   arith::TruncFOp::create(b, loc, elem, y)});
+    vector::StoreOp::create(b, loc, pair, buffer, ValueRange{index});
   }
   /// buffer[index] read as f32 (extended from a narrower float type).
   Value loadF32(Value buffer, Value index) {
