@@ -661,8 +661,15 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   // blocks of 32 rows at D = 128 and 64 at D = 64 (the registers: dk and dv
   // of 64 keys, and S^T of both heads and G^T of a block, per thread).
   wgmmaKeys = wgmmaKeys && !reduceDq;
-  wgmma::WgmmaPlan wgmmaKeyPlan;
+  wgmma::WgmmaPlan wgmmaKeyPlan, wgmmaRowPlan;
   if (wgmmaKeys) {
+    // sm_90a's dq kernel: the portable one's tiles of 64 group rows, two
+    // warpgroups (one per head of the pair), 64-key blocks.
+    static_cast<TileConfig &>(wgmmaRowPlan) = plan;
+    wgmmaRowPlan.warps = 8;
+    wgmmaRowPlan.blockK = 64;
+    wgmmaRowPlan.stages = 2;
+    wgmmaRowPlan.sharedBytes = wgmma::backwardRowSharedBytes(wgmmaRowPlan);
     static_cast<TileConfig &>(wgmmaKeyPlan) = plan;
     wgmmaKeyPlan.warps = 8;
     wgmmaKeyPlan.blockK = 128;
@@ -674,7 +681,9 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     blockKeys = wgmmaKeyPlan.blockK;
   }
   if (failed(checkChipLimits(op, plan, "the backward's tiles")) ||
-      failed(checkChipLimits(op, keyPlan, "the backward's tiles")))
+      failed(checkChipLimits(op, keyPlan, "the backward's tiles")) ||
+      (wgmmaKeys &&
+       failed(checkChipLimits(op, wgmmaRowPlan, "the backward's tiles"))))
     return failure();
 
   Location loc = kernel.getLoc();
@@ -694,9 +703,12 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   rewriter.setInsertionPointAfter(stats);
   gpu::GPUFuncOp dq;
   if (!reduceDq) {
-    dq =
-        createKernelFunc(rewriter, loc, name + "_dq", argTypes, plan.threads());
-    BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
+    int64_t dqThreads = wgmmaKeys ? wgmmaRowPlan.threads() : plan.threads();
+    dq = createKernelFunc(rewriter, loc, name + "_dq", argTypes, dqThreads);
+    if (wgmmaKeys)
+      wgmma::buildBackwardDqKernel(rewriter, loc, dq, wgmmaRowPlan);
+    else
+      BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
     rewriter.setInsertionPointAfter(dq);
   }
   auto dkdv = createKernelFunc(rewriter, loc, name + "_dkdv", argTypes,
@@ -742,13 +754,18 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   Attribute keyStage =
       stage(dkdv.getName(), keyBlocks, keyShared, keyPlan.threads());
   SmallVector<Attribute> stages =
-      !reduceDq ? SmallVector<Attribute>{statsStage,
-                                         stage(dq.getName(), rowBlocks,
+      !reduceDq
+          ? SmallVector<Attribute>{statsStage,
+                                   wgmmaKeys
+                                       ? stage(dq.getName(), rowBlocks,
+                                               wgmmaRowPlan.sharedBytes,
+                                               wgmmaRowPlan.threads())
+                                       : stage(dq.getName(), rowBlocks,
                                                rowShared(2), plan.threads()),
-                                         keyStage}
-                : SmallVector<Attribute>{
-                      statsStage, keyStage,
-                      stage(dq.getName(), rowBlocks, 0, plan.threads())};
+                                   keyStage}
+          : SmallVector<Attribute>{
+                statsStage, keyStage,
+                stage(dq.getName(), rowBlocks, 0, plan.threads())};
   int64_t workspacePerRow =
       plan.pairs * kStatWidth + (reduceDq ? plan.queryHeads * d : 0);
   DictionaryAttr launch = b.getDictionaryAttr(

@@ -285,6 +285,15 @@ void buildBackwardKeyKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
                             const WgmmaPlan &plan);
 /// Its dynamic shared memory (bytes).
 int64_t backwardKeySharedBytes(const WgmmaPlan &plan);
+/// The backward's dq kernel on sm_90a (WgmmaBackward.cpp), over the
+/// portable dq kernel's grid (64 group rows per CTA: warpgroup w computes
+/// head 2p + w of each row): `plan` gives blockK keys per block (a multiple
+/// of 16), the stages (2), warps = 8, the element type, dimensions and
+/// heads.
+void buildBackwardDqKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
+                           const WgmmaPlan &plan);
+/// Its dynamic shared memory (bytes).
+int64_t backwardRowSharedBytes(const WgmmaPlan &plan);
 
 } // namespace mlir::diffattn::wgmma
 
