@@ -267,48 +267,12 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
 
   Value colLane = mul(rem(lane, 4), 2);
   if (stats) {
-    // D_{2h}, D_{2h+1} and dlam of the thread's rows, from r and
-    // rowsum(dout o out) (the row's quad of lanes shares the columns).
-    for (int64_t rr = 0; rr < 2; ++rr) {
-      Value r = quadSum(final[rr]);
-      Value dot = f32(0.0f);
-      Value base = mul(pairRow[rr], dv);
-      auto vecType = VectorType::get({2}, elem);
-      for (int64_t t = 0; t < dv / 8; ++t) {
-        Value index = add(add(base, colLane), t * 8);
-        Value o = vector::LoadOp::create(b, loc, vecType, args.out,
-                                         ValueRange{index});
-        Value g = vector::LoadOp::create(b, loc, vecType, args.dout,
-                                         ValueRange{index});
-        for (int64_t e = 0; e < 2; ++e) {
-          auto ext = [&](Value vec) {
-            return arith::ExtFOp::create(
-                b, loc, b.getF32Type(),
-                vector::ExtractOp::create(b, loc, vec, e).getResult());
-          };
-          dot = fma(ext(o), ext(g), dot);
-        }
-      }
-      dot = quadSum(dot);
-      // sigmoid'(lam) = sigmoid(lam) sigmoid(-lam), each in f32 without
-      // cancellation (lam read once, with sig).
-      Value sigNeg = epilogue.sigmoid(fsub(f32(0.0f), lamValue[rr]));
-      Value writer = arith::AndIOp::create(
-          b, loc, valid[rr],
-          cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
-      ifThen(writer, [&] {
-        Value sr = fmul(sig[rr], r);
-        auto put = [&](int64_t field, Value x) {
-          storeAs(args.workspace, x, add(statBase[rr], field));
-        };
-        put(kDeltaEven, fadd(dot, sr));
-        put(kDeltaOdd, fsub(f32(0.0f), sr));
-        put(kSigmoid, sig[rr]);
-        put(kShiftEven, shift[0][rr]);
-        put(kShiftOdd, shift[1][rr]);
-        storeAs(args.dlam, fsub(f32(0.0f), fmul(sigNeg, sr)), pairRow[rr]);
-      });
-    }
+    for (int64_t rr = 0; rr < 2; ++rr)
+      writeRowStatistics(*this, epilogue, args,
+                         {quadSum(final[rr]), valid[rr], statBase[rr],
+                          pairRow[rr], lamValue[rr], sig[rr], shift[0][rr],
+                          shift[1][rr], colLane, lane},
+                         dv);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -661,15 +625,21 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   // blocks of 32 rows at D = 128 and 64 at D = 64 (the registers: dk and dv
   // of 64 keys, and S^T of both heads and G^T of a block, per thread).
   wgmmaKeys = wgmmaKeys && !reduceDq;
-  wgmma::WgmmaPlan wgmmaKeyPlan, wgmmaRowPlan;
+  wgmma::WgmmaPlan wgmmaKeyPlan, wgmmaRowPlan, wgmmaStatsPlan;
   if (wgmmaKeys) {
-    // sm_90a's dq kernel: the portable one's tiles of 64 group rows, two
-    // warpgroups (one per head of the pair), 64-key blocks.
+    // sm_90a's row kernels: the portable ones' tiles of 64 group rows, two
+    // warpgroups; dq: one per head of the pair, 64-key blocks; statistics:
+    // 128-key blocks, 64 keys per warpgroup.
     static_cast<TileConfig &>(wgmmaRowPlan) = plan;
     wgmmaRowPlan.warps = 8;
     wgmmaRowPlan.blockK = 64;
     wgmmaRowPlan.stages = 2;
-    wgmmaRowPlan.sharedBytes = wgmma::backwardRowSharedBytes(wgmmaRowPlan);
+    wgmmaRowPlan.sharedBytes =
+        wgmma::backwardRowSharedBytes(wgmmaRowPlan, /*stats=*/false);
+    wgmmaStatsPlan = wgmmaRowPlan;
+    wgmmaStatsPlan.blockK = 128;
+    wgmmaStatsPlan.sharedBytes =
+        wgmma::backwardRowSharedBytes(wgmmaStatsPlan, /*stats=*/true);
     static_cast<TileConfig &>(wgmmaKeyPlan) = plan;
     wgmmaKeyPlan.warps = 8;
     wgmmaKeyPlan.blockK = 128;
@@ -683,7 +653,8 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   if (failed(checkChipLimits(op, plan, "the backward's tiles")) ||
       failed(checkChipLimits(op, keyPlan, "the backward's tiles")) ||
       (wgmmaKeys &&
-       failed(checkChipLimits(op, wgmmaRowPlan, "the backward's tiles"))))
+       (failed(checkChipLimits(op, wgmmaRowPlan, "the backward's tiles")) ||
+        failed(checkChipLimits(op, wgmmaStatsPlan, "the backward's tiles")))))
     return failure();
 
   Location loc = kernel.getLoc();
@@ -693,9 +664,17 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   SmallVector<Type> argTypes(sig.argTypes);
   argTypes.insert(argTypes.begin() + sig.buffers.size(), sig.workspaceType);
   std::string name = kernel.getName().str();
-  auto stats = createKernelFunc(rewriter, loc, name + "_stats", argTypes,
-                                plan.threads());
-  {
+  // With kv_len the statistics kernel is the portable one: it checks that
+  // kv_len[b] lies in [0, Sk] (a device-side assertion, which in a wgmma
+  // kernel would serialise its products); the wgmma kernels clamp it.
+  bool wgmmaStats = wgmmaKeys && !plan.attn.hasKvLen;
+  auto stats =
+      createKernelFunc(rewriter, loc, name + "_stats", argTypes,
+                       wgmmaStats ? wgmmaStatsPlan.threads() : plan.threads());
+  if (wgmmaStats) {
+    wgmma::buildBackwardRowKernel(rewriter, loc, stats, wgmmaStatsPlan,
+                                  /*stats=*/true);
+  } else {
     BackwardBuilder builder(rewriter, loc, plan);
     builder.reduceDq = reduceDq;
     builder.buildRowKernel(stats, /*stats=*/true);
@@ -706,7 +685,8 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     int64_t dqThreads = wgmmaKeys ? wgmmaRowPlan.threads() : plan.threads();
     dq = createKernelFunc(rewriter, loc, name + "_dq", argTypes, dqThreads);
     if (wgmmaKeys)
-      wgmma::buildBackwardDqKernel(rewriter, loc, dq, wgmmaRowPlan);
+      wgmma::buildBackwardRowKernel(rewriter, loc, dq, wgmmaRowPlan,
+                                    /*stats=*/false);
     else
       BackwardBuilder(rewriter, loc, plan).buildRowKernel(dq, /*stats=*/false);
     rewriter.setInsertionPointAfter(dq);
@@ -750,7 +730,10 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   Attribute rowBlocks = ceilDivRule(b, "Sq", plan.blockQ, plan.rowsPerQuery);
   Attribute keyBlocks = ceilDivRule(b, "Sk", blockKeys, 1);
   Attribute statsStage =
-      stage(stats.getName(), rowBlocks, rowShared(1), plan.threads());
+      wgmmaStats
+          ? stage(stats.getName(), rowBlocks, wgmmaStatsPlan.sharedBytes,
+                  wgmmaStatsPlan.threads())
+          : stage(stats.getName(), rowBlocks, rowShared(1), plan.threads());
   Attribute keyStage =
       stage(dkdv.getName(), keyBlocks, keyShared, keyPlan.threads());
   SmallVector<Attribute> stages =

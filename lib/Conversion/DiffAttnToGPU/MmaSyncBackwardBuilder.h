@@ -39,6 +39,25 @@ struct BackwardArgs {
 /// op has kv_len).
 BackwardArgs readBackwardArgs(Block &entry, bool hasKvLen);
 
+/// What the statistics kernels know of one of the thread's rows when they
+/// write its record: r = rowsum(P_2h+1 o G) summed over the row's quad,
+/// whether the row is one of the group's, the record's first element in
+/// the workspace, the row's index in lam, out and dout (pairRow), lam
+/// there (f32) and sigmoid of it, both heads' -lse log2 e, and the thread's
+/// first column (2 (lane % 4)) and lane.
+struct RowStatistics {
+  Value r, valid, statBase, pairRow, lam, sigmoid, shiftEven, shiftOdd;
+  Value colLane, lane;
+};
+/// Writes the row's record (D_2h = rowsum(dout o out) + sigmoid(lam) r,
+/// D_2h+1 = -sigmoid(lam) r, sigmoid(lam), the shifts) and dlam =
+/// -sigmoid(lam) sigmoid(-lam) r: every lane of the quad reads Dv / 4
+/// columns of out and dout (pairs of 2-element loads 8 columns apart), the
+/// quad sums them, its first lane writes.
+void writeRowStatistics(GPUKernelBuilder &kb, DifferentialEpilogue &epilogue,
+                        const BackwardArgs &args, const RowStatistics &row,
+                        int64_t valueDim);
+
 class BackwardBuilder : public MmaSyncKernelBuilder {
 public:
   using MmaSyncKernelBuilder::MmaSyncKernelBuilder;
@@ -133,9 +152,6 @@ private:
   probabilities(ArrayRef<int64_t> heads, std::array<SmallVector<Acc>, 2> &s,
                 function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
                 function_ref<Value(int64_t)> visible);
-  /// -lse log2 e, or -inf for a row that saw no key (lse = -inf), so that
-  /// exp2(s scale log2 e + shift) is 0 there, never NaN.
-  Value negLseShift(Value lse);
   /// The software pipeline over `count` blocks: `load(j, stage)` issues the
   /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
   /// `afterIteration(j)`, if given, runs after iteration j's closing
@@ -145,8 +161,6 @@ private:
             function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
             function_ref<void()> afterPrologue = nullptr,
             function_ref<void(Value)> afterIteration = nullptr);
-  /// Rounds `x` to the element type of `buffer` and stores it at `index`.
-  void storeAs(Value buffer, Value x, Value index);
 };
 
 } // namespace mlir::diffattn::mma_sync

@@ -42,6 +42,53 @@ BackwardArgs mma_sync::readBackwardArgs(Block &entry, bool hasKvLen) {
   return a;
 }
 
+void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
+                                  DifferentialEpilogue &epilogue,
+                                  const BackwardArgs &args,
+                                  const RowStatistics &row, int64_t valueDim) {
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  Type elem = cast<MemRefType>(args.out.getType()).getElementType();
+  Value dot = kb.f32(0.0f);
+  Value base = kb.mul(row.pairRow, valueDim);
+  auto vecType = VectorType::get({2}, elem);
+  for (int64_t t = 0; t < valueDim / 8; ++t) {
+    Value index = kb.add(kb.add(base, row.colLane), t * 8);
+    Value o =
+        vector::LoadOp::create(b, loc, vecType, args.out, ValueRange{index});
+    Value g =
+        vector::LoadOp::create(b, loc, vecType, args.dout, ValueRange{index});
+    for (int64_t e = 0; e < 2; ++e) {
+      auto ext = [&](Value vec) {
+        return arith::ExtFOp::create(
+            b, loc, b.getF32Type(),
+            vector::ExtractOp::create(b, loc, vec, e).getResult());
+      };
+      dot = kb.fma(ext(o), ext(g), dot);
+    }
+  }
+  dot = kb.quadSum(dot);
+  // sigmoid'(lam) = sigmoid(lam) sigmoid(-lam), each in f32 without
+  // cancellation.
+  Value sigNeg = epilogue.sigmoid(kb.fsub(kb.f32(0.0f), row.lam));
+  Value writer = arith::AndIOp::create(
+      b, loc, row.valid,
+      kb.cmp(arith::CmpIPredicate::eq, kb.rem(row.lane, 4), kb.idx(0)));
+  kb.ifThen(writer, [&] {
+    Value sr = kb.fmul(row.sigmoid, row.r);
+    auto put = [&](int64_t field, Value x) {
+      kb.storeAs(args.workspace, x, kb.add(row.statBase, field));
+    };
+    put(kDeltaEven, kb.fadd(dot, sr));
+    put(kDeltaOdd, kb.fsub(kb.f32(0.0f), sr));
+    put(kSigmoid, row.sigmoid);
+    put(kShiftEven, row.shiftEven);
+    put(kShiftOdd, row.shiftOdd);
+    kb.storeAs(args.dlam, kb.fsub(kb.f32(0.0f), kb.fmul(sigNeg, sr)),
+               row.pairRow);
+  });
+}
+
 void BackwardBuilder::setKeyLength(const BackwardArgs &args, Value batch,
                                    Value tid) {
   Value kvLenElem;
@@ -124,13 +171,6 @@ void BackwardBuilder::productsPB(ArrayRef<ArrayRef<Acc>> ps, const TileRef &bt,
   }
 }
 
-Value BackwardBuilder::negLseShift(Value lse) {
-  Value ninf = f32(-std::numeric_limits<float>::infinity());
-  Value empty =
-      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, lse, ninf);
-  return select(empty, ninf, fmul(lse, f32(-static_cast<float>(M_LOG2E))));
-}
-
 Value BackwardBuilder::probability(Value s, Value shift, Value visible) {
   Value scaleLog2 = f32(plan.attn.scale * static_cast<float>(M_LOG2E));
   Value p = exp2(fma(s, scaleLog2, shift));
@@ -161,13 +201,6 @@ std::array<SmallVector<Acc>, 2> BackwardBuilder::probabilities(
     for (int64_t h : heads)
       p[h][i / 4][i % 4] = ifOp.getResult(at++);
   return p;
-}
-
-void BackwardBuilder::storeAs(Value buffer, Value x, Value index) {
-  Type elem = cast<MemRefType>(buffer.getType()).getElementType();
-  if (elem != x.getType())
-    x = arith::TruncFOp::create(b, loc, elem, x);
-  memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
 }
 
 SmallVector<Value> BackwardBuilder::pipelined(

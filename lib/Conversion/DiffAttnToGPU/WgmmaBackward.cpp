@@ -26,8 +26,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "MmaSyncBackwardBuilder.h"
-#include "WgmmaBuilder.h"
+#include "WgmmaBackwardBuilder.h"
 
 #include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
 
@@ -41,67 +40,24 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 using mma_sync::kStatWidth;
 
-namespace {
-
-/// Byte offsets (from the 1024-byte aligned base) of the kernel's tiles:
-/// K [D / 64 spans, blockK, 64], V [Dv / 64, blockK, 64], then per stage
-/// q [2 heads, D / 64, blockQ, 64], dout [Dv / 64, blockQ, 64] and the
-/// records [blockQ, kStatWidth] f32.
-struct KeyKernelLayout {
-  int64_t k = 0, v, q, dout, stat, end;
-  explicit KeyKernelLayout(const WgmmaPlan &plan) {
-    v = k + plan.blockK * plan.headDim * 2;
-    q = v + plan.blockK * plan.valueDim * 2;
-    dout = q + plan.stages * 2 * plan.blockQ * plan.headDim * 2;
-    stat = dout + plan.stages * plan.blockQ * plan.valueDim * 2;
-    end = stat + plan.stages * plan.blockQ * kStatWidth * 4;
-  }
-  int64_t qStageBytes(const WgmmaPlan &plan) const {
-    return 2 * plan.blockQ * plan.headDim * 2;
-  }
-  int64_t doutStageBytes(const WgmmaPlan &plan) const {
-    return plan.blockQ * plan.valueDim * 2;
-  }
-};
-
-/// Byte offsets of the dq kernel's tiles: q of both heads [2, D / 64, 64,
-/// 64] and dout [Dv / 64, 64, 64] of the tile's 64 rows, then per stage K
-/// [D / 64, blockK, 64] and V [Dv / 64, blockK, 64].
-struct RowKernelLayout {
-  int64_t q = 0, dout, k, v, end;
-  explicit RowKernelLayout(const WgmmaPlan &plan) {
-    dout = q + 2 * kWarpgroupRows * plan.headDim * 2;
-    k = dout + kWarpgroupRows * plan.valueDim * 2;
-    v = k + plan.stages * plan.blockK * plan.headDim * 2;
-    end = v + plan.stages * plan.blockK * plan.valueDim * 2;
-  }
-};
-
-class KeyKernelBuilder : public WgmmaKernelBuilder {
-public:
-  using WgmmaKernelBuilder::WgmmaKernelBuilder;
-  void buildKeyKernel(gpu::GPUFuncOp func);
-  void buildRowKernel(gpu::GPUFuncOp func);
-
-private:
-  /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
-  /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
-  /// both K-major, per k16 step over `kDim` columns, interleaved (the form
-  /// issueSharedProduct takes).
-  SmallVector<Value> kMajorDescriptors(Value aOffset, int64_t aRows,
-                                       Value bOffset, int64_t bRows,
-                                       int64_t kDim);
-  /// Descriptors of an MN-major B operand: the tile of `rows` rows (the K
-  /// dimension) at `offset`, one per k16 step (the leading byte offset
-  /// steps between 64-column spans, a whole tile apart).
-  SmallVector<Value> mnMajorDescriptors(Value offset, int64_t rows);
-};
-
-} // namespace
+void BackwardBuilder::setThreadIndices() {
+  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warpgroup = arith::IndexCastOp::create(
+      b, loc, b.getIndexType(),
+      gpu::ShuffleOp::create(
+          b, loc,
+          arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                     div(tid, kWarpgroupThreads)),
+          0, 32, gpu::ShuffleMode::IDX)
+          .getShuffleResult());
+  groupThread = rem(tid, kWarpgroupThreads);
+  warpInGroup = div(groupThread, 32);
+}
 
 SmallVector<Value>
-KeyKernelBuilder::kMajorDescriptors(Value aOffset, int64_t aRows, Value bOffset,
-                                    int64_t bRows, int64_t kDim) {
+BackwardBuilder::kMajorDescriptors(Value aOffset, int64_t aRows, Value bOffset,
+                                   int64_t bRows, int64_t kDim) {
   // As scoreDescriptors: the leading byte offset unused (1), 8-row groups
   // 1024 bytes apart; a k16 step is 32 bytes into the span's rows.
   Value a0 = descriptorLow(aOffset, 16), b0 = descriptorLow(bOffset, 16);
@@ -116,8 +72,8 @@ KeyKernelBuilder::kMajorDescriptors(Value aOffset, int64_t aRows, Value bOffset,
   return descriptors;
 }
 
-SmallVector<Value> KeyKernelBuilder::mnMajorDescriptors(Value offset,
-                                                        int64_t rows) {
+SmallVector<Value> BackwardBuilder::mnMajorDescriptors(Value offset,
+                                                       int64_t rows) {
   Value low = descriptorLow(offset, rows * kRowBytes);
   SmallVector<Value> descriptors;
   for (int64_t kt = 0; kt < rows / 16; ++kt)
@@ -126,7 +82,7 @@ SmallVector<Value> KeyKernelBuilder::mnMajorDescriptors(Value offset,
   return descriptors;
 }
 
-void KeyKernelBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
+void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
   const AttentionConfig &attn = plan.attn;
@@ -138,19 +94,7 @@ void KeyKernelBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value seqQ = args.seqQ, seqK = args.seqK;
   KeyKernelLayout layout(plan);
 
-  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-  lane = rem(tid, 32);
-  // Broadcast from lane 0 (warp-uniform for ptxas), as in the forward.
-  warpgroup = arith::IndexCastOp::create(
-      b, loc, b.getIndexType(),
-      gpu::ShuffleOp::create(
-          b, loc,
-          arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                     div(tid, kWarpgroupThreads)),
-          0, 32, gpu::ShuffleMode::IDX)
-          .getShuffleResult());
-  groupThread = rem(tid, kWarpgroupThreads);
-  warpInGroup = div(groupThread, 32);
+  setThreadIndices();
   Value keyBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
@@ -437,249 +381,6 @@ void KeyKernelBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   gpu::ReturnOp::create(b, loc);
 }
 
-void KeyKernelBuilder::buildRowKernel(gpu::GPUFuncOp func) {
-  Block &entry = func.getBody().front();
-  b.setInsertionPointToStart(&entry);
-  const AttentionConfig &attn = plan.attn;
-  mma_sync::BackwardArgs args =
-      mma_sync::readBackwardArgs(entry, attn.hasKvLen);
-  int64_t blockK = plan.blockK, threads = plan.threads();
-  int64_t d = plan.headDim, dv = plan.valueDim;
-  Value seqQ = args.seqQ, seqK = args.seqK;
-  RowKernelLayout layout(plan);
-
-  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-  lane = rem(tid, 32);
-  warpgroup = arith::IndexCastOp::create(
-      b, loc, b.getIndexType(),
-      gpu::ShuffleOp::create(
-          b, loc,
-          arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                     div(tid, kWarpgroupThreads)),
-          0, 32, gpu::ShuffleMode::IDX)
-          .getShuffleResult());
-  groupThread = rem(tid, kWarpgroupThreads);
-  warpInGroup = div(groupThread, 32);
-  // The tile: 64 rows R = p Sq + i of the KV group (WgmmaBuilder.h);
-  // warpgroup w computes head 2p + w of its rows.
-  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
-  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
-  tile.seqQ = seqQ;
-  tile.seqK = seqK;
-  tile.firstPair = mul(kvHead, plan.pairsPerGroup());
-  tile.groupRows = mul(seqQ, plan.rowsPerQuery);
-  tile.row0 =
-      mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x), kWarpgroupRows);
-  tile.rowsValid = minI(idx(kWarpgroupRows), sub(tile.groupRows, tile.row0));
-  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
-  Value kvLenElem =
-      args.kvLen ? memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch})
-                       .getResult()
-                 : Value();
-  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
-  offset = sub(keyLen, seqQ);
-  // Keys any row of the tile may see: [lo, hi), lo on a block boundary.
-  Value lastRow = sub(add(tile.row0, tile.rowsValid), idx(1));
-  Value onePair =
-      cmp(arith::CmpIPredicate::eq, pairOf(tile.row0), pairOf(lastRow));
-  Value minRow = select(onePair, queryRowOf(tile.row0), idx(0));
-  Value maxRow = select(onePair, queryRowOf(lastRow), sub(seqQ, idx(1)));
-  auto [lo, hi] =
-      buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
-  lo = alignDownToBlock(b, loc, lo, blockK);
-  Value numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
-                           div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
-
-  alignSharedBase();
-  Type elem = plan.elementType;
-  int64_t dSpans = d / kSpan, vSpans = dv / kSpan;
-  Value sQuery = sharedViewAt(add(base, idx(layout.q)),
-                              {2, dSpans, kWarpgroupRows, kSpan}, elem);
-  Value sDout = sharedViewAt(add(base, idx(layout.dout)),
-                             {vSpans, kWarpgroupRows, kSpan}, elem);
-  Value sKeys = sharedViewAt(add(base, idx(layout.k)),
-                             {plan.stages, dSpans, blockK, kSpan}, elem);
-  Value sValues = sharedViewAt(add(base, idx(layout.v)),
-                               {plan.stages, vSpans, blockK, kSpan}, elem);
-
-  // q of both heads and dout of the tile's rows (zero past the group's).
-  for (int64_t h = 0; h < 2; ++h)
-    copyTileAsync(
-        args.q,
-        [&](Value r) {
-          Value row = add(tile.row0, r);
-          Value head = add(mul(pairOf(row), 2), h);
-          return mul(
-              add(mul(add(qRowBase, queryRowOf(row)), plan.queryHeads), head),
-              d);
-        },
-        tile.rowsValid, sQuery,
-        [&](Value row, Value col) { return swizzledIndex({idx(h)}, row, col); },
-        kWarpgroupRows, d, tid, threads);
-  copyTileAsync(
-      args.dout,
-      [&](Value r) {
-        Value row = add(tile.row0, r);
-        return mul(
-            add(mul(add(qRowBase, queryRowOf(row)), plan.pairs), pairOf(row)),
-            dv);
-      },
-      tile.rowsValid, sDout,
-      [&](Value row, Value col) { return swizzledIndex({}, row, col); },
-      kWarpgroupRows, dv, tid, threads);
-  // Key block j: keys lo + j blockK on, zero past kv_len.
-  auto load = [&](Value j, Value stage) {
-    Value key0 = add(lo, mul(j, blockK));
-    Value rows = minI(idx(blockK), sub(keyLen, key0));
-    Value kvRow = add(kRowBase, key0);
-    copyRows(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
-             plan.kvHeads * d, rows, sKeys, {stage}, blockK, d, tid, threads);
-    copyRows(args.v, mul(add(mul(kvRow, plan.kvHeads), kvHead), dv),
-             plan.kvHeads * dv, rows, sValues, {stage}, blockK, dv, tid,
-             threads);
-  };
-  ifThen(cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0)),
-         [&] { load(idx(0), idx(0)); });
-  NVVM::CpAsyncCommitGroupOp::create(b, loc);
-
-  // The thread's two rows: query row, pair and the records' fields of its
-  // warpgroup's head (rows past the group's read row 0's).
-  std::array<Value, 2> queryRow, pair, shift, delta;
-  Value sigmoid[2];
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    Value row = threadGroupRow(rr);
-    Value valid = cmp(arith::CmpIPredicate::slt, row, tile.groupRows);
-    row = select(valid, row, idx(0));
-    queryRow[rr] = queryRowOf(row);
-    pair[rr] = pairOf(row);
-    Value record =
-        mul(add(mul(add(mul(batch, plan.pairs), pair[rr]), seqQ), queryRow[rr]),
-            kStatWidth);
-    auto field = [&](int64_t f) {
-      return memref::LoadOp::create(b, loc, args.workspace,
-                                    ValueRange{add(record, idx(f))})
-          .getResult();
-    };
-    Value odd = cmp(arith::CmpIPredicate::eq, warpgroup, idx(1));
-    shift[rr] =
-        select(odd, field(mma_sync::kShiftOdd), field(mma_sync::kShiftEven));
-    delta[rr] =
-        select(odd, field(mma_sync::kDeltaOdd), field(mma_sync::kDeltaEven));
-    // dP = G for head 2p, -sigmoid(lam) G for head 2p + 1.
-    sigmoid[rr] =
-        select(odd, fsub(f32(0.0f), field(mma_sync::kSigmoid)), f32(1.0f));
-  }
-
-  int64_t kTiles = blockK / 8, dTiles = d / 8;
-  Value colLane = mul(rem(lane, 4), 2);
-  Value scaleLog2 = f32(attn.scale * static_cast<float>(M_LOG2E));
-  Value qHead = add(idx(layout.q), mul(warpgroup, kWarpgroupRows * d * 2));
-  SmallVector<Value> init(dTiles * 4, f32(0.0f));
-  auto loop = scf::ForOp::create(
-      b, loc, idx(0), numBlocks, idx(1), init,
-      [&](OpBuilder &, Location, Value j, ValueRange carried) {
-        Value stage = rem(j, plan.stages);
-        Value next = add(j, idx(1));
-        ifThen(cmp(arith::CmpIPredicate::slt, next, numBlocks),
-               [&] { load(next, rem(next, plan.stages)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
-        fenceAsyncProxy();
-        gpu::BarrierOp::create(b, loc);
-        Value key0 = add(lo, mul(j, blockK));
-        Value kStage = add(idx(layout.k), mul(stage, blockK * d * 2));
-        Value vStage = add(idx(layout.v), mul(stage, blockK * dv * 2));
-        SmallVector<Value> sDesc =
-            kMajorDescriptors(qHead, kWarpgroupRows, kStage, blockK, d);
-        SmallVector<Value> gDesc = kMajorDescriptors(
-            idx(layout.dout), kWarpgroupRows, vStage, blockK, dv);
-        SmallVector<Value> dqDesc = mnMajorDescriptors(kStage, blockK);
-        // S_h = q_h K^T, then G = dout V^T (in flight while P_h is
-        // computed).
-        NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        Value sAcc = issueSharedProduct(sDesc, blockK);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-        Value gAcc = issueSharedProduct(gDesc, blockK);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
-        SmallVector<Acc> sc = readAccumulators(sAcc, kTiles);
-        fenceTiles(sc);
-        Value needsMask = buildBlockNeedsMask(b, loc, attn, key0, blockK,
-                                              minRow, maxRow, offset, keyLen);
-        auto computeP = [&](bool masked) {
-          SmallVector<Value> flat;
-          for (int64_t i = 0; i < kTiles * 4; ++i) {
-            int64_t rr = (i % 4) / 2;
-            Value p = exp2(fma(sc[i / 4][i % 4], scaleLog2, shift[rr]));
-            if (masked) {
-              Value key = add(add(key0, colLane), (i / 4) * 8 + i % 2);
-              p = select(buildIsVisible(b, loc, attn, queryRow[rr], key, offset,
-                                        keyLen),
-                         p, f32(0.0f));
-            }
-            flat.push_back(p);
-          }
-          scf::YieldOp::create(b, loc, flat);
-        };
-        auto probs = scf::IfOp::create(
-            b, loc, needsMask, [&](OpBuilder &, Location) { computeP(true); },
-            [&](OpBuilder &, Location) { computeP(false); });
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-        SmallVector<Acc> g = readAccumulators(gAcc, kTiles);
-        fenceTiles(g);
-        // dS_h = P_h o (dP_h - D_h), dq_h += dS_h K.
-        SmallVector<Acc> ds(kTiles);
-        for (int64_t i = 0; i < kTiles * 4; ++i) {
-          int64_t rr = (i % 4) / 2;
-          ds[i / 4][i % 4] =
-              fmul(probs.getResult(i),
-                   fsub(fmul(sigmoid[rr], g[i / 4][i % 4]), delta[rr]));
-        }
-        SmallVector<Value> dsRegs = packProbabilities(ds);
-        SmallVector<Acc> dq(dTiles);
-        for (int64_t t = 0; t < dTiles; ++t)
-          for (int64_t e = 0; e < 4; ++e)
-            dq[t][e] = carried[t * 4 + e];
-        NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        issueRegisterProduct(dsRegs, dqDesc, dq);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-        keepLive(dsRegs);
-        fenceTiles(dq);
-        // Both warpgroups' products have read the stage before the next
-        // iteration's copies overwrite it.
-        gpu::BarrierOp::create(b, loc);
-        SmallVector<Value> results;
-        for (const Acc &t : dq)
-          results.append(t.begin(), t.end());
-        scf::YieldOp::create(b, loc, results);
-      });
-  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-
-  // dq = scale * the sum, rows of the group only.
-  ValueRange final = loop.getResults();
-  Value scale = f32(attn.scale);
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    ifThen(cmp(arith::CmpIPredicate::slt, threadGroupRow(rr), tile.groupRows),
-           [&] {
-             Value head = add(mul(pair[rr], 2), warpgroup);
-             Value row =
-                 add(mul(add(qRowBase, queryRow[rr]), plan.queryHeads), head);
-             for (int64_t t = 0; t < dTiles; ++t) {
-               int64_t at = t * 4 + 2 * rr;
-               storePair(args.dq, fmul(final[at], scale),
-                         fmul(final[at + 1], scale),
-                         add(add(mul(row, d), colLane), t * 8));
-             }
-           });
-  }
-  gpu::ReturnOp::create(b, loc);
-}
-
-int64_t mlir::diffattn::wgmma::backwardRowSharedBytes(const WgmmaPlan &plan) {
-  return RowKernelLayout(plan).end + kAtomBytes;
-}
-
 int64_t mlir::diffattn::wgmma::backwardKeySharedBytes(const WgmmaPlan &plan) {
   // The tiles, and the 1024 bytes that aligning their start may skip.
   return KeyKernelLayout(plan).end + kAtomBytes;
@@ -688,11 +389,5 @@ int64_t mlir::diffattn::wgmma::backwardKeySharedBytes(const WgmmaPlan &plan) {
 void mlir::diffattn::wgmma::buildBackwardKeyKernel(OpBuilder &b, Location loc,
                                                    gpu::GPUFuncOp func,
                                                    const WgmmaPlan &plan) {
-  KeyKernelBuilder(b, loc, plan).buildKeyKernel(func);
-}
-
-void mlir::diffattn::wgmma::buildBackwardDqKernel(OpBuilder &b, Location loc,
-                                                  gpu::GPUFuncOp func,
-                                                  const WgmmaPlan &plan) {
-  KeyKernelBuilder(b, loc, plan).buildRowKernel(func);
+  BackwardBuilder(b, loc, plan).buildKeyKernel(func);
 }

@@ -285,15 +285,16 @@ void buildBackwardKeyKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
                             const WgmmaPlan &plan);
 /// Its dynamic shared memory (bytes).
 int64_t backwardKeySharedBytes(const WgmmaPlan &plan);
-/// The backward's dq kernel on sm_90a (WgmmaBackward.cpp), over the
-/// portable dq kernel's grid (64 group rows per CTA: warpgroup w computes
-/// head 2p + w of each row): `plan` gives blockK keys per block (a multiple
-/// of 16), the stages (2), warps = 8, the element type, dimensions and
-/// heads.
-void buildBackwardDqKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
-                           const WgmmaPlan &plan);
+/// The backward's statistics (`stats`) or dq kernel on sm_90a
+/// (WgmmaBackwardRows.cpp), over the portable row kernels' grid (64 group
+/// rows per CTA): `plan` gives blockK keys per block (64 for dq, whose
+/// warpgroup w computes head 2p + w; 128 for the statistics, whose
+/// warpgroup w takes keys 64 w .. 64 w + 63 of each block), the stages (2),
+/// warps = 8, the element type, dimensions and heads.
+void buildBackwardRowKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
+                            const WgmmaPlan &plan, bool stats);
 /// Its dynamic shared memory (bytes).
-int64_t backwardRowSharedBytes(const WgmmaPlan &plan);
+int64_t backwardRowSharedBytes(const WgmmaPlan &plan, bool stats);
 
 } // namespace mlir::diffattn::wgmma
 

@@ -136,6 +136,14 @@ public:
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
   }
+  /// Rounds the f32 `x` to the element type of the 1-D `buffer` and stores
+  /// it at buffer[index].
+  void storeAs(Value buffer, Value x, Value index) {
+    Type elem = cast<MemRefType>(buffer.getType()).getElementType();
+    if (elem != x.getType())
+      x = arith::TruncFOp::create(b, loc, elem, x);
+    memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
+  }
   /// Stores the f32 pair (x, y), rounded to the element type of the 1-D
   /// `buffer`, at buffer[index] (index even: one 2-element vector store).
   void storePair(Value buffer, Value x, Value y, Value index) {
@@ -145,6 +153,15 @@ public:
         ValueRange{arith::TruncFOp::create(b, loc, elem, x),
                    arith::TruncFOp::create(b, loc, elem, y)});
     vector::StoreOp::create(b, loc, pair, buffer, ValueRange{index});
+  }
+  /// -lse log2 e, or -inf for a row that saw no key (lse = -inf), so that
+  /// exp2(s scale log2 e + shift) is 0 there, never NaN (the backward's
+  /// probabilities from the forward's log-sum-exp).
+  Value negLseShift(Value lse) {
+    Value ninf = f32(-std::numeric_limits<float>::infinity());
+    Value empty =
+        arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, lse, ninf);
+    return select(empty, ninf, fmul(lse, f32(-static_cast<float>(M_LOG2E))));
   }
   /// buffer[index] read as f32 (extended from a narrower float type).
   Value loadF32(Value buffer, Value index) {

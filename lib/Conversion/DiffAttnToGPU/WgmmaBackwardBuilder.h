@@ -1,0 +1,84 @@
+//===- WgmmaBackwardBuilder.h - wgmma strategy: backward kernels -*- C++
+//-*-===//
+//
+// Private to lib/Conversion/DiffAttnToGPU: the sm_90a backward's kernel
+// builder, whose definitions are split over WgmmaBackward.cpp (the dk/dv
+// kernel, descriptors) and WgmmaBackwardRows.cpp (the statistics and dq
+// kernels, over the portable row kernels' tiles of 64 group rows). Its
+// kernels take the portable backward's arguments and read and write its
+// workspace records (MmaSyncBackwardBuilder.h).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_WGMMABACKWARDBUILDER_H
+#define DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_WGMMABACKWARDBUILDER_H
+
+#include "MmaSyncBackwardBuilder.h"
+#include "WgmmaBuilder.h"
+
+namespace mlir::diffattn::wgmma {
+
+/// Byte offsets (from the 1024-byte aligned base) of the kernel's tiles:
+/// K [D / 64 spans, blockK, 64], V [Dv / 64, blockK, 64], then per stage
+/// q [2 heads, D / 64, blockQ, 64], dout [Dv / 64, blockQ, 64] and the
+/// records [blockQ, kStatWidth] f32.
+struct KeyKernelLayout {
+  int64_t k = 0, v, q, dout, stat, end;
+  explicit KeyKernelLayout(const WgmmaPlan &plan) {
+    v = k + plan.blockK * plan.headDim * 2;
+    q = v + plan.blockK * plan.valueDim * 2;
+    dout = q + plan.stages * 2 * plan.blockQ * plan.headDim * 2;
+    stat = dout + plan.stages * plan.blockQ * plan.valueDim * 2;
+    end = stat + plan.stages * plan.blockQ * mma_sync::kStatWidth * 4;
+  }
+  int64_t qStageBytes(const WgmmaPlan &plan) const {
+    return 2 * plan.blockQ * plan.headDim * 2;
+  }
+  int64_t doutStageBytes(const WgmmaPlan &plan) const {
+    return plan.blockQ * plan.valueDim * 2;
+  }
+};
+
+/// Byte offsets of the row kernels' tiles: q [heads, D / 64, 64, 64] (both
+/// heads in the dq kernel, the odd one in the statistics kernel) and dout
+/// [Dv / 64, 64, 64] of the tile's 64 rows, then per stage K [D / 64,
+/// blockK, 64] and V [Dv / 64, blockK, 64]; the statistics kernel's
+/// exchange of r, 64 f32, last.
+struct RowKernelLayout {
+  int64_t q = 0, dout, k, v, exchange, end;
+  RowKernelLayout(const WgmmaPlan &plan, bool stats) {
+    dout = q + (stats ? 1 : 2) * kWarpgroupRows * plan.headDim * 2;
+    k = dout + kWarpgroupRows * plan.valueDim * 2;
+    v = k + plan.stages * plan.blockK * plan.headDim * 2;
+    exchange = v + plan.stages * plan.blockK * plan.valueDim * 2;
+    end = exchange + (stats ? kWarpgroupRows * 4 : 0);
+  }
+};
+
+class BackwardBuilder : public WgmmaKernelBuilder {
+public:
+  using WgmmaKernelBuilder::WgmmaKernelBuilder;
+  void buildKeyKernel(gpu::GPUFuncOp func);
+  /// The dq kernel, or with `stats` the statistics kernel.
+  void buildRowKernel(gpu::GPUFuncOp func, bool stats);
+
+private:
+  /// Sets tid, lane, warpgroup (broadcast from lane 0, so that ptxas knows
+  /// it is warp-uniform, as in the forward), groupThread and warpInGroup.
+  void setThreadIndices();
+  /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
+  /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
+  /// both K-major, per k16 step over `kDim` columns, interleaved (the form
+  /// issueSharedProduct takes).
+  SmallVector<Value> kMajorDescriptors(Value aOffset, int64_t aRows,
+                                       Value bOffset, int64_t bRows,
+                                       int64_t kDim);
+  /// Descriptors of an MN-major B operand: the tile of `rows` rows (the K
+  /// dimension) at `offset`, one per k16 step (the leading byte offset
+  /// steps between 64-column spans, a whole tile apart).
+  SmallVector<Value> mnMajorDescriptors(Value offset, int64_t rows);
+};
+
+} // namespace mlir::diffattn::wgmma
+
+#endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_WGMMABACKWARDBUILDER_H
