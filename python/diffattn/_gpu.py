@@ -110,8 +110,9 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
 def prepare_v2_backward(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape,
                         elem, lam_elem, *, causal=False, scale=None, window=(-1, -1),
                         kv_len_shape=None, target="sm_90", options=()):
-    """prepare_v2 for diffattn.v2_backward (the portable strategy's three
-    kernels, on every target): returns (artifact directory, (B, Sq, Sk)).
+    """prepare_v2 for diffattn.v2_backward (three kernels: the portable
+    strategy's, or on sm_90a the wgmma ones): returns (artifact directory,
+    (B, Sq, Sk)).
     Shapes are checked as diffattn.v2_backward does, each error naming its
     tensor."""
     if elem not in ("bf16", "f16"):

@@ -134,7 +134,9 @@ defvar DiffAttnGPUStrategyOptions = [
            "The backward (diffattn.v2_backward). true: three kernels "
            "without atomics (statistics, dq, dk/dv), bit-identical across "
            "runs; S and G are recomputed for dq (13 S-sized products per "
-           "pair). false, on sm_90 and later: FlashAttention-2's "
+           "pair); on sm_90a all three are wgmma kernels (the statistics "
+           "kernel the portable one with kv_len). false, on sm_90 and "
+           "later: FlashAttention-2's "
            "formulation with dq accumulated in f32 (statistics, which also "
            "zeroes the accumulator in the workspace; dk/dv, which adds each "
            "key block's dS K to it with bulk reductions, cp.reduce.async.bulk, "
@@ -256,7 +258,10 @@ def DiffAttnToWgmmaKernels
     strategy, and the manifest's `launch.strategy` records which made each
     kernel: the decode form (`kv_len`, with or without `lse`; the split-KV
     kernels, whose Hopper version must first be measured faster),
-    `diffattn.v2_paged` and `diffattn.v2_backward`. Configurations neither
+    `diffattn.v2_paged`, and `diffattn.v2_backward` with
+    `deterministic=false`. `diffattn.v2_backward` (deterministic) gets
+    wgmma statistics, dq and dk/dv kernels (docs/training.md), with the
+    portable statistics kernel when it has `kv_len`. Configurations neither
     supports (V1, f32, head dimensions other than 64 and 128, Dv != D) are
     diagnosed, as are tile options out of range.
   }];
