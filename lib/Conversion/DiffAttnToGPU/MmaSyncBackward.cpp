@@ -363,17 +363,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   // key0 - offset - right with a right bound, i <= key0 + blockKeys - 1 -
   // offset + left with a left bound (KeyRange.h's rule, inverted), none
   // past kv_len.
-  Value qlo = idx(0), qhi = seqQ;
-  if (attn.windowRight >= 0)
-    qlo = maxI(qlo, sub(sub(key0, offset), idx(attn.windowRight)));
-  if (attn.windowLeft >= 0)
-    qhi = minI(
-        qhi, add(sub(add(key0, idx(blockKeys)), offset), idx(attn.windowLeft)));
-  qhi = select(cmp(arith::CmpIPredicate::slt, key0, keyLen), qhi, idx(0));
-  qlo = alignDownToBlock(b, loc, minI(qlo, seqQ), blockQ);
-  Value queryBlocks =
-      select(cmp(arith::CmpIPredicate::slt, qlo, qhi),
-             div(add(sub(qhi, qlo), blockQ - 1), blockQ), idx(0));
+  auto [qlo, queryBlocks] = keyBlockQueries(*this, attn, key0, blockKeys,
+                                            blockQ, offset, keyLen, seqQ);
   Value count = mul(queryBlocks, ppg);
   // Block j: pair j / queryBlocks of the group, rows from qlo + (j %
   // queryBlocks) blockQ.
@@ -398,24 +389,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
     copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
                   plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
                   plan.threads());
-    // The rows' records: 16-byte chunks (kStatWidth / 4 per row), zero past
-    // Sq; the first blockQ * kStatWidth / 4 threads copy one each.
-    int64_t chunksPerRow = kStatWidth / 4;
-    ifThen(
-        cmp(arith::CmpIPredicate::ult, tid, idx(blockQ * chunksPerRow)), [&] {
-          Value row = div(tid, chunksPerRow);
-          Value col = mul(rem(tid, chunksPerRow), 4);
-          Value ok = cmp(arith::CmpIPredicate::slt, row, rows);
-          Value src = add(mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ),
-                                  add(q0, row)),
-                              kStatWidth),
-                          col);
-          nvgpu::DeviceAsyncCopyOp::create(
-              b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), sStat,
-              ValueRange{stage, row, col}, args.workspace,
-              ValueRange{select(ok, src, idx(0))}, b.getIndexAttr(4),
-              select(ok, idx(4), idx(0)), b.getUnitAttr());
-        });
+    copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows, tid,
+                     blockQ, plan.pairs);
   };
 
   int64_t qTiles = blockQ / 8, dTiles = d / 8, vTiles = dv / 8;
@@ -437,41 +412,21 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
             productsABt({{sV, {}}}, kRow0, {{sDO, {stage}}}, blockQ, dv)[0][0];
         // The records of the thread's columns (query rows).
         Value colLane = mul(rem(lane, 4), 2);
-        SmallVector<Value> colShift[2], colSig, colEven, colOdd;
-        auto statType = VectorType::get({4}, b.getF32Type());
-        for (int64_t nt = 0; nt < qTiles; ++nt)
-          for (int64_t c = 0; c < 2; ++c) {
-            Value row = add(colLane, nt * 8 + c);
-            Value rec = vector::LoadOp::create(b, loc, statType, sStat,
-                                               ValueRange{stage, row, idx(0)});
-            auto field = [&](int64_t f) {
-              return vector::ExtractOp::create(b, loc, rec, f).getResult();
-            };
-            colEven.push_back(field(kDeltaEven));
-            colOdd.push_back(field(kDeltaOdd));
-            colSig.push_back(field(kSigmoid));
-            colShift[0].push_back(field(kShiftEven));
-            colShift[1].push_back(memref::LoadOp::create(
-                b, loc, sStat, ValueRange{stage, row, idx(kShiftOdd)}));
-          }
+        ColumnRecords records =
+            loadColumnRecords(*this, sStat, stage, colLane, qTiles);
+        ArrayRef<Value> colSig = records.sigmoid, colEven = records.deltaEven,
+                        colOdd = records.deltaOdd;
         // Masks only where the block straddles a bound (or Sq).
-        Value lastRow = minI(add(q0, blockQ - 1), sub(seqQ, idx(1)));
-        Value needsMask = arith::OrIOp::create(
-            b, loc,
-            buildBlockNeedsMask(b, loc, attn, key0, blockKeys, q0, lastRow,
-                                offset, keyLen),
-            cmp(arith::CmpIPredicate::sgt, add(q0, blockQ), seqQ));
+        Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
+                                            blockQ, seqQ, offset, keyLen);
         auto visible = [&](int64_t i) {
-          Value query = add(add(q0, colLane), (i / 4) * 8 + i % 2);
-          return arith::AndIOp::create(
-              b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
-              buildIsVisible(b, loc, attn, query, keyRow[(i % 4) / 2], offset,
-                             keyLen));
+          return keyColumnVisible(*this, attn, q0, colLane, i, keyRow, seqQ,
+                                  offset, keyLen);
         };
         std::array<SmallVector<Acc>, 2> p = probabilities(
             {0, 1}, s,
             [&](int64_t h, int64_t i) {
-              return colShift[h][(i / 4) * 2 + i % 2];
+              return records.shift[h][(i / 4) * 2 + i % 2];
             },
             needsMask, visible);
         SmallVector<Acc> pv(qTiles), dsEven(qTiles), dsOdd(qTiles);
@@ -541,23 +496,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   if (reduceDq)
     waitDqStaging(/*all=*/true);
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys.
-  Value scale = f32(attn.scale);
-  Value colLane = mul(rem(lane, 4), 2);
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    ifThen(cmp(arith::CmpIPredicate::slt, keyRow[rr], seqK), [&] {
-      Value row = add(mul(add(kRowBase, keyRow[rr]), plan.kvHeads), kvHead);
-      for (int64_t t = 0; t < dTiles; ++t) {
-        int64_t at = t * 4 + 2 * rr;
-        storePair(args.dk, fmul(final[at], scale), fmul(final[at + 1], scale),
-                  add(add(mul(row, d), colLane), t * 8));
-      }
-      for (int64_t t = 0; t < vTiles; ++t) {
-        int64_t at = (dTiles + t) * 4 + 2 * rr;
-        storePair(args.dv, final[at], final[at + 1],
-                  add(add(mul(row, dv), colLane), t * 8));
-      }
-    });
-  }
+  writeKeyGradients(*this, args, final, keyRow, kRowBase, kvHead,
+                    mul(rem(lane, 4), 2), plan);
   gpu::ReturnOp::create(b, loc);
 }
 

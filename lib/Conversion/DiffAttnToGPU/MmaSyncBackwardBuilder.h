@@ -39,6 +39,51 @@ struct BackwardArgs {
 /// op has kv_len).
 BackwardArgs readBackwardArgs(Block &entry, bool hasKvLen);
 
+/// The dk/dv kernels' query blocks for the keys [key0, key0 + blockKeys):
+/// the query rows that may see one of them (KeyRange.h's rule inverted: i
+/// >= key0 - offset - right with a right bound, i <= key0 + blockKeys - 1
+/// - offset + left with a left bound, none when key0 >= keyLen) as the
+/// first row `qlo` (a multiple of blockQ) and the number of blockQ-row
+/// blocks from it.
+std::pair<Value, Value> keyBlockQueries(GPUKernelBuilder &kb,
+                                        const AttentionConfig &attn, Value key0,
+                                        int64_t blockKeys, int64_t blockQ,
+                                        Value offset, Value keyLen, Value seqQ);
+/// cp.async copies of the workspace records of query rows q0 .. q0 + rows -
+/// 1 of `pair` into sStat[stage] ([stages, blockQ, kStatWidth] f32), zero
+/// past `rows`: the first blockQ * kStatWidth / 4 threads copy a 16-byte
+/// chunk each.
+void copyRecordsAsync(GPUKernelBuilder &kb, const BackwardArgs &args,
+                      Value sStat, Value stage, Value batch, Value pair,
+                      Value q0, Value rows, Value tid, int64_t blockQ,
+                      int64_t pairs);
+/// The records of the thread's columns of a query block in the dk/dv
+/// kernels (query rows 8 nt + colLane + c, c = 0, 1, of sStat[stage]), one
+/// value per column in that order.
+struct ColumnRecords {
+  SmallVector<Value> deltaEven, deltaOdd, sigmoid, shift[2];
+};
+ColumnRecords loadColumnRecords(GPUKernelBuilder &kb, Value sStat, Value stage,
+                                Value colLane, int64_t qTiles);
+/// Whether a query block q0 .. q0 + blockQ - 1 needs the per-element mask
+/// against the keys [key0, key0 + blockKeys): it straddles a bound or Sq.
+Value keyBlockNeedsMask(GPUKernelBuilder &kb, const AttentionConfig &attn,
+                        Value key0, int64_t blockKeys, Value q0, int64_t blockQ,
+                        Value seqQ, Value offset, Value keyLen);
+/// Whether value i of the thread's S^T tiles (key row keyRow[(i % 4) / 2],
+/// query q0 + colLane + 8 (i / 4) + i % 2) is visible, and the query one of
+/// the sequence's.
+Value keyColumnVisible(GPUKernelBuilder &kb, const AttentionConfig &attn,
+                       Value q0, Value colLane, int64_t i,
+                       ArrayRef<Value> keyRow, Value seqQ, Value offset,
+                       Value keyLen);
+/// Writes dk = scale * final's first D / 8 tiles and dv = the next Dv / 8
+/// (accumulator tiles of key rows keyRow[0], keyRow[1], columns colLane +
+/// 8 t (+ 1)) for the rows below Sk.
+void writeKeyGradients(GPUKernelBuilder &kb, const BackwardArgs &args,
+                       ValueRange final, ArrayRef<Value> keyRow, Value kRowBase,
+                       Value kvHead, Value colLane, const TileConfig &plan);
+
 /// What the statistics kernels know of one of the thread's rows when they
 /// write its record: r = rowsum(P_2h+1 o G) summed over the row's quad,
 /// whether the row is one of the group's, the record's first element in

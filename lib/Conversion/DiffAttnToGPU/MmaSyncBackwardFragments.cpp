@@ -11,7 +11,10 @@
 
 #include "MmaSyncBackwardBuilder.h"
 
+#include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
+
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 
@@ -40,6 +43,127 @@ BackwardArgs mma_sync::readBackwardArgs(Block &entry, bool hasKvLen) {
   a.seqQ = entry.getArgument(i++);
   a.seqK = entry.getArgument(i++);
   return a;
+}
+
+std::pair<Value, Value> mma_sync::keyBlockQueries(GPUKernelBuilder &kb,
+                                                  const AttentionConfig &attn,
+                                                  Value key0, int64_t blockKeys,
+                                                  int64_t blockQ, Value offset,
+                                                  Value keyLen, Value seqQ) {
+  Value qlo = kb.idx(0), qhi = seqQ;
+  if (attn.windowRight >= 0)
+    qlo = kb.maxI(qlo, kb.sub(kb.sub(key0, offset), kb.idx(attn.windowRight)));
+  if (attn.windowLeft >= 0)
+    qhi = kb.minI(qhi, kb.add(kb.sub(kb.add(key0, kb.idx(blockKeys)), offset),
+                              kb.idx(attn.windowLeft)));
+  qhi = kb.select(kb.cmp(arith::CmpIPredicate::slt, key0, keyLen), qhi,
+                  kb.idx(0));
+  qlo = alignDownToBlock(kb.b, kb.loc, kb.minI(qlo, seqQ), blockQ);
+  Value queryBlocks = kb.select(
+      kb.cmp(arith::CmpIPredicate::slt, qlo, qhi),
+      kb.div(kb.add(kb.sub(qhi, qlo), blockQ - 1), blockQ), kb.idx(0));
+  return {qlo, queryBlocks};
+}
+
+void mma_sync::copyRecordsAsync(GPUKernelBuilder &kb, const BackwardArgs &args,
+                                Value sStat, Value stage, Value batch,
+                                Value pair, Value q0, Value rows, Value tid,
+                                int64_t blockQ, int64_t pairs) {
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  int64_t chunksPerRow = kStatWidth / 4;
+  kb.ifThen(
+      kb.cmp(arith::CmpIPredicate::ult, tid, kb.idx(blockQ * chunksPerRow)),
+      [&] {
+        Value row = kb.div(tid, chunksPerRow);
+        Value col = kb.mul(kb.rem(tid, chunksPerRow), 4);
+        Value ok = kb.cmp(arith::CmpIPredicate::slt, row, rows);
+        Value src = kb.add(
+            kb.mul(kb.add(kb.mul(kb.add(kb.mul(batch, pairs), pair), args.seqQ),
+                          kb.add(q0, row)),
+                   kStatWidth),
+            col);
+        nvgpu::DeviceAsyncCopyOp::create(
+            b, loc, nvgpu::DeviceAsyncTokenType::get(kb.ctx), sStat,
+            ValueRange{stage, row, col}, args.workspace,
+            ValueRange{kb.select(ok, src, kb.idx(0))}, b.getIndexAttr(4),
+            kb.select(ok, kb.idx(4), kb.idx(0)), b.getUnitAttr());
+      });
+}
+
+ColumnRecords mma_sync::loadColumnRecords(GPUKernelBuilder &kb, Value sStat,
+                                          Value stage, Value colLane,
+                                          int64_t qTiles) {
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  ColumnRecords records;
+  auto statType = VectorType::get({4}, b.getF32Type());
+  for (int64_t nt = 0; nt < qTiles; ++nt)
+    for (int64_t c = 0; c < 2; ++c) {
+      Value row = kb.add(colLane, nt * 8 + c);
+      Value rec = vector::LoadOp::create(b, loc, statType, sStat,
+                                         ValueRange{stage, row, kb.idx(0)});
+      auto field = [&](int64_t f) {
+        return vector::ExtractOp::create(b, loc, rec, f).getResult();
+      };
+      records.deltaEven.push_back(field(kDeltaEven));
+      records.deltaOdd.push_back(field(kDeltaOdd));
+      records.sigmoid.push_back(field(kSigmoid));
+      records.shift[0].push_back(field(kShiftEven));
+      records.shift[1].push_back(memref::LoadOp::create(
+          b, loc, sStat, ValueRange{stage, row, kb.idx(kShiftOdd)}));
+    }
+  return records;
+}
+
+Value mma_sync::keyBlockNeedsMask(GPUKernelBuilder &kb,
+                                  const AttentionConfig &attn, Value key0,
+                                  int64_t blockKeys, Value q0, int64_t blockQ,
+                                  Value seqQ, Value offset, Value keyLen) {
+  Value lastRow = kb.minI(kb.add(q0, blockQ - 1), kb.sub(seqQ, kb.idx(1)));
+  return arith::OrIOp::create(
+      kb.b, kb.loc,
+      buildBlockNeedsMask(kb.b, kb.loc, attn, key0, blockKeys, q0, lastRow,
+                          offset, keyLen),
+      kb.cmp(arith::CmpIPredicate::sgt, kb.add(q0, blockQ), seqQ));
+}
+
+Value mma_sync::keyColumnVisible(GPUKernelBuilder &kb,
+                                 const AttentionConfig &attn, Value q0,
+                                 Value colLane, int64_t i,
+                                 ArrayRef<Value> keyRow, Value seqQ,
+                                 Value offset, Value keyLen) {
+  Value query = kb.add(kb.add(q0, colLane), (i / 4) * 8 + i % 2);
+  return arith::AndIOp::create(
+      kb.b, kb.loc, kb.cmp(arith::CmpIPredicate::slt, query, seqQ),
+      buildIsVisible(kb.b, kb.loc, attn, query, keyRow[(i % 4) / 2], offset,
+                     keyLen));
+}
+
+void mma_sync::writeKeyGradients(GPUKernelBuilder &kb, const BackwardArgs &args,
+                                 ValueRange final, ArrayRef<Value> keyRow,
+                                 Value kRowBase, Value kvHead, Value colLane,
+                                 const TileConfig &plan) {
+  int64_t d = plan.headDim, dv = plan.valueDim;
+  int64_t dTiles = d / 8, vTiles = dv / 8;
+  Value scale = kb.f32(plan.attn.scale);
+  for (int64_t rr = 0; rr < 2; ++rr) {
+    kb.ifThen(kb.cmp(arith::CmpIPredicate::slt, keyRow[rr], args.seqK), [&] {
+      Value row =
+          kb.add(kb.mul(kb.add(kRowBase, keyRow[rr]), plan.kvHeads), kvHead);
+      for (int64_t t = 0; t < dTiles; ++t) {
+        int64_t at = t * 4 + 2 * rr;
+        kb.storePair(args.dk, kb.fmul(final[at], scale),
+                     kb.fmul(final[at + 1], scale),
+                     kb.add(kb.add(kb.mul(row, d), colLane), t * 8));
+      }
+      for (int64_t t = 0; t < vTiles; ++t) {
+        int64_t at = (dTiles + t) * 4 + 2 * rr;
+        kb.storePair(args.dv, final[at], final[at + 1],
+                     kb.add(kb.add(kb.mul(row, dv), colLane), t * 8));
+      }
+    });
+  }
 }
 
 void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,

@@ -40,19 +40,49 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 using mma_sync::kStatWidth;
 
-void BackwardBuilder::setThreadIndices() {
-  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-  lane = rem(tid, 32);
-  warpgroup = arith::IndexCastOp::create(
-      b, loc, b.getIndexType(),
-      gpu::ShuffleOp::create(
-          b, loc,
-          arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                     div(tid, kWarpgroupThreads)),
-          0, 32, gpu::ShuffleMode::IDX)
-          .getShuffleResult());
-  groupThread = rem(tid, kWarpgroupThreads);
-  warpInGroup = div(groupThread, 32);
+void BackwardBuilder::setClampedKeyLength(const mma_sync::BackwardArgs &args,
+                                          Value batch) {
+  Value kvLenElem =
+      args.kvLen ? memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch})
+                       .getResult()
+                 : Value();
+  keyLen = buildKeyLength(b, loc, kvLenElem, args.seqK);
+  offset = sub(keyLen, args.seqQ);
+}
+
+void BackwardBuilder::loadFirstBlock(Value count,
+                                     function_ref<void(Value, Value)> load) {
+  ifThen(cmp(arith::CmpIPredicate::sgt, count, idx(0)),
+         [&] { load(idx(0), idx(0)); });
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+}
+
+SmallVector<Value> BackwardBuilder::pipelineBlocks(
+    Value count, ValueRange init, function_ref<void(Value, Value)> load,
+    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body) {
+  auto loop = scf::ForOp::create(
+      b, loc, idx(0), count, idx(1), init,
+      [&](OpBuilder &, Location, Value j, ValueRange carried) {
+        Value stage = rem(j, plan.stages);
+        // The next block's copies go to the stage the previous iteration
+        // read (its closing barrier has passed); then this block's (and
+        // what was copied before block 0's) have landed once at most one
+        // group is pending.
+        Value next = add(j, idx(1));
+        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
+               [&] { load(next, rem(next, plan.stages)); });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
+        // The copies are generic-proxy writes that wgmma (async proxy)
+        // reads.
+        fenceAsyncProxy();
+        gpu::BarrierOp::create(b, loc);
+        SmallVector<Value> results = body(j, stage, carried);
+        gpu::BarrierOp::create(b, loc);
+        scf::YieldOp::create(b, loc, results);
+      });
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+  return loop.getResults();
 }
 
 SmallVector<Value>
@@ -116,14 +146,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value key0 = mul(keyBlock, blockKeys);
   Value firstPair = mul(kvHead, ppg);
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
-  // kv_len: the statistics kernel, launched first, checks its range (an
-  // assertion here would serialise the kernel's wgmma); clamped here.
-  Value kvLenElem =
-      args.kvLen ? memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch})
-                       .getResult()
-                 : Value();
-  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
-  offset = sub(keyLen, seqQ);
+  setClampedKeyLength(args, batch);
 
   alignSharedBase();
   Type elem = plan.elementType;
@@ -150,19 +173,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
            threads);
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
 
-  // The query rows that may see a key of [key0, key0 + blockKeys)
-  // (KeyRange.h's rule inverted, as the portable dk/dv kernel).
-  Value qlo = idx(0), qhi = seqQ;
-  if (attn.windowRight >= 0)
-    qlo = maxI(qlo, sub(sub(key0, offset), idx(attn.windowRight)));
-  if (attn.windowLeft >= 0)
-    qhi = minI(
-        qhi, add(sub(add(key0, idx(blockKeys)), offset), idx(attn.windowLeft)));
-  qhi = select(cmp(arith::CmpIPredicate::slt, key0, keyLen), qhi, idx(0));
-  qlo = alignDownToBlock(b, loc, minI(qlo, seqQ), blockQ);
-  Value queryBlocks =
-      select(cmp(arith::CmpIPredicate::slt, qlo, qhi),
-             div(add(sub(qhi, qlo), blockQ - 1), blockQ), idx(0));
+  // The query blocks of the rows that may see a key of the CTA's.
+  auto [qlo, queryBlocks] = mma_sync::keyBlockQueries(
+      *this, attn, key0, blockKeys, blockQ, offset, keyLen, seqQ);
   Value count = mul(queryBlocks, ppg);
   // Block j: pair j / queryBlocks of the group, rows from qlo + (j %
   // queryBlocks) blockQ.
@@ -184,27 +197,10 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           threads);
     copyRows(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
              plan.pairs * dv, rows, sDout, {stage}, blockQ, dv, tid, threads);
-    // The rows' records: 16-byte chunks, zero past Sq.
-    int64_t chunksPerRow = kStatWidth / 4;
-    ifThen(
-        cmp(arith::CmpIPredicate::ult, tid, idx(blockQ * chunksPerRow)), [&] {
-          Value row = div(tid, chunksPerRow);
-          Value col = mul(rem(tid, chunksPerRow), 4);
-          Value ok = cmp(arith::CmpIPredicate::slt, row, rows);
-          Value src = add(mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ),
-                                  add(q0, row)),
-                              kStatWidth),
-                          col);
-          nvgpu::DeviceAsyncCopyOp::create(
-              b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), sStat,
-              ValueRange{stage, row, col}, args.workspace,
-              ValueRange{select(ok, src, idx(0))}, b.getIndexAttr(4),
-              select(ok, idx(4), idx(0)), b.getUnitAttr());
-        });
+    mma_sync::copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows,
+                               tid, blockQ, plan.pairs);
   };
-  ifThen(cmp(arith::CmpIPredicate::sgt, count, idx(0)),
-         [&] { load(idx(0), idx(0)); });
-  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  loadFirstBlock(count, load);
 
   int64_t qTiles = blockQ / 8, dTiles = d / 8, vTiles = dv / 8;
   // The thread's key rows (wgmma m64nN D fragment: warp w of the
@@ -218,22 +214,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value scaleLog2 = f32(attn.scale * static_cast<float>(M_LOG2E));
 
   SmallVector<Value> init((dTiles + vTiles) * 4, f32(0.0f));
-  auto loop = scf::ForOp::create(
-      b, loc, idx(0), count, idx(1), init,
-      [&](OpBuilder &, Location, Value j, ValueRange carried) {
-        Value stage = rem(j, plan.stages);
-        // The next block's copies go to the stage the previous iteration
-        // read (its closing barrier has passed); then this block's (and K
-        // and V) have landed once at most one group is pending.
-        Value next = add(j, idx(1));
-        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
-               [&] { load(next, rem(next, plan.stages)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
-        // The copies are generic-proxy writes that wgmma (async proxy)
-        // reads.
-        fenceAsyncProxy();
-        gpu::BarrierOp::create(b, loc);
+  SmallVector<Value> final = pipelineBlocks(
+      count, init, load,
+      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
         auto [pair, q0] = blockOf(j);
 
         // S_h^T = K q_h^T and G^T = V dout^T.
@@ -269,46 +252,25 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
 
         // The records of the thread's columns (query rows 8 nt + colLane
         // + c of the block).
-        SmallVector<Value> colShift[2], colSig, colEven, colOdd;
-        auto statType = VectorType::get({4}, b.getF32Type());
-        for (int64_t nt = 0; nt < qTiles; ++nt)
-          for (int64_t c = 0; c < 2; ++c) {
-            Value row = add(colLane, nt * 8 + c);
-            Value rec = vector::LoadOp::create(b, loc, statType, sStat,
-                                               ValueRange{stage, row, idx(0)});
-            auto field = [&](int64_t f) {
-              return vector::ExtractOp::create(b, loc, rec, f).getResult();
-            };
-            colEven.push_back(field(mma_sync::kDeltaEven));
-            colOdd.push_back(field(mma_sync::kDeltaOdd));
-            colSig.push_back(field(mma_sync::kSigmoid));
-            colShift[0].push_back(field(mma_sync::kShiftEven));
-            colShift[1].push_back(memref::LoadOp::create(
-                b, loc, sStat,
-                ValueRange{stage, row, idx(mma_sync::kShiftOdd)}));
-          }
+        mma_sync::ColumnRecords records =
+            mma_sync::loadColumnRecords(*this, sStat, stage, colLane, qTiles);
+        ArrayRef<Value> colSig = records.sigmoid, colEven = records.deltaEven,
+                        colOdd = records.deltaOdd;
         // P_h^T, masked only where the block straddles a bound (or Sq).
-        Value lastRow = minI(add(q0, blockQ - 1), sub(seqQ, idx(1)));
-        Value needsMask = arith::OrIOp::create(
-            b, loc,
-            buildBlockNeedsMask(b, loc, attn, key0, blockKeys, q0, lastRow,
-                                offset, keyLen),
-            cmp(arith::CmpIPredicate::sgt, add(q0, blockQ), seqQ));
+        Value needsMask = mma_sync::keyBlockNeedsMask(
+            *this, attn, key0, blockKeys, q0, blockQ, seqQ, offset, keyLen);
         auto computeP = [&](bool masked) {
           SmallVector<Value> flat;
           for (int64_t i = 0; i < qTiles * 4; ++i) {
             int64_t c = (i / 4) * 2 + i % 2;
-            Value visible;
-            if (masked) {
-              Value query = add(add(q0, colLane), (i / 4) * 8 + i % 2);
-              visible = arith::AndIOp::create(
-                  b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
-                  buildIsVisible(b, loc, attn, query, keyRow[(i % 4) / 2],
-                                 offset, keyLen));
-            }
+            Value visible =
+                masked
+                    ? mma_sync::keyColumnVisible(*this, attn, q0, colLane, i,
+                                                 keyRow, seqQ, offset, keyLen)
+                    : Value();
             for (int64_t h = 0; h < 2; ++h) {
               Value p =
-                  exp2(fma(s[h][i / 4][i % 4], scaleLog2, colShift[h][c]));
+                  exp2(fma(s[h][i / 4][i % 4], scaleLog2, records.shift[h][c]));
               flat.push_back(visible ? select(visible, p, f32(0.0f)) : p);
             }
           }
@@ -362,37 +324,18 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         keepLive(aRegs);
         fenceTiles(dk);
         fenceTiles(dvAcc);
-        // Every warpgroup's products have read the stage before the next
-        // iteration's copies overwrite it.
-        gpu::BarrierOp::create(b, loc);
         SmallVector<Value> results;
         for (const Acc &t : dk)
           results.append(t.begin(), t.end());
         for (const Acc &t : dvAcc)
           results.append(t.begin(), t.end());
-        scf::YieldOp::create(b, loc, results);
+        return results;
       });
-  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
 
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys (zero for
   // keys no query sees, and past kv_len).
-  ValueRange final = loop.getResults();
-  Value scale = f32(attn.scale);
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    ifThen(cmp(arith::CmpIPredicate::slt, keyRow[rr], seqK), [&] {
-      Value row = add(mul(add(kRowBase, keyRow[rr]), plan.kvHeads), kvHead);
-      for (int64_t t = 0; t < dTiles; ++t) {
-        int64_t at = t * 4 + 2 * rr;
-        storePair(args.dk, fmul(final[at], scale), fmul(final[at + 1], scale),
-                  add(add(mul(row, d), colLane), t * 8));
-      }
-      for (int64_t t = 0; t < vTiles; ++t) {
-        int64_t at = (dTiles + t) * 4 + 2 * rr;
-        storePair(args.dv, final[at], final[at + 1],
-                  add(add(mul(row, dv), colLane), t * 8));
-      }
-    });
-  }
+  mma_sync::writeKeyGradients(*this, args, final, keyRow, kRowBase, kvHead,
+                              colLane, plan);
   gpu::ReturnOp::create(b, loc);
 }
 

@@ -63,9 +63,24 @@ public:
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
 
 private:
-  /// Sets tid, lane, warpgroup (broadcast from lane 0, so that ptxas knows
-  /// it is warp-uniform, as in the forward), groupThread and warpInGroup.
-  void setThreadIndices();
+  /// Sets keyLen (kv_len[batch] clamped to [0, Sk], or Sk) and offset =
+  /// keyLen - Sq. The range is not checked here: with kv_len the statistics
+  /// kernel, launched first, is the portable one, which checks it with a
+  /// device-side assertion (one in a wgmma kernel would serialise its
+  /// products).
+  void setClampedKeyLength(const mma_sync::BackwardArgs &args, Value batch);
+  /// Issues block 0's copies into stage 0 (`load(0, 0)`, if `count` > 0)
+  /// and commits them with whatever was copied before.
+  void loadFirstBlock(Value count, function_ref<void(Value, Value)> load);
+  /// The two-stage cp.async pipeline over `count` blocks after
+  /// loadFirstBlock: `load(j, stage)` issues block j's copies (by all
+  /// threads); iteration j issues block j + 1's, waits for block j's, fences
+  /// them for the async proxy and synchronises the CTA before `body(j, stage,
+  /// carried)`, and synchronises it again after (the stage is free once
+  /// every warpgroup's products have read it). Returns the loop's results.
+  SmallVector<Value> pipelineBlocks(
+      Value count, ValueRange init, function_ref<void(Value, Value)> load,
+      function_ref<SmallVector<Value>(Value, Value, ValueRange)> body);
   /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
   /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
   /// both K-major, per k16 step over `kDim` columns, interleaved (the form

@@ -57,15 +57,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       mul(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x), kWarpgroupRows);
   tile.rowsValid = minI(idx(kWarpgroupRows), sub(tile.groupRows, tile.row0));
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
-  // kv_len: clamped here; with kv_len the statistics kernel is the
-  // portable one, which checks its range (a device-side assertion here
-  // would serialise the wgmma).
-  Value kvLenElem =
-      args.kvLen ? memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch})
-                       .getResult()
-                 : Value();
-  keyLen = buildKeyLength(b, loc, kvLenElem, seqK);
-  offset = sub(keyLen, seqQ);
+  setClampedKeyLength(args, batch);
   // Keys any row of the tile may see: [lo, hi), lo on a block boundary.
   Value lastRow = sub(add(tile.row0, tile.rowsValid), idx(1));
   Value onePair =
@@ -127,9 +119,8 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
              plan.kvHeads * dv, rows, sValues, {stage}, blockK, dv, tid,
              threads);
   };
-  ifThen(cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0)),
-         [&] { load(idx(0), idx(0)); });
-  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+
+  loadFirstBlock(numBlocks, load);
 
   // The thread's two rows: validity, query row, pair, and what the
   // probabilities need: -lse log2 e of the head (the odd one in the
@@ -178,17 +169,9 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   Value groupKey0 = stats ? mul(warpgroup, groupKeys) : idx(0);
   Value groupKeyBytes = mul(groupKey0, kRowBytes);
   SmallVector<Value> init(stats ? 2 : dTiles * 4, f32(0.0f));
-  auto loop = scf::ForOp::create(
-      b, loc, idx(0), numBlocks, idx(1), init,
-      [&](OpBuilder &, Location, Value j, ValueRange carried) {
-        Value stage = rem(j, plan.stages);
-        Value next = add(j, idx(1));
-        ifThen(cmp(arith::CmpIPredicate::slt, next, numBlocks),
-               [&] { load(next, rem(next, plan.stages)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
-        fenceAsyncProxy();
-        gpu::BarrierOp::create(b, loc);
+  SmallVector<Value> final = pipelineBlocks(
+      numBlocks, init, load,
+      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
         Value key0 = add(lo, mul(j, blockK));
         Value kStage = add(idx(layout.k), mul(stage, blockK * d * 2));
         Value vStage = add(idx(layout.v), mul(stage, blockK * dv * 2));
@@ -240,10 +223,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
           for (int64_t i = 0; i < kTiles * 4; ++i)
             results[(i % 4) / 2] =
                 fma(probs.getResult(i), g[i / 4][i % 4], results[(i % 4) / 2]);
-          // Both warpgroups' products have read the stage.
-          gpu::BarrierOp::create(b, loc);
-          scf::YieldOp::create(b, loc, results);
-          return;
+          return results;
         }
         // dS_h = P_h o (dP_h - D_h), dq_h += dS_h K.
         SmallVector<Acc> ds(kTiles);
@@ -264,15 +244,10 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
         keepLive(dsRegs);
         fenceTiles(dq);
-        // Both warpgroups' products have read the stage before the next
-        // iteration's copies overwrite it.
-        gpu::BarrierOp::create(b, loc);
         for (const Acc &t : dq)
           results.append(t.begin(), t.end());
-        scf::YieldOp::create(b, loc, results);
+        return results;
       });
-  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-  ValueRange final = loop.getResults();
 
   if (stats) {
     // r of each row: the quad's lanes, then both warpgroups' keys (warpgroup

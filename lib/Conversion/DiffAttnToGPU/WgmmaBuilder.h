@@ -101,6 +101,12 @@ public:
   void build(gpu::GPUFuncOp func);
 
 protected:
+  /// Sets tid, lane, warpgroup (the warpgroup index broadcast from lane 0:
+  /// ptxas then knows it is warp-uniform and keeps what derives from it,
+  /// the descriptors and barrier ids, in uniform registers instead of
+  /// moving it there, R2UR, in every iteration), groupThread and
+  /// warpInGroup.
+  void setThreadIndices();
   // Shared memory (WgmmaFragments.cpp).
   /// Sets `base` (the 1024-byte aligned start of the tiles, a byte offset
   /// into dynamic shared memory) and `baseAddress` (its shared-window

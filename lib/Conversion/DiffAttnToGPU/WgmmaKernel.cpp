@@ -21,6 +21,21 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
+void WgmmaKernelBuilder::setThreadIndices() {
+  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warpgroup = arith::IndexCastOp::create(
+      b, loc, b.getIndexType(),
+      gpu::ShuffleOp::create(
+          b, loc,
+          arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                     div(tid, kWarpgroupThreads)),
+          0, 32, gpu::ShuffleMode::IDX)
+          .getShuffleResult());
+  groupThread = rem(tid, kWarpgroupThreads);
+  warpInGroup = div(groupThread, 32);
+}
+
 void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
@@ -49,22 +64,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value totalQ = attn.varlen ? entry.getArgument(a++) : Value();
   Value totalK = attn.varlen ? entry.getArgument(a++) : Value();
 
-  tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
-  lane = rem(tid, 32);
-  // The warpgroup index, broadcast from lane 0: ptxas then knows it is
-  // warp-uniform and keeps what derives from it (the Q descriptors, the
-  // barrier ids) in uniform registers instead of moving it there (R2UR) in
-  // every iteration.
-  warpgroup = arith::IndexCastOp::create(
-      b, loc, b.getIndexType(),
-      gpu::ShuffleOp::create(
-          b, loc,
-          arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                     div(tid, kWarpgroupThreads)),
-          0, 32, gpu::ShuffleMode::IDX)
-          .getShuffleResult());
-  groupThread = rem(tid, kWarpgroupThreads);
-  warpInGroup = div(groupThread, 32);
+  setThreadIndices();
   layoutSharedMemory();
 
   // The tile a CTA computes (WgmmaBuilder.h): everything below that
