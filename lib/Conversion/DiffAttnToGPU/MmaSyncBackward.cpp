@@ -569,7 +569,10 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   if (wgmmaKeys) {
     // sm_90a's row kernels: the portable ones' tiles of 64 group rows, two
     // warpgroups; dq: one per head of the pair, 64-key blocks; statistics:
-    // 128-key blocks, 64 keys per warpgroup.
+    // 64-key blocks, 32 keys per warpgroup (99.5 KB of shared memory and
+    // 79 registers at D = 128: two CTAs per SM; 128-key blocks took 161 KB
+    // and were 1.03-1.05x slower for the whole backward at D = 128, level at
+    // D = 64, H200 backward run 16).
     static_cast<TileConfig &>(wgmmaRowPlan) = plan;
     wgmmaRowPlan.warps = 8;
     wgmmaRowPlan.blockK = 64;
@@ -577,7 +580,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     wgmmaRowPlan.sharedBytes =
         wgmma::backwardRowSharedBytes(wgmmaRowPlan, /*stats=*/false);
     wgmmaStatsPlan = wgmmaRowPlan;
-    wgmmaStatsPlan.blockK = 128;
+    wgmmaStatsPlan.blockK = 64;
     wgmmaStatsPlan.sharedBytes =
         wgmma::backwardRowSharedBytes(wgmmaStatsPlan, /*stats=*/true);
     static_cast<TileConfig &>(wgmmaKeyPlan) = plan;

@@ -294,8 +294,8 @@ int64_t backwardKeySharedBytes(const WgmmaPlan &plan);
 /// The backward's statistics (`stats`) or dq kernel on sm_90a
 /// (WgmmaBackwardRows.cpp), over the portable row kernels' grid (64 group
 /// rows per CTA): `plan` gives blockK keys per block (64 for dq, whose
-/// warpgroup w computes head 2p + w; 128 for the statistics, whose
-/// warpgroup w takes keys 64 w .. 64 w + 63 of each block), the stages (2),
+/// warpgroup w computes head 2p + w; 64 for the statistics too, whose
+/// warpgroup w takes keys 32 w .. 32 w + 31 of each block), the stages (2),
 /// warps = 8, the element type, dimensions and heads.
 void buildBackwardRowKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
                             const WgmmaPlan &plan, bool stats);
