@@ -114,8 +114,9 @@ def test_invalid_calls_raise_named_errors_before_any_launch():
         _op(q, k, v, lam, kl.long())
     with pytest.raises(TypeError, match="v: expected dtype"):
         _op(q, k, v.half(), lam, kl)
-    # CPU tensors reach the op's CPU kernel (float32 / float16 only).
-    with pytest.raises(TypeError, match="q: CPU tensors must be torch.float32 or torch.float16"):
+    # CPU tensors reach the op's CPU kernel (float64 / float32 / float16).
+    with pytest.raises(TypeError, match="q: CPU tensors must be torch.float64 or torch.float32 or "
+                       "torch.float16"):
         _op(q.cpu(), k.cpu(), v.cpu(), lam.cpu(), None)
 
 
