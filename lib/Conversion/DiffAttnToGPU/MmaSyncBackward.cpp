@@ -136,11 +136,10 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
     pairRow[rr] = select(
         valid[rr], epilogue.pairRowIndex(add(qRowBase, threadRow[rr]), pair),
         idx(0));
-    statBase[rr] = select(
-        valid[rr],
-        mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ), threadRow[rr]),
-            kStatWidth),
-        idx(0));
+    statBase[rr] =
+        select(valid[rr],
+               recordIndex(*this, batch, pair, threadRow[rr], seqQ, plan.pairs),
+               idx(0));
     auto stat = [&](int64_t field) {
       return loadF32(args.workspace, add(statBase[rr], field));
     };
@@ -505,7 +504,7 @@ LogicalResult
 mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                     DictionaryAttr desc, Operation *op,
                                     const GPUChipInfo &chip, bool deterministic,
-                                    bool wgmmaKeys) {
+                                    bool wgmmaKernels) {
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;
@@ -561,12 +560,10 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
         2 * blockKeys * (kQueryBlock + pad) * 2 + 2 * kQueryBlock * 2 * d * 4;
   plan.sharedBytes = rowShared(2);
   keyPlan.sharedBytes = keyShared;
-  // sm_90a's dk/dv kernel: 128 keys (two warpgroups of 64) per CTA, query
-  // blocks of 32 rows at D = 128 and 64 at D = 64 (the registers: dk and dv
-  // of 64 keys, and S^T of both heads and G^T of a block, per thread).
-  wgmmaKeys = wgmmaKeys && !reduceDq;
+  // The wgmma kernels (sm_90a) are the deterministic formulation's.
+  wgmmaKernels = wgmmaKernels && !reduceDq;
   wgmma::WgmmaPlan wgmmaKeyPlan, wgmmaRowPlan, wgmmaStatsPlan;
-  if (wgmmaKeys) {
+  if (wgmmaKernels) {
     // sm_90a's row kernels: the portable ones' tiles of 64 group rows, two
     // warpgroups; dq: one per head of the pair, 64-key blocks; statistics:
     // 64-key blocks, 32 keys per warpgroup (99.5 KB of shared memory and
@@ -580,9 +577,11 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     wgmmaRowPlan.sharedBytes =
         wgmma::backwardRowSharedBytes(wgmmaRowPlan, /*stats=*/false);
     wgmmaStatsPlan = wgmmaRowPlan;
-    wgmmaStatsPlan.blockK = 64;
     wgmmaStatsPlan.sharedBytes =
         wgmma::backwardRowSharedBytes(wgmmaStatsPlan, /*stats=*/true);
+    // dk/dv: 128 keys (two warpgroups of 64) per CTA, query blocks of 32
+    // rows at D = 128 and 64 at D = 64 (the registers: dk and dv of 64
+    // keys, and S^T of both heads and G^T of a block, per thread).
     static_cast<TileConfig &>(wgmmaKeyPlan) = plan;
     wgmmaKeyPlan.warps = 8;
     wgmmaKeyPlan.blockK = 128;
@@ -595,7 +594,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   }
   if (failed(checkChipLimits(op, plan, "the backward's tiles")) ||
       failed(checkChipLimits(op, keyPlan, "the backward's tiles")) ||
-      (wgmmaKeys &&
+      (wgmmaKernels &&
        (failed(checkChipLimits(op, wgmmaRowPlan, "the backward's tiles")) ||
         failed(checkChipLimits(op, wgmmaStatsPlan, "the backward's tiles")))))
     return failure();
@@ -610,7 +609,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   // With kv_len the statistics kernel is the portable one: it checks that
   // kv_len[b] lies in [0, Sk] (a device-side assertion, which in a wgmma
   // kernel would serialise its products); the wgmma kernels clamp it.
-  bool wgmmaStats = wgmmaKeys && !plan.attn.hasKvLen;
+  bool wgmmaStats = wgmmaKernels && !plan.attn.hasKvLen;
   auto stats =
       createKernelFunc(rewriter, loc, name + "_stats", argTypes,
                        wgmmaStats ? wgmmaStatsPlan.threads() : plan.threads());
@@ -625,9 +624,9 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   rewriter.setInsertionPointAfter(stats);
   gpu::GPUFuncOp dq;
   if (!reduceDq) {
-    int64_t dqThreads = wgmmaKeys ? wgmmaRowPlan.threads() : plan.threads();
+    int64_t dqThreads = wgmmaKernels ? wgmmaRowPlan.threads() : plan.threads();
     dq = createKernelFunc(rewriter, loc, name + "_dq", argTypes, dqThreads);
-    if (wgmmaKeys)
+    if (wgmmaKernels)
       wgmma::buildBackwardRowKernel(rewriter, loc, dq, wgmmaRowPlan,
                                     /*stats=*/false);
     else
@@ -636,7 +635,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   }
   auto dkdv = createKernelFunc(rewriter, loc, name + "_dkdv", argTypes,
                                keyPlan.threads());
-  if (wgmmaKeys) {
+  if (wgmmaKernels) {
     wgmma::buildBackwardKeyKernel(rewriter, loc, dkdv, wgmmaKeyPlan);
   } else {
     BackwardBuilder builder(rewriter, loc, keyPlan);
@@ -682,7 +681,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   SmallVector<Attribute> stages =
       !reduceDq
           ? SmallVector<Attribute>{statsStage,
-                                   wgmmaKeys
+                                   wgmmaKernels
                                        ? stage(dq.getName(), rowBlocks,
                                                wgmmaRowPlan.sharedBytes,
                                                wgmmaRowPlan.threads())
@@ -697,7 +696,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   DictionaryAttr launch = b.getDictionaryAttr(
       {b.getNamedAttr("kind", b.getStringAttr("cuda")),
        b.getNamedAttr("strategy",
-                      b.getStringAttr(wgmmaKeys ? "wgmma" : "mma_sync")),
+                      b.getStringAttr(wgmmaKernels ? "wgmma" : "mma_sync")),
        b.getNamedAttr("block_q", b.getI64IntegerAttr(plan.blockQ)),
        b.getNamedAttr("block_k", b.getI64IntegerAttr(plan.blockK)),
        b.getNamedAttr("pipeline_stages", b.getI64IntegerAttr(plan.stages)),

@@ -39,6 +39,10 @@ struct BackwardArgs {
 /// op has kv_len).
 BackwardArgs readBackwardArgs(Block &entry, bool hasKvLen);
 
+/// The workspace index (f32 elements) of the record of (batch, pair, query
+/// row `query`): ((batch * pairs + pair) * Sq + query) * kStatWidth.
+Value recordIndex(GPUKernelBuilder &kb, Value batch, Value pair, Value query,
+                  Value seqQ, int64_t pairs);
 /// The dk/dv kernels' query blocks for the keys [key0, key0 + blockKeys):
 /// the query rows that may see one of them (KeyRange.h's rule inverted: i
 /// >= key0 - offset - right with a right bound, i <= key0 + blockKeys - 1

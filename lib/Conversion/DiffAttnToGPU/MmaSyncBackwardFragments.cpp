@@ -45,6 +45,12 @@ BackwardArgs mma_sync::readBackwardArgs(Block &entry, bool hasKvLen) {
   return a;
 }
 
+Value mma_sync::recordIndex(GPUKernelBuilder &kb, Value batch, Value pair,
+                            Value query, Value seqQ, int64_t pairs) {
+  return kb.mul(kb.add(kb.mul(kb.add(kb.mul(batch, pairs), pair), seqQ), query),
+                kStatWidth);
+}
+
 std::pair<Value, Value> mma_sync::keyBlockQueries(GPUKernelBuilder &kb,
                                                   const AttentionConfig &attn,
                                                   Value key0, int64_t blockKeys,
@@ -79,9 +85,7 @@ void mma_sync::copyRecordsAsync(GPUKernelBuilder &kb, const BackwardArgs &args,
         Value col = kb.mul(kb.rem(tid, chunksPerRow), 4);
         Value ok = kb.cmp(arith::CmpIPredicate::slt, row, rows);
         Value src = kb.add(
-            kb.mul(kb.add(kb.mul(kb.add(kb.mul(batch, pairs), pair), args.seqQ),
-                          kb.add(q0, row)),
-                   kStatWidth),
+            recordIndex(kb, batch, pair, kb.add(q0, row), args.seqQ, pairs),
             col);
         nvgpu::DeviceAsyncCopyOp::create(
             b, loc, nvgpu::DeviceAsyncTokenType::get(kb.ctx), sStat,

@@ -210,13 +210,14 @@ namespace mlir::diffattn {
 /// (MmaSyncBackward.cpp): replaces `kernel` (holding `op`, a
 /// diffattn.v2_backward) with its three kernels and their launch rule;
 /// `deterministic` (the strategy option) picks the formulation without
-/// atomics. `wgmmaKeys` (the wgmma strategy, sm_90a): the deterministic
-/// formulation's dk/dv kernel is the wgmma one (WgmmaBackward.cpp) and the
-/// manifest records strategy wgmma.
+/// atomics. `wgmmaKernels` (the wgmma strategy, sm_90a): the deterministic
+/// formulation's kernels are the wgmma ones (WgmmaBackward*.cpp; the
+/// statistics kernel stays the portable one with kv_len) and the manifest
+/// records strategy wgmma.
 LogicalResult emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                   DictionaryAttr desc, Operation *op,
                                   const GPUChipInfo &chip, bool deterministic,
-                                  bool wgmmaKeys = false);
+                                  bool wgmmaKernels = false);
 } // namespace mlir::diffattn
 
 #endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBUILDER_H

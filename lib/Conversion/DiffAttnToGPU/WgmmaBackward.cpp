@@ -220,21 +220,23 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         auto [pair, q0] = blockOf(j);
 
         // S_h^T = K q_h^T and G^T = V dout^T.
-        Value qStage = add(idx(layout.q), mul(stage, layout.qStageBytes(plan)));
+        // q of both heads in the stage, one tile after the other.
+        Value qStage[2] = {
+            add(idx(layout.q), mul(stage, layout.qStageBytes(plan)))};
+        qStage[1] = add(qStage[0], idx(blockQ * d * 2));
         Value kRows = add(idx(layout.k), warpgroupRows);
         SmallVector<Value> s0Desc =
-            kMajorDescriptors(kRows, blockKeys, qStage, blockQ, d);
-        SmallVector<Value> s1Desc = kMajorDescriptors(
-            kRows, blockKeys, add(qStage, idx(blockQ * d * 2)), blockQ, d);
+            kMajorDescriptors(kRows, blockKeys, qStage[0], blockQ, d);
+        SmallVector<Value> s1Desc =
+            kMajorDescriptors(kRows, blockKeys, qStage[1], blockQ, d);
         Value doutStage =
             add(idx(layout.dout), mul(stage, layout.doutStageBytes(plan)));
         SmallVector<Value> gDesc =
             kMajorDescriptors(add(idx(layout.v), warpgroupRows), blockKeys,
                               doutStage, blockQ, dv);
         SmallVector<Value> dvDesc = mnMajorDescriptors(doutStage, blockQ);
-        SmallVector<Value> dkDesc[2] = {
-            mnMajorDescriptors(qStage, blockQ),
-            mnMajorDescriptors(add(qStage, idx(blockQ * d * 2)), blockQ)};
+        SmallVector<Value> dkDesc[2] = {mnMajorDescriptors(qStage[0], blockQ),
+                                        mnMajorDescriptors(qStage[1], blockQ)};
         // Three commit groups, waited for in order: S^T of both heads, then
         // G^T (in flight while P^T is computed), then dv's product (in
         // flight while dS^T is).

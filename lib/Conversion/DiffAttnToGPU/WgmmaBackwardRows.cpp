@@ -30,7 +30,6 @@
 using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
-using mma_sync::kStatWidth;
 
 void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   Block &entry = func.getBody().front();
@@ -135,7 +134,17 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   // records), D of the head and the factor of G in dP (1, or
   // -sigmoid(lam) for the odd head). Rows past the group's read row 0's.
   Value odd = cmp(arith::CmpIPredicate::eq, warpgroup, idx(1));
-  std::array<Value, 2> valid, queryRow, pair, pairRow, shift, delta, dpFactor;
+  // The record's index: in the dq kernel here, in the statistics kernel
+  // where it writes it.
+  std::array<Value, 2> valid, queryRow, pair, pairRow, record, shift, delta,
+      dpFactor;
+  // -lse log2 e of head 2 pair + h of the thread's row rr.
+  auto lseShift = [&](int64_t rr, int64_t h) {
+    Value head = add(mul(pair[rr], 2), idx(h));
+    return negLseShift(
+        loadF32(args.lse, add(mul(add(mul(batch, plan.queryHeads), head), seqQ),
+                              queryRow[rr])));
+  };
   for (int64_t rr = 0; rr < 2; ++rr) {
     Value row = threadGroupRow(rr);
     valid[rr] = cmp(arith::CmpIPredicate::slt, row, tile.groupRows);
@@ -144,18 +153,14 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
     pair[rr] = pairOf(row);
     pairRow[rr] = epilogue.pairRowIndex(add(qRowBase, queryRow[rr]), pair[rr]);
     if (stats) {
-      Value head = add(mul(pair[rr], 2), idx(1));
-      shift[rr] = negLseShift(loadF32(
-          args.lse, add(mul(add(mul(batch, plan.queryHeads), head), seqQ),
-                        queryRow[rr])));
+      shift[rr] = lseShift(rr, 1);
       continue;
     }
-    Value record =
-        mul(add(mul(add(mul(batch, plan.pairs), pair[rr]), seqQ), queryRow[rr]),
-            kStatWidth);
+    record[rr] = mma_sync::recordIndex(*this, batch, pair[rr], queryRow[rr],
+                                       seqQ, plan.pairs);
     auto field = [&](int64_t f) {
       return memref::LoadOp::create(b, loc, args.workspace,
-                                    ValueRange{add(record, idx(f))})
+                                    ValueRange{add(record[rr], idx(f))})
           .getResult();
     };
     shift[rr] =
@@ -271,30 +276,25 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
                                 ValueRange{add(localRow, rr * 8)});
     });
     gpu::BarrierOp::create(b, loc);
-    ifThen(arith::XOrIOp::create(b, loc, odd,
-                                 arith::ConstantIntOp::create(b, loc, 1, 1)),
-           [&] {
-             for (int64_t rr = 0; rr < 2; ++rr) {
-               Value sum = fadd(r[rr], memref::LoadOp::create(
-                                           b, loc, sExchange,
-                                           ValueRange{add(localRow, rr * 8)}));
-               Value record =
-                   mul(add(mul(add(mul(batch, plan.pairs), pair[rr]), seqQ),
-                           queryRow[rr]),
-                       kStatWidth);
-               Value evenHead = mul(pair[rr], 2);
-               Value shiftEven = negLseShift(loadF32(
-                   args.lse,
-                   add(mul(add(mul(batch, plan.queryHeads), evenHead), seqQ),
-                       queryRow[rr])));
-               Value lam = loadF32(args.lam, pairRow[rr]);
-               mma_sync::writeRowStatistics(
-                   *this, epilogue, args,
-                   {sum, valid[rr], record, pairRow[rr], lam,
-                    epilogue.sigmoid(lam), shiftEven, shift[rr], colLane, lane},
-                   dv);
-             }
-           });
+    // Warpgroup 0 (not odd) writes the records.
+    Value even = arith::XOrIOp::create(
+        b, loc, odd, arith::ConstantIntOp::create(b, loc, 1, 1));
+    ifThen(even, [&] {
+      for (int64_t rr = 0; rr < 2; ++rr) {
+        Value sum = fadd(
+            r[rr], memref::LoadOp::create(b, loc, sExchange,
+                                          ValueRange{add(localRow, rr * 8)}));
+        record[rr] = mma_sync::recordIndex(*this, batch, pair[rr], queryRow[rr],
+                                           seqQ, plan.pairs);
+        Value shiftEven = lseShift(rr, 0);
+        Value lam = loadF32(args.lam, pairRow[rr]);
+        mma_sync::writeRowStatistics(*this, epilogue, args,
+                                     {sum, valid[rr], record[rr], pairRow[rr],
+                                      lam, epilogue.sigmoid(lam), shiftEven,
+                                      shift[rr], colLane, lane},
+                                     dv);
+      }
+    });
     gpu::ReturnOp::create(b, loc);
     return;
   }

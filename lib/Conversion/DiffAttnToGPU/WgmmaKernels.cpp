@@ -237,11 +237,11 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
                                  "diffattn-to-wgmma-kernels emits";
   if (failed(checkSupported(op)))
     return failure();
-  // The backward: the portable strategy's statistics and dq kernels and, in
-  // the deterministic formulation, the wgmma dk/dv kernel.
+  // The backward: in the deterministic formulation the wgmma kernels
+  // (WgmmaBackward*.cpp), else the portable accumulating ones.
   if (isa<V2BackwardOp>(op))
     return emitMmaSyncBackward(rewriter, kernel, desc, op, *chip,
-                               options.deterministic, /*wgmmaKeys=*/true);
+                               options.deterministic, /*wgmmaKernels=*/true);
   if (!hasWgmmaKernel(op)) {
     // The decode form and paged caches:
     // the portable strategy's kernels (split-KV for decode), with its own
