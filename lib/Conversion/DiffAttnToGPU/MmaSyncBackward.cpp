@@ -119,8 +119,10 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       tid, plan.threads());
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
   if (stats && reduceDq)
-    zeroDqAccumulator(args.workspace, dqAccumulatorOffset(seqQ), batch, row0,
-                      rowsValid, pairOf, queryRowOf, seqQ, tid);
+    zeroDqAccumulator(*this, args.workspace,
+                      dqAccumulatorOffset(*this, seqQ, plan.pairs), batch, row0,
+                      rowsValid, pairOf, queryRowOf, seqQ, tid, plan.threads(),
+                      plan.pairs, plan.headDim);
 
   // The thread's two rows: group row, validity, query row, pair, and their
   // row statistics (from lse and lam in the statistics kernel, from its
@@ -345,7 +347,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value sDQ = reduceDq ? sharedView(dsOffset + dsBytes, {2, blockQ, 2 * d},
                                     b.getF32Type())
                        : Value();
-  Value accBase = reduceDq ? dqAccumulatorOffset(seqQ) : Value();
+  Value accBase =
+      reduceDq ? dqAccumulatorOffset(*this, seqQ, plan.pairs) : Value();
   // Keys past kv_len are zero-filled: whatever the cache holds there must
   // not reach G^T (0 * NaN).
   Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
@@ -560,8 +563,9 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
         2 * blockKeys * (kQueryBlock + pad) * 2 + 2 * kQueryBlock * 2 * d * 4;
   plan.sharedBytes = rowShared(2);
   keyPlan.sharedBytes = keyShared;
-  // The wgmma kernels (sm_90a) are the deterministic formulation's.
-  wgmmaKernels = wgmmaKernels && !reduceDq;
+  // The wgmma kernels (sm_90a) serve both formulations: the accumulating
+  // one replaces the dq kernel by products and bulk reductions in the dk/dv
+  // kernel (WgmmaBackward.cpp).
   wgmma::WgmmaPlan wgmmaKeyPlan, wgmmaRowPlan, wgmmaStatsPlan;
   if (wgmmaKernels) {
     // sm_90a's row kernels: the portable ones' tiles of 64 group rows, two
@@ -587,7 +591,8 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     wgmmaKeyPlan.blockK = 128;
     wgmmaKeyPlan.blockQ = d == 128 ? 32 : 64;
     wgmmaKeyPlan.stages = 2;
-    wgmmaKeyPlan.sharedBytes = wgmma::backwardKeySharedBytes(wgmmaKeyPlan);
+    wgmmaKeyPlan.sharedBytes =
+        wgmma::backwardKeySharedBytes(wgmmaKeyPlan, reduceDq);
     keyPlan.warps = wgmmaKeyPlan.warps;
     keyPlan.sharedBytes = keyShared = wgmmaKeyPlan.sharedBytes;
     blockKeys = wgmmaKeyPlan.blockK;
@@ -615,7 +620,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                        wgmmaStats ? wgmmaStatsPlan.threads() : plan.threads());
   if (wgmmaStats) {
     wgmma::buildBackwardRowKernel(rewriter, loc, stats, wgmmaStatsPlan,
-                                  /*stats=*/true);
+                                  /*stats=*/true, reduceDq);
   } else {
     BackwardBuilder builder(rewriter, loc, plan);
     builder.reduceDq = reduceDq;
@@ -636,7 +641,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   auto dkdv = createKernelFunc(rewriter, loc, name + "_dkdv", argTypes,
                                keyPlan.threads());
   if (wgmmaKernels) {
-    wgmma::buildBackwardKeyKernel(rewriter, loc, dkdv, wgmmaKeyPlan);
+    wgmma::buildBackwardKeyKernel(rewriter, loc, dkdv, wgmmaKeyPlan, reduceDq);
   } else {
     BackwardBuilder builder(rewriter, loc, keyPlan);
     builder.reduceDq = reduceDq;

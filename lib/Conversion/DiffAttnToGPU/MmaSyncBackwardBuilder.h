@@ -107,6 +107,35 @@ void writeRowStatistics(GPUKernelBuilder &kb, DifferentialEpilogue &epilogue,
                         const BackwardArgs &args, const RowStatistics &row,
                         int64_t valueDim);
 
+/// The f32 dq accumulator of the accumulating formulation (the strategy
+/// option deterministic = false; MmaSyncBackwardDq.cpp): [B, H, Sq, 2 D]
+/// f32 after the records, unscaled, a (pair, query row)'s two heads' D
+/// columns each, 8-column chunks swizzled by query row.
+/// Where it starts in the workspace (f32 elements): after the records, B x
+/// H x Sq x kStatWidth (B = gridDim.z).
+Value dqAccumulatorOffset(GPUKernelBuilder &kb, Value seqQ, int64_t pairs);
+/// The accumulator's element index of (batch, pair, query row), column 0.
+Value dqRowIndex(GPUKernelBuilder &kb, Value batch, Value pair, Value query,
+                 Value seqQ, int64_t pairs, int64_t headDim);
+/// Where column `column` (of the row's 2 D) of query row `query` is
+/// stored: its 8-column chunk XOR query % 8.
+Value dqSwizzledColumn(GPUKernelBuilder &kb, Value column, Value query);
+/// Zeroes the accumulator rows of group rows row0 .. row0 + rows - 1 of a
+/// row kernel's CTA (group row r: pair pairOf(r), query row queryRowOf(r)),
+/// 16-byte stores spread over the CTA's `threads` threads.
+void zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace, Value accBase,
+                       Value batch, Value row0, Value rows,
+                       function_ref<Value(Value)> pairOf,
+                       function_ref<Value(Value)> queryRowOf, Value seqQ,
+                       Value tid, int64_t threads, int64_t pairs,
+                       int64_t headDim);
+/// One thread's bulk reduction of `bytes` (index) of staged f32 rows at
+/// shared address `source` (index) into the accumulator at element
+/// `target` of `workspace` (cp.reduce.async.bulk .add.f32), committed as a
+/// bulk group.
+void addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
+                 Value source, Value bytes);
+
 class BackwardBuilder : public MmaSyncKernelBuilder {
 public:
   using MmaSyncKernelBuilder::MmaSyncKernelBuilder;
@@ -131,23 +160,6 @@ private:
   BackwardArgs readArgs(Block &entry) {
     return readBackwardArgs(entry, plan.attn.hasKvLen);
   }
-  /// Where the f32 dq accumulator starts in the workspace (f32 elements):
-  /// after the records, B x H x Sq x kStatWidth (B = gridDim.z). Its layout
-  /// is MmaSyncBackwardDq.cpp's: [B, H, Sq, 2 D], unscaled, swizzled.
-  Value dqAccumulatorOffset(Value seqQ);
-  /// The accumulator's element index of (batch, pair, query row), column 0.
-  Value dqRowIndex(Value batch, Value pair, Value query, Value seqQ);
-  /// Where column `column` (of the row's 2 D) of query row `query` is
-  /// stored: its 8-column chunk XOR query % 8.
-  Value dqSwizzledColumn(Value column, Value query);
-  /// Zeroes the accumulator rows of group rows row0 .. row0 + rows - 1 of
-  /// the row kernels' CTA (group row r: pair pairOf(r), query row
-  /// queryRowOf(r)), 16-byte stores spread over the CTA's threads.
-  void zeroDqAccumulator(Value workspace, Value accBase, Value batch,
-                         Value row0, Value rows,
-                         function_ref<Value(Value)> pairOf,
-                         function_ref<Value(Value)> queryRowOf, Value seqQ,
-                         Value tid);
   /// The dk/dv kernel's dq_j = dS_j K for query block j (rows q0 .. of a
   /// pair): dS^T of both heads (sDS [2, keys, blockQ + pad], written by
   /// every warp) times the CTA's K rows, each warp one head, 16 query rows
@@ -155,8 +167,8 @@ private:
   /// f32, swizzled as the accumulator), then fence.proxy.async.
   void stageDq(Value sDS, Value sDQ, Value iteration, Value q0);
   /// After a barrier that follows stageDq: thread 0 adds the staged rows
-  /// (`rows` of them) to the accumulator with one bulk reduction and
-  /// commits it.
+  /// (`rows` of them) to the accumulator with one bulk reduction
+  /// (addStagedDq) and commits it.
   void reduceStagedDq(Value workspace, Value sDQ, Value iteration,
                       Value accBase, Value batch, Value q0, Value rows,
                       Value pair, Value seqQ);

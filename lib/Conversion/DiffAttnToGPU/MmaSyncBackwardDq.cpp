@@ -40,46 +40,81 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::mma_sync;
 
-Value BackwardBuilder::dqAccumulatorOffset(Value seqQ) {
-  Value batches = gpu::GridDimOp::create(b, loc, gpu::Dimension::z);
-  return mul(mul(mul(batches, seqQ), plan.pairs), kStatWidth);
+Value mma_sync::dqAccumulatorOffset(GPUKernelBuilder &kb, Value seqQ,
+                                    int64_t pairs) {
+  Value batches = gpu::GridDimOp::create(kb.b, kb.loc, gpu::Dimension::z);
+  return kb.mul(kb.mul(kb.mul(batches, seqQ), pairs), kStatWidth);
 }
 
-Value BackwardBuilder::dqRowIndex(Value batch, Value pair, Value query,
-                                  Value seqQ) {
-  return mul(add(mul(add(mul(batch, plan.pairs), pair), seqQ), query),
-             2 * plan.headDim);
+Value mma_sync::dqRowIndex(GPUKernelBuilder &kb, Value batch, Value pair,
+                           Value query, Value seqQ, int64_t pairs,
+                           int64_t headDim) {
+  return kb.mul(kb.add(kb.mul(kb.add(kb.mul(batch, pairs), pair), seqQ), query),
+                2 * headDim);
 }
 
-Value BackwardBuilder::dqSwizzledColumn(Value column, Value query) {
+Value mma_sync::dqSwizzledColumn(GPUKernelBuilder &kb, Value column,
+                                 Value query) {
   // Chunk column / 8 goes to chunk (column / 8) ^ (query % 8).
-  Value chunk = arith::XOrIOp::create(b, loc, div(column, 8), rem(query, 8));
-  return add(mul(chunk, 8), rem(column, 8));
+  Value chunk =
+      arith::XOrIOp::create(kb.b, kb.loc, kb.div(column, 8), kb.rem(query, 8));
+  return kb.add(kb.mul(chunk, 8), kb.rem(column, 8));
 }
 
-void BackwardBuilder::zeroDqAccumulator(Value workspace, Value accBase,
-                                        Value batch, Value row0, Value rows,
-                                        function_ref<Value(Value)> pairOf,
-                                        function_ref<Value(Value)> queryRowOf,
-                                        Value seqQ, Value tid) {
+void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
+                                 Value accBase, Value batch, Value row0,
+                                 Value rows, function_ref<Value(Value)> pairOf,
+                                 function_ref<Value(Value)> queryRowOf,
+                                 Value seqQ, Value tid, int64_t threads,
+                                 int64_t pairs, int64_t headDim) {
   // Each row's two heads are 2 D contiguous f32: 2 D / 4 16-byte chunks
   // (aligned: the workspace's base is, and the records before the
   // accumulator are a multiple of 8 f32).
-  int64_t chunks = 2 * plan.headDim / 4;
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  int64_t chunks = 2 * headDim / 4;
   auto zeros = arith::ConstantOp::create(
       b, loc,
       DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
   scf::ForOp::create(
-      b, loc, tid, mul(rows, chunks), idx(plan.threads()), ValueRange{},
+      b, loc, tid, kb.mul(rows, chunks), kb.idx(threads), ValueRange{},
       [&](OpBuilder &, Location, Value i, ValueRange) {
-        Value r = add(row0, div(i, chunks));
-        Value index =
-            add(add(accBase, dqRowIndex(batch, pairOf(r), queryRowOf(r), seqQ)),
-                mul(rem(i, chunks), 4));
+        Value r = kb.add(row0, kb.div(i, chunks));
+        Value index = kb.add(
+            kb.add(accBase, dqRowIndex(kb, batch, pairOf(r), queryRowOf(r),
+                                       seqQ, pairs, headDim)),
+            kb.mul(kb.rem(i, chunks), 4));
         vector::StoreOp::create(b, loc, zeros, workspace, ValueRange{index},
                                 /*nontemporal=*/false, llvm::Align(16));
         scf::YieldOp::create(b, loc);
       });
+}
+
+void mma_sync::addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
+                           Value source, Value bytes) {
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  Value targetAddress =
+      kb.add(memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace)
+                 .getResult(),
+             kb.mul(target, 4));
+  Type i32 = b.getI32Type(), i64 = b.getI64Type();
+  SmallVector<Value> operands = {
+      arith::IndexCastOp::create(b, loc, i64, targetAddress),
+      arith::IndexCastOp::create(b, loc, i32, source),
+      arith::IndexCastOp::create(b, loc, i32, bytes)};
+  // No NVVM op expresses the non-tensor bulk reduction (PTX ISA
+  // "cp.reduce.async.bulk"); the global address converted from generic.
+  LLVM::InlineAsmOp::create(
+      b, loc, TypeRange(), operands,
+      "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [g], "
+      "[$1], $2;\n}",
+      "l,r,r", /*has_side_effects=*/true, /*is_align_stack=*/false,
+      LLVM::tailcallkind::TailCallKind::None,
+      LLVM::AsmDialectAttr::get(kb.ctx, LLVM::AsmDialect::AD_ATT),
+      /*operand_attrs=*/ArrayAttr());
+  NVVM::CpAsyncBulkCommitGroupOp::create(b, loc);
 }
 
 void BackwardBuilder::stageDq(Value sDS, Value sDQ, Value iteration, Value q0) {
@@ -125,8 +160,9 @@ void BackwardBuilder::stageDq(Value sDS, Value sDQ, Value iteration, Value q0) {
           b, loc, pairType, ValueRange{acc[t][2 * rr], acc[t][2 * rr + 1]});
       vector::StoreOp::create(
           b, loc, pairValue, sDQ,
-          ValueRange{buffer, row,
-                     dqSwizzledColumn(add(colLane, t * 8), add(q0, row))});
+          ValueRange{
+              buffer, row,
+              dqSwizzledColumn(*this, add(colLane, t * 8), add(q0, row))});
     }
   }
   // The staged rows are generic-proxy writes; the bulk reduction
@@ -146,28 +182,9 @@ void BackwardBuilder::reduceStagedDq(Value workspace, Value sDQ,
     Value source = add(
         memref::ExtractAlignedPointerAsIndexOp::create(b, loc, sDQ).getResult(),
         mul(mul(rem(iteration, 2), mul(idx(kQueryBlock), rowFloats)), 4));
-    Value target =
-        add(memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace)
-                .getResult(),
-            mul(add(accBase, dqRowIndex(batch, pair, q0, seqQ)), 4));
-    Value bytes = mul(mul(rows, rowFloats), 4);
-    Type i32 = b.getI32Type(), i64 = b.getI64Type();
-    SmallVector<Value> operands = {
-        arith::IndexCastOp::create(b, loc, i64, target),
-        arith::IndexCastOp::create(b, loc, i32, source),
-        arith::IndexCastOp::create(b, loc, i32, bytes)};
-    // No NVVM op expresses the non-tensor bulk reduction (PTX ISA
-    // "cp.reduce.async.bulk"); the global address converted from generic.
-    LLVM::InlineAsmOp::create(
-        b, loc, TypeRange(), operands,
-        "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
-        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [g], "
-        "[$1], $2;\n}",
-        "l,r,r", /*has_side_effects=*/true, /*is_align_stack=*/false,
-        LLVM::tailcallkind::TailCallKind::None,
-        LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
-        /*operand_attrs=*/ArrayAttr());
-    NVVM::CpAsyncBulkCommitGroupOp::create(b, loc);
+    Value target = add(accBase, dqRowIndex(*this, batch, pair, q0, seqQ,
+                                           plan.pairs, plan.headDim));
+    addStagedDq(*this, workspace, target, source, mul(mul(rows, rowFloats), 4));
   });
 }
 
@@ -191,7 +208,7 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   Value row0 = mul(qBlock, plan.blockQ);
   Value rows = minI(idx(plan.blockQ), sub(groupRows, row0));
   Value firstPair = mul(kvHead, plan.pairsPerGroup());
-  Value accBase = dqAccumulatorOffset(seqQ);
+  Value accBase = dqAccumulatorOffset(*this, seqQ, plan.pairs);
   int64_t chunks = 2 * plan.headDim / 4;
   auto f32x4 = VectorType::get({4}, b.getF32Type());
   auto scale = arith::ConstantOp::create(
@@ -206,8 +223,10 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
         Value pair = add(firstPair, arith::DivUIOp::create(b, loc, r, seqQ));
         Value query = arith::RemUIOp::create(b, loc, r, seqQ);
         Value column = mul(rem(i, chunks), 4);
-        Value from = add(add(accBase, dqRowIndex(batch, pair, query, seqQ)),
-                         dqSwizzledColumn(column, query));
+        Value from =
+            add(add(accBase, dqRowIndex(*this, batch, pair, query, seqQ,
+                                        plan.pairs, plan.headDim)),
+                dqSwizzledColumn(*this, column, query));
         Value sum = vector::LoadOp::create(
             b, loc, f32x4, args.workspace, ValueRange{from},
             /*nontemporal=*/false, llvm::Align(16));

@@ -24,6 +24,19 @@
 // (WgmmaBuilder.h); the products are the forward's inline-PTX forms
 // (WgmmaFragments.cpp), for the reasons given there.
 //
+// The accumulating formulation (deterministic = false; FlashAttention-2's
+// Algorithm 2 with FlashAttention-3's bulk reductions, as the portable
+// MmaSyncBackwardDq.cpp) also computes each block's dq here, so that no dq
+// kernel recomputes S and G (10 S-sized products per pair instead of 13):
+// each warpgroup stores its keys' dS^T of both heads with stmatrix.trans
+// as dS tiles (queries as rows, K-major over the CTA's 128 keys); after a
+// CTA barrier warpgroup w issues dq_w^T = K^T dS_w^T (wgmma m64n{blockQ}k16
+// with A = K MN-major, imm-trans-a, one product per 64 columns of D)
+// beside dk's products, stages the f32 result as the accumulator's rows in
+// one of two buffers, and after the block's closing barrier thread 0 adds
+// them to the workspace's accumulator with one bulk reduction
+// (cp.reduce.async.bulk .add.f32).
+//
 //===----------------------------------------------------------------------===//
 
 #include "WgmmaBackwardBuilder.h"
@@ -59,7 +72,8 @@ void BackwardBuilder::loadFirstBlock(Value count,
 
 SmallVector<Value> BackwardBuilder::pipelineBlocks(
     Value count, ValueRange init, function_ref<void(Value, Value)> load,
-    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body) {
+    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
+    function_ref<void(Value)> after) {
   auto loop = scf::ForOp::create(
       b, loc, idx(0), count, idx(1), init,
       [&](OpBuilder &, Location, Value j, ValueRange carried) {
@@ -79,6 +93,8 @@ SmallVector<Value> BackwardBuilder::pipelineBlocks(
         gpu::BarrierOp::create(b, loc);
         SmallVector<Value> results = body(j, stage, carried);
         gpu::BarrierOp::create(b, loc);
+        if (after)
+          after(j);
         scf::YieldOp::create(b, loc, results);
       });
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
@@ -112,6 +128,82 @@ SmallVector<Value> BackwardBuilder::mnMajorDescriptors(Value offset,
   return descriptors;
 }
 
+void BackwardBuilder::storeDsTiles(ArrayRef<SmallVector<Value>> dsRegs,
+                                   int64_t dsOffset) {
+  // Register 4 kt + i of a head (packProbabilities) is the 8 x 8 matrix of
+  // keys 16 warpInGroup + 8 (i % 2) .. + 7 (rows, lane / 4) and query
+  // columns 8 (2 kt + i / 2) .. + 7 (lane % 4 pairs): stmatrix x4 with
+  // .trans stores matrix i as 8 rows, one per query (the address of lane
+  // 8 i + query % 8), of 8 consecutive keys: one 16-byte chunk of the
+  // query's row in the warpgroup's span of keys (PTX ISA "stmatrix").
+  Value matrix = div(lane, 8), query8 = rem(lane, 8);
+  Value chunk = add(mul(warpInGroup, 2), rem(matrix, 2));
+  for (int64_t h = 0; h < 2; ++h)
+    for (size_t kt = 0; kt < dsRegs[h].size() / 4; ++kt) {
+      Value query = add(mul(add(div(matrix, 2), 2 * kt), 8), query8);
+      Value swizzled = arith::XOrIOp::create(b, loc, chunk, rem(query, 8));
+      Value offset =
+          add(add(idx(dsOffset + h * KeyKernelLayout::dsHeadBytes(plan)),
+                  mul(warpgroup, plan.blockQ * kRowBytes)),
+              add(mul(query, kRowBytes), mul(swizzled, 16)));
+      NVVM::StMatrixOp::create(b, loc, sharedPointer(offset),
+                               ArrayRef<Value>(dsRegs[h]).slice(4 * kt, 4),
+                               NVVM::MMALayout::col,
+                               NVVM::LdStMatrixShapeAttr::get(ctx, 8, 8),
+                               NVVM::LdStMatrixEltType::B16);
+    }
+  // Generic-proxy writes that the dq products (async proxy) read.
+  fenceAsyncProxy();
+}
+
+SmallVector<Value> BackwardBuilder::dqDescriptors(int64_t kOffset,
+                                                  int64_t dsOffset,
+                                                  int64_t span) {
+  // A: span `span` of K (keys as the K dimension, D contiguous: MN-major).
+  SmallVector<Value> a = mnMajorDescriptors(
+      idx(kOffset + span * plan.blockK * kRowBytes), plan.blockK);
+  // B: dS of head w, [blockK / 64 spans, blockQ, 64] (K-major); a k16 step
+  // is 32 bytes into a span's rows.
+  Value b0 = descriptorLow(
+      add(idx(dsOffset), mul(warpgroup, KeyKernelLayout::dsHeadBytes(plan))),
+      16);
+  SmallVector<Value> descriptors;
+  for (int64_t kk = 0; kk < plan.blockK / 16; ++kk) {
+    int64_t keySpan = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
+    descriptors.push_back(a[kk]);
+    descriptors.push_back(packDescriptor(
+        advanceDescriptor(b0, keySpan * plan.blockQ * kRowBytes + within),
+        kAtomBytes));
+  }
+  return descriptors;
+}
+
+void BackwardBuilder::stageDq(ArrayRef<Value> products, Value sDQ,
+                              Value buffer) {
+  // dq^T's accumulator rows are D columns (16 warpInGroup + lane / 4, + 8,
+  // of each span), its columns query rows (8 nt + 2 (lane % 4), + 1):
+  // column w D + d of query row q of the staged [blockQ, 2 D] rows.
+  int64_t qTiles = plan.blockQ / 8;
+  Value colLane = mul(rem(lane, 4), 2);
+  for (size_t span = 0; span < products.size(); ++span) {
+    SmallVector<Acc> acc = readAccumulators(products[span], qTiles);
+    fenceTiles(acc);
+    for (int64_t nt = 0; nt < qTiles; ++nt)
+      for (int64_t e = 0; e < 4; ++e) {
+        Value column = add(mul(warpgroup, plan.headDim),
+                           add(mul(warpInGroup, 16),
+                               add(div(lane, 4), span * kSpan + 8 * (e / 2))));
+        Value query = add(colLane, nt * 8 + e % 2);
+        memref::StoreOp::create(
+            b, loc, acc[nt][e], sDQ,
+            ValueRange{buffer, query,
+                       mma_sync::dqSwizzledColumn(*this, column, query)});
+      }
+  }
+  // Generic-proxy writes that the bulk reduction (async proxy) reads.
+  fenceAsyncProxy();
+}
+
 void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
@@ -122,7 +214,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   int64_t d = plan.headDim, dv = plan.valueDim, ppg = plan.pairsPerGroup();
   int64_t threads = plan.threads();
   Value seqQ = args.seqQ, seqK = args.seqK;
-  KeyKernelLayout layout(plan);
+  KeyKernelLayout layout(plan, reduceDq);
+  assert(layout.ds % kAtomBytes == 0 && "dS tiles must be atom-aligned");
 
   setThreadIndices();
   // The grid is (key blocks, KV heads, B) as the portable kernel's, but
@@ -161,6 +254,14 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
                              {plan.stages, vSpans, blockQ, kSpan}, elem);
   Value sStat = sharedViewAt(add(base, idx(layout.stat)),
                              {plan.stages, blockQ, kStatWidth}, b.getF32Type());
+  // The accumulating formulation's staging buffers and accumulator.
+  Value sDQ = reduceDq ? sharedViewAt(add(base, idx(layout.dqStage)),
+                                      {2, blockQ, 2 * d}, b.getF32Type())
+                       : Value();
+  Value accBase = reduceDq
+                      ? mma_sync::dqAccumulatorOffset(*this, seqQ, plan.pairs)
+                      : Value();
+  Value thread0 = cmp(arith::CmpIPredicate::eq, tid, idx(0));
 
   // K and V of the CTA's keys; keys past kv_len are zero-filled (whatever
   // the cache holds there must not reach G^T: 0 * NaN).
@@ -237,6 +338,10 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         SmallVector<Value> dvDesc = mnMajorDescriptors(doutStage, blockQ);
         SmallVector<Value> dkDesc[2] = {mnMajorDescriptors(qStage[0], blockQ),
                                         mnMajorDescriptors(qStage[1], blockQ)};
+        SmallVector<SmallVector<Value>> dqDesc;
+        if (reduceDq)
+          for (int64_t span = 0; span < dSpans; ++span)
+            dqDesc.push_back(dqDescriptors(layout.k, layout.ds, span));
         // Three commit groups, waited for in order: S^T of both heads, then
         // G^T (in flight while P^T is computed), then dv's product (in
         // flight while dS^T is).
@@ -315,11 +420,33 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         }
         SmallVector<Value> dsRegs[2] = {packProbabilities(dsEven),
                                         packProbabilities(dsOdd)};
+        // The accumulating formulation: dS of both heads to shared memory
+        // (before the registers become a product's operand).
+        if (reduceDq)
+          storeDsTiles(dsRegs, layout.ds);
         NVVM::WgmmaFenceAlignedOp::create(b, loc);
         issueRegisterProduct(dsRegs[0], dkDesc[0], dk);
         issueRegisterProduct(dsRegs[1], dkDesc[1], dk);
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        SmallVector<Value> dqProducts;
+        if (reduceDq) {
+          // Thread 0's bulk reduction of block j - 2 has read staging
+          // buffer j % 2; after the barrier every warpgroup's dS is in
+          // shared memory, and dq_w^T = K^T dS_w^T runs beside dk's
+          // products.
+          ifThen(thread0, [&] {
+            NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 1, b.getUnitAttr());
+          });
+          gpu::BarrierOp::create(b, loc);
+          NVVM::WgmmaFenceAlignedOp::create(b, loc);
+          for (int64_t span = 0; span < dSpans; ++span)
+            dqProducts.push_back(
+                issueSharedProduct(dqDesc[span], blockQ, /*transposeA=*/true));
+          NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        }
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+        if (reduceDq)
+          stageDq(dqProducts, sDQ, rem(j, 2));
         SmallVector<Value> aRegs(pvRegs);
         aRegs.append(dsRegs[0]);
         aRegs.append(dsRegs[1]);
@@ -332,7 +459,35 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (const Acc &t : dvAcc)
           results.append(t.begin(), t.end());
         return results;
+      },
+      [&](Value j) {
+        // After the closing barrier every warpgroup's dq rows of block j
+        // are staged: thread 0 adds them to the accumulator.
+        if (!reduceDq)
+          return;
+        ifThen(thread0, [&] {
+          auto [pair, q0] = blockOf(j);
+          Value rows = minI(idx(blockQ), sub(seqQ, q0));
+          int64_t stagedBytes = KeyKernelLayout::dqStageBytes(plan);
+          Value source = arith::IndexCastOp::create(
+              b, loc, b.getIndexType(),
+              arith::AddIOp::create(
+                  b, loc, baseAddress,
+                  arith::IndexCastOp::create(
+                      b, loc, b.getI64Type(),
+                      add(idx(layout.dqStage), mul(rem(j, 2), stagedBytes)))));
+          mma_sync::addStagedDq(
+              *this, args.workspace,
+              add(accBase, mma_sync::dqRowIndex(*this, batch, pair, q0, seqQ,
+                                                plan.pairs, d)),
+              source, mul(rows, 2 * d * 4));
+        });
       });
+  // Every bulk reduction has completed before the kernel ends.
+  if (reduceDq)
+    ifThen(thread0, [&] {
+      NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 0, UnitAttr());
+    });
 
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys (zero for
   // keys no query sees, and past kv_len).
@@ -341,13 +496,17 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   gpu::ReturnOp::create(b, loc);
 }
 
-int64_t mlir::diffattn::wgmma::backwardKeySharedBytes(const WgmmaPlan &plan) {
+int64_t mlir::diffattn::wgmma::backwardKeySharedBytes(const WgmmaPlan &plan,
+                                                      bool reduceDq) {
   // The tiles, and the 1024 bytes that aligning their start may skip.
-  return KeyKernelLayout(plan).end + kAtomBytes;
+  return KeyKernelLayout(plan, reduceDq).end + kAtomBytes;
 }
 
 void mlir::diffattn::wgmma::buildBackwardKeyKernel(OpBuilder &b, Location loc,
                                                    gpu::GPUFuncOp func,
-                                                   const WgmmaPlan &plan) {
-  BackwardBuilder(b, loc, plan).buildKeyKernel(func);
+                                                   const WgmmaPlan &plan,
+                                                   bool reduceDq) {
+  BackwardBuilder builder(b, loc, plan);
+  builder.reduceDq = reduceDq;
+  builder.buildKeyKernel(func);
 }

@@ -21,21 +21,37 @@ namespace mlir::diffattn::wgmma {
 /// Byte offsets (from the 1024-byte aligned base) of the kernel's tiles:
 /// K [D / 64 spans, blockK, 64], V [Dv / 64, blockK, 64], then per stage
 /// q [2 heads, D / 64, blockQ, 64], dout [Dv / 64, blockQ, 64] and the
-/// records [blockQ, kStatWidth] f32.
+/// records [blockQ, kStatWidth] f32; with `reduceDq` (the accumulating
+/// formulation) dS of both heads [2, blockK / 64, blockQ, 64] (K-major
+/// with keys as columns: the B operand of dq^T = K^T dS^T) and two staging
+/// buffers of a query block's dq [2, blockQ, 2 D] f32 (the accumulator's
+/// rows, MmaSyncBackwardBuilder.h).
 struct KeyKernelLayout {
-  int64_t k = 0, v, q, dout, stat, end;
-  explicit KeyKernelLayout(const WgmmaPlan &plan) {
+  int64_t k = 0, v, q, dout, stat, ds, dqStage, end;
+  KeyKernelLayout(const WgmmaPlan &plan, bool reduceDq) {
     v = k + plan.blockK * plan.headDim * 2;
     q = v + plan.blockK * plan.valueDim * 2;
     dout = q + plan.stages * 2 * plan.blockQ * plan.headDim * 2;
     stat = dout + plan.stages * plan.blockQ * plan.valueDim * 2;
-    end = stat + plan.stages * plan.blockQ * mma_sync::kStatWidth * 4;
+    ds = stat + plan.stages * plan.blockQ * mma_sync::kStatWidth * 4;
+    dqStage = ds + (reduceDq ? dsBytes(plan) : 0);
+    end = dqStage + (reduceDq ? 2 * dqStageBytes(plan) : 0);
   }
   int64_t qStageBytes(const WgmmaPlan &plan) const {
     return 2 * plan.blockQ * plan.headDim * 2;
   }
   int64_t doutStageBytes(const WgmmaPlan &plan) const {
     return plan.blockQ * plan.valueDim * 2;
+  }
+  /// One head's dS tile.
+  static int64_t dsHeadBytes(const WgmmaPlan &plan) {
+    return plan.blockQ * plan.blockK * 2;
+  }
+  static int64_t dsBytes(const WgmmaPlan &plan) {
+    return 2 * dsHeadBytes(plan);
+  }
+  static int64_t dqStageBytes(const WgmmaPlan &plan) {
+    return plan.blockQ * 2 * plan.headDim * 4;
   }
 };
 
@@ -59,6 +75,11 @@ class BackwardBuilder : public WgmmaKernelBuilder {
 public:
   using WgmmaKernelBuilder::WgmmaKernelBuilder;
   void buildKeyKernel(gpu::GPUFuncOp func);
+  /// The accumulating formulation (the strategy option deterministic =
+  /// false): the statistics kernel also zeroes the f32 dq accumulator and
+  /// the dk/dv kernel adds each query block's dq_j = dS_j K_block to it
+  /// (no dq kernel; MmaSyncBackwardDq.cpp's conversion kernel writes dq).
+  bool reduceDq = false;
   /// The dq kernel, or with `stats` the statistics kernel.
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
 
@@ -77,10 +98,28 @@ private:
   /// threads); iteration j issues block j + 1's, waits for block j's, fences
   /// them for the async proxy and synchronises the CTA before `body(j, stage,
   /// carried)`, and synchronises it again after (the stage is free once
-  /// every warpgroup's products have read it). Returns the loop's results.
+  /// every warpgroup's products have read it), then calls `after(j)` if
+  /// given. Returns the loop's results.
   SmallVector<Value> pipelineBlocks(
       Value count, ValueRange init, function_ref<void(Value, Value)> load,
-      function_ref<SmallVector<Value>(Value, Value, ValueRange)> body);
+      function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
+      function_ref<void(Value)> after = nullptr);
+  /// The dk/dv kernel's part of the accumulating formulation
+  /// (WgmmaBackward.cpp). storeDsTiles writes the warpgroup's dS^T of both
+  /// heads (`dsRegs`, packed as packProbabilities makes them: keys as rows)
+  /// into the dS tiles at `dsOffset` as dS (queries as rows) with
+  /// stmatrix.trans, then fence.proxy.async.
+  void storeDsTiles(ArrayRef<SmallVector<Value>> dsRegs, int64_t dsOffset);
+  /// Descriptors of dq_w^T = K^T dS_w^T for the 64 columns of D of span
+  /// `span` (A = K MN-major, B = dS of the warpgroup's head w K-major),
+  /// interleaved per k16 step over the CTA's keys.
+  SmallVector<Value> dqDescriptors(int64_t kOffset, int64_t dsOffset,
+                                   int64_t span);
+  /// Stores the dq^T accumulators (`products`, one per span of D) of query
+  /// block j into the staging buffer `sDQ[buffer]` as the accumulator's
+  /// rows ([blockQ, 2 D] f32, swizzled by query row: q0 is a multiple of
+  /// 8), then fence.proxy.async.
+  void stageDq(ArrayRef<Value> products, Value sDQ, Value buffer);
   /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
   /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
   /// both K-major, per k16 step over `kDim` columns, interleaved (the form

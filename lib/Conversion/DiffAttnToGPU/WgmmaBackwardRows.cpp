@@ -127,6 +127,15 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   };
 
   loadFirstBlock(numBlocks, load);
+  // The accumulating formulation: the dk/dv kernel, launched next, adds
+  // every key block's dq of these rows to their accumulator rows.
+  if (stats && reduceDq)
+    mma_sync::zeroDqAccumulator(
+        *this, args.workspace,
+        mma_sync::dqAccumulatorOffset(*this, seqQ, plan.pairs), batch,
+        tile.row0, tile.rowsValid, [&](Value r) { return pairOf(r); },
+        [&](Value r) { return queryRowOf(r); }, seqQ, tid, threads, plan.pairs,
+        d);
 
   // The thread's two rows: validity, query row, pair, and what the
   // probabilities need: -lse log2 e of the head (the odd one in the
@@ -323,6 +332,8 @@ int64_t mlir::diffattn::wgmma::backwardRowSharedBytes(const WgmmaPlan &plan,
 void mlir::diffattn::wgmma::buildBackwardRowKernel(OpBuilder &b, Location loc,
                                                    gpu::GPUFuncOp func,
                                                    const WgmmaPlan &plan,
-                                                   bool stats) {
-  BackwardBuilder(b, loc, plan).buildRowKernel(func, stats);
+                                                   bool stats, bool reduceDq) {
+  BackwardBuilder builder(b, loc, plan);
+  builder.reduceDq = reduceDq;
+  builder.buildRowKernel(func, stats);
 }

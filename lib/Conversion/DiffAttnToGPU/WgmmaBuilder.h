@@ -182,9 +182,11 @@ protected:
   /// struct (blockK / 2 f32).
   Value issueScores(ArrayRef<Value> descriptors);
   /// Issues D = A B (wgmma m64n{n}k16, one k16 step per descriptor pair, A
-  /// and B of each step interleaved, both from shared memory and K-major),
-  /// D starting from zero; returns the accumulator struct (n / 2 f32).
-  Value issueSharedProduct(ArrayRef<Value> descriptors, int64_t n);
+  /// and B of each step interleaved, both from shared memory, B K-major, A
+  /// K-major or with `transposeA` MN-major: imm-trans-a 1), D starting from
+  /// zero; returns the accumulator struct (n / 2 f32).
+  Value issueSharedProduct(ArrayRef<Value> descriptors, int64_t n,
+                           bool transposeA = false);
   /// The thread's blockK / 8 accumulator tiles of issued scores.
   SmallVector<Acc> readScores(Value scores);
   /// The thread's `tiles` accumulator tiles (8 columns each) of a product's
@@ -286,19 +288,23 @@ protected:
 /// portable backward's arguments and workspace records
 /// (MmaSyncBackwardBuilder.h): `plan` gives blockK keys per CTA (two
 /// warpgroups of 64, warps = 8), blockQ query rows per block (a multiple of
-/// 16), the stages (2), the element type, head dimensions and heads.
+/// 16), the stages (2), the element type, head dimensions and heads. With
+/// `reduceDq` (the accumulating formulation) it also adds each query
+/// block's dq to the workspace's f32 accumulator (no dq kernel).
 void buildBackwardKeyKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
-                            const WgmmaPlan &plan);
+                            const WgmmaPlan &plan, bool reduceDq);
 /// Its dynamic shared memory (bytes).
-int64_t backwardKeySharedBytes(const WgmmaPlan &plan);
+int64_t backwardKeySharedBytes(const WgmmaPlan &plan, bool reduceDq);
 /// The backward's statistics (`stats`) or dq kernel on sm_90a
 /// (WgmmaBackwardRows.cpp), over the portable row kernels' grid (64 group
 /// rows per CTA): `plan` gives blockK keys per block (64 for dq, whose
 /// warpgroup w computes head 2p + w; 64 for the statistics too, whose
 /// warpgroup w takes keys 32 w .. 32 w + 31 of each block), the stages (2),
-/// warps = 8, the element type, dimensions and heads.
+/// warps = 8, the element type, dimensions and heads. With `reduceDq` the
+/// statistics kernel also zeroes the f32 dq accumulator rows of its tile.
 void buildBackwardRowKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
-                            const WgmmaPlan &plan, bool stats);
+                            const WgmmaPlan &plan, bool stats,
+                            bool reduceDq = false);
 /// Its dynamic shared memory (bytes).
 int64_t backwardRowSharedBytes(const WgmmaPlan &plan, bool stats);
 

@@ -245,7 +245,7 @@ Value WgmmaKernelBuilder::issueScores(ArrayRef<Value> descriptors) {
 }
 
 Value WgmmaKernelBuilder::issueSharedProduct(ArrayRef<Value> descriptors,
-                                             int64_t n) {
+                                             int64_t n, bool transposeA) {
   int64_t values = n / 2, steps = descriptors.size() / 2;
   auto structType = LLVM::LLVMStructType::getLiteral(
       ctx, SmallVector<Type>(values, b.getF32Type()));
@@ -266,7 +266,7 @@ Value WgmmaKernelBuilder::issueSharedProduct(ArrayRef<Value> descriptors,
            "k16.f32." + (plan.elementType.isF16() ? "f16.f16" : "bf16.bf16") +
            " {" + accRegs + "}, " + reg(values + 2 * kk) + ", " +
            reg(values + 2 * kk + 1) + ", " + (kk == 0 ? "0" : "1") +
-           ", 1, 1, 0, 0;\n";
+           ", 1, 1, " + (transposeA ? "1" : "0") + ", 0;\n";
   std::string constraints;
   for (int64_t i = 0; i < values; ++i)
     constraints += "=f,";
