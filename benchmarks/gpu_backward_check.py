@@ -13,18 +13,20 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    out, lse (finite entries), dq, dk, dv and dlam against the float64
    reference (diffattn.reference) within 4x the forward's tolerance
    (SPEC.md: bf16 1e-2, f16 3e-3); lse must be -inf exactly where the
-   reference's is; NaN/Inf fail. Both backward formulations: the default
-   (deterministic: run twice, it must agree bit for bit) and the
-   accumulating one (gpu_cases.ACCUMULATE_OPTIONS: dq through bulk
-   reductions).
+   reference's is; NaN/Inf fail. Both backward formulations: the
+   deterministic one (under torch.use_deterministic_algorithms(True): run
+   twice, it must agree bit for bit) and the accumulating one
+   (gpu_cases.ACCUMULATE_OPTIONS: dq through f32 reductions, the default
+   on sm_90a).
 2. Gradients on gpu_cases.BACKWARD_LARGE against autograd through fp32
    SDPA math (gpu_check.sdpa_reference) on the same bf16 inputs.
 3. Forward + backward timing on gpu_cases.BACKWARD_BENCH through autograd
    (torch.autograd.grad of the op's output) beside SDPA (cuDNN and
    FlashAttention-2 backends, enable_gqa) + the torch.compile'd epilogue;
-   FLOPs = 3.5 x the forward count (FlashAttention's convention); also the
-   backward kernels alone (torch.ops.diffattn.v2_backward), and both again
-   with the accumulating kernels.
+   FLOPs = 3.5 x the forward count (FlashAttention's convention), with
+   the default kernels and under torch.use_deterministic_algorithms(True);
+   also the backward kernels alone (torch.ops.diffattn.v2_backward), both
+   ways.
 
 Prints tables and writes gpu_backward.json under --out; exits 1 on any
 failure.
@@ -67,6 +69,19 @@ def inputs(b, sq, sk, h2, hkv, d, dt, g):
     return q, k, v, lam, dout
 
 
+def with_deterministic(fn):
+    """fn() under torch.use_deterministic_algorithms(True) (the
+    deterministic backward kernels, diffattn._torch.default_backward_options)."""
+    def run():
+        before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return fn()
+        finally:
+            torch.use_deterministic_algorithms(before)
+    return run
+
+
 def accumulating_backward(q, k, v, lam, out, dout, lse, kv_len, causal, window):
     """The backward with dq accumulated through bulk reductions
     (gpu_cases.ACCUMULATE_OPTIONS)."""
@@ -82,8 +97,9 @@ def check_case(case, g):
     poison_allocator(4 * (q.numel() + k.numel() + v.numel() + lam.numel() + dout.numel()))
     out, lse = diffattn.v2(q, k, v, lam, causal=causal, window=window, kv_len=kl,
                            return_lse=True)
-    det = [diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal, window=window,
-                                kv_len=kl) for _ in range(2)]
+    det = [with_deterministic(lambda: diffattn.v2_backward(
+        q, k, v, lam, out, dout, lse, causal=causal, window=window, kv_len=kl))()
+        for _ in range(2)]
     grads = accumulating_backward(q, k, v, lam, out, dout, lse, kl, causal, window)
     torch.cuda.synchronize()
     deterministic = all(torch.equal(x, y) for x, y in zip(*det))
@@ -141,9 +157,10 @@ def bench(results):
     epilogue = make_epilogue()
     rows = []
     print("== forward + backward (bf16, autograd; TFLOP/s = 3.5 x forward FLOPs / time)")
-    print("| B x S, D | mask | op fwd+bwd | op bwd kernels | accumulating bwd kernels "
-          "| SDPA cuDNN + epi | SDPA FA2 + epi | vs cuDNN | vs FA2 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| B x S, D | mask | op fwd+bwd | op fwd+bwd deterministic | op bwd kernels "
+          "| deterministic bwd kernels | SDPA cuDNN + epi | SDPA FA2 + epi | vs cuDNN "
+          "| vs FA2 | deterministic vs cuDNN |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for b, s, h2, hkv, d, causal in gpu_cases.BACKWARD_BENCH:
         dt = torch.bfloat16
         q, k, v, lam, dout = (t.requires_grad_(i < 4) for i, t in
@@ -176,9 +193,9 @@ def bench(results):
 
         row = dict(shape=[b, s, h2, hkv, d, causal])
         row["ours_ms"] = bench_fn(ours)
+        row["ours_det_ms"] = bench_fn(with_deterministic(ours))
         row["ours_bwd_ms"] = bench_fn(bwd_only)
-        row["ours_bwd_acc_ms"] = bench_fn(
-            lambda: accumulating_backward(q, k, v, lam, out, dout, lse, None, causal, (-1, -1)))
+        row["ours_bwd_det_ms"] = bench_fn(with_deterministic(bwd_only))
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
                               ("fa2", SDPBackend.FLASH_ATTENTION)):
             try:
@@ -187,18 +204,21 @@ def bench(results):
                 row[f"{name}_ms"] = None
                 print(f"    {name}: {str(e).splitlines()[0]}")
         tf = {key: flops / row[key] / 1e9 if row.get(key) else None
-              for key in ("ours_ms", "cudnn_ms", "fa2_ms")}
-        row.update(ours_tflops=tf["ours_ms"], cudnn_tflops=tf["cudnn_ms"],
-                   fa2_tflops=tf["fa2_ms"])
+              for key in ("ours_ms", "ours_det_ms", "cudnn_ms", "fa2_ms")}
+        row.update(ours_tflops=tf["ours_ms"], ours_det_tflops=tf["ours_det_ms"],
+                   cudnn_tflops=tf["cudnn_ms"], fa2_tflops=tf["fa2_ms"])
         ratio = {n: row[f"{n}_ms"] / row["ours_ms"] if row.get(f"{n}_ms") else None
                  for n in ("cudnn", "fa2")}
-        row.update(vs_cudnn=ratio["cudnn"], vs_fa2=ratio["fa2"])
+        det_ratio = row["cudnn_ms"] / row["ours_det_ms"] if row.get("cudnn_ms") else None
+        row.update(vs_cudnn=ratio["cudnn"], vs_fa2=ratio["fa2"], det_vs_cudnn=det_ratio)
         fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
         rat = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
         print(f"| {b} x {s}, {d} | {'causal' if causal else 'none'} | {fmt(tf['ours_ms'])} "
-              f"({row['ours_ms']:.2f} ms) | {row['ours_bwd_ms']:.2f} ms | "
-              f"{row['ours_bwd_acc_ms']:.2f} ms | {fmt(tf['cudnn_ms'])} | "
-              f"{fmt(tf['fa2_ms'])} | {rat(ratio['cudnn'])} | {rat(ratio['fa2'])} |", flush=True)
+              f"({row['ours_ms']:.2f} ms) | {fmt(tf['ours_det_ms'])} "
+              f"({row['ours_det_ms']:.2f} ms) | {row['ours_bwd_ms']:.2f} ms | "
+              f"{row['ours_bwd_det_ms']:.2f} ms | {fmt(tf['cudnn_ms'])} | "
+              f"{fmt(tf['fa2_ms'])} | {rat(ratio['cudnn'])} | {rat(ratio['fa2'])} | "
+              f"{rat(det_ratio)} |", flush=True)
         rows.append(row)
         del q, k, v, lam, dout, qh, kh, vh, lam2, out, lse
         torch.cuda.empty_cache()

@@ -6,7 +6,9 @@
         python3 benchmarks/gpu_profile_backward.py [--case N]
 
 The backward runs twice (a warm-up, then the profiled launches), after the
-forward with lse that it needs.
+forward with lse that it needs. `--options` passes compiler options to the
+backward's kernels (e.g. "--gpu-options=deterministic=false": the
+accumulating kernels, statistics, dk/dv and the dq conversion).
 """
 import argparse
 import os
@@ -18,13 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_cases  # noqa: E402
 
 import diffattn  # noqa: E402
-from diffattn import _torch  # noqa: E402,F401  (registers the ops)
+from diffattn import _torch  # noqa: E402  (registers the ops)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", type=int, default=0, help="index into gpu_cases.BACKWARD_BENCH")
+    ap.add_argument("--options", action="append", default=[],
+                    help="a compiler option for the backward's kernels (repeatable)")
     args = ap.parse_args()
     b, s, h2, hkv, d, causal = gpu_cases.BACKWARD_BENCH[args.case]
     q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
@@ -34,7 +38,8 @@ def main():
     dout = torch.randn(b, s, h2 // 2, d, device="cuda", dtype=torch.bfloat16)
     out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
     for _ in range(2):
-        diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal)
+        _torch.backward_cuda(q, k, v, lam, out, dout, lse, None, causal, None, -1, -1,
+                             options=tuple(args.options))
     torch.cuda.synchronize()
     print(f"backward of B={b} S={s} 2H={h2} Hkv={hkv} D={d} causal={causal}: done")
 

@@ -115,10 +115,14 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     compiler's backward kernel, tiled over blocks of 64 query rows x 64
     keys, skipping key blocks a row block cannot see (memory B x 2H x 64 x
     64 f32, f64 for float64, per intermediate). CUDA torch tensors
-    (bfloat16, float16; D = Dv = 64 or 128) run the portable strategy's
-    three GPU kernels (row statistics, dq, dk/dv; no atomics, so the
-    gradients are deterministic)
-    through ``torch.ops.diffattn.v2_backward``. Raises TypeError /
+    (bfloat16, float16; D = Dv = 64 or 128) run the compiler's GPU kernels
+    through ``torch.ops.diffattn.v2_backward`` (docs/training.md): on
+    Hopper (sm_90a) the wgmma kernels with dq accumulated in float32 by
+    reductions (row statistics, dk/dv with dq, dq's conversion; the order
+    of dq's sums varies between runs, as in FlashAttention), or with
+    ``torch.use_deterministic_algorithms(True)`` the deterministic ones
+    (row statistics, dq, dk/dv; no atomics, bit-identical across runs),
+    which other GPUs always get. Raises TypeError /
     ValueError naming the tensor whose dtype or shape does not match the
     forward's configuration, before anything is compiled."""
     if _is_torch(q):

@@ -119,14 +119,31 @@ def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     return out, lse
 
 
+#: The compiler options of the accumulating backward (Passes.td,
+#: ``deterministic``): dq added to an f32 accumulator by reductions.
+ACCUMULATE_OPTIONS = ("--gpu-options=deterministic=false",)
+
+
+def default_backward_options(device_index):
+    """The backward kernels a call gets: on sm_90a the accumulating ones
+    (ACCUMULATE_OPTIONS; FlashAttention's default, measured faster there:
+    docs/performance.md), unless ``torch.use_deterministic_algorithms(True)``
+    is in effect; elsewhere, and then, the deterministic ones (no atomics,
+    bit-identical across runs)."""
+    if (_target_of(device_index) == "sm_90a"
+            and not torch.are_deterministic_algorithms_enabled()):
+        return ACCUMULATE_OPTIONS
+    return ()
+
+
 def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
                      window_right):
     """diffattn::v2_backward on CUDA tensors: (dq, dk, dv, dlam) shaped and
-    typed like q, k, v, lam, from the compiler's backward kernels (the
-    deterministic ones, bit-identical across runs). Errors name the tensor
-    whose shape or dtype does not match the forward's configuration."""
+    typed like q, k, v, lam, from the compiler's backward kernels
+    (default_backward_options picks them). Errors name the tensor whose
+    shape or dtype does not match the forward's configuration."""
     return backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
-                         window_right)
+                         window_right, options=default_backward_options(q.device.index))
 
 
 def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,

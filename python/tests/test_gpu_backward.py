@@ -43,9 +43,10 @@ ACCUMULATE = ("--gpu-options=deterministic=false",)
     ("sm_90a", (), ["stats", "dq", "dkdv"], 0),
     ("sm_80", (), ["stats", "dq", "dkdv"], 0),
     # Accumulating, sm_90 on: the statistics kernel zeroes an f32 dq
-    # accumulator (B x Sq x 2H x D after the records), the dk/dv kernel adds
-    # to it with bulk reductions, the last kernel converts it; sm_80 has no
-    # bulk reduction and keeps the deterministic kernels.
+    # accumulator (B x Sq x 2H x D after the records; on sm_90a Sq rounded
+    # up to the dk/dv kernel's query blocks), the dk/dv kernel adds to it,
+    # the last kernel converts it; sm_80 has no bulk reduction and keeps the
+    # deterministic kernels.
     ("sm_90a", ACCUMULATE, ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
     ("sm_90", ACCUMULATE, ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
     ("sm_80", ACCUMULATE, ["stats", "dq", "dkdv"], 0),
@@ -56,9 +57,17 @@ def test_backward_kernels_compile(target, options, stages, dq_floats):
     assert sizes == (1, 77, 201)
     kernel = _manifest(directory)
     launch = kernel["launch"]
-    # sm_90a's deterministic dk/dv kernel is the wgmma one.
-    wgmma = target == "sm_90a" and stages[1] == "dq"
-    assert launch["strategy"] == ("wgmma" if wgmma else "mma_sync")
+    # sm_90a's kernels are the wgmma ones, both formulations.
+    assert launch["strategy"] == ("wgmma" if target == "sm_90a" else "mma_sync")
+    product = launch["workspace"]["product"]
+    assert product[1]["ceil_div"] == "Sq" and product[1]["mul"] == 1
+    if target == "sm_90a" and options:
+        # Sq rounded up to the dk/dv kernel's 64-row query blocks (D = 64).
+        assert product[1]["by"] == 64 and product[2] == 64
+    else:
+        assert product[1]["by"] == 1 and len(product) == 2
+    assert _gpu.workspace_elements(directory, sizes) == (
+        1 * (128 if target == "sm_90a" and options else 77) * launch["workspace"]["times"])
     name = kernel["name"]
     assert [s["function"][len(name) + 1:] for s in launch["stages"]] == stages
     buffers = [a["name"] for a in kernel["args"] if "shape" in a]
@@ -134,7 +143,13 @@ def test_gradients_match_reference(dtype, tol, case):
         return diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=causal,
                                     window=window, kv_len=kl)
 
-    det, again = backward(), backward()
+    # The deterministic kernels (what torch.use_deterministic_algorithms(True)
+    # selects; the default elsewhere than sm_90a).
+    torch.use_deterministic_algorithms(True)
+    try:
+        det, again = backward(), backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
     grads = _torch.backward_cuda(q, k, v, lam, out, dout, lse, kl, causal, None, *window,
                                  options=ACCUMULATE)
     np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]

@@ -136,16 +136,20 @@ defvar DiffAttnGPUStrategyOptions = [
            "runs; S and G are recomputed for dq (13 S-sized products per "
            "pair); on sm_90a all three are wgmma kernels (the statistics "
            "kernel the portable one with kv_len). false, on sm_90 and "
-           "later: FlashAttention-2's "
-           "formulation with dq accumulated in f32 (statistics, which also "
-           "zeroes the accumulator in the workspace; dk/dv, which adds each "
-           "key block's dS K to it with bulk reductions, cp.reduce.async.bulk, "
-           "as FlashAttention-3 does; the dq conversion): 10 products per "
-           "pair, the order of dq's sums varying between runs; on sm_80 (no "
-           "bulk reductions) false is true. The default by measurement (H200, "
-           "docs/performance.md, backward runs 8-10): false was 0.97-1.03x "
-           "the deterministic kernels at D = 128 and 0.92x at D = 64, and "
-           "per-element f32 atomics in place of the bulk reduction 0.8x">,
+           "later: FlashAttention-2's formulation with dq accumulated in "
+           "f32 (statistics, which also zeroes the accumulator in the "
+           "workspace; dk/dv, which adds each key block's dq to it; the dq "
+           "conversion): 10 products per pair, the order of dq's sums "
+           "varying between runs. On sm_90a the wgmma dk/dv kernel computes "
+           "dq^T = K^T dS^T and adds it from registers with "
+           "red.global.add.v4.f32 into chunks of its query blocks: "
+           "1.05-1.18x the deterministic kernels (H200, docs/performance.md, "
+           "backward run 22), and what the PyTorch path runs on Hopper "
+           "unless torch.use_deterministic_algorithms(True) is set. On "
+           "sm_90 the portable dk/dv kernel adds it with bulk reductions "
+           "(cp.reduce.async.bulk): 0.92-1.03x the deterministic kernels "
+           "(backward runs 8-10). On sm_80 (no bulk reductions) false is "
+           "true">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,
@@ -258,10 +262,10 @@ def DiffAttnToWgmmaKernels
     strategy, and the manifest's `launch.strategy` records which made each
     kernel: the decode form (`kv_len`, with or without `lse`; the split-KV
     kernels, whose Hopper version must first be measured faster),
-    `diffattn.v2_paged`, and `diffattn.v2_backward` with
-    `deterministic=false`. `diffattn.v2_backward` (deterministic) gets
-    wgmma statistics, dq and dk/dv kernels (docs/training.md), with the
-    portable statistics kernel when it has `kv_len`. Configurations neither
+    and `diffattn.v2_paged`. `diffattn.v2_backward` gets wgmma
+    statistics, dq and dk/dv kernels (docs/training.md), with the portable
+    statistics kernel when it has `kv_len`; with `deterministic=false`
+    wgmma statistics, dk/dv (with dq) and dq-conversion kernels. Configurations neither
     supports (V1, f32, head dimensions other than 64 and 128, Dv != D) are
     diagnosed, as are tile options out of range.
   }];

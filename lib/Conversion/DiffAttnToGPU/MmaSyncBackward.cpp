@@ -118,7 +118,12 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       [&](Value row, Value col) { return tileIndex({}, row, col); }, blockQ, dv,
       tid, plan.threads());
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
-  if (stats && reduceDq)
+  if (stats && reduceDq && dqChunkRows)
+    zeroDqChunks(*this, args.workspace,
+                 dqAccumulatorOffset(*this, seqQ, plan.pairs), batch, row0,
+                 rowsValid, pairOf, queryRowOf, seqQ, tid, plan.threads(),
+                 plan.pairs, dqChunkRows, 2 * plan.headDim * dqChunkRows);
+  else if (stats && reduceDq)
     zeroDqAccumulator(*this, args.workspace,
                       dqAccumulatorOffset(*this, seqQ, plan.pairs), batch, row0,
                       rowsValid, pairOf, queryRowOf, seqQ, tid, plan.threads(),
@@ -615,15 +620,19 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   // kv_len[b] lies in [0, Sk] (a device-side assertion, which in a wgmma
   // kernel would serialise its products); the wgmma kernels clamp it.
   bool wgmmaStats = wgmmaKernels && !plan.attn.hasKvLen;
+  // The wgmma kernels' accumulator: chunks of the dk/dv kernel's query
+  // blocks in its fragment order (WgmmaBackward.cpp).
+  int64_t dqChunkRows = wgmmaKernels && reduceDq ? wgmmaKeyPlan.blockQ : 0;
   auto stats =
       createKernelFunc(rewriter, loc, name + "_stats", argTypes,
                        wgmmaStats ? wgmmaStatsPlan.threads() : plan.threads());
   if (wgmmaStats) {
     wgmma::buildBackwardRowKernel(rewriter, loc, stats, wgmmaStatsPlan,
-                                  /*stats=*/true, reduceDq);
+                                  /*stats=*/true, dqChunkRows);
   } else {
     BackwardBuilder builder(rewriter, loc, plan);
     builder.reduceDq = reduceDq;
+    builder.dqChunkRows = dqChunkRows;
     builder.buildRowKernel(stats, /*stats=*/true);
   }
   rewriter.setInsertionPointAfter(stats);
@@ -650,14 +659,20 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   if (reduceDq) {
     rewriter.setInsertionPointAfter(dkdv);
     dq = createKernelFunc(rewriter, loc, name + "_dq_convert", argTypes,
-                          plan.threads());
-    BackwardBuilder(rewriter, loc, plan).buildDqConvertKernel(dq);
+                          dqChunkRows ? 2 * wgmma::kWarpgroupThreads
+                                      : plan.threads());
+    if (dqChunkRows)
+      wgmma::buildBackwardDqConvertKernel(rewriter, loc, dq, wgmmaKeyPlan);
+    else
+      BackwardBuilder(rewriter, loc, plan).buildDqConvertKernel(dq);
   }
 
   // The launch rule: three stages sharing the parameters (the buffers, the
   // workspace, B, Sq, Sk) and the workspace of one record per (b, pair, i),
   // B x Sq x H x kStatWidth f32, then, in the accumulating formulation,
-  // the dq accumulator, B x H x Sq x 2 D f32 (MmaSyncBackwardDq.cpp).
+  // the dq accumulator, B x H x Sq x 2 D f32 (MmaSyncBackwardDq.cpp; the
+  // wgmma kernels' chunks need Sq rounded up to their query blocks, which
+  // the workspace's rows are then).
   Builder &b = rewriter;
   SmallVector<StringRef> buffers(sig.buffers);
   buffers.push_back("workspace");
@@ -695,7 +710,16 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                    keyStage}
           : SmallVector<Attribute>{
                 statsStage, keyStage,
-                stage(dq.getName(), rowBlocks, 0, plan.threads())};
+                dqChunkRows
+                    ? stage(dq.getName(),
+                            b.getDictionaryAttr(b.getNamedAttr(
+                                "product",
+                                b.getArrayAttr(
+                                    {ceilDivRule(b, "Sq", dqChunkRows, 1),
+                                     b.getI64IntegerAttr(
+                                         plan.pairsPerGroup())}))),
+                            0, 2 * wgmma::kWarpgroupThreads)
+                    : stage(dq.getName(), rowBlocks, 0, plan.threads())};
   int64_t workspacePerRow =
       plan.pairs * kStatWidth + (reduceDq ? plan.queryHeads * d : 0);
   DictionaryAttr launch = b.getDictionaryAttr(
@@ -712,7 +736,13 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                {b.getNamedAttr("dtype", b.getStringAttr("f32")),
                 b.getNamedAttr(
                     "product",
-                    b.getArrayAttr({batches, ceilDivRule(b, "Sq", 1, 1)})),
+                    dqChunkRows
+                        // B x ceil(Sq / chunk rows) x chunk rows.
+                        ? b.getArrayAttr({batches,
+                                          ceilDivRule(b, "Sq", dqChunkRows, 1),
+                                          b.getI64IntegerAttr(dqChunkRows)})
+                        : b.getArrayAttr(
+                              {batches, ceilDivRule(b, "Sq", 1, 1)})),
                 b.getNamedAttr("times",
                                b.getI64IntegerAttr(workspacePerRow))}))});
   replaceWithGPUKernel(rewriter, kernel, desc, stats, launch);

@@ -129,6 +129,23 @@ void zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace, Value accBase,
                        function_ref<Value(Value)> queryRowOf, Value seqQ,
                        Value tid, int64_t threads, int64_t pairs,
                        int64_t headDim);
+/// The sm_90a accumulating kernels' accumulator (WgmmaBackward.cpp) is
+/// instead a chunk of `chunkFloats` f32 per (batch, pair, block of
+/// `chunkRows` query rows) in the dk/dv kernel's fragment order, chunk
+/// ((batch * pairs + pair) * ceil(Sq / chunkRows) + qBlock): its element
+/// offset (the workspace holds B x roundup(Sq, chunkRows) rows).
+Value dqChunkOffset(GPUKernelBuilder &kb, Value accBase, Value batch,
+                    Value pair, Value qBlock, Value seqQ, int64_t pairs,
+                    int64_t chunkRows, int64_t chunkFloats);
+/// Zeroes the chunks that start in group rows row0 .. row0 + rows - 1 of a
+/// row kernel's CTA (a chunk starts at a query row that is a multiple of
+/// chunkRows): every chunk once, over the row kernels' grid.
+void zeroDqChunks(GPUKernelBuilder &kb, Value workspace, Value accBase,
+                  Value batch, Value row0, Value rows,
+                  function_ref<Value(Value)> pairOf,
+                  function_ref<Value(Value)> queryRowOf, Value seqQ, Value tid,
+                  int64_t threads, int64_t pairs, int64_t chunkRows,
+                  int64_t chunkFloats);
 /// One thread's bulk reduction of `bytes` (index) of staged f32 rows at
 /// shared address `source` (index) into the accumulator at element
 /// `target` of `workspace` (cp.reduce.async.bulk .add.f32), committed as a
@@ -155,6 +172,10 @@ public:
   /// key block's dS K to it with bulk reductions, buildDqConvertKernel
   /// writes dq.
   bool reduceDq = false;
+  /// With reduceDq, the sm_90a kernels' chunked accumulator
+  /// (dqChunkOffset) of this many query rows per chunk (0: the rows
+  /// layout), whose chunks the statistics kernel zeroes.
+  int64_t dqChunkRows = 0;
 
 private:
   BackwardArgs readArgs(Block &entry) {

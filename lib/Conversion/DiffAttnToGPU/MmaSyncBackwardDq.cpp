@@ -90,6 +90,57 @@ void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
       });
 }
 
+Value mma_sync::dqChunkOffset(GPUKernelBuilder &kb, Value accBase, Value batch,
+                              Value pair, Value qBlock, Value seqQ,
+                              int64_t pairs, int64_t chunkRows,
+                              int64_t chunkFloats) {
+  Value blocks = kb.div(kb.add(seqQ, chunkRows - 1), chunkRows);
+  Value chunk =
+      kb.add(kb.mul(kb.add(kb.mul(batch, pairs), pair), blocks), qBlock);
+  return kb.add(accBase, kb.mul(chunk, chunkFloats));
+}
+
+void mma_sync::zeroDqChunks(GPUKernelBuilder &kb, Value workspace,
+                            Value accBase, Value batch, Value row0, Value rows,
+                            function_ref<Value(Value)> pairOf,
+                            function_ref<Value(Value)> queryRowOf, Value seqQ,
+                            Value tid, int64_t threads, int64_t pairs,
+                            int64_t chunkRows, int64_t chunkFloats) {
+  // Per row of the tile (a uniform loop): a chunk starts there when its
+  // query row is a multiple of chunkRows; the CTA zeroes it with 16-byte
+  // stores (the accumulator starts 16-byte aligned, chunks are multiples
+  // of 4 f32).
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  auto zeros = arith::ConstantOp::create(
+      b, loc,
+      DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
+  scf::ForOp::create(
+      b, loc, kb.idx(0), rows, kb.idx(1), ValueRange{},
+      [&](OpBuilder &, Location, Value r, ValueRange) {
+        Value row = kb.add(row0, r);
+        Value query = queryRowOf(row);
+        kb.ifThen(kb.cmp(arith::CmpIPredicate::eq, kb.rem(query, chunkRows),
+                         kb.idx(0)),
+                  [&] {
+                    Value chunk = dqChunkOffset(kb, accBase, batch, pairOf(row),
+                                                kb.div(query, chunkRows), seqQ,
+                                                pairs, chunkRows, chunkFloats);
+                    scf::ForOp::create(
+                        b, loc, kb.mul(tid, 4), kb.idx(chunkFloats),
+                        kb.idx(4 * threads), ValueRange{},
+                        [&](OpBuilder &, Location, Value i, ValueRange) {
+                          vector::StoreOp::create(b, loc, zeros, workspace,
+                                                  ValueRange{kb.add(chunk, i)},
+                                                  /*nontemporal=*/false,
+                                                  llvm::Align(16));
+                          scf::YieldOp::create(b, loc);
+                        });
+                  });
+        scf::YieldOp::create(b, loc);
+      });
+}
+
 void mma_sync::addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
                            Value source, Value bytes) {
   OpBuilder &b = kb.b;

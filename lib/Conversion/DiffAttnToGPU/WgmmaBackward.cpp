@@ -25,17 +25,20 @@
 // (WgmmaFragments.cpp), for the reasons given there.
 //
 // The accumulating formulation (deterministic = false; FlashAttention-2's
-// Algorithm 2 with FlashAttention-3's bulk reductions, as the portable
-// MmaSyncBackwardDq.cpp) also computes each block's dq here, so that no dq
-// kernel recomputes S and G (10 S-sized products per pair instead of 13):
-// each warpgroup stores its keys' dS^T of both heads with stmatrix.trans
-// as dS tiles (queries as rows, K-major over the CTA's 128 keys); after a
-// CTA barrier warpgroup w issues dq_w^T = K^T dS_w^T (wgmma m64n{blockQ}k16
-// with A = K MN-major, imm-trans-a, one product per 64 columns of D)
-// beside dk's products, stages the f32 result as the accumulator's rows in
-// one of two buffers, and after the block's closing barrier thread 0 adds
-// them to the workspace's accumulator with one bulk reduction
-// (cp.reduce.async.bulk .add.f32).
+// Algorithm 2, dq accumulated in f32) also computes each block's dq here,
+// so that no dq kernel recomputes S and G (10 S-sized products per pair
+// instead of 13): each warpgroup stores its keys' dS^T of both heads with
+// stmatrix.trans as dS tiles (queries as rows, K-major over the CTA's 128
+// keys); after a CTA barrier warpgroup w issues dq_w^T = K^T dS_w^T (wgmma
+// m64n{blockQ}k16 with A = K MN-major, imm-trans-a, one product per 64
+// columns of D) beside dk's products and adds the f32 result from its
+// registers to the workspace's accumulator with red.global.add.v4.f32:
+// the accumulator is a chunk per (batch, pair, query block) in the
+// accumulators' fragment order, so that every reduction is 16 contiguous
+// bytes per thread and 512 per warp (FlashAttention-3 stages dq in shared
+// memory for a bulk reduction instead: measured 0.96-1.01x this on an
+// H200, backward run 21, docs/performance.md). The conversion kernel
+// (buildDqConvertKernel) reads the chunks back in the same order.
 //
 //===----------------------------------------------------------------------===//
 
@@ -72,8 +75,7 @@ void BackwardBuilder::loadFirstBlock(Value count,
 
 SmallVector<Value> BackwardBuilder::pipelineBlocks(
     Value count, ValueRange init, function_ref<void(Value, Value)> load,
-    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-    function_ref<void(Value)> after) {
+    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body) {
   auto loop = scf::ForOp::create(
       b, loc, idx(0), count, idx(1), init,
       [&](OpBuilder &, Location, Value j, ValueRange carried) {
@@ -93,8 +95,6 @@ SmallVector<Value> BackwardBuilder::pipelineBlocks(
         gpu::BarrierOp::create(b, loc);
         SmallVector<Value> results = body(j, stage, carried);
         gpu::BarrierOp::create(b, loc);
-        if (after)
-          after(j);
         scf::YieldOp::create(b, loc, results);
       });
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
@@ -178,30 +178,88 @@ SmallVector<Value> BackwardBuilder::dqDescriptors(int64_t kOffset,
   return descriptors;
 }
 
-void BackwardBuilder::stageDq(ArrayRef<Value> products, Value sDQ,
-                              Value buffer) {
-  // dq^T's accumulator rows are D columns (16 warpInGroup + lane / 4, + 8,
-  // of each span), its columns query rows (8 nt + 2 (lane % 4), + 1):
-  // column w D + d of query row q of the staged [blockQ, 2 D] rows.
+Value BackwardBuilder::dqFragmentOffset(int64_t i) {
+  return mul(add(add(idx(i * 2 * kWarpgroupThreads),
+                     mul(warpgroup, kWarpgroupThreads)),
+                 groupThread),
+             4);
+}
+
+void BackwardBuilder::addDqFromRegisters(ArrayRef<Value> products,
+                                         Value workspace, Value chunk) {
   int64_t qTiles = plan.blockQ / 8;
-  Value colLane = mul(rem(lane, 4), 2);
+  Value basePtr =
+      memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace);
   for (size_t span = 0; span < products.size(); ++span) {
     SmallVector<Acc> acc = readAccumulators(products[span], qTiles);
     fenceTiles(acc);
-    for (int64_t nt = 0; nt < qTiles; ++nt)
-      for (int64_t e = 0; e < 4; ++e) {
-        Value column = add(mul(warpgroup, plan.headDim),
-                           add(mul(warpInGroup, 16),
-                               add(div(lane, 4), span * kSpan + 8 * (e / 2))));
-        Value query = add(colLane, nt * 8 + e % 2);
-        memref::StoreOp::create(
-            b, loc, acc[nt][e], sDQ,
-            ValueRange{buffer, query,
-                       mma_sync::dqSwizzledColumn(*this, column, query)});
-      }
+    for (int64_t nt = 0; nt < qTiles; ++nt) {
+      Value address = add(
+          basePtr, mul(add(chunk, dqFragmentOffset(span * qTiles + nt)), 4));
+      SmallVector<Value> operands = {
+          arith::IndexCastOp::create(b, loc, b.getI64Type(), address)};
+      operands.append(acc[nt].begin(), acc[nt].end());
+      // No NVVM op expresses a vector reduction (PTX ISA "red": .v4.f32
+      // on sm_90); the global address converted from generic.
+      LLVM::InlineAsmOp::create(
+          b, loc, TypeRange(), operands,
+          "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
+          "red.global.add.v4.f32 [g], {$1, $2, $3, $4};\n}",
+          "l,f,f,f,f", /*has_side_effects=*/true, /*is_align_stack=*/false,
+          LLVM::tailcallkind::TailCallKind::None,
+          LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+          /*operand_attrs=*/ArrayAttr());
+    }
   }
-  // Generic-proxy writes that the bulk reduction (async proxy) reads.
-  fenceAsyncProxy();
+}
+
+void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  mma_sync::BackwardArgs args =
+      mma_sync::readBackwardArgs(entry, plan.attn.hasKvLen);
+  int64_t blockQ = plan.blockQ, d = plan.headDim, ppg = plan.pairsPerGroup();
+  int64_t qTiles = blockQ / 8, chunkFloats = 2 * d * blockQ;
+  setThreadIndices();
+  // CTA (x, kvHead, batch): query block x / ppg of pair kvHead ppg + x %
+  // ppg; thread (warpgroup w, groupThread) holds head 2 pair + w's values
+  // as the dk/dv kernel's thread of the same index did.
+  Value x = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  Value qBlock = divRemU32(x, idx(ppg), /*remainder=*/false);
+  Value pair = add(mul(kvHead, ppg), divRemU32(x, idx(ppg), true));
+  Value q0 = mul(qBlock, blockQ);
+  Value chunk = mma_sync::dqChunkOffset(
+      *this, mma_sync::dqAccumulatorOffset(*this, args.seqQ, plan.pairs), batch,
+      pair, qBlock, args.seqQ, plan.pairs, blockQ, chunkFloats);
+  Value head = add(mul(pair, 2), warpgroup);
+  Value colLane = mul(rem(lane, 4), 2);
+  Value scale = f32(plan.attn.scale);
+  auto f32x4 = VectorType::get({4}, b.getF32Type());
+  for (int64_t span = 0; span < d / kSpan; ++span)
+    for (int64_t nt = 0; nt < qTiles; ++nt) {
+      Value quad = vector::LoadOp::create(
+          b, loc, f32x4, args.workspace,
+          ValueRange{add(chunk, dqFragmentOffset(span * qTiles + nt))},
+          /*nontemporal=*/false, llvm::Align(16));
+      // Value e: D column 64 span + 16 warpInGroup + lane / 4 + 8 (e / 2),
+      // query row q0 + 8 nt + colLane + e % 2 (wgmma m64nN D fragment).
+      for (int64_t c = 0; c < 2; ++c) {
+        Value query = add(add(q0, colLane), nt * 8 + c);
+        ifThen(cmp(arith::CmpIPredicate::slt, query, args.seqQ), [&] {
+          Value row = add(
+              mul(add(mul(batch, args.seqQ), query), plan.queryHeads), head);
+          for (int64_t hi = 0; hi < 2; ++hi) {
+            Value column = add(add(mul(warpInGroup, 16), div(lane, 4)),
+                               span * kSpan + 8 * hi);
+            Value value = vector::ExtractOp::create(b, loc, quad, 2 * hi + c);
+            storeAs(args.dq, fmul(value, scale), add(mul(row, d), column));
+          }
+        });
+      }
+    }
+  gpu::ReturnOp::create(b, loc);
 }
 
 void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
@@ -254,14 +312,11 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
                              {plan.stages, vSpans, blockQ, kSpan}, elem);
   Value sStat = sharedViewAt(add(base, idx(layout.stat)),
                              {plan.stages, blockQ, kStatWidth}, b.getF32Type());
-  // The accumulating formulation's staging buffers and accumulator.
-  Value sDQ = reduceDq ? sharedViewAt(add(base, idx(layout.dqStage)),
-                                      {2, blockQ, 2 * d}, b.getF32Type())
-                       : Value();
+  // The accumulating formulation's accumulator and its chunks.
+  int64_t chunkFloats = 2 * d * blockQ;
   Value accBase = reduceDq
                       ? mma_sync::dqAccumulatorOffset(*this, seqQ, plan.pairs)
                       : Value();
-  Value thread0 = cmp(arith::CmpIPredicate::eq, tid, idx(0));
 
   // K and V of the CTA's keys; keys past kv_len are zero-filled (whatever
   // the cache holds there must not reach G^T: 0 * NaN).
@@ -430,13 +485,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         SmallVector<Value> dqProducts;
         if (reduceDq) {
-          // Thread 0's bulk reduction of block j - 2 has read staging
-          // buffer j % 2; after the barrier every warpgroup's dS is in
-          // shared memory, and dq_w^T = K^T dS_w^T runs beside dk's
-          // products.
-          ifThen(thread0, [&] {
-            NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 1, b.getUnitAttr());
-          });
+          // After the barrier every warpgroup's dS is in shared memory;
+          // dq_w^T = K^T dS_w^T runs beside dk's products.
           gpu::BarrierOp::create(b, loc);
           NVVM::WgmmaFenceAlignedOp::create(b, loc);
           for (int64_t span = 0; span < dSpans; ++span)
@@ -445,8 +495,13 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         }
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-        if (reduceDq)
-          stageDq(dqProducts, sDQ, rem(j, 2));
+        if (reduceDq) {
+          auto [pair, q0] = blockOf(j);
+          addDqFromRegisters(dqProducts, args.workspace,
+                             mma_sync::dqChunkOffset(
+                                 *this, accBase, batch, pair, div(q0, blockQ),
+                                 seqQ, plan.pairs, blockQ, chunkFloats));
+        }
         SmallVector<Value> aRegs(pvRegs);
         aRegs.append(dsRegs[0]);
         aRegs.append(dsRegs[1]);
@@ -459,35 +514,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (const Acc &t : dvAcc)
           results.append(t.begin(), t.end());
         return results;
-      },
-      [&](Value j) {
-        // After the closing barrier every warpgroup's dq rows of block j
-        // are staged: thread 0 adds them to the accumulator.
-        if (!reduceDq)
-          return;
-        ifThen(thread0, [&] {
-          auto [pair, q0] = blockOf(j);
-          Value rows = minI(idx(blockQ), sub(seqQ, q0));
-          int64_t stagedBytes = KeyKernelLayout::dqStageBytes(plan);
-          Value source = arith::IndexCastOp::create(
-              b, loc, b.getIndexType(),
-              arith::AddIOp::create(
-                  b, loc, baseAddress,
-                  arith::IndexCastOp::create(
-                      b, loc, b.getI64Type(),
-                      add(idx(layout.dqStage), mul(rem(j, 2), stagedBytes)))));
-          mma_sync::addStagedDq(
-              *this, args.workspace,
-              add(accBase, mma_sync::dqRowIndex(*this, batch, pair, q0, seqQ,
-                                                plan.pairs, d)),
-              source, mul(rows, 2 * d * 4));
-        });
       });
-  // Every bulk reduction has completed before the kernel ends.
-  if (reduceDq)
-    ifThen(thread0, [&] {
-      NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 0, UnitAttr());
-    });
 
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys (zero for
   // keys no query sees, and past kv_len).
@@ -509,4 +536,9 @@ void mlir::diffattn::wgmma::buildBackwardKeyKernel(OpBuilder &b, Location loc,
   BackwardBuilder builder(b, loc, plan);
   builder.reduceDq = reduceDq;
   builder.buildKeyKernel(func);
+}
+
+void mlir::diffattn::wgmma::buildBackwardDqConvertKernel(
+    OpBuilder &b, Location loc, gpu::GPUFuncOp func, const WgmmaPlan &plan) {
+  BackwardBuilder(b, loc, plan).buildDqConvertKernel(func);
 }

@@ -23,19 +23,16 @@ namespace mlir::diffattn::wgmma {
 /// q [2 heads, D / 64, blockQ, 64], dout [Dv / 64, blockQ, 64] and the
 /// records [blockQ, kStatWidth] f32; with `reduceDq` (the accumulating
 /// formulation) dS of both heads [2, blockK / 64, blockQ, 64] (K-major
-/// with keys as columns: the B operand of dq^T = K^T dS^T) and two staging
-/// buffers of a query block's dq [2, blockQ, 2 D] f32 (the accumulator's
-/// rows, MmaSyncBackwardBuilder.h).
+/// with keys as columns: the B operand of dq^T = K^T dS^T).
 struct KeyKernelLayout {
-  int64_t k = 0, v, q, dout, stat, ds, dqStage, end;
+  int64_t k = 0, v, q, dout, stat, ds, end;
   KeyKernelLayout(const WgmmaPlan &plan, bool reduceDq) {
     v = k + plan.blockK * plan.headDim * 2;
     q = v + plan.blockK * plan.valueDim * 2;
     dout = q + plan.stages * 2 * plan.blockQ * plan.headDim * 2;
     stat = dout + plan.stages * plan.blockQ * plan.valueDim * 2;
     ds = stat + plan.stages * plan.blockQ * mma_sync::kStatWidth * 4;
-    dqStage = ds + (reduceDq ? dsBytes(plan) : 0);
-    end = dqStage + (reduceDq ? 2 * dqStageBytes(plan) : 0);
+    end = ds + (reduceDq ? dsBytes(plan) : 0);
   }
   int64_t qStageBytes(const WgmmaPlan &plan) const {
     return 2 * plan.blockQ * plan.headDim * 2;
@@ -49,9 +46,6 @@ struct KeyKernelLayout {
   }
   static int64_t dsBytes(const WgmmaPlan &plan) {
     return 2 * dsHeadBytes(plan);
-  }
-  static int64_t dqStageBytes(const WgmmaPlan &plan) {
-    return plan.blockQ * 2 * plan.headDim * 4;
   }
 };
 
@@ -80,6 +74,14 @@ public:
   /// the dk/dv kernel adds each query block's dq_j = dS_j K_block to it
   /// (no dq kernel; MmaSyncBackwardDq.cpp's conversion kernel writes dq).
   bool reduceDq = false;
+  /// With reduceDq: the query rows of the accumulator's chunks (the dk/dv
+  /// kernel's blockQ), which the statistics kernel zeroes.
+  int64_t dqChunkRows = 0;
+  /// The accumulating formulation's conversion kernel: dq = scale x the
+  /// chunked accumulator (the dk/dv kernel's fragment order), rounded to
+  /// the element type; a CTA of 256 threads per (block of blockQ query
+  /// rows, pair).
+  void buildDqConvertKernel(gpu::GPUFuncOp func);
   /// The dq kernel, or with `stats` the statistics kernel.
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
 
@@ -98,12 +100,10 @@ private:
   /// threads); iteration j issues block j + 1's, waits for block j's, fences
   /// them for the async proxy and synchronises the CTA before `body(j, stage,
   /// carried)`, and synchronises it again after (the stage is free once
-  /// every warpgroup's products have read it), then calls `after(j)` if
-  /// given. Returns the loop's results.
+  /// every warpgroup's products have read it). Returns the loop's results.
   SmallVector<Value> pipelineBlocks(
       Value count, ValueRange init, function_ref<void(Value, Value)> load,
-      function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-      function_ref<void(Value)> after = nullptr);
+      function_ref<SmallVector<Value>(Value, Value, ValueRange)> body);
   /// The dk/dv kernel's part of the accumulating formulation
   /// (WgmmaBackward.cpp). storeDsTiles writes the warpgroup's dS^T of both
   /// heads (`dsRegs`, packed as packProbabilities makes them: keys as rows)
@@ -115,11 +115,17 @@ private:
   /// interleaved per k16 step over the CTA's keys.
   SmallVector<Value> dqDescriptors(int64_t kOffset, int64_t dsOffset,
                                    int64_t span);
-  /// Stores the dq^T accumulators (`products`, one per span of D) of query
-  /// block j into the staging buffer `sDQ[buffer]` as the accumulator's
-  /// rows ([blockQ, 2 D] f32, swizzled by query row: q0 is a multiple of
-  /// 8), then fence.proxy.async.
-  void stageDq(ArrayRef<Value> products, Value sDQ, Value buffer);
+  /// The f32 offset within a dq chunk of value 4 i .. 4 i + 3 of this
+  /// thread's dq^T accumulators (i = span x blockQ / 8 + tile): the chunk
+  /// in fragment order, [i][warpgroup][thread of the warpgroup][4], so that
+  /// a warp's 16-byte accesses are 512 contiguous bytes.
+  Value dqFragmentOffset(int64_t i);
+  /// Adds the dq^T accumulators (`products`, one per span of D) to the
+  /// chunk at f32 `chunk` of `workspace` in fragment order, 16 bytes per
+  /// red.global.add.v4.f32 (a warp's 512 contiguous bytes per
+  /// instruction).
+  void addDqFromRegisters(ArrayRef<Value> products, Value workspace,
+                          Value chunk);
   /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
   /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
   /// both K-major, per k16 step over `kDim` columns, interleaved (the form

@@ -129,13 +129,13 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   loadFirstBlock(numBlocks, load);
   // The accumulating formulation: the dk/dv kernel, launched next, adds
   // every key block's dq of these rows to their accumulator rows.
-  if (stats && reduceDq)
-    mma_sync::zeroDqAccumulator(
+  if (stats && dqChunkRows)
+    mma_sync::zeroDqChunks(
         *this, args.workspace,
         mma_sync::dqAccumulatorOffset(*this, seqQ, plan.pairs), batch,
         tile.row0, tile.rowsValid, [&](Value r) { return pairOf(r); },
         [&](Value r) { return queryRowOf(r); }, seqQ, tid, threads, plan.pairs,
-        d);
+        dqChunkRows, 2 * d * dqChunkRows);
 
   // The thread's two rows: validity, query row, pair, and what the
   // probabilities need: -lse log2 e of the head (the odd one in the
@@ -332,8 +332,9 @@ int64_t mlir::diffattn::wgmma::backwardRowSharedBytes(const WgmmaPlan &plan,
 void mlir::diffattn::wgmma::buildBackwardRowKernel(OpBuilder &b, Location loc,
                                                    gpu::GPUFuncOp func,
                                                    const WgmmaPlan &plan,
-                                                   bool stats, bool reduceDq) {
+                                                   bool stats,
+                                                   int64_t dqChunkRows) {
   BackwardBuilder builder(b, loc, plan);
-  builder.reduceDq = reduceDq;
+  builder.dqChunkRows = dqChunkRows;
   builder.buildRowKernel(func, stats);
 }

@@ -295,16 +295,22 @@ void buildBackwardKeyKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
                             const WgmmaPlan &plan, bool reduceDq);
 /// Its dynamic shared memory (bytes).
 int64_t backwardKeySharedBytes(const WgmmaPlan &plan, bool reduceDq);
+/// The accumulating formulation's dq conversion on sm_90a (the dk/dv
+/// kernel's `plan`): grid (ceil(Sq / blockQ) x pairs per KV group, KV
+/// heads, B), 256 threads.
+void buildBackwardDqConvertKernel(OpBuilder &b, Location loc,
+                                  gpu::GPUFuncOp func, const WgmmaPlan &plan);
 /// The backward's statistics (`stats`) or dq kernel on sm_90a
 /// (WgmmaBackwardRows.cpp), over the portable row kernels' grid (64 group
 /// rows per CTA): `plan` gives blockK keys per block (64 for dq, whose
 /// warpgroup w computes head 2p + w; 64 for the statistics too, whose
 /// warpgroup w takes keys 32 w .. 32 w + 31 of each block), the stages (2),
-/// warps = 8, the element type, dimensions and heads. With `reduceDq` the
-/// statistics kernel also zeroes the f32 dq accumulator rows of its tile.
+/// warps = 8, the element type, dimensions and heads. With `dqChunkRows`
+/// (the accumulating formulation) the statistics kernel also zeroes the
+/// chunks of the f32 dq accumulator that start in its tile.
 void buildBackwardRowKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
                             const WgmmaPlan &plan, bool stats,
-                            bool reduceDq = false);
+                            int64_t dqChunkRows = 0);
 /// Its dynamic shared memory (bytes).
 int64_t backwardRowSharedBytes(const WgmmaPlan &plan, bool stats);
 

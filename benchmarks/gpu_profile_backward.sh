@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Nsight Compute profile of the backward's kernels (issue 15) at one
+# gpu_cases.BACKWARD_BENCH shape: the three kernels of one backward (speed
+# of light, pipes, warp states, memory), then the dk/dv kernel alone with
+# its SASS stall samples summarised by benchmarks/ncu_sass_summary.py.
+# Kernels come from DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py); the
+# package must be importable (PYTHONPATH). Extra arguments are compiler
+# options for the backward (e.g. --gpu-options=deterministic=false).
+#
+#   bash benchmarks/gpu_profile_backward.sh OUT_DIR NAME [CASE] [OPTION...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="$1"
+name="$2"
+case_index="${3:-0}"
+shift $(( $# >= 3 ? 3 : $# ))
+opts=()
+for o in "$@"; do opts+=("--options=$o"); done
+mkdir -p "$out"
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+rep="$out/$name"
+"$ncu" -k 'regex:diffattn_v2_backward' --launch-skip 3 --launch-count 3 \
+  --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
+  --section WarpStateStats --section LaunchStats --section Occupancy \
+  --section MemoryWorkloadAnalysis \
+  --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active \
+  --import-source no -f -o "$rep" \
+  python3 benchmarks/gpu_profile_backward.py --case "$case_index" "${opts[@]}" >"$rep.log" 2>&1
+"$ncu" -i "$rep.ncu-rep" --page details >"$rep-details.txt" 2>&1
+"$ncu" -k 'regex:_dkdv' --launch-skip 1 --launch-count 1 \
+  --section SourceCounters --section WarpStateStats --import-source no -f -o "$rep-dkdv" \
+  python3 benchmarks/gpu_profile_backward.py --case "$case_index" "${opts[@]}" >>"$rep.log" 2>&1
+"$ncu" -i "$rep-dkdv.ncu-rep" --page source --csv --print-source sass >"$rep-dkdv-sass.csv" 2>&1
+python3 benchmarks/ncu_sass_summary.py "$rep-dkdv-sass.csv" >"$rep-dkdv-sass-summary.txt" 2>&1
+rm -f "$rep-dkdv-sass.csv"
+grep -E "diffattn_v2_backward|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|gmma_cycles" \
+  "$rep-details.txt"
