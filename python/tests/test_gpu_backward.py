@@ -174,12 +174,18 @@ def test_autograd_on_cuda_matches_the_backward_op():
     q, k, v = (torch.randn(*s, device="cuda", dtype=torch.bfloat16).requires_grad_()
                for s in ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d)))
     lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16).requires_grad_()
-    out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
-    dout = torch.randn_like(out)
-    out.backward(dout)
-    with torch.no_grad():
-        _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
-        want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
+    # Bit-equality needs the deterministic kernels (on sm_90a the default
+    # accumulates dq in a varying order).
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
+        dout = torch.randn_like(out)
+        out.backward(dout)
+        with torch.no_grad():
+            _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
+            want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
     for t, w in zip((q, k, v, lam), want):
         assert torch.equal(t.grad, w)
 
@@ -219,3 +225,21 @@ def test_keys_past_kv_len_are_never_read():
             assert torch.equal(x, y), name
     for grads in (dirty, dirty_acc):
         assert not grads[1][1, lens[1]:].any() and not grads[2][1, lens[1]:].any()
+
+
+@pytest.mark.gpu
+def test_default_backward_kernels_follow_torch_determinism(monkeypatch):
+    # sm_90a: the accumulating kernels unless torch asks for deterministic
+    # algorithms; other targets: the deterministic kernels.
+    torch = _cuda_torch()
+    from diffattn import _torch
+
+    monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90a")
+    assert _torch.default_backward_options(0) == ACCUMULATE == _torch.ACCUMULATE_OPTIONS
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _torch.default_backward_options(0) == ()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90")
+    assert _torch.default_backward_options(0) == ()
