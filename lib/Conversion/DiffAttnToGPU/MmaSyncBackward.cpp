@@ -569,8 +569,8 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   plan.sharedBytes = rowShared(2);
   keyPlan.sharedBytes = keyShared;
   // The wgmma kernels (sm_90a) serve both formulations: the accumulating
-  // one replaces the dq kernel by products and bulk reductions in the dk/dv
-  // kernel (WgmmaBackward.cpp).
+  // one replaces the dq kernel by products and vector reductions
+  // (red.global.add.v4.f32) in the dk/dv kernel (WgmmaBackward.cpp).
   wgmma::WgmmaPlan wgmmaKeyPlan, wgmmaRowPlan, wgmmaStatsPlan;
   if (wgmmaKernels) {
     // sm_90a's row kernels: the portable ones' tiles of 64 group rows, two
