@@ -333,14 +333,16 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     key block: r accumulated in the first pass; in the second, the rows' dq
     accumulated (written once) and each key block's dk, dv added to their
     sums. `--diffattn-decompose` lowers it over all rows and keys at once
-    (the oracle, quadratic memory). On the GPU targets
-    the portable strategy (mma.sync; also for sm_90a) emits three kernels
-    launched in order over an f32 workspace of one 8-float record per (b,
-    pair, query row): row statistics (r, `D_j`, dlam), dq (per row block
-    over its key blocks) and dk/dv (per block of 64 keys over the query
-    blocks of every pair of its KV group),
-    none with atomics, so the gradients are deterministic; f16/bf16, D = Dv
-    = 64 or 128.
+    (the oracle, quadratic memory). The GPU strategies (mma.sync, and
+    wgmma on sm_90a) emit three kernels launched in order over an f32
+    workspace of one 8-float record per (b, pair, query row): row
+    statistics (r, `D_j`, dlam), dq (per row block over its key blocks)
+    and dk/dv (per block of keys over the query blocks of every pair of
+    its KV group), none with atomics, so the gradients are deterministic;
+    or, with the strategy option `deterministic=false` on sm_90 and
+    later, row statistics, dk/dv adding each block's dq to an f32
+    accumulator in the workspace, and dq's conversion (docs/training.md);
+    f16/bf16, D = Dv = 64 or 128.
   }];
 
   let arguments = (ins
