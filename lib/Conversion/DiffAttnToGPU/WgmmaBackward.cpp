@@ -476,17 +476,15 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         SmallVector<Value> dsRegs[2] = {packProbabilities(dsEven),
                                         packProbabilities(dsOdd)};
         // The accumulating formulation: dS of both heads to shared memory
-        // (before the registers become a product's operand).
-        if (reduceDq)
-          storeDsTiles(dsRegs, layout.ds);
-        NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        issueRegisterProduct(dsRegs[0], dkDesc[0], dk);
-        issueRegisterProduct(dsRegs[1], dkDesc[1], dk);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        // (before the registers become a product's operand); after the
+        // barrier every warpgroup's dS is there, and dq_w^T = K^T dS_w^T is
+        // committed before dk's products, so that its reductions run while
+        // dk's products do (ncu, backward run 24: with the reductions last
+        // in the block, the top of the next one stalled on their
+        // registers).
         SmallVector<Value> dqProducts;
         if (reduceDq) {
-          // After the barrier every warpgroup's dS is in shared memory;
-          // dq_w^T = K^T dS_w^T runs beside dk's products.
+          storeDsTiles(dsRegs, layout.ds);
           gpu::BarrierOp::create(b, loc);
           NVVM::WgmmaFenceAlignedOp::create(b, loc);
           for (int64_t span = 0; span < dSpans; ++span)
@@ -494,14 +492,19 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
                 issueSharedProduct(dqDesc[span], blockQ, /*transposeA=*/true));
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         }
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+        NVVM::WgmmaFenceAlignedOp::create(b, loc);
+        issueRegisterProduct(dsRegs[0], dkDesc[0], dk);
+        issueRegisterProduct(dsRegs[1], dkDesc[1], dk);
+        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         if (reduceDq) {
+          NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
           auto [pair, q0] = blockOf(j);
           addDqFromRegisters(dqProducts, args.workspace,
                              mma_sync::dqChunkOffset(
                                  *this, accBase, batch, pair, div(q0, blockQ),
                                  seqQ, plan.pairs, blockQ, chunkFloats));
         }
+        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
         SmallVector<Value> aRegs(pvRegs);
         aRegs.append(dsRegs[0]);
         aRegs.append(dsRegs[1]);
