@@ -118,16 +118,11 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
       [&](Value row, Value col) { return tileIndex({}, row, col); }, blockQ, dv,
       tid, plan.threads());
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
-  if (stats && reduceDq && dqChunkRows)
-    zeroDqChunks(*this, args.workspace,
-                 dqAccumulatorOffset(*this, seqQ, plan.pairs), batch, row0,
-                 rowsValid, pairOf, queryRowOf, seqQ, tid, plan.threads(),
-                 plan.pairs, dqChunkRows, 2 * plan.headDim * dqChunkRows);
-  else if (stats && reduceDq)
+  if (stats && reduceDq)
     zeroDqAccumulator(*this, args.workspace,
                       dqAccumulatorOffset(*this, seqQ, plan.pairs), batch, row0,
                       rowsValid, pairOf, queryRowOf, seqQ, tid, plan.threads(),
-                      plan.pairs, plan.headDim);
+                      plan.pairs, plan.headDim, dqChunkRows);
 
   // The thread's two rows: group row, validity, query row, pair, and their
   // row statistics (from lse and lam in the statistics kernel, from its

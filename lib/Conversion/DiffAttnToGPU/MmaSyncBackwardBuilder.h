@@ -120,15 +120,6 @@ Value dqRowIndex(GPUKernelBuilder &kb, Value batch, Value pair, Value query,
 /// Where column `column` (of the row's 2 D) of query row `query` is
 /// stored: its 8-column chunk XOR query % 8.
 Value dqSwizzledColumn(GPUKernelBuilder &kb, Value column, Value query);
-/// Zeroes the accumulator rows of group rows row0 .. row0 + rows - 1 of a
-/// row kernel's CTA (group row r: pair pairOf(r), query row queryRowOf(r)),
-/// 16-byte stores spread over the CTA's `threads` threads.
-void zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace, Value accBase,
-                       Value batch, Value row0, Value rows,
-                       function_ref<Value(Value)> pairOf,
-                       function_ref<Value(Value)> queryRowOf, Value seqQ,
-                       Value tid, int64_t threads, int64_t pairs,
-                       int64_t headDim);
 /// The sm_90a accumulating kernels' accumulator (WgmmaBackward.cpp) is
 /// instead a chunk of `chunkFloats` f32 per (batch, pair, block of
 /// `chunkRows` query rows) in the dk/dv kernel's fragment order, chunk
@@ -137,15 +128,19 @@ void zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace, Value accBase,
 Value dqChunkOffset(GPUKernelBuilder &kb, Value accBase, Value batch,
                     Value pair, Value qBlock, Value seqQ, int64_t pairs,
                     int64_t chunkRows, int64_t chunkFloats);
-/// Zeroes the chunks that start in group rows row0 .. row0 + rows - 1 of a
-/// row kernel's CTA (a chunk starts at a query row that is a multiple of
-/// chunkRows): every chunk once, over the row kernels' grid.
-void zeroDqChunks(GPUKernelBuilder &kb, Value workspace, Value accBase,
-                  Value batch, Value row0, Value rows,
-                  function_ref<Value(Value)> pairOf,
-                  function_ref<Value(Value)> queryRowOf, Value seqQ, Value tid,
-                  int64_t threads, int64_t pairs, int64_t chunkRows,
-                  int64_t chunkFloats);
+/// Zeroes the accumulator of group rows row0 .. row0 + rows - 1 of a row
+/// kernel's CTA (group row r: pair pairOf(r), query row queryRowOf(r)) with
+/// 16-byte stores spread over the CTA's `threads` threads: their rows, or
+/// with `chunkRows` (the chunked layout) the chunks that start in them.
+void zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace, Value accBase,
+                       Value batch, Value row0, Value rows,
+                       function_ref<Value(Value)> pairOf,
+                       function_ref<Value(Value)> queryRowOf, Value seqQ,
+                       Value tid, int64_t threads, int64_t pairs,
+                       int64_t headDim, int64_t chunkRows);
+/// The i64 generic address of f32 element `index` of the 1-D `workspace`,
+/// for inline PTX that converts it to a global one.
+Value workspaceAddress(GPUKernelBuilder &kb, Value workspace, Value index);
 /// One thread's bulk reduction of `bytes` (index) of staged f32 rows at
 /// shared address `source` (index) into the accumulator at element
 /// `target` of `workspace` (cp.reduce.async.bulk .add.f32), committed as a

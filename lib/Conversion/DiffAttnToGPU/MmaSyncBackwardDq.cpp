@@ -61,35 +61,6 @@ Value mma_sync::dqSwizzledColumn(GPUKernelBuilder &kb, Value column,
   return kb.add(kb.mul(chunk, 8), kb.rem(column, 8));
 }
 
-void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
-                                 Value accBase, Value batch, Value row0,
-                                 Value rows, function_ref<Value(Value)> pairOf,
-                                 function_ref<Value(Value)> queryRowOf,
-                                 Value seqQ, Value tid, int64_t threads,
-                                 int64_t pairs, int64_t headDim) {
-  // Each row's two heads are 2 D contiguous f32: 2 D / 4 16-byte chunks
-  // (aligned: the workspace's base is, and the records before the
-  // accumulator are a multiple of 8 f32).
-  OpBuilder &b = kb.b;
-  Location loc = kb.loc;
-  int64_t chunks = 2 * headDim / 4;
-  auto zeros = arith::ConstantOp::create(
-      b, loc,
-      DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
-  scf::ForOp::create(
-      b, loc, tid, kb.mul(rows, chunks), kb.idx(threads), ValueRange{},
-      [&](OpBuilder &, Location, Value i, ValueRange) {
-        Value r = kb.add(row0, kb.div(i, chunks));
-        Value index = kb.add(
-            kb.add(accBase, dqRowIndex(kb, batch, pairOf(r), queryRowOf(r),
-                                       seqQ, pairs, headDim)),
-            kb.mul(kb.rem(i, chunks), 4));
-        vector::StoreOp::create(b, loc, zeros, workspace, ValueRange{index},
-                                /*nontemporal=*/false, llvm::Align(16));
-        scf::YieldOp::create(b, loc);
-      });
-}
-
 Value mma_sync::dqChunkOffset(GPUKernelBuilder &kb, Value accBase, Value batch,
                               Value pair, Value qBlock, Value seqQ,
                               int64_t pairs, int64_t chunkRows,
@@ -100,12 +71,16 @@ Value mma_sync::dqChunkOffset(GPUKernelBuilder &kb, Value accBase, Value batch,
   return kb.add(accBase, kb.mul(chunk, chunkFloats));
 }
 
-void mma_sync::zeroDqChunks(GPUKernelBuilder &kb, Value workspace,
-                            Value accBase, Value batch, Value row0, Value rows,
-                            function_ref<Value(Value)> pairOf,
-                            function_ref<Value(Value)> queryRowOf, Value seqQ,
-                            Value tid, int64_t threads, int64_t pairs,
-                            int64_t chunkRows, int64_t chunkFloats) {
+/// zeroDqAccumulator's chunked form: zeroes the chunks (of `chunkFloats`
+/// f32) that start in the tile's group rows (a chunk starts at a query row
+/// that is a multiple of chunkRows), so every chunk once over the row
+/// kernels' grid.
+static void zeroDqChunks(GPUKernelBuilder &kb, Value workspace, Value accBase,
+                         Value batch, Value row0, Value rows,
+                         function_ref<Value(Value)> pairOf,
+                         function_ref<Value(Value)> queryRowOf, Value seqQ,
+                         Value tid, int64_t threads, int64_t pairs,
+                         int64_t chunkRows, int64_t chunkFloats) {
   // Per row of the tile (a uniform loop): a chunk starts there when its
   // query row is a multiple of chunkRows; the CTA zeroes it with 16-byte
   // stores (the accumulator starts 16-byte aligned, chunks are multiples
@@ -141,17 +116,56 @@ void mma_sync::zeroDqChunks(GPUKernelBuilder &kb, Value workspace,
       });
 }
 
+void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
+                                 Value accBase, Value batch, Value row0,
+                                 Value rows, function_ref<Value(Value)> pairOf,
+                                 function_ref<Value(Value)> queryRowOf,
+                                 Value seqQ, Value tid, int64_t threads,
+                                 int64_t pairs, int64_t headDim,
+                                 int64_t chunkRows) {
+  if (chunkRows)
+    return zeroDqChunks(kb, workspace, accBase, batch, row0, rows, pairOf,
+                        queryRowOf, seqQ, tid, threads, pairs, chunkRows,
+                        2 * headDim * chunkRows);
+  // Each row's two heads are 2 D contiguous f32: 2 D / 4 16-byte chunks
+  // (aligned: the workspace's base is, and the records before the
+  // accumulator are a multiple of 8 f32).
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
+  int64_t chunks = 2 * headDim / 4;
+  auto zeros = arith::ConstantOp::create(
+      b, loc,
+      DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
+  scf::ForOp::create(
+      b, loc, tid, kb.mul(rows, chunks), kb.idx(threads), ValueRange{},
+      [&](OpBuilder &, Location, Value i, ValueRange) {
+        Value r = kb.add(row0, kb.div(i, chunks));
+        Value index = kb.add(
+            kb.add(accBase, dqRowIndex(kb, batch, pairOf(r), queryRowOf(r),
+                                       seqQ, pairs, headDim)),
+            kb.mul(kb.rem(i, chunks), 4));
+        vector::StoreOp::create(b, loc, zeros, workspace, ValueRange{index},
+                                /*nontemporal=*/false, llvm::Align(16));
+        scf::YieldOp::create(b, loc);
+      });
+}
+
+Value mma_sync::workspaceAddress(GPUKernelBuilder &kb, Value workspace,
+                                 Value index) {
+  Value address = kb.add(
+      memref::ExtractAlignedPointerAsIndexOp::create(kb.b, kb.loc, workspace)
+          .getResult(),
+      kb.mul(index, 4));
+  return arith::IndexCastOp::create(kb.b, kb.loc, kb.b.getI64Type(), address);
+}
+
 void mma_sync::addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
                            Value source, Value bytes) {
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
-  Value targetAddress =
-      kb.add(memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace)
-                 .getResult(),
-             kb.mul(target, 4));
-  Type i32 = b.getI32Type(), i64 = b.getI64Type();
+  Type i32 = b.getI32Type();
   SmallVector<Value> operands = {
-      arith::IndexCastOp::create(b, loc, i64, targetAddress),
+      workspaceAddress(kb, workspace, target),
       arith::IndexCastOp::create(b, loc, i32, source),
       arith::IndexCastOp::create(b, loc, i32, bytes)};
   // No NVVM op expresses the non-tensor bulk reduction (PTX ISA

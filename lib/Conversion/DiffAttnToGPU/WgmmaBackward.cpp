@@ -188,16 +188,12 @@ Value BackwardBuilder::dqFragmentOffset(int64_t i) {
 void BackwardBuilder::addDqFromRegisters(ArrayRef<Value> products,
                                          Value workspace, Value chunk) {
   int64_t qTiles = plan.blockQ / 8;
-  Value basePtr =
-      memref::ExtractAlignedPointerAsIndexOp::create(b, loc, workspace);
   for (size_t span = 0; span < products.size(); ++span) {
     SmallVector<Acc> acc = readAccumulators(products[span], qTiles);
     fenceTiles(acc);
     for (int64_t nt = 0; nt < qTiles; ++nt) {
-      Value address = add(
-          basePtr, mul(add(chunk, dqFragmentOffset(span * qTiles + nt)), 4));
-      SmallVector<Value> operands = {
-          arith::IndexCastOp::create(b, loc, b.getI64Type(), address)};
+      SmallVector<Value> operands = {mma_sync::workspaceAddress(
+          *this, workspace, add(chunk, dqFragmentOffset(span * qTiles + nt)))};
       operands.append(acc[nt].begin(), acc[nt].end());
       // No NVVM op expresses a vector reduction (PTX ISA "red": .v4.f32
       // on sm_90); the global address converted from generic.
@@ -498,6 +494,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         if (reduceDq) {
           NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
+          // The block's pair and rows again, next to their use: reusing the
+          // body's changes ptxas's schedule of this 255-register kernel (not
+          // the validated PTX of H200 backward run 25).
           auto [pair, q0] = blockOf(j);
           addDqFromRegisters(dqProducts, args.workspace,
                              mma_sync::dqChunkOffset(

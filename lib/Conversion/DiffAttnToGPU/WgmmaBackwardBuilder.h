@@ -70,12 +70,12 @@ public:
   using WgmmaKernelBuilder::WgmmaKernelBuilder;
   void buildKeyKernel(gpu::GPUFuncOp func);
   /// The accumulating formulation (the strategy option deterministic =
-  /// false): the statistics kernel also zeroes the f32 dq accumulator and
-  /// the dk/dv kernel adds each query block's dq_j = dS_j K_block to it
-  /// (no dq kernel; MmaSyncBackwardDq.cpp's conversion kernel writes dq).
+  /// false) in the dk/dv kernel: it adds each query block's dq to the f32
+  /// accumulator's chunks (no dq kernel; buildDqConvertKernel writes dq).
   bool reduceDq = false;
-  /// With reduceDq: the query rows of the accumulator's chunks (the dk/dv
-  /// kernel's blockQ), which the statistics kernel zeroes.
+  /// The statistics kernel of the accumulating formulation: the query rows
+  /// of the accumulator's chunks (the dk/dv kernel's blockQ), which it
+  /// zeroes (0: none).
   int64_t dqChunkRows = 0;
   /// The accumulating formulation's conversion kernel: dq = scale x the
   /// chunked accumulator (the dk/dv kernel's fragment order), rounded to

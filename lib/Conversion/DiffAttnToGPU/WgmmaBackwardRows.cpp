@@ -130,12 +130,12 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   // The accumulating formulation: the dk/dv kernel, launched next, adds
   // every key block's dq of these rows to their accumulator rows.
   if (stats && dqChunkRows)
-    mma_sync::zeroDqChunks(
+    mma_sync::zeroDqAccumulator(
         *this, args.workspace,
         mma_sync::dqAccumulatorOffset(*this, seqQ, plan.pairs), batch,
         tile.row0, tile.rowsValid, [&](Value r) { return pairOf(r); },
         [&](Value r) { return queryRowOf(r); }, seqQ, tid, threads, plan.pairs,
-        dqChunkRows, 2 * d * dqChunkRows);
+        d, dqChunkRows);
 
   // The thread's two rows: validity, query row, pair, and what the
   // probabilities need: -lse log2 e of the head (the odd one in the
