@@ -348,29 +348,39 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           releaseKeys(j);
           auto [probabilities, factors, moved] =
               softmaxOf(scores, keyOf(j), head);
-          // P_{j-1} V_{j-1} has landed: rescale O, and only now overwrite the
-          // P registers it read.
-          NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-          keepLive(previousP);
-          release(sub(j, idx(1)));
-          fenceTiles(head.acc);
-          fenceTiles(probabilities);
           // Lazy rescaling mostly keeps the offsets (factors exactly 1):
           // skip the Dv / 2 multiplications then (a warp-uniform branch).
-          SmallVector<Value> flatAcc;
-          for (const Acc &t : head.acc)
-            flatAcc.append(t.begin(), t.end());
+          // Each side first waits for P_{j-1} V_{j-1} (which then releases
+          // V_{j-1} and lets O and the P registers it read be touched): with
+          // the wait inside the branches, which end the block that computes
+          // the softmax, ptxas keeps all of block j's exp2 above it (in one
+          // block with them it hoisted the wait over all but two), so they
+          // run while P_{j-1} V_{j-1} does: FlashAttention-3's
+          // intra-warpgroup overlap.
+          auto waitForPV = [&]() {
+            NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+            keepLive(previousP);
+            release(sub(j, idx(1)));
+            SmallVector<Acc> acc(head.acc);
+            fenceTiles(acc);
+            SmallVector<Value> flat;
+            for (const Acc &t : acc)
+              flat.append(t.begin(), t.end());
+            return flat;
+          };
           auto rescaled = scf::IfOp::create(
               b, loc, moved,
               [&](OpBuilder &, Location) {
+                SmallVector<Value> flatAcc = waitForPV();
                 SmallVector<Value> scaled;
                 for (size_t i = 0; i < flatAcc.size(); ++i)
                   scaled.push_back(fmul(flatAcc[i], factors[(i % 4) / 2]));
                 scf::YieldOp::create(b, loc, scaled);
               },
               [&](OpBuilder &, Location) {
-                scf::YieldOp::create(b, loc, flatAcc);
+                scf::YieldOp::create(b, loc, waitForPV());
               });
+          fenceTiles(probabilities);
           for (size_t t = 0; t < head.acc.size(); ++t)
             for (int64_t e = 0; e < 4; ++e)
               head.acc[t][e] = rescaled.getResult(t * 4 + e);
