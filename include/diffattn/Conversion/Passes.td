@@ -36,16 +36,18 @@ defvar DiffAttnGPUStrategyOptions = [
     Option<"blockK", "block-k", "int64_t", /*default=*/"0",
            "Keys per block (0: the default: 64 for D = 64; for D = 128, 32 "
            "with a causal-like mask, else 64; 16 per warp for split-KV; "
-           "wgmma: 192 for D = 64, else 128)">,
+           "wgmma: 192 for D = 64, else 128). Applies to the forward "
+           "kernels; diffattn.v2_backward's tiles are fixed "
+           "(docs/training.md)">,
     Option<"stages", "stages", "int64_t", /*default=*/"0",
            "K/V blocks per cp.async pipeline, stages - 1 of them in flight "
            "(0: the default: 2 for row blocks, 3 per warp for split-KV; "
            "wgmma: 2 or 3 K/V stages, 2 for D = 128 warp-specialised, else "
-           "3)">,
+           "3). Applies to the forward kernels, as block-k does">,
     Option<"warps", "warps", "int64_t", /*default=*/"0",
            "Warps per CTA, 4 or 8 (0: the default: 8 for D = 128 without a "
            "causal-like mask, else 4); a row-block CTA holds 16 rows per "
-           "warp">,
+           "warp. Applies to the forward kernels, as block-k does">,
     Option<"rescaleThreshold", "rescale-threshold", "double",
            /*default=*/"8",
            "Lazy softmax rescaling: move a row's offset (and rescale its "

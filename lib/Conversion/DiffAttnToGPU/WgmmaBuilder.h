@@ -211,11 +211,14 @@ protected:
   /// flight may read, must not be touched before their wait (ptxas would
   /// otherwise serialise the products or inject waits).
   SmallVector<Value> fenceOperands(ValueRange values);
-  /// Keeps the (i32) registers of `values` allocated up to this point: the
-  /// A operand of a product in flight until the wgmma.wait_group before
-  /// this. Otherwise ptxas may give them to values computed meanwhile (the
-  /// next block's probabilities) and must then wait for the product before
-  /// writing them, which serialises the softmax behind P V.
+  /// Keeps the (i32) values of `values` live in LLVM up to this point (an
+  /// empty asm statement with side effects that reads them): the A operand
+  /// of a product in flight until the wgmma.wait_group before this, so
+  /// that LLVM does not reuse its virtual registers before the wait. The
+  /// statement is empty in the PTX, so it does not constrain ptxas, which
+  /// allocates registers anew; what keeps ptxas from hoisting a
+  /// wgmma.wait_group above independent work is the block structure
+  /// (WgmmaKernel.cpp's key loop waits inside the rescale's branch).
   void keepLive(ValueRange values);
   /// fenceOperands over accumulator tiles, in place.
   void fenceTiles(SmallVectorImpl<Acc> &tiles);
