@@ -75,27 +75,25 @@ void BackwardBuilder::loadFirstBlock(Value count,
 
 SmallVector<Value> BackwardBuilder::pipelineBlocks(
     Value count, ValueRange init, function_ref<void(Value, Value)> load,
-    function_ref<SmallVector<Value>(Value, Value, ValueRange)> body) {
+    function_ref<SmallVector<Value>(Value, Value, ValueRange,
+                                    function_ref<void()>)>
+        body) {
   auto loop = scf::ForOp::create(
       b, loc, idx(0), count, idx(1), init,
       [&](OpBuilder &, Location, Value j, ValueRange carried) {
         Value stage = rem(j, plan.stages);
-        // The next block's copies go to the stage the previous iteration
-        // read (its closing barrier has passed); then this block's (and
-        // what was copied before block 0's) have landed once at most one
-        // group is pending.
-        Value next = add(j, idx(1));
-        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
-               [&] { load(next, rem(next, plan.stages)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, 1);
-        // The copies are generic-proxy writes that wgmma (async proxy)
-        // reads.
+        // Block j's copies (issued during block j - 1, or before block 0)
+        // have landed; the async proxy reads them.
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
         fenceAsyncProxy();
         gpu::BarrierOp::create(b, loc);
-        SmallVector<Value> results = body(j, stage, carried);
-        gpu::BarrierOp::create(b, loc);
-        scf::YieldOp::create(b, loc, results);
+        Value next = add(j, idx(1));
+        auto loadNext = [&] {
+          ifThen(cmp(arith::CmpIPredicate::slt, next, count),
+                 [&] { load(next, rem(next, plan.stages)); });
+          NVVM::CpAsyncCommitGroupOp::create(b, loc);
+        };
+        scf::YieldOp::create(b, loc, body(j, stage, carried, loadNext));
       });
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
   return loop.getResults();
@@ -368,7 +366,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   SmallVector<Value> init((dTiles + vTiles) * 4, f32(0.0f));
   SmallVector<Value> final = pipelineBlocks(
       count, init, load,
-      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
+      [&](Value j, Value stage, ValueRange carried,
+          function_ref<void()> loadNext) -> SmallVector<Value> {
         auto [pair, q0] = blockOf(j);
 
         // S_h^T = K q_h^T and G^T = V dout^T.
@@ -402,6 +401,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         Value g = issueSharedProduct(gDesc, blockQ);
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        loadNext();
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
         std::array<SmallVector<Acc>, 2> s = {readAccumulators(s0, qTiles),
                                              readAccumulators(s1, qTiles)};

@@ -96,14 +96,21 @@ private:
   /// and commits them with whatever was copied before.
   void loadFirstBlock(Value count, function_ref<void(Value, Value)> load);
   /// The two-stage cp.async pipeline over `count` blocks after
-  /// loadFirstBlock: `load(j, stage)` issues block j's copies (by all
-  /// threads); iteration j issues block j + 1's, waits for block j's, fences
-  /// them for the async proxy and synchronises the CTA before `body(j, stage,
-  /// carried)`, and synchronises it again after (the stage is free once
-  /// every warpgroup's products have read it). Returns the loop's results.
-  SmallVector<Value> pipelineBlocks(
-      Value count, ValueRange init, function_ref<void(Value, Value)> load,
-      function_ref<SmallVector<Value>(Value, Value, ValueRange)> body);
+  /// loadFirstBlock (`load(j, stage)` issues block j's copies, by all
+  /// threads): iteration j waits for block j's copies, fences them for the
+  /// async proxy and synchronises the CTA, then runs `body(j, stage,
+  /// carried, loadNext)`, which calls `loadNext()` once its first products
+  /// are issued: block j + 1's copies then go out while the tensor cores
+  /// work. Their stage was last read by block j - 1, whose products every
+  /// warpgroup waited for before the barrier (each body ends with
+  /// wgmma.wait_group 0), so no second barrier closes the iteration.
+  /// Returns the loop's results.
+  SmallVector<Value>
+  pipelineBlocks(Value count, ValueRange init,
+                 function_ref<void(Value, Value)> load,
+                 function_ref<SmallVector<Value>(Value, Value, ValueRange,
+                                                 function_ref<void()>)>
+                     body);
   /// The dk/dv kernel's part of the accumulating formulation
   /// (WgmmaBackward.cpp). storeDsTiles writes the warpgroup's dS^T of both
   /// heads (`dsRegs`, packed as packProbabilities makes them: keys as rows)

@@ -192,7 +192,8 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   SmallVector<Value> init(stats ? 2 : dTiles * 4, f32(0.0f));
   SmallVector<Value> final = pipelineBlocks(
       numBlocks, init, load,
-      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
+      [&](Value j, Value stage, ValueRange carried,
+          function_ref<void()> loadNext) -> SmallVector<Value> {
         Value key0 = add(lo, mul(j, blockK));
         Value kStage = add(idx(layout.k), mul(stage, blockK * d * 2));
         Value vStage = add(idx(layout.v), mul(stage, blockK * dv * 2));
@@ -210,6 +211,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         Value gAcc = issueSharedProduct(gDesc, groupKeys);
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+        loadNext();
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
         SmallVector<Acc> sc = readAccumulators(sAcc, kTiles);
         fenceTiles(sc);
