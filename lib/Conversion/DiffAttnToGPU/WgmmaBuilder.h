@@ -229,6 +229,26 @@ protected:
   /// One 32-bit A-operand register from two f32 probabilities.
   Value packPair(Value x, Value y);
 
+  // The tile's rows and keys (WgmmaTile.cpp).
+  /// The kernel's sequence arguments: Sq and Sk (with packed sequences the
+  /// longest), and with packed sequences cu_seqlens_q, cu_seqlens_k ([B +
+  /// 1] i32) and the packed token counts (null otherwise).
+  struct SequenceArgs {
+    Value seqQ, seqK, cuSeqQ, cuSeqK, totalQ, totalK;
+  };
+  /// Row blocks (of blockQ group rows) of a KV group of `queries` query
+  /// rows.
+  Value rowBlocksOf(Value queries);
+  /// Sets `tile`, keyLen, offset and threadRow for row block `qBlock` of KV
+  /// head `kvHead` of `batch`: row blocks run from the last to the first
+  /// under a causal-like mask (the longest tiles first); with packed
+  /// sequences the sequence's rows and keys come from cu_seqlens (bad
+  /// offsets give an empty sequence: the check kernel reports them) and a
+  /// tile past the sequence's rows is idle (ctaActive false, no key
+  /// block).
+  void setupTile(const SequenceArgs &sequences, Value qBlock, Value kvHead,
+                 Value batch);
+
   // The tile (WgmmaEpilogue.cpp).
   /// Pair (of the whole query-head range) and query row of group row `r`
   /// (r / Sq + the tile's first pair, r % Sq) in 32-bit arithmetic.
@@ -271,7 +291,7 @@ protected:
   std::array<Value, 2> threadRow;
   /// The thread's index in its warpgroup (0..127).
   Value groupThread;
-  /// The tile a CTA computes, set per tile by build(): a block of 64 rows
+  /// The tile a CTA computes, set per tile by setupTile: a block of 64 rows
   /// row0 .. row0 + rowsValid - 1 of the `groupRows` rows (pair-major) of
   /// KV head `kvHead` of `batch`, whose first query row and key sit at
   /// qRowBase and kRowBase of the (packed) tensors; seqQ and seqK are the

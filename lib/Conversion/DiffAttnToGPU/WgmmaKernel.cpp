@@ -1,12 +1,12 @@
 //===- WgmmaKernel.cpp - wgmma strategy: the kernel body ------------------===//
 //
 // The body of a Hopper (sm_90a) kernel (see WgmmaBuilder.h and the
-// DiffAttnToWgmmaKernels pass description): the tile setup, the Q copy, the
-// range of key blocks (shared with the tiled CPU lowering, KeyRange.h), the
-// pipeline over key blocks (cp.async, or a producer warpgroup with TMA and
-// mbarriers), S = Q Kᵀ and O += P V on wgmma, masking of the blocks that
-// straddle the mask and the online softmax (OnlineSoftmax.h); the
-// differential epilogue is in WgmmaEpilogue.cpp.
+// DiffAttnToWgmmaKernels pass description): the tile schedule, the Q copy,
+// the pipeline over key blocks (cp.async, or a producer warpgroup with TMA
+// and mbarriers), S = Q Kᵀ and O += P V on wgmma, masking of the blocks
+// that straddle the mask and the online softmax (OnlineSoftmax.h). A
+// tile's rows and key range are in WgmmaTile.cpp, the differential
+// epilogue in WgmmaEpilogue.cpp.
 //
 //===----------------------------------------------------------------------===//
 
@@ -80,68 +80,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value &seqQ = tile.seqQ, &seqK = tile.seqK;
   seqQ = seqQArg;
   seqK = seqKArg;
-  // Row blocks of a KV group of `queries` query rows.
-  auto rowBlocksOf = [&](Value queries) {
-    return div(add(mul(queries, plan.rowsPerQuery), blockQ - 1), blockQ);
-  };
-  auto setupTile = [&](Value qBlock, Value tileKvHead, Value tileBatch) {
-    kvHead = tileKvHead;
-    batch = tileBatch;
-    seqQ = seqQArg;
-    seqK = seqKArg;
-    // The first query row and key of the sequence in the (packed) tensors;
-    // with packed sequences, Sq and Sk become the sequence's own lengths.
-    if (attn.varlen) {
-      // Bad offsets give empty sequences here; the check kernel launched
-      // before this one raises the device-side assertion (SequenceCheck.h:
-      // a call to __assertfail in this kernel would serialise its wgmma).
-      std::tie(qRowBase, seqQ) = sequenceRange(cuSeqQ, batch, totalQ, seqQ, tid,
-                                               Value(), /*report=*/false);
-      std::tie(kRowBase, seqK) = sequenceRange(cuSeqK, batch, totalK, seqK, tid,
-                                               Value(), /*report=*/false);
-    } else {
-      qRowBase = mul(batch, seqQ);
-      kRowBase = mul(batch, seqK);
-    }
-    // The tile's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p *
-    // Sq + i (pair p of the group, query row i).
-    groupRows = mul(seqQ, plan.rowsPerQuery);
-    rowBlocks = rowBlocksOf(seqQ);
-    // Packed sequences: the tiles cover the longest sequence; tiles past
-    // this one's rows compute nothing and write nothing.
-    ctaActive = Value();
-    if (attn.varlen) {
-      ctaActive = cmp(arith::CmpIPredicate::ult, qBlock, rowBlocks);
-      qBlock = select(ctaActive, qBlock, idx(0));
-    }
-    // With a causal-like mask, row blocks go from the last rows to the
-    // first: the longest tiles start first.
-    if (attn.windowRight >= 0 && attn.windowLeft < 0)
-      qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
-    row0 = mul(qBlock, blockQ);
-    rowsValid = minI(idx(blockQ), sub(groupRows, row0));
-    if (ctaActive)
-      rowsValid = select(ctaActive, rowsValid, idx(0));
-    firstPair = mul(kvHead, plan.pairsPerGroup());
-    keyLen = buildKeyLength(b, loc, Value(), seqK);
-    offset = sub(keyLen, seqQ);
-    for (int64_t rr = 0; rr < 2; ++rr)
-      threadRow[rr] = queryRowOf(threadGroupRow(rr));
-    Value lastGlobal = sub(add(row0, rowsValid), idx(1));
-    Value onePair =
-        cmp(arith::CmpIPredicate::eq, pairOf(row0), pairOf(lastGlobal));
-    minRow = select(onePair, queryRowOf(row0), idx(0));
-    maxRow = select(onePair, queryRowOf(lastGlobal), sub(seqQ, idx(1)));
-    // Keys any row of the block may see: [lo, hi), lo on a block boundary.
-    std::tie(lo, hi) =
-        buildVisibleKeyBounds(b, loc, attn, minRow, maxRow, offset, keyLen);
-    lo = alignDownToBlock(b, loc, lo, blockK);
-    // An idle tile (packed sequences) runs no key block.
-    if (ctaActive)
-      hi = select(ctaActive, hi, lo);
-    numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
-                       div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
-  };
+  // The kernel's sequence arguments, from which setupTile (WgmmaTile.cpp)
+  // derives each tile's.
+  SequenceArgs sequences{seqQArg, seqKArg, cuSeqQ, cuSeqK, totalQ, totalK};
 
   int64_t kStride = plan.kvHeads * plan.headDim;
   int64_t vStride = plan.kvHeads * plan.valueDim;
@@ -423,7 +364,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // One tile per CTA (grid x: row blocks, y: KV heads, z: batch). Every
     // thread copies: Q and block 0 first, then block j + 1 while block j is
     // computed.
-    setupTile(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+    setupTile(sequences, gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
               gpu::BlockIdOp::create(b, loc, gpu::Dimension::y),
               gpu::BlockIdOp::create(b, loc, gpu::Dimension::z));
     pairHead = warpgroup;
@@ -525,7 +466,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         ValueRange{idx(0), idx(0)},
         [&](OpBuilder &, Location, Value t, ValueRange carried) {
           Value rest = arith::DivUIOp::create(b, loc, t, tileRowBlocks);
-          setupTile(arith::RemUIOp::create(b, loc, t, tileRowBlocks),
+          setupTile(sequences, arith::RemUIOp::create(b, loc, t, tileRowBlocks),
                     rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
           blockBase = carried[0];
           tileIndex = t;
