@@ -5,6 +5,7 @@ reductions; --gpu-options=deterministic=false). Compilation and argument
 checks run wherever the compiler does (CI); execution is marked `gpu` and
 skips without torch and a CUDA device (benchmarks/gpu_backward_check.py is
 the full check: 37 shapes, timing, training)."""
+import contextlib
 import json
 import os
 
@@ -116,6 +117,19 @@ def _cuda_torch():
     return torch
 
 
+@contextlib.contextmanager
+def _deterministic(torch):
+    """torch.use_deterministic_algorithms(True) inside the block (the
+    deterministic backward kernels, _torch.default_backward_options), the
+    earlier setting restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol,case", [
     ("bfloat16", 4e-2, (1, 77, 201, 8, 2, 64, True, (-1, -1), None)),
@@ -145,11 +159,8 @@ def test_gradients_match_reference(dtype, tol, case):
 
     # The deterministic kernels (what torch.use_deterministic_algorithms(True)
     # selects; the default elsewhere than sm_90a).
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic(torch):
         det, again = backward(), backward()
-    finally:
-        torch.use_deterministic_algorithms(False)
     grads = _torch.backward_cuda(q, k, v, lam, out, dout, lse, kl, causal, None, *window,
                                  options=ACCUMULATE)
     np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
@@ -176,16 +187,13 @@ def test_autograd_on_cuda_matches_the_backward_op():
     lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16).requires_grad_()
     # Bit-equality needs the deterministic kernels (on sm_90a the default
     # accumulates dq in a varying order).
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic(torch):
         out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
         dout = torch.randn_like(out)
         out.backward(dout)
         with torch.no_grad():
             _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
             want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
-    finally:
-        torch.use_deterministic_algorithms(False)
     for t, w in zip((q, k, v, lam), want):
         assert torch.equal(t.grad, w)
 
@@ -236,10 +244,7 @@ def test_default_backward_kernels_follow_torch_determinism(monkeypatch):
 
     monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90a")
     assert _torch.default_backward_options(0) == ACCUMULATE == _torch.ACCUMULATE_OPTIONS
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic(torch):
         assert _torch.default_backward_options(0) == ()
-    finally:
-        torch.use_deterministic_algorithms(False)
     monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90")
     assert _torch.default_backward_options(0) == ()
