@@ -106,6 +106,12 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     return directory, out_shape, sizes[:3]
 
 
+#: The compiler options of the accumulating backward (Passes.td,
+#: ``deterministic``): dq added to an f32 accumulator by reductions. The
+#: PyTorch path's default on sm_90a (_torch.default_backward_options).
+ACCUMULATE_OPTIONS = ("--gpu-options=deterministic=false",)
+
+
 @functools.lru_cache(maxsize=1024)
 def prepare_v2_backward(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape,
                         elem, lam_elem, *, causal=False, scale=None, window=(-1, -1),

@@ -119,9 +119,8 @@ def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     return out, lse
 
 
-#: The compiler options of the accumulating backward (Passes.td,
-#: ``deterministic``): dq added to an f32 accumulator by reductions.
-ACCUMULATE_OPTIONS = ("--gpu-options=deterministic=false",)
+#: The accumulating backward's compiler options (defined in _gpu).
+ACCUMULATE_OPTIONS = _gpu.ACCUMULATE_OPTIONS
 
 
 def default_backward_options(device_index):
@@ -149,8 +148,8 @@ def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window
 def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
                   window_right, options=()):
     """v2_backward_cuda with compiler options (`options`, as
-    _gpu.prepare_v2_backward's: ("--gpu-options=deterministic=false",)
-    selects the accumulating kernels on sm_90 and later)."""
+    _gpu.prepare_v2_backward's: _gpu.ACCUMULATE_OPTIONS selects the
+    accumulating kernels on sm_90 and later)."""
     _validate(q, k, v, lam, kv_len)
     _check_tensor("out", out, (q.dtype,))
     _check_tensor("dout", dout, (q.dtype,))

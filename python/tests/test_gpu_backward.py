@@ -35,7 +35,7 @@ def _manifest(directory):
 
 
 # The strategy option of the accumulating backward.
-ACCUMULATE = ("--gpu-options=deterministic=false",)
+ACCUMULATE = _gpu.ACCUMULATE_OPTIONS
 
 
 @needs_compiler
