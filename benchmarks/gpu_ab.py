@@ -26,7 +26,14 @@ prepares this tree's default kernels. On the GPU machine
 times "current" and every recorded entry on every shape (`--repeats`
 rounds; the median of the rounds' medians), checks that their outputs agree
 (relative L2 against the current kernel's), prints a table and writes
-DIR/gpu_ab.json. With `--backward` (both steps) the calls are the
+DIR/gpu_ab.json. `--shape BxS[xD][:full]` (with --prepare, repeatable) times
+these prefill shapes (2H = 32, Hkv = 8, D = 128 unless given; causal
+unless `:full`) instead of BENCH_PREFILL; a sweep of S at a fixed B x S
+keeps the tile count fixed and varies the key blocks per tile, which
+separates a kernel's per-tile cost from its per-block cost. Where
+fa3-fwd is installed (Hopper), FlashAttention-3's kernel alone ("fa3")
+and with the differential epilogue ("fa3+epi", gpu_check.fa3_anchor) are
+timed in the same rounds on the prefill shapes. With `--backward` (both steps) the calls are the
 backward's (gpu_cases.BACKWARD_BENCH, diffattn.v2_backward's kernels alone
 on the forward's out and lse; the outputs compared are dq, dk, dv, dlam)
 and the table goes to DIR/gpu_ab-backward.json.
@@ -89,19 +96,45 @@ def prepare_call(backward, b, s, h2, hkv, d, causal, target, options):
                            target=target, options=tuple(options))
 
 
-def calls(backward):
-    return gpu_cases.BACKWARD_BENCH if backward else gpu_cases.BENCH_PREFILL
+def calls(backward, record=None):
+    """The calls timed: the backward's, the record's `--shape`s, or
+    BENCH_PREFILL."""
+    if backward:
+        return gpu_cases.BACKWARD_BENCH
+    if record and record.get("shapes"):
+        return [tuple(x) for x in record["shapes"]]
+    return gpu_cases.BENCH_PREFILL
 
 
-def prepare(cache, entries, target, backward=False):
+def parse_shape(spec):
+    """`BxS[xD][:full|:causal]` -> (B, S, 32, 8, D, causal); D = 128 and
+    causal unless given. Raises ValueError."""
+    dims, _, mask = spec.partition(":")
+    if mask not in ("", "causal", "full"):
+        raise ValueError(f"mask {mask!r} is not 'causal' or 'full'")
+    parts = [int(x) for x in dims.split("x")]
+    if len(parts) not in (2, 3) or min(parts) <= 0:
+        raise ValueError("expected BxS or BxSxD with positive sizes")
+    b, s = parts[:2]
+    d = parts[2] if len(parts) == 3 else 128
+    return (b, s, 32, 8, d, mask != "full")
+
+
+def prepare(cache, entries, target, backward=False, shapes_=None):
     """Compiles the calls of every entry (name -> compiler path or None for
     this tree's, options, head dimensions or None) into `cache`: the prefill
-    calls, or with `backward` the backward's."""
+    calls (`shapes_`, else BENCH_PREFILL), or with `backward` the
+    backward's. The current compiler's defaults are compiled too when
+    `shapes_` are given (gpu_prepare.py covers only BENCH_PREFILL)."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
     os.makedirs(cache, exist_ok=True)
     own = os.environ.get("DIFFATTN_COMPILE")
     record = {}
-    for name, (path, options, dims) in entries.items():
+    wanted = dict(shapes=[list(x) for x in shapes_]) if shapes_ else {}
+    todo = dict(entries)
+    if shapes_:
+        todo = {"current": (None, (), None), **entries}
+    for name, (path, options, dims) in todo.items():
         if path:
             os.environ["DIFFATTN_COMPILE"] = path
         elif own:
@@ -115,14 +148,15 @@ def prepare(cache, entries, target, backward=False):
         entry = dict(compiler=version if path else None, options=list(options), dims=dims)
         use_compiler(entry["compiler"])
         count = 0
-        for b, s, h2, hkv, d, causal in calls(backward):
+        for b, s, h2, hkv, d, causal in calls(backward, wanted):
             if applies(entry, d):
                 prepare_call(backward, b, s, h2, hkv, d, causal, target, options)
                 count += 1
-        record[name] = entry
+        if name != "current":
+            record[name] = entry
         print(f"{name}: {version} {' '.join(options)}: {count} kernels", flush=True)
     with open(record_path(cache, backward), "w") as f:
-        json.dump(dict(target=target, entries=record), f, indent=1)
+        json.dump(dict(target=target, entries=record, **wanted), f, indent=1)
 
 
 def run(out_dir, repeats, backward):
@@ -137,7 +171,10 @@ def run(out_dir, repeats, backward):
     current = dict(compiler=None, options=[], dims=None)
     entries = [("current", current)] + sorted(record["entries"].items())
     rows = []
-    for b, s, h2, hkv, d, causal in calls(backward):
+    fa3 = None if backward else gpu_check.fa3_anchor()
+    if fa3 is not None:
+        from fa3_fwd_interface import flash_attn_func
+    for b, s, h2, hkv, d, causal in calls(backward, record):
         q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
@@ -176,20 +213,29 @@ def run(out_dir, repeats, backward):
                 result = torch.cat([x.float().flatten() for x in grads])
             launches[name], outs[name] = launch, result
         use_compiler(None)
-        times = {name: [] for name, _ in compilers}
+        anchors = []
+        if fa3 is not None:
+            # FlashAttention-3's kernel alone (no epilogue: what the op's
+            # attention part is up against), and the whole path.
+            launches["fa3"] = lambda: flash_attn_func(q, k, v, causal=causal)  # noqa: E731
+            launches["fa3+epi"] = lambda: fa3(q, k, v, lam, causal)  # noqa: E731
+            outs["fa3+epi"] = launches["fa3+epi"]()
+            anchors = [("fa3", None), ("fa3+epi", None)]
+        times = {name: [] for name, _ in compilers + anchors}
         for _ in range(repeats):
-            for name, _ in compilers:
+            for name, _ in compilers + anchors:
                 times[name].append(gpu_check.bench_fn(launches[name]))
         row = dict(shape=[b, s, h2, hkv, d, causal])
-        for name, _ in compilers:
+        for name, _ in compilers + anchors:
             ms = statistics.median(times[name])
-            row[name] = dict(ms=ms, tflops=flops / ms / 1e9, rounds_ms=times[name],
-                             rel_l2_vs_current=gpu_check.rel_l2(outs[name], outs["current"]))
+            row[name] = dict(ms=ms, tflops=flops / ms / 1e9, rounds_ms=times[name])
+            if name in outs:
+                row[name]["rel_l2_vs_current"] = gpu_check.rel_l2(outs[name], outs["current"])
         rows.append(row)
         cur = row["current"]["ms"]
         text = ", ".join(f"{name} {row[name]['tflops']:.0f} ({cur / row[name]['ms']:.3f}x of "
-                         f"current, rel L2 {row[name]['rel_l2_vs_current']:.1e})"
-                         for name, _ in compilers[1:])
+                         f"current, rel L2 {row[name].get('rel_l2_vs_current', float('nan')):.1e})"
+                         for name, _ in compilers[1:] + anchors)
         print(f"B={b} S={s} 2H={h2} Hkv={hkv} D={d} {'causal' if causal else 'full'}: current "
               f"{row['current']['tflops']:.0f} TFLOP/s ({cur:.3f} ms); {text}", flush=True)
         del q, k, v, lam, launches, outs
@@ -197,6 +243,7 @@ def run(out_dir, repeats, backward):
     with open(os.path.join(out_dir, "gpu_ab-backward.json" if backward else "gpu_ab.json"),
               "w") as f:
         json.dump(dict(target=target, entries=record["entries"],
+                       shapes=[list(x) for x in calls(backward, record)],
                        **{"backward" if backward else "prefill": rows}), f, indent=1)
 
 
@@ -216,6 +263,9 @@ def main():
                     help="the backward's calls (gpu_cases.BACKWARD_BENCH: diffattn.v2_backward "
                          "alone, TFLOP/s = 2.5 x the forward's FLOPs / time) instead of the "
                          "prefill's, each with its own record in the cache")
+    ap.add_argument("--shape", action="append", default=[], metavar="BxS[xD][:full]",
+                    help="a prefill shape to time instead of BENCH_PREFILL (with --prepare; "
+                         "2H = 32, Hkv = 8; D = 128 and causal unless given)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"),
                     help="where gpu_ab.json goes (timing)")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds")
@@ -240,12 +290,18 @@ def main():
                 except ValueError:
                     ap.error(f"--variant {spec!r}: head dimensions after @ must be integers")
                 entries[name] = (path, (f"--gpu-options={options}",), dims)
-        if not entries:
-            ap.error("--prepare needs at least one --compiler or --variant")
-        prepare(args.prepare, entries, args.target, args.backward)
+        if not entries and not args.shape:
+            ap.error("--prepare needs at least one --compiler, --variant or --shape")
+        if args.shape and args.backward:
+            ap.error("--shape is for the prefill calls, not --backward")
+        try:
+            shapes_ = [parse_shape(x) for x in args.shape]
+        except ValueError as e:
+            ap.error(f"--shape: {e}")
+        prepare(args.prepare, entries, args.target, args.backward, shapes_)
     else:
-        if args.compiler or args.variant:
-            ap.error("--compiler and --variant go with --prepare")
+        if args.compiler or args.variant or args.shape:
+            ap.error("--compiler, --variant and --shape go with --prepare")
         run(args.out, args.repeats, args.backward)
 
 
