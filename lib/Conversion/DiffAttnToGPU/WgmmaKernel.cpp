@@ -204,14 +204,40 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow, offset,
                             keyLen),
         [&](OpBuilder &, Location) {
+          // buildIsVisible's predicate as bounds on the element's column
+          // c = key - (key0 + the lane's first column), per row once: row
+          // r sees c in [lo_r, hi_r), hi_r = min(keyLen, pos + right + 1)
+          // and lo_r = pos - left relative to that column (pos = row +
+          // offset); then one 32-bit compare with an immediate per element
+          // and bound, where the index form took four 64-bit instructions.
           SmallVector<Value> masked;
           Value colLane = add(key0, mul(rem(lane, 4), 2));
+          auto i32Of = [&](Value v) {
+            return arith::IndexCastOp::create(b, loc, b.getI32Type(), v);
+          };
+          bool right = !attn.isUnmasked() && attn.windowRight >= 0;
+          bool left = !attn.isUnmasked() && attn.windowLeft >= 0;
+          std::array<Value, 2> hi, lo;
+          for (int64_t rr = 0; rr < 2; ++rr) {
+            Value pos = add(threadRow[rr], offset);
+            Value bound = keyLen;
+            if (right)
+              bound = arith::MinSIOp::create(
+                  b, loc, keyLen, add(pos, idx(attn.windowRight + 1)));
+            hi[rr] = i32Of(sub(bound, colLane));
+            if (left)
+              lo[rr] = i32Of(sub(sub(pos, idx(attn.windowLeft)), colLane));
+          }
           for (int64_t nt = 0; nt < blockK / 8; ++nt)
-            for (int64_t e = 0; e < 4; ++e)
-              masked.push_back(select(
-                  buildIsVisible(b, loc, attn, threadRow[e / 2],
-                                 add(colLane, nt * 8 + e % 2), offset, keyLen),
-                  flat[nt * 4 + e], ninf));
+            for (int64_t e = 0; e < 4; ++e) {
+              Value c = i32(static_cast<int32_t>(nt * 8 + e % 2));
+              Value visible = cmp(arith::CmpIPredicate::slt, c, hi[e / 2]);
+              if (left)
+                visible = arith::AndIOp::create(
+                    b, loc, visible,
+                    cmp(arith::CmpIPredicate::sge, c, lo[e / 2]));
+              masked.push_back(select(visible, flat[nt * 4 + e], ninf));
+            }
           scf::YieldOp::create(b, loc, masked);
         },
         [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
