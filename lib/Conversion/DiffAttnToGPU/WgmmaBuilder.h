@@ -261,10 +261,11 @@ protected:
   /// The differential epilogue of the tile: normalises `final`'s
   /// accumulators and writes o0 - sigmoid(lam) o1 of every (row, column)
   /// to `out` ([B, Sq, H, Dv], the element type). The pair's two heads
-  /// meet through shared memory at byte offset `exchangeAt` ([Dv / 4
-  /// values][2 warpgroups][128 threads] f32, Dv x 256 bytes: the tile's Q
-  /// buffer or the last block's V tile): thread t of each warpgroup, which
-  /// holds
+  /// meet through shared memory at byte offset `exchangeAt` ([Dv / 16
+  /// accumulator tiles][2 warpgroups][128 threads][4] f32, Dv x 256 bytes,
+  /// 16 bytes per access: the tile's Q buffer or the last block's V tile;
+  /// each row's lam is loaded before the first `sync`): thread t of each
+  /// warpgroup, which holds
   /// the same (row, column) elements as thread t of the other, hands over
   /// half of its columns and writes the other half, so both warpgroups
   /// share the exchange and the stores. The first `sync` orders both
