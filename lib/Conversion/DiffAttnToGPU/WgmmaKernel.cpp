@@ -204,29 +204,27 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow, offset,
                             keyLen),
         [&](OpBuilder &, Location) {
-          // buildIsVisible's predicate as bounds on the element's column
-          // c = key - (key0 + the lane's first column), per row once: row
-          // r sees c in [lo_r, hi_r), hi_r = min(keyLen, pos + right + 1)
-          // and lo_r = pos - left relative to that column (pos = row +
-          // offset); then one 32-bit compare with an immediate per element
-          // and bound, where the index form took four 64-bit instructions.
+          // buildIsVisible's predicate as the row's visible keys [lo, hi)
+          // (buildVisibleKeyBounds over that one row), relative to the
+          // lane's first column: element c of the block's columns is
+          // visible when lo - col <= c < hi - col, one 32-bit compare with
+          // an immediate per bound, where the index form took four 64-bit
+          // instructions per element. Keys are never negative, so the
+          // lower bound matters only with a left window.
           SmallVector<Value> masked;
           Value colLane = add(key0, mul(rem(lane, 4), 2));
-          auto i32Of = [&](Value v) {
-            return arith::IndexCastOp::create(b, loc, b.getI32Type(), v);
+          auto relative = [&](Value key) {
+            return arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                              sub(key, colLane));
           };
-          bool right = !attn.isUnmasked() && attn.windowRight >= 0;
-          bool left = !attn.isUnmasked() && attn.windowLeft >= 0;
+          bool left = attn.windowLeft >= 0;
           std::array<Value, 2> hi, lo;
           for (int64_t rr = 0; rr < 2; ++rr) {
-            Value pos = add(threadRow[rr], offset);
-            Value bound = keyLen;
-            if (right)
-              bound = arith::MinSIOp::create(
-                  b, loc, keyLen, add(pos, idx(attn.windowRight + 1)));
-            hi[rr] = i32Of(sub(bound, colLane));
+            auto [rowLo, rowHi] = buildVisibleKeyBounds(
+                b, loc, attn, threadRow[rr], threadRow[rr], offset, keyLen);
+            hi[rr] = relative(rowHi);
             if (left)
-              lo[rr] = i32Of(sub(sub(pos, idx(attn.windowLeft)), colLane));
+              lo[rr] = relative(rowLo);
           }
           for (int64_t nt = 0; nt < blockK / 8; ++nt)
             for (int64_t e = 0; e < 4; ++e) {
