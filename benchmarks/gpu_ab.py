@@ -131,9 +131,7 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
     own = os.environ.get("DIFFATTN_COMPILE")
     record = {}
     wanted = dict(shapes=[list(x) for x in shapes_]) if shapes_ else {}
-    todo = dict(entries)
-    if shapes_:
-        todo = {"current": (None, (), None), **entries}
+    todo = {"current": (None, (), None), **entries} if shapes_ else entries
     for name, (path, options, dims) in todo.items():
         if path:
             os.environ["DIFFATTN_COMPILE"] = path
