@@ -46,12 +46,14 @@ BENCH_PREFILL = [
 # Targets (and diffattn-compile options) whose kernels are timed beside
 # the default target's on the prefill shapes, where the GPU runs them, with
 # the head dimensions they apply to (None: all): on an H100/H200 (default
-# sm_90a, wgmma) the portable strategy (sm_90), the wgmma kernel's
-# persistent form, and at D = 64 wider key blocks (FlashAttention-3 takes
-# 192 there; the default since Hopper run 26).
+# sm_90a, wgmma) the portable strategy (sm_90), the wgmma kernel with one
+# CTA per tile (the default until Hopper run 33) and with persistent CTAs
+# on the static stride, and at D = 64 wider key blocks (FlashAttention-3
+# takes 192 there; the default since Hopper run 26).
 BENCH_TARGETS = [
     ("sm_90", (), None),
-    ("sm_90a", ("--gpu-options=persistent=true",), None),
+    ("sm_90a", ("--gpu-options=persistent=false",), None),
+    ("sm_90a", ("--gpu-options=tile-scheduler=static",), None),
     ("sm_90a", ("--gpu-options=block-k=176",), (64,)),
     ("sm_90a", ("--gpu-options=block-k=192",), (64,)),
 ]
@@ -126,9 +128,11 @@ SANITIZE_CASES = [
 ]
 
 # ... the case above (B, Sq, Sk, 2H, Hkv, D, causal) again on sm_90a with
-# persistent CTAs (132 CTAs over 192 tiles: a second tile loads its Q into
-# the second Q buffer while the first tile is computed).
-SANITIZE_PERSISTENT = ((3, 1024, 512, 8, 2, 128, False), ("--gpu-options=persistent=true",))
+# one CTA per tile, which the default kernel (persistent CTAs: 132 over 192
+# tiles, a second tile loading its Q into the second Q buffer while the
+# first is computed, tiles after the first from the dynamic scheduler's
+# counter) must match bit for bit.
+SANITIZE_PERSISTENT = ((3, 1024, 512, 8, 2, 128, False), ("--gpu-options=persistent=false",))
 
 
 # python/tests/test_gpu.py (the short GPU test of the pytest suite):

@@ -33,9 +33,12 @@ def launch_variant(q, k, v, lam, causal, options):
     out = torch.empty(out_shape, dtype=torch.bfloat16, device="cuda")
     bufs = [(name, "bf16", tuple(t.shape), t.data_ptr())
             for name, t in (("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out))]
+    # The dynamic tile scheduler's counter (persistent kernels).
+    workspace = torch.empty(max(1, _gpu.workspace_elements(directory, sizes)),
+                            dtype=torch.float32, device="cuda")
     stream = torch.cuda.current_stream().cuda_stream
     for _ in range(2):
-        _gpu.launch_v2(directory, bufs, sizes, stream)
+        _gpu.launch_v2(directory, bufs, sizes, stream, lambda n: workspace.data_ptr())
 
 
 def main():

@@ -318,3 +318,30 @@ def test_grid_cap_is_read(tmp_path, artifact):
         stage["grid"][2] = {"product": [{"ceil_div": "B", "by": 1}], "at_most": 132}
     rc, error = _load(_edited_artifact(artifact, tmp_path, edit))
     assert rc == 0, error
+
+
+@pytest.mark.parametrize("options,elements", [((), 1), (("--gpu-options=persistent=false",), 0),
+                                              (("--gpu-options=tile-scheduler=static",), 0)],
+                         ids=["dynamic", "one-cta-per-tile", "static"])
+def test_hopper_tile_counter_is_a_workspace(options, elements):
+    # The sm_90a prefill kernel's persistent CTAs take their tiles from a
+    # counter in a one-element workspace (zeroed by a first stage); one CTA
+    # per tile and the static stride need none. Checked before any driver.
+    shapes = ((2, 128, 8, 64), (2, 128, 2, 64), (2, 128, 2, 64), (2, 128, 4))
+    directory, out_shape, sizes = _gpu.prepare_v2(*shapes, "bf16", "bf16", causal=True,
+                                                  target="sm_90a", options=options)
+    assert _gpu.workspace_elements(directory, sizes) == elements
+    named = [(n, "bf16", s, 0x1000 * (i + 1))
+             for i, (n, s) in enumerate(zip(("q", "k", "v", "lam", "out"), shapes + (out_shape,)))]
+    handle, names = _runtime.load_module(directory)
+    lib = _runtime.runtime()
+    rc = lib.diffattn_check(handle, names[0].encode(), _runtime.make_buffers(named), len(named),
+                            *sizes)
+    error = lib.diffattn_last_error().decode()
+    if elements:
+        assert rc == 1 and "with a 'workspace' of 1 f32" in error
+        with_ws = named + [("workspace", "f32", (1,), 0x9000)]
+        assert lib.diffattn_check(handle, names[0].encode(), _runtime.make_buffers(with_ws),
+                                  len(with_ws), *sizes) == 0
+    else:
+        assert rc == 0, error

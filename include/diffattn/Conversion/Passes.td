@@ -71,7 +71,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "of the split kernel (griddepcontrol), where the chip has it "
            "(sm_90 and later; ignored on sm_80): it may start while the "
            "split kernel's CTAs finish and waits for their results itself. "
-           "+0.7% decode bandwidth on an H200">,
+           "+0.7% decode bandwidth on an H200. Likewise the wgmma kernel "
+           "after the dynamic tile scheduler's counter reset">,
     Option<"warpSpecialize", "warp-specialize", "std::string",
            /*default=*/"\"auto\"",
            "wgmma strategy: true (a producer warpgroup copies the K/V blocks "
@@ -92,17 +93,34 @@ defvar DiffAttnGPUStrategyOptions = [
            "sequences through one map over the packed tensor); the runtime "
            "encodes the tensor maps and passes them by value (false: the "
            "producer warpgroup copies them with cp.async)">,
-    Option<"persistent", "persistent", "bool", /*default=*/"false",
-           "wgmma strategy, warp-specialised: launch at most one CTA per SM "
-           "of the target's reference GPU (132 on sm_90a), each walking "
-           "tiles with a static stride, its producer loading the next "
-           "tile's first blocks and, into a second Q buffer where it fits, "
-           "its Q while the consumers finish the current one (false: one "
-           "CTA per tile). Off by default: with a causal-like mask the "
-           "static stride leaves CTAs unequally loaded, and without a mask, "
-           "where tiles are equally long, persistent CTAs with two Q "
-           "buffers measured level with one CTA per tile (H200, "
-           "docs/performance.md, Hopper runs 19-27)">,
+    Option<"persistent", "persistent", "std::string", /*default=*/"\"auto\"",
+           "wgmma strategy, warp-specialised: true: launch at most one CTA "
+           "per SM of the target's reference GPU (132 on sm_90a), each "
+           "walking tiles (see tile-scheduler), its producer loading the "
+           "next tile's first blocks and, into a second Q buffer where it "
+           "fits, its Q while the consumers finish the current one; false: "
+           "one CTA per tile; auto: true for batched sequences, false for "
+           "packed ones (diffattn.v2_varlen) and without warp "
+           "specialisation (H200 measurements: docs/performance.md, Hopper "
+           "runs 27 and 33)">,
+    Option<"tileScheduler", "tile-scheduler", "std::string",
+           /*default=*/"\"dynamic\"",
+           "wgmma strategy, persistent = true, batched sequences: how a CTA "
+           "takes its tiles after its first (blockIdx.x). dynamic: the "
+           "producer's loading thread takes the next from a tile counter "
+           "(one 32-bit atomic add on the launch's workspace, zeroed by a "
+           "one-thread first stage; FlashAttention-3's dynamic persistent "
+           "scheduler) once it has issued the current tile's loads, and "
+           "hands it to the consumers through shared memory, so that CTAs "
+           "whose tiles were short take more; static: every gridDim.x-th "
+           "tile. Packed sequences always use static">,
+    Option<"qBuffers", "q-buffers", "int64_t", /*default=*/"0",
+           "wgmma strategy, persistent = true: Q buffers per CTA. 2: the "
+           "CTA's i-th tile's Q in buffer i % 2, so that the producer loads "
+           "the next tile's Q while the consumers still read this one's; 1: "
+           "it loads it once the consumers' last S of the tile has landed; "
+           "0: 2 where shared memory holds them, else 1. A kernel of one "
+           "tile per CTA has 1">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "

@@ -92,7 +92,7 @@ Attribute mlir::diffattn::ceilDivRule(Builder &b, StringRef symbol, int64_t by,
 DictionaryAttr mlir::diffattn::buildLaunchRule(
     Builder &b, const TileConfig &config, StringRef strategy, StringRef name,
     ArrayRef<StringRef> buffers, ArrayRef<Attribute> leadingParams,
-    bool linearTiles, int64_t atMost, StringRef sequenceCheck) {
+    const LinearTiles &tiles, StringRef sequenceCheck) {
   // The combine kernel takes no pool size (withPool false); the first
   // stage's parameters start with `leadingParams`.
   bool firstStage = true;
@@ -148,17 +148,45 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
     // or x: all tiles, at most `atMost` CTAs.
     SmallVector<Attribute> grid = {
         rowBlocks, b.getI64IntegerAttr(config.kvHeads), ceilDiv("B", 1, 1)};
-    if (linearTiles) {
-      SmallVector<NamedAttribute> tiles = {
+    if (tiles.enabled) {
+      SmallVector<NamedAttribute> product = {
           b.getNamedAttr("product", b.getArrayAttr(grid))};
-      if (atMost > 0)
-        tiles.push_back(b.getNamedAttr("at_most", b.getI64IntegerAttr(atMost)));
-      grid = {b.getDictionaryAttr(tiles), b.getI64IntegerAttr(1),
+      if (tiles.atMost > 0)
+        product.push_back(
+            b.getNamedAttr("at_most", b.getI64IntegerAttr(tiles.atMost)));
+      grid = {b.getDictionaryAttr(product), b.getI64IntegerAttr(1),
               b.getI64IntegerAttr(1)};
     }
-    DictionaryAttr only = stage(name, grid, config.threads(),
-                                config.sharedBytes, paramsOf(buffers));
+    bool dynamic = !tiles.counterReset.empty();
+    SmallVector<StringRef> tileBuffers(buffers);
+    if (dynamic)
+      tileBuffers.push_back("workspace");
+    DictionaryAttr only =
+        stage(name, grid, config.threads(), config.sharedBytes,
+              paramsOf(tileBuffers), dynamic && config.programmaticLaunch);
     SmallVector<NamedAttribute> attrs(common);
+    if (tiles.atMost > 0)
+      attrs.push_back(b.getNamedAttr(
+          "tile_scheduler", b.getStringAttr(dynamic ? "dynamic" : "static")));
+    if (dynamic) {
+      assert(sequenceCheck.empty() && "packed sequences use static tiles");
+      // The counter's reset first: one thread, the workspace's fields.
+      DictionaryAttr reset =
+          stage(tiles.counterReset,
+                {b.getI64IntegerAttr(1), b.getI64IntegerAttr(1),
+                 b.getI64IntegerAttr(1)},
+                1, 0, b.getArrayAttr(launchParams(b, {"workspace"}, {})));
+      attrs.push_back(b.getNamedAttr("stages", b.getArrayAttr({reset, only})));
+      // One f32 element (the counter, as u32).
+      attrs.push_back(b.getNamedAttr(
+          "workspace",
+          b.getDictionaryAttr(
+              {b.getNamedAttr("dtype", b.getStringAttr("f32")),
+               b.getNamedAttr("product",
+                              b.getArrayAttr({b.getI64IntegerAttr(1)})),
+               b.getNamedAttr("times", b.getI64IntegerAttr(1))})));
+      return b.getDictionaryAttr(attrs);
+    }
     if (!sequenceCheck.empty()) {
       // The check kernel first: one thread per sequence.
       assert(config.attn.varlen && "a sequence check needs cu_seqlens");

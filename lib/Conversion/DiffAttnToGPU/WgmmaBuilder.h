@@ -49,6 +49,11 @@ constexpr int64_t kAtomBytes = 8 * kRowBytes;
 /// Rows of a warpgroup's wgmma tile (m64), and threads of a warpgroup.
 constexpr int64_t kWarpgroupRows = 64;
 constexpr int64_t kWarpgroupThreads = 128;
+/// Named barriers of warp-specialised kernels (0 is the CTA's): the
+/// consumers' epilogue, the consumers' ping-pong turns (2 + head) and the
+/// producer warpgroup's hand-over of the dynamic scheduler's next tile.
+constexpr int32_t kConsumerBarrier = 1;
+constexpr int32_t kProducerBarrier = 4;
 
 /// The wgmma strategy's tile configuration.
 struct WgmmaPlan : TileConfig {
@@ -75,6 +80,24 @@ struct WgmmaPlan : TileConfig {
   /// Warp-specialised kernels walk tiles (grid x: tiles); a persistent
   /// launch caps the grid at this many CTAs (0: one CTA per tile).
   int64_t persistentCtas = 0;
+  /// Persistent, batched sequences: tiles after a CTA's first come from a
+  /// tile counter in the workspace (the tile-scheduler option, dynamic);
+  /// else every gridDim.x-th tile.
+  bool dynamicTiles = false;
+  /// Bytes after the mbarriers of the dynamic scheduler's tile indices
+  /// (i32): two for the producer's own hand-over (by tile parity), then one
+  /// per Q buffer for the consumers.
+  int64_t tileIndexBytes() const {
+    return dynamicTiles ? 4 * (2 + qBuffers) : 0;
+  }
+  /// Byte offset (from the tiles' start) of the mbarriers, 8 bytes each:
+  /// four groups of one per stage (full, fullValues, emptyKeys,
+  /// emptyValues), then qFull and qEmpty, one per Q buffer; and of the tile
+  /// indices after them.
+  int64_t barrierOffset() const { return qTileBytes + kTileBytes + vTileBytes; }
+  int64_t tileIndexOffset() const {
+    return barrierOffset() + 8 * (4 * stages + 2 * qBuffers);
+  }
   /// Warp-specialised, batched: the producer prefetches into L2 the Q rows
   /// of the tile this many tiles later (0: none; see the q-prefetch
   /// option). A persistent CTA's next tile is gridDim.x later instead.
@@ -248,6 +271,32 @@ protected:
   /// block).
   void setupTile(const SequenceArgs &sequences, Value qBlock, Value kvHead,
                  Value batch);
+  /// What a persistent (or one-tile) CTA walks: `numTiles` linear tiles,
+  /// tile t being row block t % `tileRowBlocks` of KV head t / R % Hkv of
+  /// batch t / R / Hkv; `workspace` (memref<?xf32>, with dynamicTiles) holds
+  /// the tile counter (element 0, as u32).
+  struct TileWalk {
+    SequenceArgs sequences;
+    Value numTiles, tileRowBlocks, workspace;
+  };
+  /// Runs `body(i)` for the CTA's i-th tile after setupTile, blockBase
+  /// (the key blocks of the CTA's earlier tiles), tileIndex and qSlot (i %
+  /// qBuffers); returns the number of tiles. Static: tiles blockIdx.x,
+  /// + gridDim.x, ...; `begin(i)` runs before the body. dynamicTiles: the
+  /// `producer` warpgroup's loading thread takes each tile after the
+  /// CTA's first from the counter once `body` has issued the tile's
+  /// loads, and hands it to the producer warpgroup (named barrier
+  /// kProducerBarrier); the body must write it to the consumers' slot
+  /// (tileIndexSlot(2 + qSlot)) before its arrival on the Q buffer's
+  /// qFull. The consumers run `begin(i)` (their wait on qFull, setting
+  /// nothing but reading qSlot) before reading the slot; an index past the
+  /// last tile ends their walk.
+  Value walkTiles(const TileWalk &walk, bool producer,
+                  function_ref<void(Value)> begin,
+                  function_ref<void(Value)> body);
+  /// Shared-memory pointer (i32) of the dynamic scheduler's tile-index slot
+  /// `slot`: 0 and 1 the producer's hand-over, 2 + q Q buffer q's.
+  Value tileIndexSlot(Value slot);
 
   // The tile (WgmmaEpilogue.cpp).
   /// Pair (of the whole query-head range) and query row of group row `r`
@@ -288,6 +337,9 @@ protected:
   Value sQ, sK, sV;
   /// The Q buffer of the current tile (index; 0 with one buffer).
   Value qSlot;
+  /// Key blocks of the CTA's tiles before the current one (the stage ring
+  /// continues across tiles), and the current tile's linear index.
+  Value blockBase, tileIndex;
   /// Query rows (of the sequence) of the thread's two accumulator rows.
   std::array<Value, 2> threadRow;
   /// The thread's index in its warpgroup (0..127).

@@ -57,6 +57,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value out = entry.getArgument(a++);
   // diffattn.v2's lse result ([B, 2H, Sq] f32).
   Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
+  // The dynamic scheduler's tile counter.
+  Value workspace = plan.dynamicTiles ? entry.getArgument(a++) : Value();
   Value batches = entry.getArgument(a++);
   // Sq and Sk (packed sequences: the longest); per tile, seqQ and seqK
   // become the tile's sequence lengths.
@@ -71,12 +73,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // depends on it is set by setupTile, once per CTA, or per tile of a
   // persistent CTA's loop.
   Value &kvHead = tile.kvHead, &batch = tile.batch, &qRowBase = tile.qRowBase,
-        &kRowBase = tile.kRowBase, &groupRows = tile.groupRows,
-        &rowBlocks = tile.rowBlocks, &ctaActive = tile.ctaActive;
-  Value &row0 = tile.row0, &rowsValid = tile.rowsValid,
-        &firstPair = tile.firstPair, &minRow = tile.minRow,
-        &maxRow = tile.maxRow, &lo = tile.lo, &hi = tile.hi,
-        &numBlocks = tile.numBlocks;
+        &kRowBase = tile.kRowBase;
+  Value &row0 = tile.row0, &rowsValid = tile.rowsValid, &minRow = tile.minRow,
+        &maxRow = tile.maxRow, &lo = tile.lo, &numBlocks = tile.numBlocks;
   Value &seqQ = tile.seqQ, &seqK = tile.seqK;
   seqQ = seqQArg;
   seqK = seqKArg;
@@ -161,7 +160,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // (j / stages % 2), in 32-bit arithmetic (block counts fit): a 64-bit
   // division by 3 costs about a dozen instructions per use in the loop.
   // Blocks of earlier tiles of a persistent CTA came first in the ring.
-  Value blockBase = idx(0);
+  blockBase = idx(0);
   auto block32 = [&](Value j) {
     return arith::IndexCastUIOp::create(b, loc, b.getI32Type(),
                                         add(blockBase, j));
@@ -422,12 +421,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // stage or buffer.
   // The consumers order the landed copies for the tensor cores' async
   // proxy (fence.proxy.async) after each wait.
-  int64_t barrierOffset = plan.qTileBytes + plan.kTileBytes + plan.vTileBytes;
-  // The mbarriers, 8 bytes each after the tiles: four groups of one per
-  // stage (full, fullValues, emptyKeys, emptyValues), then qFull and
-  // qEmpty, one per Q buffer.
+  // The mbarriers after the tiles (WgmmaPlan::barrierOffset).
   auto barrier = [&](Value index) {
-    return sharedPointer(add(mul(index, 8), barrierOffset));
+    return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
   };
   auto full = [&](Value s) { return barrier(s); };
   auto fullValues = [&](Value s) { return barrier(add(s, stages)); };
@@ -459,51 +455,31 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
                                    Value());
     }
+    // With the dynamic scheduler the loading thread arrives once more, after
+    // writing the tile's index.
     for (int64_t slot = 0; slot < plan.qBuffers; ++slot) {
-      NVVM::MBarrierInitOp::create(b, loc, qFullOf(idx(slot)),
-                                   i32(kWarpgroupThreads), Value());
+      NVVM::MBarrierInitOp::create(
+          b, loc, qFullOf(idx(slot)),
+          i32(kWarpgroupThreads + (plan.dynamicTiles ? 1 : 0)), Value());
       NVVM::MBarrierInitOp::create(b, loc, qEmptyOf(idx(slot)),
                                    i32(2 * kWarpgroupThreads), Value());
     }
   });
   gpu::BarrierOp::create(b, loc);
 
-  // The CTA's tiles: t = blockIdx.x, + gridDim.x, ... below the tile count
-  // (one tile per CTA unless the launch caps the grid: a persistent CTA
-  // then runs several, its producer loading the next tile's first block
-  // and Q while its consumers finish the last). Tile t is (row block t %
-  // R, KV head, batch) with R row blocks per KV group: row blocks vary
-  // fastest, as in the one-CTA-per-tile grid, so the tiles running at once
-  // share a few KV heads' K/V in L2 (row blocks slowest measured up to 17%
-  // slower, Hopper runs 14-15); with a causal-like mask setupTile reverses
-  // them, so each head's longest tiles go first. Producer and consumers
-  // walk the same tiles; the stage ring continues across tiles
-  // (blockBase).
+  // The CTA's tiles (walkTiles, WgmmaTile.cpp): one per CTA unless the
+  // launch caps the grid; a persistent CTA then runs several, its producer
+  // loading the next tile's first block and Q while its consumers finish
+  // the last. Row blocks vary fastest, as in the one-CTA-per-tile grid, so
+  // the tiles running at once share a few KV heads' K/V in L2 (row blocks
+  // slowest measured up to 17% slower, Hopper runs 14-15); with a
+  // causal-like mask setupTile reverses them, so each head's longest tiles
+  // go first. Producer and consumers walk the same tiles; the stage ring
+  // continues across tiles (blockBase).
   Value tileRowBlocks = rowBlocksOf(seqQArg);
-  Value numTiles = mul(mul(tileRowBlocks, batches), plan.kvHeads);
-  // The linear index of the tile forEachTile's body is in.
-  Value tileIndex;
-  auto forEachTile = [&](function_ref<void(Value)> body) {
-    scf::ForOp::create(
-        b, loc, gpu::BlockIdOp::create(b, loc, gpu::Dimension::x), numTiles,
-        gpu::GridDimOp::create(b, loc, gpu::Dimension::x),
-        ValueRange{idx(0), idx(0)},
-        [&](OpBuilder &, Location, Value t, ValueRange carried) {
-          Value rest = arith::DivUIOp::create(b, loc, t, tileRowBlocks);
-          setupTile(sequences, arith::RemUIOp::create(b, loc, t, tileRowBlocks),
-                    rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
-          blockBase = carried[0];
-          tileIndex = t;
-          // Tile i of the CTA reads Q buffer i % qBuffers.
-          qSlot = plan.qBuffers > 1 ? rem(carried[1], plan.qBuffers) : idx(0);
-          body(carried[1]);
-          scf::YieldOp::create(
-              b, loc,
-              ValueRange{add(carried[0], numBlocks), add(carried[1], idx(1))});
-        });
-    blockBase = idx(0);
-    qSlot = idx(0);
-  };
+  TileWalk walk{sequences, mul(mul(tileRowBlocks, batches), plan.kvHeads),
+                tileRowBlocks, workspace};
+  Value numTiles = walk.numTiles;
   // The phase of tile i's use of its Q buffer.
   auto parityOfTile = [&](Value tile) {
     return arith::IndexCastOp::create(b, loc, b.getI32Type(),
@@ -636,38 +612,69 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               },
               copyAll);
         };
-        forEachTile([&](Value tileIter) {
-          // Block 0 first: it lands while the consumers finish the previous
-          // tile. Q once they released its buffer (the tile qBuffers
-          // before: its last S, or its epilogue's exchange), then the
-          // other blocks.
-          ifThen(arith::AndIOp::create(
-                     b, loc, loader,
-                     cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
-                 [&] { issueBlock(idx(0)); });
-          ifThen(cmp(arith::CmpIPredicate::sge, tileIter, idx(plan.qBuffers)),
+        Value tiles =
+            walkTiles(walk, /*producer=*/true, nullptr, [&](Value tileIter) {
+              // Block 0 first: it lands while the consumers finish the previous
+              // tile. Q once they released its buffer (the tile qBuffers
+              // before: its last S, or its epilogue's exchange), then the
+              // other blocks.
+              ifThen(arith::AndIOp::create(
+                         b, loc, loader,
+                         cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
+                     [&] { issueBlock(idx(0)); });
+              ifThen(
+                  cmp(arith::CmpIPredicate::sge, tileIter, idx(plan.qBuffers)),
+                  [&] {
+                    waitOn(qEmptyOf(qSlot),
+                           parityOfTile(sub(tileIter, idx(plan.qBuffers))));
+                  });
+              // The dynamic scheduler's tile, for the consumers (walkTiles).
+              if (plan.dynamicTiles)
+                ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+                  LLVM::StoreOp::create(
+                      b, loc,
+                      arith::IndexCastOp::create(b, loc, i32Type, tileIndex),
+                      tileIndexSlot(add(qSlot, idx(2))));
+                  arrive(qFullOf(qSlot));
+                });
+              loadQ(loader);
+              // The Q of the tile that starts about one tile from now: this
+              // CTA's next (persistent), else the one an SM takes next.
+              if (plan.qPrefetchDistance > 0)
+                prefetchTileQ(
+                    q,
+                    add(tileIndex, plan.persistentCtas > 0
+                                       ? Value(gpu::GridDimOp::create(
+                                             b, loc, gpu::Dimension::x))
+                                       : idx(plan.qPrefetchDistance)),
+                    numTiles, tileRowBlocks, seqQArg, groupThread);
+              ifThen(loader, [&] {
+                scf::ForOp::create(
+                    b, loc, idx(1), numBlocks, idx(1), ValueRange{},
+                    [&](OpBuilder &, Location, Value j, ValueRange) {
+                      issueBlock(j);
+                      scf::YieldOp::create(b, loc);
+                    });
+              });
+            });
+        // The dynamic scheduler's end: the next Q buffer's slot gets an
+        // index past the last tile, announced without a load.
+        if (plan.dynamicTiles) {
+          qSlot = plan.qBuffers > 1 ? rem(tiles, plan.qBuffers) : idx(0);
+          ifThen(cmp(arith::CmpIPredicate::sge, tiles, idx(plan.qBuffers)),
                  [&] {
                    waitOn(qEmptyOf(qSlot),
-                          parityOfTile(sub(tileIter, idx(plan.qBuffers))));
+                          parityOfTile(sub(tiles, idx(plan.qBuffers))));
                  });
-          loadQ(loader);
-          // The Q of the tile that starts about one tile from now: this
-          // CTA's next (persistent), else the one an SM takes next.
-          if (plan.qPrefetchDistance > 0)
-            prefetchTileQ(q,
-                          add(tileIndex, plan.persistentCtas > 0
-                                             ? Value(gpu::GridDimOp::create(
-                                                   b, loc, gpu::Dimension::x))
-                                             : idx(plan.qPrefetchDistance)),
-                          numTiles, tileRowBlocks, seqQArg, groupThread);
-          ifThen(loader, [&] {
-            scf::ForOp::create(b, loc, idx(1), numBlocks, idx(1), ValueRange{},
-                               [&](OpBuilder &, Location, Value j, ValueRange) {
-                                 issueBlock(j);
-                                 scf::YieldOp::create(b, loc);
-                               });
+          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+            LLVM::StoreOp::create(
+                b, loc, arith::IndexCastOp::create(b, loc, i32Type, numTiles),
+                tileIndexSlot(add(qSlot, idx(2))));
+            arrive(qFullOf(qSlot));
           });
-        });
+          arrive(qFullOf(qSlot));
+          qSlot = idx(0);
+        }
         // No copy of this thread is in flight when it exits.
         NVVM::CpAsyncCommitGroupOp::create(b, loc);
         NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
@@ -708,8 +715,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         // tile's Q while the consumers finish this one.
         bool stageExchange =
             plan.vStageBytes() >= plan.valueDim / 2 * kWarpgroupThreads * 4;
-        forEachTile([&](Value tileIter) {
+        auto acquireQ = [&](Value tileIter) {
           acquireCopies(qFullOf(qSlot), parityOfTile(tileIter));
+        };
+        walkTiles(walk, /*producer=*/false, acquireQ, [&](Value tileIter) {
           Value qEmpty = qEmptyOf(qSlot);
           // The tile's Q buffer (the epilogue's exchange without a V tile).
           Value qBase = add(base, mul(qSlot, plan.qBufferBytes()));
@@ -747,7 +756,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           emitEpilogue(
               unpackState(finalState),
               [&] {
-                NVVM::BarrierOp::create(b, loc, Type(), i32(1),
+                NVVM::BarrierOp::create(b, loc, Type(), i32(kConsumerBarrier),
                                         i32(2 * kWarpgroupThreads), nullptr,
                                         Value());
               },

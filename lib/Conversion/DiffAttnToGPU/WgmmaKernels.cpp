@@ -46,6 +46,25 @@ static bool hasWgmmaKernel(Operation *op) {
   return isa<V2Op>(op) && !AttentionConfig::get(op).hasKvLen;
 }
 
+/// The dynamic tile scheduler's first stage `name` (one thread): zeroes the
+/// tile counter, element 0 of the workspace (`workspaceType`,
+/// memref<?xf32>; 0.0f and u32 0 share their bits), letting the tile
+/// kernel launch first (griddepcontrol.launch_dependents: the kernel waits
+/// for this one's end before its first increment).
+static void buildTileCounterReset(OpBuilder &b, Location loc, StringRef name,
+                                  Type workspaceType) {
+  gpu::GPUFuncOp func = createKernelFunc(b, loc, name, {workspaceType}, 1);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&func.getBody().front());
+  NVVM::GriddepcontrolOp::create(b, loc,
+                                 NVVM::GridDepActionKind::launch_dependents);
+  memref::StoreOp::create(
+      b, loc, arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f)),
+      func.getArgument(0),
+      ValueRange{arith::ConstantIndexOp::create(b, loc, 0)});
+  gpu::ReturnOp::create(b, loc);
+}
+
 /// Checks that the strategy supports `op` on `chip` and fills the plan.
 static FailureOr<WgmmaPlan>
 makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
@@ -149,16 +168,39 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.vTileBytes = plan.stages * plan.vStageBytes();
   // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent
   // ones launch at most one CTA per SM of the target's reference GPU.
-  // Off by default. Measured on an H200 (docs/performance.md, Hopper run
-  // 27, gpu_ab.py): at 4 x 4096 unmasked, whose tiles are equally long so
-  // that the static stride loads every CTA alike, persistent CTAs with two
-  // Q buffers ran at 0.99x one CTA per tile; with a causal-like mask the
-  // stride leaves CTAs unequally loaded (0.98-1.01x).
-  if (options.persistent && !plan.warpSpecialized)
+  // Measured on an H200 (docs/performance.md): with the static stride,
+  // persistent CTAs with two Q buffers ran level with one CTA per tile
+  // (Hopper run 27, 0.98-1.01x: the stride loads CTAs unequally under a
+  // causal-like mask); with the dynamic tile scheduler, Hopper run 33.
+  // auto: persistent for batched sequences with warp specialisation (the
+  // dynamic scheduler's counter is in the launch's workspace, which packed
+  // sequences' launch does not have).
+  bool persistent;
+  if (options.persistent == "auto")
+    persistent = plan.warpSpecialized && !plan.attn.varlen;
+  else if (options.persistent == "true" || options.persistent == "false")
+    persistent = options.persistent == "true";
+  else
+    return op->emitOpError()
+           << "persistent = '" << options.persistent
+           << "' is not supported (expected auto, true or false)";
+  if (persistent && !plan.warpSpecialized)
     return op->emitOpError()
            << "persistent = true needs warp specialisation (the uniform "
               "form launches one CTA per tile)";
-  plan.persistentCtas = options.persistent ? chip.multiprocessors : 0;
+  plan.persistentCtas = persistent ? chip.multiprocessors : 0;
+  if (options.tileScheduler != "dynamic" && options.tileScheduler != "static")
+    return op->emitOpError() << "tile-scheduler = '" << options.tileScheduler
+                             << "' is not supported (expected dynamic or "
+                                "static)";
+  // Packed sequences keep the static stride (their launch has no
+  // workspace); the manifest's launch.tile_scheduler records which applies.
+  plan.dynamicTiles = plan.persistentCtas > 0 && !plan.attn.varlen &&
+                      options.tileScheduler == "dynamic";
+  // The kernel may start while the counter's reset runs (it waits for it
+  // before its first increment).
+  plan.programmaticLaunch = plan.dynamicTiles && options.programmaticLaunch &&
+                            chip.programmaticLaunch;
   // A persistent CTA's producer loads the next tile's Q into a second
   // buffer while the consumers still read this tile's, where both fit.
   auto barrierBytes = [&] {
@@ -167,12 +209,20 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
     // after the tiles.
     return plan.warpSpecialized ? 8 * (4 * plan.stages + 2 * plan.qBuffers) : 0;
   };
+  // Then the dynamic scheduler's tile indices.
   auto sharedBytes = [&] {
     return kAtomBytes + plan.qBuffers * plan.qBufferBytes() + plan.kTileBytes +
-           plan.vTileBytes + barrierBytes();
+           plan.vTileBytes + barrierBytes() + plan.tileIndexBytes();
   };
-  plan.qBuffers = 2;
-  if (!plan.persistentCtas || sharedBytes() > chip.maxSharedBytesPerCTA)
+  if (options.qBuffers < 0 || options.qBuffers > 2)
+    return op->emitOpError() << "q-buffers = " << options.qBuffers
+                             << " is not supported (expected 0, 1 or 2)";
+  if (options.qBuffers == 2 && !plan.persistentCtas)
+    return op->emitOpError() << "q-buffers = 2 needs persistent = true (a "
+                                "CTA of one tile has one Q)";
+  plan.qBuffers = options.qBuffers ? options.qBuffers : 2;
+  if (!plan.persistentCtas ||
+      (!options.qBuffers && sharedBytes() > chip.maxSharedBytesPerCTA))
     plan.qBuffers = 1;
   plan.qTileBytes = plan.qBuffers * plan.qBufferBytes();
   // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
@@ -280,6 +330,11 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
           rewriter, "q", {wgmma::kSpan, 1, wgmma::kWarpgroupRows, 1},
           wgmma::kRowBytes));
   }
+  // The dynamic scheduler's counter: the workspace (after the buffers),
+  // zeroed by a kernel of its own, launched first.
+  if (plan->dynamicTiles)
+    argTypes.insert(argTypes.begin() + numMaps + sig.buffers.size(),
+                    sig.workspaceType);
   auto func = createKernelFunc(rewriter, loc, kernel.getName(), argTypes,
                                plan->threads());
   if (plan->tmaLoads) {
@@ -303,11 +358,21 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
     rewriter.setInsertionPointAfter(func);
     buildSequenceCheckKernel(rewriter, loc, check);
   }
-  replaceWithGPUKernel(
-      rewriter, kernel, desc, func,
-      buildLaunchRule(
-          rewriter, *plan, "wgmma", kernel.getName(), sig.buffers, tensorMaps,
-          /*linearTiles=*/plan->warpSpecialized, plan->persistentCtas, check));
+  std::string reset;
+  if (plan->dynamicTiles) {
+    reset = (kernel.getName() + "_reset_tile_counter").str();
+    OpBuilder::InsertionGuard resetGuard(rewriter);
+    rewriter.setInsertionPointAfter(func);
+    buildTileCounterReset(rewriter, loc, reset, sig.workspaceType);
+  }
+  LinearTiles tiles;
+  tiles.enabled = plan->warpSpecialized;
+  tiles.atMost = plan->persistentCtas;
+  tiles.counterReset = reset;
+  replaceWithGPUKernel(rewriter, kernel, desc, func,
+                       buildLaunchRule(rewriter, *plan, "wgmma",
+                                       kernel.getName(), sig.buffers,
+                                       tensorMaps, tiles, check));
   return success();
 }
 

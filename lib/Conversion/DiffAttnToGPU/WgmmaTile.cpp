@@ -6,13 +6,17 @@
 // sequences, the sequence's range from cu_seqlens), its thread rows, and
 // the key blocks any of its rows may see (KeyRange.h, shared with the
 // tiled CPU lowering). WgmmaKernel.cpp calls it once per CTA, or per tile
-// of a persistent CTA.
+// of a persistent CTA, whose tiles walkTiles enumerates (statically, or
+// from the dynamic scheduler's tile counter).
 //
 //===----------------------------------------------------------------------===//
 
 #include "WgmmaBuilder.h"
 
 #include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 
 using namespace mlir;
 using namespace mlir::diffattn;
@@ -92,4 +96,131 @@ void WgmmaKernelBuilder::setupTile(const SequenceArgs &sequences, Value qBlock,
     hi = select(ctaActive, hi, lo);
   numBlocks = select(cmp(arith::CmpIPredicate::slt, lo, hi),
                      div(add(sub(hi, lo), blockK - 1), blockK), idx(0));
+}
+
+Value WgmmaKernelBuilder::tileIndexSlot(Value slot) {
+  return sharedPointer(add(mul(slot, 4), plan.tileIndexOffset()));
+}
+
+Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
+                                    function_ref<void(Value)> begin,
+                                    function_ref<void(Value)> body) {
+  Type i32Type = b.getI32Type();
+  Value gridSize = gpu::GridDimOp::create(b, loc, gpu::Dimension::x);
+  // Tile t is (row block t % R, KV head, batch), R row blocks per group.
+  auto enterTile = [&](Value t, Value carriedBase, Value iter) {
+    Value rest = arith::DivUIOp::create(b, loc, t, walk.tileRowBlocks);
+    setupTile(walk.sequences,
+              arith::RemUIOp::create(b, loc, t, walk.tileRowBlocks),
+              rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
+    blockBase = carriedBase;
+    tileIndex = t;
+    // Tile i of the CTA reads Q buffer i % qBuffers.
+    qSlot = plan.qBuffers > 1 ? rem(iter, plan.qBuffers) : idx(0);
+  };
+  Value iterations;
+  if (!plan.dynamicTiles) {
+    // Every gridDim.x-th tile from blockIdx.x.
+    auto loop = scf::ForOp::create(
+        b, loc, gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+        walk.numTiles, gridSize, ValueRange{idx(0), idx(0)},
+        [&](OpBuilder &, Location, Value t, ValueRange carried) {
+          enterTile(t, carried[0], carried[1]);
+          if (begin)
+            begin(carried[1]);
+          body(carried[1]);
+          scf::YieldOp::create(b, loc,
+                               ValueRange{add(carried[0], tile.numBlocks),
+                                          add(carried[1], idx(1))});
+        });
+    iterations = loop.getResult(1);
+  } else if (producer) {
+    // The first tile is blockIdx.x (below the tile count: the grid is at
+    // most the tile count), the others gridDim.x + the counter's value
+    // before the loading thread's increment. The thread takes the next
+    // once it has issued this tile's loads (late, so that short tiles
+    // take more) and hands it to the other producer threads through
+    // shared memory (slot iter % 2: a slot is rewritten only after every
+    // producer thread passed the next hand-over's barrier).
+    Value index = idx(0);
+    SmallVector<Type> types(3, b.getIndexType());
+    auto loop = scf::WhileOp::create(
+        b, loc, types,
+        ValueRange{index, index,
+                   gpu::BlockIdOp::create(b, loc, gpu::Dimension::x)},
+        [&](OpBuilder &, Location, ValueRange carried) {
+          scf::ConditionOp::create(
+              b, loc, cmp(arith::CmpIPredicate::ult, carried[2], walk.numTiles),
+              carried);
+        },
+        [&](OpBuilder &, Location, ValueRange carried) {
+          enterTile(carried[2], carried[0], carried[1]);
+          if (begin)
+            begin(carried[1]);
+          body(carried[1]);
+          Value slot = tileIndexSlot(rem(carried[1], 2));
+          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+            // The counter is zeroed by the launch's first stage: wait for
+            // it (a programmatic launch may start before it ends; a no-op
+            // once it has, or without one).
+            NVVM::GriddepcontrolOp::create(b, loc,
+                                           NVVM::GridDepActionKind::wait);
+            Value counter = LLVM::IntToPtrOp::create(
+                b, loc, LLVM::LLVMPointerType::get(ctx),
+                arith::IndexCastOp::create(
+                    b, loc, b.getI64Type(),
+                    memref::ExtractAlignedPointerAsIndexOp::create(
+                        b, loc, walk.workspace))
+                    .getResult());
+            Value taken = LLVM::AtomicRMWOp::create(
+                b, loc, LLVM::AtomicBinOp::add, counter, i32(1),
+                LLVM::AtomicOrdering::monotonic);
+            LLVM::StoreOp::create(
+                b, loc,
+                arith::AddIOp::create(
+                    b, loc, taken,
+                    arith::IndexCastOp::create(b, loc, i32Type, gridSize)),
+                slot);
+          });
+          NVVM::BarrierOp::create(b, loc, Type(), i32(kProducerBarrier),
+                                  i32(kWarpgroupThreads), nullptr, Value());
+          Value next = arith::IndexCastUIOp::create(
+              b, loc, b.getIndexType(),
+              LLVM::LoadOp::create(b, loc, i32Type, slot));
+          scf::YieldOp::create(b, loc,
+                               ValueRange{add(carried[0], tile.numBlocks),
+                                          add(carried[1], idx(1)), next});
+        });
+    iterations = loop.getResult(1);
+  } else {
+    // The consumers learn each tile from the producer: `begin` (the wait
+    // for the tile's Q) orders the producer's write of its index into the
+    // Q buffer's slot before the read; an index past the last ends.
+    Value index = idx(0);
+    SmallVector<Type> types(3, b.getIndexType());
+    auto loop = scf::WhileOp::create(
+        b, loc, types, ValueRange{index, index},
+        [&](OpBuilder &, Location, ValueRange carried) {
+          qSlot = plan.qBuffers > 1 ? rem(carried[1], plan.qBuffers) : idx(0);
+          begin(carried[1]);
+          Value t = arith::IndexCastUIOp::create(
+              b, loc, b.getIndexType(),
+              LLVM::LoadOp::create(b, loc, i32Type,
+                                   tileIndexSlot(add(qSlot, idx(2)))));
+          scf::ConditionOp::create(
+              b, loc, cmp(arith::CmpIPredicate::ult, t, walk.numTiles),
+              ValueRange{carried[0], carried[1], t});
+        },
+        [&](OpBuilder &, Location, ValueRange carried) {
+          enterTile(carried[2], carried[0], carried[1]);
+          body(carried[1]);
+          scf::YieldOp::create(b, loc,
+                               ValueRange{add(carried[0], tile.numBlocks),
+                                          add(carried[1], idx(1))});
+        });
+    iterations = loop.getResult(1);
+  }
+  blockBase = idx(0);
+  qSlot = idx(0);
+  return iterations;
 }

@@ -58,15 +58,27 @@ Attribute ceilDivRule(Builder &b, StringRef symbol, int64_t by, int64_t mul);
 /// is the kernel (the combine kernel is `name`_combine). `leadingParams`
 /// (parameter entries, e.g. tensorMapParam's) come before the buffers'
 /// parameters of the first (or only) stage.
-/// `linearTiles` (kernels that walk tiles, no split-KV): grid x covers the
-/// tiles (row blocks x KV heads x B), y and z are 1, and `atMost` > 0 caps x
-/// (a persistent launch). `sequenceCheck` (packed sequences, no split-KV)
-/// names a check kernel (SequenceCheck.h) launched as the first stage.
+/// `tiles` (kernels that walk tiles, no split-KV) says how.
+/// `sequenceCheck` (packed sequences, no split-KV) names a check kernel
+/// (SequenceCheck.h) launched as the first stage.
+struct LinearTiles {
+  /// Grid x covers the tiles (row blocks x KV heads x B), y and z are 1.
+  bool enabled = false;
+  /// > 0: x is capped at this (a persistent launch).
+  int64_t atMost = 0;
+  /// Non-empty: the persistent CTAs take tiles from a counter in a one-
+  /// element workspace, zeroed by this one-thread kernel (parameters: the
+  /// workspace) launched first; the tile kernel takes the workspace after
+  /// its buffers and launches programmatically with
+  /// config.programmaticLaunch. launch.tile_scheduler records
+  /// "dynamic" (else "static" for a persistent launch).
+  std::string counterReset;
+};
 DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
                                ArrayRef<StringRef> buffers,
                                ArrayRef<Attribute> leadingParams = {},
-                               bool linearTiles = false, int64_t atMost = 0,
+                               const LinearTiles &tiles = {},
                                StringRef sequenceCheck = {});
 
 /// A launch parameter entry asking the runtime for a tiled CUtensorMap
@@ -134,6 +146,8 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
+  dst.tileScheduler = src.tileScheduler;
+  dst.qBuffers = src.qBuffers;
   dst.qPrefetch = src.qPrefetch;
   dst.qTma = src.qTma;
   dst.deterministic = src.deterministic;
