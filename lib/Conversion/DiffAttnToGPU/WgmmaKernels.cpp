@@ -171,7 +171,9 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // Measured on an H200 (docs/performance.md): with the static stride,
   // persistent CTAs with two Q buffers ran level with one CTA per tile
   // (Hopper run 27, 0.98-1.01x: the stride loads CTAs unequally under a
-  // causal-like mask); with the dynamic tile scheduler, Hopper run 33.
+  // causal-like mask); with the dynamic tile scheduler 1.013-1.07x one CTA
+  // per tile on SPEC.md's five prefill shapes (Hopper run 33, gpu_ab.py),
+  // the static stride 0.94-0.97x the dynamic scheduler.
   // auto: persistent for batched sequences with warp specialisation (the
   // dynamic scheduler's counter is in the launch's workspace, which packed
   // sequences' launch does not have).
