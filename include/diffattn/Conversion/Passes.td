@@ -121,14 +121,6 @@ defvar DiffAttnGPUStrategyOptions = [
            "it loads it once the consumers' last S of the tile has landed; "
            "0: 2 where shared memory holds them, else 1. A kernel of one "
            "tile per CTA has 1">,
-    Option<"polynomialExp2", "polynomial-exp2", "int64_t",
-           /*default=*/"0",
-           "wgmma strategy: every N-th 8-column accumulator tile of a key "
-           "block computes its probabilities' exp2 with a degree-3 "
-           "polynomial on the FMA pipe instead of the SFU's ex2.approx "
-           "(FlashAttention-4's software exp2; relative error 1e-4), to "
-           "relieve the SFU where the softmax waits on it (0: never; 1 to "
-           "64)">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "

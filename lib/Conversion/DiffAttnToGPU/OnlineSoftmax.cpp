@@ -115,16 +115,11 @@ Value OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
   for (int64_t rr = 0; rr < rows; ++rr) {
     Value shift = kb.negShift(head.rowMax[rr], scale);
     Value sum = kb.f32(0.0f);
-    for (auto [ti, t] : llvm::enumerate(s)) {
-      bool polynomial =
-          polynomialEvery > 0 &&
-          static_cast<int64_t>(ti) % polynomialEvery == polynomialEvery - 1;
+    for (Acc &t : s)
       for (int64_t e = per * rr; e < per * rr + per; ++e) {
-        Value x = kb.fma(t[e], scaleLog2, shift);
-        t[e] = polynomial ? kb.exp2Polynomial(x) : kb.exp2(x);
+        t[e] = kb.exp2(kb.fma(t[e], scaleLog2, shift));
         sum = kb.fadd(sum, t[e]);
       }
-    }
     head.rowSum[rr] = kb.fadd(head.rowSum[rr], sum);
   }
   return moved;

@@ -118,9 +118,7 @@ public:
       : GPUKernelBuilder(b, loc), plan(plan),
         epilogue(*this, plan.pairs, plan.valueDim, plan.elementType),
         softmax(*this, FragmentLayout::wgmmaM64NSlice(), plan.attn.scale,
-                plan.rescaleThreshold) {
-    softmax.setPolynomialExp2Every(plan.polynomialExp2);
-  }
+                plan.rescaleThreshold) {}
 
   /// Fills the body of `func` (arguments: q, k, v, lam, out, B, Sq, Sk).
   void build(gpu::GPUFuncOp func);

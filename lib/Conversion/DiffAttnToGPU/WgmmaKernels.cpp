@@ -153,10 +153,6 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
            << "' is not supported by the wgmma strategy (its tiles are in "
               "wgmma's 128-byte swizzled layout: auto or swizzled)";
   plan.rescaleThreshold = static_cast<float>(options.rescaleThreshold);
-  if (options.polynomialExp2 < 0 || options.polynomialExp2 > 64)
-    return op->emitOpError() << "polynomial-exp2 = " << options.polynomialExp2
-                             << " is not supported (expected 0 to 64)";
-  plan.polynomialExp2 = options.polynomialExp2;
   if (!(plan.rescaleThreshold >= 0 && plan.rescaleThreshold <= 16))
     return op->emitOpError()
            << "rescale-threshold = " << options.rescaleThreshold

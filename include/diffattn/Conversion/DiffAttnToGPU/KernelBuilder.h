@@ -136,35 +136,6 @@ public:
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
   }
-  /// 2^x for x <= 0 (or -inf) on the FMA and integer pipes instead of the
-  /// SFU (FlashAttention-4's software exp2, for kernels whose softmax waits
-  /// on the SFU): Cody-Waite reduction x = j + f, j = round(x) through the
-  /// 1.5 x 2^23 rounding constant (whose low bits then hold j), f in [-0.5,
-  /// 0.5]; 2^f by a degree-3 polynomial whose coefficients are a relative
-  /// minimax fit on that interval (Lawson-weighted least squares: largest
-  /// relative error 1.0e-4, below bf16's half ulp of 2^-9); j added to the
-  /// exponent field. x below -126 (and -inf) gives exactly 0, like
-  /// ex2.approx.ftz. 11 instructions where exp2 is one SFU instruction.
-  Value exp2Polynomial(Value x) {
-    Type i32 = b.getI32Type();
-    Value clamped = fmax(x, f32(-126.0f));
-    Value rounder = f32(12582912.0f);
-    Value shifted = fadd(clamped, rounder);
-    Value whole = fsub(shifted, rounder);
-    Value frac = fsub(clamped, whole);
-    Value p = fma(frac, f32(0.05500893f), f32(0.24221095f));
-    p = fma(frac, p, f32(0.6932829f));
-    p = fma(frac, p, f32(1.0f));
-    Value exponent = arith::ShLIOp::create(
-        b, loc, arith::BitcastOp::create(b, loc, i32, shifted),
-        arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(23)));
-    Value bits = arith::AddIOp::create(
-        b, loc, arith::BitcastOp::create(b, loc, i32, p), exponent);
-    Value result = arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
-    return select(arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OLT, x,
-                                        f32(-126.0f)),
-                  f32(0.0f), result);
-  }
   /// Rounds the f32 `x` to the element type of the 1-D `buffer` and stores
   /// it at buffer[index].
   void storeAs(Value buffer, Value x, Value index) {

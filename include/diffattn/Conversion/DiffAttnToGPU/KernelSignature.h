@@ -148,7 +148,6 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.persistent = src.persistent;
   dst.tileScheduler = src.tileScheduler;
   dst.qBuffers = src.qBuffers;
-  dst.polynomialExp2 = src.polynomialExp2;
   dst.qPrefetch = src.qPrefetch;
   dst.qTma = src.qTma;
   dst.deterministic = src.deterministic;

@@ -83,11 +83,6 @@ public:
   SmallVector<Value, 2> blockDeferred(SmallVectorImpl<Acc> &s, HeadState &head,
                                       Value *moved = nullptr);
 
-  /// Every `every`-th accumulator tile of a block (tiles every - 1,
-  /// 2 every - 1, ...) computes its probabilities with
-  /// GPUKernelBuilder::exp2Polynomial instead of the SFU (0: none).
-  void setPolynomialExp2Every(int64_t every) { polynomialEvery = every; }
-
   /// The row max reduction of one thread's value over the lanes of its row.
   Value rowMax(Value x);
   /// The row sum reduction.
@@ -98,7 +93,6 @@ private:
   FragmentLayout layout;
   float scale;
   float rescaleThreshold;
-  int64_t polynomialEvery = 0;
 };
 
 } // namespace mlir::diffattn

@@ -44,9 +44,6 @@ struct TileConfig {
   /// Lazy rescaling: the softmax offsets move only when a probability would
   /// exceed 2^rescaleThreshold (0: they move with every block).
   float rescaleThreshold = 0;
-  /// Every N-th accumulator tile's exp2 on the FMA pipe (the
-  /// polynomial-exp2 option; 0: none).
-  int64_t polynomialExp2 = 0;
   /// Split-KV (decode form): each CTA covers one split of the keys for its
   /// rows and writes their partial softmax state (accumulators, max, sum)
   /// to a workspace; a second kernel combines the splits and applies the
