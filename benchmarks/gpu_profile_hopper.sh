@@ -31,7 +31,9 @@ for i in "${cases[@]}"; do
   rep="$out/prefill$i"
   # Sections: speed of light, compute (pipe utilisation), scheduler and
   # warp state (stall reasons), instruction statistics, source counters.
-  "$ncu" -k 'regex:diffattn|flash' --launch-skip 1 --launch-count 1 \
+  # Our tile kernel (a persistent launch's first stage, the tile counter's
+  # reset, ends in ...counter: names ending in r are skipped).
+  "$ncu" -k 'regex:^diffattn.*[^r]$' --launch-skip 1 --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
     --section WarpStateStats --section InstructionStats --section SourceCounters \
     --section LaunchStats --section Occupancy \
@@ -41,7 +43,7 @@ for i in "${cases[@]}"; do
   # A strategy variant of ours (VARIANT_OPTIONS, e.g.
   # "--gpu-options=persistent=true"), when asked for.
   if [ -n "${VARIANT_OPTIONS:-}" ]; then
-    "$ncu" -k 'regex:diffattn' --launch-skip 1 --launch-count 1 \
+    "$ncu" -k 'regex:^diffattn.*[^r]$' --launch-skip 1 --launch-count 1 \
       --section SpeedOfLight --section SchedulerStats --section WarpStateStats \
       --section InstructionStats --section SourceCounters --section LaunchStats \
       --import-source no -f -o "$rep-variant" \
