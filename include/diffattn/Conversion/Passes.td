@@ -105,7 +105,9 @@ defvar DiffAttnGPUStrategyOptions = [
            "runs 27 and 33)">,
     Option<"tileScheduler", "tile-scheduler", "std::string",
            /*default=*/"\"dynamic\"",
-           "wgmma strategy, persistent = true, batched sequences: how a CTA "
+           "wgmma strategy, persistent CTAs (persistent = true, or auto for "
+           "batched sequences; ignored with one CTA per tile), batched "
+           "sequences: how a CTA "
            "takes its tiles after its first (blockIdx.x). dynamic: the "
            "producer's loading thread takes the next from a tile counter "
            "(one 32-bit atomic add on the launch's workspace, zeroed by a "
@@ -115,7 +117,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "whose tiles were short take more; static: every gridDim.x-th "
            "tile. Packed sequences always use static">,
     Option<"qBuffers", "q-buffers", "int64_t", /*default=*/"0",
-           "wgmma strategy, persistent = true: Q buffers per CTA. 2: the "
+           "wgmma strategy, persistent CTAs (persistent = true, or auto for "
+           "batched sequences): Q buffers per CTA. 2: the "
            "CTA's i-th tile's Q in buffer i % 2, so that the producer loads "
            "the next tile's Q while the consumers still read this one's; 1: "
            "it loads it once the consumers' last S of the tile has landed; "

@@ -100,7 +100,9 @@ struct WgmmaPlan : TileConfig {
   }
   /// Warp-specialised, batched: the producer prefetches into L2 the Q rows
   /// of the tile this many tiles later (0: none; see the q-prefetch
-  /// option). A persistent CTA's next tile is gridDim.x later instead.
+  /// option). A persistent CTA prefetches the tile gridDim.x later instead
+  /// (its next with the static stride, about it with the dynamic
+  /// scheduler).
   int64_t qPrefetchDistance = 0;
   /// TMA loads, batched sequences: the kernel's third tensor map is Q's,
   /// used when Sq is a multiple of 64 (see the q-tma option).

@@ -639,7 +639,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 });
               loadQ(loader);
               // The Q of the tile that starts about one tile from now: this
-              // CTA's next (persistent), else the one an SM takes next.
+              // CTA's next with the static stride (with the dynamic
+              // scheduler, whose next tile is not known yet, about the
+              // tile the counter hands out a tile from now), else the one
+              // an SM takes next.
               if (plan.qPrefetchDistance > 0)
                 prefetchTileQ(
                     q,

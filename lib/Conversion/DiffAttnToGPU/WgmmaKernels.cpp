@@ -243,7 +243,8 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
           : 0;
   if (failed(checkChipLimits(op, plan,
                              (Twine("block-k = ") + Twine(plan.blockK) +
-                              " and stages = " + Twine(plan.stages))
+                              " and stages = " + Twine(plan.stages) +
+                              (plan.qBuffers > 1 ? " with q-buffers = 2" : ""))
                                  .str())))
     return failure();
   return plan;
