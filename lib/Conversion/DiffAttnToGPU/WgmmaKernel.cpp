@@ -432,11 +432,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Q buffer `slot`'s full and empty mbarriers.
   auto qFullOf = [&](Value slot) { return barrier(add(slot, 4 * stages)); };
   auto waitOn = [&](Value bar, Value parity) {
-    // Suspend-time hint 0x989680 ns (10 ms, CUTLASS's ClusterBarrier::wait):
-    // the thread sleeps until the phase completes instead of retrying (with
-    // 0 the producer's waits ran the retry block 5.27 M times at 4 x 4096
-    // causal, Hopper run 36).
-    NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0x989680));
+    NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
   };
   auto arrive = [&](Value bar) {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
