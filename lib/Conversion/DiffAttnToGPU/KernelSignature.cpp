@@ -114,6 +114,15 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
   auto ceilDiv = [&](StringRef sym, int64_t by, int64_t mulBy) {
     return ceilDivRule(b, sym, by, mulBy);
   };
+  // The `workspace` entry: the product of `factors` times `times` f32.
+  auto workspaceRule = [&](ArrayRef<Attribute> factors, int64_t times) {
+    return b.getNamedAttr(
+        "workspace",
+        b.getDictionaryAttr(
+            {b.getNamedAttr("dtype", b.getStringAttr("f32")),
+             b.getNamedAttr("product", b.getArrayAttr(factors)),
+             b.getNamedAttr("times", b.getI64IntegerAttr(times))}));
+  };
   int64_t ppg = config.pairsPerGroup();
   Attribute rowBlocks = ceilDiv("Sq", config.blockQ, config.rowsPerQuery);
   SmallVector<NamedAttribute> common = {
@@ -178,13 +187,7 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
                 1, 0, b.getArrayAttr(launchParams(b, {"workspace"}, {})));
       attrs.push_back(b.getNamedAttr("stages", b.getArrayAttr({reset, only})));
       // One f32 element (the counter, as u32).
-      attrs.push_back(b.getNamedAttr(
-          "workspace",
-          b.getDictionaryAttr(
-              {b.getNamedAttr("dtype", b.getStringAttr("f32")),
-               b.getNamedAttr("product",
-                              b.getArrayAttr({b.getI64IntegerAttr(1)})),
-               b.getNamedAttr("times", b.getI64IntegerAttr(1))})));
+      attrs.push_back(workspaceRule({b.getI64IntegerAttr(1)}, 1));
       return b.getDictionaryAttr(attrs);
     }
     if (!sequenceCheck.empty()) {
@@ -246,16 +249,9 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
                  config.programmaticLaunch, combineSkip)})));
   // f32 elements: B x Hkv x splits x (pairs of a group x Sq) x 2 heads x
   // (Dv + 2).
-  attrs.push_back(b.getNamedAttr(
-      "workspace",
-      b.getDictionaryAttr(
-          {b.getNamedAttr("dtype", b.getStringAttr("f32")),
-           b.getNamedAttr("product", b.getArrayAttr({ceilDiv("B", 1, 1),
-                                                     ceilDiv("splits", 1, 1),
-                                                     ceilDiv("Sq", 1, 1)})),
-           b.getNamedAttr("times",
-                          b.getI64IntegerAttr(config.kvHeads * ppg * 2 *
-                                              config.partialWidth()))})));
+  attrs.push_back(workspaceRule(
+      {ceilDiv("B", 1, 1), ceilDiv("splits", 1, 1), ceilDiv("Sq", 1, 1)},
+      config.kvHeads * ppg * 2 * config.partialWidth()));
   return b.getDictionaryAttr(attrs);
 }
 

@@ -92,12 +92,13 @@ struct WgmmaPlan : TileConfig {
   }
   /// Byte offset (from the tiles' start) of the mbarriers, 8 bytes each:
   /// four groups of one per stage (full, fullValues, emptyKeys,
-  /// emptyValues), then qFull and qEmpty, one per Q buffer; and of the tile
-  /// indices after them.
+  /// emptyValues), then qFull and qEmpty, one per Q buffer (warp-
+  /// specialised kernels only); and of the tile indices after them.
   int64_t barrierOffset() const { return qTileBytes + kTileBytes + vTileBytes; }
-  int64_t tileIndexOffset() const {
-    return barrierOffset() + 8 * (4 * stages + 2 * qBuffers);
+  int64_t barrierBytes() const {
+    return warpSpecialized ? 8 * (4 * stages + 2 * qBuffers) : 0;
   }
+  int64_t tileIndexOffset() const { return barrierOffset() + barrierBytes(); }
   /// Warp-specialised, batched: the producer prefetches into L2 the Q rows
   /// of the tile this many tiles later (0: none; see the q-prefetch
   /// option). A persistent CTA prefetches the tile gridDim.x later instead
@@ -299,6 +300,10 @@ protected:
   /// Shared-memory pointer (i32) of the dynamic scheduler's tile-index slot
   /// `slot`: 0 and 1 the producer's hand-over, 2 + q Q buffer q's.
   Value tileIndexSlot(Value slot);
+  /// The Q buffer of the CTA's tile `iter` (iter % qBuffers).
+  Value qSlotOf(Value iter) {
+    return plan.qBuffers > 1 ? rem(iter, plan.qBuffers) : idx(0);
+  }
 
   // The tile (WgmmaEpilogue.cpp).
   /// Pair (of the whole query-head range) and query row of group row `r`

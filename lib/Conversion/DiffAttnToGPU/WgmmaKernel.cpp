@@ -574,6 +574,25 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         // one pair, query rows row0 % Sq onwards), the loading thread's
         // expect-tx arrival and one TMA load per head and 64-column span
         // (the others arrive plainly); else every thread's cp.async copies.
+        // The CTA's tile `iter` may use its Q buffer (qSlot) once the
+        // consumers released it from tile iter - qBuffers.
+        auto waitForQBuffer = [&](Value iter) {
+          ifThen(cmp(arith::CmpIPredicate::sge, iter, idx(plan.qBuffers)), [&] {
+            waitOn(qEmptyOf(qSlot),
+                   parityOfTile(sub(iter, idx(plan.qBuffers))));
+          });
+        };
+        // Dynamic scheduler: the loading thread writes the tile's index (or
+        // one past the last) into qSlot's slot, then arrives on its qFull
+        // (the extra arrival its init count has).
+        auto announceTile = [&](Value index) {
+          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+            LLVM::StoreOp::create(
+                b, loc, arith::IndexCastOp::create(b, loc, i32Type, index),
+                tileIndexSlot(add(qSlot, idx(2))));
+            arrive(qFullOf(qSlot));
+          });
+        };
         auto loadQ = [&](Value loader) {
           auto copyAll = [&] {
             copyQ(groupThread, kWarpgroupThreads);
@@ -622,21 +641,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                          b, loc, loader,
                          cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
                      [&] { issueBlock(idx(0)); });
-              ifThen(
-                  cmp(arith::CmpIPredicate::sge, tileIter, idx(plan.qBuffers)),
-                  [&] {
-                    waitOn(qEmptyOf(qSlot),
-                           parityOfTile(sub(tileIter, idx(plan.qBuffers))));
-                  });
+              waitForQBuffer(tileIter);
               // The dynamic scheduler's tile, for the consumers (walkTiles).
               if (plan.dynamicTiles)
-                ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
-                  LLVM::StoreOp::create(
-                      b, loc,
-                      arith::IndexCastOp::create(b, loc, i32Type, tileIndex),
-                      tileIndexSlot(add(qSlot, idx(2))));
-                  arrive(qFullOf(qSlot));
-                });
+                announceTile(tileIndex);
               loadQ(loader);
               // The Q of the tile that starts about one tile from now: this
               // CTA's next with the static stride (with the dynamic
@@ -663,18 +671,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         // The dynamic scheduler's end: the next Q buffer's slot gets an
         // index past the last tile, announced without a load.
         if (plan.dynamicTiles) {
-          qSlot = plan.qBuffers > 1 ? rem(tiles, plan.qBuffers) : idx(0);
-          ifThen(cmp(arith::CmpIPredicate::sge, tiles, idx(plan.qBuffers)),
-                 [&] {
-                   waitOn(qEmptyOf(qSlot),
-                          parityOfTile(sub(tiles, idx(plan.qBuffers))));
-                 });
-          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
-            LLVM::StoreOp::create(
-                b, loc, arith::IndexCastOp::create(b, loc, i32Type, numTiles),
-                tileIndexSlot(add(qSlot, idx(2))));
-            arrive(qFullOf(qSlot));
-          });
+          qSlot = qSlotOf(tiles);
+          waitForQBuffer(tiles);
+          announceTile(numTiles);
           arrive(qFullOf(qSlot));
           qSlot = idx(0);
         }

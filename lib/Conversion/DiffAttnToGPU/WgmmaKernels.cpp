@@ -207,16 +207,11 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                             chip.programmaticLaunch;
   // A persistent CTA's producer loads the next tile's Q into a second
   // buffer while the consumers still read this tile's, where both fit.
-  auto barrierBytes = [&] {
-    // Warp-specialised: each stage's full and empty mbarriers of its keys
-    // and of its values, each Q buffer's full and empty, 8 bytes each,
-    // after the tiles.
-    return plan.warpSpecialized ? 8 * (4 * plan.stages + 2 * plan.qBuffers) : 0;
-  };
-  // Then the dynamic scheduler's tile indices.
+  // The tiles, then the mbarriers and the dynamic scheduler's tile indices
+  // (WgmmaPlan::barrierBytes, tileIndexBytes).
   auto sharedBytes = [&] {
     return kAtomBytes + plan.qBuffers * plan.qBufferBytes() + plan.kTileBytes +
-           plan.vTileBytes + barrierBytes() + plan.tileIndexBytes();
+           plan.vTileBytes + plan.barrierBytes() + plan.tileIndexBytes();
   };
   if (options.qBuffers < 0 || options.qBuffers > 2)
     return op->emitOpError() << "q-buffers = " << options.qBuffers

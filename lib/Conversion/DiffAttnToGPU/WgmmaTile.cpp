@@ -11,6 +11,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "MmaSyncBackwardBuilder.h"
 #include "WgmmaBuilder.h"
 
 #include "diffattn/Dialect/DiffAttn/Utils/KeyRange.h"
@@ -115,8 +116,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
               rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
     blockBase = carriedBase;
     tileIndex = t;
-    // Tile i of the CTA reads Q buffer i % qBuffers.
-    qSlot = plan.qBuffers > 1 ? rem(iter, plan.qBuffers) : idx(0);
+    qSlot = qSlotOf(iter);
   };
   Value iterations;
   if (!plan.dynamicTiles) {
@@ -167,11 +167,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
                                            NVVM::GridDepActionKind::wait);
             Value counter = LLVM::IntToPtrOp::create(
                 b, loc, LLVM::LLVMPointerType::get(ctx),
-                arith::IndexCastOp::create(
-                    b, loc, b.getI64Type(),
-                    memref::ExtractAlignedPointerAsIndexOp::create(
-                        b, loc, walk.workspace))
-                    .getResult());
+                mma_sync::workspaceAddress(*this, walk.workspace, idx(0)));
             Value taken = LLVM::AtomicRMWOp::create(
                 b, loc, LLVM::AtomicBinOp::add, counter, i32(1),
                 LLVM::AtomicOrdering::monotonic);
@@ -201,7 +197,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
     auto loop = scf::WhileOp::create(
         b, loc, types, ValueRange{index, index},
         [&](OpBuilder &, Location, ValueRange carried) {
-          qSlot = plan.qBuffers > 1 ? rem(carried[1], plan.qBuffers) : idx(0);
+          qSlot = qSlotOf(carried[1]);
           begin(carried[1]);
           Value t = arith::IndexCastUIOp::create(
               b, loc, b.getIndexType(),
