@@ -17,7 +17,9 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    deterministic one (under torch.use_deterministic_algorithms(True): run
    twice, it must agree bit for bit) and the accumulating one
    (gpu_cases.ACCUMULATE_OPTIONS: dq through f32 reductions, the default
-   on sm_90a).
+   on sm_90a), each also from the training forward's out and lse with
+   out_odd (A_{2h+1}, checked against the reference too), which the
+   backward then reads instead of recomputing (what autograd runs).
 2. Gradients on gpu_cases.BACKWARD_LARGE against autograd through fp32
    SDPA math (gpu_check.sdpa_reference) on the same bf16 inputs.
 3. Forward + backward timing on gpu_cases.BACKWARD_BENCH through autograd
@@ -25,8 +27,8 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    FlashAttention-2 backends, enable_gqa) + the torch.compile'd epilogue;
    FLOPs = 3.5 x the forward count (FlashAttention's convention), with
    the default kernels and under torch.use_deterministic_algorithms(True);
-   also the backward kernels alone (torch.ops.diffattn.v2_backward), both
-   ways.
+   also the backward kernels alone (torch.ops.diffattn.v2_backward with
+   the training forward's out_odd, as autograd calls it), both ways.
 
 Prints tables and writes gpu_backward.json under --out; exits 1 on any
 failure.
@@ -82,11 +84,11 @@ def with_deterministic(fn):
     return run
 
 
-def accumulating_backward(q, k, v, lam, out, dout, lse, kv_len, causal, window):
+def accumulating_backward(q, k, v, lam, out, dout, lse, kv_len, causal, window, out_odd=None):
     """The backward with dq accumulated through bulk reductions
-    (gpu_cases.ACCUMULATE_OPTIONS)."""
+    (gpu_cases.ACCUMULATE_OPTIONS), reading `out_odd` if given."""
     return _torch.backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, None, *window,
-                                options=gpu_cases.ACCUMULATE_OPTIONS)
+                                options=gpu_cases.ACCUMULATE_OPTIONS, out_odd=out_odd)
 
 
 def check_case(case, g):
@@ -101,6 +103,13 @@ def check_case(case, g):
         q, k, v, lam, out, dout, lse, causal=causal, window=window, kv_len=kl))()
         for _ in range(2)]
     grads = accumulating_backward(q, k, v, lam, out, dout, lse, kl, causal, window)
+    # The training forward (lse and out_odd) and both backwards reading
+    # out_odd: what autograd runs.
+    out_t, lse_t, out_odd = _torch.v2_train_cuda(q, k, v, lam, kl, causal, None, *window)
+    odd_grads = accumulating_backward(q, k, v, lam, out_t, dout, lse_t, kl, causal, window,
+                                      out_odd)
+    odd_det = with_deterministic(lambda: _torch.backward_cuda(
+        q, k, v, lam, out_t, dout, lse_t, kl, causal, None, *window, out_odd=out_odd))()
     torch.cuda.synchronize()
     deterministic = all(torch.equal(x, y) for x, y in zip(*det))
     np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
@@ -115,12 +124,20 @@ def check_case(case, g):
     empty = torch.isneginf(ref_lse_t)
     lse_where = bool(torch.equal(torch.isneginf(lse), empty))
     errs["lse"] = check_error(lse[~empty], ref_lse_t[~empty]) if bool((~empty).any()) else 0.0
-    for name, x, y, ref in zip(NAMES, grads, det[0], ref_grads):
+    errs["out_t"] = check_error(out_t, torch.from_numpy(ref_out).cuda())
+    ref_odd = diffattn.reference._attention(
+        np_in[0], np_in[1], np_in[2], scale=1.0 / np.sqrt(d), causal=causal, window=window,
+        kv_len=kv_np)[:, :, 1::2]
+    errs["out_odd"] = check_error(out_odd, torch.from_numpy(ref_odd).cuda())
+    for name, x, y, xo, yo, ref in zip(NAMES, grads, det[0], odd_grads, odd_det, ref_grads):
         errs[name + "_acc"] = check_error(x, torch.from_numpy(ref).cuda())
         errs[name] = check_error(y, torch.from_numpy(ref).cuda())
+        errs[name + "_odd_acc"] = check_error(xo, torch.from_numpy(ref).cuda())
+        errs[name + "_odd"] = check_error(yo, torch.from_numpy(ref).cuda())
     ok = (lse_where and deterministic and errs["out"] <= tol and errs["lse"] <= tol and
-          all(errs[n] <= GRAD_FACTOR * tol and errs[n + "_acc"] <= GRAD_FACTOR * tol
-              for n in NAMES))
+          errs["out_t"] <= tol and errs["out_odd"] <= tol and
+          all(errs[n + s] <= GRAD_FACTOR * tol for n in NAMES
+              for s in ("", "_acc", "_odd", "_odd_acc")))
     print(f"  {'ok  ' if ok else 'FAIL'} B={b} Sq={sq} Sk={sk} 2H={h2} Hkv={hkv} D={d} {dtype} "
           f"causal={causal} window={window} kv_len={kv_len}: "
           + " ".join(f"{n} {e:.1e}" for n, e in errs.items())
@@ -158,9 +175,9 @@ def bench(results):
     rows = []
     print("== forward + backward (bf16, autograd; TFLOP/s = 3.5 x forward FLOPs / time)")
     print("| B x S, D | mask | op fwd+bwd | op fwd+bwd deterministic | op bwd kernels "
-          "| deterministic bwd kernels | SDPA cuDNN + epi | SDPA FA2 + epi | vs cuDNN "
-          "| vs FA2 | deterministic vs cuDNN |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| deterministic bwd kernels | bwd kernels recomputing A_2h+1 | SDPA cuDNN + epi "
+          "| SDPA FA2 + epi | vs cuDNN | vs FA2 | deterministic vs cuDNN |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for b, s, h2, hkv, d, causal in gpu_cases.BACKWARD_BENCH:
         dt = torch.bfloat16
         q, k, v, lam, dout = (t.requires_grad_(i < 4) for i, t in
@@ -173,9 +190,16 @@ def bench(results):
             return torch.autograd.grad(out, (q, k, v, lam), dout)
 
         with torch.no_grad():
-            out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+            # The training forward's saved tensors (what autograd keeps).
+            out, lse, out_odd = _torch.v2_train_cuda(q, k, v, lam, None, causal, None, -1, -1)
 
         def bwd_only():
+            return torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse, None, causal,
+                                                  None, -1, -1, out_odd)
+
+        def bwd_recompute():
+            # The same kernels without out_odd: the statistics kernel
+            # recomputes A_{2h+1} (the form before out_odd; A/B in one run).
             return torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse, None, causal,
                                                   None, -1, -1)
 
@@ -196,6 +220,7 @@ def bench(results):
         row["ours_det_ms"] = bench_fn(with_deterministic(ours))
         row["ours_bwd_ms"] = bench_fn(bwd_only)
         row["ours_bwd_det_ms"] = bench_fn(with_deterministic(bwd_only))
+        row["ours_bwd_recompute_ms"] = bench_fn(bwd_recompute)
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
                               ("fa2", SDPBackend.FLASH_ATTENTION)):
             try:
@@ -216,11 +241,12 @@ def bench(results):
         print(f"| {b} x {s}, {d} | {'causal' if causal else 'none'} | {fmt(tf['ours_ms'])} "
               f"({row['ours_ms']:.2f} ms) | {fmt(tf['ours_det_ms'])} "
               f"({row['ours_det_ms']:.2f} ms) | {row['ours_bwd_ms']:.2f} ms | "
-              f"{row['ours_bwd_det_ms']:.2f} ms | {fmt(tf['cudnn_ms'])} | "
+              f"{row['ours_bwd_det_ms']:.2f} ms | {row['ours_bwd_recompute_ms']:.2f} ms | "
+              f"{fmt(tf['cudnn_ms'])} | "
               f"{fmt(tf['fa2_ms'])} | {rat(ratio['cudnn'])} | {rat(ratio['fa2'])} | "
               f"{rat(det_ratio)} |", flush=True)
         rows.append(row)
-        del q, k, v, lam, dout, qh, kh, vh, lam2, out, lse
+        del q, k, v, lam, dout, qh, kh, vh, lam2, out, lse, out_odd
         torch.cuda.empty_cache()
     results["bench"] = rows
 

@@ -229,8 +229,10 @@ ACCUMULATE_OPTIONS = ("--gpu-options=deterministic=false",)
 
 def backward_requests():
     """The kernel requests of the backward's cases: per configuration, the
-    forward with lse (diffattn::v2_lse), the backward, and the forward
-    without lse (the op's own forward), as keyword arguments of
+    forward with lse (diffattn::v2_lse) and with lse and out_odd (the
+    training forward, diffattn::_v2_forward_saved), the backward without
+    and with out_odd, and the forward without lse (the op's own forward),
+    as keyword arguments of
     diffattn._gpu.prepare_v2 / prepare_v2_backward (key "backward")."""
     configs = []
     for b, sq, sk, h2, hkv, d, dtype, causal, window, kv_len in BACKWARD_CHECK_CASES:
@@ -247,11 +249,14 @@ def backward_requests():
                    window=window, kv_len_shape=(b,) if has_len else None)
         reqs.append(fwd)
         reqs.append(dict(fwd, return_lse=True))
+        reqs.append(dict(fwd, return_lse=True, return_out_odd=True))
         out = (b, sq, h2 // 2, d)
-        # The default (deterministic) and the accumulating kernels.
+        # The default (deterministic) and the accumulating kernels, each
+        # recomputing A_{2h+1} or reading out_odd.
         for options in ((), ACCUMULATE_OPTIONS):
-            reqs.append(dict(fwd, backward=True, out_shape=out, dout_shape=out,
-                             lse_shape=(b, h2, sq), options=options))
+            for odd in (None, out):
+                reqs.append(dict(fwd, backward=True, out_shape=out, dout_shape=out,
+                                 lse_shape=(b, h2, sq), options=options, out_odd_shape=odd))
     return reqs
 
 

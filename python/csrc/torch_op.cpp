@@ -401,9 +401,12 @@ void v2Autograd(const c10::OperatorHandle &op, torch::jit::Stack *stack) {
     }
   }
   if (needsGrad) {
-    // (out, lse): the formula keeps lse; the caller gets out.
+    // (out, lse, out_odd): the formula keeps lse and out_odd; the caller
+    // gets out.
     gTrainOp->callBoxed(stack);
-    stack->pop_back();
+    size_t saved = gTrainOp->schema().returns().size() - 1;
+    for (size_t i = 0; i < saved; ++i)
+      stack->pop_back();
     return;
   }
   c10::impl::ExcludeDispatchKeyGuard noAutograd(c10::autograd_dispatch_keyset);

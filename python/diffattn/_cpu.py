@@ -137,14 +137,16 @@ def _run(kind, params, mlir_text, buffers, sizes, lowering):
 
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
-       block_table=None, lowering="flash", return_lse=False):
+       block_table=None, lowering="flash", return_lse=False, return_out_odd=False):
     """diffattn.v2 on numpy arrays. ``lowering`` picks the kernel the
     compiler builds: "flash" (tiled, the default) or "decompose" (untiled
     oracle, quadratic memory; for tests and benchmarks). With
     ``block_table`` ([B, MB] int32), k and v are a paged cache [NB, BS, Hkv,
     D] (BS a multiple of 16) and ``kv_len`` is required. With
     ``return_lse`` returns ``(out, lse)``, lse [B, 2H, Sq] float32 (float64
-    for float64 arrays; see diffattn.v2)."""
+    for float64 arrays; see diffattn.v2); with ``return_out_odd`` as well
+    ``(out, lse, out_odd)``, out_odd [B, Sq, H, Dv] the pairs' second heads
+    A_{2h+1} (what a training step saves for the backward's out_odd)."""
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[NB, BS, Hkv, D]" if block_table is not None else "[B, Sk, Hkv, D]")
     v = _check_array("v", v, 4, "[NB, BS, Hkv, Dv]" if block_table is not None else "[B, Sk, Hkv, Dv]")
@@ -161,7 +163,7 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         causal=causal, scale=scale, window=window,
         kv_len_shape=None if kv_len is None else kv_len.shape,
         block_table_shape=None if block_table is None else block_table.shape,
-        return_lse=bool(return_lse))
+        return_lse=bool(return_lse), return_out_odd=bool(return_out_odd))
     if kv_len is not None:
         sk = sizes[2]
         if np.any(kv_len < 0) or np.any(kv_len > sk):
@@ -181,19 +183,26 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
         b, sq, h2 = q.shape[0], q.shape[1], q.shape[2]
         lse = np.empty((b, h2, sq), dtype=lse_dtype(dtype))
         buffers.append(("lse", lse))
+    if return_out_odd:
+        out_odd = np.empty(out_shape, dtype=dtype)
+        buffers.append(("out_odd", out_odd))
+        _run("v2", params, text, buffers, sizes, lowering)
+        return out, lse, out_odd
     _run("v2", params, text, buffers, sizes, lowering)
     return (out, lse) if return_lse else out
 
 
 def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, window=(-1, -1),
-                kv_len=None, lowering="flash"):
+                kv_len=None, lowering="flash", out_odd=None):
     """diffattn.v2_backward on numpy arrays (see diffattn.v2_backward):
     (dq, dk, dv, dlam) shaped and typed like q, k, v and lam; ``lse`` is
     float32, or float64 for float64 arrays (what v2(..., return_lse=True)
     returns). ``lowering``:
     "flash" (the default: over blocks of 64 query rows x 64 keys, memory
     linear in Sq and Sk) or
-    "decompose" (all keys at once, quadratic memory; the oracle)."""
+    "decompose" (all keys at once, quadratic memory; the oracle).
+    ``out_odd`` (v2(..., return_out_odd=True)'s third result) is checked
+    and passed to the kernel, whose CPU lowerings recompute A_{2h+1}."""
     if lowering not in _LOWERINGS:
         raise ValueError(f"lowering: expected one of {_LOWERINGS}, got {lowering!r}")
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
@@ -210,6 +219,9 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
                         f"{getattr(lse, 'dtype', type(lse).__name__)} "
                         f"{getattr(lse, 'shape', '')}")
     lse = _check_array("lse", lse, 3, "[B, 2H, Sq]")
+    if out_odd is not None:
+        out_odd = _check_array("out_odd", out_odd, 4, "[B, Sq, H, Dv]")
+        _check_same_dtype("out_odd", out_odd, dtype)
     for name, arr in (("k", k), ("v", v), ("out", out), ("dout", dout)):
         _check_same_dtype(name, arr, dtype)
     _check_same_dtype("lam", lam, dtype, allow_f32=True)
@@ -218,7 +230,8 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     params, text, sizes = _ops.v2_backward_request(
         q.shape, k.shape, v.shape, lam.shape, out.shape, dout.shape, lse.shape,
         _DTYPES[dtype], _DTYPES[lam.dtype], causal=causal, scale=scale, window=window,
-        kv_len_shape=None if kv_len is None else kv_len.shape)
+        kv_len_shape=None if kv_len is None else kv_len.shape,
+        out_odd_shape=None if out_odd is None else out_odd.shape)
     buffers = [("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out), ("dout", dout),
                ("lse", lse)]
     if kv_len is not None:
@@ -226,6 +239,8 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
         if np.any(kv_len < 0) or np.any(kv_len > sk):
             raise ValueError(f"kv_len: every value must lie in [0, Sk = {sk}], got {kv_len.tolist()}")
         buffers.append(("kv_len", np.ascontiguousarray(kv_len)))
+    if out_odd is not None:
+        buffers.append(("out_odd", out_odd))
     grads = [np.empty_like(x) for x in (q, k, v, lam)]
     buffers += list(zip(("dq", "dk", "dv", "dlam"), grads))
     _run("v2_backward", params, text, buffers, sizes, lowering)

@@ -83,7 +83,7 @@ def check_gpu_config(q_shape, v_shape):
 @functools.lru_cache(maxsize=1024)
 def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=False, scale=None,
                window=(-1, -1), kv_len_shape=None, target="sm_90", options=(),
-               block_table_shape=None, return_lse=False):
+               block_table_shape=None, return_lse=False, return_out_odd=False):
     """Builds (or finds in the cache) the kernel of a v2 call; returns
     (artifact directory, out shape, (B, Sq, Sk)), Sk being MB * BS for a
     paged cache (`block_table_shape` [B, MB]). Needs no GPU: this is also
@@ -93,14 +93,15 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
     benchmarks of strategy variants); they are part of the cache key. With
     `return_lse` the kernel also writes the log-sum-exp [B, 2H, Sq] f32
     (sm_90a's wgmma kernel without kv_len, else the portable strategy's
-    row-block kernel)."""
+    row-block kernel); with `return_out_odd` also out_odd [B, Sq, H, Dv]
+    (the pairs' second heads; see diffattn.v2's ODS)."""
     if elem not in ("bf16", "f16"):
         raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
     check_gpu_config(q_shape, v_shape)
     params, text, out_shape, sizes = _ops.v2_request(
         q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, causal=causal, scale=scale,
         window=window, kv_len_shape=kv_len_shape, block_table_shape=block_table_shape,
-        return_lse=return_lse)
+        return_lse=return_lse, return_out_odd=return_out_odd)
     directory = _compiler.ensure_compiled("v2", params, target, text, tuple(options))
     # The runtime takes B, Sq, Sk; a paged pool's size comes from its buffers.
     return directory, out_shape, sizes[:3]
@@ -115,18 +116,20 @@ ACCUMULATE_OPTIONS = ("--gpu-options=deterministic=false",)
 @functools.lru_cache(maxsize=1024)
 def prepare_v2_backward(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape,
                         elem, lam_elem, *, causal=False, scale=None, window=(-1, -1),
-                        kv_len_shape=None, target="sm_90", options=()):
+                        kv_len_shape=None, target="sm_90", options=(), out_odd_shape=None):
     """prepare_v2 for diffattn.v2_backward (three kernels: the portable
     strategy's, or on sm_90a the wgmma ones): returns (artifact directory,
     (B, Sq, Sk)).
     Shapes are checked as diffattn.v2_backward does, each error naming its
-    tensor."""
+    tensor. With `out_odd_shape` the kernels read the forward's out_odd
+    (prepare_v2's return_out_odd) instead of recomputing A_{2h+1}."""
     if elem not in ("bf16", "f16"):
         raise TypeError(f"q: expected dtype bfloat16 or float16 on the GPU, got {elem}")
     check_gpu_config(q_shape, v_shape)
     params, text, sizes = _ops.v2_backward_request(
         q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape, elem, lam_elem,
-        causal=causal, scale=scale, window=window, kv_len_shape=kv_len_shape)
+        causal=causal, scale=scale, window=window, kv_len_shape=kv_len_shape,
+        out_odd_shape=out_odd_shape)
     directory = _compiler.ensure_compiled("v2_backward", params, target, text, tuple(options))
     return directory, sizes[:3]
 

@@ -149,15 +149,20 @@ def check_block_table(block_table, kv_len, block_size, num_blocks):
 
 
 def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, scale,
-               window, kv_len_shape=None, block_table_shape=None, return_lse=False):
+               window, kv_len_shape=None, block_table_shape=None, return_lse=False,
+               return_out_odd=False):
     """Checks a diffattn.v2 call's shapes and options; returns
     (params, mlir_text, out_shape, sizes), sizes being (B, Sq, Sk) or, with a
     paged cache (`block_table_shape` given: k, v are [NB, BS, Hkv, D]),
     (B, Sq, Sk = MB * BS, NB). `params` identifies the kernel configuration
     in the cache. With `return_lse` the op also returns the log-sum-exp
     [B, 2H, Sq] in the accumulator type (f64 for f64 operands, else f32;
-    contiguous caches only)."""
+    contiguous caches only), and with `return_out_odd` (which needs
+    `return_lse`) also out_odd [B, Sq, H, Dv], the pairs' second heads
+    A_{2h+1} that a backward reads instead of recomputing them."""
     paged = block_table_shape is not None
+    if return_out_odd and not return_lse:
+        raise ValueError("return_out_odd: needs return_lse (out_odd is the third result)")
     if return_lse and paged:
         raise ValueError("return_lse: not supported with block_table (a paged cache)")
     _check_rank("q", q_shape, 4, "[B, Sq, 2H, D]")
@@ -207,6 +212,8 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
         params["paged_block_size"] = k_shape[1]
     if return_lse:
         params["lse"] = True
+    if return_out_odd:
+        params["out_odd"] = True
     attrs = v2_attributes(causal, scale, left, right)
     operands = [("q", tensor_type(q_shape, elem)), ("k", tensor_type(k_shape, elem)),
                 ("v", tensor_type(v_shape, elem)), ("lam", tensor_type(lam_shape, lam_elem))]
@@ -217,7 +224,8 @@ def v2_request(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal, 
     out_shape = (b, sq, h, dv)
     text = one_op_module("diffattn.v2_paged" if paged else "diffattn.v2", operands, attrs,
                          out_shape, elem,
-                         [tensor_type((b, h2, sq), lse_elem(elem))] if return_lse else ())
+                         ([tensor_type((b, h2, sq), lse_elem(elem))] if return_lse else []) +
+                         ([tensor_type(out_shape, elem)] if return_out_odd else []))
     sizes = (b, sq, sk, k_shape[0]) if paged else (b, sq, sk)
     return params, text, out_shape, sizes
 
@@ -292,10 +300,12 @@ def v2_varlen_request(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_sha
 
 
 def v2_backward_request(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_shape, lse_shape,
-                        elem, lam_elem, *, causal, scale, window, kv_len_shape=None):
+                        elem, lam_elem, *, causal, scale, window, kv_len_shape=None,
+                        out_odd_shape=None):
     """Checks a diffattn.v2_backward call: the forward's inputs as for
-    v2_request (contiguous caches), then out and dout [B, Sq, H, Dv] and lse
-    [B, 2H, Sq], each error naming the tensor. Returns (params, mlir_text,
+    v2_request (contiguous caches), then out and dout [B, Sq, H, Dv], lse
+    [B, 2H, Sq] and, if given, out_odd [B, Sq, H, Dv] (the forward's third
+    result), each error naming the tensor. Returns (params, mlir_text,
     sizes) with sizes (B, Sq, Sk); the gradients are shaped like q, k, v and
     lam."""
     params, _, expected_out, sizes = v2_request(
@@ -304,8 +314,10 @@ def v2_backward_request(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_sh
     b, sq, h2, _ = q_shape
     for name, shape, expected, layout in (("out", out_shape, expected_out, "[B, Sq, H, Dv]"),
                                           ("dout", dout_shape, expected_out, "[B, Sq, H, Dv]"),
-                                          ("lse", lse_shape, (b, h2, sq), "[B, 2H, Sq]")):
-        if tuple(shape) != tuple(expected):
+                                          ("lse", lse_shape, (b, h2, sq), "[B, 2H, Sq]"),
+                                          ("out_odd", out_odd_shape, expected_out,
+                                           "[B, Sq, H, Dv]")):
+        if shape is not None and tuple(shape) != tuple(expected):
             raise ValueError(f"{name}: expected shape {tuple(expected)} {layout} (from the "
                              f"forward's q, k, v), got {tuple(shape)}")
     params = dict(params, backward=True)
@@ -317,6 +329,13 @@ def v2_backward_request(q_shape, k_shape, v_shape, lam_shape, out_shape, dout_sh
                 ("lse", tensor_type(lse_shape, lse_elem(elem)))]
     if kv_len_shape is not None:
         operands.append(("kv_len", tensor_type(kv_len_shape, "i32")))
+    if out_odd_shape is not None:
+        operands.append(("out_odd", tensor_type(out_odd_shape, elem)))
+        params["out_odd"] = True
+    # The generic form names the optional operands' segments.
+    segments = [1] * 7 + [int(kv_len_shape is not None), int(out_odd_shape is not None)]
+    attrs = list(attrs) + ["operandSegmentSizes = array<i32: " +
+                           ", ".join(map(str, segments)) + ">"]
     text = one_op_module("diffattn.v2_backward", operands, attrs, None, elem,
                          result_types=[t for _, t in operands[:4]])
     return params, text, sizes

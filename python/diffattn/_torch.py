@@ -119,6 +119,29 @@ def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     return out, lse
 
 
+def v2_train_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    """diffattn::_v2_forward_saved on CUDA tensors: (out, lse [B, 2H, Sq]
+    float32, out_odd [B, Sq, H, Dv]) from one forward kernel that also
+    writes lse and the pairs' second heads A_{2h+1}, which the backward
+    then reads instead of recomputing them (diffattn.v2's ODS)."""
+    _validate(q, k, v, lam, kv_len)
+    directory, out_shape, sizes = _gpu.prepare_v2(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
+        _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
+        target=_target_of(q.device.index), return_lse=True, return_out_odd=True)
+    out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    out_odd = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    b, sq, h2, _ = q.shape
+    lse = torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)
+    named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
+    if kv_len is not None:
+        named.append(("kv_len", "i32", kv_len))
+    named += [("out", "x", out), ("lse", "f32", lse), ("out_odd", "x", out_odd)]
+    _launch(directory, named, sizes, q.device)
+    return out, lse, out_odd
+
+
 #: The accumulating backward's compiler options (defined in _gpu).
 ACCUMULATE_OPTIONS = _gpu.ACCUMULATE_OPTIONS
 
@@ -136,25 +159,33 @@ def default_backward_options(device_index):
 
 
 def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
-                     window_right):
+                     window_right, out_odd=None):
     """diffattn::v2_backward on CUDA tensors: (dq, dk, dv, dlam) shaped and
     typed like q, k, v, lam, from the compiler's backward kernels
     (default_backward_options picks them). Errors name the tensor whose
-    shape or dtype does not match the forward's configuration."""
+    shape or dtype does not match the forward's configuration. With out_odd
+    (v2_train_cuda's third result) the kernels read it instead of
+    recomputing A_{2h+1}."""
     return backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
-                         window_right, options=default_backward_options(q.device.index))
+                         window_right, options=default_backward_options(q.device.index),
+                         out_odd=out_odd)
 
 
 def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
-                  window_right, options=()):
+                  window_right, options=(), out_odd=None):
     """v2_backward_cuda with compiler options (`options`, as
     _gpu.prepare_v2_backward's: _gpu.ACCUMULATE_OPTIONS selects the
-    accumulating kernels on sm_90 and later)."""
+    accumulating kernels on sm_90 and later; `out_odd`, if given, the
+    forward's A_{2h+1} as v2_train_cuda returns it)."""
     _validate(q, k, v, lam, kv_len)
     _check_tensor("out", out, (q.dtype,))
     _check_tensor("dout", dout, (q.dtype,))
     _check_tensor("lse", lse, (torch.float32,))
-    for name, t in (("out", out), ("dout", dout), ("lse", lse)):
+    saved = [("out", out), ("dout", dout), ("lse", lse)]
+    if out_odd is not None:
+        _check_tensor("out_odd", out_odd, (q.dtype,))
+        saved.append(("out_odd", out_odd))
+    for name, t in saved:
         if t.device != q.device:
             raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
     directory, sizes = _gpu.prepare_v2_backward(
@@ -162,12 +193,15 @@ def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_le
         tuple(dout.shape), tuple(lse.shape), _ELEM[q.dtype], _ELEM[lam.dtype], causal=causal,
         scale=scale, window=(window_left, window_right),
         kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_target_of(q.device.index), options=tuple(options))
+        target=_target_of(q.device.index), options=tuple(options),
+        out_odd_shape=None if out_odd is None else tuple(out_odd.shape))
     grads = [torch.empty_like(x) for x in (q, k, v, lam)]
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam), ("out", "x", out),
              ("dout", "x", dout), ("lse", "f32", lse)]
     if kv_len is not None:
         named.append(("kv_len", "i32", kv_len))
+    if out_odd is not None:
+        named.append(("out_odd", "x", out_odd))
     named += list(zip(("dq", "dk", "dv", "dlam"), ("x",) * 4, grads))
     _launch(directory, named, sizes, q.device)
     return tuple(grads)
@@ -194,7 +228,7 @@ if not _torch_native.define_v2(v2_op, _v2_fake):
 # CPU tensors, diffattn::v2_lse and diffattn::v2_backward (CPU and CUDA
 # kernels), and v2's autograd formula (training).
 _torch_autograd.register(
-    v2_lse_cuda, v2_backward_cuda,
+    v2_lse_cuda, v2_backward_cuda, v2_train_cuda,
     "diffattn::_v2_train" if _torch_native.autograd_in_cpp() else "diffattn::v2")
 
 

@@ -85,16 +85,41 @@ def _v2_lse_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right)
             q.new_empty((b, h2, sq), dtype=lse_dtype(q.dtype)))
 
 
+@torch.library.custom_op("diffattn::_v2_forward_saved", mutates_args=())
+def v2_forward_saved_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+                        kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
+                        window_left: int, window_right: int
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training forward: (out, lse, out_odd). On CUDA (diffattn._torch.
+    v2_train_cuda) out_odd [B, Sq, H, Dv] holds the pairs' second heads
+    A_{2h+1}, which the backward reads instead of recomputing them; here
+    (CPU tensors, whose backward recomputes them) it is empty."""
+    out, lse = v2_lse_op(q, k, v, lam, kv_len, causal, scale, window_left, window_right)
+    return out, lse, q.new_empty((0,))
+
+
+@v2_forward_saved_op.register_fake
+def _v2_forward_saved_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    out, lse = _v2_lse_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right)
+    return out, lse, (out.new_empty(out.shape) if q.device.type == "cuda" else q.new_empty((0,)))
+
+
 @torch.library.custom_op("diffattn::v2_backward", mutates_args=())
 def v2_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
                    out: torch.Tensor, dout: torch.Tensor, lse: torch.Tensor,
                    kv_len: Optional[torch.Tensor], causal: bool, scale: Optional[float],
-                   window_left: int, window_right: int
+                   window_left: int, window_right: int, out_odd: Optional[torch.Tensor] = None
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """diffattn.v2_backward: (dq, dk, dv, dlam) shaped and typed like q, k,
     v, lam (see diffattn.v2_backward). CPU tensors here (CUDA tensors run
     diffattn._torch.v2_backward_cuda); errors name the tensor that does not
-    match the forward's configuration."""
+    match the forward's configuration. `out_odd`, the forward's A_{2h+1}
+    shaped like out (diffattn::_v2_forward_saved on CUDA), spares the CUDA
+    kernels its recomputation; the CPU kernels recompute it (only its
+    shape is checked here)."""
+    if out_odd is not None and tuple(out_odd.shape) != tuple(out.shape):
+        raise ValueError(f"out_odd: expected shape {tuple(out.shape)} (as out), "
+                         f"got {tuple(out_odd.shape)}")
     q_, k_, v_, lam_, kv_ = _inputs(q, k, v, lam, kv_len)
     grads = _cpu.v2_backward(q_, k_, v_, lam_, _numpy("out", out), _numpy("dout", dout),
                              _numpy("lse", lse, (lse_dtype(q.dtype),)), causal=causal,
@@ -105,7 +130,7 @@ def v2_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch
 
 @v2_backward_op.register_fake
 def _v2_backward_fake(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
-                      window_right):
+                      window_right, out_odd=None):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             torch.empty_like(lam))
 
@@ -116,11 +141,13 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (causal, scale, window_left, window_right)
 
 
-def _gradients(ctx, q, k, v, lam, kv_len, out, lse, dout):
+def _gradients(ctx, q, k, v, lam, kv_len, out, lse, dout, out_odd=None):
     """v2's input gradients (and None for its options) from the saved
-    tensors and lse."""
+    tensors, lse and, where the forward saved it, out_odd."""
+    if out_odd is not None and out_odd.numel() == 0:
+        out_odd = None  # not saved (CPU): the backward recomputes A_{2h+1}
     dq, dk, dv, dlam = torch.ops.diffattn.v2_backward(
-        q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config)
+        q, k, v, lam, out, dout.contiguous(), lse, kv_len, *ctx.config, out_odd)
     return dq, dk, dv, dlam, None, None, None, None, None
 
 
@@ -132,18 +159,20 @@ def _backward(ctx, dout):
 
 def _setup_context_train(ctx, inputs, output):
     q, k, v, lam, kv_len, causal, scale, window_left, window_right = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, lam, kv_len, out, lse)
+    out, lse, out_odd = output
+    ctx.mark_non_differentiable(lse, out_odd)
+    ctx.save_for_backward(q, k, v, lam, kv_len, out, lse, out_odd)
     ctx.config = (causal, scale, window_left, window_right)
 
 
-def _backward_train(ctx, dout, _dlse):
-    # lse came with the forward (diffattn::_v2_train): no second forward.
-    return _gradients(ctx, *ctx.saved_tensors, dout)
+def _backward_train(ctx, dout, _dlse, _dout_odd):
+    # lse and out_odd came with the forward (diffattn::_v2_train): no second
+    # forward, and on CUDA no recomputed A_{2h+1}.
+    q, k, v, lam, kv_len, out, lse, out_odd = ctx.saved_tensors
+    return _gradients(ctx, q, k, v, lam, kv_len, out, lse, dout, out_odd)
 
 
-def register(v2_lse_cuda, v2_backward_cuda, formula_op="diffattn::v2"):
+def register(v2_lse_cuda, v2_backward_cuda, v2_train_cuda, formula_op="diffattn::v2"):
     """Registers v2's CPU kernel, the CUDA kernels of v2_lse and v2_backward
     (``diffattn._torch``'s launchers) and v2's autograd formula (once), on
     `formula_op`: diffattn::v2 itself, or diffattn::_v2_train where v2's
@@ -152,8 +181,10 @@ def register(v2_lse_cuda, v2_backward_cuda, formula_op="diffattn::v2"):
     torch.library.register_kernel("diffattn::v2", "cpu", _v2_cpu)
     torch.library.register_kernel("diffattn::v2_lse", "cuda", v2_lse_cuda)
     torch.library.register_kernel("diffattn::v2_backward", "cuda", v2_backward_cuda)
+    torch.library.register_kernel("diffattn::_v2_forward_saved", "cuda", v2_train_cuda)
     if formula_op == "diffattn::_v2_train":
-        # (out, lse) = v2_lse's forward; v2's C++ Autograd kernel returns out.
+        # (out, lse, out_odd) = the training forward; v2's C++ Autograd
+        # kernel returns out.
         torch.library.register_autograd(formula_op, _backward_train,
                                         setup_context=_setup_context_train)
     else:

@@ -86,16 +86,17 @@ def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
 
 
 def _v2_train(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
-    # Below autograd here: the forward with its log-sum-exp, which the
-    # backward then needs not recompute.
-    return torch.ops.diffattn.v2_lse(q, k, v, lam, kv_len, causal, scale, window_left,
-                                     window_right)
+    # Below autograd here: the forward with its log-sum-exp and (on CUDA)
+    # the pairs' second heads, which the backward then needs not recompute.
+    return torch.ops.diffattn._v2_forward_saved(q, k, v, lam, kv_len, causal, scale,
+                                                window_left, window_right)
 
 
 def _v2_train_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     b, sq, h2, _ = q.shape
-    return (q.new_empty((b, sq, h2 // 2, v.shape[3])),
-            q.new_empty((b, h2, sq), dtype=lse_dtype(q.dtype)))
+    out_shape = (b, sq, h2 // 2, v.shape[3])
+    return (q.new_empty(out_shape), q.new_empty((b, h2, sq), dtype=lse_dtype(q.dtype)),
+            q.new_empty(out_shape if q.device.type == "cuda" else (0,)))
 
 
 def autograd_in_cpp():
@@ -137,11 +138,11 @@ def define_v2(kernel, fake):
     lib.impl("_v2_plan", _plan, "CompositeExplicitAutograd")
     lib.impl("v2", kernel, "CompositeExplicitAutograd")
     torch.library.register_fake("diffattn::v2", fake, lib=lib)
-    # diffattn::_v2_train: the forward with lse, (out, lse), which carries
+    # diffattn::_v2_train: the forward with lse, (out, lse, out_odd), which carries
     # v2's autograd formula (diffattn._torch_autograd); the C++ Autograd
     # kernel of v2 sends the calls that need grad there (returning out) and
     # every other call straight to the backend kernel (no Python per call).
-    lib.define("_v2_train" + schema[:schema.rindex("->")] + "-> (Tensor, Tensor)")
+    lib.define("_v2_train" + schema[:schema.rindex("->")] + "-> (Tensor, Tensor, Tensor)")
     lib.impl("_v2_train", _v2_train, "CompositeExplicitAutograd")
     torch.library.register_fake("diffattn::_v2_train", _v2_train_fake, lib=lib)
     why = torch.ops.diffattn_ext.install(_runtime.runtime_path())

@@ -90,6 +90,52 @@ def test_forward_with_lse_compiles_on_hopper():
 
 
 @needs_compiler
+@pytest.mark.parametrize("target,options", [
+    ("sm_90a", ()), ("sm_90a", ACCUMULATE), ("sm_80", ()), ("sm_90", ACCUMULATE)])
+def test_backward_with_out_odd_reads_it(target, options):
+    # With the forward's out_odd the statistics kernel is the
+    # bandwidth-bound one of both strategies (four threads per row, 64
+    # group rows per CTA, no shared memory, no matrix instruction); the
+    # other kernels are unchanged.
+    s = _shapes(*SHAPE)
+    directory, sizes = _gpu.prepare_v2_backward(**s, elem="bf16", lam_elem="bf16", causal=True,
+                                                target=target, options=options,
+                                                out_odd_shape=s["out_shape"])
+    kernel = _manifest(directory)
+    buffers = [a["name"] for a in kernel["args"] if "shape" in a]
+    assert buffers == ["q", "k", "v", "lam", "out", "dout", "lse", "out_odd", "dq", "dk", "dv",
+                       "dlam"]
+    assert kernel["name"].endswith("_odd")
+    stats = kernel["launch"]["stages"][0]
+    assert stats["function"].endswith("_stats")
+    assert stats["block"] == [256, 1, 1] and stats["dynamic_shared_memory"] == 0
+    assert stats["grid"][0] == {"ceil_div": "Sq", "by": 64, "mul": 1} or \
+        stats["grid"][0]["by"] == 64
+    ptx = [f for f in os.listdir(directory) if f.endswith(".ptx")]
+    with open(os.path.join(directory, ptx[0])) as f:
+        text = f.read()
+    body = text[text.index("_stats("):text.index(".entry", text.index("_stats("))]
+    assert "mma" not in body and "ld.global.v4" in body
+    # The forward that writes it: out, lse, out_odd.
+    fwd, _, _ = _gpu.prepare_v2(s["q_shape"], s["k_shape"], s["v_shape"], s["lam_shape"],
+                                "bf16", "bf16", causal=True, target=target, return_lse=True,
+                                return_out_odd=True)
+    assert [a["name"] for a in _manifest(fwd)["args"] if "shape" in a][-3:] == [
+        "out", "lse", "out_odd"]
+
+
+@needs_compiler
+def test_out_odd_errors():
+    s = _shapes(*SHAPE)
+    with pytest.raises(ValueError, match=r"out_odd: expected shape \(1, 77, 4, 64\)"):
+        _gpu.prepare_v2_backward(**s, elem="bf16", lam_elem="bf16", causal=True,
+                                 target="sm_80", out_odd_shape=(1, 77, 4, 32))
+    with pytest.raises(ValueError, match="return_out_odd: needs return_lse"):
+        _gpu.prepare_v2(s["q_shape"], s["k_shape"], s["v_shape"], s["lam_shape"], "bf16",
+                        "bf16", target="sm_80", return_out_odd=True)
+
+
+@needs_compiler
 @pytest.mark.parametrize("name,change,error,match", [
     ("lse", dict(lse_shape=(1, 8, 76)), ValueError, r"lse: expected shape \(1, 8, 77\)"),
     ("dout", dict(dout_shape=(1, 77, 4, 32)), ValueError, "dout: expected shape"),
@@ -163,12 +209,22 @@ def test_gradients_match_reference(dtype, tol, case):
         det, again = backward(), backward()
     grads = _torch.backward_cuda(q, k, v, lam, out, dout, lse, kl, causal, None, *window,
                                  options=ACCUMULATE)
+    # The training forward's out_odd (A_{2h+1}), read by both formulations.
+    out_t, lse_t, odd = _torch.v2_train_cuda(q, k, v, lam, kl, causal, None, *window)
+    assert torch.equal(out_t, out) and torch.equal(lse_t, lse)
+    odd_grads = [_torch.backward_cuda(q, k, v, lam, out, dout, lse, kl, causal, None, *window,
+                                      options=o, out_odd=odd) for o in ((), ACCUMULATE)]
     np_in = [t.float().cpu().numpy() for t in (q, k, v, lam)]
     kv_np = None if kv_len is None else np.array(kv_len, np.int32)
     ref = diffattn.reference.v2_backward(*np_in, dout.float().cpu().numpy(), causal=causal,
                                          window=window, kv_len=kv_np)
-    for name, got, d, want, twice in zip(("dq", "dk", "dv", "dlam"), grads, det, ref, again):
-        for x in (got, d):
+    ref_odd = diffattn.reference._attention(
+        *np_in[:3], scale=1.0 / np.sqrt(d), causal=causal, window=window,
+        kv_len=kv_np)[:, :, 1::2]
+    assert np.linalg.norm(odd.double().cpu().numpy() - ref_odd) / np.linalg.norm(ref_odd) < tol
+    for name, got, d, want, twice, o0, o1 in zip(("dq", "dk", "dv", "dlam"), grads, det, ref,
+                                                 again, *odd_grads):
+        for x in (got, d, o0, o1):
             x_np = x.double().cpu().numpy()
             assert x.dtype == dt or name == "dlam", name
             assert np.all(np.isfinite(x_np)), name
@@ -192,8 +248,13 @@ def test_autograd_on_cuda_matches_the_backward_op():
         dout = torch.randn_like(out)
         out.backward(dout)
         with torch.no_grad():
-            _, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
-            want = diffattn.v2_backward(q, k, v, lam, out.detach(), dout, lse, causal=True)
+            # Autograd saves out, lse and out_odd from the training forward
+            # and its backward reads out_odd.
+            from diffattn import _torch
+
+            _, lse, odd = _torch.v2_train_cuda(q, k, v, lam, None, True, None, -1, -1)
+            want = _torch.v2_backward_cuda(q, k, v, lam, out.detach(), dout, lse, None, True,
+                                           None, -1, -1, out_odd=odd)
     for t, w in zip((q, k, v, lam), want):
         assert torch.equal(t.grad, w)
 

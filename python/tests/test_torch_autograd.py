@@ -117,6 +117,9 @@ def test_backward_op_names_mismatched_tensors():
         with pytest.raises(ValueError, match=r"^dout: expected shape"):
             torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout[:, :3].contiguous(), lse, kv,
                                            *config)
+        with pytest.raises(ValueError, match=r"^out_odd: expected shape"):
+            torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse, kv, *config,
+                                           out[:, :3].contiguous())
         with pytest.raises(TypeError, match=r"^lse: CPU tensors must be torch.float32"):
             torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse.half(), kv, *config)
         with pytest.raises(TypeError, match=r"^q: CPU tensors must be"):

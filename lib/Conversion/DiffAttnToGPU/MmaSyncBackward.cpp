@@ -614,14 +614,24 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   // With kv_len the statistics kernel is the portable one: it checks that
   // kv_len[b] lies in [0, Sk] (a device-side assertion, which in a wgmma
   // kernel would serialise its products); the wgmma kernels clamp it.
-  bool wgmmaStats = wgmmaKernels && !plan.attn.hasKvLen;
+  // With out_odd the statistics are two dot products of saved rows per
+  // (pair, query row): one bandwidth-bound kernel for both strategies
+  // (MmaSyncBackwardStats.cpp).
+  bool outputStats = plan.attn.hasOutOdd;
+  bool wgmmaStats = wgmmaKernels && !plan.attn.hasKvLen && !outputStats;
   // The wgmma kernels' accumulator: chunks of the dk/dv kernel's query
   // blocks in its fragment order (WgmmaBackward.cpp).
   int64_t dqChunkRows = wgmmaKernels && reduceDq ? wgmmaKeyPlan.blockQ : 0;
-  auto stats =
-      createKernelFunc(rewriter, loc, name + "_stats", argTypes,
-                       wgmmaStats ? wgmmaStatsPlan.threads() : plan.threads());
-  if (wgmmaStats) {
+  auto stats = createKernelFunc(rewriter, loc, name + "_stats", argTypes,
+                                outputStats  ? kOutputStatsThreads
+                                : wgmmaStats ? wgmmaStatsPlan.threads()
+                                             : plan.threads());
+  if (outputStats) {
+    BackwardBuilder builder(rewriter, loc, plan);
+    builder.reduceDq = reduceDq;
+    builder.dqChunkRows = dqChunkRows;
+    builder.buildOutputStatisticsKernel(stats);
+  } else if (wgmmaStats) {
     wgmma::buildBackwardRowKernel(rewriter, loc, stats, wgmmaStatsPlan,
                                   /*stats=*/true, dqChunkRows);
   } else {
@@ -687,7 +697,11 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   Attribute rowBlocks = ceilDivRule(b, "Sq", plan.blockQ, plan.rowsPerQuery);
   Attribute keyBlocks = ceilDivRule(b, "Sk", blockKeys, 1);
   Attribute statsStage =
-      wgmmaStats
+      outputStats
+          ? stage(stats.getName(),
+                  ceilDivRule(b, "Sq", kOutputStatsRows, plan.rowsPerQuery), 0,
+                  kOutputStatsThreads)
+      : wgmmaStats
           ? stage(stats.getName(), rowBlocks, wgmmaStatsPlan.sharedBytes,
                   wgmmaStatsPlan.threads())
           : stage(stats.getName(), rowBlocks, rowShared(1), plan.threads());

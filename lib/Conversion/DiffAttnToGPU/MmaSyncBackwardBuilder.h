@@ -17,6 +17,10 @@ namespace mlir::diffattn::mma_sync {
 
 /// Query rows per block of the dk/dv kernel.
 constexpr int64_t kQueryBlock = 32;
+/// Group rows and threads per CTA of the statistics kernel that reads
+/// out_odd (buildOutputStatisticsKernel): four threads per row.
+constexpr int64_t kOutputStatsRows = 64;
+constexpr int64_t kOutputStatsThreads = 4 * kOutputStatsRows;
 /// The workspace's record of one (b, pair, query row), f32, at ((b * H +
 /// pair) * Sq + i) * kStatWidth: what the dq and dk/dv kernels need of the
 /// row, written by the statistics kernel (two 16-byte cp.async chunks).
@@ -32,12 +36,13 @@ enum StatField : int64_t {
 /// The kernel arguments, in the manifest's order (docs/manifest.md): the
 /// op's operands and results as 1-D buffers, the workspace, then B, Sq, Sk.
 struct BackwardArgs {
-  Value q, k, v, lam, out, dout, lse, kvLen, dq, dk, dv, dlam, workspace;
+  Value q, k, v, lam, out, dout, lse, kvLen, outOdd, dq, dk, dv, dlam,
+      workspace;
   Value seqQ, seqK;
 };
-/// The backward kernels' arguments from their entry block (`hasKvLen`: the
-/// op has kv_len).
-BackwardArgs readBackwardArgs(Block &entry, bool hasKvLen);
+/// The backward kernels' arguments from their entry block (kv_len and
+/// out_odd where `attn` has them).
+BackwardArgs readBackwardArgs(Block &entry, const AttentionConfig &attn);
 
 /// The workspace index (f32 elements) of the record of (batch, pair, query
 /// row `query`): ((batch * pairs + pair) * Sq + query) * kStatWidth.
@@ -97,6 +102,9 @@ void writeKeyGradients(GPUKernelBuilder &kb, const BackwardArgs &args,
 struct RowStatistics {
   Value r, valid, statBase, pairRow, lam, sigmoid, shiftEven, shiftOdd;
   Value colLane, lane;
+  /// rowsum(dout o out) when the caller has it (already summed over the
+  /// quad); null: writeRowStatistics reads out and dout.
+  Value dot = {};
 };
 /// Writes the row's record (D_2h = rowsum(dout o out) + sigmoid(lam) r,
 /// D_2h+1 = -sigmoid(lam) r, sigmoid(lam), the shifts) and dlam =
@@ -156,6 +164,12 @@ public:
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
   /// Kernel 3.
   void buildKeyKernel(gpu::GPUFuncOp func);
+  /// Kernel 1 when the op has out_odd (MmaSyncBackwardStats.cpp): the
+  /// records and dlam from rowsum(dout o out) and r = rowsum(dout o
+  /// out_odd), kOutputStatsRows group rows per CTA of kOutputStatsThreads
+  /// (a quad per row), over the row kernels' grid; zeroes the dq
+  /// accumulator's rows with reduceDq.
+  void buildOutputStatisticsKernel(gpu::GPUFuncOp func);
   /// The dq conversion kernel of the accumulating formulation: dq = scale *
   /// the workspace's f32 accumulator, rounded to the element type, over the
   /// row kernels' grid.
@@ -174,7 +188,7 @@ public:
 
 private:
   BackwardArgs readArgs(Block &entry) {
-    return readBackwardArgs(entry, plan.attn.hasKvLen);
+    return readBackwardArgs(entry, plan.attn);
   }
   /// The dk/dv kernel's dq_j = dS_j K for query block j (rows q0 .. of a
   /// pair): dS^T of both heads (sDS [2, keys, blockQ + pad], written by

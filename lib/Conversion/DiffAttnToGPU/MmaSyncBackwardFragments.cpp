@@ -22,7 +22,8 @@ using namespace mlir;
 using namespace mlir::diffattn;
 using namespace mlir::diffattn::mma_sync;
 
-BackwardArgs mma_sync::readBackwardArgs(Block &entry, bool hasKvLen) {
+BackwardArgs mma_sync::readBackwardArgs(Block &entry,
+                                        const AttentionConfig &attn) {
   BackwardArgs a;
   unsigned i = 0;
   a.q = entry.getArgument(i++);
@@ -32,8 +33,10 @@ BackwardArgs mma_sync::readBackwardArgs(Block &entry, bool hasKvLen) {
   a.out = entry.getArgument(i++);
   a.dout = entry.getArgument(i++);
   a.lse = entry.getArgument(i++);
-  if (hasKvLen)
+  if (attn.hasKvLen)
     a.kvLen = entry.getArgument(i++);
+  if (attn.hasOutOdd)
+    a.outOdd = entry.getArgument(i++);
   a.dq = entry.getArgument(i++);
   a.dk = entry.getArgument(i++);
   a.dv = entry.getArgument(i++);
@@ -177,10 +180,10 @@ void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
   Type elem = cast<MemRefType>(args.out.getType()).getElementType();
-  Value dot = kb.f32(0.0f);
+  Value dot = row.dot ? row.dot : kb.f32(0.0f);
   Value base = kb.mul(row.pairRow, valueDim);
   auto vecType = VectorType::get({2}, elem);
-  for (int64_t t = 0; t < valueDim / 8; ++t) {
+  for (int64_t t = 0; t < (row.dot ? 0 : valueDim / 8); ++t) {
     Value index = kb.add(kb.add(base, row.colLane), t * 8);
     Value o =
         vector::LoadOp::create(b, loc, vecType, args.out, ValueRange{index});
@@ -195,7 +198,8 @@ void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
       dot = kb.fma(ext(o), ext(g), dot);
     }
   }
-  dot = kb.quadSum(dot);
+  if (!row.dot)
+    dot = kb.quadSum(dot);
   // sigmoid'(lam) = sigmoid(lam) sigmoid(-lam), each in f32 without
   // cancellation.
   Value sigNeg = epilogue.sigmoid(kb.fsub(kb.f32(0.0f), row.lam));

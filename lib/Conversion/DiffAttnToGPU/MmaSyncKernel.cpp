@@ -154,6 +154,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
   Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
+  Value outOdd = plan.writesOutOdd ? entry.getArgument(a++) : Value();
   Value workspace = splitKV ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);
@@ -478,6 +479,18 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
           vector::StoreOp::create(
               b, loc, pairValue, out,
               ValueRange{add(add(outBase, colLane), t * 8)});
+          // out_odd: the second head's normalised output, A_{2h+1}.
+          if (outOdd) {
+            SmallVector<Value> odd;
+            for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e)
+              odd.push_back(arith::TruncFOp::create(
+                  b, loc, plan.elementType,
+                  fmul(final[perHead + t * 4 + e], inverse[1])));
+            vector::StoreOp::create(
+                b, loc,
+                vector::FromElementsOp::create(b, loc, outPairType, odd),
+                outOdd, ValueRange{add(add(outBase, colLane), t * 8)});
+          }
         }
       });
     }

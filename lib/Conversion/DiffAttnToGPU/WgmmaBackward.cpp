@@ -210,8 +210,7 @@ void BackwardBuilder::addDqFromRegisters(ArrayRef<Value> products,
 void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
-  mma_sync::BackwardArgs args =
-      mma_sync::readBackwardArgs(entry, plan.attn.hasKvLen);
+  mma_sync::BackwardArgs args = mma_sync::readBackwardArgs(entry, plan.attn);
   int64_t blockQ = plan.blockQ, d = plan.headDim, ppg = plan.pairsPerGroup();
   int64_t qTiles = blockQ / 8, chunkFloats = 2 * d * blockQ;
   setThreadIndices();
@@ -260,8 +259,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
   const AttentionConfig &attn = plan.attn;
-  mma_sync::BackwardArgs args =
-      mma_sync::readBackwardArgs(entry, attn.hasKvLen);
+  mma_sync::BackwardArgs args = mma_sync::readBackwardArgs(entry, attn);
   int64_t blockKeys = plan.blockK, blockQ = plan.blockQ;
   int64_t d = plan.headDim, dv = plan.valueDim, ppg = plan.pairsPerGroup();
   int64_t threads = plan.threads();

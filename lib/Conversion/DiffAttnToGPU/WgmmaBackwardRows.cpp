@@ -35,8 +35,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
   const AttentionConfig &attn = plan.attn;
-  mma_sync::BackwardArgs args =
-      mma_sync::readBackwardArgs(entry, attn.hasKvLen);
+  mma_sync::BackwardArgs args = mma_sync::readBackwardArgs(entry, attn);
   int64_t blockK = plan.blockK, threads = plan.threads();
   int64_t d = plan.headDim, dv = plan.valueDim;
   // Keys of a block per warpgroup: all of them in the dq kernel, half in

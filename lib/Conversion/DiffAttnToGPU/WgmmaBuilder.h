@@ -328,9 +328,12 @@ protected:
   /// warpgroups' last reads of the region before the writes; the second
   /// the writes before the reads. With `lseOut` ([B, 2H, Sq] f32) each
   /// warpgroup also writes its head's log-sum-exp of the tile's rows,
-  /// scale * offset + ln(sum) (-inf for a row that saw no key).
+  /// scale * offset + ln(sum) (-inf for a row that saw no key). With
+  /// `outOdd` ([B, Sq, H, Dv] of T) each warpgroup also writes its half of
+  /// the columns of the second head's normalised output A_{2h+1}.
   void emitEpilogue(const HeadState &final, function_ref<void()> sync,
-                    Value exchangeAt, Value lam, Value out, Value lseOut);
+                    Value exchangeAt, Value lam, Value out, Value lseOut,
+                    Value outOdd);
 
   const WgmmaPlan &plan;
   DifferentialEpilogue epilogue;

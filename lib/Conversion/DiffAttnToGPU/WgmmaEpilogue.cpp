@@ -29,7 +29,7 @@ Value WgmmaKernelBuilder::threadGroupRow(int64_t rr) {
 void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
                                       function_ref<void()> sync,
                                       Value exchangeAt, Value lam, Value out,
-                                      Value lseOut) {
+                                      Value lseOut, Value outOdd) {
   // The thread's two rows: the row sums over the quad (shuffles: outside
   // any branch), whether the row is one of the group's, and its pair.
   std::array<Value, 2> sums, inverse, inRows, pair;
@@ -118,7 +118,7 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
         Value outBase = mul(pairRow[rr], plan.valueDim);
         Value colLane = mul(rem(lane, 4), 2);
         for (int64_t t = kept; t < kept + half; ++t) {
-          SmallVector<Value> columns;
+          SmallVector<Value> columns, odd;
           for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
             Value own = normalized[t * 4 + e];
             Value other = vector::ExtractOp::create(b, loc, received[t - kept],
@@ -126,11 +126,19 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
             Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
             columns.push_back(arith::TruncFOp::create(
                 b, loc, plan.elementType, fsub(o0, fmul(sig[rr], o1))));
+            odd.push_back(
+                arith::TruncFOp::create(b, loc, plan.elementType, o1));
           }
+          Value at = add(add(outBase, colLane), t * 8);
           vector::StoreOp::create(
               b, loc,
               vector::FromElementsOp::create(b, loc, outPairType, columns), out,
-              ValueRange{add(add(outBase, colLane), t * 8)});
+              ValueRange{at});
+          if (outOdd)
+            vector::StoreOp::create(
+                b, loc,
+                vector::FromElementsOp::create(b, loc, outPairType, odd),
+                outOdd, ValueRange{at});
         }
       });
     }

@@ -57,6 +57,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value out = entry.getArgument(a++);
   // diffattn.v2's lse result ([B, 2H, Sq] f32).
   Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
+  // diffattn.v2's out_odd result ([B, Sq, H, Dv] of T).
+  Value outOdd = plan.writesOutOdd ? entry.getArgument(a++) : Value();
   // The dynamic scheduler's tile counter.
   Value workspace = plan.dynamicTiles ? entry.getArgument(a++) : Value();
   Value batches = entry.getArgument(a++);
@@ -404,7 +406,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(
         unpackState(finalState), [&] { gpu::BarrierOp::create(b, loc); }, base,
-        lam, out, lseOut);
+        lam, out, lseOut, outOdd);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -762,7 +764,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                                         i32(2 * kWarpgroupThreads), nullptr,
                                         Value());
               },
-              exchangeAt, lam, out, lseOut);
+              exchangeAt, lam, out, lseOut, outOdd);
           // The exchange's generic-proxy accesses come before TMA writes
           // into the region (async proxy): the next Q, or the next block.
           if (!stageExchange) {

@@ -241,6 +241,16 @@ static LogicalResult verifyLse(Operation *op, LayoutChecker &layout, Value lse,
   return layout.check("lse", type, {{"B"}, {"H", 2}, {"Sq"}});
 }
 
+/// Checks diffattn.v2's `out_odd` (result or the backward's operand): the
+/// type of `out`, [B, Sq, H, Dv] of T.
+static LogicalResult verifyOutOdd(Operation *op, RankedTensorType out,
+                                  Value outOdd) {
+  if (outOdd.getType() == out)
+    return success();
+  return op->emitOpError() << "'out_odd' must have the type of 'out' (" << out
+                           << "), got " << outOdd.getType();
+}
+
 /// Checks an i32 operand (kv_len, block_table).
 static LogicalResult verifyI32(Operation *op, StringRef name, Value value) {
   auto type = cast<RankedTensorType>(value.getType());
@@ -297,8 +307,15 @@ LogicalResult V2Op::verify() {
   LayoutChecker layout(op);
   if (failed(verifyV2Shapes(layout, q, k, v, lam, out, getKvLen())))
     return failure();
+  if (getSaved().size() > 2)
+    return emitOpError()
+           << "expects at most 3 results (out, lse, out_odd), got "
+           << op->getNumResults();
   if (Value lse = getLse())
     if (failed(verifyLse(op, layout, lse, q.getElementType())))
+      return failure();
+  if (Value outOdd = getOutOdd())
+    if (failed(verifyOutOdd(op, out, outOdd)))
       return failure();
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
                        getWindowLeftBound(), getWindowRightBound());
@@ -363,6 +380,9 @@ LogicalResult V2BackwardOp::verify() {
       failed(layout.check("dout", dout, {{"B"}, {"Sq"}, {"H"}, {"Dv"}})) ||
       failed(verifyLse(op, layout, getLse(), q.getElementType())))
     return failure();
+  if (Value outOdd = getOutOdd())
+    if (failed(verifyOutOdd(op, out, outOdd)))
+      return failure();
   return verifyV2Rules(op, layout, getScaleAttr(), getCausal(),
                        getWindowLeftBound(), getWindowRightBound());
 }

@@ -165,7 +165,7 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                     result);
   SmallVector<Value> results = {result};
   // diffattn.v2's log-sum-exp [B, 2H, Sq] from the row max and sum.
-  if (op->getNumResults() == 2) {
+  if (op->getNumResults() >= 2) {
     Type lseType = op->getResult(1).getType();
     Value lseInit = getResultDestination(op, 1);
     if (!lseInit)
@@ -181,6 +181,26 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
     if (lse.getType() != lseType)
       lse = tensor::CastOp::create(rewriter, loc, lseType, lse);
     results.push_back(lse);
+  }
+  // diffattn.v2's out_odd [B, Sq, H, Dv]: the pairs' second heads, A_{2h+1}.
+  if (op->getNumResults() == 3) {
+    Value oddInit = getResultDestination(op, 2);
+    if (!oddInit)
+      oddInit = tensor::EmptyOp::create(
+          rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
+          config.elementType);
+    Value odd = buildGeneric(
+        rewriter, loc, {acc, rowSum}, {oddInit},
+        {pairMaps[1], pairMaps[3], outMap}, {kPar, kPar, kPar, kPar},
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          Value o = buildNormalize(b, l, args[0], args[1]);
+          linalg::YieldOp::create(b, l,
+                                  buildFloatCast(b, l, o, config.elementType));
+        })[0];
+    if (odd.getType() != op->getResult(2).getType())
+      odd = tensor::CastOp::create(rewriter, loc, op->getResult(2).getType(),
+                                   odd);
+    results.push_back(odd);
   }
   replaceWithResults(rewriter, op, results);
   return success();

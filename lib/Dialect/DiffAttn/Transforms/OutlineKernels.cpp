@@ -52,7 +52,15 @@ StringRef kernelKind(Operation *op) {
 
 /// Whether the kernel of `op` also writes diffattn.v2's log-sum-exp.
 bool writesLse(Operation *op) {
-  return !isa<V2BackwardOp>(op) && op->getNumResults() == 2;
+  return !isa<V2BackwardOp>(op) && op->getNumResults() >= 2;
+}
+
+/// Whether the kernel of `op` writes diffattn.v2's out_odd (the forward) or
+/// reads it (the backward).
+bool hasOutOdd(Operation *op) {
+  if (auto backward = dyn_cast<V2BackwardOp>(op))
+    return static_cast<bool>(backward.getOutOdd());
+  return op->getNumResults() == 3;
 }
 
 /// The kernel name: the op kind and every specialisation parameter.
@@ -84,6 +92,8 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
         os << "_s" << floatBits(c.scale);
       if (writesLse(op))
         os << "_lse";
+      if (hasOutOdd(op))
+        os << "_odd";
     };
     if (auto v2 = dyn_cast<V2Op>(op))
       nameV2(v2);
@@ -164,13 +174,18 @@ argumentShapes(Operation *op, const AttentionConfig &c, Builder &b) {
     shapes.append({outShape, outShape, lseShape});
     if (c.hasKvLen)
       shapes.push_back(kvLenShape);
+    if (hasOutOdd(op))
+      shapes.push_back(outShape);
     shapes.append(inputs.begin(), inputs.end());
     return shapes;
   }
   shapes.push_back(outShape);
-  // diffattn.v2's log-sum-exp: [B, 2H, Sq] f32, after the output.
+  // diffattn.v2's log-sum-exp: [B, 2H, Sq] f32, after the output, then
+  // out_odd shaped as the output.
   if (writesLse(op))
     shapes.push_back(lseShape);
+  if (hasOutOdd(op))
+    shapes.push_back(outShape);
   return shapes;
 }
 
@@ -227,6 +242,8 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.append({"out", "dout", "lse"});
   if (isV2 && c.hasKvLen)
     names.push_back("kv_len");
+  if (backward && hasOutOdd(op))
+    names.push_back("out_odd");
   if (c.isPaged())
     names.push_back("block_table");
   if (c.varlen)
@@ -242,6 +259,8 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.push_back("out");
   if (writesLse(op))
     names.push_back("lse");
+  if (!backward && hasOutOdd(op))
+    names.push_back("out_odd");
   SmallVector<Attribute> args;
   for (auto [index, argName] : llvm::enumerate(names)) {
     Value value =

@@ -104,6 +104,9 @@ private:
   /// set to the head's log-sum-exp, max + log(sum) ([bq] A).
   Value insertLse(Value lse, HeadState h, Value batch, Value head, Value row0,
                   Value rows);
+  /// The head's normalised output acc / sum ([bq, Dv] of T): diffattn.v2's
+  /// `out_odd` rows of the pair's second head.
+  Value normalizedOutput(HeadState h, Value rows);
 
   RewriterBase &b;
   Operation *op;
@@ -362,6 +365,22 @@ Value FlashTiler::insertLse(Value lse, HeadState h, Value batch, Value head,
       SmallVector<OpFoldResult>(3, b.getIndexAttr(1)));
 }
 
+Value FlashTiler::normalizedOutput(HeadState h, Value rows) {
+  AffineExpr i, e;
+  bindDims(ctx, i, e);
+  Value empty = tensor::EmptyOp::create(
+      b, loc, ArrayRef<OpFoldResult>{rows, b.getIndexAttr(config.valueDim)},
+      config.elementType);
+  return buildGeneric(
+      b, loc, {h.acc, h.sum}, {empty},
+      {map(2, {i, e}), map(2, {i}), map(2, {i, e})}, {kPar, kPar},
+      [&](OpBuilder &nb, Location l, ValueRange args) {
+        Value o = buildNormalize(nb, l, args[0], args[1]);
+        linalg::YieldOp::create(nb, l,
+                                buildFloatCast(nb, l, o, config.elementType));
+      })[0];
+}
+
 SmallVector<Value> FlashTiler::build() {
   Value q = op->getOperand(0), k = op->getOperand(1), v = op->getOperand(2);
   Value kvLen = config.hasKvLen ? op->getOperand(4) : Value();
@@ -378,8 +397,10 @@ SmallVector<Value> FlashTiler::build() {
   Value init = getResultDestination(op);
   if (!init)
     init = tensor::EmptyOp::create(b, loc, resultType, dynSizes);
-  // diffattn.v2's log-sum-exp [B, 2H, Sq], carried beside the output.
-  bool withLse = op->getNumResults() == 2;
+  // diffattn.v2's log-sum-exp [B, 2H, Sq] and out_odd [B, Sq, H, Dv],
+  // carried beside the output.
+  bool withLse = op->getNumResults() >= 2;
+  bool withOutOdd = op->getNumResults() == 3;
   SmallVector<Value> inits = {init};
   if (withLse) {
     auto lseType = cast<RankedTensorType>(op->getResult(1).getType());
@@ -393,6 +414,12 @@ SmallVector<Value> FlashTiler::build() {
       lseInit = tensor::EmptyOp::create(b, loc, lseType, lseSizes);
     }
     inits.push_back(lseInit);
+  }
+  if (withOutOdd) {
+    Value oddInit = getResultDestination(op, 2);
+    if (!oddInit)
+      oddInit = tensor::EmptyOp::create(b, loc, resultType, dynSizes);
+    inits.push_back(oddInit);
   }
 
   Value c0 = cst(0), c1 = cst(1), c2 = cst(2);
@@ -490,6 +517,11 @@ SmallVector<Value> FlashTiler::build() {
                       updated.push_back(insertLse(lse, {r[3], r[4], r[5]},
                                                   batch, head1, row0, rows));
                     }
+                    if (withOutOdd)
+                      updated.push_back(tensor::InsertSliceOp::create(
+                          b, loc, normalizedOutput({r[3], r[4], r[5]}, rows),
+                          rowArgs[2], offsets, tileSizes,
+                          SmallVector<OpFoldResult>(4, b.getIndexAttr(1))));
                     scf::YieldOp::create(b, loc, updated);
                   });
               scf::YieldOp::create(b, loc, rowLoop.getResults());

@@ -40,6 +40,7 @@ AttentionConfig AttentionConfig::get(Operation *op) {
   if (auto v2 = dyn_cast<V2Op>(op)) {
     readV2(v2);
     config.hasKvLen = v2.isDecode();
+    config.hasOutOdd = static_cast<bool>(v2.getOutOdd());
   } else if (auto paged = dyn_cast<V2PagedOp>(op)) {
     readV2(paged);
     config.hasKvLen = true;
@@ -47,6 +48,7 @@ AttentionConfig AttentionConfig::get(Operation *op) {
   } else if (auto backward = dyn_cast<V2BackwardOp>(op)) {
     readV2(backward);
     config.hasKvLen = backward.getKvLen() != nullptr;
+    config.hasOutOdd = backward.getOutOdd() != nullptr;
   } else if (auto varlen = dyn_cast<V2VarlenOp>(op)) {
     readV2(varlen);
     config.hasKvLen = false;

@@ -145,3 +145,12 @@ func.func @bwd_window(%q: tensor<2x16x8x32xbf16>, %k: tensor<2x24x2x32xbf16>, %l
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %do, %lse {causal, window_right = 3} : (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>, tensor<2x16x4x32xbf16>, tensor<2x16x4x32xbf16>, tensor<2x8x16xf32>) -> (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>)
   return
 }
+
+// -----
+
+// out_odd (the forward's A_{2h+1}) has out's type.
+func.func @out_odd_type(%q: tensor<2x16x8x32xbf16>, %k: tensor<2x24x2x32xbf16>, %lam: tensor<2x16x4xbf16>, %o: tensor<2x16x4x32xbf16>, %lse: tensor<2x8x16xf32>, %odd: tensor<2x16x4x32xf16>) {
+  // expected-error @+1 {{'out_odd' must have the type of 'out' ('tensor<2x16x4x32xbf16>'), got 'tensor<2x16x4x32xf16>'}}
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %o, %lse out_odd(%odd) : (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>, tensor<2x16x4x32xbf16>, tensor<2x16x4x32xbf16>, tensor<2x8x16xf32>, tensor<2x16x4x32xf16>) -> (tensor<2x16x8x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x24x2x32xbf16>, tensor<2x16x4xbf16>)
+  return
+}

@@ -390,10 +390,19 @@ func.func @v2_too_few_operands(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf
 
 // -----
 
-// v2_three_results
-func.func @v2_three_results(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
-  // expected-error @+1 {{result group starting at #1 requires 0 or 1 element, but found 2}}
+// v2_out_odd_type
+func.func @v2_out_odd_type(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{'out_odd' must have the type of 'out' ('tensor<2x16x4x32xf32>'), got 'tensor<2x8x16xf32>'}}
   %o:3 = "diffattn.v2"(%q, %k, %v, %lam) : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> (tensor<2x16x4x32xf32>, tensor<2x8x16xf32>, tensor<2x8x16xf32>)
+  return
+}
+
+// -----
+
+// v2_four_results
+func.func @v2_four_results(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{expects at most 3 results (out, lse, out_odd), got 4}}
+  %o:4 = "diffattn.v2"(%q, %k, %v, %lam) : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> (tensor<2x16x4x32xf32>, tensor<2x8x16xf32>, tensor<2x16x4x32xf32>, tensor<2x16x4x32xf32>)
   return
 }
 

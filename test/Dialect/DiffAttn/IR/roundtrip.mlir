@@ -158,11 +158,33 @@ func.func @v2_lse(%q: tensor<2x128x8x64xbf16>, %k: tensor<2x96x2x64xbf16>,
 
 // -----
 
+// The training forward's results: out, lse and out_odd (A_{2h+1}, out's
+// type), which the backward reads instead of recomputing it.
+// CHECK-LABEL: func.func @v2_out_odd
+// CHECK: %[[O:.*]], %[[S:.*]]:2 = diffattn.v2 %arg0, %arg1, %arg2, %arg3 {causal} : {{.*}} -> (tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>, tensor<2x128x4x64xbf16>)
+// CHECK: diffattn.v2_backward %arg0, %arg1, %arg2, %arg3, %[[O]], %[[O]], %[[S]]#0 out_odd(%[[S]]#1) {causal} : {{.*}}, tensor<2x8x128xf32>, tensor<2x128x4x64xbf16>) -> (
+// GENERIC-LABEL: sym_name = "v2_out_odd"
+// GENERIC: "diffattn.v2_backward"({{.*}}) <{causal, operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 1, 1, 0, 1>, window_left = -1 : i64, window_right = -1 : i64}>
+func.func @v2_out_odd(%q: tensor<2x128x8x64xbf16>, %k: tensor<2x96x2x64xbf16>,
+                      %v: tensor<2x96x2x64xbf16>, %lam: tensor<2x128x4xbf16>)
+    -> (tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>) {
+  %o, %lse, %odd = diffattn.v2 %q, %k, %v, %lam {causal}
+      : (tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>)
+      -> (tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>, tensor<2x128x4x64xbf16>)
+  %dq, %dk, %dv, %dlam = diffattn.v2_backward %q, %k, %v, %lam, %o, %o, %lse out_odd(%odd) {causal}
+      : (tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>,
+         tensor<2x128x4x64xbf16>, tensor<2x128x4x64xbf16>, tensor<2x8x128xf32>, tensor<2x128x4x64xbf16>)
+      -> (tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>)
+  return %dq, %dk, %dv, %dlam : tensor<2x128x8x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x96x2x64xbf16>, tensor<2x128x4xbf16>
+}
+
+// -----
+
 // The backward op: gradients of q, k, v and lam from the saved forward.
 // CHECK-LABEL: func.func @v2_backward
 // CHECK: %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} = diffattn.v2_backward %arg0, %arg1, %arg2, %arg3, %arg4, %arg5, %arg6 kv_len(%arg7) {causal, scale = 1.250000e-01 : f32, window_left = 32 : i64} : (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>, tensor<?x?x4x32xbf16>, tensor<?x?x4x32xbf16>, tensor<?x8x?xf32>, tensor<?xi32>) -> (tensor<?x?x8x64xbf16>, tensor<?x?x2x64xbf16>, tensor<?x?x2x32xbf16>, tensor<?x?x4xf32>)
 // GENERIC-LABEL: sym_name = "v2_backward"
-// GENERIC: "diffattn.v2_backward"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, scale = 1.250000e-01 : f32, window_left = 32 : i64, window_right = -1 : i64}>
+// GENERIC: "diffattn.v2_backward"(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) <{causal, operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 1, 1, 1, 0>, scale = 1.250000e-01 : f32, window_left = 32 : i64, window_right = -1 : i64}>
 func.func @v2_backward(%q: tensor<?x?x8x64xbf16>, %k: tensor<?x?x2x64xbf16>,
                        %v: tensor<?x?x2x32xbf16>, %lam: tensor<?x?x4xf32>,
                        %out: tensor<?x?x4x32xbf16>, %dout: tensor<?x?x4x32xbf16>,

@@ -32,6 +32,7 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     | `kv_len` | [B] (optional)  | i32          |
     | `out`    | [B, Sq, H, Dv]  | T            |
     | `lse`    | [B, 2H, Sq] (optional result) | A |
+    | `out_odd`| [B, Sq, H, Dv] (optional result, after `lse`) | T |
 
     T is one of f64, f32, f16, bf16. A is the accumulator type, in which
     scores, softmax statistics and sums are computed: f64 when T is f64,
@@ -68,6 +69,14 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     row-block kernel (with `kv_len` it serves instead of split-KV, also on
     sm_90a) and the Hopper (sm_90a) wgmma kernel.
 
+    The optional third result `out_odd` (only with `lse`) is what training
+    saves beside `out`: `out_odd[b, i, h, :] = A_{2h+1}[i, :]`, the second
+    head's attention output of every pair, in T. With it the backward
+    (`diffattn.v2_backward ... out_odd(...)`) reads `r = rowsum(dout *
+    A_{2h+1})` instead of recomputing `A_{2h+1}` (as FlashAttention reads
+    `D = rowsum(dout * out)`). The CPU lowerings and the GPU kernels that
+    write `lse` write it too.
+
     With the optional `kv_len` operand (decode against a KV cache),
     `kv_len[b]` counts the valid keys of sequence `b` (the `Sq` new ones
     included): keys `t >= kv_len[b]` are ignored and `L = kv_len[b]` in the
@@ -99,7 +108,9 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     DefaultValuedAttr<I64Attr, "-1">:$window_left,
     DefaultValuedAttr<I64Attr, "-1">:$window_right
   );
-  let results = (outs AnyRankedTensor:$out, Optional<AnyRankedTensor>:$lse);
+  // `saved`: nothing, (lse) or (lse, out_odd); one variadic group keeps
+  // the textual form `-> (out, lse, out_odd)` (getLse, getOutOdd).
+  let results = (outs AnyRankedTensor:$out, Variadic<AnyRankedTensor>:$saved);
 
   let assemblyFormat = [{
     $q `,` $k `,` $v `,` $lam (`kv_len` `(` $kv_len^ `)`)? attr-dict `:`
@@ -123,6 +134,14 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     int64_t getWindowRightBound() { return getWindowRightAttr().getInt(); }
     /// True when the op reads a KV cache with per-sequence lengths.
     bool isDecode() { return static_cast<bool>(getKvLen()); }
+    /// The optional results: the log-sum-exp [B, 2H, Sq] of A, and the
+    /// second heads' outputs A_{2h+1} [B, Sq, H, Dv] of T (null if absent).
+    ::mlir::Value getLse() {
+      return getSaved().empty() ? ::mlir::Value() : getSaved()[0];
+    }
+    ::mlir::Value getOutOdd() {
+      return getSaved().size() < 2 ? ::mlir::Value() : getSaved()[1];
+    }
   }];
 
   let hasVerifier = 1;
@@ -285,7 +304,7 @@ def DiffAttn_V2VarlenOp : DiffAttn_Op<"v2_varlen", [Pure]> {
 // V2 backward
 //===----------------------------------------------------------------------===//
 
-def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
+def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure, AttrSizedOperandSegments]> {
   let summary = "Gradients of diffattn.v2 (dq, dk, dv, dlam)";
   let description = [{
     The backward pass of `diffattn.v2` with the same configuration (masks,
@@ -302,6 +321,7 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     | `dout`   | [B, Sq, H, Dv]   | T            |
     | `lse`    | [B, 2H, Sq]      | A            |
     | `kv_len` | [B] (optional)   | i32          |
+    | `out_odd`| [B, Sq, H, Dv] (optional) | T   |
 
     T and A as for `diffattn.v2` (A: f64 when T is f64, else f32; the
     lowerings compute in A). Results `dq`, `dk`, `dv`, `dlam` have the
@@ -323,6 +343,12 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     A_{2h} - sigmoid(lam_h) A_{2h+1}`, only the odd head's `A_{2h+1}` is
     recomputed: `D_{2h} = rowsum(dout * out) + sigmoid(lam) r`, `D_{2h+1} =
     -sigmoid(lam) r` with `r = rowsum(dout * A_{2h+1})`, and `dlam = -sigmoid'(lam) r`.
+    With the optional `out_odd` (the forward's third result, A_{2h+1} in
+    T), r is read from it, `r = rowsum(dout * out_odd)`, instead of
+    recomputed: the GPU strategies' row-statistics kernel then reads three
+    row vectors instead of recomputing two products per key block. The CPU
+    lowerings recompute r either way (the result is the same up to
+    out_odd's rounding to T).
     Rows with no visible key (`lse = -inf`) and keys at `t >= kv_len` get
     zero gradients, whatever the cache holds there.
 
@@ -354,6 +380,7 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
     AnyRankedTensor:$dout,
     AnyRankedTensor:$lse,
     Optional<AnyRankedTensor>:$kv_len,
+    Optional<AnyRankedTensor>:$out_odd,
     UnitAttr:$causal,
     OptionalAttr<F32Attr>:$scale,
     DefaultValuedAttr<I64Attr, "-1">:$window_left,
@@ -364,7 +391,7 @@ def DiffAttn_V2BackwardOp : DiffAttn_Op<"v2_backward", [Pure]> {
 
   let assemblyFormat = [{
     $q `,` $k `,` $v `,` $lam `,` $out `,` $dout `,` $lse
-    (`kv_len` `(` $kv_len^ `)`)? attr-dict `:`
+    (`kv_len` `(` $kv_len^ `)`)? (`out_odd` `(` $out_odd^ `)`)? attr-dict `:`
     functional-type(operands, results)
   }];
 

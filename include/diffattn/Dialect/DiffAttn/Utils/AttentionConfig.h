@@ -50,6 +50,9 @@ struct AttentionConfig {
   int64_t windowLeft;
   int64_t windowRight;
   bool hasKvLen;
+  /// diffattn.v2 returns out_odd (A_{2h+1}), or diffattn.v2_backward reads
+  /// it.
+  bool hasOutOdd = false;
   /// diffattn.v2_paged: keys per block of the pool (BS); 0 for a contiguous
   /// cache.
   int64_t pagedBlockSize = 0;
