@@ -6,7 +6,8 @@
         python3 benchmarks/gpu_profile_backward.py [--case N]
 
 The backward runs twice (a warm-up, then the profiled launches), after the
-forward with lse that it needs. `--options` passes compiler options to the
+training forward (lse and out_odd, which the backward reads; `--recompute`:
+the forward with lse only, as before out_odd). `--options` passes compiler options to the
 backward's kernels (e.g. "--gpu-options=deterministic=false": the
 accumulating kernels, statistics, dk/dv and the dq conversion).
 """
@@ -29,6 +30,9 @@ def main():
     ap.add_argument("--case", type=int, default=0, help="index into gpu_cases.BACKWARD_BENCH")
     ap.add_argument("--options", action="append", default=[],
                     help="a compiler option for the backward's kernels (repeatable)")
+    ap.add_argument("--recompute", action="store_true",
+                    help="without the training forward's out_odd (the statistics kernel "
+                         "recomputes A_2h+1)")
     args = ap.parse_args()
     b, s, h2, hkv, d, causal = gpu_cases.BACKWARD_BENCH[args.case]
     q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
@@ -36,10 +40,14 @@ def main():
     v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
     lam = torch.randn(b, s, h2 // 2, device="cuda", dtype=torch.bfloat16)
     dout = torch.randn(b, s, h2 // 2, d, device="cuda", dtype=torch.bfloat16)
-    out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+    if args.recompute:
+        out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+        out_odd = None
+    else:
+        out, lse, out_odd = _torch.v2_train_cuda(q, k, v, lam, None, causal, None, -1, -1)
     for _ in range(2):
         _torch.backward_cuda(q, k, v, lam, out, dout, lse, None, causal, None, -1, -1,
-                             options=tuple(args.options))
+                             options=tuple(args.options), out_odd=out_odd)
     torch.cuda.synchronize()
     print(f"backward of B={b} S={s} 2H={h2} Hkv={hkv} D={d} causal={causal}: done")
 

@@ -240,6 +240,83 @@ SmallVector<Value> WgmmaKernelBuilder::scoreDescriptors(Value stage) {
   return descriptors;
 }
 
+/// A product's descriptors as few 64-bit base operands and per-descriptor
+/// constant offsets (16-byte units): descriptor i is bases[base[i]] +
+/// offset[i] when it was built as packDescriptor(advanceDescriptor(low,
+/// bytes)) from a low word shared with others. Passing the bases and
+/// adding the offsets in the product's PTX keeps one live register pair
+/// per base instead of one per k16 step (LLVM hoists the loop-invariant
+/// descriptors out of the key loop, and ptxas then moves each from
+/// general to uniform registers, R2UR, before its wgmma).
+struct SplitDescriptors {
+  SmallVector<Value> bases;
+  SmallVector<int64_t> base, offset;
+};
+
+static SplitDescriptors splitDescriptors(OpBuilder &b, Location loc,
+                                         ArrayRef<Value> descriptors) {
+  SplitDescriptors split;
+  // (low word, high word) of each base.
+  SmallVector<std::pair<Value, int64_t>> keys;
+  for (Value d : descriptors) {
+    Value low;
+    int64_t high = 0, add = 0;
+    auto orOp = d.getDefiningOp<arith::OrIOp>();
+    auto ext =
+        orOp ? orOp.getLhs().getDefiningOp<arith::ExtUIOp>() : arith::ExtUIOp();
+    auto highConst = orOp ? orOp.getRhs().getDefiningOp<arith::ConstantOp>()
+                          : arith::ConstantOp();
+    if (ext && highConst) {
+      high = cast<IntegerAttr>(highConst.getValue()).getInt();
+      low = ext.getIn();
+      if (auto addOp = low.getDefiningOp<arith::AddIOp>())
+        if (auto c = addOp.getRhs().getDefiningOp<arith::ConstantOp>()) {
+          add = cast<IntegerAttr>(c.getValue()).getInt();
+          low = addOp.getLhs();
+        }
+    }
+    if (!low) {
+      // Not a built descriptor: an operand of its own.
+      split.base.push_back(split.bases.size());
+      split.offset.push_back(0);
+      split.bases.push_back(d);
+      keys.push_back({Value(), 0});
+      continue;
+    }
+    auto it = llvm::find(keys, std::make_pair(low, high));
+    int64_t index = it - keys.begin();
+    if (it == keys.end()) {
+      keys.push_back({low, high});
+      Type i64 = b.getI64Type();
+      split.bases.push_back(arith::OrIOp::create(
+          b, loc, arith::ExtUIOp::create(b, loc, i64, low),
+          arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(high))));
+    }
+    split.base.push_back(index);
+    split.offset.push_back(add);
+  }
+  return split;
+}
+
+/// The PTX operand of descriptor `i` of `split` whose bases are operands
+/// `firstOperand` on: the base itself, or a scratch register %wgdI that
+/// `setup` gets an add.s64 for.
+static std::string descriptorOperand(const SplitDescriptors &split, size_t i,
+                                     int64_t firstOperand, std::string &setup) {
+  std::string base = "$" + std::to_string(firstOperand + split.base[i]);
+  if (split.offset[i] == 0)
+    return base;
+  std::string name = "%wgd" + std::to_string(i);
+  setup += "add.s64 " + name + ", " + base + ", " +
+           std::to_string(split.offset[i]) + ";\n";
+  return name;
+}
+
+/// The PTX block's scratch declarations for `split`.
+static std::string descriptorScratch(const SplitDescriptors &split) {
+  return "{\n.reg .b64 %wgd<" + std::to_string(split.base.size()) + ">;\n";
+}
+
 Value WgmmaKernelBuilder::issueScores(ArrayRef<Value> descriptors) {
   return issueSharedProduct(descriptors, plan.blockK);
 }
@@ -260,20 +337,25 @@ Value WgmmaKernelBuilder::issueSharedProduct(ArrayRef<Value> descriptors,
   std::string accRegs;
   for (int64_t i = 0; i < values; ++i)
     accRegs += (i ? ", " : "") + reg(i);
-  std::string ptx;
-  for (int64_t kk = 0; kk < steps; ++kk)
+  SplitDescriptors split = splitDescriptors(b, loc, descriptors);
+  std::string ptx = descriptorScratch(split);
+  for (int64_t kk = 0; kk < steps; ++kk) {
+    std::string a = descriptorOperand(split, 2 * kk, values, ptx);
+    std::string bDesc = descriptorOperand(split, 2 * kk + 1, values, ptx);
     ptx += "wgmma.mma_async.sync.aligned.m64n" + std::to_string(n) +
            "k16.f32." + (plan.elementType.isF16() ? "f16.f16" : "bf16.bf16") +
-           " {" + accRegs + "}, " + reg(values + 2 * kk) + ", " +
-           reg(values + 2 * kk + 1) + ", " + (kk == 0 ? "0" : "1") +
-           ", 1, 1, " + (transposeA ? "1" : "0") + ", 0;\n";
+           " {" + accRegs + "}, " + a + ", " + bDesc + ", " +
+           (kk == 0 ? "0" : "1") + ", 1, 1, " + (transposeA ? "1" : "0") +
+           ", 0;\n";
+  }
+  ptx += "}\n";
   std::string constraints;
   for (int64_t i = 0; i < values; ++i)
     constraints += "=f,";
-  for (int64_t i = 0; i < 2 * steps; ++i)
+  for (size_t i = 0; i < split.bases.size(); ++i)
     constraints += (i ? ",l" : "l");
   return LLVM::InlineAsmOp::create(
-             b, loc, structType, descriptors, ptx, constraints,
+             b, loc, structType, split.bases, ptx, constraints,
              /*has_side_effects=*/true, /*is_align_stack=*/false,
              LLVM::tailcallkind::TailCallKind::None,
              LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
@@ -389,26 +471,28 @@ void WgmmaKernelBuilder::issueRegisterProduct(ArrayRef<Value> packedP,
   std::string accRegs;
   for (int64_t i = 0; i < values; ++i)
     accRegs += (i ? ", " : "") + reg(i);
-  std::string ptx;
+  SplitDescriptors split = splitDescriptors(b, loc, descriptors);
+  std::string ptx = descriptorScratch(split);
   for (int64_t kt = 0; kt < steps; ++kt) {
     int64_t a = values + 4 * kt;
+    std::string bDesc = descriptorOperand(split, kt, values + 4 * steps, ptx);
     ptx += "wgmma.mma_async.sync.aligned.m64n" + std::to_string(n) +
            "k16.f32." + (plan.elementType.isF16() ? "f16.f16" : "bf16.bf16") +
            " {" + accRegs + "}, {" + reg(a) + ", " + reg(a + 1) + ", " +
-           reg(a + 2) + ", " + reg(a + 3) + "}, " +
-           reg(values + 4 * steps + kt) + ", 1, 1, 1, 1;\n";
+           reg(a + 2) + ", " + reg(a + 3) + "}, " + bDesc + ", 1, 1, 1, 1;\n";
   }
+  ptx += "}\n";
   std::string constraints;
   for (int64_t i = 0; i < values; ++i)
     constraints += "=f,";
   for (int64_t i = 0; i < 4 * steps; ++i)
     constraints += "r,";
-  for (int64_t i = 0; i < steps; ++i)
+  for (size_t i = 0; i < split.bases.size(); ++i)
     constraints += (i ? ",l" : "l");
   for (int64_t i = 0; i < values; ++i)
     constraints += "," + std::to_string(i);
   SmallVector<Value> operands(packedP);
-  operands.append(descriptors.begin(), descriptors.end());
+  operands.append(split.bases.begin(), split.bases.end());
   for (const Acc &t : acc)
     operands.append(t.begin(), t.end());
   auto asmOp = LLVM::InlineAsmOp::create(
