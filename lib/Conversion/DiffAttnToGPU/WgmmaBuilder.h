@@ -199,9 +199,11 @@ protected:
   // read), commits and waits (wgmma.commit_group / wait_group) before it
   // reads the results.
   /// The descriptors of S = Q Kᵀ over one key block, K from stage `stage`
-  /// (A and B of each k16 step, interleaved). Descriptors are computed
-  /// before the wgmma.fence: ptxas serialises wgmma whose input registers
-  /// are defined inside the pipeline stage.
+  /// (A and B of each k16 step, interleaved). Their bases are computed
+  /// before the wgmma.fence (ptxas serialises wgmma whose general input
+  /// registers are defined inside the pipeline stage); the products add
+  /// the steps' constant offsets in their own PTX (splitDescriptors in
+  /// WgmmaFragments.cpp), which ptxas does in uniform registers.
   SmallVector<Value> scoreDescriptors(Value stage);
   /// Issues S = Q Kᵀ of the warpgroup's head over one key block (wgmma
   /// m64n{blockK}k16 over the head dimension); returns the accumulator
@@ -210,7 +212,9 @@ protected:
   /// Issues D = A B (wgmma m64n{n}k16, one k16 step per descriptor pair, A
   /// and B of each step interleaved, both from shared memory, B K-major, A
   /// K-major or with `transposeA` MN-major: imm-trans-a 1), D starting from
-  /// zero; returns the accumulator struct (n / 2 f32).
+  /// zero; returns the accumulator struct (n / 2 f32). Descriptors built
+  /// as packDescriptor(advanceDescriptor(low, bytes)) from a shared low
+  /// word are passed as that base and an add.s64 per step.
   Value issueSharedProduct(ArrayRef<Value> descriptors, int64_t n,
                            bool transposeA = false);
   /// The thread's blockK / 8 accumulator tiles of issued scores.
