@@ -99,24 +99,36 @@ def _launch(directory, named, sizes, device):
             _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
 
 
-def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
-    """diffattn::v2_lse on CUDA tensors: (out, lse [B, 2H, Sq] float32) from
-    one forward kernel that also writes lse (see diffattn.v2)."""
+def _forward_saving(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
+                    out_odd):
+    """One forward kernel that also writes lse [B, 2H, Sq] float32 and, with
+    `out_odd`, the pairs' second heads A_{2h+1} [B, Sq, H, Dv]: (out, lse)
+    or (out, lse, out_odd)."""
     _validate(q, k, v, lam, kv_len)
     directory, out_shape, sizes = _gpu.prepare_v2(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
         _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
         kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_target_of(q.device.index), return_lse=True)
-    out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+        target=_target_of(q.device.index), return_lse=True, return_out_odd=out_odd)
     b, sq, h2, _ = q.shape
-    lse = torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)
+    results = [torch.empty(out_shape, dtype=q.dtype, device=q.device),
+               torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)]
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
     if kv_len is not None:
         named.append(("kv_len", "i32", kv_len))
-    named += [("out", "x", out), ("lse", "f32", lse)]
+    named += [("out", "x", results[0]), ("lse", "f32", results[1])]
+    if out_odd:
+        results.append(torch.empty(out_shape, dtype=q.dtype, device=q.device))
+        named.append(("out_odd", "x", results[2]))
     _launch(directory, named, sizes, q.device)
-    return out, lse
+    return tuple(results)
+
+
+def v2_lse_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    """diffattn::v2_lse on CUDA tensors: (out, lse [B, 2H, Sq] float32) from
+    one forward kernel that also writes lse (see diffattn.v2)."""
+    return _forward_saving(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
+                           out_odd=False)
 
 
 def v2_train_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
@@ -124,22 +136,8 @@ def v2_train_cuda(q, k, v, lam, kv_len, causal, scale, window_left, window_right
     float32, out_odd [B, Sq, H, Dv]) from one forward kernel that also
     writes lse and the pairs' second heads A_{2h+1}, which the backward
     then reads instead of recomputing them (diffattn.v2's ODS)."""
-    _validate(q, k, v, lam, kv_len)
-    directory, out_shape, sizes = _gpu.prepare_v2(
-        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
-        _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
-        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_target_of(q.device.index), return_lse=True, return_out_odd=True)
-    out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
-    out_odd = torch.empty(out_shape, dtype=q.dtype, device=q.device)
-    b, sq, h2, _ = q.shape
-    lse = torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)
-    named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
-    if kv_len is not None:
-        named.append(("kv_len", "i32", kv_len))
-    named += [("out", "x", out), ("lse", "f32", lse), ("out_odd", "x", out_odd)]
-    _launch(directory, named, sizes, q.device)
-    return out, lse, out_odd
+    return _forward_saving(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
+                           out_odd=True)
 
 
 #: The accumulating backward's compiler options (defined in _gpu).
