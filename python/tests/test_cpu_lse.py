@@ -22,13 +22,15 @@ CASES = [
 IDS = ["gqa2-sq<sk", "gqa4-dv", "empty-rows", "window", "kv_len", "gqa8"]
 
 
-def _inputs(case, seed):
+def case_inputs(case, seed, dtype=np.float32):
+    """q, k, v, lam of `dtype` and the call's keyword arguments for a CASES
+    entry (also test_cpu_out_odd's)."""
     b, sq, sk, h2, hkv, d, dv, causal, window, kv_len = case
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal((b, sq, h2, d), dtype=np.float32)
-    k = rng.standard_normal((b, sk, hkv, d), dtype=np.float32)
-    v = rng.standard_normal((b, sk, hkv, dv), dtype=np.float32)
-    lam = rng.standard_normal((b, sq, h2 // 2), dtype=np.float32)
+    q = rng.standard_normal((b, sq, h2, d), dtype=dtype)
+    k = rng.standard_normal((b, sk, hkv, d), dtype=dtype)
+    v = rng.standard_normal((b, sk, hkv, dv), dtype=dtype)
+    lam = rng.standard_normal((b, sq, h2 // 2), dtype=dtype)
     kw = dict(causal=causal, window=window,
               kv_len=None if kv_len is None else np.array(kv_len, dtype=np.int32))
     return q, k, v, lam, kw
@@ -37,7 +39,7 @@ def _inputs(case, seed):
 @pytest.mark.parametrize("lowering", ["flash", "decompose"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_lse_matches_reference(case, lowering):
-    q, k, v, lam, kw = _inputs(case, seed=11)
+    q, k, v, lam, kw = case_inputs(case, seed=11)
     out, lse = _cpu.v2(q, k, v, lam, lowering=lowering, return_lse=True, **kw)
     ref_out, ref_lse = reference.v2(q, k, v, lam, return_lse=True, **kw)
     b, sq, h2 = q.shape[:3]
@@ -54,7 +56,7 @@ def test_lse_matches_reference(case, lowering):
 
 
 def test_public_api_returns_out_and_lse():
-    q, k, v, lam, kw = _inputs(CASES[0], seed=3)
+    q, k, v, lam, kw = case_inputs(CASES[0], seed=3)
     result = diffattn.v2(q, k, v, lam, return_lse=True, **kw)
     assert isinstance(result, tuple) and len(result) == 2
     assert isinstance(diffattn.v2(q, k, v, lam, **kw), np.ndarray)

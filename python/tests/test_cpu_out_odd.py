@@ -9,34 +9,13 @@ import numpy as np
 import pytest
 
 from diffattn import _cpu, reference
-
-# (B, Sq, Sk, 2H, Hkv, D, Dv, causal, window, kv_len)
-CASES = [
-    (2, 70, 90, 4, 2, 16, 16, True, (-1, -1), None),       # G = 2, Sq < Sk, odd lengths
-    (1, 33, 33, 8, 2, 32, 16, False, (-1, -1), None),      # G = 4, Dv != D
-    (1, 80, 20, 4, 1, 16, 16, True, (-1, -1), None),       # Sq > Sk: rows with no key
-    (2, 65, 130, 4, 2, 16, 16, False, (17, 5), None),      # sliding window
-    (3, 9, 70, 8, 4, 16, 16, True, (-1, -1), [0, 31, 70]),  # ragged kv_len, one empty
-]
-IDS = ["gqa2-sq<sk", "gqa4-dv", "empty-rows", "window", "kv_len"]
-
-
-def _inputs(case, seed, dtype=np.float32):
-    b, sq, sk, h2, hkv, d, dv, causal, window, kv_len = case
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((b, sq, h2, d)).astype(dtype)
-    k = rng.standard_normal((b, sk, hkv, d)).astype(dtype)
-    v = rng.standard_normal((b, sk, hkv, dv)).astype(dtype)
-    lam = rng.standard_normal((b, sq, h2 // 2)).astype(dtype)
-    kw = dict(causal=causal, window=window,
-              kv_len=None if kv_len is None else np.array(kv_len, dtype=np.int32))
-    return q, k, v, lam, kw
+from test_cpu_lse import CASES, IDS, case_inputs
 
 
 @pytest.mark.parametrize("lowering", ["flash", "decompose"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_out_odd_is_the_second_heads_output(case, lowering):
-    q, k, v, lam, kw = _inputs(case, seed=5)
+    q, k, v, lam, kw = case_inputs(case, seed=5)
     out, lse, odd = _cpu.v2(q, k, v, lam, lowering=lowering, return_lse=True,
                             return_out_odd=True, **kw)
     assert odd.shape == out.shape and odd.dtype == out.dtype
@@ -56,7 +35,7 @@ def test_out_odd_is_the_second_heads_output(case, lowering):
 
 @pytest.mark.parametrize("lowering", ["flash", "decompose"])
 def test_backward_with_out_odd_matches_without(lowering):
-    q, k, v, lam, kw = _inputs(CASES[0], seed=7)
+    q, k, v, lam, kw = case_inputs(CASES[0], seed=7)
     out, lse, odd = _cpu.v2(q, k, v, lam, lowering=lowering, return_lse=True,
                             return_out_odd=True, **kw)
     dout = np.random.default_rng(8).standard_normal(out.shape).astype(np.float32)
@@ -71,7 +50,7 @@ def test_backward_with_out_odd_matches_without(lowering):
 
 
 def test_f64_out_odd():
-    q, k, v, lam, kw = _inputs(CASES[1], seed=9, dtype=np.float64)
+    q, k, v, lam, kw = case_inputs(CASES[1], seed=9, dtype=np.float64)
     _, _, odd = _cpu.v2(q, k, v, lam, return_lse=True, return_out_odd=True, **kw)
     a = reference._attention(q, k, v, scale=1.0 / np.sqrt(q.shape[-1]), causal=kw["causal"],
                              window=kw["window"], kv_len=kw["kv_len"])
@@ -79,7 +58,7 @@ def test_f64_out_odd():
 
 
 def test_out_odd_errors():
-    q, k, v, lam, kw = _inputs(CASES[0], seed=1)
+    q, k, v, lam, kw = case_inputs(CASES[0], seed=1)
     with pytest.raises(ValueError, match="return_out_odd: needs return_lse"):
         _cpu.v2(q, k, v, lam, return_out_odd=True, **kw)
     out, lse, odd = _cpu.v2(q, k, v, lam, return_lse=True, return_out_odd=True, **kw)

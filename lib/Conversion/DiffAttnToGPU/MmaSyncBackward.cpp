@@ -155,11 +155,11 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
     }
     for (int64_t j = 0; j < 2; ++j) {
       Value head = add(mul(pair, 2), idx(j));
-      Value lseIndex = select(
+      Value at = select(
           valid[rr],
-          add(mul(add(mul(batch, plan.queryHeads), head), seqQ), threadRow[rr]),
+          lseIndex(*this, batch, head, threadRow[rr], seqQ, plan.queryHeads),
           idx(0));
-      shift[j][rr] = negLseShift(loadF32(args.lse, lseIndex));
+      shift[j][rr] = negLseShift(loadF32(args.lse, at));
     }
     lamValue[rr] = loadF32(args.lam, pairRow[rr]);
     sig[rr] = epilogue.sigmoid(lamValue[rr]);
@@ -270,10 +270,10 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   if (stats) {
     for (int64_t rr = 0; rr < 2; ++rr)
       writeRowStatistics(*this, epilogue, args,
-                         {quadSum(final[rr]), valid[rr], statBase[rr],
-                          pairRow[rr], lamValue[rr], sig[rr], shift[0][rr],
-                          shift[1][rr], colLane, lane},
-                         dv);
+                         {quadSum(final[rr]),
+                          outputRowDot(*this, args, pairRow[rr], colLane, dv),
+                          valid[rr], statBase[rr], pairRow[rr], lamValue[rr],
+                          sig[rr], shift[0][rr], shift[1][rr], lane});
     gpu::ReturnOp::create(b, loc);
     return;
   }

@@ -93,27 +93,31 @@ void writeKeyGradients(GPUKernelBuilder &kb, const BackwardArgs &args,
                        ValueRange final, ArrayRef<Value> keyRow, Value kRowBase,
                        Value kvHead, Value colLane, const TileConfig &plan);
 
+/// The lse element (f32) of head `head` (of 2H) at query row `query`:
+/// (batch * queryHeads + head) * Sq + query ([B, 2H, Sq]).
+Value lseIndex(GPUKernelBuilder &kb, Value batch, Value head, Value query,
+               Value seqQ, int64_t queryHeads);
+/// rowsum(dout o out) of the row at `pairRow` (its index in out and dout),
+/// summed over the quad: every lane reads Dv / 4 columns from `colLane`
+/// (2 (lane % 4)), pairs of 2-element loads 8 columns apart.
+Value outputRowDot(GPUKernelBuilder &kb, const BackwardArgs &args,
+                   Value pairRow, Value colLane, int64_t valueDim);
 /// What the statistics kernels know of one of the thread's rows when they
-/// write its record: r = rowsum(P_2h+1 o G) summed over the row's quad,
-/// whether the row is one of the group's, the record's first element in
-/// the workspace, the row's index in lam, out and dout (pairRow), lam
-/// there (f32) and sigmoid of it, both heads' -lse log2 e, and the thread's
-/// first column (2 (lane % 4)) and lane.
+/// write its record, each summed over the row's quad where it is a sum: r
+/// = rowsum(dout o A_2h+1) (recomputed as rowsum(P_2h+1 o G), or read from
+/// out_odd), dot = rowsum(dout o out), whether the row is one of the
+/// group's, the record's first element in the workspace, the row's index
+/// in lam (pairRow), lam there (f32) and sigmoid of it, both heads' -lse
+/// log2 e, and the thread's lane.
 struct RowStatistics {
-  Value r, valid, statBase, pairRow, lam, sigmoid, shiftEven, shiftOdd;
-  Value colLane, lane;
-  /// rowsum(dout o out) when the caller has it (already summed over the
-  /// quad); null: writeRowStatistics reads out and dout.
-  Value dot = {};
+  Value r, dot, valid, statBase, pairRow, lam, sigmoid, shiftEven, shiftOdd;
+  Value lane;
 };
-/// Writes the row's record (D_2h = rowsum(dout o out) + sigmoid(lam) r,
-/// D_2h+1 = -sigmoid(lam) r, sigmoid(lam), the shifts) and dlam =
-/// -sigmoid(lam) sigmoid(-lam) r: every lane of the quad reads Dv / 4
-/// columns of out and dout (pairs of 2-element loads 8 columns apart), the
-/// quad sums them, its first lane writes.
+/// Writes the row's record (D_2h = dot + sigmoid(lam) r, D_2h+1 =
+/// -sigmoid(lam) r, sigmoid(lam), the shifts) and dlam = -sigmoid(lam)
+/// sigmoid(-lam) r from the quad's first lane.
 void writeRowStatistics(GPUKernelBuilder &kb, DifferentialEpilogue &epilogue,
-                        const BackwardArgs &args, const RowStatistics &row,
-                        int64_t valueDim);
+                        const BackwardArgs &args, const RowStatistics &row);
 
 /// The f32 dq accumulator of the accumulating formulation (the strategy
 /// option deterministic = false; MmaSyncBackwardDq.cpp): [B, H, Sq, 2 D]

@@ -173,18 +173,21 @@ void mma_sync::writeKeyGradients(GPUKernelBuilder &kb, const BackwardArgs &args,
   }
 }
 
-void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
-                                  DifferentialEpilogue &epilogue,
-                                  const BackwardArgs &args,
-                                  const RowStatistics &row, int64_t valueDim) {
+Value mma_sync::lseIndex(GPUKernelBuilder &kb, Value batch, Value head,
+                         Value query, Value seqQ, int64_t queryHeads) {
+  return kb.add(kb.mul(kb.add(kb.mul(batch, queryHeads), head), seqQ), query);
+}
+
+Value mma_sync::outputRowDot(GPUKernelBuilder &kb, const BackwardArgs &args,
+                             Value pairRow, Value colLane, int64_t valueDim) {
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
   Type elem = cast<MemRefType>(args.out.getType()).getElementType();
-  Value dot = row.dot ? row.dot : kb.f32(0.0f);
-  Value base = kb.mul(row.pairRow, valueDim);
+  Value dot = kb.f32(0.0f);
+  Value base = kb.mul(pairRow, valueDim);
   auto vecType = VectorType::get({2}, elem);
-  for (int64_t t = 0; t < (row.dot ? 0 : valueDim / 8); ++t) {
-    Value index = kb.add(kb.add(base, row.colLane), t * 8);
+  for (int64_t t = 0; t < valueDim / 8; ++t) {
+    Value index = kb.add(kb.add(base, colLane), t * 8);
     Value o =
         vector::LoadOp::create(b, loc, vecType, args.out, ValueRange{index});
     Value g =
@@ -198,8 +201,15 @@ void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
       dot = kb.fma(ext(o), ext(g), dot);
     }
   }
-  if (!row.dot)
-    dot = kb.quadSum(dot);
+  return kb.quadSum(dot);
+}
+
+void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
+                                  DifferentialEpilogue &epilogue,
+                                  const BackwardArgs &args,
+                                  const RowStatistics &row) {
+  OpBuilder &b = kb.b;
+  Location loc = kb.loc;
   // sigmoid'(lam) = sigmoid(lam) sigmoid(-lam), each in f32 without
   // cancellation.
   Value sigNeg = epilogue.sigmoid(kb.fsub(kb.f32(0.0f), row.lam));
@@ -211,7 +221,7 @@ void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
     auto put = [&](int64_t field, Value x) {
       kb.storeAs(args.workspace, x, kb.add(row.statBase, field));
     };
-    put(kDeltaEven, kb.fadd(dot, sr));
+    put(kDeltaEven, kb.fadd(row.dot, sr));
     put(kDeltaOdd, kb.fsub(kb.f32(0.0f), sr));
     put(kSigmoid, row.sigmoid);
     put(kShiftEven, row.shiftEven);

@@ -89,17 +89,13 @@ void BackwardBuilder::buildOutputStatisticsKernel(gpu::GPUFuncOp func) {
   std::array<Value, 2> shift;
   for (int64_t j = 0; j < 2; ++j) {
     Value head = add(mul(pair, 2), idx(j));
-    shift[j] = negLseShift(
-        loadF32(args.lse,
-                add(mul(add(mul(batch, plan.queryHeads), head), seqQ), query)));
+    shift[j] = negLseShift(loadF32(
+        args.lse, lseIndex(*this, batch, head, query, seqQ, plan.queryHeads)));
   }
   Value lam = loadF32(args.lam, pairRow);
   Value record = recordIndex(*this, batch, pair, query, seqQ, plan.pairs);
-  RowStatistics stats{r,        valid,    record,
-                      pairRow,  lam,      epilogue.sigmoid(lam),
-                      shift[0], shift[1], mul(rem(lane, 4), 2),
-                      lane};
-  stats.dot = dot;
-  writeRowStatistics(*this, epilogue, args, stats, dv);
+  writeRowStatistics(*this, epilogue, args,
+                     {r, dot, valid, record, pairRow, lam,
+                      epilogue.sigmoid(lam), shift[0], shift[1], lane});
   gpu::ReturnOp::create(b, loc);
 }

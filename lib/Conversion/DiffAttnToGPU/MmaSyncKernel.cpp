@@ -154,7 +154,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   Value cuSeqK = attn.varlen ? entry.getArgument(a++) : Value();
   Value out = entry.getArgument(a++);
   Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
-  Value outOdd = plan.writesOutOdd ? entry.getArgument(a++) : Value();
+  Value outOdd = attn.hasOutOdd ? entry.getArgument(a++) : Value();
   Value workspace = splitKV ? entry.getArgument(a++) : Value();
   a++; // B: the grid's z extent.
   Value seqQ = entry.getArgument(a++), seqK = entry.getArgument(a++);

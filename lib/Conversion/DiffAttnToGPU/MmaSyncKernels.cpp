@@ -64,7 +64,6 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   // kv_len selects those instead of split-KV (whose combine kernel has no
   // per-head statistics to write).
   plan.writesLse = isa<V2Op>(op) && op->getNumResults() >= 2;
-  plan.writesOutOdd = isa<V2Op>(op) && op->getNumResults() == 3;
   plan.splitKV = plan.attn.hasKvLen && !plan.writesLse;
   // Tile defaults, measured on the H200 (docs/performance.md). Row
   // blocks: D = 64 wants 4 warps x 64 keys. D = 128 with a causal-like

@@ -150,8 +150,8 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   auto lseShift = [&](int64_t rr, int64_t h) {
     Value head = add(mul(pair[rr], 2), idx(h));
     return negLseShift(
-        loadF32(args.lse, add(mul(add(mul(batch, plan.queryHeads), head), seqQ),
-                              queryRow[rr])));
+        loadF32(args.lse, mma_sync::lseIndex(*this, batch, head, queryRow[rr],
+                                             seqQ, plan.queryHeads)));
   };
   for (int64_t rr = 0; rr < 2; ++rr) {
     Value row = threadGroupRow(rr);
@@ -298,11 +298,12 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
                                            seqQ, plan.pairs);
         Value shiftEven = lseShift(rr, 0);
         Value lam = loadF32(args.lam, pairRow[rr]);
+        Value dot =
+            mma_sync::outputRowDot(*this, args, pairRow[rr], colLane, dv);
         mma_sync::writeRowStatistics(*this, epilogue, args,
-                                     {sum, valid[rr], record[rr], pairRow[rr],
-                                      lam, epilogue.sigmoid(lam), shiftEven,
-                                      shift[rr], colLane, lane},
-                                     dv);
+                                     {sum, dot, valid[rr], record[rr],
+                                      pairRow[rr], lam, epilogue.sigmoid(lam),
+                                      shiftEven, shift[rr], lane});
       }
     });
     gpu::ReturnOp::create(b, loc);

@@ -126,8 +126,9 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
             Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
             columns.push_back(arith::TruncFOp::create(
                 b, loc, plan.elementType, fsub(o0, fmul(sig[rr], o1))));
-            odd.push_back(
-                arith::TruncFOp::create(b, loc, plan.elementType, o1));
+            if (outOdd)
+              odd.push_back(
+                  arith::TruncFOp::create(b, loc, plan.elementType, o1));
           }
           Value at = add(add(outBase, colLane), t * 8);
           vector::StoreOp::create(

@@ -58,7 +58,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // diffattn.v2's lse result ([B, 2H, Sq] f32).
   Value lseOut = plan.writesLse ? entry.getArgument(a++) : Value();
   // diffattn.v2's out_odd result ([B, Sq, H, Dv] of T).
-  Value outOdd = plan.writesOutOdd ? entry.getArgument(a++) : Value();
+  Value outOdd = plan.attn.hasOutOdd ? entry.getArgument(a++) : Value();
   // The dynamic scheduler's tile counter.
   Value workspace = plan.dynamicTiles ? entry.getArgument(a++) : Value();
   Value batches = entry.getArgument(a++);

@@ -166,7 +166,6 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.rowsPerQuery = plan.pairsPerGroup();
   plan.lamType = cast<ShapedType>(op->getOperand(3).getType()).getElementType();
   plan.writesLse = isa<V2Op>(op) && op->getNumResults() >= 2;
-  plan.writesOutOdd = isa<V2Op>(op) && op->getNumResults() == 3;
   plan.kTileBytes = plan.stages * plan.kStageBytes();
   plan.vTileBytes = plan.stages * plan.vStageBytes();
   // Warp-specialised kernels walk tiles (see WgmmaKernel.cpp); persistent

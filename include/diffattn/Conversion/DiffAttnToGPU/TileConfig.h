@@ -66,9 +66,6 @@ struct TileConfig {
   /// blocks, wgmma): lse[b, j, i] = ln sum_t exp(scale S_j[i, t]),
   /// [B, 2H, Sq] f32.
   bool writesLse = false;
-  /// The kernel also writes diffattn.v2's out_odd result (with lse): the
-  /// pairs' second heads A_{2h+1}, [B, Sq, H, Dv] of T.
-  bool writesOutOdd = false;
   /// f32 elements of one partial row state: Dv accumulators, max, sum.
   int64_t partialWidth() const { return valueDim + 2; }
 };

@@ -98,9 +98,10 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
                                weight);
   };
   AffineMap outMap = map(4, {d0, d1, d2, d3});
-  // The result is written into the op's destination when it has one.
-  auto resultInit = [&]() -> Value {
-    if (Value dest = getResultDestination(op))
+  // Result `index` (out, or diffattn.v2's out_odd: both [B, Sq, H, Dv] of
+  // T) is written into the op's destination when it has one.
+  auto resultInit = [&](unsigned index = 0) -> Value {
+    if (Value dest = getResultDestination(op, index))
       return dest;
     return tensor::EmptyOp::create(
         rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
@@ -159,14 +160,16 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
         })[0];
   }
 
-  // The op's result type may be more static than the computed one.
-  if (result.getType() != op->getResult(0).getType())
-    result = tensor::CastOp::create(rewriter, loc, op->getResult(0).getType(),
-                                    result);
-  SmallVector<Value> results = {result};
+  // The op's result types may be more static than the computed ones.
+  auto asResult = [&](Value value, unsigned index) -> Value {
+    Type type = op->getResult(index).getType();
+    if (value.getType() == type)
+      return value;
+    return tensor::CastOp::create(rewriter, loc, type, value);
+  };
+  SmallVector<Value> results = {asResult(result, 0)};
   // diffattn.v2's log-sum-exp [B, 2H, Sq] from the row max and sum.
   if (op->getNumResults() >= 2) {
-    Type lseType = op->getResult(1).getType();
     Value lseInit = getResultDestination(op, 1);
     if (!lseInit)
       lseInit = tensor::EmptyOp::create(
@@ -178,29 +181,19 @@ LogicalResult mlir::diffattn::decomposeDiffAttnOp(RewriterBase &rewriter,
         {kPar, kPar, kPar}, [&](OpBuilder &b, Location l, ValueRange args) {
           linalg::YieldOp::create(b, l, buildLogSumExp(b, l, args[0], args[1]));
         })[0];
-    if (lse.getType() != lseType)
-      lse = tensor::CastOp::create(rewriter, loc, lseType, lse);
-    results.push_back(lse);
+    results.push_back(asResult(lse, 1));
   }
   // diffattn.v2's out_odd [B, Sq, H, Dv]: the pairs' second heads, A_{2h+1}.
   if (op->getNumResults() == 3) {
-    Value oddInit = getResultDestination(op, 2);
-    if (!oddInit)
-      oddInit = tensor::EmptyOp::create(
-          rewriter, loc, ArrayRef<OpFoldResult>{batch, seqQ, pairs, valueDim},
-          config.elementType);
     Value odd = buildGeneric(
-        rewriter, loc, {acc, rowSum}, {oddInit},
+        rewriter, loc, {acc, rowSum}, {resultInit(2)},
         {pairMaps[1], pairMaps[3], outMap}, {kPar, kPar, kPar, kPar},
         [&](OpBuilder &b, Location l, ValueRange args) {
           Value o = buildNormalize(b, l, args[0], args[1]);
           linalg::YieldOp::create(b, l,
                                   buildFloatCast(b, l, o, config.elementType));
         })[0];
-    if (odd.getType() != op->getResult(2).getType())
-      odd = tensor::CastOp::create(rewriter, loc, op->getResult(2).getType(),
-                                   odd);
-    results.push_back(odd);
+    results.push_back(asResult(odd, 2));
   }
   replaceWithResults(rewriter, op, results);
   return success();

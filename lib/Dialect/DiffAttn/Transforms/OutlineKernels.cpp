@@ -55,14 +55,6 @@ bool writesLse(Operation *op) {
   return !isa<V2BackwardOp>(op) && op->getNumResults() >= 2;
 }
 
-/// Whether the kernel of `op` writes diffattn.v2's out_odd (the forward) or
-/// reads it (the backward).
-bool hasOutOdd(Operation *op) {
-  if (auto backward = dyn_cast<V2BackwardOp>(op))
-    return static_cast<bool>(backward.getOutOdd());
-  return op->getNumResults() == 3;
-}
-
 /// The kernel name: the op kind and every specialisation parameter.
 std::string kernelName(Operation *op, const AttentionConfig &c) {
   std::string name;
@@ -92,7 +84,7 @@ std::string kernelName(Operation *op, const AttentionConfig &c) {
         os << "_s" << floatBits(c.scale);
       if (writesLse(op))
         os << "_lse";
-      if (hasOutOdd(op))
+      if (c.hasOutOdd)
         os << "_odd";
     };
     if (auto v2 = dyn_cast<V2Op>(op))
@@ -174,7 +166,7 @@ argumentShapes(Operation *op, const AttentionConfig &c, Builder &b) {
     shapes.append({outShape, outShape, lseShape});
     if (c.hasKvLen)
       shapes.push_back(kvLenShape);
-    if (hasOutOdd(op))
+    if (c.hasOutOdd)
       shapes.push_back(outShape);
     shapes.append(inputs.begin(), inputs.end());
     return shapes;
@@ -184,7 +176,7 @@ argumentShapes(Operation *op, const AttentionConfig &c, Builder &b) {
   // out_odd shaped as the output.
   if (writesLse(op))
     shapes.push_back(lseShape);
-  if (hasOutOdd(op))
+  if (c.hasOutOdd)
     shapes.push_back(outShape);
   return shapes;
 }
@@ -242,7 +234,7 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.append({"out", "dout", "lse"});
   if (isV2 && c.hasKvLen)
     names.push_back("kv_len");
-  if (backward && hasOutOdd(op))
+  if (backward && c.hasOutOdd)
     names.push_back("out_odd");
   if (c.isPaged())
     names.push_back("block_table");
@@ -259,7 +251,7 @@ DictionaryAttr kernelDescription(Operation *op, const AttentionConfig &c,
     names.push_back("out");
   if (writesLse(op))
     names.push_back("lse");
-  if (!backward && hasOutOdd(op))
+  if (!backward && c.hasOutOdd)
     names.push_back("out_odd");
   SmallVector<Attribute> args;
   for (auto [index, argName] : llvm::enumerate(names)) {
