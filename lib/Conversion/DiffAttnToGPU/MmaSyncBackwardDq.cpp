@@ -74,46 +74,66 @@ Value mma_sync::dqChunkOffset(GPUKernelBuilder &kb, Value accBase, Value batch,
 /// zeroDqAccumulator's chunked form: zeroes the chunks (of `chunkFloats`
 /// f32) that start in the tile's group rows (a chunk starts at a query row
 /// that is a multiple of chunkRows), so every chunk once over the row
-/// kernels' grid.
+/// kernels' grid. Group rows run pair-major (query row + 1 until Sq, then
+/// the next pair's row 0), so the tile's chunk starts are found by stepping
+/// from one to the next (a few steps per tile) rather than by testing each
+/// row, which took a division by Sq per row (64 per thread in the
+/// statistics kernel).
 static void zeroDqChunks(GPUKernelBuilder &kb, Value workspace, Value accBase,
                          Value batch, Value row0, Value rows,
                          function_ref<Value(Value)> pairOf,
                          function_ref<Value(Value)> queryRowOf, Value seqQ,
                          Value tid, int64_t threads, int64_t pairs,
                          int64_t chunkRows, int64_t chunkFloats) {
-  // Per row of the tile (a uniform loop): a chunk starts there when its
-  // query row is a multiple of chunkRows; the CTA zeroes it with 16-byte
-  // stores (the accumulator starts 16-byte aligned, chunks are multiples
-  // of 4 f32).
+  // The CTA zeroes a chunk with 16-byte stores (the accumulator starts
+  // 16-byte aligned, chunks are multiples of 4 f32).
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
   auto zeros = arith::ConstantOp::create(
       b, loc,
       DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
-  scf::ForOp::create(
-      b, loc, kb.idx(0), rows, kb.idx(1), ValueRange{},
-      [&](OpBuilder &, Location, Value r, ValueRange) {
-        Value row = kb.add(row0, r);
-        Value query = queryRowOf(row);
-        kb.ifThen(kb.cmp(arith::CmpIPredicate::eq, kb.rem(query, chunkRows),
-                         kb.idx(0)),
-                  [&] {
-                    Value chunk = dqChunkOffset(kb, accBase, batch, pairOf(row),
-                                                kb.div(query, chunkRows), seqQ,
-                                                pairs, chunkRows, chunkFloats);
-                    scf::ForOp::create(
-                        b, loc, kb.mul(tid, 4), kb.idx(chunkFloats),
-                        kb.idx(4 * threads), ValueRange{},
-                        [&](OpBuilder &, Location, Value i, ValueRange) {
-                          vector::StoreOp::create(b, loc, zeros, workspace,
-                                                  ValueRange{kb.add(chunk, i)},
-                                                  /*nontemporal=*/false,
-                                                  llvm::Align(16));
-                          scf::YieldOp::create(b, loc);
-                        });
-                  });
-        scf::YieldOp::create(b, loc);
+  // State: (tile row r, its query row, its pair), uniform over the CTA.
+  Type index = b.getIndexType();
+  SmallVector<Value> init = {kb.idx(0), queryRowOf(row0), pairOf(row0)};
+  auto loop =
+      scf::WhileOp::create(b, loc, TypeRange{index, index, index}, init);
+  Block *before = b.createBlock(&loop.getBefore(), {}, {index, index, index},
+                                {loc, loc, loc});
+  b.setInsertionPointToStart(before);
+  scf::ConditionOp::create(
+      b, loc, kb.cmp(arith::CmpIPredicate::slt, before->getArgument(0), rows),
+      before->getArguments());
+  Block *after = b.createBlock(&loop.getAfter(), {}, {index, index, index},
+                               {loc, loc, loc});
+  b.setInsertionPointToStart(after);
+  Value r = after->getArgument(0), query = after->getArgument(1),
+        pair = after->getArgument(2);
+  Value block = kb.div(query, chunkRows);
+  // Only the tile's first row may fall inside a chunk.
+  kb.ifThen(
+      kb.cmp(arith::CmpIPredicate::eq, kb.rem(query, chunkRows), kb.idx(0)),
+      [&] {
+        Value chunk = dqChunkOffset(kb, accBase, batch, pair, block, seqQ,
+                                    pairs, chunkRows, chunkFloats);
+        scf::ForOp::create(
+            b, loc, kb.mul(tid, 4), kb.idx(chunkFloats), kb.idx(4 * threads),
+            ValueRange{}, [&](OpBuilder &, Location, Value i, ValueRange) {
+              vector::StoreOp::create(b, loc, zeros, workspace,
+                                      ValueRange{kb.add(chunk, i)},
+                                      /*nontemporal=*/false, llvm::Align(16));
+              scf::YieldOp::create(b, loc);
+            });
       });
+  // The next chunk start: the pair's next multiple of chunkRows, or the
+  // next pair's row 0 past Sq.
+  Value next = kb.mul(kb.add(block, kb.idx(1)), chunkRows);
+  Value wraps = kb.cmp(arith::CmpIPredicate::uge, next, seqQ);
+  Value step = kb.select(wraps, kb.sub(seqQ, query), kb.sub(next, query));
+  scf::YieldOp::create(
+      b, loc,
+      ValueRange{kb.add(r, step), kb.select(wraps, kb.idx(0), next),
+                 kb.add(pair, kb.select(wraps, kb.idx(1), kb.idx(0)))});
+  b.setInsertionPointAfter(loop);
 }
 
 void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
