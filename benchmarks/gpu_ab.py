@@ -35,7 +35,8 @@ fa3-fwd is installed (Hopper), FlashAttention-3's kernel alone ("fa3")
 and with the differential epilogue ("fa3+epi", gpu_check.fa3_anchor) are
 timed in the same rounds on the prefill shapes. With `--backward` (both steps) the calls are the
 backward's (gpu_cases.BACKWARD_BENCH, diffattn.v2_backward's kernels alone
-on the forward's out and lse; the outputs compared are dq, dk, dv, dlam)
+on the training forward's out, lse and out_odd, as autograd calls them; the
+outputs compared are dq, dk, dv, dlam)
 and the table goes to DIR/gpu_ab-backward.json.
 """
 
@@ -80,8 +81,10 @@ def applies(entry, d):
 
 def backward_shapes(b, s, h2, hkv, d):
     out = (b, s, h2 // 2, d)
+    # With out_odd: the backward autograd runs after the training forward.
     return dict(q_shape=(b, s, h2, d), k_shape=(b, s, hkv, d), v_shape=(b, s, hkv, d),
-                lam_shape=(b, s, h2 // 2), out_shape=out, dout_shape=out, lse_shape=(b, h2, s))
+                lam_shape=(b, s, h2 // 2), out_shape=out, dout_shape=out, lse_shape=(b, h2, s),
+                out_odd_shape=out)
 
 
 def prepare_call(backward, b, s, h2, hkv, d, causal, target, options):
@@ -182,10 +185,10 @@ def run(out_dir, repeats, backward):
         flops = (2.5 if backward else 1) * 4 * b * h2 * d * pairs
         named = [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)]
         if backward:
-            import diffattn
             from diffattn import _torch
 
-            out, lse = diffattn.v2(q, k, v, lam, causal=causal, return_lse=True)
+            # The training forward's saved tensors, as autograd keeps them.
+            out, lse, out_odd = _torch.v2_train_cuda(q, k, v, lam, None, causal, None, -1, -1)
             dout = torch.randn_like(out)
         launches, outs = {}, {}
         compilers = [(name, e) for name, e in entries if applies(e, d)]
@@ -196,7 +199,7 @@ def run(out_dir, repeats, backward):
                                                 entry["options"])
                 grads = [torch.full_like(x, float("nan")) for x in (q, k, v, lam)]
                 bnamed = named + [("out", "bf16", out), ("dout", "bf16", dout),
-                                  ("lse", "f32", lse)] + [
+                                  ("lse", "f32", lse), ("out_odd", "bf16", out_odd)] + [
                     (n, "bf16", x) for n, x in zip(("dq", "dk", "dv", "dlam"), grads)]
 
                 def launch(directory=directory, sizes=sizes, bnamed=bnamed, device=q.device):

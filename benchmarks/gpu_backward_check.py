@@ -4,7 +4,7 @@
 On a GPU machine, with the runtime built and the kernels in
 DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
 
-    python3 benchmarks/gpu_backward_check.py [--out DIR] [--skip-bench] [--seed N]
+    python3 benchmarks/gpu_backward_check.py [--out DIR] [--skip-bench | --bench-only] [--seed N]
 
 1. Gradients on gpu_cases.BACKWARD_CHECK_CASES: fresh random inputs (the
    seed is printed), out and lse from the GPU forward
@@ -256,6 +256,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--bench-only", action="store_true",
+                    help="only the timing (3.), e.g. of the portable kernels under "
+                         "DIFFATTN_GPU_TARGET=sm_90; checks no gradient")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--sanitize-case", action="store_true",
                     help="only gpu_cases.BACKWARD_SANITIZE_CASES (for compute-sanitizer)")
@@ -268,7 +271,14 @@ def main():
                 for i in gpu_cases.BACKWARD_SANITIZE_CASES]
         sys.exit(0 if all(r["ok"] for r in rows) else 1)
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                   date=time.strftime("%Y-%m-%d"), seed=seed)
+                   date=time.strftime("%Y-%m-%d"), seed=seed,
+                   target=os.environ.get("DIFFATTN_GPU_TARGET", "default"))
+    if args.bench_only:
+        bench(results)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_backward-bench.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        return
     print(f"== gradients vs the float64 reference (seed {seed}; tolerance 4x SPEC's)")
     results["cases"] = [check_case(c, g) for c in gpu_cases.BACKWARD_CHECK_CASES]
     print("== gradients vs fp32 SDPA autograd")

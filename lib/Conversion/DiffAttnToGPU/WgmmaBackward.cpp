@@ -134,16 +134,25 @@ void BackwardBuilder::storeDsTiles(ArrayRef<SmallVector<Value>> dsRegs,
   // .trans stores matrix i as 8 rows, one per query (the address of lane
   // 8 i + query % 8), of 8 consecutive keys: one 16-byte chunk of the
   // query's row in the warpgroup's span of keys (PTX ISA "stmatrix").
+  // The warpgroup's keys are span `warpgroup` of the CTA's; a head's
+  // blockQ rows of it start at headRows(h) (KeyKernelLayout).
+  bool stacked = KeyKernelLayout::stacksDq(plan);
+  int64_t rowsBytes = plan.blockQ * kRowBytes;
+  auto headRows = [&](int64_t h) {
+    return stacked ? add(idx(dsOffset + h * rowsBytes),
+                         mul(warpgroup, 2 * rowsBytes))
+                   : add(idx(dsOffset + h * KeyKernelLayout::dsHeadBytes(plan)),
+                         mul(warpgroup, rowsBytes));
+  };
   Value matrix = div(lane, 8), query8 = rem(lane, 8);
   Value chunk = add(mul(warpInGroup, 2), rem(matrix, 2));
   for (int64_t h = 0; h < 2; ++h)
     for (size_t kt = 0; kt < dsRegs[h].size() / 4; ++kt) {
       Value query = add(mul(add(div(matrix, 2), 2 * kt), 8), query8);
+      // blockQ is a multiple of 8: the row's 8-row phase is the query's.
       Value swizzled = arith::XOrIOp::create(b, loc, chunk, rem(query, 8));
       Value offset =
-          add(add(idx(dsOffset + h * KeyKernelLayout::dsHeadBytes(plan)),
-                  mul(warpgroup, plan.blockQ * kRowBytes)),
-              add(mul(query, kRowBytes), mul(swizzled, 16)));
+          add(headRows(h), add(mul(query, kRowBytes), mul(swizzled, 16)));
       NVVM::StMatrixOp::create(b, loc, sharedPointer(offset),
                                ArrayRef<Value>(dsRegs[h]).slice(4 * kt, 4),
                                NVVM::MMALayout::col,
@@ -176,6 +185,25 @@ SmallVector<Value> BackwardBuilder::dqDescriptors(int64_t kOffset,
   return descriptors;
 }
 
+SmallVector<Value> BackwardBuilder::stackedDqDescriptors(int64_t kOffset,
+                                                         int64_t dsOffset) {
+  // B: span w of K, one k16 step per 16 keys (2048 bytes).
+  SmallVector<Value> bDesc = mnMajorDescriptors(
+      add(idx(kOffset), mul(warpgroup, plan.blockK * kRowBytes)), plan.blockK);
+  // A: the stacked dS, [blockK / 64 spans, 2 blockQ, 64] K-major; a k16 step
+  // is 32 bytes into a span's rows.
+  Value a0 = descriptorLow(idx(dsOffset), 16);
+  SmallVector<Value> descriptors;
+  for (int64_t kk = 0; kk < plan.blockK / 16; ++kk) {
+    int64_t keySpan = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
+    descriptors.push_back(packDescriptor(
+        advanceDescriptor(a0, keySpan * 2 * plan.blockQ * kRowBytes + within),
+        kAtomBytes));
+    descriptors.push_back(bDesc[kk]);
+  }
+  return descriptors;
+}
+
 Value BackwardBuilder::dqFragmentOffset(int64_t i) {
   return mul(add(add(idx(i * 2 * kWarpgroupThreads),
                      mul(warpgroup, kWarpgroupThreads)),
@@ -184,14 +212,14 @@ Value BackwardBuilder::dqFragmentOffset(int64_t i) {
 }
 
 void BackwardBuilder::addDqFromRegisters(ArrayRef<Value> products,
-                                         Value workspace, Value chunk) {
-  int64_t qTiles = plan.blockQ / 8;
-  for (size_t span = 0; span < products.size(); ++span) {
-    SmallVector<Acc> acc = readAccumulators(products[span], qTiles);
+                                         int64_t tiles, Value workspace,
+                                         Value chunk) {
+  for (size_t p = 0; p < products.size(); ++p) {
+    SmallVector<Acc> acc = readAccumulators(products[p], tiles);
     fenceTiles(acc);
-    for (int64_t nt = 0; nt < qTiles; ++nt) {
+    for (int64_t nt = 0; nt < tiles; ++nt) {
       SmallVector<Value> operands = {mma_sync::workspaceAddress(
-          *this, workspace, add(chunk, dqFragmentOffset(span * qTiles + nt)))};
+          *this, workspace, add(chunk, dqFragmentOffset(p * tiles + nt)))};
       operands.append(acc[nt].begin(), acc[nt].end());
       // No NVVM op expresses a vector reduction (PTX ISA "red": .v4.f32
       // on sm_90); the global address converted from generic.
@@ -226,32 +254,52 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   Value chunk = mma_sync::dqChunkOffset(
       *this, mma_sync::dqAccumulatorOffset(*this, args.seqQ, plan.pairs), batch,
       pair, qBlock, args.seqQ, plan.pairs, blockQ, chunkFloats);
-  Value head = add(mul(pair, 2), warpgroup);
   Value colLane = mul(rem(lane, 4), 2);
   Value scale = f32(plan.attn.scale);
   auto f32x4 = VectorType::get({4}, b.getF32Type());
-  for (int64_t span = 0; span < d / kSpan; ++span)
-    for (int64_t nt = 0; nt < qTiles; ++nt) {
-      Value quad = vector::LoadOp::create(
-          b, loc, f32x4, args.workspace,
-          ValueRange{add(chunk, dqFragmentOffset(span * qTiles + nt))},
-          /*nontemporal=*/false, llvm::Align(16));
-      // Value e: D column 64 span + 16 warpInGroup + lane / 4 + 8 (e / 2),
-      // query row q0 + 8 nt + colLane + e % 2 (wgmma m64nN D fragment).
-      for (int64_t c = 0; c < 2; ++c) {
-        Value query = add(add(q0, colLane), nt * 8 + c);
-        ifThen(cmp(arith::CmpIPredicate::slt, query, args.seqQ), [&] {
-          Value row = add(
-              mul(add(mul(batch, args.seqQ), query), plan.queryHeads), head);
-          for (int64_t hi = 0; hi < 2; ++hi) {
-            Value column = add(add(mul(warpInGroup, 16), div(lane, 4)),
-                               span * kSpan + 8 * hi);
-            Value value = vector::ExtractOp::create(b, loc, quad, 2 * hi + c);
-            storeAs(args.dq, fmul(value, scale), add(mul(row, d), column));
-          }
-        });
-      }
+  // Stores value `e` of `quad` at (query, head, column) if query < Sq.
+  auto store = [&](Value quad, int64_t e, Value query, Value head,
+                   Value column) {
+    ifThen(cmp(arith::CmpIPredicate::slt, query, args.seqQ), [&] {
+      Value row =
+          add(mul(add(mul(batch, args.seqQ), query), plan.queryHeads), head);
+      Value value = vector::ExtractOp::create(b, loc, quad, e);
+      storeAs(args.dq, fmul(value, scale), add(mul(row, d), column));
+    });
+  };
+  auto loadQuad = [&](int64_t i) {
+    return vector::LoadOp::create(b, loc, f32x4, args.workspace,
+                                  ValueRange{add(chunk, dqFragmentOffset(i))},
+                                  /*nontemporal=*/false, llvm::Align(16))
+        .getResult();
+  };
+  if (KeyKernelLayout::stacksDq(plan)) {
+    // Value e of tile nt (wgmma m64n64 D fragment): stacked row 16
+    // warpInGroup + lane / 4 + 8 (e / 2), i.e. head 2 pair + warpInGroup / 2
+    // and query q0 + 16 (warpInGroup % 2) + lane / 4 + 8 (e / 2); D column
+    // 64 warpgroup + 8 nt + colLane + e % 2.
+    Value head = add(mul(pair, 2), div(warpInGroup, 2));
+    Value query0 = add(add(q0, mul(rem(warpInGroup, 2), 16)), div(lane, 4));
+    for (int64_t nt = 0; nt < kSpan / 8; ++nt) {
+      Value quad = loadQuad(nt);
+      for (int64_t e = 0; e < 4; ++e)
+        store(quad, e, add(query0, 8 * (e / 2)), head,
+              add(add(mul(warpgroup, kSpan), colLane), 8 * nt + e % 2));
     }
+  } else {
+    // Value e of tile nt of span `span` (wgmma m64n{blockQ} D fragment of
+    // dq^T): D column 64 span + 16 warpInGroup + lane / 4 + 8 (e / 2),
+    // query row q0 + 8 nt + colLane + e % 2, head 2 pair + warpgroup.
+    Value head = add(mul(pair, 2), warpgroup);
+    for (int64_t span = 0; span < d / kSpan; ++span)
+      for (int64_t nt = 0; nt < qTiles; ++nt) {
+        Value quad = loadQuad(span * qTiles + nt);
+        for (int64_t e = 0; e < 4; ++e)
+          store(quad, e, add(add(q0, colLane), nt * 8 + e % 2), head,
+                add(add(mul(warpInGroup, 16), div(lane, 4)),
+                    span * kSpan + 8 * (e / 2)));
+      }
+  }
   gpu::ReturnOp::create(b, loc);
 }
 
@@ -265,6 +313,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   int64_t threads = plan.threads();
   Value seqQ = args.seqQ, seqK = args.seqK;
   KeyKernelLayout layout(plan, reduceDq);
+  bool stackedDq = KeyKernelLayout::stacksDq(plan);
   assert(layout.ds % kAtomBytes == 0 && "dS tiles must be atom-aligned");
 
   setThreadIndices();
@@ -387,7 +436,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         SmallVector<Value> dkDesc[2] = {mnMajorDescriptors(qStage[0], blockQ),
                                         mnMajorDescriptors(qStage[1], blockQ)};
         SmallVector<SmallVector<Value>> dqDesc;
-        if (reduceDq)
+        if (reduceDq && stackedDq)
+          dqDesc.push_back(stackedDqDescriptors(layout.k, layout.ds));
+        else if (reduceDq)
           for (int64_t span = 0; span < dSpans; ++span)
             dqDesc.push_back(dqDescriptors(layout.k, layout.ds, span));
         // Three commit groups, waited for in order: S^T of both heads, then
@@ -481,9 +532,13 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           storeDsTiles(dsRegs, layout.ds);
           gpu::BarrierOp::create(b, loc);
           NVVM::WgmmaFenceAlignedOp::create(b, loc);
-          for (int64_t span = 0; span < dSpans; ++span)
-            dqProducts.push_back(
-                issueSharedProduct(dqDesc[span], blockQ, /*transposeA=*/true));
+          for (ArrayRef<Value> descriptors : dqDesc)
+            dqProducts.push_back(stackedDq
+                                     ? issueSharedProduct(descriptors, kSpan,
+                                                          /*transposeA=*/false,
+                                                          /*transposeB=*/true)
+                                     : issueSharedProduct(descriptors, blockQ,
+                                                          /*transposeA=*/true));
           NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         }
         NVVM::WgmmaFenceAlignedOp::create(b, loc);
@@ -496,10 +551,11 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           // body's changes ptxas's schedule of this 255-register kernel (not
           // the validated PTX of H200 backward run 25).
           auto [pair, q0] = blockOf(j);
-          addDqFromRegisters(dqProducts, args.workspace,
-                             mma_sync::dqChunkOffset(
-                                 *this, accBase, batch, pair, div(q0, blockQ),
-                                 seqQ, plan.pairs, blockQ, chunkFloats));
+          addDqFromRegisters(
+              dqProducts, (stackedDq ? kSpan : blockQ) / 8, args.workspace,
+              mma_sync::dqChunkOffset(*this, accBase, batch, pair,
+                                      div(q0, blockQ), seqQ, plan.pairs, blockQ,
+                                      chunkFloats));
         }
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
         SmallVector<Value> aRegs(pvRegs);

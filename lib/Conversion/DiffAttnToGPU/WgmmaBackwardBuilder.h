@@ -22,8 +22,10 @@ namespace mlir::diffattn::wgmma {
 /// K [D / 64 spans, blockK, 64], V [Dv / 64, blockK, 64], then per stage
 /// q [2 heads, D / 64, blockQ, 64], dout [Dv / 64, blockQ, 64] and the
 /// records [blockQ, kStatWidth] f32; with `reduceDq` (the accumulating
-/// formulation) dS of both heads [2, blockK / 64, blockQ, 64] (K-major
-/// with keys as columns: the B operand of dq^T = K^T dS^T).
+/// formulation) dS of both heads, K-major with keys as columns: with
+/// stacksDq [blockK / 64, 2 heads x blockQ, 64] (the A operand of the
+/// stacked dq = dS K), else [2, blockK / 64, blockQ, 64] (the B operand of
+/// dq^T = K^T dS^T).
 struct KeyKernelLayout {
   int64_t k = 0, v, q, dout, stat, ds, end;
   KeyKernelLayout(const WgmmaPlan &plan, bool reduceDq) {
@@ -46,6 +48,19 @@ struct KeyKernelLayout {
   }
   static int64_t dsBytes(const WgmmaPlan &plan) {
     return 2 * dsHeadBytes(plan);
+  }
+  /// Whether the accumulating dk/dv kernel computes dq with both heads
+  /// stacked as the M rows: dq_stacked [2 blockQ, D] = dS_stacked [2
+  /// blockQ, blockK] K, warpgroup w taking the 64 columns of D of span w
+  /// (wgmma m64n64k16, A = dS K-major, B = K MN-major), when D has a span
+  /// per warpgroup (D = 128). Otherwise (D = 64) warpgroup w computes head
+  /// w's dq^T = K^T dS_w^T per span of D (m64n{blockQ}k16). Both read
+  /// every S-sized operand once per warpgroup, but at blockQ = 32 the
+  /// stacked form's operands are 64 KB of shared memory per block against
+  /// 96 KB, in 8 wgmma instructions per warpgroup instead of 16.
+  static bool stacksDq(const WgmmaPlan &plan) {
+    return plan.blockQ * 2 == kWarpgroupRows &&
+           plan.headDim == kSpan * (plan.blockK / kWarpgroupRows);
   }
 };
 
@@ -122,17 +137,22 @@ private:
   /// interleaved per k16 step over the CTA's keys.
   SmallVector<Value> dqDescriptors(int64_t kOffset, int64_t dsOffset,
                                    int64_t span);
+  /// Descriptors of the stacked dq (KeyKernelLayout::stacksDq): A = dS of
+  /// both heads [2 blockQ, blockK] K-major, B = the warpgroup's span of K
+  /// (keys as the K dimension, D contiguous: MN-major), interleaved per
+  /// k16 step over the CTA's keys.
+  SmallVector<Value> stackedDqDescriptors(int64_t kOffset, int64_t dsOffset);
   /// The f32 offset within a dq chunk of value 4 i .. 4 i + 3 of this
-  /// thread's dq^T accumulators (i = span x blockQ / 8 + tile): the chunk
-  /// in fragment order, [i][warpgroup][thread of the warpgroup][4], so that
-  /// a warp's 16-byte accesses are 512 contiguous bytes.
+  /// thread's dq accumulators (i = product x tiles + tile): the chunk in
+  /// fragment order, [i][warpgroup][thread of the warpgroup][4], so that a
+  /// warp's 16-byte accesses are 512 contiguous bytes.
   Value dqFragmentOffset(int64_t i);
-  /// Adds the dq^T accumulators (`products`, one per span of D) to the
-  /// chunk at f32 `chunk` of `workspace` in fragment order, 16 bytes per
-  /// red.global.add.v4.f32 (a warp's 512 contiguous bytes per
+  /// Adds the dq accumulators (`products`, of `tiles` tiles of 8 columns
+  /// each) to the chunk at f32 `chunk` of `workspace` in fragment order, 16
+  /// bytes per red.global.add.v4.f32 (a warp's 512 contiguous bytes per
   /// instruction).
-  void addDqFromRegisters(ArrayRef<Value> products, Value workspace,
-                          Value chunk);
+  void addDqFromRegisters(ArrayRef<Value> products, int64_t tiles,
+                          Value workspace, Value chunk);
   /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
   /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
   /// both K-major, per k16 step over `kDim` columns, interleaved (the form

@@ -210,13 +210,14 @@ protected:
   /// struct (blockK / 2 f32).
   Value issueScores(ArrayRef<Value> descriptors);
   /// Issues D = A B (wgmma m64n{n}k16, one k16 step per descriptor pair, A
-  /// and B of each step interleaved, both from shared memory, B K-major, A
-  /// K-major or with `transposeA` MN-major: imm-trans-a 1), D starting from
-  /// zero; returns the accumulator struct (n / 2 f32). Descriptors built
-  /// as packDescriptor(advanceDescriptor(low, bytes)) from a shared low
-  /// word are passed as that base and an add.s64 per step.
+  /// and B of each step interleaved, both from shared memory, each K-major
+  /// or, with `transposeA` / `transposeB`, MN-major: imm-trans-a /
+  /// imm-trans-b 1), D starting from zero; returns the accumulator struct
+  /// (n / 2 f32). Descriptors built as packDescriptor(advanceDescriptor(low,
+  /// bytes)) from a shared low word are passed as that base and an add.s64
+  /// per step.
   Value issueSharedProduct(ArrayRef<Value> descriptors, int64_t n,
-                           bool transposeA = false);
+                           bool transposeA = false, bool transposeB = false);
   /// The thread's blockK / 8 accumulator tiles of issued scores.
   SmallVector<Acc> readScores(Value scores);
   /// The thread's `tiles` accumulator tiles (8 columns each) of a product's

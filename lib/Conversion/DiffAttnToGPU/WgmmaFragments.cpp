@@ -322,7 +322,8 @@ Value WgmmaKernelBuilder::issueScores(ArrayRef<Value> descriptors) {
 }
 
 Value WgmmaKernelBuilder::issueSharedProduct(ArrayRef<Value> descriptors,
-                                             int64_t n, bool transposeA) {
+                                             int64_t n, bool transposeA,
+                                             bool transposeB) {
   int64_t values = n / 2, steps = descriptors.size() / 2;
   auto structType = LLVM::LLVMStructType::getLiteral(
       ctx, SmallVector<Type>(values, b.getF32Type()));
@@ -346,7 +347,7 @@ Value WgmmaKernelBuilder::issueSharedProduct(ArrayRef<Value> descriptors,
            "k16.f32." + (plan.elementType.isF16() ? "f16.f16" : "bf16.bf16") +
            " {" + accRegs + "}, " + a + ", " + bDesc + ", " +
            (kk == 0 ? "0" : "1") + ", 1, 1, " + (transposeA ? "1" : "0") +
-           ", 0;\n";
+           ", " + (transposeB ? "1" : "0") + ";\n";
   }
   ptx += "}\n";
   std::string constraints;
