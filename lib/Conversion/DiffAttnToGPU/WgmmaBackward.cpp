@@ -10,8 +10,10 @@
 // cp.async into one of two stages, the next block's while this one is
 // computed. Per block and warpgroup:
 //
-//   S_h^T = K q_h^T (h = 2p, 2p + 1), G^T = V dout^T: wgmma m64n{blockQ}k16,
-//     both operands K-major in shared memory;
+//   S_h^T = K q_h^T (h = 2p, 2p + 1) as one product [S_2p^T S_2p+1^T] =
+//     K [q_2p; q_2p+1]^T (wgmma m64n{2 blockQ}k16: the stage holds both
+//     heads' q stacked, so the warpgroup's K is read once for both), G^T =
+//     V dout^T (m64n{blockQ}k16), all operands K-major in shared memory;
 //   P_h^T = exp2(scale log2 e S_h^T - lse_h log2 e) (the records' shifts);
 //   dv += (P_2h - sigmoid(lam) P_2h+1)^T dout and
 //   dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1, with dS_2h = P_2h o (G - D_2h)
@@ -29,9 +31,12 @@
 // so that no dq kernel recomputes S and G (10 S-sized products per pair
 // instead of 13): each warpgroup stores its keys' dS^T of both heads with
 // stmatrix.trans as dS tiles (queries as rows, K-major over the CTA's 128
-// keys); after a CTA barrier warpgroup w issues dq_w^T = K^T dS_w^T (wgmma
-// m64n{blockQ}k16 with A = K MN-major, imm-trans-a, one product per 64
-// columns of D) beside dk's products and adds the f32 result from its
+// keys); after a CTA barrier warpgroup w issues its part of dq beside dk's
+// products: at D = 128 (blockQ = 32) dq of both heads stacked as 64 rows,
+// dq_stacked = dS_stacked K over span w of D (wgmma m64n64k16, A = dS
+// K-major, B = K MN-major, imm-trans-b); at D = 64 head w's dq_w^T = K^T
+// dS_w^T (m64n{blockQ}k16 with A = K MN-major, imm-trans-a)
+// (KeyKernelLayout::stacksDq). It adds the f32 result from its
 // registers to the workspace's accumulator with red.global.add.v4.f32:
 // the accumulator is a chunk per (batch, pair, query block) in the
 // accumulators' fragment order, so that every reduction is 16 contiguous
@@ -117,8 +122,9 @@ BackwardBuilder::kMajorDescriptors(Value aOffset, int64_t aRows, Value bOffset,
 }
 
 SmallVector<Value> BackwardBuilder::mnMajorDescriptors(Value offset,
-                                                       int64_t rows) {
-  Value low = descriptorLow(offset, rows * kRowBytes);
+                                                       int64_t rows,
+                                                       int64_t spanBytes) {
+  Value low = descriptorLow(offset, spanBytes ? spanBytes : rows * kRowBytes);
   SmallVector<Value> descriptors;
   for (int64_t kt = 0; kt < rows / 16; ++kt)
     descriptors.push_back(packDescriptor(
@@ -348,7 +354,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value sValues =
       sharedViewAt(add(base, idx(layout.v)), {vSpans, blockKeys, kSpan}, elem);
   Value sQuery = sharedViewAt(add(base, idx(layout.q)),
-                              {plan.stages, 2, dSpans, blockQ, kSpan}, elem);
+                              {plan.stages, dSpans, 2 * blockQ, kSpan}, elem);
   Value sDout = sharedViewAt(add(base, idx(layout.dout)),
                              {plan.stages, vSpans, blockQ, kSpan}, elem);
   Value sStat = sharedViewAt(add(base, idx(layout.stat)),
@@ -390,8 +396,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           args.q,
           mul(add(mul(rowIndex, plan.queryHeads), add(mul(pair, 2), idx(h))),
               d),
-          plan.queryHeads * d, rows, sQuery, {stage, idx(h)}, blockQ, d, tid,
-          threads);
+          plan.queryHeads * d, rows, sQuery, {stage}, blockQ, d, tid, threads,
+          /*dstRow=*/h * blockQ);
     copyRows(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
              plan.pairs * dv, rows, sDout, {stage}, blockQ, dv, tid, threads);
     mma_sync::copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows,
@@ -417,24 +423,25 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           function_ref<void()> loadNext) -> SmallVector<Value> {
         auto [pair, q0] = blockOf(j);
 
-        // S_h^T = K q_h^T and G^T = V dout^T.
-        // q of both heads in the stage, one tile after the other.
-        Value qStage[2] = {
-            add(idx(layout.q), mul(stage, layout.qStageBytes(plan)))};
-        qStage[1] = add(qStage[0], idx(blockQ * d * 2));
+        // [S_2p^T S_2p+1^T] = K [q_2p; q_2p+1]^T (both heads' q stacked
+        // as one operand of 2 blockQ rows: one product reads the
+        // warpgroup's K once for both heads) and G^T = V dout^T.
+        Value qStage = add(idx(layout.q), mul(stage, layout.qStageBytes(plan)));
         Value kRows = add(idx(layout.k), warpgroupRows);
-        SmallVector<Value> s0Desc =
-            kMajorDescriptors(kRows, blockKeys, qStage[0], blockQ, d);
-        SmallVector<Value> s1Desc =
-            kMajorDescriptors(kRows, blockKeys, qStage[1], blockQ, d);
+        SmallVector<Value> sDesc =
+            kMajorDescriptors(kRows, blockKeys, qStage, 2 * blockQ, d);
         Value doutStage =
             add(idx(layout.dout), mul(stage, layout.doutStageBytes(plan)));
         SmallVector<Value> gDesc =
             kMajorDescriptors(add(idx(layout.v), warpgroupRows), blockKeys,
                               doutStage, blockQ, dv);
         SmallVector<Value> dvDesc = mnMajorDescriptors(doutStage, blockQ);
-        SmallVector<Value> dkDesc[2] = {mnMajorDescriptors(qStage[0], blockQ),
-                                        mnMajorDescriptors(qStage[1], blockQ)};
+        // q_h alone for dk's products: its blockQ rows of each span.
+        int64_t qSpanBytes = 2 * blockQ * kRowBytes;
+        SmallVector<Value> dkDesc[2] = {
+            mnMajorDescriptors(qStage, blockQ, qSpanBytes),
+            mnMajorDescriptors(add(qStage, idx(blockQ * kRowBytes)), blockQ,
+                               qSpanBytes)};
         SmallVector<SmallVector<Value>> dqDesc;
         if (reduceDq && stackedDq)
           dqDesc.push_back(stackedDqDescriptors(layout.k, layout.ds));
@@ -445,17 +452,18 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         // G^T (in flight while P^T is computed), then dv's product (in
         // flight while dS^T is).
         NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        Value s0 = issueSharedProduct(s0Desc, blockQ);
-        Value s1 = issueSharedProduct(s1Desc, blockQ);
+        Value scores = issueSharedProduct(sDesc, 2 * blockQ);
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         Value g = issueSharedProduct(gDesc, blockQ);
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         loadNext();
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
-        std::array<SmallVector<Acc>, 2> s = {readAccumulators(s0, qTiles),
-                                             readAccumulators(s1, qTiles)};
-        fenceTiles(s[0]);
-        fenceTiles(s[1]);
+        SmallVector<Acc> both = readAccumulators(scores, 2 * qTiles);
+        fenceTiles(both);
+        // Tiles 0 .. qTiles - 1: head 2p's queries; then head 2p + 1's.
+        std::array<SmallVector<Acc>, 2> s = {
+            SmallVector<Acc>(ArrayRef<Acc>(both).take_front(qTiles)),
+            SmallVector<Acc>(ArrayRef<Acc>(both).drop_front(qTiles))};
 
         // The records of the thread's columns (query rows 8 nt + colLane
         // + c of the block).

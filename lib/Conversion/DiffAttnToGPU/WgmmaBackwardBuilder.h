@@ -20,7 +20,8 @@ namespace mlir::diffattn::wgmma {
 
 /// Byte offsets (from the 1024-byte aligned base) of the kernel's tiles:
 /// K [D / 64 spans, blockK, 64], V [Dv / 64, blockK, 64], then per stage
-/// q [2 heads, D / 64, blockQ, 64], dout [Dv / 64, blockQ, 64] and the
+/// q [D / 64, 2 heads x blockQ, 64] (both heads stacked as the N rows of
+/// S^T = K q^T), dout [Dv / 64, blockQ, 64] and the
 /// records [blockQ, kStatWidth] f32; with `reduceDq` (the accumulating
 /// formulation) dS of both heads, K-major with keys as columns: with
 /// stacksDq [blockK / 64, 2 heads x blockQ, 64] (the A operand of the
@@ -162,8 +163,10 @@ private:
                                        int64_t kDim);
   /// Descriptors of an MN-major B operand: the tile of `rows` rows (the K
   /// dimension) at `offset`, one per k16 step (the leading byte offset
-  /// steps between 64-column spans, a whole tile apart).
-  SmallVector<Value> mnMajorDescriptors(Value offset, int64_t rows);
+  /// steps between 64-column spans, `spanBytes` apart: by default a whole
+  /// tile).
+  SmallVector<Value> mnMajorDescriptors(Value offset, int64_t rows,
+                                        int64_t spanBytes = 0);
 };
 
 } // namespace mlir::diffattn::wgmma

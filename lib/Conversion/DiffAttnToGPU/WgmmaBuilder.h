@@ -172,12 +172,12 @@ protected:
   /// chunk holding columns col .. col + 7 (col a multiple of 8) of `row`.
   SmallVector<Value> swizzledIndex(ValueRange lead, Value row, Value col);
   /// cp.async copies (as copyTileAsync) of rows at a constant distance: row
-  /// r of the tile `dst[dstLead...]` is `src[base + r * rowStride ...]`
-  /// (swizzled); `threads` must be a multiple of the
-  /// chunks per row and divide the rows into whole steps.
+  /// dstRow + r of the tile `dst[dstLead...]` is `src[base + r * rowStride
+  /// ...]` (swizzled; dstRow a multiple of 8); `threads` must be a multiple
+  /// of the chunks per row and divide the rows into whole steps.
   void copyRows(Value src, Value base, int64_t rowStride, Value validRows,
                 Value dst, ValueRange dstLead, int64_t rows, int64_t cols,
-                Value thread, int64_t threads);
+                Value thread, int64_t threads, int64_t dstRow = 0);
   /// The low word (i32) of a wgmma matrix descriptor (PTX ISA "Matrix
   /// Descriptor Format") of the tile at byte offset `offset` from `base`,
   /// with leading byte offset `lbo`: start address and leading byte offset.

@@ -142,7 +142,9 @@ SmallVector<Value> WgmmaKernelBuilder::swizzledIndex(ValueRange lead, Value row,
 void WgmmaKernelBuilder::copyRows(Value src, Value base, int64_t rowStride,
                                   Value validRows, Value dst,
                                   ValueRange dstLead, int64_t rows,
-                                  int64_t cols, Value thread, int64_t threads) {
+                                  int64_t cols, Value thread, int64_t threads,
+                                  int64_t dstRow) {
+  assert(dstRow % 8 == 0 && "the swizzle phase is the row's within the tile");
   // Thread t copies chunk t % chunksPerRow of rows t / chunksPerRow + i *
   // rowsPerStep: a loop whose addresses move by constants (the row's
   // swizzle, r % 8, stays the thread's own), so that a producer with few
@@ -163,8 +165,9 @@ void WgmmaKernelBuilder::copyRows(Value src, Value base, int64_t rowStride,
             valid, add(laneSrc, mul(step, rowsPerStep * rowStride)), idx(0));
         nvgpu::DeviceAsyncCopyOp::create(
             b, loc, nvgpu::DeviceAsyncTokenType::get(ctx), dst,
-            swizzledIndex(dstLead, row, col), src, ValueRange{srcIndex},
-            b.getIndexAttr(8), select(valid, idx(8), idx(0)), b.getUnitAttr());
+            swizzledIndex(dstLead, add(row, idx(dstRow)), col), src,
+            ValueRange{srcIndex}, b.getIndexAttr(8),
+            select(valid, idx(8), idx(0)), b.getUnitAttr());
         scf::YieldOp::create(b, loc);
       });
 }
