@@ -173,6 +173,17 @@ defvar DiffAttnGPUStrategyOptions = [
            "(cp.reduce.async.bulk): 0.92-1.03x the deterministic kernels "
            "(backward runs 8-10). On sm_80 (no bulk reductions) false is "
            "true">,
+    Option<"backwardStacking", "backward-stacking", "std::string",
+           /*default=*/"\"auto\"",
+           "wgmma strategy, the backward's dk/dv kernel: which of its "
+           "products take both heads of a pair as one operand. scores: S^T "
+           "of both heads as one product K [q_2p; q_2p+1]^T (wgmma "
+           "m64n{2 blockQ}k16: the warpgroup's K read once for both); dq "
+           "(the accumulating formulation, deterministic = false): dq of "
+           "both heads stacked as the 64 rows of dS K (m64n64k16; needs "
+           "D = 128, whose query blocks have 32 rows); both; none: "
+           "per-head products. auto: both at D = 128, none at D = 64 (H200, "
+           "docs/performance.md, backward run 32)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

@@ -507,7 +507,7 @@ LogicalResult
 mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                     DictionaryAttr desc, Operation *op,
                                     const GPUChipInfo &chip, bool deterministic,
-                                    bool wgmmaKernels) {
+                                    bool wgmmaKernels, StringRef stacking) {
   MmaSyncPlan plan;
   plan.attn = AttentionConfig::get(op);
   plan.chip = &chip;
@@ -591,6 +591,26 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     wgmmaKeyPlan.blockK = 128;
     wgmmaKeyPlan.blockQ = d == 128 ? 32 : 64;
     wgmmaKeyPlan.stages = 2;
+    // Stacked products (the backward-stacking option): by default both at
+    // D = 128 and none at D = 64, as measured (docs/performance.md,
+    // backward run 32).
+    if (stacking == "auto")
+      stacking = d == 128 ? "both" : "none";
+    if (stacking != "none" && stacking != "scores" && stacking != "dq" &&
+        stacking != "both")
+      return op->emitOpError()
+             << "backward-stacking = '" << stacking
+             << "' is not one of auto, none, scores, dq, both";
+    bool dqStacking = stacking == "dq" || stacking == "both";
+    wgmmaKeyPlan.stackScores = stacking == "scores" || stacking == "both";
+    // (The deterministic dk/dv kernel has no dq product to stack.)
+    wgmmaKeyPlan.stackDq = reduceDq && dqStacking;
+    if (dqStacking && wgmmaKeyPlan.blockQ * 2 != wgmma::kWarpgroupRows)
+      return op->emitOpError()
+             << "backward-stacking = '" << stacking
+             << "' stacks dq, which needs D = 128 (32-row query blocks: "
+                "both heads' rows fill one 64-row wgmma tile); D = "
+             << d << " takes 'scores' or 'none'";
     wgmmaKeyPlan.sharedBytes =
         wgmma::backwardKeySharedBytes(wgmmaKeyPlan, reduceDq);
     keyPlan.warps = wgmmaKeyPlan.warps;

@@ -213,11 +213,13 @@ namespace mlir::diffattn {
 /// atomics. `wgmmaKernels` (the wgmma strategy, sm_90a): the deterministic
 /// formulation's kernels are the wgmma ones (WgmmaBackward*.cpp; the
 /// statistics kernel stays the portable one with kv_len) and the manifest
-/// records strategy wgmma.
+/// records strategy wgmma. `stacking` is the backward-stacking option (the
+/// wgmma dk/dv kernel's stacked products; ignored by the portable kernels).
 LogicalResult emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                   DictionaryAttr desc, Operation *op,
                                   const GPUChipInfo &chip, bool deterministic,
-                                  bool wgmmaKernels = false);
+                                  bool wgmmaKernels = false,
+                                  StringRef stacking = "auto");
 } // namespace mlir::diffattn
 
 #endif // DIFFATTN_LIB_CONVERSION_DIFFATTNTOGPU_MMASYNCBUILDER_H

@@ -423,13 +423,20 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           function_ref<void()> loadNext) -> SmallVector<Value> {
         auto [pair, q0] = blockOf(j);
 
-        // [S_2p^T S_2p+1^T] = K [q_2p; q_2p+1]^T (both heads' q stacked
-        // as one operand of 2 blockQ rows: one product reads the
-        // warpgroup's K once for both heads) and G^T = V dout^T.
+        // S_h^T = K q_h^T and G^T = V dout^T. With stackScores both heads
+        // as one product [S_2p^T S_2p+1^T] = K [q_2p; q_2p+1]^T over the
+        // stage's 2 blockQ rows (the warpgroup's K read once for both).
         Value qStage = add(idx(layout.q), mul(stage, layout.qStageBytes(plan)));
         Value kRows = add(idx(layout.k), warpgroupRows);
-        SmallVector<Value> sDesc =
-            kMajorDescriptors(kRows, blockKeys, qStage, 2 * blockQ, d);
+        SmallVector<SmallVector<Value>> sDesc;
+        if (plan.stackScores)
+          sDesc.push_back(
+              kMajorDescriptors(kRows, blockKeys, qStage, 2 * blockQ, d));
+        else
+          for (int64_t h = 0; h < 2; ++h)
+            sDesc.push_back(kMajorDescriptors(
+                kRows, blockKeys, add(qStage, idx(h * blockQ * kRowBytes)),
+                2 * blockQ, d));
         Value doutStage =
             add(idx(layout.dout), mul(stage, layout.doutStageBytes(plan)));
         SmallVector<Value> gDesc =
@@ -452,13 +459,18 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         // G^T (in flight while P^T is computed), then dv's product (in
         // flight while dS^T is).
         NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        Value scores = issueSharedProduct(sDesc, 2 * blockQ);
+        SmallVector<Value> scores;
+        for (ArrayRef<Value> descriptors : sDesc)
+          scores.push_back(issueSharedProduct(
+              descriptors, 2 * blockQ / static_cast<int64_t>(sDesc.size())));
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         Value g = issueSharedProduct(gDesc, blockQ);
         NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
         loadNext();
         NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
-        SmallVector<Acc> both = readAccumulators(scores, 2 * qTiles);
+        SmallVector<Acc> both;
+        for (Value product : scores)
+          both.append(readAccumulators(product, 2 * qTiles / scores.size()));
         fenceTiles(both);
         // Tiles 0 .. qTiles - 1: head 2p's queries; then head 2p + 1's.
         std::array<SmallVector<Acc>, 2> s = {

@@ -51,17 +51,20 @@ struct KeyKernelLayout {
     return 2 * dsHeadBytes(plan);
   }
   /// Whether the accumulating dk/dv kernel computes dq with both heads
-  /// stacked as the M rows: dq_stacked [2 blockQ, D] = dS_stacked [2
-  /// blockQ, blockK] K, warpgroup w taking the 64 columns of D of span w
-  /// (wgmma m64n64k16, A = dS K-major, B = K MN-major), when D has a span
-  /// per warpgroup (D = 128). Otherwise (D = 64) warpgroup w computes head
-  /// w's dq^T = K^T dS_w^T per span of D (m64n{blockQ}k16). Both read
-  /// every S-sized operand once per warpgroup, but at blockQ = 32 the
-  /// stacked form's operands are 64 KB of shared memory per block against
-  /// 96 KB, in 8 wgmma instructions per warpgroup instead of 16.
+  /// stacked as the M rows (WgmmaPlan::stackDq, the backward-stacking
+  /// option): dq_stacked [2 blockQ, D] = dS_stacked [2 blockQ, blockK] K,
+  /// warpgroup w taking the 64 columns of D of span w (wgmma m64n64k16, A =
+  /// dS K-major, B = K MN-major), which needs a span per warpgroup (D =
+  /// 128) and 2 blockQ = 64 rows. Otherwise warpgroup w computes head w's
+  /// dq^T = K^T dS_w^T per span of D (m64n{blockQ}k16). At blockQ = 32
+  /// the stacked form's operands are 64 KB of shared memory per block
+  /// against 96 KB, in 8 wgmma instructions per warpgroup instead of 16.
   static bool stacksDq(const WgmmaPlan &plan) {
-    return plan.blockQ * 2 == kWarpgroupRows &&
-           plan.headDim == kSpan * (plan.blockK / kWarpgroupRows);
+    assert((!plan.stackDq ||
+            (plan.blockQ * 2 == kWarpgroupRows &&
+             plan.headDim == kSpan * (plan.blockK / kWarpgroupRows))) &&
+           "stacked dq needs D = 128 and 32-row query blocks");
+    return plan.stackDq;
   }
 };
 

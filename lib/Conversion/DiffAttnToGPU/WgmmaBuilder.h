@@ -74,6 +74,10 @@ struct WgmmaPlan : TileConfig {
   bool warpSpecialized = false;
   /// Warp-specialised: the consumers take turns issuing their products.
   bool pingPong = false;
+  /// The backward's dk/dv kernel (the backward-stacking option): S^T of
+  /// both heads as one product over their stacked q, and (accumulating
+  /// formulation, D = 128) dq of both heads stacked as one product's rows.
+  bool stackScores = false, stackDq = false;
   /// Warp-specialised: one producer thread loads K/V tiles with TMA; the
   /// kernel's leading parameters are the K and V tensor maps.
   bool tmaLoads = false;

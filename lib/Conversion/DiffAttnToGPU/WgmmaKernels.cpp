@@ -291,7 +291,8 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   // (WgmmaBackward*.cpp), else the portable accumulating ones.
   if (isa<V2BackwardOp>(op))
     return emitMmaSyncBackward(rewriter, kernel, desc, op, *chip,
-                               options.deterministic, /*wgmmaKernels=*/true);
+                               options.deterministic, /*wgmmaKernels=*/true,
+                               options.backwardStacking);
   if (!hasWgmmaKernel(op)) {
     // The decode form and paged caches:
     // the portable strategy's kernels (split-KV for decode), with its own

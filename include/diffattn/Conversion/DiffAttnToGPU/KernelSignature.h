@@ -151,6 +151,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.qPrefetch = src.qPrefetch;
   dst.qTma = src.qTma;
   dst.deterministic = src.deterministic;
+  dst.backwardStacking = src.backwardStacking;
   dst.splitKeys = src.splitKeys;
   dst.splitTargetCtas = src.splitTargetCtas;
 }
