@@ -26,6 +26,30 @@ def test_v2_matches_reference(dtype, tol, causal):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < tol
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_out_at_any_element_offset(offset):
+    """The forward kernels store a row's two adjacent columns with one
+    4-byte store when `out` is 4-byte aligned, else with two 2-byte stores:
+    an `out` that starts one element into its buffer (2-byte aligned) must
+    give the same values, and the element before it must stay untouched."""
+    q = torch.randn(2, 77, 8, 64, device="cuda").to(torch.bfloat16)
+    k = torch.randn(2, 90, 2, 64, device="cuda").to(torch.bfloat16)
+    v = torch.randn(2, 90, 2, 64, device="cuda").to(torch.bfloat16)
+    lam = torch.randn(2, 77, 4, device="cuda").to(torch.bfloat16)
+    n = 2 * 77 * 4 * 64
+    flat = torch.full((n + 1,), float("nan"), device="cuda", dtype=torch.bfloat16)
+    flat[0] = 7.0
+    out = flat[offset:offset + n].view(2, 77, 4, 64)
+    assert (out.data_ptr() % 4 == 0) == (offset == 0)
+    diffattn.v2(q, k, v, lam, causal=True, out=out)
+    ref = diffattn.reference.v2(*(t.float().cpu().numpy() for t in (q, k, v, lam)), causal=True)
+    got = out.double().cpu().numpy()
+    assert np.all(np.isfinite(got))
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-2
+    if offset:
+        assert flat[0].item() == 7.0
+
+
 def test_custom_op_is_registered_with_a_fake_kernel():
     q = torch.empty(1, 5, 4, 64, device="meta", dtype=torch.bfloat16)
     k = torch.empty(1, 7, 2, 64, device="meta", dtype=torch.bfloat16)

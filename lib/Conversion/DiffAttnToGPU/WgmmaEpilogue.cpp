@@ -8,6 +8,7 @@
 
 #include "WgmmaBuilder.h"
 
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 using namespace mlir;
@@ -103,6 +104,21 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
                               /*nontemporal=*/false, llvm::MaybeAlign(16));
     }
   });
+  // Each store writes a row's two adjacent columns (colLane, an even
+  // column): one 4-byte store where out (and out_odd) start 4-byte aligned,
+  // as the runtime's and torch's allocations do, else two 2-byte stores
+  // (a uniform branch on the buffers' addresses; kernel buffers are flat
+  // memrefs at offset 0, so the aligned pointer is the first element's).
+  auto aligned4 = [&](Value buffer) {
+    Value address =
+        memref::ExtractAlignedPointerAsIndexOp::create(b, loc, buffer);
+    return cmp(arith::CmpIPredicate::eq,
+               arith::AndIOp::create(b, loc, address, idx(3)), idx(0));
+  };
+  Value storesAligned = aligned4(out);
+  if (outOdd)
+    storesAligned =
+        arith::AndIOp::create(b, loc, storesAligned, aligned4(outOdd));
   sync();
   forEachWarpgroup([&](int64_t w) {
     int64_t kept = w * half;
@@ -113,35 +129,47 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
           b, loc, quad, exchange,
           ValueRange{idx(i), idx(1 - w), groupThread, idx(0)},
           /*nontemporal=*/false, llvm::MaybeAlign(16)));
-    for (int64_t rr = 0; rr < 2; ++rr) {
-      ifThen(valid[rr], [&] {
-        Value outBase = mul(pairRow[rr], plan.valueDim);
-        Value colLane = mul(rem(lane, 4), 2);
-        for (int64_t t = kept; t < kept + half; ++t) {
-          SmallVector<Value> columns, odd;
-          for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-            Value own = normalized[t * 4 + e];
-            Value other = vector::ExtractOp::create(b, loc, received[t - kept],
-                                                    ArrayRef<int64_t>{e});
-            Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
-            columns.push_back(arith::TruncFOp::create(
-                b, loc, plan.elementType, fsub(o0, fmul(sig[rr], o1))));
-            if (outOdd)
-              odd.push_back(
-                  arith::TruncFOp::create(b, loc, plan.elementType, o1));
-          }
-          Value at = add(add(outBase, colLane), t * 8);
-          vector::StoreOp::create(
-              b, loc,
-              vector::FromElementsOp::create(b, loc, outPairType, columns), out,
-              ValueRange{at});
-          if (outOdd)
+    auto storeRows = [&](llvm::MaybeAlign alignment) {
+      for (int64_t rr = 0; rr < 2; ++rr) {
+        ifThen(valid[rr], [&] {
+          Value outBase = mul(pairRow[rr], plan.valueDim);
+          Value colLane = mul(rem(lane, 4), 2);
+          for (int64_t t = kept; t < kept + half; ++t) {
+            SmallVector<Value> columns, odd;
+            for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
+              Value own = normalized[t * 4 + e];
+              Value other = vector::ExtractOp::create(
+                  b, loc, received[t - kept], ArrayRef<int64_t>{e});
+              Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
+              columns.push_back(arith::TruncFOp::create(
+                  b, loc, plan.elementType, fsub(o0, fmul(sig[rr], o1))));
+              if (outOdd)
+                odd.push_back(
+                    arith::TruncFOp::create(b, loc, plan.elementType, o1));
+            }
+            Value at = add(add(outBase, colLane), t * 8);
             vector::StoreOp::create(
                 b, loc,
-                vector::FromElementsOp::create(b, loc, outPairType, odd),
-                outOdd, ValueRange{at});
-        }
-      });
-    }
+                vector::FromElementsOp::create(b, loc, outPairType, columns),
+                out, ValueRange{at}, /*nontemporal=*/false, alignment);
+            if (outOdd)
+              vector::StoreOp::create(
+                  b, loc,
+                  vector::FromElementsOp::create(b, loc, outPairType, odd),
+                  outOdd, ValueRange{at}, /*nontemporal=*/false, alignment);
+          }
+        });
+      }
+    };
+    scf::IfOp::create(
+        b, loc, storesAligned,
+        [&](OpBuilder &, Location) {
+          storeRows(llvm::Align(4));
+          scf::YieldOp::create(b, loc);
+        },
+        [&](OpBuilder &, Location) {
+          storeRows(llvm::MaybeAlign());
+          scf::YieldOp::create(b, loc);
+        });
   });
 }
