@@ -10,10 +10,12 @@
 // cp.async into one of two stages, the next block's while this one is
 // computed. Per block and warpgroup:
 //
-//   S_h^T = K q_h^T (h = 2p, 2p + 1) as one product [S_2p^T S_2p+1^T] =
-//     K [q_2p; q_2p+1]^T (wgmma m64n{2 blockQ}k16: the stage holds both
-//     heads' q stacked, so the warpgroup's K is read once for both), G^T =
-//     V dout^T (m64n{blockQ}k16), all operands K-major in shared memory;
+//   S_h^T = K q_h^T (h = 2p, 2p + 1), G^T = V dout^T: wgmma
+//     m64n{blockQ}k16, all operands K-major in shared memory; the stage
+//     holds both heads' q stacked in each span, and with stackScores (the
+//     backward-stacking option; by default at D = 128) both heads' S^T are
+//     one product [S_2p^T S_2p+1^T] = K [q_2p; q_2p+1]^T (m64n{2 blockQ}k16),
+//     which reads the warpgroup's K once for both;
 //   P_h^T = exp2(scale log2 e S_h^T - lse_h log2 e) (the records' shifts);
 //   dv += (P_2h - sigmoid(lam) P_2h+1)^T dout and
 //   dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1, with dS_2h = P_2h o (G - D_2h)
@@ -32,11 +34,12 @@
 // instead of 13): each warpgroup stores its keys' dS^T of both heads with
 // stmatrix.trans as dS tiles (queries as rows, K-major over the CTA's 128
 // keys); after a CTA barrier warpgroup w issues its part of dq beside dk's
-// products: at D = 128 (blockQ = 32) dq of both heads stacked as 64 rows,
-// dq_stacked = dS_stacked K over span w of D (wgmma m64n64k16, A = dS
-// K-major, B = K MN-major, imm-trans-b); at D = 64 head w's dq_w^T = K^T
-// dS_w^T (m64n{blockQ}k16 with A = K MN-major, imm-trans-a)
-// (KeyKernelLayout::stacksDq). It adds the f32 result from its
+// products: head w's dq_w^T = K^T dS_w^T (m64n{blockQ}k16 with A = K
+// MN-major, imm-trans-a, one product per span of D), or with stackDq (the
+// option's dq or both, D = 128: blockQ = 32) dq of both heads stacked as
+// 64 rows, dq_stacked = dS_stacked K over span w of D (wgmma m64n64k16,
+// A = dS K-major, B = K MN-major, imm-trans-b; KeyKernelLayout::stacksDq).
+// It adds the f32 result from its
 // registers to the workspace's accumulator with red.global.add.v4.f32:
 // the accumulator is a chunk per (batch, pair, query block) in the
 // accumulators' fragment order, so that every reduction is 16 contiguous
