@@ -255,8 +255,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--skip-bench", action="store_true")
-    ap.add_argument("--bench-only", action="store_true",
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--skip-bench", action="store_true")
+    what.add_argument("--bench-only", action="store_true",
                     help="only the timing (3.), e.g. of the portable kernels under "
                          "DIFFATTN_GPU_TARGET=sm_90; checks no gradient")
     ap.add_argument("--seed", type=int, default=None)

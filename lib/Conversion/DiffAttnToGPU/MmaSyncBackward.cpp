@@ -551,6 +551,12 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   // kernel has 8 warps (128 keys: half the reductions per dq element of
   // 64, FlashAttention-2's block), the deterministic one 4.
   bool reduceDq = !deterministic && chip.bulkCopies;
+  // The backward-stacking option shapes only the wgmma dk/dv kernel, but a
+  // value it does not know is an error on every strategy.
+  if (stacking != "auto" && stacking != "none" && stacking != "scores" &&
+      stacking != "dq" && stacking != "both")
+    return op->emitOpError() << "backward-stacking = '" << stacking
+                             << "' is not one of auto, none, scores, dq, both";
   MmaSyncPlan keyPlan = plan;
   keyPlan.warps = reduceDq ? 8 : 4;
   int64_t blockKeys = 16 * keyPlan.warps;
@@ -598,14 +604,11 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     // causal but 0.96x at 4 x 4096 causal; at D = 64 all within 1%).
     if (stacking == "auto")
       stacking = d == 128 ? "scores" : "none";
-    if (stacking != "none" && stacking != "scores" && stacking != "dq" &&
-        stacking != "both")
-      return op->emitOpError()
-             << "backward-stacking = '" << stacking
-             << "' is not one of auto, none, scores, dq, both";
     bool dqStacking = stacking == "dq" || stacking == "both";
     wgmmaKeyPlan.stackScores = stacking == "scores" || stacking == "both";
-    // (The deterministic dk/dv kernel has no dq product to stack.)
+    // The deterministic dk/dv kernel has no dq product to stack (there dq
+    // stacks nothing and both the scores alone); stacked dq at D = 64 is
+    // an error in either formulation, as no kernel could honour it.
     wgmmaKeyPlan.stackDq = reduceDq && dqStacking;
     if (dqStacking && wgmmaKeyPlan.blockQ * 2 != wgmma::kWarpgroupRows)
       return op->emitOpError()

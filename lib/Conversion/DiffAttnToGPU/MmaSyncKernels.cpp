@@ -182,7 +182,8 @@ LogicalResult mlir::diffattn::emitMmaSyncKernel(
               "diffattn-to-mma-sync-kernels emits";
   if (isa<V2BackwardOp>(op))
     return emitMmaSyncBackward(rewriter, kernel, desc, op, *chip,
-                               options.deterministic);
+                               options.deterministic, /*wgmmaKernels=*/false,
+                               options.backwardStacking);
   FailureOr<MmaSyncPlan> plan = makePlan(op, options, *chip);
   if (failed(plan))
     return failure();

@@ -252,8 +252,10 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   int64_t qTiles = blockQ / 8, chunkFloats = 2 * d * blockQ;
   setThreadIndices();
   // CTA (x, kvHead, batch): query block x / ppg of pair kvHead ppg + x %
-  // ppg; thread (warpgroup w, groupThread) holds head 2 pair + w's values
-  // as the dk/dv kernel's thread of the same index did.
+  // ppg; thread (warpgroup w, groupThread) reads the chunk's values that
+  // the dk/dv kernel's thread of the same index added: of head 2 pair + w
+  // (per-head dq^T), or of span w of D (stacked dq; the head from the
+  // thread's rows), mapped below.
   Value x = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
