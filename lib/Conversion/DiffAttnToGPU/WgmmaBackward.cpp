@@ -107,20 +107,21 @@ SmallVector<Value> BackwardBuilder::pipelineBlocks(
   return loop.getResults();
 }
 
+Value BackwardBuilder::kMajorStep(Value low, int64_t rows, int64_t kk) {
+  // As scoreDescriptors: the leading byte offset unused (1), 8-row groups
+  // 1024 bytes apart; a k16 step is 32 bytes into the span's rows.
+  int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
+  return packDescriptor(
+      advanceDescriptor(low, span * rows * kRowBytes + within), kAtomBytes);
+}
+
 SmallVector<Value>
 BackwardBuilder::kMajorDescriptors(Value aOffset, int64_t aRows, Value bOffset,
                                    int64_t bRows, int64_t kDim) {
-  // As scoreDescriptors: the leading byte offset unused (1), 8-row groups
-  // 1024 bytes apart; a k16 step is 32 bytes into the span's rows.
   Value a0 = descriptorLow(aOffset, 16), b0 = descriptorLow(bOffset, 16);
   SmallVector<Value> descriptors;
-  for (int64_t kk = 0; kk < kDim / 16; ++kk) {
-    int64_t span = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
-    descriptors.push_back(packDescriptor(
-        advanceDescriptor(a0, span * aRows * kRowBytes + within), kAtomBytes));
-    descriptors.push_back(packDescriptor(
-        advanceDescriptor(b0, span * bRows * kRowBytes + within), kAtomBytes));
-  }
+  for (int64_t kk = 0; kk < kDim / 16; ++kk)
+    descriptors.append({kMajorStep(a0, aRows, kk), kMajorStep(b0, bRows, kk)});
   return descriptors;
 }
 
@@ -178,19 +179,13 @@ SmallVector<Value> BackwardBuilder::dqDescriptors(int64_t kOffset,
   // A: span `span` of K (keys as the K dimension, D contiguous: MN-major).
   SmallVector<Value> a = mnMajorDescriptors(
       idx(kOffset + span * plan.blockK * kRowBytes), plan.blockK);
-  // B: dS of head w, [blockK / 64 spans, blockQ, 64] (K-major); a k16 step
-  // is 32 bytes into a span's rows.
+  // B: dS of head w, [blockK / 64 spans, blockQ, 64] (K-major).
   Value b0 = descriptorLow(
       add(idx(dsOffset), mul(warpgroup, KeyKernelLayout::dsHeadBytes(plan))),
       16);
   SmallVector<Value> descriptors;
-  for (int64_t kk = 0; kk < plan.blockK / 16; ++kk) {
-    int64_t keySpan = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
-    descriptors.push_back(a[kk]);
-    descriptors.push_back(packDescriptor(
-        advanceDescriptor(b0, keySpan * plan.blockQ * kRowBytes + within),
-        kAtomBytes));
-  }
+  for (int64_t kk = 0; kk < plan.blockK / 16; ++kk)
+    descriptors.append({a[kk], kMajorStep(b0, plan.blockQ, kk)});
   return descriptors;
 }
 
@@ -199,17 +194,11 @@ SmallVector<Value> BackwardBuilder::stackedDqDescriptors(int64_t kOffset,
   // B: span w of K, one k16 step per 16 keys (2048 bytes).
   SmallVector<Value> bDesc = mnMajorDescriptors(
       add(idx(kOffset), mul(warpgroup, plan.blockK * kRowBytes)), plan.blockK);
-  // A: the stacked dS, [blockK / 64 spans, 2 blockQ, 64] K-major; a k16 step
-  // is 32 bytes into a span's rows.
+  // A: the stacked dS, [blockK / 64 spans, 2 blockQ, 64] K-major.
   Value a0 = descriptorLow(idx(dsOffset), 16);
   SmallVector<Value> descriptors;
-  for (int64_t kk = 0; kk < plan.blockK / 16; ++kk) {
-    int64_t keySpan = kk / (kSpan / 16), within = (kk % (kSpan / 16)) * 32;
-    descriptors.push_back(packDescriptor(
-        advanceDescriptor(a0, keySpan * 2 * plan.blockQ * kRowBytes + within),
-        kAtomBytes));
-    descriptors.push_back(bDesc[kk]);
-  }
+  for (int64_t kk = 0; kk < plan.blockK / 16; ++kk)
+    descriptors.append({kMajorStep(a0, 2 * plan.blockQ, kk), bDesc[kk]});
   return descriptors;
 }
 

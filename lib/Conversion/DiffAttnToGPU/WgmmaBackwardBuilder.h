@@ -157,6 +157,9 @@ private:
   /// instruction).
   void addDqFromRegisters(ArrayRef<Value> products, int64_t tiles,
                           Value workspace, Value chunk);
+  /// The descriptor of k16 step `kk` of a K-major operand whose low word
+  /// (descriptorLow) is `low`: a tile of `rows` rows per 64-column span.
+  Value kMajorStep(Value low, int64_t rows, int64_t kk);
   /// Descriptors of A (the warpgroup's 64 rows at byte `aOffset` of a tile
   /// of `aRows` rows per span) and B (a tile of `bRows` rows at `bOffset`),
   /// both K-major, per k16 step over `kDim` columns, interleaved (the form
