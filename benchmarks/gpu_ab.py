@@ -100,13 +100,11 @@ def prepare_call(backward, b, s, h2, hkv, d, causal, target, options):
 
 
 def calls(backward, record=None):
-    """The calls timed: the backward's, the record's `--shape`s, or
-    BENCH_PREFILL."""
-    if backward:
-        return gpu_cases.BACKWARD_BENCH
+    """The calls timed: the record's `--shape`s, else the backward's
+    (BACKWARD_BENCH) or BENCH_PREFILL."""
     if record and record.get("shapes"):
         return [tuple(x) for x in record["shapes"]]
-    return gpu_cases.BENCH_PREFILL
+    return gpu_cases.BACKWARD_BENCH if backward else gpu_cases.BENCH_PREFILL
 
 
 def parse_shape(spec):
@@ -125,10 +123,11 @@ def parse_shape(spec):
 
 def prepare(cache, entries, target, backward=False, shapes_=None):
     """Compiles the calls of every entry (name -> compiler path or None for
-    this tree's, options, head dimensions or None) into `cache`: the prefill
-    calls (`shapes_`, else BENCH_PREFILL), or with `backward` the
-    backward's. The current compiler's defaults are compiled too when
-    `shapes_` are given (gpu_prepare.py covers only BENCH_PREFILL)."""
+    this tree's, options, head dimensions or None) into `cache`: the calls
+    of `shapes_`, else BENCH_PREFILL's or with `backward` BACKWARD_BENCH's
+    (prefill calls, or with `backward` diffattn.v2_backward's). The current
+    compiler's defaults are compiled too when `shapes_` are given
+    (gpu_prepare.py covers only BENCH_PREFILL and BACKWARD_BENCH)."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
     os.makedirs(cache, exist_ok=True)
     own = os.environ.get("DIFFATTN_COMPILE")
@@ -265,8 +264,9 @@ def main():
                          "alone, TFLOP/s = 2.5 x the forward's FLOPs / time) instead of the "
                          "prefill's, each with its own record in the cache")
     ap.add_argument("--shape", action="append", default=[], metavar="BxS[xD][:full]",
-                    help="a prefill shape to time instead of BENCH_PREFILL (with --prepare; "
-                         "2H = 32, Hkv = 8; D = 128 and causal unless given)")
+                    help="a shape to time instead of BENCH_PREFILL (or with --backward "
+                         "BACKWARD_BENCH; with --prepare; 2H = 32, Hkv = 8; D = 128 and "
+                         "causal unless given)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"),
                     help="where gpu_ab.json goes (timing)")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds")
@@ -293,8 +293,6 @@ def main():
                 entries[name] = (path, (f"--gpu-options={options}",), dims)
         if not entries and not args.shape:
             ap.error("--prepare needs at least one --compiler, --variant or --shape")
-        if args.shape and args.backward:
-            ap.error("--shape is for the prefill calls, not --backward")
         try:
             shapes_ = [parse_shape(x) for x in args.shape]
         except ValueError as e:

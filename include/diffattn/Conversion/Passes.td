@@ -184,11 +184,12 @@ defvar DiffAttnGPUStrategyOptions = [
            "D = 128, whose query blocks have 32 rows: an error at D = 64; "
            "the deterministic formulation has no dq product, so there dq "
            "stacks nothing and both the scores alone); both; none: "
-           "per-head products. auto: scores at D = 128, none at D = 64 "
-           "(H200, docs/performance.md, backward run 33: at D = 128 the "
-           "stacked scores 1.02-1.05x the per-head products, stacking dq "
-           "too 1.02x more at 1 x 16384 causal but 0.96x at 4 x 4096 "
-           "causal; at D = 64 all three forms within 1%)">,
+           "per-head products. auto: both at D = 128, none at D = 64 "
+           "(H200, docs/performance.md: backward run 33, at D = 128 the "
+           "stacked scores 1.02-1.05x the per-head products, at D = 64 all "
+           "forms within 1%; backward runs 36-37, the stacked dq's dk/dv "
+           "kernel 1.05x the per-head dq's once its conversion kernel "
+           "wrote whole 16-byte pieces)">,
     Option<"splitKeys", "split-keys", "int64_t", /*default=*/"0",
            "Keys per split of the decode form's split-KV kernels, a "
            "multiple of block-k (0: the runtime picks it per launch)">,

@@ -598,12 +598,13 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     wgmmaKeyPlan.blockQ = d == 128 ? 32 : 64;
     wgmmaKeyPlan.stages = 2;
     // Stacked products (the backward-stacking option): by default the
-    // scores at D = 128 and none at D = 64, as measured (H200, backward
-    // run 33 in docs/performance.md: at D = 128 the stacked scores 1.02-1.05x
-    // the per-head products; stacking dq as well 1.02x more at 1 x 16384
-    // causal but 0.96x at 4 x 4096 causal; at D = 64 all within 1%).
+    // scores and dq at D = 128 and none at D = 64, as measured (H200,
+    // docs/performance.md: backward run 33, the stacked scores 1.02-1.05x
+    // the per-head products at D = 128, all within 1% at D = 64; backward
+    // runs 36-37, the stacked dq's dk/dv kernel 1.05x the per-head one, a
+    // gain its conversion kernel's 2-byte stores had hidden).
     if (stacking == "auto")
-      stacking = d == 128 ? "scores" : "none";
+      stacking = d == 128 ? "both" : "none";
     bool dqStacking = stacking == "dq" || stacking == "both";
     wgmmaKeyPlan.stackScores = stacking == "scores" || stacking == "both";
     // The deterministic dk/dv kernel has no dq product to stack (there dq
@@ -752,7 +753,8 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                     {ceilDivRule(b, "Sq", dqChunkRows, 1),
                                      b.getI64IntegerAttr(
                                          plan.pairsPerGroup())}))),
-                            0, 2 * wgmma::kWarpgroupThreads)
+                            wgmma::backwardDqConvertSharedBytes(wgmmaKeyPlan),
+                            2 * wgmma::kWarpgroupThreads)
                     : stage(dq.getName(), rowBlocks, 0, plan.threads())};
   int64_t workspacePerRow =
       plan.pairs * kStatWidth + (reduceDq ? plan.queryHeads * d : 0);

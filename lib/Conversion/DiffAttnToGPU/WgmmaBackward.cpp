@@ -256,16 +256,23 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
       pair, qBlock, args.seqQ, plan.pairs, blockQ, chunkFloats);
   Value colLane = mul(rem(lane, 4), 2);
   Value scale = f32(plan.attn.scale);
+  Type elem = plan.elementType;
   auto f32x4 = VectorType::get({4}, b.getF32Type());
-  // Stores value `e` of `quad` at (query, head, column) if query < Sq.
-  auto store = [&](Value quad, int64_t e, Value query, Value head,
-                   Value column) {
-    ifThen(cmp(arith::CmpIPredicate::slt, query, args.seqQ), [&] {
-      Value row =
-          add(mul(add(mul(batch, args.seqQ), query), plan.queryHeads), head);
-      Value value = vector::ExtractOp::create(b, loc, quad, e);
-      storeAs(args.dq, fmul(value, scale), add(mul(row, d), column));
-    });
+  // The chunk goes through shared memory, [2 heads][blockQ rows][D + 8] of
+  // T (rows padded by 16 bytes, so that the scattered 2-byte writes below
+  // fall in distinct banks), and leaves as whole 16-byte row pieces: the
+  // fragment order's direct stores wrote 2 bytes each, half of each 32-byte
+  // sector per instruction (stacked dq: 0.48 ms at 4 x 4096, D = 128,
+  // against 0.14 ms per head, H200 backward run 36's profile).
+  int64_t rowElems = d + kDqConvertPad;
+  Value tile = sharedView(0, {2, blockQ, rowElems}, elem);
+  // Writes value `e` of `quad`, times scale, at (head 0/1 of the pair, row
+  // of the block, column).
+  auto put = [&](Value quad, int64_t e, Value head, Value row, Value column) {
+    Value value = fmul(vector::ExtractOp::create(b, loc, quad, e), scale);
+    memref::StoreOp::create(b, loc,
+                            arith::TruncFOp::create(b, loc, elem, value), tile,
+                            ValueRange{head, row, column});
   };
   auto loadQuad = [&](int64_t i) {
     return vector::LoadOp::create(b, loc, f32x4, args.workspace,
@@ -278,28 +285,69 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
     // warpInGroup + lane / 4 + 8 (e / 2), i.e. head 2 pair + warpInGroup / 2
     // and query q0 + 16 (warpInGroup % 2) + lane / 4 + 8 (e / 2); D column
     // 64 warpgroup + 8 nt + colLane + e % 2.
-    Value head = add(mul(pair, 2), div(warpInGroup, 2));
-    Value query0 = add(add(q0, mul(rem(warpInGroup, 2), 16)), div(lane, 4));
+    Value head = div(warpInGroup, 2);
+    Value row0 = add(mul(rem(warpInGroup, 2), 16), div(lane, 4));
     for (int64_t nt = 0; nt < kSpan / 8; ++nt) {
       Value quad = loadQuad(nt);
       for (int64_t e = 0; e < 4; ++e)
-        store(quad, e, add(query0, 8 * (e / 2)), head,
-              add(add(mul(warpgroup, kSpan), colLane), 8 * nt + e % 2));
+        put(quad, e, head, add(row0, idx(8 * (e / 2))),
+            add(add(mul(warpgroup, kSpan), colLane), idx(8 * nt + e % 2)));
     }
   } else {
     // Value e of tile nt of span `span` (wgmma m64n{blockQ} D fragment of
     // dq^T): D column 64 span + 16 warpInGroup + lane / 4 + 8 (e / 2),
     // query row q0 + 8 nt + colLane + e % 2, head 2 pair + warpgroup.
-    Value head = add(mul(pair, 2), warpgroup);
     for (int64_t span = 0; span < d / kSpan; ++span)
       for (int64_t nt = 0; nt < qTiles; ++nt) {
         Value quad = loadQuad(span * qTiles + nt);
         for (int64_t e = 0; e < 4; ++e)
-          store(quad, e, add(add(q0, colLane), nt * 8 + e % 2), head,
-                add(add(mul(warpInGroup, 16), div(lane, 4)),
-                    span * kSpan + 8 * (e / 2)));
+          put(quad, e, warpgroup, add(colLane, idx(nt * 8 + e % 2)),
+              add(add(mul(warpInGroup, 16), div(lane, 4)),
+                  idx(span * kSpan + 8 * (e / 2))));
       }
   }
+  gpu::BarrierOp::create(b, loc);
+  // Piece c = i 256 + tid (i < 2 blockQ D / 8 / 256): head c / (blockQ D /
+  // 8), row (c / (D / 8)) % blockQ, columns 8 (c % (D / 8)) .. + 7; rows
+  // at or past Sq are dropped. One 16-byte store per piece where dq starts
+  // 16-byte aligned (as the runtime's and torch's allocations do; kernel
+  // buffers are flat memrefs at offset 0), else eight 2-byte stores (a
+  // uniform branch).
+  int64_t pieces = d / 8, threads = 2 * kWarpgroupThreads;
+  auto piece8 = VectorType::get({8}, elem);
+  Value address =
+      memref::ExtractAlignedPointerAsIndexOp::create(b, loc, args.dq);
+  Value aligned = cmp(arith::CmpIPredicate::eq, rem(address, 16), idx(0));
+  auto storePieces = [&](bool vectors) {
+    for (int64_t i = 0; i < 2 * blockQ * pieces / threads; ++i) {
+      Value c = add(idx(i * threads), tid);
+      Value head = div(c, blockQ * pieces);
+      Value row = rem(div(c, pieces), blockQ);
+      Value column = mul(rem(c, pieces), 8);
+      Value query = add(q0, row);
+      ifThen(cmp(arith::CmpIPredicate::slt, query, args.seqQ), [&] {
+        Value values = vector::LoadOp::create(
+            b, loc, piece8, tile, ValueRange{head, row, column},
+            /*nontemporal=*/false, llvm::Align(16));
+        Value at =
+            add(mul(add(mul(add(mul(batch, args.seqQ), query), plan.queryHeads),
+                        add(mul(pair, 2), head)),
+                    d),
+                column);
+        if (vectors) {
+          vector::StoreOp::create(b, loc, values, args.dq, ValueRange{at},
+                                  /*nontemporal=*/false, llvm::Align(16));
+          return;
+        }
+        for (int64_t e = 0; e < 8; ++e)
+          memref::StoreOp::create(b, loc,
+                                  vector::ExtractOp::create(b, loc, values, e),
+                                  args.dq, ValueRange{add(at, idx(e))});
+      });
+    }
+  };
+  ifThenElse(
+      aligned, [&] { storePieces(true); }, [&] { storePieces(false); });
   gpu::ReturnOp::create(b, loc);
 }
 
@@ -591,6 +639,11 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   mma_sync::writeKeyGradients(*this, args, final, keyRow, kRowBase, kvHead,
                               colLane, plan);
   gpu::ReturnOp::create(b, loc);
+}
+
+int64_t
+mlir::diffattn::wgmma::backwardDqConvertSharedBytes(const WgmmaPlan &plan) {
+  return 2 * plan.blockQ * (plan.headDim + kDqConvertPad) * 2;
 }
 
 int64_t mlir::diffattn::wgmma::backwardKeySharedBytes(const WgmmaPlan &plan,

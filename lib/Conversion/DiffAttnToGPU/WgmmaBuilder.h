@@ -392,9 +392,12 @@ void buildBackwardKeyKernel(OpBuilder &b, Location loc, gpu::GPUFuncOp func,
 int64_t backwardKeySharedBytes(const WgmmaPlan &plan, bool reduceDq);
 /// The accumulating formulation's dq conversion on sm_90a (the dk/dv
 /// kernel's `plan`): grid (ceil(Sq / blockQ) x pairs per KV group, KV
-/// heads, B), 256 threads.
+/// heads, B), 256 threads, backwardDqConvertSharedBytes of dynamic shared
+/// memory (the chunk's dq as T, rows padded by kDqConvertPad elements).
 void buildBackwardDqConvertKernel(OpBuilder &b, Location loc,
                                   gpu::GPUFuncOp func, const WgmmaPlan &plan);
+inline constexpr int64_t kDqConvertPad = 8;
+int64_t backwardDqConvertSharedBytes(const WgmmaPlan &plan);
 /// The backward's statistics (`stats`) or dq kernel on sm_90a
 /// (WgmmaBackwardRows.cpp), over the portable row kernels' grid (64 group
 /// rows per CTA): `plan` gives blockK keys per block (64 for dq, whose
