@@ -8,7 +8,12 @@ weights and batches: once with torch.ops.diffattn.v2 as the core (its
 autograd formula, diffattn::v2_backward), once with SDPA (enable_gqa) +
 the reference epilogue. Prints both loss curves side by side and their
 largest difference, writes train_v2_layer.json under --out, and exits 1 if
-the curves do not track (a relative difference above --tolerance).
+the curves do not track (a relative difference above --tolerance). It also
+times each run's steps (wall time per step, the whole model's forward,
+backward and optimizer step, after --warmup untimed steps of each core on a
+throwaway copy of the model, so that one-time costs, CUDA and cuBLAS
+initialisation, kernel module loads, torch.compile of the SDPA path's
+epilogue, are not counted against whichever core runs first).
 
     python3 benchmarks/train_v2_layer.py [--device cpu] [--steps 50] [--out DIR]
 
@@ -105,8 +110,12 @@ def main():
                     help="the cores' dtype (default: float32 on the CPU, bfloat16 on CUDA)")
     ap.add_argument("--preset", choices=("tiny", "public"), default="tiny",
                     help="public: gpu_cases.TRAIN_LAYER's sizes (overrides the size flags)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps of each core before its timed run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.warmup < 0 or args.steps < 1:
+        ap.error("--steps must be positive and --warmup not negative")
     if args.preset == "public":
         import gpu_cases
 
@@ -123,13 +132,20 @@ def main():
                for _ in range(args.steps)]
     cos, sin = (t.to(dev) for t in rope_tables(args.seq, args.head_dim))
     curves, seconds = {}, {}
-    for name, core in (("op", op_core), ("sdpa", sdpa_core)):
-        start = time.time()
-        curves[name] = train(copy.deepcopy(model), batches, cos, sin, in_dtype(core, dtype),
-                             args.lr)
+    def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        seconds[name] = time.time() - start
+
+    for name, core in (("op", op_core), ("sdpa", sdpa_core)):
+        run = in_dtype(core, dtype)
+        if args.warmup:
+            train(copy.deepcopy(model), batches[:args.warmup], cos, sin, run, args.lr)
+        trained = copy.deepcopy(model)
+        sync()
+        start = time.perf_counter()
+        curves[name] = train(trained, batches, cos, sin, run, args.lr)
+        sync()
+        seconds[name] = time.perf_counter() - start
     diffs = [abs(a - b) / b for a, b in zip(curves["op"], curves["sdpa"])]
     print(f"V2 layer in a tiny LM, {args.steps} AdamW steps on random tokens, B={args.batch} "
           f"S={args.seq} d_model={args.d_model} 2H={2 * args.heads} Hkv={args.kv_heads} "
@@ -139,13 +155,15 @@ def main():
     for i in sorted(set(range(0, args.steps, 10)) | {args.steps - 1}):
         print(f"| {i} | {curves['op'][i]:.4f} | {curves['sdpa'][i]:.4f} |")
     worst = max(diffs)
+    per_step = {name: 1e3 * t / args.steps for name, t in seconds.items()}
     print(f"largest relative difference {worst:.2e} (step {diffs.index(worst)}); "
-          f"time {seconds['op']:.1f} s (op) / {seconds['sdpa']:.1f} s (SDPA)")
+          f"per step (after {args.warmup} untimed): {per_step['op']:.1f} ms (op) / "
+          f"{per_step['sdpa']:.1f} ms (SDPA)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "train_v2_layer.json"), "w") as f:
             json.dump({"args": vars(args), "losses": curves, "seconds": seconds,
-                       "max_rel_diff": worst}, f, indent=1)
+                       "ms_per_step": per_step, "max_rel_diff": worst}, f, indent=1)
     sys.exit(0 if worst <= args.tolerance else 1)
 
 
