@@ -309,3 +309,44 @@ def test_default_backward_kernels_follow_torch_determinism(monkeypatch):
         assert _torch.default_backward_options(0) == ()
     monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90")
     assert _torch.default_backward_options(0) == ()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [128, 64])
+def test_dq_at_any_element_offset(d):
+    # The accumulating backward's dq conversion stores whole 16-byte pieces
+    # of dq's rows where dq starts 16-byte aligned, else 2-byte stores: a dq
+    # one element into its buffer must get the same values as an aligned
+    # one, and the element before it must stay untouched.
+    torch = _cuda_torch()
+    from diffattn import _torch
+
+    if _torch._target_of(0) != "sm_90a":
+        pytest.skip("the wgmma dq conversion runs on sm_90a")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    b, sq, sk, h2, hkv = 2, 77, 90, 8, 2
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", generator=g).to(torch.bfloat16)
+               for s, h in ((sq, h2), (sk, hkv), (sk, hkv)))
+    lam = torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(torch.bfloat16)
+    dout = torch.randn(b, sq, h2 // 2, d, device="cuda", generator=g).to(torch.bfloat16)
+    out, lse = _torch.v2_lse_cuda(q, k, v, lam, None, True, None, -1, -1)
+    want = _torch.backward_cuda(q, k, v, lam, out, dout, lse, None, True, None, -1, -1,
+                                options=ACCUMULATE)[0]
+    directory, sizes = _gpu.prepare_v2_backward(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), tuple(out.shape),
+        tuple(dout.shape), tuple(lse.shape), "bf16", "bf16", causal=True, target="sm_90a",
+        options=ACCUMULATE)
+    flat = torch.full((q.numel() + 1,), float("nan"), device="cuda", dtype=torch.bfloat16)
+    flat[0] = 7.0
+    dq = flat[1:].view(q.shape)
+    assert dq.data_ptr() % 16 != 0
+    grads = [dq] + [torch.empty_like(x) for x in (k, v, lam)]
+    named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam), ("out", "x", out),
+             ("dout", "x", dout), ("lse", "f32", lse)]
+    named += list(zip(("dq", "dk", "dv", "dlam"), ("x",) * 4, grads))
+    _torch._launch(directory, named, sizes, q.device)
+    torch.cuda.synchronize()
+    assert torch.isfinite(dq).all()
+    rel = ((dq.float() - want.float()).norm() / want.float().norm()).item()
+    assert rel < 1e-4  # the reductions' order is not fixed
+    assert flat[0].item() == 7.0
