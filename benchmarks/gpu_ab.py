@@ -1,10 +1,10 @@
 """A/B timing of kernels: the same prefill calls (gpu_cases.BENCH_PREFILL,
 bf16, the default GPU target) compiled by this tree's compiler with its
 defaults ("current"), by earlier builds of it, and with strategy options,
-timed in one process on the same inputs, each once per round in turn, so
-that a kernel change is measured against the kernel before it on the same
-machine at the same time (between machines, or minutes apart, a few
-percent is noise).
+timed in one process on the same inputs, each once per round in turn (each
+round starting one entry later), so that a kernel change is measured
+against the kernel before it on the same machine at the same time (between
+machines, or minutes apart, a few percent is noise).
 
 On a machine with the compilers (no GPU needed):
 
@@ -222,8 +222,13 @@ def run(out_dir, repeats, backward):
             outs["fa3+epi"] = launches["fa3+epi"]()
             anchors = [("fa3", None), ("fa3+epi", None)]
         times = {name: [] for name, _ in compilers + anchors}
-        for _ in range(repeats):
-            for name, _ in compilers + anchors:
+        order = [name for name, _ in compilers + anchors]
+        for r in range(repeats):
+            # Each round starts one entry later than the one before, so
+            # that a drift within rounds (clocks, warm-up) does not always
+            # fall on the same entry (backward run 37: the last entry's
+            # rounds fell from 3.81 to 3.40 ms, its kernels' 3.24 in run 36).
+            for name in order[r % len(order):] + order[:r % len(order)]:
                 times[name].append(gpu_check.bench_fn(launches[name]))
         row = dict(shape=[b, s, h2, hkv, d, causal])
         for name, _ in compilers + anchors:
