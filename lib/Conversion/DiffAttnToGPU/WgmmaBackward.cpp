@@ -36,17 +36,18 @@
 // keys); after a CTA barrier warpgroup w issues its part of dq beside dk's
 // products: head w's dq_w^T = K^T dS_w^T (m64n{blockQ}k16 with A = K
 // MN-major, imm-trans-a, one product per span of D), or with stackDq (the
-// option's dq or both, D = 128: blockQ = 32) dq of both heads stacked as
-// 64 rows, dq_stacked = dS_stacked K over span w of D (wgmma m64n64k16,
-// A = dS K-major, B = K MN-major, imm-trans-b; KeyKernelLayout::stacksDq).
-// It adds the f32 result from its
-// registers to the workspace's accumulator with red.global.add.v4.f32:
+// option's dq or both, the default at D = 128: blockQ = 32) dq of both
+// heads stacked as 64 rows, dq_stacked = dS_stacked K over span w of D
+// (wgmma m64n64k16, A = dS K-major, B = K MN-major, imm-trans-b;
+// KeyKernelLayout::stacksDq). It adds the f32 result from its registers
+// to the workspace's accumulator with red.global.add.v4.f32:
 // the accumulator is a chunk per (batch, pair, query block) in the
 // accumulators' fragment order, so that every reduction is 16 contiguous
 // bytes per thread and 512 per warp (FlashAttention-3 stages dq in shared
 // memory for a bulk reduction instead: measured 0.96-1.01x this on an
 // H200, backward run 21, docs/performance.md). The conversion kernel
-// (buildDqConvertKernel) reads the chunks back in the same order.
+// (buildDqConvertKernel) reads the chunks back in the same order and
+// writes dq through shared memory as whole 16-byte pieces of its rows.
 //
 //===----------------------------------------------------------------------===//
 
@@ -269,10 +270,8 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   // Writes value `e` of `quad`, times scale, at (head 0/1 of the pair, row
   // of the block, column).
   auto put = [&](Value quad, int64_t e, Value head, Value row, Value column) {
-    Value value = fmul(vector::ExtractOp::create(b, loc, quad, e), scale);
-    memref::StoreOp::create(b, loc,
-                            arith::TruncFOp::create(b, loc, elem, value), tile,
-                            ValueRange{head, row, column});
+    storeAs(tile, fmul(vector::ExtractOp::create(b, loc, quad, e), scale),
+            {head, row, column});
   };
   auto loadQuad = [&](int64_t i) {
     return vector::LoadOp::create(b, loc, f32x4, args.workspace,
@@ -314,10 +313,10 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
   // buffers are flat memrefs at offset 0), else eight 2-byte stores (a
   // uniform branch).
   int64_t pieces = d / 8, threads = 2 * kWarpgroupThreads;
+  assert((2 * blockQ * pieces) % threads == 0 &&
+         "every thread stores the same number of pieces");
   auto piece8 = VectorType::get({8}, elem);
-  Value address =
-      memref::ExtractAlignedPointerAsIndexOp::create(b, loc, args.dq);
-  Value aligned = cmp(arith::CmpIPredicate::eq, rem(address, 16), idx(0));
+  Value aligned = startsAligned(args.dq, 16);
   auto storePieces = [&](bool vectors) {
     for (int64_t i = 0; i < 2 * blockQ * pieces / threads; ++i) {
       Value c = add(idx(i * threads), tid);

@@ -109,16 +109,10 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
   // as the runtime's and torch's allocations do, else two 2-byte stores
   // (a uniform branch on the buffers' addresses; kernel buffers are flat
   // memrefs at offset 0, so the aligned pointer is the first element's).
-  auto aligned4 = [&](Value buffer) {
-    Value address =
-        memref::ExtractAlignedPointerAsIndexOp::create(b, loc, buffer);
-    return cmp(arith::CmpIPredicate::eq,
-               arith::AndIOp::create(b, loc, address, idx(3)), idx(0));
-  };
-  Value storesAligned = aligned4(out);
+  Value storesAligned = startsAligned(out, 4);
   if (outOdd)
     storesAligned =
-        arith::AndIOp::create(b, loc, storesAligned, aligned4(outOdd));
+        arith::AndIOp::create(b, loc, storesAligned, startsAligned(outOdd, 4));
   sync();
   forEachWarpgroup([&](int64_t w) {
     int64_t kept = w * half;

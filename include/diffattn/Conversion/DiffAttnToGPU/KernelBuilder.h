@@ -136,13 +136,23 @@ public:
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
   }
-  /// Rounds the f32 `x` to the element type of the 1-D `buffer` and stores
-  /// it at buffer[index].
-  void storeAs(Value buffer, Value x, Value index) {
+  /// Rounds the f32 `x` to the element type of `buffer` and stores it at
+  /// buffer[indices...] (one index per dimension).
+  void storeAs(Value buffer, Value x, ValueRange indices) {
     Type elem = cast<MemRefType>(buffer.getType()).getElementType();
     if (elem != x.getType())
       x = arith::TruncFOp::create(b, loc, elem, x);
-    memref::StoreOp::create(b, loc, x, buffer, ValueRange{index});
+    memref::StoreOp::create(b, loc, x, buffer, indices);
+  }
+  /// Whether the kernel buffer `buffer` (a flat memref at offset 0, so its
+  /// aligned pointer is its first element's) starts `bytes`-aligned (a
+  /// power of two): the condition of a uniform branch between wide and
+  /// element-wise stores.
+  Value startsAligned(Value buffer, int64_t bytes) {
+    Value address =
+        memref::ExtractAlignedPointerAsIndexOp::create(b, loc, buffer);
+    return cmp(arith::CmpIPredicate::eq,
+               arith::AndIOp::create(b, loc, address, idx(bytes - 1)), idx(0));
   }
   /// Stores the f32 pair (x, y), rounded to the element type of the 1-D
   /// `buffer`, at buffer[index] (index even: one 2-element vector store).
