@@ -103,7 +103,7 @@ static cl::opt<std::string> gpuOptions(
     "gpu-options",
     cl::desc("GPU: options of the GPU strategy, as diffattn-gpu-pipeline "
              "takes them (space-separated key=value: block-k, stages, warps, "
-             "rescale-threshold, smem-layout, l2-prefetch, "
+             "rescale-threshold, exp2-emulation, smem-layout, l2-prefetch, "
              "programmatic-launch, split-keys, split-target-ctas, strategy; "
              "`diffattn-opt --help` lists them with their measured "
              "defaults), e.g. --gpu-options=\"warps=8 stages=3\""),

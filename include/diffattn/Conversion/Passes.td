@@ -53,6 +53,18 @@ defvar DiffAttnGPUStrategyOptions = [
            "Lazy softmax rescaling: move a row's offset (and rescale its "
            "accumulators) only when a probability would exceed "
            "2^threshold, 0 to 16 (0: with every block)">,
+    Option<"exp2Emulation", "exp2-emulation", "int64_t", /*default=*/"0",
+           "Forward kernels: of every 8 of a thread's 8-column slices of a "
+           "block's scores, how many take their probabilities' exp2 from a "
+           "degree-3 polynomial on the FMA pipe instead of the SFU's "
+           "ex2.approx, 0 to 8 (FlashAttention-4's software exponential: "
+           "the SFU returns 16 exponentials per clock per SM, and at "
+           "D = 64 wgmma makes 16 scores per clock; relative error at most "
+           "1.1e-4, below bf16's and f16's rounding). 0 by default: on an "
+           "H200 every nonzero value measured slower (docs/performance.md, "
+           "Hopper run 42: at D = 128 1 of 8 0.94-0.97x of 0, 2 of 8 "
+           "0.93-0.95x; at D = 64 0.95-0.99x): the wgmma kernel waits on "
+           "the softmax's instructions, not on the SFU">,
     Option<"l2Prefetch", "l2-prefetch", "bool", /*default=*/"false",
            "Split-KV kernels: copy whole K/V tiles with cp.async's "
            "L2::128B qualifier (the 128-byte line around each 16-byte chunk "

@@ -31,6 +31,34 @@ void GPUKernelBuilder::assertPerSequence(Value ok, Value tid, StringRef message,
                        message);
 }
 
+Value GPUKernelBuilder::exp2Polynomial(Value x) {
+  // Minimax (Lawson's iteration, relative error, 1 + c1 f + c2 f^2 + c3 f^3
+  // with the constant term fixed at 1) of 2^f on [-1/2, 1/2], rounded to
+  // f32; python/tests/test_exp2_polynomial.py reads these constants back
+  // from the PTX and checks the error bound above.
+  constexpr float c1 = 0x1.62f5fap-1f, c2 = 0x1.f00bfep-3f, c3 = 0x1.c2a15cp-5f;
+  // 1.5 * 2^23: x + this rounds x to an integer, held in the low mantissa
+  // bits, for |x| < 2^22.
+  constexpr float roundingConstant = 12582912.0f;
+  Type i32Type = b.getI32Type();
+  // maximumf keeps NaN (maxnumf would turn it into -127, a probability 0).
+  Value clamped = arith::MaximumFOp::create(b, loc, x, f32(-127.0f));
+  Value shifted = fadd(clamped, f32(roundingConstant));
+  Value whole = fsub(shifted, f32(roundingConstant));
+  Value fraction = fsub(clamped, whole);
+  Value p = fma(fraction, f32(c3), f32(c2));
+  p = fma(fraction, p, f32(c1));
+  p = fma(fraction, p, f32(1.0f));
+  // 2^round(x): round(x) + 127 in the exponent field, from the low bits of
+  // `shifted` (the constant's own bits shift out of the word); 0.0 at
+  // x = -127, so the product is exactly 0 there. The product (not an
+  // integer add into p's exponent) keeps a NaN x NaN.
+  Value bits = arith::BitcastOp::create(b, loc, i32Type, shifted);
+  Value power = arith::ShLIOp::create(
+      b, loc, arith::AddIOp::create(b, loc, bits, i32(127)), i32(23));
+  return fmul(p, arith::BitcastOp::create(b, loc, b.getF32Type(), power));
+}
+
 std::pair<Value, Value>
 GPUKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
                                 Value maxLength, Value tid, Value reporter,

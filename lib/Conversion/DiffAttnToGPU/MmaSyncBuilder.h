@@ -85,7 +85,7 @@ public:
       : GPUKernelBuilder(b, loc), plan(plan),
         epilogue(*this, plan.pairs, plan.valueDim, plan.elementType),
         softmax(*this, FragmentLayout::mmaSyncM16N8(), plan.attn.scale,
-                plan.rescaleThreshold) {}
+                plan.rescaleThreshold, plan.exp2Emulation) {}
 
   /// Fills the body of `func` (arguments: q, k, v, lam, [kv_len], out,
   /// [workspace], B, Sq, Sk).

@@ -90,11 +90,8 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   if (plan.stages < 2 || plan.stages > 8)
     return op->emitOpError() << "stages = " << plan.stages
                              << " is not supported (expected 2 to 8)";
-  plan.rescaleThreshold = static_cast<float>(options.rescaleThreshold);
-  if (!(plan.rescaleThreshold >= 0 && plan.rescaleThreshold <= 16))
-    return op->emitOpError()
-           << "rescale-threshold = " << options.rescaleThreshold
-           << " is not supported (expected 0 to 16)";
+  if (failed(setSoftmaxOptions(op, options, plan)))
+    return failure();
   plan.warps = options.warps ? options.warps : (wideTiles ? 8 : 4);
   plan.l2Prefetch = options.l2Prefetch && plan.splitKV;
   plan.programmaticLaunch =

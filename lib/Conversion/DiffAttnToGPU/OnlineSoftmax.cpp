@@ -4,6 +4,9 @@
 // accumulator fragments: per block, the new row max, probabilities
 // exp2(s * scale * log2 e - max * scale * log2 e), and the rescaling of the
 // running sum and accumulators by exp2((old - new) * scale * log2 e).
+// Optionally part of the probabilities' exp2 run on the FMA pipe
+// (GPUKernelBuilder::exp2Polynomial), FlashAttention-4's split of the
+// exponentials between the SFU and the FMAs (Zadouri et al., 2026).
 //
 //===----------------------------------------------------------------------===//
 
@@ -115,11 +118,21 @@ Value OnlineSoftmax::block(SmallVectorImpl<Acc> &s, HeadState &head) {
   for (int64_t rr = 0; rr < rows; ++rr) {
     Value shift = kb.negShift(head.rowMax[rr], scale);
     Value sum = kb.f32(0.0f);
-    for (Acc &t : s)
+    for (auto [i, t] : llvm::enumerate(s)) {
+      // The SFU returns 16 exponentials per clock per SM; at D = 64 wgmma
+      // makes scores at the same rate (PTX ISA / CUDA C++ Programming
+      // Guide, arithmetic instruction throughput, compute capability 9.0).
+      // Slices i with a new multiple of 8 in (i + 1) K: floor(n K / 8) of
+      // n, spread evenly.
+      int64_t slice = static_cast<int64_t>(i);
+      bool polynomial =
+          (slice + 1) * emulatedExp2 / 8 != slice * emulatedExp2 / 8;
       for (int64_t e = per * rr; e < per * rr + per; ++e) {
-        t[e] = kb.exp2(kb.fma(t[e], scaleLog2, shift));
+        Value x = kb.fma(t[e], scaleLog2, shift);
+        t[e] = polynomial ? kb.exp2Polynomial(x) : kb.exp2(x);
         sum = kb.fadd(sum, t[e]);
       }
+    }
     head.rowSum[rr] = kb.fadd(head.rowSum[rr], sum);
   }
   return moved;

@@ -125,7 +125,7 @@ public:
       : GPUKernelBuilder(b, loc), plan(plan),
         epilogue(*this, plan.pairs, plan.valueDim, plan.elementType),
         softmax(*this, FragmentLayout::wgmmaM64NSlice(), plan.attn.scale,
-                plan.rescaleThreshold) {}
+                plan.rescaleThreshold, plan.exp2Emulation) {}
 
   /// Fills the body of `func` (arguments: q, k, v, lam, out, B, Sq, Sk).
   void build(gpu::GPUFuncOp func);

@@ -154,11 +154,8 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
            << "smem-layout = '" << options.smemLayout
            << "' is not supported by the wgmma strategy (its tiles are in "
               "wgmma's 128-byte swizzled layout: auto or swizzled)";
-  plan.rescaleThreshold = static_cast<float>(options.rescaleThreshold);
-  if (!(plan.rescaleThreshold >= 0 && plan.rescaleThreshold <= 16))
-    return op->emitOpError()
-           << "rescale-threshold = " << options.rescaleThreshold
-           << " is not supported (expected 0 to 16)";
+  if (failed(setSoftmaxOptions(op, options, plan)))
+    return failure();
   plan.blockQ = kWarpgroupRows;
   plan.pairs = plan.attn.numPairs;
   plan.queryHeads = 2 * plan.pairs;

@@ -2,6 +2,8 @@
 // RUN: diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=stages=1 --verify-diagnostics
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=warps=6 2>&1 | FileCheck %s --check-prefix=WARPS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=rescale-threshold=20 2>&1 | FileCheck %s --check-prefix=RESCALE
+// RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=exp2-emulation=9 2>&1 | FileCheck %s --check-prefix=EXP2
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a exp2-emulation=-1" 2>&1 | FileCheck %s --check-prefix=WGEXP2
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-to-mma-sync-kernels=chip=sm_80 warps=8 block-k=128 stages=3" 2>&1 | FileCheck %s --check-prefix=SHARED
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-to-mma-sync-kernels=warps=8 block-k=128 stages=3" 2>&1 | FileCheck %s --check-prefix=SHARED90
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-to-mma-sync-kernels=chip=sm_75 2>&1 | FileCheck %s --check-prefix=CHIP
@@ -30,6 +32,8 @@
 
 // WARPS: error: 'diffattn.v2' op warps = 6 is not supported (expected 4 or 8)
 // RESCALE: error: 'diffattn.v2' op rescale-threshold = 2.000000e+01 is not supported (expected 0 to 16)
+// EXP2: error: 'diffattn.v2' op exp2-emulation = 9 is not supported (expected 0 to 8 of every 8 slices)
+// WGEXP2: error: 'diffattn.v2' op exp2-emulation = -1 is not supported (expected 0 to 8 of every 8 slices)
 // SHARED: error: 'diffattn.v2' op needs {{[0-9]+}} bytes of shared memory per CTA with block-k = 128 and stages = 3 (at most 166912 on sm_80)
 // SHARED90: error: 'diffattn.v2' op needs 278528 bytes of shared memory per CTA with block-k = 128 and stages = 3 (at most 232448 on sm_90)
 // CHIP: error: unknown chip 'sm_75' (expected sm_80, sm_90, sm_90a, sm_100a)

@@ -136,6 +136,15 @@ public:
                b.getStringAttr("llvm.nvvm.ex2.approx.ftz.f32"), ValueRange{x})
         .getResult(0);
   }
+  /// 2^x for x <= 16 on the FMA and integer pipes instead of the SFU
+  /// (FlashAttention-4's software exponential; KernelBuilder.cpp): x is
+  /// clamped to -127 (where the result is exactly 0, so -inf gives 0),
+  /// split into round(x) and a fraction in [-1/2, 1/2] by the
+  /// 1.5 * 2^23 rounding constant, and 2^fraction, a degree-3 polynomial
+  /// (relative error <= 1.1e-4 on [-126, 16]; exact at x = 0),
+  /// multiplies 2^round(x), built in an exponent field. NaN stays NaN.
+  /// About nine instructions, none on the SFU.
+  Value exp2Polynomial(Value x);
   /// Rounds the f32 `x` to the element type of `buffer` and stores it at
   /// buffer[indices...] (one index per dimension).
   void storeAs(Value buffer, Value x, ValueRange indices) {

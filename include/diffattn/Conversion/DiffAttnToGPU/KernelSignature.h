@@ -137,6 +137,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.stages = src.stages;
   dst.warps = src.warps;
   dst.rescaleThreshold = src.rescaleThreshold;
+  dst.exp2Emulation = src.exp2Emulation;
   dst.l2Prefetch = src.l2Prefetch;
   dst.smemLayout = src.smemLayout;
   dst.programmaticLaunch = src.programmaticLaunch;

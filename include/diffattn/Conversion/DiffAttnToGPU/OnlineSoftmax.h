@@ -54,11 +54,14 @@ class OnlineSoftmax {
 public:
   /// `scale` multiplies the scores (SPEC.md); `rescaleThreshold` > 0 enables
   /// lazy rescaling (the offsets move only when a probability would exceed
-  /// 2^threshold; exact, see block()).
+  /// 2^threshold; exact, see block()). Of a thread's n tiles of a block,
+  /// floor(n emulatedExp2 / 8) (emulatedExp2 0 to 8), spread evenly, take
+  /// their probabilities' exp2 from GPUKernelBuilder::exp2Polynomial (FMA
+  /// pipe) instead of the SFU.
   OnlineSoftmax(GPUKernelBuilder &kb, FragmentLayout layout, float scale,
-                float rescaleThreshold)
+                float rescaleThreshold, int64_t emulatedExp2 = 0)
       : kb(kb), layout(std::move(layout)), scale(scale),
-        rescaleThreshold(rescaleThreshold) {}
+        rescaleThreshold(rescaleThreshold), emulatedExp2(emulatedExp2) {}
 
   /// Replaces the scores `s` (one head, the thread's tiles of one key block)
   /// by their probabilities exp(scale (s - max)) under the running max, and
@@ -93,6 +96,7 @@ private:
   FragmentLayout layout;
   float scale;
   float rescaleThreshold;
+  int64_t emulatedExp2;
 };
 
 } // namespace mlir::diffattn

@@ -44,6 +44,9 @@ struct TileConfig {
   /// Lazy rescaling: the softmax offsets move only when a probability would
   /// exceed 2^rescaleThreshold (0: they move with every block).
   float rescaleThreshold = 0;
+  /// Of every 8 of a thread's 8-column slices of a block's scores, how many
+  /// take exp2 from the FMA pipe (OnlineSoftmax, exp2-emulation).
+  int64_t exp2Emulation = 0;
   /// Split-KV (decode form): each CTA covers one split of the keys for its
   /// rows and writes their partial softmax state (accumulators, max, sum)
   /// to a workspace; a second kernel combines the splits and applies the
@@ -69,6 +72,25 @@ struct TileConfig {
   /// f32 elements of one partial row state: Dv accumulators, max, sum.
   int64_t partialWidth() const { return valueDim + 2; }
 };
+
+/// Sets the online softmax's options (rescale-threshold, exp2-emulation) of
+/// `config` from a strategy's `options` (Passes.td), or fails with a
+/// diagnostic on `op` naming the option out of range.
+template <typename Options>
+LogicalResult setSoftmaxOptions(Operation *op, const Options &options,
+                                TileConfig &config) {
+  config.rescaleThreshold = static_cast<float>(options.rescaleThreshold);
+  if (!(config.rescaleThreshold >= 0 && config.rescaleThreshold <= 16))
+    return op->emitOpError()
+           << "rescale-threshold = " << options.rescaleThreshold
+           << " is not supported (expected 0 to 16)";
+  config.exp2Emulation = options.exp2Emulation;
+  if (config.exp2Emulation < 0 || config.exp2Emulation > 8)
+    return op->emitOpError()
+           << "exp2-emulation = " << options.exp2Emulation
+           << " is not supported (expected 0 to 8 of every 8 slices)";
+  return success();
+}
 
 /// Fails with a diagnostic on `op` when `config` needs more dynamic shared
 /// memory per CTA than its chip has (`what` names the options that sized
