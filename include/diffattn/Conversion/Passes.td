@@ -136,6 +136,20 @@ defvar DiffAttnGPUStrategyOptions = [
            "it loads it once the consumers' last S of the tile has landed; "
            "0: 2 where shared memory holds them, else 1. A kernel of one "
            "tile per CTA has 1">,
+    Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
+           "wgmma strategy, warp-specialised: how the pair's two heads "
+           "(the two consumer warpgroups) meet in the differential "
+           "epilogue. exchange: each hands the other half of its "
+           "normalised columns through shared memory and writes the other "
+           "half, both waiting for each other; handoff: warpgroup 0 writes "
+           "all its columns into the tile's Q buffer and goes on to its "
+           "next tile while warpgroup 1 (half an iteration behind it under "
+           "ping-pong) combines them with its own and writes the output "
+           "(needs two Q buffers: the Q buffer is released after the "
+           "epilogue; mbarriers order the two); auto: handoff with two Q "
+           "buffers, else exchange (H200, docs/performance.md, Hopper runs "
+           "43-44: handoff 1.07x the exchange at D = 64, 0.99-1.02x at "
+           "D = 128)">,
     Option<"qTma", "q-tma", "bool", /*default=*/"true",
            "wgmma strategy, TMA loads, batched sequences: Q arrives through "
            "a third tensor map (one cp.async.bulk.tensor per head and "
@@ -305,9 +319,10 @@ def DiffAttnToWgmmaKernels
     - the online softmax runs on the accumulators in registers (shared with
       the mma.sync strategy); only blocks that straddle the mask are
       masked;
-    - the epilogue meets the pair's two heads through shared memory (each
-      warpgroup hands half of its columns to the other and writes the
-      other half of the single output head) and, with `diffattn.v2`'s
+    - the epilogue meets the pair's two heads through shared memory
+      (`epilogue`: warpgroup 0 hands all its columns to warpgroup 1, which
+      writes the single output head, or each hands half of its columns to
+      the other and writes the other half) and, with `diffattn.v2`'s
       `lse` result, each warpgroup writes its head's log-sum-exp.
 
     Ops this strategy has no kernel for are compiled by the portable

@@ -55,6 +55,14 @@ constexpr int64_t kWarpgroupThreads = 128;
 constexpr int32_t kConsumerBarrier = 1;
 constexpr int32_t kProducerBarrier = 4;
 
+/// The steps of the hand-off epilogue (WgmmaPlan::handoffEpilogue) that
+/// synchronise its two warpgroups, each through an mbarrier of 128
+/// arrivals per tile (release on arrival, acquire on the wait): warpgroup 0
+/// waits until warpgroup 1's last S has landed (the Q buffer is free) and,
+/// once its columns are in shared memory, arrives; warpgroup 1 waits for
+/// them.
+enum class HandoffStep { AwaitRegion, HandOver, AwaitColumns };
+
 /// The wgmma strategy's tile configuration.
 struct WgmmaPlan : TileConfig {
   /// Bytes of the Q tiles (both heads, of every Q buffer), of all K stages
@@ -74,6 +82,10 @@ struct WgmmaPlan : TileConfig {
   bool warpSpecialized = false;
   /// Warp-specialised: the consumers take turns issuing their products.
   bool pingPong = false;
+  /// Warp-specialised, two Q buffers: the epilogue's hand-off form
+  /// (warpgroup 0 hands every column to warpgroup 1 through the tile's Q
+  /// buffer and moves on; the epilogue option).
+  bool handoffEpilogue = false;
   /// The backward's dk/dv kernel (the backward-stacking option): S^T of
   /// both heads as one product over their stacked q, and (accumulating
   /// formulation, D = 128) dq of both heads stacked as one product's rows.
@@ -96,11 +108,14 @@ struct WgmmaPlan : TileConfig {
   }
   /// Byte offset (from the tiles' start) of the mbarriers, 8 bytes each:
   /// four groups of one per stage (full, fullValues, emptyKeys,
-  /// emptyValues), then qFull and qEmpty, one per Q buffer (warp-
-  /// specialised kernels only); and of the tile indices after them.
+  /// emptyValues), then qFull and qEmpty, one per Q buffer, then with the
+  /// hand-off epilogue its two (HandoffStep; warp-specialised kernels
+  /// only); and of the tile indices after them.
   int64_t barrierOffset() const { return qTileBytes + kTileBytes + vTileBytes; }
   int64_t barrierBytes() const {
-    return warpSpecialized ? 8 * (4 * stages + 2 * qBuffers) : 0;
+    return warpSpecialized
+               ? 8 * (4 * stages + 2 * qBuffers + (handoffEpilogue ? 2 : 0))
+               : 0;
   }
   int64_t tileIndexOffset() const { return barrierOffset() + barrierBytes(); }
   /// Warp-specialised, batched: the producer prefetches into L2 the Q rows
@@ -340,9 +355,14 @@ protected:
   /// scale * offset + ln(sum) (-inf for a row that saw no key). With
   /// `outOdd` ([B, Sq, H, Dv] of T) each warpgroup also writes its half of
   /// the columns of the second head's normalised output A_{2h+1}.
+  /// With plan.handoffEpilogue the region at `exchangeAt` is the tile's Q
+  /// buffer ([Dv / 8 tiles][1][128 threads][4] f32, the same bytes):
+  /// warpgroup 0 hands over every column and writes no output, warpgroup 1
+  /// writes all of it; `handoff` emits each step's synchronisation
+  /// (HandoffStep) and `sync` is not called.
   void emitEpilogue(const HeadState &final, function_ref<void()> sync,
-                    Value exchangeAt, Value lam, Value out, Value lseOut,
-                    Value outOdd);
+                    function_ref<void(HandoffStep)> handoff, Value exchangeAt,
+                    Value lam, Value out, Value lseOut, Value outOdd);
 
   const WgmmaPlan &plan;
   DifferentialEpilogue epilogue;

@@ -29,6 +29,7 @@ Value WgmmaKernelBuilder::threadGroupRow(int64_t rr) {
 
 void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
                                       function_ref<void()> sync,
+                                      function_ref<void(HandoffStep)> handoff,
                                       Value exchangeAt, Value lam, Value out,
                                       Value lseOut, Value outOdd) {
   // The thread's two rows: the row sums over the quad (shuffles: outside
@@ -79,31 +80,6 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
   for (const Acc &t : final.acc)
     for (int64_t e = 0; e < 4; ++e)
       normalized.push_back(fmul(t[e], inverse[e / 2]));
-  // Warpgroup w writes the columns of accumulator tiles [w * half, (w + 1)
-  // * half) and hands the others over: slot (i, w, thread) holds the four
-  // values of accumulator tile i of what warpgroup w hands over, 16 bytes
-  // per thread (one 128-bit shared access instead of four; a warp's 512
-  // contiguous bytes, free of bank conflicts).
-  int64_t tiles = static_cast<int64_t>(final.acc.size());
-  int64_t half = tiles / 2;
-  auto quad = VectorType::get({4}, b.getF32Type());
-  Value exchange =
-      sharedViewAt(exchangeAt, {half, 2, kWarpgroupThreads, 4}, b.getF32Type());
-  auto forEachWarpgroup = [&](function_ref<void(int64_t)> body) {
-    for (int64_t w = 0; w < 2; ++w)
-      ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(w)), [&] { body(w); });
-  };
-  sync();
-  forEachWarpgroup([&](int64_t w) {
-    int64_t handed = (1 - w) * half;
-    for (int64_t i = 0; i < half; ++i) {
-      Value values = vector::FromElementsOp::create(
-          b, loc, quad, ArrayRef<Value>(normalized).slice((handed + i) * 4, 4));
-      vector::StoreOp::create(b, loc, values, exchange,
-                              ValueRange{idx(i), idx(w), groupThread, idx(0)},
-                              /*nontemporal=*/false, llvm::MaybeAlign(16));
-    }
-  });
   // Each store writes a row's two adjacent columns (colLane, an even
   // column): one 4-byte store where out (and out_odd) start 4-byte aligned,
   // as the runtime's and torch's allocations do, else two 2-byte stores
@@ -113,27 +89,24 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
   if (outOdd)
     storesAligned =
         arith::AndIOp::create(b, loc, storesAligned, startsAligned(outOdd, 4));
-  sync();
-  forEachWarpgroup([&](int64_t w) {
-    int64_t kept = w * half;
+  auto quad = VectorType::get({4}, b.getF32Type());
+  // Writes o0 - sigmoid(lam) o1 (and o1 to out_odd) of accumulator tiles
+  // [first, first + count) of warpgroup w, the other head's four values of
+  // tile t being received[t - first].
+  auto writeColumns = [&](int64_t w, int64_t first, int64_t count,
+                          ArrayRef<Value> received) {
     auto outPairType = VectorType::get({2}, plan.elementType);
-    SmallVector<Value> received;
-    for (int64_t i = 0; i < half; ++i)
-      received.push_back(vector::LoadOp::create(
-          b, loc, quad, exchange,
-          ValueRange{idx(i), idx(1 - w), groupThread, idx(0)},
-          /*nontemporal=*/false, llvm::MaybeAlign(16)));
     auto storeRows = [&](llvm::MaybeAlign alignment) {
       for (int64_t rr = 0; rr < 2; ++rr) {
         ifThen(valid[rr], [&] {
           Value outBase = mul(pairRow[rr], plan.valueDim);
           Value colLane = mul(rem(lane, 4), 2);
-          for (int64_t t = kept; t < kept + half; ++t) {
+          for (int64_t t = first; t < first + count; ++t) {
             SmallVector<Value> columns, odd;
             for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
               Value own = normalized[t * 4 + e];
               Value other = vector::ExtractOp::create(
-                  b, loc, received[t - kept], ArrayRef<int64_t>{e});
+                  b, loc, received[t - first], ArrayRef<int64_t>{e});
               Value o0 = w == 0 ? own : other, o1 = w == 0 ? other : own;
               columns.push_back(arith::TruncFOp::create(
                   b, loc, plan.elementType, fsub(o0, fmul(sig[rr], o1))));
@@ -165,5 +138,61 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
           storeRows(llvm::MaybeAlign());
           scf::YieldOp::create(b, loc);
         });
-  });
+  };
+  // Slot (i, w, thread) of the region holds the four values of accumulator
+  // tile i that warpgroup w hands over, 16 bytes per thread (one 128-bit
+  // shared access instead of four; a warp's 512 contiguous bytes, free of
+  // bank conflicts).
+  int64_t tiles = static_cast<int64_t>(final.acc.size());
+  auto handOver = [&](Value region, int64_t w, int64_t first, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) {
+      Value values = vector::FromElementsOp::create(
+          b, loc, quad, ArrayRef<Value>(normalized).slice((first + i) * 4, 4));
+      vector::StoreOp::create(b, loc, values, region,
+                              ValueRange{idx(i), idx(w), groupThread, idx(0)},
+                              /*nontemporal=*/false, llvm::MaybeAlign(16));
+    }
+  };
+  auto receive = [&](Value region, int64_t w, int64_t count) {
+    SmallVector<Value> received;
+    for (int64_t i = 0; i < count; ++i)
+      received.push_back(vector::LoadOp::create(
+          b, loc, quad, region, ValueRange{idx(i), idx(w), groupThread, idx(0)},
+          /*nontemporal=*/false, llvm::MaybeAlign(16)));
+    return received;
+  };
+  auto ifWarpgroup = [&](int64_t w, function_ref<void()> body) {
+    ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(w)), body);
+  };
+  if (plan.handoffEpilogue) {
+    // Hand-off: warpgroup 0 (ahead of warpgroup 1 by half an iteration
+    // under ping-pong) waits only for warpgroup 1's last S (the region is
+    // the tile's Q buffer), hands every column over and leaves; warpgroup
+    // 1 writes the whole output once they are there.
+    Value region = sharedViewAt(exchangeAt, {tiles, 1, kWarpgroupThreads, 4},
+                                b.getF32Type());
+    ifWarpgroup(0, [&] {
+      handoff(HandoffStep::AwaitRegion);
+      handOver(region, 0, 0, tiles);
+      handoff(HandoffStep::HandOver);
+    });
+    ifWarpgroup(1, [&] {
+      handoff(HandoffStep::AwaitColumns);
+      writeColumns(1, 0, tiles, receive(region, 0, tiles));
+    });
+    return;
+  }
+  // Exchange: warpgroup w writes the columns of accumulator tiles
+  // [w * half, (w + 1) * half) and hands the others over.
+  int64_t half = tiles / 2;
+  Value exchange =
+      sharedViewAt(exchangeAt, {half, 2, kWarpgroupThreads, 4}, b.getF32Type());
+  sync();
+  for (int64_t w = 0; w < 2; ++w)
+    ifWarpgroup(w, [&] { handOver(exchange, w, (1 - w) * half, half); });
+  sync();
+  for (int64_t w = 0; w < 2; ++w)
+    ifWarpgroup(w, [&] {
+      writeColumns(w, w * half, half, receive(exchange, 1 - w, half));
+    });
 }

@@ -405,8 +405,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(
-        unpackState(finalState), [&] { gpu::BarrierOp::create(b, loc); }, base,
-        lam, out, lseOut, outOdd);
+        unpackState(finalState), [&] { gpu::BarrierOp::create(b, loc); },
+        [](HandoffStep) {}, base, lam, out, lseOut, outOdd);
     gpu::ReturnOp::create(b, loc);
     return;
   }
@@ -445,6 +445,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   auto qEmptyOf = [&](Value slot) {
     return barrier(add(slot, 4 * stages + plan.qBuffers));
   };
+  // The hand-off epilogue's (HandoffStep): warpgroup 1's last S of the tile
+  // has landed; warpgroup 0's columns are in the Q buffer.
+  Value scoresLanded = barrier(idx(4 * stages + 2 * plan.qBuffers));
+  Value handedOver = barrier(idx(4 * stages + 2 * plan.qBuffers + 1));
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
     // With TMA one thread arrives (expecting the tile's bytes).
     int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
@@ -466,6 +470,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       NVVM::MBarrierInitOp::create(b, loc, qEmptyOf(idx(slot)),
                                    i32(2 * kWarpgroupThreads), Value());
     }
+    if (plan.handoffEpilogue)
+      for (Value bar : {scoresLanded, handedOver})
+        NVVM::MBarrierInitOp::create(b, loc, bar, i32(kWarpgroupThreads),
+                                     Value());
   });
   gpu::BarrierOp::create(b, loc);
 
@@ -717,7 +725,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         // when one V stage holds it (block-k >= 128), so that Q is free
         // once the tile's last S landed: the producer loads the next
         // tile's Q while the consumers finish this one.
+        // The hand-off epilogue uses the Q buffer, released after it.
         bool stageExchange =
+            !plan.handoffEpilogue &&
             plan.vStageBytes() >= plan.valueDim / 2 * kWarpgroupThreads * 4;
         auto acquireQ = [&](Value tileIter) {
           acquireCopies(qFullOf(qSlot), parityOfTile(tileIter));
@@ -747,6 +757,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               [&] {
                 if (stageExchange)
                   ifThen(hasBlocks, [&] { arrive(qEmpty); });
+                // Hand-off: warpgroup 1 no longer reads Q, so warpgroup 0
+                // may write its columns there.
+                if (plan.handoffEpilogue)
+                  ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(1)),
+                         [&] { arrive(scoresLanded); });
               },
               /*keepLastStage=*/stageExchange);
           Value exchangeAt = qBase;
@@ -756,13 +771,24 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                        add(add(base, plan.qTileBytes + plan.kTileBytes),
                            mul(lastStage, plan.vStageBytes())),
                        qBase);
-          // The consumers' own barrier (the producer may be loading).
+          // Each hand-off mbarrier completes one phase per tile of the CTA.
+          Value tileParity = arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                                        rem(tileIter, 2));
+          // The exchange: the consumers' own barrier (the producer may be
+          // loading).
           emitEpilogue(
               unpackState(finalState),
               [&] {
                 NVVM::BarrierOp::create(b, loc, Type(), i32(kConsumerBarrier),
                                         i32(2 * kWarpgroupThreads), nullptr,
                                         Value());
+              },
+              [&](HandoffStep step) {
+                if (step == HandoffStep::HandOver)
+                  return arrive(handedOver);
+                waitOn(step == HandoffStep::AwaitRegion ? scoresLanded
+                                                        : handedOver,
+                       tileParity);
               },
               exchangeAt, lam, out, lseOut, outOdd);
           // The exchange's generic-proxy accesses come before TMA writes

@@ -151,6 +151,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.qBuffers = src.qBuffers;
   dst.qPrefetch = src.qPrefetch;
   dst.qTma = src.qTma;
+  dst.epilogue = src.epilogue;
   dst.deterministic = src.deterministic;
   dst.backwardStacking = src.backwardStacking;
   dst.splitKeys = src.splitKeys;
