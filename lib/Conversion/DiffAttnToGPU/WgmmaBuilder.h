@@ -298,6 +298,11 @@ protected:
   /// block).
   void setupTile(const SequenceArgs &sequences, Value qBlock, Value kvHead,
                  Value batch);
+  /// A block's scores (the thread's blockK / 8 accumulator tiles, flat)
+  /// with -inf where the key at `key0` + column is not visible to the
+  /// thread's row, under a uniform branch taken only by a block that
+  /// straddles the mask (the scores unchanged otherwise).
+  SmallVector<Value> maskBlock(ArrayRef<Value> scores, Value key0);
   /// What a persistent (or one-tile) CTA walks: `numTiles` linear tiles,
   /// tile t being row block t % `tileRowBlocks` of KV head t / R % Hkv of
   /// batch t / R / Hkv; `workspace` (memref<?xf32>, with dynamicTiles) holds

@@ -76,8 +76,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // persistent CTA's loop.
   Value &kvHead = tile.kvHead, &batch = tile.batch, &qRowBase = tile.qRowBase,
         &kRowBase = tile.kRowBase;
-  Value &row0 = tile.row0, &rowsValid = tile.rowsValid, &minRow = tile.minRow,
-        &maxRow = tile.maxRow, &lo = tile.lo, &numBlocks = tile.numBlocks;
+  Value &row0 = tile.row0, &rowsValid = tile.rowsValid, &lo = tile.lo,
+        &numBlocks = tile.numBlocks;
   Value &seqQ = tile.seqQ, &seqK = tile.seqK;
   seqQ = seqQArg;
   seqK = seqKArg;
@@ -200,49 +200,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     SmallVector<Value> flat;
     for (const Acc &t : s)
       flat.append(t.begin(), t.end());
-    auto ifOp = scf::IfOp::create(
-        b, loc,
-        buildBlockNeedsMask(b, loc, attn, key0, blockK, minRow, maxRow, offset,
-                            keyLen),
-        [&](OpBuilder &, Location) {
-          // buildIsVisible's predicate as the row's visible keys [lo, hi)
-          // (buildVisibleKeyBounds over that one row), relative to the
-          // lane's first column: element c of the block's columns is
-          // visible when lo - col <= c < hi - col, one 32-bit compare with
-          // an immediate per bound, where the index form took four 64-bit
-          // instructions per element. Keys are never negative, so the
-          // lower bound matters only with a left window.
-          SmallVector<Value> masked;
-          Value colLane = add(key0, mul(rem(lane, 4), 2));
-          auto relative = [&](Value key) {
-            return arith::IndexCastOp::create(b, loc, b.getI32Type(),
-                                              sub(key, colLane));
-          };
-          bool left = attn.windowLeft >= 0;
-          std::array<Value, 2> hi, lo;
-          for (int64_t rr = 0; rr < 2; ++rr) {
-            auto [rowLo, rowHi] = buildVisibleKeyBounds(
-                b, loc, attn, threadRow[rr], threadRow[rr], offset, keyLen);
-            hi[rr] = relative(rowHi);
-            if (left)
-              lo[rr] = relative(rowLo);
-          }
-          for (int64_t nt = 0; nt < blockK / 8; ++nt)
-            for (int64_t e = 0; e < 4; ++e) {
-              Value c = i32(static_cast<int32_t>(nt * 8 + e % 2));
-              Value visible = cmp(arith::CmpIPredicate::slt, c, hi[e / 2]);
-              if (left)
-                visible = arith::AndIOp::create(
-                    b, loc, visible,
-                    cmp(arith::CmpIPredicate::sge, c, lo[e / 2]));
-              masked.push_back(select(visible, flat[nt * 4 + e], ninf));
-            }
-          scf::YieldOp::create(b, loc, masked);
-        },
-        [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, flat); });
+    SmallVector<Value> visible = maskBlock(flat, key0);
     for (int64_t nt = 0; nt < blockK / 8; ++nt)
       for (int64_t e = 0; e < 4; ++e)
-        s[nt][e] = ifOp.getResult(nt * 4 + e);
+        s[nt][e] = visible[nt * 4 + e];
     Value moved;
     SmallVector<Value, 2> factors = softmax.blockDeferred(s, head, &moved);
     return std::make_tuple(s, factors, moved);

@@ -3,11 +3,12 @@
 // Which rows, keys and sequence a Hopper (sm_90a) forward kernel's tile
 // covers (see WgmmaBuilder.h): the tile's 64 group rows of its KV head and
 // batch (the last row blocks first under a causal-like mask; with packed
-// sequences, the sequence's range from cu_seqlens), its thread rows, and
-// the key blocks any of its rows may see (KeyRange.h, shared with the
-// tiled CPU lowering). WgmmaKernel.cpp calls it once per CTA, or per tile
-// of a persistent CTA, whose tiles walkTiles enumerates (statically, or
-// from the dynamic scheduler's tile counter).
+// sequences, the sequence's range from cu_seqlens), its thread rows, the
+// key blocks any of its rows may see (KeyRange.h, shared with the tiled
+// CPU lowering) and the masking of a block that straddles the mask.
+// WgmmaKernel.cpp calls it once per CTA, or per tile of a persistent CTA,
+// whose tiles walkTiles enumerates (statically, or from the dynamic
+// scheduler's tile counter).
 //
 //===----------------------------------------------------------------------===//
 
@@ -219,4 +220,52 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
   blockBase = idx(0);
   qSlot = idx(0);
   return iterations;
+}
+
+SmallVector<Value> WgmmaKernelBuilder::maskBlock(ArrayRef<Value> scores,
+                                                 Value key0) {
+  const AttentionConfig &attn = plan.attn;
+  int64_t blockK = plan.blockK;
+  Value ninf = f32(-std::numeric_limits<float>::infinity());
+  auto ifOp = scf::IfOp::create(
+      b, loc,
+      buildBlockNeedsMask(b, loc, attn, key0, blockK, tile.minRow, tile.maxRow,
+                          offset, keyLen),
+      [&](OpBuilder &, Location) {
+        // buildIsVisible's predicate as the row's visible keys [lo, hi)
+        // (buildVisibleKeyBounds over that one row), relative to the
+        // lane's first column: element c of the block's columns is
+        // visible when lo - col <= c < hi - col, one 32-bit compare with
+        // an immediate per bound, where the index form took four 64-bit
+        // instructions per element. Keys are never negative, so the
+        // lower bound matters only with a left window.
+        SmallVector<Value> masked;
+        Value colLane = add(key0, mul(rem(lane, 4), 2));
+        auto relative = [&](Value key) {
+          return arith::IndexCastOp::create(b, loc, b.getI32Type(),
+                                            sub(key, colLane));
+        };
+        bool left = attn.windowLeft >= 0;
+        std::array<Value, 2> hi, lo;
+        for (int64_t rr = 0; rr < 2; ++rr) {
+          auto [rowLo, rowHi] = buildVisibleKeyBounds(
+              b, loc, attn, threadRow[rr], threadRow[rr], offset, keyLen);
+          hi[rr] = relative(rowHi);
+          if (left)
+            lo[rr] = relative(rowLo);
+        }
+        for (int64_t nt = 0; nt < blockK / 8; ++nt)
+          for (int64_t e = 0; e < 4; ++e) {
+            Value c = i32(static_cast<int32_t>(nt * 8 + e % 2));
+            Value visible = cmp(arith::CmpIPredicate::slt, c, hi[e / 2]);
+            if (left)
+              visible = arith::AndIOp::create(
+                  b, loc, visible,
+                  cmp(arith::CmpIPredicate::sge, c, lo[e / 2]));
+            masked.push_back(select(visible, scores[nt * 4 + e], ninf));
+          }
+        scf::YieldOp::create(b, loc, masked);
+      },
+      [&](OpBuilder &, Location) { scf::YieldOp::create(b, loc, scores); });
+  return SmallVector<Value>(ifOp.getResults());
 }
