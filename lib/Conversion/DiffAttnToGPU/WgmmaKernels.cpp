@@ -216,21 +216,24 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   if (options.qBuffers == 2 && !plan.persistentCtas)
     return op->emitOpError() << "q-buffers = 2 needs persistent = true (a "
                                 "CTA of one tile has one Q)";
-  plan.qBuffers = options.qBuffers ? options.qBuffers : 2;
-  if (!plan.persistentCtas ||
-      (!options.qBuffers && sharedBytes() > chip.maxSharedBytesPerCTA))
-    plan.qBuffers = 1;
-  plan.qTileBytes = plan.qBuffers * plan.qBufferBytes();
   if (options.epilogue != "auto" && options.epilogue != "exchange" &&
       options.epilogue != "handoff")
     return op->emitOpError() << "epilogue = '" << options.epilogue
                              << "' is not supported (expected auto, "
                                 "exchange or handoff)";
+  plan.qBuffers = options.qBuffers ? options.qBuffers : 2;
+  // Two Q buffers bring the hand-off epilogue's mbarriers with them, so
+  // the test of whether two fit counts those.
+  plan.handoffEpilogue = options.epilogue != "exchange";
+  if (!plan.persistentCtas ||
+      (!options.qBuffers && sharedBytes() > chip.maxSharedBytesPerCTA))
+    plan.qBuffers = 1;
+  plan.qTileBytes = plan.qBuffers * plan.qBufferBytes();
   if (options.epilogue == "handoff" && plan.qBuffers != 2)
     return op->emitOpError()
            << "epilogue = handoff needs two Q buffers (warp-specialised "
               "persistent CTAs with q-buffers = 2, or 0 where two fit)";
-  plan.handoffEpilogue = plan.qBuffers == 2 && options.epilogue != "exchange";
+  plan.handoffEpilogue = plan.handoffEpilogue && plan.qBuffers == 2;
   // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
   // 256 bytes) reuses the last block's V tile, or the tile's Q buffer (both
   // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which is
