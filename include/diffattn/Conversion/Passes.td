@@ -98,6 +98,14 @@ defvar DiffAttnGPUStrategyOptions = [
            "take turns issuing their products (named barriers), so that one "
            "warpgroup's softmax overlaps the other's products "
            "(FlashAttention-3's ping-pong schedule)">,
+    Option<"pingPongEdges", "ping-pong-edges", "bool", /*default=*/"false",
+           "wgmma strategy, ping-pong: a tile's first S = Q K_0^T and its "
+           "last P V take a turn too. false: only the key loop's steps (S_j "
+           "with P_{j-1} V_{j-1}) do, as in FlashAttention-3's mainloop "
+           "with intra-warpgroup overlap, so that a warpgroup may start its "
+           "next tile, or finish this one, while the other is in its "
+           "epilogue (both warpgroups of a tile take the same number of "
+           "turns either way)">,
     Option<"tma", "tma", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised: one producer thread loads the "
            "K/V tiles with TMA (cp.async.bulk.tensor into the 128-byte "

@@ -82,6 +82,9 @@ struct WgmmaPlan : TileConfig {
   bool warpSpecialized = false;
   /// Warp-specialised: the consumers take turns issuing their products.
   bool pingPong = false;
+  /// Ping-pong: a tile's first S and last P V take turns too (the
+  /// ping-pong-edges option; else only the key loop's steps do).
+  bool edgeTurns = false;
   /// Warp-specialised, two Q buffers: the epilogue's hand-off form
   /// (warpgroup 0 hands every column to warpgroup 1 through the tile's Q
   /// buffer and moves on; the epilogue option).

@@ -217,7 +217,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // S_j has landed and `release(j)` its V tile once P_j V_j has.
   // `scoresDone` runs once every S of the tile has landed (Q is no longer
   // read); with `keepLastStage` the last block's V tile is not released
-  // here (the epilogue's exchange uses it). Returns the final state.
+  // here (the epilogue's exchange uses it). `turn(true)` / `turn(false)`
+  // open and close a ping-pong turn around each step's products; without
+  // edge turns the first S and the last P V issue outside the turns
+  // (FlashAttention-3's order), which keeps both warpgroups' counts equal:
+  // n - 1 per tile of n blocks. Returns the final state.
   auto keyLoop = [&](function_ref<void(Value)> acquire,
                      function_ref<void(Value)> acquireValues,
                      function_ref<void(Value)> releaseKeys,
@@ -237,11 +241,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       b.setInsertionPointToStart(first.thenBlock());
       acquire(idx(0));
       SmallVector<Value> sDesc = scoreDescriptors(stageOf(idx(0)));
-      turn(true);
+      if (plan.edgeTurns)
+        turn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       Value scores = issueScores(sDesc);
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-      turn(false);
+      if (plan.edgeTurns)
+        turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       releaseKeys(idx(0));
       HeadState head = unpackState(init);
@@ -328,11 +334,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       HeadState head = unpackState(carried);
       acquireValues(sub(numBlocks, idx(1)));
       SmallVector<Value> vDesc = pvDescriptors(stageOf(sub(numBlocks, idx(1))));
-      turn(true);
+      if (plan.edgeTurns)
+        turn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-      turn(false);
+      if (plan.edgeTurns)
+        turn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       // The last block's V tile goes back too (after the epilogue with
       // keepLastStage): a persistent CTA's next tile loads into it.

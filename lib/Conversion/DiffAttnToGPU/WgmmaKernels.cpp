@@ -127,6 +127,7 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
            << " is not supported by the wgmma strategy (expected 3, or 2 "
               "with warp specialisation)";
   plan.pingPong = plan.warpSpecialized && options.pingPong;
+  plan.edgeTurns = options.pingPongEdges;
   // TMA addresses tiles by coordinates in one tensor per operand (packed
   // sequences: the packed [total_k, Hkv, D] tensors, from each sequence's
   // first key).

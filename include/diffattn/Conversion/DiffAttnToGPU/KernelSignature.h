@@ -144,6 +144,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.combineSplitsPerStep = src.combineSplitsPerStep;
   dst.warpSpecialize = src.warpSpecialize;
   dst.pingPong = src.pingPong;
+  dst.pingPongEdges = src.pingPongEdges;
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
