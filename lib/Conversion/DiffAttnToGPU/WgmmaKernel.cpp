@@ -229,6 +229,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                      function_ref<void(bool)> turn,
                      function_ref<void()> scoresDone, bool keepLastStage) {
     Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
+    // The turns of the tile's first S and last P V (ping-pong-edges).
+    auto edgeTurn = [&](bool begin) {
+      if (plan.edgeTurns)
+        turn(begin);
+    };
     SmallVector<Value> firstInit(init);
     firstInit.append(pRegs, zeroReg);
     SmallVector<Type> stateTypes;
@@ -241,13 +246,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       b.setInsertionPointToStart(first.thenBlock());
       acquire(idx(0));
       SmallVector<Value> sDesc = scoreDescriptors(stageOf(idx(0)));
-      if (plan.edgeTurns)
-        turn(true);
+      edgeTurn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       Value scores = issueScores(sDesc);
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-      if (plan.edgeTurns)
-        turn(false);
+      edgeTurn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       releaseKeys(idx(0));
       HeadState head = unpackState(init);
@@ -334,13 +337,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       HeadState head = unpackState(carried);
       acquireValues(sub(numBlocks, idx(1)));
       SmallVector<Value> vDesc = pvDescriptors(stageOf(sub(numBlocks, idx(1))));
-      if (plan.edgeTurns)
-        turn(true);
+      edgeTurn(true);
       NVVM::WgmmaFenceAlignedOp::create(b, loc);
       issuePV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, head.acc);
       NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-      if (plan.edgeTurns)
-        turn(false);
+      edgeTurn(false);
       NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
       // The last block's V tile goes back too (after the epilogue with
       // keepLastStage): a persistent CTA's next tile loads into it.
