@@ -106,6 +106,15 @@ defvar DiffAttnGPUStrategyOptions = [
            "next tile, or finish this one, while the other is in its "
            "epilogue (both warpgroups of a tile take the same number of "
            "turns either way)">,
+    Option<"releaseArrivals", "release-arrivals", "std::string",
+           /*default=*/"\"thread\"",
+           "wgmma strategy, warp-specialised: which consumer threads arrive "
+           "on a K/V stage's empty mbarrier once the product that read the "
+           "tile has landed. thread: all 256 (the mbarrier counts 256 "
+           "arrivals); warp: lane 0 of each of the 8 consumer warps (after "
+           "the warp's own wgmma.wait_group); warpgroup: one thread of each "
+           "consumer warpgroup, as CUTLASS's PipelineTmaAsync consumer "
+           "release (FlashAttention-3)">,
     Option<"tma", "tma", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised: one producer thread loads the "
            "K/V tiles with TMA (cp.async.bulk.tensor into the 128-byte "

@@ -85,6 +85,11 @@ struct WgmmaPlan : TileConfig {
   /// Ping-pong: a tile's first S and last P V take turns too (the
   /// ping-pong-edges option; else only the key loop's steps do).
   bool edgeTurns = false;
+  /// Warp-specialised: consumer threads whose arrivals complete a phase of
+  /// a stage's empty mbarriers (the release-arrivals option): 256 (every
+  /// consumer thread), 8 (lane 0 of each consumer warp) or 2 (one thread
+  /// per consumer warpgroup).
+  int64_t releaseArrivals = 2 * kWarpgroupThreads;
   /// Warp-specialised, two Q buffers: the epilogue's hand-off form
   /// (warpgroup 0 hands every column to warpgroup 1 through the tile's Q
   /// buffer and moves on; the epilogue option).
@@ -175,6 +180,15 @@ protected:
   /// An expect-tx arrival on mbarrier `bar` for `bytes` more bytes (CTA
   /// scope).
   void expectBytes(Value bar, int64_t bytes);
+  /// The consumers' release of a K/V stage: this thread's part of the
+  /// plan.releaseArrivals arrivals on empty mbarrier `bar` (every thread,
+  /// lane 0 of the warp, or one thread of the warpgroup). The arrival
+  /// releases only the arriving thread's accesses: after the wgmma.wait_group
+  /// of the product that read the tile that is all there is (the tensor
+  /// cores read it), but `afterGenericAccesses` (the epilogue's exchange
+  /// through the tile) first synchronises the warp, or the consumers, so
+  /// that every thread's accesses and proxy fence come before the arrival.
+  void releaseStage(Value bar, bool afterGenericAccesses = false);
   /// One TMA load (cp.async.bulk.tensor, tile mode) through tensor map
   /// `map` into shared memory at `shared` (a shared::cta pointer),
   /// completing on `bar`; `coordinates` builds its i32 coordinates,

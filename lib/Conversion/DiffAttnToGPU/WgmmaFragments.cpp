@@ -78,6 +78,27 @@ void WgmmaKernelBuilder::expectBytes(Value bar, int64_t bytes) {
                                          /*relaxed=*/false, Value());
 }
 
+void WgmmaKernelBuilder::releaseStage(Value bar, bool afterGenericAccesses) {
+  auto arrive = [&] {
+    NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
+  };
+  if (plan.releaseArrivals == 2 * kWarpgroupThreads)
+    return arrive();
+  bool perWarp = plan.releaseArrivals == 2 * kWarpgroupThreads / 32;
+  if (afterGenericAccesses) {
+    if (perWarp)
+      NVVM::SyncWarpOp::create(b, loc, i32(-1));
+    else
+      NVVM::BarrierOp::create(b, loc, Type(), i32(kConsumerBarrier),
+                              i32(2 * kWarpgroupThreads), nullptr, Value());
+  }
+  Value elected = cmp(arith::CmpIPredicate::eq, lane, idx(0));
+  if (!perWarp)
+    elected = arith::AndIOp::create(
+        b, loc, elected, cmp(arith::CmpIPredicate::eq, warpInGroup, idx(0)));
+  ifThen(elected, arrive);
+}
+
 void WgmmaKernelBuilder::loadTensorTile(
     Value map, Value shared, function_ref<SmallVector<Value>()> coordinates,
     Value bar) {

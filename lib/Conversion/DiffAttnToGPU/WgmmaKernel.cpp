@@ -387,13 +387,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // producer's 128 threads arrives through cp.async.mbarrier.arrive.noinc
   // once its copies landed, so the producer never waits for its own copies
   // and keeps every free stage in flight, and S_j starts once K_j landed)
-  // and emptyKeys[s], emptyValues[s] (the consumers' 256 threads arrive once
-  // S_j, P_j V_j, has read the K, V tile: K_{j+stages} loads while P_j V_j
-  // runs); qFull guards Q (per Q buffer). Phases alternate with each reuse of a
-  // stage or buffer.
-  // The consumers order the landed copies for the tensor cores' async
-  // proxy (fence.proxy.async) after each wait.
-  // The mbarriers after the tiles (WgmmaPlan::barrierOffset).
+  // and emptyKeys[s], emptyValues[s] (the consumers arrive, as many as
+  // release-arrivals says, once S_j, P_j V_j, has read the K, V tile:
+  // K_{j+stages} loads while P_j V_j runs); qFull guards Q (per Q buffer).
+  // Phases alternate with each reuse of a stage or buffer. The consumers order
+  // the landed copies for the tensor cores' async proxy (fence.proxy.async)
+  // after each wait. The mbarriers after the tiles (WgmmaPlan::barrierOffset).
   auto barrier = [&](Value index) {
     return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
   };
@@ -425,9 +424,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     for (int64_t s = 0; s < stages; ++s) {
       NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
       NVVM::MBarrierInitOp::create(b, loc, emptyValues(idx(s)),
-                                   i32(2 * kWarpgroupThreads), Value());
+                                   i32(plan.releaseArrivals), Value());
       NVVM::MBarrierInitOp::create(b, loc, emptyKeys(idx(s)),
-                                   i32(2 * kWarpgroupThreads), Value());
+                                   i32(plan.releaseArrivals), Value());
       NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
                                    Value());
     }
@@ -713,8 +712,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               [&](Value j) {
                 acquireTiles(fullValues(stageOf(j)), parityOf(j));
               },
-              [&](Value j) { arrive(emptyKeys(stageOf(j))); },
-              [&](Value j) { arrive(emptyValues(stageOf(j))); },
+              [&](Value j) { releaseStage(emptyKeys(stageOf(j))); },
+              [&](Value j) { releaseStage(emptyValues(stageOf(j))); },
               [&](bool begin) {
                 if (!plan.pingPong)
                   return;
@@ -769,7 +768,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
             return;
           }
           fenceAsyncProxy();
-          ifThen(hasBlocks, [&] { arrive(emptyValues(lastStage)); });
+          ifThen(hasBlocks, [&] {
+            releaseStage(emptyValues(lastStage), /*afterGenericAccesses=*/true);
+          });
           ifThen(arith::XOrIOp::create(
                      b, loc, hasBlocks,
                      arith::ConstantOp::create(b, loc, b.getBoolAttr(true))),

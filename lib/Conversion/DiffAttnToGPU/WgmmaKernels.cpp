@@ -128,6 +128,17 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
               "with warp specialisation)";
   plan.pingPong = plan.warpSpecialized && options.pingPong;
   plan.edgeTurns = options.pingPongEdges;
+  if (options.releaseArrivals == "thread")
+    plan.releaseArrivals = 2 * kWarpgroupThreads;
+  else if (options.releaseArrivals == "warp")
+    plan.releaseArrivals = 2 * kWarpgroupThreads / 32;
+  else if (options.releaseArrivals == "warpgroup")
+    plan.releaseArrivals = 2;
+  else
+    return op->emitOpError()
+           << "release-arrivals = '" << options.releaseArrivals
+           << "' is not supported (expected thread, warp "
+              "or warpgroup)";
   // TMA addresses tiles by coordinates in one tensor per operand (packed
   // sequences: the packed [total_k, Hkv, D] tensors, from each sequence's
   // first key).

@@ -145,6 +145,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.warpSpecialize = src.warpSpecialize;
   dst.pingPong = src.pingPong;
   dst.pingPongEdges = src.pingPongEdges;
+  dst.releaseArrivals = src.releaseArrivals;
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
