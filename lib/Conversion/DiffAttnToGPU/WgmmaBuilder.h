@@ -89,7 +89,10 @@ struct WgmmaPlan : TileConfig {
   /// a stage's empty mbarriers (the release-arrivals option): 256 (every
   /// consumer thread), 8 (lane 0 of each consumer warp) or 2 (one thread
   /// per consumer warpgroup).
-  int64_t releaseArrivals = 2 * kWarpgroupThreads;
+  int64_t releaseArrivals = 2;
+  /// The last key block's P V skips the second half of its k16 steps
+  /// where no row of the tile sees those keys (the trim-last-pv option).
+  bool trimLastPV = false;
   /// Warp-specialised, two Q buffers: the epilogue's hand-off form
   /// (warpgroup 0 hands every column to warpgroup 1 through the tile's Q
   /// buffer and moves on; the epilogue option).

@@ -128,6 +128,7 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
               "with warp specialisation)";
   plan.pingPong = plan.warpSpecialized && options.pingPong;
   plan.edgeTurns = options.pingPongEdges;
+  plan.trimLastPV = options.trimLastPV;
   if (options.releaseArrivals == "thread")
     plan.releaseArrivals = 2 * kWarpgroupThreads;
   else if (options.releaseArrivals == "warp")

@@ -146,6 +146,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.pingPong = src.pingPong;
   dst.pingPongEdges = src.pingPongEdges;
   dst.releaseArrivals = src.releaseArrivals;
+  dst.trimLastPV = src.trimLastPV;
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
