@@ -1,10 +1,14 @@
 """A/B timing of kernels: the same prefill calls (gpu_cases.BENCH_PREFILL,
 bf16, the default GPU target) compiled by this tree's compiler with its
 defaults ("current"), by earlier builds of it, and with strategy options,
-timed in one process on the same inputs, each once per round in turn (each
-round starting one entry later), so that a kernel change is measured
+timed in one process on the same inputs, each once per round, in an order
+shuffled afresh each round (`--seed`), so that a kernel change is measured
 against the kernel before it on the same machine at the same time (between
-machines, or minutes apart, a few percent is noise).
+machines, or minutes apart, a few percent is noise). The order matters: an
+entry timed right after FlashAttention-3 inherits the clocks that FA3's
+power draw left (Hopper runs 51-52: the entry that always followed
+"fa3+epi" under the earlier rotation ran 2-4% slower in those rounds), so
+a fixed cyclic order biases whichever entry follows it.
 
 On a machine with the compilers (no GPU needed):
 
@@ -43,6 +47,7 @@ and the table goes to DIR/gpu_ab-backward.json.
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 
@@ -159,7 +164,7 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
         json.dump(dict(target=target, entries=record, **wanted), f, indent=1)
 
 
-def run(out_dir, repeats, backward):
+def run(out_dir, repeats, backward, seed=0):
     import torch
 
     import gpu_check
@@ -223,14 +228,18 @@ def run(out_dir, repeats, backward):
             anchors = [("fa3", None), ("fa3+epi", None)]
         times = {name: [] for name, _ in compilers + anchors}
         order = [name for name, _ in compilers + anchors]
+        rounds_order = []
         for r in range(repeats):
-            # Each round starts one entry later than the one before, so
-            # that a drift within rounds (clocks, warm-up) does not always
-            # fall on the same entry (backward run 37: the last entry's
-            # rounds fell from 3.81 to 3.40 ms, its kernels' 3.24 in run 36).
-            for name in order[r % len(order):] + order[:r % len(order)]:
+            # A fresh order each round: a drift within rounds (backward run
+            # 37) or the clocks an entry inherits from the one before it
+            # (Hopper runs 51-52) falls on every entry alike. A rotation of
+            # one fixed order kept the same neighbours in every round.
+            shuffled = list(order)
+            random.Random(f"{seed}/{len(rows)}/{r}").shuffle(shuffled)
+            rounds_order.append(shuffled)
+            for name in shuffled:
                 times[name].append(gpu_check.bench_fn(launches[name]))
-        row = dict(shape=[b, s, h2, hkv, d, causal])
+        row = dict(shape=[b, s, h2, hkv, d, causal], rounds_order=rounds_order)
         for name, _ in compilers + anchors:
             ms = statistics.median(times[name])
             row[name] = dict(ms=ms, tflops=flops / ms / 1e9, rounds_ms=times[name])
@@ -247,7 +256,7 @@ def run(out_dir, repeats, backward):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "gpu_ab-backward.json" if backward else "gpu_ab.json"),
               "w") as f:
-        json.dump(dict(target=target, entries=record["entries"],
+        json.dump(dict(target=target, seed=seed, entries=record["entries"],
                        shapes=[list(x) for x in calls(backward, record)],
                        **{"backward" if backward else "prefill": rows}), f, indent=1)
 
@@ -274,7 +283,9 @@ def main():
                          "causal unless given)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"),
                     help="where gpu_ab.json goes (timing)")
-    ap.add_argument("--repeats", type=int, default=5, help="timing rounds")
+    ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the rounds' entry orders (each round shuffles the entries)")
     args = ap.parse_args()
     if args.prepare:
         entries = {}
@@ -306,7 +317,7 @@ def main():
     else:
         if args.compiler or args.variant or args.shape:
             ap.error("--compiler, --variant and --shape go with --prepare")
-        run(args.out, args.repeats, args.backward)
+        run(args.out, args.repeats, args.backward, args.seed)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ a[2h+1], the output projection), run eagerly as a user runs it.
 
     python3 benchmarks/gpu_v2_layer.py [--out DIR] [--batch 4] [--seq 4096]
 
-Prints a table (forward time in ms, median of triton.testing.do_bench, and
+Prints a table (forward time in ms: the median over `--repeats` rounds, each
+path once per round in a shuffled order, of triton.testing.do_bench's median;
 each path's ratio to the op) and writes v2_layer.json under --out. Also
 checks that the three paths agree (relative L2 of the layer outputs).
 Needs a GPU; FA3 (the fa3-fwd wheel) is optional.
@@ -18,6 +19,8 @@ Needs a GPU; FA3 (the fa3-fwd wheel) is optional.
 import argparse
 import json
 import os
+import random
+import statistics
 import sys
 
 import torch
@@ -95,6 +98,9 @@ def main():
     ap.add_argument("--heads", type=int, default=16, help="pairs H (2H query heads)")
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="timing rounds (each path once per round, in a shuffled order)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev, dt = "cuda", torch.bfloat16
@@ -109,9 +115,18 @@ def main():
     with torch.no_grad():
         outs = {name: layer(x, cos, sin, core) for name, core in cores.items()}
         ref = outs.get("fa3", outs["cudnn"])
-        for name, core in cores.items():
-            ms = bench_fn(lambda: layer(x, cos, sin, core))
-            results["paths"][name] = {"ms": ms, "rel_l2_vs_" + ("fa3" if "fa3" in outs else "cudnn"):
+        # Rounds of every path in an order shuffled each round (gpu_ab.py:
+        # a path timed right after FA3 inherits its clocks); the median.
+        times = {name: [] for name in cores}
+        for r in range(args.repeats):
+            order = list(cores)
+            random.Random(f"{args.seed}/{r}").shuffle(order)
+            for name in order:
+                times[name].append(bench_fn(lambda: layer(x, cos, sin, cores[name])))
+        for name in cores:
+            results["paths"][name] = {"ms": statistics.median(times[name]),
+                                      "rounds_ms": times[name],
+                                      "rel_l2_vs_" + ("fa3" if "fa3" in outs else "cudnn"):
                                       rel_l2(outs[name], ref)}
     op_ms = results["paths"]["op"]["ms"]
     print(f"V2 attention layer, B={args.batch} S={args.seq} d_model={args.d_model} "

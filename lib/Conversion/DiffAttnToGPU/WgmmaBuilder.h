@@ -269,6 +269,17 @@ protected:
   /// the results.
   void issuePV(ArrayRef<Value> packedP, ArrayRef<Value> descriptors,
                SmallVectorImpl<Acc> &acc);
+  /// A tile's last P V (after the key loop), issued between `turn(true)`
+  /// and `turn(false)` and waited for: as issuePV, but with
+  /// plan.trimLastPV, where `keysSeen` (the keys past the block's first
+  /// that some row of the tile sees) is at most half the block, only the
+  /// first half of the k16 steps issue: the probabilities of the rest are
+  /// exactly 0 (a causal tile ending mid-block). Each of the two forms
+  /// waits for its own product, so no accumulator crosses a branch in
+  /// flight (ptxas would serialise the kernel's wgmma).
+  void issueLastPV(ArrayRef<Value> packedP, ArrayRef<Value> descriptors,
+                   Value keysSeen, SmallVectorImpl<Acc> &acc,
+                   function_ref<void(bool)> turn);
   /// Issues acc += A B (wgmma m64n{8 acc.size()}k16, one k16 step per
   /// descriptor): A from registers (four per step, as packProbabilities
   /// makes them), B MN-major from shared memory (imm-trans-b 1).

@@ -478,6 +478,48 @@ void WgmmaKernelBuilder::issuePV(ArrayRef<Value> packedP,
   issueRegisterProduct(packedP, descriptors, acc);
 }
 
+void WgmmaKernelBuilder::issueLastPV(ArrayRef<Value> packedP,
+                                     ArrayRef<Value> descriptors,
+                                     Value keysSeen, SmallVectorImpl<Acc> &acc,
+                                     function_ref<void(bool)> turn) {
+  // The product over the block's first `steps` k16 steps of keys, to its
+  // wait; returns the accumulators, flat.
+  auto product = [&](int64_t steps) {
+    SmallVector<Acc> tiles(acc.begin(), acc.end());
+    turn(true);
+    NVVM::WgmmaFenceAlignedOp::create(b, loc);
+    issuePV(packedP.take_front(4 * steps), descriptors.take_front(steps),
+            tiles);
+    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+    turn(false);
+    NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+    fenceTiles(tiles);
+    SmallVector<Value> flat;
+    for (const Acc &t : tiles)
+      flat.append(t.begin(), t.end());
+    return flat;
+  };
+  int64_t steps = descriptors.size();
+  SmallVector<Value> flat;
+  if (plan.trimLastPV && steps % 2 == 0) {
+    Value half = cmp(arith::CmpIPredicate::sle, keysSeen, idx(8 * steps));
+    auto ifOp = scf::IfOp::create(
+        b, loc, half,
+        [&](OpBuilder &, Location) {
+          scf::YieldOp::create(b, loc, product(steps / 2));
+        },
+        [&](OpBuilder &, Location) {
+          scf::YieldOp::create(b, loc, product(steps));
+        });
+    flat.append(ifOp.getResults().begin(), ifOp.getResults().end());
+  } else {
+    flat = product(steps);
+  }
+  for (size_t t = 0; t < acc.size(); ++t)
+    for (int64_t e = 0; e < 4; ++e)
+      acc[t][e] = flat[t * 4 + e];
+}
+
 void WgmmaKernelBuilder::issueRegisterProduct(ArrayRef<Value> packedP,
                                               ArrayRef<Value> descriptors,
                                               SmallVectorImpl<Acc> &acc) {

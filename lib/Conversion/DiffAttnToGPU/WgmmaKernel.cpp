@@ -337,49 +337,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       HeadState head = unpackState(carried);
       acquireValues(sub(numBlocks, idx(1)));
       SmallVector<Value> vDesc = pvDescriptors(stageOf(sub(numBlocks, idx(1))));
-      ValueRange lastP = carried.take_back(pRegs);
-      // The product over the block's first `steps` k16 steps of keys, to its
-      // wait (so that no accumulator crosses a branch in flight).
-      auto lastPV = [&](int64_t steps) {
-        SmallVector<Acc> acc(head.acc);
-        edgeTurn(true);
-        NVVM::WgmmaFenceAlignedOp::create(b, loc);
-        issuePV(SmallVector<Value>(lastP.take_front(4 * steps)),
-                ArrayRef<Value>(vDesc).take_front(steps), acc);
-        NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-        edgeTurn(false);
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-        fenceTiles(acc);
-        SmallVector<Value> flat;
-        for (const Acc &t : acc)
-          flat.append(t.begin(), t.end());
-        return flat;
-      };
-      int64_t steps = blockK / 16;
-      SmallVector<Value> flat;
-      if (plan.trimLastPV && steps % 2 == 0) {
-        // trim-last-pv: where no row of the tile sees the second half of
-        // the last block's keys (a causal tile ending mid-block), their
-        // probabilities are exactly 0 and half the k16 steps do.
-        Value half =
-            cmp(arith::CmpIPredicate::sle,
-                sub(tile.hi, keyOf(sub(numBlocks, idx(1)))), idx(blockK / 2));
-        flat = llvm::to_vector<4>(
-            ValueRange(scf::IfOp::create(
-                           b, loc, half,
-                           [&](OpBuilder &, Location) {
-                             scf::YieldOp::create(b, loc, lastPV(steps / 2));
-                           },
-                           [&](OpBuilder &, Location) {
-                             scf::YieldOp::create(b, loc, lastPV(steps));
-                           })
-                           .getResults()));
-      } else {
-        flat = lastPV(steps);
-      }
-      for (size_t t = 0; t < head.acc.size(); ++t)
-        for (int64_t e = 0; e < 4; ++e)
-          head.acc[t][e] = flat[t * 4 + e];
+      // trim-last-pv: the keys some row of the tile sees in the last block.
+      Value keysSeen = sub(tile.hi, keyOf(sub(numBlocks, idx(1))));
+      issueLastPV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, keysSeen,
+                  head.acc, edgeTurn);
       // The last block's V tile goes back too (after the epilogue with
       // keepLastStage): a persistent CTA's next tile loads into it.
       if (!keepLastStage)
