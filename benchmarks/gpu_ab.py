@@ -4,11 +4,12 @@ defaults ("current"), by earlier builds of it, and with strategy options,
 timed in one process on the same inputs, each once per round, in an order
 shuffled afresh each round (`--seed`), so that a kernel change is measured
 against the kernel before it on the same machine at the same time (between
-machines, or minutes apart, a few percent is noise). The order matters: an
-entry timed right after FlashAttention-3 inherits the clocks that FA3's
-power draw left (Hopper runs 51-52: the entry that always followed
-"fa3+epi" under the earlier rotation ran 2-4% slower in those rounds), so
-a fixed cyclic order biases whichever entry follows it.
+machines, or minutes apart, a few percent is noise). The order matters:
+under the earlier rotation of one fixed order (the same neighbours every
+round) the first entry, which came right after "fa3+epi" in every round
+but the first, ran 2-4% slower in the later rounds while the others held
+steady (Hopper runs 51-52); with shuffled orders (run 53) no entry shows a
+neighbour or drift effect beyond the rounds' 1-2% spread.
 
 On a machine with the compilers (no GPU needed):
 
@@ -231,9 +232,9 @@ def run(out_dir, repeats, backward, seed=0):
         rounds_order = []
         for r in range(repeats):
             # A fresh order each round: a drift within rounds (backward run
-            # 37) or the clocks an entry inherits from the one before it
-            # (Hopper runs 51-52) falls on every entry alike. A rotation of
-            # one fixed order kept the same neighbours in every round.
+            # 37), or what an entry inherits from the one before it (Hopper
+            # runs 51-52, after FA3), falls on every entry alike. A rotation
+            # of one fixed order kept the same neighbours in every round.
             shuffled = list(order)
             random.Random(f"{seed}/{len(rows)}/{r}").shuffle(shuffled)
             rounds_order.append(shuffled)

@@ -114,13 +114,16 @@ defvar DiffAttnGPUStrategyOptions = [
            "arrivals); warp: lane 0 of each of the 8 consumer warps (after "
            "the warp's own wgmma.wait_group); warpgroup: one thread of each "
            "consumer warpgroup, as CUTLASS's PipelineTmaAsync consumer "
-           "release (FlashAttention-3). H200, Hopper run 51: warpgroup "
-           "1.00-1.03x thread, warp 0.99-1.02x (docs/performance.md)">,
+           "release (FlashAttention-3). H200, Hopper runs 51-53: the "
+           "three measure level (run 53, shuffled rounds: thread "
+           "0.99-1.00x warpgroup); warpgroup, FA3's form, is the "
+           "default (docs/performance.md)">,
     Option<"trimLastPV", "trim-last-pv", "bool", /*default=*/"true",
            "wgmma strategy: a tile's last P V issues only the first half of "
            "its k16 steps where no row of the tile sees the keys of the "
            "block's second half (their probabilities are exactly 0): with "
-           "a causal mask and 64-row tiles, every other tile's last block">,
+           "a causal mask and 64-row tiles, every other tile's last block "
+           "(exact; level on H200, Hopper runs 52-53)">,
     Option<"tma", "tma", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised: one producer thread loads the "
            "K/V tiles with TMA (cp.async.bulk.tensor into the 128-byte "
