@@ -81,9 +81,10 @@ static cl::opt<std::string> target(
     "target",
     cl::desc("Target: cpu, or a GPU: sm_80, sm_90 (the portable tensor-core "
              "strategy, mma.sync; an sm_90 cubin runs on Hopper), sm_90a "
-             "(the Hopper strategy: wgmma + TMA, not implemented yet), "
-             "sm_100a (Blackwell: the portable strategy for now; the "
-             "tcgen05 strategy is separate, later work)"),
+             "(the Hopper strategy: wgmma, TMA, warp specialisation; "
+             "decode and paged caches use the portable kernels), sm_100a "
+             "(Blackwell: the portable strategy for now; the tcgen05 "
+             "strategy is separate, later work)"),
     cl::init("cpu"), cl::cat(category));
 static cl::opt<std::string>
     lowering("lowering",
@@ -103,10 +104,12 @@ static cl::opt<std::string> gpuOptions(
     "gpu-options",
     cl::desc("GPU: options of the GPU strategy, as diffattn-gpu-pipeline "
              "takes them (space-separated key=value: block-k, stages, warps, "
-             "rescale-threshold, exp2-emulation, smem-layout, l2-prefetch, "
-             "programmatic-launch, split-keys, split-target-ctas, strategy; "
-             "`diffattn-opt --help` lists them with their measured "
-             "defaults), e.g. --gpu-options=\"warps=8 stages=3\""),
+             "rescale-threshold, strategy, ...; sm_90a adds "
+             "warp-specialize, ping-pong, tma, persistent, tile-scheduler, "
+             "epilogue, release-arrivals, trim-last-pv, ...; "
+             "`diffattn-opt --help` lists them all with their measured "
+             "defaults, docs/DiffAttnConversionPasses.md documents them), "
+             "e.g. --gpu-options=\"warps=8 stages=3\""),
     cl::value_desc("options"), cl::init(""), cl::cat(category));
 static cl::opt<bool> noFuse("no-fuse",
                             cl::desc("Compile only the diffattn ops already in "
@@ -307,10 +310,22 @@ int main(int argc, char **argv) {
   registerDefaultTimingManagerCLOptions();
   cl::SetVersionPrinter(
       [](llvm::raw_ostream &os) { os << DIFFATTN_COMPILER_ID << "\n"; });
-  cl::HideUnrelatedOptions({&category, &cl::getGeneralCategory()});
+  // --help lists the tool's own options; MLIR's (--mlir-timing,
+  // --mlir-print-ir-after-all, ...) and LLVM's still apply and
+  // --help-hidden lists them (several hundred, most for other targets).
+  for (auto &entry : cl::getRegisteredOptions()) {
+    cl::Option *option = entry.second;
+    bool shown = llvm::any_of(option->Categories, [](cl::OptionCategory *c) {
+      return c == &category || c->getName() == "Generic Options";
+    });
+    if (!shown && option->getOptionHiddenFlag() == cl::NotHidden)
+      option->setHiddenFlag(cl::Hidden);
+  }
   cl::ParseCommandLineOptions(
       argc, argv,
-      "diffattn-compile: differential-attention ops to kernels + manifest\n");
+      "diffattn-compile: differential-attention ops to kernels + manifest\n\n"
+      "  MLIR's and LLVM's options (--mlir-timing, --mlir-print-ir-after-all, "
+      "...)\n  also apply; --help-hidden lists them.\n");
 
   FailureOr<const GPUChipInfo *> chip = resolveTarget();
   if (failed(chip))
