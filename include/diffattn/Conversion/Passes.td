@@ -123,7 +123,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "its k16 steps where no row of the tile sees the keys of the "
            "block's second half (their probabilities are exactly 0): with "
            "a causal mask and 64-row tiles, every other tile's last block "
-           "(exact; level on H200, Hopper runs 52-53)">,
+           "at 128-key blocks, one tile in three at 192 (exact; level on "
+           "H200, Hopper runs 52-53)">,
     Option<"tma", "tma", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised: one producer thread loads the "
            "K/V tiles with TMA (cp.async.bulk.tensor into the 128-byte "

@@ -185,12 +185,15 @@ protected:
   void expectBytes(Value bar, int64_t bytes);
   /// The consumers' release of a K/V stage: this thread's part of the
   /// plan.releaseArrivals arrivals on empty mbarrier `bar` (every thread,
-  /// lane 0 of the warp, or one thread of the warpgroup). The arrival
-  /// releases only the arriving thread's accesses: after the wgmma.wait_group
-  /// of the product that read the tile that is all there is (the tensor
-  /// cores read it), but `afterGenericAccesses` (the epilogue's exchange
-  /// through the tile) first synchronises the warp, or the consumers, so
-  /// that every thread's accesses and proxy fence come before the arrival.
+  /// lane 0 of the warp, or one thread of the warpgroup). After the
+  /// wgmma.wait_group of the product that read the tile, the reads were the
+  /// tensor cores': a warp's wait covers its own part of the product, and
+  /// one thread per warpgroup relies on the product completing for the
+  /// whole warpgroup at once, as CUTLASS's PipelineTmaAsync consumer
+  /// release does. An arrival releases only the arriving thread's own
+  /// accesses, so `afterGenericAccesses` (the epilogue's exchange through
+  /// the tile) first synchronises the warp, or the consumers, so that every
+  /// thread's accesses and proxy fence come before the arrival.
   void releaseStage(Value bar, bool afterGenericAccesses = false);
   /// One TMA load (cp.async.bulk.tensor, tile mode) through tensor map
   /// `map` into shared memory at `shared` (a shared::cta pointer),
