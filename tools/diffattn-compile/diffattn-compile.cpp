@@ -313,10 +313,13 @@ int main(int argc, char **argv) {
   // --help lists the tool's own options; MLIR's (--mlir-timing,
   // --mlir-print-ir-after-all, ...) and LLVM's still apply and
   // --help-hidden lists them (several hundred, most for other targets).
-  for (auto &entry : cl::getRegisteredOptions()) {
+  // Shown: the tool's category and --help's own (LLVM's generic options).
+  auto &options = cl::getRegisteredOptions();
+  cl::OptionCategory *generic = options.lookup("help")->Categories.front();
+  for (auto &entry : options) {
     cl::Option *option = entry.second;
-    bool shown = llvm::any_of(option->Categories, [](cl::OptionCategory *c) {
-      return c == &category || c->getName() == "Generic Options";
+    bool shown = llvm::any_of(option->Categories, [&](cl::OptionCategory *c) {
+      return c == &category || c == generic;
     });
     if (!shown && option->getOptionHiddenFlag() == cl::NotHidden)
       option->setHiddenFlag(cl::Hidden);

@@ -35,6 +35,7 @@
 #include "diffattn/Conversion/DiffAttnToGPU/TileConfig.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "llvm/Support/ErrorHandling.h"
 
 namespace mlir::diffattn::wgmma {
 
@@ -63,6 +64,11 @@ constexpr int32_t kProducerBarrier = 4;
 /// them.
 enum class HandoffStep { AwaitRegion, HandOver, AwaitColumns };
 
+/// Which consumer threads arrive on a K/V stage's empty mbarrier once the
+/// product that read the tile has landed (the release-arrivals option):
+/// every one, lane 0 of each warp, or one thread of each warpgroup.
+enum class ReleaseArrivals { Thread, Warp, Warpgroup };
+
 /// The wgmma strategy's tile configuration.
 struct WgmmaPlan : TileConfig {
   /// Bytes of the Q tiles (both heads, of every Q buffer), of all K stages
@@ -85,11 +91,23 @@ struct WgmmaPlan : TileConfig {
   /// Ping-pong: a tile's first S and last P V take turns too (the
   /// ping-pong-edges option; else only the key loop's steps do).
   bool edgeTurns = false;
-  /// Warp-specialised: consumer threads whose arrivals complete a phase of
-  /// a stage's empty mbarriers (the release-arrivals option): 256 (every
-  /// consumer thread), 8 (lane 0 of each consumer warp) or 2 (one thread
-  /// per consumer warpgroup).
-  int64_t releaseArrivals = 2;
+  /// Warp-specialised: which consumer threads arrive on a stage's empty
+  /// mbarriers (the release-arrivals option).
+  ReleaseArrivals releaseArrivals = ReleaseArrivals::Warpgroup;
+  /// The arrivals that complete a phase of a stage's empty mbarriers: 256
+  /// (every consumer thread), 8 (lane 0 of each consumer warp) or 2 (one
+  /// thread per consumer warpgroup).
+  int64_t releaseArrivalCount() const {
+    switch (releaseArrivals) {
+    case ReleaseArrivals::Thread:
+      return 2 * kWarpgroupThreads;
+    case ReleaseArrivals::Warp:
+      return 2 * kWarpgroupThreads / 32;
+    case ReleaseArrivals::Warpgroup:
+      return 2;
+    }
+    llvm_unreachable("unknown release-arrivals form");
+  }
   /// The last key block's P V skips the second half of its k16 steps
   /// where no row of the tile sees those keys (the trim-last-pv option).
   bool trimLastPV = false;
@@ -184,7 +202,7 @@ protected:
   /// scope).
   void expectBytes(Value bar, int64_t bytes);
   /// The consumers' release of a K/V stage: this thread's part of the
-  /// plan.releaseArrivals arrivals on empty mbarrier `bar` (every thread,
+  /// plan.releaseArrivalCount() arrivals on empty mbarrier `bar` (every thread,
   /// lane 0 of the warp, or one thread of the warpgroup). After the
   /// wgmma.wait_group of the product that read the tile, the reads were the
   /// tensor cores': a warp's wait covers its own part of the product, and

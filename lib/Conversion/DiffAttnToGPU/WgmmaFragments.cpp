@@ -82,9 +82,9 @@ void WgmmaKernelBuilder::releaseStage(Value bar, bool afterGenericAccesses) {
   auto arrive = [&] {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
   };
-  if (plan.releaseArrivals == 2 * kWarpgroupThreads)
+  if (plan.releaseArrivals == ReleaseArrivals::Thread)
     return arrive();
-  bool perWarp = plan.releaseArrivals == 2 * kWarpgroupThreads / 32;
+  bool perWarp = plan.releaseArrivals == ReleaseArrivals::Warp;
   if (afterGenericAccesses) {
     if (perWarp)
       NVVM::SyncWarpOp::create(b, loc, i32(-1));
@@ -493,11 +493,10 @@ void WgmmaKernelBuilder::issueLastPV(ArrayRef<Value> packedP,
     NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
     turn(false);
     NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-    fenceTiles(tiles);
     SmallVector<Value> flat;
     for (const Acc &t : tiles)
       flat.append(t.begin(), t.end());
-    return flat;
+    return fenceOperands(flat);
   };
   int64_t steps = descriptors.size();
   SmallVector<Value> flat;

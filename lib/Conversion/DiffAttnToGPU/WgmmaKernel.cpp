@@ -421,9 +421,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     for (int64_t s = 0; s < stages; ++s) {
       NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
       NVVM::MBarrierInitOp::create(b, loc, emptyValues(idx(s)),
-                                   i32(plan.releaseArrivals), Value());
+                                   i32(plan.releaseArrivalCount()), Value());
       NVVM::MBarrierInitOp::create(b, loc, emptyKeys(idx(s)),
-                                   i32(plan.releaseArrivals), Value());
+                                   i32(plan.releaseArrivalCount()), Value());
       NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
                                    Value());
     }

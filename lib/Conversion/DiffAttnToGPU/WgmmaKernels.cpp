@@ -130,11 +130,11 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.edgeTurns = options.pingPongEdges;
   plan.trimLastPV = options.trimLastPV;
   if (options.releaseArrivals == "thread")
-    plan.releaseArrivals = 2 * kWarpgroupThreads;
+    plan.releaseArrivals = ReleaseArrivals::Thread;
   else if (options.releaseArrivals == "warp")
-    plan.releaseArrivals = 2 * kWarpgroupThreads / 32;
+    plan.releaseArrivals = ReleaseArrivals::Warp;
   else if (options.releaseArrivals == "warpgroup")
-    plan.releaseArrivals = 2;
+    plan.releaseArrivals = ReleaseArrivals::Warpgroup;
   else
     return op->emitOpError()
            << "release-arrivals = '" << options.releaseArrivals
