@@ -48,7 +48,6 @@ and the table goes to DIR/gpu_ab-backward.json.
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 
@@ -229,15 +228,11 @@ def run(out_dir, repeats, backward, seed=0):
             anchors = [("fa3", None), ("fa3+epi", None)]
         times = {name: [] for name, _ in compilers + anchors}
         order = [name for name, _ in compilers + anchors]
-        rounds_order = []
-        for r in range(repeats):
-            # A fresh order each round: a drift within rounds (backward run
-            # 37), or what an entry inherits from the one before it (Hopper
-            # runs 51-52, after FA3), falls on every entry alike. A rotation
-            # of one fixed order kept the same neighbours in every round.
-            shuffled = list(order)
-            random.Random(f"{seed}/{len(rows)}/{r}").shuffle(shuffled)
-            rounds_order.append(shuffled)
+        # A fresh order each round: a drift within rounds (backward run 37),
+        # or what an entry inherits from the one before it (Hopper runs
+        # 51-52, after FA3), falls on every entry alike.
+        rounds_order = gpu_check.round_orders(order, repeats, f"{seed}/{len(rows)}")
+        for shuffled in rounds_order:
             for name in shuffled:
                 times[name].append(gpu_check.bench_fn(launches[name]))
         row = dict(shape=[b, s, h2, hkv, d, causal], rounds_order=rounds_order)

@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 
@@ -182,6 +183,20 @@ def check(results, seed):
           f"calling the op: rel L2 {err:.2e} vs eager", flush=True)
     results["correctness"] = rows
     return all(r["ok"] for r in rows)
+
+
+def round_orders(names, repeats, seed):
+    """`repeats` orders of `names`, each shuffled afresh (random.Random seeded
+    with f"{seed}/{round}"): timing rounds in these orders give every entry
+    every neighbour, where a rotation of one order kept the same ones (Hopper
+    runs 51-52: the entry always timed after FA3 + epilogue ran 2-4% slower
+    in most rounds)."""
+    orders = []
+    for r in range(repeats):
+        order = list(names)
+        random.Random(f"{seed}/{r}").shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def bench_fn(fn):

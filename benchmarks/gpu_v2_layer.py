@@ -19,7 +19,6 @@ Needs a GPU; FA3 (the fa3-fwd wheel) is optional.
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 
@@ -30,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
 sys.path.insert(0, HERE)
 from fixture_modules import rope_interleaved, rope_tables  # noqa: E402
-from gpu_check import bench_fn, rel_l2  # noqa: E402
+from gpu_check import bench_fn, rel_l2, round_orders  # noqa: E402
 
 from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2)
 
@@ -118,9 +117,7 @@ def main():
         # Rounds of every path in an order shuffled each round (gpu_ab.py:
         # a path timed right after FA3 inherits its clocks); the median.
         times = {name: [] for name in cores}
-        for r in range(args.repeats):
-            order = list(cores)
-            random.Random(f"{args.seed}/{r}").shuffle(order)
+        for order in round_orders(cores, args.repeats, args.seed):
             for name in order:
                 times[name].append(bench_fn(lambda: layer(x, cos, sin, cores[name])))
         for name in cores:
