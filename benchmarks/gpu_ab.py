@@ -42,7 +42,11 @@ timed in the same rounds on the prefill shapes. With `--backward` (both steps) t
 backward's (gpu_cases.BACKWARD_BENCH, diffattn.v2_backward's kernels alone
 on the training forward's out, lse and out_odd, as autograd calls them; the
 outputs compared are dq, dk, dv, dlam)
-and the table goes to DIR/gpu_ab-backward.json.
+and the table goes to DIR/gpu_ab-backward.json. `--clocks SECONDS` then
+runs each entry of each shape back to back for SECONDS and records the SM
+clock, board power and power-cap share NVML reported meanwhile
+(gpu_clocks.py): two kernels timed at the board's clocks may not run at
+the same clock.
 """
 
 import argparse
@@ -164,7 +168,7 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
         json.dump(dict(target=target, entries=record, **wanted), f, indent=1)
 
 
-def run(out_dir, repeats, backward, seed=0):
+def run(out_dir, repeats, backward, seed=0, clocks=0.0):
     import torch
 
     import gpu_check
@@ -241,6 +245,22 @@ def run(out_dir, repeats, backward, seed=0):
             row[name] = dict(ms=ms, tflops=flops / ms / 1e9, rounds_ms=times[name])
             if name in outs:
                 row[name]["rel_l2_vs_current"] = gpu_check.rel_l2(outs[name], outs["current"])
+        if clocks > 0:
+            import gpu_clocks
+
+            # Each entry alone for `clocks` seconds, in this shape's first
+            # round's order: the SM clock and power it runs at.
+            for name in rounds_order[0]:
+                row[name]["clocks"] = gpu_clocks.sustained(
+                    launches[name], clocks, torch.cuda.synchronize,
+                    getattr(torch.cuda.get_device_properties(q.device), "uuid", None))
+                c = row[name]["clocks"]
+                if not c["samples"]:
+                    continue
+                print(f"  {name}: SM {c['sm_mhz']:.0f} MHz (min {c['sm_mhz_min']}), "
+                      f"{c['power_w']:.0f} W, power-capped {100 * c['power_capped']:.0f}% "
+                      f"of {c['samples']} samples, thermal {100 * c['thermal']:.0f}%, "
+                      f"{1e3 / c['calls_per_s']:.3f} ms per call", flush=True)
         rows.append(row)
         cur = row["current"]["ms"]
         text = ", ".join(f"{name} {row[name]['tflops']:.0f} ({cur / row[name]['ms']:.3f}x of "
@@ -282,6 +302,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the rounds' entry orders (each round shuffles the entries)")
+    ap.add_argument("--clocks", type=float, default=0.0, metavar="SECONDS",
+                    help="after each shape's rounds, run each entry back to back for SECONDS "
+                         "and record the SM clock, board power and power-cap share NVML "
+                         "reports meanwhile (gpu_clocks.py; needs nvidia-ml-py)")
     args = ap.parse_args()
     if args.prepare:
         entries = {}
@@ -313,7 +337,7 @@ def main():
     else:
         if args.compiler or args.variant or args.shape:
             ap.error("--compiler, --variant and --shape go with --prepare")
-        run(args.out, args.repeats, args.backward, args.seed)
+        run(args.out, args.repeats, args.backward, args.seed, args.clocks)
 
 
 if __name__ == "__main__":
