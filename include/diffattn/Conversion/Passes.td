@@ -163,6 +163,16 @@ defvar DiffAttnGPUStrategyOptions = [
            "it loads it once the consumers' last S of the tile has landed; "
            "0: 2 where shared memory holds them, else 1. A kernel of one "
            "tile per CTA has 1">,
+    Option<"qFirst", "q-first", "std::string", /*default=*/"\"auto\"",
+           "wgmma strategy, warp-specialised, two Q buffers: true: the "
+           "producer loads a tile's Q before its first K/V block, so Q "
+           "(whose buffer the consumers released a tile earlier) does not "
+           "wait behind block 0's stages, which free only as the consumers "
+           "finish the previous tile; false: block 0, then Q "
+           "(FlashAttention-3's order, as with one Q buffer); auto: true "
+           "at head dim 64, false otherwise (H200, docs/performance.md, "
+           "Hopper run 59: 1.007-1.010x at 4 x 4096 D64 causal, 0.991-"
+           "0.992x at 8 x 2048 D128, level on the other D128 shapes)">,
     Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
            "wgmma strategy, warp-specialised: how the pair's two heads "
            "(the two consumer warpgroups) meet in the differential "

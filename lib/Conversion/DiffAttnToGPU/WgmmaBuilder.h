@@ -111,6 +111,9 @@ struct WgmmaPlan : TileConfig {
   /// The last key block's P V skips the second half of its k16 steps
   /// where no row of the tile sees those keys (the trim-last-pv option).
   bool trimLastPV = false;
+  /// With two Q buffers, the producer loads a tile's Q before its block 0
+  /// (the q-first option).
+  bool qFirst = false;
   /// Warp-specialised, two Q buffers: the epilogue's hand-off form
   /// (warpgroup 0 hands every column to warpgroup 1 through the tile's Q
   /// buffer and moves on; the epilogue option).

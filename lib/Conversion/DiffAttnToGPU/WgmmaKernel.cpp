@@ -609,19 +609,28 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         };
         Value tiles =
             walkTiles(walk, /*producer=*/true, nullptr, [&](Value tileIter) {
-              // Block 0 first: it lands while the consumers finish the previous
-              // tile. Q once they released its buffer (the tile qBuffers
-              // before: its last S, or its epilogue's exchange), then the
-              // other blocks.
-              ifThen(arith::AndIOp::create(
-                         b, loc, loader,
-                         cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
-                     [&] { issueBlock(idx(0)); });
+              // Block 0 lands while the consumers finish the previous tile;
+              // Q once they released its buffer (the tile qBuffers before:
+              // its last S, or its epilogue). With one buffer, block 0
+              // first (Q waits for this CTA's current tile); with two and
+              // q-first, Q first, whose buffer was released a tile ago,
+              // while block 0 would wait for its stages. Then the other
+              // blocks.
+              auto issueFirstBlock = [&] {
+                ifThen(arith::AndIOp::create(
+                           b, loc, loader,
+                           cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0))),
+                       [&] { issueBlock(idx(0)); });
+              };
+              if (!plan.qFirst)
+                issueFirstBlock();
               waitForQBuffer(tileIter);
               // The dynamic scheduler's tile, for the consumers (walkTiles).
               if (plan.dynamicTiles)
                 announceTile(tileIndex);
               loadQ(loader);
+              if (plan.qFirst)
+                issueFirstBlock();
               // The Q of the tile that starts about one tile from now: this
               // CTA's next with the static stride (with the dynamic
               // scheduler, whose next tile is not known yet, about the

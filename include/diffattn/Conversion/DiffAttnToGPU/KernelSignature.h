@@ -147,6 +147,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.pingPongEdges = src.pingPongEdges;
   dst.releaseArrivals = src.releaseArrivals;
   dst.trimLastPV = src.trimLastPV;
+  dst.qFirst = src.qFirst;
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
