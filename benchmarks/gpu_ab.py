@@ -173,6 +173,10 @@ def run(out_dir, repeats, backward, seed=0, clocks=0.0):
 
     import gpu_check
 
+    if clocks > 0:
+        import pynvml  # noqa: F401 -- fail before any timing without nvidia-ml-py
+
+        import gpu_clocks
     cache = _compiler.cache_dir()
     with open(record_path(cache, backward)) as f:
         record = json.load(f)
@@ -246,8 +250,6 @@ def run(out_dir, repeats, backward, seed=0, clocks=0.0):
             if name in outs:
                 row[name]["rel_l2_vs_current"] = gpu_check.rel_l2(outs[name], outs["current"])
         if clocks > 0:
-            import gpu_clocks
-
             # Each entry alone for `clocks` seconds, in this shape's first
             # round's order: the SM clock and power it runs at.
             for name in rounds_order[0]:
@@ -256,6 +258,7 @@ def run(out_dir, repeats, backward, seed=0, clocks=0.0):
                     getattr(torch.cuda.get_device_properties(q.device), "uuid", None))
                 c = row[name]["clocks"]
                 if not c["samples"]:
+                    print(f"  {name}: no NVML sample in {clocks} s", flush=True)
                     continue
                 print(f"  {name}: SM {c['sm_mhz']:.0f} MHz (min {c['sm_mhz_min']}), "
                       f"{c['power_w']:.0f} W, power-capped {100 * c['power_capped']:.0f}% "

@@ -42,39 +42,47 @@ def _handle(pynvml, uuid):
     return pynvml.nvmlDeviceGetHandleByIndex(0)
 
 
-def sustained(launch, seconds, synchronize, uuid=None, warmup=0.5, interval=0.01):
+def sustained(launch, seconds, synchronize, uuid=None, warmup=1.2, interval=0.01):
     """Runs `launch` (a callable that enqueues one kernel call on the current
     CUDA stream; `synchronize` waits for the stream, e.g.
     torch.cuda.synchronize; `uuid` names the GPU, see _handle) back to
     back for `warmup` + `seconds` seconds and samples,
     every `interval` seconds of the last `seconds`, the SM clock (MHz,
     nvmlDeviceGetClockInfo), the board power (W, nvmlDeviceGetPowerUsage,
-    which NVML averages over its own window) and the clock-event reasons.
+    which NVML averages over the last second on Hopper: the default
+    `warmup` outlasts that window, so the first samples do not average in
+    what ran before) and the clock-event reasons.
 
     Returns a dict: sm_mhz and power_w (means of the samples), sm_mhz_min,
     samples, power_capped and thermal (the share of samples whose reasons
     include the power cap, respectively a thermal or hardware slowdown),
     calls_per_s (launches completed per second over the sampled part).
-    Raises ImportError where pynvml is not installed."""
+    Raises ImportError where pynvml is not installed, pynvml.NVMLError
+    where NVML cannot be initialised or sampled, and whatever `launch` or
+    `synchronize` raise."""
     import pynvml
 
     pynvml.nvmlInit()
     try:
         handle = _handle(pynvml, uuid)
-        samples = []
+        samples, failure = [], []
         stop = threading.Event()
         sampling = threading.Event()
 
         def sample():
-            while not stop.is_set():
-                if sampling.is_set():
-                    try:
-                        reasons = pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
-                    except (AttributeError, pynvml.NVMLError):
-                        reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
-                    samples.append((pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
-                                    pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0, reasons))
-                time.sleep(interval)
+            try:
+                while not stop.is_set():
+                    if sampling.is_set():
+                        try:
+                            reasons = pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
+                        except (AttributeError, pynvml.NVMLError):
+                            reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+                        samples.append(
+                            (pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                             pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0, reasons))
+                    time.sleep(interval)
+            except Exception as e:  # re-raised by the caller after join()
+                failure.append(e)
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
@@ -96,7 +104,10 @@ def sustained(launch, seconds, synchronize, uuid=None, warmup=0.5, interval=0.01
         finally:
             stop.set()
             thread.join()
-        elapsed = time.perf_counter() - t0
+        if failure:
+            raise failure[0]
+        # Up to the last counted call, not the sampler's join.
+        elapsed = now - t0
     finally:
         pynvml.nvmlShutdown()
     if not samples:
