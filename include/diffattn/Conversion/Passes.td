@@ -170,9 +170,11 @@ defvar DiffAttnGPUStrategyOptions = [
            "wait behind block 0's stages, which free only as the consumers "
            "finish the previous tile; false: block 0, then Q "
            "(FlashAttention-3's order, as with one Q buffer); auto: true "
-           "at head dim 64, false otherwise (H200, docs/performance.md, "
-           "Hopper run 59: 1.007-1.010x at 4 x 4096 D64 causal, 0.991-"
-           "0.992x at 8 x 2048 D128, level on the other D128 shapes)">,
+           "with a causal mask, false otherwise (H200, docs/performance.md, "
+           "Hopper runs 59-60, four timings per shape: 1.001-1.007x at "
+           "4 x 4096 causal, 1.001-1.033x at 16K causal, 1.005-1.012x at "
+           "D = 64 causal, 0.991-1.000x at 8 x 2048 causal, 0.996-0.997x "
+           "unmasked). With one Q buffer Q always follows block 0">,
     Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
            "wgmma strategy, warp-specialised: how the pair's two heads "
            "(the two consumer warpgroups) meet in the differential "

@@ -247,15 +247,18 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
            << "epilogue = handoff needs two Q buffers (warp-specialised "
               "persistent CTAs with q-buffers = 2, or 0 where two fit)";
   plan.handoffEpilogue = plan.handoffEpilogue && plan.qBuffers == 2;
-  // q-first: measured on an H200 (docs/performance.md, Hopper run 59).
+  // q-first: measured on an H200 (docs/performance.md, Hopper runs 59-60):
+  // ahead on SPEC.md's causal shapes but 8 x 2048 (0.991-1.000x), behind
+  // unmasked (0.996-0.997x); windows without causality are unmeasured and
+  // keep FlashAttention-3's order.
   if (options.qFirst != "auto" && options.qFirst != "true" &&
       options.qFirst != "false")
     return op->emitOpError() << "q-first = '" << options.qFirst
                              << "' is not supported (expected auto, true or "
                                 "false)";
-  plan.qFirst = plan.qBuffers == 2 &&
-                (options.qFirst == "auto" ? plan.headDim == 64
-                                          : options.qFirst == "true");
+  plan.qFirst =
+      plan.qBuffers == 2 &&
+      (options.qFirst == "auto" ? plan.attn.causal : options.qFirst == "true");
   // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
   // 256 bytes) reuses the last block's V tile, or the tile's Q buffer (both
   // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which is
