@@ -252,10 +252,10 @@ def run(out_dir, repeats, backward, seed=0, clocks=0.0):
         if clocks > 0:
             # Each entry alone for `clocks` seconds, in this shape's first
             # round's order: the SM clock and power it runs at.
+            uuid = getattr(torch.cuda.get_device_properties(q.device), "uuid", None)
             for name in rounds_order[0]:
                 row[name]["clocks"] = gpu_clocks.sustained(
-                    launches[name], clocks, torch.cuda.synchronize,
-                    getattr(torch.cuda.get_device_properties(q.device), "uuid", None))
+                    launches[name], clocks, torch.cuda.synchronize, uuid)
                 c = row[name]["clocks"]
                 if not c["samples"]:
                     print(f"  {name}: no NVML sample in {clocks} s", flush=True)

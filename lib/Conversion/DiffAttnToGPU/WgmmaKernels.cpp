@@ -65,6 +65,20 @@ static void buildTileCounterReset(OpBuilder &b, Location loc, StringRef name,
   gpu::ReturnOp::create(b, loc);
 }
 
+/// An auto/true/false strategy option `name` (e.g. "persistent") whose
+/// value is `value`: `autoValue` for auto, else the value; a diagnostic on
+/// `op` for anything else.
+static FailureOr<bool> resolveAutoOption(Operation *op, StringRef name,
+                                         StringRef value, bool autoValue) {
+  if (value == "auto")
+    return autoValue;
+  if (value == "true" || value == "false")
+    return value == "true";
+  return op->emitOpError() << name << " = '" << value
+                           << "' is not supported (expected auto, true or "
+                              "false)";
+}
+
 /// Checks that the strategy supports `op` on `chip` and fills the plan.
 static FailureOr<WgmmaPlan>
 makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
@@ -94,15 +108,11 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // the ping-pong schedule the warp-specialised form is as fast as the
   // uniform one or faster on every SPEC.md prefill shape (482 against 436
   // TFLOP/s at 4 x 4096 unmasked, 312 against 273 at D = 64).
-  if (options.warpSpecialize == "auto")
-    plan.warpSpecialized = true;
-  else if (options.warpSpecialize == "true" ||
-           options.warpSpecialize == "false")
-    plan.warpSpecialized = options.warpSpecialize == "true";
-  else
-    return op->emitOpError()
-           << "warp-specialize = '" << options.warpSpecialize
-           << "' is not supported (expected auto, true or false)";
+  FailureOr<bool> warpSpecialized = resolveAutoOption(
+      op, "warp-specialize", options.warpSpecialize, /*autoValue=*/true);
+  if (failed(warpSpecialized))
+    return failure();
+  plan.warpSpecialized = *warpSpecialized;
   int64_t ctaWarps = plan.warpSpecialized ? 12 : 8;
   plan.warps = options.warps ? options.warps : ctaWarps;
   if (plan.warps != ctaWarps)
@@ -189,20 +199,16 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // auto: persistent for batched sequences with warp specialisation (the
   // dynamic scheduler's counter is in the launch's workspace, which packed
   // sequences' launch does not have).
-  bool persistent;
-  if (options.persistent == "auto")
-    persistent = plan.warpSpecialized && !plan.attn.varlen;
-  else if (options.persistent == "true" || options.persistent == "false")
-    persistent = options.persistent == "true";
-  else
-    return op->emitOpError()
-           << "persistent = '" << options.persistent
-           << "' is not supported (expected auto, true or false)";
-  if (persistent && !plan.warpSpecialized)
+  FailureOr<bool> persistent =
+      resolveAutoOption(op, "persistent", options.persistent,
+                        plan.warpSpecialized && !plan.attn.varlen);
+  if (failed(persistent))
+    return failure();
+  if (*persistent && !plan.warpSpecialized)
     return op->emitOpError()
            << "persistent = true needs warp specialisation (the uniform "
               "form launches one CTA per tile)";
-  plan.persistentCtas = persistent ? chip.multiprocessors : 0;
+  plan.persistentCtas = *persistent ? chip.multiprocessors : 0;
   if (options.tileScheduler != "dynamic" && options.tileScheduler != "static")
     return op->emitOpError() << "tile-scheduler = '" << options.tileScheduler
                              << "' is not supported (expected dynamic or "
@@ -251,14 +257,11 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // ahead on SPEC.md's causal shapes but 8 x 2048 (0.991-1.000x), behind
   // unmasked (0.996-0.997x); windows without causality are unmeasured and
   // keep FlashAttention-3's order.
-  if (options.qFirst != "auto" && options.qFirst != "true" &&
-      options.qFirst != "false")
-    return op->emitOpError() << "q-first = '" << options.qFirst
-                             << "' is not supported (expected auto, true or "
-                                "false)";
-  plan.qFirst =
-      plan.qBuffers == 2 &&
-      (options.qFirst == "auto" ? plan.attn.causal : options.qFirst == "true");
+  FailureOr<bool> qFirst =
+      resolveAutoOption(op, "q-first", options.qFirst, plan.attn.causal);
+  if (failed(qFirst))
+    return failure();
+  plan.qFirst = plan.qBuffers == 2 && *qFirst;
   // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
   // 256 bytes) reuses the last block's V tile, or the tile's Q buffer (both
   // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which is
