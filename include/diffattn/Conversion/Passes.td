@@ -175,6 +175,19 @@ defvar DiffAttnGPUStrategyOptions = [
            "4 x 4096 causal, 1.001-1.033x at 16K causal, 1.005-1.012x at "
            "D = 64 causal, 0.991-1.000x at 8 x 2048 causal, 0.996-0.997x "
            "unmasked). With one Q buffer Q always follows block 0">,
+    Option<"clusterSize", "cluster-size", "int64_t", /*default=*/"0",
+           "wgmma strategy, TMA loads, batched sequences: CTAs per thread "
+           "block cluster. 2: the two CTAs of a cluster take the same row "
+           "block of the two halves of a KV group's rows (pairs 0 .. P/2 - 1 "
+           "and P/2 .. P - 1, the same query rows, so the same key blocks "
+           "under any mask), and each producer loads half of every K/V "
+           "tile's keys with TMA multicast into both CTAs (.multicast::"
+           "cluster), the consumers releasing each stage in both CTAs "
+           "(remote mbarrier arrivals): half the K/V traffic out of L2. "
+           "Needs an even number of pairs per KV group and, for persistent "
+           "CTAs, tile-scheduler = static; the launch's grid is even and the "
+           "kernel carries .reqnctapercluster 2, 1, 1. 1: no cluster. 0: "
+           "the default, 1 (docs/performance.md, Hopper run 62)">,
     Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
            "wgmma strategy, warp-specialised: how the pair's two heads "
            "(the two consumer warpgroups) meet in the differential "

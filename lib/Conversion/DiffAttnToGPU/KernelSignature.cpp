@@ -158,6 +158,15 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
     SmallVector<Attribute> grid = {
         rowBlocks, b.getI64IntegerAttr(config.kvHeads), ceilDiv("B", 1, 1)};
     if (tiles.enabled) {
+      // Clusters: each CTA of a cluster takes the same row block of its
+      // part of the group's rows.
+      if (tiles.clusterSize > 1) {
+        assert(config.rowsPerQuery % tiles.clusterSize == 0 &&
+               "a cluster splits a KV group's pairs evenly");
+        grid[0] = ceilDiv("Sq", config.blockQ,
+                          config.rowsPerQuery / tiles.clusterSize);
+        grid.push_back(b.getI64IntegerAttr(tiles.clusterSize));
+      }
       SmallVector<NamedAttribute> product = {
           b.getNamedAttr("product", b.getArrayAttr(grid))};
       if (tiles.atMost > 0)
@@ -177,6 +186,9 @@ DictionaryAttr mlir::diffattn::buildLaunchRule(
     if (tiles.atMost > 0)
       attrs.push_back(b.getNamedAttr(
           "tile_scheduler", b.getStringAttr(dynamic ? "dynamic" : "static")));
+    if (tiles.clusterSize > 1)
+      attrs.push_back(b.getNamedAttr(
+          "cluster_dims", b.getI64ArrayAttr({tiles.clusterSize, 1, 1})));
     if (dynamic) {
       assert(sequenceCheck.empty() && "packed sequences use static tiles");
       // The counter's reset first: one thread, the workspace's fields.

@@ -156,6 +156,15 @@ struct WgmmaPlan : TileConfig {
   /// (its next with the static stride, about it with the dynamic
   /// scheduler).
   int64_t qPrefetchDistance = 0;
+  /// CTAs per thread block cluster (the cluster-size option): 1, or 2 (TMA
+  /// loads, batched sequences, an even number of pairs per KV group, a
+  /// static schedule): CTA rank r of a cluster takes row block b of the
+  /// KV group's half r (group rows r * P/2 * Sq .. (r + 1) * P/2 * Sq - 1:
+  /// the same query rows for both ranks, so the same key blocks under any
+  /// mask), its producer loads keys r * block-k/2 .. of every K/V tile
+  /// multicast into both CTAs, and the consumers release each stage in
+  /// both CTAs. Grid x is 2 x the tile pairs (or the persistent cap, even).
+  int64_t clusterSize = 1;
   /// TMA loads, batched sequences: the kernel's third tensor map is Q's,
   /// used when Sq is a multiple of 64 (see the q-tma option).
   bool qTma = false;
@@ -220,9 +229,29 @@ protected:
   /// `map` into shared memory at `shared` (a shared::cta pointer),
   /// completing on `bar`; `coordinates` builds its i32 coordinates,
   /// innermost first.
+  /// With `multicastMask` (an i16 of cluster CTA ranks) the tile lands at
+  /// the same offset in each of those CTAs' shared memory, completing on
+  /// the mbarrier at `bar`'s offset in each (.multicast::cluster).
   void loadTensorTile(Value map, Value shared,
-                      function_ref<SmallVector<Value>()> coordinates,
-                      Value bar);
+                      function_ref<SmallVector<Value>()> coordinates, Value bar,
+                      Value multicastMask = Value());
+  /// The producer's TMA loads of block `key0`'s K or V tile (`dim`
+  /// columns) into the stage at byte `tileOffset` through tensor map `map`,
+  /// from one thread: an expect-tx arrival for the tile's bytes on `bar`,
+  /// then one load per 64-column span into the span's swizzled rows
+  /// (coordinates innermost first: column, KV head, key, batch). TMA
+  /// writes through the async proxy and zero-fills keys past Sk. Packed
+  /// sequences: one map over [1, total_k, Hkv, D], the key at the
+  /// sequence's first row plus key0; keys past the sequence (the next
+  /// sequence's, finite) are masked like keys past Sk, so their
+  /// probabilities are exactly 0 and their values add nothing. A cluster
+  /// kernel's CTA loads its half of the keys into both CTAs.
+  void loadKeyValueTile(Value map, Value tileOffset, int64_t dim, Value key0,
+                        Value bar);
+  /// Cluster kernels (plan.clusterSize 2): a plain arrival (release at
+  /// cluster scope) on the mbarrier at `bar`'s offset in the other CTA of
+  /// the cluster (mapa, mbarrier.arrive.shared::cluster).
+  void arriveOnPeer(Value bar);
   /// L2 prefetch of the Q rows of linear tile `t` (batched sequences, the
   /// q-prefetch option) of `numTiles`, with `tileRowBlocks` row blocks per
   /// KV group and `seqQ` query rows: producer thread `thread` (0..127) takes
@@ -432,6 +461,9 @@ protected:
   Value tid, lane, warpgroup, warpInGroup;
   /// The head of the pair (0 or 1) the thread's warpgroup computes.
   Value pairHead;
+  /// Cluster kernels: the CTA's rank in its cluster (blockIdx.x % 2);
+  /// null otherwise.
+  Value clusterRank;
   Value base, baseAddress;
   Value sQ, sK, sV;
   /// The Q buffer of the current tile (index; 0 with one buffer).
@@ -444,7 +476,8 @@ protected:
   /// The thread's index in its warpgroup (0..127).
   Value groupThread;
   /// The tile a CTA computes, set per tile by setupTile: a block of 64 rows
-  /// row0 .. row0 + rowsValid - 1 of the `groupRows` rows (pair-major) of
+  /// row0 .. row0 + rowsValid - 1 of the `groupRows` rows (pair-major;
+  /// in a cluster kernel, the end of the CTA's half of them) of
   /// KV head `kvHead` of `batch`, whose first query row and key sit at
   /// qRowBase and kRowBase of the (packed) tensors; seqQ and seqK are the
   /// sequence's lengths, firstPair the group's first pair, ctaActive (packed

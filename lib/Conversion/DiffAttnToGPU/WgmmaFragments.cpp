@@ -79,8 +79,12 @@ void WgmmaKernelBuilder::expectBytes(Value bar, int64_t bytes) {
 }
 
 void WgmmaKernelBuilder::releaseStage(Value bar, bool afterGenericAccesses) {
+  // A cluster kernel's stage is also the other CTA's producer's: it waits
+  // for both CTAs' consumers (its init count is doubled).
   auto arrive = [&] {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
+    if (plan.clusterSize > 1)
+      arriveOnPeer(bar);
   };
   if (plan.releaseArrivals == ReleaseArrivals::Thread)
     return arrive();
@@ -101,13 +105,58 @@ void WgmmaKernelBuilder::releaseStage(Value bar, bool afterGenericAccesses) {
 
 void WgmmaKernelBuilder::loadTensorTile(
     Value map, Value shared, function_ref<SmallVector<Value>()> coordinates,
-    Value bar) {
+    Value bar, Value multicastMask) {
   Value cluster = LLVM::AddrSpaceCastOp::create(
       b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), shared);
   NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-      b, loc, cluster, map, coordinates(), bar, ValueRange{}, Value(), Value(),
-      NVVM::TMALoadMode::TILE, /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(),
-      Value());
+      b, loc, cluster, map, coordinates(), bar, ValueRange{}, multicastMask,
+      Value(), NVVM::TMALoadMode::TILE, /*isCTAOnly=*/false,
+      NVVM::CTAGroupKindAttr(), Value());
+}
+
+void WgmmaKernelBuilder::loadKeyValueTile(Value map, Value tileOffset,
+                                          int64_t dim, Value key0, Value bar) {
+  const AttentionConfig &attn = plan.attn;
+  int64_t blockK = plan.blockK;
+  auto i32Of = [&](Value v) {
+    return arith::IndexCastOp::create(b, loc, b.getI32Type(), v).getResult();
+  };
+  // A cluster kernel's CTA r loads keys r * block-k/2 .. of the tile (its
+  // map's box has block-k/2 rows; 64 rows keep the swizzle's 1 KiB period)
+  // into both CTAs (multicast mask 0b11); each CTA's barrier expects the
+  // whole tile.
+  Value multicast, halfOffset, first = key0;
+  if (plan.clusterSize > 1) {
+    multicast = arith::ConstantOp::create(
+        b, loc, b.getI16IntegerAttr((1 << plan.clusterSize) - 1));
+    Value halfKeys = mul(clusterRank, blockK / plan.clusterSize);
+    halfOffset = mul(halfKeys, kRowBytes);
+    first = add(key0, halfKeys);
+  }
+  expectBytes(bar, blockK * dim * 2);
+  for (int64_t span = 0; span < dim / kSpan; ++span) {
+    Value offset = add(tileOffset, span * blockK * kRowBytes);
+    loadTensorTile(
+        map, sharedPointer(halfOffset ? add(offset, halfOffset) : offset),
+        [&]() -> SmallVector<Value> {
+          return {i32(span * kSpan), i32Of(tile.kvHead),
+                  i32Of(attn.varlen ? add(tile.kRowBase, first) : first),
+                  attn.varlen ? i32(0) : i32Of(tile.batch)};
+        },
+        bar, multicast);
+  }
+}
+
+void WgmmaKernelBuilder::arriveOnPeer(Value bar) {
+  Value peer = arith::XOrIOp::create(
+      b, loc, arith::IndexCastOp::create(b, loc, b.getI32Type(), clusterRank),
+      i32(1));
+  Value remote = NVVM::MapaOp::create(
+      b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), bar,
+      peer);
+  NVVM::MBarrierArriveOp::create(b, loc, Type(), remote, Value(),
+                                 NVVM::MemScopeKind::CLUSTER,
+                                 /*relaxed=*/false);
 }
 
 void WgmmaKernelBuilder::prefetchTileQ(Value q, Value t, Value numTiles,
@@ -120,33 +169,38 @@ void WgmmaKernelBuilder::prefetchTileQ(Value q, Value t, Value numTiles,
     if (attn.windowRight >= 0 && attn.windowLeft < 0)
       qBlock = sub(sub(tileRowBlocks, idx(1)), qBlock);
     Value row = add(mul(qBlock, plan.blockQ), div(thread, 2));
-    ifThen(
-        cmp(arith::CmpIPredicate::ult, row, mul(seqQ, plan.rowsPerQuery)), [&] {
-          Value pair = add(mul(rem(rest, plan.kvHeads), plan.pairsPerGroup()),
-                           divRemU32(row, seqQ, false));
-          Value token = add(mul(div(rest, plan.kvHeads), seqQ),
-                            divRemU32(row, seqQ, true));
-          Value head = add(mul(pair, 2), rem(thread, 2));
-          Value element =
-              mul(add(mul(token, plan.queryHeads), head), plan.headDim);
-          Value base =
-              memref::ExtractAlignedPointerAsIndexOp::create(b, loc, q);
-          Value address = arith::IndexCastOp::create(
-              b, loc, b.getI64Type(), add(base, mul(element, 2)));
-          for (int64_t line = 0; line < plan.headDim * 2 / 128; ++line) {
-            Value ptr = LLVM::IntToPtrOp::create(
-                b, loc, LLVM::LLVMPointerType::get(ctx),
-                arith::AddIOp::create(
-                    b, loc, address,
-                    arith::ConstantIntOp::create(b, loc, line * 128, 64))
-                    .getResult());
-            NVVM::PrefetchOp::create(b, loc,
-                                     NVVM::PrefetchCacheLevelAttr::get(
-                                         ctx, NVVM::PrefetchCacheLevel::L2),
-                                     NVVM::CacheEvictionPriorityAttr(), ptr,
-                                     Value(), UnitAttr());
-          }
-        });
+    // A cluster kernel's tile is a row block of the CTA's half of the rows.
+    Value rowEnd = mul(seqQ, plan.rowsPerQuery);
+    if (plan.clusterSize > 1) {
+      Value half = mul(seqQ, plan.rowsPerQuery / plan.clusterSize);
+      Value start = mul(clusterRank, half);
+      row = add(start, row);
+      rowEnd = add(start, half);
+    }
+    ifThen(cmp(arith::CmpIPredicate::ult, row, rowEnd), [&] {
+      Value pair = add(mul(rem(rest, plan.kvHeads), plan.pairsPerGroup()),
+                       divRemU32(row, seqQ, false));
+      Value token =
+          add(mul(div(rest, plan.kvHeads), seqQ), divRemU32(row, seqQ, true));
+      Value head = add(mul(pair, 2), rem(thread, 2));
+      Value element = mul(add(mul(token, plan.queryHeads), head), plan.headDim);
+      Value base = memref::ExtractAlignedPointerAsIndexOp::create(b, loc, q);
+      Value address = arith::IndexCastOp::create(b, loc, b.getI64Type(),
+                                                 add(base, mul(element, 2)));
+      for (int64_t line = 0; line < plan.headDim * 2 / 128; ++line) {
+        Value ptr = LLVM::IntToPtrOp::create(
+            b, loc, LLVM::LLVMPointerType::get(ctx),
+            arith::AddIOp::create(
+                b, loc, address,
+                arith::ConstantIntOp::create(b, loc, line * 128, 64))
+                .getResult());
+        NVVM::PrefetchOp::create(b, loc,
+                                 NVVM::PrefetchCacheLevelAttr::get(
+                                     ctx, NVVM::PrefetchCacheLevel::L2),
+                                 NVVM::CacheEvictionPriorityAttr(), ptr,
+                                 Value(), UnitAttr());
+      }
+    });
   });
 }
 

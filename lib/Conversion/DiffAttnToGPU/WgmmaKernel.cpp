@@ -70,6 +70,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
   setThreadIndices();
   layoutSharedMemory();
+  // A cluster's CTAs are consecutive in x (.reqnctapercluster 2, 1, 1).
+  if (plan.clusterSize > 1)
+    clusterRank = rem(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
+                      plan.clusterSize);
 
   // The tile a CTA computes (WgmmaBuilder.h): everything below that
   // depends on it is set by setupTile, once per CTA, or per tile of a
@@ -416,14 +420,17 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Value scoresLanded = barrier(idx(4 * stages + 2 * plan.qBuffers));
   Value handedOver = barrier(idx(4 * stages + 2 * plan.qBuffers + 1));
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
-    // With TMA one thread arrives (expecting the tile's bytes).
+    // With TMA one thread arrives (expecting the tile's bytes; in a
+    // cluster kernel both CTAs' halves land on it). A cluster kernel's
+    // stages are released by both CTAs' consumers.
     int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
+    int64_t releases = plan.releaseArrivalCount() * plan.clusterSize;
     for (int64_t s = 0; s < stages; ++s) {
       NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
-      NVVM::MBarrierInitOp::create(b, loc, emptyValues(idx(s)),
-                                   i32(plan.releaseArrivalCount()), Value());
-      NVVM::MBarrierInitOp::create(b, loc, emptyKeys(idx(s)),
-                                   i32(plan.releaseArrivalCount()), Value());
+      NVVM::MBarrierInitOp::create(b, loc, emptyValues(idx(s)), i32(releases),
+                                   Value());
+      NVVM::MBarrierInitOp::create(b, loc, emptyKeys(idx(s)), i32(releases),
+                                   Value());
       NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
                                    Value());
     }
@@ -440,8 +447,21 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       for (Value bar : {scoresLanded, handedOver})
         NVVM::MBarrierInitOp::create(b, loc, bar, i32(kWarpgroupThreads),
                                      Value());
+    // The other CTA's TMA loads and arrivals may reach these mbarriers as
+    // soon as the cluster barrier below opens.
+    if (plan.clusterSize > 1)
+      NVVM::FenceMbarrierInitOp::create(b, loc);
   });
-  gpu::BarrierOp::create(b, loc);
+  // A cluster kernel's CTAs meet (barrier.cluster.arrive.release, then
+  // wait.acquire: every thread of both) before either loads a tile.
+  auto clusterBarrier = [&] {
+    NVVM::ClusterArriveOp::create(b, loc, UnitAttr());
+    NVVM::ClusterWaitOp::create(b, loc, UnitAttr());
+  };
+  if (plan.clusterSize > 1)
+    clusterBarrier();
+  else
+    gpu::BarrierOp::create(b, loc);
 
   // The CTA's tiles (walkTiles, WgmmaTile.cpp): one per CTA unless the
   // launch caps the grid; a persistent CTA then runs several, its producer
@@ -474,33 +494,15 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         auto announce = [&](Value bar) {
           NVVM::CpAsyncMBarrierArriveOp::create(b, loc, bar, /*noinc=*/true);
         };
-        // TMA: one thread issues the block's loads: per operand, an
-        // expect-tx arrival for the tile's bytes on its barrier, then one
-        // load per 64-column span into the span's swizzled rows
-        // (coordinates innermost first: column, KV head, key, batch). TMA
-        // writes through the async proxy and zero-fills keys past Sk.
-        // Packed sequences: one map over [1, total_k, Hkv, D], the key at
-        // the sequence's first row plus key0; keys past the sequence (the
-        // next sequence's, finite) are masked like keys past Sk, so their
-        // probabilities are exactly 0 and their values add nothing.
+        // TMA (loadKeyValueTile): one thread issues the block's loads.
         Type i32Type = b.getI32Type();
         auto i32Of = [&](Value v) {
           return arith::IndexCastOp::create(b, loc, i32Type, v).getResult();
         };
         auto loadTile = [&](Value map, int64_t tileOffset, int64_t stageBytes,
                             int64_t dim, Value stage, Value key0, Value bar) {
-          expectBytes(bar, blockK * dim * 2);
-          for (int64_t span = 0; span < dim / kSpan; ++span)
-            loadTensorTile(
-                map,
-                sharedPointer(add(add(idx(tileOffset), mul(stage, stageBytes)),
-                                  span * blockK * kRowBytes)),
-                [&]() -> SmallVector<Value> {
-                  return {i32(span * kSpan), i32Of(kvHead),
-                          i32Of(attn.varlen ? add(kRowBase, key0) : key0),
-                          attn.varlen ? i32(0) : i32Of(batch)};
-                },
-                bar);
+          loadKeyValueTile(map, add(idx(tileOffset), mul(stage, stageBytes)),
+                           dim, key0, bar);
         };
         // Block j of the tile into its stage: its keys once the consumers
         // released the K tile of the block `stages` before it, its values
@@ -636,14 +638,17 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
               // scheduler, whose next tile is not known yet, about the
               // tile the counter hands out a tile from now), else the one
               // an SM takes next.
-              if (plan.qPrefetchDistance > 0)
-                prefetchTileQ(
-                    q,
-                    add(tileIndex, plan.persistentCtas > 0
-                                       ? Value(gpu::GridDimOp::create(
-                                             b, loc, gpu::Dimension::x))
-                                       : idx(plan.qPrefetchDistance)),
-                    numTiles, tileRowBlocks, seqQArg, groupThread);
+              // (A cluster kernel's tiles are tile pairs.)
+              if (plan.qPrefetchDistance > 0) {
+                Value ahead = plan.persistentCtas > 0
+                                  ? Value(gpu::GridDimOp::create(
+                                        b, loc, gpu::Dimension::x))
+                                  : idx(plan.qPrefetchDistance);
+                if (plan.clusterSize > 1)
+                  ahead = div(ahead, plan.clusterSize);
+                prefetchTileQ(q, add(tileIndex, ahead), numTiles, tileRowBlocks,
+                              seqQArg, groupThread);
+              }
               ifThen(loader, [&] {
                 scf::ForOp::create(
                     b, loc, idx(1), numBlocks, idx(1), ValueRange{},
@@ -784,5 +789,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         });
         scf::YieldOp::create(b, loc);
       });
+  // Neither CTA of a cluster exits while the other may still arrive on its
+  // mbarriers.
+  if (plan.clusterSize > 1)
+    clusterBarrier();
   gpu::ReturnOp::create(b, loc);
 }

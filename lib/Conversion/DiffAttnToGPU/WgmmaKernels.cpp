@@ -262,6 +262,31 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   if (failed(qFirst))
     return failure();
   plan.qFirst = plan.qBuffers == 2 && *qFirst;
+  // Clusters of two CTAs sharing each K/V tile through TMA multicast
+  // (WgmmaPlan::clusterSize). Not measured yet against one CTA: 1 unless
+  // asked for.
+  if (options.clusterSize < 0 || options.clusterSize > 2)
+    return op->emitOpError() << "cluster-size = " << options.clusterSize
+                             << " is not supported (expected 0, 1 or 2)";
+  plan.clusterSize = options.clusterSize ? options.clusterSize : 1;
+  if (plan.clusterSize == 2) {
+    if (!plan.tmaLoads)
+      return op->emitOpError()
+             << "cluster-size = 2 needs TMA loads (warp-specialize and tma "
+                "not false): the CTAs share K/V tiles through TMA multicast";
+    if (plan.attn.varlen)
+      return op->emitOpError() << "cluster-size = 2 is not supported for "
+                                  "packed sequences (diffattn.v2_varlen)";
+    if (plan.rowsPerQuery % 2)
+      return op->emitOpError()
+             << "cluster-size = 2 needs an even number of pairs per KV group "
+                "(the cluster's CTAs take its two halves), got "
+             << plan.rowsPerQuery;
+    if (plan.dynamicTiles)
+      return op->emitOpError()
+             << "cluster-size = 2 with persistent CTAs needs tile-scheduler "
+                "= static (both CTAs of a cluster walk the same tiles)";
+  }
   // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
   // 256 bytes) reuses the last block's V tile, or the tile's Q buffer (both
   // heads: 2 x 64 rows x D bf16/f16, the same bytes as Dv = D), which is
@@ -360,10 +385,12 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   if (plan->tmaLoads) {
     argTypes.insert(argTypes.begin(), numMaps,
                     LLVM::LLVMPointerType::get(rewriter.getContext()));
+    // A cluster kernel's CTA loads half of each tile's keys.
     for (StringRef operand : {"k", "v"})
-      tensorMaps.push_back(tensorMapParam(rewriter, operand,
-                                          {wgmma::kSpan, 1, plan->blockK, 1},
-                                          wgmma::kRowBytes));
+      tensorMaps.push_back(
+          tensorMapParam(rewriter, operand,
+                         {wgmma::kSpan, 1, plan->blockK / plan->clusterSize, 1},
+                         wgmma::kRowBytes));
     if (plan->qTma)
       tensorMaps.push_back(tensorMapParam(
           rewriter, "q", {wgmma::kSpan, 1, wgmma::kWarpgroupRows, 1},
@@ -387,6 +414,11 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   if (plan->warpSpecialized)
     func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
                   rewriter.getI32IntegerAttr(1));
+  // .reqnctapercluster: a plain launch forms the clusters.
+  if (plan->clusterSize > 1)
+    func->setAttr(NVVM::NVVMDialect::getClusterDimAttrName(),
+                  rewriter.getDenseI32ArrayAttr(
+                      {static_cast<int32_t>(plan->clusterSize), 1, 1}));
   WgmmaKernelBuilder(rewriter, loc, *plan).build(func);
   // Packed sequences: their offsets are checked by a kernel of its own
   // (SequenceCheck.h), launched first.
@@ -406,8 +438,10 @@ mlir::diffattn::emitWgmmaKernel(RewriterBase &rewriter, func::FuncOp kernel,
   }
   LinearTiles tiles;
   tiles.enabled = plan->warpSpecialized;
-  tiles.atMost = plan->persistentCtas;
+  // (A whole number of clusters.)
+  tiles.atMost = plan->persistentCtas / plan->clusterSize * plan->clusterSize;
   tiles.counterReset = reset;
+  tiles.clusterSize = plan->clusterSize;
   replaceWithGPUKernel(rewriter, kernel, desc, func,
                        buildLaunchRule(rewriter, *plan, "wgmma",
                                        kernel.getName(), sig.buffers,

@@ -25,8 +25,10 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::wgmma;
 
 Value WgmmaKernelBuilder::rowBlocksOf(Value queries) {
-  return div(add(mul(queries, plan.rowsPerQuery), plan.blockQ - 1),
-             plan.blockQ);
+  // A cluster kernel's row blocks cover half of the group's rows.
+  return div(
+      add(mul(queries, plan.rowsPerQuery / plan.clusterSize), plan.blockQ - 1),
+      plan.blockQ);
 }
 
 void WgmmaKernelBuilder::setupTile(const SequenceArgs &sequences, Value qBlock,
@@ -62,7 +64,15 @@ void WgmmaKernelBuilder::setupTile(const SequenceArgs &sequences, Value qBlock,
   }
   // The tile's rows R0 .. R0 + rowsValid - 1 of the group's rows R = p *
   // Sq + i (pair p of the group, query row i).
+  // A cluster kernel's CTA takes its rank's half of them: rows from
+  // rowStart to groupRows (the half's end).
+  Value rowStart = idx(0);
   groupRows = mul(seqQ, plan.rowsPerQuery);
+  if (plan.clusterSize > 1) {
+    Value half = mul(seqQ, plan.rowsPerQuery / plan.clusterSize);
+    rowStart = mul(clusterRank, half);
+    groupRows = add(rowStart, half);
+  }
   rowBlocks = rowBlocksOf(seqQ);
   // Packed sequences: the tiles cover the longest sequence; tiles past
   // this one's rows compute nothing and write nothing.
@@ -75,7 +85,7 @@ void WgmmaKernelBuilder::setupTile(const SequenceArgs &sequences, Value qBlock,
   // first: the longest tiles start first.
   if (attn.windowRight >= 0 && attn.windowLeft < 0)
     qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
-  row0 = mul(qBlock, blockQ);
+  row0 = add(rowStart, mul(qBlock, blockQ));
   rowsValid = minI(idx(blockQ), sub(groupRows, row0));
   if (ctaActive)
     rowsValid = select(ctaActive, rowsValid, idx(0));
@@ -121,10 +131,17 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
   };
   Value iterations;
   if (!plan.dynamicTiles) {
-    // Every gridDim.x-th tile from blockIdx.x.
+    // Every gridDim.x-th tile from blockIdx.x; in a cluster kernel, tile
+    // pairs: every (gridDim.x / 2)-th from blockIdx.x / 2 (both CTAs of a
+    // cluster walk the same ones).
+    Value first = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+    Value step = gridSize;
+    if (plan.clusterSize > 1) {
+      first = div(first, plan.clusterSize);
+      step = div(step, plan.clusterSize);
+    }
     auto loop = scf::ForOp::create(
-        b, loc, gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
-        walk.numTiles, gridSize, ValueRange{idx(0), idx(0)},
+        b, loc, first, walk.numTiles, step, ValueRange{idx(0), idx(0)},
         [&](OpBuilder &, Location, Value t, ValueRange carried) {
           enterTile(t, carried[0], carried[1]);
           if (begin)

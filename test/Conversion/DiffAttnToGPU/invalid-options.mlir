@@ -23,6 +23,7 @@
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a warp-specialize=maybe" 2>&1 | FileCheck %s --check-prefix=WGSPEC
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a block-k=256" 2>&1 | FileCheck %s --check-prefix=WGSHARED
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a q-first=yes" 2>&1 | FileCheck %s --check-prefix=WGQFIRST
+// RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a cluster-size=2 tile-scheduler=static" 2>&1 | FileCheck %s --check-prefix=WGCLUSTERPAIRS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a consumer-registers=244" 2>&1 | FileCheck %s --check-prefix=WGREGS
 // RUN: not diffattn-opt %s --diffattn-outline-kernels "--diffattn-gpu-pipeline=chip=sm_90a consumer-registers=160" 2>&1 | FileCheck %s --check-prefix=WGREGS160
 // RUN: not diffattn-opt %s --diffattn-outline-kernels --diffattn-gpu-pipeline=strategy=magic 2>&1 | FileCheck %s --check-prefix=PIPESTRATEGY
@@ -53,6 +54,7 @@
 // WGLAYOUT: error: 'diffattn.v2' op smem-layout = 'padded' is not supported by the wgmma strategy (its tiles are in wgmma's 128-byte swizzled layout: auto or swizzled)
 // WGSPEC: error: 'diffattn.v2' op warp-specialize = 'maybe' is not supported (expected auto, true or false)
 // WGQFIRST: error: 'diffattn.v2' op q-first = 'yes' is not supported (expected auto, true or false)
+// WGCLUSTERPAIRS: error: 'diffattn.v2' op cluster-size = 2 needs an even number of pairs per KV group (the cluster's CTAs take its two halves), got 1
 // WGREGS: error: 'diffattn.v2' op consumer-registers = 244 is not supported (expected a multiple of 8 from 168 to 240, or 0 for the default)
 // WGREGS160: error: 'diffattn.v2' op consumer-registers = 160 is not supported
 // WGSHARED: error: 'diffattn.v2' op needs {{[0-9]+}} bytes of shared memory per CTA with block-k = 256 and stages = 2 (at most 232448 on sm_90a)

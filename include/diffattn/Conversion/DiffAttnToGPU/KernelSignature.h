@@ -73,6 +73,10 @@ struct LinearTiles {
   /// config.programmaticLaunch. launch.tile_scheduler records
   /// "dynamic" (else "static" for a persistent launch).
   std::string counterReset;
+  /// > 1: CTAs per cluster (x). Tiles are then tile pairs of half a KV
+  /// group's rows each, grid x being clusterSize times their count (or the
+  /// cap); the rule records `cluster_dims`.
+  int64_t clusterSize = 1;
 };
 DictionaryAttr buildLaunchRule(Builder &b, const TileConfig &config,
                                StringRef strategy, StringRef name,
@@ -148,6 +152,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.releaseArrivals = src.releaseArrivals;
   dst.trimLastPV = src.trimLastPV;
   dst.qFirst = src.qFirst;
+  dst.clusterSize = src.clusterSize;
   dst.consumerRegisters = src.consumerRegisters;
   dst.tma = src.tma;
   dst.persistent = src.persistent;
