@@ -248,8 +248,8 @@ protected:
   /// kernel's CTA loads its half of the keys into both CTAs.
   void loadKeyValueTile(Value map, Value tileOffset, int64_t dim, Value key0,
                         Value bar);
-  /// Cluster kernels (plan.clusterSize 2): a plain arrival (release at
-  /// cluster scope) on the mbarrier at `bar`'s offset in the other CTA of
+  /// Cluster kernels (plan.clusterSize 2): a plain arrival (release, CTA
+  /// scope) on the mbarrier at `bar`'s offset in the other CTA of
   /// the cluster (mapa, mbarrier.arrive.shared::cluster).
   void arriveOnPeer(Value bar);
   /// L2 prefetch of the Q rows of linear tile `t` (batched sequences, the

@@ -154,8 +154,11 @@ void WgmmaKernelBuilder::arriveOnPeer(Value bar) {
   Value remote = NVVM::MapaOp::create(
       b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), bar,
       peer);
+  // Release at CTA scope, as CUTLASS's ClusterBarrier::arrive(cta_id):
+  // what it orders are this warpgroup's wgmma reads of the stage, complete
+  // at the wgmma.wait_group before it.
   NVVM::MBarrierArriveOp::create(b, loc, Type(), remote, Value(),
-                                 NVVM::MemScopeKind::CLUSTER,
+                                 NVVM::MemScopeKind::CTA,
                                  /*relaxed=*/false);
 }
 
@@ -251,11 +254,16 @@ Value WgmmaKernelBuilder::descriptorLow(Value offset, int64_t lbo) {
   // Bits 0-13: start address >> 4; 16-29: leading byte offset >> 4. The
   // shared window is below 256 KiB, so the address field never spills into
   // bit 14 (advanceDescriptor relies on it). 32-bit arithmetic: the low
-  // word is all that varies between descriptors.
+  // word is all that varies between descriptors. In a cluster kernel a
+  // shared address also carries the CTA's rank in the cluster (bits 24 and
+  // up, as ptxas forms them): masked to the 18 bits of the CTA's window,
+  // else rank 1's would spill into the leading byte offset.
   Type i32 = b.getI32Type();
   Value address = arith::AddIOp::create(
       b, loc, arith::TruncIOp::create(b, loc, i32, baseAddress),
       arith::IndexCastOp::create(b, loc, i32, offset));
+  if (plan.clusterSize > 1)
+    address = arith::AndIOp::create(b, loc, address, i32Const((1 << 18) - 1));
   Value field = arith::ShRUIOp::create(b, loc, address, i32Const(4));
   return arith::OrIOp::create(b, loc, field, i32Const((lbo >> 4) << 16));
 }
