@@ -184,10 +184,12 @@ defvar DiffAttnGPUStrategyOptions = [
            "tile's keys with TMA multicast into both CTAs (.multicast::"
            "cluster), the consumers releasing each stage in both CTAs "
            "(remote mbarrier arrivals): half the K/V traffic out of L2. "
-           "Needs an even number of pairs per KV group and, for persistent "
-           "CTAs, tile-scheduler = static; the launch's grid is even and the "
-           "kernel carries .reqnctapercluster 2, 1, 1. 1: no cluster. 0: "
-           "the default, 1 (docs/performance.md, Hopper run 62)">,
+           "Needs an even number of pairs per KV group; with the dynamic "
+           "tile scheduler rank 0's loading thread takes each tile pair "
+           "from the counter and hands it to rank 1 through distributed "
+           "shared memory. The launch's grid is even and the kernel carries "
+           ".reqnctapercluster 2, 1, 1. 1: no cluster. 0: the default, 1 "
+           "(docs/performance.md, Hopper runs 62-64)">,
     Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
            "wgmma strategy, warp-specialised: how the pair's two heads "
            "(the two consumer warpgroups) meet in the differential "

@@ -142,11 +142,14 @@ struct WgmmaPlan : TileConfig {
   /// four groups of one per stage (full, fullValues, emptyKeys,
   /// emptyValues), then qFull and qEmpty, one per Q buffer, then with the
   /// hand-off epilogue its two (HandoffStep; warp-specialised kernels
-  /// only); and of the tile indices after them.
+  /// only), then in a cluster kernel with the dynamic scheduler the tile
+  /// index hand-over's (clusterIndexBarrier: full, then empty, one per
+  /// producer slot); and of the tile indices after them.
   int64_t barrierOffset() const { return qTileBytes + kTileBytes + vTileBytes; }
   int64_t barrierBytes() const {
     return warpSpecialized
-               ? 8 * (4 * stages + 2 * qBuffers + (handoffEpilogue ? 2 : 0))
+               ? 8 * (4 * stages + 2 * qBuffers + (handoffEpilogue ? 2 : 0) +
+                      (clusterSize > 1 && dynamicTiles ? 4 : 0))
                : 0;
   }
   int64_t tileIndexOffset() const { return barrierOffset() + barrierBytes(); }
@@ -413,6 +416,12 @@ protected:
   /// Shared-memory pointer (i32) of the dynamic scheduler's tile-index slot
   /// `slot`: 0 and 1 the producer's hand-over, 2 + q Q buffer q's.
   Value tileIndexSlot(Value slot);
+  /// A cluster kernel with the dynamic scheduler: the mbarrier (one
+  /// arrival per phase) on which rank 0's loading thread announces, in
+  /// rank 1, the tile index it stored there in producer slot `slot`
+  /// (`full`), or on which rank 1 releases that slot to rank 0 once its
+  /// producer threads read it (not `full`).
+  Value clusterIndexBarrier(bool full, Value slot);
   /// The Q buffer of the CTA's tile `iter` (iter % qBuffers).
   Value qSlotOf(Value iter) {
     return plan.qBuffers > 1 ? rem(iter, plan.qBuffers) : idx(0);

@@ -447,6 +447,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       for (Value bar : {scoresLanded, handedOver})
         NVVM::MBarrierInitOp::create(b, loc, bar, i32(kWarpgroupThreads),
                                      Value());
+    // The cluster's tile index hand-over (dynamic scheduler).
+    if (plan.clusterSize > 1 && plan.dynamicTiles)
+      for (bool isFull : {true, false})
+        for (int64_t slot = 0; slot < 2; ++slot)
+          NVVM::MBarrierInitOp::create(
+              b, loc, clusterIndexBarrier(isFull, idx(slot)), i32(1), Value());
     // The other CTA's TMA loads and arrivals may reach these mbarriers as
     // soon as the cluster barrier below opens.
     if (plan.clusterSize > 1)

@@ -282,10 +282,6 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
              << "cluster-size = 2 needs an even number of pairs per KV group "
                 "(the cluster's CTAs take its two halves), got "
              << plan.rowsPerQuery;
-    if (plan.dynamicTiles)
-      return op->emitOpError()
-             << "cluster-size = 2 with persistent CTAs needs tile-scheduler "
-                "= static (both CTAs of a cluster walk the same tiles)";
   }
   // The epilogue's exchange (Dv / 2 f32 per thread of a warpgroup, Dv x
   // 256 bytes) reuses the last block's V tile, or the tile's Q buffer (both

@@ -114,6 +114,13 @@ Value WgmmaKernelBuilder::tileIndexSlot(Value slot) {
   return sharedPointer(add(mul(slot, 4), plan.tileIndexOffset()));
 }
 
+Value WgmmaKernelBuilder::clusterIndexBarrier(bool full, Value slot) {
+  int64_t first = 4 * plan.stages + 2 * plan.qBuffers +
+                  (plan.handoffEpilogue ? 2 : 0) + (full ? 0 : 2);
+  return sharedPointer(
+      add(mul(add(slot, idx(first)), 8), idx(plan.barrierOffset())));
+}
+
 Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
                                     function_ref<void(Value)> begin,
                                     function_ref<void(Value)> body) {
@@ -160,12 +167,22 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
     // take more) and hands it to the other producer threads through
     // shared memory (slot iter % 2: a slot is rewritten only after every
     // producer thread passed the next hand-over's barrier).
+    // A cluster kernel's tiles are tile pairs: the first is blockIdx.x / 2,
+    // the others gridDim.x / 2 + the counter's value, which rank 0's
+    // loading thread takes and stores into rank 1's slot too (distributed
+    // shared memory), announced on rank 1's clusterIndexBarrier; rank 1
+    // releases the slot once its producer threads read it.
+    bool cluster = plan.clusterSize > 1;
+    Value first = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+    Value stride = gridSize;
+    if (cluster) {
+      first = div(first, plan.clusterSize);
+      stride = div(stride, plan.clusterSize);
+    }
     Value index = idx(0);
     SmallVector<Type> types(3, b.getIndexType());
     auto loop = scf::WhileOp::create(
-        b, loc, types,
-        ValueRange{index, index,
-                   gpu::BlockIdOp::create(b, loc, gpu::Dimension::x)},
+        b, loc, types, ValueRange{index, index, first},
         [&](OpBuilder &, Location, ValueRange carried) {
           scf::ConditionOp::create(
               b, loc, cmp(arith::CmpIPredicate::ult, carried[2], walk.numTiles),
@@ -176,8 +193,12 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
           if (begin)
             begin(carried[1]);
           body(carried[1]);
-          Value slot = tileIndexSlot(rem(carried[1], 2));
-          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+          Value slotIndex = rem(carried[1], 2);
+          Value slot = tileIndexSlot(slotIndex);
+          // The phase of this use of the slot (its uses alternate).
+          Value use = arith::IndexCastOp::create(b, loc, i32Type,
+                                                 rem(div(carried[1], 2), 2));
+          auto takeTile = [&] {
             // The counter is zeroed by the launch's first stage: wait for
             // it (a programmatic launch may start before it ends; a no-op
             // once it has, or without one).
@@ -189,18 +210,87 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
             Value taken = LLVM::AtomicRMWOp::create(
                 b, loc, LLVM::AtomicBinOp::add, counter, i32(1),
                 LLVM::AtomicOrdering::monotonic);
-            LLVM::StoreOp::create(
-                b, loc,
-                arith::AddIOp::create(
-                    b, loc, taken,
-                    arith::IndexCastOp::create(b, loc, i32Type, gridSize)),
-                slot);
+            Value value = arith::AddIOp::create(
+                b, loc, taken,
+                arith::IndexCastOp::create(b, loc, i32Type, stride));
+            LLVM::StoreOp::create(b, loc, value, slot);
+            return value;
+          };
+          // A wait with acquire at cluster scope (the arrival on `bar`
+          // came from the other CTA).
+          auto waitCluster = [&](Value bar, Value parity) {
+            scf::WhileOp::create(
+                b, loc, TypeRange{}, ValueRange{},
+                [&](OpBuilder &, Location, ValueRange) {
+                  Value done = NVVM::MBarrierTryWaitOp::create(
+                      b, loc, b.getI1Type(), bar, parity, Value(),
+                      NVVM::MemScopeKind::CLUSTER, /*relaxed=*/false);
+                  scf::ConditionOp::create(
+                      b, loc,
+                      arith::XOrIOp::create(b, loc, done,
+                                            arith::ConstantOp::create(
+                                                b, loc, b.getBoolAttr(true))),
+                      ValueRange{});
+                },
+                [&](OpBuilder &, Location, ValueRange) {
+                  scf::YieldOp::create(b, loc);
+                });
+          };
+          ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
+            if (!cluster) {
+              takeTile();
+              return;
+            }
+            Type remoteType = LLVM::LLVMPointerType::get(ctx, 7);
+            ifThenElse(
+                cmp(arith::CmpIPredicate::eq, clusterRank, idx(0)),
+                [&] {
+                  // Rank 0: once rank 1 has read the slot's last value
+                  // (a fresh barrier passes the first use), the next tile
+                  // into both CTAs' slot, then the announcement (release
+                  // at cluster scope: the remote store comes first).
+                  waitCluster(clusterIndexBarrier(false, slotIndex),
+                              arith::XOrIOp::create(b, loc, use, i32(1)));
+                  Value value = takeTile();
+                  LLVM::StoreOp::create(
+                      b, loc, value,
+                      NVVM::MapaOp::create(b, loc, remoteType, slot, i32(1)));
+                  NVVM::MBarrierArriveOp::create(
+                      b, loc, Type(),
+                      NVVM::MapaOp::create(b, loc, remoteType,
+                                           clusterIndexBarrier(true, slotIndex),
+                                           i32(1)),
+                      Value(), NVVM::MemScopeKind::CLUSTER,
+                      /*relaxed=*/false);
+                },
+                [&] {
+                  // Rank 1: the announcement.
+                  waitCluster(clusterIndexBarrier(true, slotIndex), use);
+                });
           });
           NVVM::BarrierOp::create(b, loc, Type(), i32(kProducerBarrier),
                                   i32(kWarpgroupThreads), nullptr, Value());
           Value next = arith::IndexCastUIOp::create(
               b, loc, b.getIndexType(),
               LLVM::LoadOp::create(b, loc, i32Type, slot));
+          // Rank 1 hands the slot back once every producer thread read it.
+          if (cluster) {
+            NVVM::BarrierOp::create(b, loc, Type(), i32(kProducerBarrier),
+                                    i32(kWarpgroupThreads), nullptr, Value());
+            ifThen(arith::AndIOp::create(
+                       b, loc,
+                       cmp(arith::CmpIPredicate::eq, groupThread, idx(0)),
+                       cmp(arith::CmpIPredicate::eq, clusterRank, idx(1))),
+                   [&] {
+                     NVVM::MBarrierArriveOp::create(
+                         b, loc, Type(),
+                         NVVM::MapaOp::create(
+                             b, loc, LLVM::LLVMPointerType::get(ctx, 7),
+                             clusterIndexBarrier(false, slotIndex), i32(0)),
+                         Value(), NVVM::MemScopeKind::CLUSTER,
+                         /*relaxed=*/false);
+                   });
+          }
           scf::YieldOp::create(b, loc,
                                ValueRange{add(carried[0], tile.numBlocks),
                                           add(carried[1], idx(1)), next});
