@@ -189,7 +189,11 @@ defvar DiffAttnGPUStrategyOptions = [
            "from the counter and hands it to rank 1 through distributed "
            "shared memory. The launch's grid is even and the kernel carries "
            ".reqnctapercluster 2, 1, 1. 1: no cluster. 0: the default, 1 "
-           "(docs/performance.md, Hopper runs 62-64)">,
+           "for now: on an H200 (docs/performance.md, Hopper runs 64-65) 2 "
+           "measured 1.017-1.058x the default on SPEC.md's four shapes with "
+           "P = 2, exact on every shape it ran; it becomes the default once "
+           "gpu_check.py's whole set (windows, Sq != Sk, G = 2..8, f16, the "
+           "lse forward) has run on it">,
     Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
            "wgmma strategy, warp-specialised: how the pair's two heads "
            "(the two consumer warpgroups) meet in the differential "
