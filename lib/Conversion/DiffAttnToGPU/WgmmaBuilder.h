@@ -160,13 +160,14 @@ struct WgmmaPlan : TileConfig {
   /// scheduler).
   int64_t qPrefetchDistance = 0;
   /// CTAs per thread block cluster (the cluster-size option): 1, or 2 (TMA
-  /// loads, batched sequences, an even number of pairs per KV group, a
-  /// static schedule): CTA rank r of a cluster takes row block b of the
-  /// KV group's half r (group rows r * P/2 * Sq .. (r + 1) * P/2 * Sq - 1:
-  /// the same query rows for both ranks, so the same key blocks under any
-  /// mask), its producer loads keys r * block-k/2 .. of every K/V tile
-  /// multicast into both CTAs, and the consumers release each stage in
-  /// both CTAs. Grid x is 2 x the tile pairs (or the persistent cap, even).
+  /// loads, batched sequences, an even number of pairs per KV group; with
+  /// the dynamic scheduler rank 0 takes each tile pair for both): CTA rank r of
+  /// a cluster takes row block b of the KV group's half r (group rows r * P/2 *
+  /// Sq .. (r + 1) * P/2 * Sq - 1: the same query rows for both ranks, so the
+  /// same key blocks under any mask), its producer loads keys r * block-k/2 ..
+  /// of every K/V tile multicast into both CTAs, and the consumers release each
+  /// stage in both CTAs. Grid x is 2 x the tile pairs (or the persistent cap,
+  /// even).
   int64_t clusterSize = 1;
   /// TMA loads, batched sequences: the kernel's third tensor map is Q's,
   /// used when Sq is a multiple of 64 (see the q-tma option).
@@ -251,10 +252,14 @@ protected:
   /// kernel's CTA loads its half of the keys into both CTAs.
   void loadKeyValueTile(Value map, Value tileOffset, int64_t dim, Value key0,
                         Value bar);
-  /// Cluster kernels (plan.clusterSize 2): a plain arrival (release, CTA
-  /// scope) on the mbarrier at `bar`'s offset in the other CTA of
-  /// the cluster (mapa, mbarrier.arrive.shared::cluster).
-  void arriveOnPeer(Value bar);
+  /// Cluster kernels (plan.clusterSize 2): a plain arrival (release, at
+  /// cluster scope with `clusterScope`, else CTA scope) on the mbarrier at
+  /// `bar`'s offset in the other CTA of the cluster (mapa,
+  /// mbarrier.arrive.shared::cluster).
+  void arriveOnPeer(Value bar, bool clusterScope);
+  /// Cluster kernels: the group rows [start, end) of the CTA's half of a
+  /// KV group with `seqQ` query rows; otherwise all of them, [0, P Sq).
+  std::pair<Value, Value> ctaGroupRows(Value seqQ);
   /// L2 prefetch of the Q rows of linear tile `t` (batched sequences, the
   /// q-prefetch option) of `numTiles`, with `tileRowBlocks` row blocks per
   /// KV group and `seqQ` query rows: producer thread `thread` (0..127) takes

@@ -83,8 +83,11 @@ void WgmmaKernelBuilder::releaseStage(Value bar, bool afterGenericAccesses) {
   // for both CTAs' consumers (its init count is doubled).
   auto arrive = [&] {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
+    // Release at CTA scope, as CUTLASS's ClusterBarrier::arrive(cta_id):
+    // what it orders are this warpgroup's wgmma reads of the stage,
+    // complete at the wgmma.wait_group before it.
     if (plan.clusterSize > 1)
-      arriveOnPeer(bar);
+      arriveOnPeer(bar, /*clusterScope=*/false);
   };
   if (plan.releaseArrivals == ReleaseArrivals::Thread)
     return arrive();
@@ -147,19 +150,25 @@ void WgmmaKernelBuilder::loadKeyValueTile(Value map, Value tileOffset,
   }
 }
 
-void WgmmaKernelBuilder::arriveOnPeer(Value bar) {
+void WgmmaKernelBuilder::arriveOnPeer(Value bar, bool clusterScope) {
   Value peer = arith::XOrIOp::create(
       b, loc, arith::IndexCastOp::create(b, loc, b.getI32Type(), clusterRank),
       i32(1));
   Value remote = NVVM::MapaOp::create(
       b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), bar,
       peer);
-  // Release at CTA scope, as CUTLASS's ClusterBarrier::arrive(cta_id):
-  // what it orders are this warpgroup's wgmma reads of the stage, complete
-  // at the wgmma.wait_group before it.
   NVVM::MBarrierArriveOp::create(b, loc, Type(), remote, Value(),
-                                 NVVM::MemScopeKind::CTA,
+                                 clusterScope ? NVVM::MemScopeKind::CLUSTER
+                                              : NVVM::MemScopeKind::CTA,
                                  /*relaxed=*/false);
+}
+
+std::pair<Value, Value> WgmmaKernelBuilder::ctaGroupRows(Value seqQ) {
+  if (plan.clusterSize == 1)
+    return {idx(0), mul(seqQ, plan.rowsPerQuery)};
+  Value half = mul(seqQ, plan.rowsPerQuery / plan.clusterSize);
+  Value start = mul(clusterRank, half);
+  return {start, add(start, half)};
 }
 
 void WgmmaKernelBuilder::prefetchTileQ(Value q, Value t, Value numTiles,
@@ -173,13 +182,9 @@ void WgmmaKernelBuilder::prefetchTileQ(Value q, Value t, Value numTiles,
       qBlock = sub(sub(tileRowBlocks, idx(1)), qBlock);
     Value row = add(mul(qBlock, plan.blockQ), div(thread, 2));
     // A cluster kernel's tile is a row block of the CTA's half of the rows.
-    Value rowEnd = mul(seqQ, plan.rowsPerQuery);
-    if (plan.clusterSize > 1) {
-      Value half = mul(seqQ, plan.rowsPerQuery / plan.clusterSize);
-      Value start = mul(clusterRank, half);
-      row = add(start, row);
-      rowEnd = add(start, half);
-    }
+    auto [rowStart, rowEnd] = ctaGroupRows(seqQ);
+    if (plan.clusterSize > 1)
+      row = add(rowStart, row);
     ifThen(cmp(arith::CmpIPredicate::ult, row, rowEnd), [&] {
       Value pair = add(mul(rem(rest, plan.kvHeads), plan.pairsPerGroup()),
                        divRemU32(row, seqQ, false));

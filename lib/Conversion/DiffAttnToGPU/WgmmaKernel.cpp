@@ -500,15 +500,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         auto announce = [&](Value bar) {
           NVVM::CpAsyncMBarrierArriveOp::create(b, loc, bar, /*noinc=*/true);
         };
-        // TMA (loadKeyValueTile): one thread issues the block's loads.
         Type i32Type = b.getI32Type();
         auto i32Of = [&](Value v) {
           return arith::IndexCastOp::create(b, loc, i32Type, v).getResult();
-        };
-        auto loadTile = [&](Value map, int64_t tileOffset, int64_t stageBytes,
-                            int64_t dim, Value stage, Value key0, Value bar) {
-          loadKeyValueTile(map, add(idx(tileOffset), mul(stage, stageBytes)),
-                           dim, key0, bar);
         };
         // Block j of the tile into its stage: its keys once the consumers
         // released the K tile of the block `stages` before it, its values
@@ -521,8 +515,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           Value previous = arith::XOrIOp::create(b, loc, parityOf(j), i32(1));
           waitOn(emptyKeys(stage), previous);
           if (plan.tmaLoads)
-            loadTile(kMap, plan.qTileBytes, plan.kStageBytes(), plan.headDim,
-                     stage, keyOf(j), full(stage));
+            loadKeyValueTile(
+                kMap, add(idx(plan.qTileBytes), mul(stage, plan.kStageBytes())),
+                plan.headDim, keyOf(j), full(stage));
           else
             loadBlockPart(false, keyOf(j), stage, groupThread,
                           kWarpgroupThreads);
@@ -530,9 +525,10 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
             announce(full(stage));
           waitOn(emptyValues(stage), previous);
           if (plan.tmaLoads)
-            loadTile(vMap, plan.qTileBytes + plan.kTileBytes,
-                     plan.vStageBytes(), plan.valueDim, stage, keyOf(j),
-                     fullValues(stage));
+            loadKeyValueTile(vMap,
+                             add(idx(plan.qTileBytes + plan.kTileBytes),
+                                 mul(stage, plan.vStageBytes())),
+                             plan.valueDim, keyOf(j), fullValues(stage));
           else
             loadBlockPart(true, keyOf(j), stage, groupThread,
                           kWarpgroupThreads);

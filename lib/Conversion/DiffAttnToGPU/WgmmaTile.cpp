@@ -66,13 +66,8 @@ void WgmmaKernelBuilder::setupTile(const SequenceArgs &sequences, Value qBlock,
   // Sq + i (pair p of the group, query row i).
   // A cluster kernel's CTA takes its rank's half of them: rows from
   // rowStart to groupRows (the half's end).
-  Value rowStart = idx(0);
-  groupRows = mul(seqQ, plan.rowsPerQuery);
-  if (plan.clusterSize > 1) {
-    Value half = mul(seqQ, plan.rowsPerQuery / plan.clusterSize);
-    rowStart = mul(clusterRank, half);
-    groupRows = add(rowStart, half);
-  }
+  Value rowStart;
+  std::tie(rowStart, groupRows) = ctaGroupRows(seqQ);
   rowBlocks = rowBlocksOf(seqQ);
   // Packed sequences: the tiles cover the longest sequence; tiles past
   // this one's rows compute nothing and write nothing.
@@ -136,19 +131,21 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
     tileIndex = t;
     qSlot = qSlotOf(iter);
   };
+  // The CTA's first tile and the stride between its tiles: blockIdx.x and
+  // gridDim.x; in a cluster kernel, whose tiles are tile pairs that both
+  // CTAs of a cluster walk, blockIdx.x / 2 and gridDim.x / 2.
+  Value first = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value stride = gridSize;
+  if (plan.clusterSize > 1) {
+    first = div(first, plan.clusterSize);
+    stride = div(stride, plan.clusterSize);
+  }
   Value iterations;
   if (!plan.dynamicTiles) {
-    // Every gridDim.x-th tile from blockIdx.x; in a cluster kernel, tile
-    // pairs: every (gridDim.x / 2)-th from blockIdx.x / 2 (both CTAs of a
-    // cluster walk the same ones).
-    Value first = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-    Value step = gridSize;
-    if (plan.clusterSize > 1) {
-      first = div(first, plan.clusterSize);
-      step = div(step, plan.clusterSize);
-    }
+    // Every gridDim.x-th tile from blockIdx.x (tile pairs in a cluster
+    // kernel).
     auto loop = scf::ForOp::create(
-        b, loc, first, walk.numTiles, step, ValueRange{idx(0), idx(0)},
+        b, loc, first, walk.numTiles, stride, ValueRange{idx(0), idx(0)},
         [&](OpBuilder &, Location, Value t, ValueRange carried) {
           enterTile(t, carried[0], carried[1]);
           if (begin)
@@ -173,12 +170,6 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
     // shared memory), announced on rank 1's clusterIndexBarrier; rank 1
     // releases the slot once its producer threads read it.
     bool cluster = plan.clusterSize > 1;
-    Value first = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-    Value stride = gridSize;
-    if (cluster) {
-      first = div(first, plan.clusterSize);
-      stride = div(stride, plan.clusterSize);
-    }
     Value index = idx(0);
     SmallVector<Type> types(3, b.getIndexType());
     auto loop = scf::WhileOp::create(
@@ -255,13 +246,8 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
                   LLVM::StoreOp::create(
                       b, loc, value,
                       NVVM::MapaOp::create(b, loc, remoteType, slot, i32(1)));
-                  NVVM::MBarrierArriveOp::create(
-                      b, loc, Type(),
-                      NVVM::MapaOp::create(b, loc, remoteType,
-                                           clusterIndexBarrier(true, slotIndex),
-                                           i32(1)),
-                      Value(), NVVM::MemScopeKind::CLUSTER,
-                      /*relaxed=*/false);
+                  arriveOnPeer(clusterIndexBarrier(true, slotIndex),
+                               /*clusterScope=*/true);
                 },
                 [&] {
                   // Rank 1: the announcement.
@@ -282,13 +268,8 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
                        cmp(arith::CmpIPredicate::eq, groupThread, idx(0)),
                        cmp(arith::CmpIPredicate::eq, clusterRank, idx(1))),
                    [&] {
-                     NVVM::MBarrierArriveOp::create(
-                         b, loc, Type(),
-                         NVVM::MapaOp::create(
-                             b, loc, LLVM::LLVMPointerType::get(ctx, 7),
-                             clusterIndexBarrier(false, slotIndex), i32(0)),
-                         Value(), NVVM::MemScopeKind::CLUSTER,
-                         /*relaxed=*/false);
+                     arriveOnPeer(clusterIndexBarrier(false, slotIndex),
+                                  /*clusterScope=*/true);
                    });
           }
           scf::YieldOp::create(b, loc,
