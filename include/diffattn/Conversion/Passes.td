@@ -188,12 +188,14 @@ defvar DiffAttnGPUStrategyOptions = [
            "tile scheduler rank 0's loading thread takes each tile pair "
            "from the counter and hands it to rank 1 through distributed "
            "shared memory. The launch's grid is even and the kernel carries "
-           ".reqnctapercluster 2, 1, 1. 1: no cluster. 0: the default, 1 "
-           "for now: on an H200 (docs/performance.md, Hopper runs 64-65) 2 "
-           "measured 1.017-1.058x the default on SPEC.md's four shapes with "
-           "P = 2, exact on every shape it ran; it becomes the default once "
-           "gpu_check.py's whole set (windows, Sq != Sk, G = 2..8, f16, the "
-           "lse forward) has run on it">,
+           ".reqnctapercluster 2, 1, 1. 1: no cluster. 0: the default, 2 "
+           "for persistent CTAs with TMA loads, batched sequences and an "
+           "even number of pairs per KV group where the shared memory "
+           "fits, else 1: on an H200 (docs/performance.md, Hopper runs "
+           "64-65) 2 measured 1.017-1.058x one CTA on SPEC.md's four shapes "
+           "with P = 2 (with one CTA per tile 0.90-1.00x the default, run "
+           "63, so not automatic there), exact on gpu_check.py's whole set (Hopper "
+           "run 66)">,
     Option<"epilogue", "epilogue", "std::string", /*default=*/"\"auto\"",
            "wgmma strategy, warp-specialised: how the pair's two heads "
            "(the two consumer warpgroups) meet in the differential "

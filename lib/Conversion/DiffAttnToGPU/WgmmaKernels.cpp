@@ -265,11 +265,20 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // Clusters of two CTAs sharing each K/V tile through TMA multicast
   // (WgmmaPlan::clusterSize). Measured on an H200 (docs/performance.md,
   // Hopper runs 64-65): 1.017-1.058x one CTA on SPEC.md's four shapes with
-  // P = 2; 1 unless asked for until gpu_check.py's whole set has run on it.
+  // P = 2 under persistent CTAs; with one CTA per tile 0.90-1.00x the
+  // default (run 63), so auto asks for persistent CTAs too.
   if (options.clusterSize < 0 || options.clusterSize > 2)
     return op->emitOpError() << "cluster-size = " << options.clusterSize
                              << " is not supported (expected 0, 1 or 2)";
   plan.clusterSize = options.clusterSize ? options.clusterSize : 1;
+  if (!options.clusterSize && plan.tmaLoads && plan.persistentCtas &&
+      !plan.attn.varlen && plan.rowsPerQuery % 2 == 0) {
+    // The dynamic scheduler's cluster hand-off adds mbarriers: keep one
+    // CTA where they would not fit.
+    plan.clusterSize = 2;
+    if (sharedBytes() > chip.maxSharedBytesPerCTA)
+      plan.clusterSize = 1;
+  }
   if (plan.clusterSize == 2) {
     if (!plan.tmaLoads)
       return op->emitOpError()
