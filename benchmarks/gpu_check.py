@@ -5,7 +5,8 @@ On a GPU machine, with the package laid out by a build (the runtime needs
 no MLIR: cmake -DDIFFATTN_ENABLE_COMPILER=OFF) and the kernels in
 DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py builds them elsewhere):
 
-    python3 benchmarks/gpu_check.py [--out DIR] [--skip-bench] [--decode-only] [--sanitize-case]
+    python3 benchmarks/gpu_check.py [--out DIR] [--skip-bench] [--decode-only] [--rounds N]
+                                    [--seed N] [--sanitize-case]
 
 1. correctness of every case in gpu_cases.CHECK_CASES, then of a seeded
    random sweep of fresh shapes (B, Sq, Sk, kv_len drawn per run for each
@@ -16,8 +17,12 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py builds them elsewhere):
    fp32 SDPA reference with the differential epilogue otherwise; NaN/Inf
    never pass; also through torch.compile (the custom op's fake kernel);
 2. prefill timing of SPEC.md's shapes beside SDPA (cuDNN backend) + a
-   torch.compile'd epilogue and SDPA (FlashAttention backend) + epilogue, on
-   the same inputs, medians of triton.testing.do_bench; TFLOP/s and ratios;
+   torch.compile'd epilogue, SDPA (FlashAttention backend) + epilogue and,
+   where fa3-fwd is installed, FlashAttention-3 + epilogue, on the same
+   inputs: every path of a shape (ours, the anchors, the other targets and
+   variants) timed once per round in `--rounds` rounds (default 5), each in
+   an order shuffled afresh (seeded by --seed), the median of the rounds'
+   triton.testing.do_bench medians; TFLOP/s and ratios;
 3. decode timing (one token, ragged-free kv_len) beside the same anchors, as
    K/V bytes read per second;
 4. the ceilings of this card: a bf16 matmul and a device copy.
@@ -29,6 +34,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -278,22 +284,42 @@ def direct_launch(directory, out_shape, sizes, named):
     return launch, out
 
 
-def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **call):
-    """Median time (ms) of the kernel that diffattn-compile `options` make
-    for a bf16 call with these (q, k, v, lam) shapes and keyword arguments
-    of _gpu.prepare_v2, launched directly on the tensors `named` ((name,
-    dtype, tensor) in argument order), and its relative L2 error against
-    the default kernel's output `mine` (with repeat=False one launch, no
-    timing: None)."""
+def variant_launch(shapes, named, mine, options, target="sm_90", **call):
+    """The kernel that diffattn-compile `options` make for a bf16 call with
+    these (q, k, v, lam) shapes and keyword arguments of _gpu.prepare_v2,
+    launched directly on the tensors `named` ((name, dtype, tensor) in
+    argument order): returns (launch, err), err its output's relative L2
+    error against the default kernel's output `mine` after one launch."""
     directory, out_shape, sizes = _gpu.prepare_v2(
         *shapes, "bf16", "bf16", window=(-1, -1), target=target, options=options, **call)
     launch, out = direct_launch(directory, out_shape, sizes, named)
     launch()
-    err = rel_l2(out, mine)
+    return launch, rel_l2(out, mine)
+
+
+def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **call):
+    """Median time (ms) of variant_launch's kernel (with repeat=False no
+    timing: None) and its relative L2 error against `mine`."""
+    launch, err = variant_launch(shapes, named, mine, options, target, **call)
     return (bench_fn(launch) if repeat else None), err
 
 
-def bench(results, prefill=True):
+def time_in_rounds(launches, rounds, seed):
+    """Median over `rounds` rounds of each launch's bench_fn time (ms),
+    every round timing each entry of `launches` ({name: callable}) once in
+    an order shuffled afresh (round_orders): an entry inherits no fixed
+    neighbour's clocks or heat (Hopper runs 51-53; one call per path in a
+    fixed order put the 16K shape 6% apart from gpu_ab.py's rounds in
+    Hopper runs 66-67). Returns ({name: median ms}, {name: [ms per
+    round]})."""
+    times = {name: [] for name in launches}
+    for order in round_orders(list(launches), rounds, seed):
+        for name in order:
+            times[name].append(bench_fn(launches[name]))
+    return {name: statistics.median(t) for name, t in times.items()}, times
+
+
+def bench(results, prefill=True, rounds=5, seed=0):
     from torch.nn.attention import SDPBackend
 
     print("== ceilings", flush=True)
@@ -314,7 +340,7 @@ def bench(results, prefill=True):
                if _gpu.runs_on(t, capability)]
     print("== prefill (bf16)", flush=True)
     rows = []
-    for b, s, h2, hkv, d, causal in gpu_cases.BENCH_PREFILL if prefill else []:
+    for index, (b, s, h2, hkv, d, causal) in enumerate(gpu_cases.BENCH_PREFILL if prefill else []):
         q = torch.randn(b, s, h2, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(b, s, hkv, d, device="cuda", dtype=torch.bfloat16)
@@ -322,66 +348,76 @@ def bench(results, prefill=True):
         qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         pairs = s * (s + 1) // 2 if causal else s * s
         flops = 4 * b * h2 * d * pairs
-        ours = bench_fn(lambda: torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1))
-        row = dict(shape=[b, s, h2, hkv, d, causal], ours_ms=ours, ours_tflops=flops / ours / 1e9)
-        # Same inputs through the anchors; check they agree with ours.
-        mine = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+        shapes = ((b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2))
+        named = [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)]
+        # Every path of this shape, checked against ours once, then timed
+        # together in shuffled rounds (time_in_rounds).
+        launches = {"ours": lambda: torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)}
+        mine = launches["ours"]()
+        row = dict(shape=[b, s, h2, hkv, d, causal], rounds=rounds)
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
             try:
                 run = sdpa_anchor(backend, qh, kh, vh, lam, causal, epilogue)
-                theirs = run()
-                row[f"{name}_vs_ours_rel_l2"] = rel_l2(mine, theirs)
-                ms = bench_fn(run)
-                row[f"{name}_ms"] = ms
-                row[f"{name}_tflops"] = flops / ms / 1e9
-                row[f"ratio_vs_{name}"] = ms / ours
+                row[f"{name}_vs_ours_rel_l2"] = rel_l2(mine, run())
+                launches[name] = run
             except Exception as e:  # a backend missing on this build
                 row[f"{name}_error"] = str(e).splitlines()[0][:200]
         if fa3 is not None:
-            run = lambda: fa3(q, k, v, lam, causal)  # noqa: E731
-            row["fa3_vs_ours_rel_l2"] = rel_l2(mine, run())
-            ms = bench_fn(run)
-            row.update(fa3_ms=ms, fa3_tflops=flops / ms / 1e9, ratio_vs_fa3=ms / ours)
+            launches["fa3"] = lambda: fa3(q, k, v, lam, causal)  # noqa: E731
+            row["fa3_vs_ours_rel_l2"] = rel_l2(mine, launches["fa3"]())
+        errors = {}
         for t, topts, dims in targets:
             if dims is not None and d not in dims:
                 continue
             # The same op compiled for another target (its own strategy).
-            ms, err = time_variant(
-                ((b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2)),
-                [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
-                mine, topts, target=t, causal=causal)
-            t = " ".join((t,) + tuple(topts))
-            entry = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err,
-                         vs_default=ours / ms)
-            for name in ("cudnn", "fa2", "fa3"):
-                if f"{name}_ms" in row:
-                    entry[f"ratio_vs_{name}"] = row[f"{name}_ms"] / ms
-            row[f"target_{t}"] = entry
-            print(f"    {t}: {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), {ours / ms:.2f}x the "
-                  f"default target, {entry.get('ratio_vs_cudnn', float('nan')):.2f}x cuDNN+epi, "
-                  f"{entry.get('ratio_vs_fa3', float('nan')):.2f}x FA3+epi, rel L2 vs default "
-                  f"{err:.1e}", flush=True)
+            name = "target_" + " ".join((t,) + tuple(topts))
+            launches[name], errors[name] = variant_launch(shapes, named, mine, topts, target=t,
+                                                          causal=causal)
         if (b, s, causal) in gpu_cases.BENCH_VARLEN and (h2, hkv, d) == (32, 8, 128):
             # The same tokens packed as b sequences of s (diffattn.v2_varlen).
             cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device="cuda")
             qp, kp, vp, lp = (t.reshape((b * s,) + tuple(t.shape[2:])) for t in (q, k, v, lam))
             packed = diffattn.v2_varlen(qp, kp, vp, lp, cu, cu, s, s, causal=causal)
-            ms = bench_fn(lambda: torch.ops.diffattn.v2_varlen(qp, kp, vp, lp, cu, cu, s, s,
-                                                               causal, None, -1, -1))
-            row["varlen"] = dict(ms=ms, tflops=flops / ms / 1e9, vs_batched=ours / ms,
-                                 rel_l2_vs_batched=rel_l2(packed.reshape(mine.shape), mine))
-            print(f"    varlen (packed, {b} x {s}): {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), "
-                  f"{ours / ms:.3f}x the batched kernel", flush=True)
+            errors["varlen"] = rel_l2(packed.reshape(mine.shape), mine)
+            launches["varlen"] = lambda: torch.ops.diffattn.v2_varlen(  # noqa: E731
+                qp, kp, vp, lp, cu, cu, s, s, causal, None, -1, -1)
         for vd, options in gpu_cases.BENCH_VARIANTS:
-            if vd != d:
-                continue
-            ms, err = time_variant(
-                ((b, s, h2, d), (b, s, hkv, d), (b, s, hkv, d), (b, s, h2 // 2)),
-                [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
-                mine, options, causal=causal)
-            row[" ".join(options)] = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err)
-            print(f"    variant {' '.join(options)}: {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), "
-                  f"rel L2 vs default {err:.1e}", flush=True)
+            if vd == d:
+                name = " ".join(options)
+                launches[name], errors[name] = variant_launch(shapes, named, mine, options,
+                                                              causal=causal)
+        ms_of, rounds_ms = time_in_rounds(launches, rounds, f"{seed}/{index}")
+        row["rounds_ms"] = rounds_ms
+        ours = ms_of["ours"]
+        row.update(ours_ms=ours, ours_tflops=flops / ours / 1e9)
+        for name in ("cudnn", "fa2", "fa3"):
+            if name in ms_of:
+                ms = ms_of[name]
+                row.update({f"{name}_ms": ms, f"{name}_tflops": flops / ms / 1e9,
+                            f"ratio_vs_{name}": ms / ours})
+        for name, err in errors.items():
+            ms = ms_of[name]
+            if name.startswith("target_"):
+                entry = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err,
+                             vs_default=ours / ms)
+                for anchor in ("cudnn", "fa2", "fa3"):
+                    if f"{anchor}_ms" in row:
+                        entry[f"ratio_vs_{anchor}"] = row[f"{anchor}_ms"] / ms
+                row[name] = entry
+                print(f"    {name[len('target_'):]}: {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), "
+                      f"{ours / ms:.2f}x the default target, "
+                      f"{entry.get('ratio_vs_cudnn', float('nan')):.2f}x cuDNN+epi, "
+                      f"{entry.get('ratio_vs_fa3', float('nan')):.2f}x FA3+epi, rel L2 vs default "
+                      f"{err:.1e}", flush=True)
+            elif name == "varlen":
+                row["varlen"] = dict(ms=ms, tflops=flops / ms / 1e9, vs_batched=ours / ms,
+                                     rel_l2_vs_batched=err)
+                print(f"    varlen (packed, {b} x {s}): {flops / ms / 1e9:.0f} TFLOP/s "
+                      f"({ms:.3f} ms), {ours / ms:.3f}x the batched kernel", flush=True)
+            else:
+                row[name] = dict(ms=ms, tflops=flops / ms / 1e9, rel_l2_vs_default=err)
+                print(f"    variant {name}: {flops / ms / 1e9:.0f} TFLOP/s ({ms:.3f} ms), "
+                      f"rel L2 vs default {err:.1e}", flush=True)
         rows.append(row)
         print(f"  B={b} S={s} 2H={h2} Hkv={hkv} D={d} {'causal' if causal else 'full'}: ours "
               f"{row['ours_tflops']:.0f} TFLOP/s ({ours:.3f} ms); cuDNN+epi "
@@ -389,7 +425,7 @@ def bench(results, prefill=True):
               f"FA2+epi {row.get('fa2_tflops', float('nan')):.0f} ({row.get('ratio_vs_fa2', float('nan')):.2f}x); "
               f"FA3+epi {row.get('fa3_tflops', float('nan')):.0f} ({row.get('ratio_vs_fa3', float('nan')):.2f}x)",
               flush=True)
-        del q, k, v, lam, qh, kh, vh
+        del q, k, v, lam, qh, kh, vh, launches, mine
     results["prefill"] = rows
 
     print("== decode (bf16, one token)", flush=True)
@@ -515,6 +551,9 @@ def main():
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--decode-only", action="store_true", help="time only the decode shapes")
     ap.add_argument("--sanitize-case", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="prefill timing rounds (every path once per round, in a shuffled order; "
+                         "the median of the rounds)")
     ap.add_argument("--seed", type=int, default=None,
                     help="seed of the inputs and of the fresh-shape sweep (default: the time)")
     args = ap.parse_args()
@@ -526,7 +565,7 @@ def main():
     seed = args.seed if args.seed is not None else int(time.time()) % (2 ** 31)
     ok = check(results, seed)
     if not args.skip_bench:
-        bench(results, prefill=not args.decode_only)
+        bench(results, prefill=not args.decode_only, rounds=args.rounds, seed=seed)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
         json.dump(results, f, indent=1)
