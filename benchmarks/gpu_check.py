@@ -309,7 +309,8 @@ def time_in_rounds(launches, rounds, seed):
     every round timing each entry of `launches` ({name: callable}) once in
     an order shuffled afresh (round_orders): an entry inherits no fixed
     neighbour's clocks or heat (Hopper runs 51-53; one call per path in a
-    fixed order put the 16K shape 6% apart from gpu_ab.py's rounds in
+    fixed order put the 16K shape at 0.94x FA3 + epilogue where gpu_ab.py's
+    rounds gave 1.017x in
     Hopper runs 66-67). Returns ({name: median ms}, {name: [ms per
     round]})."""
     times = {name: [] for name in launches}

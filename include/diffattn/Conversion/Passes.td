@@ -192,7 +192,7 @@ defvar DiffAttnGPUStrategyOptions = [
            "for persistent CTAs with TMA loads, batched sequences and an "
            "even number of pairs per KV group where the shared memory "
            "fits, else 1: on an H200 (docs/performance.md, Hopper runs "
-           "64-65) 2 measured 1.017-1.058x one CTA on SPEC.md's four shapes "
+           "64-65) 2 measured 1.016-1.058x one CTA on SPEC.md's four shapes "
            "with P = 2 (with one CTA per tile 0.90-1.00x the default, run "
            "63, so not automatic there), exact on gpu_check.py's whole set (Hopper "
            "run 66)">,

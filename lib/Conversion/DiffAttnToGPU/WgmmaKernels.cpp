@@ -264,7 +264,7 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   plan.qFirst = plan.qBuffers == 2 && *qFirst;
   // Clusters of two CTAs sharing each K/V tile through TMA multicast
   // (WgmmaPlan::clusterSize). Measured on an H200 (docs/performance.md,
-  // Hopper runs 64-65): 1.017-1.058x one CTA on SPEC.md's four shapes with
+  // Hopper runs 64-65): 1.016-1.058x one CTA on SPEC.md's four shapes with
   // P = 2 under persistent CTAs; with one CTA per tile 0.90-1.00x the
   // default (run 63), so auto asks for persistent CTAs too.
   if (options.clusterSize < 0 || options.clusterSize > 2)
