@@ -146,11 +146,15 @@ struct WgmmaPlan : TileConfig {
   /// index hand-over's (clusterIndexBarrier: full, then empty, one per
   /// producer slot); and of the tile indices after them.
   int64_t barrierOffset() const { return qTileBytes + kTileBytes + vTileBytes; }
+  /// The index of the first of the cluster's tile-index mbarriers: the
+  /// count of those before them.
+  int64_t clusterIndexBarrierIndex() const {
+    return 4 * stages + 2 * qBuffers + (handoffEpilogue ? 2 : 0);
+  }
   int64_t barrierBytes() const {
-    return warpSpecialized
-               ? 8 * (4 * stages + 2 * qBuffers + (handoffEpilogue ? 2 : 0) +
-                      (clusterSize > 1 && dynamicTiles ? 4 : 0))
-               : 0;
+    return warpSpecialized ? 8 * (clusterIndexBarrierIndex() +
+                                  (clusterSize > 1 && dynamicTiles ? 4 : 0))
+                           : 0;
   }
   int64_t tileIndexOffset() const { return barrierOffset() + barrierBytes(); }
   /// Warp-specialised, batched: the producer prefetches into L2 the Q rows
@@ -257,6 +261,9 @@ protected:
   /// `bar`'s offset in the other CTA of the cluster (mapa,
   /// mbarrier.arrive.shared::cluster).
   void arriveOnPeer(Value bar, bool clusterScope);
+  /// Cluster kernels: the shared::cluster address of `ptr`'s offset in the
+  /// other CTA of the cluster (mapa).
+  Value peerPointer(Value ptr);
   /// Cluster kernels: the group rows [start, end) of the CTA's half of a
   /// KV group with `seqQ` query rows; otherwise all of them, [0, P Sq).
   std::pair<Value, Value> ctaGroupRows(Value seqQ);
@@ -421,6 +428,9 @@ protected:
   /// Shared-memory pointer (i32) of the dynamic scheduler's tile-index slot
   /// `slot`: 0 and 1 the producer's hand-over, 2 + q Q buffer q's.
   Value tileIndexSlot(Value slot);
+  /// Shared-memory pointer of the `index`-th mbarrier (8 bytes each, from
+  /// WgmmaPlan::barrierOffset; the layout is WgmmaPlan::barrierBytes').
+  Value mbarrierAt(Value index);
   /// A cluster kernel with the dynamic scheduler: the mbarrier (one
   /// arrival per phase) on which rank 0's loading thread announces, in
   /// rank 1, the tile index it stored there in producer slot `slot`

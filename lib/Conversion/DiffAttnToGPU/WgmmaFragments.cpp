@@ -150,14 +150,17 @@ void WgmmaKernelBuilder::loadKeyValueTile(Value map, Value tileOffset,
   }
 }
 
-void WgmmaKernelBuilder::arriveOnPeer(Value bar, bool clusterScope) {
+Value WgmmaKernelBuilder::peerPointer(Value ptr) {
   Value peer = arith::XOrIOp::create(
       b, loc, arith::IndexCastOp::create(b, loc, b.getI32Type(), clusterRank),
       i32(1));
-  Value remote = NVVM::MapaOp::create(
-      b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), bar,
+  return NVVM::MapaOp::create(
+      b, loc, LLVM::LLVMPointerType::get(ctx, /*shared::cluster=*/7), ptr,
       peer);
-  NVVM::MBarrierArriveOp::create(b, loc, Type(), remote, Value(),
+}
+
+void WgmmaKernelBuilder::arriveOnPeer(Value bar, bool clusterScope) {
+  NVVM::MBarrierArriveOp::create(b, loc, Type(), peerPointer(bar), Value(),
                                  clusterScope ? NVVM::MemScopeKind::CLUSTER
                                               : NVVM::MemScopeKind::CTA,
                                  /*relaxed=*/false);

@@ -393,16 +393,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // K_{j+stages} loads while P_j V_j runs); qFull guards Q (per Q buffer).
   // Phases alternate with each reuse of a stage or buffer. The consumers order
   // the landed copies for the tensor cores' async proxy (fence.proxy.async)
-  // after each wait. The mbarriers after the tiles (WgmmaPlan::barrierOffset).
-  auto barrier = [&](Value index) {
-    return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
-  };
-  auto full = [&](Value s) { return barrier(s); };
-  auto fullValues = [&](Value s) { return barrier(add(s, stages)); };
-  auto emptyKeys = [&](Value s) { return barrier(add(s, 2 * stages)); };
-  auto emptyValues = [&](Value s) { return barrier(add(s, 3 * stages)); };
+  // after each wait. The mbarriers after the tiles (mbarrierAt).
+  auto full = [&](Value s) { return mbarrierAt(s); };
+  auto fullValues = [&](Value s) { return mbarrierAt(add(s, stages)); };
+  auto emptyKeys = [&](Value s) { return mbarrierAt(add(s, 2 * stages)); };
+  auto emptyValues = [&](Value s) { return mbarrierAt(add(s, 3 * stages)); };
   // Q buffer `slot`'s full and empty mbarriers.
-  auto qFullOf = [&](Value slot) { return barrier(add(slot, 4 * stages)); };
+  auto qFullOf = [&](Value slot) { return mbarrierAt(add(slot, 4 * stages)); };
   auto waitOn = [&](Value bar, Value parity) {
     NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
   };
@@ -413,12 +410,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Q buffer: once its last S landed, or, for a tile without key blocks
   // (whose epilogue's exchange reuses the Q buffer), after the epilogue.
   auto qEmptyOf = [&](Value slot) {
-    return barrier(add(slot, 4 * stages + plan.qBuffers));
+    return mbarrierAt(add(slot, 4 * stages + plan.qBuffers));
   };
   // The hand-off epilogue's (HandoffStep): warpgroup 1's last S of the tile
   // has landed; warpgroup 0's columns are in the Q buffer.
-  Value scoresLanded = barrier(idx(4 * stages + 2 * plan.qBuffers));
-  Value handedOver = barrier(idx(4 * stages + 2 * plan.qBuffers + 1));
+  Value scoresLanded = mbarrierAt(idx(4 * stages + 2 * plan.qBuffers));
+  Value handedOver = mbarrierAt(idx(4 * stages + 2 * plan.qBuffers + 1));
   ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
     // With TMA one thread arrives (expecting the tile's bytes; in a
     // cluster kernel both CTAs' halves land on it). A cluster kernel's

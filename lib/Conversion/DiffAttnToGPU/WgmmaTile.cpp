@@ -109,11 +109,13 @@ Value WgmmaKernelBuilder::tileIndexSlot(Value slot) {
   return sharedPointer(add(mul(slot, 4), plan.tileIndexOffset()));
 }
 
+Value WgmmaKernelBuilder::mbarrierAt(Value index) {
+  return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
+}
+
 Value WgmmaKernelBuilder::clusterIndexBarrier(bool full, Value slot) {
-  int64_t first = 4 * plan.stages + 2 * plan.qBuffers +
-                  (plan.handoffEpilogue ? 2 : 0) + (full ? 0 : 2);
-  return sharedPointer(
-      add(mul(add(slot, idx(first)), 8), idx(plan.barrierOffset())));
+  return mbarrierAt(
+      add(slot, plan.clusterIndexBarrierIndex() + (full ? 0 : 2)));
 }
 
 Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
@@ -232,7 +234,6 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
               takeTile();
               return;
             }
-            Type remoteType = LLVM::LLVMPointerType::get(ctx, 7);
             ifThenElse(
                 cmp(arith::CmpIPredicate::eq, clusterRank, idx(0)),
                 [&] {
@@ -243,9 +244,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
                   waitCluster(clusterIndexBarrier(false, slotIndex),
                               arith::XOrIOp::create(b, loc, use, i32(1)));
                   Value value = takeTile();
-                  LLVM::StoreOp::create(
-                      b, loc, value,
-                      NVVM::MapaOp::create(b, loc, remoteType, slot, i32(1)));
+                  LLVM::StoreOp::create(b, loc, value, peerPointer(slot));
                   arriveOnPeer(clusterIndexBarrier(true, slotIndex),
                                /*clusterScope=*/true);
                 },
