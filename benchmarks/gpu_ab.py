@@ -52,7 +52,6 @@ the same clock.
 import argparse
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -234,18 +233,15 @@ def run(out_dir, repeats, backward, seed=0, clocks=0.0):
             launches["fa3+epi"] = lambda: fa3(q, k, v, lam, causal)  # noqa: E731
             outs["fa3+epi"] = launches["fa3+epi"]()
             anchors = [("fa3", None), ("fa3+epi", None)]
-        times = {name: [] for name, _ in compilers + anchors}
-        order = [name for name, _ in compilers + anchors]
         # A fresh order each round: a drift within rounds (backward run 37),
         # or what an entry inherits from the one before it (Hopper runs
-        # 51-52, after FA3), falls on every entry alike.
-        rounds_order = gpu_check.round_orders(order, repeats, f"{seed}/{len(rows)}")
-        for shuffled in rounds_order:
-            for name in shuffled:
-                times[name].append(gpu_check.bench_fn(launches[name]))
+        # 51-52, after FA3), falls on every entry alike. (launches holds the
+        # compilers, then the anchors, in that order.)
+        ms_of, times, rounds_order = gpu_check.time_in_rounds(launches, repeats,
+                                                              f"{seed}/{len(rows)}")
         row = dict(shape=[b, s, h2, hkv, d, causal], rounds_order=rounds_order)
         for name, _ in compilers + anchors:
-            ms = statistics.median(times[name])
+            ms = ms_of[name]
             row[name] = dict(ms=ms, tflops=flops / ms / 1e9, rounds_ms=times[name])
             if name in outs:
                 row[name]["rel_l2_vs_current"] = gpu_check.rel_l2(outs[name], outs["current"])

@@ -307,17 +307,18 @@ def time_variant(shapes, named, mine, options, target="sm_90", repeat=True, **ca
 def time_in_rounds(launches, rounds, seed):
     """Median over `rounds` rounds of each launch's bench_fn time (ms),
     every round timing each entry of `launches` ({name: callable}) once in
-    an order shuffled afresh (round_orders): an entry inherits no fixed
-    neighbour's clocks or heat (Hopper runs 51-53; one call per path in a
-    fixed order put the 16K shape at 0.94x FA3 + epilogue where gpu_ab.py's
-    rounds gave 1.017x in
-    Hopper runs 66-67). Returns ({name: median ms}, {name: [ms per
-    round]})."""
+    an order shuffled afresh (round_orders(list(launches), rounds, seed)):
+    an entry inherits no fixed neighbour's clocks or heat (Hopper runs
+    51-53; one call per path in a fixed order put the 16K shape at 0.94x
+    FA3 + epilogue where gpu_ab.py's rounds gave 1.017x in Hopper runs
+    66-67). Returns ({name: median ms}, {name: [ms per round]}, the rounds'
+    orders)."""
     times = {name: [] for name in launches}
-    for order in round_orders(list(launches), rounds, seed):
+    orders = round_orders(list(launches), rounds, seed)
+    for order in orders:
         for name in order:
             times[name].append(bench_fn(launches[name]))
-    return {name: statistics.median(t) for name, t in times.items()}, times
+    return {name: statistics.median(t) for name, t in times.items()}, times, orders
 
 
 def bench(results, prefill=True, rounds=5, seed=0):
@@ -387,7 +388,7 @@ def bench(results, prefill=True, rounds=5, seed=0):
                 name = " ".join(options)
                 launches[name], errors[name] = variant_launch(shapes, named, mine, options,
                                                               causal=causal)
-        ms_of, rounds_ms = time_in_rounds(launches, rounds, f"{seed}/{index}")
+        ms_of, rounds_ms, _ = time_in_rounds(launches, rounds, f"{seed}/{index}")
         row["rounds_ms"] = rounds_ms
         ours = ms_of["ours"]
         row.update(ours_ms=ours, ours_tflops=flops / ours / 1e9)

@@ -19,7 +19,6 @@ Needs a GPU; FA3 (the fa3-fwd wheel) is optional.
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -29,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
 sys.path.insert(0, HERE)
 from fixture_modules import rope_interleaved, rope_tables  # noqa: E402
-from gpu_check import bench_fn, rel_l2, round_orders  # noqa: E402
+from gpu_check import rel_l2, time_in_rounds  # noqa: E402
 
 from diffattn import _torch  # noqa: E402,F401  (registers torch.ops.diffattn.v2)
 
@@ -116,12 +115,11 @@ def main():
         ref = outs.get("fa3", outs["cudnn"])
         # Rounds of every path in an order shuffled each round (gpu_ab.py:
         # a path timed right after FA3 inherits its clocks); the median.
-        times = {name: [] for name in cores}
-        for order in round_orders(cores, args.repeats, args.seed):
-            for name in order:
-                times[name].append(bench_fn(lambda: layer(x, cos, sin, cores[name])))
+        ms_of, times, _ = time_in_rounds(
+            {name: (lambda core=core: layer(x, cos, sin, core)) for name, core in cores.items()},
+            args.repeats, args.seed)
         for name in cores:
-            results["paths"][name] = {"ms": statistics.median(times[name]),
+            results["paths"][name] = {"ms": ms_of[name],
                                       "rounds_ms": times[name],
                                       "rel_l2_vs_" + ("fa3" if "fa3" in outs else "cudnn"):
                                       rel_l2(outs[name], ref)}
