@@ -160,6 +160,12 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
             if applies(entry, d):
                 prepare_call(backward, b, s, h2, hkv, d, causal, target, options)
                 count += 1
+            if backward and name == "current":
+                # The timing step runs the training forward (out, lse,
+                # out_odd) of each --shape first, with this tree's defaults;
+                # gpu_prepare.py covers only BACKWARD_BENCH's.
+                _gpu.prepare_v2(*shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal,
+                                target=target, return_lse=True, return_out_odd=True)
         if name != "current":
             record[name] = entry
         print(f"{name}: {version} {' '.join(options)}: {count} kernels", flush=True)
