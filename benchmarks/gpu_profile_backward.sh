@@ -3,6 +3,9 @@
 # gpu_cases.BACKWARD_BENCH shape: the three kernels of one backward (speed
 # of light, pipes, warp states, memory), then the dk/dv kernel alone with
 # its SASS stall samples summarised by benchmarks/ncu_sass_summary.py.
+# Tensor pipes: gmma (wgmma, sm_90a) and hmma (mma.sync, the portable
+# kernels: DIFFATTN_GPU_TARGET=sm_90); shared memory: the LSU's shared
+# wavefronts against their peak and the ldmatrix instructions.
 # Kernels come from DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py); the
 # package must be importable (PYTHONPATH). Extra arguments are compiler
 # options for the backward (e.g. --gpu-options=deterministic=false).
@@ -23,7 +26,7 @@ rep="$out/$name"
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
   --section WarpStateStats --section LaunchStats --section Occupancy \
   --section MemoryWorkloadAnalysis \
-  --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active \
+  --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed,smsp__inst_executed_op_ldsm.sum \
   --import-source no -f -o "$rep" \
   python3 benchmarks/gpu_profile_backward.py --case "$case_index" "${opts[@]}" >"$rep.log" 2>&1
 "$ncu" -i "$rep.ncu-rep" --page details >"$rep-details.txt" 2>&1
@@ -33,5 +36,5 @@ rep="$out/$name"
 "$ncu" -i "$rep-dkdv.ncu-rep" --page source --csv --print-source sass >"$rep-dkdv-sass.csv" 2>&1
 python3 benchmarks/ncu_sass_summary.py "$rep-dkdv-sass.csv" >"$rep-dkdv-sass-summary.txt" 2>&1
 rm -f "$rep-dkdv-sass.csv"
-grep -E "diffattn_v2_backward|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|gmma_cycles" \
+grep -E "diffattn_v2_backward|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|mma_cycles|mem_shared|op_ldsm|Shared Memory" \
   "$rep-details.txt"
