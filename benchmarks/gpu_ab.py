@@ -135,7 +135,9 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
     of `shapes_`, else BENCH_PREFILL's or with `backward` BACKWARD_BENCH's
     (prefill calls, or with `backward` diffattn.v2_backward's). The current
     compiler's defaults are compiled too when `shapes_` are given
-    (gpu_prepare.py covers only BENCH_PREFILL and BACKWARD_BENCH)."""
+    (gpu_prepare.py covers only BENCH_PREFILL and BACKWARD_BENCH), with
+    `backward` also the training forward (out, lse, out_odd) that the
+    timing step runs on each shape before the backward kernels."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
     os.makedirs(cache, exist_ok=True)
     own = os.environ.get("DIFFATTN_COMPILE")
@@ -161,9 +163,6 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
                 prepare_call(backward, b, s, h2, hkv, d, causal, target, options)
                 count += 1
             if backward and name == "current":
-                # The timing step runs the training forward (out, lse,
-                # out_odd) of each --shape first, with this tree's defaults;
-                # gpu_prepare.py covers only BACKWARD_BENCH's.
                 _gpu.prepare_v2(*shapes(b, s, h2, hkv, d), "bf16", "bf16", causal=causal,
                                 target=target, return_lse=True, return_out_odd=True)
         if name != "current":
