@@ -565,8 +565,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                           2 +
                       plan.stages * kQueryBlock * kStatWidth * 4;
   if (reduceDq)
-    keyShared +=
-        2 * blockKeys * (kQueryBlock + pad) * 2 + 2 * kQueryBlock * 2 * d * 4;
+    keyShared = wideKeySharedBytes(keyPlan);
   plan.sharedBytes = rowShared(2);
   keyPlan.sharedBytes = keyShared;
   // The wgmma kernels (sm_90a) serve both formulations: the accumulating
@@ -685,7 +684,10 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   } else {
     BackwardBuilder builder(rewriter, loc, keyPlan);
     builder.reduceDq = reduceDq;
-    builder.buildKeyKernel(dkdv);
+    if (reduceDq)
+      builder.buildWideKeyKernel(dkdv);
+    else
+      builder.buildKeyKernel(dkdv);
   }
   if (reduceDq) {
     rewriter.setInsertionPointAfter(dkdv);

@@ -160,6 +160,14 @@ Value workspaceAddress(GPUKernelBuilder &kb, Value workspace, Value index);
 void addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
                  Value source, Value bytes);
 
+/// The accumulating formulation's dk/dv kernel (MmaSyncBackwardWide.cpp):
+/// keys per CTA (8 warps) and query rows per block.
+constexpr int64_t kWideKeys = 128;
+constexpr int64_t kWideQueryBlock = 64;
+/// Its dynamic shared memory (bytes): K and V rows, `plan.stages` stages of
+/// (q of both heads, dout, records), dS of both heads and P_c, padded rows.
+int64_t wideKeySharedBytes(const TileConfig &plan);
+
 class BackwardBuilder : public MmaSyncKernelBuilder {
 public:
   using MmaSyncKernelBuilder::MmaSyncKernelBuilder;
@@ -168,6 +176,9 @@ public:
   void buildRowKernel(gpu::GPUFuncOp func, bool stats);
   /// Kernel 3.
   void buildKeyKernel(gpu::GPUFuncOp func);
+  /// Kernel 3 of the accumulating formulation (reduceDq), in
+  /// FlashAttention-2's warp layout (MmaSyncBackwardWide.cpp).
+  void buildWideKeyKernel(gpu::GPUFuncOp func);
   /// Kernel 1 when the op has out_odd (MmaSyncBackwardStats.cpp): the
   /// records and dlam from rowsum(dout o out) and r = rowsum(dout o
   /// out_odd), kOutputStatsRows group rows per CTA of kOutputStatsThreads

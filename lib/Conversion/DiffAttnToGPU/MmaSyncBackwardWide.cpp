@@ -1,0 +1,435 @@
+//===- MmaSyncBackwardWide.cpp - the accumulating dk/dv kernel, wide tiles ===//
+//
+// The portable strategy's accumulating dk/dv kernel (the strategy option
+// deterministic = false, on sm_90 and later) in FlashAttention-2's warp
+// layout (Dao 2023, Algorithm 2; the 64 x 128 blocks and 2 x 4 / 4 x 2 warp
+// grids of its sm80 head-dim-128 backward): per CTA 128 keys of a KV head
+// and 8 warps, per iteration 64 query rows of one pair of the group, and
+// every product a 32 x 32 (scores) or 32 x D / 2 (gradients) warp tile, so
+// that each operand fragment loaded from shared memory feeds two mma
+// instead of one (the deterministic kernels' warps hold 16 keys as the M
+// rows of every product: 0.58 ldmatrix per mma, their shared pipe 71% busy
+// for a 42% tensor pipe, H200 backward run 44 in docs/performance.md).
+//
+// Per iteration (query block of 64 rows q0.., pair p):
+// 1. S_2h = q_2h K^T, S_2h+1 = q_2h+1 K^T and G = dout V^T, [64 x 128]
+//    each; warp w the rows 32 (w % 2) and keys 32 (w / 2), K's fragments
+//    shared by both heads.
+// 2. P_j = exp2(scale log2e S_j - lse_j log2e) (masked where the block
+//    straddles a bound), dS_2h = P_2h (G - D_2h), dS_2h+1 = P_2h+1 (-sigmoid
+//    (lam) G - D_2h+1), P_c = P_2h - sigmoid(lam) P_2h+1, rounded to the
+//    element type into shared memory as [query, key] tiles; a barrier.
+// 3. dv += P_c^T dout, dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1 in registers:
+//    warp w the keys 32 (w % 4) and columns D / 2 (w / 4); the A operands
+//    through ldmatrix.trans of the [query, key] tiles.
+// 4. dq_j += dS_j K: warp w head w / 4, rows 32 ((w / 2) % 2), columns D / 2
+//    (w % 2), added to the f32 accumulator (MmaSyncBackwardDq.cpp's rows
+//    layout) with red.global.add.v2.f32 from registers, as FlashAttention-2
+//    adds dq with atomics, with no staging in shared memory.
+// The statistics kernel zeroes the accumulator and the conversion kernel
+// scales and rounds it (MmaSyncBackwardDq.cpp). Fragment layouts: PTX ISA
+// "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
+//
+//===----------------------------------------------------------------------===//
+
+#include "MmaSyncBackwardBuilder.h"
+
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::diffattn;
+using namespace mlir::diffattn::mma_sync;
+
+int64_t mma_sync::wideKeySharedBytes(const TileConfig &plan) {
+  int64_t d = plan.headDim, dv = plan.valueDim, pad = kPad;
+  int64_t keys = kWideKeys, rows = kWideQueryBlock;
+  int64_t kv = keys * (d + dv + 2 * pad) * 2;
+  int64_t stage = rows * (2 * (d + pad) + (dv + pad)) * 2 + rows * kStatWidth * 4;
+  int64_t probs = 3 * rows * (keys + pad) * 2;
+  return kv + plan.stages * stage + probs;
+}
+
+/// One red.global.add.v2.f32 of (x, y) at f32 element `index` of
+/// `workspace`. No NVVM op expresses the vector reduction (PTX ISA "red":
+/// .v2.f32 needs sm_90 and PTX 8.1); the address converted from generic.
+static void addPairToGlobal(GPUKernelBuilder &kb, Value workspace, Value index,
+                            Value x, Value y) {
+  SmallVector<Value> operands = {workspaceAddress(kb, workspace, index), x, y};
+  LLVM::InlineAsmOp::create(
+      kb.b, kb.loc, TypeRange(), operands,
+      "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
+      "red.global.add.v2.f32 [g], {$1, $2};\n}",
+      "l,f,f", /*has_side_effects=*/true, /*is_align_stack=*/false,
+      LLVM::tailcallkind::TailCallKind::None,
+      LLVM::AsmDialectAttr::get(kb.ctx, LLVM::AsmDialect::AD_ATT),
+      /*operand_attrs=*/ArrayAttr());
+}
+
+void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  const AttentionConfig &attn = plan.attn;
+  BackwardArgs args = readArgs(entry);
+  const int64_t blockKeys = kWideKeys, blockQ = kWideQueryBlock;
+  int64_t d = plan.headDim, dv = plan.valueDim;
+  int64_t ppg = plan.pairsPerGroup();
+  Value seqQ = args.seqQ, seqK = args.seqK;
+
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  lane = rem(tid, 32);
+  warp = div(tid, 32);
+  Value keyBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  Value key0 = mul(keyBlock, blockKeys);
+  Value firstPair = mul(kvHead, ppg);
+  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
+  setKeyLength(args, batch, tid);
+
+  // Shared memory (wideKeySharedBytes): K and V rows, the stages of (q of
+  // both heads, dout, records), then dS of both heads and P_c.
+  Type elem = plan.elementType;
+  int64_t pad = plan.rowPad();
+  int64_t at = 0;
+  auto view = [&](ArrayRef<int64_t> shape, Type type, int64_t bytes) {
+    Value v = sharedView(at, shape, type);
+    at += bytes;
+    return v;
+  };
+  sK = view({blockKeys, d + pad}, elem, blockKeys * (d + pad) * 2);
+  sV = view({blockKeys, dv + pad}, elem, blockKeys * (dv + pad) * 2);
+  sQ = view({plan.stages, 2, blockQ, d + pad}, elem,
+            plan.stages * 2 * blockQ * (d + pad) * 2);
+  Value sDO = view({plan.stages, blockQ, dv + pad}, elem,
+                   plan.stages * blockQ * (dv + pad) * 2);
+  Value sStat = view({plan.stages, blockQ, kStatWidth}, b.getF32Type(),
+                     plan.stages * blockQ * kStatWidth * 4);
+  Value sDS = view({2, blockQ, blockKeys + pad}, elem,
+                   2 * blockQ * (blockKeys + pad) * 2);
+  Value sP = view({blockQ, blockKeys + pad}, elem,
+                  blockQ * (blockKeys + pad) * 2);
+  Value accBase = dqAccumulatorOffset(*this, seqQ, plan.pairs);
+
+  // Keys past kv_len are zero-filled: whatever the cache holds there must
+  // not reach G (0 * NaN).
+  Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
+  Value kvRow = add(kRowBase, key0);
+  copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
+                plan.kvHeads * d, validKeys, sK, {}, blockKeys, d, tid,
+                plan.threads());
+  copyRowsAsync(args.v, mul(add(mul(kvRow, plan.kvHeads), kvHead), dv),
+                plan.kvHeads * dv, validKeys, sV, {}, blockKeys, dv, tid,
+                plan.threads());
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+
+  auto [qlo, queryBlocks] = keyBlockQueries(*this, attn, key0, blockKeys,
+                                            blockQ, offset, keyLen, seqQ);
+  Value count = mul(queryBlocks, ppg);
+  auto blockOf = [&](Value j) {
+    Value pair = add(firstPair, arith::DivUIOp::create(b, loc, j, queryBlocks));
+    Value q0 =
+        add(qlo, mul(arith::RemUIOp::create(b, loc, j, queryBlocks).getResult(),
+                     blockQ));
+    return std::make_pair(pair, q0);
+  };
+  auto load = [&](Value j, Value stage) {
+    auto [pair, q0] = blockOf(j);
+    Value rows = minI(idx(blockQ), sub(seqQ, q0));
+    Value rowIndex = add(qRowBase, q0);
+    for (int64_t s = 0; s < 2; ++s)
+      copyRowsAsync(
+          args.q,
+          mul(add(mul(rowIndex, plan.queryHeads), add(mul(pair, 2), idx(s))),
+              d),
+          plan.queryHeads * d, rows, sQ, {stage, idx(s)}, blockQ, d, tid,
+          plan.threads());
+    copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
+                  plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
+                  plan.threads());
+    copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows, tid,
+                     blockQ, plan.pairs);
+  };
+
+  Value l8 = rem(lane, 8), g8 = div(lane, 8);
+  Value quad = div(lane, 4), colLane = mul(rem(lane, 4), 2);
+  // Fragment addresses (see the file comment's PTX sections): an A operand
+  // stored row-major (rows as M) by ldmatrix, rows l8 + 8 (g8 % 2), columns
+  // 8 (lane / 16); a B operand stored as [n, k] by ldmatrix, rows l8 + 8
+  // (lane / 16), columns 8 (g8 % 2); an A operand stored as [k, m] (the
+  // transpose) by ldmatrix.trans, rows l8 + 8 (lane / 16), columns 8 (g8 %
+  // 2); a B operand stored as [k, n] by ldmatrix.trans, rows l8 + 8 (g8 %
+  // 2), columns 8 (lane / 16).
+  Value aRow = add(l8, mul(rem(g8, 2), 8)), aCol = mul(div(lane, 16), 8);
+  Value bRow = add(l8, mul(div(lane, 16), 8)), bCol = mul(rem(g8, 2), 8);
+  Value atRow = bRow, atCol = bCol;
+  Value btRow = aRow, btCol = aCol;
+
+  // Phase 1's warp tile: rows sRow0 .., keys sKey0 ...
+  Value sRow0 = mul(rem(warp, 2), 32), sKey0 = mul(div(warp, 2), 32);
+  // Phase 3's: keys gKey0 .., columns gCol0 .. (D / 2 of them).
+  Value gKey0 = mul(rem(warp, 4), 32), gCol0 = mul(div(warp, 4), d / 2);
+  int64_t gTiles = d / 16, gvTiles = dv / 16;
+  // Phase 4's: head qHead, rows qRow0 .., columns qCol0 ...
+  Value qHead = div(warp, 4), qRow0 = mul(rem(div(warp, 2), 2), 32),
+        qCol0 = mul(rem(warp, 2), d / 2);
+
+  // The loop carries dk then dv: [mt][t] accumulator tiles of keys gKey0 +
+  // 16 mt, columns gCol0 + 8 t.
+  SmallVector<Value> init((2 * gTiles + 2 * gvTiles) * 4, f32(0.0f));
+  SmallVector<Value> final = pipelined(
+      count, init, load,
+      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
+        auto [pair, q0] = blockOf(j);
+        // 1. S of both heads and G, [mt][nt] tiles of rows sRow0 + 16 mt,
+        // keys sKey0 + 8 nt.
+        SmallVector<Acc> s[2], g;
+        for (int64_t i = 0; i < 8; ++i) {
+          s[0].push_back(zeroAcc());
+          s[1].push_back(zeroAcc());
+          g.push_back(zeroAcc());
+        }
+        // out_h[mt * 4 + nt] += A_h B^T over kDim, A_h rows sRow0 + 16 mt
+        // of as[h], B rows sKey0 + 8 nt of bTile (each B fragment feeds
+        // every A_h).
+        auto scores = [&](ArrayRef<TileRef> as, Value bTile,
+                          ArrayRef<SmallVector<Acc> *> outs, int64_t kDim) {
+          for (int64_t kk = 0; kk < kDim / 16; ++kk) {
+            SmallVector<SmallVector<Value>> a;
+            for (const TileRef &t : as)
+              for (int64_t mt = 0; mt < 2; ++mt)
+                a.push_back(ldmatrix(
+                    t.tile,
+                    tileIndex(t.lead, add(add(sRow0, aRow), mt * 16), aCol,
+                              kk * 16),
+                    false));
+            for (int64_t np = 0; np < 2; ++np) {
+              SmallVector<Value> br = ldmatrix(
+                  bTile, tileIndex({}, add(add(sKey0, bRow), np * 16), bCol,
+                                   kk * 16),
+                  false);
+              for (size_t h = 0; h < as.size(); ++h)
+                for (int64_t mt = 0; mt < 2; ++mt) {
+                  Acc &t0 = (*outs[h])[mt * 4 + 2 * np];
+                  Acc &t1 = (*outs[h])[mt * 4 + 2 * np + 1];
+                  t0 = mma(a[h * 2 + mt], {br[0], br[1]}, t0);
+                  t1 = mma(a[h * 2 + mt], {br[2], br[3]}, t1);
+                }
+            }
+          }
+        };
+        // G first; then each head's S, probabilities and dS in turn (both
+        // heads' S at once, sharing K's fragments, left 296 bytes of
+        // spills at 255 registers: ptxas -v, D = 128).
+        scores({{sDO, {stage}}}, sV, {&g}, dv);
+
+        // 2. Probabilities and dS; the records of the thread's rows sRow0 +
+        // 16 mt + quad + 8 rr (index 2 mt + rr).
+        // A record field of the thread's row index r (rows sRow0 + 16 (r /
+        // 2) + quad + 8 (r % 2)), loaded where it is used (each use loads
+        // again: records held across the scores cost registers).
+        auto record = [&](int64_t r, int64_t field) -> Value {
+          Value row = add(add(sRow0, quad), (r / 2) * 16 + (r % 2) * 8);
+          return memref::LoadOp::create(b, loc, sStat,
+                                        ValueRange{stage, row, idx(field)});
+        };
+        // Value i of the flattened tiles: tile i / 4 = mt * 4 + nt, element
+        // i % 4: row index 2 mt + (i % 4) / 2, key sKey0 + 8 nt + colLane +
+        // i % 2.
+        auto rowOf = [](int64_t i) { return 2 * (i / 16) + (i % 4) / 2; };
+        Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
+                                            blockQ, seqQ, offset, keyLen);
+        auto visible = [&](int64_t i) {
+          int64_t mt = i / 16, nt = (i / 4) % 4;
+          Value query =
+              add(add(q0, add(sRow0, quad)), mt * 16 + ((i % 4) / 2) * 8);
+          Value key = add(add(key0, add(sKey0, colLane)), nt * 8 + i % 2);
+          return arith::AndIOp::create(
+              b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
+              buildIsVisible(b, loc, attn, query, key, offset, keyLen));
+        };
+        auto pairType = VectorType::get({2}, elem);
+        // Stores (x, y) rounded at the thread's row 2 mt + rr, tile column
+        // nt of `tile` [lead..., query, key].
+        auto store = [&](Value tile, ValueRange lead, int64_t mt, int64_t nt,
+                         int64_t rr, Value x, Value y) {
+          Value pairValue = vector::FromElementsOp::create(
+              b, loc, pairType,
+              ValueRange{arith::TruncFOp::create(b, loc, elem, x),
+                         arith::TruncFOp::create(b, loc, elem, y)});
+          SmallVector<Value> indices(lead);
+          indices.push_back(add(add(sRow0, quad), mt * 16 + rr * 8));
+          indices.push_back(add(add(sKey0, colLane), nt * 8));
+          vector::StoreOp::create(b, loc, pairValue, tile, indices);
+        };
+        // P_2h waits for P_2h+1 in sP, rounded to the element type (as P V's
+        // operand is in the forward): in registers, ptxas spilled more.
+        Value rounded[8][2];
+        for (int64_t h = 0; h < 2; ++h) {
+          scores({{sQ, {stage, idx(h)}}}, sK, {&s[h]}, d);
+          std::array<SmallVector<Acc>, 2> sh;
+          sh[h] = s[h];
+          SmallVector<Value> shifts, deltas, sigs;
+          for (int64_t r = 0; r < 4; ++r)
+            shifts.push_back(record(r, h ? kShiftOdd : kShiftEven));
+          SmallVector<Acc> p = probabilities(
+              {h}, sh, [&](int64_t, int64_t i) { return shifts[rowOf(i)]; },
+              needsMask, visible)[h];
+          for (int64_t r = 0; r < 4; ++r) {
+            deltas.push_back(record(r, h ? kDeltaOdd : kDeltaEven));
+            if (h)
+              sigs.push_back(record(r, kSigmoid));
+          }
+          for (int64_t mt = 0; mt < 2; ++mt)
+            for (int64_t nt = 0; nt < 4; ++nt)
+              for (int64_t rr = 0; rr < 2; ++rr) {
+                int64_t t = mt * 4 + nt, r = 2 * mt + rr;
+                Value ds[2], pc[2];
+                Value delta = deltas[r], sigR = h ? sigs[r] : Value();
+                for (int64_t c = 0; c < 2; ++c) {
+                  int64_t e = 2 * rr + c;
+                  Value ge = g[t][e];
+                  if (h == 0) {
+                    ds[c] = fmul(p[t][e], fsub(ge, delta));
+                    continue;
+                  }
+                  ds[c] = fmul(p[t][e],
+                               fsub(f32(0.0f), fma(sigR, ge, delta)));
+                  if (c == 0)
+                    rounded[t][rr] = vector::LoadOp::create(
+                        b, loc, pairType, sP,
+                        ValueRange{add(add(sRow0, quad), mt * 16 + rr * 8),
+                                   add(add(sKey0, colLane), nt * 8)});
+                  Value pe = arith::ExtFOp::create(
+                      b, loc, b.getF32Type(),
+                      vector::ExtractOp::create(b, loc, rounded[t][rr], c)
+                          .getResult());
+                  pc[c] = fsub(pe, fmul(sigR, p[t][e]));
+                }
+                store(sDS, {idx(h)}, mt, nt, rr, ds[0], ds[1]);
+                if (h == 0)
+                  store(sP, {}, mt, nt, rr, p[t][2 * rr], p[t][2 * rr + 1]);
+                else
+                  store(sP, {}, mt, nt, rr, pc[0], pc[1]);
+              }
+        }
+        // Every warp's dS and P_c are in shared memory.
+        gpu::BarrierOp::create(b, loc);
+
+        // 3. dv += P_c^T dout, dk += dS_j^T q_j: accumulators [mt][t].
+        SmallVector<Acc> dk, dvAcc;
+        for (int64_t i = 0; i < 2 * gTiles; ++i)
+          dk.push_back({carried[i * 4], carried[i * 4 + 1], carried[i * 4 + 2],
+                        carried[i * 4 + 3]});
+        for (int64_t i = 0; i < 2 * gvTiles; ++i) {
+          int64_t o = (2 * gTiles + i) * 4;
+          dvAcc.push_back(
+              {carried[o], carried[o + 1], carried[o + 2], carried[o + 3]});
+        }
+        // acc[mt * tiles + t] += A^T B with A = tile aT (lead aLead) as
+        // [query, key], B = tile bT (lead bLead) as [query, column].
+        auto gradient = [&](Value aT, ValueRange aLead, Value bT,
+                            ValueRange bLead, int64_t tiles,
+                            SmallVectorImpl<Acc> &acc) {
+          for (int64_t kk = 0; kk < blockQ / 16; ++kk) {
+            SmallVector<Value> a[2];
+            for (int64_t mt = 0; mt < 2; ++mt)
+              a[mt] = ldmatrix(aT,
+                               tileIndex(aLead, add(atRow, kk * 16),
+                                         add(add(gKey0, atCol), mt * 16)),
+                               true);
+            for (int64_t dp = 0; dp < tiles / 2; ++dp) {
+              SmallVector<Value> br =
+                  ldmatrix(bT,
+                           tileIndex(bLead, add(btRow, kk * 16),
+                                     add(gCol0, btCol), dp * 16),
+                           true);
+              for (int64_t mt = 0; mt < 2; ++mt) {
+                Acc &t0 = acc[mt * tiles + 2 * dp];
+                Acc &t1 = acc[mt * tiles + 2 * dp + 1];
+                t0 = mma(a[mt], {br[0], br[1]}, t0);
+                t1 = mma(a[mt], {br[2], br[3]}, t1);
+              }
+            }
+          }
+        };
+        gradient(sP, {}, sDO, {stage}, gvTiles, dvAcc);
+        gradient(sDS, {idx(0)}, sQ, {stage, idx(0)}, gTiles, dk);
+        gradient(sDS, {idx(1)}, sQ, {stage, idx(1)}, gTiles, dk);
+
+        // 4. dq_j += dS_j K, [mt][t] tiles of rows qRow0 + 16 mt, columns
+        // qCol0 + 8 t, added to the accumulator.
+        int64_t qTiles = d / 16;
+        SmallVector<Acc> dq(2 * qTiles, zeroAcc());
+        for (int64_t kk = 0; kk < blockKeys / 16; ++kk) {
+          SmallVector<Value> a[2];
+          for (int64_t mt = 0; mt < 2; ++mt)
+            a[mt] = ldmatrix(sDS,
+                             tileIndex(ValueRange(qHead),
+                                       add(add(qRow0, aRow), mt * 16), aCol,
+                                       kk * 16),
+                             false);
+          for (int64_t dp = 0; dp < qTiles / 2; ++dp) {
+            SmallVector<Value> br = ldmatrix(
+                sK, tileIndex({}, add(btRow, kk * 16), add(qCol0, btCol),
+                              dp * 16),
+                true);
+            for (int64_t mt = 0; mt < 2; ++mt) {
+              Acc &t0 = dq[mt * qTiles + 2 * dp];
+              Acc &t1 = dq[mt * qTiles + 2 * dp + 1];
+              t0 = mma(a[mt], {br[0], br[1]}, t0);
+              t1 = mma(a[mt], {br[2], br[3]}, t1);
+            }
+          }
+        }
+        Value dqCol = add(add(mul(qHead, d), qCol0), colLane);
+        for (int64_t mt = 0; mt < 2; ++mt)
+          for (int64_t rr = 0; rr < 2; ++rr) {
+            Value query = add(add(q0, add(qRow0, quad)), mt * 16 + rr * 8);
+            ifThen(cmp(arith::CmpIPredicate::slt, query, seqQ), [&] {
+              Value rowBase =
+                  add(accBase, dqRowIndex(*this, batch, pair, query, seqQ,
+                                          plan.pairs, d));
+              for (int64_t t = 0; t < qTiles; ++t)
+                addPairToGlobal(
+                    *this, args.workspace,
+                    add(rowBase,
+                        dqSwizzledColumn(*this, add(dqCol, t * 8), query)),
+                    dq[mt * qTiles + t][2 * rr],
+                    dq[mt * qTiles + t][2 * rr + 1]);
+            });
+          }
+
+        SmallVector<Value> results;
+        for (const Acc &t : dk)
+          results.append(t.begin(), t.end());
+        for (const Acc &t : dvAcc)
+          results.append(t.begin(), t.end());
+        return results;
+      });
+
+  // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys gKey0 + 16 mt
+  // + quad + 8 rr, columns gCol0 + colLane + 8 t.
+  Value scale = f32(plan.attn.scale);
+  for (int64_t mt = 0; mt < 2; ++mt)
+    for (int64_t rr = 0; rr < 2; ++rr) {
+      Value key = add(add(key0, add(gKey0, quad)), mt * 16 + rr * 8);
+      ifThen(cmp(arith::CmpIPredicate::slt, key, seqK), [&] {
+        Value row = add(mul(add(kRowBase, key), plan.kvHeads), kvHead);
+        for (int64_t t = 0; t < gTiles; ++t) {
+          int64_t o = (mt * gTiles + t) * 4 + 2 * rr;
+          storePair(args.dk, fmul(final[o], scale), fmul(final[o + 1], scale),
+                    add(add(mul(row, d), add(gCol0, colLane)), t * 8));
+        }
+        Value vCol0 = mul(div(warp, 4), dv / 2);
+        for (int64_t t = 0; t < gvTiles; ++t) {
+          int64_t o = (2 * gTiles + mt * gvTiles + t) * 4 + 2 * rr;
+          storePair(args.dv, final[o], final[o + 1],
+                    add(add(mul(row, dv), add(vCol0, colLane)), t * 8));
+        }
+      });
+    }
+  gpu::ReturnOp::create(b, loc);
+}
