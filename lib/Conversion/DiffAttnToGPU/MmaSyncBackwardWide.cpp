@@ -55,6 +55,10 @@ int64_t mma_sync::wideKeySharedBytes(const TileConfig &plan) {
 /// One red.global.add.v2.f32 of (x, y) at f32 element `index` of
 /// `workspace`. No NVVM op expresses the vector reduction (PTX ISA "red":
 /// .v2.f32 needs sm_90 and PTX 8.1); the address converted from generic.
+/// Whether phase 1 runs once per row tile of the warp's (the K/V fragments
+/// loaded twice) rather than once for both.
+static constexpr bool kSplitRowTiles = true;
+
 static void addPairToGlobal(GPUKernelBuilder &kb, Value workspace, Value index,
                             Value x, Value y) {
   SmallVector<Value> operands = {workspaceAddress(kb, workspace, index), x, y};
@@ -183,76 +187,47 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
       count, init, load,
       [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
         auto [pair, q0] = blockOf(j);
-        // 1. S of both heads and G, [mt][nt] tiles of rows sRow0 + 16 mt,
-        // keys sKey0 + 8 nt.
-        SmallVector<Acc> s[2], g;
-        for (int64_t i = 0; i < 8; ++i) {
-          s[0].push_back(zeroAcc());
-          s[1].push_back(zeroAcc());
-          g.push_back(zeroAcc());
-        }
-        // out_h[mt * 4 + nt] += A_h B^T over kDim, A_h rows sRow0 + 16 mt
-        // of as[h], B rows sKey0 + 8 nt of bTile (each B fragment feeds
-        // every A_h).
-        auto scores = [&](ArrayRef<TileRef> as, Value bTile,
-                          ArrayRef<SmallVector<Acc> *> outs, int64_t kDim) {
+        // 1-2, per pass over the row tiles of `passes` (the thread's rows
+        // of row tile mt: sRow0 + 16 mt + quad + 8 rr, row index r = 2 mt +
+        // rr). out[m * 4 + nt] += A B^T over kDim for the m-th row tile mts[m]
+        // of A = `a` (rows sRow0 + 16 mts[m]) and key tile nt of B = bTile
+        // (rows sKey0 + 8 nt); each B fragment feeds every row tile.
+        auto scores = [&](const TileRef &a, ArrayRef<int64_t> mts, Value bTile,
+                          SmallVectorImpl<Acc> &out, int64_t kDim) {
           for (int64_t kk = 0; kk < kDim / 16; ++kk) {
-            SmallVector<SmallVector<Value>> a;
-            for (const TileRef &t : as)
-              for (int64_t mt = 0; mt < 2; ++mt)
-                a.push_back(ldmatrix(
-                    t.tile,
-                    tileIndex(t.lead, add(add(sRow0, aRow), mt * 16), aCol,
-                              kk * 16),
-                    false));
+            SmallVector<SmallVector<Value>> af;
+            for (int64_t mt : mts)
+              af.push_back(ldmatrix(
+                  a.tile,
+                  tileIndex(a.lead, add(add(sRow0, aRow), mt * 16), aCol,
+                            kk * 16),
+                  false));
             for (int64_t np = 0; np < 2; ++np) {
               SmallVector<Value> br = ldmatrix(
                   bTile, tileIndex({}, add(add(sKey0, bRow), np * 16), bCol,
                                    kk * 16),
                   false);
-              for (size_t h = 0; h < as.size(); ++h)
-                for (int64_t mt = 0; mt < 2; ++mt) {
-                  Acc &t0 = (*outs[h])[mt * 4 + 2 * np];
-                  Acc &t1 = (*outs[h])[mt * 4 + 2 * np + 1];
-                  t0 = mma(a[h * 2 + mt], {br[0], br[1]}, t0);
-                  t1 = mma(a[h * 2 + mt], {br[2], br[3]}, t1);
-                }
+              for (size_t m = 0; m < mts.size(); ++m) {
+                Acc &t0 = out[m * 4 + 2 * np];
+                Acc &t1 = out[m * 4 + 2 * np + 1];
+                t0 = mma(af[m], {br[0], br[1]}, t0);
+                t1 = mma(af[m], {br[2], br[3]}, t1);
+              }
             }
           }
         };
-        // G first; then each head's S, probabilities and dS in turn (both
-        // heads' S at once, sharing K's fragments, left 296 bytes of
-        // spills at 255 registers: ptxas -v, D = 128).
-        scores({{sDO, {stage}}}, sV, {&g}, dv);
-
-        // 2. Probabilities and dS; the records of the thread's rows sRow0 +
-        // 16 mt + quad + 8 rr (index 2 mt + rr).
-        // A record field of the thread's row index r (rows sRow0 + 16 (r /
-        // 2) + quad + 8 (r % 2)), loaded where it is used (each use loads
-        // again: records held across the scores cost registers).
+        // A record field of row index r, loaded where it is used (records
+        // held across the products cost registers).
         auto record = [&](int64_t r, int64_t field) -> Value {
           Value row = add(add(sRow0, quad), (r / 2) * 16 + (r % 2) * 8);
           return memref::LoadOp::create(b, loc, sStat,
                                         ValueRange{stage, row, idx(field)});
         };
-        // Value i of the flattened tiles: tile i / 4 = mt * 4 + nt, element
-        // i % 4: row index 2 mt + (i % 4) / 2, key sKey0 + 8 nt + colLane +
-        // i % 2.
-        auto rowOf = [](int64_t i) { return 2 * (i / 16) + (i % 4) / 2; };
         Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
                                             blockQ, seqQ, offset, keyLen);
-        auto visible = [&](int64_t i) {
-          int64_t mt = i / 16, nt = (i / 4) % 4;
-          Value query =
-              add(add(q0, add(sRow0, quad)), mt * 16 + ((i % 4) / 2) * 8);
-          Value key = add(add(key0, add(sKey0, colLane)), nt * 8 + i % 2);
-          return arith::AndIOp::create(
-              b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
-              buildIsVisible(b, loc, attn, query, key, offset, keyLen));
-        };
         auto pairType = VectorType::get({2}, elem);
-        // Stores (x, y) rounded at the thread's row 2 mt + rr, tile column
-        // nt of `tile` [lead..., query, key].
+        // Stores (x, y) rounded at the thread's row 2 mt + rr, key tile nt
+        // of `tile` [lead..., query, key].
         auto store = [&](Value tile, ValueRange lead, int64_t mt, int64_t nt,
                          int64_t rr, Value x, Value y) {
           Value pairValue = vector::FromElementsOp::create(
@@ -264,56 +239,83 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
           indices.push_back(add(add(sKey0, colLane), nt * 8));
           vector::StoreOp::create(b, loc, pairValue, tile, indices);
         };
-        // P_2h waits for P_2h+1 in sP, rounded to the element type (as P V's
-        // operand is in the forward): in registers, ptxas spilled more.
-        Value rounded[8][2];
-        for (int64_t h = 0; h < 2; ++h) {
-          scores({{sQ, {stage, idx(h)}}}, sK, {&s[h]}, d);
-          std::array<SmallVector<Acc>, 2> sh;
-          sh[h] = s[h];
-          SmallVector<Value> shifts, deltas, sigs;
-          for (int64_t r = 0; r < 4; ++r)
-            shifts.push_back(record(r, h ? kShiftOdd : kShiftEven));
-          SmallVector<Acc> p = probabilities(
-              {h}, sh, [&](int64_t, int64_t i) { return shifts[rowOf(i)]; },
-              needsMask, visible)[h];
-          for (int64_t r = 0; r < 4; ++r) {
-            deltas.push_back(record(r, h ? kDeltaOdd : kDeltaEven));
-            if (h)
-              sigs.push_back(record(r, kSigmoid));
-          }
-          for (int64_t mt = 0; mt < 2; ++mt)
-            for (int64_t nt = 0; nt < 4; ++nt)
-              for (int64_t rr = 0; rr < 2; ++rr) {
-                int64_t t = mt * 4 + nt, r = 2 * mt + rr;
-                Value ds[2], pc[2];
-                Value delta = deltas[r], sigR = h ? sigs[r] : Value();
-                for (int64_t c = 0; c < 2; ++c) {
-                  int64_t e = 2 * rr + c;
-                  Value ge = g[t][e];
-                  if (h == 0) {
-                    ds[c] = fmul(p[t][e], fsub(ge, delta));
-                    continue;
-                  }
-                  ds[c] = fmul(p[t][e],
-                               fsub(f32(0.0f), fma(sigR, ge, delta)));
-                  if (c == 0)
-                    rounded[t][rr] = vector::LoadOp::create(
-                        b, loc, pairType, sP,
-                        ValueRange{add(add(sRow0, quad), mt * 16 + rr * 8),
-                                   add(add(sKey0, colLane), nt * 8)});
-                  Value pe = arith::ExtFOp::create(
-                      b, loc, b.getF32Type(),
-                      vector::ExtractOp::create(b, loc, rounded[t][rr], c)
-                          .getResult());
-                  pc[c] = fsub(pe, fmul(sigR, p[t][e]));
-                }
-                store(sDS, {idx(h)}, mt, nt, rr, ds[0], ds[1]);
-                if (h == 0)
-                  store(sP, {}, mt, nt, rr, p[t][2 * rr], p[t][2 * rr + 1]);
-                else
-                  store(sP, {}, mt, nt, rr, pc[0], pc[1]);
+        SmallVector<SmallVector<int64_t>> passes =
+            kSplitRowTiles ? SmallVector<SmallVector<int64_t>>{{0}, {1}}
+                           : SmallVector<SmallVector<int64_t>>{{0, 1}};
+        for (ArrayRef<int64_t> mts : passes) {
+          int64_t tiles = 4 * mts.size();
+          // G, then each head's S, probabilities and dS in turn (both heads'
+          // S at once, sharing K's fragments, spilled more: ptxas -v).
+          SmallVector<Acc> g(tiles, zeroAcc());
+          scores({sDO, {stage}}, mts, sV, g, dv);
+          // Value i of the pass's flattened tiles: tile i / 4 = m * 4 + nt,
+          // element i % 4: row index 2 mts[m] + (i % 4) / 2, key sKey0 + 8
+          // nt + colLane + i % 2.
+          auto rowOf = [&](int64_t i) {
+            return 2 * mts[i / 16] + (i % 4) / 2;
+          };
+          auto visible = [&](int64_t i) {
+            Value query = add(add(q0, add(sRow0, quad)),
+                              mts[i / 16] * 16 + ((i % 4) / 2) * 8);
+            Value key =
+                add(add(key0, add(sKey0, colLane)), ((i / 4) % 4) * 8 + i % 2);
+            return arith::AndIOp::create(
+                b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
+                buildIsVisible(b, loc, attn, query, key, offset, keyLen));
+          };
+          for (int64_t h = 0; h < 2; ++h) {
+            std::array<SmallVector<Acc>, 2> sh;
+            sh[h].assign(tiles, zeroAcc());
+            scores({sQ, {stage, idx(h)}}, mts, sK, sh[h], d);
+            DenseMap<int64_t, Value> shifts, deltas, sigs;
+            for (int64_t mt : mts)
+              for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r)
+                shifts[r] = record(r, h ? kShiftOdd : kShiftEven);
+            SmallVector<Acc> p = probabilities(
+                {h}, sh, [&](int64_t, int64_t i) { return shifts[rowOf(i)]; },
+                needsMask, visible)[h];
+            for (int64_t mt : mts)
+              for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r) {
+                deltas[r] = record(r, h ? kDeltaOdd : kDeltaEven);
+                if (h)
+                  sigs[r] = record(r, kSigmoid);
               }
+            for (size_t m = 0; m < mts.size(); ++m)
+              for (int64_t nt = 0; nt < 4; ++nt)
+                for (int64_t rr = 0; rr < 2; ++rr) {
+                  int64_t mt = mts[m], t = m * 4 + nt, r = 2 * mt + rr;
+                  Value ds[2], pc[2];
+                  // P_2h waits for P_2h+1 in sP, rounded to the element type
+                  // (as P V's operand is in the forward): in registers,
+                  // ptxas spilled more.
+                  Value rounded;
+                  for (int64_t c = 0; c < 2; ++c) {
+                    int64_t e = 2 * rr + c;
+                    Value ge = g[t][e];
+                    if (h == 0) {
+                      ds[c] = fmul(p[t][e], fsub(ge, deltas[r]));
+                      continue;
+                    }
+                    ds[c] = fmul(p[t][e], fsub(f32(0.0f),
+                                               fma(sigs[r], ge, deltas[r])));
+                    if (c == 0)
+                      rounded = vector::LoadOp::create(
+                          b, loc, pairType, sP,
+                          ValueRange{add(add(sRow0, quad), mt * 16 + rr * 8),
+                                     add(add(sKey0, colLane), nt * 8)});
+                    Value pe = arith::ExtFOp::create(
+                        b, loc, b.getF32Type(),
+                        vector::ExtractOp::create(b, loc, rounded, c)
+                            .getResult());
+                    pc[c] = fsub(pe, fmul(sigs[r], p[t][e]));
+                  }
+                  store(sDS, {idx(h)}, mt, nt, rr, ds[0], ds[1]);
+                  if (h == 0)
+                    store(sP, {}, mt, nt, rr, p[t][2 * rr], p[t][2 * rr + 1]);
+                  else
+                    store(sP, {}, mt, nt, rr, pc[0], pc[1]);
+                }
+          }
         }
         // Every warp's dS and P_c are in shared memory.
         gpu::BarrierOp::create(b, loc);
