@@ -150,7 +150,7 @@ def default_backward_options(device_index):
     docs/performance.md), unless ``torch.use_deterministic_algorithms(True)``
     is in effect; elsewhere, and then, the deterministic ones (no atomics,
     bit-identical across runs)."""
-    if (_target_of(device_index) == "sm_90a"
+    if (_target_of(device_index) in ("sm_90a", "sm_90")
             and not torch.are_deterministic_algorithms_enabled()):
         return ACCUMULATE_OPTIONS
     return ()

@@ -24,7 +24,7 @@ static const GPUChipInfo kChips[] = {
     // sm_90: one CTA per SM of a 132-SM H100/H200. 264 (two per SM) was
     // 3-19 % slower per decode step at B 1-4 and within 1 % at B 8 and 32
     // (docs/performance.md, runs 7-8 and serving-host run 1).
-    {"sm_90", "+ptx81", "mma_sync", 132, true, 227 * 1024, 255, 132, true},
+    {"sm_90", "+ptx80", "mma_sync", 132, true, 227 * 1024, 255, 132, true},
     {"sm_90a", "+ptx81", "wgmma", 132, true, 227 * 1024, 255, 132, true},
     {"sm_100a", "+ptx86", "mma_sync", 296, true, 227 * 1024, 255, 148, true},
 };

@@ -52,25 +52,9 @@ int64_t mma_sync::wideKeySharedBytes(const TileConfig &plan) {
   return kv + plan.stages * stage + probs;
 }
 
-/// One red.global.add.v2.f32 of (x, y) at f32 element `index` of
-/// `workspace`. No NVVM op expresses the vector reduction (PTX ISA "red":
-/// .v2.f32 needs sm_90 and PTX 8.1); the address converted from generic.
 /// Whether phase 1 runs once per row tile of the warp's (the K/V fragments
 /// loaded twice) rather than once for both.
 static constexpr bool kSplitRowTiles = true;
-
-static void addPairToGlobal(GPUKernelBuilder &kb, Value workspace, Value index,
-                            Value x, Value y) {
-  SmallVector<Value> operands = {workspaceAddress(kb, workspace, index), x, y};
-  LLVM::InlineAsmOp::create(
-      kb.b, kb.loc, TypeRange(), operands,
-      "{\n.reg .u64 g;\ncvta.to.global.u64 g, $0;\n"
-      "red.global.add.v2.f32 [g], {$1, $2};\n}",
-      "l,f,f", /*has_side_effects=*/true, /*is_align_stack=*/false,
-      LLVM::tailcallkind::TailCallKind::None,
-      LLVM::AsmDialectAttr::get(kb.ctx, LLVM::AsmDialect::AD_ATT),
-      /*operand_attrs=*/ArrayAttr());
-}
 
 void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
@@ -183,9 +167,38 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   // The loop carries dk then dv: [mt][t] accumulator tiles of keys gKey0 +
   // 16 mt, columns gCol0 + 8 t.
   SmallVector<Value> init((2 * gTiles + 2 * gvTiles) * 4, f32(0.0f));
-  SmallVector<Value> final = pipelined(
-      count, init, load,
-      [&](Value j, Value stage, ValueRange carried) -> SmallVector<Value> {
+  // The staging of a block's dq (f32, the accumulator's rows layout, 32 rows
+  // per half): rows 0-31 over dS and P_c, rows 32-63 over the block's q
+  // stage, both dead once the block's products are done.
+  int64_t stageQBytes = 2 * blockQ * (d + pad) * 2;
+  int64_t dsOffset = at - 3 * blockQ * (blockKeys + pad) * 2;
+  int64_t qOffset = blockKeys * (d + dv + 2 * pad) * 2;
+  Value threadZero = cmp(arith::CmpIPredicate::eq, tid, idx(0));
+  auto dqStaging = [&](int64_t half, Value stage) {
+    Value offset = half ? add(idx(qOffset), mul(stage, stageQBytes))
+                        : idx(dsOffset);
+    return sharedViewAt(offset, {blockQ / 2, 2 * d}, b.getF32Type());
+  };
+
+  // The loop over blocks: block j + 1's copies go out once block j - 1's
+  // staged dq has been read by its bulk reductions (its q stage is block j
+  // + 1's).
+  ifThen(cmp(arith::CmpIPredicate::slt, idx(0), count),
+         [&] { load(idx(0), idx(0)); });
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  auto loop = scf::ForOp::create(
+      b, loc, idx(0), count, idx(1), init,
+      [&](OpBuilder &, Location, Value j, ValueRange carried) {
+        Value stage = rem(j, 2);
+        ifThen(threadZero, [&] {
+          NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 0, b.getUnitAttr());
+        });
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+        gpu::BarrierOp::create(b, loc);
+        Value next = add(j, 1);
+        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
+               [&] { load(next, rem(next, 2)); });
+        NVVM::CpAsyncCommitGroupOp::create(b, loc);
         auto [pair, q0] = blockOf(j);
         // 1-2, per pass over the row tiles of `passes` (the thread's rows
         // of row tile mt: sRow0 + 16 mt + quad + 8 rr, row index r = 2 mt +
@@ -386,31 +399,64 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
             }
           }
         }
+        // Stage dq (every warp is done reading dS, P_c and the q stage),
+        // then one thread adds each half's valid rows with one bulk
+        // reduction (MmaSyncBackwardDq.cpp's addStagedDq).
+        gpu::BarrierOp::create(b, loc);
         Value dqCol = add(add(mul(qHead, d), qCol0), colLane);
-        for (int64_t mt = 0; mt < 2; ++mt)
-          for (int64_t rr = 0; rr < 2; ++rr) {
-            Value query = add(add(q0, add(qRow0, quad)), mt * 16 + rr * 8);
-            ifThen(cmp(arith::CmpIPredicate::slt, query, seqQ), [&] {
-              Value rowBase =
-                  add(accBase, dqRowIndex(*this, batch, pair, query, seqQ,
-                                          plan.pairs, d));
-              for (int64_t t = 0; t < qTiles; ++t)
-                addPairToGlobal(
-                    *this, args.workspace,
-                    add(rowBase,
-                        dqSwizzledColumn(*this, add(dqCol, t * 8), query)),
-                    dq[mt * qTiles + t][2 * rr],
-                    dq[mt * qTiles + t][2 * rr + 1]);
+        auto f32Pair = VectorType::get({2}, b.getF32Type());
+        for (int64_t half = 0; half < 2; ++half) {
+          Value target = dqStaging(half, stage);
+          ifThen(cmp(arith::CmpIPredicate::eq, div(qRow0, 32), idx(half)),
+                 [&] {
+                   for (int64_t mt = 0; mt < 2; ++mt)
+                     for (int64_t rr = 0; rr < 2; ++rr) {
+                       Value row = add(quad, mt * 16 + rr * 8);
+                       for (int64_t t = 0; t < qTiles; ++t) {
+                         const Acc &acc = dq[mt * qTiles + t];
+                         Value pairValue = vector::FromElementsOp::create(
+                             b, loc, f32Pair,
+                             ValueRange{acc[2 * rr], acc[2 * rr + 1]});
+                         vector::StoreOp::create(
+                             b, loc, pairValue, target,
+                             ValueRange{row, dqSwizzledColumn(
+                                                 *this, add(dqCol, t * 8),
+                                                 row)});
+                       }
+                     }
+                 });
+        }
+        NVVM::FenceProxyOp::create(
+            b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+            NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+        gpu::BarrierOp::create(b, loc);
+        ifThen(threadZero, [&] {
+          for (int64_t half = 0; half < 2; ++half) {
+            Value r0 = add(q0, half * blockQ / 2);
+            Value rows = minI(idx(blockQ / 2), sub(seqQ, r0));
+            ifThen(cmp(arith::CmpIPredicate::sgt, rows, idx(0)), [&] {
+              Value source = memref::ExtractAlignedPointerAsIndexOp::create(
+                                 b, loc, dqStaging(half, stage))
+                                 .getResult();
+              addStagedDq(*this, args.workspace,
+                          add(accBase, dqRowIndex(*this, batch, pair, r0, seqQ,
+                                                  plan.pairs, d)),
+                          source, mul(rows, 2 * d * 4));
             });
           }
+        });
 
         SmallVector<Value> results;
         for (const Acc &t : dk)
           results.append(t.begin(), t.end());
         for (const Acc &t : dvAcc)
           results.append(t.begin(), t.end());
-        return results;
+        scf::YieldOp::create(b, loc, results);
       });
+  ValueRange final = loop.getResults();
+  // Every bulk reduction done before the kernel ends.
+  ifThen(threadZero,
+         [&] { NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 0, UnitAttr()); });
 
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys gKey0 + 16 mt
   // + quad + 8 rr, columns gCol0 + colLane + 8 t.
