@@ -145,11 +145,13 @@ ACCUMULATE_OPTIONS = _gpu.ACCUMULATE_OPTIONS
 
 
 def default_backward_options(device_index):
-    """The backward kernels a call gets: on sm_90a the accumulating ones
-    (ACCUMULATE_OPTIONS; FlashAttention's default, measured faster there:
-    docs/performance.md), unless ``torch.use_deterministic_algorithms(True)``
-    is in effect; elsewhere, and then, the deterministic ones (no atomics,
-    bit-identical across runs)."""
+    """The backward kernels a call gets: on sm_90a and sm_90 (the portable
+    kernels on Hopper, DIFFATTN_GPU_TARGET=sm_90) the accumulating ones
+    (ACCUMULATE_OPTIONS; FlashAttention's default, measured faster on both:
+    docs/performance.md, backward runs 22 and 47), unless
+    ``torch.use_deterministic_algorithms(True)`` is in effect; elsewhere
+    (sm_80, which has no bulk reductions; sm_100a, not measured), and then,
+    the deterministic ones (no atomics, bit-identical across runs)."""
     if (_target_of(device_index) in ("sm_90a", "sm_90")
             and not torch.are_deterministic_algorithms_enabled()):
         return ACCUMULATE_OPTIONS

@@ -248,17 +248,20 @@ defvar DiffAttnGPUStrategyOptions = [
            "later: FlashAttention-2's formulation with dq accumulated in "
            "f32 (statistics, which also zeroes the accumulator in the "
            "workspace; dk/dv, which adds each key block's dq to it; the dq "
-           "conversion): 10 products per pair, the order of dq's sums "
+           "conversion): 10 products per pair (8 with out_odd), the order "
+           "of dq's sums "
            "varying between runs. On sm_90a the wgmma dk/dv kernel computes "
            "dq^T = K^T dS^T and adds it from registers with "
            "red.global.add.v4.f32 into chunks of its query blocks: "
            "1.05-1.18x the deterministic kernels (H200, docs/performance.md, "
            "backward run 22), and what the PyTorch path runs on Hopper "
            "unless torch.use_deterministic_algorithms(True) is set. On "
-           "sm_90 the portable dk/dv kernel adds it with bulk reductions "
-           "(cp.reduce.async.bulk): 0.92-1.03x the deterministic kernels "
-           "(backward runs 8-10). On sm_80 (no bulk reductions) false is "
-           "true">,
+           "sm_90 (the portable strategy) the dk/dv kernel has "
+           "FlashAttention-2's warp layout (128 keys, 64-row query blocks, "
+           "32 x 32 warp tiles) and adds dq with bulk reductions "
+           "(cp.reduce.async.bulk): 1.01-1.15x the deterministic kernels "
+           "(backward run 47), and the PyTorch path's default there too. "
+           "On sm_80 (no bulk reductions) false is true">,
     Option<"backwardStacking", "backward-stacking", "std::string",
            /*default=*/"\"auto\"",
            "wgmma strategy, the backward's dk/dv kernel: which of its "

@@ -5,8 +5,10 @@
 // differential epilogue's chain rule. By default (the strategy option
 // deterministic = true) three kernels launched in order on one stream, none
 // with atomics (the gradients are deterministic); deterministic = false on
-// sm_90 and later replaces kernel 2 by dq accumulated in the dk/dv kernel
-// (MmaSyncBackwardDq.cpp) and a conversion kernel after it:
+// sm_90 and later replaces kernels 2 and 3 by one dk/dv kernel that also
+// adds dq to an f32 accumulator (MmaSyncBackwardWide.cpp, in
+// FlashAttention-2's warp layout; MmaSyncBackwardDq.cpp) and a conversion
+// kernel after it:
 //
 // 1. `_stats`, a CTA per block of 64 group rows (as the forward's row
 //    blocks: a row is a (pair, query row) couple): walks the row's key
@@ -334,21 +336,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value sDO = sharedView(kBytes + vBytes + qBytes,
                          {plan.stages, blockQ, dv + pad}, elem);
   // The query rows' workspace records (kStatWidth f32 each).
-  int64_t statBytes = plan.stages * blockQ * kStatWidth * 4;
   Value sStat = sharedView(kBytes + vBytes + qBytes + doBytes,
                            {plan.stages, blockQ, kStatWidth}, b.getF32Type());
-  // The accumulating formulation: dS^T of both heads (keys as rows), and
-  // two staging buffers of a query block's dq (f32, both heads per row).
-  int64_t dsOffset = kBytes + vBytes + qBytes + doBytes + statBytes;
-  int64_t dsBytes = 2 * blockKeys * (blockQ + pad) * 2;
-  Value sDS = reduceDq
-                  ? sharedView(dsOffset, {2, blockKeys, blockQ + pad}, elem)
-                  : Value();
-  Value sDQ = reduceDq ? sharedView(dsOffset + dsBytes, {2, blockQ, 2 * d},
-                                    b.getF32Type())
-                       : Value();
-  Value accBase =
-      reduceDq ? dqAccumulatorOffset(*this, seqQ, plan.pairs) : Value();
   // Keys past kv_len are zero-filled: whatever the cache holds there must
   // not reach G^T (0 * NaN).
   Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
@@ -448,55 +437,17 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         for (int64_t t = 0; t < vTiles; ++t)
           for (int64_t e = 0; e < 4; ++e)
             dvAcc[t][e] = carried[(dTiles + t) * 4 + e];
-        if (reduceDq) {
-          // dS^T of the warp's 16 keys: rows kRow0 + lane / 4 (+ 8),
-          // columns 8 nt + 2 (lane % 4) (+ 1).
-          auto pairType = VectorType::get({2}, elem);
-          for (int64_t h = 0; h < 2; ++h)
-            for (int64_t nt = 0; nt < qTiles; ++nt)
-              for (int64_t rr = 0; rr < 2; ++rr) {
-                const Acc &t = (h ? dsOdd : dsEven)[nt];
-                Value pairValue = vector::FromElementsOp::create(
-                    b, loc, pairType,
-                    ValueRange{
-                        arith::TruncFOp::create(b, loc, elem, t[2 * rr]),
-                        arith::TruncFOp::create(b, loc, elem, t[2 * rr + 1])});
-                vector::StoreOp::create(
-                    b, loc, pairValue, sDS,
-                    ValueRange{idx(h), add(kRow0, add(div(lane, 4), rr * 8)),
-                               add(mul(rem(lane, 4), 2), nt * 8)});
-              }
-        }
         productsPB({pv}, {sDO, {stage}}, {&dvAcc});
         productsPB({dsEven}, {sQ, {stage, idx(0)}}, {&dk});
         productsPB({dsOdd}, {sQ, {stage, idx(1)}}, {&dk});
-        if (reduceDq) {
-          // Every warp's dS^T is in shared memory, and the staging buffer
-          // of this iteration is free.
-          waitDqStaging(/*all=*/false);
-          gpu::BarrierOp::create(b, loc);
-          stageDq(sDS, sDQ, j, q0);
-        }
         SmallVector<Value> results;
         for (const Acc &t : dk)
           results.append(t.begin(), t.end());
         for (const Acc &t : dvAcc)
           results.append(t.begin(), t.end());
         return results;
-      },
-      /*afterPrologue=*/nullptr,
-      [&](Value j) {
-        // The closing barrier ordered every warp's staged dq rows before
-        // the bulk reduction that reads them.
-        if (!reduceDq)
-          return;
-        auto [pair, q0] = blockOf(j);
-        reduceStagedDq(args.workspace, sDQ, j, accBase, batch, q0,
-                       minI(idx(blockQ), sub(seqQ, q0)), pair, seqQ);
       });
 
-  if (reduceDq)
-    waitDqStaging(/*all=*/true);
   // dk = scale * sum_j dS_j^T q_j and dv of the thread's keys.
   writeKeyGradients(*this, args, final, keyRow, kRowBase, kvHead,
                     mul(rem(lane, 4), 2), plan);
@@ -548,8 +499,8 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   };
   // The accumulating formulation needs the bulk reduction (sm_90 and
   // later); elsewhere the backward is the deterministic one. Its dk/dv
-  // kernel has 8 warps (128 keys: half the reductions per dq element of
-  // 64, FlashAttention-2's block), the deterministic one 4.
+  // kernel (MmaSyncBackwardWide.cpp) has 8 warps and 128 keys, the
+  // deterministic one 4 warps and 64.
   bool reduceDq = !deterministic && chip.bulkCopies;
   // The backward-stacking option shapes only the wgmma dk/dv kernel, but a
   // value it does not know is an error on every strategy.
@@ -559,7 +510,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                              << "' is not one of auto, none, scores, dq, both";
   MmaSyncPlan keyPlan = plan;
   keyPlan.warps = reduceDq ? 8 : 4;
-  int64_t blockKeys = 16 * keyPlan.warps;
+  int64_t blockKeys = reduceDq ? kWideKeys : 16 * keyPlan.warps;
   int64_t keyShared = (blockKeys * (d + dv + 2 * pad) +
                        plan.stages * kQueryBlock * (2 * d + dv + 3 * pad)) *
                           2 +

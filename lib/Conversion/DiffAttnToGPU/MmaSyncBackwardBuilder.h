@@ -205,23 +205,6 @@ private:
   BackwardArgs readArgs(Block &entry) {
     return readBackwardArgs(entry, plan.attn);
   }
-  /// The dk/dv kernel's dq_j = dS_j K for query block j (rows q0 .. of a
-  /// pair): dS^T of both heads (sDS [2, keys, blockQ + pad], written by
-  /// every warp) times the CTA's K rows, each warp one head, 16 query rows
-  /// and D / (warps / 4) columns, staged in sDQ[j % 2] ([2, blockQ, 2 D]
-  /// f32, swizzled as the accumulator), then fence.proxy.async.
-  void stageDq(Value sDS, Value sDQ, Value iteration, Value q0);
-  /// After a barrier that follows stageDq: thread 0 adds the staged rows
-  /// (`rows` of them) to the accumulator with one bulk reduction
-  /// (addStagedDq) and commits it.
-  void reduceStagedDq(Value workspace, Value sDQ, Value iteration,
-                      Value accBase, Value batch, Value q0, Value rows,
-                      Value pair, Value seqQ);
-  /// Thread 0 waits for its bulk reductions: all of them to complete
-  /// (`all`, before the kernel ends), else all but the latest to finish
-  /// reading their staging buffer (before the buffer is staged again).
-  void waitDqStaging(bool all);
-
   /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
   /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.
   void setKeyLength(const BackwardArgs &args, Value batch, Value tid);

@@ -13,12 +13,10 @@
 // run 8b in docs/performance.md).
 //
 // The parts: the statistics kernel zeroes the accumulator rows of its row
-// block; the dk/dv kernel stages both heads' dS^T in shared memory (the
-// accumulators hold it with keys as rows; dq needs queries as rows:
-// ldmatrix.trans reads it back as the A operand), multiplies by its K rows
-// and stages the f32 product; the conversion kernel scales the sums and
-// rounds them to the element type. Fragment layouts: PTX ISA "Matrix
-// Fragments for mma.m16n8k16" and "ldmatrix".
+// block; the dk/dv kernel (MmaSyncBackwardWide.cpp) multiplies each query
+// block's dS by its K rows, stages the f32 product in shared memory and
+// adds it with bulk reductions (addStagedDq); the conversion kernel scales
+// the sums and rounds them to the element type.
 //
 // The accumulator, after the workspace's records: [B, H, Sq, 2 D] f32, a
 // (pair, query row)'s two heads' D columns each, so that a query block's
@@ -200,84 +198,6 @@ void mma_sync::addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
       LLVM::AsmDialectAttr::get(kb.ctx, LLVM::AsmDialect::AD_ATT),
       /*operand_attrs=*/ArrayAttr());
   NVVM::CpAsyncBulkCommitGroupOp::create(b, loc);
-}
-
-void BackwardBuilder::stageDq(Value sDS, Value sDQ, Value iteration, Value q0) {
-  int64_t d = plan.headDim;
-  int64_t keys = 16 * plan.warps;
-  int64_t colSplits = plan.warps / 4, cols = d / colSplits;
-  // Warp w: head w / (2 colSplits), rows 16 ((w / colSplits) % 2) of the
-  // block, columns cols (w % colSplits).
-  Value head = div(warp, 2 * colSplits);
-  Value m0 = mul(rem(div(warp, colSplits), 2), 16);
-  Value n0 = mul(rem(warp, colSplits), cols);
-  Value l8 = rem(lane, 8), g8 = div(lane, 8);
-  // A = dS (queries x keys) from dS^T (keys x queries, row-major):
-  // ldmatrix.trans of matrix g8 at keys 8 (g8 / 2), queries 8 (g8 % 2).
-  Value aRow = add(l8, mul(div(lane, 16), 8));
-  Value aCol = add(m0, mul(rem(g8, 2), 8));
-  // B = K (keys x D, row-major): ldmatrix.trans, as productsPB's.
-  Value bRow = add(l8, mul(rem(g8, 2), 8));
-  Value bCol = add(n0, mul(div(lane, 16), 8));
-  SmallVector<Acc> acc(cols / 8, zeroAcc());
-  for (int64_t kk = 0; kk < keys / 16; ++kk) {
-    SmallVector<Value> a = ldmatrix(
-        sDS, tileIndex(ValueRange(head), add(aRow, kk * 16), aCol), true);
-    for (int64_t dp = 0; dp < cols / 16; ++dp) {
-      SmallVector<Value> br =
-          ldmatrix(sK, tileIndex({}, add(bRow, kk * 16), bCol, dp * 16), true);
-      acc[2 * dp] = mma(a, {br[0], br[1]}, acc[2 * dp]);
-      acc[2 * dp + 1] = mma(a, {br[2], br[3]}, acc[2 * dp + 1]);
-    }
-  }
-
-  // Stage the product in buffer iteration % 2: rows m0 + lane / 4 (+ 8),
-  // columns head D + n0 + 8 t + 2 (lane % 4) (+ 1), swizzled as the
-  // accumulator. The bulk reduction that read this buffer two iterations
-  // ago has finished reading it (the wait before the dS^T barrier).
-  Value buffer = rem(iteration, 2);
-  auto pairType = VectorType::get({2}, b.getF32Type());
-  Value colLane = add(add(mul(head, d), n0), mul(rem(lane, 4), 2));
-  for (int64_t rr = 0; rr < 2; ++rr) {
-    Value row = add(m0, add(div(lane, 4), rr * 8));
-    for (int64_t t = 0; t < cols / 8; ++t) {
-      Value pairValue = vector::FromElementsOp::create(
-          b, loc, pairType, ValueRange{acc[t][2 * rr], acc[t][2 * rr + 1]});
-      vector::StoreOp::create(
-          b, loc, pairValue, sDQ,
-          ValueRange{
-              buffer, row,
-              dqSwizzledColumn(*this, add(colLane, t * 8), add(q0, row))});
-    }
-  }
-  // The staged rows are generic-proxy writes; the bulk reduction
-  // (reduceStagedDq, after the iteration's closing barrier) reads them
-  // through the async proxy.
-  NVVM::FenceProxyOp::create(
-      b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
-      NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
-}
-
-void BackwardBuilder::reduceStagedDq(Value workspace, Value sDQ,
-                                     Value iteration, Value accBase,
-                                     Value batch, Value q0, Value rows,
-                                     Value pair, Value seqQ) {
-  ifThen(cmp(arith::CmpIPredicate::eq, add(mul(warp, 32), lane), idx(0)), [&] {
-    Value rowFloats = idx(2 * plan.headDim);
-    Value source = add(
-        memref::ExtractAlignedPointerAsIndexOp::create(b, loc, sDQ).getResult(),
-        mul(mul(rem(iteration, 2), mul(idx(kQueryBlock), rowFloats)), 4));
-    Value target = add(accBase, dqRowIndex(*this, batch, pair, q0, seqQ,
-                                           plan.pairs, plan.headDim));
-    addStagedDq(*this, workspace, target, source, mul(mul(rows, rowFloats), 4));
-  });
-}
-
-void BackwardBuilder::waitDqStaging(bool all) {
-  ifThen(cmp(arith::CmpIPredicate::eq, add(mul(warp, 32), lane), idx(0)), [&] {
-    NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, all ? 0 : 1,
-                                         all ? UnitAttr() : b.getUnitAttr());
-  });
 }
 
 void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {

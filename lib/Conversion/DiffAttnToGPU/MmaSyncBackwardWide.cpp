@@ -6,26 +6,34 @@
 // grids of its sm80 head-dim-128 backward): per CTA 128 keys of a KV head
 // and 8 warps, per iteration 64 query rows of one pair of the group, and
 // every product a 32 x 32 (scores) or 32 x D / 2 (gradients) warp tile, so
-// that each operand fragment loaded from shared memory feeds two mma
-// instead of one (the deterministic kernels' warps hold 16 keys as the M
-// rows of every product: 0.58 ldmatrix per mma, their shared pipe 71% busy
-// for a 42% tensor pipe, H200 backward run 44 in docs/performance.md).
+// that each B fragment loaded from shared memory feeds two mma instead of
+// one (the deterministic kernels' warps hold 16 keys as the M rows of every
+// product: 0.58 ldmatrix per mma, their shared pipe 71% busy for a 42%
+// tensor pipe, H200 backward run 44 in docs/performance.md).
 //
-// Per iteration (query block of 64 rows q0.., pair p):
-// 1. S_2h = q_2h K^T, S_2h+1 = q_2h+1 K^T and G = dout V^T, [64 x 128]
-//    each; warp w the rows 32 (w % 2) and keys 32 (w / 2), K's fragments
-//    shared by both heads.
+// Per iteration (query block of 64 rows q0.., pair p), after a barrier
+// that follows the block's copies (block j + 1's go out then):
+// 1. G = dout V^T, S_2h = q_2h K^T, S_2h+1 = q_2h+1 K^T, [64 x 128] each;
+//    warp w the rows 32 (w % 2) and keys 32 (w / 2), one 16-row tile at a
+//    time, K's fragments shared by both heads (the three 32 x 32 tiles at
+//    once and dk/dv left ptxas 220 bytes of spills at D = 128; per row
+//    tile, 4).
 // 2. P_j = exp2(scale log2e S_j - lse_j log2e) (masked where the block
 //    straddles a bound), dS_2h = P_2h (G - D_2h), dS_2h+1 = P_2h+1 (-sigmoid
-//    (lam) G - D_2h+1), P_c = P_2h - sigmoid(lam) P_2h+1, rounded to the
-//    element type into shared memory as [query, key] tiles; a barrier.
+//    (lam) G - D_2h+1), P_c = P_2h - sigmoid(lam) P_2h+1, rounded into
+//    shared memory as [query, key] tiles; a barrier.
 // 3. dv += P_c^T dout, dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1 in registers:
 //    warp w the keys 32 (w % 4) and columns D / 2 (w / 4); the A operands
 //    through ldmatrix.trans of the [query, key] tiles.
-// 4. dq_j += dS_j K: warp w head w / 4, rows 32 ((w / 2) % 2), columns D / 2
-//    (w % 2), added to the f32 accumulator (MmaSyncBackwardDq.cpp's rows
-//    layout) with red.global.add.v2.f32 from registers, as FlashAttention-2
-//    adds dq with atomics, with no staging in shared memory.
+// 4. dq_j = dS_j K: warp w head w / 4, rows 32 ((w / 2) % 2), columns D / 2
+//    (w % 2); a barrier; the f32 product staged in the accumulator's rows
+//    layout (MmaSyncBackwardDq.cpp), rows 0-31 over dS and P_c, rows 32-63
+//    over the block's q stage; a barrier; one thread adds each half with
+//    one bulk reduction (cp.reduce.async.bulk .add.f32). Measured on an
+//    H200 (backward run 47): 1.01-1.10x the same kernel adding dq with
+//    red.global.add.v2.f32 from registers (FlashAttention-2's atomics).
+//    The next iteration's first barrier waits for the reductions to have
+//    read their staging.
 // The statistics kernel zeroes the accumulator and the conversion kernel
 // scales and rounds it (MmaSyncBackwardDq.cpp). Fragment layouts: PTX ISA
 // "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
@@ -47,14 +55,11 @@ int64_t mma_sync::wideKeySharedBytes(const TileConfig &plan) {
   int64_t d = plan.headDim, dv = plan.valueDim, pad = kPad;
   int64_t keys = kWideKeys, rows = kWideQueryBlock;
   int64_t kv = keys * (d + dv + 2 * pad) * 2;
-  int64_t stage = rows * (2 * (d + pad) + (dv + pad)) * 2 + rows * kStatWidth * 4;
+  int64_t stage =
+      rows * (2 * (d + pad) + (dv + pad)) * 2 + rows * kStatWidth * 4;
   int64_t probs = 3 * rows * (keys + pad) * 2;
   return kv + plan.stages * stage + probs;
 }
-
-/// Whether phase 1 runs once per row tile of the warp's (the K/V fragments
-/// loaded twice) rather than once for both.
-static constexpr bool kSplitRowTiles = true;
 
 void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
@@ -97,8 +102,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                      plan.stages * blockQ * kStatWidth * 4);
   Value sDS = view({2, blockQ, blockKeys + pad}, elem,
                    2 * blockQ * (blockKeys + pad) * 2);
-  Value sP = view({blockQ, blockKeys + pad}, elem,
-                  blockQ * (blockKeys + pad) * 2);
+  Value sP =
+      view({blockQ, blockKeys + pad}, elem, blockQ * (blockKeys + pad) * 2);
   Value accBase = dqAccumulatorOffset(*this, seqQ, plan.pairs);
 
   // Keys past kv_len are zero-filled: whatever the cache holds there must
@@ -175,8 +180,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   int64_t qOffset = blockKeys * (d + dv + 2 * pad) * 2;
   Value threadZero = cmp(arith::CmpIPredicate::eq, tid, idx(0));
   auto dqStaging = [&](int64_t half, Value stage) {
-    Value offset = half ? add(idx(qOffset), mul(stage, stageQBytes))
-                        : idx(dsOffset);
+    Value offset =
+        half ? add(idx(qOffset), mul(stage, stageQBytes)) : idx(dsOffset);
     return sharedViewAt(offset, {blockQ / 2, 2 * d}, b.getF32Type());
   };
 
@@ -205,27 +210,32 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         // rr). out[m * 4 + nt] += A B^T over kDim for the m-th row tile mts[m]
         // of A = `a` (rows sRow0 + 16 mts[m]) and key tile nt of B = bTile
         // (rows sKey0 + 8 nt); each B fragment feeds every row tile.
-        auto scores = [&](const TileRef &a, ArrayRef<int64_t> mts, Value bTile,
-                          SmallVectorImpl<Acc> &out, int64_t kDim) {
+        auto scores = [&](ArrayRef<TileRef> as, ArrayRef<int64_t> mts,
+                          Value bTile, ArrayRef<SmallVector<Acc> *> outs,
+                          int64_t kDim) {
           for (int64_t kk = 0; kk < kDim / 16; ++kk) {
             SmallVector<SmallVector<Value>> af;
-            for (int64_t mt : mts)
-              af.push_back(ldmatrix(
-                  a.tile,
-                  tileIndex(a.lead, add(add(sRow0, aRow), mt * 16), aCol,
-                            kk * 16),
-                  false));
+            for (const TileRef &a : as)
+              for (int64_t mt : mts)
+                af.push_back(
+                    ldmatrix(a.tile,
+                             tileIndex(a.lead, add(add(sRow0, aRow), mt * 16),
+                                       aCol, kk * 16),
+                             false));
             for (int64_t np = 0; np < 2; ++np) {
               SmallVector<Value> br = ldmatrix(
-                  bTile, tileIndex({}, add(add(sKey0, bRow), np * 16), bCol,
-                                   kk * 16),
+                  bTile,
+                  tileIndex({}, add(add(sKey0, bRow), np * 16), bCol, kk * 16),
                   false);
-              for (size_t m = 0; m < mts.size(); ++m) {
-                Acc &t0 = out[m * 4 + 2 * np];
-                Acc &t1 = out[m * 4 + 2 * np + 1];
-                t0 = mma(af[m], {br[0], br[1]}, t0);
-                t1 = mma(af[m], {br[2], br[3]}, t1);
-              }
+              for (size_t h = 0; h < as.size(); ++h)
+                for (size_t m = 0; m < mts.size(); ++m) {
+                  SmallVector<Acc> &out = *outs[h];
+                  const SmallVector<Value> &a = af[h * mts.size() + m];
+                  Acc &t0 = out[m * 4 + 2 * np];
+                  Acc &t1 = out[m * 4 + 2 * np + 1];
+                  t0 = mma(a, {br[0], br[1]}, t0);
+                  t1 = mma(a, {br[2], br[3]}, t1);
+                }
             }
           }
         };
@@ -252,21 +262,17 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
           indices.push_back(add(add(sKey0, colLane), nt * 8));
           vector::StoreOp::create(b, loc, pairValue, tile, indices);
         };
-        SmallVector<SmallVector<int64_t>> passes =
-            kSplitRowTiles ? SmallVector<SmallVector<int64_t>>{{0}, {1}}
-                           : SmallVector<SmallVector<int64_t>>{{0, 1}};
-        for (ArrayRef<int64_t> mts : passes) {
+        // One pass per row tile (the file comment says why).
+        for (int64_t pass = 0; pass < 2; ++pass) {
+          SmallVector<int64_t, 1> mts = {pass};
           int64_t tiles = 4 * mts.size();
-          // G, then each head's S, probabilities and dS in turn (both heads'
-          // S at once, sharing K's fragments, spilled more: ptxas -v).
+          // G, then both heads' S.
           SmallVector<Acc> g(tiles, zeroAcc());
-          scores({sDO, {stage}}, mts, sV, g, dv);
+          scores({{sDO, {stage}}}, mts, sV, {&g}, dv);
           // Value i of the pass's flattened tiles: tile i / 4 = m * 4 + nt,
           // element i % 4: row index 2 mts[m] + (i % 4) / 2, key sKey0 + 8
           // nt + colLane + i % 2.
-          auto rowOf = [&](int64_t i) {
-            return 2 * mts[i / 16] + (i % 4) / 2;
-          };
+          auto rowOf = [&](int64_t i) { return 2 * mts[i / 16] + (i % 4) / 2; };
           auto visible = [&](int64_t i) {
             Value query = add(add(q0, add(sRow0, quad)),
                               mts[i / 16] * 16 + ((i % 4) / 2) * 8);
@@ -276,59 +282,45 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
                 buildIsVisible(b, loc, attn, query, key, offset, keyLen));
           };
-          for (int64_t h = 0; h < 2; ++h) {
-            std::array<SmallVector<Acc>, 2> sh;
-            sh[h].assign(tiles, zeroAcc());
-            scores({sQ, {stage, idx(h)}}, mts, sK, sh[h], d);
-            DenseMap<int64_t, Value> shifts, deltas, sigs;
-            for (int64_t mt : mts)
-              for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r)
-                shifts[r] = record(r, h ? kShiftOdd : kShiftEven);
-            SmallVector<Acc> p = probabilities(
-                {h}, sh, [&](int64_t, int64_t i) { return shifts[rowOf(i)]; },
-                needsMask, visible)[h];
-            for (int64_t mt : mts)
-              for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r) {
-                deltas[r] = record(r, h ? kDeltaOdd : kDeltaEven);
-                if (h)
-                  sigs[r] = record(r, kSigmoid);
-              }
-            for (size_t m = 0; m < mts.size(); ++m)
-              for (int64_t nt = 0; nt < 4; ++nt)
-                for (int64_t rr = 0; rr < 2; ++rr) {
-                  int64_t mt = mts[m], t = m * 4 + nt, r = 2 * mt + rr;
-                  Value ds[2], pc[2];
-                  // P_2h waits for P_2h+1 in sP, rounded to the element type
-                  // (as P V's operand is in the forward): in registers,
-                  // ptxas spilled more.
-                  Value rounded;
-                  for (int64_t c = 0; c < 2; ++c) {
-                    int64_t e = 2 * rr + c;
-                    Value ge = g[t][e];
-                    if (h == 0) {
-                      ds[c] = fmul(p[t][e], fsub(ge, deltas[r]));
-                      continue;
-                    }
-                    ds[c] = fmul(p[t][e], fsub(f32(0.0f),
-                                               fma(sigs[r], ge, deltas[r])));
-                    if (c == 0)
-                      rounded = vector::LoadOp::create(
-                          b, loc, pairType, sP,
-                          ValueRange{add(add(sRow0, quad), mt * 16 + rr * 8),
-                                     add(add(sKey0, colLane), nt * 8)});
-                    Value pe = arith::ExtFOp::create(
-                        b, loc, b.getF32Type(),
-                        vector::ExtractOp::create(b, loc, rounded, c)
-                            .getResult());
-                    pc[c] = fsub(pe, fmul(sigs[r], p[t][e]));
-                  }
-                  store(sDS, {idx(h)}, mt, nt, rr, ds[0], ds[1]);
-                  if (h == 0)
-                    store(sP, {}, mt, nt, rr, p[t][2 * rr], p[t][2 * rr + 1]);
-                  else
-                    store(sP, {}, mt, nt, rr, pc[0], pc[1]);
+          // Both heads' S (each K fragment feeds both), probabilities, dS
+          // and P_c.
+          std::array<SmallVector<Acc>, 2> sh;
+          sh[0].assign(tiles, zeroAcc());
+          sh[1].assign(tiles, zeroAcc());
+          scores({{sQ, {stage, idx(0)}}, {sQ, {stage, idx(1)}}}, mts, sK,
+                 {&sh[0], &sh[1]}, d);
+          DenseMap<int64_t, Value> shifts[2], deltas[2], sigs;
+          for (int64_t mt : mts)
+            for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r)
+              for (int64_t h = 0; h < 2; ++h)
+                shifts[h][r] = record(r, h ? kShiftOdd : kShiftEven);
+          std::array<SmallVector<Acc>, 2> p = probabilities(
+              {0, 1}, sh,
+              [&](int64_t h, int64_t i) { return shifts[h][rowOf(i)]; },
+              needsMask, visible);
+          for (int64_t mt : mts)
+            for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r) {
+              for (int64_t h = 0; h < 2; ++h)
+                deltas[h][r] = record(r, h ? kDeltaOdd : kDeltaEven);
+              sigs[r] = record(r, kSigmoid);
+            }
+          for (size_t m = 0; m < mts.size(); ++m)
+            for (int64_t nt = 0; nt < 4; ++nt)
+              for (int64_t rr = 0; rr < 2; ++rr) {
+                int64_t mt = mts[m], t = m * 4 + nt, r = 2 * mt + rr;
+                Value ds[2][2], pc[2];
+                for (int64_t c = 0; c < 2; ++c) {
+                  int64_t e = 2 * rr + c;
+                  Value ge = g[t][e], pe = p[0][t][e], po = p[1][t][e];
+                  ds[0][c] = fmul(pe, fsub(ge, deltas[0][r]));
+                  ds[1][c] =
+                      fmul(po, fsub(f32(0.0f), fma(sigs[r], ge, deltas[1][r])));
+                  pc[c] = fsub(pe, fmul(sigs[r], po));
                 }
-          }
+                for (int64_t h = 0; h < 2; ++h)
+                  store(sDS, {idx(h)}, mt, nt, rr, ds[h][0], ds[h][1]);
+                store(sP, {}, mt, nt, rr, pc[0], pc[1]);
+              }
         }
         // Every warp's dS and P_c are in shared memory.
         gpu::BarrierOp::create(b, loc);
@@ -388,8 +380,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                              false);
           for (int64_t dp = 0; dp < qTiles / 2; ++dp) {
             SmallVector<Value> br = ldmatrix(
-                sK, tileIndex({}, add(btRow, kk * 16), add(qCol0, btCol),
-                              dp * 16),
+                sK,
+                tileIndex({}, add(btRow, kk * 16), add(qCol0, btCol), dp * 16),
                 true);
             for (int64_t mt = 0; mt < 2; ++mt) {
               Acc &t0 = dq[mt * qTiles + 2 * dp];
@@ -407,27 +399,26 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         auto f32Pair = VectorType::get({2}, b.getF32Type());
         for (int64_t half = 0; half < 2; ++half) {
           Value target = dqStaging(half, stage);
-          ifThen(cmp(arith::CmpIPredicate::eq, div(qRow0, 32), idx(half)),
-                 [&] {
-                   for (int64_t mt = 0; mt < 2; ++mt)
-                     for (int64_t rr = 0; rr < 2; ++rr) {
-                       Value row = add(quad, mt * 16 + rr * 8);
-                       for (int64_t t = 0; t < qTiles; ++t) {
-                         const Acc &acc = dq[mt * qTiles + t];
-                         Value pairValue = vector::FromElementsOp::create(
-                             b, loc, f32Pair,
-                             ValueRange{acc[2 * rr], acc[2 * rr + 1]});
-                         vector::StoreOp::create(
-                             b, loc, pairValue, target,
-                             ValueRange{row, dqSwizzledColumn(
-                                                 *this, add(dqCol, t * 8),
-                                                 row)});
-                       }
-                     }
-                 });
+          ifThen(cmp(arith::CmpIPredicate::eq, div(qRow0, 32), idx(half)), [&] {
+            for (int64_t mt = 0; mt < 2; ++mt)
+              for (int64_t rr = 0; rr < 2; ++rr) {
+                Value row = add(quad, mt * 16 + rr * 8);
+                for (int64_t t = 0; t < qTiles; ++t) {
+                  const Acc &acc = dq[mt * qTiles + t];
+                  Value pairValue = vector::FromElementsOp::create(
+                      b, loc, f32Pair,
+                      ValueRange{acc[2 * rr], acc[2 * rr + 1]});
+                  vector::StoreOp::create(
+                      b, loc, pairValue, target,
+                      ValueRange{row, dqSwizzledColumn(*this, add(dqCol, t * 8),
+                                                       row)});
+                }
+              }
+          });
         }
         NVVM::FenceProxyOp::create(
-            b, loc, NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
+            b, loc,
+            NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
             NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
         gpu::BarrierOp::create(b, loc);
         ifThen(threadZero, [&] {
