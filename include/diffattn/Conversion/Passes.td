@@ -259,8 +259,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "sm_90 (the portable strategy) the dk/dv kernel has "
            "FlashAttention-2's warp layout (128 keys, 64-row query blocks, "
            "32 x 32 warp tiles) and adds dq with bulk reductions "
-           "(cp.reduce.async.bulk): 1.01-1.15x the deterministic kernels "
-           "(backward run 47), and the PyTorch path's default there too. "
+           "(cp.reduce.async.bulk): 1.07-1.20x the deterministic kernels "
+           "(backward run 49), and the PyTorch path's default there too. "
            "On sm_80 (no bulk reductions) false is true">,
     Option<"backwardStacking", "backward-stacking", "std::string",
            /*default=*/"\"auto\"",

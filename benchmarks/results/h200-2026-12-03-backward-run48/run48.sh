@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Backward run 48 (issue 15): the final tree's portable kernels (sm_90):
+# gradients on every check case (both formulations), forward + backward
+# beside SDPA cuDNN / FA2 (default = accumulating on sm_90 now), then ncu
+# of the accumulating dk/dv kernel at 4 x 4096 causal, D = 128. gpu_ab
+# --backward also times v4: both heads' S per row tile (K's fragments
+# shared), P_c exact in f32.
+set -uo pipefail
+r=$OUT/r; mkdir -p $r
+export PYTHONUNBUFFERED=1
+mkdir -p /tmp/wc && tar xJf .device/w4/cache.tar.xz -C /tmp/wc
+build=/tmp/diffattn-build
+(cmake -G Ninja -S . -B $build -DDIFFATTN_ENABLE_COMPILER=OFF && ninja -C $build) > $r/build.log 2>&1 || { tail -20 $r/build.log; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv > $r/gpu.txt
+cat $r/gpu.txt
+export PYTHONPATH=$build/python_packages
+export DIFFATTN_CACHE_DIR=/tmp/wc/cache
+export DIFFATTN_GPU_TARGET=sm_90
+timeout 200 python3 benchmarks/gpu_backward_check.py --skip-bench --seed 48 --out $r/chk > $r/chk.log 2>&1
+echo "check rc=$?"
+grep -E "FAIL|Error|error|gradients:" $r/chk.log | head -20
+timeout 200 python3 benchmarks/gpu_ab.py --backward --repeats 5 --seed 48 --out $r/ab 2>&1 | tee $r/ab.log | tail -8
+echo "ab rc=$?"
+timeout 150 python3 benchmarks/gpu_backward_check.py --bench-only --out $r/bench > $r/bench.log 2>&1
+echo "bench rc=$?"
+tail -8 $r/bench.log
+timeout 180 bash benchmarks/gpu_profile_backward.sh $r/p acc 0 --gpu-options=deterministic=false > $r/prof.log 2>&1
+echo "profile rc=$?"
+rm -f $r/p/*.ncu-rep
+head -12 $r/p/acc-dkdv-sass-summary.txt
+grep -E "Duration|hmma|mem_shared|op_ldsm" $r/p/acc-details.txt | head -20
