@@ -300,6 +300,61 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   gpu::ReturnOp::create(b, loc);
 }
 
+BackwardBuilder::KeyBlockWalk BackwardBuilder::walkKeyBlock(
+    const BackwardArgs &args, Value batch, Value kvHead, Value key0, Value tid,
+    int64_t blockKeys, int64_t blockQ, Value sDO, Value sStat) {
+  const AttentionConfig &attn = plan.attn;
+  int64_t d = plan.headDim, dv = plan.valueDim;
+  Value seqQ = args.seqQ;
+  Value firstPair = mul(kvHead, plan.pairsPerGroup());
+  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, args.seqK);
+  Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
+  Value kvRow = add(kRowBase, key0);
+  copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
+                plan.kvHeads * d, validKeys, sK, {}, blockKeys, d, tid,
+                plan.threads());
+  copyRowsAsync(args.v, mul(add(mul(kvRow, plan.kvHeads), kvHead), dv),
+                plan.kvHeads * dv, validKeys, sV, {}, blockKeys, dv, tid,
+                plan.threads());
+  NVVM::CpAsyncCommitGroupOp::create(b, loc);
+
+  // The query rows that may see a key of [key0, key0 + blockKeys): i >=
+  // key0 - offset - right with a right bound, i <= key0 + blockKeys - 1 -
+  // offset + left with a left bound (KeyRange.h's rule, inverted), none
+  // past kv_len.
+  auto [qlo, queryBlocks] = keyBlockQueries(*this, attn, key0, blockKeys,
+                                            blockQ, offset, keyLen, seqQ);
+  KeyBlockWalk walk;
+  walk.count = mul(queryBlocks, plan.pairsPerGroup());
+  walk.blockOf = [this, firstPair, qlo = qlo, queryBlocks = queryBlocks,
+                  blockQ](Value j) {
+    Value pair = add(firstPair, arith::DivUIOp::create(b, loc, j, queryBlocks));
+    Value q0 =
+        add(qlo, mul(arith::RemUIOp::create(b, loc, j, queryBlocks).getResult(),
+                     blockQ));
+    return std::make_pair(pair, q0);
+  };
+  walk.load = [this, args, batch, tid, qRowBase, sDO, sStat, blockQ, d, dv,
+               blockOf = walk.blockOf](Value j, Value stage) {
+    auto [pair, q0] = blockOf(j);
+    Value rows = minI(idx(blockQ), sub(args.seqQ, q0));
+    Value rowIndex = add(qRowBase, q0);
+    for (int64_t s = 0; s < 2; ++s)
+      copyRowsAsync(
+          args.q,
+          mul(add(mul(rowIndex, plan.queryHeads), add(mul(pair, 2), idx(s))),
+              d),
+          plan.queryHeads * d, rows, sQ, {stage, idx(s)}, blockQ, d, tid,
+          plan.threads());
+    copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
+                  plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
+                  plan.threads());
+    copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows, tid,
+                     blockQ, plan.pairs);
+  };
+  return walk;
+}
+
 void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
@@ -307,7 +362,6 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   BackwardArgs args = readArgs(entry);
   int64_t blockKeys = 16 * plan.warps, blockQ = kQueryBlock;
   int64_t d = plan.headDim, dv = plan.valueDim;
-  int64_t ppg = plan.pairsPerGroup();
   Value seqQ = args.seqQ, seqK = args.seqK;
 
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
@@ -318,8 +372,7 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
   Value key0 = mul(keyBlock, blockKeys);
   Value kRow0 = mul(warp, 16);
-  Value firstPair = mul(kvHead, ppg);
-  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
+  Value kRowBase = mul(batch, seqK);
   setKeyLength(args, batch, tid);
 
   // Shared memory: the CTA's K and V rows, then the stages of (q of both
@@ -338,51 +391,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   // The query rows' workspace records (kStatWidth f32 each).
   Value sStat = sharedView(kBytes + vBytes + qBytes + doBytes,
                            {plan.stages, blockQ, kStatWidth}, b.getF32Type());
-  // Keys past kv_len are zero-filled: whatever the cache holds there must
-  // not reach G^T (0 * NaN).
-  Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
-  Value kvRow = add(kRowBase, key0);
-  copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
-                plan.kvHeads * d, validKeys, sK, {}, blockKeys, d, tid,
-                plan.threads());
-  copyRowsAsync(args.v, mul(add(mul(kvRow, plan.kvHeads), kvHead), dv),
-                plan.kvHeads * dv, validKeys, sV, {}, blockKeys, dv, tid,
-                plan.threads());
-  NVVM::CpAsyncCommitGroupOp::create(b, loc);
-
-  // The query rows that may see a key of [key0, key0 + blockKeys): i >=
-  // key0 - offset - right with a right bound, i <= key0 + blockKeys - 1 -
-  // offset + left with a left bound (KeyRange.h's rule, inverted), none
-  // past kv_len.
-  auto [qlo, queryBlocks] = keyBlockQueries(*this, attn, key0, blockKeys,
-                                            blockQ, offset, keyLen, seqQ);
-  Value count = mul(queryBlocks, ppg);
-  // Block j: pair j / queryBlocks of the group, rows from qlo + (j %
-  // queryBlocks) blockQ.
-  auto blockOf = [&](Value j) {
-    Value pair = add(firstPair, arith::DivUIOp::create(b, loc, j, queryBlocks));
-    Value q0 =
-        add(qlo, mul(arith::RemUIOp::create(b, loc, j, queryBlocks).getResult(),
-                     blockQ));
-    return std::make_pair(pair, q0);
-  };
-  auto load = [&](Value j, Value stage) {
-    auto [pair, q0] = blockOf(j);
-    Value rows = minI(idx(blockQ), sub(seqQ, q0));
-    Value rowIndex = add(qRowBase, q0);
-    for (int64_t s = 0; s < 2; ++s)
-      copyRowsAsync(
-          args.q,
-          mul(add(mul(rowIndex, plan.queryHeads), add(mul(pair, 2), idx(s))),
-              d),
-          plan.queryHeads * d, rows, sQ, {stage, idx(s)}, blockQ, d, tid,
-          plan.threads());
-    copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
-                  plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
-                  plan.threads());
-    copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows, tid,
-                     blockQ, plan.pairs);
-  };
+  auto [count, blockOf, load] = walkKeyBlock(args, batch, kvHead, key0, tid,
+                                             blockKeys, blockQ, sDO, sStat);
 
   int64_t qTiles = blockQ / 8, dTiles = d / 8, vTiles = dv / 8;
   std::array<Value, 2> keyRow;

@@ -13,6 +13,8 @@
 
 #include "MmaSyncBuilder.h"
 
+#include <functional>
+
 namespace mlir::diffattn::mma_sync {
 
 /// Query rows per block of the dk/dv kernel.
@@ -205,6 +207,25 @@ private:
   BackwardArgs readArgs(Block &entry) {
     return readBackwardArgs(entry, plan.attn);
   }
+  /// A dk/dv kernel's key block and the query blocks that see it (both
+  /// formulations): `count` blocks, block j being pair firstPair + j /
+  /// queryBlocks of the KV group and its rows from qlo + (j % queryBlocks)
+  /// blockQ (`blockOf` returns (pair, q0)); `load(j, stage)` issues block
+  /// j's cp.async copies of q of both heads into sQ[stage], dout into
+  /// sDO[stage] and the rows' records into sStat[stage] (zero past Sq).
+  struct KeyBlockWalk {
+    Value count;
+    std::function<std::pair<Value, Value>(Value)> blockOf;
+    std::function<void(Value, Value)> load;
+  };
+  /// Copies the CTA's K and V rows [key0, key0 + blockKeys) of `kvHead`
+  /// into sK and sV as one cp.async group (zero-filled past kv_len: what a
+  /// cache holds there must not reach G, 0 * NaN) and returns the walk
+  /// over the query blocks of blockQ rows that may see them
+  /// (keyBlockQueries). setKeyLength must have run.
+  KeyBlockWalk walkKeyBlock(const BackwardArgs &args, Value batch, Value kvHead,
+                            Value key0, Value tid, int64_t blockKeys,
+                            int64_t blockQ, Value sDO, Value sStat);
   /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
   /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.
   void setKeyLength(const BackwardArgs &args, Value batch, Value tid);

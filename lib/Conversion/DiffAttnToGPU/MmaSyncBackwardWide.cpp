@@ -68,7 +68,6 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   BackwardArgs args = readArgs(entry);
   const int64_t blockKeys = kWideKeys, blockQ = kWideQueryBlock;
   int64_t d = plan.headDim, dv = plan.valueDim;
-  int64_t ppg = plan.pairsPerGroup();
   Value seqQ = args.seqQ, seqK = args.seqK;
 
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
@@ -78,8 +77,7 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
   Value key0 = mul(keyBlock, blockKeys);
-  Value firstPair = mul(kvHead, ppg);
-  Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
+  Value kRowBase = mul(batch, seqK);
   setKeyLength(args, batch, tid);
 
   // Shared memory (wideKeySharedBytes): K and V rows, the stages of (q of
@@ -106,45 +104,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
       view({blockQ, blockKeys + pad}, elem, blockQ * (blockKeys + pad) * 2);
   Value accBase = dqAccumulatorOffset(*this, seqQ, plan.pairs);
 
-  // Keys past kv_len are zero-filled: whatever the cache holds there must
-  // not reach G (0 * NaN).
-  Value validKeys = minI(idx(blockKeys), sub(keyLen, key0));
-  Value kvRow = add(kRowBase, key0);
-  copyRowsAsync(args.k, mul(add(mul(kvRow, plan.kvHeads), kvHead), d),
-                plan.kvHeads * d, validKeys, sK, {}, blockKeys, d, tid,
-                plan.threads());
-  copyRowsAsync(args.v, mul(add(mul(kvRow, plan.kvHeads), kvHead), dv),
-                plan.kvHeads * dv, validKeys, sV, {}, blockKeys, dv, tid,
-                plan.threads());
-  NVVM::CpAsyncCommitGroupOp::create(b, loc);
-
-  auto [qlo, queryBlocks] = keyBlockQueries(*this, attn, key0, blockKeys,
-                                            blockQ, offset, keyLen, seqQ);
-  Value count = mul(queryBlocks, ppg);
-  auto blockOf = [&](Value j) {
-    Value pair = add(firstPair, arith::DivUIOp::create(b, loc, j, queryBlocks));
-    Value q0 =
-        add(qlo, mul(arith::RemUIOp::create(b, loc, j, queryBlocks).getResult(),
-                     blockQ));
-    return std::make_pair(pair, q0);
-  };
-  auto load = [&](Value j, Value stage) {
-    auto [pair, q0] = blockOf(j);
-    Value rows = minI(idx(blockQ), sub(seqQ, q0));
-    Value rowIndex = add(qRowBase, q0);
-    for (int64_t s = 0; s < 2; ++s)
-      copyRowsAsync(
-          args.q,
-          mul(add(mul(rowIndex, plan.queryHeads), add(mul(pair, 2), idx(s))),
-              d),
-          plan.queryHeads * d, rows, sQ, {stage, idx(s)}, blockQ, d, tid,
-          plan.threads());
-    copyRowsAsync(args.dout, mul(add(mul(rowIndex, plan.pairs), pair), dv),
-                  plan.pairs * dv, rows, sDO, {stage}, blockQ, dv, tid,
-                  plan.threads());
-    copyRecordsAsync(*this, args, sStat, stage, batch, pair, q0, rows, tid,
-                     blockQ, plan.pairs);
-  };
+  auto [count, blockOf, load] = walkKeyBlock(args, batch, kvHead, key0, tid,
+                                             blockKeys, blockQ, sDO, sStat);
 
   Value l8 = rem(lane, 8), g8 = div(lane, 8);
   Value quad = div(lane, 4), colLane = mul(rem(lane, 4), 2);
