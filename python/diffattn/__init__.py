@@ -117,8 +117,9 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     64 f32, f64 for float64, per intermediate). CUDA torch tensors
     (bfloat16, float16; D = Dv = 64 or 128) run the compiler's GPU kernels
     through ``torch.ops.diffattn.v2_backward`` (docs/training.md): on
-    Hopper (sm_90a) the wgmma kernels with dq accumulated in float32 by
-    reductions (row statistics, dk/dv with dq, dq's conversion; the order
+    Hopper (sm_90a, and the portable sm_90 kernels) the kernels with dq
+    accumulated in float32 by reductions (row statistics, dk/dv with dq,
+    dq's conversion; the order
     of dq's sums varies between runs, as in FlashAttention), or with
     ``torch.use_deterministic_algorithms(True)`` the deterministic ones
     (row statistics, dq, dk/dv; no atomics, bit-identical across runs),

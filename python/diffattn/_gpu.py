@@ -109,7 +109,7 @@ def prepare_v2(q_shape, k_shape, v_shape, lam_shape, elem, lam_elem, *, causal=F
 
 #: The compiler options of the accumulating backward (Passes.td,
 #: ``deterministic``): dq added to an f32 accumulator by reductions. The
-#: PyTorch path's default on sm_90a (_torch.default_backward_options).
+#: PyTorch path's default on sm_90a and sm_90 (_torch.default_backward_options).
 ACCUMULATE_OPTIONS = ("--gpu-options=deterministic=false",)
 
 

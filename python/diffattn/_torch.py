@@ -148,7 +148,7 @@ def default_backward_options(device_index):
     """The backward kernels a call gets: on sm_90a and sm_90 (the portable
     kernels on Hopper, DIFFATTN_GPU_TARGET=sm_90) the accumulating ones
     (ACCUMULATE_OPTIONS; FlashAttention's default, measured faster on both:
-    docs/performance.md, backward runs 22 and 47), unless
+    docs/performance.md, backward runs 22 and 49), unless
     ``torch.use_deterministic_algorithms(True)`` is in effect; elsewhere
     (sm_80, which has no bulk reductions; sm_100a, not measured), and then,
     the deterministic ones (no atomics, bit-identical across runs)."""

@@ -27,7 +27,7 @@
 //    through ldmatrix.trans of the [query, key] tiles.
 // 4. dq_j = dS_j K: warp w head w / 4, rows 32 ((w / 2) % 2), columns D / 2
 //    (w % 2); a barrier; the f32 product staged in the accumulator's rows
-//    layout (MmaSyncBackwardDq.cpp), rows 0-31 over dS and P_c, rows 32-63
+//    layout (MmaSyncBackwardDq.cpp), rows 0-31 over the dS tiles, rows 32-63
 //    over the block's q stage; a barrier; one thread adds each half with
 //    one bulk reduction (cp.reduce.async.bulk .add.f32). Measured on an
 //    H200 (backward run 47): 1.01-1.10x the same kernel adding dq with
@@ -134,7 +134,7 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   // 16 mt, columns gCol0 + 8 t.
   SmallVector<Value> init((2 * gTiles + 2 * gvTiles) * 4, f32(0.0f));
   // The staging of a block's dq (f32, the accumulator's rows layout, 32 rows
-  // per half): rows 0-31 over dS and P_c, rows 32-63 over the block's q
+  // per half): rows 0-31 over the dS tiles, rows 32-63 over the block's q
   // stage, both dead once the block's products are done.
   int64_t stageQBytes = 2 * blockQ * (d + pad) * 2;
   int64_t dsOffset = at - 3 * blockQ * (blockKeys + pad) * 2;
@@ -363,6 +363,10 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
           ifThen(cmp(arith::CmpIPredicate::eq, div(qRow0, 32), idx(half)), [&] {
             for (int64_t mt = 0; mt < 2; ++mt)
               for (int64_t rr = 0; rr < 2; ++rr) {
+                // The swizzle takes the row within the half: q0 and the
+                // halves start at multiples of 8 query rows (qlo is aligned
+                // down to the 64-row block), so it is the query row's,
+                // which the conversion kernel undoes.
                 Value row = add(quad, mt * 16 + rr * 8);
                 for (int64_t t = 0; t < qTiles; ++t) {
                   const Acc &acc = dq[mt * qTiles + t];
