@@ -11,8 +11,9 @@
 // product: 0.58 ldmatrix per mma, their shared pipe 71% busy for a 42%
 // tensor pipe, H200 backward run 44 in docs/performance.md).
 //
-// Per iteration (query block of 64 rows q0.., pair p), after a barrier
-// that follows the block's copies (block j + 1's go out then):
+// Per iteration (query block of 64 rows q0.., pair p), the block's copies
+// complete and visible (waited for before the previous iteration's last
+// barrier):
 // 1. G = dout V^T, S_2h = q_2h K^T, S_2h+1 = q_2h+1 K^T, [64 x 128] each;
 //    warp w the rows 32 (w % 2) and keys 32 (w / 2), one 16-row tile at a
 //    time, K's fragments shared by both heads (the three 32 x 32 tiles at
@@ -21,7 +22,10 @@
 // 2. P_j = exp2(scale log2e S_j - lse_j log2e) (masked where the block
 //    straddles a bound), dS_2h = P_2h (G - D_2h), dS_2h+1 = P_2h+1 (-sigmoid
 //    (lam) G - D_2h+1), P_c = P_2h - sigmoid(lam) P_2h+1, rounded into
-//    shared memory as [query, key] tiles; a barrier.
+//    shared memory as [query, key] tiles; a barrier. Before the first
+//    row tile's stores, one thread waits for block j - 1's bulk reductions
+//    to have read their staging (the dS tiles and block j + 1's q stage),
+//    a barrier, and block j + 1's copies go out.
 // 3. dv += P_c^T dout, dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1 in registers:
 //    warp w the keys 32 (w % 4) and columns D / 2 (w / 4); the A operands
 //    through ldmatrix.trans of the [query, key] tiles.
@@ -32,8 +36,8 @@
 //    one bulk reduction (cp.reduce.async.bulk .add.f32). Measured on an
 //    H200 (backward run 47): 1.01-1.10x the same kernel adding dq with
 //    red.global.add.v2.f32 from registers (FlashAttention-2's atomics).
-//    The next iteration's first barrier waits for the reductions to have
-//    read their staging.
+//    The next iteration waits for the reductions to have read their
+//    staging only after its first row tile's products and exponentials.
 // The statistics kernel zeroes the accumulator and the conversion kernel
 // scales and rounds it (MmaSyncBackwardDq.cpp). Fragment layouts: PTX ISA
 // "Matrix Fragments for mma.m16n8k16" and "ldmatrix".
@@ -152,19 +156,15 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   ifThen(cmp(arith::CmpIPredicate::slt, idx(0), count),
          [&] { load(idx(0), idx(0)); });
   NVVM::CpAsyncCommitGroupOp::create(b, loc);
+  NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
+  gpu::BarrierOp::create(b, loc);
   auto loop = scf::ForOp::create(
       b, loc, idx(0), count, idx(1), init,
       [&](OpBuilder &, Location, Value j, ValueRange carried) {
+        // Block j's copies are complete and visible: waited for before the
+        // previous iteration's last barrier (or the one above).
         Value stage = rem(j, 2);
-        ifThen(threadZero, [&] {
-          NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 0, b.getUnitAttr());
-        });
-        NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-        gpu::BarrierOp::create(b, loc);
         Value next = add(j, 1);
-        ifThen(cmp(arith::CmpIPredicate::slt, next, count),
-               [&] { load(next, rem(next, 2)); });
-        NVVM::CpAsyncCommitGroupOp::create(b, loc);
         auto [pair, q0] = blockOf(j);
         // 1-2, per pass over the row tiles of `passes` (the thread's rows
         // of row tile mt: sRow0 + 16 mt + quad + 8 rr, row index r = 2 mt +
@@ -259,6 +259,23 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
               {0, 1}, sh,
               [&](int64_t h, int64_t i) { return shifts[h][rowOf(i)]; },
               needsMask, visible);
+          if (pass == 0) {
+            // The first store below overwrites block j - 1's dq staging
+            // (rows 0-31 over the dS tiles) and block j + 1's copies its q
+            // stage (rows 32-63): wait here, after the first row tile's
+            // products and exponentials, for block j - 1's bulk reductions
+            // to have read them, rather than at the top of the iteration
+            // right after issuing them (that barrier was the kernel's
+            // hottest line, 14.2% of the stall samples in H200 backward
+            // run 48).
+            ifThen(threadZero, [&] {
+              NVVM::CpAsyncBulkWaitGroupOp::create(b, loc, 0, b.getUnitAttr());
+            });
+            gpu::BarrierOp::create(b, loc);
+            ifThen(cmp(arith::CmpIPredicate::slt, next, count),
+                   [&] { load(next, rem(next, 2)); });
+            NVVM::CpAsyncCommitGroupOp::create(b, loc);
+          }
           for (int64_t mt : mts)
             for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r) {
               for (int64_t h = 0; h < 2; ++h)
@@ -385,6 +402,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
             b, loc,
             NVVM::ProxyKindAttr::get(ctx, NVVM::ProxyKind::async_shared),
             NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+        // This barrier also makes block j + 1's copies visible.
+        NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
         gpu::BarrierOp::create(b, loc);
         ifThen(threadZero, [&] {
           for (int64_t half = 0; half < 2; ++half) {
