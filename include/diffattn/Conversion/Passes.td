@@ -259,8 +259,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "sm_90 (the portable strategy) the dk/dv kernel has "
            "FlashAttention-2's warp layout (128 keys, 64-row query blocks, "
            "32 x 32 warp tiles) and adds dq with bulk reductions "
-           "(cp.reduce.async.bulk): 1.07-1.20x the deterministic kernels "
-           "(backward run 49), and the PyTorch path's default there too. "
+           "(cp.reduce.async.bulk): 1.12-1.31x the deterministic kernels "
+           "(backward run 50), and the PyTorch path's default there too. "
            "On sm_80 (no bulk reductions) false is true">,
     Option<"backwardStacking", "backward-stacking", "std::string",
            /*default=*/"\"auto\"",
@@ -335,11 +335,15 @@ def DiffAttnToMmaSyncKernels
 
     With the `lse` result, `diffattn.v2` gets the row-block kernel (also
     with `kv_len`), which writes each head's log-sum-exp. `diffattn.v2_backward`
-    gets three kernels (`<name>_stats`, `<name>_dq`, `<name>_dkdv`, launched
-    in order over a workspace) with one tile configuration of their own (4
-    warps; 64 rows x 32 keys, 64 keys x 32 query rows; two stages): the
-    options `block-k`, `warps` and `stages` configure the forward kernels
-    only (docs/design.md).
+    gets three kernels launched in order over a workspace, with tile
+    configurations of their own: with `deterministic=true`, `<name>_stats`,
+    `<name>_dq` and `<name>_dkdv` (4 warps; 64 rows x 32 keys, 64 keys x
+    32 query rows; two stages); with `deterministic=false` on sm_90 and
+    later, `<name>_stats` (which also zeroes the dq accumulator),
+    `<name>_dkdv` (8 warps, 128 keys, 64-row query blocks, dq added with
+    bulk reductions) and `<name>_dq_convert`. The options `block-k`,
+    `warps` and `stages` configure the forward kernels only
+    (docs/design.md).
 
     The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
     grid, block size, dynamic shared memory and the kernel parameter list.

@@ -263,14 +263,12 @@ private:
                 function_ref<Value(int64_t, int64_t)> shift, Value needsMask,
                 function_ref<Value(int64_t)> visible);
   /// The software pipeline over `count` blocks: `load(j, stage)` issues the
-  /// cp.async copies of block j, `body(j, stage, carried)` consumes it.
-  /// `afterIteration(j)`, if given, runs after iteration j's closing
-  /// barrier.
+  /// cp.async copies of block j, `body(j, stage, carried)` consumes it;
+  /// `afterPrologue`, if given, runs after the prologue's copies.
   SmallVector<Value>
   pipelined(Value count, ValueRange init, function_ref<void(Value, Value)> load,
             function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-            function_ref<void()> afterPrologue = nullptr,
-            function_ref<void(Value)> afterIteration = nullptr);
+            function_ref<void()> afterPrologue = nullptr);
 };
 
 } // namespace mlir::diffattn::mma_sync

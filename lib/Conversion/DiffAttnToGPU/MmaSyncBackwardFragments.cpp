@@ -348,8 +348,7 @@ std::array<SmallVector<Acc>, 2> BackwardBuilder::probabilities(
 SmallVector<Value> BackwardBuilder::pipelined(
     Value count, ValueRange init, function_ref<void(Value, Value)> load,
     function_ref<SmallVector<Value>(Value, Value, ValueRange)> body,
-    function_ref<void()> afterPrologue,
-    function_ref<void(Value)> afterIteration) {
+    function_ref<void()> afterPrologue) {
   int64_t stages = plan.stages;
   for (int64_t p = 0; p + 1 < stages; ++p) {
     ifThen(cmp(arith::CmpIPredicate::slt, idx(p), count),
@@ -370,8 +369,6 @@ SmallVector<Value> BackwardBuilder::pipelined(
         SmallVector<Value> results = body(j, rem(j, stages), carried);
         // The stage read here is refilled by a later iteration.
         gpu::BarrierOp::create(b, loc);
-        if (afterIteration)
-          afterIteration(j);
         scf::YieldOp::create(b, loc, results);
       });
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
