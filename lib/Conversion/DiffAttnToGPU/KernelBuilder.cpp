@@ -59,6 +59,36 @@ Value GPUKernelBuilder::exp2Polynomial(Value x) {
   return fmul(p, arith::BitcastOp::create(b, loc, b.getF32Type(), power));
 }
 
+Value GPUKernelBuilder::divRemU32(Value x, Value d, bool remainder) {
+  Type i32Type = b.getI32Type();
+  Value x32 = arith::IndexCastUIOp::create(b, loc, i32Type, x);
+  Value d32 = arith::IndexCastUIOp::create(b, loc, i32Type, d);
+  Value result = remainder
+                     ? arith::RemUIOp::create(b, loc, x32, d32).getResult()
+                     : arith::DivUIOp::create(b, loc, x32, d32).getResult();
+  return arith::IndexCastUIOp::create(b, loc, b.getIndexType(), result);
+}
+
+std::array<Value, 3> GPUKernelBuilder::blockIdsXSlowest() {
+  auto id = [&](gpu::Dimension dim) {
+    return gpu::BlockIdOp::create(b, loc, dim).getResult();
+  };
+  auto dimOf = [&](gpu::Dimension dim) {
+    return gpu::GridDimOp::create(b, loc, dim).getResult();
+  };
+  Value linear =
+      add(id(gpu::Dimension::x),
+          mul(dimOf(gpu::Dimension::x),
+              add(id(gpu::Dimension::y),
+                  mul(dimOf(gpu::Dimension::y), id(gpu::Dimension::z)))));
+  Value ys = dimOf(gpu::Dimension::y);
+  Value yzs = mul(ys, dimOf(gpu::Dimension::z));
+  Value within = divRemU32(linear, yzs, /*remainder=*/true);
+  return {divRemU32(linear, yzs, /*remainder=*/false),
+          divRemU32(within, ys, /*remainder=*/true),
+          divRemU32(within, ys, /*remainder=*/false)};
+}
+
 std::pair<Value, Value>
 GPUKernelBuilder::sequenceRange(Value cuSeqlens, Value batch, Value total,
                                 Value maxLength, Value tid, Value reporter,

@@ -61,10 +61,16 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
   warp = div(tid, 32);
-  Value qBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
-  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  // The grid is (row blocks, KV heads, B). With a causal-like mask later
+  // rows see more keys: the CTAs take the row blocks from the last to the
+  // first, row block by row block across heads and sequences
+  // (blockIdsXSlowest), so that the last wave holds the shortest.
+  bool remap = attn.isCausalLike();
+  std::array<Value, 3> ids = blockIds(remap);
+  Value qBlock = ids[0], kvHead = ids[1], batch = ids[2];
   Value groupRows = mul(seqQ, plan.pairsPerGroup());
+  if (remap)
+    qBlock = sub(sub(div(add(groupRows, blockQ - 1), blockQ), idx(1)), qBlock);
   Value row0 = mul(qBlock, blockQ);
   Value rowsValid = minI(idx(blockQ), sub(groupRows, row0));
   qRow0 = mul(warp, 16);
@@ -77,7 +83,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   };
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
 
-  setKeyLength(args, batch, tid);
+  setKeyLength(args, batch, tid, remap);
 
   // Shared memory: Q of both heads (of the odd head only in the statistics
   // kernel), dout, then the K and V stages.
@@ -367,13 +373,16 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
   warp = div(tid, 32);
-  Value keyBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
-  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  // The grid is (key blocks, KV heads, B); with a causal-like mask the
+  // first key blocks see the most query rows, taken first across heads and
+  // sequences (blockIdsXSlowest).
+  bool remap = attn.isCausalLike();
+  std::array<Value, 3> ids = blockIds(remap);
+  Value keyBlock = ids[0], kvHead = ids[1], batch = ids[2];
   Value key0 = mul(keyBlock, blockKeys);
   Value kRow0 = mul(warp, 16);
   Value kRowBase = mul(batch, seqK);
-  setKeyLength(args, batch, tid);
+  setKeyLength(args, batch, tid, remap);
 
   // Shared memory: the CTA's K and V rows, then the stages of (q of both
   // heads, dout) of a query block.

@@ -228,7 +228,11 @@ private:
                             int64_t blockQ, Value sDO, Value sStat);
   /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
   /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.
-  void setKeyLength(const BackwardArgs &args, Value batch, Value tid);
+  /// `remapped`: the kernel's CTAs are renumbered (blockIdsXSlowest), so
+  /// `batch` is not blockIdx.z; the assertion still checks kv_len[blockIdx.z]
+  /// in CTA (0, 0, blockIdx.z), as its message says.
+  void setKeyLength(const BackwardArgs &args, Value batch, Value tid,
+                    bool remapped = false);
   /// A row-major tile in shared memory and its lead indices.
   struct TileRef {
     Value tile;

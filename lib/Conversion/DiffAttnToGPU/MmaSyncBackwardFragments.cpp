@@ -232,11 +232,20 @@ void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
 }
 
 void BackwardBuilder::setKeyLength(const BackwardArgs &args, Value batch,
-                                   Value tid) {
+                                   Value tid, bool remapped) {
   Value kvLenElem;
   if (args.kvLen) {
     kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
-    assertKeyLengthInRange(kvLenElem, args.seqK, tid);
+    // The assertion's reporter, thread 0 of CTA (0, 0, b), checks
+    // kv_len[blockIdx.z], which a renumbered grid's CTA does not compute.
+    Value checked =
+        remapped
+            ? memref::LoadOp::create(
+                  b, loc, args.kvLen,
+                  ValueRange{gpu::BlockIdOp::create(b, loc, gpu::Dimension::z)})
+                  .getResult()
+            : kvLenElem;
+    assertKeyLengthInRange(checked, args.seqK, tid);
   }
   keyLen = buildKeyLength(b, loc, kvLenElem, args.seqK);
   offset = sub(keyLen, args.seqQ);

@@ -77,12 +77,16 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
   lane = rem(tid, 32);
   warp = div(tid, 32);
-  Value keyBlock = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
-  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
-  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  // The grid is (key blocks, KV heads, B). With a causal-like mask the
+  // first key blocks see the most query rows: the CTAs take them key block
+  // by key block across heads and sequences (blockIdsXSlowest), so that
+  // the last wave holds the shortest.
+  bool remap = attn.isCausalLike();
+  std::array<Value, 3> ids = blockIds(remap);
+  Value keyBlock = ids[0], kvHead = ids[1], batch = ids[2];
   Value key0 = mul(keyBlock, blockKeys);
   Value kRowBase = mul(batch, seqK);
-  setKeyLength(args, batch, tid);
+  setKeyLength(args, batch, tid, remap);
 
   // Shared memory (wideKeySharedBytes): K and V rows, the stages of (q of
   // both heads, dout, records), then dS of both heads and P_c.

@@ -72,7 +72,7 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   // keys (each K/V tile in shared memory feeds 128 rows). Split-KV: 16 keys
   // per warp, so that three stages of four warps leave room for two CTAs
   // per SM.
-  bool causalLike = plan.attn.windowRight >= 0 && plan.attn.windowLeft < 0;
+  bool causalLike = plan.attn.isCausalLike();
   // Packed sequences (varlen) keep 4 warps x 32 keys without a mask too:
   // their per-sequence offsets make the wide tiles spill (56 bytes) and
   // run at 0.93x of the batched kernel, the narrow ones at 0.975x

@@ -369,19 +369,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   // first key blocks, which the most query rows see (causal masks), start
   // first (without this, ncu showed 13% of the SMs' cycles idle in the
   // last wave at 4 x 4096 causal, H200 backward run 14).
-  Value linear =
-      add(gpu::BlockIdOp::create(b, loc, gpu::Dimension::x),
-          mul(gpu::GridDimOp::create(b, loc, gpu::Dimension::x),
-              add(gpu::BlockIdOp::create(b, loc, gpu::Dimension::y),
-                  mul(gpu::GridDimOp::create(b, loc, gpu::Dimension::y),
-                      gpu::BlockIdOp::create(b, loc, gpu::Dimension::z)))));
-  Value kvHeads = gpu::GridDimOp::create(b, loc, gpu::Dimension::y);
-  Value sequences =
-      mul(kvHeads, gpu::GridDimOp::create(b, loc, gpu::Dimension::z));
-  Value keyBlock = divRemU32(linear, sequences, /*remainder=*/false);
-  Value within = divRemU32(linear, sequences, /*remainder=*/true);
-  Value kvHead = divRemU32(within, kvHeads, /*remainder=*/true);
-  Value batch = divRemU32(within, kvHeads, /*remainder=*/false);
+  std::array<Value, 3> ids = blockIdsXSlowest();
+  Value keyBlock = ids[0], kvHead = ids[1], batch = ids[2];
   Value key0 = mul(keyBlock, blockKeys);
   Value firstPair = mul(kvHead, ppg);
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);

@@ -215,9 +215,6 @@ protected:
   /// proxy writes to shared memory (cp.async copies) before its later
   /// async-proxy reads (wgmma).
   void fenceAsyncProxy();
-  /// `x / d` (or `x % d`) of index values below 2^32 in 32-bit arithmetic:
-  /// a 64-bit division is a call to a ~60-instruction routine.
-  Value divRemU32(Value x, Value d, bool remainder);
   /// An expect-tx arrival on mbarrier `bar` for `bytes` more bytes (CTA
   /// scope).
   void expectBytes(Value bar, int64_t bytes);

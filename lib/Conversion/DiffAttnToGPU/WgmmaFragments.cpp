@@ -62,16 +62,6 @@ void WgmmaKernelBuilder::fenceAsyncProxy() {
       NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
 }
 
-Value WgmmaKernelBuilder::divRemU32(Value x, Value d, bool remainder) {
-  Type i32Type = b.getI32Type();
-  Value x32 = arith::IndexCastUIOp::create(b, loc, i32Type, x);
-  Value d32 = arith::IndexCastUIOp::create(b, loc, i32Type, d);
-  Value result = remainder
-                     ? arith::RemUIOp::create(b, loc, x32, d32).getResult()
-                     : arith::DivUIOp::create(b, loc, x32, d32).getResult();
-  return arith::IndexCastUIOp::create(b, loc, b.getIndexType(), result);
-}
-
 void WgmmaKernelBuilder::expectBytes(Value bar, int64_t bytes) {
   NVVM::MBarrierArriveExpectTxOp::create(b, loc, Type(), bar, i32(bytes),
                                          NVVM::MemScopeKind::CTA,
@@ -181,7 +171,7 @@ void WgmmaKernelBuilder::prefetchTileQ(Value q, Value t, Value numTiles,
   ifThen(cmp(arith::CmpIPredicate::ult, t, numTiles), [&] {
     Value rest = arith::DivUIOp::create(b, loc, t, tileRowBlocks);
     Value qBlock = arith::RemUIOp::create(b, loc, t, tileRowBlocks);
-    if (attn.windowRight >= 0 && attn.windowLeft < 0)
+    if (attn.isCausalLike())
       qBlock = sub(sub(tileRowBlocks, idx(1)), qBlock);
     Value row = add(mul(qBlock, plan.blockQ), div(thread, 2));
     // A cluster kernel's tile is a row block of the CTA's half of the rows.

@@ -78,7 +78,7 @@ void WgmmaKernelBuilder::setupTile(const SequenceArgs &sequences, Value qBlock,
   }
   // With a causal-like mask, row blocks go from the last rows to the
   // first: the longest tiles start first.
-  if (attn.windowRight >= 0 && attn.windowLeft < 0)
+  if (attn.isCausalLike())
     qBlock = sub(sub(rowBlocks, idx(1)), qBlock);
   row0 = add(rowStart, mul(qBlock, blockQ));
   rowsValid = minI(idx(blockQ), sub(groupRows, row0));

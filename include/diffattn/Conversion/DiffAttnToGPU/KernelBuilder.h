@@ -145,6 +145,30 @@ public:
   /// multiplies 2^round(x), built in an exponent field. NaN stays NaN.
   /// About nine instructions, none on the SFU.
   Value exp2Polynomial(Value x);
+  /// `x / d` (or `x % d`) of index values below 2^32 in 32-bit arithmetic:
+  /// a 64-bit division is a call to a ~60-instruction routine.
+  Value divRemU32(Value x, Value d, bool remainder);
+  /// The CTA's grid coordinates {x, y, z} renumbered so that x counts
+  /// slowest in launch order. The hardware launches CTA n = blockIdx.x +
+  /// gridDim.x (blockIdx.y + gridDim.y blockIdx.z) n-th (x fastest); here
+  /// CTA n gets x = n / (gridDim.y gridDim.z), y = n % gridDim.y and
+  /// z = (n % (gridDim.y gridDim.z)) / gridDim.y, a bijection of the grid.
+  /// A grid whose x orders each (head, sequence)'s CTAs longest first (the
+  /// key blocks of a causal backward, the reversed row blocks of a causal
+  /// forward) then starts every sequence's longest CTAs in the first waves,
+  /// not one sequence after another, and leaves the shortest for the last
+  /// wave (the wgmma dk/dv kernel: 13% of the SMs' cycles idle in the last
+  /// wave at 4 x 4096 causal without it, H200 backward run 14 in
+  /// docs/performance.md). 32-bit arithmetic (divRemU32).
+  std::array<Value, 3> blockIdsXSlowest();
+  /// blockIdsXSlowest() when `xSlowest`, else {blockIdx.x, .y, .z}.
+  std::array<Value, 3> blockIds(bool xSlowest) {
+    if (xSlowest)
+      return blockIdsXSlowest();
+    return {gpu::BlockIdOp::create(b, loc, gpu::Dimension::x).getResult(),
+            gpu::BlockIdOp::create(b, loc, gpu::Dimension::y).getResult(),
+            gpu::BlockIdOp::create(b, loc, gpu::Dimension::z).getResult()};
+  }
   /// Rounds the f32 `x` to the element type of `buffer` and stores it at
   /// buffer[indices...] (one index per dimension).
   void storeAs(Value buffer, Value x, ValueRange indices) {

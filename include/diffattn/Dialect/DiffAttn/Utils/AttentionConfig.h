@@ -73,6 +73,11 @@ struct AttentionConfig {
   AffineExpr valueHead(AffineExpr j) const;
   /// True when every key is visible to every query before `kv_len`.
   bool isUnmasked() const { return windowLeft < 0 && windowRight < 0; }
+  /// True when a later query row sees at least the keys an earlier one sees
+  /// (a right bound, no left bound: causal and its shifted forms), so that
+  /// the work of a row block grows with its rows and that of a key block
+  /// shrinks with its keys.
+  bool isCausalLike() const { return windowRight >= 0 && windowLeft < 0; }
 };
 
 /// Every diffattn op (v2, v2_paged, v2_varlen, v1, v2_backward) nested in
