@@ -259,8 +259,8 @@ defvar DiffAttnGPUStrategyOptions = [
            "sm_90 (the portable strategy) the dk/dv kernel has "
            "FlashAttention-2's warp layout (128 keys, 64-row query blocks, "
            "32 x 32 warp tiles) and adds dq with bulk reductions "
-           "(cp.reduce.async.bulk): 1.12-1.31x the deterministic kernels "
-           "(backward run 50), and the PyTorch path's default there too. "
+           "(cp.reduce.async.bulk): 1.14-1.29x the deterministic kernels "
+           "(backward run 53), and the PyTorch path's default there too. "
            "On sm_80 (no bulk reductions) false is true">,
     Option<"backwardStacking", "backward-stacking", "std::string",
            /*default=*/"\"auto\"",
@@ -341,9 +341,12 @@ def DiffAttnToMmaSyncKernels
     32 query rows; two stages); with `deterministic=false` on sm_90 and
     later, `<name>_stats` (which also zeroes the dq accumulator),
     `<name>_dkdv` (8 warps, 128 keys, 64-row query blocks, dq added with
-    bulk reductions) and `<name>_dq_convert`. The options `block-k`,
-    `warps` and `stages` configure the forward kernels only
-    (docs/design.md).
+    bulk reductions) and `<name>_dq_convert`. With a causal-like mask the
+    dq and dk/dv CTAs take their blocks longest first across all heads and
+    sequences (the last row blocks, the first key blocks: the x index
+    counts slowest in launch order), so that the last wave holds the
+    shortest. The options `block-k`, `warps` and `stages` configure the
+    forward kernels only (docs/design.md).
 
     The kernel's manifest entry (`diffattn.kernel`) gains the launch rule:
     grid, block size, dynamic shared memory and the kernel parameter list.

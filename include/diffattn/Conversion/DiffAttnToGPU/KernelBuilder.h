@@ -154,12 +154,12 @@ public:
   /// CTA n gets x = n / (gridDim.y gridDim.z), y = n % gridDim.y and
   /// z = (n % (gridDim.y gridDim.z)) / gridDim.y, a bijection of the grid.
   /// A grid whose x orders each (head, sequence)'s CTAs longest first (the
-  /// key blocks of a causal backward, the reversed row blocks of a causal
-  /// forward) then starts every sequence's longest CTAs in the first waves,
-  /// not one sequence after another, and leaves the shortest for the last
-  /// wave (the wgmma dk/dv kernel: 13% of the SMs' cycles idle in the last
-  /// wave at 4 x 4096 causal without it, H200 backward run 14 in
-  /// docs/performance.md). 32-bit arithmetic (divRemU32).
+  /// key blocks of a causal backward) then starts every sequence's longest
+  /// CTAs in the first waves, not one sequence after another, and leaves
+  /// the shortest for the last wave: without it, 13% of the SMs' cycles sat
+  /// idle in the wgmma dk/dv kernel's last wave at 4 x 4096 causal (H200
+  /// backward run 14), and the portable dk/dv kernel ran 1.11x slower there
+  /// (backward run 53, docs/performance.md). 32-bit arithmetic (divRemU32).
   std::array<Value, 3> blockIdsXSlowest();
   /// blockIdsXSlowest() when `xSlowest`, else {blockIdx.x, .y, .z}.
   std::array<Value, 3> blockIds(bool xSlowest) {
