@@ -28,7 +28,10 @@ DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py compiles them elsewhere):
    FLOPs = 3.5 x the forward count (FlashAttention's convention), with
    the default kernels and under torch.use_deterministic_algorithms(True);
    also the backward kernels alone (torch.ops.diffattn.v2_backward with
-   the training forward's out_odd, as autograd calls it), both ways.
+   the training forward's out_odd, as autograd calls it), both ways. Each
+   shape's paths are timed in --rounds rounds (default 5), every path once
+   per round in an order shuffled afresh (gpu_check.time_in_rounds, seeded
+   by --seed); the tables give the medians, the JSON every round.
 
 Prints tables and writes gpu_backward.json under --out; exits 1 on any
 failure.
@@ -45,7 +48,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gpu_cases  # noqa: E402
-from gpu_check import (TOLERANCE, TORCH_DTYPE, bench_fn, check_error,  # noqa: E402
+from gpu_check import (TOLERANCE, TORCH_DTYPE, check_error, time_in_rounds,  # noqa: E402
                        make_epilogue, sdpa_reference)
 
 import diffattn  # noqa: E402
@@ -167,7 +170,7 @@ def check_large(shape, g):
     return dict(shape=list(shape), errors=errs, ok=ok)
 
 
-def bench(results):
+def bench(results, rounds=5, seed=0):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
@@ -178,7 +181,7 @@ def bench(results):
           "| deterministic bwd kernels | bwd kernels recomputing A_2h+1 | SDPA cuDNN + epi "
           "| SDPA FA2 + epi | vs cuDNN | vs FA2 | deterministic vs cuDNN |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for b, s, h2, hkv, d, causal in gpu_cases.BACKWARD_BENCH:
+    for index, (b, s, h2, hkv, d, causal) in enumerate(gpu_cases.BACKWARD_BENCH):
         dt = torch.bfloat16
         q, k, v, lam, dout = (t.requires_grad_(i < 4) for i, t in
                               enumerate(inputs(b, s, s, h2, hkv, d, dt, None)))
@@ -216,18 +219,22 @@ def bench(results):
             return run
 
         row = dict(shape=[b, s, h2, hkv, d, causal])
-        row["ours_ms"] = bench_fn(ours)
-        row["ours_det_ms"] = bench_fn(with_deterministic(ours))
-        row["ours_bwd_ms"] = bench_fn(bwd_only)
-        row["ours_bwd_det_ms"] = bench_fn(with_deterministic(bwd_only))
-        row["ours_bwd_recompute_ms"] = bench_fn(bwd_recompute)
+        launches = {"ours_ms": ours, "ours_det_ms": with_deterministic(ours),
+                    "ours_bwd_ms": bwd_only, "ours_bwd_det_ms": with_deterministic(bwd_only),
+                    "ours_bwd_recompute_ms": bwd_recompute}
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
                               ("fa2", SDPBackend.FLASH_ATTENTION)):
+            run = sdpa(backend)
             try:
-                row[f"{name}_ms"] = bench_fn(sdpa(backend))
+                run()
+                launches[f"{name}_ms"] = run
             except RuntimeError as e:  # backend unavailable for this shape
                 row[f"{name}_ms"] = None
                 print(f"    {name}: {str(e).splitlines()[0]}")
+        # Every path once per round, in an order shuffled afresh each round
+        # (gpu_check.time_in_rounds); the medians of the rounds.
+        medians, per_round, orders = time_in_rounds(launches, rounds, seed + index)
+        row.update(medians, rounds_ms=per_round, rounds_order=orders)
         tf = {key: flops / row[key] / 1e9 if row.get(key) else None
               for key in ("ours_ms", "ours_det_ms", "cudnn_ms", "fa2_ms")}
         row.update(ours_tflops=tf["ours_ms"], ours_det_tflops=tf["ours_det_ms"],
@@ -260,7 +267,11 @@ def main():
     what.add_argument("--bench-only", action="store_true",
                     help="only the timing (3.), e.g. of the portable kernels under "
                          "DIFFATTN_GPU_TARGET=sm_90; checks no gradient")
-    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the inputs and of the timing rounds' orders")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="timing rounds (3.): each path once per round in a shuffled "
+                         "order, the median reported")
     ap.add_argument("--sanitize-case", action="store_true",
                     help="only gpu_cases.BACKWARD_SANITIZE_CASES (for compute-sanitizer)")
     args = ap.parse_args()
@@ -275,7 +286,7 @@ def main():
                    date=time.strftime("%Y-%m-%d"), seed=seed,
                    target=os.environ.get("DIFFATTN_GPU_TARGET", "default"))
     if args.bench_only:
-        bench(results)
+        bench(results, args.rounds, seed)
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "gpu_backward-bench.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -288,7 +299,7 @@ def main():
     passed = sum(r["ok"] for r in results["cases"] + results["large"])
     print(f"gradients: {passed} of {len(results['cases']) + len(results['large'])} passed")
     if not args.skip_bench:
-        bench(results)
+        bench(results, args.rounds, seed)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_backward.json"), "w") as f:
         json.dump(results, f, indent=1)
