@@ -56,6 +56,8 @@ using namespace mlir::diffattn;
 using namespace mlir::diffattn::mma_sync;
 
 int64_t mma_sync::wideKeySharedBytes(const TileConfig &plan) {
+  // Backward plans are never swizzled (MmaSyncBackward.cpp sets
+  // plan.swizzle = false), so the kernel's plan.rowPad() is kPad.
   int64_t d = plan.headDim, dv = plan.valueDim, pad = kPad;
   int64_t keys = kWideKeys, rows = kWideQueryBlock;
   int64_t kv = keys * (d + dv + 2 * pad) * 2;
