@@ -83,7 +83,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   };
   Value qRowBase = mul(batch, seqQ), kRowBase = mul(batch, seqK);
 
-  setKeyLength(args, batch, tid, remap);
+  setKeyLength(args, batch, tid);
 
   // Shared memory: Q of both heads (of the odd head only in the statistics
   // kernel), dout, then the K and V stages.
@@ -376,13 +376,12 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
   // The grid is (key blocks, KV heads, B); with a causal-like mask the
   // first key blocks see the most query rows, taken first across heads and
   // sequences (blockIdsXSlowest).
-  bool remap = attn.isCausalLike();
-  std::array<Value, 3> ids = blockIds(remap);
+  std::array<Value, 3> ids = blockIds(attn.isCausalLike());
   Value keyBlock = ids[0], kvHead = ids[1], batch = ids[2];
   Value key0 = mul(keyBlock, blockKeys);
   Value kRow0 = mul(warp, 16);
   Value kRowBase = mul(batch, seqK);
-  setKeyLength(args, batch, tid, remap);
+  setKeyLength(args, batch, tid);
 
   // Shared memory: the CTA's K and V rows, then the stages of (q of both
   // heads, dout) of a query block.

@@ -226,13 +226,11 @@ private:
   KeyBlockWalk walkKeyBlock(const BackwardArgs &args, Value batch, Value kvHead,
                             Value key0, Value tid, int64_t blockKeys,
                             int64_t blockQ, Value sDO, Value sStat);
-  /// Sets keyLen (kv_len[b] clamped to [0, Sk], checked by a device-side
-  /// assertion, or Sk) and offset = keyLen - Sq for sequence `batch`.
-  /// `remapped`: the kernel's CTAs are renumbered (blockIdsXSlowest), so
-  /// `batch` is not blockIdx.z; the assertion still checks kv_len[blockIdx.z]
-  /// in CTA (0, 0, blockIdx.z), as its message says.
-  void setKeyLength(const BackwardArgs &args, Value batch, Value tid,
-                    bool remapped = false);
+  /// Sets keyLen (kv_len[b] clamped to [0, Sk], or Sk) and offset =
+  /// keyLen - Sq for sequence `batch`; a device-side assertion checks
+  /// kv_len[blockIdx.z] (which is `batch` unless the kernel renumbers its
+  /// CTAs, blockIdsXSlowest).
+  void setKeyLength(const BackwardArgs &args, Value batch, Value tid);
   /// A row-major tile in shared memory and its lead indices.
   struct TileRef {
     Value tile;

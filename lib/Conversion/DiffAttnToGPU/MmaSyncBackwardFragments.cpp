@@ -232,20 +232,19 @@ void mma_sync::writeRowStatistics(GPUKernelBuilder &kb,
 }
 
 void BackwardBuilder::setKeyLength(const BackwardArgs &args, Value batch,
-                                   Value tid, bool remapped) {
+                                   Value tid) {
   Value kvLenElem;
   if (args.kvLen) {
     kvLenElem = memref::LoadOp::create(b, loc, args.kvLen, ValueRange{batch});
-    // The assertion's reporter, thread 0 of CTA (0, 0, b), checks
-    // kv_len[blockIdx.z], which a renumbered grid's CTA does not compute.
-    Value checked =
-        remapped
-            ? memref::LoadOp::create(
-                  b, loc, args.kvLen,
-                  ValueRange{gpu::BlockIdOp::create(b, loc, gpu::Dimension::z)})
-                  .getResult()
-            : kvLenElem;
-    assertKeyLengthInRange(checked, args.seqK, tid);
+    // The assertion's reporter, thread 0 of CTA (0, 0, z), checks
+    // kv_len[blockIdx.z], as its message says: `batch` itself where the
+    // grid keeps its order, another sequence where blockIdsXSlowest
+    // renumbers the CTAs (the same load then, which LLVM merges, where not).
+    assertKeyLengthInRange(
+        memref::LoadOp::create(
+            b, loc, args.kvLen,
+            ValueRange{gpu::BlockIdOp::create(b, loc, gpu::Dimension::z)}),
+        args.seqK, tid);
   }
   keyLen = buildKeyLength(b, loc, kvLenElem, args.seqK);
   offset = sub(keyLen, args.seqQ);

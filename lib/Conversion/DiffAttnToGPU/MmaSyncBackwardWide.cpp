@@ -83,12 +83,11 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   // first key blocks see the most query rows: the CTAs take them key block
   // by key block across heads and sequences (blockIdsXSlowest), so that
   // the last wave holds the shortest.
-  bool remap = attn.isCausalLike();
-  std::array<Value, 3> ids = blockIds(remap);
+  std::array<Value, 3> ids = blockIds(attn.isCausalLike());
   Value keyBlock = ids[0], kvHead = ids[1], batch = ids[2];
   Value key0 = mul(keyBlock, blockKeys);
   Value kRowBase = mul(batch, seqK);
-  setKeyLength(args, batch, tid, remap);
+  setKeyLength(args, batch, tid);
 
   // Shared memory (wideKeySharedBytes): K and V rows, the stages of (q of
   // both heads, dout, records), then dS of both heads and P_c.
