@@ -15,17 +15,21 @@
 // complete and visible (waited for before the previous iteration's last
 // barrier):
 // 1. G = dout V^T, S_2h = q_2h K^T, S_2h+1 = q_2h+1 K^T, [64 x 128] each;
-//    warp w the rows 32 (w % 2) and keys 32 (w / 2), one 16-row tile at a
-//    time, K's fragments shared by both heads (the three 32 x 32 tiles at
-//    once and dk/dv left ptxas 220 bytes of spills at D = 128; per row
-//    tile, 4).
+//    warp w the rows 32 (w % 2) and keys 32 (w / 2), both heads' S one
+//    16-row tile at a time, K's fragments shared by both heads (the three
+//    32 x 32 tiles at once and dk/dv left ptxas 220 bytes of spills at D =
+//    128; per row tile, 4), G of both row tiles with the first (V's
+//    fragments shared by both), all in one loop over k.
 // 2. P_j = exp2(scale log2e S_j - lse_j log2e) (masked where the block
 //    straddles a bound), dS_2h = P_2h (G - D_2h), dS_2h+1 = P_2h+1 (-sigmoid
 //    (lam) G - D_2h+1), P_c = P_2h - sigmoid(lam) P_2h+1, rounded into
-//    shared memory as [query, key] tiles; a barrier. Before the first
-//    row tile's stores, one thread waits for block j - 1's bulk reductions
-//    to have read their staging (the dS tiles and block j + 1's q stage),
-//    a barrier, and block j + 1's copies go out.
+//    shared memory as [query, key] tiles (stmatrix x4 under a causal-like
+//    mask at D = 128, st.shared.b32 otherwise: H200 backward runs 51-52
+//    measured stmatrix 1.3-1.5% faster at D = 128 causal, 0.7-1.5% slower
+//    at D = 64 and unmasked); a barrier. Before the first row tile's
+//    stores, one thread waits for block j - 1's bulk reductions to have
+//    read their staging (the dS tiles and block j + 1's q stage), a
+//    barrier, and block j + 1's copies go out.
 // 3. dv += P_c^T dout, dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1 in registers:
 //    warp w the keys 32 (w % 4) and columns D / 2 (w / 4); the A operands
 //    through ldmatrix.trans of the [query, key] tiles.
@@ -171,38 +175,54 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         Value stage = rem(j, 2);
         Value next = add(j, 1);
         auto [pair, q0] = blockOf(j);
-        // 1-2, per pass over the row tiles of `passes` (the thread's rows
-        // of row tile mt: sRow0 + 16 mt + quad + 8 rr, row index r = 2 mt +
-        // rr). out[m * 4 + nt] += A B^T over kDim for the m-th row tile mts[m]
-        // of A = `a` (rows sRow0 + 16 mts[m]) and key tile nt of B = bTile
-        // (rows sKey0 + 8 nt); each B fragment feeds every row tile.
-        auto scores = [&](ArrayRef<TileRef> as, ArrayRef<int64_t> mts,
-                          Value bTile, ArrayRef<SmallVector<Acc> *> outs,
-                          int64_t kDim) {
-          for (int64_t kk = 0; kk < kDim / 16; ++kk) {
-            SmallVector<SmallVector<Value>> af;
-            for (const TileRef &a : as)
-              for (int64_t mt : mts)
-                af.push_back(
-                    ldmatrix(a.tile,
-                             tileIndex(a.lead, add(add(sRow0, aRow), mt * 16),
-                                       aCol, kk * 16),
-                             false));
-            for (int64_t np = 0; np < 2; ++np) {
-              SmallVector<Value> br = ldmatrix(
-                  bTile,
-                  tileIndex({}, add(add(sKey0, bRow), np * 16), bCol, kk * 16),
-                  false);
-              for (size_t h = 0; h < as.size(); ++h)
-                for (size_t m = 0; m < mts.size(); ++m) {
-                  SmallVector<Acc> &out = *outs[h];
-                  const SmallVector<Value> &a = af[h * mts.size() + m];
-                  Acc &t0 = out[m * 4 + 2 * np];
-                  Acc &t1 = out[m * 4 + 2 * np + 1];
-                  t0 = mma(a, {br[0], br[1]}, t0);
-                  t1 = mma(a, {br[2], br[3]}, t1);
-                }
-            }
+        // 1-2, one pass per row tile (the thread's rows sRow0 + 16 mt + quad
+        // + 8 rr, row index r = 2 mt + rr). scores() runs the product groups
+        // in one loop over k, so that each step has every group's
+        // independent accumulators in flight (G alone left four per step, a
+        // chain of dependent mma); in group g, outs[h][4 m + nt] += A_h B^T,
+        // A_h its tile h at rows sRow0 + 16 mts[m], B its key tile nt (rows
+        // sKey0 + 8 nt), and each B fragment feeds every A fragment.
+        struct Group {
+          SmallVector<TileRef, 2> as;
+          SmallVector<int64_t, 2> mts;
+          Value bTile;
+          SmallVector<SmallVector<Acc> *, 2> outs;
+          int64_t kDim;
+        };
+        auto scores = [&](ArrayRef<Group> groups) {
+          int64_t steps = 0;
+          for (const Group &g : groups)
+            steps = std::max(steps, g.kDim / 16);
+          for (int64_t kk = 0; kk < steps; ++kk) {
+            SmallVector<SmallVector<SmallVector<Value>>> af(groups.size());
+            for (auto [gi, g] : llvm::enumerate(groups))
+              if (kk < g.kDim / 16)
+                for (const TileRef &a : g.as)
+                  for (int64_t mt : g.mts)
+                    af[gi].push_back(ldmatrix(
+                        a.tile,
+                        tileIndex(a.lead, add(add(sRow0, aRow), mt * 16), aCol,
+                                  kk * 16),
+                        false));
+            for (int64_t np = 0; np < 2; ++np)
+              for (auto [gi, g] : llvm::enumerate(groups)) {
+                if (kk >= g.kDim / 16)
+                  continue;
+                SmallVector<Value> br =
+                    ldmatrix(g.bTile,
+                             tileIndex({}, add(add(sKey0, bRow), np * 16), bCol,
+                                       kk * 16),
+                             false);
+                for (size_t h = 0; h < g.as.size(); ++h)
+                  for (size_t m = 0; m < g.mts.size(); ++m) {
+                    SmallVector<Acc> &out = *g.outs[h];
+                    const SmallVector<Value> &a = af[gi][h * g.mts.size() + m];
+                    Acc &t0 = out[m * 4 + 2 * np];
+                    Acc &t1 = out[m * 4 + 2 * np + 1];
+                    t0 = mma(a, {br[0], br[1]}, t0);
+                    t1 = mma(a, {br[2], br[3]}, t1);
+                  }
+              }
           }
         };
         // A record field of row index r, loaded where it is used (records
@@ -215,26 +235,30 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
                                             blockQ, seqQ, offset, keyLen);
         auto pairType = VectorType::get({2}, elem);
-        // Stores (x, y) rounded at the thread's row 2 mt + rr, key tile nt
-        // of `tile` [lead..., query, key].
-        auto store = [&](Value tile, ValueRange lead, int64_t mt, int64_t nt,
-                         int64_t rr, Value x, Value y) {
-          Value pairValue = vector::FromElementsOp::create(
-              b, loc, pairType,
-              ValueRange{arith::TruncFOp::create(b, loc, elem, x),
-                         arith::TruncFOp::create(b, loc, elem, y)});
-          SmallVector<Value> indices(lead);
-          indices.push_back(add(add(sRow0, quad), mt * 16 + rr * 8));
-          indices.push_back(add(add(sKey0, colLane), nt * 8));
-          vector::StoreOp::create(b, loc, pairValue, tile, indices);
-        };
         // One pass per row tile (the file comment says why).
+        const bool useStmatrix = attn.isCausalLike() && d >= 128;
+        SmallVector<Acc> gBoth;
         for (int64_t pass = 0; pass < 2; ++pass) {
           SmallVector<int64_t, 1> mts = {pass};
           int64_t tiles = 4 * mts.size();
-          // G, then both heads' S.
-          SmallVector<Acc> g(tiles, zeroAcc());
-          scores({{sDO, {stage}}}, mts, sV, {&g}, dv);
+          // Both heads' S (each K fragment feeds both); in the first pass
+          // also G of both row tiles (each V fragment feeds both: 16 of 232
+          // ldmatrix per block fewer at D = 128, without spills).
+          std::array<SmallVector<Acc>, 2> sh;
+          sh[0].assign(tiles, zeroAcc());
+          sh[1].assign(tiles, zeroAcc());
+          Group sGroup{{{sQ, {stage, idx(0)}}, {sQ, {stage, idx(1)}}},
+                       {pass},
+                       sK,
+                       {&sh[0], &sh[1]},
+                       d};
+          if (pass == 0) {
+            gBoth.assign(2 * tiles, zeroAcc());
+            scores({Group{{{sDO, {stage}}}, {0, 1}, sV, {&gBoth}, dv}, sGroup});
+          } else {
+            scores({sGroup});
+          }
+          ArrayRef<Acc> g = ArrayRef<Acc>(gBoth).slice(pass * tiles, tiles);
           // Value i of the pass's flattened tiles: tile i / 4 = m * 4 + nt,
           // element i % 4: row index 2 mts[m] + (i % 4) / 2, key sKey0 + 8
           // nt + colLane + i % 2.
@@ -248,13 +272,6 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
                 buildIsVisible(b, loc, attn, query, key, offset, keyLen));
           };
-          // Both heads' S (each K fragment feeds both), probabilities, dS
-          // and P_c.
-          std::array<SmallVector<Acc>, 2> sh;
-          sh[0].assign(tiles, zeroAcc());
-          sh[1].assign(tiles, zeroAcc());
-          scores({{sQ, {stage, idx(0)}}, {sQ, {stage, idx(1)}}}, mts, sK,
-                 {&sh[0], &sh[1]}, d);
           DenseMap<int64_t, Value> shifts[2], deltas[2], sigs;
           for (int64_t mt : mts)
             for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r)
@@ -287,10 +304,14 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 deltas[h][r] = record(r, h ? kDeltaOdd : kDeltaEven);
               sigs[r] = record(r, kSigmoid);
             }
-          for (size_t m = 0; m < mts.size(); ++m)
+          for (size_t m = 0; m < mts.size(); ++m) {
+            // pairs[x][nt][rr]: dS_2h, dS_2h+1 and P_c at the thread's row 2
+            // mt + rr, keys sKey0 + 8 nt + colLane + {0, 1}.
+            Value pairs[3][4][2];
+            int64_t mt = mts[m];
             for (int64_t nt = 0; nt < 4; ++nt)
               for (int64_t rr = 0; rr < 2; ++rr) {
-                int64_t mt = mts[m], t = m * 4 + nt, r = 2 * mt + rr;
+                int64_t t = m * 4 + nt, r = 2 * mt + rr;
                 Value ds[2][2], pc[2];
                 for (int64_t c = 0; c < 2; ++c) {
                   int64_t e = 2 * rr + c;
@@ -301,9 +322,45 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                   pc[c] = fsub(pe, fmul(sigs[r], po));
                 }
                 for (int64_t h = 0; h < 2; ++h)
-                  store(sDS, {idx(h)}, mt, nt, rr, ds[h][0], ds[h][1]);
-                store(sP, {}, mt, nt, rr, pc[0], pc[1]);
+                  pairs[h][nt][rr] = vector::FromElementsOp::create(
+                      b, loc, pairType,
+                      ValueRange{
+                          arith::TruncFOp::create(b, loc, elem, ds[h][0]),
+                          arith::TruncFOp::create(b, loc, elem, ds[h][1])});
+                pairs[2][nt][rr] = vector::FromElementsOp::create(
+                    b, loc, pairType,
+                    ValueRange{arith::TruncFOp::create(b, loc, elem, pc[0]),
+                               arith::TruncFOp::create(b, loc, elem, pc[1])});
               }
+            for (int64_t x = 0; x < 3; ++x) {
+              Value tile = x == 2 ? sP : sDS;
+              SmallVector<Value> lead;
+              if (x < 2)
+                lead.push_back(idx(x));
+              if (useStmatrix) {
+                // One stmatrix x4 per 16 x 16 tile: matrix i is rows 8 (i %
+                // 2) and keys 8 (i / 2) of it (the A operand's ldmatrix
+                // addresses), where 4 st.shared.b32 were.
+                for (int64_t np = 0; np < 2; ++np)
+                  stmatrix(tile,
+                           tileIndex(lead, add(add(sRow0, aRow), mt * 16),
+                                     add(add(sKey0, aCol), np * 16)),
+                           {packOperand(pairs[x][2 * np][0]),
+                            packOperand(pairs[x][2 * np][1]),
+                            packOperand(pairs[x][2 * np + 1][0]),
+                            packOperand(pairs[x][2 * np + 1][1])});
+                continue;
+              }
+              for (int64_t nt = 0; nt < 4; ++nt)
+                for (int64_t rr = 0; rr < 2; ++rr) {
+                  SmallVector<Value> indices(lead);
+                  indices.push_back(add(add(sRow0, quad), mt * 16 + rr * 8));
+                  indices.push_back(add(add(sKey0, colLane), nt * 8));
+                  vector::StoreOp::create(b, loc, pairs[x][nt][rr], tile,
+                                          indices);
+                }
+            }
+          }
         }
         // Every warp's dS and P_c are in shared memory.
         gpu::BarrierOp::create(b, loc);
@@ -395,10 +452,13 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                   Value pairValue = vector::FromElementsOp::create(
                       b, loc, f32Pair,
                       ValueRange{acc[2 * rr], acc[2 * rr + 1]});
+                  // Even columns of 8-byte aligned rows: one 8-byte store
+                  // (without the alignment LLVM split some into two).
                   vector::StoreOp::create(
                       b, loc, pairValue, target,
-                      ValueRange{row, dqSwizzledColumn(*this, add(dqCol, t * 8),
-                                                       row)});
+                      ValueRange{
+                          row, dqSwizzledColumn(*this, add(dqCol, t * 8), row)},
+                      /*nontemporal=*/false, llvm::Align(8));
                 }
               }
           });
