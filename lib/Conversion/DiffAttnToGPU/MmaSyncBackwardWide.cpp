@@ -23,13 +23,11 @@
 // 2. P_j = exp2(scale log2e S_j - lse_j log2e) (masked where the block
 //    straddles a bound), dS_2h = P_2h (G - D_2h), dS_2h+1 = P_2h+1 (-sigmoid
 //    (lam) G - D_2h+1), P_c = P_2h - sigmoid(lam) P_2h+1, rounded into
-//    shared memory as [query, key] tiles (stmatrix x4 under a causal-like
-//    mask at D = 128, st.shared.b32 otherwise: H200 backward runs 51-52
-//    measured stmatrix 1.3-1.5% faster at D = 128 causal, 0.7-1.5% slower
-//    at D = 64 and unmasked); a barrier. Before the first row tile's
-//    stores, one thread waits for block j - 1's bulk reductions to have
-//    read their staging (the dS tiles and block j + 1's q stage), a
-//    barrier, and block j + 1's copies go out.
+//    shared memory as [query, key] tiles with st.shared.b32 (one stmatrix x4
+//    per 16 x 16 tile instead measured level in H200 backward run 57: 0.99-
+//    1.00x); a barrier. Before the first row tile's stores, one thread waits
+//    for block j - 1's bulk reductions to have read their staging (the dS tiles
+//    and block j + 1's q stage), a barrier, and block j + 1's copies go out.
 // 3. dv += P_c^T dout, dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1 in registers:
 //    warp w the keys 32 (w % 4) and columns D / 2 (w / 4); the A operands
 //    through ldmatrix.trans of the [query, key] tiles.
@@ -235,8 +233,20 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
                                             blockQ, seqQ, offset, keyLen);
         auto pairType = VectorType::get({2}, elem);
+        // Stores (x, y) rounded at the thread's row 2 mt + rr, key tile nt
+        // of `tile` [lead..., query, key].
+        auto store = [&](Value tile, ValueRange lead, int64_t mt, int64_t nt,
+                         int64_t rr, Value x, Value y) {
+          Value pairValue = vector::FromElementsOp::create(
+              b, loc, pairType,
+              ValueRange{arith::TruncFOp::create(b, loc, elem, x),
+                         arith::TruncFOp::create(b, loc, elem, y)});
+          SmallVector<Value> indices(lead);
+          indices.push_back(add(add(sRow0, quad), mt * 16 + rr * 8));
+          indices.push_back(add(add(sKey0, colLane), nt * 8));
+          vector::StoreOp::create(b, loc, pairValue, tile, indices);
+        };
         // One pass per row tile (the file comment says why).
-        const bool useStmatrix = attn.isCausalLike() && d >= 128;
         SmallVector<Acc> gBoth;
         for (int64_t pass = 0; pass < 2; ++pass) {
           SmallVector<int64_t, 1> mts = {pass};
@@ -304,14 +314,10 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 deltas[h][r] = record(r, h ? kDeltaOdd : kDeltaEven);
               sigs[r] = record(r, kSigmoid);
             }
-          for (size_t m = 0; m < mts.size(); ++m) {
-            // pairs[x][nt][rr]: dS_2h, dS_2h+1 and P_c at the thread's row 2
-            // mt + rr, keys sKey0 + 8 nt + colLane + {0, 1}.
-            Value pairs[3][4][2];
-            int64_t mt = mts[m];
+          for (size_t m = 0; m < mts.size(); ++m)
             for (int64_t nt = 0; nt < 4; ++nt)
               for (int64_t rr = 0; rr < 2; ++rr) {
-                int64_t t = m * 4 + nt, r = 2 * mt + rr;
+                int64_t mt = mts[m], t = m * 4 + nt, r = 2 * mt + rr;
                 Value ds[2][2], pc[2];
                 for (int64_t c = 0; c < 2; ++c) {
                   int64_t e = 2 * rr + c;
@@ -322,45 +328,9 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                   pc[c] = fsub(pe, fmul(sigs[r], po));
                 }
                 for (int64_t h = 0; h < 2; ++h)
-                  pairs[h][nt][rr] = vector::FromElementsOp::create(
-                      b, loc, pairType,
-                      ValueRange{
-                          arith::TruncFOp::create(b, loc, elem, ds[h][0]),
-                          arith::TruncFOp::create(b, loc, elem, ds[h][1])});
-                pairs[2][nt][rr] = vector::FromElementsOp::create(
-                    b, loc, pairType,
-                    ValueRange{arith::TruncFOp::create(b, loc, elem, pc[0]),
-                               arith::TruncFOp::create(b, loc, elem, pc[1])});
+                  store(sDS, {idx(h)}, mt, nt, rr, ds[h][0], ds[h][1]);
+                store(sP, {}, mt, nt, rr, pc[0], pc[1]);
               }
-            for (int64_t x = 0; x < 3; ++x) {
-              Value tile = x == 2 ? sP : sDS;
-              SmallVector<Value> lead;
-              if (x < 2)
-                lead.push_back(idx(x));
-              if (useStmatrix) {
-                // One stmatrix x4 per 16 x 16 tile: matrix i is rows 8 (i %
-                // 2) and keys 8 (i / 2) of it (the A operand's ldmatrix
-                // addresses), where 4 st.shared.b32 were.
-                for (int64_t np = 0; np < 2; ++np)
-                  stmatrix(tile,
-                           tileIndex(lead, add(add(sRow0, aRow), mt * 16),
-                                     add(add(sKey0, aCol), np * 16)),
-                           {packOperand(pairs[x][2 * np][0]),
-                            packOperand(pairs[x][2 * np][1]),
-                            packOperand(pairs[x][2 * np + 1][0]),
-                            packOperand(pairs[x][2 * np + 1][1])});
-                continue;
-              }
-              for (int64_t nt = 0; nt < 4; ++nt)
-                for (int64_t rr = 0; rr < 2; ++rr) {
-                  SmallVector<Value> indices(lead);
-                  indices.push_back(add(add(sRow0, quad), mt * 16 + rr * 8));
-                  indices.push_back(add(add(sKey0, colLane), nt * 8));
-                  vector::StoreOp::create(b, loc, pairs[x][nt][rr], tile,
-                                          indices);
-                }
-            }
-          }
         }
         // Every warp's dS and P_c are in shared memory.
         gpu::BarrierOp::create(b, loc);

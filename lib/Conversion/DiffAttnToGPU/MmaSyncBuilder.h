@@ -116,13 +116,6 @@ protected:
   /// of a row: P or dS) rounded to the element type.
   Value packAccumulators(Value x, Value y);
   SmallVector<Value> ldmatrix(Value smem, ValueRange indices, bool transpose);
-  /// stmatrix.sync.aligned.m8n8.x4 (sm_90 and later, PTX ISA "stmatrix"):
-  /// the warp stores four 8 x 8 matrices of 16-bit elements, lane l's
-  /// `regs[i]` (two elements, packOperand's register) being row l / 4,
-  /// columns 2 (l % 4) .. + 1 of matrix i, an mma.m16n8k16 accumulator
-  /// fragment's layout; lane l gives `indices` of row l % 8 of matrix l / 8
-  /// in the shared tile `smem` (ldmatrix's addressing, 16-byte aligned).
-  void stmatrix(Value smem, ValueRange indices, ArrayRef<Value> regs);
   /// Indices of tile element (row, col + constCol) after `lead`, in the
   /// tiles' layout; col + constCol starts a 16-byte chunk.
   SmallVector<Value> tileIndex(ValueRange lead, Value row, Value col,

@@ -48,31 +48,6 @@ MmaSyncKernelBuilder::ldmatrix(Value smem, ValueRange indices, bool transpose) {
   return regs;
 }
 
-void MmaSyncKernelBuilder::stmatrix(Value smem, ValueRange indices,
-                                    ArrayRef<Value> regs) {
-  // No nvgpu op stores matrices: nvvm.stmatrix on a pointer made from the
-  // tile's aligned pointer (row-major, static shape).
-  auto type = cast<MemRefType>(smem.getType());
-  Value linear = idx(0);
-  for (auto [index, size] : llvm::zip(indices, type.getShape()))
-    linear = add(mul(linear, size), index);
-  Value base = memref::ExtractAlignedPointerAsIndexOp::create(b, loc, smem);
-  Value address = arith::IndexCastOp::create(
-      b, loc, b.getI64Type(),
-      add(base, mul(linear, type.getElementTypeBitWidth() / 8)));
-  Value pointer = LLVM::IntToPtrOp::create(
-      b, loc, LLVM::LLVMPointerType::get(ctx, /*shared=*/3), address);
-  SmallVector<Value> words;
-  for (Value r : regs)
-    words.push_back(
-        r.getType().isInteger(32)
-            ? r
-            : LLVM::BitcastOp::create(b, loc, b.getI32Type(), r).getResult());
-  NVVM::StMatrixOp::create(b, loc, pointer, words, NVVM::MMALayout::row,
-                           NVVM::LdStMatrixShapeAttr::get(ctx, 8, 8),
-                           NVVM::LdStMatrixEltType::B16);
-}
-
 Acc MmaSyncKernelBuilder::mma(ArrayRef<Value> a, ArrayRef<Value> bReg,
                               const Acc &c) {
   Type f32 = b.getF32Type();

@@ -1,0 +1,4 @@
+func.func @grad(%q: tensor<2x100x8x128xbf16>, %k: tensor<2x77x2x128xbf16>, %v: tensor<2x77x2x128xbf16>, %lam: tensor<2x100x4xbf16>, %o: tensor<2x100x4x128xbf16>, %do: tensor<2x100x4x128xbf16>, %lse: tensor<2x8x100xf32>) -> (tensor<2x100x8x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x100x4xbf16>) {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %v, %lam, %o, %do, %lse : (tensor<2x100x8x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x100x4xbf16>, tensor<2x100x4x128xbf16>, tensor<2x100x4x128xbf16>, tensor<2x8x100xf32>) -> (tensor<2x100x8x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x100x4xbf16>)
+  return %dq, %dk, %dv, %dl : tensor<2x100x8x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x77x2x128xbf16>, tensor<2x100x4xbf16>
+}

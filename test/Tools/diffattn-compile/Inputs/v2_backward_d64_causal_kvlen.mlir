@@ -1,0 +1,4 @@
+func.func @grad(%q: tensor<1x70x4x64xf16>, %k: tensor<1x90x1x64xf16>, %v: tensor<1x90x1x64xf16>, %lam: tensor<1x70x2xf32>, %o: tensor<1x70x2x64xf16>, %do: tensor<1x70x2x64xf16>, %lse: tensor<1x4x70xf32>, %len: tensor<1xi32>) -> (tensor<1x70x4x64xf16>, tensor<1x90x1x64xf16>, tensor<1x90x1x64xf16>, tensor<1x70x2xf32>) {
+  %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %v, %lam, %o, %do, %lse kv_len(%len) {causal} : (tensor<1x70x4x64xf16>, tensor<1x90x1x64xf16>, tensor<1x90x1x64xf16>, tensor<1x70x2xf32>, tensor<1x70x2x64xf16>, tensor<1x70x2x64xf16>, tensor<1x4x70xf32>, tensor<1xi32>) -> (tensor<1x70x4x64xf16>, tensor<1x90x1x64xf16>, tensor<1x90x1x64xf16>, tensor<1x70x2xf32>)
+  return %dq, %dk, %dv, %dl : tensor<1x70x4x64xf16>, tensor<1x90x1x64xf16>, tensor<1x90x1x64xf16>, tensor<1x70x2xf32>
+}
