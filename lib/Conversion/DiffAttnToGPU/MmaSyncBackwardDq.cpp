@@ -145,24 +145,28 @@ void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
     return zeroDqChunks(kb, workspace, accBase, batch, row0, rows, pairOf,
                         queryRowOf, seqQ, tid, threads, pairs, chunkRows,
                         2 * headDim * chunkRows);
-  // Each row's two heads are 2 D contiguous f32: 2 D / 4 16-byte chunks
-  // (aligned: the workspace's base is, and the records before the
-  // accumulator are a multiple of 8 f32).
+  // The accumulator's rows run (batch, pair, query row) and group rows
+  // pair-major (queryRowOf(r) + 1 until Sq, then pairOf(r) + 1 at row 0), so
+  // the tile's rows are one contiguous span of rows x 2 D f32 from row0's
+  // row: 16-byte stores at a constant stride, no division by Sq per store
+  // (the per-row form divided by Sq for every 16 bytes: the statistics
+  // kernel's loop was issue-bound, 155 us at 64% of DRAM bandwidth in H200
+  // backward run 54). Aligned: the workspace's base is, and the records
+  // before the accumulator are a multiple of 8 f32.
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
-  int64_t chunks = 2 * headDim / 4;
   auto zeros = arith::ConstantOp::create(
       b, loc,
       DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
+  Value first =
+      kb.add(accBase, dqRowIndex(kb, batch, pairOf(row0), queryRowOf(row0),
+                                 seqQ, pairs, headDim));
+  Value floats = kb.mul(rows, 2 * headDim);
   scf::ForOp::create(
-      b, loc, tid, kb.mul(rows, chunks), kb.idx(threads), ValueRange{},
+      b, loc, kb.mul(tid, 4), floats, kb.idx(4 * threads), ValueRange{},
       [&](OpBuilder &, Location, Value i, ValueRange) {
-        Value r = kb.add(row0, kb.div(i, chunks));
-        Value index = kb.add(
-            kb.add(accBase, dqRowIndex(kb, batch, pairOf(r), queryRowOf(r),
-                                       seqQ, pairs, headDim)),
-            kb.mul(kb.rem(i, chunks), 4));
-        vector::StoreOp::create(b, loc, zeros, workspace, ValueRange{index},
+        vector::StoreOp::create(b, loc, zeros, workspace,
+                                ValueRange{kb.add(first, i)},
                                 /*nontemporal=*/false, llvm::Align(16));
         scf::YieldOp::create(b, loc);
       });
