@@ -148,11 +148,11 @@ void mma_sync::zeroDqAccumulator(GPUKernelBuilder &kb, Value workspace,
   // The accumulator's rows run (batch, pair, query row) and group rows
   // pair-major (queryRowOf(r) + 1 until Sq, then pairOf(r) + 1 at row 0), so
   // the tile's rows are one contiguous span of rows x 2 D f32 from row0's
-  // row: 16-byte stores at a constant stride, no division by Sq per store
-  // (the per-row form divided by Sq for every 16 bytes: the statistics
-  // kernel's loop was issue-bound, 155 us at 64% of DRAM bandwidth in H200
-  // backward run 54). Aligned: the workspace's base is, and the records
-  // before the accumulator are a multiple of 8 f32.
+  // row: 16-byte stores at a constant stride, without the division by Sq per
+  // store of a per-row walk (the statistics kernel's time did not change
+  // with it: 154 us at 64% of DRAM bandwidth, 4 x 4096 causal, H200
+  // backward run 58; its writes bound it). Aligned: the workspace's base
+  // is, and the records before the accumulator are a multiple of 8 f32.
   OpBuilder &b = kb.b;
   Location loc = kb.loc;
   auto zeros = arith::ConstantOp::create(
