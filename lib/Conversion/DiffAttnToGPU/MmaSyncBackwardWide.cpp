@@ -179,33 +179,29 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         // independent accumulators in flight (G alone left four per step, a
         // chain of dependent mma); in group g, outs[h][4 m + nt] += A_h B^T,
         // A_h its tile h at rows sRow0 + 16 mts[m], B its key tile nt (rows
-        // sKey0 + 8 nt), and each B fragment feeds every A fragment.
+        // sKey0 + 8 nt), and each B fragment feeds every A fragment. Every
+        // product's k is D: the GPU backward takes D = Dv only
+        // (MmaSyncBackward.cpp rejects the rest).
+        assert(d == dv && "the GPU backward needs D = Dv");
         struct Group {
           SmallVector<TileRef, 2> as;
           SmallVector<int64_t, 2> mts;
           Value bTile;
           SmallVector<SmallVector<Acc> *, 2> outs;
-          int64_t kDim;
         };
         auto scores = [&](ArrayRef<Group> groups) {
-          int64_t steps = 0;
-          for (const Group &g : groups)
-            steps = std::max(steps, g.kDim / 16);
-          for (int64_t kk = 0; kk < steps; ++kk) {
+          for (int64_t kk = 0; kk < d / 16; ++kk) {
             SmallVector<SmallVector<SmallVector<Value>>> af(groups.size());
             for (auto [gi, g] : llvm::enumerate(groups))
-              if (kk < g.kDim / 16)
-                for (const TileRef &a : g.as)
-                  for (int64_t mt : g.mts)
-                    af[gi].push_back(ldmatrix(
-                        a.tile,
-                        tileIndex(a.lead, add(add(sRow0, aRow), mt * 16), aCol,
-                                  kk * 16),
-                        false));
+              for (const TileRef &a : g.as)
+                for (int64_t mt : g.mts)
+                  af[gi].push_back(
+                      ldmatrix(a.tile,
+                               tileIndex(a.lead, add(add(sRow0, aRow), mt * 16),
+                                         aCol, kk * 16),
+                               false));
             for (int64_t np = 0; np < 2; ++np)
               for (auto [gi, g] : llvm::enumerate(groups)) {
-                if (kk >= g.kDim / 16)
-                  continue;
                 SmallVector<Value> br =
                     ldmatrix(g.bTile,
                              tileIndex({}, add(add(sKey0, bRow), np * 16), bCol,
@@ -260,11 +256,10 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
           Group sGroup{{{sQ, {stage, idx(0)}}, {sQ, {stage, idx(1)}}},
                        {pass},
                        sK,
-                       {&sh[0], &sh[1]},
-                       d};
+                       {&sh[0], &sh[1]}};
           if (pass == 0) {
             gBoth.assign(2 * tiles, zeroAcc());
-            scores({Group{{{sDO, {stage}}}, {0, 1}, sV, {&gBoth}, dv}, sGroup});
+            scores({Group{{{sDO, {stage}}}, {0, 1}, sV, {&gBoth}}, sGroup});
           } else {
             scores({sGroup});
           }
