@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """One backward of a gpu_cases.BACKWARD_BENCH shape, for a profiler
-(Nsight Compute) to look at its three kernels:
+(Nsight Compute) to look at its kernels (4 in the accumulating
+formulation with out_odd, 3 in the deterministic one):
 
-    ncu -k regex:diffattn_v2_backward --launch-skip 3 --launch-count 3 \\
+    ncu -k regex:diffattn_v2_backward --launch-skip 4 --launch-count 4 \\
         python3 benchmarks/gpu_profile_backward.py [--case N]
 
 The backward runs twice (a warm-up, then the profiled launches), after the
 training forward (lse and out_odd, which the backward reads; `--recompute`:
 the forward with lse only, as before out_odd). `--options` passes compiler options to the
 backward's kernels (e.g. "--gpu-options=deterministic=false": the
-accumulating kernels, statistics, dk/dv and the dq conversion).
+accumulating kernels: dq zeroing, statistics, dk/dv and the dq conversion).
 """
 import argparse
 import os

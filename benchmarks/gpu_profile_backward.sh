@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Nsight Compute profile of the backward's kernels (issue 15) at one
-# gpu_cases.BACKWARD_BENCH shape: the three kernels of one backward (speed
+# gpu_cases.BACKWARD_BENCH shape: the kernels of one backward (speed
 # of light, pipes, warp states, memory), then the dk/dv kernel alone with
 # its SASS stall samples summarised by benchmarks/ncu_sass_summary.py.
 # Tensor pipes: gmma (wgmma, sm_90a) and hmma (mma.sync, the portable
@@ -9,6 +9,9 @@
 # Kernels come from DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py); the
 # package must be importable (PYTHONPATH). Extra arguments are compiler
 # options for the backward (e.g. --gpu-options=deterministic=false).
+# KERNELS (default 4: the accumulating formulation with out_odd, dq_zero,
+# stats, dk/dv and dq_convert; 3 for the deterministic one) is the number
+# of kernels one backward launches: the first call's are skipped.
 #
 #   bash benchmarks/gpu_profile_backward.sh OUT_DIR NAME [CASE] [OPTION...]
 set -uo pipefail
@@ -22,7 +25,8 @@ for o in "$@"; do opts+=("--options=$o"); done
 mkdir -p "$out"
 ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 rep="$out/$name"
-"$ncu" -k 'regex:diffattn_v2_backward' --launch-skip 3 --launch-count 3 \
+kernels="${KERNELS:-4}"
+"$ncu" -k 'regex:diffattn_v2_backward' --launch-skip "$kernels" --launch-count "$kernels" \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
   --section WarpStateStats --section LaunchStats --section Occupancy \
   --section MemoryWorkloadAnalysis \

@@ -46,8 +46,9 @@ ACCUMULATE = _gpu.ACCUMULATE_OPTIONS
     # Accumulating, sm_90 on: the statistics kernel zeroes an f32 dq
     # accumulator (B x Sq x 2H x D after the records; on sm_90a Sq rounded
     # up to the dk/dv kernel's query blocks), the dk/dv kernel adds to it,
-    # the last kernel converts it; sm_80 has no bulk reduction and keeps the
-    # deterministic kernels.
+    # the last kernel converts it (with out_odd a kernel of its own zeroes
+    # it first: test_backward_with_out_odd_reads_it); sm_80 has no bulk
+    # reduction and keeps the deterministic kernels.
     ("sm_90a", ACCUMULATE, ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
     ("sm_90", ACCUMULATE, ["stats", "dkdv", "dq_convert"], SHAPE[3] * SHAPE[5]),
     ("sm_80", ACCUMULATE, ["stats", "dq", "dkdv"], 0),
@@ -106,8 +107,12 @@ def test_backward_with_out_odd_reads_it(target, options):
     assert buffers == ["q", "k", "v", "lam", "out", "dout", "lse", "out_odd", "dq", "dk", "dv",
                        "dlam"]
     assert kernel["name"].endswith("_odd")
-    stats = kernel["launch"]["stages"][0]
-    assert stats["function"].endswith("_stats")
+    # The accumulating formulation zeroes its dq accumulator in a kernel of
+    # its own, launched first, so that the statistics kernel only reads.
+    suffixes = [s["function"][len(kernel["name"]) + 1:] for s in kernel["launch"]["stages"]]
+    assert suffixes == (["dq_zero", "stats", "dkdv", "dq_convert"] if options else
+                        ["stats", "dq", "dkdv"])
+    stats = kernel["launch"]["stages"][suffixes.index("stats")]
     assert stats["block"] == [256, 1, 1] and stats["dynamic_shared_memory"] == 0
     assert stats["grid"][0] == {"ceil_div": "Sq", "by": 64, "mul": 1} or \
         stats["grid"][0]["by"] == 64
@@ -115,7 +120,14 @@ def test_backward_with_out_odd_reads_it(target, options):
     with open(os.path.join(directory, ptx[0])) as f:
         text = f.read()
     body = text[text.index("_stats("):text.index(".entry", text.index("_stats("))]
-    assert "mma" not in body and "ld.global.v4" in body
+    assert "mma" not in body and "ld.global.v4" in body and "st.global.v4" not in body
+    if options:
+        zero = kernel["launch"]["stages"][0]
+        assert zero["block"] == [256, 1, 1] and zero["dynamic_shared_memory"] == 0
+        start = text.index("_dq_zero(")
+        body = text[start:text.index(".entry", start)]
+        assert "ld.global" not in body and "mma" not in body
+        assert "st.global.v4.b32" in body
     # The forward that writes it: out, lse, out_odd.
     fwd, _, _ = _gpu.prepare_v2(s["q_shape"], s["k_shape"], s["v_shape"], s["lam_shape"],
                                 "bf16", "bf16", causal=True, target=target, return_lse=True,

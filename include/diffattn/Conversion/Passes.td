@@ -335,13 +335,15 @@ def DiffAttnToMmaSyncKernels
 
     With the `lse` result, `diffattn.v2` gets the row-block kernel (also
     with `kv_len`), which writes each head's log-sum-exp. `diffattn.v2_backward`
-    gets three kernels launched in order over a workspace, with tile
+    gets three or four kernels launched in order over a workspace, with tile
     configurations of their own: with `deterministic=true`, `<name>_stats`,
     `<name>_dq` and `<name>_dkdv` (4 warps; 64 rows x 32 keys, 64 keys x
     32 query rows; two stages); with `deterministic=false` on sm_90 and
-    later, `<name>_stats` (which also zeroes the dq accumulator),
-    `<name>_dkdv` (8 warps, 128 keys, 64-row query blocks, dq added with
-    bulk reductions) and `<name>_dq_convert`. With a causal-like mask the
+    later, `<name>_stats` (which also zeroes the dq accumulator; with the
+    forward's `out_odd`, where the statistics are two dot products, a
+    first kernel `<name>_dq_zero` zeroes it instead and the statistics
+    kernel only reads), `<name>_dkdv` (8 warps, 128 keys, 64-row query
+    blocks, dq added with bulk reductions) and `<name>_dq_convert`. With a causal-like mask the
     dq and dk/dv CTAs take their blocks longest first across all heads and
     sequences (the last row blocks, the first key blocks: the x index
     counts slowest in launch order), so that the last wave holds the

@@ -8,7 +8,8 @@
 // sm_90 and later replaces kernels 2 and 3 by one dk/dv kernel that also
 // adds dq to an f32 accumulator (MmaSyncBackwardWide.cpp, in
 // FlashAttention-2's warp layout; MmaSyncBackwardDq.cpp) and a conversion
-// kernel after it:
+// kernel after it (with the forward's out_odd, also a zeroing kernel before
+// the statistics kernel, buildDqZeroKernel):
 //
 // 1. `_stats`, a CTA per block of 64 group rows (as the forward's row
 //    blocks: a row is a (pair, query row) couple): walks the row's key
@@ -620,11 +621,23 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                                 outputStats  ? kOutputStatsThreads
                                 : wgmmaStats ? wgmmaStatsPlan.threads()
                                              : plan.threads());
+  // With out_odd the accumulating formulation zeroes the dq accumulator in
+  // a kernel of its own, launched first: the statistics kernel then only
+  // reads. (The other statistics kernels recompute scores; their zero
+  // stores overlap that work.)
+  gpu::GPUFuncOp zero;
   if (outputStats) {
     BackwardBuilder builder(rewriter, loc, plan);
-    builder.reduceDq = reduceDq;
-    builder.dqChunkRows = dqChunkRows;
     builder.buildOutputStatisticsKernel(stats);
+    if (reduceDq) {
+      rewriter.setInsertionPointAfter(stats);
+      zero = createKernelFunc(rewriter, loc, name + "_dq_zero", argTypes,
+                              kDqZeroThreads);
+      BackwardBuilder zeroBuilder(rewriter, loc, plan);
+      zeroBuilder.reduceDq = true;
+      zeroBuilder.dqChunkRows = dqChunkRows;
+      zeroBuilder.buildDqZeroKernel(zero);
+    }
   } else if (wgmmaStats) {
     wgmma::buildBackwardRowKernel(rewriter, loc, stats, wgmmaStatsPlan,
                                   /*stats=*/true, dqChunkRows);
@@ -634,7 +647,7 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
     builder.dqChunkRows = dqChunkRows;
     builder.buildRowKernel(stats, /*stats=*/true);
   }
-  rewriter.setInsertionPointAfter(stats);
+  rewriter.setInsertionPointAfter(zero ? zero : stats);
   gpu::GPUFuncOp dq;
   if (!reduceDq) {
     int64_t dqThreads = wgmmaKernels ? wgmmaRowPlan.threads() : plan.threads();
@@ -669,12 +682,12 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
       BackwardBuilder(rewriter, loc, plan).buildDqConvertKernel(dq);
   }
 
-  // The launch rule: three stages sharing the parameters (the buffers, the
-  // workspace, B, Sq, Sk) and the workspace of one record per (b, pair, i),
-  // B x Sq x H x kStatWidth f32, then, in the accumulating formulation,
-  // the dq accumulator, B x H x Sq x 2 D f32 (MmaSyncBackwardDq.cpp; the
-  // wgmma kernels' chunks need Sq rounded up to their query blocks, which
-  // the workspace's rows are then).
+  // The launch rule: three stages (four with the dq zeroing) sharing the
+  // parameters (the buffers, the workspace, B, Sq, Sk) and the workspace of one
+  // record per (b, pair, i), B x Sq x H x kStatWidth f32, then, in the
+  // accumulating formulation, the dq accumulator, B x H x Sq x 2 D f32
+  // (MmaSyncBackwardDq.cpp; the wgmma kernels' chunks need Sq rounded up to
+  // their query blocks, which the workspace's rows are then).
   Builder &b = rewriter;
   SmallVector<StringRef> buffers(sig.buffers);
   buffers.push_back("workspace");
@@ -727,6 +740,21 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
                             wgmma::backwardDqConvertSharedBytes(wgmmaKeyPlan),
                             2 * wgmma::kWarpgroupThreads)
                     : stage(dq.getName(), rowBlocks, 0, plan.threads())};
+  // The zeroing stage (with out_odd) goes first: x spans a KV group's
+  // accumulator run in dqZeroSpanRows rows per CTA (buildDqZeroKernel).
+  if (zero) {
+    int64_t spanRows = dqZeroSpanRows(dqChunkRows);
+    Attribute spans =
+        dqChunkRows ? b.getDictionaryAttr(b.getNamedAttr(
+                          "product",
+                          b.getArrayAttr(
+                              {ceilDivRule(b, "Sq", dqChunkRows, 1),
+                               b.getI64IntegerAttr(plan.pairsPerGroup() *
+                                                   dqChunkRows / spanRows)})))
+                    : ceilDivRule(b, "Sq", spanRows, plan.pairsPerGroup());
+    stages.insert(stages.begin(),
+                  stage(zero.getName(), spans, 0, kDqZeroThreads));
+  }
   int64_t workspacePerRow =
       plan.pairs * kStatWidth + (reduceDq ? plan.queryHeads * d : 0);
   DictionaryAttr launch = b.getDictionaryAttr(

@@ -162,6 +162,15 @@ Value workspaceAddress(GPUKernelBuilder &kb, Value workspace, Value index);
 void addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
                  Value source, Value bytes);
 
+/// The dq zeroing kernel (BackwardBuilder::buildDqZeroKernel): threads per
+/// CTA, and accumulator rows (2 D f32 each) per CTA, a multiple of 16 so
+/// that every thread issues the same number of 16-byte stores: 64, or the
+/// chunked layout's chunk rows.
+constexpr int64_t kDqZeroThreads = 256;
+inline int64_t dqZeroSpanRows(int64_t dqChunkRows) {
+  return dqChunkRows ? dqChunkRows : 64;
+}
+
 /// The accumulating formulation's dk/dv kernel (MmaSyncBackwardWide.cpp):
 /// keys per CTA (8 warps) and query rows per block.
 constexpr int64_t kWideKeys = 128;
@@ -184,17 +193,28 @@ public:
   /// Kernel 1 when the op has out_odd (MmaSyncBackwardStats.cpp): the
   /// records and dlam from rowsum(dout o out) and r = rowsum(dout o
   /// out_odd), kOutputStatsRows group rows per CTA of kOutputStatsThreads
-  /// (a quad per row), over the row kernels' grid; zeroes the dq
-  /// accumulator's rows with reduceDq.
+  /// (a quad per row), over the row kernels' grid. It reads only: the
+  /// accumulating formulation's zeroing is buildDqZeroKernel's.
   void buildOutputStatisticsKernel(gpu::GPUFuncOp func);
+  /// The accumulating formulation's first kernel when the statistics are
+  /// bandwidth-bound (out_odd): zeroes the f32 dq accumulator, in either
+  /// layout (dqChunkRows), with 16-byte stores. Grid (x, KV head, batch),
+  /// kDqZeroThreads threads; CTA x zeroes dqZeroSpanRows(dqChunkRows) rows
+  /// of 2 D f32 from row x times that of its KV group's run (the last CTA
+  /// fewer), so x covers ceil(pairsPerGroup x rows / span rows) CTAs, rows
+  /// being Sq or Sq rounded up to dqChunkRows. A kernel of its own because
+  /// the statistics kernel, zeroing while it read, reached 64% of the
+  /// H200's DRAM bandwidth (backward run 58).
+  void buildDqZeroKernel(gpu::GPUFuncOp func);
   /// The dq conversion kernel of the accumulating formulation: dq = scale *
   /// the workspace's f32 accumulator, rounded to the element type, over the
   /// row kernels' grid.
   void buildDqConvertKernel(gpu::GPUFuncOp func);
 
   /// The accumulating formulation (the strategy option deterministic =
-  /// false, on chips with bulk copies): the statistics kernel zeroes the
-  /// f32 dq accumulator (dqAccumulatorOffset), the dk/dv kernel adds each
+  /// false, on chips with bulk copies): the statistics kernel (or, with
+  /// out_odd, buildDqZeroKernel) zeroes the f32 dq accumulator
+  /// (dqAccumulatorOffset), the dk/dv kernel adds each
   /// key block's dS K to it with bulk reductions, buildDqConvertKernel
   /// writes dq.
   bool reduceDq = false;

@@ -253,3 +253,49 @@ void BackwardBuilder::buildDqConvertKernel(gpu::GPUFuncOp func) {
       });
   gpu::ReturnOp::create(b, loc);
 }
+
+void BackwardBuilder::buildDqZeroKernel(gpu::GPUFuncOp func) {
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  BackwardArgs args = readArgs(entry);
+  Value seqQ = args.seqQ;
+  Value tid = gpu::ThreadIdOp::create(b, loc, gpu::Dimension::x);
+  Value span = gpu::BlockIdOp::create(b, loc, gpu::Dimension::x);
+  Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
+  Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
+  // Both layouts put a KV group's accumulator in one contiguous run of
+  // pairsPerGroup x rows x 2 D f32 from pair kvHead pairsPerGroup of the
+  // batch: dqRowIndex's rows (rows = Sq), or dqChunkOffset's chunks (rows
+  // = Sq rounded up to dqChunkRows).
+  int64_t rowFloats = 2 * plan.headDim;
+  int64_t spanRows = dqZeroSpanRows(dqChunkRows);
+  int64_t spanFloats = spanRows * rowFloats;
+  Value rows = dqChunkRows ? mul(div(add(seqQ, dqChunkRows - 1), dqChunkRows),
+                                 dqChunkRows)
+                           : seqQ;
+  Value groupFloats = mul(mul(rows, plan.pairsPerGroup()), rowFloats);
+  Value firstPair =
+      add(mul(batch, plan.pairs), mul(kvHead, plan.pairsPerGroup()));
+  Value start = mul(span, spanFloats);
+  Value base = add(add(dqAccumulatorOffset(*this, seqQ, plan.pairs),
+                       mul(mul(firstPair, rows), rowFloats)),
+                   start);
+  // The grid (kDqZeroThreads threads, dqZeroSpanRows rows per CTA) leaves
+  // the last CTA a partial span.
+  Value floats = minI(idx(spanFloats), sub(groupFloats, start));
+  auto zeros = arith::ConstantOp::create(
+      b, loc,
+      DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
+  // A fixed number of 16-byte stores per thread, each guarded, so that all
+  // of them issue back to back (spanFloats is a multiple of 4 threads).
+  Value first = mul(tid, 4);
+  for (int64_t k = 0; k < spanFloats; k += 4 * kDqZeroThreads) {
+    Value at = add(first, k);
+    ifThen(cmp(arith::CmpIPredicate::slt, at, floats), [&] {
+      vector::StoreOp::create(b, loc, zeros, args.workspace,
+                              ValueRange{add(base, at)},
+                              /*nontemporal=*/false, llvm::Align(16));
+    });
+  }
+  gpu::ReturnOp::create(b, loc);
+}

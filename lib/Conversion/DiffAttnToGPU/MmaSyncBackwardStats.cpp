@@ -44,13 +44,8 @@ void BackwardBuilder::buildOutputStatisticsKernel(gpu::GPUFuncOp func) {
   auto queryRowOf = [&](Value r) {
     return arith::RemUIOp::create(b, loc, r, seqQ).getResult();
   };
-  // The accumulating formulation: the dk/dv kernel, launched next, adds to
-  // these rows' dq accumulator.
-  if (reduceDq)
-    zeroDqAccumulator(
-        *this, args.workspace, dqAccumulatorOffset(*this, seqQ, plan.pairs),
-        batch, row0, rowsValid, pairOf, queryRowOf, seqQ, tid,
-        kOutputStatsThreads, plan.pairs, plan.headDim, dqChunkRows);
+  // The accumulating formulation's dq accumulator is zeroed by the kernel
+  // before this one (buildDqZeroKernel): this one only reads.
 
   Value global = add(row0, div(tid, 4));
   Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
