@@ -706,11 +706,22 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   };
   Attribute rowBlocks = ceilDivRule(b, "Sq", plan.blockQ, plan.rowsPerQuery);
   Attribute keyBlocks = ceilDivRule(b, "Sk", blockKeys, 1);
+  // The statistics kernel with out_odd: a CTA per kOutputStatsRows of a
+  // sequence's Sq x H (query row, pair) rows (buildOutputStatisticsKernel).
+  auto outputStatsStage = [&] {
+    return b.getDictionaryAttr(
+        {b.getNamedAttr("function", b.getStringAttr(stats.getName())),
+         b.getNamedAttr(
+             "grid",
+             b.getArrayAttr({ceilDivRule(b, "Sq", kOutputStatsRows, plan.pairs),
+                             b.getI64IntegerAttr(1), batches})),
+         b.getNamedAttr("block",
+                        b.getI64ArrayAttr({kOutputStatsThreads, 1, 1})),
+         b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(0)),
+         b.getNamedAttr("params", params)});
+  };
   Attribute statsStage =
-      outputStats
-          ? stage(stats.getName(),
-                  ceilDivRule(b, "Sq", kOutputStatsRows, plan.rowsPerQuery), 0,
-                  kOutputStatsThreads)
+      outputStats ? outputStatsStage()
       : wgmmaStats
           ? stage(stats.getName(), rowBlocks, wgmmaStatsPlan.sharedBytes,
                   wgmmaStatsPlan.threads())

@@ -192,8 +192,9 @@ public:
   void buildWideKeyKernel(gpu::GPUFuncOp func);
   /// Kernel 1 when the op has out_odd (MmaSyncBackwardStats.cpp): the
   /// records and dlam from rowsum(dout o out) and r = rowsum(dout o
-  /// out_odd), kOutputStatsRows group rows per CTA of kOutputStatsThreads
-  /// (a quad per row), over the row kernels' grid. It reads only: the
+  /// out_odd), kOutputStatsRows (query row, pair) rows per CTA of
+  /// kOutputStatsThreads (a quad per row), the pair fastest: grid
+  /// (ceil(Sq x H / kOutputStatsRows), 1, B). It reads only: the
   /// accumulating formulation's zeroing is buildDqZeroKernel's.
   void buildOutputStatisticsKernel(gpu::GPUFuncOp func);
   /// The accumulating formulation's first kernel when the statistics are
