@@ -427,14 +427,15 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   }
 
   // Epilogue: normalise, combine the pair, write the single output head.
-  auto emitEpilogue = [&](ValueRange final) {
+  // Each store writes a row's two adjacent columns (colLane is even): two
+  // 2-byte stores, or with `alignment` 4 one 4-byte store.
+  auto emitEpilogue = [&](ValueRange final, llvm::MaybeAlign alignment) {
     auto outPairType = VectorType::get({2}, plan.elementType);
-    std::array<Value, 2> valid, outBase, scale1, inverseEven, inverseOdd;
     for (int64_t rr = 0; rr < 2; ++rr) {
       Value global = threadGroupRow(rr);
-      valid[rr] = cmp(arith::CmpIPredicate::slt, global, groupRows);
+      Value valid = cmp(arith::CmpIPredicate::slt, global, groupRows);
       if (ctaActive)
-        valid[rr] = arith::AndIOp::create(b, loc, valid[rr], ctaActive);
+        valid = arith::AndIOp::create(b, loc, valid, ctaActive);
       Value row = threadRow[rr];
       Value pair = pairOf(global);
       // The row sums over the quad (shuffles: outside any branch).
@@ -443,22 +444,18 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         sums[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
         inverse[s] = epilogue.inverseSum(sums[s]);
       }
-      inverseEven[rr] = inverse[0];
-      inverseOdd[rr] = inverse[1];
       Value rowIndex = add(qRowBase, row);
-      Value pairRow = epilogue.pairRowIndex(rowIndex, pair);
-      Value sig =
-          epilogue.sigmoidOfLam(lam, select(valid[rr], pairRow, idx(0)));
+      Value lamIndex =
+          select(valid, epilogue.pairRowIndex(rowIndex, pair), idx(0));
+      Value sig = epilogue.sigmoidOfLam(lam, lamIndex);
       // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.
-      scale1[rr] = fmul(sig, inverse[1]);
-      outBase[rr] = mul(pairRow, plan.valueDim);
+      Value scale1 = fmul(sig, inverse[1]);
       // lse[b, 2 pair + s, i] = scale * offset + ln(sum): the sums are
       // relative to the offsets the rows ended with (-inf for a row that saw
       // no key: ln 0). One lane of the row's quad writes it.
       if (lseOut) {
         Value writer = arith::AndIOp::create(
-            b, loc, valid[rr],
-            cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
+            b, loc, valid, cmp(arith::CmpIPredicate::eq, rem(lane, 4), idx(0)));
         ifThen(writer, [&] {
           for (int64_t s = 0; s < 2; ++s) {
             Value max = final[s * perHead + valueTiles * 4 + rr];
@@ -470,57 +467,38 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
           }
         });
       }
-    }
-    // Each store writes a row's two adjacent columns (colLane is even): one
-    // 4-byte store where out (and out_odd) start 4-byte aligned, as the
-    // runtime's and torch's allocations do, else two 2-byte stores (a
-    // uniform branch on the buffers' addresses, as the wgmma epilogue's).
-    // ptxas then keeps a few more values of the prologue in local memory
-    // for the epilogue (up to 56 bytes; none inside the key loop).
-    auto storeRows = [&](llvm::MaybeAlign alignment) {
-      Value colLane = mul(rem(lane, 4), 2);
-      for (int64_t rr = 0; rr < 2; ++rr)
-        ifThen(valid[rr], [&] {
-          for (int64_t t = 0; t < valueTiles; ++t) {
-            SmallVector<Value> vals, odd;
-            for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e) {
-              vals.push_back(arith::TruncFOp::create(
+      ifThen(valid, [&] {
+        Value outBase =
+            mul(epilogue.pairRowIndex(rowIndex, pair), plan.valueDim);
+        Value colLane = mul(rem(lane, 4), 2);
+        for (int64_t t = 0; t < valueTiles; ++t) {
+          SmallVector<Value> vals;
+          for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e)
+            vals.push_back(arith::TruncFOp::create(
+                b, loc, plan.elementType,
+                fsub(fmul(final[t * 4 + e], inverse[0]),
+                     fmul(final[perHead + t * 4 + e], scale1))));
+          Value pairValue =
+              vector::FromElementsOp::create(b, loc, outPairType, vals);
+          vector::StoreOp::create(b, loc, pairValue, out,
+                                  ValueRange{add(add(outBase, colLane), t * 8)},
+                                  /*nontemporal=*/false, alignment);
+          // out_odd: the second head's normalised output, A_{2h+1}.
+          if (outOdd) {
+            SmallVector<Value> odd;
+            for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e)
+              odd.push_back(arith::TruncFOp::create(
                   b, loc, plan.elementType,
-                  fsub(fmul(final[t * 4 + e], inverseEven[rr]),
-                       fmul(final[perHead + t * 4 + e], scale1[rr]))));
-              // out_odd: the second head's normalised output, A_{2h+1}.
-              if (outOdd)
-                odd.push_back(arith::TruncFOp::create(
-                    b, loc, plan.elementType,
-                    fmul(final[perHead + t * 4 + e], inverseOdd[rr])));
-            }
-            Value at = add(add(outBase[rr], colLane), t * 8);
+                  fmul(final[perHead + t * 4 + e], inverse[1])));
             vector::StoreOp::create(
                 b, loc,
-                vector::FromElementsOp::create(b, loc, outPairType, vals), out,
-                ValueRange{at}, /*nontemporal=*/false, alignment);
-            if (outOdd)
-              vector::StoreOp::create(
-                  b, loc,
-                  vector::FromElementsOp::create(b, loc, outPairType, odd),
-                  outOdd, ValueRange{at}, /*nontemporal=*/false, alignment);
+                vector::FromElementsOp::create(b, loc, outPairType, odd),
+                outOdd, ValueRange{add(add(outBase, colLane), t * 8)},
+                /*nontemporal=*/false, alignment);
           }
-        });
-    };
-    Value storesAligned = startsAligned(out, 4);
-    if (outOdd)
-      storesAligned = arith::AndIOp::create(b, loc, storesAligned,
-                                            startsAligned(outOdd, 4));
-    scf::IfOp::create(
-        b, loc, storesAligned,
-        [&](OpBuilder &, Location) {
-          storeRows(llvm::Align(4));
-          scf::YieldOp::create(b, loc);
-        },
-        [&](OpBuilder &, Location) {
-          storeRows(llvm::MaybeAlign());
-          scf::YieldOp::create(b, loc);
-        });
+        }
+      });
+    }
   };
 
   // Row blocks: the CTA's pipeline keeps stages - 1 blocks in flight; Q
@@ -552,6 +530,32 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // No copy may be in flight when the CTA exits (blocks whose rows see no
   // key skip the loop, and with it the wait for Q).
   NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
-  emitEpilogue(loop.getResults());
+  // At D = 64 the epilogue takes one 4-byte store per column pair where out
+  // (and out_odd) start 4-byte aligned, as the runtime's and torch's
+  // allocations do (a uniform branch on the buffers' addresses, so the row
+  // sums' quad shuffles inside either side see every lane), else the
+  // 2-byte stores. Measured on the H200 (backward run 63): 1.019x at 4 x
+  // 4096 causal, D = 64; at D = 128 the same epilogue ran 1.025x at 8 x
+  // 2048 causal but 0.982x at 1 x 16384 causal and 0.956x unmasked (its
+  // key loop, not its stores, got slower), so D = 128 keeps the 2-byte
+  // stores.
+  if (plan.headDim == 64) {
+    Value storesAligned = startsAligned(out, 4);
+    if (outOdd)
+      storesAligned = arith::AndIOp::create(b, loc, storesAligned,
+                                            startsAligned(outOdd, 4));
+    scf::IfOp::create(
+        b, loc, storesAligned,
+        [&](OpBuilder &, Location) {
+          emitEpilogue(loop.getResults(), llvm::Align(4));
+          scf::YieldOp::create(b, loc);
+        },
+        [&](OpBuilder &, Location) {
+          emitEpilogue(loop.getResults(), llvm::MaybeAlign());
+          scf::YieldOp::create(b, loc);
+        });
+  } else {
+    emitEpilogue(loop.getResults(), llvm::MaybeAlign());
+  }
   gpu::ReturnOp::create(b, loc);
 }
