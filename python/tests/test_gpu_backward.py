@@ -311,16 +311,18 @@ def test_keys_past_kv_len_are_never_read():
 
 @pytest.mark.gpu
 def test_default_backward_kernels_follow_torch_determinism(monkeypatch):
-    # sm_90a: the accumulating kernels unless torch asks for deterministic
-    # algorithms; other targets: the deterministic kernels.
+    # sm_90a and sm_90 (the portable kernels on Hopper): the accumulating
+    # kernels unless torch asks for deterministic algorithms; sm_80 (no
+    # bulk reductions): the deterministic kernels.
     torch = _cuda_torch()
     from diffattn import _torch
 
-    monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90a")
-    assert _torch.default_backward_options(0) == ACCUMULATE == _torch.ACCUMULATE_OPTIONS
-    with _deterministic(torch):
-        assert _torch.default_backward_options(0) == ()
-    monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_90")
+    for target in ("sm_90a", "sm_90"):
+        monkeypatch.setattr(_torch, "_target_of", lambda index, t=target: t)
+        assert _torch.default_backward_options(0) == ACCUMULATE == _torch.ACCUMULATE_OPTIONS
+        with _deterministic(torch):
+            assert _torch.default_backward_options(0) == ()
+    monkeypatch.setattr(_torch, "_target_of", lambda index: "sm_80")
     assert _torch.default_backward_options(0) == ()
 
 
