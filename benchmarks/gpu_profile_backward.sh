@@ -9,9 +9,12 @@
 # Kernels come from DIFFATTN_CACHE_DIR (benchmarks/gpu_prepare.py); the
 # package must be importable (PYTHONPATH). Extra arguments are compiler
 # options for the backward (e.g. --gpu-options=deterministic=false).
-# KERNELS (default 4: the accumulating formulation with out_odd, dq_zero,
-# stats, dk/dv and dq_convert; 3 for the deterministic one) is the number
-# of kernels one backward launches: the first call's are skipped.
+# KERNELS is the number of kernels one backward launches (the first
+# call's are skipped): by default 4 when the options hold
+# deterministic=false (dq_zero, stats, dk/dv, dq_convert: the accumulating
+# formulation with the training forward's out_odd, which
+# gpu_profile_backward.py passes), else 3 (the deterministic stats, dq,
+# dk/dv).
 #
 #   bash benchmarks/gpu_profile_backward.sh OUT_DIR NAME [CASE] [OPTION...]
 set -uo pipefail
@@ -25,7 +28,10 @@ for o in "$@"; do opts+=("--options=$o"); done
 mkdir -p "$out"
 ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 rep="$out/$name"
-kernels="${KERNELS:-4}"
+case "$*" in
+  *deterministic=false*) kernels="${KERNELS:-4}" ;;
+  *) kernels="${KERNELS:-3}" ;;
+esac
 "$ncu" -k 'regex:diffattn_v2_backward' --launch-skip "$kernels" --launch-count "$kernels" \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
   --section WarpStateStats --section LaunchStats --section Occupancy \

@@ -96,8 +96,8 @@ def test_forward_with_lse_compiles_on_hopper():
 def test_backward_with_out_odd_reads_it(target, options):
     # With the forward's out_odd the statistics kernel is the
     # bandwidth-bound one of both strategies (four threads per row, 64
-    # group rows per CTA, no shared memory, no matrix instruction); the
-    # other kernels are unchanged.
+    # (query row, pair) rows per CTA, no shared memory, no matrix
+    # instruction); the other kernels are unchanged.
     s = _shapes(*SHAPE)
     directory, sizes = _gpu.prepare_v2_backward(**s, elem="bf16", lam_elem="bf16", causal=True,
                                                 target=target, options=options,

@@ -107,10 +107,10 @@ Value outputRowDot(GPUKernelBuilder &kb, const BackwardArgs &args,
 /// What the statistics kernels know of one of the thread's rows when they
 /// write its record, each summed over the row's quad where it is a sum: r
 /// = rowsum(dout o A_2h+1) (recomputed as rowsum(P_2h+1 o G), or read from
-/// out_odd), dot = rowsum(dout o out), whether the row is one of the
-/// group's, the record's first element in the workspace, the row's index
-/// in lam (pairRow), lam there (f32) and sigmoid of it, both heads' -lse
-/// log2 e, and the thread's lane.
+/// out_odd), dot = rowsum(dout o out), whether the row exists (one of the
+/// group's, or with out_odd one of the sequence's), the record's first element
+/// in the workspace, the row's index in lam (pairRow), lam there (f32) and
+/// sigmoid of it, both heads' -lse log2 e, and the thread's lane.
 struct RowStatistics {
   Value r, dot, valid, statBase, pairRow, lam, sigmoid, shiftEven, shiftOdd;
   Value lane;
@@ -163,9 +163,10 @@ void addStagedDq(GPUKernelBuilder &kb, Value workspace, Value target,
                  Value source, Value bytes);
 
 /// The dq zeroing kernel (BackwardBuilder::buildDqZeroKernel): threads per
-/// CTA, and accumulator rows (2 D f32 each) per CTA, a multiple of 16 so
-/// that every thread issues the same number of 16-byte stores: 64, or the
-/// chunked layout's chunk rows.
+/// CTA, and accumulator rows (2 D f32 each) per CTA: 64, or the chunked
+/// layout's chunk rows (a span's floats, a multiple of 4 kDqZeroThreads
+/// for these, give every thread the same number of 16-byte stores; the
+/// stores are guarded either way).
 constexpr int64_t kDqZeroThreads = 256;
 inline int64_t dqZeroSpanRows(int64_t dqChunkRows) {
   return dqChunkRows ? dqChunkRows : 64;

@@ -13,10 +13,12 @@
 // run 8b in docs/performance.md).
 //
 // The parts: the statistics kernel zeroes the accumulator rows of its row
-// block; the dk/dv kernel (MmaSyncBackwardWide.cpp) multiplies each query
-// block's dS by its K rows, stages the f32 product in shared memory and
-// adds it with bulk reductions (addStagedDq); the conversion kernel scales
-// the sums and rounds them to the element type.
+// block (with out_odd, buildDqZeroKernel zeroes the accumulator before the
+// statistics kernel, which then only reads); the dk/dv kernel
+// (MmaSyncBackwardWide.cpp) multiplies each query block's dS by its K rows,
+// stages the f32 product in shared memory and adds it with bulk reductions
+// (addStagedDq); the conversion kernel scales the sums and rounds them to the
+// element type.
 //
 // The accumulator, after the workspace's records: [B, H, Sq, 2 D] f32, a
 // (pair, query row)'s two heads' D columns each, so that a query block's
@@ -287,7 +289,8 @@ void BackwardBuilder::buildDqZeroKernel(gpu::GPUFuncOp func) {
       b, loc,
       DenseElementsAttr::get(VectorType::get({4}, b.getF32Type()), 0.0f));
   // A fixed number of 16-byte stores per thread, each guarded, so that all
-  // of them issue back to back (spanFloats is a multiple of 4 threads).
+  // of them issue back to back (spanFloats / (4 kDqZeroThreads) of them:
+  // 16 at 64 rows and D = 128).
   Value first = mul(tid, 4);
   for (int64_t k = 0; k < spanFloats; k += 4 * kDqZeroThreads) {
     Value at = add(first, k);

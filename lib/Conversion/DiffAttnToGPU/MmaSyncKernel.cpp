@@ -438,7 +438,9 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         valid = arith::AndIOp::create(b, loc, valid, ctaActive);
       Value row = threadRow[rr];
       Value pair = pairOf(global);
-      // The row sums over the quad (shuffles: outside any branch).
+      // The row sums over the quad (shuffles: outside any divergent branch;
+      // at D = 64 inside the alignment branch below, which every lane of
+      // the grid takes alike).
       std::array<Value, 2> sums, inverse;
       for (int64_t s = 0; s < 2; ++s) {
         sums[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
