@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_cases  # noqa: E402
+from gpu_backward_check import inputs  # noqa: E402
 from gpu_check import make_epilogue, time_in_rounds  # noqa: E402
 
 from diffattn import _torch  # noqa: E402  (registers the ops)
@@ -65,12 +66,7 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for index, (b, s, h2, hkv, d, causal) in enumerate(gpu_cases.BACKWARD_BENCH):
         g = torch.Generator(device="cuda").manual_seed(args.seed + index)
-
-        def rand(*shape):
-            return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
-
-        q, k, v = rand(b, s, h2, d), rand(b, s, hkv, d), rand(b, s, hkv, d)
-        lam, dout = rand(b, s, h2 // 2), rand(b, s, h2 // 2, d)
+        q, k, v, lam, dout = inputs(b, s, s, h2, hkv, d, torch.bfloat16, g)
         for t in (q, k, v, lam):
             t.requires_grad_()
         with torch.no_grad():

@@ -634,7 +634,6 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
       zero = createKernelFunc(rewriter, loc, name + "_dq_zero", argTypes,
                               kDqZeroThreads);
       BackwardBuilder zeroBuilder(rewriter, loc, plan);
-      zeroBuilder.reduceDq = true;
       zeroBuilder.dqChunkRows = dqChunkRows;
       zeroBuilder.buildDqZeroKernel(zero);
     }
@@ -695,11 +694,12 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
       b.getArrayAttr(launchParams(b, buffers, {"B", "Sq", "Sk"}));
   Attribute kvHeads = b.getI64IntegerAttr(plan.kvHeads);
   Attribute batches = ceilDivRule(b, "B", 1, 1);
+  // A stage's grid is (x, y, B): y the KV heads unless given.
   auto stage = [&](StringRef function, Attribute x, int64_t shared,
-                   int64_t threads) {
+                   int64_t threads, Attribute y = Attribute()) {
     return b.getDictionaryAttr(
         {b.getNamedAttr("function", b.getStringAttr(function)),
-         b.getNamedAttr("grid", b.getArrayAttr({x, kvHeads, batches})),
+         b.getNamedAttr("grid", b.getArrayAttr({x, y ? y : kvHeads, batches})),
          b.getNamedAttr("block", b.getI64ArrayAttr({threads, 1, 1})),
          b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(shared)),
          b.getNamedAttr("params", params)});
@@ -708,20 +708,10 @@ mlir::diffattn::emitMmaSyncBackward(RewriterBase &rewriter, func::FuncOp kernel,
   Attribute keyBlocks = ceilDivRule(b, "Sk", blockKeys, 1);
   // The statistics kernel with out_odd: a CTA per kOutputStatsRows of a
   // sequence's Sq x H (query row, pair) rows (buildOutputStatisticsKernel).
-  auto outputStatsStage = [&] {
-    return b.getDictionaryAttr(
-        {b.getNamedAttr("function", b.getStringAttr(stats.getName())),
-         b.getNamedAttr(
-             "grid",
-             b.getArrayAttr({ceilDivRule(b, "Sq", kOutputStatsRows, plan.pairs),
-                             b.getI64IntegerAttr(1), batches})),
-         b.getNamedAttr("block",
-                        b.getI64ArrayAttr({kOutputStatsThreads, 1, 1})),
-         b.getNamedAttr("dynamic_shared_memory", b.getI64IntegerAttr(0)),
-         b.getNamedAttr("params", params)});
-  };
   Attribute statsStage =
-      outputStats ? outputStatsStage()
+      outputStats ? stage(stats.getName(),
+                          ceilDivRule(b, "Sq", kOutputStatsRows, plan.pairs), 0,
+                          kOutputStatsThreads, b.getI64IntegerAttr(1))
       : wgmmaStats
           ? stage(stats.getName(), rowBlocks, wgmmaStatsPlan.sharedBytes,
                   wgmmaStatsPlan.threads())

@@ -266,22 +266,26 @@ void BackwardBuilder::buildDqZeroKernel(gpu::GPUFuncOp func) {
   Value kvHead = gpu::BlockIdOp::create(b, loc, gpu::Dimension::y);
   Value batch = gpu::BlockIdOp::create(b, loc, gpu::Dimension::z);
   // Both layouts put a KV group's accumulator in one contiguous run of
-  // pairsPerGroup x rows x 2 D f32 from pair kvHead pairsPerGroup of the
-  // batch: dqRowIndex's rows (rows = Sq), or dqChunkOffset's chunks (rows
-  // = Sq rounded up to dqChunkRows).
+  // pairsPerGroup x rows x 2 D f32 from row 0 (or chunk 0) of the group's
+  // first pair: dqRowIndex's rows (rows = Sq), or dqChunkOffset's chunks
+  // (rows = Sq rounded up to dqChunkRows).
   int64_t rowFloats = 2 * plan.headDim;
   int64_t spanRows = dqZeroSpanRows(dqChunkRows);
   int64_t spanFloats = spanRows * rowFloats;
-  Value rows = dqChunkRows ? mul(div(add(seqQ, dqChunkRows - 1), dqChunkRows),
-                                 dqChunkRows)
-                           : seqQ;
+  Value accBase = dqAccumulatorOffset(*this, seqQ, plan.pairs);
+  Value firstPair = mul(kvHead, plan.pairsPerGroup());
+  Value rows = seqQ, groupStart;
+  if (dqChunkRows) {
+    rows = mul(div(add(seqQ, dqChunkRows - 1), dqChunkRows), dqChunkRows);
+    groupStart = dqChunkOffset(*this, accBase, batch, firstPair, idx(0), seqQ,
+                               plan.pairs, dqChunkRows, spanFloats);
+  } else {
+    groupStart = add(accBase, dqRowIndex(*this, batch, firstPair, idx(0), seqQ,
+                                         plan.pairs, plan.headDim));
+  }
   Value groupFloats = mul(mul(rows, plan.pairsPerGroup()), rowFloats);
-  Value firstPair =
-      add(mul(batch, plan.pairs), mul(kvHead, plan.pairsPerGroup()));
   Value start = mul(span, spanFloats);
-  Value base = add(add(dqAccumulatorOffset(*this, seqQ, plan.pairs),
-                       mul(mul(firstPair, rows), rowFloats)),
-                   start);
+  Value base = add(groupStart, start);
   // The grid (kDqZeroThreads threads, dqZeroSpanRows rows per CTA) leaves
   // the last CTA a partial span.
   Value floats = minI(idx(spanFloats), sub(groupFloats, start));

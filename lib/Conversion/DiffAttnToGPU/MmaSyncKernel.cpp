@@ -542,10 +542,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
   // key loop, not its stores, got slower), so D = 128 keeps the 2-byte
   // stores.
   if (plan.headDim == 64) {
-    Value storesAligned = startsAligned(out, 4);
-    if (outOdd)
-      storesAligned = arith::AndIOp::create(b, loc, storesAligned,
-                                            startsAligned(outOdd, 4));
+    Value storesAligned = startsAligned({out, outOdd}, 4);
     scf::IfOp::create(
         b, loc, storesAligned,
         [&](OpBuilder &, Location) {

@@ -85,10 +85,7 @@ void WgmmaKernelBuilder::emitEpilogue(const HeadState &final,
   // as the runtime's and torch's allocations do, else two 2-byte stores
   // (a uniform branch on the buffers' addresses; kernel buffers are flat
   // memrefs at offset 0, so the aligned pointer is the first element's).
-  Value storesAligned = startsAligned(out, 4);
-  if (outOdd)
-    storesAligned =
-        arith::AndIOp::create(b, loc, storesAligned, startsAligned(outOdd, 4));
+  Value storesAligned = startsAligned({out, outOdd}, 4);
   auto quad = VectorType::get({4}, b.getF32Type());
   // Writes o0 - sigmoid(lam) o1 (and o1 to out_odd) of accumulator tiles
   // [first, first + count) of warpgroup w, the other head's four values of

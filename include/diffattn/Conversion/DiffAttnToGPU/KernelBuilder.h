@@ -187,6 +187,18 @@ public:
     return cmp(arith::CmpIPredicate::eq,
                arith::AndIOp::create(b, loc, address, idx(bytes - 1)), idx(0));
   }
+  /// Whether every non-null buffer of `buffers` starts `bytes`-aligned
+  /// (e.g. out and, where the kernel has it, out_odd).
+  Value startsAligned(ArrayRef<Value> buffers, int64_t bytes) {
+    Value all;
+    for (Value buffer : buffers) {
+      if (!buffer)
+        continue;
+      Value aligned = startsAligned(buffer, bytes);
+      all = all ? arith::AndIOp::create(b, loc, all, aligned) : aligned;
+    }
+    return all;
+  }
   /// Stores the f32 pair (x, y), rounded to the element type of the 1-D
   /// `buffer`, at buffer[index] (index even: one 2-element vector store).
   void storePair(Value buffer, Value x, Value y, Value index) {
