@@ -30,163 +30,50 @@
 // autograd kernel on diffattn::v2 itself would cost every eager call about
 // 7 us of host time).
 //
+// install_training() then registers the CUDA kernels of the training
+// forward and the backward (torch_train.cpp) the same way; launch_plan.h
+// holds what both files share.
+//
 // Needs torch's headers and libc10 / libtorch_cpu only: no CUDA toolkit
 // (the current stream comes from c10's device-guard interface), no Python
 // headers, no MLIR.
 //
 //===----------------------------------------------------------------------===//
 
-#include "diffattn/runtime.h"
+#include "launch_plan.h"
 
-#include <ATen/EmptyTensor.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/empty.h>
-#include <c10/core/Allocator.h>
 #include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <dlfcn.h>
 
-#include <array>
 #include <atomic>
 #include <chrono>
-#include <cstring>
-#include <memory>
-#include <mutex>
-#include <optional>
 #include <string>
-#include <unordered_map>
-#include <vector>
+
+namespace diffattn_torch {
+// torch_train.cpp: registers the training kernels; "" or why not.
+std::string installTraining();
+bool trainingInstalled();
+} // namespace diffattn_torch
 
 namespace {
 
-//===----------------------------------------------------------------------===//
-// The runtime's C API, opened by install()
-//===----------------------------------------------------------------------===//
+using namespace diffattn_torch;
 
-struct Runtime {
-  decltype(&diffattn_launch) launch = nullptr;
-  decltype(&diffattn_last_error) lastError = nullptr;
-  decltype(&diffattn_module_num_kernels) numKernels = nullptr;
-  decltype(&diffattn_module_kernel_name) kernelName = nullptr;
-};
-
-Runtime gRuntime;
-
-//===----------------------------------------------------------------------===//
-// Launch plans
-//===----------------------------------------------------------------------===//
-
-/// What identifies a call's configuration: per tensor its dtype, device,
-/// rank, sizes and contiguity; then the options. Two calls with equal keys
-/// pass the same validation and launch the same kernel with the same sizes.
-struct Key {
-  static constexpr int kCapacity = 56;
-  std::array<int64_t, kCapacity> values{};
-  int size = 0;
-
-  void push(int64_t value) { values[size++] = value; }
-  bool operator==(const Key &other) const {
-    return size == other.size && std::memcmp(values.data(), other.values.data(),
-                                             size * sizeof(int64_t)) == 0;
-  }
-};
-
-struct KeyHash {
-  size_t operator()(const Key &key) const {
-    uint64_t h = 1469598103934665603ull; // FNV-1a over the values
-    for (int i = 0; i < key.size; ++i) {
-      h ^= static_cast<uint64_t>(key.values[i]);
-      h *= 1099511628211ull;
-    }
-    return static_cast<size_t>(h);
-  }
-};
-
-/// Tensors of rank above this are never planned (the call is invalid; the
-/// resolver says why).
-constexpr int64_t kMaxRank = 4;
-
-/// Appends `t`'s part of the key; false when `t` cannot be keyed.
-bool pushTensor(Key &key, const at::Tensor *t) {
-  if (!t) {
-    key.push(-1);
-    return true;
-  }
-  if (!t->defined() || t->dim() > kMaxRank)
-    return false;
-  key.push(static_cast<int64_t>(t->scalar_type()));
-  key.push(static_cast<int64_t>(t->device().type()) * 1024 +
-           t->device().index());
-  key.push(t->is_contiguous() ? 1 : 0);
-  key.push(t->dim());
-  for (int64_t s : t->sizes())
-    key.push(s);
-  return true;
-}
-
-/// A configuration's launch: the runtime's module and kernel, the sizes,
-/// and the buffers with everything but their data pointers filled in.
-/// Buffers: q, k, v, lam, [kv_len], out, [workspace].
-struct Plan {
-  diffattn_module *module = nullptr;
-  const char *kernel = nullptr;
-  int64_t B = 0, Sq = 0, Sk = 0;
-  /// f32 elements of the workspace (0: none).
-  int64_t workspace = 0;
-  std::array<int64_t, 4> outShape{};
-  std::array<diffattn_buffer, 7> buffers{};
-  int numBuffers = 0;
-  int outIndex = 0;
-};
-
-std::mutex gPlansMutex;
-std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash> gPlans;
+/// Plan-cache tag of diffattn::v2's configurations (torch_train.cpp has
+/// its own).
+constexpr int64_t kV2Tag = 1;
 
 /// diffattn::_v2_plan, the Python resolver of a configuration (found by
 /// install()).
 std::optional<c10::OperatorHandle> gPlanOp;
 
-int32_t runtimeDtype(at::ScalarType type) {
-  switch (type) {
-  case at::kFloat:
-    return DIFFATTN_F32;
-  case at::kHalf:
-    return DIFFATTN_F16;
-  case at::kBFloat16:
-    return DIFFATTN_BF16;
-  case at::kInt:
-    return DIFFATTN_I32;
-  default:
-    return -1;
-  }
-}
-
-diffattn_buffer describe(const char *name, const at::Tensor &t) {
-  diffattn_buffer buf{};
-  buf.name = name;
-  buf.dtype = runtimeDtype(t.scalar_type());
-  buf.rank = static_cast<int32_t>(t.dim());
-  for (int64_t d = 0; d < t.dim() && d < 4; ++d)
-    buf.shape[d] = t.size(d);
-  return buf;
-}
-
 //===----------------------------------------------------------------------===//
-// Allocation and timing
+// Timing
 //===----------------------------------------------------------------------===//
-
-/// The allocator at::empty uses for CUDA tensors, once a first call has
-/// checked that c10::GetAllocator(CUDA) is that one (torch's caching
-/// allocator, which under CUDA-graph capture serves the graph's pool).
-/// Allocating from it directly skips a dispatcher round trip per buffer;
-/// until then (and if the check fails) buffers come from at::empty.
-std::atomic<c10::Allocator *> gCudaAllocator{nullptr};
-std::atomic<bool> gAllocatorChecked{false};
 
 /// Host time spent in the kernel, by phase (diffattn_ext::timing).
 struct Timing {
@@ -205,64 +92,29 @@ int64_t nowNs() {
 /// Asks the Python resolver for the plan of this call. It raises (through
 /// the dispatcher, as the original Python exception) when the call is
 /// invalid, and otherwise returns [module handle, B, Sq, Sk, workspace
-/// elements, out shape (4)].
+/// elements, out shape (4)]. Buffers: q, k, v, lam, [kv_len], out,
+/// [workspace].
 std::unique_ptr<Plan> resolve(const at::Tensor &q, const at::Tensor &k,
                               const at::Tensor &v, const at::Tensor &lam,
                               const std::optional<at::Tensor> &kvLen,
                               bool causal, std::optional<double> scale,
                               int64_t windowLeft, int64_t windowRight) {
   TORCH_CHECK(gPlanOp, "diffattn: the native kernel is not installed");
-  std::vector<c10::IValue> stack;
-  stack.reserve(9);
-  stack.emplace_back(q);
-  stack.emplace_back(k);
-  stack.emplace_back(v);
-  stack.emplace_back(lam);
-  stack.emplace_back(kvLen);
-  stack.emplace_back(causal);
-  stack.emplace_back(scale);
-  stack.emplace_back(windowLeft);
-  stack.emplace_back(windowRight);
-  gPlanOp->callBoxed(stack);
-  TORCH_CHECK(stack.size() == 1 && stack[0].isIntList(),
-              "diffattn::_v2_plan must return int[]");
-  std::vector<int64_t> r = stack[0].toIntVector();
-  TORCH_CHECK(r.size() == 9, "diffattn::_v2_plan returned ", r.size(),
-              " values, expected 9");
-
-  auto plan = std::make_unique<Plan>();
-  plan->module = reinterpret_cast<diffattn_module *>(r[0]);
-  TORCH_CHECK(plan->module && gRuntime.numKernels(plan->module) == 1,
-              "diffattn::_v2_plan: expected a module with one kernel");
-  plan->kernel = gRuntime.kernelName(plan->module, 0);
-  plan->B = r[1];
-  plan->Sq = r[2];
-  plan->Sk = r[3];
-  plan->workspace = r[4];
+  std::vector<int64_t> r = callResolver(
+      *gPlanOp, {q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight},
+      "diffattn::_v2_plan");
+  std::unique_ptr<Plan> plan = planFromResolver(r, 9, "diffattn::_v2_plan");
   for (int d = 0; d < 4; ++d)
     plan->outShape[d] = r[5 + d];
-  int n = 0;
-  plan->buffers[n++] = describe("q", q);
-  plan->buffers[n++] = describe("k", k);
-  plan->buffers[n++] = describe("v", v);
-  plan->buffers[n++] = describe("lam", lam);
+  plan->add(describe("q", q));
+  plan->add(describe("k", k));
+  plan->add(describe("v", v));
+  plan->add(describe("lam", lam));
   if (kvLen)
-    plan->buffers[n++] = describe("kv_len", *kvLen);
-  plan->outIndex = n;
-  diffattn_buffer &out = plan->buffers[n++];
-  out.name = "out";
-  out.dtype = runtimeDtype(q.scalar_type());
-  out.rank = 4;
-  for (int d = 0; d < 4; ++d)
-    out.shape[d] = plan->outShape[d];
-  if (plan->workspace > 0) {
-    diffattn_buffer &ws = plan->buffers[n++];
-    ws.name = "workspace";
-    ws.dtype = DIFFATTN_F32;
-    ws.rank = 1;
-    ws.shape[0] = plan->workspace;
-  }
-  plan->numBuffers = n;
+    plan->add(describe("kv_len", *kvLen));
+  plan->add(describe("out", runtimeDtype(q.scalar_type()), plan->outShape));
+  if (plan->workspace > 0)
+    plan->add(describe("workspace", DIFFATTN_F32, {plan->workspace}));
   return plan;
 }
 
@@ -276,90 +128,40 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
   bool timing = gTiming.enabled.load(std::memory_order_relaxed);
   int64_t tStart = timing ? nowNs() : 0;
   Key key;
-  bool keyed = pushTensor(key, &q) && pushTensor(key, &k) &&
+  bool keyed = key.push(kV2Tag) && pushTensor(key, &q) && pushTensor(key, &k) &&
                pushTensor(key, &v) && pushTensor(key, &lam) &&
-               pushTensor(key, kvLen ? &*kvLen : nullptr);
-  if (keyed) {
-    double s = scale ? *scale : 0.0;
-    int64_t bits;
-    std::memcpy(&bits, &s, sizeof(bits));
-    key.push(causal ? 1 : 0);
-    key.push(scale ? 1 : 0);
-    key.push(bits);
-    key.push(windowLeft);
-    key.push(windowRight);
-  }
-
-  const Plan *plan = nullptr;
-  if (keyed) {
-    std::lock_guard<std::mutex> lock(gPlansMutex);
-    auto it = gPlans.find(key);
-    if (it != gPlans.end())
-      plan = it->second.get();
-  }
+               pushTensor(key, kvLen ? &*kvLen : nullptr) &&
+               pushOptions(key, causal, scale, windowLeft, windowRight);
+  const Plan *plan = keyed ? planCache().find(key) : nullptr;
   if (!plan) {
-    // Not under the lock: the resolver runs Python (which may compile).
+    // Not under the cache's lock: the resolver runs Python (which may
+    // compile).
     std::unique_ptr<Plan> fresh =
         resolve(q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight);
     TORCH_CHECK(keyed, "diffattn::_v2_plan accepted an unplannable call");
-    std::lock_guard<std::mutex> lock(gPlansMutex);
-    auto &slot = gPlans[key];
-    if (!slot)
-      slot = std::move(fresh);
-    plan = slot.get();
+    plan = planCache().insert(key, std::move(fresh));
   }
 
   // The runtime launches in the current CUDA context: that of q's device.
   c10::DeviceGuard guard(q.device());
   int64_t tLookup = timing ? nowNs() : 0;
-  c10::Allocator *allocator = gCudaAllocator.load(std::memory_order_acquire);
-  at::Tensor out;
-  at::Tensor workspaceTensor;
-  c10::DataPtr workspace;
-  if (allocator) {
-    out = at::detail::empty_generic(plan->outShape, allocator,
-                                    c10::DispatchKeySet(c10::DispatchKey::CUDA),
-                                    q.scalar_type(), std::nullopt);
-  } else {
-    out = at::empty(plan->outShape, q.options());
-    if (!gAllocatorChecked.exchange(true)) {
-      c10::Allocator *candidate = c10::GetAllocator(c10::DeviceType::CUDA);
-      if (candidate && out.storage().allocator() == candidate)
-        gCudaAllocator.store(candidate, std::memory_order_release);
-    }
-  }
-  std::array<diffattn_buffer, 7> buffers = plan->buffers;
+  at::Tensor out = newCudaTensor(plan->outShape, q.scalar_type(), q);
+  std::array<void *, Plan::kMaxBuffers> data{};
   int n = 0;
-  buffers[n++].data = const_cast<void *>(q.const_data_ptr());
-  buffers[n++].data = const_cast<void *>(k.const_data_ptr());
-  buffers[n++].data = const_cast<void *>(v.const_data_ptr());
-  buffers[n++].data = const_cast<void *>(lam.const_data_ptr());
+  data[n++] = const_cast<void *>(q.const_data_ptr());
+  data[n++] = const_cast<void *>(k.const_data_ptr());
+  data[n++] = const_cast<void *>(v.const_data_ptr());
+  data[n++] = const_cast<void *>(lam.const_data_ptr());
   if (kvLen)
-    buffers[n++].data = const_cast<void *>(kvLen->const_data_ptr());
-  buffers[plan->outIndex].data = out.data_ptr();
+    data[n++] = const_cast<void *>(kvLen->const_data_ptr());
+  data[n++] = out.data_ptr();
+  Workspace workspace;
   if (plan->workspace > 0) {
-    // Stream-ordered: torch's caching allocator hands this block (freed
-    // when this function returns) to other work only on this stream, after
-    // the kernels queued here; under CUDA-graph capture it comes from the
-    // graph's pool.
-    size_t bytes = static_cast<size_t>(plan->workspace) * sizeof(float);
-    if (allocator) {
-      workspace = allocator->allocate(bytes);
-      buffers[plan->outIndex + 1].data = workspace.get();
-    } else {
-      workspaceTensor =
-          at::empty({plan->workspace}, q.options().dtype(at::kFloat));
-      buffers[plan->outIndex + 1].data = workspaceTensor.data_ptr();
-    }
+    workspace = newWorkspace(plan->workspace, q);
+    data[n++] = workspace.data;
   }
-  void *stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
-                     ->getStream(q.device())
-                     .native_handle();
   int64_t tAlloc = timing ? nowNs() : 0;
-  int rc =
-      gRuntime.launch(plan->module, plan->kernel, buffers.data(),
-                      plan->numBuffers, plan->B, plan->Sq, plan->Sk, stream);
-  TORCH_CHECK(rc == DIFFATTN_OK, "diffattn: ", gRuntime.lastError());
+  launch(*plan, data, q.device());
   if (timing) {
     int64_t tEnd = nowNs();
     gTiming.calls += 1;
@@ -484,8 +286,8 @@ bool autogradInCpp() { return gAutogradImpl != nullptr; }
 
 /// diffattn_ext::timing: the kernel's host time since the last call, as
 /// [calls, plan look-up us, allocation us, launch us, total us] (look-up:
-/// key, plan cache, device guard; allocation: output and workspace, and
-/// the stream; launch: diffattn_launch, i.e. checks and every stage's
+/// key, plan cache, device guard; allocation: output and workspace; launch:
+/// the stream and diffattn_launch, i.e. checks and every stage's
 /// cuLaunchKernel); resets the sums and turns the measurement on or off.
 std::vector<double> timing(bool enable) {
   auto take = [](std::atomic<int64_t> &x) {
@@ -503,6 +305,8 @@ std::vector<double> timing(bool enable) {
 
 TORCH_LIBRARY(diffattn_ext, m) {
   m.def("install(str runtime) -> str", &install);
+  m.def("install_training() -> str", &diffattn_torch::installTraining);
+  m.def("training_in_cpp() -> bool", &diffattn_torch::trainingInstalled);
   m.def("autograd_in_cpp() -> bool", &autogradInCpp);
   m.def("timing(bool enable) -> float[]", &timing);
 }

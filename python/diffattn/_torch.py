@@ -99,17 +99,26 @@ def _launch(directory, named, sizes, device):
             _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
 
 
+def forward_saving_prepare(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
+                           out_odd):
+    """Validates a forward call that also writes lse (and, with `out_odd`,
+    out_odd) and builds or finds its kernel: (artifact directory, out shape,
+    (B, Sq, Sk)). Errors name the argument (_validate, _gpu.prepare_v2)."""
+    _validate(q, k, v, lam, kv_len)
+    return _gpu.prepare_v2(
+        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
+        _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
+        target=_target_of(q.device.index), return_lse=True, return_out_odd=out_odd)
+
+
 def _forward_saving(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
                     out_odd):
     """One forward kernel that also writes lse [B, 2H, Sq] float32 and, with
     `out_odd`, the pairs' second heads A_{2h+1} [B, Sq, H, Dv]: (out, lse)
     or (out, lse, out_odd)."""
-    _validate(q, k, v, lam, kv_len)
-    directory, out_shape, sizes = _gpu.prepare_v2(
-        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
-        _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
-        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_target_of(q.device.index), return_lse=True, return_out_odd=out_odd)
+    directory, out_shape, sizes = forward_saving_prepare(
+        q, k, v, lam, kv_len, causal, scale, window_left, window_right, out_odd)
     b, sq, h2, _ = q.shape
     results = [torch.empty(out_shape, dtype=q.dtype, device=q.device),
                torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)]
@@ -171,12 +180,11 @@ def v2_backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window
                          out_odd=out_odd)
 
 
-def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
-                  window_right, options=(), out_odd=None):
-    """v2_backward_cuda with compiler options (`options`, as
-    _gpu.prepare_v2_backward's: _gpu.ACCUMULATE_OPTIONS selects the
-    accumulating kernels on sm_90 and later; `out_odd`, if given, the
-    forward's A_{2h+1} as v2_train_cuda returns it)."""
+def backward_prepare(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                     window_right, options=(), out_odd=None):
+    """Validates a backward call and builds or finds its kernels:
+    (artifact directory, (B, Sq, Sk)). Errors name the tensor whose dtype,
+    device or shape does not match the forward's configuration."""
     _validate(q, k, v, lam, kv_len)
     _check_tensor("out", out, (q.dtype,))
     _check_tensor("dout", dout, (q.dtype,))
@@ -188,13 +196,23 @@ def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_le
     for name, t in saved:
         if t.device != q.device:
             raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
-    directory, sizes = _gpu.prepare_v2_backward(
+    return _gpu.prepare_v2_backward(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), tuple(out.shape),
         tuple(dout.shape), tuple(lse.shape), _ELEM[q.dtype], _ELEM[lam.dtype], causal=causal,
         scale=scale, window=(window_left, window_right),
         kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
         target=_target_of(q.device.index), options=tuple(options),
         out_odd_shape=None if out_odd is None else tuple(out_odd.shape))
+
+
+def backward_cuda(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                  window_right, options=(), out_odd=None):
+    """v2_backward_cuda with compiler options (`options`, as
+    _gpu.prepare_v2_backward's: _gpu.ACCUMULATE_OPTIONS selects the
+    accumulating kernels on sm_90 and later; `out_odd`, if given, the
+    forward's A_{2h+1} as v2_train_cuda returns it)."""
+    directory, sizes = backward_prepare(q, k, v, lam, out, dout, lse, kv_len, causal, scale,
+                                        window_left, window_right, options, out_odd)
     grads = [torch.empty_like(x) for x in (q, k, v, lam)]
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam), ("out", "x", out),
              ("dout", "x", dout), ("lse", "f32", lse)]
@@ -229,7 +247,8 @@ if not _torch_native.define_v2(v2_op, _v2_fake):
 # kernels), and v2's autograd formula (training).
 _torch_autograd.register(
     v2_lse_cuda, v2_backward_cuda, v2_train_cuda,
-    "diffattn::_v2_train" if _torch_native.autograd_in_cpp() else "diffattn::v2")
+    "diffattn::_v2_train" if _torch_native.autograd_in_cpp() else "diffattn::v2",
+    training_in_cpp=_torch_native.training_in_cpp())
 
 
 @torch.library.custom_op("diffattn::v2_paged", mutates_args=())

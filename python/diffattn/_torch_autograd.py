@@ -161,6 +161,11 @@ def _setup_context_train(ctx, inputs, output):
     q, k, v, lam, kv_len, causal, scale, window_left, window_right = inputs
     out, lse, out_odd = output
     ctx.mark_non_differentiable(lse, out_odd)
+    # lse and out_odd get no gradient: without this autograd would fill a
+    # zero tensor of each shape for the backward on every step (two fill
+    # kernels, about 70 us of host time each on an H200 host,
+    # host_cost_train.py's profile).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(q, k, v, lam, kv_len, out, lse, out_odd)
     ctx.config = (causal, scale, window_left, window_right)
 
@@ -168,20 +173,27 @@ def _setup_context_train(ctx, inputs, output):
 def _backward_train(ctx, dout, _dlse, _dout_odd):
     # lse and out_odd came with the forward (diffattn::_v2_train): no second
     # forward, and on CUDA no recomputed A_{2h+1}.
+    if dout is None:  # out took no part in the loss (grads not materialised)
+        return (None,) * 9
     q, k, v, lam, kv_len, out, lse, out_odd = ctx.saved_tensors
     return _gradients(ctx, q, k, v, lam, kv_len, out, lse, dout, out_odd)
 
 
-def register(v2_lse_cuda, v2_backward_cuda, v2_train_cuda, formula_op="diffattn::v2"):
+def register(v2_lse_cuda, v2_backward_cuda, v2_train_cuda, formula_op="diffattn::v2",
+             training_in_cpp=False):
     """Registers v2's CPU kernel, the CUDA kernels of v2_lse and v2_backward
     (``diffattn._torch``'s launchers) and v2's autograd formula (once), on
     `formula_op`: diffattn::v2 itself, or diffattn::_v2_train where v2's
     Autograd kernel is the C++ one (``_torch_native.autograd_in_cpp``),
-    which calls it for the calls that need grad."""
+    which calls it for the calls that need grad. With `training_in_cpp`
+    (``_torch_native.training_in_cpp``) the C++ library already serves the
+    CUDA calls of _v2_forward_saved and v2_backward, and their Python CUDA
+    kernels are not registered (they would replace the C++ ones)."""
     torch.library.register_kernel("diffattn::v2", "cpu", _v2_cpu)
     torch.library.register_kernel("diffattn::v2_lse", "cuda", v2_lse_cuda)
-    torch.library.register_kernel("diffattn::v2_backward", "cuda", v2_backward_cuda)
-    torch.library.register_kernel("diffattn::_v2_forward_saved", "cuda", v2_train_cuda)
+    if not training_in_cpp:
+        torch.library.register_kernel("diffattn::v2_backward", "cuda", v2_backward_cuda)
+        torch.library.register_kernel("diffattn::_v2_forward_saved", "cuda", v2_train_cuda)
     if formula_op == "diffattn::_v2_train":
         # (out, lse, out_odd) = the training forward; v2's C++ Autograd
         # kernel returns out.

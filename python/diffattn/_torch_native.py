@@ -26,6 +26,15 @@ How it is put together (``define_v2``):
   the CUDA dispatch key. It refuses (and the Python kernel serves CUDA
   tensors) when the schema defined here does not match the C++ kernel's
   signature, e.g. after an argument was added to the op in Python only.
+- Training (``python/csrc/torch_train.cpp``): the resolvers
+  ``diffattn::_v2_forward_saved_plan`` and ``diffattn::_v2_backward_plan``
+  (the arguments of ``_v2_forward_saved`` and ``v2_backward``), then
+  ``torch.ops.diffattn_ext.install_training()`` registers C++ CUDA kernels
+  for those two ops, so that a forward + backward through autograd
+  launches its kernels without the Python CUDA kernels' validation, cache
+  look-up and ctypes launch. Their autograd formula stays in Python
+  (``diffattn._torch_autograd``). ``training_in_cpp()`` says whether they
+  are installed.
 
 ``DIFFATTN_TORCH_EXT`` overrides the library's path; ``0`` / ``off``
 disables it (the op is then the Python custom op, as without the library).
@@ -83,6 +92,70 @@ def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
     resolver_calls += 1
     return [handle.value, *sizes, workspace, *out_shape]
+
+
+def _plan_forward_saved(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    """diffattn::_v2_forward_saved_plan: the launch plan of one training
+    forward configuration, as [module handle, B, Sq, Sk, workspace f32
+    elements, out shape (4)]. Raises the Python kernel's errors for an
+    invalid call."""
+    global resolver_calls
+    from . import _torch
+
+    directory, out_shape, sizes = _torch.forward_saving_prepare(
+        q, k, v, lam, kv_len, causal, scale, window_left, window_right, out_odd=True)
+    handle, names = _runtime.load_module(directory)
+    if len(names) != 1:
+        raise _runtime.RuntimeFailure(f"{directory}: expected one kernel, found {names}")
+    workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
+    resolver_calls += 1
+    return [handle.value, *sizes, workspace, *out_shape]
+
+
+def _plan_backward(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
+                   window_right, out_odd=None):
+    """diffattn::_v2_backward_plan: the launch plan of one backward
+    configuration (the kernels _torch.default_backward_options picks), as
+    [module handle, B, Sq, Sk, workspace f32 elements]. Raises the Python
+    kernel's errors, naming the tensor, for an invalid call."""
+    global resolver_calls
+    from . import _torch
+
+    directory, sizes = _torch.backward_prepare(
+        q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left, window_right,
+        options=_torch.default_backward_options(q.device.index), out_odd=out_odd)
+    handle, names = _runtime.load_module(directory)
+    if len(names) != 1:
+        raise _runtime.RuntimeFailure(f"{directory}: expected one kernel, found {names}")
+    workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
+    resolver_calls += 1
+    return [handle.value, *sizes, workspace]
+
+
+def _arguments(op_name):
+    """The argument list of a defined op's schema, "(Tensor q, ...)"."""
+    schema = str(getattr(torch.ops.diffattn, op_name).default._schema)
+    return schema[schema.index("("):schema.rindex(" -> ")]
+
+
+def training_in_cpp():
+    """Whether the C++ library serves the CUDA calls of
+    diffattn::_v2_forward_saved and diffattn::v2_backward (the training
+    forward and the backward; python/csrc/torch_train.cpp)."""
+    return active and bool(torch.ops.diffattn_ext.training_in_cpp())
+
+
+def _install_training(lib):
+    """Defines the training ops' resolvers and registers their C++ CUDA
+    kernels; returns "" or why not (the Python kernels then serve)."""
+    if not hasattr(torch.ops.diffattn_ext, "install_training"):
+        return "the C++ library predates the training kernels"
+    for op, plan_op, resolver in (
+            ("_v2_forward_saved", "_v2_forward_saved_plan", _plan_forward_saved),
+            ("v2_backward", "_v2_backward_plan", _plan_backward)):
+        lib.define(plan_op + _arguments(op) + " -> int[]")
+        lib.impl(plan_op, resolver, "CompositeExplicitAutograd")
+    return torch.ops.diffattn_ext.install_training()
 
 
 def _v2_train(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
@@ -151,4 +224,7 @@ def define_v2(kernel, fake):
         warnings.warn(f"diffattn: the C++ kernel of torch.ops.diffattn.v2 is not used: {why}")
         return True
     active, reason = True, ""
+    why = _install_training(lib)
+    if why:
+        warnings.warn(f"diffattn: the training ops run their Python CUDA kernels: {why}")
     return True

@@ -273,6 +273,89 @@ def test_autograd_on_cuda_matches_the_backward_op():
 
 
 @pytest.mark.gpu
+def test_training_steps_run_the_cpp_kernels(monkeypatch):
+    """Where the build made the C++ library, the CUDA calls of the training
+    forward and the backward run its kernels (python/csrc/torch_train.cpp):
+    a configuration's first step asks Python for the plans, a later step
+    with other data runs no Python kernel, planner or launcher and gets
+    what the Python kernels compute (bit-identical with the deterministic
+    kernels); the determinism setting is part of the backward's key."""
+    torch = _cuda_torch()
+    from diffattn import _runtime, _torch, _torch_native
+
+    if not _torch_native.active:
+        pytest.skip(f"the C++ kernel is not active: {_torch_native.reason}")
+    assert _torch_native.training_in_cpp()
+    b, sq, sk, h2, hkv, d = SHAPE
+
+    def step(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        q, k, v = (torch.randn(*s, device="cuda", generator=g).to(torch.bfloat16)
+                   .requires_grad_() for s in ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d)))
+        lam = torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(torch.bfloat16)
+        lam.requires_grad_()
+        out = torch.ops.diffattn.v2(q, k, v, lam, None, True, None, -1, -1)
+        dout = torch.randn(out.shape, device="cuda", generator=g).to(torch.bfloat16)
+        out.backward(dout)
+        return (q, k, v, lam), out.detach(), dout
+
+    with _deterministic(torch):
+        step(0)
+        before = _torch_native.resolver_calls
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a planned training call reached Python")
+
+        for module, name in ((_gpu, "prepare_v2"), (_gpu, "prepare_v2_backward"),
+                             (_runtime, "load_module"), (_torch, "_launch"),
+                             (_torch_native, "_plan_forward_saved"),
+                             (_torch_native, "_plan_backward")):
+            monkeypatch.setattr(module, name, refuse)
+        leaves, out, dout = step(1)
+        assert _torch_native.resolver_calls == before
+        monkeypatch.undo()
+        q, k, v, lam = (t.detach() for t in leaves)
+        want_out, lse, odd = _torch.v2_train_cuda(q, k, v, lam, None, True, None, -1, -1)
+        want = _torch.v2_backward_cuda(q, k, v, lam, out, dout, lse, None, True, None, -1, -1,
+                                       out_odd=odd)
+    assert torch.equal(out, want_out)
+    for name, t, w in zip(("dq", "dk", "dv", "dlam"), leaves, want):
+        assert torch.equal(t.grad, w), name
+    # Without torch's determinism the backward is another configuration:
+    # planned once more (the accumulating kernels on sm_90 and sm_90a).
+    before = _torch_native.resolver_calls
+    step(2)
+    assert _torch_native.resolver_calls == before + (
+        1 if _torch.default_backward_options(0) else 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,change,error,match", [
+    ("lse", lambda t: t.bfloat16(), TypeError, "lse: expected dtype"),
+    ("out_odd", lambda t: t[:, :-1], ValueError, "out_odd"),
+    ("dout", lambda t: t.cpu(), ValueError, "dout: expected a CUDA tensor"),
+])
+def test_backward_op_errors_name_the_tensor(name, change, error, match):
+    """torch.ops.diffattn.v2_backward on CUDA (the C++ kernel where built:
+    its Python planner raises) rejects a saved tensor that does not match
+    the forward's configuration, naming it, before anything runs."""
+    torch = _cuda_torch()
+    from diffattn import _torch
+
+    b, sq, sk, h2, hkv, d = SHAPE
+    q = torch.randn(b, sq, h2, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16)
+    lam = torch.randn(b, sq, h2 // 2, device="cuda", dtype=torch.bfloat16)
+    out, lse, odd = _torch.v2_train_cuda(q, k, v, lam, None, True, None, -1, -1)
+    args = dict(out=out, dout=torch.randn_like(out), lse=lse, out_odd=odd)
+    args[name] = change(args[name]).contiguous()
+    with pytest.raises(error, match=match):
+        torch.ops.diffattn.v2_backward(q, k, v, lam, args["out"], args["dout"], args["lse"],
+                                       None, True, None, -1, -1, args["out_odd"])
+
+
+@pytest.mark.gpu
 def test_keys_past_kv_len_are_never_read():
     """Whatever the cache holds at t >= kv_len[b] (NaN, Inf) changes no
     gradient, and those keys get dk = dv = 0 (as on the CPU)."""
