@@ -76,7 +76,6 @@ def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     [module handle, B, Sq, Sk, workspace f32 elements, out shape (4)].
     Raises the Python kernel's errors for an invalid call. (The same steps
     as the Python kernel, diffattn._torch._run, up to its launch.)"""
-    global resolver_calls
     from . import _torch
 
     _torch._validate(q, k, v, lam, kv_len)
@@ -86,12 +85,20 @@ def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
         window=(window_left, window_right),
         kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
         target=_torch._target_of(q.device.index))
+    return _module_plan(directory, sizes) + list(out_shape)
+
+
+def _module_plan(directory, sizes):
+    """[module handle, B, Sq, Sk, workspace f32 elements] of the artifact
+    `directory` (loaded with the runtime) for `sizes`; counts a resolver
+    call."""
+    global resolver_calls
     handle, names = _runtime.load_module(directory)
     if len(names) != 1:
         raise _runtime.RuntimeFailure(f"{directory}: expected one kernel, found {names}")
     workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
     resolver_calls += 1
-    return [handle.value, *sizes, workspace, *out_shape]
+    return [handle.value, *sizes, workspace]
 
 
 def _plan_forward_saved(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
@@ -99,17 +106,11 @@ def _plan_forward_saved(q, k, v, lam, kv_len, causal, scale, window_left, window
     forward configuration, as [module handle, B, Sq, Sk, workspace f32
     elements, out shape (4)]. Raises the Python kernel's errors for an
     invalid call."""
-    global resolver_calls
     from . import _torch
 
     directory, out_shape, sizes = _torch.forward_saving_prepare(
         q, k, v, lam, kv_len, causal, scale, window_left, window_right, out_odd=True)
-    handle, names = _runtime.load_module(directory)
-    if len(names) != 1:
-        raise _runtime.RuntimeFailure(f"{directory}: expected one kernel, found {names}")
-    workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
-    resolver_calls += 1
-    return [handle.value, *sizes, workspace, *out_shape]
+    return _module_plan(directory, sizes) + list(out_shape)
 
 
 def _plan_backward(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left,
@@ -118,18 +119,12 @@ def _plan_backward(q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_l
     configuration (the kernels _torch.default_backward_options picks), as
     [module handle, B, Sq, Sk, workspace f32 elements]. Raises the Python
     kernel's errors, naming the tensor, for an invalid call."""
-    global resolver_calls
     from . import _torch
 
     directory, sizes = _torch.backward_prepare(
         q, k, v, lam, out, dout, lse, kv_len, causal, scale, window_left, window_right,
         options=_torch.default_backward_options(q.device.index), out_odd=out_odd)
-    handle, names = _runtime.load_module(directory)
-    if len(names) != 1:
-        raise _runtime.RuntimeFailure(f"{directory}: expected one kernel, found {names}")
-    workspace = _runtime.workspace_elements(handle, names[0].encode(), sizes)
-    resolver_calls += 1
-    return [handle.value, *sizes, workspace]
+    return _module_plan(directory, sizes)
 
 
 def _arguments(op_name):
