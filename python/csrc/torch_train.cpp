@@ -11,13 +11,15 @@
 //
 // so that a forward + backward through autograd launches its kernels
 // without the Python CUDA kernels' per-call work (validation, the kernel
-// cache's look-up, the ctypes launch: about 1 ms of host time per step on an
-// H200 host, docs/performance.md, backward run 64). As for diffattn::v2
+// cache's look-up, torch.empty per output, the ctypes launch: 131-367 us
+// per training forward and 203-498 us per backward on an H200 host,
+// docs/performance.md, train-host run 66). As for diffattn::v2
 // (torch_op.cpp), the first call of a configuration asks a Python resolver
 // for its launch plan (diffattn::_v2_forward_saved_plan and
 // diffattn::_v2_backward_plan, defined by diffattn._torch_native: the Python
-// kernels' validation, errors naming the tensor, and kernel choice); later
-// calls of it run no Python.
+// kernels' validation, errors naming the tensor, and kernel choice); for
+// later calls of it the CUDA kernel runs no Python (custom_op's Python
+// autograd wrapper still runs in front of each op, about 6 us).
 //
 // The backward's kernels depend on torch's determinism setting
 // (diffattn._torch.default_backward_options: the accumulating kernels unless
@@ -69,6 +71,7 @@ forwardSavedCuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
     // [module, B, Sq, Sk, workspace, out shape (4)]; raises (the Python
     // kernel's error) for an invalid call.
     const char *name = "diffattn::_v2_forward_saved_plan";
+    TORCH_CHECK(gForwardSavedPlanOp, "diffattn: ", name, " is not installed");
     std::vector<int64_t> r = callResolver(
         *gForwardSavedPlanOp,
         {q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight}, name);
@@ -218,15 +221,19 @@ std::string installTraining() {
     return "diffattn::_v2_forward_saved_plan and diffattn::_v2_backward_plan "
            "must be defined";
   try {
+    // The resolvers first: a call may come (from any thread) as soon as a
+    // kernel is registered.
+    gForwardSavedPlanOp = forwardPlan;
+    gBackwardPlanOp = backwardPlan;
     auto impl = std::make_unique<torch::Library>(
         torch::Library::IMPL, "diffattn", c10::DispatchKey::CUDA, __FILE__,
         __LINE__);
     impl->impl("_v2_forward_saved", TORCH_FN(forwardSavedCuda));
     impl->impl("v2_backward", TORCH_FN(backwardCuda));
-    gForwardSavedPlanOp = forwardPlan;
-    gBackwardPlanOp = backwardPlan;
     gTrainingImpl = std::move(impl);
   } catch (const c10::Error &e) {
+    gForwardSavedPlanOp.reset();
+    gBackwardPlanOp.reset();
     return e.what_without_backtrace();
   }
   return "";

@@ -53,6 +53,8 @@ from ._torch_autograd import lse_dtype
 active = False
 #: Why not, when it does not ("" when it does).
 reason = "diffattn._torch not imported yet"
+#: Whether the C++ library serves the training ops' CUDA calls.
+training_active = False
 #: How many configurations the C++ kernel asked Python to plan (tests).
 resolver_calls = 0
 
@@ -137,7 +139,7 @@ def training_in_cpp():
     """Whether the C++ library serves the CUDA calls of
     diffattn::_v2_forward_saved and diffattn::v2_backward (the training
     forward and the backward; python/csrc/torch_train.cpp)."""
-    return active and bool(torch.ops.diffattn_ext.training_in_cpp())
+    return training_active
 
 
 def _install_training(lib):
@@ -219,7 +221,15 @@ def define_v2(kernel, fake):
         warnings.warn(f"diffattn: the C++ kernel of torch.ops.diffattn.v2 is not used: {why}")
         return True
     active, reason = True, ""
-    why = _install_training(lib)
+    # v2 is defined by now: nothing raised here may leave the import half
+    # done (a second import would define v2 again), so any failure means
+    # the Python CUDA kernels serve the training ops.
+    try:
+        why = _install_training(lib)
+    except Exception as e:  # noqa: BLE001 (an older or broken library)
+        why = f"{type(e).__name__}: {e}"
+    global training_active
+    training_active = not why
     if why:
         warnings.warn(f"diffattn: the training ops run their Python CUDA kernels: {why}")
     return True
