@@ -127,6 +127,22 @@ def test_backward_op_names_mismatched_tensors():
                                   *config)
 
 
+def test_training_ops_have_cpp_cuda_kernels_where_built():
+    """A library built from this tree also serves the training ops' CUDA
+    calls: the dispatcher's CUDA kernel of each is python/csrc/
+    torch_train.cpp's, not the custom op's Python one (which would replace
+    it if _torch_autograd registered it after)."""
+    from diffattn import _torch_native
+
+    if not _torch_native.active:
+        pytest.skip(f"the C++ kernel is not active: {_torch_native.reason}")
+    assert _torch_native.training_in_cpp()
+    for op in ("_v2_forward_saved", "v2_backward"):
+        dump = torch._C._dispatch_dump(f"diffattn::{op}")
+        cuda = [line for line in dump.splitlines() if line.startswith("CUDA:")]
+        assert len(cuda) == 1 and "torch_train.cpp" in cuda[0], dump
+
+
 def test_autograd_dispatch_only_for_calls_that_need_grad():
     """With the C++ kernel (diffattn._torch_native), v2's Autograd kernel is
     C++: calls that need grad go to diffattn::_v2_train (the formula), every
