@@ -272,12 +272,16 @@ Value BackwardLowering::addQueryGradient(Decomposition &dec, Value dScores,
   AffineExpr d0 = dec.dim(0), d1 = dec.dim(1), d2 = dec.dim(2), d3 = dec.dim(3),
              d4 = dec.dim(4);
   // dq[b, i, j, d] += sum_t dS[b, j, i, t] * k[b, t, kh(j), d] (loops b i j
-  // d t; keys past kv_len never read).
+  // t d; keys past kv_len never read). The reduction over keys sits outside
+  // the loop over d, so the innermost loop is an axpy over contiguous rows
+  // of k and dq, which LLVM vectorizes; innermost, the sum over keys read k
+  // with a stride of Hkv x D elements (scalar gathers, 0.5-2 GFLOP/s;
+  // docs/performance.md, CPU 2026-12-04).
   return dec.contract(dScores, kBlock, dqSum,
-                      {dec.map(5, {d0, d2, d1, d4}),
-                       dec.map(5, {d0, d4, config.keyHead(d2), d3}),
-                       dec.map(5, {d0, d1, d2, d3})},
-                      {kPar, kPar, kPar, kPar, kRed}, /*keyLoop=*/4);
+                      {dec.map(5, {d0, d2, d1, d3}),
+                       dec.map(5, {d0, d3, config.keyHead(d2), d4}),
+                       dec.map(5, {d0, d1, d2, d4})},
+                      {kPar, kPar, kPar, kRed, kPar}, /*keyLoop=*/3);
 }
 
 Value BackwardLowering::keyGradient(Decomposition &dec, const RowBlock &rb,
@@ -301,7 +305,8 @@ Value BackwardLowering::keyGradient(Decomposition &dec, const RowBlock &rb,
   OpFoldResult kvHeads = rewriter.getIndexAttr(config.numKeyHeads);
   if (!values) {
     // dk[b, t, g, d] += sum_{jj, i} dS[b, g, jj, i, t] * q[b, i, g, jj, d]
-    //                                                  (loops b t g d jj i)
+    // (loops b g jj i t d: the reductions outside, an axpy over contiguous
+    // rows of q and dk innermost, as for dq).
     OpFoldResult group = rewriter.getIndexAttr(groupSize);
     Value groupedScores =
         expand(grads, {{0}, {1, 2}, {3}, {4}},
@@ -310,13 +315,13 @@ Value BackwardLowering::keyGradient(Decomposition &dec, const RowBlock &rb,
                             {dec.batch, dec.seqQ, kvHeads, group,
                              rewriter.getIndexAttr(config.headDim)});
     return dec.contract(groupedScores, groupedQ, init,
-                        {dec.map(6, {d0, d2, d4, d5, d1}),
-                         dec.map(6, {d0, d5, d2, d4, d3}),
-                         dec.map(6, {d0, d1, d2, d3})},
-                        {kPar, kPar, kPar, kPar, kRed, kRed});
+                        {dec.map(6, {d0, d1, d2, d3, d4}),
+                         dec.map(6, {d0, d3, d1, d2, d5}),
+                         dec.map(6, {d0, d4, d1, d5})},
+                        {kPar, kPar, kRed, kRed, kPar, kPar});
   }
   // dv[b, t, g, e] += sum_{pp, s, i} w_j P[b, g, pp, s, i, t] *
-  // dout[b, i, g, pp, e] (j = g * G + 2 pp + s)     (loops b t g e pp s i)
+  // dout[b, i, g, pp, e] (j = g * G + 2 pp + s)     (loops b g pp s i t e)
   OpFoldResult pairsPerGroup = rewriter.getIndexAttr(groupSize / 2);
   Value groupedProbs = expand(grads, {{0}, {1, 2, 3}, {4}, {5}},
                               {dec.batch, kvHeads, pairsPerGroup,
@@ -325,10 +330,10 @@ Value BackwardLowering::keyGradient(Decomposition &dec, const RowBlock &rb,
       expand(rb.dout, {{0}, {1}, {2, 3}, {4}},
              {dec.batch, dec.seqQ, kvHeads, pairsPerGroup, dec.valueDim});
   return dec.contract(groupedProbs, groupedDout, init,
-                      {dec.map(7, {d0, d2, d4, d5, d6, d1}),
-                       dec.map(7, {d0, d6, d2, d4, d3}),
-                       dec.map(7, {d0, d1, d2, d3})},
-                      {kPar, kPar, kPar, kPar, kRed, kRed, kRed});
+                      {dec.map(7, {d0, d1, d2, d3, d4, d5}),
+                       dec.map(7, {d0, d4, d1, d2, d6}),
+                       dec.map(7, {d0, d5, d1, d6})},
+                      {kPar, kPar, kRed, kRed, kRed, kPar, kPar});
 }
 
 Value BackwardLowering::lambdaGradient(Decomposition &dec, const RowBlock &rb,

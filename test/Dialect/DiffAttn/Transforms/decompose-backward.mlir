@@ -6,12 +6,15 @@
 // per query head, scale * dS (the scale of dq and dk, applied once per
 // element) and w_j P, then dq (keys past kv_len never read; accumulated in
 // its f32 destination, no copy after), dk and dv summed over the KV group
-// through expand_shape (j = g * G + jj), and dlam.
+// through expand_shape (j = g * G + jj), and dlam. The three gradient
+// contractions keep their reductions outside the loop over D (an axpy over
+// contiguous rows innermost, which LLVM vectorizes; reductions innermost
+// read their operands with strides of 2H x D elements).
 
 // CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2 * 2 + 1, d1, d3)>
 // CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
-// CHECK-DAG: #[[MDSG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d2, d4, d5, d1)>
-// CHECK-DAG: #[[MQG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d5, d2, d4, d3)>
+// CHECK-DAG: #[[MDSG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d1, d2, d3, d4)>
+// CHECK-DAG: #[[MQG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d3, d1, d2, d5)>
 // CHECK-LABEL: func.func @backward
 // CHECK-SAME:    %[[Q:[a-z0-9]+]]: tensor<2x7x8x16xf32>, %[[K:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[V:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[LAM:[a-z0-9]+]]: tensor<2x7x4xf32>, %[[O:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[DO:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[LSE:[a-z0-9]+]]: tensor<2x8x7xf32>, %[[KVLEN:[a-z0-9]+]]: tensor<2xi32>
 // CHECK-NOT:   scf.for
@@ -30,14 +33,14 @@
 // CHECK:       %[[DS:.*]]:2 = linalg.generic {{.*}} ins(%[[P]], %[[G]], %[[D]], %[[LAM]], %[[M]] :
 // CHECK:         %[[SCALE:.*]] = arith.constant 2.500000e-01 : f32
 // CHECK-NEXT:    arith.mulf %{{.*}}, %[[SCALE]] : f32
-// CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
+// CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}}iterator_types = ["parallel", "parallel", "parallel", "reduction", "parallel"]} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
 // CHECK-NOT:   ins(%[[DQSUM]]
 // CHECK:       %[[DSG:.*]] = tensor.expand_shape %[[DS]]#0 {{\[}}[0], [1, 2], [3], [4]] output_shape [2, 2, 4, 7, 9]
 // CHECK:       %[[QG:.*]] = tensor.expand_shape %[[Q]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 4, 16]
-// CHECK:       linalg.generic {indexing_maps = [#[[MDSG]], #[[MQG]], {{.*}}], iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction"]} ins(%[[DSG]], %[[QG]] :
+// CHECK:       linalg.generic {indexing_maps = [#[[MDSG]], #[[MQG]], {{.*}}], iterator_types = ["parallel", "parallel", "reduction", "reduction", "parallel", "parallel"]} ins(%[[DSG]], %[[QG]] :
 // CHECK:       tensor.expand_shape %[[DS]]#1 {{\[}}[0], [1, 2, 3], [4], [5]] output_shape [2, 2, 2, 2, 7, 9]
 // CHECK:       tensor.expand_shape %[[DO]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 2, 16]
-// CHECK:       iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction", "reduction", "reduction"]
+// CHECK:       iterator_types = ["parallel", "parallel", "reduction", "reduction", "reduction", "parallel", "parallel"]
 // CHECK:       linalg.generic {{.*}} ins(%[[R]], %[[LAM]] :
 // CHECK-NOT:   diffattn.v2_backward
 func.func @backward(%q: tensor<2x7x8x16xf32>, %k: tensor<2x9x2x16xf32>, %v: tensor<2x9x2x16xf32>, %lam: tensor<2x7x4xf32>, %o: tensor<2x7x4x16xf32>, %do: tensor<2x7x4x16xf32>, %lse: tensor<2x8x7xf32>, %kvlen: tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>) {
