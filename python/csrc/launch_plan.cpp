@@ -75,10 +75,11 @@ void Plan::add(const diffattn_buffer &buffer) {
   buffers[numBuffers++] = buffer;
 }
 
-std::vector<int64_t> callResolver(const c10::OperatorHandle &op,
+std::vector<int64_t> callResolver(const std::optional<c10::OperatorHandle> &op,
                                   std::vector<c10::IValue> stack,
                                   const char *resolverName) {
-  op.callBoxed(stack);
+  TORCH_CHECK(op, "diffattn: ", resolverName, " is not installed");
+  op->callBoxed(stack);
   TORCH_CHECK(stack.size() == 1 && stack[0].isIntList(), resolverName,
               " must return int[]");
   return stack[0].toIntVector();
@@ -99,6 +100,22 @@ std::unique_ptr<Plan> planFromResolver(const std::vector<int64_t> &r,
   plan->Sk = r[3];
   plan->workspace = r[4];
   return plan;
+}
+
+void Plan::addWorkspace() {
+  if (workspace > 0)
+    add(describe("workspace", DIFFATTN_F32, {workspace}));
+}
+
+const Plan *
+PlanCache::findOrResolve(const Key &key, bool keyed,
+                         c10::function_ref<std::unique_ptr<Plan>()> resolve,
+                         const char *resolverName) {
+  if (const Plan *plan = keyed ? find(key) : nullptr)
+    return plan;
+  std::unique_ptr<Plan> fresh = resolve();
+  TORCH_CHECK(keyed, resolverName, " accepted an unplannable call");
+  return insert(key, std::move(fresh));
 }
 
 const Plan *PlanCache::find(const Key &key) {
@@ -147,6 +164,9 @@ at::Tensor newCudaTensor(c10::ArrayRef<int64_t> shape, at::ScalarType dtype,
   return t;
 }
 
+namespace {
+
+/// A workspace of `elements` f32 on `like`'s device.
 Workspace newWorkspace(int64_t elements, const at::Tensor &like) {
   Workspace w;
   if (c10::Allocator *allocator =
@@ -160,17 +180,29 @@ Workspace newWorkspace(int64_t elements, const at::Tensor &like) {
   return w;
 }
 
+} // namespace
+
 void *currentStream(c10::Device device) {
   return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
       ->getStream(device)
       .native_handle();
 }
 
-void launch(const Plan &plan, const std::array<void *, Plan::kMaxBuffers> &data,
-            c10::Device device) {
+Workspace LaunchData::pushWorkspace(const Plan &plan, const at::Tensor &like) {
+  Workspace w;
+  if (plan.workspace > 0) {
+    w = newWorkspace(plan.workspace, like);
+    pointers[size++] = w.data;
+  }
+  return w;
+}
+
+void launch(const Plan &plan, const LaunchData &data, c10::Device device) {
+  TORCH_CHECK(data.size == plan.numBuffers, "diffattn: ", data.size,
+              " data pointers for a plan of ", plan.numBuffers, " buffers");
   std::array<diffattn_buffer, Plan::kMaxBuffers> buffers = plan.buffers;
   for (int i = 0; i < plan.numBuffers; ++i)
-    buffers[i].data = data[i];
+    buffers[i].data = data.pointers[i];
   int rc =
       gRuntime.launch(plan.module, plan.kernel, buffers.data(), plan.numBuffers,
                       plan.B, plan.Sq, plan.Sk, currentStream(device));

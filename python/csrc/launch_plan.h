@@ -24,6 +24,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/Allocator.h>
+#include <c10/util/FunctionRef.h>
 
 #include <array>
 #include <cstring>
@@ -121,6 +122,9 @@ struct Plan {
 
   /// Appends a buffer (a plan has at most kMaxBuffers).
   void add(const diffattn_buffer &buffer);
+  /// Appends the f32 workspace buffer where the kernel needs one (it is
+  /// always the last).
+  void addWorkspace();
 };
 
 /// Builds a plan from a resolver's result `r` = [module handle, B, Sq, Sk,
@@ -133,7 +137,8 @@ std::unique_ptr<Plan> planFromResolver(const std::vector<int64_t> &r,
 
 /// Calls the resolver op `op` on `stack` (the op's arguments) and returns
 /// its int[] result; a Python exception (the call is invalid) propagates.
-std::vector<int64_t> callResolver(const c10::OperatorHandle &op,
+/// Errors (TORCH_CHECK) when `op` is not installed.
+std::vector<int64_t> callResolver(const std::optional<c10::OperatorHandle> &op,
                                   std::vector<c10::IValue> stack,
                                   const char *resolverName);
 
@@ -145,6 +150,14 @@ public:
   /// Stores `plan` under `key` unless a plan is there already; returns the
   /// stored one.
   const Plan *insert(const Key &key, std::unique_ptr<Plan> plan);
+  /// The plan of `key`, or (first call of a configuration) the one
+  /// `resolve` builds, stored under `key`. `resolve` runs outside the lock
+  /// (it calls Python, which may compile) and raises for an invalid call;
+  /// `keyed` false (the call could not be keyed) with a plan resolved is an
+  /// error naming `resolverName`.
+  const Plan *findOrResolve(const Key &key, bool keyed,
+                            c10::function_ref<std::unique_ptr<Plan>()> resolve,
+                            const char *resolverName);
 
 private:
   std::mutex mutex;
@@ -169,8 +182,19 @@ struct Workspace {
   void *data = nullptr;
 };
 
-/// A workspace of `elements` f32 on `like`'s device.
-Workspace newWorkspace(int64_t elements, const at::Tensor &like);
+/// A call's data pointers, in the plan's buffer order.
+struct LaunchData {
+  std::array<void *, Plan::kMaxBuffers> pointers{};
+  int size = 0;
+
+  void push(const at::Tensor &t) {
+    pointers[size++] = const_cast<void *>(t.const_data_ptr());
+  }
+  /// The plan's workspace (allocated on `like`'s device) where it has one,
+  /// as the last pointer; the returned Workspace keeps it until the launch
+  /// is queued.
+  Workspace pushWorkspace(const Plan &plan, const at::Tensor &like);
+};
 
 /// The current CUDA stream of `device`, as the runtime's void *.
 void *currentStream(c10::Device device);
@@ -178,8 +202,7 @@ void *currentStream(c10::Device device);
 /// Launches `plan` with `data` (one pointer per buffer, in order) on the
 /// current stream of `device`, whose context must be current (a
 /// DeviceGuard). Errors (TORCH_CHECK) with the runtime's message.
-void launch(const Plan &plan, const std::array<void *, Plan::kMaxBuffers> &data,
-            c10::Device device);
+void launch(const Plan &plan, const LaunchData &data, c10::Device device);
 
 } // namespace diffattn_torch
 

@@ -99,9 +99,8 @@ std::unique_ptr<Plan> resolve(const at::Tensor &q, const at::Tensor &k,
                               const std::optional<at::Tensor> &kvLen,
                               bool causal, std::optional<double> scale,
                               int64_t windowLeft, int64_t windowRight) {
-  TORCH_CHECK(gPlanOp, "diffattn: the native kernel is not installed");
   std::vector<int64_t> r = callResolver(
-      *gPlanOp, {q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight},
+      gPlanOp, {q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight},
       "diffattn::_v2_plan");
   std::unique_ptr<Plan> plan = planFromResolver(r, 9, "diffattn::_v2_plan");
   for (int d = 0; d < 4; ++d)
@@ -113,8 +112,7 @@ std::unique_ptr<Plan> resolve(const at::Tensor &q, const at::Tensor &k,
   if (kvLen)
     plan->add(describe("kv_len", *kvLen));
   plan->add(describe("out", runtimeDtype(q.scalar_type()), plan->outShape));
-  if (plan->workspace > 0)
-    plan->add(describe("workspace", DIFFATTN_F32, {plan->workspace}));
+  plan->addWorkspace();
   return plan;
 }
 
@@ -132,34 +130,25 @@ at::Tensor v2Cuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
                pushTensor(key, &v) && pushTensor(key, &lam) &&
                pushTensor(key, kvLen ? &*kvLen : nullptr) &&
                pushOptions(key, causal, scale, windowLeft, windowRight);
-  const Plan *plan = keyed ? planCache().find(key) : nullptr;
-  if (!plan) {
-    // Not under the cache's lock: the resolver runs Python (which may
-    // compile).
-    std::unique_ptr<Plan> fresh =
-        resolve(q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight);
-    TORCH_CHECK(keyed, "diffattn::_v2_plan accepted an unplannable call");
-    plan = planCache().insert(key, std::move(fresh));
-  }
+  const Plan *plan = planCache().findOrResolve(
+      key, keyed,
+      [&] {
+        return resolve(q, k, v, lam, kvLen, causal, scale, windowLeft,
+                       windowRight);
+      },
+      "diffattn::_v2_plan");
 
   // The runtime launches in the current CUDA context: that of q's device.
   c10::DeviceGuard guard(q.device());
   int64_t tLookup = timing ? nowNs() : 0;
   at::Tensor out = newCudaTensor(plan->outShape, q.scalar_type(), q);
-  std::array<void *, Plan::kMaxBuffers> data{};
-  int n = 0;
-  data[n++] = const_cast<void *>(q.const_data_ptr());
-  data[n++] = const_cast<void *>(k.const_data_ptr());
-  data[n++] = const_cast<void *>(v.const_data_ptr());
-  data[n++] = const_cast<void *>(lam.const_data_ptr());
+  LaunchData data;
+  for (const at::Tensor *t : {&q, &k, &v, &lam})
+    data.push(*t);
   if (kvLen)
-    data[n++] = const_cast<void *>(kvLen->const_data_ptr());
-  data[n++] = out.data_ptr();
-  Workspace workspace;
-  if (plan->workspace > 0) {
-    workspace = newWorkspace(plan->workspace, q);
-    data[n++] = workspace.data;
-  }
+    data.push(*kvLen);
+  data.push(out);
+  Workspace workspace = data.pushWorkspace(*plan, q);
   int64_t tAlloc = timing ? nowNs() : 0;
   launch(*plan, data, q.device());
   if (timing) {

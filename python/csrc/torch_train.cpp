@@ -48,8 +48,6 @@ constexpr int64_t kBackwardTag = 3;
 std::optional<c10::OperatorHandle> gForwardSavedPlanOp, gBackwardPlanOp;
 std::unique_ptr<torch::Library> gTrainingImpl;
 
-const void *ptr(const at::Tensor &t) { return t.const_data_ptr(); }
-
 /// The CUDA kernel of diffattn::_v2_forward_saved: q [B, Sq, 2H, D], k and
 /// v [B, Sk, Hkv, D / Dv], lam [B, Sq, H] (q's dtype or f32), kv_len an
 /// optional [B] int32, BSHD and contiguous. Returns out [B, Sq, H, Dv] (q's
@@ -66,54 +64,48 @@ forwardSavedCuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
                pushTensor(key, &lam) &&
                pushTensor(key, kvLen ? &*kvLen : nullptr) &&
                pushOptions(key, causal, scale, windowLeft, windowRight);
-  const Plan *plan = keyed ? planCache().find(key) : nullptr;
-  if (!plan) {
-    // [module, B, Sq, Sk, workspace, out shape (4)]; raises (the Python
-    // kernel's error) for an invalid call.
-    const char *name = "diffattn::_v2_forward_saved_plan";
-    TORCH_CHECK(gForwardSavedPlanOp, "diffattn: ", name, " is not installed");
-    std::vector<int64_t> r = callResolver(
-        *gForwardSavedPlanOp,
-        {q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight}, name);
-    std::unique_ptr<Plan> fresh = planFromResolver(r, 9, name);
-    for (int d = 0; d < 4; ++d)
-      fresh->outShape[d] = r[5 + d];
-    int32_t elem = runtimeDtype(q.scalar_type());
-    fresh->add(describe("q", q));
-    fresh->add(describe("k", k));
-    fresh->add(describe("v", v));
-    fresh->add(describe("lam", lam));
-    if (kvLen)
-      fresh->add(describe("kv_len", *kvLen));
-    fresh->add(describe("out", elem, fresh->outShape));
-    fresh->add(
-        describe("lse", DIFFATTN_F32, {q.size(0), q.size(2), q.size(1)}));
-    fresh->add(describe("out_odd", elem, fresh->outShape));
-    if (fresh->workspace > 0)
-      fresh->add(describe("workspace", DIFFATTN_F32, {fresh->workspace}));
-    TORCH_CHECK(keyed, name, " accepted an unplannable call");
-    plan = planCache().insert(key, std::move(fresh));
-  }
+  // [module, B, Sq, Sk, workspace, out shape (4)]; the resolver raises (the
+  // Python kernel's error) for an invalid call.
+  const char *name = "diffattn::_v2_forward_saved_plan";
+  const Plan *plan = planCache().findOrResolve(
+      key, keyed,
+      [&] {
+        std::vector<int64_t> r = callResolver(
+            gForwardSavedPlanOp,
+            {q, k, v, lam, kvLen, causal, scale, windowLeft, windowRight},
+            name);
+        std::unique_ptr<Plan> fresh = planFromResolver(r, 9, name);
+        for (int d = 0; d < 4; ++d)
+          fresh->outShape[d] = r[5 + d];
+        int32_t elem = runtimeDtype(q.scalar_type());
+        fresh->add(describe("q", q));
+        fresh->add(describe("k", k));
+        fresh->add(describe("v", v));
+        fresh->add(describe("lam", lam));
+        if (kvLen)
+          fresh->add(describe("kv_len", *kvLen));
+        fresh->add(describe("out", elem, fresh->outShape));
+        fresh->add(
+            describe("lse", DIFFATTN_F32, {q.size(0), q.size(2), q.size(1)}));
+        fresh->add(describe("out_odd", elem, fresh->outShape));
+        fresh->addWorkspace();
+        return fresh;
+      },
+      name);
 
   c10::DeviceGuard guard(q.device());
   at::Tensor out = newCudaTensor(plan->outShape, q.scalar_type(), q);
   at::Tensor lse =
       newCudaTensor({q.size(0), q.size(2), q.size(1)}, at::kFloat, q);
   at::Tensor outOdd = newCudaTensor(plan->outShape, q.scalar_type(), q);
-  std::array<void *, Plan::kMaxBuffers> data{};
-  int n = 0;
+  LaunchData data;
   for (const at::Tensor *t : {&q, &k, &v, &lam})
-    data[n++] = const_cast<void *>(ptr(*t));
+    data.push(*t);
   if (kvLen)
-    data[n++] = const_cast<void *>(ptr(*kvLen));
-  data[n++] = out.data_ptr();
-  data[n++] = lse.data_ptr();
-  data[n++] = outOdd.data_ptr();
-  Workspace workspace;
-  if (plan->workspace > 0) {
-    workspace = newWorkspace(plan->workspace, q);
-    data[n++] = workspace.data;
-  }
+    data.push(*kvLen);
+  for (const at::Tensor *t : {&out, &lse, &outOdd})
+    data.push(*t);
+  Workspace workspace = data.pushWorkspace(*plan, q);
   launch(*plan, data, q.device());
   return {out, lse, outOdd};
 }
@@ -140,58 +132,53 @@ backwardCuda(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
           pushTensor(key, outOdd ? &*outOdd : nullptr) &&
           pushOptions(key, causal, scale, windowLeft, windowRight) &&
           key.push(at::globalContext().deterministicAlgorithms() ? 1 : 0);
-  const Plan *plan = keyed ? planCache().find(key) : nullptr;
-  if (!plan) {
-    // [module, B, Sq, Sk, workspace]; raises (the Python kernel's error,
-    // naming the tensor) for an invalid call.
-    const char *name = "diffattn::_v2_backward_plan";
-    std::vector<int64_t> r =
-        callResolver(*gBackwardPlanOp,
-                     {q, k, v, lam, out, dout, lse, kvLen, causal, scale,
-                      windowLeft, windowRight, outOdd},
-                     name);
-    std::unique_ptr<Plan> fresh = planFromResolver(r, 5, name);
-    fresh->add(describe("q", q));
-    fresh->add(describe("k", k));
-    fresh->add(describe("v", v));
-    fresh->add(describe("lam", lam));
-    fresh->add(describe("out", out));
-    fresh->add(describe("dout", dout));
-    fresh->add(describe("lse", lse));
-    if (kvLen)
-      fresh->add(describe("kv_len", *kvLen));
-    if (outOdd)
-      fresh->add(describe("out_odd", *outOdd));
-    fresh->add(describe("dq", q));
-    fresh->add(describe("dk", k));
-    fresh->add(describe("dv", v));
-    fresh->add(describe("dlam", lam));
-    if (fresh->workspace > 0)
-      fresh->add(describe("workspace", DIFFATTN_F32, {fresh->workspace}));
-    TORCH_CHECK(keyed, name, " accepted an unplannable call");
-    plan = planCache().insert(key, std::move(fresh));
-  }
+  // [module, B, Sq, Sk, workspace]; the resolver raises (the Python
+  // kernel's error, naming the tensor) for an invalid call.
+  const char *name = "diffattn::_v2_backward_plan";
+  const Plan *plan = planCache().findOrResolve(
+      key, keyed,
+      [&] {
+        std::vector<int64_t> r =
+            callResolver(gBackwardPlanOp,
+                         {q, k, v, lam, out, dout, lse, kvLen, causal, scale,
+                          windowLeft, windowRight, outOdd},
+                         name);
+        std::unique_ptr<Plan> fresh = planFromResolver(r, 5, name);
+        fresh->add(describe("q", q));
+        fresh->add(describe("k", k));
+        fresh->add(describe("v", v));
+        fresh->add(describe("lam", lam));
+        fresh->add(describe("out", out));
+        fresh->add(describe("dout", dout));
+        fresh->add(describe("lse", lse));
+        if (kvLen)
+          fresh->add(describe("kv_len", *kvLen));
+        if (outOdd)
+          fresh->add(describe("out_odd", *outOdd));
+        fresh->add(describe("dq", q));
+        fresh->add(describe("dk", k));
+        fresh->add(describe("dv", v));
+        fresh->add(describe("dlam", lam));
+        fresh->addWorkspace();
+        return fresh;
+      },
+      name);
 
   c10::DeviceGuard guard(q.device());
   at::Tensor dq = newCudaTensor(q.sizes(), q.scalar_type(), q);
   at::Tensor dk = newCudaTensor(k.sizes(), k.scalar_type(), q);
   at::Tensor dv = newCudaTensor(v.sizes(), v.scalar_type(), q);
   at::Tensor dlam = newCudaTensor(lam.sizes(), lam.scalar_type(), q);
-  std::array<void *, Plan::kMaxBuffers> data{};
-  int n = 0;
+  LaunchData data;
   for (const at::Tensor *t : {&q, &k, &v, &lam, &out, &dout, &lse})
-    data[n++] = const_cast<void *>(ptr(*t));
+    data.push(*t);
   if (kvLen)
-    data[n++] = const_cast<void *>(ptr(*kvLen));
+    data.push(*kvLen);
   if (outOdd)
-    data[n++] = const_cast<void *>(ptr(*outOdd));
-  for (at::Tensor *t : {&dq, &dk, &dv, &dlam})
-    data[n++] = t->data_ptr();
-  Workspace workspace;
-  if (plan->workspace > 0) {
-    workspace = newWorkspace(plan->workspace, q);
-    data[n++] = workspace.data;
-  }
+    data.push(*outOdd);
+  for (const at::Tensor *t : {&dq, &dk, &dv, &dlam})
+    data.push(*t);
+  Workspace workspace = data.pushWorkspace(*plan, q);
   launch(*plan, data, q.device());
   return {dq, dk, dv, dlam};
 }

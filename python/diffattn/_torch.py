@@ -56,15 +56,26 @@ def _target_of(device_index):
     return _gpu.target_for_capability(torch.cuda.get_device_capability(device_index))
 
 
-def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=None,
-         block_table=None):
+def forward_prepare(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
+                    block_table=None, return_lse=False, out_odd=False):
+    """Validates a forward call and builds or finds its kernel (with
+    `return_lse` one that also writes lse, with `out_odd` also out_odd):
+    (artifact directory, out shape, (B, Sq, Sk)). Errors name the argument
+    (_validate, _gpu.prepare_v2)."""
     _validate(q, k, v, lam, kv_len, block_table)
-    target = _target_of(q.device.index)
-    directory, out_shape, sizes = _gpu.prepare_v2(
+    return _gpu.prepare_v2(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
         _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
-        kv_len_shape=None if kv_len is None else tuple(kv_len.shape), target=target,
-        block_table_shape=None if block_table is None else tuple(block_table.shape))
+        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
+        target=_target_of(q.device.index),
+        block_table_shape=None if block_table is None else tuple(block_table.shape),
+        return_lse=return_lse, return_out_odd=out_odd)
+
+
+def _run(q, k, v, lam, kv_len, causal, scale, window_left, window_right, out=None,
+         block_table=None):
+    directory, out_shape, sizes = forward_prepare(q, k, v, lam, kv_len, causal, scale,
+                                                  window_left, window_right, block_table)
     out = _output(out, out_shape, q)
     named = [("q", "x", q), ("k", "x", k), ("v", "x", v), ("lam", "x", lam)]
     if kv_len is not None:
@@ -99,26 +110,14 @@ def _launch(directory, named, sizes, device):
             _gpu.launch_v2(directory, buffers, sizes, stream, alloc_workspace)
 
 
-def forward_saving_prepare(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
-                           out_odd):
-    """Validates a forward call that also writes lse (and, with `out_odd`,
-    out_odd) and builds or finds its kernel: (artifact directory, out shape,
-    (B, Sq, Sk)). Errors name the argument (_validate, _gpu.prepare_v2)."""
-    _validate(q, k, v, lam, kv_len)
-    return _gpu.prepare_v2(
-        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), _ELEM[q.dtype],
-        _ELEM[lam.dtype], causal=causal, scale=scale, window=(window_left, window_right),
-        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_target_of(q.device.index), return_lse=True, return_out_odd=out_odd)
-
-
 def _forward_saving(q, k, v, lam, kv_len, causal, scale, window_left, window_right,
                     out_odd):
     """One forward kernel that also writes lse [B, 2H, Sq] float32 and, with
     `out_odd`, the pairs' second heads A_{2h+1} [B, Sq, H, Dv]: (out, lse)
     or (out, lse, out_odd)."""
-    directory, out_shape, sizes = forward_saving_prepare(
-        q, k, v, lam, kv_len, causal, scale, window_left, window_right, out_odd)
+    directory, out_shape, sizes = forward_prepare(
+        q, k, v, lam, kv_len, causal, scale, window_left, window_right, return_lse=True,
+        out_odd=out_odd)
     b, sq, h2, _ = q.shape
     results = [torch.empty(out_shape, dtype=q.dtype, device=q.device),
                torch.empty((b, h2, sq), dtype=torch.float32, device=q.device)]

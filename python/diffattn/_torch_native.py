@@ -46,7 +46,7 @@ import warnings
 
 import torch
 
-from . import _build_config, _gpu, _runtime
+from . import _build_config, _runtime
 from ._torch_autograd import lse_dtype
 
 #: Whether the C++ kernel serves CUDA calls of torch.ops.diffattn.v2.
@@ -80,13 +80,8 @@ def _plan(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
     as the Python kernel, diffattn._torch._run, up to its launch.)"""
     from . import _torch
 
-    _torch._validate(q, k, v, lam, kv_len)
-    directory, out_shape, sizes = _gpu.prepare_v2(
-        tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape),
-        _torch._ELEM[q.dtype], _torch._ELEM[lam.dtype], causal=causal, scale=scale,
-        window=(window_left, window_right),
-        kv_len_shape=None if kv_len is None else tuple(kv_len.shape),
-        target=_torch._target_of(q.device.index))
+    directory, out_shape, sizes = _torch.forward_prepare(
+        q, k, v, lam, kv_len, causal, scale, window_left, window_right)
     return _module_plan(directory, sizes) + list(out_shape)
 
 
@@ -110,8 +105,9 @@ def _plan_forward_saved(q, k, v, lam, kv_len, causal, scale, window_left, window
     invalid call."""
     from . import _torch
 
-    directory, out_shape, sizes = _torch.forward_saving_prepare(
-        q, k, v, lam, kv_len, causal, scale, window_left, window_right, out_odd=True)
+    directory, out_shape, sizes = _torch.forward_prepare(
+        q, k, v, lam, kv_len, causal, scale, window_left, window_right, return_lse=True,
+        out_odd=True)
     return _module_plan(directory, sizes) + list(out_shape)
 
 
