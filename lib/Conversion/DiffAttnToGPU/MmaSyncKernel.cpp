@@ -446,10 +446,8 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         sums[s] = quadSum(final[s * perHead + valueTiles * 4 + 2 + rr]);
         inverse[s] = epilogue.inverseSum(sums[s]);
       }
-      Value rowIndex = add(qRowBase, row);
-      Value lamIndex =
-          select(valid, epilogue.pairRowIndex(rowIndex, pair), idx(0));
-      Value sig = epilogue.sigmoidOfLam(lam, lamIndex);
+      Value pairRow = epilogue.pairRowIndex(add(qRowBase, row), pair);
+      Value sig = epilogue.sigmoidOfLam(lam, select(valid, pairRow, idx(0)));
       // o0 - sig * o1 = acc0 * inv0 - (sig * inv1) * acc1.
       Value scale1 = fmul(sig, inverse[1]);
       // lse[b, 2 pair + s, i] = scale * offset + ln(sum): the sums are
@@ -470,10 +468,10 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
         });
       }
       ifThen(valid, [&] {
-        Value outBase =
-            mul(epilogue.pairRowIndex(rowIndex, pair), plan.valueDim);
+        Value outBase = mul(pairRow, plan.valueDim);
         Value colLane = mul(rem(lane, 4), 2);
         for (int64_t t = 0; t < valueTiles; ++t) {
+          Value at = add(add(outBase, colLane), t * 8);
           SmallVector<Value> vals;
           for (int64_t e = 2 * rr; e < 2 * rr + 2; ++e)
             vals.push_back(arith::TruncFOp::create(
@@ -482,8 +480,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
                      fmul(final[perHead + t * 4 + e], scale1))));
           Value pairValue =
               vector::FromElementsOp::create(b, loc, outPairType, vals);
-          vector::StoreOp::create(b, loc, pairValue, out,
-                                  ValueRange{add(add(outBase, colLane), t * 8)},
+          vector::StoreOp::create(b, loc, pairValue, out, ValueRange{at},
                                   /*nontemporal=*/false, alignment);
           // out_odd: the second head's normalised output, A_{2h+1}.
           if (outOdd) {
@@ -495,8 +492,7 @@ void MmaSyncKernelBuilder::build(gpu::GPUFuncOp func) {
             vector::StoreOp::create(
                 b, loc,
                 vector::FromElementsOp::create(b, loc, outPairType, odd),
-                outOdd, ValueRange{add(add(outBase, colLane), t * 8)},
-                /*nontemporal=*/false, alignment);
+                outOdd, ValueRange{at}, /*nontemporal=*/false, alignment);
           }
         }
       });
