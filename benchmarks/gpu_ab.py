@@ -21,9 +21,8 @@ On a machine with the compilers (no GPU needed):
 compiles the calls with each named compiler (keys carry each compiler's
 --version line) and with each variant's strategy options (this tree's
 compiler with --gpu-options=OPTIONS; `@D,D...` limits a variant to those
-head dimensions) into
-the cache and records them in CACHE/ab-compilers.json; `gpu_prepare.py`
-prepares this tree's default kernels. On the GPU machine
+head dimensions), and with this tree's defaults ("current"), into the
+cache and records them in CACHE/ab-compilers.json. On the GPU machine
 (DIFFATTN_CACHE_DIR = that cache, no compiler there):
 
     python3 benchmarks/gpu_ab.py --out DIR
@@ -134,16 +133,17 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
     this tree's, options, head dimensions or None) into `cache`: the calls
     of `shapes_`, else BENCH_PREFILL's or with `backward` BACKWARD_BENCH's
     (prefill calls, or with `backward` diffattn.v2_backward's). The current
-    compiler's defaults are compiled too when `shapes_` are given
-    (gpu_prepare.py covers only BENCH_PREFILL and BACKWARD_BENCH), with
-    `backward` also the training forward (out, lse, out_odd) that the
-    timing step runs on each shape before the backward kernels."""
+    compiler's defaults ("current", which every timing compares against) are
+    compiled too, with `backward` also the training forward (out, lse,
+    out_odd) that the timing step runs on each shape before the backward
+    kernels; kernels already in `cache` (gpu_prepare.py's) are found, not
+    compiled again."""
     os.environ["DIFFATTN_CACHE_DIR"] = cache
     os.makedirs(cache, exist_ok=True)
     own = os.environ.get("DIFFATTN_COMPILE")
     record = {}
     wanted = dict(shapes=[list(x) for x in shapes_]) if shapes_ else {}
-    todo = {"current": (None, (), None), **entries} if shapes_ else entries
+    todo = {"current": (None, (), None), **entries}
     for name, (path, options, dims) in todo.items():
         if path:
             os.environ["DIFFATTN_COMPILE"] = path
