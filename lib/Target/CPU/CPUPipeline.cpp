@@ -16,7 +16,8 @@
 //      buffer-deallocation-pipeline       tensors -> memrefs, out in place
 //   5. convert-linalg-to-loops, lower-affine, expand-strided-metadata,
 //      convert-scf-to-cf                  loops
-//   6. convert-math-to-llvm, convert-to-llvm, reconcile-unrealized-casts
+//   6. convert-vector-to-llvm (the tiling's P V rows), convert-math-to-llvm,
+//      convert-to-llvm, reconcile-unrealized-casts
 //   7. diffattn-emit-c-entry-points       plain C signatures
 //
 //===----------------------------------------------------------------------===//
@@ -57,6 +58,7 @@ LogicalResult mlir::diffattn::buildCPUPipeline(
       "func.func(convert-linalg-to-loops),lower-affine,"
       "expand-strided-metadata,lower-affine,convert-scf-to-cf,"
       "canonicalize,cse,"
+      "convert-vector-to-llvm,"
       "convert-math-to-llvm,convert-to-llvm,reconcile-unrealized-casts,"
       "diffattn-emit-c-entry-points";
   return parsePassPipeline(pipeline, pm);

@@ -38,7 +38,14 @@
 // CHECK:                 arith.maxnumf
 // CHECK:                 math.exp
 // CHECK:                 math.exp
-// CHECK:                 linalg.generic {{.*}} ins(%{{.*}}, %[[VT]] :
+// CHECK:                 scf.for %[[ROW:[a-z0-9_]+]] = {{.*}} iter_args(%[[ACC:[a-z0-9_]+]] = {{.*}}) -> (tensor<?x32xf32>)
+// CHECK:                   vector.transfer_read %[[ACC]][%[[ROW]], %{{.*}}], %{{.*}} {in_bounds = [true]} : tensor<?x32xf32>, vector<32xf32>
+// CHECK:                   scf.for %[[KEY:[a-z0-9_]+]] = {{.*}} -> (vector<32xf32>)
+// CHECK:                     tensor.extract %{{.*}}[%[[ROW]], %[[KEY]]]
+// CHECK:                     vector.transfer_read %[[VT]][%[[KEY]], %{{.*}}], %{{.*}} {in_bounds = [true]} : tensor<?x32xf32>, vector<32xf32>
+// CHECK:                     arith.mulf {{.*}} fastmath<reassoc,contract> : vector<32xf32>
+// CHECK:                     arith.addf {{.*}} fastmath<reassoc,contract> : vector<32xf32>
+// CHECK:                   vector.transfer_write {{.*}}, %[[ACC]][%[[ROW]], %{{.*}}] {in_bounds = [true]}
 // Head 1: the same K and V tiles.
 // CHECK:                 linalg.generic {{.*}} ins(%[[Q1]], %[[KT]] :
 // CHECK:                 scf.if
@@ -46,7 +53,14 @@
 // CHECK:                 arith.maxnumf
 // CHECK:                 math.exp
 // CHECK:                 math.exp
-// CHECK:                 linalg.generic {{.*}} ins(%{{.*}}, %[[VT]] :
+// CHECK:                 scf.for %[[ROW:[a-z0-9_]+]] = {{.*}} iter_args(%[[ACC:[a-z0-9_]+]] = {{.*}}) -> (tensor<?x32xf32>)
+// CHECK:                   vector.transfer_read %[[ACC]][%[[ROW]], %{{.*}}], %{{.*}} {in_bounds = [true]} : tensor<?x32xf32>, vector<32xf32>
+// CHECK:                   scf.for %[[KEY:[a-z0-9_]+]] = {{.*}} -> (vector<32xf32>)
+// CHECK:                     tensor.extract %{{.*}}[%[[ROW]], %[[KEY]]]
+// CHECK:                     vector.transfer_read %[[VT]][%[[KEY]], %{{.*}}], %{{.*}} {in_bounds = [true]} : tensor<?x32xf32>, vector<32xf32>
+// CHECK:                     arith.mulf {{.*}} fastmath<reassoc,contract> : vector<32xf32>
+// CHECK:                     arith.addf {{.*}} fastmath<reassoc,contract> : vector<32xf32>
+// CHECK:                   vector.transfer_write {{.*}}, %[[ACC]][%[[ROW]], %{{.*}}] {in_bounds = [true]}
 // CHECK:                 scf.yield {{.*}} : tensor<?xf32>, tensor<?xf32>, tensor<?x32xf32>, tensor<?xf32>, tensor<?xf32>, tensor<?x32xf32>
 // Epilogue: A0/l0 - sigmoid(lam) * A1/l1, inserted once into out[b, i0, h].
 // CHECK:               %[[LAM:[a-z0-9_]+]] = tensor.extract_slice %arg3[%[[B]], %[[I0]], %[[H]]]
@@ -121,9 +135,11 @@ func.func @v2_window_decode(%q: tensor<4x2x8x16xf32>, %k: tensor<4x512x2x16xf32>
 // CHECK:           %[[VT:[a-z0-9_]+]] = tensor.extract_slice %arg2
 // CHECK-NOT:       tensor.extract_slice %arg2
 // CHECK:           linalg.generic {{.*}} ins(%{{.*}}, %[[K0]] :
-// CHECK:           linalg.generic {{.*}} ins(%{{.*}}, %[[VT]] :
+// CHECK:           vector.transfer_read %[[VT]]{{.*}} : tensor<?x64xf16>, vector<64xf16>
+// CHECK:           arith.extf {{.*}} : vector<64xf16> to vector<64xf32>
 // CHECK:           linalg.generic {{.*}} ins(%{{.*}}, %[[K1]] :
-// CHECK:           linalg.generic {{.*}} ins(%{{.*}}, %[[VT]] :
+// CHECK:           vector.transfer_read %[[VT]]{{.*}} : tensor<?x64xf16>, vector<64xf16>
+// CHECK:           arith.extf {{.*}} : vector<64xf16> to vector<64xf32>
 // CHECK:         tensor.extract %arg3[] : tensor<f32>
 // CHECK:         math.rsqrt
 // CHECK:         arith.constant 8.000000e-01 : f32

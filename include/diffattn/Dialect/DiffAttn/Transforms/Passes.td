@@ -151,7 +151,9 @@ def DiffAttnTileFlash : Pass<"diffattn-tile-flash"> {
       %r:6 = scf.for %t0 = %lo to %hi step BK iter_args(m0, l0, acc0, m1, l1, acc1) {
         %kt = tensor.extract_slice %k[...]   // one K tile, both heads
         %vt = tensor.extract_slice %v[...]   // one V tile, both heads
-        ... online softmax of head 0 and head 1 ...
+        ... online softmax of head 0 and head 1; each head's P V row by
+            row, its Dv accumulators in one vector (vector.transfer_read,
+            an axpy per key, vector.transfer_write) ...
       }
       ... epilogue, tensor.insert_slice into out[%b, %i0, %h, 0]
     }
@@ -169,7 +171,8 @@ def DiffAttnTileFlash : Pass<"diffattn-tile-flash"> {
   let dependentDialects = [
     "::mlir::affine::AffineDialect", "::mlir::arith::ArithDialect",
     "::mlir::linalg::LinalgDialect", "::mlir::math::MathDialect",
-    "::mlir::scf::SCFDialect", "::mlir::tensor::TensorDialect"
+    "::mlir::scf::SCFDialect", "::mlir::tensor::TensorDialect",
+    "::mlir::vector::VectorDialect"
   ];
 }
 
