@@ -78,13 +78,33 @@ struct Decomposition {
   /// A sum of products `init += lhs * rhs` (in A) over the reduction loops of
   /// `iterators`. With kv_len, `keyLoop` names the loop over keys: keys at
   /// t >= kv_len[b] are never read into the sum (a cache may hold NaN or Inf
-  /// there, and 0 * NaN is NaN; SPEC.md: such keys are ignored).
+  /// there, and 0 * NaN is NaN; SPEC.md: such keys are ignored). A last loop
+  /// that is parallel (a static, contiguous D of rhs and init) builds row
+  /// loops with vector accumulators (buildRowContraction), any other a
+  /// linalg.generic.
   Value contract(Value lhs, Value rhs, Value init, ArrayRef<AffineMap> maps,
                  ArrayRef<utils::IteratorType> iterators,
                  std::optional<unsigned> keyLoop = std::nullopt) const {
+    bool guarded = kvLen && keyLoop;
+    // A last loop that is parallel (the gradients' axpy form): rows of init
+    // held as vectors across the reductions (buildRowContraction).
+    if (iterators.back() == utils::IteratorType::parallel) {
+      auto guard = [&](OpBuilder &b, Location l, ArrayRef<Value> ivs) -> Value {
+        if (!guarded)
+          return Value();
+        Value key = ivs[*keyLoop];
+        if (keyBase)
+          key = arith::AddIOp::create(b, l, key, keyBase);
+        Value length = keyLength(
+            b, l, tensor::ExtractOp::create(b, l, kvLen, ValueRange{ivs[0]}));
+        return arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, key,
+                                     length);
+      };
+      return buildRowContraction(rewriter, loc, lhs, rhs, init, maps, iterators,
+                                 guard);
+    }
     SmallVector<Value> inputs = {lhs, rhs};
     SmallVector<AffineMap> allMaps(maps.take_front(2));
-    bool guarded = kvLen && keyLoop;
     if (guarded) {
       inputs.push_back(kvLen);
       allMaps.push_back(map(iterators.size(), {dim(0)}));

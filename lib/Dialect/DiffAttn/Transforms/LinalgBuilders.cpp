@@ -2,10 +2,11 @@
 
 #include "LinalgBuilders.h"
 
-#include "mlir/Dialect/SCF/IR/SCF.h"
-
+#include "mlir/Dialect/Affine/IR/AffineOps.h"
 #include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 #include <limits>
 
@@ -130,4 +131,103 @@ Value mlir::diffattn::lowering::buildIfElse(
         scf::YieldOp::create(eb, el, otherwise);
       });
   return ifOp.getResult(0);
+}
+
+Value lowering::buildRowContraction(
+    OpBuilder &b, Location loc, Value lhs, Value rhs, Value init,
+    ArrayRef<AffineMap> maps, ArrayRef<utils::IteratorType> iterators,
+    function_ref<Value(OpBuilder &, Location, ArrayRef<Value>)> guard) {
+  OpBuilder::InsertionGuard insertionGuard(b);
+  unsigned numLoops = iterators.size(), last = numLoops - 1;
+  auto initType = cast<RankedTensorType>(init.getType());
+  auto rhsType = cast<RankedTensorType>(rhs.getType());
+  Type accType = initType.getElementType();
+  int64_t width = initType.getShape().back();
+  auto vecType = VectorType::get({width}, accType);
+  auto rowType = VectorType::get({width}, rhsType.getElementType());
+  auto fm = arith::FastMathFlagsAttr::get(b.getContext(), attentionFastMath());
+  Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+  Value one = arith::ConstantIndexOp::create(b, loc, 1);
+  // Each loop's trip count: the size of an operand dimension it indexes
+  // directly.
+  std::array<Value, 3> operands = {lhs, rhs, init};
+  SmallVector<Value> sizes(numLoops);
+  for (unsigned loop = 0; loop < last; ++loop)
+    for (unsigned o = 0; o < 3 && !sizes[loop]; ++o)
+      for (auto [pos, expr] : llvm::enumerate(maps[o].getResults()))
+        if (auto d = dyn_cast<AffineDimExpr>(expr);
+            d && d.getPosition() == loop) {
+          sizes[loop] = tensor::DimOp::create(b, loc, operands[o], pos);
+          break;
+        }
+  SmallVector<unsigned> parallel, reduction;
+  for (unsigned loop = 0; loop < last; ++loop) {
+    assert(sizes[loop] && "every loop indexes some operand directly");
+    (iterators[loop] == utils::IteratorType::parallel ? parallel : reduction)
+        .push_back(loop);
+  }
+  SmallVector<Value> ivs(numLoops, zero);
+  // `map`'s indices at the current loops (its last result, the vector
+  // dimension's, as 0 when `row`).
+  auto indicesOf = [&](AffineMap map, bool row) {
+    SmallVector<Value> indices;
+    unsigned count = map.getNumResults() - (row ? 1 : 0);
+    for (unsigned r = 0; r < count; ++r) {
+      AffineExpr expr = map.getResult(r);
+      if (auto d = dyn_cast<AffineDimExpr>(expr))
+        indices.push_back(ivs[d.getPosition()]);
+      else
+        indices.push_back(affine::AffineApplyOp::create(
+            b, loc, AffineMap::get(numLoops, 0, expr), ivs));
+    }
+    if (row)
+      indices.push_back(zero);
+    return indices;
+  };
+  // Nested loops over `loops`, carrying `carried`; `body` builds the
+  // innermost value.
+  std::function<Value(ArrayRef<unsigned>, Value, function_ref<Value(Value)>)>
+      nest = [&](ArrayRef<unsigned> loops, Value carried,
+                 function_ref<Value(Value)> body) -> Value {
+    if (loops.empty())
+      return body(carried);
+    auto loop = scf::ForOp::create(b, loc, zero, sizes[loops.front()], one,
+                                   ValueRange{carried});
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(loop.getBody());
+    ivs[loops.front()] = loop.getInductionVar();
+    Value next = nest(loops.drop_front(), loop.getRegionIterArgs()[0], body);
+    scf::YieldOp::create(b, loc, next);
+    return loop.getResult(0);
+  };
+  return nest(parallel, init, [&](Value tile) -> Value {
+    SmallVector<Value> at = indicesOf(maps[2], /*row=*/true);
+    Value accPad = buildFloatConstant(b, loc, accType, 0.0);
+    Value start = vector::TransferReadOp::create(b, loc, vecType, tile, at,
+                                                 accPad, ArrayRef<bool>{true});
+    Value sum = nest(reduction, start, [&](Value partial) -> Value {
+      Value coefficient =
+          buildFloatCast(b, loc,
+                         tensor::ExtractOp::create(
+                             b, loc, lhs, indicesOf(maps[0], /*row=*/false)),
+                         accType);
+      Value rowPad = buildFloatConstant(b, loc, rhsType.getElementType(), 0.0);
+      Value row = vector::TransferReadOp::create(
+          b, loc, rowType, rhs, indicesOf(maps[1], /*row=*/true), rowPad,
+          ArrayRef<bool>{true});
+      if (rowType != vecType)
+        row = arith::ExtFOp::create(b, loc, vecType, row);
+      Value term = arith::MulFOp::create(
+          b, loc, vector::BroadcastOp::create(b, loc, vecType, coefficient),
+          row, fm);
+      Value next = arith::AddFOp::create(b, loc, partial, term, fm);
+      if (guard)
+        if (Value keep = guard(b, loc, ivs))
+          next = arith::SelectOp::create(b, loc, keep, next, partial);
+      return next;
+    });
+    return vector::TransferWriteOp::create(b, loc, sum, tile, at,
+                                           ArrayRef<bool>{true})
+        .getResult();
+  });
 }

@@ -87,6 +87,24 @@ Value buildRMSNormScale(OpBuilder &b, Location loc, Value x, Value sumSquares,
                         Value weight, int64_t width, float eps,
                         float lambdaInit);
 
+/// init + sum over the reduction loops of lhs * rhs, where the last loop is
+/// parallel, static (init's last dimension, W) and indexes the last,
+/// contiguous dimension of rhs and init only, and lhs does not depend on it:
+/// `maps` and `iterators` as for the linalg.generic of that contraction.
+/// Built as loops over init's rows (the parallel loops, in their order)
+/// whose body holds the row as one vector<W x A> across the reduction loops
+/// (in their order), adding lhs * (the rhs row) per step: an axpy per step
+/// on contiguous rows, with no memory traffic for the accumulator. As a
+/// linalg.generic, LLVM fully unrolled the W loop at W = 32 and then either
+/// kept every element scalar or vectorised an outer loop with gathers and
+/// scatters (docs/performance.md, CPU 2026-12-04 (evening)). `guard`, when
+/// given, returns per step (from the loops' induction values) whether the
+/// step's term is added. Returns the new init (A = init's element type).
+Value buildRowContraction(
+    OpBuilder &b, Location loc, Value lhs, Value rhs, Value init,
+    ArrayRef<AffineMap> maps, ArrayRef<utils::IteratorType> iterators,
+    function_ref<Value(OpBuilder &, Location, ArrayRef<Value>)> guard = {});
+
 } // namespace mlir::diffattn::lowering
 
 #endif // DIFFATTN_LIB_DIALECT_DIFFATTN_TRANSFORMS_LINALGBUILDERS_H

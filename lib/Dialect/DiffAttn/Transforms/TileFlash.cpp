@@ -20,7 +20,6 @@
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
-#include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 #include <limits>
 
@@ -265,56 +264,19 @@ HeadState FlashTiler::step(Value qTile, Value kTile, Value vTile,
             nb, l, arith::AddFOp::create(nb, l, args[0], args[1]).getResult());
       })[0];
 
-  // acc = acc * alpha + P v, row by row with the row's Dv accumulators in
-  // one vector: for each key t, acc_i += p_it * v_t (an axpy over Dv, v_t
-  // contiguous). As a linalg.generic (loops i, t, e) LLVM unrolled the e
-  // loop fully at Dv = 32 and, unable to prove that the accumulator's
-  // stores miss p and v, reloaded p after every store and kept every
-  // element scalar (2 GFLOP/s against 9-12 at Dv = 64; docs/performance.md,
-  // CPU 2026-12-04).
-  auto vecType = VectorType::get({config.valueDim}, acc);
-  auto vType = cast<RankedTensorType>(vTile.getType());
-  auto vRowType = VectorType::get({config.valueDim}, vType.getElementType());
-  auto fm = arith::FastMathFlagsAttr::get(ctx, attentionFastMath());
-  Value zeroIdx = cst(0);
-  auto rowLoop = scf::ForOp::create(
-      b, loc, zeroIdx, rows, cst(1), ValueRange{state.acc},
-      [&](OpBuilder &rb, Location l, Value i, ValueRange rowArgs) {
-        Value accTile = rowArgs[0];
-        Value accPad = buildFloatConstant(rb, l, acc, 0.0);
-        Value row = vector::TransferReadOp::create(
-            rb, l, vecType, accTile, ValueRange{i, zeroIdx}, accPad,
-            ArrayRef<bool>{true});
-        Value alphaI = tensor::ExtractOp::create(rb, l, alpha, ValueRange{i});
-        row = arith::MulFOp::create(
-            rb, l, row, vector::BroadcastOp::create(rb, l, vecType, alphaI));
-        auto keyLoop = scf::ForOp::create(
-            rb, l, zeroIdx, keys, cst(1), ValueRange{row},
-            [&](OpBuilder &kb, Location kl, Value t, ValueRange keyArgs) {
-              Value p =
-                  tensor::ExtractOp::create(kb, kl, probs, ValueRange{i, t});
-              Value vPad =
-                  buildFloatConstant(kb, kl, vType.getElementType(), 0.0);
-              Value vRow = vector::TransferReadOp::create(
-                  kb, kl, vRowType, vTile, ValueRange{t, zeroIdx}, vPad,
-                  ArrayRef<bool>{true});
-              if (vRowType != vecType)
-                vRow = arith::ExtFOp::create(kb, kl, vecType, vRow);
-              Value prod = arith::MulFOp::create(
-                  kb, kl, vector::BroadcastOp::create(kb, kl, vecType, p), vRow,
-                  fm);
-              scf::YieldOp::create(
-                  kb, kl,
-                  arith::AddFOp::create(kb, kl, keyArgs[0], prod, fm)
-                      .getResult());
-            });
-        Value written = vector::TransferWriteOp::create(
-                            rb, l, keyLoop.getResult(0), accTile,
-                            ValueRange{i, zeroIdx}, ArrayRef<bool>{true})
-                            .getResult();
-        scf::YieldOp::create(rb, l, written);
-      });
-  Value newAcc = rowLoop.getResult(0);
+  // acc = acc * alpha + P v: the rescale, then P v row by row with the row's
+  // Dv accumulators in one vector, an axpy per key on the key's V row
+  // (buildRowContraction; as a linalg.generic LLVM left it scalar at
+  // Dv = 32).
+  Value scaledAcc = buildGeneric(
+      b, loc, {alpha}, {state.acc}, {map(2, {i}), map(2, {i, j})}, {kPar, kPar},
+      [&](OpBuilder &nb, Location l, ValueRange args) {
+        linalg::YieldOp::create(
+            nb, l, arith::MulFOp::create(nb, l, args[1], args[0]).getResult());
+      })[0];
+  Value newAcc = buildRowContraction(
+      b, loc, probs, vTile, scaledAcc,
+      {map(3, {i, j}), map(3, {j, d}), map(3, {i, d})}, {kPar, kRed, kPar});
   return HeadState{newMax, newSum, newAcc};
 }
 

@@ -272,11 +272,11 @@ Value BackwardLowering::addQueryGradient(Decomposition &dec, Value dScores,
   AffineExpr d0 = dec.dim(0), d1 = dec.dim(1), d2 = dec.dim(2), d3 = dec.dim(3),
              d4 = dec.dim(4);
   // dq[b, i, j, d] += sum_t dS[b, j, i, t] * k[b, t, kh(j), d] (loops b i j
-  // t d; keys past kv_len never read). The reduction over keys sits outside
-  // the loop over d, so the innermost loop is an axpy over contiguous rows
-  // of k and dq, which LLVM vectorizes; innermost, the sum over keys read k
-  // with a stride of Hkv x D elements (scalar gathers, 0.5-2 GFLOP/s;
-  // docs/performance.md, CPU 2026-12-04).
+  // t d; keys past kv_len never read). With d last, contract builds rows of
+  // dq held as vectors across the loop over keys, an axpy per key on a
+  // contiguous row of k (buildRowContraction); with the sum over keys
+  // innermost, k was read with a stride of Hkv x D elements (scalar
+  // gathers, 0.5-2 GFLOP/s; docs/performance.md, CPU 2026-12-04).
   return dec.contract(dScores, kBlock, dqSum,
                       {dec.map(5, {d0, d2, d1, d3}),
                        dec.map(5, {d0, d3, config.keyHead(d2), d4}),
@@ -305,8 +305,9 @@ Value BackwardLowering::keyGradient(Decomposition &dec, const RowBlock &rb,
   OpFoldResult kvHeads = rewriter.getIndexAttr(config.numKeyHeads);
   if (!values) {
     // dk[b, t, g, d] += sum_{jj, i} dS[b, g, jj, i, t] * q[b, i, g, jj, d]
-    // (loops b g jj i t d: the reductions outside, an axpy over contiguous
-    // rows of q and dk innermost, as for dq).
+    // (loops b g jj i t d; contract walks the rows (b, g, t) of dk, each a
+    // vector across the reductions jj, i: an axpy per step on a contiguous
+    // row of q, as for dq).
     OpFoldResult group = rewriter.getIndexAttr(groupSize);
     Value groupedScores =
         expand(grads, {{0}, {1, 2}, {3}, {4}},

@@ -13,8 +13,6 @@
 
 // CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2 * 2 + 1, d1, d3)>
 // CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
-// CHECK-DAG: #[[MDSG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d1, d2, d3, d4)>
-// CHECK-DAG: #[[MQG:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d3, d1, d2, d5)>
 // CHECK-LABEL: func.func @backward
 // CHECK-SAME:    %[[Q:[a-z0-9]+]]: tensor<2x7x8x16xf32>, %[[K:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[V:[a-z0-9]+]]: tensor<2x9x2x16xf32>, %[[LAM:[a-z0-9]+]]: tensor<2x7x4xf32>, %[[O:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[DO:[a-z0-9]+]]: tensor<2x7x4x16xf32>, %[[LSE:[a-z0-9]+]]: tensor<2x8x7xf32>, %[[KVLEN:[a-z0-9]+]]: tensor<2xi32>
 // CHECK-NOT:   scf.for
@@ -33,14 +31,34 @@
 // CHECK:       %[[DS:.*]]:2 = linalg.generic {{.*}} ins(%[[P]], %[[G]], %[[D]], %[[LAM]], %[[M]] :
 // CHECK:         %[[SCALE:.*]] = arith.constant 2.500000e-01 : f32
 // CHECK-NEXT:    arith.mulf %{{.*}}, %[[SCALE]] : f32
-// CHECK:       %[[DQSUM:.*]] = linalg.generic {{.*}}iterator_types = ["parallel", "parallel", "parallel", "reduction", "parallel"]} ins(%[[DS]]#0, %[[K]], %[[KVLEN]] :
+// The gradients: each output row (dq[b, i, j], dk[b, t, g], dv[b, t, g])
+// one vector of D accumulators across the reduction loops, an axpy per step
+// on a contiguous row of k, q or dout (buildRowContraction).
+// CHECK:       %[[DQSUM:.*]] = scf.for %[[B0:[a-z0-9]+]] = {{.*}} -> (tensor<2x7x8x16xf32>)
+// CHECK:         scf.for %[[I0:[a-z0-9]+]] =
+// CHECK:           scf.for %[[J0:[a-z0-9]+]] =
+// CHECK:             vector.transfer_read %{{.*}}[%[[B0]], %[[I0]], %[[J0]], %{{.*}}], {{.*}} : tensor<2x7x8x16xf32>, vector<16xf32>
+// CHECK:             scf.for %[[T0:[a-z0-9]+]] = {{.*}} -> (vector<16xf32>)
+// CHECK:               tensor.extract %[[DS]]#0[%[[B0]], %[[J0]], %[[I0]], %[[T0]]]
+// CHECK:               vector.transfer_read %[[K]][%[[B0]], %[[T0]], %{{.*}}, %{{.*}}], {{.*}} : tensor<2x9x2x16xf32>, vector<16xf32>
+// CHECK:               tensor.extract %[[KVLEN]][%[[B0]]]
+// CHECK:               arith.cmpi ult, %[[T0]],
+// CHECK:               arith.select {{.*}} : vector<16xf32>
+// CHECK:             vector.transfer_write
 // CHECK-NOT:   ins(%[[DQSUM]]
 // CHECK:       %[[DSG:.*]] = tensor.expand_shape %[[DS]]#0 {{\[}}[0], [1, 2], [3], [4]] output_shape [2, 2, 4, 7, 9]
 // CHECK:       %[[QG:.*]] = tensor.expand_shape %[[Q]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 4, 16]
-// CHECK:       linalg.generic {indexing_maps = [#[[MDSG]], #[[MQG]], {{.*}}], iterator_types = ["parallel", "parallel", "reduction", "reduction", "parallel", "parallel"]} ins(%[[DSG]], %[[QG]] :
+// CHECK:       scf.for %[[B1:[a-z0-9]+]] = {{.*}} -> (tensor<2x9x2x16xf32>)
+// CHECK:         scf.for %[[G1:[a-z0-9]+]] =
+// CHECK:           scf.for %[[T1:[a-z0-9]+]] =
+// CHECK:             vector.transfer_read %{{.*}}[%[[B1]], %[[T1]], %[[G1]], %{{.*}}]
+// CHECK:             scf.for %[[JJ1:[a-z0-9]+]] = {{.*}} -> (vector<16xf32>)
+// CHECK:               scf.for %[[I1:[a-z0-9]+]] = {{.*}} -> (vector<16xf32>)
+// CHECK:                 tensor.extract %[[DSG]][%[[B1]], %[[G1]], %[[JJ1]], %[[I1]], %[[T1]]]
+// CHECK:                 vector.transfer_read %[[QG]][%[[B1]], %[[I1]], %[[G1]], %[[JJ1]], %{{.*}}]
 // CHECK:       tensor.expand_shape %[[DS]]#1 {{\[}}[0], [1, 2, 3], [4], [5]] output_shape [2, 2, 2, 2, 7, 9]
-// CHECK:       tensor.expand_shape %[[DO]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 2, 16]
-// CHECK:       iterator_types = ["parallel", "parallel", "reduction", "reduction", "reduction", "parallel", "parallel"]
+// CHECK:       %[[DOG:.*]] = tensor.expand_shape %[[DO]] {{\[}}[0], [1], [2, 3], [4]] output_shape [2, 7, 2, 2, 16]
+// CHECK:                   vector.transfer_read %[[DOG]]
 // CHECK:       linalg.generic {{.*}} ins(%[[R]], %[[LAM]] :
 // CHECK-NOT:   diffattn.v2_backward
 func.func @backward(%q: tensor<2x7x8x16xf32>, %k: tensor<2x9x2x16xf32>, %v: tensor<2x9x2x16xf32>, %lam: tensor<2x7x4xf32>, %o: tensor<2x7x4x16xf32>, %do: tensor<2x7x4x16xf32>, %lse: tensor<2x8x7xf32>, %kvlen: tensor<2xi32>) -> (tensor<2x7x8x16xf32>, tensor<2x9x2x16xf32>, tensor<2x9x2x16xf32>, tensor<2x7x4xf32>) {

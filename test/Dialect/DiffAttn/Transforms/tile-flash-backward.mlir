@@ -108,9 +108,13 @@ func.func @rows_only(%q: tensor<1x40x4x8xbf16>, %k: tensor<1x30x2x8xbf16>, %lam:
 
 // -----
 
-// Rows and keys that fit one block each: the untiled form, no loop.
+// Rows and keys that fit one block each: the untiled form, no loop over
+// blocks (those carry several gradients); the only loops are the gradients'
+// row loops, each carrying one tensor or one vector of accumulators.
 // CHECK-LABEL: func.func @one_block
-// CHECK-NOT:   scf.for
+// CHECK-NOT:   scf.for {{.*}} -> ({{[^)]*}},
+// CHECK:       scf.for {{.*}} -> (vector<8xf32>)
+// CHECK-NOT:   scf.for {{.*}} -> ({{[^)]*}},
 // CHECK:       return
 func.func @one_block(%q: tensor<1x5x4x8xbf16>, %k: tensor<1x60x2x8xbf16>, %lam: tensor<1x5x2xbf16>, %o: tensor<1x5x2x8xbf16>, %lse: tensor<1x4x5xf32>) -> tensor<1x5x4x8xbf16> {
   %dq, %dk, %dv, %dl = diffattn.v2_backward %q, %k, %k, %lam, %o, %o, %lse : (tensor<1x5x4x8xbf16>, tensor<1x60x2x8xbf16>, tensor<1x60x2x8xbf16>, tensor<1x5x2xbf16>, tensor<1x5x2x8xbf16>, tensor<1x5x2x8xbf16>, tensor<1x4x5xf32>) -> (tensor<1x5x4x8xbf16>, tensor<1x60x2x8xbf16>, tensor<1x60x2x8xbf16>, tensor<1x5x2xbf16>)
