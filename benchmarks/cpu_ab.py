@@ -12,51 +12,28 @@ code differ by up to 30%: docs/performance.md, CPU 2026-12-04).
 Prints, per (call, D, shape), the median time of each round for both builds
 and the ratio of the rounds' medians (old / new: above 1 is a speed-up), the
 range of the per-round ratios in brackets. Time per process: the median of
-`--calls` calls after one warm-up call (which compiles the kernel into the
-build's cache).
+`--repeats` calls (backward: half as many) after one warm-up call (which
+compiles the kernel into the build's cache), in cpu_tiled_vs_decomposed.py's
+child process.
 """
 
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
-CHILD = r"""
-import sys, time
-import numpy as np
-import diffattn
-call, d, b, s, calls = sys.argv[1], *map(int, sys.argv[2:6])
-rng = np.random.default_rng(0)
-h2, hkv = 8, 4
-q = rng.standard_normal((b, s, h2, d), dtype=np.float32)
-k = rng.standard_normal((b, s, hkv, d), dtype=np.float32)
-v = rng.standard_normal((b, s, hkv, d), dtype=np.float32)
-lam = rng.standard_normal((b, s, h2 // 2), dtype=np.float32)
-if call == "forward":
-    run = lambda: diffattn.v2(q, k, v, lam, causal=True)
-else:
-    out, lse = diffattn.v2(q, k, v, lam, causal=True, return_lse=True)
-    dout = rng.standard_normal(out.shape, dtype=np.float32)
-    run = lambda: diffattn.v2_backward(q, k, v, lam, out, dout, lse, causal=True)
-run()
-times = []
-for _ in range(calls):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-times.sort()
-print(times[len(times) // 2] * 1e3)
-"""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_tiled_vs_decomposed  # noqa: E402
 
 
 def time_call(compiler, cache, call, d, b, s, calls):
-    """Median ms of `calls` calls in a fresh process using `compiler`."""
-    env = dict(os.environ, DIFFATTN_COMPILE=compiler, DIFFATTN_CACHE_DIR=cache)
-    done = subprocess.run([sys.executable, "-c", CHILD, call, str(d), str(b), str(s),
-                           str(calls)], env=env, check=True, capture_output=True, text=True)
-    return float(done.stdout.split()[-1])
+    """Median ms of `calls` calls in a fresh process using `compiler`
+    (cpu_tiled_vs_decomposed's child: the tiled kernels, f32, causal,
+    2H = 8, Hkv = 4, outputs poisoned and checked finite)."""
+    result = cpu_tiled_vs_decomposed.run((b, s, 8, 4, d, True), "flash", calls, cache,
+                                         backward=call == "backward", compiler=compiler)
+    return result["median_s"] * 1e3
 
 
 def main():

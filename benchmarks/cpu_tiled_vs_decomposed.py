@@ -70,8 +70,13 @@ def flops(b, s, h2, d, causal, backward=False):
     return 4 * b * h2 * d * pairs * (2.5 if backward else 1)
 
 
-def run(shape, lowering, repeats, cache, backward=False):
+def run(shape, lowering, repeats, cache, backward=False, compiler=None):
+    """One (shape, lowering) in a fresh process with kernel cache `cache` (and
+    the diffattn-compile at `compiler`, else the package's): the child's
+    median seconds, peak memory growth and input size."""
     env = dict(os.environ, DIFFATTN_CACHE_DIR=cache)
+    if compiler:
+        env["DIFFATTN_COMPILE"] = compiler
     arg = json.dumps([*shape, lowering, repeats, backward])
     proc = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -16,8 +16,8 @@
 //      buffer-deallocation-pipeline       tensors -> memrefs, out in place
 //   5. convert-linalg-to-loops, lower-affine, expand-strided-metadata,
 //      convert-scf-to-cf                  loops
-//   6. convert-vector-to-llvm (the tiling's P V rows), convert-math-to-llvm,
-//      convert-to-llvm, reconcile-unrealized-casts
+//   6. convert-vector-to-llvm (the row contractions: P V, dq, dk, dv),
+//      convert-math-to-llvm, convert-to-llvm, reconcile-unrealized-casts
 //   7. diffattn-emit-c-entry-points       plain C signatures
 //
 //===----------------------------------------------------------------------===//

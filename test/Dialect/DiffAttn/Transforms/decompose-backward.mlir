@@ -7,9 +7,10 @@
 // element) and w_j P, then dq (keys past kv_len never read; accumulated in
 // its f32 destination, no copy after), dk and dv summed over the KV group
 // through expand_shape (j = g * G + jj), and dlam. The three gradient
-// contractions keep their reductions outside the loop over D (an axpy over
-// contiguous rows innermost, which LLVM vectorizes; reductions innermost
-// read their operands with strides of 2H x D elements).
+// contractions are loops over the gradient's rows, each row one vector of D
+// accumulators across the reductions (an axpy per step on a contiguous row;
+// as linalg.generics LLVM fully unrolled D = 32 and left it scalar or
+// gathered).
 
 // CHECK-DAG: #[[ODD:.*]] = affine_map<(d0, d1, d2, d3) -> (d0, d2 * 2 + 1, d1, d3)>
 // CHECK-DAG: #[[PAIR:.*]] = affine_map<(d0, d1, d2) -> (d0, d2, d1 floordiv 2)>
