@@ -173,6 +173,15 @@ def prepare(cache, entries, target, backward=False, shapes_=None):
 
 
 def run(out_dir, repeats, backward, seed=0, clocks=0.0):
+    cache = _compiler.cache_dir()
+    path = record_path(cache, backward)
+    if not os.path.exists(path):
+        sys.exit(f"gpu_ab: no {path}: prepare the kernel cache first with "
+                 f"`gpu_ab.py --prepare CACHE{' --backward' if backward else ''}` "
+                 f"and run with DIFFATTN_CACHE_DIR=CACHE")
+    with open(path) as f:
+        record = json.load(f)
+
     import torch
 
     import gpu_check
@@ -181,9 +190,6 @@ def run(out_dir, repeats, backward, seed=0, clocks=0.0):
         import pynvml  # noqa: F401 -- fail before any timing without nvidia-ml-py
 
         import gpu_clocks
-    cache = _compiler.cache_dir()
-    with open(record_path(cache, backward)) as f:
-        record = json.load(f)
     target = record["target"]
     current = dict(compiler=None, options=[], dims=None)
     entries = [("current", current)] + sorted(record["entries"].items())

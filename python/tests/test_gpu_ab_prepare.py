@@ -3,7 +3,8 @@ writes holds every kernel its timing step loads, the defaults ("current",
 which every timing compares against) as well as the named variants, so that a
 GPU machine without a compiler can time them (Hopper run 74's first call
 stopped with a CompileError when `--prepare` without `--shape` left the
-defaults out)."""
+defaults out); and timing an unprepared cache is a one-line error, not a
+traceback (backward run 75)."""
 import os
 import subprocess
 import sys
@@ -44,3 +45,15 @@ def test_prepare_without_shapes_also_prepares_the_defaults(tmp_path, monkeypatch
     finally:
         _gpu.prepare_v2.cache_clear()
     assert kernel_dirs(cache) == prepared
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_timing_an_unprepared_cache_names_the_missing_step(tmp_path, backward):
+    env = dict(os.environ, DIFFATTN_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "gpu_ab.py"), "--out",
+                           str(tmp_path / "out")] + (["--backward"] if backward else []),
+                          capture_output=True, text=True, env=env)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "gpu_ab.py --prepare CACHE" + (" --backward" if backward else "") in lines[0]
