@@ -138,7 +138,8 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
   // workspace records in the dq kernel).
   std::array<Value, 2> valid, pairRow, statBase, sig, lamValue;
   std::array<std::array<Value, 2>, 2> shift; // [head][rr]
-  std::array<Value, 2> deltaEven, deltaOdd;
+  // The dq kernel's odd-head records negated (ColumnRecords says why).
+  std::array<Value, 2> deltaEven, negOdd, negSig;
   for (int64_t rr = 0; rr < 2; ++rr) {
     Value global = add(add(row0, qRow0), add(div(lane, 4), rr * 8));
     valid[rr] = cmp(arith::CmpIPredicate::slt, global, groupRows);
@@ -156,8 +157,9 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
     };
     if (!stats) {
       deltaEven[rr] = stat(kDeltaEven);
-      deltaOdd[rr] = stat(kDeltaOdd);
+      negOdd[rr] = fneg(stat(kDeltaOdd));
       sig[rr] = stat(kSigmoid);
+      negSig[rr] = fneg(sig[rr]);
       shift[0][rr] = stat(kShiftEven);
       shift[1][rr] = stat(kShiftOdd);
       continue;
@@ -246,8 +248,7 @@ void BackwardBuilder::buildRowKernel(gpu::GPUFuncOp func, bool stats) {
             int64_t rr = e / 2;
             ds[0][nt][e] = fmul(p[0][nt][e], fsub(g[nt][e], deltaEven[rr]));
             ds[1][nt][e] =
-                fmul(p[1][nt][e],
-                     fsub(f32(0.0f), fma(sig[rr], g[nt][e], deltaOdd[rr])));
+                fmul(p[1][nt][e], fma(negSig[rr], g[nt][e], negOdd[rr]));
           }
         // dq_j += dS_j K, each K fragment feeding both heads.
         std::array<SmallVector<Acc>, 2> acc;
@@ -424,8 +425,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         Value colLane = mul(rem(lane, 4), 2);
         ColumnRecords records =
             loadColumnRecords(*this, sStat, stage, colLane, qTiles);
-        ArrayRef<Value> colSig = records.sigmoid, colEven = records.deltaEven,
-                        colOdd = records.deltaOdd;
+        ArrayRef<Value> negSig = records.negSigmoid,
+                        colEven = records.deltaEven,
+                        negOdd = records.negDeltaOdd;
         // Masks only where the block straddles a bound (or Sq).
         Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
                                             blockQ, seqQ, offset, keyLen);
@@ -444,10 +446,9 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
           for (int64_t e = 0; e < 4; ++e) {
             int64_t c = nt * 2 + e % 2;
             Value pe = p[0][nt][e], po = p[1][nt][e];
-            pv[nt][e] = fsub(pe, fmul(colSig[c], po));
+            pv[nt][e] = fma(negSig[c], po, pe);
             dsEven[nt][e] = fmul(pe, fsub(g[nt][e], colEven[c]));
-            dsOdd[nt][e] =
-                fmul(po, fsub(f32(0.0f), fma(colSig[c], g[nt][e], colOdd[c])));
+            dsOdd[nt][e] = fmul(po, fma(negSig[c], g[nt][e], negOdd[c]));
           }
         SmallVector<Acc> dk(dTiles), dvAcc(vTiles);
         for (int64_t t = 0; t < dTiles; ++t)

@@ -277,7 +277,7 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 b, loc, cmp(arith::CmpIPredicate::slt, query, seqQ),
                 buildIsVisible(b, loc, attn, query, key, offset, keyLen));
           };
-          DenseMap<int64_t, Value> shifts[2], deltas[2], sigs;
+          DenseMap<int64_t, Value> shifts[2], deltas[2], negSigs, negOdd;
           for (int64_t mt : mts)
             for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r)
               for (int64_t h = 0; h < 2; ++h)
@@ -307,7 +307,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
             for (int64_t r = 2 * mt; r < 2 * mt + 2; ++r) {
               for (int64_t h = 0; h < 2; ++h)
                 deltas[h][r] = record(r, h ? kDeltaOdd : kDeltaEven);
-              sigs[r] = record(r, kSigmoid);
+              negSigs[r] = fneg(record(r, kSigmoid));
+              negOdd[r] = fneg(deltas[1][r]);
             }
           for (size_t m = 0; m < mts.size(); ++m)
             for (int64_t nt = 0; nt < 4; ++nt)
@@ -317,10 +318,13 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 for (int64_t c = 0; c < 2; ++c) {
                   int64_t e = 2 * rr + c;
                   Value ge = g[t][e], pe = p[0][t][e], po = p[1][t][e];
+                  // dS_2h+1 = P (-sigmoid G - D) and P_c = P_2h - sigmoid
+                  // P_2h+1 as FFMAs on the negated row records: 0 - x and
+                  // a separate product cost 32 instructions per pass and
+                  // thread (SASS of the D = 128 kernel).
                   ds[0][c] = fmul(pe, fsub(ge, deltas[0][r]));
-                  ds[1][c] =
-                      fmul(po, fsub(f32(0.0f), fma(sigs[r], ge, deltas[1][r])));
-                  pc[c] = fsub(pe, fmul(sigs[r], po));
+                  ds[1][c] = fmul(po, fma(negSigs[r], ge, negOdd[r]));
+                  pc[c] = fma(negSigs[r], po, pe);
                 }
                 for (int64_t h = 0; h < 2; ++h)
                   store(sDS, {idx(h)}, mt, nt, rr, ds[h][0], ds[h][1]);

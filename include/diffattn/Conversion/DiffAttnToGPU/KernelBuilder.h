@@ -123,6 +123,9 @@ public:
   Value fmul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
   Value fadd(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
   Value fsub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  /// -x (exact; ptxas folds it into the consuming FFMA's operand, where
+  /// `0 - x` costs an FADD of its own).
+  Value fneg(Value x) { return arith::NegFOp::create(b, loc, x); }
   /// x * y + z in one rounding (FFMA); `math.fma` would lower to a
   /// libdevice call.
   Value fma(Value x, Value y, Value z) {
