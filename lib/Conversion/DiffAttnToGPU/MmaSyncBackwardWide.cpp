@@ -29,12 +29,18 @@
 //    for block j - 1's bulk reductions to have read their staging (the dS tiles
 //    and block j + 1's q stage), a barrier, and block j + 1's copies go out.
 // 3. dv += P_c^T dout, dk += dS_2h^T q_2h + dS_2h+1^T q_2h+1 in registers:
-//    warp w the keys 32 (w % 4) and columns D / 2 (w / 4); the A operands
-//    through ldmatrix.trans of the [query, key] tiles.
-// 4. dq_j = dS_j K: warp w head w / 4, rows 32 ((w / 2) % 2), columns D / 2
-//    (w % 2); a barrier; the f32 product staged in the accumulator's rows
-//    layout (MmaSyncBackwardDq.cpp), rows 0-31 over the dS tiles, rows 32-63
-//    over the block's q stage; a barrier; one thread adds each half with
+//    at D = 128 after a barrier of warps w and w ^ 1 alone, warp w the keys
+//    32 (w / 2) (theirs) and columns D / 2 (w % 2); at D = 64 after the
+//    CTA's barrier, the keys 32 (w % 4) and columns D / 2 (w / 4); the A
+//    operands through ldmatrix.trans of the [query, key] tiles.
+// 4. dq_j = dS_j K: at D = 128 after a barrier of the four warps of its row
+//    half, warp w rows 32 (w % 2), head (w / 2) % 2, columns D / 2 (w / 4);
+//    at D = 64 head w / 4, rows 32 ((w / 2) % 2), columns D / 2 (w % 2);
+//    the group barriers let warps drift apart, so that products and
+//    exponentials overlap (H200 backward run 77); a barrier; the f32
+//    product staged in the accumulator's rows layout
+//    (MmaSyncBackwardDq.cpp), rows 0-31 over the dS tiles, rows 32-63 over
+//    the block's q stage; a barrier; one thread adds each half with
 //    one bulk reduction (cp.reduce.async.bulk .add.f32). Measured on an
 //    H200 (backward run 47): 1.01-1.10x the same kernel adding dq with
 //    red.global.add.v2.f32 from registers (FlashAttention-2's atomics).
@@ -134,12 +140,32 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
 
   // Phase 1's warp tile: rows sRow0 .., keys sKey0 ...
   Value sRow0 = mul(rem(warp, 2), 32), sKey0 = mul(div(warp, 2), 32);
+  // Group barriers (D = 128): phases 3 and 4 wait only for the warps
+  // whose dS and P_c they read, not for the whole CTA, so that warps drift
+  // apart and one warp's products run while another's exponentials do (the
+  // CTA's barrier held all eight in step). Phase 3's warp w then takes the
+  // keys that it and warp w ^ 1 computed in phases 1-2 (keys 32 (w / 2):
+  // a barrier of that warp pair), phase 4's the rows of its phase-1 tile
+  // (32 (w % 2): a barrier of the row half's four warps). Measured on an
+  // H200 (backward run 77, 9 shuffled rounds): 1.005-1.011x at D = 128,
+  // 0.984x at D = 64, which keeps the CTA barrier and the tiles below.
+  const bool groupBarriers = d >= 128;
   // Phase 3's: keys gKey0 .., columns gCol0 .. (D / 2 of them).
-  Value gKey0 = mul(rem(warp, 4), 32), gCol0 = mul(div(warp, 4), d / 2);
+  Value gKey0 = groupBarriers ? mul(div(warp, 2), 32) : mul(rem(warp, 4), 32);
+  Value gCol0 =
+      groupBarriers ? mul(rem(warp, 2), d / 2) : mul(div(warp, 4), d / 2);
   int64_t gTiles = d / 16, gvTiles = dv / 16;
   // Phase 4's: head qHead, rows qRow0 .., columns qCol0 ...
-  Value qHead = div(warp, 4), qRow0 = mul(rem(div(warp, 2), 2), 32),
-        qCol0 = mul(rem(warp, 2), d / 2);
+  Value qHead = groupBarriers ? rem(div(warp, 2), 2) : div(warp, 4);
+  Value qRow0 =
+      groupBarriers ? mul(rem(warp, 2), 32) : mul(rem(div(warp, 2), 2), 32);
+  Value qCol0 =
+      groupBarriers ? mul(div(warp, 4), d / 2) : mul(rem(warp, 2), d / 2);
+  Value warp32 = arith::IndexCastOp::create(b, loc, b.getI32Type(), warp);
+  Value pairBarrier = arith::AddIOp::create(
+      b, loc, arith::DivUIOp::create(b, loc, warp32, i32(2)), i32(1));
+  Value rowBarrier = arith::AddIOp::create(
+      b, loc, arith::RemUIOp::create(b, loc, warp32, i32(2)), i32(5));
 
   // The loop carries dk then dv: [mt][t] accumulator tiles of keys gKey0 +
   // 16 mt, columns gCol0 + 8 t.
@@ -331,8 +357,14 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
                 store(sP, {}, mt, nt, rr, pc[0], pc[1]);
               }
         }
-        // Every warp's dS and P_c are in shared memory.
-        gpu::BarrierOp::create(b, loc);
+        // The dS and P_c that phase 3 reads are in shared memory: with
+        // group barriers the warp pair's (keys 32 (w / 2), every query row;
+        // named barrier 1 + w / 2 of 64 threads), else every warp's.
+        if (groupBarriers)
+          NVVM::BarrierOp::create(b, loc, Type(), pairBarrier, i32(64), nullptr,
+                                  Value());
+        else
+          gpu::BarrierOp::create(b, loc);
 
         // 3. dv += P_c^T dout, dk += dS_j^T q_j: accumulators [mt][t].
         SmallVector<Acc> dk, dvAcc;
@@ -376,7 +408,12 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
         gradient(sDS, {idx(1)}, sQ, {stage, idx(1)}, gTiles, dk);
 
         // 4. dq_j += dS_j K, [mt][t] tiles of rows qRow0 + 16 mt, columns
-        // qCol0 + 8 t, added to the accumulator.
+        // qCol0 + 8 t, added to the accumulator. With group barriers, the
+        // row half's dS (every key) is in shared memory once its four warps
+        // pass named barrier 5 + w % 2.
+        if (groupBarriers)
+          NVVM::BarrierOp::create(b, loc, Type(), rowBarrier, i32(128), nullptr,
+                                  Value());
         int64_t qTiles = d / 16;
         SmallVector<Acc> dq(2 * qTiles, zeroAcc());
         for (int64_t kk = 0; kk < blockKeys / 16; ++kk) {
@@ -480,7 +517,8 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
           storePair(args.dk, fmul(final[o], scale), fmul(final[o + 1], scale),
                     add(add(mul(row, d), add(gCol0, colLane)), t * 8));
         }
-        Value vCol0 = mul(div(warp, 4), dv / 2);
+        Value vCol0 = groupBarriers ? mul(rem(warp, 2), dv / 2)
+                                    : mul(div(warp, 4), dv / 2);
         for (int64_t t = 0; t < gvTiles; ++t) {
           int64_t o = (2 * gTiles + mt * gvTiles + t) * 4 + 2 * rr;
           storePair(args.dv, final[o], final[o + 1],
