@@ -41,18 +41,16 @@ import os
 import sys
 from collections import defaultdict
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_cases  # noqa: E402
-from gpu_backward_check import inputs  # noqa: E402
-from gpu_check import make_epilogue  # noqa: E402
 
-from diffattn import _torch  # noqa: E402,F401  (registers the ops)
+# torch and the op come in with main(): the kernel-name matchers below are
+# tested on machines without torch (python/tests/test_gpu_kernel_split.py).
 
 
 def kernel_times(fn, iters):
     """{kernel name: ms per call of fn} from torch.profiler's CUDA records."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
@@ -102,8 +100,14 @@ def main():
         if not 0 <= i < len(gpu_cases.BACKWARD_BENCH):
             ap.error(f"--case {i}: gpu_cases.BACKWARD_BENCH has "
                      f"{len(gpu_cases.BACKWARD_BENCH)} shapes")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch
     import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from gpu_backward_check import inputs
+    from gpu_check import make_epilogue
+
+    from diffattn import _torch  # noqa: F401  (registers the ops)
 
     epilogue = make_epilogue()
     rows = []
@@ -147,10 +151,13 @@ def main():
             times = kernel_times(fn, args.iters)
             total = sum(times.values())
             fwd_ms, bwd_ms = pick(times, fwd_match), pick(times, bwd_match)
+            if not fwd_ms or not bwd_ms:
+                sys.exit(f"gpu_kernel_split: no {name} {'forward' if not fwd_ms else 'backward'} "
+                         f"product kernel among {sorted(times)}")
             # Per pair of heads the products number products[i]; per head
             # half that: product (one head's) x products / 2 flops.
-            fwd_rate = product * products[0] / 2 / (fwd_ms * 1e9) if fwd_ms else 0.0
-            bwd_rate = product * products[1] / 2 / (bwd_ms * 1e9) if bwd_ms else 0.0
+            fwd_rate = product * products[0] / 2 / (fwd_ms * 1e9)
+            bwd_rate = product * products[1] / 2 / (bwd_ms * 1e9)
             row["paths"][name] = dict(kernels_ms=times, total_ms=total, fwd_ms=fwd_ms,
                                       bwd_ms=bwd_ms, fwd_tflops=fwd_rate, bwd_tflops=bwd_rate)
             print(f"| {b} x {s}, {d} | {'causal' if causal else 'none'} | {name} | {total:.3f} "
