@@ -74,6 +74,39 @@ def inputs(b, sq, sk, h2, hkv, d, dt, g):
     return q, k, v, lam, dout
 
 
+def op_training_step(q, k, v, lam, dout, causal):
+    """One training step of the op: torch.ops.diffattn.v2 forward + backward
+    through autograd (torch.autograd.grad) on BSHD leaves q, k, v, lam with
+    the output gradient dout. Returns the step's callable, which returns
+    (dq, dk, dv, dlam)."""
+    def run():
+        out = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
+        return torch.autograd.grad(out, (q, k, v, lam), dout)
+    return run
+
+
+def sdpa_training_steps(q, k, v, lam, dout, causal, epilogue):
+    """SDPA's training step beside the op's: scaled_dot_product_attention
+    (enable_gqa) + `epilogue` (gpu_check.make_epilogue) forward + backward
+    through autograd on BHSD copies of q, k, v and a copy of lam, made once
+    here. Returns a function of an SDPBackend that returns that backend's
+    step callable."""
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
+    lam2 = lam.detach().clone().requires_grad_()
+
+    def step(backend):
+        def run():
+            with sdpa_kernel(backend):
+                a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal,
+                                                   enable_gqa=True)
+            return torch.autograd.grad(epilogue(a, lam2), (qh, kh, vh, lam2), dout)
+        return run
+    return step
+
+
 def with_deterministic(fn):
     """fn() under torch.use_deterministic_algorithms(True) (the
     deterministic backward kernels, diffattn._torch.default_backward_options)."""
@@ -171,8 +204,7 @@ def check_large(shape, g):
 
 
 def bench(results, rounds=5, seed=0):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
 
     epilogue = make_epilogue()
     rows = []
@@ -188,9 +220,7 @@ def bench(results, rounds=5, seed=0):
         pairs = s * (s + 1) // 2 if causal else s * s
         flops = 3.5 * 4 * b * h2 * d * pairs
 
-        def ours():
-            out = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
-            return torch.autograd.grad(out, (q, k, v, lam), dout)
+        ours = op_training_step(q, k, v, lam, dout, causal)
 
         with torch.no_grad():
             # The training forward's saved tensors (what autograd keeps).
@@ -206,18 +236,7 @@ def bench(results, rounds=5, seed=0):
             return torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse, None, causal,
                                                   None, -1, -1)
 
-        qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
-        lam2 = lam.detach().clone().requires_grad_()
-
-        def sdpa(backend):
-            def run():
-                with sdpa_kernel(backend):
-                    a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal,
-                                                       enable_gqa=True)
-                o = epilogue(a, lam2)
-                return torch.autograd.grad(o, (qh, kh, vh, lam2), dout)
-            return run
-
+        sdpa = sdpa_training_steps(q, k, v, lam, dout, causal, epilogue)
         row = dict(shape=[b, s, h2, hkv, d, causal])
         launches = {"ours_ms": ours, "ours_det_ms": with_deterministic(ours),
                     "ours_bwd_ms": bwd_only, "ours_bwd_det_ms": with_deterministic(bwd_only),
@@ -253,7 +272,7 @@ def bench(results, rounds=5, seed=0):
               f"{fmt(tf['fa2_ms'])} | {rat(ratio['cudnn'])} | {rat(ratio['fa2'])} | "
               f"{rat(det_ratio)} |", flush=True)
         rows.append(row)
-        del q, k, v, lam, dout, qh, kh, vh, lam2, out, lse, out_odd
+        del q, k, v, lam, dout, sdpa, ours, run, launches, out, lse, out_odd
         torch.cuda.empty_cache()
     results["bench"] = rows
 

@@ -101,10 +101,9 @@ def main():
             ap.error(f"--case {i}: gpu_cases.BACKWARD_BENCH has "
                      f"{len(gpu_cases.BACKWARD_BENCH)} shapes")
     import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
-    from gpu_backward_check import inputs
+    from gpu_backward_check import inputs, op_training_step, sdpa_training_steps
     from gpu_check import make_epilogue
 
     from diffattn import _torch  # noqa: F401  (registers the ops)
@@ -121,18 +120,9 @@ def main():
         q, k, v, lam, dout = inputs(b, s, s, h2, hkv, d, torch.bfloat16, g)
         for t in (q, k, v, lam):
             t.requires_grad_()
-        qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
-        lam2 = lam.detach().clone().requires_grad_()
-
-        def op():
-            o = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
-            return torch.autograd.grad(o, (q, k, v, lam), dout)
-
-        def fa2():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal,
-                                                   enable_gqa=True)
-            return torch.autograd.grad(epilogue(a, lam2), (qh, kh, vh, lam2), dout)
+        op = op_training_step(q, k, v, lam, dout, causal)
+        fa2 = sdpa_training_steps(q, k, v, lam, dout, causal, epilogue)(
+            SDPBackend.FLASH_ATTENTION)
 
         visible = s * (s + 1) // 2 if causal else s * s
         product = 2.0 * b * h2 * visible * d  # flops of one S-sized product
@@ -165,7 +155,7 @@ def main():
                   f"| {total - fwd_ms - bwd_ms:.3f} |", flush=True)
         if not args.plain:
             rows.append(row)
-        del q, k, v, lam, dout, qh, kh, vh, lam2
+        del q, k, v, lam, dout, op, fa2, fn
         torch.cuda.empty_cache()
     if args.plain:
         return

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_cases  # noqa: E402
-from gpu_backward_check import inputs  # noqa: E402
+from gpu_backward_check import inputs, op_training_step, sdpa_training_steps  # noqa: E402
 from gpu_check import make_epilogue, time_in_rounds  # noqa: E402
 
 from diffattn import _torch  # noqa: E402  (registers the ops)
@@ -56,8 +56,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
 
     epilogue = make_epilogue()
     rows = []
@@ -80,18 +79,9 @@ def main():
             return torch.ops.diffattn.v2_backward(q, k, v, lam, out, dout, lse, None, causal,
                                                   None, -1, -1, out_odd)
 
-        def op():
-            o = torch.ops.diffattn.v2(q, k, v, lam, None, causal, None, -1, -1)
-            return torch.autograd.grad(o, (q, k, v, lam), dout)
-
-        qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
-        lam2 = lam.detach().clone().requires_grad_()
-
-        def fa2():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal,
-                                                   enable_gqa=True)
-            return torch.autograd.grad(epilogue(a, lam2), (qh, kh, vh, lam2), dout)
+        op = op_training_step(q, k, v, lam, dout, causal)
+        fa2 = sdpa_training_steps(q, k, v, lam, dout, causal, epilogue)(
+            SDPBackend.FLASH_ATTENTION)
 
         def queued(fn):
             def run():
@@ -128,7 +118,7 @@ def main():
               f"{row['host_us']:.0f} | {m['fa2']:.3f} | {m['fa2_queued']:.3f} | "
               f"{m['fa2'] / m['op']:.3f}x | {m['fa2_queued'] / m['op_queued']:.3f}x |",
               flush=True)
-        del q, k, v, lam, dout, out, lse, out_odd, qh, kh, vh, lam2
+        del q, k, v, lam, dout, out, lse, out_odd, op, fa2, launches
         torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_train_breakdown.json"), "w") as f:
