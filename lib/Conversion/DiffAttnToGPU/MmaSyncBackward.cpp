@@ -425,9 +425,17 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         Value colLane = mul(rem(lane, 4), 2);
         ColumnRecords records =
             loadColumnRecords(*this, sStat, stage, colLane, qTiles);
-        ArrayRef<Value> negSig = records.negSigmoid,
-                        colEven = records.deltaEven,
-                        negOdd = records.negDeltaOdd;
+        ArrayRef<Value> colEven = records.deltaEven;
+        // The odd head's records negated, so that dS_2h+1 = P (-sigmoid G -
+        // D_2h+1) and P_c = P_2h - sigmoid P_2h+1 are one FFMA each (ptxas
+        // folds the negation into the FFMA's operand; `0 - x` and a separate
+        // product cost 64 instructions per block and thread in the wide
+        // kernel, H200 backward run 75).
+        SmallVector<Value> negSig, negOdd;
+        for (auto [sig, odd] : llvm::zip(records.sigmoid, records.deltaOdd)) {
+          negSig.push_back(fneg(sig));
+          negOdd.push_back(fneg(odd));
+        }
         // Masks only where the block straddles a bound (or Sq).
         Value needsMask = keyBlockNeedsMask(*this, attn, key0, blockKeys, q0,
                                             blockQ, seqQ, offset, keyLen);

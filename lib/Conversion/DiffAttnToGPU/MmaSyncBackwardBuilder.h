@@ -70,12 +70,9 @@ void copyRecordsAsync(GPUKernelBuilder &kb, const BackwardArgs &args,
                       int64_t pairs);
 /// The records of the thread's columns of a query block in the dk/dv
 /// kernels (query rows 8 nt + colLane + c, c = 0, 1, of sStat[stage]), one
-/// value per column in that order. The odd head's D and sigmoid(lam) come
-/// negated: the chain rule's dS_2h+1 = P (-sigmoid G - D_2h+1) and P_c =
-/// P_2h - sigmoid P_2h+1 are then one FFMA each (ptxas folds the negation
-/// into the FFMA's operand; `0 - x` costs an FADD).
+/// value per column in that order.
 struct ColumnRecords {
-  SmallVector<Value> deltaEven, negDeltaOdd, negSigmoid, shift[2];
+  SmallVector<Value> deltaEven, deltaOdd, sigmoid, shift[2];
 };
 ColumnRecords loadColumnRecords(GPUKernelBuilder &kb, Value sStat, Value stage,
                                 Value colLane, int64_t qTiles);

@@ -114,8 +114,8 @@ ColumnRecords mma_sync::loadColumnRecords(GPUKernelBuilder &kb, Value sStat,
         return vector::ExtractOp::create(b, loc, rec, f).getResult();
       };
       records.deltaEven.push_back(field(kDeltaEven));
-      records.negDeltaOdd.push_back(kb.fneg(field(kDeltaOdd)));
-      records.negSigmoid.push_back(kb.fneg(field(kSigmoid)));
+      records.deltaOdd.push_back(field(kDeltaOdd));
+      records.sigmoid.push_back(field(kSigmoid));
       records.shift[0].push_back(field(kShiftEven));
       records.shift[1].push_back(memref::LoadOp::create(
           b, loc, sStat, ValueRange{stage, row, kb.idx(kShiftOdd)}));

@@ -511,17 +511,8 @@ void BackwardBuilder::buildKeyKernel(gpu::GPUFuncOp func) {
         // + c of the block).
         mma_sync::ColumnRecords records =
             mma_sync::loadColumnRecords(*this, sStat, stage, colLane, qTiles);
-        // This kernel keeps the chain rule's two-instruction forms (P_2h -
-        // sigmoid P_2h+1 and 0 - (sigmoid G + D)), on the records negated
-        // back (LLVM folds the double negation): with one FFMA each, as the
-        // portable kernels take them, it measured 0.98-1.02x on an H200
-        // (backward run 76; 0.98x unmasked).
-        SmallVector<Value> colSig, colOdd;
-        for (auto [s, o] : llvm::zip(records.negSigmoid, records.negDeltaOdd)) {
-          colSig.push_back(fneg(s));
-          colOdd.push_back(fneg(o));
-        }
-        ArrayRef<Value> colEven = records.deltaEven;
+        ArrayRef<Value> colSig = records.sigmoid, colEven = records.deltaEven,
+                        colOdd = records.deltaOdd;
         // P_h^T, masked only where the block straddles a bound (or Sq).
         Value needsMask = mma_sync::keyBlockNeedsMask(
             *this, attn, key0, blockKeys, q0, blockQ, seqQ, offset, keyLen);
