@@ -148,24 +148,32 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
   // a barrier of that warp pair), phase 4's the rows of its phase-1 tile
   // (32 (w % 2): a barrier of the row half's four warps). Measured on an
   // H200 (backward run 77, 9 shuffled rounds): 1.005-1.011x at D = 128,
-  // 0.984x at D = 64, which keeps the CTA barrier and the tiles below.
+  // 0.984x at D = 64, which keeps the CTA barrier and the other tiles.
   const bool groupBarriers = d >= 128;
-  // Phase 3's: keys gKey0 .., columns gCol0 .. (D / 2 of them).
-  Value gKey0 = groupBarriers ? mul(div(warp, 2), 32) : mul(rem(warp, 4), 32);
-  Value gCol0 =
-      groupBarriers ? mul(rem(warp, 2), d / 2) : mul(div(warp, 4), d / 2);
+  // Phase 3's warp tile: keys gKey0 .., columns gCol0 .. (D / 2 of them, of
+  // dk and of dv: the GPU backward takes D = Dv only). Phase 4's: head
+  // qHead, rows qRow0 .., columns qCol0 ... With group barriers, the named
+  // barriers' ids: 1 + w / 2 (phase 3) and 5 + w % 2 (phase 4).
+  Value gKey0, gCol0, qHead, qRow0, qCol0, pairBarrier, rowBarrier;
+  if (groupBarriers) {
+    gKey0 = mul(div(warp, 2), 32);
+    gCol0 = mul(rem(warp, 2), d / 2);
+    qHead = rem(div(warp, 2), 2);
+    qRow0 = mul(rem(warp, 2), 32);
+    qCol0 = mul(div(warp, 4), d / 2);
+    Value warp32 = arith::IndexCastOp::create(b, loc, b.getI32Type(), warp);
+    pairBarrier = arith::AddIOp::create(
+        b, loc, arith::DivUIOp::create(b, loc, warp32, i32(2)), i32(1));
+    rowBarrier = arith::AddIOp::create(
+        b, loc, arith::RemUIOp::create(b, loc, warp32, i32(2)), i32(5));
+  } else {
+    gKey0 = mul(rem(warp, 4), 32);
+    gCol0 = mul(div(warp, 4), d / 2);
+    qHead = div(warp, 4);
+    qRow0 = mul(rem(div(warp, 2), 2), 32);
+    qCol0 = mul(rem(warp, 2), d / 2);
+  }
   int64_t gTiles = d / 16, gvTiles = dv / 16;
-  // Phase 4's: head qHead, rows qRow0 .., columns qCol0 ...
-  Value qHead = groupBarriers ? rem(div(warp, 2), 2) : div(warp, 4);
-  Value qRow0 =
-      groupBarriers ? mul(rem(warp, 2), 32) : mul(rem(div(warp, 2), 2), 32);
-  Value qCol0 =
-      groupBarriers ? mul(div(warp, 4), d / 2) : mul(rem(warp, 2), d / 2);
-  Value warp32 = arith::IndexCastOp::create(b, loc, b.getI32Type(), warp);
-  Value pairBarrier = arith::AddIOp::create(
-      b, loc, arith::DivUIOp::create(b, loc, warp32, i32(2)), i32(1));
-  Value rowBarrier = arith::AddIOp::create(
-      b, loc, arith::RemUIOp::create(b, loc, warp32, i32(2)), i32(5));
 
   // The loop carries dk then dv: [mt][t] accumulator tiles of keys gKey0 +
   // 16 mt, columns gCol0 + 8 t.
@@ -517,12 +525,10 @@ void BackwardBuilder::buildWideKeyKernel(gpu::GPUFuncOp func) {
           storePair(args.dk, fmul(final[o], scale), fmul(final[o + 1], scale),
                     add(add(mul(row, d), add(gCol0, colLane)), t * 8));
         }
-        Value vCol0 = groupBarriers ? mul(rem(warp, 2), dv / 2)
-                                    : mul(div(warp, 4), dv / 2);
         for (int64_t t = 0; t < gvTiles; ++t) {
           int64_t o = (2 * gTiles + mt * gvTiles + t) * 4 + 2 * rr;
           storePair(args.dv, final[o], final[o + 1],
-                    add(add(mul(row, dv), add(vCol0, colLane)), t * 8));
+                    add(add(mul(row, dv), add(gCol0, colLane)), t * 8));
         }
       });
     }
