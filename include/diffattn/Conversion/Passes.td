@@ -118,13 +118,25 @@ defvar DiffAttnGPUStrategyOptions = [
            "three measure level (run 53, shuffled rounds: thread "
            "0.99-1.00x warpgroup); warpgroup, FA3's form, is the "
            "default (docs/performance.md)">,
+    Option<"overlapTiles", "overlap-tiles", "std::string",
+           /*default=*/"\"false\"",
+           "wgmma strategy, warp-specialised, dynamic tile scheduler, two Q "
+           "buffers: true: each consumer warpgroup issues the next tile's "
+           "first S = Q K_0^T before this tile's last P V and runs that "
+           "block's softmax while the P V runs, as the key loop overlaps "
+           "S_j with P_{j-1} V_{j-1} (cross-tile pipelining); the next tile "
+           "starts with its first block's probabilities in registers. "
+           "false: a tile's first S waits for the previous tile's epilogue. "
+           "auto: true where the kernel has what it needs. false by default "
+           "until measured on a GPU (docs/gpu-strategies.md)">,
     Option<"trimLastPV", "trim-last-pv", "bool", /*default=*/"true",
            "wgmma strategy: a tile's last P V issues only the first half of "
            "its k16 steps where no row of the tile sees the keys of the "
            "block's second half (their probabilities are exactly 0): with "
            "a causal mask and 64-row tiles, every other tile's last block "
            "at 128-key blocks, one tile in three at 192 (exact; level on "
-           "H200, Hopper runs 52-53)">,
+           "H200, Hopper runs 52-53). Under overlap-tiles, only where the "
+           "last P V issues alone (no next tile)">,
     Option<"tma", "tma", "bool", /*default=*/"true",
            "wgmma strategy, warp-specialised: one producer thread loads the "
            "K/V tiles with TMA (cp.async.bulk.tensor into the 128-byte "

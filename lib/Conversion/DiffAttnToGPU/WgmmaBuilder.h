@@ -111,6 +111,10 @@ struct WgmmaPlan : TileConfig {
   /// The last key block's P V skips the second half of its k16 steps
   /// where no row of the tile sees those keys (the trim-last-pv option).
   bool trimLastPV = false;
+  /// Dynamic scheduler, two Q buffers: a consumer issues the next tile's
+  /// first S with this tile's last P V and carries that block's softmax
+  /// into the next tile (the overlap-tiles option).
+  bool overlapTiles = false;
   /// With two Q buffers, the producer loads a tile's Q before its block 0
   /// (the q-first option).
   bool qFirst = false;
@@ -399,6 +403,51 @@ protected:
   /// thread's row, under a uniform branch taken only by a block that
   /// straddles the mask (the scores unchanged otherwise).
   SmallVector<Value> maskBlock(ArrayRef<Value> scores, Value key0);
+  // A consumer's key loop (WgmmaOverlap.cpp).
+  /// The loop-carried state of a warpgroup's head, flat: Dv / 8
+  /// accumulator tiles (4 f32 each), then the max and the sum of the
+  /// thread's two rows.
+  HeadState unpackState(ValueRange carried);
+  SmallVector<Value> packState(const HeadState &state);
+  /// Key block j's stage in the K/V ring and the parity of that stage's
+  /// use (i32), blockBase blocks of the CTA's earlier tiles before it.
+  Value stageOfBlock(Value j);
+  Value parityOfBlock(Value j);
+  /// One block's softmax: its scores (the issued product `scores`), masked
+  /// where the block straddles the mask (maskBlock, keys from `key0`),
+  /// through the online softmax of `head` (its accumulators left alone):
+  /// the probabilities, the accumulators' correction factors (one per
+  /// row) and whether any row's offset moved.
+  struct BlockSoftmax {
+    SmallVector<Acc> probabilities;
+    SmallVector<Value, 2> factors;
+    Value moved;
+  };
+  BlockSoftmax blockSoftmax(Value scores, Value key0, HeadState &head);
+  /// What overlapLastPV needs of the kernel: `enterNext` makes the CTA's
+  /// next tile current (its Q waited for; tile state, qSlot and tileIndex
+  /// set) and returns whether there is one; `acquire(j)` / `releaseKeys(j)`
+  /// wait for block j's K tile and hand it back; `edgeTurn` as keyLoop's.
+  struct OverlapHooks {
+    function_ref<Value()> enterNext;
+    function_ref<void(Value)> acquire, releaseKeys;
+    function_ref<void(bool)> edgeTurn;
+  };
+  /// overlap-tiles: the tile's last P V (P in `lastP`, V through `vDesc`,
+  /// `keysSeen` as issueLastPV's) with the next tile's first S issued
+  /// before it and that block's softmax run while the P V does (the whole
+  /// P V: no trim-last-pv); where there is no next tile, or it has no key
+  /// block, the P V alone (issueLastPV). Leaves the final accumulators in
+  /// `head` and the tile state the current tile's; returns what the next tile
+  /// starts from, in noCarry's layout: whether block 0 was computed (i1), its
+  /// row max and sum (4 f32), its P registers (blockK / 4 i32).
+  SmallVector<Value> overlapLastPV(HeadState &head, ArrayRef<Value> lastP,
+                                   ArrayRef<Value> vDesc, Value keysSeen,
+                                   const OverlapHooks &hooks);
+  /// The state a head starts a tile from (unpackState's layout: zeros,
+  /// -inf, 0), and the carry of a tile that computed nothing of the next.
+  SmallVector<Value> initialState, noCarry;
+
   /// What a persistent (or one-tile) CTA walks: `numTiles` linear tiles,
   /// tile t being row block t % `tileRowBlocks` of KV head t / R % Hkv of
   /// batch t / R / Hkv; `workspace` (memref<?xf32>, with dynamicTiles) holds
@@ -418,16 +467,46 @@ protected:
   /// (tileIndexSlot(2 + qSlot)) before its arrival on the Q buffer's
   /// qFull. The consumers run `begin(i)` (their wait on qFull, setting
   /// nothing but reading qSlot) before reading the slot; an index past the
-  /// last tile ends their walk.
+  /// last tile ends their walk. With `carry` (the consumers' dynamic
+  /// walk only) its values are carried from tile to tile: `body` finds the
+  /// previous tile's in it (the initial ones in the first) and leaves the
+  /// next tile's.
   Value walkTiles(const TileWalk &walk, bool producer,
                   function_ref<void(Value)> begin,
-                  function_ref<void(Value)> body);
+                  function_ref<void(Value)> body,
+                  SmallVectorImpl<Value> *carry = nullptr);
+  /// setupTile for linear tile `t` of `walk` (row block t % R, KV head t /
+  /// R % Hkv, batch t / R / Hkv).
+  void setupTileAt(const TileWalk &walk, Value t);
   /// Shared-memory pointer (i32) of the dynamic scheduler's tile-index slot
   /// `slot`: 0 and 1 the producer's hand-over, 2 + q Q buffer q's.
   Value tileIndexSlot(Value slot);
   /// Shared-memory pointer of the `index`-th mbarrier (8 bytes each, from
   /// WgmmaPlan::barrierOffset; the layout is WgmmaPlan::barrierBytes').
   Value mbarrierAt(Value index);
+  /// The warp-specialised kernel's mbarriers (mbarrierAt's layout): stage
+  /// s's full (its K tile landed; the producer's arrivals), fullValues (its
+  /// V tile), emptyKeys and emptyValues (the consumers released them); Q
+  /// buffer `slot`'s qFull and qEmpty (the consumers' 256 threads arrive
+  /// once a tile is done with its Q buffer: once its last S landed, or, for
+  /// a tile whose epilogue reuses the buffer, after the epilogue); the
+  /// hand-off epilogue's scoresLanded (warpgroup 1's last S of the tile
+  /// landed) and handedOver (warpgroup 0's columns are in the Q buffer;
+  /// HandoffStep), whose index is 0.
+  enum class Barrier {
+    Full,
+    FullValues,
+    EmptyKeys,
+    EmptyValues,
+    QFull,
+    QEmpty,
+    ScoresLanded,
+    HandedOver
+  };
+  Value mbarrierOf(Barrier kind, Value index);
+  /// Initialises every mbarrier of the kernel (one thread; expected
+  /// arrivals as the producer and consumers make them).
+  void initBarriers();
   /// A cluster kernel with the dynamic scheduler: the mbarrier (one
   /// arrival per phase) on which rank 0's loading thread announces, in
   /// rank 1, the tile index it stored there in producer slot `slot`

@@ -128,30 +128,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     }
   };
 
-  // Loop-carried state of the warpgroup's head: Dv/8 accumulator tiles,
-  // then max and sum of the thread's two rows.
+  // Loop-carried state of the warpgroup's head (unpackState).
   int64_t valueTiles = plan.valueDim / 8;
   Value ninf = f32(-std::numeric_limits<float>::infinity());
-  SmallVector<Value> init(valueTiles * 4, f32(0.0f));
+  SmallVector<Value> &init = initialState;
+  init.assign(valueTiles * 4, f32(0.0f));
   init.append({ninf, ninf, f32(0.0f), f32(0.0f)});
-  auto unpackState = [&](ValueRange carried) {
-    HeadState state;
-    state.acc.resize(valueTiles);
-    for (int64_t t = 0; t < valueTiles; ++t)
-      for (int64_t e = 0; e < 4; ++e)
-        state.acc[t][e] = carried[t * 4 + e];
-    state.rowMax = {carried[valueTiles * 4], carried[valueTiles * 4 + 1]};
-    state.rowSum = {carried[valueTiles * 4 + 2], carried[valueTiles * 4 + 3]};
-    return state;
-  };
-  auto packState = [&](const HeadState &state) {
-    SmallVector<Value> results;
-    for (const Acc &t : state.acc)
-      results.append(t.begin(), t.end());
-    results.append(
-        {state.rowMax[0], state.rowMax[1], state.rowSum[0], state.rowSum[1]});
-    return results;
-  };
 
   // The key loop, software-pipelined as FlashAttention-3's intra-warpgroup
   // overlap: iteration j issues S_j = Q K_jᵀ and then O += P_{j-1} V_{j-1},
@@ -167,20 +149,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // division by 3 costs about a dozen instructions per use in the loop.
   // Blocks of earlier tiles of a persistent CTA came first in the ring.
   blockBase = idx(0);
-  auto block32 = [&](Value j) {
-    return arith::IndexCastUIOp::create(b, loc, b.getI32Type(),
-                                        add(blockBase, j));
-  };
-  auto stageOf = [&](Value j) {
-    return arith::IndexCastUIOp::create(
-        b, loc, b.getIndexType(),
-        arith::RemUIOp::create(b, loc, block32(j), i32(stages)));
-  };
-  auto parityOf = [&](Value j) {
-    return arith::AndIOp::create(
-        b, loc, arith::DivUIOp::create(b, loc, block32(j), i32(stages)),
-        i32(1));
-  };
+  auto stageOf = [&](Value j) { return stageOfBlock(j); };
+  auto parityOf = [&](Value j) { return parityOfBlock(j); };
   auto fenceCopies = [&] {
     // The tensor cores read shared memory through the async proxy: each
     // thread orders its landed copies before the barrier.
@@ -195,25 +165,18 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
            [&] { loadKeyBlock(keyOf(j), stageOf(j), thread, copyThreads); });
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
   };
-  // The block's scores, masked where the block straddles the mask, through
-  // the online softmax of `head` (its accumulators left alone): returns
-  // P's operand registers and the accumulators' correction factors.
   auto softmaxOf = [&](Value scores, Value key0, HeadState &head) {
-    SmallVector<Acc> s = readScores(scores);
-    fenceTiles(s);
-    SmallVector<Value> flat;
-    for (const Acc &t : s)
-      flat.append(t.begin(), t.end());
-    SmallVector<Value> visible = maskBlock(flat, key0);
-    for (int64_t nt = 0; nt < blockK / 8; ++nt)
-      for (int64_t e = 0; e < 4; ++e)
-        s[nt][e] = visible[nt * 4 + e];
-    Value moved;
-    SmallVector<Value, 2> factors = softmax.blockDeferred(s, head, &moved);
-    return std::make_tuple(s, factors, moved);
+    return blockSoftmax(scores, key0, head);
   };
   int64_t pRegs = blockK / 16 * 4;
   Value zeroReg = i32(0);
+
+  // overlap-tiles: what a tile carries into the next when it computed the
+  // next one's first block (keyLoop), here nothing.
+  SmallVector<Value> &noCarry = this->noCarry;
+  noCarry.assign({arith::ConstantOp::create(b, loc, b.getBoolAttr(false)), ninf,
+                  ninf, f32(0.0f), f32(0.0f)});
+  noCarry.append(pRegs, zeroReg);
 
   // The key loop of the consumers: `acquire(j)` waits until block j's keys
   // are in shared memory, `acquireValues(j)` until its values are (before
@@ -226,12 +189,19 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // edge turns the first S and the last P V issue outside the turns
   // (FlashAttention-3's order), which keeps both warpgroups' counts equal:
   // n - 1 per tile of n blocks. Returns the final state.
+  // With plan.overlapTiles, `carry` holds what the previous tile computed
+  // of this one (noCarry's layout: whether it did, block 0's row max and
+  // sum, its P registers) and receives what this tile computes of the
+  // next, which `enterNext` enters (the next tile's Q waited for, the tile
+  // state, qSlot and tileIndex set to it) and returns whether it exists.
   auto keyLoop = [&](function_ref<void(Value)> acquire,
                      function_ref<void(Value)> acquireValues,
                      function_ref<void(Value)> releaseKeys,
                      function_ref<void(Value)> release,
                      function_ref<void(bool)> turn,
-                     function_ref<void()> scoresDone, bool keepLastStage) {
+                     function_ref<void()> scoresDone, bool keepLastStage,
+                     SmallVectorImpl<Value> *carry,
+                     function_ref<Value()> enterNext) {
     Value hasBlocks = cmp(arith::CmpIPredicate::sgt, numBlocks, idx(0));
     // The turns of the tile's first S and last P V (ping-pong-edges).
     auto edgeTurn = [&](bool begin) {
@@ -243,9 +213,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     SmallVector<Type> stateTypes;
     for (Value v : firstInit)
       stateTypes.push_back(v.getType());
-    auto first = scf::IfOp::create(b, loc, stateTypes, hasBlocks,
-                                   /*withElseRegion=*/true);
-    {
+    auto computeFirst = [&]() -> SmallVector<Value> {
+      auto first = scf::IfOp::create(b, loc, stateTypes, hasBlocks,
+                                     /*withElseRegion=*/true);
       OpBuilder::InsertionGuard g(b);
       b.setInsertionPointToStart(first.thenBlock());
       acquire(idx(0));
@@ -259,16 +229,35 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       releaseKeys(idx(0));
       HeadState head = unpackState(init);
       SmallVector<Value> p =
-          packProbabilities(std::get<0>(softmaxOf(scores, lo, head)));
+          packProbabilities(softmaxOf(scores, lo, head).probabilities);
       SmallVector<Value> results = packState(head);
       results.append(p);
       scf::YieldOp::create(b, loc, results);
       b.setInsertionPointToStart(first.elseBlock());
       scf::YieldOp::create(b, loc, firstInit);
+      return SmallVector<Value>(first.getResults());
+    };
+    SmallVector<Value> firstState;
+    if (!carry) {
+      firstState = computeFirst();
+    } else {
+      // Block 0's softmax came with the previous tile, its accumulators
+      // are zero.
+      auto carried = scf::IfOp::create(b, loc, stateTypes, (*carry)[0],
+                                       /*withElseRegion=*/true);
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(carried.thenBlock());
+      SmallVector<Value> state(init.begin(), init.begin() + valueTiles * 4);
+      state.append(carry->begin() + 1, carry->end());
+      scf::YieldOp::create(b, loc, state);
+      b.setInsertionPointToStart(carried.elseBlock());
+      scf::YieldOp::create(b, loc, computeFirst());
+      firstState.assign(carried.getResults().begin(),
+                        carried.getResults().end());
     }
 
     auto loop = scf::ForOp::create(
-        b, loc, idx(1), numBlocks, idx(1), first.getResults(),
+        b, loc, idx(1), numBlocks, idx(1), firstState,
         [&](OpBuilder &, Location, Value j, ValueRange carried) {
           acquire(j);
           acquireValues(sub(j, idx(1)));
@@ -331,8 +320,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
 
     scoresDone();
     // The last block's P V.
-    SmallVector<Type> accTypes(init.size(), b.getF32Type());
-    auto last = scf::IfOp::create(b, loc, accTypes, hasBlocks,
+    SmallVector<Type> lastTypes(init.size(), b.getF32Type());
+    if (carry)
+      for (Value v : noCarry)
+        lastTypes.push_back(v.getType());
+    auto last = scf::IfOp::create(b, loc, lastTypes, hasBlocks,
                                   /*withElseRegion=*/true);
     {
       OpBuilder::InsertionGuard g(b);
@@ -343,17 +335,30 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       SmallVector<Value> vDesc = pvDescriptors(stageOf(sub(numBlocks, idx(1))));
       // trim-last-pv: the keys some row of the tile sees in the last block.
       Value keysSeen = sub(tile.hi, keyOf(sub(numBlocks, idx(1))));
-      issueLastPV(SmallVector<Value>(carried.take_back(pRegs)), vDesc, keysSeen,
-                  head.acc, edgeTurn);
+      SmallVector<Value> lastP(carried.take_back(pRegs));
+      SmallVector<Value> next;
+      if (carry)
+        next = overlapLastPV(head, lastP, vDesc, keysSeen,
+                             {enterNext, acquire, releaseKeys, edgeTurn});
+      else
+        issueLastPV(lastP, vDesc, keysSeen, head.acc, edgeTurn);
       // The last block's V tile goes back too (after the epilogue with
       // keepLastStage): a persistent CTA's next tile loads into it.
       if (!keepLastStage)
         release(sub(numBlocks, idx(1)));
-      scf::YieldOp::create(b, loc, packState(head));
+      SmallVector<Value> results = packState(head);
+      results.append(next);
+      scf::YieldOp::create(b, loc, results);
       b.setInsertionPointToStart(last.elseBlock());
-      scf::YieldOp::create(b, loc, carried.take_front(init.size()));
+      results.assign(carried.begin(), carried.begin() + init.size());
+      if (carry)
+        results.append(noCarry);
+      scf::YieldOp::create(b, loc, results);
     }
-    return SmallVector<Value>(last.getResults());
+    if (carry)
+      carry->assign(last.getResults().begin() + init.size(),
+                    last.getResults().end());
+    return SmallVector<Value>(last.getResults().take_front(init.size()));
   };
 
   if (!plan.warpSpecialized) {
@@ -372,7 +377,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           prefetch(add(j, idx(1)), tid, threads);
         },
         [](Value) {}, [](Value) {}, [](Value) {}, [](bool) {}, [] {},
-        /*keepLastStage=*/false);
+        /*keepLastStage=*/false, /*carry=*/nullptr, nullptr);
     // No copy may be in flight when shared memory is reused.
     NVVM::CpAsyncWaitGroupOp::create(b, loc, 0);
     emitEpilogue(
@@ -394,67 +399,23 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // Phases alternate with each reuse of a stage or buffer. The consumers order
   // the landed copies for the tensor cores' async proxy (fence.proxy.async)
   // after each wait. The mbarriers after the tiles (mbarrierAt).
-  auto full = [&](Value s) { return mbarrierAt(s); };
-  auto fullValues = [&](Value s) { return mbarrierAt(add(s, stages)); };
-  auto emptyKeys = [&](Value s) { return mbarrierAt(add(s, 2 * stages)); };
-  auto emptyValues = [&](Value s) { return mbarrierAt(add(s, 3 * stages)); };
-  // Q buffer `slot`'s full and empty mbarriers.
-  auto qFullOf = [&](Value slot) { return mbarrierAt(add(slot, 4 * stages)); };
+  auto full = [&](Value s) { return mbarrierOf(Barrier::Full, s); };
+  auto fullValues = [&](Value s) { return mbarrierOf(Barrier::FullValues, s); };
+  auto emptyKeys = [&](Value s) { return mbarrierOf(Barrier::EmptyKeys, s); };
+  auto emptyValues = [&](Value s) {
+    return mbarrierOf(Barrier::EmptyValues, s);
+  };
+  auto qFullOf = [&](Value slot) { return mbarrierOf(Barrier::QFull, slot); };
   auto waitOn = [&](Value bar, Value parity) {
     NVVM::MBarrierTryWaitParityOp::create(b, loc, bar, parity, i32(0));
   };
   auto arrive = [&](Value bar) {
     NVVM::MBarrierArriveOp::create(b, loc, Type(), bar, Value());
   };
-  // qEmpty: the consumers' 256 threads arrive once a tile is done with its
-  // Q buffer: once its last S landed, or, for a tile without key blocks
-  // (whose epilogue's exchange reuses the Q buffer), after the epilogue.
-  auto qEmptyOf = [&](Value slot) {
-    return mbarrierAt(add(slot, 4 * stages + plan.qBuffers));
-  };
-  // The hand-off epilogue's (HandoffStep): warpgroup 1's last S of the tile
-  // has landed; warpgroup 0's columns are in the Q buffer.
-  Value scoresLanded = mbarrierAt(idx(4 * stages + 2 * plan.qBuffers));
-  Value handedOver = mbarrierAt(idx(4 * stages + 2 * plan.qBuffers + 1));
-  ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] {
-    // With TMA one thread arrives (expecting the tile's bytes; in a
-    // cluster kernel both CTAs' halves land on it). A cluster kernel's
-    // stages are released by both CTAs' consumers.
-    int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
-    int64_t releases = plan.releaseArrivalCount() * plan.clusterSize;
-    for (int64_t s = 0; s < stages; ++s) {
-      NVVM::MBarrierInitOp::create(b, loc, full(idx(s)), i32(loaders), Value());
-      NVVM::MBarrierInitOp::create(b, loc, emptyValues(idx(s)), i32(releases),
-                                   Value());
-      NVVM::MBarrierInitOp::create(b, loc, emptyKeys(idx(s)), i32(releases),
-                                   Value());
-      NVVM::MBarrierInitOp::create(b, loc, fullValues(idx(s)), i32(loaders),
-                                   Value());
-    }
-    // With the dynamic scheduler the loading thread arrives once more, after
-    // writing the tile's index.
-    for (int64_t slot = 0; slot < plan.qBuffers; ++slot) {
-      NVVM::MBarrierInitOp::create(
-          b, loc, qFullOf(idx(slot)),
-          i32(kWarpgroupThreads + (plan.dynamicTiles ? 1 : 0)), Value());
-      NVVM::MBarrierInitOp::create(b, loc, qEmptyOf(idx(slot)),
-                                   i32(2 * kWarpgroupThreads), Value());
-    }
-    if (plan.handoffEpilogue)
-      for (Value bar : {scoresLanded, handedOver})
-        NVVM::MBarrierInitOp::create(b, loc, bar, i32(kWarpgroupThreads),
-                                     Value());
-    // The cluster's tile index hand-over (dynamic scheduler).
-    if (plan.clusterSize > 1 && plan.dynamicTiles)
-      for (bool isFull : {true, false})
-        for (int64_t slot = 0; slot < 2; ++slot)
-          NVVM::MBarrierInitOp::create(
-              b, loc, clusterIndexBarrier(isFull, idx(slot)), i32(1), Value());
-    // The other CTA's TMA loads and arrivals may reach these mbarriers as
-    // soon as the cluster barrier below opens.
-    if (plan.clusterSize > 1)
-      NVVM::FenceMbarrierInitOp::create(b, loc);
-  });
+  auto qEmptyOf = [&](Value slot) { return mbarrierOf(Barrier::QEmpty, slot); };
+  Value scoresLanded = mbarrierOf(Barrier::ScoresLanded, idx(0));
+  Value handedOver = mbarrierOf(Barrier::HandedOver, idx(0));
+  ifThen(cmp(arith::CmpIPredicate::eq, tid, idx(0)), [&] { initBarriers(); });
   // A cluster kernel's CTAs meet (barrier.cluster.arrive.release, then
   // wait.acquire: every thread of both) before either loads a tile.
   auto clusterBarrier = [&] {
@@ -711,7 +672,11 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
         auto acquireQ = [&](Value tileIter) {
           acquireCopies(qFullOf(qSlot), parityOfTile(tileIter));
         };
-        walkTiles(walk, /*producer=*/false, acquireQ, [&](Value tileIter) {
+        // overlap-tiles: the tile after `tileIter` is the one the dynamic
+        // scheduler's slot of the next Q buffer names (walkTiles reads the
+        // same value again when it gets there).
+        SmallVector<Value> carry(noCarry);
+        auto bodyOf = [&](Value tileIter) {
           Value qEmpty = qEmptyOf(qSlot);
           // The tile's Q buffer (the epilogue's exchange without a V tile).
           Value qBase = add(base, mul(qSlot, plan.qBufferBytes()));
@@ -742,7 +707,20 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                   ifThen(cmp(arith::CmpIPredicate::eq, pairHead, idx(1)),
                          [&] { arrive(scoresLanded); });
               },
-              /*keepLastStage=*/stageExchange);
+              /*keepLastStage=*/stageExchange,
+              plan.overlapTiles ? &carry : nullptr,
+              [&] {
+                Value nextIter = add(tileIter, idx(1));
+                qSlot = qSlotOf(nextIter);
+                acquireQ(nextIter);
+                Value t = arith::IndexCastUIOp::create(
+                    b, loc, b.getIndexType(),
+                    LLVM::LoadOp::create(b, loc, b.getI32Type(),
+                                         tileIndexSlot(add(qSlot, idx(2)))));
+                setupTileAt(walk, t);
+                tileIndex = t;
+                return cmp(arith::CmpIPredicate::ult, t, numTiles);
+              });
           Value exchangeAt = qBase;
           if (stageExchange)
             exchangeAt =
@@ -785,7 +763,9 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                      b, loc, hasBlocks,
                      arith::ConstantOp::create(b, loc, b.getBoolAttr(true))),
                  [&] { arrive(qEmpty); });
-        });
+        };
+        walkTiles(walk, /*producer=*/false, acquireQ, bodyOf,
+                  plan.overlapTiles ? &carry : nullptr);
         scf::YieldOp::create(b, loc);
       });
   // Neither CTA of a cluster exits while the other may still arrive on its

@@ -262,6 +262,40 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   if (failed(qFirst))
     return failure();
   plan.qFirst = plan.qBuffers == 2 && *qFirst;
+  // overlap-tiles: the consumers learn the next tile from the dynamic
+  // scheduler's slot and read its Q from the other buffer while this
+  // tile's last P V runs; its first S issues outside the turns.
+  // auto also needs the registers: in the tail a consumer holds the next
+  // S (block-k / 2 f32), this tile's P (block-k / 4) and O (Dv / 2) at
+  // once, with both tiles' row state; ptxas 13.0 serialises the kernel's
+  // wgmma (C7512, insufficient registers) past 172 of them (D = 128 at 160
+  // keys, D = 64 at the default 192; not at 144 and 176).
+  bool overlapFits = 3 * plan.blockK / 4 + plan.valueDim / 2 <= 172;
+  bool canOverlap =
+      plan.dynamicTiles && plan.qBuffers == 2 && !plan.edgeTurns && overlapFits;
+  FailureOr<bool> overlapTiles =
+      resolveAutoOption(op, "overlap-tiles", options.overlapTiles, canOverlap);
+  if (failed(overlapTiles))
+    return failure();
+  if (*overlapTiles) {
+    if (!plan.dynamicTiles || plan.qBuffers != 2)
+      return op->emitOpError()
+             << "overlap-tiles = true needs warp-specialised persistent CTAs "
+                "with the dynamic tile scheduler and two Q buffers (batched "
+                "sequences, tile-scheduler = dynamic, q-buffers = 0 or 2 "
+                "where two fit)";
+    if (plan.edgeTurns)
+      return op->emitOpError() << "overlap-tiles = true is not supported with "
+                                  "ping-pong-edges = true (the next tile's "
+                                  "first S issues outside the turns)";
+    if (!overlapFits)
+      op->emitWarning() << "overlap-tiles = true at block-k = " << plan.blockK
+                        << " and Dv = " << plan.valueDim
+                        << " leaves too few registers: ptxas serialises the "
+                           "kernel's wgmma (overlap-tiles = auto turns it "
+                           "off here)";
+  }
+  plan.overlapTiles = *overlapTiles;
   // Clusters of two CTAs sharing each K/V tile through TMA multicast
   // (WgmmaPlan::clusterSize). Measured on an H200 (docs/performance.md,
   // Hopper runs 64-65): 1.016-1.058x one CTA on SPEC.md's four shapes with

@@ -113,22 +113,94 @@ Value WgmmaKernelBuilder::mbarrierAt(Value index) {
   return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
 }
 
+Value WgmmaKernelBuilder::mbarrierOf(Barrier kind, Value index) {
+  int64_t stages = plan.stages, first = 0;
+  switch (kind) {
+  case Barrier::Full:
+  case Barrier::FullValues:
+  case Barrier::EmptyKeys:
+  case Barrier::EmptyValues:
+    first = static_cast<int64_t>(kind) * stages;
+    break;
+  case Barrier::QFull:
+    first = 4 * stages;
+    break;
+  case Barrier::QEmpty:
+    first = 4 * stages + plan.qBuffers;
+    break;
+  case Barrier::ScoresLanded:
+    return mbarrierAt(idx(4 * stages + 2 * plan.qBuffers));
+  case Barrier::HandedOver:
+    return mbarrierAt(idx(4 * stages + 2 * plan.qBuffers + 1));
+  }
+  return mbarrierAt(first ? add(index, first) : index);
+}
+
+void WgmmaKernelBuilder::initBarriers() {
+  // With TMA one thread arrives (expecting the tile's bytes; in a
+  // cluster kernel both CTAs' halves land on it). A cluster kernel's
+  // stages are released by both CTAs' consumers.
+  int64_t loaders = plan.tmaLoads ? 1 : kWarpgroupThreads;
+  int64_t releases = plan.releaseArrivalCount() * plan.clusterSize;
+  for (int64_t s = 0; s < plan.stages; ++s) {
+    NVVM::MBarrierInitOp::create(b, loc, mbarrierOf(Barrier::Full, idx(s)),
+                                 i32(loaders), Value());
+    NVVM::MBarrierInitOp::create(b, loc,
+                                 mbarrierOf(Barrier::EmptyValues, idx(s)),
+                                 i32(releases), Value());
+    NVVM::MBarrierInitOp::create(b, loc, mbarrierOf(Barrier::EmptyKeys, idx(s)),
+                                 i32(releases), Value());
+    NVVM::MBarrierInitOp::create(
+        b, loc, mbarrierOf(Barrier::FullValues, idx(s)), i32(loaders), Value());
+  }
+  // With the dynamic scheduler the loading thread arrives once more, after
+  // writing the tile's index.
+  for (int64_t slot = 0; slot < plan.qBuffers; ++slot) {
+    NVVM::MBarrierInitOp::create(
+        b, loc, mbarrierOf(Barrier::QFull, idx(slot)),
+        i32(kWarpgroupThreads + (plan.dynamicTiles ? 1 : 0)), Value());
+    NVVM::MBarrierInitOp::create(b, loc, mbarrierOf(Barrier::QEmpty, idx(slot)),
+                                 i32(2 * kWarpgroupThreads), Value());
+  }
+  if (plan.handoffEpilogue)
+    for (Barrier bar : {Barrier::ScoresLanded, Barrier::HandedOver})
+      NVVM::MBarrierInitOp::create(b, loc, mbarrierOf(bar, idx(0)),
+                                   i32(kWarpgroupThreads), Value());
+  // The cluster's tile index hand-over (dynamic scheduler).
+  if (plan.clusterSize > 1 && plan.dynamicTiles)
+    for (bool isFull : {true, false})
+      for (int64_t slot = 0; slot < 2; ++slot)
+        NVVM::MBarrierInitOp::create(
+            b, loc, clusterIndexBarrier(isFull, idx(slot)), i32(1), Value());
+  // The other CTA's TMA loads and arrivals may reach these mbarriers as
+  // soon as the cluster barrier below opens.
+  if (plan.clusterSize > 1)
+    NVVM::FenceMbarrierInitOp::create(b, loc);
+}
+
 Value WgmmaKernelBuilder::clusterIndexBarrier(bool full, Value slot) {
   return mbarrierAt(
       add(slot, plan.clusterIndexBarrierIndex() + (full ? 0 : 2)));
 }
 
+void WgmmaKernelBuilder::setupTileAt(const TileWalk &walk, Value t) {
+  // Tile t is (row block t % R, KV head, batch), R row blocks per group.
+  Value rest = arith::DivUIOp::create(b, loc, t, walk.tileRowBlocks);
+  setupTile(walk.sequences,
+            arith::RemUIOp::create(b, loc, t, walk.tileRowBlocks),
+            rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
+}
+
 Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
                                     function_ref<void(Value)> begin,
-                                    function_ref<void(Value)> body) {
+                                    function_ref<void(Value)> body,
+                                    SmallVectorImpl<Value> *carry) {
+  assert((!carry || (!producer && plan.dynamicTiles)) &&
+         "only the consumers' dynamic walk carries values");
   Type i32Type = b.getI32Type();
   Value gridSize = gpu::GridDimOp::create(b, loc, gpu::Dimension::x);
-  // Tile t is (row block t % R, KV head, batch), R row blocks per group.
   auto enterTile = [&](Value t, Value carriedBase, Value iter) {
-    Value rest = arith::DivUIOp::create(b, loc, t, walk.tileRowBlocks);
-    setupTile(walk.sequences,
-              arith::RemUIOp::create(b, loc, t, walk.tileRowBlocks),
-              rem(rest, plan.kvHeads), div(rest, plan.kvHeads));
+    setupTileAt(walk, t);
     blockBase = carriedBase;
     tileIndex = t;
     qSlot = qSlotOf(iter);
@@ -280,10 +352,18 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
     // The consumers learn each tile from the producer: `begin` (the wait
     // for the tile's Q) orders the producer's write of its index into the
     // Q buffer's slot before the read; an index past the last ends.
+    // (blockBase, iter, carry...) before each tile, (blockBase, iter, t,
+    // carry...) in it and after the walk.
     Value index = idx(0);
+    SmallVector<Value> init{index, index};
     SmallVector<Type> types(3, b.getIndexType());
+    if (carry) {
+      init.append(carry->begin(), carry->end());
+      for (Value v : *carry)
+        types.push_back(v.getType());
+    }
     auto loop = scf::WhileOp::create(
-        b, loc, types, ValueRange{index, index},
+        b, loc, types, init,
         [&](OpBuilder &, Location, ValueRange carried) {
           qSlot = qSlotOf(carried[1]);
           begin(carried[1]);
@@ -291,16 +371,22 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
               b, loc, b.getIndexType(),
               LLVM::LoadOp::create(b, loc, i32Type,
                                    tileIndexSlot(add(qSlot, idx(2)))));
+          SmallVector<Value> forwarded{carried[0], carried[1], t};
+          forwarded.append(carried.begin() + 2, carried.end());
           scf::ConditionOp::create(
               b, loc, cmp(arith::CmpIPredicate::ult, t, walk.numTiles),
-              ValueRange{carried[0], carried[1], t});
+              forwarded);
         },
         [&](OpBuilder &, Location, ValueRange carried) {
           enterTile(carried[2], carried[0], carried[1]);
+          if (carry)
+            carry->assign(carried.begin() + 3, carried.end());
           body(carried[1]);
-          scf::YieldOp::create(b, loc,
-                               ValueRange{add(carried[0], tile.numBlocks),
-                                          add(carried[1], idx(1))});
+          SmallVector<Value> next{add(carried[0], tile.numBlocks),
+                                  add(carried[1], idx(1))};
+          if (carry)
+            next.append(carry->begin(), carry->end());
+          scf::YieldOp::create(b, loc, next);
         });
     iterations = loop.getResult(1);
   }

@@ -151,6 +151,7 @@ void copyStrategyOptions(const Src &src, Dst &dst) {
   dst.pingPongEdges = src.pingPongEdges;
   dst.releaseArrivals = src.releaseArrivals;
   dst.trimLastPV = src.trimLastPV;
+  dst.overlapTiles = src.overlapTiles;
   dst.qFirst = src.qFirst;
   dst.clusterSize = src.clusterSize;
   dst.consumerRegisters = src.consumerRegisters;
