@@ -138,19 +138,29 @@ SANITIZE_PERSISTENT = ((3, 1024, 512, 8, 2, 128, False), ("--gpu-options=persist
 # python/tests/test_gpu_overlap_tiles.py: the sm_90a forward with
 # overlap-tiles=true against overlap-tiles=false (the default), bit for bit,
 # on shapes whose persistent CTAs run several tiles each (more tiles than
-# an H100/H200's 132 SMs): (B, Sq, Sk, 2H, Hkv, D, dtype, causal, window).
-# Pairs per KV group 1 (no 2-CTA clusters), 2, 4 and 8; Sq != Sk, odd
-# lengths, a window, f16 and bf16.
+# an H100/H200's 132 SMs): (B, Sq, Sk, 2H, Hkv, D, dtype, causal, window,
+# further strategy options of both kernels). Pairs per KV group 1 (no
+# 2-CTA clusters), 2, 4 and 8; Sq != Sk, odd lengths, a window, tiles
+# without key blocks (causal, Sq > Sk), f16 and bf16; D = 64 at block-k
+# 176 and 128 (auto's choices: 192 leaves too few registers), the exchange
+# epilogue, Q after block 0, cp.async loads.
 OVERLAP_CASES = [
-    (3, 1024, 512, 8, 2, 128, "bf16", False, (-1, -1)),
-    (2, 1000, 1200, 32, 8, 128, "bf16", True, (-1, -1)),
-    (4, 333, 517, 16, 2, 64, "f16", True, (64, 0)),
-    (2, 2048, 2048, 32, 4, 128, "f16", False, (-1, -1)),
-    (1, 4096, 4096, 16, 8, 128, "bf16", True, (-1, -1)),
-    (2, 777, 777, 32, 2, 64, "bf16", True, (-1, -1)),
+    (3, 1024, 512, 8, 2, 128, "bf16", False, (-1, -1), ""),
+    (2, 1000, 1200, 32, 8, 128, "bf16", True, (-1, -1), ""),
+    (4, 333, 517, 16, 2, 64, "f16", True, (64, 0), "block-k=176"),
+    (2, 2048, 2048, 32, 4, 128, "f16", False, (-1, -1), "epilogue=exchange"),
+    (1, 4096, 4096, 16, 8, 128, "bf16", True, (-1, -1), ""),
+    (2, 777, 777, 32, 2, 64, "bf16", True, (-1, -1), "block-k=128 q-first=false"),
+    (2, 700, 300, 32, 8, 128, "bf16", True, (-1, -1), ""),
+    (3, 1024, 512, 8, 2, 128, "bf16", True, (-1, -1), "tma=false consumer-registers=240"),
 ]
-OVERLAP_OPTIONS = {"on": ("--gpu-options=overlap-tiles=true",),
-                   "off": ("--gpu-options=overlap-tiles=false",)}
+
+
+def overlap_options(extra, on):
+    """The diffattn-compile flags of an OVERLAP_CASES kernel: overlap-tiles
+    on or off, then the case's `extra` strategy options."""
+    return (f"--gpu-options=overlap-tiles={'true' if on else 'false'}"
+            + (f" {extra}" if extra else ""),)
 
 
 def overlap_requests():
@@ -158,9 +168,10 @@ def overlap_requests():
     diffattn._gpu.prepare_v2, sm_90a), both settings each."""
     return [dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                  lam_shape=(b, sq, h2 // 2), elem=dtype, lam_elem=dtype, causal=causal,
-                 window=window, kv_len_shape=None, options=options, target="sm_90a")
-            for b, sq, sk, h2, hkv, d, dtype, causal, window in OVERLAP_CASES
-            for options in OVERLAP_OPTIONS.values()]
+                 window=window, kv_len_shape=None, options=overlap_options(extra, on),
+                 target="sm_90a")
+            for b, sq, sk, h2, hkv, d, dtype, causal, window, extra in OVERLAP_CASES
+            for on in (True, False)]
 
 
 # python/tests/test_gpu.py (the short GPU test of the pytest suite):
@@ -338,7 +349,7 @@ def all_kernel_requests():
     (b, sq, sk, h2, hkv, d, causal), _ = SANITIZE_PERSISTENT
     reqs.append(dict(q_shape=(b, sq, h2, d), k_shape=(b, sk, hkv, d), v_shape=(b, sk, hkv, d),
                      lam_shape=(b, sq, h2 // 2), elem="bf16", lam_elem="bf16", causal=causal,
-                     window=(-1, -1), kv_len_shape=None, options=OVERLAP_OPTIONS["on"],
+                     window=(-1, -1), kv_len_shape=None, options=overlap_options("", True),
                      target="sm_90a"))
     reqs += overlap_requests()
     b, sq, sk, h2, hkv, d = PYTEST_GPU_SHAPE

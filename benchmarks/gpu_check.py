@@ -529,7 +529,7 @@ def sanitize_case():
             _, err = time_variant(
                 ((b, sq, h2, d), (b, sk, hkv, d), (b, sk, hkv, d), (b, sq, h2 // 2)),
                 [("q", "bf16", q), ("k", "bf16", k), ("v", "bf16", v), ("lam", "bf16", lam)],
-                out, gpu_cases.OVERLAP_OPTIONS["on"], target="sm_90a", causal=causal,
+                out, gpu_cases.overlap_options("", True), target="sm_90a", causal=causal,
                 repeat=False)
             assert err == 0.0, f"overlap-tiles=true differs from the default: rel L2 {err}"
     # A paged launch: blocks scattered over the pool, table rows padded with

@@ -26,7 +26,7 @@ TORCH_DTYPE = {"bf16": torch.bfloat16, "f16": torch.float16}
 def _run(case, options, inputs):
     """One launch of the sm_90a kernel `options` make for `case` on
     `inputs` (q, k, v, lam); returns its output, poisoned with NaN before."""
-    b, sq, sk, h2, hkv, d, dtype, causal, window = case
+    b, sq, sk, h2, hkv, d, dtype, causal, window, _ = case
     q, k, v, lam = inputs
     directory, out_shape, sizes = _gpu.prepare_v2(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), dtype, dtype,
@@ -43,17 +43,18 @@ def _run(case, options, inputs):
 
 
 @pytest.mark.parametrize("case", gpu_cases.OVERLAP_CASES,
-                         ids=lambda c: "B{}_Sq{}_Sk{}_2H{}_Hkv{}_D{}_{}_{}_w{}_{}".format(
-                             *c[:7], "causal" if c[7] else "full", *c[8]))
+                         ids=lambda c: "B{}_Sq{}_Sk{}_2H{}_Hkv{}_D{}_{}_{}_w{}_{}_{}".format(
+                             *c[:7], "causal" if c[7] else "full", *c[8],
+                             c[9].replace(" ", "_") or "defaults"))
 def test_overlap_tiles_writes_the_same_bits(case):
-    b, sq, sk, h2, hkv, d, dtype, causal, window = case
+    b, sq, sk, h2, hkv, d, dtype, causal, window, extra = case
     g = torch.Generator(device="cuda").manual_seed(sq * 31 + sk)
     dt = TORCH_DTYPE[dtype]
     inputs = (torch.randn(b, sq, h2, d, device="cuda", generator=g).to(dt),
               torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt),
               torch.randn(b, sk, hkv, d, device="cuda", generator=g).to(dt),
               torch.randn(b, sq, h2 // 2, device="cuda", generator=g).to(dt))
-    off = _run(case, gpu_cases.OVERLAP_OPTIONS["off"], inputs)
-    on = _run(case, gpu_cases.OVERLAP_OPTIONS["on"], inputs)
+    off = _run(case, gpu_cases.overlap_options(extra, False), inputs)
+    on = _run(case, gpu_cases.overlap_options(extra, True), inputs)
     assert bool(torch.isfinite(off).all())
     assert torch.equal(on, off)

@@ -269,8 +269,10 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
   // S (block-k / 2 f32), this tile's P (block-k / 4) and O (Dv / 2) at
   // once, with both tiles' row state; ptxas 13.0 serialises the kernel's
   // wgmma (C7512, insufficient registers) past 172 of them (D = 128 at 160
-  // keys, D = 64 at the default 192; not at 144 and 176).
-  bool overlapFits = 3 * plan.blockK / 4 + plan.valueDim / 2 <= 172;
+  // keys, D = 64 at the default 192; not at 144 and 176), or with fewer
+  // than 224 registers per consumer thread (216 and 200 at D = 128).
+  bool overlapFits = 3 * plan.blockK / 4 + plan.valueDim / 2 <= 172 &&
+                     plan.consumerRegisters >= 224;
   bool canOverlap =
       plan.dynamicTiles && plan.qBuffers == 2 && !plan.edgeTurns && overlapFits;
   FailureOr<bool> overlapTiles =
@@ -290,10 +292,11 @@ makePlan(Operation *op, const DiffAttnToWgmmaKernelsOptions &options,
                                   "first S issues outside the turns)";
     if (!overlapFits)
       op->emitWarning() << "overlap-tiles = true at block-k = " << plan.blockK
-                        << " and Dv = " << plan.valueDim
-                        << " leaves too few registers: ptxas serialises the "
-                           "kernel's wgmma (overlap-tiles = auto turns it "
-                           "off here)";
+                        << ", Dv = " << plan.valueDim << " and "
+                        << plan.consumerRegisters
+                        << " consumer registers leaves too few registers: "
+                           "ptxas serialises the kernel's wgmma "
+                           "(overlap-tiles = auto turns it off here)";
   }
   plan.overlapTiles = *overlapTiles;
   // Clusters of two CTAs sharing each K/V tile through TMA multicast
