@@ -481,6 +481,9 @@ protected:
   /// Shared-memory pointer (i32) of the dynamic scheduler's tile-index slot
   /// `slot`: 0 and 1 the producer's hand-over, 2 + q Q buffer q's.
   Value tileIndexSlot(Value slot);
+  /// The tile index (index type) the producer wrote into Q buffer qSlot's
+  /// slot; read after the wait on that buffer's qFull.
+  Value loadConsumerTileIndex();
   /// Shared-memory pointer of the `index`-th mbarrier (8 bytes each, from
   /// WgmmaPlan::barrierOffset; the layout is WgmmaPlan::barrierBytes').
   Value mbarrierAt(Value index);

@@ -40,7 +40,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
   const AttentionConfig &attn = plan.attn;
-  int64_t blockQ = plan.blockQ, blockK = plan.blockK, stages = plan.stages;
+  int64_t blockQ = plan.blockQ, blockK = plan.blockK;
   int64_t threads = plan.threads();
   unsigned a = 0;
   // TMA: the K and V tensor maps (generic addresses of by-value params).
@@ -144,10 +144,8 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
   // iteration j computes. Block 0's scores are peeled before the loop, the
   // last block's P V after it.
   auto keyOf = [&](Value j) { return add(lo, mul(j, blockK)); };
-  // Block j's stage (j % stages) and the parity of that stage's use
-  // (j / stages % 2), in 32-bit arithmetic (block counts fit): a 64-bit
-  // division by 3 costs about a dozen instructions per use in the loop.
-  // Blocks of earlier tiles of a persistent CTA came first in the ring.
+  // Block j's stage and that stage's parity (stageOfBlock, parityOfBlock):
+  // blocks of earlier tiles of a persistent CTA came first in the ring.
   blockBase = idx(0);
   auto stageOf = [&](Value j) { return stageOfBlock(j); };
   auto parityOf = [&](Value j) { return parityOfBlock(j); };
@@ -164,9 +162,6 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
     ifThen(cmp(arith::CmpIPredicate::slt, j, numBlocks),
            [&] { loadKeyBlock(keyOf(j), stageOf(j), thread, copyThreads); });
     NVVM::CpAsyncCommitGroupOp::create(b, loc);
-  };
-  auto softmaxOf = [&](Value scores, Value key0, HeadState &head) {
-    return blockSoftmax(scores, key0, head);
   };
   int64_t pRegs = blockK / 16 * 4;
   Value zeroReg = i32(0);
@@ -229,7 +224,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
       releaseKeys(idx(0));
       HeadState head = unpackState(init);
       SmallVector<Value> p =
-          packProbabilities(softmaxOf(scores, lo, head).probabilities);
+          packProbabilities(blockSoftmax(scores, lo, head).probabilities);
       SmallVector<Value> results = packState(head);
       results.append(p);
       scf::YieldOp::create(b, loc, results);
@@ -276,7 +271,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           // S_j has landed (groups complete in order): K_j's tile is free.
           releaseKeys(j);
           auto [probabilities, factors, moved] =
-              softmaxOf(scores, keyOf(j), head);
+              blockSoftmax(scores, keyOf(j), head);
           // Lazy rescaling mostly keeps the offsets (factors exactly 1):
           // skip the Dv / 2 multiplications then (a warp-uniform branch).
           // Each side first waits for P_{j-1} V_{j-1} (which then releases
@@ -713,10 +708,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 Value nextIter = add(tileIter, idx(1));
                 qSlot = qSlotOf(nextIter);
                 acquireQ(nextIter);
-                Value t = arith::IndexCastUIOp::create(
-                    b, loc, b.getIndexType(),
-                    LLVM::LoadOp::create(b, loc, b.getI32Type(),
-                                         tileIndexSlot(add(qSlot, idx(2)))));
+                Value t = loadConsumerTileIndex();
                 setupTileAt(walk, t);
                 tileIndex = t;
                 return cmp(arith::CmpIPredicate::ult, t, numTiles);

@@ -106,58 +106,52 @@ WgmmaKernelBuilder::overlapLastPV(HeadState &head, ArrayRef<Value> lastP,
     b.setInsertionPointToStart(ifOp.thenBlock());
     hooks.acquire(idx(0));
     SmallVector<Value> sDesc = scoreDescriptors(stageOfBlock(idx(0)));
-    // S_0 of the next tile, then this tile's P V over the last block's
-    // first `steps` k16 steps (groups complete in order).
-    auto overlapped = [&](int64_t steps) {
-      NVVM::WgmmaFenceAlignedOp::create(b, loc);
-      Value scores = issueScores(sDesc);
-      NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-      SmallVector<Acc> tiles(head.acc);
-      issuePV(lastP.take_front(4 * steps), vDesc.take_front(steps), tiles);
-      NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
-      NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
-      hooks.releaseKeys(idx(0));
-      HeadState first = unpackState(init);
-      auto [probabilities, factors, moved] =
-          blockSoftmax(scores, tile.lo, first);
-      (void)factors;
-      // The wait for the P V inside a branch, as in the key loop, keeps
-      // block 0's exp2 above it (ptxas schedules within a block). The two
-      // sides would be identical, and LLVM would fold the branch away: each
-      // starts with a different empty asm statement (a PTX comment).
-      auto waitForPV = [&](StringRef side) {
-        LLVM::InlineAsmOp::create(
-            b, loc, TypeRange(), ValueRange(),
-            ("// overlap-tiles: block 0's softmax done, " + side).str(), "",
-            /*has_side_effects=*/true, /*is_align_stack=*/false,
-            LLVM::tailcallkind::TailCallKind::None,
-            LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
-            /*operand_attrs=*/ArrayAttr());
-        NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
-        keepLive(lastP);
-        SmallVector<Acc> acc(tiles);
-        fenceTiles(acc);
-        scf::YieldOp::create(b, loc, flatten(acc));
-      };
-      auto waited = scf::IfOp::create(
-          b, loc, moved,
-          [&](OpBuilder &, Location) { waitForPV("an offset moved"); },
-          [&](OpBuilder &, Location) { waitForPV("no offset moved"); });
-      fenceTiles(probabilities);
-      SmallVector<Value> results(waited.getResults());
-      results.append(
-          {first.rowMax[0], first.rowMax[1], first.rowSum[0], first.rowSum[1]});
-      results.append(packProbabilities(probabilities));
-      return results;
-    };
-    // Whole: trim-last-pv's half form would need a second copy of the
+    // S_0 of the next tile, then this tile's whole P V (groups complete in
+    // order): trim-last-pv's half form would need a second copy of the
     // softmax (a product in flight cannot leave a branch), and it measured
     // level (Hopper runs 52-53).
-    scf::YieldOp::create(b, loc, overlapped(vDesc.size()));
-    b.setInsertionPointToStart(ifOp.elseBlock());
+    NVVM::WgmmaFenceAlignedOp::create(b, loc);
+    Value scores = issueScores(sDesc);
+    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
     SmallVector<Acc> tiles(head.acc);
-    issueLastPV(lastP, vDesc, keysSeen, tiles, hooks.edgeTurn);
-    SmallVector<Value> results = flatten(tiles);
+    issuePV(lastP, vDesc, tiles);
+    NVVM::WgmmaGroupSyncAlignedOp::create(b, loc);
+    NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 1);
+    hooks.releaseKeys(idx(0));
+    HeadState first = unpackState(init);
+    BlockSoftmax block = blockSoftmax(scores, tile.lo, first);
+    // The wait for the P V inside a branch, as in the key loop, keeps
+    // block 0's exp2 above it (ptxas schedules within a block). The two
+    // sides would be identical, and LLVM would fold the branch away: each
+    // starts with a different empty asm statement (a PTX comment).
+    auto waitForPV = [&](StringRef side) {
+      LLVM::InlineAsmOp::create(
+          b, loc, TypeRange(), ValueRange(),
+          ("// overlap-tiles: block 0's softmax done, " + side).str(), "",
+          /*has_side_effects=*/true, /*is_align_stack=*/false,
+          LLVM::tailcallkind::TailCallKind::None,
+          LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT),
+          /*operand_attrs=*/ArrayAttr());
+      NVVM::WgmmaWaitGroupSyncOp::create(b, loc, 0);
+      keepLive(lastP);
+      SmallVector<Acc> acc(tiles);
+      fenceTiles(acc);
+      scf::YieldOp::create(b, loc, flatten(acc));
+    };
+    auto waited = scf::IfOp::create(
+        b, loc, block.moved,
+        [&](OpBuilder &, Location) { waitForPV("an offset moved"); },
+        [&](OpBuilder &, Location) { waitForPV("no offset moved"); });
+    fenceTiles(block.probabilities);
+    SmallVector<Value> results(waited.getResults());
+    results.append(
+        {first.rowMax[0], first.rowMax[1], first.rowSum[0], first.rowSum[1]});
+    results.append(packProbabilities(block.probabilities));
+    scf::YieldOp::create(b, loc, results);
+    b.setInsertionPointToStart(ifOp.elseBlock());
+    SmallVector<Acc> alone(head.acc);
+    issueLastPV(lastP, vDesc, keysSeen, alone, hooks.edgeTurn);
+    results = flatten(alone);
     results.append(noCarry.begin() + 1, noCarry.end());
     scf::YieldOp::create(b, loc, results);
   }

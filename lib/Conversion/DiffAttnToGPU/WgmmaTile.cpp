@@ -109,6 +109,13 @@ Value WgmmaKernelBuilder::tileIndexSlot(Value slot) {
   return sharedPointer(add(mul(slot, 4), plan.tileIndexOffset()));
 }
 
+Value WgmmaKernelBuilder::loadConsumerTileIndex() {
+  return arith::IndexCastUIOp::create(
+      b, loc, b.getIndexType(),
+      LLVM::LoadOp::create(b, loc, b.getI32Type(),
+                           tileIndexSlot(add(qSlot, idx(2)))));
+}
+
 Value WgmmaKernelBuilder::mbarrierAt(Value index) {
   return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
 }
@@ -367,10 +374,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
         [&](OpBuilder &, Location, ValueRange carried) {
           qSlot = qSlotOf(carried[1]);
           begin(carried[1]);
-          Value t = arith::IndexCastUIOp::create(
-              b, loc, b.getIndexType(),
-              LLVM::LoadOp::create(b, loc, i32Type,
-                                   tileIndexSlot(add(qSlot, idx(2)))));
+          Value t = loadConsumerTileIndex();
           SmallVector<Value> forwarded{carried[0], carried[1], t};
           forwarded.append(carried.begin() + 2, carried.end());
           scf::ConditionOp::create(
