@@ -94,7 +94,7 @@ LogicalResult mlir::diffattn::emitSharedObject(ModuleOp module,
     return module.emitError()
            << "cannot create a temporary object file: " << ec.message();
   auto removeObject =
-      llvm::make_scope_exit([&] { llvm::sys::fs::remove(objectPath); });
+      llvm::scope_exit([&] { llvm::sys::fs::remove(objectPath); });
   {
     std::error_code ec;
     llvm::raw_fd_ostream os(objectPath, ec, llvm::sys::fs::OF_None);

@@ -99,8 +99,7 @@ FailureOr<PtxasReport> mlir::diffattn::assemblePTX(Location loc,
   llvm::SmallString<128> logPath;
   if (llvm::sys::fs::createTemporaryFile("diffattn-ptxas", "log", logPath))
     return emitError(loc, "cannot create a temporary file for ptxas output");
-  auto removeLog =
-      llvm::make_scope_exit([&] { llvm::sys::fs::remove(logPath); });
+  auto removeLog = llvm::scope_exit([&] { llvm::sys::fs::remove(logPath); });
   std::string arch = ("-arch=" + chip.name).str();
   SmallVector<StringRef> args = {*ptxas,  arch, "-O3",    "-v",
                                  ptxPath, "-o", cubinPath};

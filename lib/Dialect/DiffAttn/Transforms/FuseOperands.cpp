@@ -379,7 +379,7 @@ FuseAttempt Matcher::forEachRoles(
     // the dims keeps its message.
     int savedStage = bestStage;
     std::string savedMessage = bestMessage;
-    auto restoreTie = llvm::make_scope_exit([&] {
+    auto restoreTie = llvm::scope_exit([&] {
       if (bestStage == savedStage && savedStage > 0)
         bestMessage = savedMessage;
     });
