@@ -42,7 +42,7 @@ except ModuleNotFoundError as e:
         f"cmake --build build`) and put build/python_packages on PYTHONPATH") from None
 
 from . import _ops, reference
-from ._compiler import CompileError
+from ._compiler import CacheError, CompileError
 
 
 def _is_numpy(x):
@@ -67,7 +67,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     required, and only blocks below kv_len[b] are read (they must lie in
     [0, NB): a ValueError on the CPU, a device-side assertion on the GPU).
 
-    With ``return_lse`` (contiguous caches, no ``out=``) the call returns
+    With ``return_lse`` (a bool; contiguous caches; on CUDA tensors no
+    ``out=``) the call returns
     ``(out, lse)``: ``lse`` [B, 2H, Sq] float32 (float64 for float64
     arrays, which compute in float64 throughout), the natural-log sum of
     exp(scaled, masked scores) of every query head's row (-inf for a row that
@@ -77,12 +78,14 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     if _is_torch(q):
         from . import _torch
 
-        if return_lse:
+        if _ops.check_bool("return_lse", return_lse):
             if out is not None or block_table is not None:
                 raise ValueError("return_lse: not supported with out= or block_table "
                                  "(a paged cache)")
-            left, right = _ops.check_window(window, causal)
-            return sys.modules["torch"].ops.diffattn.v2_lse(q, k, v, lam, kv_len, bool(causal),
+            causal, scale, left, right = _torch.check_call(
+                q, (("k", k), ("v", v), ("lam", lam)), (("kv_len", kv_len),), causal, scale,
+                window)
+            return sys.modules["torch"].ops.diffattn.v2_lse(q, k, v, lam, kv_len, causal,
                                                             scale, left, right)
         return _torch.v2(q, k, v, lam, causal=causal, scale=scale, window=window,
                          kv_len=kv_len, out=out, block_table=block_table)
@@ -127,11 +130,13 @@ def v2_backward(q, k, v, lam, out, dout, lse, *, causal=False, scale=None, windo
     ValueError naming the tensor whose dtype or shape does not match the
     forward's configuration, before anything is compiled."""
     if _is_torch(q):
-        from . import _torch  # noqa: F401  (registers the ops)
+        from . import _torch  # registers the ops
 
-        left, right = _ops.check_window(window, causal)
+        causal, scale, left, right = _torch.check_call(
+            q, (("k", k), ("v", v), ("lam", lam), ("out", out), ("dout", dout), ("lse", lse)),
+            (("kv_len", kv_len),), causal, scale, window)
         return sys.modules["torch"].ops.diffattn.v2_backward(
-            q, k, v, lam, out, dout, lse, kv_len, bool(causal), scale, left, right)
+            q, k, v, lam, out, dout, lse, kv_len, causal, scale, left, right)
     if not _is_numpy(q):
         raise TypeError(f"q: expected a numpy.ndarray (CPU) or a torch.Tensor, "
                         f"got {type(q).__name__}")
@@ -183,4 +188,5 @@ if "torch" in sys.modules:  # make torch.ops.diffattn.v2 available right away
     except Exception:  # torch without torch.library custom ops: registered on first use
         pass
 
-__all__ = ["v1", "v2", "v2_backward", "v2_varlen", "reference", "CompileError", "__version__"]
+__all__ = ["v1", "v2", "v2_backward", "v2_varlen", "reference", "CacheError", "CompileError",
+           "__version__"]

@@ -25,6 +25,12 @@ class CompileError(RuntimeError):
     """diffattn-compile failed; the message carries its diagnostics."""
 
 
+class CacheError(RuntimeError):
+    """The kernel cache (DIFFATTN_CACHE_DIR) cannot be used: not a writable
+    directory, or an entry that does not load (a truncated manifest or
+    library). The message names the path."""
+
+
 def compiler_path():
     """The diffattn-compile this package runs."""
     return os.environ.get("DIFFATTN_COMPILE") or _build_config.DIFFATTN_COMPILE
@@ -89,8 +95,13 @@ def ensure_compiled(kind, params, target, mlir_text, options=()):
             f"no kernel for this configuration in {root} and no compiler at "
             f"{compiler} (set DIFFATTN_COMPILE, or copy a diffattn-compile "
             f"output directory to {final})")
-    os.makedirs(root, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".build-", dir=root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=".build-", dir=root)
+    except OSError as e:
+        raise CacheError(f"cannot use the kernel cache {root} (DIFFATTN_CACHE_DIR, else "
+                         f"$XDG_CACHE_HOME/diffattn or ~/.cache/diffattn): "
+                         f"{e.strerror or e}") from None
     try:
         source = os.path.join(work, "kernel.mlir")
         with open(source, "w") as f:
@@ -122,9 +133,14 @@ MANIFEST_FORMAT_VERSION = 1
 def load_manifest(directory):
     """The manifest of a CPU artifact directory (GPU artifacts are read by
     the runtime). Raises ValueError for a format_version this package does
-    not read."""
-    with open(os.path.join(directory, "manifest.json")) as f:
-        manifest = json.load(f)
+    not read, CacheError for a manifest that does not parse."""
+    path = os.path.join(directory, "manifest.json")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CacheError(f"cannot read {path}: {e}; delete {directory} to compile it "
+                         f"again") from None
     version = manifest.get("format_version")
     if version != MANIFEST_FORMAT_VERSION:
         raise ValueError(f"{directory}/manifest.json: format_version {version!r} is not "

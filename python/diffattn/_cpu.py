@@ -73,7 +73,12 @@ def load_kernels(directory):
         path = f"{directory}/{kernel['library']}"
         lib = _LIBRARIES.get(path)
         if lib is None:
-            lib = _LIBRARIES[path] = ctypes.CDLL(path)
+            try:
+                lib = _LIBRARIES[path] = ctypes.CDLL(path)
+            except OSError as e:
+                raise _compiler.CacheError(
+                    f"cannot load the cached kernel {path}: {e}; delete {directory} "
+                    f"to compile it again") from None
         fn = getattr(lib, kernel["entry"])
         n_buffers = sum(1 for a in kernel["args"] if a["role"] != "size")
         n_sizes = len(kernel["args"]) - n_buffers
@@ -147,6 +152,8 @@ def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, 
     for float64 arrays; see diffattn.v2); with ``return_out_odd`` as well
     ``(out, lse, out_odd)``, out_odd [B, Sq, H, Dv] the pairs' second heads
     A_{2h+1} (what a training step saves for the backward's out_odd)."""
+    return_lse = _ops.check_bool("return_lse", return_lse)
+    return_out_odd = _ops.check_bool("return_out_odd", return_out_odd)
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[NB, BS, Hkv, D]" if block_table is not None else "[B, Sk, Hkv, D]")
     v = _check_array("v", v, 4, "[NB, BS, Hkv, Dv]" if block_table is not None else "[B, Sk, Hkv, Dv]")
@@ -277,6 +284,7 @@ def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 def v1(q, k, v, lam, norm_weight, *, lambda_init, causal=False, scale=None, eps=1e-5, out=None,
        lowering="flash"):
     """diffattn.v1 on numpy arrays; ``lowering`` as for v2."""
+    causal = _ops.check_causal(causal)
     q = _check_array("q", q, 4, "[B, Sq, 2H, D]")
     k = _check_array("k", k, 4, "[B, Sk, 2Hkv, D]")
     v = _check_array("v", v, 4, "[B, Sk, Hkv, 2D]")

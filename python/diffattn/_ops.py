@@ -3,6 +3,7 @@ option checks of diffattn.v2 (every error names its argument) and the
 one-op module plus cache parameters of a call's kernel configuration."""
 
 import math
+import numbers
 import struct
 
 
@@ -61,6 +62,8 @@ def check_f32(name, value, *, positive=False):
     `name` when it is not finite, does not fit f32 (|x| > 3.4028235e38, which
     would round to Inf), or, with `positive`, is not > 0 in f32 (a tiny
     positive float such as 1e-46 rounds to 0)."""
+    if isinstance(value, (str, bytes, bool)) or type(value).__name__ == "bool_":
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -89,29 +92,39 @@ def check_scale(scale):
     return check_f32("scale", scale, positive=True)
 
 
+def check_bool(name, value):
+    """`value` as a bool: a bool or a numpy bool; anything else (a string,
+    an int, None) is a TypeError naming `name` rather than its truthiness."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def check_causal(causal):
-    """`causal` as a bool: a bool or a numpy bool; anything else (a string,
-    an int) is a TypeError rather than its truthiness."""
-    if not isinstance(causal, bool) and type(causal).__name__ != "bool_":
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__} {causal!r}")
-    return bool(causal)
+    return check_bool("causal", causal)
+
+
+# The largest window bound the op takes (its verifier's, INT32_MAX, as
+# FlashAttention's int window_size); max(Sq, Sk) already means unlimited.
+MAX_WINDOW = 2**31 - 1
 
 
 def check_window(window, causal):
-    """(left, right) of `window`, checked (ints >= -1; right <= 0 with
-    `causal`, which is checked too); fractional values are a ValueError
-    rather than truncated."""
+    """(left, right) of `window`, checked (ints -1 or in [0, MAX_WINDOW];
+    right <= 0 with `causal`, which is checked too); fractional or
+    infinite values are a ValueError rather than truncated."""
     causal = check_causal(causal)
     try:
         left, right = window
         if any(isinstance(w, bool) or int(w) != w for w in (left, right)):
             raise ValueError
         left, right = int(left), int(right)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"window: expected a pair (left, right) of ints, got {window!r}") from None
     for side, w in (("left", left), ("right", right)):
-        if w < -1:
-            raise ValueError(f"window: {side} must be -1 (unlimited) or >= 0, got {w}")
+        if w < -1 or w > MAX_WINDOW:
+            raise ValueError(f"window: {side} must be -1 (unlimited) or in [0, {MAX_WINDOW}], "
+                             f"got {w}")
     if causal and right > 0:
         raise ValueError(f"window: right must be -1 or 0 with causal=True, got {right}")
     return left, right
@@ -252,6 +265,18 @@ def check_cu_seqlens(name, cu, total, max_seqlen):
                          f"max_seqlen = {max_seqlen}")
 
 
+def check_max_seqlen(name, value):
+    """`value` as an int in [0, 2^31 - 1] (cu_seqlens are int32 offsets):
+    TypeError naming `name` for a non-integer (a bool, a float), ValueError
+    when out of range. numpy integers are accepted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if not 0 <= value <= 2**31 - 1:
+        raise ValueError(f"{name}: must lie in [0, 2147483647] (cu_seqlens are int32), "
+                         f"got {value}")
+    return int(value)
+
+
 def v2_varlen_request(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_shape, elem,
                       lam_elem, max_seqlen_q, max_seqlen_k, *, causal, scale, window):
     """Checks a diffattn.v2_varlen call (packed q [Tq, 2H, D], k/v [Tk, Hkv,
@@ -276,12 +301,14 @@ def v2_varlen_request(q_shape, k_shape, v_shape, lam_shape, cu_q_shape, cu_k_sha
                          f"even group size G = 2H / Hkv")
     if tuple(lam_shape) != (tq, h):
         raise ValueError(f"lam: expected shape {(tq, h)} [Tq, H], got {tuple(lam_shape)}")
-    if cu_q_shape[0] < 1 or tuple(cu_k_shape) != tuple(cu_q_shape):
+    if cu_q_shape[0] < 1:
+        raise ValueError(f"cu_seqlens_q: expected [B + 1] offsets, at least one, got shape "
+                         f"{tuple(cu_q_shape)}")
+    if tuple(cu_k_shape) != tuple(cu_q_shape):
         raise ValueError(f"cu_seqlens_k: expected shape {tuple(cu_q_shape)} (as cu_seqlens_q), "
                          f"got {tuple(cu_k_shape)}")
-    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    max_seqlen_q = check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    max_seqlen_k = check_max_seqlen("max_seqlen_k", max_seqlen_k)
     scale = check_scale(scale)
     left, right = check_window(window, causal)
     params = {"element_type": elem, "lam_type": lam_elem, "query_heads": h2, "kv_heads": hkv,

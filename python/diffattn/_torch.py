@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from . import _gpu, _torch_autograd, _torch_native
+from . import _gpu, _ops, _torch_autograd, _torch_native
 
 _ELEM = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
@@ -39,6 +39,32 @@ def _validate(q, k, v, lam, kv_len, block_table=None):
                     ("block_table", block_table)):
         if t is not None and t.device != q.device:
             raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+
+
+def check_call(q, required, optional, causal, scale, window):
+    """The torch front end's checks before any torch.ops call: q and every
+    (name, value) of `required` a torch.Tensor, each of `optional` None or
+    one, all on q's device (a meta tensor beside real ones would pick the
+    op's fake implementation and return an unwritten tensor); `causal` a
+    bool, `scale` None or a finite positive number, `window` ints (see
+    _ops.check_window). Returns (causal, scale, left, right), scale as the
+    f32 value the kernel receives. TypeError / ValueError name the argument."""
+    given = (("q", q),) + tuple(required) + tuple((n, t) for n, t in optional if t is not None)
+    for name, t in given:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor (as q), got {type(t).__name__}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+    left, right = _ops.check_window(window, causal)
+    return bool(causal), _ops.check_scale(scale), left, right
+
+
+def _same_device(q, *tensors):
+    """The fake implementations' device check, for direct torch.ops calls."""
+    for t in tensors:
+        if t is not None and t.device != q.device:
+            raise ValueError(f"diffattn: every tensor must be on q's device ({q.device}), "
+                             f"got one on {t.device}")
 
 
 def _output(out, out_shape, q):
@@ -231,6 +257,7 @@ def v2_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
 
 
 def _v2_fake(q, k, v, lam, kv_len, causal, scale, window_left, window_right):
+    _same_device(q, k, v, lam, kv_len)
     b, sq, h2, _ = q.shape
     return q.new_empty((b, sq, h2 // 2, v.shape[3]))
 
@@ -264,13 +291,16 @@ def v2_paged_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 @v2_paged_op.register_fake
 def _v2_paged_fake(q, k_cache, v_cache, lam, kv_len, block_table, causal, scale, window_left,
                    window_right):
+    _same_device(q, k_cache, v_cache, lam, kv_len, block_table)
     b, sq, h2, _ = q.shape
     return q.new_empty((b, sq, h2 // 2, v_cache.shape[3]))
 
 
 def v2(q, k, v, lam, *, causal=False, scale=None, window=(-1, -1), kv_len=None, out=None,
        block_table=None):
-    left, right = window
+    causal, scale, left, right = check_call(
+        q, (("k", k), ("v", v), ("lam", lam)),
+        (("kv_len", kv_len), ("block_table", block_table), ("out", out)), causal, scale, window)
     if block_table is not None and kv_len is None:
         raise ValueError("kv_len: required with block_table (a paged cache)")
     if out is not None:  # in-place form (tests poison the output): not the custom op
@@ -319,12 +349,17 @@ def v2_varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.T
 @v2_varlen_op.register_fake
 def _v2_varlen_fake(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                     causal, scale, window_left, window_right):
+    _same_device(q, k, v, lam, cu_seqlens_q, cu_seqlens_k)
     return q.new_empty((q.shape[0], q.shape[1] // 2, v.shape[2]))
 
 
 def v2_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
               causal=False, scale=None, window=(-1, -1), out=None):
-    left, right = window
+    causal, scale, left, right = check_call(
+        q, (("k", k), ("v", v), ("lam", lam), ("cu_seqlens_q", cu_seqlens_q),
+            ("cu_seqlens_k", cu_seqlens_k)), (("out", out),), causal, scale, window)
+    max_seqlen_q = _ops.check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    max_seqlen_k = _ops.check_max_seqlen("max_seqlen_k", max_seqlen_k)
     if out is not None:
         return _run_varlen(q, k, v, lam, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                            max_seqlen_k, causal, scale, left, right, out=out)

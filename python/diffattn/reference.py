@@ -104,7 +104,9 @@ def _check_kv_len(kv_len, b, sk):
 
 def _visible_mask(b, sq, sk, causal, window, kv_len):
     """Boolean [B, Sq, Sk]: True where key t is visible to query i."""
-    left, right = window
+    # A bound of Sq + Sk or more hides nothing; clamping it keeps pos +/-
+    # bound inside int64 (window=(-1, 2**63 - 1) would wrap).
+    left, right = (min(w, sq + sk) for w in window)
     lens = (np.full(b, sk, dtype=np.int64) if kv_len is None else kv_len)
     i = np.arange(sq)[None, :, None]                      # [1, Sq, 1]
     t = np.arange(sk)[None, None, :]                      # [1, 1, Sk]

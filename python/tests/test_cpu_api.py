@@ -81,10 +81,19 @@ def test_v2_rejects_non_contiguous(no_compiler):
     (dict(causal=1), TypeError, "causal: expected a bool, got int"),
     (dict(window=(2.5, -1)), ValueError, "window: expected a pair"),
     (dict(window=(True, 0)), ValueError, "window: expected a pair"),
+    (dict(window=(float("inf"), 0)), ValueError, "window: expected a pair"),
+    (dict(window=(-1, 2**63 - 1)), ValueError, r"window: right must be -1 \(unlimited\) or in "
+     r"\[0, 2147483647\], got 9223372036854775807"),
+    (dict(window=(2**31, 0)), ValueError, r"window: left must be -1 \(unlimited\) or in "
+     r"\[0, 2147483647\]"),
+    (dict(scale="0.5"), TypeError, "scale: expected a real number, got str"),
+    (dict(scale=True), TypeError, "scale: expected a real number, got bool"),
+    (dict(return_lse="yes"), TypeError, "return_lse: expected a bool, got str"),
 ], ids=["scale0", "scalenan", "window-left", "window-type", "causal-right", "kvlen-dtype",
         "kvlen-range", "kvlen-negative", "out-shape", "out-dtype", "scale-f32-overflow",
         "scale-f32-underflow", "scale-type", "causal-str", "causal-int", "window-float",
-        "window-bool"])
+        "window-bool", "window-inf", "window-int64-max", "window-past-int32", "scale-str-number",
+        "scale-bool", "return-lse-str"])
 def test_v2_rejects_bad_options(no_compiler, kwargs, exc, match):
     a = _v2_args()
     with pytest.raises(exc, match=match):
@@ -102,9 +111,12 @@ def test_v2_rejects_bad_options(no_compiler, kwargs, exc, match):
     ({}, dict(eps=1e-46), ValueError, "eps: 1e-46 rounds to 0 in f32"),
     ({}, dict(scale=1e39), ValueError, "scale: 1e[+]?39 does not fit in f32"),
     (dict(lam=1e39), {}, ValueError, "lam: 1e[+]?39 does not fit in f32"),
+    ({}, dict(causal="no"), TypeError, "causal: expected a bool, got str"),
+    ({}, dict(causal=None), TypeError, "causal: expected a bool, got NoneType"),
+    ({}, dict(lambda_init="0.2"), TypeError, "lambda_init: expected a real number, got str"),
 ], ids=["v-width", "weight-length", "odd-key-heads", "lam-vector", "eps", "lambda-init",
         "lambda-init-f32-overflow", "eps-f32-underflow", "scale-f32-overflow",
-        "lam-f32-overflow"])
+        "lam-f32-overflow", "causal-str", "causal-none", "lambda-init-str"])
 def test_v1_rejects_bad_arguments(no_compiler, override, kwargs, exc, match):
     a = dict(q=np.zeros((1, 8, 4, 16), np.float32), k=np.zeros((1, 8, 2, 16), np.float32),
              v=np.zeros((1, 8, 1, 32), np.float32), lam=0.5, w=np.ones((32,), np.float32))
@@ -150,6 +162,35 @@ def test_cache_layout_and_reuse(rng, tmp_path, monkeypatch):
     # A new configuration now fails with a clear error.
     with pytest.raises(diffattn.CompileError, match="no compiler"):
         diffattn.v2(q2, k2, v2, lam2, causal=False)
+
+
+def test_cache_problems_are_cache_errors(rng, tmp_path, monkeypatch):
+    """A cache root that is a file, and entries whose manifest or library is
+    truncated, raise CacheError naming the path (not an OSError or a JSON
+    error from deep inside)."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("DIFFATTN_CACHE_DIR", str(not_a_dir))
+    a = _v2_args()
+    with pytest.raises(diffattn.CacheError, match="cannot use the kernel cache .*file"):
+        diffattn.v2(a["q"], a["k"], a["v"], a["lam"])
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DIFFATTN_CACHE_DIR", str(cache))
+    q, k, v, lam = (rng.standard_normal(x.shape).astype(np.float32) for x in a.values())
+    diffattn.v2(q, k, v, lam)
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    manifest = json.loads((entry / "manifest.json").read_text())
+    library = entry / manifest["kernels"][0]["library"]
+    library.write_bytes(b"")  # truncated, under a name not loaded yet in this process
+    library.rename(entry / "renamed.so")
+    manifest["kernels"][0]["library"] = "renamed.so"
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(diffattn.CacheError, match="cannot load the cached kernel .*renamed.so"):
+        diffattn.v2(q, k, v, lam)
+    (entry / "manifest.json").write_text("{")
+    with pytest.raises(diffattn.CacheError, match="cannot read .*manifest.json"):
+        diffattn.v2(q, k, v, lam)
 
 
 def test_compile_error_surfaces_diagnostics(monkeypatch, tmp_path):

@@ -83,8 +83,19 @@ def test_cpu_varlen_argument_errors(rng):
         diffattn.v2_varlen(q, k, v, lam, cq.astype(np.int64), ck, 5, 5)
     with pytest.raises(ValueError, match=r"cu_seqlens_k: expected shape \(3,\)"):
         diffattn.v2_varlen(q, k, v, lam, cq, ck[:2], 5, 5)
-    with pytest.raises(ValueError, match="max_seqlen_q: expected an int >= 0"):
+    with pytest.raises(ValueError, match=r"max_seqlen_q: must lie in \[0, 2147483647\]"):
         diffattn.v2_varlen(q, k, v, lam, cq, ck, -1, 5)
+    with pytest.raises(ValueError, match=r"max_seqlen_k: must lie in \[0, 2147483647\]"):
+        diffattn.v2_varlen(q, k, v, lam, cq, ck, 5, 2**64 + 5)
+    with pytest.raises(TypeError, match="max_seqlen_q: expected an int, got float"):
+        diffattn.v2_varlen(q, k, v, lam, cq, ck, 5.0, 5)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected \[B \+ 1\] offsets, at least one"):
+        empty = np.zeros(0, np.int32)
+        diffattn.v2_varlen(q, k, v, lam, empty, empty, 5, 5)
+    # numpy integers are ints (rows past cu_seqlens_q[B] are left as allocated).
+    out = diffattn.v2_varlen(q, k, v, lam, cq, ck, np.int64(5), np.int32(5))
+    rows = int(cq[-1])
+    assert np.array_equal(out[:rows], diffattn.v2_varlen(q, k, v, lam, cq, ck, 5, 5)[:rows])
     with pytest.raises(ValueError, match=r"lam: expected shape \(11, 4\)"):
         diffattn.v2_varlen(q, k, v, lam[:3], cq, ck, 5, 5)
 

@@ -46,6 +46,7 @@
 #include "mlir/Support/FileUtilities.h"
 #include "mlir/Support/Timing.h"
 #include "mlir/Target/LLVMIR/Dialect/All.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -79,7 +80,8 @@ static cl::opt<std::string>
               cl::value_desc("dir"), cl::cat(category));
 static cl::opt<std::string> target(
     "target",
-    cl::desc("Target: cpu, or a GPU: sm_80, sm_90 (the portable tensor-core "
+    cl::desc("Target (default: cpu): cpu, or a GPU: sm_80, sm_90 (the "
+             "portable tensor-core "
              "strategy, mma.sync; an sm_90 cubin runs on Hopper), sm_90a "
              "(the Hopper strategy: wgmma, TMA, warp specialisation; "
              "decode and paged caches use the portable kernels), sm_100a "
@@ -281,6 +283,12 @@ FailureOr<const GPUChipInfo *> resolveTarget() {
                 "the warps: 16 per warp)");
   if (lowering != "flash")
     return fail("--lowering applies to --target=cpu");
+  // --target sets the pipeline's chip; a second chip= would override it.
+  SmallVector<StringRef> tokens;
+  llvm::SplitString(gpuOptions, tokens);
+  for (StringRef token : tokens)
+    if (token == "chip" || token.starts_with("chip="))
+      return fail("--gpu-options: chip is set by --target, not here");
   // Check --gpu-options before anything is compiled (the pipeline's options
   // parser names the bad key or value).
   OpPassManager pm(ModuleOp::getOperationName());
@@ -351,6 +359,12 @@ int main(int argc, char **argv) {
   }
   if (outputDir.empty()) {
     llvm::errs() << "diffattn-compile: no output directory (-o DIR)\n";
+    return 1;
+  }
+  if (llvm::sys::fs::exists(outputDir) &&
+      !llvm::sys::fs::is_directory(outputDir)) {
+    llvm::errs() << "diffattn-compile: -o " << outputDir
+                 << ": exists and is not a directory\n";
     return 1;
   }
 

@@ -462,6 +462,11 @@ def DiffAttnGPUPipeline : Pass<"diffattn-gpu-pipeline", "ModuleOp"> {
     runs before PTX (each compiled kernel's manifest entry records its
     pipeline string under `pipeline`). A strategy that does not exist yet
     (tcgen05 for sm_100a) is a diagnostic that names the one that does.
+    Options only the wgmma strategy reads (warp-specialize, ping-pong,
+    ping-pong-edges, release-arrivals, overlap-tiles, trim-last-pv, tma,
+    persistent, tile-scheduler, q-buffers, q-first, cluster-size, epilogue,
+    q-tma, q-prefetch, consumer-registers), given where mma_sync compiles,
+    are a diagnostic too: that strategy would ignore them unchecked.
   }];
   let options = DiffAttnGPUStrategyOptions;
   let dependentDialects = DiffAttnGPUKernelDialects;

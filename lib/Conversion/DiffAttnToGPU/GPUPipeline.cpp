@@ -11,6 +11,7 @@
 #include "diffattn/Conversion/Passes.h"
 
 #include "mlir/Pass/PassManager.h"
+#include "llvm/ADT/StringExtras.h"
 
 namespace mlir::diffattn {
 #define GEN_PASS_DEF_DIFFATTNGPUPIPELINE
@@ -25,6 +26,31 @@ struct DiffAttnGPUPipelinePass
     : public diffattn::impl::DiffAttnGPUPipelineBase<DiffAttnGPUPipelinePass> {
   using Base::Base;
 
+  /// The options only the wgmma strategy reads, given explicitly with the
+  /// mma_sync strategy, are an error: that strategy would ignore them
+  /// without checking their values.
+  LogicalResult checkPortableOptions(ModuleOp module) {
+    SmallVector<StringRef> given;
+    auto note = [&](const auto &...options) {
+      ((options.hasValue() ? given.push_back(options.getArgStr()) : void()),
+       ...);
+    };
+    note(warpSpecialize, pingPong, pingPongEdges, releaseArrivals, overlapTiles,
+         trimLastPV, tma, persistent, tileScheduler, qBuffers, qFirst,
+         clusterSize, epilogue, qTma, qPrefetch, consumerRegisters);
+    if (given.empty())
+      return success();
+    InFlightDiagnostic diag = module.emitError();
+    diag << "diffattn-gpu-pipeline: " << llvm::join(given, ", ")
+         << (given.size() == 1 ? " applies" : " apply")
+         << " only to the wgmma strategy";
+    if (strategy == "auto")
+      diag << " (chip=sm_90a); chip=" << chip << " compiles mma_sync";
+    else
+      diag << ", not to strategy=mma_sync";
+    return diag;
+  }
+
   void runOnOperation() override {
     ModuleOp module = getOperation();
     const GPUChipInfo *info = lookupGPUChip(chip);
@@ -36,6 +62,8 @@ struct DiffAttnGPUPipelinePass
     std::string chosen = strategy == "auto" ? info->strategy.str() : strategy;
     OpPassManager pm(ModuleOp::getOperationName());
     if (chosen == "mma_sync") {
+      if (failed(checkPortableOptions(module)))
+        return signalPassFailure();
       pm.addPass(createDiffAttnToMmaSyncKernels());
     } else if (chosen == "wgmma") {
       pm.addPass(createDiffAttnToWgmmaKernels());

@@ -126,7 +126,7 @@ makePlan(Operation *op, const DiffAttnToMmaSyncKernelsOptions &options,
   if (plan.fixedSplitKeys < 0 || plan.fixedSplitKeys % plan.blockK != 0)
     return op->emitOpError()
            << "split-keys = " << plan.fixedSplitKeys
-           << " must be a multiple of block-k = " << plan.blockK
+           << " must be a positive multiple of block-k = " << plan.blockK
            << " (or 0: chosen at launch)";
   plan.splitTargetCtas =
       options.splitTargetCtas ? options.splitTargetCtas : chip.splitTargetCtas;

@@ -17,6 +17,7 @@
 #include "llvm/ADT/StringMap.h"
 
 #include <cmath>
+#include <limits>
 
 using namespace mlir;
 using namespace mlir::diffattn;
@@ -184,6 +185,12 @@ float scaleOrDefault(FloatAttr scale, int64_t headDim) {
 // V2Op
 //===----------------------------------------------------------------------===//
 
+/// The largest window bound, INT32_MAX: FlashAttention's `window_size` is a
+/// C int. The kernels add a bound to row positions in index arithmetic,
+/// which a bound near INT64_MAX overflows (wrong masks, not an error); a
+/// bound of max(Sq, Sk) or more already means "unlimited" for every row.
+static constexpr int64_t kMaxWindow = std::numeric_limits<int32_t>::max();
+
 /// The checks diffattn.v2, v2_paged and v2_varlen share, after their own
 /// shape checks bound H, Hkv, D and Dv in `layout`: the head-count rules and
 /// the attributes. `keys` names the key operand in messages.
@@ -211,10 +218,10 @@ static LogicalResult verifyV2Rules(Operation *op, LayoutChecker &layout,
   for (auto [name, value] :
        {std::pair<StringRef, int64_t>{"window_left", windowLeft},
         {"window_right", windowRight}})
-    if (value < -1)
+    if (value < -1 || value > kMaxWindow)
       return op->emitOpError()
-             << "attribute '" << name
-             << "' must be -1 (unlimited) or >= 0, got " << value;
+             << "attribute '" << name << "' must be -1 (unlimited) or in [0, "
+             << kMaxWindow << "], got " << value;
   if (causal && windowRight > 0)
     return op->emitOpError() << "attribute 'window_right' must be -1 or 0 "
                                 "with 'causal', got "

@@ -79,8 +79,10 @@ v2("v2_scale_negative", "attribute 'scale' must be finite and > 0, got -2", attr
 v2("v2_scale_inf", "attribute 'scale' must be finite and > 0, got INF", attrs="{scale = 0x7F800000 : f32}")
 v2("v2_scale_nan", "attribute 'scale' must be finite and > 0, got nan", attrs="{scale = 0x7FC00000 : f32}")
 v2("v2_scale_f64", "attribute 'scale' failed to satisfy constraint: 32-bit float attribute", attrs="{scale = 0.5 : f64}")
-v2("v2_window_left", "attribute 'window_left' must be -1 (unlimited) or >= 0, got -2", attrs="{window_left = -2}")
-v2("v2_window_right", "attribute 'window_right' must be -1 (unlimited) or >= 0, got -5", attrs="{window_right = -5}")
+v2("v2_window_left", "attribute 'window_left' must be -1 (unlimited) or in [0, 2147483647], got -2", attrs="{window_left = -2}")
+v2("v2_window_right", "attribute 'window_right' must be -1 (unlimited) or in [0, 2147483647], got -5", attrs="{window_right = -5}")
+v2("v2_window_right_huge", "attribute 'window_right' must be -1 (unlimited) or in [0, 2147483647], got 9223372036854775807", attrs="{window_right = 9223372036854775807}")
+v2("v2_window_left_int32", "attribute 'window_left' must be -1 (unlimited) or in [0, 2147483647], got 2147483648", attrs="{window_left = 2147483648}")
 v2("v2_causal_window_right", "attribute 'window_right' must be -1 or 0 with 'causal', got 3", attrs="{causal, window_right = 3}")
 v2("v2_window_type", "attribute 'window_left' failed to satisfy constraint: 64-bit signless integer attribute", attrs="{window_left = 2 : i32}")
 # --- V2: structure

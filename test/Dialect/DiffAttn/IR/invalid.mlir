@@ -338,7 +338,7 @@ func.func @v2_scale_f64(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v
 
 // v2_window_left
 func.func @v2_window_left(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
-  // expected-error @+1 {{attribute 'window_left' must be -1 (unlimited) or >= 0, got -2}}
+  // expected-error @+1 {{attribute 'window_left' must be -1 (unlimited) or in [0, 2147483647], got -2}}
   %o = "diffattn.v2"(%q, %k, %v, %lam) {window_left = -2} : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf32>
   return
 }
@@ -347,8 +347,26 @@ func.func @v2_window_left(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, 
 
 // v2_window_right
 func.func @v2_window_right(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
-  // expected-error @+1 {{attribute 'window_right' must be -1 (unlimited) or >= 0, got -5}}
+  // expected-error @+1 {{attribute 'window_right' must be -1 (unlimited) or in [0, 2147483647], got -5}}
   %o = "diffattn.v2"(%q, %k, %v, %lam) {window_right = -5} : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf32>
+  return
+}
+
+// -----
+
+// v2_window_right_huge
+func.func @v2_window_right_huge(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{attribute 'window_right' must be -1 (unlimited) or in [0, 2147483647], got 9223372036854775807}}
+  %o = "diffattn.v2"(%q, %k, %v, %lam) {window_right = 9223372036854775807} : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf32>
+  return
+}
+
+// -----
+
+// v2_window_left_int32
+func.func @v2_window_left_int32(%q: tensor<2x16x8x32xf32>, %k: tensor<2x24x2x32xf32>, %v: tensor<2x24x2x32xf32>, %lam: tensor<2x16x4xf32>) {
+  // expected-error @+1 {{attribute 'window_left' must be -1 (unlimited) or in [0, 2147483647], got 2147483648}}
+  %o = "diffattn.v2"(%q, %k, %v, %lam) {window_left = 2147483648} : (tensor<2x16x8x32xf32>, tensor<2x24x2x32xf32>, tensor<2x24x2x32xf32>, tensor<2x16x4xf32>) -> tensor<2x16x4x32xf32>
   return
 }
 

@@ -53,7 +53,8 @@ def DiffAttn_V2Op : DiffAttn_Op<"v2", [Pure]> {
     an f32 attribute, so f64 ops use its f32 value exactly. With `causal`,
     query `i` sees key `t` only when `t <= i + (L - Sq)` (bottom-right
     alignment, L = Sk).
-    `window_left` / `window_right` (-1 = unlimited) restrict it further to
+    `window_left` / `window_right` (-1 = unlimited, else at most
+    2147483647, as FlashAttention's int `window_size`) restrict it further to
     `i + (L - Sq) - left <= t <= i + (L - Sq) + right`; `causal` is the same
     as `window_right = 0`. A row that sees no key yields 0.
 
