@@ -116,9 +116,10 @@ def check_window(window, causal):
     causal = check_causal(causal)
     try:
         left, right = window
-        if any(isinstance(w, bool) or int(w) != w for w in (left, right)):
-            raise ValueError
-        left, right = int(left), int(right)
+        if type(left) is not int or type(right) is not int:  # the fast path takes plain ints
+            if any(isinstance(w, bool) or int(w) != w for w in (left, right)):
+                raise ValueError
+            left, right = int(left), int(right)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"window: expected a pair (left, right) of ints, got {window!r}") from None
     for side, w in (("left", left), ("right", right)):

@@ -49,14 +49,19 @@ def check_call(q, required, optional, causal, scale, window):
     bool, `scale` None or a finite positive number, `window` ints (see
     _ops.check_window). Returns (causal, scale, left, right), scale as the
     f32 value the kernel receives. TypeError / ValueError name the argument."""
-    given = (("q", q),) + tuple(required) + tuple((n, t) for n, t in optional if t is not None)
-    for name, t in given:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor (as q), got {type(t).__name__}")
-        if t.device != q.device:
-            raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
+    device = q.device
+    for entries, may_be_none in ((required, False), (optional, True)):
+        for name, t in entries:
+            if t is None and may_be_none:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor (as q), got {type(t).__name__}")
+            if t.device != device:
+                raise ValueError(f"{name}: on {t.device}, but q is on {device}")
     left, right = _ops.check_window(window, causal)
-    return bool(causal), _ops.check_scale(scale), left, right
+    return bool(causal), None if scale is None else _ops.check_scale(scale), left, right
 
 
 def _same_device(q, *tensors):
