@@ -567,6 +567,9 @@ def main():
     ap.add_argument("--seed", type=int, default=None,
                     help="seed of the inputs and of the fresh-shape sweep (default: the time)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check.py: no CUDA GPU here (it checks and times the GPU kernels; "
+                 "gpu_prepare.py is the part that runs on a machine without one)")
     if args.sanitize_case:
         sanitize_case()
         return

@@ -361,6 +361,13 @@ int main(int argc, char **argv) {
     llvm::errs() << "diffattn-compile: no output directory (-o DIR)\n";
     return 1;
   }
+  if (*chip) {
+    if (std::optional<std::string> problem = diagnoseCUDAToolkit()) {
+      llvm::errs() << "diffattn-compile: --target=" << target
+                   << " needs the CUDA toolkit: " << *problem << "\n";
+      return 1;
+    }
+  }
   if (llvm::sys::fs::exists(outputDir) &&
       !llvm::sys::fs::is_directory(outputDir)) {
     llvm::errs() << "diffattn-compile: -o " << outputDir

@@ -10,9 +10,11 @@
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Pass/PassRegistry.h"
+#include "mlir/Target/LLVM/NVVM/Utils.h"
 #include "llvm/ADT/ScopeExit.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/Regex.h"
 
@@ -78,15 +80,44 @@ FailureOr<std::string> mlir::diffattn::extractPTX(ModuleOp module) {
   return object.getObject().getValue().str();
 }
 
-static FailureOr<std::string> findPtxas(Location loc) {
+static constexpr llvm::StringLiteral kNoPtxas =
+    "ptxas not found (set DIFFATTN_PTXAS, put it on PATH, or install the "
+    "CUDA toolkit in /usr/local/cuda)";
+
+static std::optional<std::string> lookupPtxas() {
   if (const char *env = std::getenv("DIFFATTN_PTXAS"))
     return std::string(env);
   if (auto onPath = llvm::sys::findProgramByName("ptxas"))
     return *onPath;
   if (llvm::sys::fs::can_execute("/usr/local/cuda/bin/ptxas"))
     return std::string("/usr/local/cuda/bin/ptxas");
-  return emitError(loc, "ptxas not found (set DIFFATTN_PTXAS, put it on PATH, "
-                        "or install the CUDA toolkit in /usr/local/cuda)");
+  return std::nullopt;
+}
+
+static FailureOr<std::string> findPtxas(Location loc) {
+  if (std::optional<std::string> ptxas = lookupPtxas())
+    return *ptxas;
+  return emitError(loc, kNoPtxas);
+}
+
+std::optional<std::string> mlir::diffattn::diagnoseCUDAToolkit() {
+  if (!lookupPtxas())
+    return kNoPtxas.str();
+  // Where a toolkit path is known (NVVM::getCUDAToolkitPath: CUDA_ROOT,
+  // CUDA_HOME or CUDA_PATH, else the path LLVM was built with, empty in
+  // Debian's build), MLIR's NVVM serialiser links that toolkit's libdevice
+  // into every kernel and fails without it; with none it links nothing.
+  StringRef toolkit = NVVM::getCUDAToolkitPath();
+  if (toolkit.empty())
+    return std::nullopt;
+  llvm::SmallString<128> libdevice(toolkit);
+  llvm::sys::path::append(libdevice, "nvvm", "libdevice", "libdevice.10.bc");
+  if (!llvm::sys::fs::exists(libdevice))
+    return (libdevice +
+            " not found (CUDA_ROOT, CUDA_HOME or CUDA_PATH names a CUDA "
+            "toolkit without it)")
+        .str();
+  return std::nullopt;
 }
 
 FailureOr<PtxasReport> mlir::diffattn::assemblePTX(Location loc,

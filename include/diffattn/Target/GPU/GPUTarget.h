@@ -17,6 +17,7 @@
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/JSON.h"
 
+#include <optional>
 #include <string>
 
 namespace mlir::diffattn {
@@ -51,6 +52,12 @@ struct PtxasReport {
   int64_t spillLoads = -1;
   int64_t stackFrame = -1;
 };
+
+/// Why GPU kernels cannot be compiled on this machine, or std::nullopt:
+/// no ptxas (looked up as assemblePTX does), or no libdevice in the CUDA
+/// toolkit that MLIR's NVVM serialiser links (where CUDA_ROOT, CUDA_HOME or
+/// CUDA_PATH names one).
+std::optional<std::string> diagnoseCUDAToolkit();
 
 /// Assembles `ptxPath` into `cubinPath` for `chip` with ptxas (the one in
 /// DIFFATTN_PTXAS, else on PATH, else /usr/local/cuda/bin). Errors are
