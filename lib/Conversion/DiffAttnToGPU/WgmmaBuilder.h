@@ -50,6 +50,12 @@ constexpr int64_t kAtomBytes = 8 * kRowBytes;
 /// Rows of a warpgroup's wgmma tile (m64), and threads of a warpgroup.
 constexpr int64_t kWarpgroupRows = 64;
 constexpr int64_t kWarpgroupThreads = 128;
+/// The dynamic scheduler's end, as the producer announces it in a Q
+/// buffer's tile-index slot: no tile. The consumers test the slot against
+/// this immediate rather than the tile count, which they would otherwise
+/// keep live across the tile loop (ptxas spilled it: a local load on the
+/// path from one tile to the next).
+constexpr uint32_t kNoTile = 0xffffffffu;
 /// Named barriers of warp-specialised kernels (0 is the CTA's): the
 /// consumers' epilogue, the consumers' ping-pong turns (2 + head) and the
 /// producer warpgroup's hand-over of the dynamic scheduler's next tile.

@@ -516,7 +516,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           });
         };
         // Dynamic scheduler: the loading thread writes the tile's index (or
-        // one past the last) into qSlot's slot, then arrives on its qFull
+        // kNoTile at the end) into qSlot's slot, then arrives on its qFull
         // (the extra arrival its init count has).
         auto announceTile = [&](Value index) {
           ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
@@ -613,12 +613,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                     });
               });
             });
-        // The dynamic scheduler's end: the next Q buffer's slot gets an
-        // index past the last tile, announced without a load.
+        // The dynamic scheduler's end: the next Q buffer's slot gets
+        // kNoTile, announced without a load.
         if (plan.dynamicTiles) {
           qSlot = qSlotOf(tiles);
           waitForQBuffer(tiles);
-          announceTile(numTiles);
+          announceTile(idx(kNoTile));
           arrive(qFullOf(qSlot));
           qSlot = idx(0);
         }
@@ -711,7 +711,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 Value t = loadConsumerTileIndex();
                 setupTileAt(walk, t);
                 tileIndex = t;
-                return cmp(arith::CmpIPredicate::ult, t, numTiles);
+                return cmp(arith::CmpIPredicate::ne, t, idx(kNoTile));
               });
           Value exchangeAt = qBase;
           if (stageExchange)
