@@ -181,12 +181,12 @@ def test_cache_problems_are_cache_errors(rng, tmp_path, monkeypatch):
     diffattn.v2(q, k, v, lam)
     (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
     manifest = json.loads((entry / "manifest.json").read_text())
-    library = entry / manifest["kernels"][0]["library"]
-    library.write_bytes(b"")  # truncated, under a name not loaded yet in this process
-    library.rename(entry / "renamed.so")
-    manifest["kernels"][0]["library"] = "renamed.so"
+    # A truncated library under a name this process has not loaded (the
+    # loaded one stays as it is: truncating a mapped file would fault).
+    (entry / "truncated.so").write_bytes(b"")
+    manifest["kernels"][0]["library"] = "truncated.so"
     (entry / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(diffattn.CacheError, match="cannot load the cached kernel .*renamed.so"):
+    with pytest.raises(diffattn.CacheError, match="cannot load the cached kernel .*truncated.so"):
         diffattn.v2(q, k, v, lam)
     (entry / "manifest.json").write_text("{")
     with pytest.raises(diffattn.CacheError, match="cannot read .*manifest.json"):
