@@ -50,11 +50,13 @@ constexpr int64_t kAtomBytes = 8 * kRowBytes;
 /// Rows of a warpgroup's wgmma tile (m64), and threads of a warpgroup.
 constexpr int64_t kWarpgroupRows = 64;
 constexpr int64_t kWarpgroupThreads = 128;
-/// The dynamic scheduler's end, as the producer announces it in a Q
-/// buffer's tile-index slot: no tile. The consumers test the slot against
-/// this immediate rather than the tile count, which they would otherwise
-/// keep live across the tile loop (ptxas spilled it: a local load on the
-/// path from one tile to the next).
+/// The dynamic scheduler's end under overlap-tiles, as the producer
+/// announces it in a Q buffer's tile-index slot: no tile. The consumers
+/// test the slot against this immediate rather than the tile count, which
+/// they would otherwise keep live across the tile loop: ptxas spilled it,
+/// and Hopper run 82 found its reload on the path from one tile to the
+/// next. The default kernels keep the tile count (measured in runs 73-80)
+/// until a run measures the immediate there.
 constexpr uint32_t kNoTile = 0xffffffffu;
 /// Named barriers of warp-specialised kernels (0 is the CTA's): the
 /// consumers' epilogue, the consumers' ping-pong turns (2 + head) and the

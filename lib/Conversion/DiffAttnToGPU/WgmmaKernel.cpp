@@ -516,7 +516,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
           });
         };
         // Dynamic scheduler: the loading thread writes the tile's index (or
-        // kNoTile at the end) into qSlot's slot, then arrives on its qFull
+        // the end: see below) into qSlot's slot, then arrives on its qFull
         // (the extra arrival its init count has).
         auto announceTile = [&](Value index) {
           ifThen(cmp(arith::CmpIPredicate::eq, groupThread, idx(0)), [&] {
@@ -613,12 +613,13 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                     });
               });
             });
-        // The dynamic scheduler's end: the next Q buffer's slot gets
-        // kNoTile, announced without a load.
+        // The dynamic scheduler's end: the next Q buffer's slot gets the
+        // tile count (kNoTile under overlap-tiles), announced without a
+        // load.
         if (plan.dynamicTiles) {
           qSlot = qSlotOf(tiles);
           waitForQBuffer(tiles);
-          announceTile(idx(kNoTile));
+          announceTile(plan.overlapTiles ? idx(kNoTile) : numTiles);
           arrive(qFullOf(qSlot));
           qSlot = idx(0);
         }
@@ -711,7 +712,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 Value t = loadConsumerTileIndex();
                 setupTileAt(walk, t);
                 tileIndex = t;
-                return cmp(arith::CmpIPredicate::ne, t, idx(kNoTile));
+                return cmp(arith::CmpIPredicate::ult, t, idx(kNoTile));
               });
           Value exchangeAt = qBase;
           if (stageExchange)

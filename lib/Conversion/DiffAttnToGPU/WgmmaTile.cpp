@@ -358,7 +358,8 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
   } else {
     // The consumers learn each tile from the producer: `begin` (the wait
     // for the tile's Q) orders the producer's write of its index into the
-    // Q buffer's slot before the read; kNoTile ends.
+    // Q buffer's slot before the read; the tile count (kNoTile under
+    // overlap-tiles) ends.
     // (blockBase, iter, carry...) before each tile, (blockBase, iter, t,
     // carry...) in it and after the walk.
     Value index = idx(0);
@@ -378,7 +379,9 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
           SmallVector<Value> forwarded{carried[0], carried[1], t};
           forwarded.append(carried.begin() + 2, carried.end());
           scf::ConditionOp::create(
-              b, loc, cmp(arith::CmpIPredicate::ne, t, idx(kNoTile)),
+              b, loc,
+              cmp(arith::CmpIPredicate::ult, t,
+                  plan.overlapTiles ? idx(kNoTile) : walk.numTiles),
               forwarded);
         },
         [&](OpBuilder &, Location, ValueRange carried) {
