@@ -26,6 +26,12 @@ def _check_tensor(name, t, dtypes):
         raise ValueError(f"{name}: must be contiguous (BSHD); call .contiguous()")
 
 
+def _check_device(q, name, t):
+    """ValueError naming `name` unless tensor `t` is on q's device."""
+    if t.device != q.device:
+        raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+
+
 def _validate(q, k, v, lam, kv_len, block_table=None):
     _check_tensor("q", q, (torch.bfloat16, torch.float16))
     _check_tensor("k", k, (q.dtype,))
@@ -37,8 +43,8 @@ def _validate(q, k, v, lam, kv_len, block_table=None):
         _check_tensor("block_table", block_table, (torch.int32,))
     for name, t in (("k", k), ("v", v), ("lam", lam), ("kv_len", kv_len),
                     ("block_table", block_table)):
-        if t is not None and t.device != q.device:
-            raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+        if t is not None:
+            _check_device(q, name, t)
 
 
 def check_call(q, required, optional, causal, scale, window):
@@ -51,17 +57,15 @@ def check_call(q, required, optional, causal, scale, window):
     f32 value the kernel receives. TypeError / ValueError name the argument."""
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
-    device = q.device
     for entries, may_be_none in ((required, False), (optional, True)):
         for name, t in entries:
             if t is None and may_be_none:
                 continue
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor (as q), got {type(t).__name__}")
-            if t.device != device:
-                raise ValueError(f"{name}: on {t.device}, but q is on {device}")
+            _check_device(q, name, t)
     left, right = _ops.check_window(window, causal)
-    return bool(causal), None if scale is None else _ops.check_scale(scale), left, right
+    return bool(causal), _ops.check_scale(scale), left, right
 
 
 def _same_device(q, *tensors):
@@ -322,8 +326,7 @@ def _run_varlen(q, k, v, lam, cu_q, cu_k, max_q, max_k, causal, scale, window_le
     _validate(q, k, v, lam, None)
     for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         _check_tensor(name, t, (torch.int32,))
-        if t.device != q.device:
-            raise ValueError(f"{name}: on {t.device}, but q is on {q.device}")
+        _check_device(q, name, t)
     directory, out_shape, sizes = _gpu.prepare_v2_varlen(
         tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(lam.shape), tuple(cu_q.shape),
         tuple(cu_k.shape), _ELEM[q.dtype], _ELEM[lam.dtype], max_q, max_k, causal=causal,

@@ -492,6 +492,11 @@ protected:
   /// The tile index (index type) the producer wrote into Q buffer qSlot's
   /// slot; read after the wait on that buffer's qFull.
   Value loadConsumerTileIndex();
+  /// The value the producer writes into a Q buffer's slot at the end of the
+  /// dynamic walk, and the bound the consumers test each index read there
+  /// against (unsigned less than: a tile): kNoTile under overlap-tiles, else
+  /// `walk`'s tile count.
+  Value endOfWalk(const TileWalk &walk);
   /// Shared-memory pointer of the `index`-th mbarrier (8 bytes each, from
   /// WgmmaPlan::barrierOffset; the layout is WgmmaPlan::barrierBytes').
   Value mbarrierAt(Value index);

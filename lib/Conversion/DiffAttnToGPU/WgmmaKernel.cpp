@@ -613,13 +613,12 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                     });
               });
             });
-        // The dynamic scheduler's end: the next Q buffer's slot gets the
-        // tile count (kNoTile under overlap-tiles), announced without a
-        // load.
+        // The dynamic scheduler's end: the next Q buffer's slot gets
+        // endOfWalk, announced without a load.
         if (plan.dynamicTiles) {
           qSlot = qSlotOf(tiles);
           waitForQBuffer(tiles);
-          announceTile(plan.overlapTiles ? idx(kNoTile) : numTiles);
+          announceTile(endOfWalk(walk));
           arrive(qFullOf(qSlot));
           qSlot = idx(0);
         }
@@ -712,7 +711,7 @@ void WgmmaKernelBuilder::build(gpu::GPUFuncOp func) {
                 Value t = loadConsumerTileIndex();
                 setupTileAt(walk, t);
                 tileIndex = t;
-                return cmp(arith::CmpIPredicate::ult, t, idx(kNoTile));
+                return cmp(arith::CmpIPredicate::ult, t, endOfWalk(walk));
               });
           Value exchangeAt = qBase;
           if (stageExchange)

@@ -116,6 +116,10 @@ Value WgmmaKernelBuilder::loadConsumerTileIndex() {
                            tileIndexSlot(add(qSlot, idx(2)))));
 }
 
+Value WgmmaKernelBuilder::endOfWalk(const TileWalk &walk) {
+  return plan.overlapTiles ? idx(kNoTile) : walk.numTiles;
+}
+
 Value WgmmaKernelBuilder::mbarrierAt(Value index) {
   return sharedPointer(add(mul(index, 8), plan.barrierOffset()));
 }
@@ -358,8 +362,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
   } else {
     // The consumers learn each tile from the producer: `begin` (the wait
     // for the tile's Q) orders the producer's write of its index into the
-    // Q buffer's slot before the read; the tile count (kNoTile under
-    // overlap-tiles) ends.
+    // Q buffer's slot before the read; endOfWalk ends.
     // (blockBase, iter, carry...) before each tile, (blockBase, iter, t,
     // carry...) in it and after the walk.
     Value index = idx(0);
@@ -379,9 +382,7 @@ Value WgmmaKernelBuilder::walkTiles(const TileWalk &walk, bool producer,
           SmallVector<Value> forwarded{carried[0], carried[1], t};
           forwarded.append(carried.begin() + 2, carried.end());
           scf::ConditionOp::create(
-              b, loc,
-              cmp(arith::CmpIPredicate::ult, t,
-                  plan.overlapTiles ? idx(kNoTile) : walk.numTiles),
+              b, loc, cmp(arith::CmpIPredicate::ult, t, endOfWalk(walk)),
               forwarded);
         },
         [&](OpBuilder &, Location, ValueRange carried) {
