@@ -6,6 +6,17 @@ import math
 import numbers
 import struct
 
+# INT32_MAX: the largest window bound the op takes (its verifier's, as
+# FlashAttention's int window_size) and the largest max_seqlen (cu_seqlens
+# are int32 offsets).
+INT32_MAX = 2**31 - 1
+
+
+def _is_bool(value):
+    """A Python bool or a numpy bool (numpy.bool_, matched by name: numpy is
+    not imported here)."""
+    return isinstance(value, bool) or type(value).__name__ == "bool_"
+
 
 def hex_f32(value):
     """An exact MLIR f32 literal."""
@@ -62,7 +73,7 @@ def check_f32(name, value, *, positive=False):
     `name` when it is not finite, does not fit f32 (|x| > 3.4028235e38, which
     would round to Inf), or, with `positive`, is not > 0 in f32 (a tiny
     positive float such as 1e-46 rounds to 0)."""
-    if isinstance(value, (str, bytes, bool)) or type(value).__name__ == "bool_":
+    if isinstance(value, (str, bytes)) or _is_bool(value):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
     try:
         x = float(value)
@@ -95,7 +106,7 @@ def check_scale(scale):
 def check_bool(name, value):
     """`value` as a bool: a bool or a numpy bool; anything else (a string,
     an int, None) is a TypeError naming `name` rather than its truthiness."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not _is_bool(value):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
     return bool(value)
 
@@ -104,9 +115,8 @@ def check_causal(causal):
     return check_bool("causal", causal)
 
 
-# The largest window bound the op takes (its verifier's, INT32_MAX, as
-# FlashAttention's int window_size); max(Sq, Sk) already means unlimited.
-MAX_WINDOW = 2**31 - 1
+# The largest window bound; max(Sq, Sk) already means unlimited.
+MAX_WINDOW = INT32_MAX
 
 
 def check_window(window, causal):
@@ -272,8 +282,8 @@ def check_max_seqlen(name, value):
     when out of range. numpy integers are accepted."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-    if not 0 <= value <= 2**31 - 1:
-        raise ValueError(f"{name}: must lie in [0, 2147483647] (cu_seqlens are int32), "
+    if not 0 <= value <= INT32_MAX:
+        raise ValueError(f"{name}: must lie in [0, {INT32_MAX}] (cu_seqlens are int32), "
                          f"got {value}")
     return int(value)
 
