@@ -51,20 +51,22 @@ def main():
     for kernel in _compiler.load_manifest(directory)["kernels"]:
         p = kernel["params"]
         dt = {"bf16": torch.bfloat16, "f16": torch.float16}[p["element_type"]]
-        h2, hkv, d = p["query_heads"], p["kv_heads"], p["head_dim"]
+        h2, hkv, d, dv = p["query_heads"], p["kv_heads"], p["head_dim"], p["value_dim"]
         q = torch.randn(b, sq, h2, d, device="cuda").to(dt)
         k = torch.randn(b, sk, hkv, d, device="cuda").to(dt)
-        v = torch.randn(b, sk, hkv, d, device="cuda").to(dt)
+        v = torch.randn(b, sk, hkv, dv, device="cuda").to(dt)
         lam = torch.randn(b, sq, h2 // 2, device="cuda").to(dt)
-        out = torch.full((b, sq, h2 // 2, d), float("nan"), device="cuda", dtype=dt)
+        out = torch.full((b, sq, h2 // 2, dv), float("nan"), device="cuda", dtype=dt)
         bufs = [(n, p["element_type"], tuple(t.shape), t.data_ptr())
                 for n, t in (("q", q), ("k", k), ("v", v), ("lam", lam), ("out", out))]
         scratch = []
         alloc = lambda n: scratch.append(torch.empty(n, device="cuda")) or scratch[-1].data_ptr()
         _gpu.launch_v2(directory, bufs, (b, sq, sk), torch.cuda.current_stream().cuda_stream, alloc)
         torch.cuda.synchronize()
+        # The kernel's own configuration, as run_cpu_example.py passes it.
         ref = diffattn.reference.v2(*(t.float().cpu().numpy() for t in (q, k, v, lam)),
-                                    causal=p["causal"])
+                                    causal=p["causal"], scale=p["scale"],
+                                    window=(p["window_left"], p["window_right"]))
         got = out.double().cpu().numpy()
         err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         ok = bool(np.all(np.isfinite(got))) and err <= 1e-2
